@@ -1,0 +1,4 @@
+//! recman-engine: the sans-IO job state machine (`core`), its simulator
+//! (`sim`), the engine runtime, and the `recman` command line (`cli`).
+
+pub mod cli;

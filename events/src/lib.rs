@@ -1,0 +1,13 @@
+//! recman-events: the backbone shared by the engine, the workers and other
+//! systems: ids, the event model, wire messages and their codecs, the event log.
+
+pub mod codec;
+pub mod ids;
+pub mod log;
+pub mod model;
+pub mod wire;
+
+pub use ids::{snapshot_name, JobId, PoolName, RequestId, TargetId, WorkerId};
+pub use log::{Backend, EventLog, LogError};
+pub use model::{Event, EventBody, SnapshotInfo, SnapshotKind, Stage, StepDetail, StepError, StoredEvent};
+pub use wire::{Command, EventMessage, Outcome, Report, SnapshotRequest, WireError, SCHEMA_VERSION};
