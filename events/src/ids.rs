@@ -75,7 +75,7 @@ macro_rules! string_id {
         )]
         #[serde(transparent)]
         #[rkyv(derive(Debug, PartialEq, Eq))]
-        pub struct $name(pub String);
+        pub struct $name(#[schemars(regex(pattern = r"^[A-Za-z0-9._:@-]{1,128}$"))] pub String);
 
         impl $name {
             pub fn new(s: impl Into<String>) -> Self {

@@ -5,6 +5,7 @@ pub mod codec;
 pub mod ids;
 pub mod log;
 pub mod model;
+pub mod schema;
 pub mod wire;
 
 pub use ids::{snapshot_name, JobId, PoolName, RequestId, TargetId, WorkerId};

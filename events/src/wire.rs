@@ -23,11 +23,13 @@ fn current_version() -> u32 {
 pub struct SnapshotRequest {
     /// Wire schema version; omitted means the current version (1).
     #[serde(default = "current_version")]
+    #[schemars(range(min = 1, max = 1))]
     pub schema_version: u32,
     /// The sender's idempotency key: sending the same id again returns the same job.
     pub request_id: RequestId,
     /// Target ids from the engine's config. More than one = a consistency group,
     /// cut at one instant.
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
     pub targets: Vec<TargetId>,
     /// `full` (default) or `copy`.
     #[serde(default)]
