@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::{self, DecodeError, Record};
 use crate::ids::JobId;
-use crate::log::store::{PendingRecord, Store};
+use crate::log::store::{Batch, BatchItem, Store};
 use crate::log::{Backend, BoxFuture, EventLog, LogError, RawRecord, Subscription};
 use crate::model::{Event, StoredEvent};
 
@@ -168,7 +168,8 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
-        let mut batch: Vec<PendingRecord> = Vec::new();
+        let mut batch = Batch::default();
+        let mut scratch = AlignedVec::new();
         let mut reqs: Vec<(Request, u64, u64)> = Vec::new();
         while let Ok(first) = self.rx.recv() {
             let mut n = first.events.len();
@@ -189,20 +190,26 @@ impl Writer {
                 continue;
             }
             batch.clear();
-            batch.reserve(n);
+            batch.items.reserve(n);
             let mut seq = self.next_seq;
             let mut prev = self.prev_hash;
             for (r, start, end) in reqs.iter_mut() {
                 *start = seq;
                 for event in r.events.drain(..) {
                     let job = event.job;
-                    let bytes = codec::encode_record(&Record {
+                    let start = batch.buf.len();
+                    let rec = Record {
                         seq,
                         prev_hash: prev,
                         event,
+                    };
+                    codec::encode_into(&rec, &mut scratch, &mut batch.buf);
+                    prev = codec::hash(&batch.buf[start..]);
+                    batch.items.push(BatchItem {
+                        seq,
+                        job,
+                        range: start..batch.buf.len(),
                     });
-                    prev = codec::hash(&bytes);
-                    batch.push(PendingRecord { seq, job, bytes });
                     seq += 1;
                 }
                 *end = seq;

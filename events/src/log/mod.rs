@@ -20,7 +20,7 @@ pub mod sled_store;
 pub mod store;
 
 pub use group_commit::GroupCommitLog;
-pub use store::{PendingRecord, Store};
+pub use store::{Batch, BatchItem, Store};
 
 /// A boxed future, so the traits stay object-safe (`Arc<dyn EventLog>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -9,11 +9,20 @@ use std::path::Path;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::ids::JobId;
-use crate::log::store::{PendingRecord, Store};
+use crate::log::store::{Batch, Store};
 use crate::log::{LogError, RawRecord};
 
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
-const JOBS: TableDefinition<(u128, u64), ()> = TableDefinition::new("jobs");
+/// Key: job (u128 BE) ++ seq (u64 BE): byte order is (job, seq) order, and a
+/// fixed byte array compares faster than a tuple.
+const JOBS: TableDefinition<&[u8; 24], ()> = TableDefinition::new("jobs");
+
+fn job_key(job: u128, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&job.to_be_bytes());
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
 
 /// The log's file inside the data directory.
 pub const FILE_NAME: &str = "events.redb";
@@ -63,13 +72,13 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
-    fn commit(&self, batch: &[PendingRecord]) -> Result<(), LogError> {
+    fn commit(&self, batch: &Batch) -> Result<(), LogError> {
         self.write(|txn| {
             let mut records = txn.open_table(RECORDS).map_err(store_err)?;
             let mut jobs = txn.open_table(JOBS).map_err(store_err)?;
-            for r in batch {
-                records.insert(r.seq, r.bytes.as_slice()).map_err(store_err)?;
-                jobs.insert((r.job.as_u128(), r.seq), ()).map_err(store_err)?;
+            for (seq, job, bytes) in batch.records() {
+                records.insert(seq, bytes).map_err(store_err)?;
+                jobs.insert(&job_key(job.as_u128(), seq), ()).map_err(store_err)?;
             }
             Ok(())
         })
@@ -112,9 +121,12 @@ impl Store for RedbStore {
         let table = txn.open_table(JOBS).map_err(store_err)?;
         let j = job.as_u128();
         let mut out = Vec::new();
-        for item in table.range((j, 0)..=(j, u64::MAX)).map_err(store_err)? {
+        let (lo, hi) = (job_key(j, 0), job_key(j, u64::MAX));
+        for item in table.range::<&[u8; 24]>(&lo..=&hi).map_err(store_err)? {
             let (k, _) = item.map_err(store_err)?;
-            out.push(k.value().1);
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&k.value()[16..]);
+            out.push(u64::from_be_bytes(seq));
         }
         Ok(out)
     }

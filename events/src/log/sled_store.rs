@@ -1,15 +1,19 @@
 //! The sled 0.34 backend, made durable: `flush()` and then an `fsync` of
 //! sled's data file before a commit is acknowledged.
 //!
-//! What strace showed (`strace -f -e trace=fsync,fdatasync,sync_file_range`,
-//! `recman bench log --backend sled --events 20 --appenders 1`, 2026-11-25):
-//! for every commit, sled's `flush()` issues only
-//! `sync_file_range(fd, off, len, SYNC_FILE_RANGE_WAIT_BEFORE|WRITE|WAIT_AFTER)`
-//! on `events.sled/db`. That writes the dirty pages back but flushes neither
-//! the drive's volatile cache nor the file's metadata (a grown file size), so
-//! it is not a durable commit. Our explicit `fsync(<dir>/db)` follows each
-//! `sync_file_range`: one `fsync` per group commit, on the same file. For
-//! comparison, the redb backend shows exactly one `fsync` per commit and no
+//! What strace showed (`strace -f -e trace=fsync,fdatasync,sync_file_range,openat`
+//! on `recman bench log --backend sled --events 20 --appenders 1`, 2026-11-25,
+//! counting only calls before the bench's own fdatasync baseline starts):
+//! 41 `sync_file_range(fd of events.sled/db, off, len,
+//! SYNC_FILE_RANGE_WAIT_BEFORE|WRITE|WAIT_AFTER)`, i.e. two per commit (a
+//! 24-byte segment header and the 306-byte batch), and no `fsync`/`fdatasync`
+//! at all from sled for the commits (2 `fsync`s at creation only).
+//! `sync_file_range` writes the dirty pages back but flushes neither the
+//! drive's volatile cache nor the file's metadata (a grown file size), so it
+//! is not a durable commit. With this store: 20 `fsync(events.sled/db)`, one
+//! per commit, each right after sled's `sync_file_range`s. For comparison, the
+//! redb store showed 29 `fdatasync(events.redb)` for the 20 commits plus the
+//! table-creating one (redb syncs again when the file grows), no
 //! `sync_file_range`. See BENCHMARKS.md.
 //!
 //! Layout: one tree; a record lives under `b'r' ++ seq (u64 BE)`, its job index
@@ -24,7 +28,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use crate::ids::JobId;
-use crate::log::store::{PendingRecord, Store};
+use crate::log::store::{Batch, Store};
 use crate::log::{LogError, RawRecord};
 
 /// The log's directory inside the data directory.
@@ -120,11 +124,11 @@ impl SledStore {
 }
 
 impl Store for SledStore {
-    fn commit(&self, batch: &[PendingRecord]) -> Result<(), LogError> {
+    fn commit(&self, batch: &Batch) -> Result<(), LogError> {
         let mut b = sled::Batch::default();
-        for r in batch {
-            b.insert(&record_key(r.seq)[..], r.bytes.as_slice());
-            b.insert(&job_key(r.job, r.seq)[..], &[][..]);
+        for (seq, job, bytes) in batch.records() {
+            b.insert(&record_key(seq)[..], bytes);
+            b.insert(&job_key(job, seq)[..], &[][..]);
         }
         self.tree.apply_batch(b).map_err(store_err)?;
         self.sync()

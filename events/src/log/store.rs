@@ -8,12 +8,44 @@
 use crate::ids::JobId;
 use crate::log::{LogError, RawRecord};
 
-/// One encoded record, ready to be stored under `seq` and indexed under `job`.
+use std::ops::Range;
+
+/// Encoded records ready to be stored, in one buffer (one allocation per
+/// batch, not per record): record `i` is `buf[items[i].range]`, stored under
+/// `items[i].seq` and indexed under `items[i].job`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub buf: Vec<u8>,
+    pub items: Vec<BatchItem>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PendingRecord {
+pub struct BatchItem {
     pub seq: u64,
     pub job: JobId,
-    pub bytes: Vec<u8>,
+    pub range: Range<usize>,
+}
+
+impl Batch {
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.items.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// `(seq, job, bytes)` of every record, in order.
+    pub fn records(&self) -> impl Iterator<Item = (u64, JobId, &[u8])> + '_ {
+        self.items
+            .iter()
+            .map(|it| (it.seq, it.job, &self.buf[it.range.clone()]))
+    }
 }
 
 /// Durable key-value storage of encoded records, keyed by sequence number.
@@ -21,7 +53,7 @@ pub trait Store: Send + Sync + 'static {
     /// Stores every record of `batch` and its `(job, seq)` index entry in ONE
     /// atomic transaction, and returns only once that transaction is durable
     /// (on disk, past the drive's volatile cache as far as `fsync` reaches).
-    fn commit(&self, batch: &[PendingRecord]) -> Result<(), LogError>;
+    fn commit(&self, batch: &Batch) -> Result<(), LogError>;
     /// Up to `max` records with keys `>= from`, in key order.
     fn read_raw(&self, from: u64, max: usize) -> Result<Vec<RawRecord>, LogError>;
     /// Calls `f` with up to `max` records with keys `>= from`, in key order,
