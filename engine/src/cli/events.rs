@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use recman_events::log::{open_for_reading, LogError};
 use recman_events::model::{EventBody, StepDetail, StoredEvent};
 use recman_events::{EventMessage, JobId, SCHEMA_VERSION};
@@ -44,7 +43,8 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     let dir = g.data_dir.clone();
     let mut next = a.from.max(1);
     let mut out = std::io::stdout().lock();
-    next = print_from(&dir, next, &a, &mut out)?;
+    next = print_from(&dir, next, &a, &mut out)
+        .map_err(|e| anyhow::anyhow!("cannot read the event log in {}: {e}", dir.display()))?;
     if !a.follow {
         return Ok(ExitCode::SUCCESS);
     }
@@ -65,16 +65,16 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
                     told_locked = true;
                 }
             }
-            Err(e) => return Err(e),
+            Err(e) => anyhow::bail!("cannot read the event log in {}: {e}", dir.display()),
         }
     }
 }
 
 /// Opens the log, prints events from `next` on, closes it, returns the next seq to print.
 fn print_from(dir: &Path, mut next: u64, a: &Args, out: &mut impl Write) -> anyhow::Result<u64> {
-    let log = open_for_reading(dir)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("cannot read the event log in {}", dir.display()))?;
+    // Keep the LogError itself (for `Locked` below), formatted once: its
+    // Display already includes its source.
+    let log = open_for_reading(dir)?;
     if let Some(job) = a.job {
         let from = next;
         for e in log.read_job(job)?.into_iter().filter(|e| e.seq >= from) {
