@@ -212,10 +212,14 @@ pub async fn subscribe_sees_history_then_live_appends_in_order(backend: Backend)
     assert_eq!(seen, stored);
 }
 
-/// Writes a log of `n` events, closes it and returns the store to tamper with.
+/// Writes a log of `n` events (3 single appends, then one append of the
+/// rest, so records 4.. share one batch), closes it and tampers with its store.
 async fn tampered(backend: Backend, dir: &Path, n: u64, tamper: impl FnOnce(&dyn log::Store)) {
     let log = open(backend, dir).unwrap();
-    fill(&*log, n).await;
+    fill(&*log, 3).await;
+    let rest: Vec<Event> = (3..n).map(|i| ev(job(1 + u128::from(i % 3)), i)).collect();
+    assert_eq!(log.append(rest).await.unwrap(), (4..=n).collect::<Vec<_>>());
+    assert!(audit(&*log).is_clean());
     drop(log);
     let store = open_store(backend, dir, false).unwrap();
     tamper(&*store);
