@@ -11,10 +11,10 @@
 //! `sync_file_range` writes the dirty pages back but flushes neither the
 //! drive's volatile cache nor the file's metadata (a grown file size), so it
 //! is not a durable commit. With this store: 20 `fsync(events.sled/db)`, one
-//! per commit, each right after sled's `sync_file_range`s. For comparison, the
-//! redb store showed 29 `fdatasync(events.redb)` for the 20 commits plus the
-//! table-creating one (redb syncs again when the file grows), no
-//! `sync_file_range`. See BENCHMARKS.md.
+//! per commit, each right after sled's `sync_file_range`s (the two `fsync`s
+//! sled issues itself come at creation, before the first commit). For comparison, the redb store's writer thread
+//! showed 21 `fdatasync(events.redb)` for the 20 commits (one extra when the
+//! file grew) and no `sync_file_range`. See BENCHMARKS.md.
 //!
 //! Layout: one tree; a record lives under `b'r' ++ seq (u64 BE)`, its job index
 //! entry under `b'j' ++ job (u128 BE) ++ seq (u64 BE)` with an empty value, so
