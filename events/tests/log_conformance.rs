@@ -51,6 +51,17 @@ fn all(log: &dyn EventLog) -> Vec<recman_events::StoredEvent> {
     log.read(1, usize::MAX).expect("read")
 }
 
+/// `read_job` returns, for every job in `stored`, exactly its events in order.
+fn assert_index_matches(log: &dyn EventLog, stored: &[recman_events::StoredEvent]) {
+    let mut by_job: BTreeMap<JobId, Vec<recman_events::StoredEvent>> = BTreeMap::new();
+    for s in stored {
+        by_job.entry(s.event.job).or_default().push(s.clone());
+    }
+    for (j, want) in by_job {
+        assert_eq!(log.read_job(j).unwrap(), want, "job {j}");
+    }
+}
+
 pub async fn concurrent_appends_are_ordered_and_gap_free(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let log = open(backend, dir.path()).unwrap();
@@ -121,6 +132,8 @@ pub async fn reopen_preserves_everything_and_continues_the_chain(backend: Backen
     for (s, e) in &written {
         assert_eq!(&before[(*s - 1) as usize].event, e);
     }
+    // The job index survives the reopen too.
+    assert_index_matches(&*log, &before);
     let more = log.append(vec![ev(job(9), 100), ev(job(9), 101)]).await.unwrap();
     assert_eq!(more, vec![26, 27]);
     let report = audit(&*log);
@@ -420,6 +433,8 @@ pub async fn acknowledged_appends_survive_sigkill(backend: Backend, child_test: 
         for s in &acked {
             assert_eq!(stored[(*s - 1) as usize].seq, *s);
         }
+        // The job index was committed with the records: nothing more, nothing less.
+        assert_index_matches(&*log, &stored);
         let report = audit(&*log);
         assert!(report.is_clean(), "round {round}: {report:?}");
     }

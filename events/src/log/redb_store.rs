@@ -253,11 +253,14 @@ impl Store for RedbStore {
     }
 
     fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, LogError> {
-        let Some((first, chunk)) = self.batch_of(seq)? else {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(BATCHES).map_err(store_err)?;
+        let Some(item) = table.range(..=seq).map_err(store_err)?.next_back() else {
             return Ok(None);
         };
+        let (k, v) = item.map_err(store_err)?;
         let mut found = None;
-        for_each_record(first, &chunk, &mut |s, rec| {
+        for_each_record(k.value(), v.value(), &mut |s, rec| {
             if s == seq {
                 found = Some(rec.to_vec());
                 return false;
