@@ -14,6 +14,7 @@ use crate::codec::DecodeError;
 use crate::ids::JobId;
 use crate::model::{Event, StoredEvent};
 
+pub mod framed;
 pub mod group_commit;
 pub mod redb_store;
 pub mod sled_store;
