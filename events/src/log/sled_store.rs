@@ -6,7 +6,7 @@
 //! counting only calls before the bench's own fdatasync baseline starts):
 //! 41 `sync_file_range(fd of events.sled/db, off, len,
 //! SYNC_FILE_RANGE_WAIT_BEFORE|WRITE|WAIT_AFTER)`, i.e. two per commit (a
-//! 24-byte segment header and the 306-byte batch), and no `fsync`/`fdatasync`
+//! 24-byte segment header and the batch), and no `fsync`/`fdatasync`
 //! at all from sled for the commits (2 `fsync`s at creation only).
 //! `sync_file_range` writes the dirty pages back but flushes neither the
 //! drive's volatile cache nor the file's metadata (a grown file size), so it
@@ -16,9 +16,10 @@
 //! showed 21 `fdatasync(events.redb)` for the 20 commits (one extra when the
 //! file grew) and no `sync_file_range`. See BENCHMARKS.md.
 //!
-//! Layout: one tree; a record lives under `b'r' ++ seq (u64 BE)`, its job index
-//! entry under `b'j' ++ job (u128 BE) ++ seq (u64 BE)` with an empty value, so
-//! one `apply_batch` (atomic in sled) writes both.
+//! Layout (see `framed`): one tree; a group commit's framed records live under
+//! `b'b' ++ first seq (u64 BE)`, its job index under `b'x' ++ first seq (u64 BE)`,
+//! so one `apply_batch` (atomic in sled) writes both. The job index is loaded
+//! into memory on open.
 //!
 //! Locking: sled locks its own file, but with an unhelpful message, so we take
 //! an exclusive `flock` on `events.sled/recman.lock` first.
@@ -28,17 +29,21 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use crate::ids::JobId;
+use crate::log::framed::{self, JobIndex, KeyOp};
 use crate::log::store::{Batch, Store};
 use crate::log::{LogError, RawRecord};
 
 /// The log's directory inside the data directory.
 pub const DIR_NAME: &str = "events.sled";
 const LOCK_NAME: &str = "recman.lock";
+const BATCH: u8 = b'b';
+const INDEX: u8 = b'x';
 
 pub struct SledStore {
     tree: sled::Db,
     /// sled's data file, fsync'd after every flush.
     data_file: File,
+    jobs: JobIndex,
     /// Held (flock'd) for as long as the store is open.
     _lock: File,
 }
@@ -50,24 +55,20 @@ fn store_err(e: sled::Error) -> LogError {
     }
 }
 
-fn record_key(seq: u64) -> [u8; 9] {
+fn key(prefix: u8, seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
-    k[0] = b'r';
+    k[0] = prefix;
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
-fn job_key(job: JobId, seq: u64) -> [u8; 25] {
-    let mut k = [0u8; 25];
-    k[0] = b'j';
-    k[1..17].copy_from_slice(&job.as_u128().to_be_bytes());
-    k[17..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn seq_of(key: &[u8]) -> Option<u64> {
-    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
-    Some(u64::from_be_bytes(tail))
+fn seq_of(k: &[u8]) -> Result<u64, LogError> {
+    let tail: [u8; 8] = k
+        .get(1..9)
+        .and_then(|t| t.try_into().ok())
+        .filter(|_| k.len() == 9)
+        .ok_or_else(|| LogError::Store(format!("malformed key {k:02x?} in the sled log")))?;
+    Ok(u64::from_be_bytes(tail))
 }
 
 /// Takes an exclusive, non-blocking `flock` on `path`.
@@ -95,7 +96,7 @@ fn lock_file(path: &Path) -> Result<File, LogError> {
 }
 
 impl SledStore {
-    /// Opens (or, with `create`, creates) `dir/events.sled/`.
+    /// Opens (or, with `create`, creates) `dir/events.sled/` and loads the job index.
     pub fn open(dir: &Path, create: bool) -> Result<SledStore, LogError> {
         let path = dir.join(DIR_NAME);
         if !create && !path.is_dir() {
@@ -108,9 +109,15 @@ impl SledStore {
         let lock = lock_file(&path.join(LOCK_NAME))?;
         let tree = sled::Config::new().path(&path).open().map_err(store_err)?;
         let data_file = File::open(path.join("db"))?;
+        let jobs = JobIndex::default();
+        for item in tree.scan_prefix([INDEX]) {
+            let (k, v) = item.map_err(store_err)?;
+            jobs.load(seq_of(&k)?, &v)?;
+        }
         Ok(SledStore {
             tree,
             data_file,
+            jobs,
             _lock: lock,
         })
     }
@@ -121,17 +128,35 @@ impl SledStore {
         self.data_file.sync_all()?;
         Ok(())
     }
+
+    /// The stored batch with the highest first seq `<= seq`.
+    fn batch_of(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, LogError> {
+        let upto = key(BATCH, seq);
+        match self.tree.range(..=&upto[..]).next_back() {
+            Some(item) => {
+                let (k, v) = item.map_err(store_err)?;
+                if k.first() == Some(&BATCH) {
+                    Ok(Some((seq_of(&k)?, v)))
+                } else {
+                    Ok(None)
+                }
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 impl Store for SledStore {
     fn commit(&self, batch: &Batch) -> Result<(), LogError> {
+        let Some(first) = batch.items.first().map(|i| i.seq) else {
+            return Ok(());
+        };
         let mut b = sled::Batch::default();
-        for (seq, job, bytes) in batch.records() {
-            b.insert(&record_key(seq)[..], bytes);
-            b.insert(&job_key(job, seq)[..], &[][..]);
-        }
+        b.insert(&key(BATCH, first)[..], framed::frame_batch(batch));
+        b.insert(&key(INDEX, first)[..], framed::index_value(batch));
         self.tree.apply_batch(b).map_err(store_err)?;
-        self.sync()
+        self.sync()?;
+        self.jobs.add(batch)
     }
 
     fn read_raw(&self, from: u64, max: usize) -> Result<Vec<RawRecord>, LogError> {
@@ -146,64 +171,60 @@ impl Store for SledStore {
     }
 
     fn scan(&self, from: u64, max: usize, f: &mut dyn FnMut(u64, &[u8])) -> Result<usize, LogError> {
-        let end = [b'r' + 1];
+        let start = self.batch_of(from)?.map(|(k, _)| k).unwrap_or(from);
+        let end = [BATCH + 1];
         let mut n = 0;
-        for item in self.tree.range(&record_key(from)[..]..&end[..]) {
+        for item in self.tree.range(&key(BATCH, start)[..]..&end[..]) {
             if n >= max {
                 break;
             }
             let (k, v) = item.map_err(store_err)?;
-            let seq =
-                seq_of(&k).ok_or_else(|| LogError::Store(format!("malformed record key {:02x?}", &k[..])))?;
-            f(seq, &v);
-            n += 1;
+            framed::for_each_record(seq_of(&k)?, &v, &mut |seq, rec| {
+                if seq < from {
+                    return true;
+                }
+                if n >= max {
+                    return false;
+                }
+                f(seq, rec);
+                n += 1;
+                true
+            });
         }
         Ok(n)
     }
 
     fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, LogError> {
         Ok(self
-            .tree
-            .get(record_key(seq))
-            .map_err(store_err)?
-            .map(|v| v.to_vec()))
+            .batch_of(seq)?
+            .and_then(|(first, v)| framed::record_in(first, &v, seq)))
     }
 
     fn job_seqs(&self, job: JobId) -> Result<Vec<u64>, LogError> {
-        let mut prefix = [0u8; 17];
-        prefix[0] = b'j';
-        prefix[1..].copy_from_slice(&job.as_u128().to_be_bytes());
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix(prefix) {
-            let (k, _) = item.map_err(store_err)?;
-            let seq =
-                seq_of(&k).ok_or_else(|| LogError::Store(format!("malformed index key {:02x?}", &k[..])))?;
-            out.push(seq);
-        }
-        Ok(out)
+        self.jobs.seqs(job)
     }
 
     fn last(&self) -> Result<Option<RawRecord>, LogError> {
-        let end = [b'r' + 1];
-        match self.tree.get_lt(end).map_err(store_err)? {
-            Some((k, v)) if k.first() == Some(&b'r') => {
-                let seq = seq_of(&k)
-                    .ok_or_else(|| LogError::Store(format!("malformed record key {:02x?}", &k[..])))?;
-                Ok(Some(RawRecord {
-                    seq,
-                    bytes: v.to_vec(),
-                }))
+        match self.tree.get_lt([BATCH + 1]).map_err(store_err)? {
+            Some((k, v)) if k.first() == Some(&BATCH) => {
+                let (seq, bytes) = framed::last_record(seq_of(&k)?, &v);
+                Ok(Some(RawRecord { seq, bytes }))
             }
             _ => Ok(None),
         }
     }
 
     fn put_raw(&self, seq: u64, bytes: Option<&[u8]>) -> Result<(), LogError> {
-        match bytes {
-            Some(b) => self.tree.insert(record_key(seq), b).map(|_| ()),
-            None => self.tree.remove(record_key(seq)).map(|_| ()),
+        let holder = self.batch_of(seq)?;
+        let ops = framed::rewrite(holder.as_ref().map(|(k, v)| (*k, &v[..])), seq, bytes);
+        let mut b = sled::Batch::default();
+        for op in ops {
+            match op {
+                KeyOp::Put(k, v) => b.insert(&key(BATCH, k)[..], v),
+                KeyOp::Remove(k) => b.remove(&key(BATCH, k)[..]),
+            }
         }
-        .map_err(store_err)?;
+        self.tree.apply_batch(b).map_err(store_err)?;
         self.sync()
     }
 }
