@@ -306,14 +306,19 @@ impl EventLog for GroupCommitLog {
 
     fn subscribe(&self, from: u64) -> Subscription {
         let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
-        let store = self.store.clone();
+        // Weak: a subscription must not keep the store (and its file lock)
+        // alive after the log is dropped.
+        let store = Arc::downgrade(&self.store);
         let mut committed = self.committed.clone();
         tokio::spawn(async move {
             let mut next = from.max(1);
             loop {
                 let last = *committed.borrow_and_update();
                 while next <= last {
-                    let s = store.clone();
+                    let Some(s) = store.upgrade() else {
+                        let _ = tx.send(Err(LogError::Closed)).await;
+                        return;
+                    };
                     let chunk =
                         match tokio::task::spawn_blocking(move || s.read_raw(next, SUBSCRIBE_CHUNK)).await {
                             Ok(Ok(c)) => c,

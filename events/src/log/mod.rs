@@ -2,8 +2,12 @@
 //!
 //! Sequence numbers start at 1 and have no gaps. `append` returns only after
 //! the events are on disk. Backends share one group-commit writer
-//! (`group_commit`) over a small synchronous `Store` (`redb_store`, `sled_store`)
-//! and pass one conformance suite (`tests/log_conformance.rs`).
+//! (`group_commit`) over a small synchronous `Store` (`redb_store`, `sled_store`,
+//! both storing each group commit as one framed value, see `framed`) and pass
+//! one conformance suite (`tests/log_conformance.rs`).
+//!
+//! Entry points: `open` / `open_detected` (the engine), `open_for_reading`
+//! (`recman events`, `recman audit`), `open_store` (tools and tamper tests).
 
 use std::future::Future;
 use std::path::Path;

@@ -95,6 +95,26 @@ fn lock_file(path: &Path) -> Result<File, LogError> {
     Ok(file)
 }
 
+/// Opens sled, waiting out a previous instance of this process that is still
+/// shutting down: our `flock` already proved no one else owns the log, but a
+/// dropped sled keeps its own file lock until its background writer threads
+/// finish.
+fn open_sled(path: &Path) -> Result<sled::Db, LogError> {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(store_err(e)),
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or, with `create`, creates) `dir/events.sled/` and loads the job index.
     pub fn open(dir: &Path, create: bool) -> Result<SledStore, LogError> {
@@ -107,7 +127,7 @@ impl SledStore {
         }
         std::fs::create_dir_all(&path)?;
         let lock = lock_file(&path.join(LOCK_NAME))?;
-        let tree = sled::Config::new().path(&path).open().map_err(store_err)?;
+        let tree = open_sled(&path)?;
         let data_file = File::open(path.join("db"))?;
         let jobs = JobIndex::default();
         for item in tree.scan_prefix([INDEX]) {
