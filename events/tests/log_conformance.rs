@@ -509,3 +509,23 @@ suite!(sled, Backend::Sled);
 
 #[allow(dead_code)]
 fn _assert_object_safe(_: Arc<dyn EventLog>) {}
+
+/// Reading a redb log for audit must not change a byte of its file (evidence).
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_a_redb_log_leaves_its_file_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(Backend::Redb, dir.path()).unwrap();
+    fill(&*log, 20).await;
+    drop(log);
+    let file = dir.path().join(log::redb_store::FILE_NAME);
+    let before = std::fs::read(&file).unwrap();
+    let log = open_for_reading(dir.path()).unwrap();
+    assert!(audit(&*log).is_clean());
+    assert_eq!(all(&*log).len(), 20);
+    assert_eq!(log.read_job(job(1)).unwrap().len(), 7);
+    drop(log);
+    assert!(
+        std::fs::read(&file).unwrap() == before,
+        "the audit changed the file"
+    );
+}

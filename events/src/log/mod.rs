@@ -175,6 +175,7 @@ pub fn open_detected(dir: &Path, default: Backend) -> Result<Arc<dyn EventLog>, 
 
 /// Opens an existing log for reading only (`recman events`, `recman audit`):
 /// never creates anything, tolerates a damaged last record, refuses appends.
+/// A redb log is not written to at all (unless it needs crash recovery).
 pub fn open_for_reading(dir: &Path) -> Result<Arc<dyn EventLog>, LogError> {
     if !dir.is_dir() {
         return Err(LogError::Io(std::io::Error::new(
@@ -193,6 +194,10 @@ pub fn open_for_reading(dir: &Path) -> Result<Arc<dyn EventLog>, LogError> {
             ),
         )));
     };
-    let store = open_store(backend, dir, false)?;
+    let store: Arc<dyn Store> = match backend {
+        Backend::Redb => Arc::new(redb_store::RedbStore::open_read_only(dir)?),
+        // sled has no read-only mode; opening it may replay its own log.
+        Backend::Sled => Arc::new(sled_store::SledStore::open(dir, false)?),
+    };
     Ok(Arc::new(GroupCommitLog::start(store, backend, dir, true)?))
 }

@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::ids::JobId;
 use crate::log::framed::{self, JobIndex, KeyOp};
@@ -28,8 +28,42 @@ const BATCH_JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("batch_jobs
 pub const FILE_NAME: &str = "events.redb";
 
 pub struct RedbStore {
-    db: Database,
+    db: Db,
     jobs: JobIndex,
+}
+
+/// A handle for writing, or one that never changes the file (audit, events).
+enum Db {
+    ReadWrite(Database),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::ReadWrite(d) => d.begin_read(),
+            Db::ReadOnly(d) => d.begin_read(),
+        }
+    }
+
+    fn writable(&self) -> Result<&Database, LogError> {
+        match self {
+            Db::ReadWrite(d) => Ok(d),
+            Db::ReadOnly(_) => Err(LogError::Store("the event log was opened read-only".into())),
+        }
+    }
+}
+
+fn open_err(path: &Path, e: redb::DatabaseError) -> LogError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => LogError::Locked(format!(
+            "the event log {} is in use by another recman process (one log has one owner); \
+             stop that process first",
+            path.display()
+        )),
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => LogError::Io(io),
+        other => store_err(other),
+    }
 }
 
 fn store_err(e: impl Into<redb::Error>) -> LogError {
@@ -37,7 +71,8 @@ fn store_err(e: impl Into<redb::Error>) -> LogError {
 }
 
 impl RedbStore {
-    /// Opens (or, with `create`, creates) `dir/events.redb` and loads the job index.
+    /// Opens (or, with `create`, creates) `dir/events.redb` for writing and
+    /// loads the job index.
     pub fn open(dir: &Path, create: bool) -> Result<RedbStore, LogError> {
         let path = dir.join(FILE_NAME);
         let result = if create {
@@ -45,15 +80,7 @@ impl RedbStore {
         } else {
             Database::open(&path)
         };
-        let db = result.map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => LogError::Locked(format!(
-                "the event log {} is in use by another recman process (one log has one owner); \
-                 stop that process first",
-                path.display()
-            )),
-            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => LogError::Io(io),
-            other => store_err(other),
-        })?;
+        let db = result.map_err(|e| open_err(&path, e))?;
         // Create both tables up front so readers never see "no such table".
         let txn = db.begin_write().map_err(store_err)?;
         {
@@ -61,6 +88,25 @@ impl RedbStore {
             txn.open_table(BATCH_JOBS).map_err(store_err)?;
         }
         txn.commit().map_err(store_err)?;
+        Self::with_index(Db::ReadWrite(db))
+    }
+
+    /// Opens an existing `dir/events.redb` without changing a byte of it. A
+    /// file that needs recovery after a crash cannot be read that way: it is
+    /// then opened for writing, which lets redb repair it (records untouched).
+    pub fn open_read_only(dir: &Path) -> Result<RedbStore, LogError> {
+        let path = dir.join(FILE_NAME);
+        match redb::Builder::new().open_read_only(&path) {
+            Ok(db) => Self::with_index(Db::ReadOnly(db)),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                Err(open_err(&path, redb::DatabaseError::DatabaseAlreadyOpen))
+            }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(io))) => Err(LogError::Io(io)),
+            Err(_) => Self::open(dir, false),
+        }
+    }
+
+    fn with_index(db: Db) -> Result<RedbStore, LogError> {
         let store = RedbStore {
             db,
             jobs: JobIndex::default(),
@@ -77,7 +123,7 @@ impl RedbStore {
     }
 
     fn write(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<(), LogError>) -> Result<(), LogError> {
-        let mut txn = self.db.begin_write().map_err(store_err)?;
+        let mut txn = self.db.writable()?.begin_write().map_err(store_err)?;
         txn.set_durability(Durability::Immediate).map_err(store_err)?;
         f(&txn)?;
         txn.commit().map_err(store_err)
