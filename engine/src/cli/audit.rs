@@ -12,7 +12,8 @@ use super::Global;
 #[command(
     after_help = "Exit codes: 0 the log is intact, 1 findings (each printed with its seq),\n\
 2 the audit could not run (no log in the data dir, log in use, unreadable store).\n\
-The audit never creates or changes a log."
+The audit never creates a log, and leaves a redb log's file byte-identical\n\
+(unless redb must first recover it after a crash)."
 )]
 pub struct Args {
     /// Print the report as one JSON object.
