@@ -1,6 +1,7 @@
 //! recman-events: the backbone shared by the engine, the workers and other
 //! systems: ids, the event model, wire messages and their codecs, the event log.
 
+pub mod audit;
 pub mod codec;
 pub mod ids;
 pub mod log;

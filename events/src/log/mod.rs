@@ -2,15 +2,30 @@
 //!
 //! Sequence numbers start at 1 and have no gaps. `append` returns only after
 //! the events are on disk. Backends share one group-commit writer
-//! (`group_commit`) over a small synchronous `Store` (`redb_store`, `sled_store`)
-//! and pass one conformance suite (`tests/log_conformance.rs`).
+//! (`group_commit`) over a small synchronous `Store` (`redb_store`, `sled_store`,
+//! both storing each group commit as one framed value, see `framed`) and pass
+//! one conformance suite (`tests/log_conformance.rs`).
+//!
+//! Entry points: `open` / `open_detected` (the engine), `open_for_reading`
+//! (`recman events`, `recman audit`), `open_store` (tools and tamper tests).
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::codec::DecodeError;
 use crate::ids::JobId;
 use crate::model::{Event, StoredEvent};
+
+pub mod framed;
+pub mod group_commit;
+pub mod redb_store;
+pub mod sled_store;
+pub mod store;
+
+pub use group_commit::GroupCommitLog;
+pub use store::{Batch, BatchItem, Store};
 
 /// A boxed future, so the traits stay object-safe (`Arc<dyn EventLog>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -83,10 +98,106 @@ pub trait EventLog: Send + Sync + 'static {
     fn read_job(&self, job: JobId) -> Result<Vec<StoredEvent>, LogError>;
     /// Up to `max` stored records with keys `>= from`, not decoded.
     fn read_raw(&self, from: u64, max: usize) -> Result<Vec<RawRecord>, LogError>;
+    /// Like `read_raw`, but lends each record to `f` instead of copying it
+    /// (audit and replay walk millions of records). Returns how many it visited.
+    fn scan_raw(&self, from: u64, max: usize, f: &mut dyn FnMut(u64, &[u8])) -> Result<usize, LogError> {
+        let records = self.read_raw(from, max)?;
+        for r in &records {
+            f(r.seq, &r.bytes);
+        }
+        Ok(records.len())
+    }
     /// A live tail from `from` (must be called inside a tokio runtime).
     fn subscribe(&self, from: u64) -> Subscription;
     /// The sequence number of the last durable event; 0 when empty.
     fn last_seq(&self) -> u64;
     /// Which backend this is.
     fn backend(&self) -> Backend;
+}
+
+/// Which backend's log `dir` holds, if any. Both at once is an error: the
+/// user must say which one is the log.
+pub fn detect(dir: &Path) -> Result<Option<Backend>, LogError> {
+    let redb = dir.join(redb_store::FILE_NAME).exists();
+    let sled = dir.join(sled_store::DIR_NAME).exists();
+    match (redb, sled) {
+        (true, true) => Err(LogError::Store(format!(
+            "{} holds both a redb log ({}) and a sled log ({}); move one of them away",
+            dir.display(),
+            redb_store::FILE_NAME,
+            sled_store::DIR_NAME
+        ))),
+        (true, false) => Ok(Some(Backend::Redb)),
+        (false, true) => Ok(Some(Backend::Sled)),
+        (false, false) => Ok(None),
+    }
+}
+
+/// Opens the store of a `backend` log in `dir` (creating it with `create`),
+/// without the group-commit layer: for audit tools and tamper tests.
+pub fn open_store(backend: Backend, dir: &Path, create: bool) -> Result<Arc<dyn Store>, LogError> {
+    Ok(match backend {
+        Backend::Redb => Arc::new(redb_store::RedbStore::open(dir, create)?),
+        Backend::Sled => Arc::new(sled_store::SledStore::open(dir, create)?),
+    })
+}
+
+/// Opens (creating `dir` and the log if needed) the `backend` log in `dir`
+/// for appending and reading. Refuses when `dir` already holds the other
+/// backend's log, when another process owns the log (`LogError::Locked`), or
+/// when the last record is damaged (the message says to run `recman audit`).
+pub fn open(backend: Backend, dir: &Path) -> Result<Arc<dyn EventLog>, LogError> {
+    std::fs::create_dir_all(dir)?;
+    if let Some(found) = detect(dir)? {
+        if found != backend {
+            return Err(LogError::Store(format!(
+                "{} already holds a {} event log; open it as {} (or use another data dir)",
+                dir.display(),
+                found.as_str(),
+                found.as_str()
+            )));
+        }
+    }
+    let store = open_store(backend, dir, true)?;
+    Ok(Arc::new(GroupCommitLog::start(store, backend, dir, false)?))
+}
+
+/// Opens the log in `dir` with the backend found there, or a new `default`
+/// log when there is none.
+pub fn open_detected(dir: &Path, default: Backend) -> Result<Arc<dyn EventLog>, LogError> {
+    let backend = if dir.exists() {
+        detect(dir)?.unwrap_or(default)
+    } else {
+        default
+    };
+    open(backend, dir)
+}
+
+/// Opens an existing log for reading only (`recman events`, `recman audit`):
+/// never creates anything, tolerates a damaged last record, refuses appends.
+/// A redb log is not written to at all (unless it needs crash recovery).
+pub fn open_for_reading(dir: &Path) -> Result<Arc<dyn EventLog>, LogError> {
+    if !dir.is_dir() {
+        return Err(LogError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("data directory {} does not exist", dir.display()),
+        )));
+    }
+    let Some(backend) = detect(dir)? else {
+        return Err(LogError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "no event log in {} (expected {} or {}/)",
+                dir.display(),
+                redb_store::FILE_NAME,
+                sled_store::DIR_NAME
+            ),
+        )));
+    };
+    let store: Arc<dyn Store> = match backend {
+        Backend::Redb => Arc::new(redb_store::RedbStore::open_read_only(dir)?),
+        // sled has no read-only mode; opening it may replay its own log.
+        Backend::Sled => Arc::new(sled_store::SledStore::open(dir, false)?),
+    };
+    Ok(Arc::new(GroupCommitLog::start(store, backend, dir, true)?))
 }

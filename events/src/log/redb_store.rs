@@ -1,0 +1,250 @@
+//! The redb backend (the default): one `events.redb` file, every commit with
+//! `Durability::Immediate`, i.e. an `fdatasync` of the file before it returns.
+//!
+//! Two tables, written in the same transaction (layout in `framed`):
+//! `batches` (first seq of a group commit → its framed records) and
+//! `batch_jobs` (first seq → that batch's job index). The job index is loaded
+//! into memory on open (24 bytes per event).
+//!
+//! Why one entry per group commit rather than one per record and one per index
+//! entry: every redb B-tree insert copies and rewrites pages, and on this
+//! machine's disk the cost of a commit grows with the bytes it writes.
+//! Measured with 256 appenders: ~135-160k events/s with per-record entries and
+//! a `(job, seq)` index table, ~200k with this layout (BENCHMARKS.md).
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::ids::JobId;
+use crate::log::framed::{self, JobIndex, KeyOp};
+use crate::log::store::{Batch, Store};
+use crate::log::{LogError, RawRecord};
+
+const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
+const BATCH_JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("batch_jobs");
+
+/// The log's file inside the data directory.
+pub const FILE_NAME: &str = "events.redb";
+
+pub struct RedbStore {
+    db: Db,
+    jobs: JobIndex,
+}
+
+/// A handle for writing, or one that never changes the file (audit, events).
+enum Db {
+    ReadWrite(Database),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::ReadWrite(d) => d.begin_read(),
+            Db::ReadOnly(d) => d.begin_read(),
+        }
+    }
+
+    fn writable(&self) -> Result<&Database, LogError> {
+        match self {
+            Db::ReadWrite(d) => Ok(d),
+            Db::ReadOnly(_) => Err(LogError::Store("the event log was opened read-only".into())),
+        }
+    }
+}
+
+fn open_err(path: &Path, e: redb::DatabaseError) -> LogError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => LogError::Locked(format!(
+            "the event log {} is in use by another recman process (one log has one owner); \
+             stop that process first",
+            path.display()
+        )),
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => LogError::Io(io),
+        other => store_err(other),
+    }
+}
+
+fn store_err(e: impl Into<redb::Error>) -> LogError {
+    LogError::Store(e.into().to_string())
+}
+
+impl RedbStore {
+    /// Opens (or, with `create`, creates) `dir/events.redb` for writing and
+    /// loads the job index.
+    pub fn open(dir: &Path, create: bool) -> Result<RedbStore, LogError> {
+        let path = dir.join(FILE_NAME);
+        let result = if create {
+            Database::create(&path)
+        } else {
+            Database::open(&path)
+        };
+        let db = result.map_err(|e| open_err(&path, e))?;
+        // Create both tables up front so readers never see "no such table".
+        let txn = db.begin_write().map_err(store_err)?;
+        {
+            txn.open_table(BATCHES).map_err(store_err)?;
+            txn.open_table(BATCH_JOBS).map_err(store_err)?;
+        }
+        txn.commit().map_err(store_err)?;
+        Self::with_index(Db::ReadWrite(db))
+    }
+
+    /// Opens an existing `dir/events.redb` without changing a byte of it. A
+    /// file that needs recovery after a crash cannot be read that way: it is
+    /// then opened for writing, which lets redb repair it (records untouched).
+    pub fn open_read_only(dir: &Path) -> Result<RedbStore, LogError> {
+        let path = dir.join(FILE_NAME);
+        match redb::Builder::new().open_read_only(&path) {
+            Ok(db) => Self::with_index(Db::ReadOnly(db)),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                Err(open_err(&path, redb::DatabaseError::DatabaseAlreadyOpen))
+            }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(io))) => Err(LogError::Io(io)),
+            Err(_) => Self::open(dir, false),
+        }
+    }
+
+    fn with_index(db: Db) -> Result<RedbStore, LogError> {
+        let store = RedbStore {
+            db,
+            jobs: JobIndex::default(),
+        };
+        {
+            let txn = store.db.begin_read().map_err(store_err)?;
+            let table = txn.open_table(BATCH_JOBS).map_err(store_err)?;
+            for item in table.iter().map_err(store_err)? {
+                let (k, v) = item.map_err(store_err)?;
+                store.jobs.load(k.value(), v.value())?;
+            }
+        }
+        Ok(store)
+    }
+
+    fn write(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<(), LogError>) -> Result<(), LogError> {
+        let mut txn = self.db.writable()?.begin_write().map_err(store_err)?;
+        txn.set_durability(Durability::Immediate).map_err(store_err)?;
+        f(&txn)?;
+        txn.commit().map_err(store_err)
+    }
+
+    /// The first seq and value of the stored batch with the highest key `<= seq`.
+    fn batch_of(&self, seq: u64) -> Result<Option<(u64, Vec<u8>)>, LogError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(BATCHES).map_err(store_err)?;
+        let found = match table.range(..=seq).map_err(store_err)?.next_back() {
+            Some(item) => {
+                let (k, v) = item.map_err(store_err)?;
+                Some((k.value(), v.value().to_vec()))
+            }
+            None => None,
+        };
+        Ok(found)
+    }
+}
+
+impl Store for RedbStore {
+    fn commit(&self, batch: &Batch) -> Result<(), LogError> {
+        let Some(first) = batch.items.first().map(|i| i.seq) else {
+            return Ok(());
+        };
+        let value = framed::frame_batch(batch);
+        let index = framed::index_value(batch);
+        self.write(|txn| {
+            txn.open_table(BATCHES)
+                .map_err(store_err)?
+                .insert(first, value.as_slice())
+                .map_err(store_err)?;
+            txn.open_table(BATCH_JOBS)
+                .map_err(store_err)?
+                .insert(first, index.as_slice())
+                .map_err(store_err)?;
+            Ok(())
+        })?;
+        self.jobs.add(batch)
+    }
+
+    fn read_raw(&self, from: u64, max: usize) -> Result<Vec<RawRecord>, LogError> {
+        let mut out = Vec::with_capacity(max.min(4096));
+        self.scan(from, max, &mut |seq, bytes| {
+            out.push(RawRecord {
+                seq,
+                bytes: bytes.to_vec(),
+            })
+        })?;
+        Ok(out)
+    }
+
+    fn scan(&self, from: u64, max: usize, f: &mut dyn FnMut(u64, &[u8])) -> Result<usize, LogError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(BATCHES).map_err(store_err)?;
+        // Start at the batch that holds `from`, if one does.
+        let start = match table.range(..=from).map_err(store_err)?.next_back() {
+            Some(item) => item.map_err(store_err)?.0.value(),
+            None => from,
+        };
+        let mut n = 0;
+        for item in table.range(start..).map_err(store_err)? {
+            if n >= max {
+                break;
+            }
+            let (k, v) = item.map_err(store_err)?;
+            framed::for_each_record(k.value(), v.value(), &mut |seq, rec| {
+                if seq < from {
+                    return true;
+                }
+                if n >= max {
+                    return false;
+                }
+                f(seq, rec);
+                n += 1;
+                true
+            });
+        }
+        Ok(n)
+    }
+
+    fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, LogError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(BATCHES).map_err(store_err)?;
+        let Some(item) = table.range(..=seq).map_err(store_err)?.next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = item.map_err(store_err)?;
+        Ok(framed::record_in(k.value(), v.value(), seq))
+    }
+
+    fn job_seqs(&self, job: JobId) -> Result<Vec<u64>, LogError> {
+        self.jobs.seqs(job)
+    }
+
+    fn last(&self) -> Result<Option<RawRecord>, LogError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(BATCHES).map_err(store_err)?;
+        let last = table.last().map_err(store_err)?.map(|(k, v)| {
+            let (seq, bytes) = framed::last_record(k.value(), v.value());
+            RawRecord { seq, bytes }
+        });
+        Ok(last)
+    }
+
+    fn put_raw(&self, seq: u64, bytes: Option<&[u8]>) -> Result<(), LogError> {
+        let holder = self.batch_of(seq)?;
+        let ops = framed::rewrite(holder.as_ref().map(|(k, v)| (*k, v.as_slice())), seq, bytes);
+        self.write(|txn| {
+            let mut t = txn.open_table(BATCHES).map_err(store_err)?;
+            for op in ops {
+                match op {
+                    KeyOp::Put(k, v) => {
+                        t.insert(k, v.as_slice()).map_err(store_err)?;
+                    }
+                    KeyOp::Remove(k) => {
+                        t.remove(k).map_err(store_err)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
