@@ -412,22 +412,22 @@ impl Sim {
                     new_job,
                 })?;
                 match reply {
-                    Reply::Accepted { job, existing } => {
-                        match self.clients[i].job {
-                            None if !existing => {
-                                self.clients[i].job = Some(job);
-                                self.accepted += 1;
-                            }
-                            Some(j) if j == job && existing => {}
-                            prev => return Err(self.violation(
+                    Reply::Accepted { job, existing } => match self.clients[i].job {
+                        None if !existing => {
+                            self.clients[i].job = Some(job);
+                            self.accepted += 1;
+                        }
+                        Some(j) if j == job && existing => {}
+                        prev => {
+                            return Err(self.violation(
                                 "request_idempotent",
                                 Some(job),
                                 format!(
                                     "request r{i} answered job {job} existing={existing}, before {prev:?}"
                                 ),
-                            )),
+                            ))
                         }
-                    }
+                    },
                     other => {
                         return Err(self.violation(
                             "request_accepted",
@@ -752,6 +752,11 @@ impl Sim {
                         format!("snapshot command named {name:?}, expected {expected}"),
                     ));
                 }
+                if self.provider.deleted.contains(&name) {
+                    let error = StepError::new("deleted", "this snapshot was deleted by retention", false);
+                    self.report(w, &cmd, Outcome::Err { error });
+                    return Ok(());
+                }
                 if self.provider.snapshots.contains(&name) {
                     let detail = StepDetail::Snapshot(Provider::info(&name, true));
                     self.report(w, &cmd, Outcome::Ok { detail });
@@ -795,6 +800,7 @@ impl Sim {
             Stage::Prune => {
                 for n in &cmd.prune {
                     self.provider.snapshots.remove(n);
+                    self.provider.deleted.insert(n.clone());
                 }
                 let detail = StepDetail::Pruned {
                     deleted: cmd.prune.clone(),

@@ -32,6 +32,8 @@ pub struct Worker {
 #[derive(Default)]
 pub struct Provider {
     pub snapshots: HashSet<String>,
+    /// Names deleted by retention: a late duplicate command must not bring one back.
+    pub deleted: HashSet<String>,
     pub created: HashMap<Key, u32>,
     /// Whether every member was frozen by that attempt when the snapshot was cut.
     pub consistent: HashMap<Key, bool>,
