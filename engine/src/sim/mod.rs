@@ -387,6 +387,9 @@ impl Sim {
             if self.summary.steps % 4096 == 0 {
                 self.check_frozen_windows()?;
             }
+            if self.summary.steps % 131_072 == 0 {
+                self.check_replay()?;
+            }
         }
         self.finish()
     }
