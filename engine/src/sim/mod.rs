@@ -178,6 +178,7 @@ struct Sim {
     core: Core,
     core_cfg: CoreConfig,
     engine_up: bool,
+    crash_mid_input: bool,
     parked: Vec<Input>,
     log: Vec<Event>,
     timers: BTreeSet<u64>,
@@ -293,6 +294,7 @@ impl Sim {
             seq: 0,
             heap: BinaryHeap::new(),
             engine_up: true,
+            crash_mid_input: false,
             parked: Vec::new(),
             log: Vec::new(),
             timers: BTreeSet::new(),
@@ -421,6 +423,11 @@ impl Sim {
                             self.accepted += 1;
                         }
                         Some(j) if j == job && existing => {}
+                        None if existing => {
+                            // Accepted before, but that reply never arrived.
+                            self.clients[i].job = Some(job);
+                            self.accepted += 1;
+                        }
                         prev => {
                             return Err(self.violation(
                                 "request_idempotent",
@@ -431,6 +438,10 @@ impl Sim {
                             ))
                         }
                     },
+                    Reply::None => {
+                        let d = self.rng.range(500, 2_000);
+                        self.push(self.now + d, Ev::Resubmit(i));
+                    }
                     other => {
                         return Err(self.violation(
                             "request_accepted",
@@ -495,6 +506,19 @@ impl Sim {
     /// commands go out, then the invariants are checked.
     fn engine(&mut self, input: Input) -> R<Reply> {
         self.summary.inputs += 1;
+        if self.crash_mid_input {
+            // The engine dies after deciding but before the batch is durable:
+            // nothing of it reaches the log or the network; an unacknowledged
+            // report is redelivered, a request gets no reply (the client retries).
+            self.crash_mid_input = false;
+            self.check_replay()?;
+            let _lost = self.core.handle(input.clone(), self.now);
+            if matches!(input, Input::Report(_)) {
+                self.parked.push(input);
+            }
+            self.go_down();
+            return Ok(Reply::None);
+        }
         let step = self.core.handle(input, self.now);
         let start = self.log.len();
         self.log.extend(step.events);
@@ -853,13 +877,21 @@ impl Sim {
         if !self.busy() || !self.engine_up {
             return Ok(());
         }
+        if self.rng.chance(0.5) {
+            self.crash_mid_input = true;
+            return Ok(());
+        }
+        self.check_replay()?;
+        self.go_down();
+        Ok(())
+    }
+
+    fn go_down(&mut self) {
         self.summary.engine_crashes += 1;
         self.engine_up = false;
         self.timers.clear();
-        self.check_replay()?;
         let d = self.rng.range(200, 3_000);
         self.push(self.now + d, Ev::EngineRestart);
-        Ok(())
     }
 
     fn engine_restart(&mut self) -> R<()> {
