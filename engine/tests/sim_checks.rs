@@ -43,6 +43,25 @@ fn skipping_the_compensating_thaw_is_caught_with_a_readable_trace() {
 }
 
 #[test]
+fn a_core_that_never_forces_the_thaw_is_caught() {
+    let c = SimConfig {
+        faults: Faults::None,
+        ..cfg(1, 3_000, 10, Some(Mutation::NoForcedThaw))
+    };
+    let v = sim::run(&c).expect_err("the broken core went unnoticed");
+    let text = sim::render(&v);
+    assert!(
+        [
+            "timer_progress",
+            "engine_thaws_before_watchdog",
+            "consistent_snapshot"
+        ]
+        .contains(&v.invariant),
+        "{text}"
+    );
+}
+
+#[test]
 fn the_same_seed_gives_the_same_run() {
     let a = sim::run(&cfg(7, 500, 6, None)).expect("clean run");
     let b = sim::run(&cfg(7, 500, 6, None)).expect("clean run");
@@ -73,7 +92,7 @@ fn every_fault_mode_runs_clean() {
 /// About a minute in release mode on 2 cores (`tests/run` builds with `--release`).
 #[test]
 fn seeded_sweep_all_faults_with_groups() {
-    let seeds: u64 = if cfg!(debug_assertions) { 6 } else { 1_000 };
+    let seeds: u64 = if cfg!(debug_assertions) { 6 } else { 650 };
     let threads = 2;
     let handles: Vec<_> = (0..threads)
         .map(|k| {

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use super::Global;
+use crate::core::Mutation;
 use crate::sim::{self, Faults, SimConfig};
 
 #[derive(Debug, clap::Args)]
@@ -24,6 +25,10 @@ pub struct Args {
     /// (worker and engine crashes), all.
     #[arg(long, default_value = "all")]
     pub faults: String,
+    /// Self-test: run a deliberately broken core (`skip-compensating-thaw`,
+    /// `no-forced-thaw`); the run is expected to find a violation.
+    #[arg(long, hide = true)]
+    pub mutation: Option<String>,
 }
 
 pub async fn run(_g: &Global, a: Args) -> anyhow::Result<ExitCode> {
@@ -33,13 +38,19 @@ pub async fn run(_g: &Global, a: Args) -> anyhow::Result<ExitCode> {
             a.faults
         );
     };
+    let mutation = match a.mutation.as_deref() {
+        None => None,
+        Some("skip-compensating-thaw") => Some(Mutation::SkipCompensatingThaw),
+        Some("no-forced-thaw") => Some(Mutation::NoForcedThaw),
+        Some(other) => anyhow::bail!("unknown --mutation {other:?}"),
+    };
     let cfg = SimConfig {
         seed: a.seed,
         jobs: a.jobs,
         targets: a.targets.max(1),
         groups: a.groups,
         faults,
-        mutation: None,
+        mutation,
     };
     let start = Instant::now();
     let result = tokio::task::spawn_blocking(move || sim::run(&cfg)).await?;

@@ -242,7 +242,7 @@ impl Sim {
             let mut p = TargetPolicy::new(pools[i / 2].0.clone(), pools[hosts + i % arrays].0.clone());
             p.freeze_limit_ms = FREEZE_LIMIT;
             p.thaw_margin_ms = 2_000;
-            p.stage_timeout_ms = 3_000;
+            p.stage_timeout_ms = 10_000;
             p.backoff_base_ms = 100;
             p.backoff_max_ms = 2_000;
             p.keep_last = (i % 2 == 0).then_some(3);
@@ -470,6 +470,11 @@ impl Sim {
                 self.timers.remove(&self.now);
                 if self.engine_up && self.core.next_deadline().is_some_and(|d| d <= self.now) {
                     self.engine(Input::TimerFired)?;
+                    if self.engine_up && self.core.next_deadline().is_some_and(|d| d <= self.now) {
+                        let job = self.core.state().deadlines.first().map(|(_, j)| *j);
+                        let d = "a due timer changed nothing: the engine would spin".to_string();
+                        return Err(self.violation("timer_progress", job, d));
+                    }
                 }
             }
             Ev::ToWorker(w, to, cmd) => self.deliver(w, to, cmd),
@@ -846,6 +851,15 @@ impl Sim {
         if k != key {
             return Ok(());
         }
+        if self.cfg.faults == Faults::None {
+            // Without lost messages or crashes the engine's own thaw (layer 1)
+            // must always come before the watchdog (layer 2).
+            let d = format!(
+                "{} thawed by the watchdog: the engine did not thaw in time",
+                self.target_ids[t]
+            );
+            return Err(self.violation("engine_thaws_before_watchdog", Some(key.0), d));
+        }
         let window = self.thaw_world(t, key, true)?.unwrap_or(0);
         self.note(
             key.0,
@@ -913,7 +927,7 @@ impl Sim {
         // A timer may be due already.
         self.push(self.now, Ev::Timer);
         self.timers.insert(self.now);
-        let a = self.rng.range(10_000, 60_000);
+        let a = self.rng.range(20_000, 90_000);
         self.push(self.now + a, Ev::EngineCrash);
         Ok(())
     }
