@@ -213,7 +213,7 @@ impl Decider<'_> {
             EventBody::AttemptStarted {
                 attempt,
                 freeze_budget_ms: p.freeze_budget_ms(),
-                watchdog_at_ms: self.now + p.watchdog_offset_ms(),
+                watchdog_at_ms: self.now.saturating_add(p.watchdog_offset_ms()),
             },
         );
         self.stage(job, Stage::Freeze);
@@ -227,7 +227,7 @@ impl Decider<'_> {
             EventBody::StageStarted {
                 stage,
                 attempt,
-                deadline_ms: self.now + p.stage_timeout_ms,
+                deadline_ms: self.now.saturating_add(p.stage_timeout_ms),
             },
         );
     }
@@ -324,7 +324,7 @@ impl Decider<'_> {
                 job,
                 EventBody::RetryScheduled {
                     next_attempt: attempt + 1,
-                    not_before_ms: self.now + delay,
+                    not_before_ms: self.now.saturating_add(delay),
                     reason: f.reason(),
                 },
             );
