@@ -2,3 +2,5 @@
 //! (`sim`), the engine runtime, and the `recman` command line (`cli`).
 
 pub mod cli;
+pub mod core;
+pub mod sim;

@@ -237,6 +237,14 @@ pub enum EventBody {
     /// The job left the queue (or retried) and begins attempt `attempt` at freeze.
     AttemptStarted {
         attempt: u32,
+        /// Milliseconds from the first Frozen report to the engine's forced
+        /// thaw (`freeze_limit - thaw_margin`), recorded so replay needs no config.
+        #[serde(default)]
+        freeze_budget_ms: u64,
+        /// Absolute Unix ms given to the writers' watchdogs in the freeze
+        /// commands (`start + freeze_limit - thaw_margin / 2`).
+        #[serde(default)]
+        watchdog_at_ms: u64,
     },
     /// Commands of a stage were (about to be) sent; `deadline_ms` is its timeout.
     StageStarted {

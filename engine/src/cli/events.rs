@@ -145,7 +145,7 @@ pub fn details(body: &EventBody) -> String {
             "behind={}",
             join(&behind.iter().map(|j| j.short()).collect::<Vec<_>>())
         ),
-        EventBody::AttemptStarted { attempt } => format!("attempt={attempt}"),
+        EventBody::AttemptStarted { attempt, .. } => format!("attempt={attempt}"),
         EventBody::StageStarted {
             stage,
             attempt,
