@@ -1,12 +1,14 @@
 //! recman-events: the backbone shared by the engine, the workers and other
 //! systems: ids, the event model, wire messages and their codecs, the event log.
 
+pub mod bus;
 pub mod codec;
 pub mod ids;
 pub mod log;
 pub mod model;
 pub mod wire;
 
+pub use bus::{Address, Bus, BusError, Consumer, Delivery, MemoryBus, Message};
 pub use ids::{snapshot_name, JobId, PoolName, RequestId, TargetId, WorkerId};
 pub use log::{Backend, EventLog, LogError};
 pub use model::{Event, EventBody, SnapshotInfo, SnapshotKind, Stage, StepDetail, StepError, StoredEvent};
