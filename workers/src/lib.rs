@@ -1,1 +1,7 @@
-//! placeholder
+//! recman-workers: the config shared with the engine, the worker runtime, its
+//! writers (quiesce an application) and providers (take the point-in-time copy),
+//! and the freeze watchdog.
+
+pub mod config;
+
+pub use config::{Config, ConfigError, TargetConfig};
