@@ -3,5 +3,10 @@
 //! and the freeze watchdog.
 
 pub mod config;
+pub mod exec;
+pub mod provider;
+pub mod writer;
 
 pub use config::{Config, ConfigError, TargetConfig};
+pub use provider::Provider;
+pub use writer::{StepCtx, Writer};
