@@ -281,7 +281,11 @@ mod tests {
         let p = if unsafe { libc::geteuid() } == 0 {
             CopyProvider::new(dir.path().join("nope"), dir.path().join("snaps"))
         } else {
-            fs::set_permissions(dir.path().join("src/sub/b.bin"), fs::Permissions::from_mode(0)).unwrap();
+            fs::set_permissions(
+                dir.path().join("src/sub/b.bin"),
+                fs::Permissions::from_mode(0o000),
+            )
+            .unwrap();
             p
         };
         assert!(p.snapshot_blocking("rm-2").is_err());
