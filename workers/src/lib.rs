@@ -5,8 +5,11 @@
 pub mod config;
 pub mod exec;
 pub mod provider;
+pub mod runtime;
+pub mod watchdog;
 pub mod writer;
 
 pub use config::{Config, ConfigError, TargetConfig};
 pub use provider::Provider;
+pub use runtime::{Worker, WorkerError};
 pub use writer::{StepCtx, Writer};
