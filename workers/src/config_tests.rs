@@ -316,3 +316,11 @@ fn load_names_a_missing_file() {
     let e = Config::load("/nonexistent/recman.toml").unwrap_err().to_string();
     assert!(e.contains("/nonexistent/recman.toml"), "{e}");
 }
+
+#[test]
+fn the_shipped_example_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/recman.toml");
+    let c = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.targets.len(), 2);
+    assert_eq!(c.targets[0].freeze_limit, Duration::from_secs(5));
+}

@@ -489,6 +489,10 @@ impl Shared {
         for n in 1..=5u64 {
             match self.bus.publish(Address::Reports, report_message(&report)).await {
                 Ok(()) => return,
+                Err(BusError::Closed) => {
+                    tracing::warn!(worker = %self.id, target = %t, "bus closed: watchdog report not published");
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(worker = %self.id, target = %t, error = %e, "watchdog report not published, retrying");
                     tokio::time::sleep(Duration::from_millis(200 * n)).await;
