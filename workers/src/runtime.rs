@@ -24,6 +24,8 @@ use crate::writer::{self, StepCtx, Writer};
 pub const DEFAULT_PREFETCH: u16 = 8;
 /// How many completed commands a worker remembers to answer redeliveries.
 pub const RECENT_CAPACITY: usize = 4096;
+/// The W3C trace context header, carried from a command to its report.
+pub const TRACEPARENT: &str = "traceparent";
 /// Attempts of a watchdog thaw before it reports failure.
 const WATCHDOG_THAW_ATTEMPTS: u32 = 3;
 
@@ -295,7 +297,11 @@ impl Shared {
             }
             None => self.execute(&cmd).await,
         };
-        match self.bus.publish(Address::Reports, report_message(&report)).await {
+        let mut msg = report_message(&report);
+        if let Some(tp) = d.message.header(TRACEPARENT) {
+            msg = msg.with_header(TRACEPARENT, tp);
+        }
+        match self.bus.publish(Address::Reports, msg).await {
             Ok(()) => {
                 self.lock_recent().insert(cmd.message_id.clone(), report);
                 if let Err(e) = d.ack().await {

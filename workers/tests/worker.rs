@@ -279,7 +279,7 @@ async fn freeze_then_thaw_measures_the_window_and_cancels_the_watchdog() {
     );
     assert_eq!(lines(dir.path().join("thawed")), 1);
     // Past the freeze limit: the cancelled watchdog stays quiet.
-    no_report(&mut rep, Duration::from_millis(1000)).await;
+    no_report(&mut rep, Duration::from_millis(2200)).await;
     assert_eq!(lines(dir.path().join("thawed")), 1);
 
     send_pool(&bus, &command(job, Stage::FlushLogs, &["db01"])).await;
@@ -599,4 +599,23 @@ async fn a_worker_from_config_serves_its_pools_and_its_own_queue() {
         }
     ));
     run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_context_goes_from_command_to_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &exec_target(dir.path(), "true", "10s", "5s"));
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let cmd = command(JobId::new_v7(), Stage::FlushLogs, &["db01"]);
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let m = Message::new(msg_type::COMMAND, cmd.message_id.clone(), wire::encode(&cmd))
+        .with_header("traceparent", tp);
+    bus.publish(Address::Pool(PoolName::from(POOL)), m).await.unwrap();
+    let d = tokio::time::timeout(SEC5, rep.recv()).await.unwrap().unwrap();
+    assert_eq!(d.message.msg_type, msg_type::REPORT);
+    assert_eq!(d.message.header("traceparent"), Some(tp));
+    d.ack().await.unwrap();
+    w.stop().await;
 }
