@@ -1,0 +1,86 @@
+//! Providers take the point-in-time copy of a (frozen) target and delete old
+//! ones. One provider instance per target, built from the target's config.
+
+mod copy;
+mod exec;
+mod none;
+
+use std::sync::Arc;
+
+use recman_events::bus::BoxFuture;
+use recman_events::{SnapshotInfo, SnapshotKind, StepError, TargetId};
+
+pub use copy::CopyProvider;
+pub use exec::ExecProvider;
+pub use none::NoneProvider;
+
+use crate::config::ProviderConfig;
+
+/// Object-safe: the runtime holds `Arc<dyn Provider>` per target.
+pub trait Provider: Send + Sync {
+    /// `copy`, `exec`, `none`, …
+    fn kind(&self) -> &'static str;
+    /// Takes snapshot `name` of `target`. Idempotent: when `name` already
+    /// exists, succeeds with `existed: true` and takes nothing.
+    fn snapshot<'a>(
+        &'a self,
+        name: &'a str,
+        target: &'a TargetId,
+        kind: SnapshotKind,
+    ) -> BoxFuture<'a, Result<SnapshotInfo, StepError>>;
+    /// Deletes snapshot `name`; `Ok(false)` when it was not there.
+    fn delete<'a>(&'a self, name: &'a str, target: &'a TargetId) -> BoxFuture<'a, Result<bool, StepError>>;
+    /// Names of the snapshots this provider holds, oldest name first when
+    /// the provider cannot tell (sorted).
+    fn list<'a>(&'a self, target: &'a TargetId) -> BoxFuture<'a, Result<Vec<String>, StepError>>;
+}
+
+/// The provider a target's config asks for.
+pub fn from_config(cfg: &ProviderConfig) -> Arc<dyn Provider> {
+    match cfg {
+        ProviderConfig::None => Arc::new(NoneProvider),
+        ProviderConfig::Copy(c) => Arc::new(CopyProvider::new(c.source.clone(), c.dest.clone())),
+        ProviderConfig::Exec(e) => Arc::new(ExecProvider::new(e.clone())),
+    }
+}
+
+/// Longest accepted snapshot name.
+pub const MAX_SNAPSHOT_NAME: usize = 128;
+
+/// Snapshot names come from messages and become path components and
+/// arguments: only `[A-Za-z0-9._-]`, not starting with `.` or `-`.
+pub fn check_snapshot_name(name: &str) -> Result<(), StepError> {
+    let bad = |why: &str| {
+        Err(StepError::new(
+            "invalid_snapshot_name",
+            format!("snapshot name {name:?} refused: {why}"),
+            false,
+        ))
+    };
+    if name.is_empty() || name.len() > MAX_SNAPSHOT_NAME {
+        return bad("must be 1 to 128 characters");
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return bad("must not start with '.' or '-'");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return bad("only letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_names_cannot_escape() {
+        assert!(check_snapshot_name("rm-0123abcd-a1").is_ok());
+        for bad in ["", "..", "../etc", "a/b", ".hidden", "-rf", "a b", "x\0"] {
+            assert!(check_snapshot_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

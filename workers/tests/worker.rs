@@ -1,0 +1,621 @@
+//! The worker runtime end to end on the in-process bus: real hook scripts
+//! (argv `/bin/sh -c …` inside fixtures only), real directories, real timers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use recman_events::bus::{msg_type, Address, Bus, Consumer, Message, REASON_HEADER};
+use recman_events::wire::{self, Command, Outcome, Report};
+use recman_events::{
+    snapshot_name, JobId, MemoryBus, PoolName, SnapshotKind, Stage, StepDetail, TargetId, WorkerId,
+};
+use recman_workers::{Config, Worker, WorkerError};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const POOL: &str = "host.local";
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("worker stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn sh(script: &str) -> String {
+    format!("[\"/bin/sh\", \"-c\", {:?}]", script)
+}
+
+fn config(dir: &Path, targets: &str) -> Config {
+    Config::from_str(targets, dir.join("recman.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One exec-writer target `db01` whose hooks append to marker files in `dir`.
+fn exec_target(dir: &Path, freeze: &str, freeze_limit: &str, timeout: &str) -> String {
+    let d = dir.display();
+    format!(
+        "[[target]]\nid = \"db01\"\nfreeze_limit = \"{freeze_limit}\"\n[target.writer]\ntype = \"exec\"\nfreeze = {}\nthaw = {}\nflush = {}\ntimeout = \"{timeout}\"\n[target.provider]\ntype = \"none\"\n",
+        sh(freeze),
+        sh(&format!("echo thaw >> {d}/thawed")),
+        sh(&format!("echo flush >> {d}/flushed")),
+    )
+}
+
+fn start(bus: &MemoryBus, worker: Worker) -> Running {
+    let (stop, rx) = oneshot::channel::<()>();
+    let bus: Arc<dyn Bus> = Arc::new(bus.clone());
+    let task = tokio::spawn(worker.run(bus, async {
+        let _ = rx.await;
+    }));
+    Running { stop, task }
+}
+
+fn worker(cfg: &Config) -> Worker {
+    Worker::new(WorkerId::from("w1"), vec![PoolName::from(POOL)], cfg)
+}
+
+fn command(job: JobId, stage: Stage, targets: &[&str]) -> Command {
+    let targets: Vec<TargetId> = targets.iter().map(|t| TargetId::from(*t)).collect();
+    Command {
+        schema_version: 1,
+        message_id: Command::message_id_for(job, 1, stage, &targets[0]),
+        job,
+        attempt: 1,
+        stage,
+        targets,
+        kind: SnapshotKind::Full,
+        snapshot_name: (stage == Stage::Snapshot).then(|| snapshot_name(job, 1)),
+        thaw_deadline_ms: None,
+        prune: Vec::new(),
+    }
+}
+
+async fn send(bus: &MemoryBus, to: Address, cmd: &Command) {
+    let m = Message::new(msg_type::COMMAND, cmd.message_id.clone(), wire::encode(cmd));
+    bus.publish(to, m).await.unwrap();
+}
+
+async fn send_pool(bus: &MemoryBus, cmd: &Command) {
+    send(bus, Address::Pool(PoolName::from(POOL)), cmd).await
+}
+
+async fn reports(bus: &MemoryBus) -> Consumer {
+    bus.consume(Address::Reports, 100).await.unwrap()
+}
+
+async fn next_report(c: &mut Consumer, within: Duration) -> Report {
+    let d = tokio::time::timeout(within, c.recv())
+        .await
+        .expect("a report in time")
+        .expect("bus open");
+    let r: Report = wire::decode(&d.message.body).unwrap();
+    assert_eq!(d.message.message_id, r.message_id);
+    d.ack().await.unwrap();
+    r
+}
+
+async fn no_report(c: &mut Consumer, within: Duration) {
+    if let Ok(Some(d)) = tokio::time::timeout(within, c.recv()).await {
+        panic!("unexpected report {}", String::from_utf8_lossy(&d.message.body));
+    }
+}
+
+fn err_of(r: &Report) -> &recman_events::StepError {
+    match &r.outcome {
+        Outcome::Err { error } => error,
+        Outcome::Ok { detail } => panic!("expected an error, got {detail:?}"),
+    }
+}
+
+fn detail_of(r: &Report) -> &StepDetail {
+    match &r.outcome {
+        Outcome::Ok { detail } => detail,
+        Outcome::Err { error } => panic!("expected success, got {error:?}"),
+    }
+}
+
+fn lines(p: PathBuf) -> usize {
+    std::fs::read_to_string(p).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+const SEC5: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_freeze_reports_stderr_and_is_not_retryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &exec_target(
+            dir.path(),
+            "echo 'cannot quiesce: db locked' >&2; exit 2",
+            "10s",
+            "5s",
+        ),
+    );
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let job = JobId::new_v7();
+    send_pool(&bus, &command(job, Stage::Freeze, &["db01"])).await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!((r.job, r.stage, r.worker.as_str()), (job, Stage::Freeze, "w1"));
+    let e = err_of(&r);
+    assert_eq!(e.code, "exec_failed");
+    assert!(!e.retryable);
+    assert!(e.message.contains("cannot quiesce: db locked"), "{}", e.message);
+    assert_eq!(
+        bus.depth(&Address::Pool(PoolName::from(POOL))),
+        (0, 0),
+        "command acked"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_75_is_retryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &exec_target(dir.path(), "exit 75", "10s", "5s"));
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    send_pool(&bus, &command(JobId::new_v7(), Stage::Freeze, &["db01"])).await;
+    let e = err_of(&next_report(&mut rep, SEC5).await).clone();
+    assert_eq!((e.code.as_str(), e.retryable), ("exec_failed", true));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_freeze_is_killed_at_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &exec_target(dir.path(), "sleep 30", "10s", "300ms"));
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let t = std::time::Instant::now();
+    send_pool(&bus, &command(JobId::new_v7(), Stage::Freeze, &["db01"])).await;
+    let r = next_report(&mut rep, SEC5).await;
+    let e = err_of(&r);
+    assert_eq!((e.code.as_str(), e.retryable), ("timeout", true));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(r.duration_us >= 300_000, "{}", r.duration_us);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_targets_are_refused_and_nothing_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("froze");
+    let cfg = config(
+        dir.path(),
+        &exec_target(
+            dir.path(),
+            &format!("echo f >> {}", marker.display()),
+            "10s",
+            "5s",
+        ),
+    );
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    // A group with one known and one unknown target: nothing may run at all.
+    send_pool(&bus, &command(JobId::new_v7(), Stage::Freeze, &["db01", "ghost"])).await;
+    let r = next_report(&mut rep, SEC5).await;
+    let e = err_of(&r);
+    assert_eq!((e.code.as_str(), e.retryable), ("unknown_target", false));
+    assert!(e.message.contains("ghost"), "{}", e.message);
+    assert!(!marker.exists(), "the freeze hook of db01 must not have run");
+    // The worker's own queue is checked the same way.
+    send(
+        &bus,
+        Address::Worker(WorkerId::from("w1")),
+        &command(JobId::new_v7(), Stage::Thaw, &["ghost"]),
+    )
+    .await;
+    assert_eq!(err_of(&next_report(&mut rep, SEC5).await).code, "unknown_target");
+    assert_eq!(lines(dir.path().join("thawed")), 0);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freeze_then_thaw_measures_the_window_and_cancels_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let froze = dir.path().join("froze");
+    let cfg = config(
+        dir.path(),
+        &exec_target(
+            dir.path(),
+            &format!("echo f >> {}", froze.display()),
+            "700ms",
+            "5s",
+        ),
+    );
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let job = JobId::new_v7();
+    let freeze = command(job, Stage::Freeze, &["db01"]);
+    send_pool(&bus, &freeze).await;
+    let r = next_report(&mut rep, SEC5).await;
+    let StepDetail::Frozen { deadline_ms } = detail_of(&r) else {
+        panic!("{r:?}")
+    };
+    assert!(*deadline_ms > 0);
+    // A redelivered freeze is answered from memory: the hook runs once.
+    send_pool(&bus, &freeze).await;
+    let again = next_report(&mut rep, SEC5).await;
+    assert_eq!(again, r);
+    assert_eq!(lines(froze.clone()), 1);
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The thaw goes to the worker's own queue, as the engine routes it.
+    send(
+        &bus,
+        Address::Worker(WorkerId::from("w1")),
+        &command(job, Stage::Thaw, &["db01"]),
+    )
+    .await;
+    let r = next_report(&mut rep, SEC5).await;
+    let StepDetail::Thawed {
+        freeze_window_us,
+        by_watchdog,
+    } = detail_of(&r)
+    else {
+        panic!("{r:?}")
+    };
+    assert!(!by_watchdog);
+    assert!(
+        (100_000..700_000).contains(freeze_window_us),
+        "{freeze_window_us}"
+    );
+    assert_eq!(lines(dir.path().join("thawed")), 1);
+    // Past the freeze limit: the cancelled watchdog stays quiet.
+    no_report(&mut rep, Duration::from_millis(2200)).await;
+    assert_eq!(lines(dir.path().join("thawed")), 1);
+
+    send_pool(&bus, &command(job, Stage::FlushLogs, &["db01"])).await;
+    assert_eq!(
+        detail_of(&next_report(&mut rep, SEC5).await),
+        &StepDetail::Flushed
+    );
+    assert_eq!(lines(dir.path().join("flushed")), 1);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_thaws_at_the_freeze_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &exec_target(dir.path(), "true", "300ms", "5s"));
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let job = JobId::new_v7();
+    let mut freeze = command(job, Stage::Freeze, &["db01"]);
+    freeze.thaw_deadline_ms = Some(u64::MAX); // the engine's deadline is later: the limit wins
+    let t = std::time::Instant::now();
+    send_pool(&bus, &freeze).await;
+    assert!(matches!(
+        detail_of(&next_report(&mut rep, SEC5).await),
+        StepDetail::Frozen { .. }
+    ));
+    assert_eq!(lines(dir.path().join("thawed")), 0);
+    let r = next_report(&mut rep, SEC5).await;
+    let elapsed = t.elapsed();
+    assert_eq!((r.stage, r.job, r.worker.as_str()), (Stage::Thaw, job, "w1"));
+    assert!(r.message_id.ends_with("/watchdog"), "{}", r.message_id);
+    let StepDetail::Thawed {
+        freeze_window_us,
+        by_watchdog,
+    } = detail_of(&r)
+    else {
+        panic!("{r:?}")
+    };
+    assert!(by_watchdog);
+    assert!(*freeze_window_us >= 290_000, "{freeze_window_us}");
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    assert_eq!(lines(dir.path().join("thawed")), 1, "the thaw hook ran");
+    // A late thaw still runs (idempotent) and succeeds.
+    send_pool(&bus, &command(job, Stage::Thaw, &["db01"])).await;
+    let StepDetail::Thawed {
+        freeze_window_us,
+        by_watchdog,
+    } = detail_of(&next_report(&mut rep, SEC5).await).clone()
+    else {
+        panic!()
+    };
+    assert_eq!((freeze_window_us, by_watchdog), (0, false));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_deadline_wins_when_it_is_earlier() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &exec_target(dir.path(), "true", "10s", "5s"));
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let mut freeze = command(JobId::new_v7(), Stage::Freeze, &["db01"]);
+    freeze.thaw_deadline_ms = Some(recman_workers::watchdog::unix_ms() + 300);
+    send_pool(&bus, &freeze).await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!(
+        detail_of(&r),
+        &StepDetail::Frozen {
+            deadline_ms: freeze.thaw_deadline_ms.unwrap()
+        }
+    );
+    let r = next_report(&mut rep, Duration::from_secs(3)).await;
+    assert!(matches!(
+        detail_of(&r),
+        StepDetail::Thawed {
+            by_watchdog: true,
+            ..
+        }
+    ));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_shutdown_thaws_what_is_still_frozen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &exec_target(dir.path(), "true", "1m", "5s"));
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    send_pool(&bus, &command(JobId::new_v7(), Stage::Freeze, &["db01"])).await;
+    next_report(&mut rep, SEC5).await;
+    w.stop().await;
+    assert_eq!(lines(dir.path().join("thawed")), 1);
+    let r = next_report(&mut rep, SEC5).await;
+    assert!(matches!(
+        detail_of(&r),
+        StepDetail::Thawed {
+            by_watchdog: true,
+            ..
+        }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_commands_are_dead_lettered_and_the_worker_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &exec_target(dir.path(), "true", "10s", "5s"));
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let mut dlq = bus.consume(Address::DeadLetters, 10).await.unwrap();
+    let w = start(&bus, worker(&cfg));
+    let pool = Address::Pool(PoolName::from(POOL));
+    bus.publish(
+        pool.clone(),
+        Message::new(msg_type::COMMAND, "junk-1", b"{not json".to_vec()),
+    )
+    .await
+    .unwrap();
+    let mut future = serde_json::to_value(command(JobId::new_v7(), Stage::Freeze, &["db01"])).unwrap();
+    future["schema_version"] = 9.into();
+    bus.publish(
+        pool.clone(),
+        Message::new(
+            msg_type::COMMAND,
+            "future-1",
+            serde_json::to_vec(&future).unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut evil = command(JobId::new_v7(), Stage::Snapshot, &["db01"]);
+    evil.snapshot_name = Some("../../etc".into());
+    send(&bus, pool.clone(), &evil).await;
+    let good = command(JobId::new_v7(), Stage::FlushLogs, &["db01"]);
+    send(&bus, pool, &good).await;
+
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!(
+        r.job, good.job,
+        "the good command after the bad ones is processed"
+    );
+    let mut reasons = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        let d = tokio::time::timeout(SEC5, dlq.recv()).await.unwrap().unwrap();
+        reasons.insert(
+            d.message.message_id.clone(),
+            d.message.header(REASON_HEADER).unwrap_or_default().to_string(),
+        );
+        d.ack().await.unwrap();
+    }
+    assert!(reasons["junk-1"].contains("not valid JSON"), "{reasons:?}");
+    assert!(
+        reasons["future-1"].contains("unknown schema_version 9"),
+        "{reasons:?}"
+    );
+    assert!(reasons[&evil.message_id].contains("snapshot name"), "{reasons:?}");
+    no_report(&mut rep, Duration::from_millis(200)).await;
+    w.stop().await;
+}
+
+fn copy_config(dir: &Path) -> Config {
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("data.db"), vec![1u8; 4096]).unwrap();
+    std::fs::write(src.join("sub/log"), b"abc").unwrap();
+    config(
+        dir,
+        "[[target]]\nid = \"fs01\"\n[target.writer]\ntype = \"none\"\n[target.provider]\ntype = \"copy\"\nsource = \"src\"\ndest = \"snaps\"\n",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_snapshots_are_idempotent_across_redelivery_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = copy_config(dir.path());
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let job = JobId::new_v7();
+    let snap = command(job, Stage::Snapshot, &["fs01"]);
+    let name = snap.snapshot_name.clone().unwrap();
+
+    let w = start(&bus, worker(&cfg));
+    send_pool(&bus, &snap).await;
+    let r = next_report(&mut rep, SEC5).await;
+    let StepDetail::Snapshot(info) = detail_of(&r).clone() else {
+        panic!("{r:?}")
+    };
+    assert_eq!(info.name, name);
+    assert_eq!(info.provider, "copy");
+    assert_eq!(info.size_bytes, Some(4099));
+    assert!(!info.existed);
+    assert_eq!(
+        PathBuf::from(&info.location),
+        dir.path().join("snaps").join(&name)
+    );
+    w.stop().await;
+
+    // A new worker process (no memory of the first) gets the command again.
+    let w = start(&bus, worker(&cfg));
+    send_pool(&bus, &snap).await;
+    let r = next_report(&mut rep, SEC5).await;
+    let StepDetail::Snapshot(again) = detail_of(&r).clone() else {
+        panic!("{r:?}")
+    };
+    assert!(again.existed);
+    assert_eq!(again.size_bytes, Some(4099));
+    let entries: Vec<String> = std::fs::read_dir(dir.path().join("snaps"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        entries,
+        vec![name.clone()],
+        "one snapshot, no partial directory left"
+    );
+
+    // Prune deletes it, and a redelivered prune (missing = ok) says the same.
+    let mut prune = command(job, Stage::Prune, &["fs01"]);
+    prune.prune = vec![name.clone()];
+    send_pool(&bus, &prune).await;
+    assert_eq!(
+        detail_of(&next_report(&mut rep, SEC5).await),
+        &StepDetail::Pruned {
+            deleted: vec![name.clone()]
+        }
+    );
+    assert!(!dir.path().join("snaps").join(&name).exists());
+    prune.message_id.push_str("-again");
+    send_pool(&bus, &prune).await;
+    assert_eq!(
+        detail_of(&next_report(&mut rep, SEC5).await),
+        &StepDetail::Pruned { deleted: vec![name] }
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_copies_are_never_visible_while_copying() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = copy_config(dir.path());
+    // Enough data that the copy takes a moment.
+    for i in 0..200 {
+        std::fs::write(dir.path().join(format!("src/f{i}")), vec![i as u8; 64 * 1024]).unwrap();
+    }
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let snap = command(JobId::new_v7(), Stage::Snapshot, &["fs01"]);
+    let name = snap.snapshot_name.clone().unwrap();
+    send_pool(&bus, &snap).await;
+    let fin = dir.path().join("snaps").join(&name);
+    // Whenever the final directory exists, it is complete.
+    let watcher = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if fin.exists() {
+                let n = std::fs::read_dir(&fin).unwrap().count();
+                assert_eq!(n, 202, "a visible snapshot must be complete");
+                return;
+            }
+        }
+        panic!("snapshot never appeared");
+    });
+    let r = next_report(&mut rep, Duration::from_secs(10)).await;
+    assert!(matches!(detail_of(&r), StepDetail::Snapshot(_)));
+    watcher.await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_from_config_serves_its_pools_and_its_own_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "[[target]]\nid = \"a\"\npool = \"host.x\"\nprovider_pool = \"array.y\"\n[target.writer]\ntype = \"none\"\n[target.provider]\ntype = \"none\"\n",
+    );
+    let w = Worker::from_config(WorkerId::from("wx"), &cfg);
+    assert_eq!(w.pools(), &[PoolName::from("host.x"), PoolName::from("array.y")]);
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let run = start(&bus, w);
+    let job = JobId::new_v7();
+    send(
+        &bus,
+        Address::Pool(PoolName::from("array.y")),
+        &command(job, Stage::Snapshot, &["a"]),
+    )
+    .await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert!(matches!(detail_of(&r), StepDetail::Snapshot(i) if i.provider == "none"));
+    send(
+        &bus,
+        Address::Pool(PoolName::from("host.x")),
+        &command(job, Stage::Freeze, &["a"]),
+    )
+    .await;
+    assert!(matches!(
+        detail_of(&next_report(&mut rep, SEC5).await),
+        StepDetail::Frozen { .. }
+    ));
+    send(
+        &bus,
+        Address::Worker(WorkerId::from("wx")),
+        &command(job, Stage::Thaw, &["a"]),
+    )
+    .await;
+    assert!(matches!(
+        detail_of(&next_report(&mut rep, SEC5).await),
+        StepDetail::Thawed {
+            by_watchdog: false,
+            ..
+        }
+    ));
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_context_goes_from_command_to_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &exec_target(dir.path(), "true", "10s", "5s"));
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let cmd = command(JobId::new_v7(), Stage::FlushLogs, &["db01"]);
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let m = Message::new(msg_type::COMMAND, cmd.message_id.clone(), wire::encode(&cmd))
+        .with_header("traceparent", tp);
+    bus.publish(Address::Pool(PoolName::from(POOL)), m).await.unwrap();
+    let d = tokio::time::timeout(SEC5, rep.recv()).await.unwrap().unwrap();
+    assert_eq!(d.message.msg_type, msg_type::REPORT);
+    assert_eq!(d.message.header("traceparent"), Some(tp));
+    d.ack().await.unwrap();
+    w.stop().await;
+}
