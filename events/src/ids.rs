@@ -42,9 +42,10 @@ impl JobId {
         JobId(uuid::Builder::from_unix_timestamp_millis(unix_ms, &r).into_uuid())
     }
 
-    /// The first 8 hex digits, enough to tell jobs apart on a screen.
+    /// The last 8 hex digits (random in a v7 id; the first ones are the
+    /// timestamp and repeat for jobs created together), to tell jobs apart on a screen.
     pub fn short(&self) -> String {
-        self.0.simple().to_string()[..8].to_string()
+        self.0.simple().to_string()[24..].to_string()
     }
 
     pub fn as_u128(&self) -> u128 {
@@ -145,6 +146,14 @@ mod tests {
         assert_ne!(snapshot_name(a, 1), snapshot_name(a, 2));
         assert_ne!(snapshot_name(a, 1), snapshot_name(b, 1));
         assert!(snapshot_name(a, 999).len() <= 28, "{}", snapshot_name(a, 999));
+    }
+
+    #[test]
+    fn short_ids_differ_for_jobs_created_in_the_same_millisecond() {
+        let a = JobId::from_parts(1_700_000_000_000, 1);
+        let b = JobId::from_parts(1_700_000_000_000, 2);
+        assert_ne!(a.short(), b.short());
+        assert_eq!(a.short().len(), 8);
     }
 
     #[test]
