@@ -77,3 +77,27 @@ fn an_unknown_target_is_refused_with_exit_2() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn validate_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[[target]]\nid = \"t1\"\n[target.writer]\ntype = \"fsfreez\"\n",
+    )
+    .unwrap();
+    let out = recman(dir.path(), &["validate-config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("bad.toml:4") && err.contains("writer.type"), "{err}");
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[target]]\nid = \"t1\"\n[target.writer]\ntype = \"none\"\n[target.provider]\ntype = \"none\"\n",
+    )
+    .unwrap();
+    let out = recman(dir.path(), &["validate-config", good.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("t1"));
+}

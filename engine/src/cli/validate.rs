@@ -1,12 +1,48 @@
-//! `recman validate` (not implemented yet).
+//! `recman validate-config`: load a config, report the first error with file,
+//! line and key, or print the targets it declares.
 
 use std::process::ExitCode;
+
+use recman_workers::config::Config;
 
 use super::Global;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(
+    after_help = "Exit codes: 0 valid, 1 invalid (the error names file, line and key), 2 could not run."
+)]
+pub struct Args {
+    /// The config file (default: --config, else DATA_DIR/recman.toml).
+    pub file: Option<std::path::PathBuf>,
+}
 
-pub async fn run(_g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+    let path = a
+        .file
+        .or_else(|| g.config.clone())
+        .unwrap_or_else(|| g.data_dir.join("recman.toml"));
+    if !path.exists() {
+        anyhow::bail!("{}: no such file (pass a path or --config)", path.display());
+    }
+    match Config::load(&path) {
+        Ok(cfg) => {
+            println!("{}: valid, {} target(s)", path.display(), cfg.targets.len());
+            for t in &cfg.targets {
+                println!(
+                    "  {:<20} pool={} provider_pool={} freeze_limit={:?} retries={} keep_last={}",
+                    t.id.as_str(),
+                    t.pool,
+                    t.provider_pool,
+                    t.freeze_limit,
+                    t.retries,
+                    t.keep_last.map(|k| k.to_string()).unwrap_or_else(|| "all".into())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
