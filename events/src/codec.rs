@@ -58,16 +58,8 @@ pub fn encode(seq: u64, prev_hash: &[u8; 32], event: &Event) -> Vec<u8> {
 
 /// Encodes a record already built.
 pub fn encode_record(rec: &Record) -> Vec<u8> {
-    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(rec).expect("events always archive");
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + 4);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&RECORD_VERSION.to_le_bytes());
-    out.push(CODEC_RKYV);
-    out.push(0);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&payload);
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
+    let mut out = Vec::new();
+    encode_into(rec, &mut AlignedVec::new(), &mut out);
     out
 }
 

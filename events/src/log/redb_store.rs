@@ -165,17 +165,6 @@ impl Store for RedbStore {
         self.jobs.add(batch)
     }
 
-    fn read_raw(&self, from: u64, max: usize) -> Result<Vec<RawRecord>, LogError> {
-        let mut out = Vec::with_capacity(max.min(4096));
-        self.scan(from, max, &mut |seq, bytes| {
-            out.push(RawRecord {
-                seq,
-                bytes: bytes.to_vec(),
-            })
-        })?;
-        Ok(out)
-    }
-
     fn scan(&self, from: u64, max: usize, f: &mut dyn FnMut(u64, &[u8])) -> Result<usize, LogError> {
         let txn = self.db.begin_read().map_err(store_err)?;
         let table = txn.open_table(BATCHES).map_err(store_err)?;

@@ -179,17 +179,6 @@ impl Store for SledStore {
         self.jobs.add(batch)
     }
 
-    fn read_raw(&self, from: u64, max: usize) -> Result<Vec<RawRecord>, LogError> {
-        let mut out = Vec::with_capacity(max.min(4096));
-        self.scan(from, max, &mut |seq, bytes| {
-            out.push(RawRecord {
-                seq,
-                bytes: bytes.to_vec(),
-            })
-        })?;
-        Ok(out)
-    }
-
     fn scan(&self, from: u64, max: usize, f: &mut dyn FnMut(u64, &[u8])) -> Result<usize, LogError> {
         let start = self.batch_of(from)?.map(|(k, _)| k).unwrap_or(from);
         let end = [BATCH + 1];

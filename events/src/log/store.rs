@@ -55,7 +55,16 @@ pub trait Store: Send + Sync + 'static {
     /// (on disk, past the drive's volatile cache as far as `fsync` reaches).
     fn commit(&self, batch: &Batch) -> Result<(), LogError>;
     /// Up to `max` records with keys `>= from`, in key order.
-    fn read_raw(&self, from: u64, max: usize) -> Result<Vec<RawRecord>, LogError>;
+    fn read_raw(&self, from: u64, max: usize) -> Result<Vec<RawRecord>, LogError> {
+        let mut out = Vec::with_capacity(max.min(4096));
+        self.scan(from, max, &mut |seq, bytes| {
+            out.push(RawRecord {
+                seq,
+                bytes: bytes.to_vec(),
+            })
+        })?;
+        Ok(out)
+    }
     /// Calls `f` with up to `max` records with keys `>= from`, in key order,
     /// without copying them into owned buffers when the backend can avoid it.
     /// Returns how many records were visited.
