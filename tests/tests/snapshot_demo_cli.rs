@@ -58,6 +58,28 @@ fn demo_twice_gives_two_snapshots_and_an_intact_log() {
 }
 
 #[test]
+fn demo_works_with_the_default_relative_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(recman_bin())
+        .current_dir(dir.path())
+        .args(["snapshot", "demo"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("recman-data/snapshots/demo"))
+            .unwrap()
+            .count(),
+        1
+    );
+}
+
+#[test]
 fn an_unknown_target_is_refused_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("recman.toml");

@@ -41,6 +41,9 @@ pub struct Args {
 fn demo_config(data_dir: &Path) -> anyhow::Result<Config> {
     let src = data_dir.join("demo/source");
     std::fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
+    // Absolute paths: the config resolves relative ones against its own file's directory.
+    let data_dir = &std::fs::canonicalize(data_dir)?;
+    let src = data_dir.join("demo/source");
     for (name, text) in [
         ("README.txt", "Sample data of the recman demo target.\n"),
         ("orders.csv", "id,item\n1,disk\n2,tape\n"),
