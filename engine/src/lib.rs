@@ -5,3 +5,4 @@ pub mod cli;
 pub mod core;
 pub mod runtime;
 pub mod sim;
+pub mod view;
