@@ -38,7 +38,7 @@ pub struct Args {
 }
 
 /// Creates the demo source directory and a config for it.
-fn demo_config(data_dir: &Path) -> anyhow::Result<Config> {
+pub(crate) fn demo_config(data_dir: &Path) -> anyhow::Result<Config> {
     let src = data_dir.join("demo/source");
     std::fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
     // Absolute paths: the config resolves relative ones against its own file's directory.

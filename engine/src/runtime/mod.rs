@@ -28,6 +28,11 @@ pub enum Call {
         reason: String,
         reply: oneshot::Sender<Reply>,
     },
+    /// A copy of the live core state (`recman replay` compares it with a
+    /// rebuild from the log). Also answers "has replay finished?".
+    Inspect {
+        reply: oneshot::Sender<crate::core::State>,
+    },
 }
 
 /// Unix time in milliseconds: the only clock the engine reads.
@@ -101,6 +106,7 @@ pub async fn run(
                     (Input::Request { req, origin, new_job: JobId::new_v7() }, None, Some(reply))
                 }
                 Some(Call::Cancel { job, reason, reply }) => (Input::Cancel { job, reason }, None, Some(reply)),
+                Some(Call::Inspect { reply }) => { let _ = reply.send(core.state().clone()); continue; }
                 None => return Ok(()),
             },
             d = requests.recv() => {

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use recman_events::{EventBody, EventLog, JobId, LogError, SnapshotInfo, Stage, StepDetail, StoredEvent, TargetId, WorkerId};
+use recman_events::{
+    EventBody, EventLog, JobId, LogError, SnapshotInfo, Stage, StepDetail, StoredEvent, TargetId, WorkerId,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::core::{evolve, Job, JobState, State};
@@ -253,10 +255,14 @@ impl View {
                     .or_insert_with(|| Histogram::new(STAGE_BUCKETS))
                     .observe(*duration_us as f64 / 1e6);
                 match detail {
-                    StepDetail::Thawed { freeze_window_us, .. } => self.observe_freeze(target, *freeze_window_us),
+                    StepDetail::Thawed { freeze_window_us, .. } => {
+                        self.observe_freeze(target, *freeze_window_us)
+                    }
                     StepDetail::Snapshot(_) => {
                         let x = self.extra.entry(job).or_default();
-                        if x.snapshot_at_ms.is_none() || *attempt >= self.state.jobs.get(&job).map_or(0, |j| j.attempt) {
+                        if x.snapshot_at_ms.is_none()
+                            || *attempt >= self.state.jobs.get(&job).map_or(0, |j| j.attempt)
+                        {
                             x.snapshot_at_ms = Some(ev.at_ms);
                         }
                     }
@@ -280,7 +286,10 @@ impl View {
                 worker,
                 error,
             } => {
-                *self.step_failures.entry(stage_labels(target, *stage)).or_default() += 1;
+                *self
+                    .step_failures
+                    .entry(stage_labels(target, *stage))
+                    .or_default() += 1;
                 self.extra.entry(job).or_default().steps.push(StepView {
                     stage: *stage,
                     attempt: *attempt,
@@ -315,8 +324,14 @@ impl View {
                 freeze_window_us,
                 ..
             } => {
-                let Some(j) = self.state.jobs.get(&job) else { return };
-                let cut = self.extra.get(&job).and_then(|x| x.snapshot_at_ms).unwrap_or(ev.at_ms);
+                let Some(j) = self.state.jobs.get(&job) else {
+                    return;
+                };
+                let cut = self
+                    .extra
+                    .get(&job)
+                    .and_then(|x| x.snapshot_at_ms)
+                    .unwrap_or(ev.at_ms);
                 if self.catalog.iter().any(|c| c.job == job) {
                     return;
                 }
@@ -365,7 +380,11 @@ impl View {
                     }
                 }
                 self.catalog.retain(|c| !c.targets.is_empty());
-                if self.last_snapshot.get(target).is_some_and(|s| s.job == job && &s.name == name) {
+                if self
+                    .last_snapshot
+                    .get(target)
+                    .is_some_and(|s| s.job == job && &s.name == name)
+                {
                     self.last_snapshot.remove(target);
                 }
             }
@@ -421,7 +440,10 @@ impl View {
             },
             snapshot_info: j.snapshot.clone(),
             cancel_reason: j.cancel.clone(),
-            last_error: j.last_error.as_ref().map(|e| format!("{}: {}", e.code, e.message)),
+            last_error: j
+                .last_error
+                .as_ref()
+                .map(|e| format!("{}: {}", e.code, e.message)),
         })
     }
 
@@ -457,7 +479,13 @@ impl View {
 
     pub fn targets(&self) -> Vec<TargetView> {
         let mut ids: Vec<TargetId> = self.retention.keys().cloned().collect();
-        for t in self.state.queues.keys().chain(self.last_snapshot.keys()).chain(self.last_failure.keys()) {
+        for t in self
+            .state
+            .queues
+            .keys()
+            .chain(self.last_snapshot.keys())
+            .chain(self.last_failure.keys())
+        {
             if !ids.contains(t) {
                 ids.push(t.clone());
             }
@@ -491,8 +519,13 @@ impl View {
             }
             let mut e = c.clone();
             for t in &c.targets {
-                let Some(Some(keep)) = self.retention.get(t) else { continue };
-                let newer = self.catalog[i + 1..].iter().filter(|n| n.targets.contains(t)).count() as u32;
+                let Some(Some(keep)) = self.retention.get(t) else {
+                    continue;
+                };
+                let newer = self.catalog[i + 1..]
+                    .iter()
+                    .filter(|n| n.targets.contains(t))
+                    .count() as u32;
                 let left = keep.saturating_sub(newer);
                 if e.retention.as_ref().is_none_or(|r| left < r.expires_after) {
                     e.retention = Some(Retention {
@@ -531,9 +564,19 @@ impl View {
         for (s, n) in by_state {
             let _ = writeln!(out, "recman_jobs{{state=\"{s}\"}} {n}");
         }
-        metrics::header(out, "recman_queue_depth", "gauge", "Jobs waiting per target behind the one holding it.");
+        metrics::header(
+            out,
+            "recman_queue_depth",
+            "gauge",
+            "Jobs waiting per target behind the one holding it.",
+        );
         for t in self.targets() {
-            let _ = writeln!(out, "recman_queue_depth{{target=\"{}\"}} {}", metrics::label(t.id.as_str()), t.queue_depth);
+            let _ = writeln!(
+                out,
+                "recman_queue_depth{{target=\"{}\"}} {}",
+                metrics::label(t.id.as_str()),
+                t.queue_depth
+            );
         }
         metrics::render_family(
             out,
@@ -547,19 +590,33 @@ impl View {
             "Freeze windows (freeze return to thaw return) as measured by the workers, per target.",
             &self.freeze_hist,
         );
-        metrics::header(out, "recman_step_failures_total", "counter", "Failed steps per target and stage.");
+        metrics::header(
+            out,
+            "recman_step_failures_total",
+            "counter",
+            "Failed steps per target and stage.",
+        );
         for (l, n) in &self.step_failures {
             let _ = writeln!(out, "recman_step_failures_total{{{l}}} {n}");
         }
         metrics::header(out, "recman_snapshots", "gauge", "Snapshots in the catalog.");
         let _ = writeln!(out, "recman_snapshots {}", self.catalog.len());
-        metrics::header(out, "recman_log_last_seq", "gauge", "Sequence number of the last event folded in.");
+        metrics::header(
+            out,
+            "recman_log_last_seq",
+            "gauge",
+            "Sequence number of the last event folded in.",
+        );
         let _ = writeln!(out, "recman_log_last_seq {}", self.last_seq);
     }
 }
 
 fn stage_labels(target: &TargetId, stage: Stage) -> String {
-    format!("target=\"{}\",stage=\"{}\"", metrics::label(target.as_str()), stage.as_str())
+    format!(
+        "target=\"{}\",stage=\"{}\"",
+        metrics::label(target.as_str()),
+        stage.as_str()
+    )
 }
 
 const ALL_STATES: &[JobState] = &[
@@ -620,8 +677,11 @@ fn summary(j: &Job) -> JobSummary {
 /// A comparable rendering of the core state (`recman replay` against a server):
 /// every job in full, the queues, the catalog and the counters.
 pub fn digest(state: &State) -> serde_json::Value {
-    let queues: BTreeMap<&TargetId, Vec<JobId>> =
-        state.queues.iter().map(|(t, q)| (t, q.iter().copied().collect())).collect();
+    let queues: BTreeMap<&TargetId, Vec<JobId>> = state
+        .queues
+        .iter()
+        .map(|(t, q)| (t, q.iter().copied().collect()))
+        .collect();
     let mut requests: Vec<(&str, JobId)> = state.requests.iter().map(|(r, j)| (r.as_str(), *j)).collect();
     requests.sort();
     serde_json::json!({

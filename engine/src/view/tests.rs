@@ -46,7 +46,13 @@ fn job_events(job: JobId, seq0: u64, at0: u64, name: &str) -> Vec<StoredEvent> {
             watchdog_at_ms: at0 + 9000,
         },
         started(Stage::Freeze),
-        ok(Stage::Freeze, StepDetail::Frozen { deadline_ms: at0 + 9000 }, 1000),
+        ok(
+            Stage::Freeze,
+            StepDetail::Frozen {
+                deadline_ms: at0 + 9000,
+            },
+            1000,
+        ),
         started(Stage::Snapshot),
         ok(Stage::Snapshot, StepDetail::Snapshot(info.clone()), 2000),
         started(Stage::Thaw),
@@ -90,7 +96,13 @@ fn two_jobs_timeline_catalog_retention_metrics() {
     let stages: Vec<Stage> = d.timeline.iter().map(|s| s.stage).collect();
     assert_eq!(
         stages,
-        [Stage::Queue, Stage::Freeze, Stage::Snapshot, Stage::Thaw, Stage::FlushLogs]
+        [
+            Stage::Queue,
+            Stage::Freeze,
+            Stage::Snapshot,
+            Stage::Thaw,
+            Stage::FlushLogs
+        ]
     );
     let freeze = &d.timeline[1];
     assert_eq!(freeze.duration_ms, Some(20));
@@ -98,7 +110,10 @@ fn two_jobs_timeline_catalog_retention_metrics() {
     assert_eq!(d.freeze_window.window_us, Some(3500));
 
     let cat = v.snapshots(None);
-    assert_eq!(cat.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["snap-b", "snap-a"]);
+    assert_eq!(
+        cat.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["snap-b", "snap-a"]
+    );
     assert_eq!(cat[0].retention.as_ref().unwrap().expires_after, 2);
     assert_eq!(cat[1].retention.as_ref().unwrap().expires_after, 1);
     assert_eq!(cat[1].cut_at_ms, 1_000_050, "the time of the snapshot report");
@@ -127,8 +142,14 @@ fn two_jobs_timeline_catalog_retention_metrics() {
     let mut m = String::new();
     v.render_metrics(&mut m);
     assert!(m.contains("recman_jobs{state=\"completed\"} 2"), "{m}");
-    assert!(m.contains("recman_freeze_window_seconds_count{target=\"db01\"} 2"), "{m}");
-    assert!(m.contains("recman_stage_duration_seconds_bucket{target=\"db01\",stage=\"snapshot\",le=\"0.005\"} 2"), "{m}");
+    assert!(
+        m.contains("recman_freeze_window_seconds_count{target=\"db01\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("recman_stage_duration_seconds_bucket{target=\"db01\",stage=\"snapshot\",le=\"0.005\"} 2"),
+        "{m}"
+    );
 
     // Replay up to the end of the first job: one job, completed; the second unknown.
     let mut half = View::new(Default::default());

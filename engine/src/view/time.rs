@@ -22,7 +22,10 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
         return Err(bad());
     }
     let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
-        std::str::from_utf8(&b[r]).ok().and_then(|x| x.parse().ok()).ok_or_else(bad)
+        std::str::from_utf8(&b[r])
+            .ok()
+            .and_then(|x| x.parse().ok())
+            .ok_or_else(bad)
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
