@@ -1,22 +1,11 @@
 //! `recman snapshot demo` on a fresh data dir, twice, with the real binary:
 //! two completed jobs, two snapshot directories, an intact log.
 
+mod common;
+use common::recman_bin;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn recman_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("RECMAN_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    ["release", "debug"]
-        .iter()
-        .map(|p| target.join(p).join("recman"))
-        .find(|p| p.exists())
-        .expect("no recman binary: run `cargo build --release --bin recman` or set RECMAN_BIN")
-}
 
 fn recman(data: &Path, args: &[&str]) -> std::process::Output {
     Command::new(recman_bin())
