@@ -145,6 +145,22 @@ fn read_commands_cancel_and_replay_go_through_a_running_server() {
     let again = recman(data, &["cancel", &id]);
     assert_eq!(again.status.code(), Some(1), "a finished job: {}", text(&again));
 
+    // `recman snapshot` submits through the server and follows the job over SSE.
+    let out = recman(data, &["snapshot", "fast", "--request-id", "via-api"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = text(&out);
+    assert!(shown.contains(&format!("via {}", server.url)), "{shown}");
+    assert!(
+        shown.contains("thaw done") && shown.contains("completed: snapshot"),
+        "{shown}"
+    );
+    let jobs = json_of(data, &["jobs", "--json", "--target", "fast"]);
+    assert_eq!(jobs["jobs"][0]["request_id"], "via-api");
+    assert_eq!(jobs["jobs"][0]["origin"], "http", "went through the API");
+    let unknown = recman(data, &["snapshot", "nope"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
+    assert!(text(&unknown).contains("unknown_target"), "{}", text(&unknown));
+
     let out = recman(data, &["replay"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(

@@ -11,6 +11,7 @@ pub mod bench_jobs;
 pub mod bench_log;
 pub mod events;
 pub mod read;
+pub mod remote;
 pub mod replay;
 pub mod simulate;
 pub mod snapshot;

@@ -35,6 +35,9 @@ pub struct Args {
     /// `full` (default) or `copy`.
     #[arg(long, default_value = "full", value_parser = ["full", "copy"])]
     pub kind: String,
+    /// Submit through this server (default: the running `recman up` of the data dir, if any).
+    #[command(flatten)]
+    pub server: super::read::ServerArg,
 }
 
 /// Creates the demo source directory and a config for it.
@@ -81,6 +84,9 @@ fn load_config(g: &Global, targets: &[String]) -> anyhow::Result<Config> {
 }
 
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+    if let Some(code) = super::remote::run(g, &a, &a.server).await? {
+        return Ok(code);
+    }
     if a.targets.len() > 1 && !a.group {
         bail!("several targets need --group (they are then cut at one instant)");
     }
