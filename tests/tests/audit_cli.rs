@@ -5,7 +5,7 @@
 mod common;
 use common::recman_bin;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 

@@ -4,7 +4,7 @@
 mod common;
 use common::recman_bin;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn recman(data: &Path, args: &[&str]) -> std::process::Output {

@@ -71,10 +71,8 @@ async fn signalled() {
     }
 }
 
-fn until_true(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        let _ = rx.wait_for(|v| *v).await;
-    }
+async fn until_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
 }
 
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {

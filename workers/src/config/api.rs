@@ -41,3 +41,36 @@ pub(super) fn parse(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<ApiConfig, Config
         token_file: cx.path(t, "api", "token_file")?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(text, "/etc/recman/recman.toml")
+    }
+
+    #[test]
+    fn api_listen_and_token_file() {
+        let c = parse("[api]\nlisten = \"127.0.0.1:9000\"\ntoken_file = \"token\"\n").unwrap();
+        assert_eq!(c.api.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(
+            c.api.token_file.as_deref(),
+            Some(std::path::Path::new("/etc/recman/token"))
+        );
+        assert_eq!(parse("").unwrap().api, super::ApiConfig::default());
+    }
+
+    #[test]
+    fn a_bad_listen_or_key_names_line_and_key() {
+        let e = parse("\n[api]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(":3:") && e.contains("api.listen") && e.contains("ADDR:PORT"),
+            "{e}"
+        );
+        let e = parse("[api]\nport = 1\n").unwrap_err().to_string();
+        assert!(e.contains("api.port") || e.contains("port"), "{e}");
+    }
+}
