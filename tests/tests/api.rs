@@ -440,6 +440,10 @@ async fn responses_match_the_openapi_document() {
     .unwrap();
     assert_eq!(served, file, "the served document is the checked-in one");
     let doc = file;
+    assert!(
+        !validator(&doc, "JobList").is_valid(&json!({"jobs": [{"id": 1}], "next": null})),
+        "the validator resolves the document's references"
+    );
 
     let (st, acc) = submit(
         &c,
@@ -514,9 +518,26 @@ async fn up_without_config_serves_the_demo_target_with_its_freeze_histogram() {
     let c = client();
     let (st, j) = submit(&c, &s, json!({"request_id": "demo-1", "targets": ["demo"]})).await;
     assert_eq!(st, StatusCode::ACCEPTED, "{j}");
-    let job = wait_state(&c, &s, j["job_id"].as_str().unwrap(), "completed", Duration::from_secs(10)).await;
+    let job = wait_state(
+        &c,
+        &s,
+        j["job_id"].as_str().unwrap(),
+        "completed",
+        Duration::from_secs(10),
+    )
+    .await;
     let loc = job["snapshot_info"]["location"].as_str().unwrap();
     assert!(Path::new(loc).join("orders.csv").exists(), "a real copy at {loc}");
-    let text = c.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("recman_freeze_window_seconds_count{target=\"demo\"} 1\n"), "{text}");
+    let text = c
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("recman_freeze_window_seconds_count{target=\"demo\"} 1\n"),
+        "{text}"
+    );
 }

@@ -61,6 +61,11 @@ fn replay_until_shows_the_state_between_two_jobs() {
         "{human}"
     );
 
+    // A discovery file left behind (live pid, nobody listening) does not stop direct reads.
+    let stale = serde_json::json!({"url": format!("http://127.0.0.1:{}", common::free_port()),
+        "pid": std::process::id(), "token_required": false, "started_at_ms": 0});
+    std::fs::write(data.join("server.json"), stale.to_string()).unwrap();
+
     // Direct reads on the data dir.
     let jobs = json_of(data, &["jobs", "--json"]);
     assert_eq!(jobs["jobs"][0]["request_id"], "second", "newest first");

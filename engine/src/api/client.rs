@@ -47,16 +47,34 @@ impl Client {
     }
 
     /// The server for this command: `--server URL`, else the running `recman up`
-    /// of the data dir (its discovery file), else `None` (work on the data dir).
-    pub fn discover(g: &Global, server: Option<&str>) -> anyhow::Result<Option<Client>> {
-        let url = match server {
-            Some(u) => u.to_string(),
-            None => match discovery::find(&g.data_dir) {
-                Some(d) => d.url,
-                None => return Ok(None),
-            },
+    /// of the data dir (its discovery file, if the server answers), else `None`
+    /// (work on the data dir).
+    pub async fn discover(g: &Global, server: Option<&str>) -> anyhow::Result<Option<Client>> {
+        if let Some(u) = server {
+            return Ok(Some(Client::new(u, token(g)?)?));
+        }
+        let Some(d) = discovery::find(&g.data_dir) else {
+            return Ok(None);
         };
-        Ok(Some(Client::new(&url, token(g)?)?))
+        let c = Client::new(&d.url, token(g)?)?;
+        // A file left by a killed server whose pid was reused: nobody answers.
+        match c
+            .http
+            .get(format!("{}/healthz", c.base))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Some(c)),
+            Err(e) => {
+                tracing::warn!(
+                    "{} names {} but it does not answer ({e}); reading the data dir",
+                    discovery::path(&g.data_dir).display(),
+                    d.url
+                );
+                Ok(None)
+            }
+        }
     }
 
     fn req(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

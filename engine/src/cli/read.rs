@@ -58,7 +58,7 @@ pub fn local_view(g: &Global, until: Until) -> anyhow::Result<View> {
 
 impl Source {
     pub async fn open(g: &Global, s: &ServerArg) -> anyhow::Result<Source> {
-        match Client::discover(g, s.server.as_deref())? {
+        match Client::discover(g, s.server.as_deref()).await? {
             Some(c) => Ok(Source::Remote(c)),
             None => Ok(Source::Local(Box::new(local_view(g, Until::End)?))),
         }
@@ -387,7 +387,7 @@ pub struct CancelArgs {
 }
 
 pub async fn cancel(g: &Global, a: CancelArgs) -> anyhow::Result<ExitCode> {
-    let Some(c) = Client::discover(g, a.server.server.as_deref())? else {
+    let Some(c) = Client::discover(g, a.server.server.as_deref()).await? else {
         bail!(
             "no running server for {}: cancelling needs the engine; start `recman up` or pass --server URL",
             g.data_dir.display()

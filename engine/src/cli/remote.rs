@@ -17,7 +17,7 @@ use crate::api::client::{ApiFailure, Client};
 /// Runs the snapshot through the server of the data dir (or `--server`);
 /// `None` when there is none, so the caller runs it embedded.
 pub async fn run(g: &Global, a: &Args, server: &ServerArg) -> anyhow::Result<Option<ExitCode>> {
-    let Some(c) = Client::discover(g, server.server.as_deref())? else {
+    let Some(c) = Client::discover(g, server.server.as_deref()).await? else {
         return Ok(None);
     };
     if a.targets.len() > 1 && !a.group {

@@ -71,7 +71,7 @@ async fn fetch(c: &Client, last: u64) -> anyhow::Result<Vec<StoredEvent>> {
 
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     let until = a.until.unwrap_or(Until::End);
-    let Some(c) = Client::discover(g, a.server.server.as_deref())? else {
+    let Some(c) = Client::discover(g, a.server.server.as_deref()).await? else {
         let v = super::read::local_view(g, until)?;
         print_state(&v, &a, None);
         return Ok(ExitCode::SUCCESS);
