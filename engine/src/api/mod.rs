@@ -68,7 +68,13 @@ pub async fn follow(shared: Arc<Shared>) {
     let from = shared.view.read().map(|v| v.last_seq + 1).unwrap_or(1);
     let mut sub = shared.log.subscribe(from);
     while let Some(item) = sub.recv().await {
-        let Ok(first) = item else { break };
+        let first = match item {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!("the API's view stopped following the log: {e}");
+                break;
+            }
+        };
         let mut last = first.seq;
         {
             let Ok(mut v) = shared.view.write() else { break };

@@ -50,7 +50,7 @@ pub struct Global {
 pub enum Command {
     /// Take a snapshot of one or more targets (or `demo`) and show every stage.
     Snapshot(snapshot::Args),
-    /// Run the engine and the local workers of the config until Ctrl-C.
+    /// Run the engine, the local workers of the config and the HTTP API until Ctrl-C.
     Up(up::Args),
     /// Print the event log.
     Events(events::Args),

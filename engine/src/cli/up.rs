@@ -24,13 +24,13 @@ use crate::view::{Until, View};
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "The API listens on 127.0.0.1:7080 unless --listen or `[api] listen` in the config\n\
-says otherwise. A non-loopback address needs `[api] token_file = \"/path/to/token\"`: clients then send\n\
-`Authorization: Bearer <token>`. While it runs, DATA_DIR/server.json tells the other commands\n\
-(`recman jobs`, `job`, `targets`, `snapshots`, `cancel`, `replay`, `snapshot`) where it is.\n\
+    after_help = "The API listens on 127.0.0.1:7080 unless --listen or `[api] listen` in the\n\
+config says otherwise. A non-loopback address needs `[api] token_file = \"/path/to/token\"`;\n\
+clients then send `Authorization: Bearer <token>`. While it runs, DATA_DIR/server.json tells\n\
+the other commands (jobs, job, targets, snapshots, cancel, replay, snapshot) where it is.\n\
 Without a config, `up` serves the demo target (see `recman snapshot demo`).\n\n\
-Stop it with Ctrl-C or SIGTERM: it stops taking requests, waits until every frozen target is thawed,\n\
-stops the workers (which thaw anything still frozen) and closes the log.\n\n\
+Stop it with Ctrl-C or SIGTERM: it stops taking requests, waits until every frozen target is\n\
+thawed, stops the workers (which thaw anything still frozen) and closes the log.\n\n\
 Exit codes: 0 clean shutdown, 1 a target may have stayed frozen past the shutdown wait,\n\
 2 could not start (bad config, address in use, log owned by another process)."
 )]
