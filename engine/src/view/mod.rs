@@ -237,6 +237,12 @@ impl View {
     /// Folds one event in. Events must come in sequence order.
     pub fn apply(&mut self, e: &StoredEvent) {
         let ev = &e.event;
+        // Facts after a job's end (a duplicate Completed, say) move nothing.
+        let was_terminal = self
+            .state
+            .jobs
+            .get(&ev.job)
+            .is_some_and(|j| j.state.is_terminal());
         evolve(&mut self.state, ev);
         self.last_seq = e.seq;
         self.last_at_ms = ev.at_ms;
@@ -359,7 +365,7 @@ impl View {
                     retention: None,
                 });
             }
-            EventBody::Failed { reason, .. } => {
+            EventBody::Failed { reason, .. } if !was_terminal => {
                 if let Some(j) = self.state.jobs.get(&job) {
                     for t in &j.targets {
                         self.last_failure.insert(

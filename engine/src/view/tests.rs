@@ -135,6 +135,11 @@ fn two_jobs_timeline_catalog_retention_metrics() {
         },
     ));
     assert_eq!(v.snapshots(Some(&t)).len(), 1);
+    // A duplicate fact after the end changes nothing.
+    let dup = evs[21].clone();
+    assert!(matches!(dup.event.body, EventBody::Completed { .. }));
+    v.apply(&StoredEvent { seq: 24, ..dup });
+    assert_eq!(v.snapshots(None).len(), 1);
     let tv = v.targets();
     assert_eq!(tv[0].state, "idle");
     assert_eq!(tv[0].last_snapshot.as_ref().unwrap().name, "snap-b");
@@ -142,6 +147,7 @@ fn two_jobs_timeline_catalog_retention_metrics() {
     let mut m = String::new();
     v.render_metrics(&mut m);
     assert!(m.contains("recman_jobs{state=\"completed\"} 2"), "{m}");
+    assert!(m.contains("recman_log_last_seq 24"), "{m}");
     assert!(
         m.contains("recman_freeze_window_seconds_count{target=\"db01\"} 2"),
         "{m}"
