@@ -72,6 +72,22 @@ fn sigterm_while_frozen_thaws_then_exits_0() {
         .any(|e| e["event"]["body"]["type"] == "step_succeeded" && e["event"]["body"]["stage"] == "thaw");
     assert!(thawed, "no recorded thaw: {}", text(&out));
     assert_eq!(recman(data, &["audit"]).status.code(), Some(0));
+
+    // Started again, it rebuilds everything from the log and finishes the job.
+    let again = Server::start(data, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while job_state(again.port, &job) != "completed" {
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        freeze_log(data, "slow"),
+        ["frozen", "thawed"],
+        "no second freeze after the restart"
+    );
 }
 
 #[test]
