@@ -40,6 +40,9 @@ pub struct Args {
 }
 
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+    if let Some(code) = super::events_remote::run(g, &a).await? {
+        return Ok(code);
+    }
     let dir = g.data_dir.clone();
     let mut next = a.from.max(1);
     let mut out = std::io::stdout().lock();

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod bench_jobs;
 pub mod bench_log;
 pub mod events;
+pub mod events_remote;
 pub mod read;
 pub mod remote;
 pub mod replay;
