@@ -541,3 +541,48 @@ async fn up_without_config_serves_the_demo_target_with_its_freeze_histogram() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn pruned_snapshots_drop_out_of_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), 1);
+    let c = client();
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        let (_, j) = submit(
+            &c,
+            &s,
+            json!({"request_id": format!("keep-{i}"), "targets": ["fast"]}),
+        )
+        .await;
+        let id = j["job_id"].as_str().unwrap().to_string();
+        wait_state(&c, &s, &id, "completed", Duration::from_secs(10)).await;
+        jobs.push(id);
+    }
+    // keep_last = 2: the first snapshot is pruned once the third completes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, snaps) = get(&c, &s, "/v1/snapshots?target=fast").await;
+        let listed: Vec<String> = snaps["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["job"].as_str().unwrap().to_string())
+            .collect();
+        if listed == [jobs[2].clone(), jobs[1].clone()] {
+            assert_eq!(snaps["snapshots"][1]["retention"]["expires_after"], 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "catalog never dropped the first snapshot: {snaps}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, page) = get(&c, &s, "/v1/events?from=1").await;
+    let deleted =
+        page["events"].as_array().unwrap().iter().any(|e| {
+            e["event"]["body"]["type"] == "snapshot_deleted" && e["event"]["job"] == jobs[0].as_str()
+        });
+    assert!(deleted, "the deletion stays in the log");
+}
