@@ -2,55 +2,21 @@
 //! the library tampers with the redb file, `recman audit` must notice and name
 //! the sequence number; `recman events` prints it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
+use std::process::Output;
 use std::sync::OnceLock;
 
 use recman_events::codec::{self, Record};
 use recman_events::log::{open_store, redb_store};
 use recman_events::{Backend, EventMessage};
 
-/// The `recman` binary: `RECMAN_BIN`, else the newest of
-/// `{CARGO_TARGET_DIR or <workspace>/target}/{release,debug}/recman`.
-fn recman_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("RECMAN_BIN") {
-        return PathBuf::from(p);
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    ["release", "debug"]
-        .iter()
-        .map(|p| target.join(p).join("recman"))
-        .filter(|p| p.exists())
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no recman binary under {}: run `cargo build --release --bin recman` (tests/run does) \
-                 or set RECMAN_BIN",
-                target.display()
-            )
-        })
-}
-
 fn recman(args: &[&str], data_dir: &Path) -> Output {
-    Command::new(recman_bin())
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("RECMAN_DATA_DIR")
-        .output()
-        .expect("run recman")
+    common::recman(data_dir, args)
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::text;
 
 /// One small log written by `recman bench log`, copied for each test.
 fn template() -> &'static Path {

@@ -1,30 +1,12 @@
 //! `recman snapshot demo` on a fresh data dir, twice, with the real binary:
 //! two completed jobs, two snapshot directories, an intact log.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn recman_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("RECMAN_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    ["release", "debug"]
-        .iter()
-        .map(|p| target.join(p).join("recman"))
-        .find(|p| p.exists())
-        .expect("no recman binary: run `cargo build --release --bin recman` or set RECMAN_BIN")
-}
+use std::path::Path;
 
 fn recman(data: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(recman_bin())
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap()
+    common::recman(data, args)
 }
 
 #[test]
@@ -60,7 +42,7 @@ fn demo_twice_gives_two_snapshots_and_an_intact_log() {
 #[test]
 fn demo_works_with_the_default_relative_data_dir() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(recman_bin())
+    let out = common::recman_cmd_bare()
         .current_dir(dir.path())
         .args(["snapshot", "demo"])
         .output()

@@ -2,7 +2,7 @@
 //! for targets in its local config only, publishes the report before acking
 //! the command, and thaws by itself when a thaw does not come in time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use recman_events::bus::{msg_type, Address, Bus, BusError, Consumer, Delivery, Message};
 use recman_events::wire::{self, check_id, Command, Outcome, Report};
 use recman_events::{
-    PoolName, SnapshotInfo, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
+    JobId, PoolName, SnapshotInfo, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -133,6 +133,7 @@ impl Worker {
             targets: self.targets,
             frozen: FrozenTargets::default(),
             recent: Mutex::new(Recent::default()),
+            tombstones: Mutex::new(Tombstones::default()),
             bus: bus.clone(),
         });
         let mut addrs: Vec<Address> = self.pools.iter().cloned().map(Address::Pool).collect();
@@ -228,11 +229,53 @@ impl Recent {
     }
 }
 
+/// What this worker must not undo when a command comes late or twice: attempts
+/// it already thawed (a late freeze of one would stay frozen until the
+/// watchdog) and snapshots retention deleted (a late snapshot command must not
+/// bring one back). Bounded; the simulator's workers follow the same rules.
+#[derive(Default)]
+struct Tombstones {
+    thawed: HashSet<(TargetId, JobId, u32)>,
+    thawed_order: VecDeque<(TargetId, JobId, u32)>,
+    pruned: HashSet<(TargetId, String)>,
+    pruned_order: VecDeque<(TargetId, String)>,
+}
+
+impl Tombstones {
+    fn remember<T: Clone + Eq + std::hash::Hash>(set: &mut HashSet<T>, order: &mut VecDeque<T>, v: T) {
+        if set.insert(v.clone()) {
+            order.push_back(v);
+            while order.len() > RECENT_CAPACITY {
+                if let Some(old) = order.pop_front() {
+                    set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn thawed(&mut self, t: &TargetId, job: JobId, attempt: u32) {
+        Self::remember(
+            &mut self.thawed,
+            &mut self.thawed_order,
+            (t.clone(), job, attempt),
+        );
+    }
+
+    fn pruned(&mut self, t: &TargetId, name: &str) {
+        Self::remember(
+            &mut self.pruned,
+            &mut self.pruned_order,
+            (t.clone(), name.to_string()),
+        );
+    }
+}
+
 struct Shared {
     id: WorkerId,
     targets: HashMap<TargetId, Local>,
     frozen: FrozenTargets,
     recent: Mutex<Recent>,
+    tombstones: Mutex<Tombstones>,
     bus: Arc<dyn Bus>,
 }
 
@@ -317,6 +360,10 @@ impl Shared {
 
     fn lock_recent(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_tombstones(&self) -> std::sync::MutexGuard<'_, Tombstones> {
+        self.tombstones.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs one command and builds its report (never fails: errors are reports).
@@ -414,6 +461,27 @@ impl Shared {
             }
             tracing::warn!(worker = %self.id, target = %t, "freeze of a target still frozen for another job: the old freeze is superseded");
         }
+        if let Some(d) = cmd.thaw_deadline_ms.filter(|d| watchdog::unix_ms() >= *d) {
+            return Err(StepError::new(
+                "deadline_passed",
+                format!(
+                    "the freeze came after its thaw deadline ({} ms ago): not frozen",
+                    watchdog::unix_ms() - d
+                ),
+                true,
+            ));
+        }
+        if self
+            .lock_tombstones()
+            .thawed
+            .contains(&(t.clone(), cmd.job, cmd.attempt))
+        {
+            return Err(StepError::new(
+                "already_thawed",
+                "a thaw for this attempt came first: not frozen",
+                true,
+            ));
+        }
         local.writer.freeze(&Self::ctx(t, cmd)).await?;
         let (now_ms, now) = (watchdog::unix_ms(), Instant::now());
         let (deadline_ms, at) = watchdog::deadline(now_ms, now, cmd.thaw_deadline_ms, local.cfg.freeze_limit);
@@ -450,6 +518,7 @@ impl Shared {
             None => self.frozen.take(t),
         };
         let Some(rec) = rec else { return };
+        self.lock_tombstones().thawed(t, rec.job, rec.attempt);
         tracing::warn!(worker = %self.id, target = %t, job = %rec.job, "no thaw arrived in time: the watchdog thaws");
         let ctx = StepCtx {
             target: t.clone(),
@@ -540,6 +609,7 @@ impl Shared {
         let local = self.local(t)?;
         let _g = local.writer_lock.lock().await;
         let rec = self.frozen.take(t);
+        self.lock_tombstones().thawed(t, cmd.job, cmd.attempt);
         match local.writer.thaw(&Self::ctx(t, cmd)).await {
             Ok(()) => Ok(rec.map(|r| r.window_us()).unwrap_or(0)),
             Err(e) => {
@@ -572,6 +642,17 @@ impl Shared {
         for t in &cmd.targets {
             let local = self.local(t)?;
             let _g = local.provider_lock.lock().await;
+            if self
+                .lock_tombstones()
+                .pruned
+                .contains(&(t.clone(), name.to_string()))
+            {
+                return Err(StepError::new(
+                    "deleted",
+                    format!("snapshot {name} of {t} was deleted by retention: not taken again"),
+                    false,
+                ));
+            }
             infos.push(local.provider.snapshot(name, t, cmd.kind).await?);
         }
         Ok(StepDetail::Snapshot(merge(name, infos)))
@@ -584,6 +665,7 @@ impl Shared {
             let _g = local.provider_lock.lock().await;
             for name in &cmd.prune {
                 // Missing counts as deleted: a redelivered prune must say the same.
+                self.lock_tombstones().pruned(t, name);
                 local.provider.delete(name, t).await?;
                 if !deleted.contains(name) {
                     deleted.push(name.clone());

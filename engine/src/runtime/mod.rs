@@ -185,9 +185,14 @@ async fn commit(
         for b in batches.drain(..) {
             for (delivery, reply, r) in b.settles {
                 if let Some(d) = delivery {
-                    match &r {
-                        Reply::Rejected { code, message } => d.reject(&format!("{code}: {message}")).await?,
-                        _ => d.ack().await?,
+                    let id = d.message.message_id.clone();
+                    let settled = match &r {
+                        Reply::Rejected { code, message } => d.reject(&format!("{code}: {message}")).await,
+                        _ => d.ack().await,
+                    };
+                    if let Err(e) = settled {
+                        // Redelivered later and answered from the state: inputs are idempotent.
+                        tracing::warn!(message_id = %id, error = %e, "could not settle a delivery");
                     }
                 }
                 if let Some(tx) = reply {
@@ -276,11 +281,11 @@ pub async fn run(
             break Ok(()); // the committer stopped: its error is reported below
         }
     };
+    // Finish what was decided (append, publish, settle) before the consumers go.
     drop(commit_tx);
+    let committed = committer.await;
     tasks.abort_all();
-    let committed = committer
-        .await
-        .map_err(|e| anyhow::anyhow!("commit task failed: {e}"))?;
+    let committed = committed.map_err(|e| anyhow::anyhow!("commit task failed: {e}"))?;
     result.and(committed)
 }
 
