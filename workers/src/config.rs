@@ -11,6 +11,9 @@ use recman_events::{PoolName, TargetId, WorkerId};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+mod api;
+pub use api::{ApiConfig, DEFAULT_LISTEN};
+
 /// The default freeze limit (VSS holds writes for at most 10 s).
 pub const DEFAULT_FREEZE_LIMIT: Duration = Duration::from_secs(10);
 /// The pool of a target's writer when the config names none.
@@ -35,6 +38,8 @@ pub struct Config {
     /// `[worker]`: identity of a standalone worker process (optional).
     pub worker: Option<WorkerConfig>,
     pub targets: Vec<TargetConfig>,
+    /// `[api]`: the HTTP API of `recman up`.
+    pub api: ApiConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -184,7 +189,8 @@ impl Config {
             cx.err(span, "", e.message().trim().to_string())
         })?;
         let root = doc.get_ref();
-        cx.check_keys(root, "", &["engine", "worker", "target"])?;
+        cx.check_keys(root, "", &["engine", "worker", "target", "api"])?;
+        let api = api::parse(&cx, root)?;
 
         let engine = match field(root, "engine") {
             None => EngineConfig::default(),
@@ -252,6 +258,7 @@ impl Config {
             engine,
             worker,
             targets,
+            api,
         })
     }
 

@@ -12,6 +12,8 @@ pub mod bench_log;
 pub mod demo;
 pub mod events;
 pub mod progress;
+pub mod read;
+pub mod replay;
 pub mod simulate;
 pub mod snapshot;
 pub mod up;
@@ -53,6 +55,18 @@ pub enum Command {
     Up(up::Args),
     /// Print the event log.
     Events(events::Args),
+    /// List jobs, newest first.
+    Jobs(read::JobsArgs),
+    /// Show one job with its timeline.
+    Job(read::JobArgs),
+    /// List targets: state, queue depth, last snapshot, last failure.
+    Targets(read::TargetsArgs),
+    /// The snapshot catalog: restore points recman holds, with their expiry.
+    Snapshots(read::SnapshotsArgs),
+    /// Cancel a job through the running server.
+    Cancel(read::CancelArgs),
+    /// Rebuild the state from the log (up to a point) and print it.
+    Replay(replay::Args),
     /// Verify every record of the log: checksum, decoding, hash chain.
     Audit(audit::Args),
     /// Check a config file and print what it declares.
@@ -91,6 +105,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(a) => snapshot::run(&g, a).await,
         Command::Up(a) => up::run(&g, a).await,
         Command::Events(a) => events::run(&g, a).await,
+        Command::Jobs(a) => read::jobs(&g, a).await,
+        Command::Job(a) => read::job(&g, a).await,
+        Command::Targets(a) => read::targets(&g, a).await,
+        Command::Snapshots(a) => read::snapshots(&g, a).await,
+        Command::Cancel(a) => read::cancel(&g, a).await,
+        Command::Replay(a) => replay::run(&g, a).await,
         Command::Audit(a) => audit::run(&g, a).await,
         Command::ValidateConfig(a) => validate::run(&g, a).await,
         Command::Simulate(a) => simulate::run(&g, a).await,

@@ -14,7 +14,7 @@ use recman_events::wire::{self, Report};
 use recman_events::{Event, EventLog, JobId, SnapshotRequest};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::{Core, CoreConfig, Destination, Input, Outgoing, Reply};
+use crate::core::{Core, CoreConfig, Destination, Input, Outgoing, Reply, State};
 
 /// A call into a running engine from the same process (CLI, HTTP API).
 pub enum Call {
@@ -27,6 +27,11 @@ pub enum Call {
         job: JobId,
         reason: String,
         reply: oneshot::Sender<Reply>,
+    },
+    /// A copy of the live core state (`recman replay` compares it with a
+    /// rebuild from the log). Also answers "has replay finished?".
+    Inspect {
+        reply: oneshot::Sender<crate::core::State>,
     },
 }
 
@@ -81,11 +86,13 @@ pub const MAX_BATCH: usize = 1024;
 /// state may run ahead of the log.
 const PIPELINE_DEPTH: usize = 4;
 
-/// One input with what settles it once its events are durable.
+/// One input with what settles it once its events are durable, or a request
+/// for the state (answered once everything decided before it is durable).
 struct Inbound {
-    input: Input,
+    input: Option<Input>,
     delivery: Option<Delivery>,
     reply: Option<oneshot::Sender<Reply>>,
+    inspect: Option<oneshot::Sender<State>>,
 }
 
 /// A decided batch: events to append, then commands to publish, then settles.
@@ -93,6 +100,7 @@ struct Decided {
     events: Vec<Event>,
     commands: Vec<Outgoing>,
     settles: Vec<(Option<Delivery>, Option<oneshot::Sender<Reply>>, Reply)>,
+    inspects: Vec<(oneshot::Sender<State>, State)>,
 }
 
 /// Decodes one bus queue into inputs; undecodable messages are dead-lettered
@@ -106,9 +114,10 @@ where
         match decode(&d.message.body) {
             Ok(v) => {
                 let inbound = Inbound {
-                    input: v.into(),
+                    input: Some(v.into()),
                     delivery: Some(d),
                     reply: None,
+                    inspect: None,
                 };
                 if tx.send(inbound).await.is_err() {
                     return Ok(()); // the engine stopped; the delivery is requeued
@@ -145,18 +154,26 @@ async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound
     while let Some(call) = calls.recv().await {
         let inbound = match call {
             Call::Submit { req, origin, reply } => Inbound {
-                input: Input::Request {
+                input: Some(Input::Request {
                     req,
                     origin,
                     new_job: JobId::new_v7(),
-                },
+                }),
                 delivery: None,
                 reply: Some(reply),
+                inspect: None,
             },
             Call::Cancel { job, reason, reply } => Inbound {
-                input: Input::Cancel { job, reason },
+                input: Some(Input::Cancel { job, reason }),
                 delivery: None,
                 reply: Some(reply),
+                inspect: None,
+            },
+            Call::Inspect { reply } => Inbound {
+                input: None,
+                delivery: None,
+                reply: None,
+                inspect: Some(reply),
             },
         };
         if tx.send(inbound).await.is_err() {
@@ -183,6 +200,9 @@ async fn commit(
         let commands: Vec<Outgoing> = batches.iter_mut().flat_map(|b| b.commands.drain(..)).collect();
         publish(bus.as_ref(), &commands).await?;
         for b in batches.drain(..) {
+            for (tx, state) in b.inspects {
+                let _ = tx.send(state);
+            }
             for (delivery, reply, r) in b.settles {
                 if let Some(d) = delivery {
                     let id = d.message.message_id.clone();
@@ -262,6 +282,7 @@ pub async fn run(
             events: Vec::new(),
             commands: Vec::new(),
             settles: Vec::with_capacity(inbox.len()),
+            inspects: Vec::new(),
         };
         if core.next_deadline().is_some_and(|d| d <= now) {
             let step = core.handle(Input::TimerFired, now);
@@ -269,12 +290,20 @@ pub async fn run(
             batch.commands.extend(step.commands);
         }
         for i in inbox.drain(..) {
-            let step = core.handle(i.input, now);
+            if let Some(tx) = i.inspect {
+                batch.inspects.push((tx, core.state().clone()));
+            }
+            let Some(input) = i.input else { continue };
+            let step = core.handle(input, now);
             batch.events.extend(step.events);
             batch.commands.extend(step.commands);
             batch.settles.push((i.delivery, i.reply, step.reply));
         }
-        if batch.events.is_empty() && batch.commands.is_empty() && batch.settles.is_empty() {
+        if batch.events.is_empty()
+            && batch.commands.is_empty()
+            && batch.settles.is_empty()
+            && batch.inspects.is_empty()
+        {
             continue;
         }
         if commit_tx.send(batch).await.is_err() {

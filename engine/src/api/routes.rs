@@ -1,0 +1,291 @@
+//! Request handlers of the API (everything but the event streams).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use recman_events::{JobId, SnapshotRequest, TargetId, WireError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use super::{ApiError, Shared};
+use crate::core::Reply;
+use crate::runtime::Call;
+use crate::view::{self, View};
+
+type ApiResult = Result<Response, ApiError>;
+
+fn read_view<T>(s: &Shared, f: impl FnOnce(&View) -> T) -> Result<T, ApiError> {
+    let v = s
+        .view
+        .read()
+        .map_err(|_| ApiError::unavailable("engine_unavailable", "the view is poisoned"))?;
+    Ok(f(&v))
+}
+
+async fn call(s: &Shared, make: impl FnOnce(oneshot::Sender<Reply>) -> Call) -> Result<Reply, ApiError> {
+    let gone = || ApiError::unavailable("engine_unavailable", "the engine is not running (shutting down?)");
+    let (tx, rx) = oneshot::channel();
+    s.calls.send(make(tx)).await.map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())
+}
+
+/// Checks the shape of a request body field by field, so a 400 names the field.
+pub fn parse_request(body: &[u8]) -> Result<SnapshotRequest, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let Value::Object(o) = &v else {
+        return Err(ApiError::field(
+            "",
+            "the body must be a JSON object like {\"request_id\": \"…\", \"targets\": [\"db01\"]}",
+        ));
+    };
+    match o.get("request_id") {
+        Some(Value::String(_)) => {}
+        Some(_) => return Err(ApiError::field("request_id", "`request_id` must be a string")),
+        None => {
+            return Err(ApiError::field(
+                "request_id",
+                "`request_id` is required (your idempotency key)",
+            ))
+        }
+    }
+    match o.get("targets") {
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+        Some(_) => {
+            return Err(ApiError::field(
+                "targets",
+                "`targets` must be an array of target ids",
+            ))
+        }
+        None => {
+            return Err(ApiError::field(
+                "targets",
+                "`targets` is required (an array of target ids)",
+            ))
+        }
+    }
+    if let Some(k) = o.get("kind") {
+        if !matches!(k.as_str(), Some("full" | "copy")) {
+            return Err(ApiError::field("kind", "`kind` must be \"full\" or \"copy\""));
+        }
+    }
+    let body = serde_json::to_vec(&v).unwrap_or_default();
+    SnapshotRequest::from_json(&body).map_err(|e| match e {
+        WireError::Invalid { field, reason } => ApiError::field(field, format!("`{field}`: {reason}")),
+        WireError::UnknownSchemaVersion { .. } => ApiError::field("schema_version", e.to_string()),
+        WireError::Json(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", m),
+    })
+}
+
+pub async fn submit(State(s): State<Arc<Shared>>, body: Bytes) -> ApiResult {
+    if !s.accepting.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the server is shutting down; submit again after it restarts",
+        ));
+    }
+    let req = parse_request(&body)?;
+    let request_id = req.request_id.clone();
+    let reply = call(&s, |reply| Call::Submit {
+        req,
+        origin: "http".into(),
+        reply,
+    })
+    .await?;
+    match reply {
+        Reply::Accepted { job, existing } => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"job_id": job, "request_id": request_id, "existing": existing})),
+        )
+            .into_response()),
+        Reply::Rejected { code, message } => {
+            let status = match code {
+                "unknown_target" | "group_spans_provider_pools" => StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request" => StatusCode::BAD_REQUEST,
+                _ => StatusCode::CONFLICT,
+            };
+            Err(ApiError::new(status, code, message))
+        }
+        Reply::None => Err(ApiError::unavailable(
+            "engine_unavailable",
+            "the engine gave no answer",
+        )),
+    }
+}
+
+fn job_id(s: &str) -> Result<JobId, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::field("id", format!("\"{s}\" is not a job id (a UUID)")))
+}
+
+#[derive(Deserialize)]
+pub struct JobsQuery {
+    state: Option<String>,
+    target: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+pub async fn jobs(State(s): State<Arc<Shared>>, Query(q): Query<JobsQuery>) -> ApiResult {
+    if let Some(st) = &q.state {
+        if !view::state_names().contains(&st.as_str()) {
+            return Err(ApiError::field(
+                "state",
+                format!(
+                    "unknown state \"{st}\" (one of {})",
+                    view::state_names().join(", ")
+                ),
+            ));
+        }
+    }
+    let after = q
+        .after
+        .as_deref()
+        .map(job_id)
+        .transpose()
+        .map_err(|_| ApiError::field("after", "`after` must be a job id"))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::field("limit", "`limit` must be between 1 and 1000"));
+    }
+    let target = q.target.map(TargetId::from);
+    s.synced().await;
+    let (page, next) = read_view(&s, |v| v.jobs(q.state.as_deref(), target.as_ref(), after, limit))?;
+    Ok(Json(json!({"jobs": page, "next": next})).into_response())
+}
+
+pub async fn job(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+    let id = job_id(&id)?;
+    s.synced().await;
+    match read_view(&s, |v| v.job(&id))? {
+        Some(d) => Ok(Json(d).into_response()),
+        None => Err(ApiError::not_found("job_not_found", format!("no job {id}"))),
+    }
+}
+
+pub async fn cancel(State(s): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let id = job_id(&id)?;
+    let mut reason = "cancelled through the API".to_string();
+    if !body.is_empty() {
+        let v: Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not JSON: {e}"),
+            )
+        })?;
+        match v.get("reason") {
+            None => {}
+            Some(Value::String(r)) => reason = r.clone(),
+            Some(_) => return Err(ApiError::field("reason", "`reason` must be a string")),
+        }
+    }
+    match call(&s, |reply| Call::Cancel {
+        job: id,
+        reason,
+        reply,
+    })
+    .await?
+    {
+        Reply::Accepted { job, existing } => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"job_id": job, "already_requested": existing})),
+        )
+            .into_response()),
+        Reply::Rejected {
+            code: "unknown_job",
+            message,
+        } => Err(ApiError::not_found("job_not_found", message)),
+        Reply::Rejected {
+            code: "already_finished",
+            message,
+        } => Err(ApiError::new(StatusCode::CONFLICT, "job_finished", message)),
+        Reply::Rejected { code, message } => Err(ApiError::new(StatusCode::CONFLICT, code, message)),
+        Reply::None => Err(ApiError::unavailable(
+            "engine_unavailable",
+            "the engine gave no answer",
+        )),
+    }
+}
+
+pub async fn targets(State(s): State<Arc<Shared>>) -> ApiResult {
+    s.synced().await;
+    Ok(Json(json!({"targets": read_view(&s, |v| v.targets())?})).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct SnapshotsQuery {
+    target: Option<String>,
+}
+
+pub async fn snapshots(State(s): State<Arc<Shared>>, Query(q): Query<SnapshotsQuery>) -> ApiResult {
+    s.synced().await;
+    let t = q.target.map(TargetId::from);
+    Ok(Json(json!({"snapshots": read_view(&s, |v| v.snapshots(t.as_ref()))?})).into_response())
+}
+
+/// The engine's live state (for `recman replay`): its digest and how many events it folded.
+pub async fn live_state(State(s): State<Arc<Shared>>) -> ApiResult {
+    let (tx, rx) = oneshot::channel();
+    let gone = || ApiError::unavailable("engine_unavailable", "the engine is not running");
+    s.calls
+        .send(Call::Inspect { reply: tx })
+        .await
+        .map_err(|_| gone())?;
+    let state = rx.await.map_err(|_| gone())?;
+    Ok(Json(json!({"seq": state.applied, "digest": view::digest(&state)})).into_response())
+}
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI).into_response()
+}
+
+pub async fn metrics(State(s): State<Arc<Shared>>) -> ApiResult {
+    let mut out = String::new();
+    read_view(&s, |v| v.render_metrics(&mut out))?;
+    s.stats.render(&mut out);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+pub async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+pub async fn readyz(State(s): State<Arc<Shared>>) -> ApiResult {
+    if s.ready.load(Ordering::SeqCst) && s.accepting.load(Ordering::SeqCst) {
+        Ok(Json(json!({"status": "ready", "seq": s.log.last_seq()})).into_response())
+    } else if !s.accepting.load(Ordering::SeqCst) {
+        Err(ApiError::unavailable(
+            "shutting_down",
+            "the server is shutting down",
+        ))
+    } else {
+        Err(ApiError::unavailable(
+            "not_ready",
+            "the engine is still replaying the event log",
+        ))
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint; see /v1/openapi.json")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed here; see /v1/openapi.json",
+    )
+}

@@ -1,0 +1,699 @@
+//! The read side: a projection of the event log into jobs with timelines,
+//! targets, the snapshot catalog and metrics. Pure functions over events,
+//! shared by the HTTP API (fed live by `EventLog::subscribe`), the CLI read
+//! commands on a data dir, and `recman replay --until`.
+//!
+//! Job state comes from folding the log with the core's own `evolve`, so the
+//! view can never disagree with the engine about where a job is.
+
+use std::collections::BTreeMap;
+
+use recman_events::{
+    EventBody, EventLog, JobId, LogError, SnapshotInfo, Stage, StepDetail, StoredEvent, TargetId, WorkerId,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::core::{evolve, Job, JobState, State};
+
+pub mod metrics;
+pub mod time;
+
+use metrics::{Family, Histogram, FREEZE_BUCKETS, STAGE_BUCKETS};
+
+/// Where to stop a rebuild (`recman replay --until`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// Everything.
+    End,
+    /// Up to and including this sequence number.
+    Seq(u64),
+    /// Events recorded at or before this Unix time (ms).
+    Time(u64),
+}
+
+impl std::str::FromStr for Until {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(n) = s.parse::<u64>() {
+            return Ok(Until::Seq(n));
+        }
+        time::parse_rfc3339(s)
+            .map(Until::Time)
+            .map_err(|e| format!("{e}; or give a sequence number"))
+    }
+}
+
+/// One step report as recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepView {
+    pub stage: Stage,
+    pub attempt: u32,
+    pub target: TargetId,
+    #[serde(default)]
+    pub worker: Option<WorkerId>,
+    pub at_ms: u64,
+    #[serde(default)]
+    pub duration_us: Option<u64>,
+    pub ok: bool,
+    /// `code: message` of a failed step; `thawed by watchdog` for a watchdog thaw.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// One stage of one attempt of a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineStage {
+    pub stage: Stage,
+    pub attempt: u32,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub outcome: Option<String>,
+    /// Workers' reports for this stage and attempt.
+    pub steps: Vec<StepView>,
+}
+
+/// The freeze window of a job's last attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FreezeWindow {
+    pub first_frozen_at_ms: Option<u64>,
+    /// Longest per-target window as measured by the workers (µs).
+    pub window_us: Option<u64>,
+    /// The limit the engine enforced (freeze budget, ms).
+    pub budget_ms: u64,
+    pub targets: Vec<TargetWindow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetWindow {
+    pub target: TargetId,
+    pub window_us: Option<u64>,
+    pub by_watchdog: bool,
+}
+
+/// A job in a list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub id: JobId,
+    pub request_id: String,
+    /// `queued`, `freezing`, `frozen`, `snapshotting`, `snapshotted`, `thawing`,
+    /// `thawed`, `flushing_logs`, `retry_wait`, `completed`, `failed`, `cancelled`.
+    pub state: String,
+    pub targets: Vec<TargetId>,
+    pub kind: String,
+    pub origin: String,
+    pub attempt: u32,
+    pub stage: Option<Stage>,
+    pub requested_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub snapshot: Option<String>,
+    /// Reason of a failed or cancelled job.
+    pub outcome: Option<String>,
+}
+
+/// A job with its timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub summary: JobSummary,
+    pub timeline: Vec<TimelineStage>,
+    pub freeze_window: FreezeWindow,
+    pub snapshot_info: Option<SnapshotInfo>,
+    pub cancel_reason: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// A target and what it is doing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetView {
+    pub id: TargetId,
+    /// `idle`, or the state of the job holding it (`freezing`, `frozen`, …).
+    pub state: String,
+    pub job: Option<JobId>,
+    /// Jobs waiting behind the one holding it.
+    pub queue_depth: usize,
+    pub last_snapshot: Option<SnapshotRef>,
+    pub last_failure: Option<FailureRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    pub name: String,
+    pub job: JobId,
+    pub at_ms: u64,
+    pub location: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailureRef {
+    pub job: JobId,
+    pub at_ms: u64,
+    pub reason: String,
+}
+
+/// A restore point recman holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotEntry {
+    pub name: String,
+    pub targets: Vec<TargetId>,
+    pub job: JobId,
+    /// When the provider reported the point-in-time copy (Unix ms).
+    pub cut_at_ms: u64,
+    pub kind: String,
+    pub provider: String,
+    /// Provider id: a path, a subvolume, an image + tag, a volume name.
+    pub location: String,
+    pub size_bytes: Option<u64>,
+    pub freeze_window_us: u64,
+    /// Expiry under `keep_last`; absent when the target keeps every snapshot.
+    pub retention: Option<Retention>,
+}
+
+/// `keep_last` retention: this snapshot is pruned after `expires_after` more
+/// completed snapshots of its target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Retention {
+    pub keep_last: u32,
+    pub newer: u32,
+    pub expires_after: u32,
+}
+
+/// Per-job facts the core state does not keep.
+#[derive(Clone, Debug, Default)]
+struct JobExtra {
+    steps: Vec<StepView>,
+    snapshot_at_ms: Option<u64>,
+}
+
+/// The projection. `apply` every event in order; query with the methods.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    /// The core's state, folded with the core's `evolve`.
+    pub state: State,
+    pub last_seq: u64,
+    pub last_at_ms: u64,
+    extra: BTreeMap<JobId, JobExtra>,
+    catalog: Vec<SnapshotEntry>,
+    last_snapshot: BTreeMap<TargetId, SnapshotRef>,
+    last_failure: BTreeMap<TargetId, FailureRef>,
+    /// Targets of the config (shown even before their first job) with `keep_last`.
+    pub retention: BTreeMap<TargetId, Option<u32>>,
+    stage_hist: Family,
+    freeze_hist: Family,
+    step_failures: BTreeMap<String, u64>,
+}
+
+impl View {
+    /// An empty view knowing the config's targets and their `keep_last`.
+    pub fn new(retention: BTreeMap<TargetId, Option<u32>>) -> Self {
+        View {
+            retention,
+            ..View::default()
+        }
+    }
+
+    /// Folds `events` from `log` up to `until`.
+    pub fn build(mut self, log: &dyn EventLog, until: Until) -> Result<View, LogError> {
+        let mut from = self.last_seq + 1;
+        loop {
+            let batch = log.read(from, 4096)?;
+            let Some(last) = batch.last() else { break };
+            from = last.seq + 1;
+            for e in &batch {
+                let stop = match until {
+                    Until::End => false,
+                    Until::Seq(s) => e.seq > s,
+                    Until::Time(t) => e.event.at_ms > t,
+                };
+                if stop {
+                    return Ok(self);
+                }
+                self.apply(e);
+            }
+        }
+        Ok(self)
+    }
+
+    /// Folds one event in. Events must come in sequence order.
+    pub fn apply(&mut self, e: &StoredEvent) {
+        let ev = &e.event;
+        evolve(&mut self.state, ev);
+        self.last_seq = e.seq;
+        self.last_at_ms = ev.at_ms;
+        let job = ev.job;
+        match &ev.body {
+            EventBody::StepSucceeded {
+                stage,
+                attempt,
+                target,
+                worker,
+                duration_us,
+                detail,
+            } => {
+                self.stage_hist
+                    .entry(stage_labels(target, *stage))
+                    .or_insert_with(|| Histogram::new(STAGE_BUCKETS))
+                    .observe(*duration_us as f64 / 1e6);
+                match detail {
+                    StepDetail::Thawed { freeze_window_us, .. } => {
+                        self.observe_freeze(target, *freeze_window_us)
+                    }
+                    StepDetail::Snapshot(_) => {
+                        let x = self.extra.entry(job).or_default();
+                        if x.snapshot_at_ms.is_none()
+                            || *attempt >= self.state.jobs.get(&job).map_or(0, |j| j.attempt)
+                        {
+                            x.snapshot_at_ms = Some(ev.at_ms);
+                        }
+                    }
+                    _ => {}
+                }
+                self.extra.entry(job).or_default().steps.push(StepView {
+                    stage: *stage,
+                    attempt: *attempt,
+                    target: target.clone(),
+                    worker: Some(worker.clone()),
+                    at_ms: ev.at_ms,
+                    duration_us: Some(*duration_us),
+                    ok: true,
+                    note: None,
+                });
+            }
+            EventBody::StepFailed {
+                stage,
+                attempt,
+                target,
+                worker,
+                error,
+            } => {
+                *self
+                    .step_failures
+                    .entry(stage_labels(target, *stage))
+                    .or_default() += 1;
+                self.extra.entry(job).or_default().steps.push(StepView {
+                    stage: *stage,
+                    attempt: *attempt,
+                    target: target.clone(),
+                    worker: worker.clone(),
+                    at_ms: ev.at_ms,
+                    duration_us: None,
+                    ok: false,
+                    note: Some(format!("{}: {}", error.code, error.message)),
+                });
+            }
+            EventBody::WatchdogThawed {
+                attempt,
+                target,
+                worker,
+                freeze_window_us,
+            } => {
+                self.observe_freeze(target, *freeze_window_us);
+                self.extra.entry(job).or_default().steps.push(StepView {
+                    stage: Stage::Thaw,
+                    attempt: *attempt,
+                    target: target.clone(),
+                    worker: Some(worker.clone()),
+                    at_ms: ev.at_ms,
+                    duration_us: None,
+                    ok: true,
+                    note: Some("thawed by watchdog".into()),
+                });
+            }
+            EventBody::Completed {
+                snapshot,
+                freeze_window_us,
+                ..
+            } => {
+                let Some(j) = self.state.jobs.get(&job) else {
+                    return;
+                };
+                let cut = self
+                    .extra
+                    .get(&job)
+                    .and_then(|x| x.snapshot_at_ms)
+                    .unwrap_or(ev.at_ms);
+                if self.catalog.iter().any(|c| c.job == job) {
+                    return;
+                }
+                for t in &j.targets {
+                    self.last_snapshot.insert(
+                        t.clone(),
+                        SnapshotRef {
+                            name: snapshot.name.clone(),
+                            job,
+                            at_ms: cut,
+                            location: snapshot.location.clone(),
+                        },
+                    );
+                }
+                self.catalog.push(SnapshotEntry {
+                    name: snapshot.name.clone(),
+                    targets: j.targets.clone(),
+                    job,
+                    cut_at_ms: cut,
+                    kind: j.kind.as_str().to_string(),
+                    provider: snapshot.provider.clone(),
+                    location: snapshot.location.clone(),
+                    size_bytes: snapshot.size_bytes,
+                    freeze_window_us: *freeze_window_us,
+                    retention: None,
+                });
+            }
+            EventBody::Failed { reason, .. } => {
+                if let Some(j) = self.state.jobs.get(&job) {
+                    for t in &j.targets {
+                        self.last_failure.insert(
+                            t.clone(),
+                            FailureRef {
+                                job,
+                                at_ms: ev.at_ms,
+                                reason: reason.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            EventBody::SnapshotDeleted { target, name } => {
+                for c in &mut self.catalog {
+                    if c.job == job && &c.name == name {
+                        c.targets.retain(|t| t != target);
+                    }
+                }
+                self.catalog.retain(|c| !c.targets.is_empty());
+                if self
+                    .last_snapshot
+                    .get(target)
+                    .is_some_and(|s| s.job == job && &s.name == name)
+                {
+                    self.last_snapshot.remove(target);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn observe_freeze(&mut self, target: &TargetId, us: u64) {
+        self.freeze_hist
+            .entry(format!("target=\"{}\"", metrics::label(target.as_str())))
+            .or_insert_with(|| Histogram::new(FREEZE_BUCKETS))
+            .observe(us as f64 / 1e6);
+    }
+
+    pub fn job(&self, id: &JobId) -> Option<JobDetail> {
+        let j = self.state.jobs.get(id)?;
+        let steps = self.extra.get(id).map(|x| x.steps.as_slice()).unwrap_or(&[]);
+        let timeline = j
+            .timeline
+            .iter()
+            .map(|t| TimelineStage {
+                stage: t.stage,
+                attempt: t.attempt,
+                started_ms: t.started_ms,
+                ended_ms: t.ended_ms,
+                duration_ms: t.ended_ms.map(|e| e.saturating_sub(t.started_ms)),
+                outcome: t.outcome.clone(),
+                steps: steps
+                    .iter()
+                    .filter(|s| s.stage == t.stage && s.attempt == t.attempt)
+                    .cloned()
+                    .collect(),
+            })
+            .collect();
+        let targets: Vec<TargetWindow> = j
+            .targets
+            .iter()
+            .zip(&j.progress)
+            .map(|(t, p)| TargetWindow {
+                target: t.clone(),
+                window_us: p.freeze_window_us,
+                by_watchdog: p.thawed_by_watchdog,
+            })
+            .collect();
+        Some(JobDetail {
+            summary: summary(j),
+            timeline,
+            freeze_window: FreezeWindow {
+                first_frozen_at_ms: j.first_frozen_at_ms,
+                window_us: targets.iter().filter_map(|t| t.window_us).max(),
+                budget_ms: j.freeze_budget_ms,
+                targets,
+            },
+            snapshot_info: j.snapshot.clone(),
+            cancel_reason: j.cancel.clone(),
+            last_error: j
+                .last_error
+                .as_ref()
+                .map(|e| format!("{}: {}", e.code, e.message)),
+        })
+    }
+
+    /// Jobs newest first, filtered; `after` continues a previous page.
+    /// Returns the page and the cursor of the next one.
+    pub fn jobs(
+        &self,
+        state: Option<&str>,
+        target: Option<&TargetId>,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> (Vec<JobSummary>, Option<JobId>) {
+        let iter = self
+            .state
+            .jobs
+            .values()
+            .rev()
+            .filter(|j| after.is_none_or(|a| j.id < a))
+            .filter(|j| state.is_none_or(|s| state_name(j.state) == s))
+            .filter(|j| target.is_none_or(|t| j.targets.contains(t)));
+        let mut page: Vec<JobSummary> = Vec::new();
+        let mut more = false;
+        for j in iter {
+            if page.len() == limit {
+                more = true;
+                break;
+            }
+            page.push(summary(j));
+        }
+        let next = if more { page.last().map(|j| j.id) } else { None };
+        (page, next)
+    }
+
+    pub fn targets(&self) -> Vec<TargetView> {
+        let mut ids: Vec<TargetId> = self.retention.keys().cloned().collect();
+        for t in self
+            .state
+            .queues
+            .keys()
+            .chain(self.last_snapshot.keys())
+            .chain(self.last_failure.keys())
+        {
+            if !ids.contains(t) {
+                ids.push(t.clone());
+            }
+        }
+        ids.sort();
+        ids.into_iter()
+            .map(|t| {
+                let holder = self.state.holder(&t);
+                let depth = self.state.queues.get(&t).map_or(0, |q| q.len()) - usize::from(holder.is_some());
+                TargetView {
+                    state: holder
+                        .and_then(|h| self.state.jobs.get(&h))
+                        .map_or("idle", |j| state_name(j.state))
+                        .to_string(),
+                    job: holder,
+                    queue_depth: depth,
+                    last_snapshot: self.last_snapshot.get(&t).cloned(),
+                    last_failure: self.last_failure.get(&t).cloned(),
+                    id: t,
+                }
+            })
+            .collect()
+    }
+
+    /// The catalog, newest first, optionally of one target.
+    pub fn snapshots(&self, target: Option<&TargetId>) -> Vec<SnapshotEntry> {
+        let mut out: Vec<SnapshotEntry> = Vec::new();
+        for (i, c) in self.catalog.iter().enumerate().rev() {
+            if target.is_some_and(|t| !c.targets.contains(t)) {
+                continue;
+            }
+            let mut e = c.clone();
+            for t in &c.targets {
+                let Some(Some(keep)) = self.retention.get(t) else {
+                    continue;
+                };
+                let newer = self.catalog[i + 1..]
+                    .iter()
+                    .filter(|n| n.targets.contains(t))
+                    .count() as u32;
+                let left = keep.saturating_sub(newer);
+                if e.retention.as_ref().is_none_or(|r| left < r.expires_after) {
+                    e.retention = Some(Retention {
+                        keep_last: *keep,
+                        newer,
+                        expires_after: left,
+                    });
+                }
+            }
+            out.push(e);
+        }
+        out
+    }
+
+    /// True when some job may hold a frozen target (freeze sent, thaw not done).
+    pub fn any_frozen(&self) -> bool {
+        self.state.active.iter().any(|id| {
+            self.state
+                .jobs
+                .get(id)
+                .is_some_and(|j| j.state.before_thaw() || j.state == JobState::Thawing || j.any_needs_thaw())
+        })
+    }
+
+    /// Prometheus text of everything the log tells.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        metrics::header(out, "recman_jobs", "gauge", "Jobs by state.");
+        let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+        for s in ALL_STATES {
+            by_state.insert(state_name(*s), 0);
+        }
+        for j in self.state.jobs.values() {
+            *by_state.entry(state_name(j.state)).or_default() += 1;
+        }
+        for (s, n) in by_state {
+            let _ = writeln!(out, "recman_jobs{{state=\"{s}\"}} {n}");
+        }
+        metrics::header(
+            out,
+            "recman_queue_depth",
+            "gauge",
+            "Jobs waiting per target behind the one holding it.",
+        );
+        for t in self.targets() {
+            let _ = writeln!(
+                out,
+                "recman_queue_depth{{target=\"{}\"}} {}",
+                metrics::label(t.id.as_str()),
+                t.queue_depth
+            );
+        }
+        metrics::render_family(
+            out,
+            "recman_stage_duration_seconds",
+            "Duration of successful steps as measured by the workers, per target and stage.",
+            &self.stage_hist,
+        );
+        metrics::render_family(
+            out,
+            "recman_freeze_window_seconds",
+            "Freeze windows (freeze return to thaw return) as measured by the workers, per target.",
+            &self.freeze_hist,
+        );
+        metrics::header(
+            out,
+            "recman_step_failures_total",
+            "counter",
+            "Failed steps per target and stage.",
+        );
+        for (l, n) in &self.step_failures {
+            let _ = writeln!(out, "recman_step_failures_total{{{l}}} {n}");
+        }
+        metrics::header(out, "recman_snapshots", "gauge", "Snapshots in the catalog.");
+        let _ = writeln!(out, "recman_snapshots {}", self.catalog.len());
+        metrics::header(
+            out,
+            "recman_log_last_seq",
+            "gauge",
+            "Sequence number of the last event folded in.",
+        );
+        let _ = writeln!(out, "recman_log_last_seq {}", self.last_seq);
+    }
+}
+
+fn stage_labels(target: &TargetId, stage: Stage) -> String {
+    format!(
+        "target=\"{}\",stage=\"{}\"",
+        metrics::label(target.as_str()),
+        stage.as_str()
+    )
+}
+
+const ALL_STATES: &[JobState] = &[
+    JobState::Queued,
+    JobState::Freezing,
+    JobState::Frozen,
+    JobState::Snapshotting,
+    JobState::Snapshotted,
+    JobState::Thawing,
+    JobState::Thawed,
+    JobState::FlushingLogs,
+    JobState::RetryWait,
+    JobState::Completed,
+    JobState::Failed,
+    JobState::Cancelled,
+];
+
+/// The API name of a job state.
+pub fn state_name(s: JobState) -> &'static str {
+    match s {
+        JobState::Queued => "queued",
+        JobState::Freezing => "freezing",
+        JobState::Frozen => "frozen",
+        JobState::Snapshotting => "snapshotting",
+        JobState::Snapshotted => "snapshotted",
+        JobState::Thawing => "thawing",
+        JobState::Thawed => "thawed",
+        JobState::FlushingLogs => "flushing_logs",
+        JobState::RetryWait => "retry_wait",
+        JobState::Completed => "completed",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+/// Every state name, for validating filters.
+pub fn state_names() -> Vec<&'static str> {
+    ALL_STATES.iter().map(|s| state_name(*s)).collect()
+}
+
+fn summary(j: &Job) -> JobSummary {
+    JobSummary {
+        id: j.id,
+        request_id: j.request_id.as_str().to_string(),
+        state: state_name(j.state).to_string(),
+        targets: j.targets.clone(),
+        kind: j.kind.as_str().to_string(),
+        origin: j.origin.clone(),
+        attempt: j.attempt,
+        stage: j.stage,
+        requested_at_ms: j.requested_at_ms,
+        finished_at_ms: j.finished_at_ms,
+        snapshot: j.snapshot.as_ref().map(|s| s.name.clone()),
+        outcome: j.outcome.clone(),
+    }
+}
+
+/// A comparable rendering of the core state (`recman replay` against a server):
+/// every job in full, the queues, the catalog and the counters.
+pub fn digest(state: &State) -> serde_json::Value {
+    let queues: BTreeMap<&TargetId, Vec<JobId>> = state
+        .queues
+        .iter()
+        .map(|(t, q)| (t, q.iter().copied().collect()))
+        .collect();
+    let mut requests: Vec<(&str, JobId)> = state.requests.iter().map(|(r, j)| (r.as_str(), *j)).collect();
+    requests.sort();
+    serde_json::json!({
+        "applied": state.applied,
+        "jobs": state.jobs.values().collect::<Vec<_>>(),
+        "queues": queues,
+        "catalog": state.catalog,
+        "active": state.active,
+        "deadlines": state.deadlines,
+        "requests": requests,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+//! The projection over a hand-written log of two jobs and a retention delete.
+
+use super::*;
+use recman_events::{Event, SnapshotKind};
+
+fn ev(seq: u64, at: u64, job: JobId, body: EventBody) -> StoredEvent {
+    StoredEvent {
+        seq,
+        event: Event { at_ms: at, job, body },
+    }
+}
+
+fn job_events(job: JobId, seq0: u64, at0: u64, name: &str) -> Vec<StoredEvent> {
+    let t = TargetId::from("db01");
+    let w = WorkerId::from("w1");
+    let ok = |stage, detail, d| EventBody::StepSucceeded {
+        stage,
+        attempt: 1,
+        target: t.clone(),
+        worker: w.clone(),
+        duration_us: d,
+        detail,
+    };
+    let started = |stage| EventBody::StageStarted {
+        stage,
+        attempt: 1,
+        deadline_ms: at0 + 30_000,
+    };
+    let info = SnapshotInfo {
+        name: name.into(),
+        provider: "copy".into(),
+        location: format!("/snaps/{name}"),
+        size_bytes: None,
+        existed: false,
+    };
+    let bodies = vec![
+        EventBody::Requested {
+            request_id: format!("r-{name}").into(),
+            targets: vec![t.clone()],
+            kind: SnapshotKind::Full,
+            origin: "test".into(),
+        },
+        EventBody::AttemptStarted {
+            attempt: 1,
+            freeze_budget_ms: 8000,
+            watchdog_at_ms: at0 + 9000,
+        },
+        started(Stage::Freeze),
+        ok(
+            Stage::Freeze,
+            StepDetail::Frozen {
+                deadline_ms: at0 + 9000,
+            },
+            1000,
+        ),
+        started(Stage::Snapshot),
+        ok(Stage::Snapshot, StepDetail::Snapshot(info.clone()), 2000),
+        started(Stage::Thaw),
+        ok(
+            Stage::Thaw,
+            StepDetail::Thawed {
+                freeze_window_us: 3500,
+                by_watchdog: false,
+            },
+            300,
+        ),
+        started(Stage::FlushLogs),
+        ok(Stage::FlushLogs, StepDetail::Flushed, 100),
+        EventBody::Completed {
+            attempt: 1,
+            snapshot: info,
+            freeze_window_us: 3500,
+        },
+    ];
+    bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| ev(seq0 + i as u64, at0 + i as u64 * 10, job, b))
+        .collect()
+}
+
+#[test]
+fn two_jobs_timeline_catalog_retention_metrics() {
+    let a = JobId::from_parts(1_000_000, 1);
+    let b = JobId::from_parts(2_000_000, 2);
+    let mut evs = job_events(a, 1, 1_000_000, "snap-a");
+    evs.extend(job_events(b, 12, 2_000_000, "snap-b"));
+    let t = TargetId::from("db01");
+    let mut v = View::new([(t.clone(), Some(2))].into());
+    for e in &evs {
+        v.apply(e);
+    }
+    assert_eq!(v.last_seq, 22);
+    let d = v.job(&a).unwrap();
+    assert_eq!(d.summary.state, "completed");
+    let stages: Vec<Stage> = d.timeline.iter().map(|s| s.stage).collect();
+    assert_eq!(
+        stages,
+        [
+            Stage::Queue,
+            Stage::Freeze,
+            Stage::Snapshot,
+            Stage::Thaw,
+            Stage::FlushLogs
+        ]
+    );
+    let freeze = &d.timeline[1];
+    assert_eq!(freeze.duration_ms, Some(20));
+    assert_eq!(freeze.steps[0].worker.as_ref().unwrap().as_str(), "w1");
+    assert_eq!(d.freeze_window.window_us, Some(3500));
+
+    let cat = v.snapshots(None);
+    assert_eq!(
+        cat.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["snap-b", "snap-a"]
+    );
+    assert_eq!(cat[0].retention.as_ref().unwrap().expires_after, 2);
+    assert_eq!(cat[1].retention.as_ref().unwrap().expires_after, 1);
+    assert_eq!(cat[1].cut_at_ms, 1_000_050, "the time of the snapshot report");
+
+    let (page, next) = v.jobs(None, None, None, 1);
+    assert_eq!(page[0].id, b, "newest first");
+    let (page2, next2) = v.jobs(None, None, next, 1);
+    assert_eq!(page2[0].id, a);
+    assert_eq!(next2, None);
+    assert!(v.jobs(Some("failed"), None, None, 10).0.is_empty());
+
+    v.apply(&ev(
+        23,
+        3_000_000,
+        a,
+        EventBody::SnapshotDeleted {
+            target: t.clone(),
+            name: "snap-a".into(),
+        },
+    ));
+    assert_eq!(v.snapshots(Some(&t)).len(), 1);
+    let tv = v.targets();
+    assert_eq!(tv[0].state, "idle");
+    assert_eq!(tv[0].last_snapshot.as_ref().unwrap().name, "snap-b");
+
+    let mut m = String::new();
+    v.render_metrics(&mut m);
+    assert!(m.contains("recman_jobs{state=\"completed\"} 2"), "{m}");
+    assert!(
+        m.contains("recman_freeze_window_seconds_count{target=\"db01\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("recman_stage_duration_seconds_bucket{target=\"db01\",stage=\"snapshot\",le=\"0.005\"} 2"),
+        "{m}"
+    );
+
+    // Replay up to the end of the first job: one job, completed; the second unknown.
+    let mut half = View::new(Default::default());
+    for e in evs.iter().take(11) {
+        half.apply(e);
+    }
+    assert!(half.job(&b).is_none());
+    assert_eq!(digest(&half.state)["applied"], 11);
+}
+
+#[test]
+fn until_parses_seq_and_time() {
+    assert_eq!("12".parse::<Until>().unwrap(), Until::Seq(12));
+    assert_eq!(
+        "1970-01-01T00:00:01Z".parse::<Until>().unwrap(),
+        Until::Time(1000)
+    );
+    assert!("soon".parse::<Until>().is_err());
+}
