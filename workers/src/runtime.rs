@@ -510,13 +510,14 @@ impl Shared {
 
     /// Lets each provider log out (once per provider instance).
     async fn shutdown_providers(&self) {
-        let mut done: Vec<*const ()> = Vec::new();
+        let mut unique: Vec<Arc<dyn Provider>> = Vec::new();
         for l in self.targets.values() {
-            let p = Arc::as_ptr(&l.provider) as *const ();
-            if !done.contains(&p) {
-                done.push(p);
-                l.provider.shutdown().await;
+            if !unique.iter().any(|p| Arc::ptr_eq(p, &l.provider)) {
+                unique.push(l.provider.clone());
             }
+        }
+        for p in unique {
+            p.shutdown().await;
         }
     }
 
