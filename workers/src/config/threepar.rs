@@ -247,10 +247,188 @@ pub(super) fn provider(
             h => Ok(h),
         }
     };
+    let expiration_hours = hours("expiration_hours")?;
+    let retention_hours = hours("retention_hours")?;
+    if let (Some(e), Some(r)) = (expiration_hours, retention_hours) {
+        if r > e {
+            let span = field(p, "retention_hours").map(|v| v.span()).unwrap_or(p_span);
+            return Err(cx.err(
+                span,
+                &join(pkey, "retention_hours"),
+                format!("{r} h of retention outlast the {e} h expiration: the array refuses that"),
+            ));
+        }
+    }
     Ok(ThreeParConfig {
         array,
         object,
-        expiration_hours: hours("expiration_hours")?,
-        retention_hours: hours("retention_hours")?,
+        expiration_hours,
+        retention_hours,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::*;
+
+    const ARRAY: &str = "[array.a]\nurl = \"https://3par-a.example:8080\"\nuser = \"recman\"\npassword_file = \"secrets/a.pw\"\nca_file = \"/etc/recman/a-ca.pem\"\n";
+
+    fn target(provider: &str) -> String {
+        format!("{ARRAY}\n[[target]]\nid = \"db01\"\npool = \"host.mbx01\"\n[target.writer]\ntype = \"none\"\n[target.provider]\ntype = \"3par\"\n{provider}")
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(text, "/etc/recman/recman.toml")
+    }
+
+    /// The error is at `line` for `key` and says `needle`.
+    fn refused(text: &str, line: usize, key: &str, needle: &str) {
+        let e = parse(text).expect_err("should be refused");
+        let s = e.to_string();
+        assert!(s.starts_with(&format!("/etc/recman/recman.toml:{line}:")), "{s}");
+        assert!(s.contains(&format!(": {key}: ")), "{s}");
+        assert!(s.contains(needle), "{s} should say {needle}");
+    }
+
+    #[test]
+    fn a_3par_target_parses_with_its_array_and_defaults() {
+        let c = parse(&target(
+            "array = \"a\"\nvolume = \"DB01-vv\"\nexpiration_hours = 336\n",
+        ))
+        .unwrap();
+        let t = &c.targets[0];
+        assert_eq!(t.provider_pool.as_str(), "array.a", "the array's pool by default");
+        assert_eq!(t.pool.as_str(), "host.mbx01");
+        let super::super::ProviderConfig::ThreePar(p) = &t.provider else {
+            panic!("{:?}", t.provider)
+        };
+        assert_eq!(p.array.api_url, "https://3par-a.example:8080/api/v1");
+        assert_eq!(p.array.password_file, PathBuf::from("/etc/recman/secrets/a.pw"));
+        assert_eq!(p.array.max_sessions, DEFAULT_MAX_SESSIONS);
+        assert_eq!(p.object, ThreeParObject::Volume("DB01-vv".into()));
+        assert_eq!((p.expiration_hours, p.retention_hours), (Some(336), None));
+        assert_eq!(
+            t.to_string(),
+            "db01 (writer none in host.mbx01, provider 3par in array.a)"
+        );
+
+        let text = target("array = \"a\"\nvolume_set = \"DB-set\"\n").replace(
+            "pool = \"host.mbx01\"",
+            "pool = \"host.mbx01\"\nprovider_pool = \"array.backup\"",
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.targets[0].provider_pool.as_str(), "array.backup");
+    }
+
+    #[test]
+    fn base_urls_get_api_v1_and_nothing_else() {
+        assert_eq!(
+            api_url("http://10.0.0.5:8008").unwrap(),
+            "http://10.0.0.5:8008/api/v1"
+        );
+        assert_eq!(api_url("https://a:443/").unwrap(), "https://a:443/api/v1");
+        assert_eq!(api_url("https://a:8080/api/v1").unwrap(), "https://a:8080/api/v1");
+        assert!(api_url("a:8080").unwrap_err().contains("https://"));
+        assert!(api_url("https://a:8080/other")
+            .unwrap_err()
+            .contains("base URL only"));
+        assert!(api_url("https://u:pw@a:8080")
+            .unwrap_err()
+            .contains("password_file"));
+    }
+
+    #[test]
+    fn arrays_need_trust_for_https_and_say_how() {
+        let no_trust = ARRAY.replace("ca_file = \"/etc/recman/a-ca.pem\"\n", "");
+        refused(&no_trust, 2, "array.a.url", "insecure_skip_verify = true");
+        let both = format!("{ARRAY}insecure_skip_verify = true\n");
+        refused(&both, 6, "array.a.insecure_skip_verify", "choose one");
+        let insecure = format!("{no_trust}insecure_skip_verify = true\n");
+        assert!(parse(&insecure).is_ok());
+        let plain = no_trust.replace("https://3par-a.example:8080", "http://3par-a.example:8008");
+        assert!(parse(&plain).is_ok(), "plain HTTP needs no trust settings");
+        refused(
+            &ARRAY.replace("user = \"recman\"\n", ""),
+            1,
+            "array.a.user",
+            "missing",
+        );
+        refused(
+            &format!("{ARRAY}pasword = \"x\"\n"),
+            6,
+            "array.a.pasword",
+            "unknown key",
+        );
+        refused(
+            &format!("{ARRAY}max_sessions = 0\n"),
+            6,
+            "array.a.max_sessions",
+            "at least 1",
+        );
+        refused(
+            &ARRAY.replace("[array.a]", "[array.\"a b\"]"),
+            1,
+            "array.a b",
+            "invalid name",
+        );
+    }
+
+    #[test]
+    fn target_fields_are_checked() {
+        refused(
+            &target("volume = \"v\"\n"),
+            12,
+            "target[0].provider.array",
+            "missing",
+        );
+        refused(
+            &target("array = \"b\"\nvolume = \"v\"\n"),
+            14,
+            "target[0].provider.array",
+            "unknown array \"b\" (declared: a)",
+        );
+        refused(
+            &target("array = \"a\"\n"),
+            12,
+            "target[0].provider.volume",
+            "volume_set",
+        );
+        refused(
+            &target("array = \"a\"\nvolume = \"v\"\nvolume_set = \"s\"\n"),
+            16,
+            "target[0].provider.volume_set",
+            "not both",
+        );
+        refused(
+            &target("array = \"a\"\nvolume = \"a-volume-name-longer-than-31-chars\"\n"),
+            15,
+            "target[0].provider.volume",
+            "1 to 31 characters",
+        );
+        refused(
+            &target("array = \"a\"\nvolume = \"v/../x\"\n"),
+            15,
+            "target[0].provider.volume",
+            "only letters",
+        );
+        refused(
+            &target("array = \"a\"\nvolume = \"v\"\nexpiration_hours = 43801\n"),
+            16,
+            "target[0].provider.expiration_hours",
+            "1 to 43800",
+        );
+        refused(
+            &target("array = \"a\"\nvolume = \"v\"\nexpiration_hours = 24\nretention_hours = 48\n"),
+            17,
+            "target[0].provider.retention_hours",
+            "outlast",
+        );
+        refused(
+            &target("array = \"a\"\nvolume = \"v\"\nsource = \"/x\"\n"),
+            16,
+            "target[0].provider.source",
+            "unknown key",
+        );
+    }
 }
