@@ -340,3 +340,61 @@ async fn an_unreachable_array_is_retryable() {
     assert!(e.retryable);
     assert!(!e.message.contains(PASSWORD));
 }
+
+#[tokio::test]
+async fn a_slow_array_times_out_retryably() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = array(dir.path(), Scheme::Http).await;
+    a.fake.add_volume("v");
+    let section = a.section.replace("timeout = \"5s\"", "timeout = \"300ms\"");
+    let p = ThreeParProvider::new(provider_config(dir.path(), &section, "volume = \"v\"", ""));
+    a.fake.set_latency(Duration::from_millis(600));
+    let e = take(&p, "rm-1-a1").await.unwrap_err();
+    assert_eq!(e.code, "3par_unreachable", "{e:?}");
+    assert!(e.retryable);
+    assert!(e.message.contains("timed out"), "{}", e.message);
+    a.fake.set_latency(Duration::ZERO);
+    take(&p, "rm-1-a1").await.unwrap();
+}
+
+/// Collects everything every crate logs, down to TRACE.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_password_never_reaches_the_logs() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    for scheme in [Scheme::Http, Scheme::HttpsInsecure] {
+        let a = array(dir.path(), scheme).await;
+        a.fake.add_volume("v");
+        let p = ThreeParProvider::new(provider_config(dir.path(), &a.section, "volume = \"v\"", ""));
+        take(&p, "rm-1-a1").await.unwrap();
+        a.fake.expire_sessions();
+        take(&p, "rm-2-a1").await.unwrap();
+        p.delete("rm-1-a1", &t()).await.unwrap();
+        p.shutdown().await;
+        std::fs::write(dir.path().join("a.password"), "wrong-Pw-xyz\n").unwrap();
+        let p = ThreeParProvider::new(provider_config(dir.path(), &a.section, "volume = \"v\"", ""));
+        take(&p, "rm-3-a1").await.unwrap_err();
+    }
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+    assert!(text.contains("logged in"), "the capture works: {text}");
+    assert!(!text.contains(PASSWORD) && !text.contains("wrong-Pw-xyz"));
+}
