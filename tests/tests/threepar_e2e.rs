@@ -336,3 +336,51 @@ async fn retention_deletes_the_oldest_virtual_copy() {
     assert_eq!(left, want);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_with_a_child_is_kept_without_blocking_retention_of_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = array(dir.path(), Scheme::Http).await;
+    a.fake.add_volume("DB01-vv");
+    let cfg = config(dir.path(), &a, "keep_last = 1");
+    let h = start(dir.path(), &cfg, Arc::new(MemoryBus::new()), 1).await;
+    let mut names = Vec::new();
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        let job = h.submit(&format!("r{i}")).await;
+        match h.finished(job).await {
+            EventBody::Completed { snapshot, .. } => names.push(snapshot.name),
+            other => panic!("job {i} did not complete: {other:?}"),
+        }
+        jobs.push(job);
+        if i == 0 {
+            // Someone mounted the first copy: it now has a child volume.
+            a.fake.add_child(&names[0], "restore-test");
+        }
+    }
+    // The third job's prune deletes the second copy despite the first one.
+    let mut deleted = false;
+    for _ in 0..400 {
+        deleted = h.kinds(jobs[1]).iter().any(|k| k == "snapshot_deleted");
+        if deleted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(deleted, "{:#?}", h.log.read_job(jobs[1]).unwrap());
+    assert!(!h.kinds(jobs[0]).iter().any(|k| k == "snapshot_deleted"));
+    let mut left = a.fake.snapshots_of("DB01-vv");
+    left.sort();
+    let mut want = vec![names[0].clone(), names[2].clone()];
+    want.sort();
+    assert_eq!(left, want);
+    // The array refused the first copy each time with HAS_CHILD; nothing looped.
+    let refused = a
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "DELETE" && r.uri.ends_with(&names[0]) && r.status == 409)
+        .count();
+    assert_eq!(refused, 2, "one try per prune");
+    h.stop().await;
+}
