@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, TargetConfig};
-use crate::provider::{self, check_snapshot_name, Provider};
+use crate::provider::{self, check_snapshot_name, Provider, SnapshotJob};
 use crate::watchdog::{self, FreezeRecord, FrozenTargets};
 use crate::writer::{self, StepCtx, Writer};
 
@@ -179,6 +179,7 @@ impl Worker {
         drop(rx); // undelivered buffered commands go back to their queues
         while tasks.join_next().await.is_some() {}
         shared.thaw_everything().await;
+        shared.shutdown_providers().await;
         drop(kept);
         tracing::info!(worker = %shared.id, "worker stopped");
         Ok(())
@@ -576,6 +577,19 @@ impl Shared {
         }
     }
 
+    /// Lets each provider log out (once per provider instance).
+    async fn shutdown_providers(&self) {
+        let mut unique: Vec<Arc<dyn Provider>> = Vec::new();
+        for l in self.targets.values() {
+            if !unique.iter().any(|p| Arc::ptr_eq(p, &l.provider)) {
+                unique.push(l.provider.clone());
+            }
+        }
+        for p in unique {
+            p.shutdown().await;
+        }
+    }
+
     /// On clean shutdown: nothing stays frozen behind us.
     async fn thaw_everything(&self) {
         for t in self.frozen.targets() {
@@ -653,26 +667,51 @@ impl Shared {
                     false,
                 ));
             }
-            infos.push(local.provider.snapshot(name, t, cmd.kind).await?);
+            let req = SnapshotJob {
+                name,
+                target: t,
+                kind: cmd.kind,
+                job: Some((cmd.job, cmd.attempt)),
+            };
+            infos.push(local.provider.snapshot_job(req).await?);
         }
         Ok(StepDetail::Snapshot(merge(name, infos)))
     }
 
     async fn prune(&self, cmd: &Command) -> Result<StepDetail, StepError> {
         let mut deleted: Vec<String> = Vec::new();
+        let mut first_err: Option<StepError> = None;
         for t in &cmd.targets {
             let local = self.local(t)?;
             let _g = local.provider_lock.lock().await;
             for name in &cmd.prune {
                 // Missing counts as deleted: a redelivered prune must say the same.
-                self.lock_tombstones().pruned(t, name);
-                local.provider.delete(name, t).await?;
-                if !deleted.contains(name) {
-                    deleted.push(name.clone());
+                // A failure (e.g. a snapshot with a child) does not stop the
+                // others: one stuck snapshot must not block retention.
+                match local.provider.delete(name, t).await {
+                    Ok(_) => {
+                        self.lock_tombstones().pruned(t, name);
+                        if !deleted.contains(name) {
+                            deleted.push(name.clone());
+                        }
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
                 }
             }
         }
-        Ok(StepDetail::Pruned { deleted })
+        match first_err {
+            // Progress is reported (the engine records what is gone); the
+            // stuck snapshot stays in the catalog and its error is reported
+            // by the next prune that has nothing else to delete.
+            Some(e) if deleted.is_empty() => Err(e),
+            Some(e) => {
+                tracing::warn!(worker = %self.id, job = %cmd.job, code = %e.code, message = %e.message, "a snapshot could not be pruned; the others were");
+                Ok(StepDetail::Pruned { deleted })
+            }
+            None => Ok(StepDetail::Pruned { deleted }),
+        }
     }
 }
 

@@ -153,11 +153,15 @@ async fn a_failing_freeze_reports_stderr_and_is_not_retryable() {
     assert_eq!(e.code, "exec_failed");
     assert!(!e.retryable);
     assert!(e.message.contains("cannot quiesce: db locked"), "{}", e.message);
-    assert_eq!(
-        bus.depth(&Address::Pool(PoolName::from(POOL))),
-        (0, 0),
-        "command acked"
-    );
+    // The ack follows the report's publish: give it a moment.
+    let pool = Address::Pool(PoolName::from(POOL));
+    for _ in 0..100 {
+        if bus.depth(&pool) == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bus.depth(&pool), (0, 0), "command acked");
     w.stop().await;
 }
 
