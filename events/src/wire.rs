@@ -129,9 +129,14 @@ pub enum WireError {
 /// Decodes any wire message: checks the version first (so a future message
 /// gets a version error, not a confusing field error), then the fields.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| WireError::Json(e.to_string()))?;
-    match value.get("schema_version") {
+    // First only the version (the rest is skipped without building a tree), so
+    // a message of another version gets that error rather than a field error.
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        schema_version: Option<serde_json::Value>,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| WireError::Json(e.to_string()))?;
+    match probe.schema_version {
         None => {}
         Some(serde_json::Value::Number(n)) if n.as_u64() == Some(SCHEMA_VERSION as u64) => {}
         Some(serde_json::Value::Number(n)) => {
@@ -147,7 +152,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
             })
         }
     }
-    serde_json::from_value(value).map_err(|e| WireError::Json(e.to_string()))
+    serde_json::from_slice(bytes).map_err(|e| WireError::Json(e.to_string()))
 }
 
 /// Encodes a wire message as compact JSON.

@@ -3,10 +3,9 @@
 //! the sequence number; `recman events` prints it.
 
 mod common;
-use common::recman_bin;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use recman_events::codec::{self, Record};
@@ -14,22 +13,10 @@ use recman_events::log::{open_store, redb_store};
 use recman_events::{Backend, EventMessage};
 
 fn recman(args: &[&str], data_dir: &Path) -> Output {
-    Command::new(recman_bin())
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("RECMAN_DATA_DIR")
-        .output()
-        .expect("run recman")
+    common::recman(data_dir, args)
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::text;
 
 /// One small log written by `recman bench log`, copied for each test.
 fn template() -> &'static Path {

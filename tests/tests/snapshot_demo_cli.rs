@@ -2,18 +2,11 @@
 //! two completed jobs, two snapshot directories, an intact log.
 
 mod common;
-use common::recman_bin;
 
 use std::path::Path;
-use std::process::Command;
 
 fn recman(data: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(recman_bin())
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap()
+    common::recman(data, args)
 }
 
 #[test]
@@ -49,7 +42,7 @@ fn demo_twice_gives_two_snapshots_and_an_intact_log() {
 #[test]
 fn demo_works_with_the_default_relative_data_dir() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(recman_bin())
+    let out = common::recman_cmd_bare()
         .current_dir(dir.path())
         .args(["snapshot", "demo"])
         .output()

@@ -13,6 +13,8 @@ use toml::Spanned;
 
 mod api;
 pub use api::{ApiConfig, DEFAULT_LISTEN};
+mod threepar;
+pub use threepar::{ArrayConfig, ThreeParConfig, ThreeParObject};
 
 /// The default freeze limit (VSS holds writes for at most 10 s).
 pub const DEFAULT_FREEZE_LIMIT: Duration = Duration::from_secs(10);
@@ -26,8 +28,8 @@ pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(300);
 
 const WRITERS: &[&str] = &["none", "exec"];
 const WRITERS_LATER: &[&str] = &["fsfreeze", "postgres", "vss-exchange"];
-const PROVIDERS: &[&str] = &["copy", "exec", "none"];
-const PROVIDERS_LATER: &[&str] = &["btrfs", "qcow2", "3par"];
+const PROVIDERS: &[&str] = &["copy", "exec", "none", "3par"];
+const PROVIDERS_LATER: &[&str] = &["btrfs", "qcow2"];
 
 /// A loaded, validated config.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,6 +113,8 @@ pub enum ProviderConfig {
     None,
     Copy(CopyProviderConfig),
     Exec(ExecProviderConfig),
+    /// HPE 3PAR / Primera virtual copies through the WSAPI (`config/threepar.rs`).
+    ThreePar(ThreeParConfig),
 }
 
 impl ProviderConfig {
@@ -119,6 +123,7 @@ impl ProviderConfig {
             ProviderConfig::None => "none",
             ProviderConfig::Copy(_) => "copy",
             ProviderConfig::Exec(_) => "exec",
+            ProviderConfig::ThreePar(_) => "3par",
         }
     }
 }
@@ -189,7 +194,7 @@ impl Config {
             cx.err(span, "", e.message().trim().to_string())
         })?;
         let root = doc.get_ref();
-        cx.check_keys(root, "", &["engine", "worker", "target", "api"])?;
+        cx.check_keys(root, "", &["engine", "worker", "array", "target", "api"])?;
         let api = api::parse(&cx, root)?;
 
         let engine = match field(root, "engine") {
@@ -229,6 +234,7 @@ impl Config {
             }
         };
 
+        let arrays = threepar::arrays(&cx, root)?;
         let mut targets: Vec<TargetConfig> = Vec::new();
         if let Some(v) = field(root, "target") {
             let DeValue::Array(items) = v.get_ref() else {
@@ -236,7 +242,7 @@ impl Config {
             };
             for (i, item) in items.iter().enumerate() {
                 let key = format!("target[{i}]");
-                let t = cx.target(item, &key, &engine)?;
+                let t = cx.target(item, &key, &engine, &arrays)?;
                 if let Some(prev) = targets.iter().position(|p| p.id == t.id) {
                     let span = field(cx.table(item, &key)?, "id")
                         .map(|v| v.span())
@@ -551,7 +557,13 @@ impl Cx<'_> {
         ))
     }
 
-    fn target(&self, item: &Val<'_>, key: &str, engine: &EngineConfig) -> Result<TargetConfig, ConfigError> {
+    fn target(
+        &self,
+        item: &Val<'_>,
+        key: &str,
+        engine: &EngineConfig,
+        arrays: &[ArrayConfig],
+    ) -> Result<TargetConfig, ConfigError> {
         let t = self.table(item, key)?;
         cx_keys(
             self,
@@ -574,7 +586,7 @@ impl Cx<'_> {
             None => PoolName::new(DEFAULT_POOL),
             Some((s, span)) => PoolName::new(self.id(&s, span, &join(key, "pool"))?),
         };
-        let provider_pool = match self.string(t, key, "provider_pool")? {
+        let mut provider_pool = match self.string(t, key, "provider_pool")? {
             None => pool.clone(),
             Some((s, span)) => PoolName::new(self.id(&s, span, &join(key, "provider_pool"))?),
         };
@@ -637,7 +649,7 @@ impl Cx<'_> {
                 None => return Err(self.err(
                     item.span(),
                     &pkey,
-                    "missing (required): add [target.provider] with type = \"copy\", \"exec\" or \"none\"",
+                    "missing (required): add [target.provider] with type = \"copy\", \"exec\", \"3par\" or \"none\"",
                 )),
                 Some(v) => {
                     let p = self.table(v, &pkey)?;
@@ -648,6 +660,14 @@ impl Cx<'_> {
                         "none" => {
                             cx_keys(self, p, &pkey, &["type"])?;
                             ProviderConfig::None
+                        }
+                        "3par" => {
+                            let c = threepar::provider(self, p, v.span(), &pkey, arrays)?;
+                            // The array's workers take its snapshots: pool `array.<name>`.
+                            if field(t, "provider_pool").is_none() {
+                                provider_pool = PoolName::new(format!("array.{}", c.array.name));
+                            }
+                            ProviderConfig::ThreePar(c)
                         }
                         "copy" => {
                             cx_keys(self, p, &pkey, &["type", "source", "dest"])?;

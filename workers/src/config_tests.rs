@@ -184,9 +184,9 @@ fn unknown_and_later_writer_and_provider_types() {
     );
     assert_err(
         &with_target(&format!("{W}[target.provider]\ntype = \"3par\"\n")),
-        6,
-        "target[0].provider.type",
-        "not supported yet",
+        5,
+        "target[0].provider.array",
+        "missing",
     );
 }
 

@@ -2,7 +2,7 @@
 //! for targets in its local config only, publishes the report before acking
 //! the command, and thaws by itself when a thaw does not come in time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use recman_events::bus::{msg_type, Address, Bus, BusError, Consumer, Delivery, Message};
 use recman_events::wire::{self, check_id, Command, Outcome, Report};
 use recman_events::{
-    PoolName, SnapshotInfo, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
+    JobId, PoolName, SnapshotInfo, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, TargetConfig};
-use crate::provider::{self, check_snapshot_name, Provider};
+use crate::provider::{self, check_snapshot_name, Provider, SnapshotJob};
 use crate::watchdog::{self, FreezeRecord, FrozenTargets};
 use crate::writer::{self, StepCtx, Writer};
 
@@ -133,6 +133,7 @@ impl Worker {
             targets: self.targets,
             frozen: FrozenTargets::default(),
             recent: Mutex::new(Recent::default()),
+            tombstones: Mutex::new(Tombstones::default()),
             bus: bus.clone(),
         });
         let mut addrs: Vec<Address> = self.pools.iter().cloned().map(Address::Pool).collect();
@@ -178,6 +179,7 @@ impl Worker {
         drop(rx); // undelivered buffered commands go back to their queues
         while tasks.join_next().await.is_some() {}
         shared.thaw_everything().await;
+        shared.shutdown_providers().await;
         drop(kept);
         tracing::info!(worker = %shared.id, "worker stopped");
         Ok(())
@@ -228,11 +230,53 @@ impl Recent {
     }
 }
 
+/// What this worker must not undo when a command comes late or twice: attempts
+/// it already thawed (a late freeze of one would stay frozen until the
+/// watchdog) and snapshots retention deleted (a late snapshot command must not
+/// bring one back). Bounded; the simulator's workers follow the same rules.
+#[derive(Default)]
+struct Tombstones {
+    thawed: HashSet<(TargetId, JobId, u32)>,
+    thawed_order: VecDeque<(TargetId, JobId, u32)>,
+    pruned: HashSet<(TargetId, String)>,
+    pruned_order: VecDeque<(TargetId, String)>,
+}
+
+impl Tombstones {
+    fn remember<T: Clone + Eq + std::hash::Hash>(set: &mut HashSet<T>, order: &mut VecDeque<T>, v: T) {
+        if set.insert(v.clone()) {
+            order.push_back(v);
+            while order.len() > RECENT_CAPACITY {
+                if let Some(old) = order.pop_front() {
+                    set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn thawed(&mut self, t: &TargetId, job: JobId, attempt: u32) {
+        Self::remember(
+            &mut self.thawed,
+            &mut self.thawed_order,
+            (t.clone(), job, attempt),
+        );
+    }
+
+    fn pruned(&mut self, t: &TargetId, name: &str) {
+        Self::remember(
+            &mut self.pruned,
+            &mut self.pruned_order,
+            (t.clone(), name.to_string()),
+        );
+    }
+}
+
 struct Shared {
     id: WorkerId,
     targets: HashMap<TargetId, Local>,
     frozen: FrozenTargets,
     recent: Mutex<Recent>,
+    tombstones: Mutex<Tombstones>,
     bus: Arc<dyn Bus>,
 }
 
@@ -317,6 +361,10 @@ impl Shared {
 
     fn lock_recent(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_tombstones(&self) -> std::sync::MutexGuard<'_, Tombstones> {
+        self.tombstones.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs one command and builds its report (never fails: errors are reports).
@@ -414,6 +462,27 @@ impl Shared {
             }
             tracing::warn!(worker = %self.id, target = %t, "freeze of a target still frozen for another job: the old freeze is superseded");
         }
+        if let Some(d) = cmd.thaw_deadline_ms.filter(|d| watchdog::unix_ms() >= *d) {
+            return Err(StepError::new(
+                "deadline_passed",
+                format!(
+                    "the freeze came after its thaw deadline ({} ms ago): not frozen",
+                    watchdog::unix_ms() - d
+                ),
+                true,
+            ));
+        }
+        if self
+            .lock_tombstones()
+            .thawed
+            .contains(&(t.clone(), cmd.job, cmd.attempt))
+        {
+            return Err(StepError::new(
+                "already_thawed",
+                "a thaw for this attempt came first: not frozen",
+                true,
+            ));
+        }
         local.writer.freeze(&Self::ctx(t, cmd)).await?;
         let (now_ms, now) = (watchdog::unix_ms(), Instant::now());
         let (deadline_ms, at) = watchdog::deadline(now_ms, now, cmd.thaw_deadline_ms, local.cfg.freeze_limit);
@@ -450,6 +519,7 @@ impl Shared {
             None => self.frozen.take(t),
         };
         let Some(rec) = rec else { return };
+        self.lock_tombstones().thawed(t, rec.job, rec.attempt);
         tracing::warn!(worker = %self.id, target = %t, job = %rec.job, "no thaw arrived in time: the watchdog thaws");
         let ctx = StepCtx {
             target: t.clone(),
@@ -507,6 +577,19 @@ impl Shared {
         }
     }
 
+    /// Lets each provider log out (once per provider instance).
+    async fn shutdown_providers(&self) {
+        let mut unique: Vec<Arc<dyn Provider>> = Vec::new();
+        for l in self.targets.values() {
+            if !unique.iter().any(|p| Arc::ptr_eq(p, &l.provider)) {
+                unique.push(l.provider.clone());
+            }
+        }
+        for p in unique {
+            p.shutdown().await;
+        }
+    }
+
     /// On clean shutdown: nothing stays frozen behind us.
     async fn thaw_everything(&self) {
         for t in self.frozen.targets() {
@@ -540,6 +623,7 @@ impl Shared {
         let local = self.local(t)?;
         let _g = local.writer_lock.lock().await;
         let rec = self.frozen.take(t);
+        self.lock_tombstones().thawed(t, cmd.job, cmd.attempt);
         match local.writer.thaw(&Self::ctx(t, cmd)).await {
             Ok(()) => Ok(rec.map(|r| r.window_us()).unwrap_or(0)),
             Err(e) => {
@@ -572,25 +656,62 @@ impl Shared {
         for t in &cmd.targets {
             let local = self.local(t)?;
             let _g = local.provider_lock.lock().await;
-            infos.push(local.provider.snapshot(name, t, cmd.kind).await?);
+            if self
+                .lock_tombstones()
+                .pruned
+                .contains(&(t.clone(), name.to_string()))
+            {
+                return Err(StepError::new(
+                    "deleted",
+                    format!("snapshot {name} of {t} was deleted by retention: not taken again"),
+                    false,
+                ));
+            }
+            let req = SnapshotJob {
+                name,
+                target: t,
+                kind: cmd.kind,
+                job: Some((cmd.job, cmd.attempt)),
+            };
+            infos.push(local.provider.snapshot_job(req).await?);
         }
         Ok(StepDetail::Snapshot(merge(name, infos)))
     }
 
     async fn prune(&self, cmd: &Command) -> Result<StepDetail, StepError> {
         let mut deleted: Vec<String> = Vec::new();
+        let mut first_err: Option<StepError> = None;
         for t in &cmd.targets {
             let local = self.local(t)?;
             let _g = local.provider_lock.lock().await;
             for name in &cmd.prune {
                 // Missing counts as deleted: a redelivered prune must say the same.
-                local.provider.delete(name, t).await?;
-                if !deleted.contains(name) {
-                    deleted.push(name.clone());
+                // A failure (e.g. a snapshot with a child) does not stop the
+                // others: one stuck snapshot must not block retention.
+                match local.provider.delete(name, t).await {
+                    Ok(_) => {
+                        self.lock_tombstones().pruned(t, name);
+                        if !deleted.contains(name) {
+                            deleted.push(name.clone());
+                        }
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
                 }
             }
         }
-        Ok(StepDetail::Pruned { deleted })
+        match first_err {
+            // Progress is reported (the engine records what is gone); the
+            // stuck snapshot stays in the catalog and its error is reported
+            // by the next prune that has nothing else to delete.
+            Some(e) if deleted.is_empty() => Err(e),
+            Some(e) => {
+                tracing::warn!(worker = %self.id, job = %cmd.job, code = %e.code, message = %e.message, "a snapshot could not be pruned; the others were");
+                Ok(StepDetail::Pruned { deleted })
+            }
+            None => Ok(StepDetail::Pruned { deleted }),
+        }
     }
 }
 

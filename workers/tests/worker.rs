@@ -153,11 +153,15 @@ async fn a_failing_freeze_reports_stderr_and_is_not_retryable() {
     assert_eq!(e.code, "exec_failed");
     assert!(!e.retryable);
     assert!(e.message.contains("cannot quiesce: db locked"), "{}", e.message);
-    assert_eq!(
-        bus.depth(&Address::Pool(PoolName::from(POOL))),
-        (0, 0),
-        "command acked"
-    );
+    // The ack follows the report's publish: give it a moment.
+    let pool = Address::Pool(PoolName::from(POOL));
+    for _ in 0..100 {
+        if bus.depth(&pool) == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bus.depth(&pool), (0, 0), "command acked");
     w.stop().await;
 }
 
@@ -617,5 +621,89 @@ async fn the_trace_context_goes_from_command_to_report() {
     assert_eq!(d.message.msg_type, msg_type::REPORT);
     assert_eq!(d.message.header("traceparent"), Some(tp));
     d.ack().await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_after_its_thaw_deadline_is_refused_and_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let cfg = config(
+        dir.path(),
+        &exec_target(dir.path(), &format!("echo f >> {d}/frozen"), "10s", "5s"),
+    );
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let mut freeze = command(JobId::new_v7(), Stage::Freeze, &["db01"]);
+    freeze.thaw_deadline_ms = Some(recman_workers::watchdog::unix_ms() - 1);
+    send_pool(&bus, &freeze).await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!(err_of(&r).code, "deadline_passed");
+    assert!(err_of(&r).retryable);
+    assert_eq!(lines(dir.path().join("frozen")), 0, "the freeze hook ran");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_that_comes_after_the_thaw_of_its_attempt_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let cfg = config(
+        dir.path(),
+        &exec_target(dir.path(), &format!("echo f >> {d}/frozen"), "10s", "5s"),
+    );
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let job = JobId::new_v7();
+    send_pool(&bus, &command(job, Stage::Thaw, &["db01"])).await;
+    assert!(matches!(
+        detail_of(&next_report(&mut rep, SEC5).await),
+        StepDetail::Thawed { .. }
+    ));
+    send_pool(&bus, &command(job, Stage::Freeze, &["db01"])).await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!(err_of(&r).code, "already_thawed");
+    assert_eq!(lines(dir.path().join("frozen")), 0, "frozen after its own thaw");
+    // Another attempt of the same job may freeze.
+    let mut next = command(job, Stage::Freeze, &["db01"]);
+    next.attempt = 2;
+    next.message_id = Command::message_id_for(job, 2, Stage::Freeze, &next.targets[0]);
+    send_pool(&bus, &next).await;
+    assert!(matches!(
+        detail_of(&next_report(&mut rep, SEC5).await),
+        StepDetail::Frozen { .. }
+    ));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_deleted_by_retention_is_not_taken_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = copy_config(dir.path());
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let job = JobId::new_v7();
+    let snap = command(job, Stage::Snapshot, &["fs01"]);
+    let name = snap.snapshot_name.clone().unwrap();
+    send_pool(&bus, &snap).await;
+    detail_of(&next_report(&mut rep, SEC5).await);
+    let mut prune = command(job, Stage::Prune, &["fs01"]);
+    prune.prune = vec![name.clone()];
+    send_pool(&bus, &prune).await;
+    detail_of(&next_report(&mut rep, SEC5).await);
+    // The snapshot command again, late (a new message id: not answered from memory).
+    let mut late = snap.clone();
+    late.message_id.push_str("-late");
+    send_pool(&bus, &late).await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!(err_of(&r).code, "deleted");
+    assert!(!err_of(&r).retryable);
+    assert!(
+        !dir.path().join("snaps").join(&name).exists(),
+        "re-created after retention"
+    );
     w.stop().await;
 }

@@ -80,7 +80,7 @@ fn padding() -> String {
     "p".repeat(RECORD_BYTES.saturating_sub(len + 4))
 }
 
-fn percentile(sorted: &[u32], p: f64) -> u32 {
+pub(crate) fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
     }
@@ -216,7 +216,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Appends 256 bytes and `fdatasync`s, in a loop, for `BASELINE`; returns syncs/s.
-fn raw_fdatasync_rate(dir: &Path) -> anyhow::Result<f64> {
+pub(crate) fn raw_fdatasync_rate(dir: &Path) -> anyhow::Result<f64> {
     let path = dir.join("bench-fdatasync.tmp");
     let mut f = OpenOptions::new()
         .create(true)

@@ -248,7 +248,7 @@ fn step_detail(d: &StepDetail) -> String {
     }
 }
 
-fn micros(us: u64) -> String {
+pub fn micros(us: u64) -> String {
     if us >= 1_000_000 {
         format!("{:.2}s", us as f64 / 1e6)
     } else if us >= 1_000 {

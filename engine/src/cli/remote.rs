@@ -1,14 +1,16 @@
 //! `recman snapshot` through a running server: submit over the API, then
 //! follow the job live over SSE (resuming with Last-Event-ID if the stream
-//! drops) with the same lines as the embedded mode.
+//! drops) with the embedded mode's progress display (`progress`).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use recman_events::{EventBody, EventMessage, JobId};
+use recman_events::{EventMessage, JobId, StoredEvent};
 use serde_json::json;
 
+use super::progress::{End, Progress};
 use super::read::ServerArg;
 use super::snapshot::Args;
 use super::Global;
@@ -39,9 +41,35 @@ pub async fn run(g: &Global, a: &Args, server: &ServerArg) -> anyhow::Result<Opt
         .as_str()
         .and_then(|s| s.parse().ok())
         .context("the server's answer has no job_id")?;
-    println!("job {job} (via {})", c.base);
+    let existing = accepted["existing"].as_bool().unwrap_or(false);
+    let human = !a.json;
+    let mut progress = Progress::new(job, human, std::io::stdout().is_terminal());
+    if human {
+        println!(
+            "job {job} (via {}){}",
+            c.base,
+            if existing {
+                " (the same request id was seen before: following that job)"
+            } else {
+                ""
+            }
+        );
+    }
+    let end = follow(&c, job, &mut progress).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&progress.summary)?);
+    }
+    Ok(Some(match end {
+        End::Completed => ExitCode::SUCCESS,
+        End::Failed | End::Cancelled => ExitCode::from(1),
+    }))
+}
+
+/// Feeds the job's events (SSE, resumed after drops) to `progress` until it ends.
+async fn follow(c: &Client, job: JobId, progress: &mut Progress) -> anyhow::Result<End> {
     let mut last: Option<u64> = None;
     let mut retries = 0;
+    let mut tick = tokio::time::interval(progress.tick_every().unwrap_or(Duration::from_secs(3600)));
     loop {
         let mut stream = match c.stream(&format!("/v1/jobs/{job}/events"), last).await {
             Ok(s) => s,
@@ -51,10 +79,18 @@ pub async fn run(g: &Global, a: &Args, server: &ServerArg) -> anyhow::Result<Opt
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
-            Err(e) => return Err(e.context("following the job (it goes on in the server: `recman job ID`)")),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "following job {job} (it goes on in the server: `recman job {job}`)"
+                )))
+            }
         };
         loop {
-            let ev = match stream.next().await {
+            let ev = tokio::select! {
+                ev = stream.next() => ev,
+                _ = tick.tick() => { progress.tick(); continue; }
+            };
+            let ev = match ev {
                 Ok(Some(ev)) => ev,
                 Ok(None) => break,
                 Err(e) => {
@@ -67,28 +103,11 @@ pub async fn run(g: &Global, a: &Args, server: &ServerArg) -> anyhow::Result<Opt
             let Ok(m) = serde_json::from_str::<EventMessage>(&ev.data) else {
                 continue;
             };
-            println!("  #{:<6} {}", m.seq, describe(&m.event.body));
-            match &m.event.body {
-                EventBody::Completed {
-                    snapshot,
-                    freeze_window_us,
-                    ..
-                } => {
-                    println!(
-                        "completed: snapshot {} at {} (freeze window {} µs)",
-                        snapshot.name, snapshot.location, freeze_window_us
-                    );
-                    return Ok(Some(ExitCode::SUCCESS));
-                }
-                EventBody::Failed { reason, .. } => {
-                    eprintln!("failed: {reason}");
-                    return Ok(Some(ExitCode::from(1)));
-                }
-                EventBody::Cancelled => {
-                    eprintln!("cancelled");
-                    return Ok(Some(ExitCode::from(1)));
-                }
-                _ => {}
+            if let Some(end) = progress.on_event(&StoredEvent {
+                seq: m.seq,
+                event: m.event,
+            }) {
+                return Ok(end);
             }
         }
         retries += 1;
@@ -96,22 +115,5 @@ pub async fn run(g: &Global, a: &Args, server: &ServerArg) -> anyhow::Result<Opt
             bail!("lost the event stream of job {job}; it goes on in the server: `recman job {job}`");
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-fn describe(b: &EventBody) -> String {
-    match b {
-        EventBody::StageStarted { stage, attempt, .. } => format!("{stage} started (attempt {attempt})"),
-        EventBody::StepSucceeded {
-            stage,
-            target,
-            worker,
-            duration_us,
-            ..
-        } => format!("{stage} done on {target} by {worker} in {duration_us} µs"),
-        EventBody::StepFailed {
-            stage, target, error, ..
-        } => format!("{stage} failed on {target}: {}", error.message),
-        other => other.kind().replace('_', " "),
     }
 }

@@ -1,18 +1,21 @@
 //! `recman snapshot`: take a snapshot in-process (engine + local workers over the
 //! in-process bus), printing each step as it is recorded.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use recman_events::bus::{Bus, MemoryBus};
-use recman_events::{log, Backend, EventBody, RequestId, SnapshotKind, SnapshotRequest, TargetId, WorkerId};
+use recman_events::{log, Backend, RequestId, SnapshotKind, SnapshotRequest, TargetId, WorkerId};
 use recman_workers::config::Config;
 use recman_workers::runtime::Worker;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::Global;
+use super::progress::{End, Progress};
+use super::{demo, Global};
 use crate::core::Reply;
 use crate::runtime::{self, Call};
 
@@ -35,35 +38,12 @@ pub struct Args {
     /// `full` (default) or `copy`.
     #[arg(long, default_value = "full", value_parser = ["full", "copy"])]
     pub kind: String,
+    /// Print only the job's summary as JSON (job id, state, steps, snapshot, freeze window).
+    #[arg(long)]
+    pub json: bool,
     /// Submit through this server (default: the running `recman up` of the data dir, if any).
     #[command(flatten)]
     pub server: super::read::ServerArg,
-}
-
-/// Creates the demo source directory and a config for it.
-pub(crate) fn demo_config(data_dir: &Path) -> anyhow::Result<Config> {
-    let src = data_dir.join("demo/source");
-    std::fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
-    // Absolute paths: the config resolves relative ones against its own file's directory.
-    let data_dir = &std::fs::canonicalize(data_dir)?;
-    let src = data_dir.join("demo/source");
-    for (name, text) in [
-        ("README.txt", "Sample data of the recman demo target.\n"),
-        ("orders.csv", "id,item\n1,disk\n2,tape\n"),
-    ] {
-        let p = src.join(name);
-        if !p.exists() {
-            std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
-        }
-    }
-    let dest = data_dir.join("snapshots/demo");
-    let text = format!(
-        "[[target]]\nid = \"demo\"\nkeep_last = 5\n[target.writer]\ntype = \"exec\"\nfreeze = [\"sync\"]\nthaw = [\"true\"]\n\
-         [target.provider]\ntype = \"copy\"\nsource = \"{}\"\ndest = \"{}\"\n",
-        src.display(),
-        dest.display()
-    );
-    Ok(Config::from_str(&text, data_dir.join("demo.toml"))?)
 }
 
 fn load_config(g: &Global, targets: &[String]) -> anyhow::Result<Config> {
@@ -75,7 +55,7 @@ fn load_config(g: &Global, targets: &[String]) -> anyhow::Result<Config> {
         return Ok(Config::load(&default)?);
     }
     if targets == ["demo"] {
-        return demo_config(&g.data_dir);
+        return demo::config(&g.data_dir);
     }
     bail!(
         "no config: pass --config FILE or write {} (or try `recman snapshot demo`)",
@@ -91,13 +71,23 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         bail!("several targets need --group (they are then cut at one instant)");
     }
     let config = load_config(g, &a.targets)?;
+    let is_demo = a.targets == ["demo"] && config.path.ends_with("demo.toml");
     let log = log::open_detected(&g.data_dir, Backend::Redb)?;
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.changed().await;
     };
-    let worker = Worker::from_config(WorkerId::from(format!("local-{}", std::process::id())), &config);
+    let mut worker = Worker::from_config(WorkerId::from(format!("local-{}", std::process::id())), &config);
+    let live = if is_demo {
+        let app = demo::LiveApp::start(&g.data_dir)?;
+        worker = worker.with_writer(&TargetId::from("demo"), app.clone());
+        // Let the application write a little before the snapshot is taken.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Some(app)
+    } else {
+        None
+    };
     let w = tokio::spawn(worker.run(bus.clone(), stopped(stop_rx.clone())));
     let (calls, calls_rx) = mpsc::channel(4);
     let cfg = runtime::core_config(&config, runtime::now_ms());
@@ -131,70 +121,82 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
             reply: tx,
         })
         .await?;
-    let job = match rx.await? {
-        Reply::Accepted { job, .. } => job,
+    let (job, existing) = match rx.await? {
+        Reply::Accepted { job, existing } => (job, existing),
         Reply::Rejected { code, message } => bail!("request refused ({code}): {message}"),
         Reply::None => bail!("the engine gave no answer"),
     };
-    println!("job {job}");
-    let mut code = ExitCode::from(1);
-    if log.read_job(job)?.iter().any(|e| e.event.body.is_terminal()) {
-        println!("already finished earlier (same request id): see `recman events --job {job}`");
-        code = ExitCode::SUCCESS;
-    } else {
-        while let Some(item) = tail.recv().await {
-            let ev = item?;
-            if ev.event.job != job {
-                continue;
+    let human = !a.json;
+    let mut progress = Progress::new(job, human, std::io::stdout().is_terminal());
+    if human {
+        println!(
+            "job {job}{}",
+            if existing {
+                " (the same request id was seen before: following that job)"
+            } else {
+                ""
             }
-            println!("  #{:<6} {}", ev.seq, describe(&ev.event.body));
-            match &ev.event.body {
-                EventBody::Completed {
-                    snapshot,
-                    freeze_window_us,
-                    ..
-                } => {
-                    println!(
-                        "completed: snapshot {} at {} (freeze window {} µs)",
-                        snapshot.name, snapshot.location, freeze_window_us
-                    );
-                    println!(
-                        "next: `recman events`, `recman audit`, or write {} for your own data",
-                        g.data_dir.join("recman.toml").display()
-                    );
-                    code = ExitCode::SUCCESS;
-                    break;
+        );
+    }
+    // A job of an earlier run with the same request id: show what the log has first.
+    let mut end = None;
+    for ev in log.read_job(job)? {
+        if end.is_none() {
+            end = progress.on_event(&ev);
+        }
+    }
+    let mut tick = tokio::time::interval(progress.tick_every().unwrap_or(Duration::from_secs(3600)));
+    while end.is_none() {
+        tokio::select! {
+            item = tail.recv() => match item {
+                Some(item) => {
+                    let ev = item?;
+                    if ev.seq > progress.summary.last_seq {
+                        end = progress.on_event(&ev);
+                    }
                 }
-                EventBody::Failed { reason, .. } => {
-                    eprintln!("failed: {reason}");
-                    break;
-                }
-                EventBody::Cancelled => break,
-                _ => {}
-            }
+                None => break,
+            },
+            _ = tick.tick() => progress.tick(),
         }
     }
     let _ = stop_tx.send(true);
-    let _ = e.await;
+    let engine_result = e.await;
     let _ = w.await;
-    Ok(code)
-}
-
-fn describe(b: &EventBody) -> String {
-    match b {
-        EventBody::StageStarted { stage, attempt, .. } => format!("{stage} started (attempt {attempt})"),
-        EventBody::StepSucceeded {
-            stage,
-            target,
-            worker,
-            duration_us,
-            ..
-        } => {
-            format!("{stage} done on {target} by {worker} in {duration_us} µs")
+    if let Ok(Err(err)) = engine_result {
+        return Err(err.context("the engine stopped"));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&progress.summary)?);
+    }
+    match end {
+        Some(End::Completed) => {
+            if human {
+                if let (Some(app), Some(snap)) = (&live, &progress.summary.snapshot) {
+                    let copy = Path::new(&snap.location);
+                    match demo::check_live_copy(copy) {
+                        Ok(n) => println!(
+                            "the snapshot's {} holds lines 1..{n}, none cut, none missing: the freeze \
+                             paused the application between two writes ({} keeps growing)",
+                            demo::LIVE_FILE,
+                            app.path().display()
+                        ),
+                        Err(why) => println!("the snapshot's {} is inconsistent: {why}", demo::LIVE_FILE),
+                    }
+                }
+                let dd = g.data_dir.display();
+                println!("next:");
+                println!("  recman --data-dir {dd} events          # every step, as recorded");
+                println!("  recman --data-dir {dd} audit           # check the hash chain of the log");
+                println!(
+                    "  write {} with your own targets (see workers/examples/recman.toml), then\n  \
+                     recman --data-dir {dd} validate-config",
+                    g.data_dir.join("recman.toml").display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
-        EventBody::StepFailed {
-            stage, target, error, ..
-        } => format!("{stage} failed on {target}: {}", error.message),
-        other => other.kind().replace('_', " "),
+        Some(_) => Ok(ExitCode::from(1)),
+        None => bail!("the event log closed before the job ended"),
     }
 }

@@ -56,7 +56,7 @@ fn load_config(g: &Global) -> anyhow::Result<Config> {
         "no config ({} does not exist): serving the demo target",
         default.display()
     );
-    super::snapshot::demo_config(&g.data_dir)
+    super::demo::config(&g.data_dir)
 }
 
 async fn signalled() {

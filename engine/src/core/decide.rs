@@ -222,12 +222,17 @@ impl Decider<'_> {
     fn stage(&mut self, job: &mut Job, stage: Stage) {
         let p = self.cfg.job_policy(&job.targets);
         let attempt = job.attempt;
+        let timeout = if stage == Stage::Thaw {
+            p.thaw_try_ms()
+        } else {
+            p.stage_timeout_ms
+        };
         self.emit(
             job,
             EventBody::StageStarted {
                 stage,
                 attempt,
-                deadline_ms: self.now.saturating_add(p.stage_timeout_ms),
+                deadline_ms: self.now.saturating_add(timeout),
             },
         );
     }

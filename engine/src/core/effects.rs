@@ -171,6 +171,10 @@ fn stage_commands(job: &Job, cfg: &CoreConfig, stage: Stage) -> Vec<Outgoing> {
 
 /// The thaw of target `i`, to the worker that froze it when known. Each try has
 /// its own message id so a worker's dedupe does not swallow a retry after a failure.
+/// Tries alternate between that worker's queue and its pool: a worker that is
+/// gone (crashed, restarted under another id) never answers, and any worker of
+/// the pool, on the same host, can thaw a filesystem; a session-bound writer
+/// (PostgreSQL) ended with its worker anyway.
 fn thaw_command(job: &Job, cfg: &CoreConfig, i: usize) -> Option<Outgoing> {
     let t = job.targets.get(i)?;
     let p = cfg.targets.get(t)?;
@@ -180,11 +184,11 @@ fn thaw_command(job: &Job, cfg: &CoreConfig, i: usize) -> Option<Outgoing> {
     }
     let c = base(job, Stage::Thaw, vec![t.clone()], id);
     let to = match &job.progress[i].frozen_by {
-        Some(w) => Destination::Worker {
+        Some(w) if job.thaw_tries % 2 == 0 => Destination::Worker {
             worker: w.clone(),
             fallback: p.writer_pool.clone(),
         },
-        None => Destination::Pool(p.writer_pool.clone()),
+        _ => Destination::Pool(p.writer_pool.clone()),
     };
     Some(Outgoing { to, command: c })
 }

@@ -71,6 +71,13 @@ impl JobPolicy {
         self.freeze_limit_ms - self.thaw_margin_ms.min(self.freeze_limit_ms / 2)
     }
 
+    /// How long one thaw try may go unanswered before the next (to the other
+    /// destination, see `effects::thaw_command`): the thaw margin, at least
+    /// 1 s, at most the stage timeout. A frozen application waits on it.
+    pub fn thaw_try_ms(&self) -> u64 {
+        self.thaw_margin_ms.max(1_000).min(self.stage_timeout_ms)
+    }
+
     /// From the freeze stage start to the writers' watchdog thaw.
     pub fn watchdog_offset_ms(&self) -> u64 {
         self.freeze_limit_ms - self.thaw_margin_ms.min(self.freeze_limit_ms / 2) / 2

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use recman_events::bus::{msg_type, Address, Bus, Delivery, Message};
+use recman_events::bus::{msg_type, Address, Bus, Consumer, Delivery, Message};
 use recman_events::wire::{self, Report};
-use recman_events::{EventLog, JobId, SnapshotRequest};
+use recman_events::{Event, EventLog, JobId, SnapshotRequest};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::{Core, CoreConfig, Destination, Input, Outgoing, Reply};
+use crate::core::{Core, CoreConfig, Destination, Input, Outgoing, Reply, State};
 
 /// A call into a running engine from the same process (CLI, HTTP API).
 pub enum Call {
@@ -80,68 +80,242 @@ async fn publish(bus: &dyn Bus, cmds: &[Outgoing]) -> anyhow::Result<()> {
         .context("publishing commands")
 }
 
-/// Runs the engine until `calls` is closed and `shutdown` resolves.
+/// Inputs decided together and made durable with one append.
+pub const MAX_BATCH: usize = 1024;
+/// Decided batches waiting for (or in) their append. Bounds how far the core's
+/// state may run ahead of the log.
+const PIPELINE_DEPTH: usize = 4;
+
+/// One input with what settles it once its events are durable, or a request
+/// for the state (answered once everything decided before it is durable).
+struct Inbound {
+    input: Option<Input>,
+    delivery: Option<Delivery>,
+    reply: Option<oneshot::Sender<Reply>>,
+    inspect: Option<oneshot::Sender<State>>,
+}
+
+/// A decided batch: events to append, then commands to publish, then settles.
+struct Decided {
+    events: Vec<Event>,
+    commands: Vec<Outgoing>,
+    settles: Vec<(Option<Delivery>, Option<oneshot::Sender<Reply>>, Reply)>,
+    inspects: Vec<(oneshot::Sender<State>, State)>,
+}
+
+/// Decodes one bus queue into inputs; undecodable messages are dead-lettered
+/// here with the reason, so the core never sees them.
+async fn forward_bus<T, F>(mut c: Consumer, tx: mpsc::Sender<Inbound>, decode: F) -> anyhow::Result<()>
+where
+    F: Fn(&[u8]) -> Result<T, String> + Send,
+    T: Into<Input>,
+{
+    while let Some(d) = c.recv().await {
+        match decode(&d.message.body) {
+            Ok(v) => {
+                let inbound = Inbound {
+                    input: Some(v.into()),
+                    delivery: Some(d),
+                    reply: None,
+                    inspect: None,
+                };
+                if tx.send(inbound).await.is_err() {
+                    return Ok(()); // the engine stopped; the delivery is requeued
+                }
+            }
+            Err(e) => {
+                tracing::warn!(message_id = %d.message.message_id, reason = %e, "message dead-lettered");
+                d.reject(&e).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+struct RequestFromBus(SnapshotRequest);
+
+impl From<RequestFromBus> for Input {
+    fn from(r: RequestFromBus) -> Input {
+        Input::Request {
+            req: r.0,
+            origin: "bus".into(),
+            new_job: JobId::new_v7(),
+        }
+    }
+}
+
+impl From<Report> for Input {
+    fn from(r: Report) -> Input {
+        Input::Report(r)
+    }
+}
+
+async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound>) -> anyhow::Result<()> {
+    while let Some(call) = calls.recv().await {
+        let inbound = match call {
+            Call::Submit { req, origin, reply } => Inbound {
+                input: Some(Input::Request {
+                    req,
+                    origin,
+                    new_job: JobId::new_v7(),
+                }),
+                delivery: None,
+                reply: Some(reply),
+                inspect: None,
+            },
+            Call::Cancel { job, reason, reply } => Inbound {
+                input: Some(Input::Cancel { job, reason }),
+                delivery: None,
+                reply: Some(reply),
+                inspect: None,
+            },
+            Call::Inspect { reply } => Inbound {
+                input: None,
+                delivery: None,
+                reply: None,
+                inspect: Some(reply),
+            },
+        };
+        if tx.send(inbound).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Makes each decided batch durable, then publishes its commands, then settles
+/// its inputs, strictly in the order the batches were decided. Batches that
+/// queue up while an append is in flight share the next append.
+async fn commit(
+    log: Arc<dyn EventLog>,
+    bus: Arc<dyn Bus>,
+    mut rx: mpsc::Receiver<Decided>,
+) -> anyhow::Result<()> {
+    let mut batches = Vec::with_capacity(PIPELINE_DEPTH);
+    while rx.recv_many(&mut batches, PIPELINE_DEPTH).await > 0 {
+        let events: Vec<Event> = batches.iter_mut().flat_map(|b| b.events.drain(..)).collect();
+        if !events.is_empty() {
+            log.append(events).await.context("appending to the event log")?;
+        }
+        let commands: Vec<Outgoing> = batches.iter_mut().flat_map(|b| b.commands.drain(..)).collect();
+        publish(bus.as_ref(), &commands).await?;
+        for b in batches.drain(..) {
+            for (tx, state) in b.inspects {
+                let _ = tx.send(state);
+            }
+            for (delivery, reply, r) in b.settles {
+                if let Some(d) = delivery {
+                    let id = d.message.message_id.clone();
+                    let settled = match &r {
+                        Reply::Rejected { code, message } => d.reject(&format!("{code}: {message}")).await,
+                        _ => d.ack().await,
+                    };
+                    if let Err(e) = settled {
+                        // Redelivered later and answered from the state: inputs are idempotent.
+                        tracing::warn!(message_id = %id, error = %e, "could not settle a delivery");
+                    }
+                }
+                if let Some(tx) = reply {
+                    let _ = tx.send(r);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the engine until `calls` is closed or `shutdown` resolves.
+///
+/// Inputs that arrive together are decided together (up to [`MAX_BATCH`]) and
+/// made durable with one append; while one append is on its way to disk the
+/// core already decides the next batch (up to `PIPELINE_DEPTH` batches ahead).
+/// Nothing leaves the engine before its cause is durable: commands are sent
+/// and inputs acknowledged by the commit task, after the append returned.
 pub async fn run(
     cfg: CoreConfig,
     log: Arc<dyn EventLog>,
     bus: Arc<dyn Bus>,
-    mut calls: mpsc::Receiver<Call>,
+    calls: mpsc::Receiver<Call>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let mut core = replay(cfg, log.as_ref())?;
     publish(bus.as_ref(), &core.recover_commands()).await?;
-    let mut requests = bus.consume(Address::Requests, 256).await?;
-    let mut reports = bus.consume(Address::Reports, 1024).await?;
+    let requests = bus.consume(Address::Requests, 256).await?;
+    let reports = bus.consume(Address::Reports, 4096).await?;
+
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(2 * MAX_BATCH);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(forward_bus(requests, in_tx.clone(), |b| {
+        SnapshotRequest::from_json(b)
+            .map(RequestFromBus)
+            .map_err(|e| e.to_string())
+    }));
+    tasks.spawn(forward_bus(reports, in_tx.clone(), |b| {
+        wire::decode::<Report>(b).map_err(|e| e.to_string())
+    }));
+    let calls_done = tasks.spawn(forward_calls(calls, in_tx)).id();
+    let (commit_tx, commit_rx) = mpsc::channel::<Decided>(PIPELINE_DEPTH);
+    let committer = tokio::spawn(commit(log.clone(), bus.clone(), commit_rx));
+
     tokio::pin!(shutdown);
-    loop {
+    let mut inbox: Vec<Inbound> = Vec::with_capacity(MAX_BATCH);
+    let result: anyhow::Result<()> = loop {
         let wait = core
             .next_deadline()
             .map(|d| Duration::from_millis(d.saturating_sub(now_ms())))
             .unwrap_or(Duration::from_secs(3600));
-        let (input, delivery, reply): (Input, Option<Delivery>, Option<oneshot::Sender<Reply>>) = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            _ = tokio::time::sleep(wait) => (Input::TimerFired, None, None),
-            call = calls.recv() => match call {
-                Some(Call::Submit { req, origin, reply }) => {
-                    (Input::Request { req, origin, new_job: JobId::new_v7() }, None, Some(reply))
-                }
-                Some(Call::Cancel { job, reason, reply }) => (Input::Cancel { job, reason }, None, Some(reply)),
-                Some(Call::Inspect { reply }) => { let _ = reply.send(core.state().clone()); continue; }
-                None => return Ok(()),
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break Ok(()),
+            Some(done) = tasks.join_next_with_id() => match done {
+                Ok((id, Ok(()))) if id == calls_done => break Ok(()), // every caller hung up
+                Ok((_, Ok(()))) => break Ok(()),                        // the bus closed
+                Ok((_, Err(e))) => break Err(e),
+                Err(e) => break Err(anyhow::anyhow!("engine input task failed: {e}")),
             },
-            d = requests.recv() => {
-                let Some(d) = d else { return Ok(()) };
-                match SnapshotRequest::from_json(&d.message.body) {
-                    Ok(req) => (Input::Request { req, origin: "bus".into(), new_job: JobId::new_v7() }, Some(d), None),
-                    Err(e) => { d.reject(&e.to_string()).await?; continue; }
-                }
-            }
-            d = reports.recv() => {
-                let Some(d) = d else { return Ok(()) };
-                match wire::decode::<Report>(&d.message.body) {
-                    Ok(r) => (Input::Report(r), Some(d), None),
-                    Err(e) => { d.reject(&e.to_string()).await?; continue; }
-                }
-            }
+            n = in_rx.recv_many(&mut inbox, MAX_BATCH) => if n == 0 { break Ok(()) },
+            _ = commit_tx.closed() => break Ok(()), // the committer failed: its error is reported below
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let now = now_ms();
+        let mut batch = Decided {
+            events: Vec::new(),
+            commands: Vec::new(),
+            settles: Vec::with_capacity(inbox.len()),
+            inspects: Vec::new(),
         };
-        let step = core.handle(input, now_ms());
-        if !step.events.is_empty() {
-            log.append(step.events)
-                .await
-                .context("appending to the event log")?;
+        if core.next_deadline().is_some_and(|d| d <= now) {
+            let step = core.handle(Input::TimerFired, now);
+            batch.events.extend(step.events);
+            batch.commands.extend(step.commands);
         }
-        publish(bus.as_ref(), &step.commands).await?;
-        if let Some(d) = delivery {
-            if let Reply::Rejected { code, message } = &step.reply {
-                d.reject(&format!("{code}: {message}")).await?;
-            } else {
-                d.ack().await?;
+        for i in inbox.drain(..) {
+            if let Some(tx) = i.inspect {
+                batch.inspects.push((tx, core.state().clone()));
             }
+            let Some(input) = i.input else { continue };
+            let step = core.handle(input, now);
+            batch.events.extend(step.events);
+            batch.commands.extend(step.commands);
+            batch.settles.push((i.delivery, i.reply, step.reply));
         }
-        if let Some(r) = reply {
-            let _ = r.send(step.reply);
+        if batch.events.is_empty()
+            && batch.commands.is_empty()
+            && batch.settles.is_empty()
+            && batch.inspects.is_empty()
+        {
+            continue;
         }
-    }
+        if commit_tx.send(batch).await.is_err() {
+            break Ok(()); // the committer stopped: its error is reported below
+        }
+    };
+    // Finish what was decided (append, publish, settle) before the consumers go.
+    drop(commit_tx);
+    let committed = committer.await;
+    tasks.abort_all();
+    let committed = committed.map_err(|e| anyhow::anyhow!("commit task failed: {e}"))?;
+    result.and(committed)
 }
 
 /// The core's view of a worker config: pools, freeze limits, retries, retention.

@@ -31,19 +31,28 @@ pub fn recman_bin() -> PathBuf {
         })
 }
 
-/// `recman --data-dir DATA ARGS…` with no inherited recman environment.
-pub fn recman(data: &Path, args: &[&str]) -> Output {
-    Command::new(recman_bin())
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env_remove("RECMAN_DATA_DIR")
+/// A `recman` command without `--data-dir` (for the default), environment cleaned.
+pub fn recman_cmd_bare() -> Command {
+    let mut c = Command::new(recman_bin());
+    c.env_remove("RECMAN_DATA_DIR")
         .env_remove("RECMAN_CONFIG")
-        .env_remove("RECMAN_TOKEN")
-        .output()
-        .expect("run recman")
+        .env_remove("RECMAN_TOKEN");
+    c
 }
 
+/// A `recman --data-dir DATA` command, environment cleaned.
+pub fn recman_cmd(data: &Path) -> Command {
+    let mut c = recman_cmd_bare();
+    c.arg("--data-dir").arg(data);
+    c
+}
+
+/// `recman --data-dir DATA ARGS…` with no inherited recman environment.
+pub fn recman(data: &Path, args: &[&str]) -> Output {
+    recman_cmd(data).args(args).output().expect("run recman")
+}
+
+/// stdout and stderr of a finished command, for assertion messages.
 pub fn text(o: &Output) -> String {
     format!(
         "{}{}",

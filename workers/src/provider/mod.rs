@@ -4,15 +4,17 @@
 mod copy;
 mod exec;
 mod none;
+mod threepar;
 
 use std::sync::Arc;
 
 use recman_events::bus::BoxFuture;
-use recman_events::{SnapshotInfo, SnapshotKind, StepError, TargetId};
+use recman_events::{JobId, SnapshotInfo, SnapshotKind, StepError, TargetId};
 
 pub use copy::CopyProvider;
 pub use exec::ExecProvider;
 pub use none::NoneProvider;
+pub use threepar::{ArrayClient, ThreeParProvider, WsapiError};
 
 use crate::config::ProviderConfig;
 
@@ -33,6 +35,25 @@ pub trait Provider: Send + Sync {
     /// Names of the snapshots this provider holds, oldest name first when
     /// the provider cannot tell (sorted).
     fn list<'a>(&'a self, target: &'a TargetId) -> BoxFuture<'a, Result<Vec<String>, StepError>>;
+    /// `snapshot` with the job it belongs to (the runtime calls this one);
+    /// providers that record the job (the `3par` comment) override it.
+    fn snapshot_job<'a>(&'a self, req: SnapshotJob<'a>) -> BoxFuture<'a, Result<SnapshotInfo, StepError>> {
+        self.snapshot(req.name, req.target, req.kind)
+    }
+    /// Called once when the worker stops (log out of sessions, …).
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// One snapshot step as the runtime sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotJob<'a> {
+    pub name: &'a str,
+    pub target: &'a TargetId,
+    pub kind: SnapshotKind,
+    /// Job id and attempt, when the step comes from a job.
+    pub job: Option<(JobId, u32)>,
 }
 
 /// The provider a target's config asks for.
@@ -41,6 +62,7 @@ pub fn from_config(cfg: &ProviderConfig) -> Arc<dyn Provider> {
         ProviderConfig::None => Arc::new(NoneProvider),
         ProviderConfig::Copy(c) => Arc::new(CopyProvider::new(c.source.clone(), c.dest.clone())),
         ProviderConfig::Exec(e) => Arc::new(ExecProvider::new(e.clone())),
+        ProviderConfig::ThreePar(c) => Arc::new(ThreeParProvider::new(c.clone())),
     }
 }
 

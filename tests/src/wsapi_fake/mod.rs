@@ -1,0 +1,194 @@
+//! A FAKE HPE 3PAR WSAPI 1.x server for tests: no 3PAR array can exist here.
+//!
+//! Written from the public API reference only (HPE 3PAR Web Services API
+//! Developer Guide; the request shapes python-3parclient and the OpenStack
+//! Cinder driver send), covering just what recman's `3par` provider uses:
+//!
+//! - `POST /api/v1/credentials {"user","password"}` → 201 `{"key"}`; wrong
+//!   user or password → 403 `{"code":5,"desc":…}` (INV_USER_PASS).
+//!   `DELETE /api/v1/credentials/<key>` logs out.
+//! - Every other call needs `X-HP3PAR-WSAPI-SessionKey`: missing → 401,
+//!   unknown or expired → 403, both with code 6 and "invalid session key"
+//!   (the number is our reading of the guide; a client re-logs in on either
+//!   status whatever the code).
+//! - `GET /volumes[?query="copyOf EQ <base>"]`, `GET /volumes/<name>`,
+//!   `DELETE /volumes/<name>` (404 code 23 NON_EXISTENT_VOL, 409 code 32
+//!   HAS_CHILD when another volume is a copy of it).
+//! - `POST /volumes/<base>` and `POST /volumesets/<set>` with
+//!   `{"action":"createSnapshot","parameters":{"name","readOnly","comment",
+//!   "expirationHours","retentionHours"}}` → 201. Names over 31 characters →
+//!   400 code 57; an existing name → 409 code 22 EXISTENT_VOL; an unknown base
+//!   → 404 code 23; an unknown set → 404 code 77 NON_EXISTENT_SET; hours
+//!   outside 1..=43800 → 400 code 12 INV_INPUT. For a set the name is a
+//!   pattern whose `@count@` becomes 0, 1, … in member order; all member
+//!   copies are created or none. Virtual copies have `copyType` 3.
+//! - `GET /volumesets/<set>` → `{"name","setmembers"}`.
+//!
+//! Test knobs: injected 503s, latency per request, session expiry, a log of
+//! every request. Serves plain HTTP or HTTPS (rustls, ring provider) on
+//! 127.0.0.1 with a free port.
+
+mod server;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use server::{FakeWsapi, TlsFiles};
+
+/// Longest volume name the array accepts.
+pub const MAX_NAME: usize = 31;
+/// `copyType` of a base volume, a physical copy and a virtual copy (snapshot).
+pub const BASE_VOLUME: u8 = 1;
+pub const VIRTUAL_COPY: u8 = 3;
+
+/// One volume as the fake stores it (and as tests inspect it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Volume {
+    pub id: u64,
+    pub name: String,
+    pub copy_of: Option<String>,
+    pub copy_type: u8,
+    pub read_only: bool,
+    pub comment: Option<String>,
+    pub expiration_hours: Option<u64>,
+    pub retention_hours: Option<u64>,
+    pub creation_time_sec: u64,
+}
+
+/// One request as received (for assertions on what a client sent).
+#[derive(Clone, Debug)]
+pub struct Logged {
+    pub method: String,
+    /// Path and query, e.g. `/api/v1/volumes/db01`.
+    pub uri: String,
+    pub session_key: Option<String>,
+    pub body: String,
+    /// HTTP status the fake answered.
+    pub status: u16,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub user: String,
+    pub password: String,
+    pub volumes: BTreeMap<String, Volume>,
+    pub sets: BTreeMap<String, Vec<String>>,
+    pub sessions: HashSet<String>,
+    pub next_id: u64,
+    pub logins: u64,
+    pub logouts: u64,
+    pub inject_503: u32,
+    pub latency: Duration,
+    pub log: Vec<Logged>,
+}
+
+/// Shared handle to the fake's state (cheap to clone).
+#[derive(Clone, Default)]
+pub(crate) struct Shared(pub Arc<Mutex<State>>);
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    pub fn add_volume(&mut self, name: &str, copy_of: Option<&str>, copy_type: u8) -> &mut Volume {
+        self.next_id += 1;
+        let v = Volume {
+            id: self.next_id,
+            name: name.to_string(),
+            copy_of: copy_of.map(str::to_string),
+            copy_type,
+            read_only: false,
+            comment: None,
+            expiration_hours: None,
+            retention_hours: None,
+            creation_time_sec: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        self.volumes.insert(name.to_string(), v);
+        self.volumes.get_mut(name).expect("just inserted")
+    }
+}
+
+impl FakeWsapi {
+    /// Adds a base volume.
+    pub fn add_volume(&self, name: &str) {
+        self.shared().lock().add_volume(name, None, BASE_VOLUME);
+    }
+
+    /// Adds a volume set of existing (or new) base volumes.
+    pub fn add_volume_set(&self, name: &str, members: &[&str]) {
+        let mut st = self.shared().lock();
+        for m in members {
+            if !st.volumes.contains_key(*m) {
+                st.add_volume(m, None, BASE_VOLUME);
+            }
+        }
+        st.sets
+            .insert(name.to_string(), members.iter().map(|m| m.to_string()).collect());
+    }
+
+    /// A writable virtual copy `child` of `parent` (makes `parent` HAS_CHILD).
+    pub fn add_child(&self, parent: &str, child: &str) {
+        self.shared().lock().add_volume(child, Some(parent), VIRTUAL_COPY);
+    }
+
+    /// A copy of every volume.
+    pub fn volumes(&self) -> Vec<Volume> {
+        self.shared().lock().volumes.values().cloned().collect()
+    }
+
+    pub fn volume(&self, name: &str) -> Option<Volume> {
+        self.shared().lock().volumes.get(name).cloned()
+    }
+
+    /// Names of the virtual copies of `base`, sorted.
+    pub fn snapshots_of(&self, base: &str) -> Vec<String> {
+        self.shared()
+            .lock()
+            .volumes
+            .values()
+            .filter(|v| v.copy_of.as_deref() == Some(base) && v.copy_type == VIRTUAL_COPY)
+            .map(|v| v.name.clone())
+            .collect()
+    }
+
+    /// The next `n` requests (any path) are answered 503.
+    pub fn inject_503(&self, n: u32) {
+        self.shared().lock().inject_503 = n;
+    }
+
+    /// Every request waits this long before it is handled.
+    pub fn set_latency(&self, d: Duration) {
+        self.shared().lock().latency = d;
+    }
+
+    /// Forgets every session key, as the array does after 15 idle minutes.
+    pub fn expire_sessions(&self) {
+        self.shared().lock().sessions.clear();
+    }
+
+    /// Session keys currently valid.
+    pub fn live_sessions(&self) -> usize {
+        self.shared().lock().sessions.len()
+    }
+
+    /// Successful logins and logouts so far.
+    pub fn logins(&self) -> u64 {
+        self.shared().lock().logins
+    }
+
+    pub fn logouts(&self) -> u64 {
+        self.shared().lock().logouts
+    }
+
+    /// Every request received so far, in order.
+    pub fn requests(&self) -> Vec<Logged> {
+        self.shared().lock().log.clone()
+    }
+}

@@ -1,0 +1,463 @@
+//! The fake WSAPI's HTTP(S) server and request handling (see the module
+//! comment of `wsapi_fake` for what it implements and where it comes from).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State as AxState};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
+use super::{Logged, Shared, State, MAX_NAME, VIRTUAL_COPY};
+
+pub const SESSION_HEADER: &str = "x-hp3par-wsapi-sessionkey";
+
+/// A running fake; stops when dropped.
+pub struct FakeWsapi {
+    shared: Shared,
+    addr: SocketAddr,
+    https: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Certificate chain and key (PEM) for the HTTPS fake.
+pub struct TlsFiles {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Drop for FakeWsapi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeWsapi {
+    /// Plain HTTP on 127.0.0.1 (free port), accepting `user` / `password`.
+    pub async fn start_http(user: &str, password: &str) -> std::io::Result<FakeWsapi> {
+        let (shared, listener, app) = setup(user, password).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(FakeWsapi {
+            shared,
+            addr,
+            https: false,
+            task,
+        })
+    }
+
+    /// HTTPS on 127.0.0.1 (free port) with the given certificate.
+    pub async fn start_https(user: &str, password: &str, tls: &TlsFiles) -> std::io::Result<FakeWsapi> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let certs = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("certificate PEM: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())
+            .map_err(|e| bad(format!("key PEM: {e}")))?;
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| bad(e.to_string()))?
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .map_err(|e| bad(e.to_string()))?;
+        let (shared, listener, app) = setup(user, password).await?;
+        let addr = listener.local_addr()?;
+        let tls_listener = TlsListener {
+            tcp: listener,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        };
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(tls_listener, app).await;
+        });
+        Ok(FakeWsapi {
+            shared,
+            addr,
+            https: true,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT` or `https://localhost:PORT` (no `/api/v1`).
+    pub fn base_url(&self) -> String {
+        if self.https {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://127.0.0.1:{}", self.addr.port())
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+async fn setup(user: &str, password: &str) -> std::io::Result<(Shared, TcpListener, Router)> {
+    let shared = Shared::default();
+    {
+        let mut st = shared.lock();
+        st.user = user.to_string();
+        st.password = password.to_string();
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let app = Router::new().fallback(handle).with_state(shared.clone());
+    Ok((shared, listener, app))
+}
+
+/// Accepts TCP connections and completes the TLS handshake (failed
+/// handshakes are dropped; the next connection is accepted).
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let hs = tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(tcp)).await;
+            if let Ok(Ok(tls)) = hs {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A WSAPI error: `{"code": n, "desc": "..."}` with an HTTP status.
+fn wsapi_err(status: StatusCode, code: u32, desc: &str) -> (StatusCode, Value) {
+    (status, json!({ "code": code, "desc": desc }))
+}
+
+async fn handle(
+    AxState(shared): AxState<Shared>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let latency = shared.lock().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let key = headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body_text = String::from_utf8_lossy(&body).to_string();
+    let mut st = shared.lock();
+    let (status, reply) = if st.inject_503 > 0 {
+        st.inject_503 -= 1;
+        wsapi_err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            0,
+            "service unavailable (injected by the fake)",
+        )
+    } else {
+        route(&mut st, &method, uri.path(), &query, key.as_deref(), &body)
+    };
+    st.log.push(Logged {
+        method: method.to_string(),
+        uri: uri.to_string(),
+        session_key: key,
+        body: body_text,
+        status: status.as_u16(),
+    });
+    drop(st);
+    if reply.is_null() {
+        status.into_response()
+    } else {
+        (status, axum::Json(reply)).into_response()
+    }
+}
+
+fn route(
+    st: &mut State,
+    method: &Method,
+    path: &str,
+    query: &HashMap<String, String>,
+    key: Option<&str>,
+    body: &[u8],
+) -> (StatusCode, Value) {
+    let Some(rest) = path.strip_prefix("/api/v1/") else {
+        return wsapi_err(
+            StatusCode::NOT_FOUND,
+            0,
+            "not a WSAPI path (expected /api/v1/...)",
+        );
+    };
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    if method == Method::POST && parts == ["credentials"] {
+        return login(st, body);
+    }
+    // Everything else needs a valid session key.
+    match key {
+        None => return wsapi_err(StatusCode::UNAUTHORIZED, 6, "invalid session key"),
+        Some(k) if !st.sessions.contains(k) => {
+            return wsapi_err(StatusCode::FORBIDDEN, 6, "invalid session key")
+        }
+        Some(_) => {}
+    }
+    match (method.clone(), parts.as_slice()) {
+        (Method::DELETE, ["credentials", k]) => {
+            if st.sessions.remove(*k) {
+                st.logouts += 1;
+                (StatusCode::OK, Value::Null)
+            } else {
+                wsapi_err(StatusCode::FORBIDDEN, 6, "invalid session key")
+            }
+        }
+        (Method::GET, ["volumes"]) => list_volumes(st, query),
+        (Method::GET, ["volumes", name]) => match st.volumes.get(*name) {
+            Some(v) => (StatusCode::OK, volume_json(v)),
+            None => non_existent_vol(name),
+        },
+        (Method::DELETE, ["volumes", name]) => delete_volume(st, name),
+        (Method::POST, ["volumes", base]) => match parse_snapshot(body) {
+            Err(e) => e,
+            Ok(p) => snapshot_volume(st, base, &p),
+        },
+        (Method::GET, ["volumesets", set]) => match st.sets.get(*set) {
+            Some(members) => (StatusCode::OK, json!({ "name": set, "setmembers": members })),
+            None => non_existent_set(set),
+        },
+        (Method::POST, ["volumesets", set]) => match parse_snapshot(body) {
+            Err(e) => e,
+            Ok(p) => snapshot_set(st, set, &p),
+        },
+        _ => wsapi_err(StatusCode::NOT_FOUND, 0, "the fake does not implement this call"),
+    }
+}
+
+fn non_existent_vol(name: &str) -> (StatusCode, Value) {
+    wsapi_err(
+        StatusCode::NOT_FOUND,
+        23,
+        &format!("volume does not exist: {name}"),
+    )
+}
+
+fn non_existent_set(name: &str) -> (StatusCode, Value) {
+    wsapi_err(StatusCode::NOT_FOUND, 77, &format!("set does not exist: {name}"))
+}
+
+fn login(st: &mut State, body: &[u8]) -> (StatusCode, Value) {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return wsapi_err(StatusCode::BAD_REQUEST, 12, "invalid input: body is not JSON");
+    };
+    let user = v.get("user").and_then(Value::as_str);
+    let password = v.get("password").and_then(Value::as_str);
+    if user != Some(st.user.as_str()) || password != Some(st.password.as_str()) {
+        return wsapi_err(StatusCode::FORBIDDEN, 5, "invalid username or password");
+    }
+    st.logins += 1;
+    let key = format!("0-{:016x}-{:08x}", fastrand(st), st.logins);
+    st.sessions.insert(key.clone());
+    (StatusCode::CREATED, json!({ "key": key }))
+}
+
+/// Not random at all, but distinct per login (keys only need to differ).
+fn fastrand(st: &State) -> u64 {
+    (st.logins + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ st.next_id
+}
+
+fn volume_json(v: &super::Volume) -> Value {
+    let mut j = json!({
+        "id": v.id,
+        "name": v.name,
+        "copyType": v.copy_type,
+        "readOnly": v.read_only,
+        "creationTimeSec": v.creation_time_sec,
+    });
+    if let Some(c) = &v.copy_of {
+        j["copyOf"] = json!(c);
+    }
+    if let Some(c) = &v.comment {
+        j["comment"] = json!(c);
+    }
+    if let Some(h) = v.expiration_hours {
+        j["expirationTimeSec"] = json!(v.creation_time_sec + h * 3600);
+    }
+    if let Some(h) = v.retention_hours {
+        j["retentionTimeSec"] = json!(v.creation_time_sec + h * 3600);
+    }
+    j
+}
+
+fn list_volumes(st: &State, query: &HashMap<String, String>) -> (StatusCode, Value) {
+    let filter: Option<String> = match query.get("query") {
+        None => None,
+        Some(q) => {
+            // query="copyOf EQ <base>" (the quotes are part of the value).
+            let q = q.trim().trim_matches('"');
+            let words: Vec<&str> = q.split_whitespace().collect();
+            match words.as_slice() {
+                ["copyOf", "EQ", base] => Some(base.to_string()),
+                _ => {
+                    return wsapi_err(
+                        StatusCode::BAD_REQUEST,
+                        12,
+                        "invalid input: the fake understands only query=\"copyOf EQ <name>\"",
+                    )
+                }
+            }
+        }
+    };
+    let members: Vec<Value> = st
+        .volumes
+        .values()
+        .filter(|v| filter.is_none() || v.copy_of == filter)
+        .map(volume_json)
+        .collect();
+    (
+        StatusCode::OK,
+        json!({ "total": members.len(), "members": members }),
+    )
+}
+
+fn delete_volume(st: &mut State, name: &str) -> (StatusCode, Value) {
+    if !st.volumes.contains_key(name) {
+        return non_existent_vol(name);
+    }
+    if st.volumes.values().any(|v| v.copy_of.as_deref() == Some(name)) {
+        return wsapi_err(StatusCode::CONFLICT, 32, &format!("volume has a child: {name}"));
+    }
+    st.volumes.remove(name);
+    (StatusCode::OK, Value::Null)
+}
+
+struct SnapParams {
+    name: String,
+    read_only: bool,
+    comment: Option<String>,
+    expiration_hours: Option<u64>,
+    retention_hours: Option<u64>,
+}
+
+fn parse_snapshot(body: &[u8]) -> Result<SnapParams, (StatusCode, Value)> {
+    let bad = |desc: &str| wsapi_err(StatusCode::BAD_REQUEST, 12, desc);
+    let v: Value = serde_json::from_slice(body).map_err(|_| bad("invalid input: body is not JSON"))?;
+    if v.get("action").and_then(Value::as_str) != Some("createSnapshot") {
+        return Err(bad(
+            "invalid input: the fake implements only action createSnapshot",
+        ));
+    }
+    let p = v
+        .get("parameters")
+        .ok_or_else(|| bad("invalid input: missing parameters"))?;
+    let name = p
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("invalid input: missing name"))?
+        .to_string();
+    let hours = |k: &str| -> Result<Option<u64>, (StatusCode, Value)> {
+        match p.get(k) {
+            None => Ok(None),
+            Some(h) => match h.as_u64() {
+                Some(h) if (1..=43_800).contains(&h) => Ok(Some(h)),
+                _ => Err(bad(&format!("invalid input: {k} must be 1 to 43800"))),
+            },
+        }
+    };
+    Ok(SnapParams {
+        read_only: p.get("readOnly").and_then(Value::as_bool).unwrap_or(false),
+        comment: p.get("comment").and_then(Value::as_str).map(str::to_string),
+        expiration_hours: hours("expirationHours")?,
+        retention_hours: hours("retentionHours")?,
+        name,
+    })
+}
+
+fn check_new_name(st: &State, name: &str) -> Result<(), (StatusCode, Value)> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(wsapi_err(
+            StatusCode::BAD_REQUEST,
+            57,
+            &format!("invalid input: name exceeds {MAX_NAME} characters: {name}"),
+        ));
+    }
+    if st.volumes.contains_key(name) {
+        return Err(wsapi_err(
+            StatusCode::CONFLICT,
+            22,
+            &format!("volume exists: {name}"),
+        ));
+    }
+    Ok(())
+}
+
+fn create_copy(st: &mut State, base: &str, name: &str, p: &SnapParams) {
+    let v = st.add_volume(name, Some(base), VIRTUAL_COPY);
+    v.read_only = p.read_only;
+    v.comment = p.comment.clone();
+    v.expiration_hours = p.expiration_hours;
+    v.retention_hours = p.retention_hours;
+}
+
+fn snapshot_volume(st: &mut State, base: &str, p: &SnapParams) -> (StatusCode, Value) {
+    if !st.volumes.contains_key(base) {
+        return non_existent_vol(base);
+    }
+    if let Err(e) = check_new_name(st, &p.name) {
+        return e;
+    }
+    create_copy(st, base, &p.name, p);
+    (StatusCode::CREATED, Value::Null)
+}
+
+fn snapshot_set(st: &mut State, set: &str, p: &SnapParams) -> (StatusCode, Value) {
+    let Some(members) = st.sets.get(set).cloned() else {
+        return non_existent_set(set);
+    };
+    if members.len() > 1 && !p.name.contains("@count@") {
+        return wsapi_err(
+            StatusCode::BAD_REQUEST,
+            12,
+            "invalid input: a set of several volumes needs a name pattern such as name-@count@",
+        );
+    }
+    let names: Vec<String> = (0..members.len())
+        .map(|i| p.name.replace("@count@", &i.to_string()))
+        .collect();
+    // All or nothing, one instant for every member.
+    for n in &names {
+        if let Err(e) = check_new_name(st, n) {
+            return e;
+        }
+    }
+    for base in &members {
+        if !st.volumes.contains_key(base) {
+            return non_existent_vol(base);
+        }
+    }
+    for (base, n) in members.iter().zip(&names) {
+        create_copy(st, base, n, p);
+    }
+    (StatusCode::CREATED, Value::Null)
+}
