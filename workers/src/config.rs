@@ -21,10 +21,14 @@ pub const DEFAULT_RETRIES: u32 = 3;
 pub const DEFAULT_WRITER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(300);
 
-const WRITERS: &[&str] = &["none", "exec"];
-const WRITERS_LATER: &[&str] = &["fsfreeze", "postgres", "vss-exchange"];
-const PROVIDERS: &[&str] = &["copy", "exec", "none"];
-const PROVIDERS_LATER: &[&str] = &["btrfs", "qcow2", "3par"];
+const WRITERS: &[&str] = &["none", "exec", "fsfreeze"];
+const WRITERS_LATER: &[&str] = &["postgres", "vss-exchange"];
+const PROVIDERS: &[&str] = &["copy", "exec", "none", "btrfs", "qcow2"];
+const PROVIDERS_LATER: &[&str] = &["3par"];
+
+#[path = "config_linux.rs"]
+mod linux;
+pub use linux::{BtrfsConfig, FsFreezeConfig, Qcow2Config, DEFAULT_STATE_DIR};
 
 /// A loaded, validated config.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +84,7 @@ pub struct TargetConfig {
 pub enum WriterConfig {
     None,
     Exec(ExecWriterConfig),
+    FsFreeze(FsFreezeConfig),
 }
 
 impl WriterConfig {
@@ -87,6 +92,7 @@ impl WriterConfig {
         match self {
             WriterConfig::None => "none",
             WriterConfig::Exec(_) => "exec",
+            WriterConfig::FsFreeze(_) => "fsfreeze",
         }
     }
 }
@@ -106,6 +112,8 @@ pub enum ProviderConfig {
     None,
     Copy(CopyProviderConfig),
     Exec(ExecProviderConfig),
+    Btrfs(BtrfsConfig),
+    Qcow2(Qcow2Config),
 }
 
 impl ProviderConfig {
@@ -114,6 +122,8 @@ impl ProviderConfig {
             ProviderConfig::None => "none",
             ProviderConfig::Copy(_) => "copy",
             ProviderConfig::Exec(_) => "exec",
+            ProviderConfig::Btrfs(_) => "btrfs",
+            ProviderConfig::Qcow2(_) => "qcow2",
         }
     }
 }
@@ -604,6 +614,7 @@ impl Cx<'_> {
                         cx_keys(self, w, &wkey, &["type"])?;
                         WriterConfig::None
                     }
+                    "fsfreeze" => WriterConfig::FsFreeze(self.fsfreeze_writer(w, v.span(), &wkey)?),
                     _ => {
                         cx_keys(self, w, &wkey, &["type", "freeze", "thaw", "flush", "timeout"])?;
                         WriterConfig::Exec(ExecWriterConfig {
@@ -642,6 +653,8 @@ impl Cx<'_> {
                             cx_keys(self, p, &pkey, &["type"])?;
                             ProviderConfig::None
                         }
+                        "btrfs" => ProviderConfig::Btrfs(self.btrfs_provider(p, v.span(), &pkey)?),
+                        "qcow2" => ProviderConfig::Qcow2(self.qcow2_provider(p, v.span(), &pkey)?),
                         "copy" => {
                             cx_keys(self, p, &pkey, &["type", "source", "dest"])?;
                             let source =
@@ -687,6 +700,10 @@ impl Cx<'_> {
                 }
             };
 
+        if let (WriterConfig::FsFreeze(fz), ProviderConfig::Btrfs(b)) = (&writer, &provider) {
+            let span = field(t, "writer").map(|v| v.span()).unwrap_or(item.span());
+            self.check_freeze_vs_btrfs(fz, b, span, &wkey)?;
+        }
         Ok(TargetConfig {
             id,
             pool,

@@ -1,0 +1,148 @@
+//! Config of the Linux writers and providers (`fsfreeze`, `postgres`,
+//! `btrfs`, `qcow2`): their types and parse helpers, in the style of config.rs.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::de::DeTable;
+
+use super::{field, join, ConfigError, Cx, DEFAULT_PROVIDER_TIMEOUT};
+
+/// Where the `fsfreeze` writer keeps its freeze markers by default (tmpfs:
+/// never on a filesystem it freezes, and gone after a reboot, like the freeze).
+pub const DEFAULT_STATE_DIR: &str = "/run/recman";
+
+/// `type = "fsfreeze"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FsFreezeConfig {
+    /// The mountpoint whose filesystem is frozen (absolute, must be a mount).
+    pub mountpoint: PathBuf,
+    /// Holds `fsfreeze/<target>.json` while frozen (default `/run/recman`).
+    pub state_dir: PathBuf,
+}
+
+/// `type = "btrfs"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BtrfsConfig {
+    /// The subvolume to snapshot.
+    pub subvolume: PathBuf,
+    /// Directory on the same btrfs filesystem: one read-only snapshot per name.
+    pub dest: PathBuf,
+}
+
+/// `type = "qcow2"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Qcow2Config {
+    /// The qcow2 image file (internal snapshots live inside it).
+    pub image: PathBuf,
+    /// The `qemu-img` program (default `qemu-img`, looked up in PATH).
+    pub qemu_img: String,
+    pub timeout: Duration,
+}
+
+impl Cx<'_> {
+    pub(super) fn fsfreeze_writer(
+        &self,
+        w: &DeTable<'_>,
+        span: Range<usize>,
+        wkey: &str,
+    ) -> Result<FsFreezeConfig, ConfigError> {
+        self.check_keys(w, wkey, &["type", "mountpoint", "state_dir"])?;
+        let mountpoint = self.required(
+            self.path(w, wkey, "mountpoint")?,
+            span.clone(),
+            wkey,
+            "mountpoint",
+        )?;
+        let state_dir = self
+            .path(w, wkey, "state_dir")?
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        if state_dir.starts_with(&mountpoint) {
+            let s = field(w, "state_dir").map(|v| v.span()).unwrap_or(span);
+            return Err(self.err(
+                s,
+                &join(wkey, "state_dir"),
+                format!(
+                    "{} is on the filesystem this writer freezes: the freeze marker could not be removed while frozen",
+                    state_dir.display()
+                ),
+            ));
+        }
+        Ok(FsFreezeConfig {
+            mountpoint,
+            state_dir,
+        })
+    }
+
+    pub(super) fn btrfs_provider(
+        &self,
+        p: &DeTable<'_>,
+        span: Range<usize>,
+        pkey: &str,
+    ) -> Result<BtrfsConfig, ConfigError> {
+        self.check_keys(p, pkey, &["type", "subvolume", "dest"])?;
+        let subvolume = self.required(self.path(p, pkey, "subvolume")?, span.clone(), pkey, "subvolume")?;
+        let dest = self.required(self.path(p, pkey, "dest")?, span.clone(), pkey, "dest")?;
+        if dest.starts_with(&subvolume) {
+            let s = field(p, "dest").map(|v| v.span()).unwrap_or(span);
+            return Err(self.err(
+                s,
+                &join(pkey, "dest"),
+                format!(
+                    "{} is inside the subvolume {}: put snapshots beside it (btrfs snapshots are not recursive)",
+                    dest.display(),
+                    subvolume.display()
+                ),
+            ));
+        }
+        Ok(BtrfsConfig { subvolume, dest })
+    }
+
+    pub(super) fn qcow2_provider(
+        &self,
+        p: &DeTable<'_>,
+        span: Range<usize>,
+        pkey: &str,
+    ) -> Result<Qcow2Config, ConfigError> {
+        self.check_keys(p, pkey, &["type", "image", "qemu_img", "timeout"])?;
+        let image = self.required(self.path(p, pkey, "image")?, span, pkey, "image")?;
+        let qemu_img = match self.string(p, pkey, "qemu_img")? {
+            None => "qemu-img".to_string(),
+            Some((s, sp)) if s.is_empty() => {
+                return Err(self.err(sp, &join(pkey, "qemu_img"), "must not be empty"))
+            }
+            Some((s, _)) => s,
+        };
+        let timeout = self
+            .duration(p, pkey, "timeout")?
+            .unwrap_or(DEFAULT_PROVIDER_TIMEOUT);
+        Ok(Qcow2Config {
+            image,
+            qemu_img,
+            timeout,
+        })
+    }
+
+    /// A btrfs snapshot cannot be taken of a frozen btrfs filesystem (it
+    /// waits for the thaw, which waits for the snapshot): refuse the pair.
+    pub(super) fn check_freeze_vs_btrfs(
+        &self,
+        fz: &FsFreezeConfig,
+        b: &BtrfsConfig,
+        span: Range<usize>,
+        wkey: &str,
+    ) -> Result<(), ConfigError> {
+        if b.subvolume.starts_with(&fz.mountpoint) || b.dest.starts_with(&fz.mountpoint) {
+            return Err(self.err(
+                span,
+                &join(wkey, "type"),
+                format!(
+                    "fsfreeze of {} with a btrfs snapshot on that filesystem would deadlock (btrfs waits for the thaw to take a snapshot); a btrfs snapshot is atomic by itself: use writer \"none\", or \"postgres\" for a database",
+                    fz.mountpoint.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
