@@ -240,3 +240,126 @@ async fn qcow2_snapshots_are_listed_and_retention_deletes_the_oldest() {
     assert_eq!(e.code, "image_in_use", "{e:?}");
     assert!(e.message.contains("in use"), "{}", e.message);
 }
+
+/// (2) The process holding a freeze (engine + worker, `recman snapshot`) is
+/// killed with SIGKILL while the filesystem is frozen; restarted with the same
+/// request id, its worker thaws the filesystem on start, within freeze_limit
+/// plus restart time, and the log names that worker as the one that thawed.
+#[test]
+fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
+    if !can_run("sigkill_while_frozen", &["losetup", "mkfs.ext4", "mount"]) {
+        return;
+    }
+    let fs1 = LoopFs::new("ext4", 64);
+    let gate = fs1.outside("gate");
+    fs::write(&gate, b"").unwrap();
+    let state = fs1.outside("state");
+    let data = fs1.outside("data");
+    let cfg_path = fs1.outside("recman.toml");
+    let freeze_limit = Duration::from_secs(3);
+    // The provider waits while the gate exists: the freeze is held until the kill.
+    fs::write(
+        &cfg_path,
+        format!(
+            "[[target]]\nid = \"fs1\"\nfreeze_limit = \"3s\"\nretries = 3\n[target.writer]\ntype = \"fsfreeze\"\nmountpoint = \"{}\"\nstate_dir = \"{}\"\n\
+             [target.provider]\ntype = \"exec\"\ncreate = [\"/bin/sh\", \"-c\", \"while [ -e \\\"$0\\\" ]; do sleep 0.05; done; echo done\", \"{}\"]\n",
+            fs1.mnt.display(),
+            state.display(),
+            gate.display()
+        ),
+    )
+    .unwrap();
+    let run = |tag: &str| {
+        Command::new(recman_bin())
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--config")
+            .arg(&cfg_path)
+            .args(["snapshot", "fs1", "--request-id", "kill-me"])
+            .stdout(fs::File::create(fs1.outside(&format!("{tag}.out"))).unwrap())
+            .stderr(fs::File::create(fs1.outside(&format!("{tag}.err"))).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = run("first");
+    let marker = state.join("fsfreeze/fs1.json");
+    let end = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(Instant::now() < end, "never froze");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // the Frozen report is recorded
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let killed_at = Instant::now();
+    fs::remove_file(&gate).unwrap();
+
+    // Still frozen: a write blocks until somebody thaws.
+    let probe_path = fs1.mnt.join("probe");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = fs::write(&probe_path, b"x");
+        let _ = tx.send((Instant::now(), r.is_ok()));
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the filesystem was writable after the kill: nothing was frozen"
+    );
+
+    let mut second = run("second");
+    let second_pid = second.id();
+    let (writable_at, ok) = rx
+        .recv_timeout(freeze_limit + Duration::from_secs(10))
+        .expect("the filesystem stayed frozen after the restart");
+    assert!(ok);
+    let took = writable_at - killed_at;
+    eprintln!("writable again {took:?} after the SIGKILL");
+    assert!(
+        took < freeze_limit + Duration::from_secs(5),
+        "writable only after {took:?} (freeze_limit {freeze_limit:?} + restart)"
+    );
+    let status = wait_timeout(&mut second, Duration::from_secs(60));
+    let err = fs::read_to_string(fs1.outside("second.err")).unwrap();
+    let out = fs::read_to_string(fs1.outside("second.out")).unwrap();
+    assert!(status.is_some(), "second run did not finish\n{out}\n{err}");
+    // The worker's log line, and the event log: the restarted worker thawed it.
+    let worker = format!("local-{second_pid}");
+    assert!(
+        err.contains("found frozen on start: thawed by this worker") && err.contains(&worker),
+        "no thaw-on-start log line from {worker}:\n{err}"
+    );
+    let events = Command::new(recman_bin())
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["events", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&events.stdout);
+    let thawed: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.to_string().contains("watchdog_thawed"))
+        .collect();
+    assert!(
+        thawed.iter().any(|v| v.to_string().contains(&worker)),
+        "no watchdog_thawed event by {worker} in the log:\n{text}"
+    );
+    assert!(!marker.exists(), "freeze marker left behind");
+    eprintln!("second run:\n{out}\n{err}");
+    assert!(status.unwrap().success(), "the retried job did not complete\n{out}\n{err}");
+}
+
+fn wait_timeout(c: &mut std::process::Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > end {
+            let _ = c.kill();
+            let _ = c.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
