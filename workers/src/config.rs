@@ -21,14 +21,16 @@ pub const DEFAULT_RETRIES: u32 = 3;
 pub const DEFAULT_WRITER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(300);
 
-const WRITERS: &[&str] = &["none", "exec", "fsfreeze"];
-const WRITERS_LATER: &[&str] = &["postgres", "vss-exchange"];
+const WRITERS: &[&str] = &["none", "exec", "fsfreeze", "postgres"];
+const WRITERS_LATER: &[&str] = &["vss-exchange"];
 const PROVIDERS: &[&str] = &["copy", "exec", "none", "btrfs", "qcow2"];
 const PROVIDERS_LATER: &[&str] = &["3par"];
 
 #[path = "config_linux.rs"]
 mod linux;
-pub use linux::{BtrfsConfig, FsFreezeConfig, Qcow2Config, DEFAULT_STATE_DIR};
+pub use linux::{
+    BtrfsConfig, FsFreezeConfig, PostgresConfig, Qcow2Config, DEFAULT_PG_TIMEOUT, DEFAULT_STATE_DIR,
+};
 
 /// A loaded, validated config.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +87,7 @@ pub enum WriterConfig {
     None,
     Exec(ExecWriterConfig),
     FsFreeze(FsFreezeConfig),
+    Postgres(PostgresConfig),
 }
 
 impl WriterConfig {
@@ -93,6 +96,7 @@ impl WriterConfig {
             WriterConfig::None => "none",
             WriterConfig::Exec(_) => "exec",
             WriterConfig::FsFreeze(_) => "fsfreeze",
+            WriterConfig::Postgres(_) => "postgres",
         }
     }
 }
@@ -615,6 +619,13 @@ impl Cx<'_> {
                         WriterConfig::None
                     }
                     "fsfreeze" => WriterConfig::FsFreeze(self.fsfreeze_writer(w, v.span(), &wkey)?),
+                    "postgres" => WriterConfig::Postgres(self.postgres_writer(
+                        w,
+                        v.span(),
+                        &wkey,
+                        &engine.data_dir,
+                        id.as_str(),
+                    )?),
                     _ => {
                         cx_keys(self, w, &wkey, &["type", "freeze", "thaw", "flush", "timeout"])?;
                         WriterConfig::Exec(ExecWriterConfig {
@@ -700,7 +711,12 @@ impl Cx<'_> {
                 }
             };
 
-        if let (WriterConfig::FsFreeze(fz), ProviderConfig::Btrfs(b)) = (&writer, &provider) {
+        let freeze = match &writer {
+            WriterConfig::FsFreeze(fz) => Some(fz),
+            WriterConfig::Postgres(pg) => pg.fsfreeze.as_ref(),
+            _ => None,
+        };
+        if let (Some(fz), ProviderConfig::Btrfs(b)) = (freeze, &provider) {
             let span = field(t, "writer").map(|v| v.span()).unwrap_or(item.span());
             self.check_freeze_vs_btrfs(fz, b, span, &wkey)?;
         }

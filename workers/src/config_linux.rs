@@ -146,3 +146,113 @@ impl Cx<'_> {
         Ok(())
     }
 }
+
+/// Default per-statement timeout of the `postgres` writer.
+pub const DEFAULT_PG_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `type = "postgres"` (PostgreSQL ≥ 15), optionally combined with a
+/// `fsfreeze` of the filesystem that holds the cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PostgresConfig {
+    /// Host name, IP, or a Unix socket directory (starts with `/`).
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub dbname: String,
+    /// File holding the password (first line); none = no password.
+    pub password_file: Option<PathBuf>,
+    /// Where `<snapshot name>/backup_label` (and `tablespace_map`) go.
+    pub label_dir: PathBuf,
+    /// `pg_backup_stop(wait_for_archive)` and, after `pg_switch_wal()`,
+    /// wait until the segment is archived.
+    pub wait_for_archive: bool,
+    /// Also freeze this mountpoint after `pg_backup_start` (thawed first).
+    pub fsfreeze: Option<FsFreezeConfig>,
+    pub timeout: Duration,
+}
+
+impl Cx<'_> {
+    pub(super) fn postgres_writer(
+        &self,
+        w: &DeTable<'_>,
+        span: Range<usize>,
+        wkey: &str,
+        data_dir: &std::path::Path,
+        target: &str,
+    ) -> Result<PostgresConfig, ConfigError> {
+        self.check_keys(
+            w,
+            wkey,
+            &[
+                "type",
+                "host",
+                "port",
+                "user",
+                "dbname",
+                "password_file",
+                "label_dir",
+                "wait_for_archive",
+                "fsfreeze",
+                "state_dir",
+                "timeout",
+            ],
+        )?;
+        let host = self
+            .string(w, wkey, "host")?
+            .map(|(s, _)| s)
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let port = match self.u32(w, wkey, "port")? {
+            None => 5432,
+            Some(p) => u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
+                let s = field(w, "port").map(|v| v.span()).unwrap_or(span.clone());
+                self.err(s, &join(wkey, "port"), "must be a port number from 1 to 65535")
+            })?,
+        };
+        let user = self
+            .string(w, wkey, "user")?
+            .map(|(s, _)| s)
+            .unwrap_or_else(|| "postgres".into());
+        let dbname = self
+            .string(w, wkey, "dbname")?
+            .map(|(s, _)| s)
+            .unwrap_or_else(|| "postgres".into());
+        let password_file = self.path(w, wkey, "password_file")?;
+        let label_dir = self
+            .path(w, wkey, "label_dir")?
+            .unwrap_or_else(|| data_dir.join("backup_labels").join(target));
+        let wait_for_archive = match field(w, "wait_for_archive") {
+            None => false,
+            Some(v) => match v.get_ref() {
+                toml::de::DeValue::Boolean(b) => *b,
+                other => {
+                    return Err(self.err(
+                        v.span(),
+                        &join(wkey, "wait_for_archive"),
+                        format!("expected true or false, found {}", other.type_str()),
+                    ))
+                }
+            },
+        };
+        let fsfreeze = match self.path(w, wkey, "fsfreeze")? {
+            None => None,
+            Some(mountpoint) => Some(FsFreezeConfig {
+                mountpoint,
+                state_dir: self
+                    .path(w, wkey, "state_dir")?
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            }),
+        };
+        let timeout = self.duration(w, wkey, "timeout")?.unwrap_or(DEFAULT_PG_TIMEOUT);
+        Ok(PostgresConfig {
+            host,
+            port,
+            user,
+            dbname,
+            password_file,
+            label_dir,
+            wait_for_archive,
+            fsfreeze,
+            timeout,
+        })
+    }
+}

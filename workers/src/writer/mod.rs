@@ -4,6 +4,7 @@
 mod exec;
 mod fsfreeze;
 mod none;
+mod postgres;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use recman_events::{JobId, SnapshotKind, StepError, TargetId};
 pub use exec::ExecWriter;
 pub use fsfreeze::{check_mountpoint, FreezeMarker, FsFreezeWriter};
 pub use none::NoneWriter;
+pub use postgres::PostgresWriter;
 
 use crate::config::WriterConfig;
 
@@ -58,5 +60,6 @@ pub fn from_config(target: &TargetId, cfg: &WriterConfig) -> Arc<dyn Writer> {
         WriterConfig::None => Arc::new(NoneWriter),
         WriterConfig::Exec(e) => Arc::new(ExecWriter::new(e.clone())),
         WriterConfig::FsFreeze(f) => Arc::new(FsFreezeWriter::new(target.as_str(), f.clone())),
+        WriterConfig::Postgres(p) => Arc::new(PostgresWriter::new(target.as_str(), p.clone())),
     }
 }
