@@ -346,7 +346,10 @@ fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
     );
     assert!(!marker.exists(), "freeze marker left behind");
     eprintln!("second run:\n{out}\n{err}");
-    assert!(status.unwrap().success(), "the retried job did not complete\n{out}\n{err}");
+    assert!(
+        status.unwrap().success(),
+        "the retried job did not complete\n{out}\n{err}"
+    );
 }
 
 fn wait_timeout(c: &mut std::process::Child, within: Duration) -> Option<std::process::ExitStatus> {
