@@ -256,3 +256,85 @@ impl Cx<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, ConfigError, ProviderConfig, WriterConfig};
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(text, "/etc/recman/recman.toml")
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn linux_writers_and_providers_parse_with_defaults() {
+        let c = parse(
+            "[engine]\ndata_dir = \"/var/lib/rm\"\n\
+             [[target]]\nid = \"fs\"\n[target.writer]\ntype = \"fsfreeze\"\nmountpoint = \"/srv/data\"\n\
+             [target.provider]\ntype = \"qcow2\"\nimage = \"vm/disk.qcow2\"\n\
+             [[target]]\nid = \"pg\"\n[target.writer]\ntype = \"postgres\"\nport = 5433\npassword_file = \"pw\"\n\
+             [target.provider]\ntype = \"btrfs\"\nsubvolume = \"/srv/pg\"\ndest = \"/srv/snaps\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.targets[0].writer,
+            WriterConfig::FsFreeze(FsFreezeConfig {
+                mountpoint: "/srv/data".into(),
+                state_dir: DEFAULT_STATE_DIR.into(),
+            })
+        );
+        match &c.targets[0].provider {
+            ProviderConfig::Qcow2(q) => {
+                assert_eq!(q.image, PathBuf::from("/etc/recman/vm/disk.qcow2"));
+                assert_eq!(q.qemu_img, "qemu-img");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &c.targets[1].writer {
+            WriterConfig::Postgres(p) => {
+                assert_eq!(
+                    (p.host.as_str(), p.port, p.user.as_str()),
+                    ("127.0.0.1", 5433, "postgres")
+                );
+                assert_eq!(p.password_file, Some(PathBuf::from("/etc/recman/pw")));
+                assert_eq!(p.label_dir, PathBuf::from("/var/lib/rm/backup_labels/pg"));
+                assert!(!p.wait_for_archive);
+                assert!(p.fsfreeze.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.targets[1].provider.kind(), "btrfs");
+    }
+
+    #[test]
+    fn linux_config_errors_name_the_key() {
+        let e = err("[[target]]\nid = \"fs\"\n[target.writer]\ntype = \"fsfreeze\"\n[target.provider]\ntype = \"none\"\n");
+        assert!(e.contains("target[0].writer.mountpoint: missing"), "{e}");
+        let e = err("[[target]]\nid = \"pg\"\n[target.writer]\ntype = \"postgres\"\nport = 70000\n[target.provider]\ntype = \"none\"\n");
+        assert!(e.contains(":5:") && e.contains("target[0].writer.port"), "{e}");
+        let e = err(
+            "[[target]]\nid = \"b\"\n[target.writer]\ntype = \"none\"\n[target.provider]\ntype = \"btrfs\"\nsubvolume = \"/srv/a\"\ndest = \"/srv/a/snaps\"\n",
+        );
+        assert!(
+            e.contains("target[0].provider.dest") && e.contains("inside the subvolume"),
+            "{e}"
+        );
+        let e = err(
+            "[[target]]\nid = \"b\"\n[target.writer]\ntype = \"fsfreeze\"\nmountpoint = \"/srv\"\n[target.provider]\ntype = \"btrfs\"\nsubvolume = \"/srv/a\"\ndest = \"/srv/snaps\"\n",
+        );
+        assert!(
+            e.contains("target[0].writer.type") && e.contains("deadlock"),
+            "{e}"
+        );
+        let e = err(
+            "[[target]]\nid = \"b\"\n[target.writer]\ntype = \"postgres\"\nfsfreeze = \"/srv\"\n[target.provider]\ntype = \"btrfs\"\nsubvolume = \"/srv/a\"\ndest = \"/srv/snaps\"\n",
+        );
+        assert!(e.contains("deadlock"), "{e}");
+        let e = err("[[target]]\nid = \"f\"\n[target.writer]\ntype = \"fsfreeze\"\nmountpoint = \"/srv\"\nstate_dir = \"/srv/state\"\n[target.provider]\ntype = \"none\"\n");
+        assert!(e.contains("target[0].writer.state_dir"), "{e}");
+    }
+}
