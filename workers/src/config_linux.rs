@@ -337,4 +337,18 @@ mod tests {
         let e = err("[[target]]\nid = \"f\"\n[target.writer]\ntype = \"fsfreeze\"\nmountpoint = \"/srv\"\nstate_dir = \"/srv/state\"\n[target.provider]\ntype = \"none\"\n");
         assert!(e.contains("target[0].writer.state_dir"), "{e}");
     }
+
+    #[test]
+    fn the_linux_example_config_is_valid() {
+        let c = Config::load(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/linux.toml")).unwrap();
+        let kinds: Vec<(&str, &str)> = c
+            .targets
+            .iter()
+            .map(|t| (t.writer.kind(), t.provider.kind()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [("fsfreeze", "exec"), ("postgres", "btrfs"), ("none", "qcow2")]
+        );
+    }
 }
