@@ -95,6 +95,8 @@ impl FsFreezeWriter {
     pub fn freeze_blocking(&self, ctx: &StepCtx) -> Result<(), StepError> {
         let mp = &self.cfg.mountpoint;
         check_mountpoint(mp)?;
+        // A marker of an earlier freeze still in force must survive a refused one.
+        let previous = self.read_marker();
         self.write_marker(&FreezeMarker {
             job: ctx.job,
             attempt: ctx.attempt,
@@ -105,7 +107,12 @@ impl FsFreezeWriter {
         match ioctl(mp, FIFREEZE) {
             Ok(()) => Ok(()),
             Err(e) => {
-                self.remove_marker();
+                match &previous {
+                    Some(p) => {
+                        let _ = self.write_marker(p);
+                    }
+                    None => self.remove_marker(),
+                }
                 Err(match e.raw_os_error() {
                     Some(libc::EBUSY) => StepError::new(
                         "already_frozen",
@@ -282,5 +289,36 @@ mod tests {
         let e = check_mountpoint(dir.path()).unwrap_err();
         assert_eq!(e.code, "not_a_mountpoint", "{e:?}");
         assert!(check_mountpoint(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn a_refused_freeze_keeps_the_marker_of_the_freeze_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = FsFreezeWriter::new(
+            "t1",
+            FsFreezeConfig {
+                mountpoint: dir.path().join("not-a-mount"),
+                state_dir: dir.path().join("state"),
+            },
+        );
+        let ctx = |attempt| StepCtx {
+            target: "t1".into(),
+            job: JobId::from_parts(1, 2),
+            attempt,
+            kind: SnapshotKind::Full,
+        };
+        // Not a mountpoint: refused before anything is written.
+        std::fs::create_dir_all(dir.path().join("not-a-mount")).unwrap();
+        assert_eq!(w.freeze_blocking(&ctx(1)).unwrap_err().code, "not_a_mountpoint");
+        assert!(w.read_marker().is_none());
+        let m = FreezeMarker {
+            job: JobId::from_parts(1, 2),
+            attempt: 7,
+            kind: SnapshotKind::Full,
+            mountpoint: dir.path().join("not-a-mount"),
+            frozen_at_ms: 5,
+        };
+        w.write_marker(&m).unwrap();
+        assert_eq!(w.read_marker(), Some(m));
     }
 }

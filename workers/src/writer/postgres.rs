@@ -6,7 +6,8 @@
 //! combined with `fsfreeze` of the cluster's filesystem: frozen after the
 //! backup starts, thawed before it stops. If the worker dies, the session
 //! drops and PostgreSQL aborts the backup by itself; that attempt's snapshot
-//! then has no `backup_label` and is not used (the thaw reports an error).
+//! then has no `backup_label` (with an atomic provider such as `btrfs` it is
+//! still a crash-consistent image, restored without a label).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -160,14 +161,12 @@ impl PostgresWriter {
         }
         let mut slot = self.session.lock().await;
         let Some(s) = slot.take() else {
-            return Err(StepError::new(
-                "backup_session_lost",
-                format!(
-                    "target {}: no open backup for job {} attempt {} on this worker (its session ended, so PostgreSQL aborted the backup): this attempt's snapshot has no backup_label",
-                    self.target, ctx.job, ctx.attempt
-                ),
-                false,
-            ));
+            // Thaw is idempotent: nothing open here means nothing to end (a
+            // compensating thaw after a failed freeze, a redelivery, or a
+            // session that died with its worker, whose backup PostgreSQL
+            // aborted by itself: that snapshot gets no backup_label).
+            tracing::warn!(target = %self.target, job = %ctx.job, attempt = ctx.attempt, "thaw: no open backup on this worker; nothing to stop (no backup_label for this attempt)");
+            return Ok(());
         };
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.cfg.wait_for_archive];
         let stop = s.client.query_one(
