@@ -86,7 +86,7 @@ async fn fsfreeze_blocks_a_numbered_writer_for_the_recorded_window() {
             _ => None,
         })
         .expect("a freeze step");
-    let slack = Duration::from_millis(60);
+    let slack = Duration::from_millis(100); // scheduling on a loaded 2-core CI machine
     assert!(
         longest <= window + freeze_step + slack,
         "a write blocked {longest:?}, longer than the window {window:?} + the freeze itself {freeze_step:?}"
