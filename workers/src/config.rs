@@ -286,7 +286,7 @@ impl Config {
         pools
     }
 
-    /// Moves defaulted `copy` destinations under a new data directory (the
+    /// Moves defaulted `copy` destinations and `postgres` label dirs under a new data directory (the
     /// engine's `--data-dir`).
     pub fn set_data_dir(&mut self, dir: impl Into<PathBuf>) {
         self.engine.data_dir = dir.into();
@@ -294,6 +294,11 @@ impl Config {
             if let ProviderConfig::Copy(c) = &mut t.provider {
                 if c.dest_is_default {
                     c.dest = default_dest(&self.engine.data_dir, &t.id);
+                }
+            }
+            if let WriterConfig::Postgres(p) = &mut t.writer {
+                if p.label_dir_is_default {
+                    p.label_dir = linux::default_label_dir(&self.engine.data_dir, t.id.as_str());
                 }
             }
         }

@@ -163,12 +163,19 @@ pub struct PostgresConfig {
     pub password_file: Option<PathBuf>,
     /// Where `<snapshot name>/backup_label` (and `tablespace_map`) go.
     pub label_dir: PathBuf,
+    /// True when `label_dir` came from the default (`<data_dir>/backup_labels/<target>`).
+    pub label_dir_is_default: bool,
     /// `pg_backup_stop(wait_for_archive)` and, after `pg_switch_wal()`,
     /// wait until the segment is archived.
     pub wait_for_archive: bool,
     /// Also freeze this mountpoint after `pg_backup_start` (thawed first).
     pub fsfreeze: Option<FsFreezeConfig>,
     pub timeout: Duration,
+}
+
+/// `<data_dir>/backup_labels/<target>`.
+pub fn default_label_dir(data_dir: &std::path::Path, target: &str) -> PathBuf {
+    data_dir.join("backup_labels").join(target)
 }
 
 impl Cx<'_> {
@@ -217,9 +224,10 @@ impl Cx<'_> {
             .map(|(s, _)| s)
             .unwrap_or_else(|| "postgres".into());
         let password_file = self.path(w, wkey, "password_file")?;
-        let label_dir = self
-            .path(w, wkey, "label_dir")?
-            .unwrap_or_else(|| data_dir.join("backup_labels").join(target));
+        let (label_dir, label_dir_is_default) = match self.path(w, wkey, "label_dir")? {
+            Some(d) => (d, false),
+            None => (default_label_dir(data_dir, target), true),
+        };
         let wait_for_archive = match field(w, "wait_for_archive") {
             None => false,
             Some(v) => match v.get_ref() {
@@ -250,6 +258,7 @@ impl Cx<'_> {
             dbname,
             password_file,
             label_dir,
+            label_dir_is_default,
             wait_for_archive,
             fsfreeze,
             timeout,
@@ -302,12 +311,19 @@ mod tests {
                 );
                 assert_eq!(p.password_file, Some(PathBuf::from("/etc/recman/pw")));
                 assert_eq!(p.label_dir, PathBuf::from("/var/lib/rm/backup_labels/pg"));
+                assert!(p.label_dir_is_default);
                 assert!(!p.wait_for_archive);
                 assert!(p.fsfreeze.is_none());
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(c.targets[1].provider.kind(), "btrfs");
+        let mut c = c;
+        c.set_data_dir("/data");
+        match &c.targets[1].writer {
+            WriterConfig::Postgres(p) => assert_eq!(p.label_dir, PathBuf::from("/data/backup_labels/pg")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
