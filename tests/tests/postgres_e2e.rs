@@ -3,7 +3,8 @@
 //! temp dir) under pgbench load plus a writer of committed sequence numbers;
 //! a job with the `postgres` writer and the `btrfs` provider; a second
 //! PostgreSQL on a writable copy of the snapshot, with its backup_label,
-//! recovers and holds every number committed before the freeze.
+//! recovers and holds every number committed before the freeze. The same
+//! with the combined writer (postgres + fsfreeze of ext4) and `copy`.
 
 mod linux_support;
 
@@ -130,13 +131,35 @@ async fn postgres_snapshot_on_btrfs_recovers_with_every_committed_row() {
     ) {
         return;
     }
-    let b = LoopFs::new("btrfs", 1024);
+    case(false).await;
+}
+
+/// The combined writer: backup mode plus `fsfreeze` of the cluster's ext4
+/// filesystem (thawed first), with the `copy` provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_plus_fsfreeze_on_ext4_recovers_with_every_committed_row() {
+    if !can_run(
+        "postgres_plus_fsfreeze_on_ext4",
+        &["losetup", "mkfs.ext4", "runuser", "initdb", "pg_ctl", "pgbench"],
+    ) {
+        return;
+    }
+    case(true).await;
+}
+
+/// `combined`: ext4 + postgres/fsfreeze + copy; else btrfs + postgres + btrfs.
+async fn case(combined: bool) {
+    let b = LoopFs::new(if combined { "ext4" } else { "btrfs" }, 1024);
     let top = b.dir.path().to_path_buf();
     for p in [&top, &b.mnt] {
         fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
     }
     let sub = b.mnt.join("pg");
-    sh("btrfs", &["subvolume", "create", sub.to_str().unwrap()]);
+    if combined {
+        fs::create_dir(&sub).unwrap();
+    } else {
+        sh("btrfs", &["subvolume", "create", sub.to_str().unwrap()]);
+    }
     let (archive, sock, sock2) = (top.join("archive"), top.join("sock"), top.join("sock2"));
     let logs = top.join("pglogs");
     for d in [&archive, &sock, &sock2, &logs] {
@@ -209,22 +232,49 @@ async fn postgres_snapshot_on_btrfs_recovers_with_every_committed_row() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let labels = top.join("labels");
-    let dest = b.mnt.join("snapshots");
+    let dest = if combined {
+        top.join("snapshots")
+    } else {
+        b.mnt.join("snapshots")
+    };
+    let (extra, provider) = if combined {
+        (
+            format!(
+                "fsfreeze = \"{}\"\nstate_dir = \"{}\"\n",
+                b.mnt.display(),
+                top.join("state").display()
+            ),
+            format!(
+                "type = \"copy\"\nsource = \"{}\"\ndest = \"{}\"\n",
+                sub.display(),
+                dest.display()
+            ),
+        )
+    } else {
+        (
+            String::new(),
+            format!(
+                "type = \"btrfs\"\nsubvolume = \"{}\"\ndest = \"{}\"\n",
+                sub.display(),
+                dest.display()
+            ),
+        )
+    };
     let cfg_path = top.join("recman.toml");
     fs::write(
         &cfg_path,
         format!(
             "[[target]]\nid = \"pg1\"\nfreeze_limit = \"60s\"\n[target.writer]\ntype = \"postgres\"\nhost = \"127.0.0.1\"\nport = {port}\n\
-             user = \"postgres\"\npassword_file = \"{}\"\nlabel_dir = \"{}\"\nwait_for_archive = true\ntimeout = \"60s\"\n\
-             [target.provider]\ntype = \"btrfs\"\nsubvolume = \"{}\"\ndest = \"{}\"\n",
+             user = \"postgres\"\npassword_file = \"{}\"\nlabel_dir = \"{}\"\nwait_for_archive = true\ntimeout = \"60s\"\n{extra}\
+             [target.provider]\n{provider}",
             pw.display(),
             labels.display(),
-            sub.display(),
-            dest.display()
         ),
     )
     .unwrap();
     let cfg = Config::load(&cfg_path).unwrap();
+    // With fsfreeze, a plain writer on the same filesystem must block too.
+    let probe = combined.then(|| NumberedWriter::start(&b.mnt.join("probe")));
     let emb = Embedded::start(&cfg, &top.join("log"), "w1");
     let before = committed.load(Ordering::SeqCst);
     let job = emb.submit("pg-r1", &["pg1"]).await;
@@ -234,7 +284,25 @@ async fn postgres_snapshot_on_btrfs_recovers_with_every_committed_row() {
     stop.store(true, Ordering::Relaxed);
     loader.await.unwrap();
     let (snap, _) = completed(&events);
-    assert_eq!(snap.provider, "btrfs");
+    assert_eq!(snap.provider, if combined { "copy" } else { "btrfs" });
+    if combined {
+        // Frozen and thawed: a freeze window was measured, no marker left.
+        let window = Duration::from_micros(completed(&events).1);
+        let longest = probe
+            .map(|p| p.stop())
+            .unwrap_or_default()
+            .iter()
+            .map(|w| w.took)
+            .max()
+            .unwrap_or_default();
+        eprintln!("freeze window {window:?}, longest blocked probe write {longest:?}");
+        assert!(
+            // The recorded window also spans pg_backup_stop (after the FITHAW).
+            longest >= Duration::from_millis(50) && longest <= window + Duration::from_millis(100),
+            "the filesystem was not frozen inside the window {window:?} (longest write {longest:?})"
+        );
+        assert!(!top.join("state/fsfreeze/pg1.json").exists());
+    }
     drop(pg1);
 
     // A writable copy of the snapshot, its backup_label, WAL from the archive.
@@ -246,15 +314,26 @@ async fn postgres_snapshot_on_btrfs_recovers_with_every_committed_row() {
         "label names the snapshot: {label_text}"
     );
     let restore = b.mnt.join("restore");
-    sh(
-        "btrfs",
-        &[
-            "subvolume",
-            "snapshot",
-            dest.join(&snap.name).to_str().unwrap(),
-            restore.to_str().unwrap(),
-        ],
-    );
+    if combined {
+        sh(
+            "cp",
+            &[
+                "-a",
+                dest.join(&snap.name).to_str().unwrap(),
+                restore.to_str().unwrap(),
+            ],
+        );
+    } else {
+        sh(
+            "btrfs",
+            &[
+                "subvolume",
+                "snapshot",
+                dest.join(&snap.name).to_str().unwrap(),
+                restore.to_str().unwrap(),
+            ],
+        );
+    }
     let data2 = restore.join("data");
     for f in ["postmaster.pid", "postmaster.opts"] {
         let _ = fs::remove_file(data2.join(f));
