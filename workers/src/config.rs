@@ -26,10 +26,16 @@ pub const DEFAULT_RETRIES: u32 = 3;
 pub const DEFAULT_WRITER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(300);
 
-const WRITERS: &[&str] = &["none", "exec"];
-const WRITERS_LATER: &[&str] = &["fsfreeze", "postgres", "vss-exchange"];
-const PROVIDERS: &[&str] = &["copy", "exec", "none", "3par"];
-const PROVIDERS_LATER: &[&str] = &["btrfs", "qcow2"];
+const WRITERS: &[&str] = &["none", "exec", "fsfreeze", "postgres"];
+const WRITERS_LATER: &[&str] = &["vss-exchange"];
+const PROVIDERS: &[&str] = &["copy", "exec", "none", "3par", "btrfs", "qcow2"];
+const PROVIDERS_LATER: &[&str] = &[];
+
+#[path = "config_linux.rs"]
+mod linux;
+pub use linux::{
+    BtrfsConfig, FsFreezeConfig, PostgresConfig, Qcow2Config, DEFAULT_PG_TIMEOUT, DEFAULT_STATE_DIR,
+};
 
 /// A loaded, validated config.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,6 +93,8 @@ pub struct TargetConfig {
 pub enum WriterConfig {
     None,
     Exec(ExecWriterConfig),
+    FsFreeze(FsFreezeConfig),
+    Postgres(PostgresConfig),
 }
 
 impl WriterConfig {
@@ -94,6 +102,8 @@ impl WriterConfig {
         match self {
             WriterConfig::None => "none",
             WriterConfig::Exec(_) => "exec",
+            WriterConfig::FsFreeze(_) => "fsfreeze",
+            WriterConfig::Postgres(_) => "postgres",
         }
     }
 }
@@ -115,6 +125,8 @@ pub enum ProviderConfig {
     Exec(ExecProviderConfig),
     /// HPE 3PAR / Primera virtual copies through the WSAPI (`config/threepar.rs`).
     ThreePar(ThreeParConfig),
+    Btrfs(BtrfsConfig),
+    Qcow2(Qcow2Config),
 }
 
 impl ProviderConfig {
@@ -124,6 +136,8 @@ impl ProviderConfig {
             ProviderConfig::Copy(_) => "copy",
             ProviderConfig::Exec(_) => "exec",
             ProviderConfig::ThreePar(_) => "3par",
+            ProviderConfig::Btrfs(_) => "btrfs",
+            ProviderConfig::Qcow2(_) => "qcow2",
         }
     }
 }
@@ -285,7 +299,7 @@ impl Config {
         pools
     }
 
-    /// Moves defaulted `copy` destinations under a new data directory (the
+    /// Moves defaulted `copy` destinations and `postgres` label dirs under a new data directory (the
     /// engine's `--data-dir`).
     pub fn set_data_dir(&mut self, dir: impl Into<PathBuf>) {
         self.engine.data_dir = dir.into();
@@ -293,6 +307,11 @@ impl Config {
             if let ProviderConfig::Copy(c) = &mut t.provider {
                 if c.dest_is_default {
                     c.dest = default_dest(&self.engine.data_dir, &t.id);
+                }
+            }
+            if let WriterConfig::Postgres(p) = &mut t.writer {
+                if p.label_dir_is_default {
+                    p.label_dir = linux::default_label_dir(&self.engine.data_dir, t.id.as_str());
                 }
             }
         }
@@ -623,6 +642,14 @@ impl Cx<'_> {
                         cx_keys(self, w, &wkey, &["type"])?;
                         WriterConfig::None
                     }
+                    "fsfreeze" => WriterConfig::FsFreeze(self.fsfreeze_writer(w, v.span(), &wkey)?),
+                    "postgres" => WriterConfig::Postgres(self.postgres_writer(
+                        w,
+                        v.span(),
+                        &wkey,
+                        &engine.data_dir,
+                        id.as_str(),
+                    )?),
                     _ => {
                         cx_keys(self, w, &wkey, &["type", "freeze", "thaw", "flush", "timeout"])?;
                         WriterConfig::Exec(ExecWriterConfig {
@@ -669,6 +696,8 @@ impl Cx<'_> {
                             }
                             ProviderConfig::ThreePar(c)
                         }
+                        "btrfs" => ProviderConfig::Btrfs(self.btrfs_provider(p, v.span(), &pkey)?),
+                        "qcow2" => ProviderConfig::Qcow2(self.qcow2_provider(p, v.span(), &pkey)?),
                         "copy" => {
                             cx_keys(self, p, &pkey, &["type", "source", "dest"])?;
                             let source =
@@ -714,6 +743,15 @@ impl Cx<'_> {
                 }
             };
 
+        let freeze = match &writer {
+            WriterConfig::FsFreeze(fz) => Some(fz),
+            WriterConfig::Postgres(pg) => pg.fsfreeze.as_ref(),
+            _ => None,
+        };
+        if let (Some(fz), ProviderConfig::Btrfs(b)) = (freeze, &provider) {
+            let span = field(t, "writer").map(|v| v.span()).unwrap_or(item.span());
+            self.check_freeze_vs_btrfs(fz, b, span, &wkey)?;
+        }
         Ok(TargetConfig {
             id,
             pool,

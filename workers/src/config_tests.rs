@@ -171,7 +171,7 @@ fn unknown_and_later_writer_and_provider_types() {
         "unknown writer \"fsfreez\" (expected one of none, exec, fsfreeze",
     );
     assert_err(
-        &with_target(&format!("[target.writer]\ntype = \"postgres\"\n{P}")),
+        &with_target(&format!("[target.writer]\ntype = \"vss-exchange\"\n{P}")),
         4,
         "target[0].writer.type",
         "not supported yet",

@@ -66,7 +66,7 @@ impl Worker {
                     t.id.clone(),
                     Local {
                         cfg: t.clone(),
-                        writer: writer::from_config(&t.writer),
+                        writer: writer::from_config(&t.id, &t.writer),
                         provider: provider::from_config(&t.provider),
                         writer_lock: Default::default(),
                         provider_lock: Default::default(),
@@ -136,6 +136,7 @@ impl Worker {
             tombstones: Mutex::new(Tombstones::default()),
             bus: bus.clone(),
         });
+        shared.startup_thaws().await;
         let mut addrs: Vec<Address> = self.pools.iter().cloned().map(Address::Pool).collect();
         addrs.push(Address::Worker(self.id.clone()));
         let mut consumers = Vec::new();
@@ -587,6 +588,61 @@ impl Shared {
         }
         for p in unique {
             p.shutdown().await;
+        }
+    }
+
+    /// On start, before any command: thaws what a crashed predecessor left
+    /// frozen (design layer 3), logs it, and reports it under the job of the
+    /// freeze when the writer kept a marker (the engine records
+    /// `WatchdogThawed` with this worker's id).
+    async fn startup_thaws(&self) {
+        let mut ids: Vec<&TargetId> = self.targets.keys().collect();
+        ids.sort();
+        for t in ids {
+            let local = &self.targets[t];
+            let _g = local.writer_lock.lock().await;
+            let found = match local.writer.startup_thaw().await {
+                Ok(Some(found)) => found,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(worker = %self.id, target = %t, code = %e.code, message = %e.message, "thaw on start FAILED: the target may still be frozen");
+                    continue;
+                }
+            };
+            let window_us = found
+                .frozen_at_ms
+                .map(|at| watchdog::unix_ms().saturating_sub(at).saturating_mul(1000))
+                .unwrap_or(0);
+            match found.job {
+                None => {
+                    tracing::warn!(worker = %self.id, target = %t, what = %found.what, "found frozen on start (no record of the job that froze it): thawed by this worker");
+                }
+                Some((job, attempt, _kind)) => {
+                    tracing::warn!(worker = %self.id, target = %t, what = %found.what, %job, attempt, freeze_window_ms = window_us / 1000, "found frozen on start: thawed by this worker");
+                    let report = Report {
+                        schema_version: SCHEMA_VERSION,
+                        message_id: format!(
+                            "{}/startup",
+                            Report::message_id_for(job, attempt, Stage::Thaw, t, &self.id)
+                        ),
+                        job,
+                        attempt,
+                        stage: Stage::Thaw,
+                        targets: vec![t.clone()],
+                        worker: self.id.clone(),
+                        duration_us: 0,
+                        outcome: Outcome::Ok {
+                            detail: StepDetail::Thawed {
+                                freeze_window_us: window_us,
+                                by_watchdog: true,
+                            },
+                        },
+                    };
+                    if let Err(e) = self.bus.publish(Address::Reports, report_message(&report)).await {
+                        tracing::warn!(worker = %self.id, target = %t, error = %e, "report of the thaw on start not published");
+                    }
+                }
+            }
         }
     }
 

@@ -707,3 +707,103 @@ async fn a_snapshot_deleted_by_retention_is_not_taken_again() {
     );
     w.stop().await;
 }
+
+/// A writer that was left frozen by a crashed predecessor (what the
+/// `fsfreeze` writer finds through its marker); counts its thaws.
+struct LeftFrozen {
+    job: Option<JobId>,
+    thawed: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl recman_workers::Writer for LeftFrozen {
+    fn kind(&self) -> &'static str {
+        "left-frozen"
+    }
+    fn freeze<'a>(
+        &'a self,
+        _: &'a recman_workers::StepCtx,
+    ) -> recman_events::bus::BoxFuture<'a, Result<(), recman_events::StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn thaw<'a>(
+        &'a self,
+        _: &'a recman_workers::StepCtx,
+    ) -> recman_events::bus::BoxFuture<'a, Result<(), recman_events::StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn flush_logs<'a>(
+        &'a self,
+        _: &'a recman_workers::StepCtx,
+    ) -> recman_events::bus::BoxFuture<'a, Result<(), recman_events::StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn startup_thaw(
+        &self,
+    ) -> recman_events::bus::BoxFuture<
+        '_,
+        Result<Option<recman_workers::writer::StartupThaw>, recman_events::StepError>,
+    > {
+        let n = self.thawed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let job = self.job;
+        Box::pin(async move {
+            Ok((n == 0).then(|| recman_workers::writer::StartupThaw {
+                what: "/srv/data".into(),
+                job: job.map(|j| (j, 2, SnapshotKind::Full)),
+                frozen_at_ms: Some(recman_workers::watchdog::unix_ms() - 1500),
+            }))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_left_frozen_is_thawed_on_start_and_reported_under_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "[[target]]\nid = \"db01\"\n[target.writer]\ntype = \"none\"\n[target.provider]\ntype = \"none\"\n\
+         [[target]]\nid = \"db02\"\n[target.writer]\ntype = \"none\"\n[target.provider]\ntype = \"none\"\n",
+    );
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let job = JobId::new_v7();
+    let thawed = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let w = worker(&cfg)
+        .with_writer(
+            &TargetId::from("db01"),
+            Arc::new(LeftFrozen {
+                job: Some(job),
+                thawed: thawed.clone(),
+            }),
+        )
+        .with_writer(
+            &TargetId::from("db02"),
+            // Frozen, but no marker: thawed and logged, nothing to report under.
+            Arc::new(LeftFrozen {
+                job: None,
+                thawed: Arc::new(Default::default()),
+            }),
+        );
+    let running = start(&bus, w);
+    let r = next_report(&mut rep, Duration::from_secs(5)).await;
+    assert_eq!((r.job, r.attempt, r.stage), (job, 2, Stage::Thaw));
+    assert_eq!(r.targets, vec![TargetId::from("db01")]);
+    assert_eq!(r.worker, WorkerId::from("w1"));
+    assert!(r.message_id.ends_with("/startup"), "{}", r.message_id);
+    match detail_of(&r) {
+        StepDetail::Thawed {
+            freeze_window_us,
+            by_watchdog,
+        } => {
+            assert!(*by_watchdog);
+            assert!(*freeze_window_us >= 1_400_000, "{freeze_window_us}");
+        }
+        other => panic!("{other:?}"),
+    }
+    no_report(&mut rep, Duration::from_millis(300)).await;
+    assert_eq!(
+        thawed.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "startup thaw runs once"
+    );
+    running.stop().await;
+}

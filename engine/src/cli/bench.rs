@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::{bench_jobs, bench_log, Global};
+use super::{bench_freeze, bench_jobs, bench_log, Global};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -13,11 +13,15 @@ pub enum BenchCommand {
     Log(bench_log::Args),
     /// End-to-end jobs through the embedded runtime with no-op writer and provider.
     Jobs(bench_jobs::Args),
+    /// Freeze windows of fsfreeze + btrfs jobs (root, loop filesystems);
+    /// baseline: the bare FIFREEZE → snapshot ioctl → FITHAW sequence.
+    Freeze(bench_freeze::Args),
 }
 
 pub async fn run(g: &Global, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Log(a) => bench_log::run(g, a).await,
         BenchCommand::Jobs(a) => bench_jobs::run(g, a).await,
+        BenchCommand::Freeze(a) => bench_freeze::run_bench(g, a).await,
     }
 }

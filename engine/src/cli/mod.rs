@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod audit;
 pub mod bench;
+pub mod bench_freeze;
 pub mod bench_jobs;
 pub mod bench_log;
 pub mod demo;

@@ -1,9 +1,11 @@
 //! Providers take the point-in-time copy of a (frozen) target and delete old
 //! ones. One provider instance per target, built from the target's config.
 
+mod btrfs;
 mod copy;
 mod exec;
 mod none;
+mod qcow2;
 mod threepar;
 
 use std::sync::Arc;
@@ -11,9 +13,11 @@ use std::sync::Arc;
 use recman_events::bus::BoxFuture;
 use recman_events::{JobId, SnapshotInfo, SnapshotKind, StepError, TargetId};
 
+pub use btrfs::{create_snapshot as btrfs_snapshot_ioctl, subvolume_id, BtrfsProvider};
 pub use copy::CopyProvider;
 pub use exec::ExecProvider;
 pub use none::NoneProvider;
+pub use qcow2::{parse_list as parse_qcow2_list, Qcow2Provider, Qcow2Snapshot};
 pub use threepar::{ArrayClient, ThreeParProvider, WsapiError};
 
 use crate::config::ProviderConfig;
@@ -63,6 +67,8 @@ pub fn from_config(cfg: &ProviderConfig) -> Arc<dyn Provider> {
         ProviderConfig::Copy(c) => Arc::new(CopyProvider::new(c.source.clone(), c.dest.clone())),
         ProviderConfig::Exec(e) => Arc::new(ExecProvider::new(e.clone())),
         ProviderConfig::ThreePar(c) => Arc::new(ThreeParProvider::new(c.clone())),
+        ProviderConfig::Btrfs(b) => Arc::new(BtrfsProvider::new(b.subvolume.clone(), b.dest.clone())),
+        ProviderConfig::Qcow2(q) => Arc::new(Qcow2Provider::new(q.clone())),
     }
 }
 

@@ -2,7 +2,9 @@
 //! (resume), flush-logs (after a full backup). Built from the target's config.
 
 mod exec;
+mod fsfreeze;
 mod none;
+mod postgres;
 
 use std::sync::Arc;
 
@@ -10,7 +12,9 @@ use recman_events::bus::BoxFuture;
 use recman_events::{JobId, SnapshotKind, StepError, TargetId};
 
 pub use exec::ExecWriter;
+pub use fsfreeze::{check_mountpoint, FreezeMarker, FsFreezeWriter};
 pub use none::NoneWriter;
+pub use postgres::PostgresWriter;
 
 use crate::config::WriterConfig;
 
@@ -32,12 +36,30 @@ pub trait Writer: Send + Sync {
     fn freeze<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>>;
     fn thaw<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>>;
     fn flush_logs<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>>;
+    /// Run once when the worker starts, before it takes any command: thaw
+    /// what a crashed predecessor left frozen. `Ok(None)`: nothing was frozen.
+    fn startup_thaw(&self) -> BoxFuture<'_, Result<Option<StartupThaw>, StepError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A freeze found and thawed on worker start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartupThaw {
+    /// What was thawed (a mountpoint).
+    pub what: String,
+    /// The job, attempt and kind of the freeze, when its marker survived.
+    pub job: Option<(JobId, u32, SnapshotKind)>,
+    /// Unix ms of the freeze, when known.
+    pub frozen_at_ms: Option<u64>,
 }
 
 /// The writer a target's config asks for.
-pub fn from_config(cfg: &WriterConfig) -> Arc<dyn Writer> {
+pub fn from_config(target: &TargetId, cfg: &WriterConfig) -> Arc<dyn Writer> {
     match cfg {
         WriterConfig::None => Arc::new(NoneWriter),
         WriterConfig::Exec(e) => Arc::new(ExecWriter::new(e.clone())),
+        WriterConfig::FsFreeze(f) => Arc::new(FsFreezeWriter::new(target.as_str(), f.clone())),
+        WriterConfig::Postgres(p) => Arc::new(PostgresWriter::new(target.as_str(), p.clone())),
     }
 }

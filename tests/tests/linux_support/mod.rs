@@ -1,0 +1,327 @@
+//! Shared by the Linux end-to-end tests: root/tool checks that skip by hand
+//! and fail under CI=true, loop filesystems that clean up after themselves
+//! (thaw, unmount, detach, remove) even when a test fails, the embedded
+//! engine + worker, and the numbered writer.
+#![allow(dead_code)]
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use recman_engine::core::Reply;
+use recman_engine::runtime::{self, Call};
+use recman_events::bus::{Bus, MemoryBus};
+use recman_events::{log, Backend, EventBody, JobId, SnapshotRequest, WorkerId};
+use recman_workers::config::Config;
+use recman_workers::runtime::Worker;
+use tokio::sync::{mpsc, oneshot};
+
+/// True when the test can run. Without root or a tool it prints why and
+/// returns false, unless CI=true, where it panics (CI must run it).
+pub fn can_run(test: &str, tools: &[&str]) -> bool {
+    let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
+    let mut why = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        why.push("needs root (loop devices, mount, FIFREEZE)".to_string());
+    }
+    for t in tools {
+        if which(t).is_none() {
+            why.push(format!("needs `{t}` (tests/run installs it)"));
+        }
+    }
+    if why.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: SKIPPED: {}", why.join("; "));
+    if ci {
+        panic!("{msg} — CI=true, so this is a failure");
+    }
+    eprintln!("{msg}");
+    false
+}
+
+pub fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/lib/postgresql/15/bin"].map(PathBuf::from))
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+pub fn sh(prog: &str, args: &[&str]) -> String {
+    let exe = which(prog).unwrap_or_else(|| PathBuf::from(prog));
+    let out = Command::new(&exe)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{prog}: {e}"));
+    assert!(
+        out.status.success(),
+        "{prog} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A filesystem on a loop device over an image in a temp dir.
+pub struct LoopFs {
+    pub dir: tempfile::TempDir,
+    pub dev: String,
+    pub mnt: PathBuf,
+}
+
+impl LoopFs {
+    /// `fstype` is `ext4` or `btrfs`.
+    pub fn new(fstype: &str, size_mb: u64) -> LoopFs {
+        let dir = tempfile::Builder::new().prefix("recman-loop").tempdir().unwrap();
+        let img = dir.path().join("fs.img");
+        fs::File::create(&img).unwrap().set_len(size_mb << 20).unwrap();
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let dev = sh("losetup", &["-f", "--show", img.to_str().unwrap()])
+            .trim()
+            .to_string();
+        let mut me = LoopFs { dir, dev, mnt };
+        match fstype {
+            "ext4" => sh("mkfs.ext4", &["-q", "-F", &me.dev]),
+            "btrfs" => sh("mkfs.btrfs", &["-q", "-f", &me.dev]),
+            other => panic!("unknown fstype {other}"),
+        };
+        sh("mount", &[&me.dev, me.mnt.to_str().unwrap()]);
+        me.mnt = fs::canonicalize(&me.mnt).unwrap();
+        me
+    }
+
+    /// A path beside the mount (not on the loop filesystem).
+    pub fn outside(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// FITHAW, ignoring "not frozen".
+pub fn thaw(mnt: &Path) {
+    if let Ok(f) = fs::File::open(mnt) {
+        // SAFETY: valid fd; FITHAW = _IOWR('X', 120, int).
+        unsafe { libc::ioctl(f.as_raw_fd(), 0xC004_5878u32 as _, 0) };
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        thaw(&self.mnt);
+        let m = self.mnt.to_str().unwrap_or_default().to_string();
+        let ok = Command::new("umount")
+            .arg(&m)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = Command::new("umount").args(["-l", &m]).status();
+        }
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+/// One line a numbered writer wrote: its number and how long the write took.
+#[derive(Clone, Copy, Debug)]
+pub struct Write1 {
+    pub n: u64,
+    /// Since the writer started.
+    pub start: Duration,
+    pub took: Duration,
+}
+
+/// A thread appending `n\n` to a file every millisecond (the numbered writer).
+pub struct NumberedWriter {
+    stop: Arc<AtomicBool>,
+    pub writes: Arc<Mutex<Vec<Write1>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+    pub t0: Instant,
+}
+
+impl NumberedWriter {
+    pub fn start(path: &Path) -> NumberedWriter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let mut f = OpenOptions::new().create(true).append(true).open(path).unwrap();
+        let t0 = Instant::now();
+        let (s, w) = (stop.clone(), writes.clone());
+        let handle = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                n += 1;
+                let start = t0.elapsed();
+                f.write_all(format!("{n}\n").as_bytes()).unwrap();
+                let took = t0.elapsed() - start;
+                w.lock().unwrap().push(Write1 { n, start, took });
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        NumberedWriter {
+            stop,
+            writes,
+            handle: Some(handle),
+            t0,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.writes.lock().unwrap().len()
+    }
+
+    pub fn stop(mut self) -> Vec<Write1> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+        self.writes.lock().unwrap().clone()
+    }
+}
+
+/// Asserts `text` is `1\n2\n…k\n` (a gap-free prefix; a torn last line is
+/// allowed only when `allow_torn`). Returns k.
+pub fn gap_free_prefix(text: &str, allow_torn: bool) -> u64 {
+    let mut expect = 1u64;
+    let complete = text.ends_with('\n') || text.is_empty();
+    let lines: Vec<&str> = text.split_terminator('\n').collect();
+    for (i, l) in lines.iter().enumerate() {
+        let last = i + 1 == lines.len();
+        if last && !complete {
+            assert!(allow_torn, "torn last line {l:?}");
+            break;
+        }
+        assert_eq!(
+            l.parse::<u64>().ok(),
+            Some(expect),
+            "line {} is {l:?}, expected {expect}",
+            i + 1
+        );
+        expect += 1;
+    }
+    expect - 1
+}
+
+/// The engine and one worker in-process (redb log, in-process bus).
+pub struct Embedded {
+    pub log: Arc<dyn recman_events::log::EventLog>,
+    calls: mpsc::Sender<Call>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Embedded {
+    pub fn start(config: &Config, data: &Path, worker: &str) -> Embedded {
+        let log = log::open(Backend::Redb, data).unwrap();
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+        let w = Worker::from_config(WorkerId::from(worker), config);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut rx1 = stop_rx.clone();
+        let wbus = bus.clone();
+        let t1 = tokio::spawn(async move {
+            let _ = w
+                .run(wbus, async move {
+                    let _ = rx1.changed().await;
+                })
+                .await;
+        });
+        let (calls, calls_rx) = mpsc::channel(16);
+        let mut rx2 = stop_rx.clone();
+        let cfg = runtime::core_config(config, runtime::now_ms());
+        let l2 = log.clone();
+        let t2 = tokio::spawn(async move {
+            let _ = runtime::run(cfg, l2, bus, calls_rx, async move {
+                let _ = rx2.changed().await;
+            })
+            .await;
+        });
+        Embedded {
+            log,
+            calls,
+            stop,
+            tasks: vec![t1, t2],
+        }
+    }
+
+    pub async fn submit(&self, request_id: &str, targets: &[&str]) -> JobId {
+        let body = serde_json::json!({ "request_id": request_id, "targets": targets });
+        let req = SnapshotRequest::from_json(body.to_string().as_bytes()).unwrap();
+        let (tx, rx) = oneshot::channel();
+        self.calls
+            .send(Call::Submit {
+                req,
+                origin: "test".into(),
+                reply: tx,
+            })
+            .await
+            .unwrap();
+        match rx.await.unwrap() {
+            Reply::Accepted { job, .. } => job,
+            other => panic!("not accepted: {other:?}"),
+        }
+    }
+
+    /// Waits for the job's terminal event; returns all its events.
+    pub async fn wait(&self, job: JobId, within: Duration) -> Vec<EventBody> {
+        let end = Instant::now() + within;
+        loop {
+            let events: Vec<EventBody> = self
+                .log
+                .read_job(job)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event.body)
+                .collect();
+            if events.iter().any(|e| e.is_terminal()) {
+                return events;
+            }
+            assert!(
+                Instant::now() < end,
+                "job {job} not finished within {within:?}: {events:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The Completed event of a job's events (panics with the events otherwise).
+pub fn completed(events: &[EventBody]) -> (recman_events::SnapshotInfo, u64) {
+    events
+        .iter()
+        .find_map(|e| match e {
+            EventBody::Completed {
+                snapshot,
+                freeze_window_us,
+                ..
+            } => Some((snapshot.clone(), *freeze_window_us)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("job did not complete: {events:#?}"))
+}
+
+/// Path of the release `recman` binary (RECMAN_BIN, else the target dir).
+pub fn recman_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("RECMAN_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    ["release", "debug"]
+        .iter()
+        .map(|p| target.join(p).join("recman"))
+        .find(|p| p.exists())
+        .expect("no recman binary: run `cargo build --release --bin recman` or set RECMAN_BIN")
+}

@@ -1,0 +1,324 @@
+//! The `fsfreeze` writer: `FIFREEZE`/`FITHAW` ioctls on a mounted filesystem,
+//! with a marker file (on tmpfs, never on the frozen filesystem) that lets a
+//! restarted worker thaw what a crashed one left frozen and say which job.
+
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use recman_events::bus::BoxFuture;
+use recman_events::{JobId, SnapshotKind, StepError};
+use serde::{Deserialize, Serialize};
+
+use super::{StartupThaw, StepCtx, Writer};
+use crate::config::FsFreezeConfig;
+
+/// `_IOWR('X', 119, int)` from `<linux/fs.h>` (the same on every Linux arch
+/// with the generic ioctl encoding: x86, arm, riscv, …).
+const FIFREEZE: u32 = 0xC004_5877;
+/// `_IOWR('X', 120, int)`.
+const FITHAW: u32 = 0xC004_5878;
+
+/// What a freeze leaves behind until its thaw: enough to report the thaw of a
+/// crashed worker's freeze to the engine under the right job and attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeMarker {
+    pub job: JobId,
+    pub attempt: u32,
+    pub kind: SnapshotKind,
+    pub mountpoint: PathBuf,
+    /// Unix ms just before `FIFREEZE` was issued.
+    pub frozen_at_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct FsFreezeWriter {
+    cfg: FsFreezeConfig,
+    target: String,
+}
+
+impl FsFreezeWriter {
+    pub fn new(target: &str, cfg: FsFreezeConfig) -> Self {
+        FsFreezeWriter {
+            cfg,
+            target: target.to_string(),
+        }
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.cfg.mountpoint
+    }
+
+    /// `<state_dir>/fsfreeze/<target>.json`.
+    pub fn marker_path(&self) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("fsfreeze")
+            .join(format!("{}.json", self.target))
+    }
+
+    fn write_marker(&self, m: &FreezeMarker) -> Result<(), StepError> {
+        let p = self.marker_path();
+        if let Some(dir) = p.parent() {
+            fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+        }
+        let tmp = p.with_extension("json.tmp");
+        let body = serde_json::to_vec(m).map_err(|e| StepError::new("internal", e.to_string(), false))?;
+        fs::write(&tmp, body).map_err(|e| io_err("writing", &tmp, e))?;
+        fs::rename(&tmp, &p).map_err(|e| io_err("writing", &p, e))
+    }
+
+    /// The marker of a freeze not yet thawed, if any (unreadable = none, logged).
+    pub fn read_marker(&self) -> Option<FreezeMarker> {
+        let p = self.marker_path();
+        let bytes = fs::read(&p).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "ignoring an unreadable freeze marker");
+                None
+            }
+        }
+    }
+
+    fn remove_marker(&self) {
+        let p = self.marker_path();
+        if let Err(e) = fs::remove_file(&p) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %p.display(), error = %e, "could not remove the freeze marker");
+            }
+        }
+    }
+
+    /// Blocking: `FIFREEZE` on the mountpoint (after checking it is one).
+    pub fn freeze_blocking(&self, ctx: &StepCtx) -> Result<(), StepError> {
+        let mp = &self.cfg.mountpoint;
+        check_mountpoint(mp)?;
+        // A marker of an earlier freeze still in force must survive a refused one.
+        let previous = self.read_marker();
+        self.write_marker(&FreezeMarker {
+            job: ctx.job,
+            attempt: ctx.attempt,
+            kind: ctx.kind,
+            mountpoint: mp.clone(),
+            frozen_at_ms: crate::watchdog::unix_ms(),
+        })?;
+        match ioctl(mp, FIFREEZE) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                match &previous {
+                    Some(p) => {
+                        let _ = self.write_marker(p);
+                    }
+                    None => self.remove_marker(),
+                }
+                Err(match e.raw_os_error() {
+                    Some(libc::EBUSY) => StepError::new(
+                        "already_frozen",
+                        format!(
+                            "{} is already frozen by someone else (FIFREEZE: EBUSY); thaw it with `fsfreeze -u {}` once you know who froze it",
+                            mp.display(),
+                            mp.display()
+                        ),
+                        true,
+                    ),
+                    Some(libc::EOPNOTSUPP) => StepError::new(
+                        "not_supported",
+                        format!("the filesystem mounted on {} cannot be frozen", mp.display()),
+                        false,
+                    ),
+                    Some(libc::EPERM) => StepError::new(
+                        "permission_denied",
+                        format!("freezing {} needs CAP_SYS_ADMIN (run the worker as root)", mp.display()),
+                        false,
+                    ),
+                    _ => io_err("freezing", mp, e),
+                })
+            }
+        }
+    }
+
+    /// Blocking: `FITHAW`; `Ok(true)` when it was frozen, `Ok(false)` when it
+    /// was not (EINVAL: thaw is idempotent).
+    pub fn thaw_blocking(&self) -> Result<bool, StepError> {
+        let mp = &self.cfg.mountpoint;
+        let r = match ioctl(mp, FITHAW) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+            Err(e) => Err(io_err("thawing", mp, e)),
+        };
+        if r.is_ok() {
+            self.remove_marker();
+        }
+        r
+    }
+}
+
+/// Refuses a path that is not the root of a mount: freezing a directory of
+/// the root filesystem because its own filesystem is not mounted would hang
+/// the whole host.
+pub fn check_mountpoint(mp: &Path) -> Result<(), StepError> {
+    let canon = fs::canonicalize(mp).map_err(|e| io_err("resolving", mp, e))?;
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| io_err("reading", Path::new("/proc/self/mountinfo"), e))?;
+    if canon == Path::new("/") {
+        return Err(StepError::new(
+            "refused",
+            "refusing to freeze the root filesystem: the worker itself would hang",
+            false,
+        ));
+    }
+    if mountinfo_has(&info, &canon) {
+        Ok(())
+    } else {
+        Err(StepError::new(
+            "not_a_mountpoint",
+            format!(
+                "{} is not a mountpoint (is its filesystem mounted?); refusing to freeze the filesystem that holds it",
+                mp.display()
+            ),
+            false,
+        ))
+    }
+}
+
+/// Whether `/proc/self/mountinfo` text lists `path` as a mount point.
+pub fn mountinfo_has(info: &str, path: &Path) -> bool {
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(&unescape(m)) == path)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn ioctl(mp: &Path, req: u32) -> io::Result<()> {
+    let f = fs::File::open(mp)?;
+    // SAFETY: a valid open descriptor; FIFREEZE/FITHAW take an (ignored) int.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), req as _, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: io::Error) -> StepError {
+    StepError::new("io_error", format!("{what} {}: {e}", path.display()), true)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StepError> + Send + 'static,
+) -> Result<T, StepError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StepError::new(
+            "internal",
+            format!("fsfreeze task failed: {e}"),
+            true,
+        ))
+    })
+}
+
+impl Writer for FsFreezeWriter {
+    fn kind(&self) -> &'static str {
+        "fsfreeze"
+    }
+    fn freeze<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
+        let me = self.clone();
+        let ctx = ctx.clone();
+        Box::pin(blocking(move || me.freeze_blocking(&ctx)))
+    }
+    fn thaw<'a>(&'a self, _: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
+        let me = self.clone();
+        Box::pin(async move { blocking(move || me.thaw_blocking()).await.map(|_| ()) })
+    }
+    fn flush_logs<'a>(&'a self, _: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn startup_thaw(&self) -> BoxFuture<'_, Result<Option<StartupThaw>, StepError>> {
+        let me = self.clone();
+        Box::pin(blocking(move || {
+            let marker = me.read_marker();
+            if me.thaw_blocking()? {
+                Ok(Some(StartupThaw {
+                    what: me.cfg.mountpoint.display().to_string(),
+                    job: marker.as_ref().map(|m| (m.job, m.attempt, m.kind)),
+                    frozen_at_ms: marker.map(|m| m.frozen_at_ms),
+                }))
+            } else {
+                Ok(None)
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lookup_unescapes_and_matches_whole_paths() {
+        let info = "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+                    40 22 7:0 / /mnt/my\\040data rw - ext4 /dev/loop0 rw\n\
+                    41 22 7:1 / /srv rw - btrfs /dev/loop1 rw\n";
+        assert!(mountinfo_has(info, Path::new("/mnt/my data")));
+        assert!(mountinfo_has(info, Path::new("/srv")));
+        assert!(!mountinfo_has(info, Path::new("/srv/sub")));
+        assert!(!mountinfo_has(info, Path::new("/mnt")));
+    }
+
+    #[test]
+    fn a_plain_directory_is_refused_and_nothing_is_frozen() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = check_mountpoint(dir.path()).unwrap_err();
+        assert_eq!(e.code, "not_a_mountpoint", "{e:?}");
+        assert!(check_mountpoint(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn a_refused_freeze_keeps_the_marker_of_the_freeze_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = FsFreezeWriter::new(
+            "t1",
+            FsFreezeConfig {
+                mountpoint: dir.path().join("not-a-mount"),
+                state_dir: dir.path().join("state"),
+            },
+        );
+        let ctx = |attempt| StepCtx {
+            target: "t1".into(),
+            job: JobId::from_parts(1, 2),
+            attempt,
+            kind: SnapshotKind::Full,
+        };
+        // Not a mountpoint: refused before anything is written.
+        std::fs::create_dir_all(dir.path().join("not-a-mount")).unwrap();
+        assert_eq!(w.freeze_blocking(&ctx(1)).unwrap_err().code, "not_a_mountpoint");
+        assert!(w.read_marker().is_none());
+        let m = FreezeMarker {
+            job: JobId::from_parts(1, 2),
+            attempt: 7,
+            kind: SnapshotKind::Full,
+            mountpoint: dir.path().join("not-a-mount"),
+            frozen_at_ms: 5,
+        };
+        w.write_marker(&m).unwrap();
+        assert_eq!(w.read_marker(), Some(m));
+    }
+}

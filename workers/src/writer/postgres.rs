@@ -1,0 +1,296 @@
+//! The `postgres` writer (PostgreSQL ≥ 15): freeze = `pg_backup_start(label,
+//! fast => true)` on a session this worker keeps open; thaw = `pg_backup_stop`
+//! in the same session, its label file stored as `<label_dir>/<snapshot>/
+//! backup_label` (+ `tablespace_map`); flush-logs = `pg_switch_wal()` (and, with
+//! `wait_for_archive`, waiting until that segment is archived). Optionally
+//! combined with `fsfreeze` of the cluster's filesystem: frozen after the
+//! backup starts, thawed before it stops. If the worker dies, the session
+//! drops and PostgreSQL aborts the backup by itself; that attempt's snapshot
+//! then has no `backup_label` (with an atomic provider such as `btrfs` it is
+//! still a crash-consistent image, restored without a label).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use recman_events::bus::BoxFuture;
+use recman_events::{snapshot_name, JobId, StepError};
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+
+use super::{FsFreezeWriter, StartupThaw, StepCtx, Writer};
+use crate::config::PostgresConfig;
+
+/// The open backup of one attempt.
+struct Session {
+    job: JobId,
+    attempt: u32,
+    client: Client,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+pub struct PostgresWriter {
+    cfg: PostgresConfig,
+    target: String,
+    freeze: Option<FsFreezeWriter>,
+    session: Mutex<Option<Session>>,
+}
+
+impl PostgresWriter {
+    pub fn new(target: &str, cfg: PostgresConfig) -> Self {
+        let freeze = cfg.fsfreeze.clone().map(|f| FsFreezeWriter::new(target, f));
+        PostgresWriter {
+            cfg,
+            target: target.to_string(),
+            freeze,
+            session: Mutex::new(None),
+        }
+    }
+
+    fn err(&self, what: &str, e: tokio_postgres::Error) -> StepError {
+        // Connection trouble may pass; SQL errors (permissions, version) will not.
+        let retryable = e.as_db_error().is_none();
+        StepError::new(
+            "postgres_error",
+            format!(
+                "target {}: {what} on {}:{}: {}",
+                self.target,
+                self.cfg.host,
+                self.cfg.port,
+                full(&e)
+            ),
+            retryable,
+        )
+    }
+
+    async fn connect(&self) -> Result<(Client, tokio::task::JoinHandle<()>), StepError> {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.cfg.host)
+            .port(self.cfg.port)
+            .user(&self.cfg.user)
+            .dbname(&self.cfg.dbname)
+            .application_name("recman")
+            .connect_timeout(self.cfg.timeout);
+        if let Some(p) = &self.cfg.password_file {
+            let text = fs::read_to_string(p).map_err(|e| {
+                StepError::new(
+                    "config_error",
+                    format!(
+                        "target {}: cannot read password_file {}: {e}",
+                        self.target,
+                        p.display()
+                    ),
+                    false,
+                )
+            })?;
+            c.password(text.lines().next().unwrap_or("").as_bytes());
+        }
+        let (client, conn) = tokio::time::timeout(self.cfg.timeout, c.connect(NoTls))
+            .await
+            .map_err(|_| self.timeout("connecting"))?
+            .map_err(|e| self.err("connecting", e))?;
+        let target = self.target.clone();
+        let conn = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(%target, error = %e, "PostgreSQL session ended with an error");
+            }
+        });
+        Ok((client, conn))
+    }
+
+    fn timeout(&self, what: &str) -> StepError {
+        StepError::new(
+            "timeout",
+            format!(
+                "target {}: {what} took longer than {:?}",
+                self.target, self.cfg.timeout
+            ),
+            true,
+        )
+    }
+
+    async fn freeze_inner(&self, ctx: &StepCtx) -> Result<(), StepError> {
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.as_ref() {
+            if s.job == ctx.job && s.attempt == ctx.attempt && !s.client.is_closed() {
+                return Ok(());
+            }
+        }
+        if let Some(old) = slot.take() {
+            tracing::warn!(target = %self.target, job = %old.job, "a backup of an older attempt was still open: ending it");
+            let _ = old.client.simple_query("SELECT pg_backup_stop(false)").await;
+            old.conn.abort();
+        }
+        let (client, conn) = self.connect().await?;
+        let label = format!("recman {} {}", self.target, snapshot_name(ctx.job, ctx.attempt));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&label];
+        let start = client.query_one("SELECT pg_backup_start($1, true)::text", &params);
+        tokio::time::timeout(self.cfg.timeout, start)
+            .await
+            .map_err(|_| self.timeout("pg_backup_start"))?
+            .map_err(|e| self.err("pg_backup_start", e))?;
+        let session = Session {
+            job: ctx.job,
+            attempt: ctx.attempt,
+            client,
+            conn,
+        };
+        if let Some(fz) = &self.freeze {
+            let fz = fz.clone();
+            let c = ctx.clone();
+            let r = tokio::task::spawn_blocking(move || fz.freeze_blocking(&c))
+                .await
+                .unwrap_or_else(|e| Err(StepError::new("internal", e.to_string(), true)));
+            if let Err(e) = r {
+                let _ = session.client.simple_query("SELECT pg_backup_stop(false)").await;
+                session.conn.abort();
+                return Err(e);
+            }
+        }
+        *slot = Some(session);
+        Ok(())
+    }
+
+    async fn thaw_inner(&self, ctx: &StepCtx) -> Result<(), StepError> {
+        // Reverse order: the filesystem first, then the backup.
+        if let Some(fz) = &self.freeze {
+            let fz = fz.clone();
+            tokio::task::spawn_blocking(move || fz.thaw_blocking())
+                .await
+                .unwrap_or_else(|e| Err(StepError::new("internal", e.to_string(), true)))?;
+        }
+        let mut slot = self.session.lock().await;
+        let Some(s) = slot.take() else {
+            // Thaw is idempotent: nothing open here means nothing to end (a
+            // compensating thaw after a failed freeze, a redelivery, or a
+            // session that died with its worker, whose backup PostgreSQL
+            // aborted by itself: that snapshot gets no backup_label).
+            tracing::warn!(target = %self.target, job = %ctx.job, attempt = ctx.attempt, "thaw: no open backup on this worker; nothing to stop (no backup_label for this attempt)");
+            return Ok(());
+        };
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.cfg.wait_for_archive];
+        let stop = s.client.query_one(
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(wait_for_archive => $1)",
+            &params,
+        );
+        let row = match tokio::time::timeout(self.cfg.timeout, stop).await {
+            Ok(Ok(row)) => row,
+            Ok(Err(e)) => {
+                s.conn.abort();
+                return Err(self.err("pg_backup_stop", e));
+            }
+            Err(_) => {
+                // Keep the session: a retried thaw may still stop the backup.
+                *slot = Some(s);
+                return Err(self.timeout("pg_backup_stop (waiting for the WAL archive?)"));
+            }
+        };
+        s.conn.abort();
+        let lsn: String = row.get(0);
+        let label: String = row.get(1);
+        let spcmap: Option<String> = row.get(2);
+        let dir = self.cfg.label_dir.join(snapshot_name(s.job, s.attempt));
+        write_synced(&dir, "backup_label", &label)?;
+        if let Some(map) = spcmap.filter(|m| !m.is_empty()) {
+            write_synced(&dir, "tablespace_map", &map)?;
+        }
+        tracing::info!(target = %self.target, %lsn, dir = %dir.display(), "backup stopped, backup_label stored");
+        Ok(())
+    }
+
+    async fn flush_inner(&self) -> Result<(), StepError> {
+        let (client, conn) = self.connect().await?;
+        let r = async {
+            let row = client
+                .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+                .await
+                .map_err(|e| self.err("pg_switch_wal", e))?;
+            let segment: String = row.get(0);
+            if !self.cfg.wait_for_archive {
+                return Ok(());
+            }
+            let mode: String = client
+                .query_one("SELECT current_setting('archive_mode')", &[])
+                .await
+                .map_err(|e| self.err("reading archive_mode", e))?
+                .get(0);
+            if mode == "off" {
+                return Ok(());
+            }
+            let end = Instant::now() + self.cfg.timeout;
+            loop {
+                let last: Option<String> = client
+                    .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
+                    .await
+                    .map_err(|e| self.err("reading pg_stat_archiver", e))?
+                    .get(0);
+                // Segment names of one timeline sort in WAL order.
+                if last
+                    .as_deref()
+                    .is_some_and(|l| l.len() == 24 && l[8..] >= segment[8..])
+                {
+                    return Ok(());
+                }
+                if Instant::now() > end {
+                    return Err(self.timeout(&format!("archiving WAL segment {segment}")));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        .await;
+        conn.abort();
+        r
+    }
+}
+
+fn full(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(x) = src {
+                s.push_str(&format!(": {x}"));
+                src = x.source();
+            }
+            s
+        }
+    }
+}
+
+fn write_synced(dir: &Path, name: &str, text: &str) -> Result<(), StepError> {
+    let io = |p: &Path, e: std::io::Error| {
+        StepError::new("io_error", format!("writing {}: {e}", p.display()), true)
+    };
+    fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let p: PathBuf = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let f = fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    std::io::Write::write_all(&mut &f, text.as_bytes()).map_err(|e| io(&tmp, e))?;
+    f.sync_all().map_err(|e| io(&tmp, e))?;
+    fs::rename(&tmp, &p).map_err(|e| io(&p, e))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, e))
+}
+
+impl Writer for PostgresWriter {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+    fn freeze<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(self.freeze_inner(ctx))
+    }
+    fn thaw<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(self.thaw_inner(ctx))
+    }
+    fn flush_logs<'a>(&'a self, _: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(self.flush_inner())
+    }
+    fn startup_thaw(&self) -> BoxFuture<'_, Result<Option<StartupThaw>, StepError>> {
+        match &self.freeze {
+            Some(fz) => fz.startup_thaw(),
+            None => Box::pin(async { Ok(None) }),
+        }
+    }
+}
