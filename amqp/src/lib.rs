@@ -1,0 +1,1 @@
+//! recman-amqp: the `Bus` on RabbitMQ.
