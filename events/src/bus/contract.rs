@@ -10,9 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bus::{
-    msg_type, Address, Bus, Consumer, Delivery, Message, DELIVERY_LIMIT_REASON, REASON_HEADER,
-};
+use crate::bus::{msg_type, Address, Bus, Consumer, Delivery, Message, DELIVERY_LIMIT_REASON, REASON_HEADER};
 use crate::PoolName;
 
 const WAIT: Duration = Duration::from_secs(5);
