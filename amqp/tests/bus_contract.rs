@@ -9,9 +9,7 @@ use recman_events::bus::Bus;
 use recman_events::contract_tests;
 
 async fn bus_with_limit(limit: u32) -> Option<Arc<dyn Bus>> {
-    let Some(url) = recman_amqp_test_url() else {
-        return None;
-    };
+    let url = recman_amqp_test_url()?;
     let opts = AmqpOptions {
         delivery_limit: limit,
         connection_name: "recman-contract".into(),
