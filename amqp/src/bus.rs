@@ -143,6 +143,11 @@ impl AmqpBus {
         if *addr == Address::Events {
             return Ok(());
         }
+        // The core queues are the engine's (or the definitions file's) to
+        // declare: a worker without configure permission on them skips them.
+        if !self.inner.opts.declare_topology && topology::core_queues().contains(addr) {
+            return Ok(());
+        }
         let name = addr.queue_name();
         if self.lock_declared().contains(&name) {
             return Ok(());
