@@ -37,6 +37,9 @@ pub struct AmqpOptions {
     pub declare_topology: bool,
     /// How long a publish may wait for its confirm, reconnections included.
     pub publish_timeout: Duration,
+    /// How long the first connection may take (lapin retries refused
+    /// connections with a backoff; this bounds the whole).
+    pub connect_timeout: Duration,
 }
 
 impl Default for AmqpOptions {
@@ -46,6 +49,7 @@ impl Default for AmqpOptions {
             connection_name: format!("recman-{}", std::process::id()),
             declare_topology: true,
             publish_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -90,7 +94,16 @@ impl AmqpBus {
         let props = ConnectionProperties::default()
             .enable_auto_recover()
             .with_connection_name(opts.connection_name.clone().into());
-        let conn = Connection::connect(url, props).await.map_err(connect_err)?;
+        let conn = tokio::time::timeout(opts.connect_timeout, Connection::connect(url, props))
+            .await
+            .map_err(|_| AmqpError::Connect {
+                url: redacted.clone(),
+                reason: format!(
+                    "no connection within {:?} (is the broker running and reachable?)",
+                    opts.connect_timeout
+                ),
+            })?
+            .map_err(connect_err)?;
         let publisher = conn.create_channel().await.map_err(connect_err)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())

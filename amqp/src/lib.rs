@@ -14,6 +14,7 @@
 
 mod bus;
 mod convert;
+pub mod relay;
 pub mod topology;
 pub mod url;
 

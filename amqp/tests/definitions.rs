@@ -46,7 +46,14 @@ async fn definitions_import_and_match_what_the_bus_declares() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     common::rabbitmqctl(&["import_definitions", file.to_str().unwrap()]);
-    let user = url.split("://").nth(1).unwrap().split(':').next().unwrap().to_string();
+    let user = url
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
     common::rabbitmqctl(&["set_permissions", "-p", &vhost, &user, ".*", ".*", ".*"]);
     let vhost_url = format!("{}/{vhost}", &url[..url.rfind('/').unwrap()]);
     let bus = AmqpBus::connect(&vhost_url, AmqpOptions::default()).await;

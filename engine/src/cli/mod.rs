@@ -5,15 +5,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod amqp_opts;
 pub mod audit;
 pub mod bench;
 pub mod bench_jobs;
 pub mod bench_log;
+pub mod engine;
 pub mod events;
 pub mod simulate;
 pub mod snapshot;
 pub mod up;
 pub mod validate;
+pub mod worker;
 
 /// recman: application-consistent snapshots, orchestrated as an event-sourced
 /// job (freeze → snapshot → thaw → flush logs) and recorded in a durable,
@@ -49,6 +52,10 @@ pub enum Command {
     Snapshot(snapshot::Args),
     /// Run the engine and the local workers of the config until Ctrl-C.
     Up(up::Args),
+    /// Run the engine alone on RabbitMQ (requests, reports, commands, events).
+    Engine(engine::Args),
+    /// Run a worker on RabbitMQ for one or more pools.
+    Worker(worker::Args),
     /// Print the event log.
     Events(events::Args),
     /// Verify every record of the log: checksum, decoding, hash chain.
@@ -88,6 +95,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Snapshot(a) => snapshot::run(&g, a).await,
         Command::Up(a) => up::run(&g, a).await,
+        Command::Engine(a) => engine::run(&g, a).await,
+        Command::Worker(a) => worker::run(&g, a).await,
         Command::Events(a) => events::run(&g, a).await,
         Command::Audit(a) => audit::run(&g, a).await,
         Command::ValidateConfig(a) => validate::run(&g, a).await,
