@@ -40,6 +40,10 @@ pub struct AmqpOptions {
     /// How long the first connection may take (lapin retries refused
     /// connections with a backoff; this bounds the whole).
     pub connect_timeout: Duration,
+    /// How long the connection may stay down (lapin's automatic recovery
+    /// included) before the bus gives up: consumers end, publishes fail, and
+    /// the process exits for its supervisor to restart it.
+    pub reconnect_timeout: Duration,
 }
 
 impl Default for AmqpOptions {
@@ -50,6 +54,7 @@ impl Default for AmqpOptions {
             declare_topology: true,
             publish_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(30),
+            reconnect_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -76,6 +81,9 @@ struct Inner {
     declared: Mutex<HashSet<String>>,
     opts: AmqpOptions,
     next_consumer: AtomicU64,
+    /// Set once the connection stayed down past `reconnect_timeout`.
+    lost: AtomicBool,
+    lost_notify: tokio::sync::Notify,
 }
 
 fn broker(e: impl std::fmt::Display) -> BusError {
@@ -116,8 +124,11 @@ impl AmqpBus {
                 declared: Mutex::new(HashSet::new()),
                 opts,
                 next_consumer: AtomicU64::new(1),
+                lost: AtomicBool::new(false),
+                lost_notify: tokio::sync::Notify::new(),
             }),
         };
+        tokio::spawn(watch_connection(Arc::downgrade(&bus.inner)));
         if bus.inner.opts.declare_topology {
             bus.declare_topology().await.map_err(|e| AmqpError::Topology {
                 url: redacted.clone(),
@@ -125,6 +136,12 @@ impl AmqpBus {
             })?;
         }
         Ok(Arc::new(bus))
+    }
+
+    /// True once the connection was down longer than `reconnect_timeout`:
+    /// the bus is closed for good (restart the process).
+    pub fn connection_lost(&self) -> bool {
+        self.inner.lost.load(Ordering::SeqCst)
     }
 
     /// Declares the exchanges, the core queues and their bindings. Idempotent;
@@ -216,6 +233,9 @@ impl AmqpBus {
             }
         }
         let deadline = Instant::now() + self.inner.opts.publish_timeout;
+        if self.connection_lost() {
+            return Err(BusError::Closed);
+        }
         let ch = &self.inner.publisher;
         let mut pending: Vec<usize> = (0..msgs.len()).collect();
         loop {
@@ -253,7 +273,18 @@ impl AmqpBus {
                 }
             }
             for (i, c) in confirms {
-                match c.await {
+                // A confirm from a connection that died never comes: bound the wait.
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_secs(1));
+                let confirmed = match tokio::time::timeout(left, c).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        failed.push(i);
+                        continue;
+                    }
+                };
+                match confirmed {
                     Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {}
                     Ok(Confirmation::Ack(Some(_))) => {
                         let to = &msgs[i].0;
@@ -272,6 +303,9 @@ impl AmqpBus {
             }
             if failed.is_empty() {
                 return Ok(());
+            }
+            if self.connection_lost() {
+                return Err(BusError::Closed);
             }
             if Instant::now() >= deadline {
                 return Err(BusError::Broker(format!(
@@ -352,6 +386,60 @@ impl AmqpBus {
         })))
     }
 
+    /// A durable subscription to the events exchange: the quorum queue
+    /// `queue` (created if missing, kept across restarts of the subscriber and
+    /// of the broker) bound with `binding` (`#` = everything, `completed.#`, …).
+    /// Unlike `consume(Address::Events)`, nothing is missed while away.
+    pub async fn subscribe_events(
+        &self,
+        queue: &str,
+        binding: &str,
+        prefetch: u16,
+    ) -> Result<Consumer, BusError> {
+        let ch = self.inner.conn.create_channel().await.map_err(broker)?;
+        let args = topology::field_table(&[("x-queue-type", topology::ArgValue::Str("quorum"))]);
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .map_err(|e| broker(format!("declaring queue {queue}: {e}")))?;
+        ch.queue_bind(
+            queue.into(),
+            topology::EVENTS_EXCHANGE.into(),
+            binding.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker)?;
+        ch.basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(broker)?;
+        let n = self.inner.next_consumer.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}-{n}", self.inner.opts.connection_name);
+        let consumer = ch
+            .basic_consume(
+                queue.into(),
+                ShortString::from(tag),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        Ok(Consumer::new(Box::new(AmqpConsumer {
+            bus: self.clone(),
+            channel: ch,
+            consumer,
+            queue: queue.to_string(),
+            closed: Arc::new(AtomicBool::new(false)),
+        })))
+    }
+
     /// Publishes `msg` to the dead-letter exchange with `reason` and `origin`.
     async fn dead_letter(&self, msg: Message, reason: &str, origin: &str) -> Result<(), BusError> {
         let msg = msg
@@ -375,6 +463,30 @@ impl Bus for AmqpBus {
     }
 }
 
+/// Watches the connection: when it stays down (not connected) longer than
+/// `reconnect_timeout`, marks the bus lost and wakes every consumer.
+async fn watch_connection(inner: std::sync::Weak<Inner>) {
+    let mut down_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.conn.status().connected() {
+            down_since = None;
+            continue;
+        }
+        let since = *down_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= inner.opts.reconnect_timeout {
+            tracing::error!(
+                after = ?inner.opts.reconnect_timeout,
+                "the broker connection did not come back: giving up (the process should be restarted)"
+            );
+            inner.lost.store(true, Ordering::SeqCst);
+            inner.lost_notify.notify_waiters();
+            return;
+        }
+    }
+}
+
 struct AmqpConsumer {
     bus: AmqpBus,
     channel: Channel,
@@ -388,7 +500,20 @@ impl ConsumerSource for AmqpConsumer {
     fn recv(&mut self) -> BoxFuture<'_, Option<Delivery>> {
         Box::pin(async move {
             loop {
-                match self.consumer.next().await {
+                if self.bus.connection_lost() {
+                    return None;
+                }
+                let lost = self.bus.inner.lost_notify.notified();
+                tokio::pin!(lost);
+                lost.as_mut().enable();
+                if self.bus.connection_lost() {
+                    return None;
+                }
+                let next = tokio::select! {
+                    n = self.consumer.next() => n,
+                    _ = lost => return None,
+                };
+                match next {
                     Some(Ok(d)) => {
                         let (message, earlier) = convert::message(&d.properties, d.data);
                         let count = if earlier > 0 {
@@ -437,6 +562,10 @@ impl Drop for AmqpConsumer {
     }
 }
 
+/// An ack or nack on a connection that died never completes: give up after
+/// this (the broker requeues the message when it notices).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct AmqpAcker {
     bus: AmqpBus,
     acker: lapin::Acker,
@@ -457,7 +586,10 @@ impl AmqpAcker {
 
     async fn ack_now(&self) -> Result<(), BusError> {
         self.usable()?;
-        match self.acker.ack(BasicAckOptions::default()).await {
+        let r = tokio::time::timeout(SETTLE_TIMEOUT, self.acker.ack(BasicAckOptions::default()))
+            .await
+            .map_err(|_| BusError::UnknownDelivery(self.tag))?;
+        match r {
             Ok(true) => Ok(()),
             Ok(false) => Err(BusError::UnknownDelivery(self.tag)),
             Err(e) => Err(broker(e)),
@@ -470,7 +602,10 @@ impl AmqpAcker {
             requeue: true,
             ..Default::default()
         };
-        match self.acker.nack(opts).await {
+        let r = tokio::time::timeout(SETTLE_TIMEOUT, self.acker.nack(opts))
+            .await
+            .map_err(|_| BusError::UnknownDelivery(self.tag))?;
+        match r {
             Ok(true) => Ok(()),
             Ok(false) => Err(BusError::UnknownDelivery(self.tag)),
             Err(e) => Err(broker(e)),

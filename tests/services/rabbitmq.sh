@@ -12,15 +12,20 @@
 # RECMAN_TEST_RABBITMQCTL (a command that runs rabbitmqctl against the private node).
 
 rabbitmq_install() {
-  if [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then return 0; fi
-  echo "== installing rabbitmq-server (Debian package)"
+  # rabbitmq-server for the private node, python3-pika for deploy/examples.
+  local pkgs=""
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || pkgs="rabbitmq-server"
+  /usr/bin/python3 -c 'import pika' >/dev/null 2>&1 || pkgs="$pkgs python3-pika"
+  [ -n "$pkgs" ] || return 0
+  echo "== installing$( [ -n "$pkgs" ] && echo " $pkgs") (Debian packages)"
   # Keep the package from starting the system-wide service: the tests use a private node.
   local policy=/usr/sbin/policy-rc.d added=""
   if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && added=1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null
+  # shellcheck disable=SC2086
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
   local rc=$?
   if [ -n "$added" ]; then rm -f "$policy"; fi
   return $rc

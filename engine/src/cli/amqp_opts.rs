@@ -28,6 +28,11 @@ pub struct AmqpArgs {
     /// Seconds to wait for the first connection to the broker.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub amqp_connect_timeout: u64,
+    /// Seconds the connection may stay down (automatic recovery included)
+    /// before the process gives up and exits with status 2 for its
+    /// supervisor (systemd `Restart=always`) to start it again.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub amqp_reconnect_timeout: u64,
 }
 
 impl AmqpArgs {
@@ -59,6 +64,7 @@ impl AmqpArgs {
             connection_name: name,
             declare_topology: declare,
             connect_timeout: std::time::Duration::from_secs(self.amqp_connect_timeout.max(1)),
+            reconnect_timeout: std::time::Duration::from_secs(self.amqp_reconnect_timeout.max(1)),
             ..Default::default()
         };
         Ok(AmqpBus::connect(&url, opts).await?)

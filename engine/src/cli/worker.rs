@@ -71,10 +71,11 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         Worker::new(WorkerId::from(id.as_str()), pools, &config)
     }
     .with_prefetch(a.prefetch);
-    let bus: Arc<dyn Bus> = a
+    let amqp = a
         .amqp
         .connect(Some(&config), format!("recman-worker-{id}"), !a.no_declare)
         .await?;
+    let bus: Arc<dyn Bus> = amqp.clone();
     eprintln!(
         "recman worker {id}: pools {}; Ctrl-C to stop",
         worker
@@ -85,5 +86,8 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
             .join(", ")
     );
     worker.run(bus, amqp_opts::stop_signal()).await?;
+    if amqp.connection_lost() {
+        anyhow::bail!("the broker connection was lost and did not come back");
+    }
     Ok(ExitCode::SUCCESS)
 }

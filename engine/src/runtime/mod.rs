@@ -75,6 +75,15 @@ async fn publish(bus: &dyn Bus, cmds: &[Outgoing]) -> anyhow::Result<()> {
         .context("publishing commands")
 }
 
+/// A settle that failed (the broker connection dropped and came back, so the
+/// delivery tag is gone) is not fatal: the message comes again and the core
+/// treats it as the duplicate it is.
+fn settled(r: Result<(), recman_events::BusError>) {
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "could not settle a delivery; it will be redelivered and deduplicated");
+    }
+}
+
 /// Runs the engine until `calls` is closed and `shutdown` resolves.
 pub async fn run(
     cfg: CoreConfig,
@@ -107,14 +116,14 @@ pub async fn run(
                 let Some(d) = d else { return Ok(()) };
                 match SnapshotRequest::from_json(&d.message.body) {
                     Ok(req) => (Input::Request { req, origin: "bus".into(), new_job: JobId::new_v7() }, Some(d), None),
-                    Err(e) => { d.reject(&e.to_string()).await?; continue; }
+                    Err(e) => { settled(d.reject(&e.to_string()).await); continue; }
                 }
             }
             d = reports.recv() => {
                 let Some(d) = d else { return Ok(()) };
                 match wire::decode::<Report>(&d.message.body) {
                     Ok(r) => (Input::Report(r), Some(d), None),
-                    Err(e) => { d.reject(&e.to_string()).await?; continue; }
+                    Err(e) => { settled(d.reject(&e.to_string()).await); continue; }
                 }
             }
         };
@@ -127,9 +136,9 @@ pub async fn run(
         publish(bus.as_ref(), &step.commands).await?;
         if let Some(d) = delivery {
             if let Reply::Rejected { code, message } = &step.reply {
-                d.reject(&format!("{code}: {message}")).await?;
+                settled(d.reject(&format!("{code}: {message}")).await);
             } else {
-                d.ack().await?;
+                settled(d.ack().await);
             }
         }
         if let Some(r) = reply {

@@ -58,6 +58,10 @@ impl Vhost {
     }
 
     pub async fn bus(&self) -> Arc<dyn Bus> {
+        self.amqp().await
+    }
+
+    pub async fn amqp(&self) -> Arc<AmqpBus> {
         let opts = AmqpOptions {
             connection_name: "recman-test".into(),
             ..Default::default()
@@ -160,6 +164,18 @@ impl Proc {
         }
         self.kill9();
         None
+    }
+
+    /// Waits (up to 30 s) until the process printed `text`.
+    pub fn wait_for(&mut self, text: &str) {
+        for _ in 0..300 {
+            if self.output().contains(text) {
+                return;
+            }
+            self.assert_running();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{} did not print {text:?}:\n{}", self.name, self.output());
     }
 
     pub fn output(&self) -> String {
