@@ -178,9 +178,11 @@ async fn amqp_faults_worker_kill_broker_restart_engine_kill() {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(
             !left.is_zero(),
-            "only {} of {JOBS} jobs ended after phase {phase}\nengine:\n{}",
+            "only {} of {JOBS} jobs ended after phase {phase}\nengine:\n{}\nw2:\n{}\nw3:\n{}",
             p.terminal.len(),
-            tail(&engine.output())
+            tail(&engine.output()),
+            tail(&w2.output()),
+            tail(&w3.output())
         );
         match tokio::time::timeout(left.min(Duration::from_secs(2)), tap.recv()).await {
             Ok(Some(d)) => {
