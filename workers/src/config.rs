@@ -48,6 +48,16 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     /// `[api]`: the HTTP API of `recman up`.
     pub api: ApiConfig,
+    /// `[amqp]`: the broker of `recman engine` / `recman worker` (optional).
+    pub amqp: AmqpConfig,
+}
+
+/// `[amqp] url = "amqp://USER@HOST:5672/VHOST"`, `password_file = "…"`.
+/// The password never goes in the config itself: keep it in the file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AmqpConfig {
+    pub url: Option<String>,
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -208,7 +218,7 @@ impl Config {
             cx.err(span, "", e.message().trim().to_string())
         })?;
         let root = doc.get_ref();
-        cx.check_keys(root, "", &["engine", "worker", "array", "target", "api"])?;
+        cx.check_keys(root, "", &["engine", "worker", "array", "target", "api", "amqp"])?;
         let api = api::parse(&cx, root)?;
 
         let engine = match field(root, "engine") {
@@ -249,6 +259,24 @@ impl Config {
         };
 
         let arrays = threepar::arrays(&cx, root)?;
+        let amqp = match field(root, "amqp") {
+            None => AmqpConfig::default(),
+            Some(v) => {
+                let t = cx.table(v, "amqp")?;
+                cx.check_keys(t, "amqp", &["url", "password_file"])?;
+                let url = match cx.string(t, "amqp", "url")? {
+                    Some((u, span)) if !(u.starts_with("amqp://") || u.starts_with("amqps://")) => {
+                        return Err(cx.err(span, "amqp.url", "must start with amqp:// or amqps://"));
+                    }
+                    other => other.map(|(u, _)| u),
+                };
+                AmqpConfig {
+                    url,
+                    password_file: cx.path(t, "amqp", "password_file")?,
+                }
+            }
+        };
+
         let mut targets: Vec<TargetConfig> = Vec::new();
         if let Some(v) = field(root, "target") {
             let DeValue::Array(items) = v.get_ref() else {
@@ -279,6 +307,7 @@ impl Config {
             worker,
             targets,
             api,
+            amqp,
         })
     }
 

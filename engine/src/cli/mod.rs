@@ -5,12 +5,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod amqp_opts;
 pub mod audit;
 pub mod bench;
 pub mod bench_freeze;
 pub mod bench_jobs;
 pub mod bench_log;
 pub mod demo;
+pub mod engine;
 pub mod events;
 pub mod events_remote;
 pub mod progress;
@@ -21,6 +23,7 @@ pub mod simulate;
 pub mod snapshot;
 pub mod up;
 pub mod validate;
+pub mod worker;
 
 /// recman: application-consistent snapshots, orchestrated as an event-sourced
 /// job (freeze → snapshot → thaw → flush logs) and recorded in a durable,
@@ -56,6 +59,10 @@ pub enum Command {
     Snapshot(snapshot::Args),
     /// Run the engine, the local workers of the config and the HTTP API until Ctrl-C.
     Up(up::Args),
+    /// Run the engine alone on RabbitMQ (requests, reports, commands, events).
+    Engine(engine::Args),
+    /// Run a worker on RabbitMQ for one or more pools.
+    Worker(worker::Args),
     /// Print the event log.
     Events(events::Args),
     /// List jobs, newest first.
@@ -107,6 +114,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Snapshot(a) => snapshot::run(&g, a).await,
         Command::Up(a) => up::run(&g, a).await,
+        Command::Engine(a) => engine::run(&g, a).await,
+        Command::Worker(a) => worker::run(&g, a).await,
         Command::Events(a) => events::run(&g, a).await,
         Command::Jobs(a) => read::jobs(&g, a).await,
         Command::Job(a) => read::job(&g, a).await,

@@ -35,6 +35,9 @@ Exit codes: 0 clean shutdown, 1 a target may have stayed frozen past the shutdow
 2 could not start (bad config, address in use, log owned by another process)."
 )]
 pub struct Args {
+    /// Run over RabbitMQ instead of the in-process bus (see `recman engine --help`).
+    #[command(flatten)]
+    pub amqp: super::amqp_opts::AmqpArgs,
     /// Address of the HTTP API, e.g. 127.0.0.1:7080.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
@@ -105,9 +108,21 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {listen} (in use? try --listen 127.0.0.1:PORT)"))?;
     let local = listener.local_addr()?;
 
-    let memory = Arc::new(MemoryBus::new());
+    // The broker when one is named (flag, `[amqp] url` or RECMAN_AMQP_URL), else in-process.
+    let amqp_named = a.amqp.url.is_some()
+        || config.amqp.url.is_some()
+        || std::env::var_os("RECMAN_AMQP_URL").is_some_and(|v| !v.is_empty());
+    let memory = (!amqp_named).then(|| Arc::new(MemoryBus::new()));
+    let inner: Arc<dyn Bus> = match &memory {
+        Some(m) => m.clone(),
+        None => {
+            a.amqp
+                .connect(Some(&config), format!("recman-up-{}", std::process::id()), true)
+                .await?
+        }
+    };
     let bus: Arc<dyn Bus> = Arc::new(MeteredBus {
-        inner: memory.clone(),
+        inner,
         stats: stats.clone(),
     });
     let (engine_stop, engine_stop_rx) = watch::channel(false);
@@ -123,14 +138,29 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         calls_rx,
         until_true(engine_stop_rx),
     ));
-    let mut dead = bus.consume(Address::DeadLetters, 0).await?;
-    let dl_stats = stats.clone();
-    let dl_task = tokio::spawn(async move {
-        while let Some(d) = dead.recv().await {
-            dl_stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(reason = d.message.header(recman_events::bus::REASON_HEADER).unwrap_or("?"), id = %d.message.message_id, "dead letter");
-            let _ = d.ack().await;
-        }
+    // In-process dead letters are counted, logged and dropped; a broker's
+    // dead-letter queue is left for operators (recman.dlq).
+    let dl_task = if amqp_named {
+        tokio::spawn(async {})
+    } else {
+        let mut dead = bus.consume(Address::DeadLetters, 0).await?;
+        let dl_stats = stats.clone();
+        tokio::spawn(async move {
+            while let Some(d) = dead.recv().await {
+                dl_stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(reason = d.message.header(recman_events::bus::REASON_HEADER).unwrap_or("?"), id = %d.message.message_id, "dead letter");
+                let _ = d.ack().await;
+            }
+        })
+    };
+    // Over a broker, every event also goes out to the events exchange (outbox).
+    let relay = amqp_named.then(|| {
+        tokio::spawn(recman_amqp::relay::run(
+            log.clone(),
+            bus.clone(),
+            recman_amqp::relay::Cursor::in_data_dir(&g.data_dir),
+            until_true(engine_stop.subscribe()),
+        ))
     });
 
     let seq0 = view.last_seq;
@@ -220,7 +250,17 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     follower.abort();
     readiness.abort();
     dl_task.abort();
-    memory.close();
+    if let Some(r) = relay {
+        match tokio::time::timeout(Duration::from_secs(10), r).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => eprintln!("error: events relay: {e}"),
+            Ok(Err(e)) => eprintln!("error: events relay: {e}"),
+            Err(_) => eprintln!("warning: the events relay did not stop in 10 s"),
+        }
+    }
+    if let Some(m) = &memory {
+        m.close();
+    }
     let last = log.last_seq();
     drop(shared);
     drop(log);

@@ -125,7 +125,10 @@ where
             }
             Err(e) => {
                 tracing::warn!(message_id = %d.message.message_id, reason = %e, "message dead-lettered");
-                d.reject(&e).await?;
+                if let Err(err) = d.reject(&e).await {
+                    // The delivery comes back (new channel) and is refused again.
+                    tracing::warn!(error = %err, "could not dead-letter; it will be redelivered");
+                }
             }
         }
     }

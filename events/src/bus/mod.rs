@@ -2,9 +2,11 @@
 //! messages, with AMQP's semantics (confirmed publish, prefetch, manual ack,
 //! redelivery, a delivery limit, dead letters) whatever the transport.
 //!
-//! Implementations: `memory` (in-process, the embedded default) and, later,
-//! AMQP. Both must pass `tests/bus_contract.rs`.
+//! Implementations: `memory` (in-process, the embedded default) and the AMQP
+//! bus (crate `recman-amqp`). Both must pass the suite in [`contract`].
 
+#[cfg(feature = "contract-tests")]
+pub mod contract;
 pub mod memory;
 
 use std::collections::BTreeMap;

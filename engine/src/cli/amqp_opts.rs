@@ -1,0 +1,94 @@
+//! Broker options shared by `recman engine` and `recman worker`: the URL (flag,
+//! config `[amqp] url`, or `RECMAN_AMQP_URL`), the password file, and the
+//! connection itself; plus the stop signal (Ctrl-C or SIGTERM).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use recman_amqp::{AmqpBus, AmqpOptions};
+use recman_workers::config::Config;
+
+use super::Global;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AmqpArgs {
+    /// Broker URL, `amqp://USER@HOST:5672/VHOST` or `amqps://…` (TLS). Default:
+    /// `[amqp] url` of the config, else $RECMAN_AMQP_URL. Put the password in
+    /// --amqp-password-file rather than in the URL: it is never printed.
+    #[arg(long = "amqp", value_name = "URL")]
+    pub url: Option<String>,
+    /// File whose first line is the broker password (default: `[amqp] password_file`).
+    #[arg(long, value_name = "FILE")]
+    pub amqp_password_file: Option<PathBuf>,
+    /// Deliveries after which a message is dead-lettered; must match the
+    /// queues' `x-delivery-limit` + 1 where they already exist.
+    #[arg(long, default_value_t = recman_events::bus::DEFAULT_DELIVERY_LIMIT)]
+    pub delivery_limit: u32,
+    /// Seconds to wait for the first connection to the broker.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub amqp_connect_timeout: u64,
+    /// Seconds the connection may stay down (automatic recovery included)
+    /// before the process gives up and exits with status 2 for its
+    /// supervisor (systemd `Restart=always`) to start it again.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub amqp_reconnect_timeout: u64,
+}
+
+impl AmqpArgs {
+    /// The URL with its password, from the flag, the config or the environment.
+    pub fn url(&self, config: Option<&Config>) -> anyhow::Result<String> {
+        let cfg = config.map(|c| &c.amqp);
+        let pw_file = self
+            .amqp_password_file
+            .clone()
+            .or_else(|| cfg.and_then(|c| c.password_file.clone()));
+        recman_amqp::url::resolve(
+            self.url.as_deref(),
+            cfg.and_then(|c| c.url.as_deref()),
+            pw_file.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)
+    }
+
+    /// Connects; `declare` = declare the whole topology (the engine's role).
+    pub async fn connect(
+        &self,
+        config: Option<&Config>,
+        name: String,
+        declare: bool,
+    ) -> anyhow::Result<Arc<AmqpBus>> {
+        let url = self.url(config)?;
+        let opts = AmqpOptions {
+            delivery_limit: self.delivery_limit,
+            connection_name: name,
+            declare_topology: declare,
+            connect_timeout: std::time::Duration::from_secs(self.amqp_connect_timeout.max(1)),
+            reconnect_timeout: std::time::Duration::from_secs(self.amqp_reconnect_timeout.max(1)),
+            ..Default::default()
+        };
+        Ok(AmqpBus::connect(&url, opts).await?)
+    }
+}
+
+/// The config from --config, else DATA_DIR/recman.toml.
+pub fn load_config(g: &Global) -> anyhow::Result<Config> {
+    let path = g.config.clone().unwrap_or_else(|| g.data_dir.join("recman.toml"));
+    Config::load(&path).with_context(|| "pass --config FILE (or write DATA_DIR/recman.toml)".to_string())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

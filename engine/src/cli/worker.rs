@@ -1,0 +1,93 @@
+//! `recman worker --amqp URL --pool P`: a worker process on RabbitMQ. It runs
+//! steps only for targets in its own config, consumes its pools and its own
+//! queue (thaws come back to the worker that froze), and thaws by itself when
+//! a thaw does not come in time.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use recman_events::bus::Bus;
+use recman_events::{PoolName, WorkerId};
+use recman_workers::runtime::Worker;
+
+use super::amqp_opts::{self, AmqpArgs};
+use super::Global;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+recman worker --amqp amqp://worker-mbx01@mq1/recman --amqp-password-file /etc/recman/amqp-password --pool host.mbx01\n  \
+recman worker --config /etc/recman/recman.toml     # pools from [worker] pools or the targets\n\n\
+Consumes recman.pool.<pool> for each pool and recman.worker.<id>. With --no-declare it\n\
+declares only those two queues (see deploy/README.md for a worker's permissions).\n\
+Stops on Ctrl-C or SIGTERM: finishes the steps in flight and thaws what it froze.")]
+pub struct Args {
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// Pool to consume (repeat for several). Default: `[worker] pools`, else
+    /// every pool a target of the config names.
+    #[arg(long = "pool", value_name = "POOL")]
+    pub pools: Vec<String>,
+    /// Worker id (its own queue is recman.worker.<id>). Default: `[worker] id`,
+    /// else <hostname>-<pid>.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Unsettled commands per queue.
+    #[arg(long, default_value_t = recman_workers::runtime::DEFAULT_PREFETCH)]
+    pub prefetch: u16,
+    /// Declare only this worker's queues, not the whole topology (for a user
+    /// without configure permission on the engine's queues).
+    #[arg(long)]
+    pub no_declare: bool,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
+pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+    let mut config = amqp_opts::load_config(g)?;
+    config.set_data_dir(&g.data_dir);
+    let id =
+        a.id.clone()
+            .or_else(|| {
+                config
+                    .worker
+                    .as_ref()
+                    .and_then(|w| w.id.as_ref().map(|i| i.to_string()))
+            })
+            .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    recman_events::wire::check_id("worker id", &id)?;
+    for p in &a.pools {
+        recman_events::wire::check_id("pool", p)?;
+    }
+    let worker = if a.pools.is_empty() {
+        Worker::from_config(WorkerId::from(id.as_str()), &config)
+    } else {
+        let pools = a.pools.iter().map(|p| PoolName::new(p.clone())).collect();
+        Worker::new(WorkerId::from(id.as_str()), pools, &config)
+    }
+    .with_prefetch(a.prefetch);
+    let amqp = a
+        .amqp
+        .connect(Some(&config), format!("recman-worker-{id}"), !a.no_declare)
+        .await?;
+    let bus: Arc<dyn Bus> = amqp.clone();
+    eprintln!(
+        "recman worker {id}: pools {}; Ctrl-C to stop",
+        worker
+            .pools()
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    worker.run(bus, amqp_opts::stop_signal()).await?;
+    if amqp.connection_lost() {
+        anyhow::bail!("the broker connection was lost and did not come back");
+    }
+    Ok(ExitCode::SUCCESS)
+}
