@@ -142,8 +142,9 @@ pub fn event_message(e: &StoredEvent, target: &str) -> Message {
         .with_header("x-recman-job", e.event.job.to_string())
 }
 
-/// Relays from the cursor on until `shutdown`; returns an error when the log
-/// or the broker fails for good (the caller decides whether to stop).
+/// Relays from the cursor on until `shutdown`, then what the log held at that
+/// moment (bound the wait from outside); returns an error when the log or the
+/// broker fails for good (the caller decides whether to stop).
 pub async fn run(
     log: Arc<dyn EventLog>,
     bus: Arc<dyn Bus>,
@@ -156,10 +157,18 @@ pub async fn run(
     tracing::info!(from = done + 1, "events relay started");
     tokio::pin!(shutdown);
     let mut buf = Vec::with_capacity(BATCH);
+    // Once asked to stop: relay what the log holds at that moment, then return.
+    let mut stop_at: Option<u64> = None;
     loop {
+        if stop_at.is_some_and(|s| done >= s) {
+            return Ok(());
+        }
         buf.clear();
         let n = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown, if stop_at.is_none() => {
+                stop_at = Some(log.last_seq());
+                continue;
+            }
             n = tail.recv_many(&mut buf, BATCH) => n,
         };
         if n == 0 {

@@ -153,13 +153,15 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
             }
         })
     };
-    // Over a broker, every event also goes out to the events exchange (outbox).
+    // Over a broker, every event also goes out to the events exchange (outbox);
+    // it is stopped after the engine, so it relays everything the engine wrote.
+    let (relay_stop, relay_stop_rx) = watch::channel(false);
     let relay = amqp_named.then(|| {
         tokio::spawn(recman_amqp::relay::run(
             log.clone(),
             bus.clone(),
             recman_amqp::relay::Cursor::in_data_dir(&g.data_dir),
-            until_true(engine_stop.subscribe()),
+            until_true(relay_stop_rx),
         ))
     });
 
@@ -250,6 +252,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     follower.abort();
     readiness.abort();
     dl_task.abort();
+    let _ = relay_stop.send(true);
     if let Some(r) = relay {
         match tokio::time::timeout(Duration::from_secs(10), r).await {
             Ok(Ok(Ok(()))) => {}
