@@ -105,16 +105,15 @@ struct Decided {
 
 /// Decodes one bus queue into inputs; undecodable messages are dead-lettered
 /// here with the reason, so the core never sees them.
-async fn forward_bus<T, F>(mut c: Consumer, tx: mpsc::Sender<Inbound>, decode: F) -> anyhow::Result<()>
+async fn forward_bus<F>(mut c: Consumer, tx: mpsc::Sender<Inbound>, decode: F) -> anyhow::Result<()>
 where
-    F: Fn(&[u8]) -> Result<T, String> + Send,
-    T: Into<Input>,
+    F: Fn(&[u8]) -> Result<Input, String> + Send,
 {
     while let Some(d) = c.recv().await {
         match decode(&d.message.body) {
             Ok(v) => {
                 let inbound = Inbound {
-                    input: Some(v.into()),
+                    input: Some(v),
                     delivery: Some(d),
                     reply: None,
                     inspect: None,
@@ -133,24 +132,6 @@ where
         }
     }
     Ok(())
-}
-
-struct RequestFromBus(SnapshotRequest);
-
-impl From<RequestFromBus> for Input {
-    fn from(r: RequestFromBus) -> Input {
-        Input::Request {
-            req: r.0,
-            origin: "bus".into(),
-            new_job: JobId::new_v7(),
-        }
-    }
-}
-
-impl From<Report> for Input {
-    fn from(r: Report) -> Input {
-        Input::Report(r)
-    }
 }
 
 async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound>) -> anyhow::Result<()> {
@@ -250,13 +231,19 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(forward_bus(requests, in_tx.clone(), |b| {
         SnapshotRequest::from_json(b)
-            .map(RequestFromBus)
+            .map(|req| Input::Request {
+                req,
+                origin: "bus".into(),
+                new_job: JobId::new_v7(),
+            })
             .map_err(|e| e.to_string())
     }));
     tasks.spawn(forward_bus(reports, in_tx.clone(), |b| {
-        wire::decode::<Report>(b).map_err(|e| e.to_string())
+        wire::decode::<Report>(b)
+            .map(Input::Report)
+            .map_err(|e| e.to_string())
     }));
-    let calls_done = tasks.spawn(forward_calls(calls, in_tx)).id();
+    tasks.spawn(forward_calls(calls, in_tx));
     let (commit_tx, commit_rx) = mpsc::channel::<Decided>(PIPELINE_DEPTH);
     let committer = tokio::spawn(commit(log.clone(), bus.clone(), commit_rx));
 
@@ -270,10 +257,10 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = &mut shutdown => break Ok(()),
-            Some(done) = tasks.join_next_with_id() => match done {
-                Ok((id, Ok(()))) if id == calls_done => break Ok(()), // every caller hung up
-                Ok((_, Ok(()))) => break Ok(()),                        // the bus closed
-                Ok((_, Err(e))) => break Err(e),
+            // An input ended: every caller hung up, or the bus closed, or failed.
+            Some(done) = tasks.join_next() => match done {
+                Ok(Ok(())) => break Ok(()),
+                Ok(Err(e)) => break Err(e),
                 Err(e) => break Err(anyhow::anyhow!("engine input task failed: {e}")),
             },
             n = in_rx.recv_many(&mut inbox, MAX_BATCH) => if n == 0 { break Ok(()) },

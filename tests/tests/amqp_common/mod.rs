@@ -80,19 +80,11 @@ impl Drop for Vhost {
     }
 }
 
-pub fn recman_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("RECMAN_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    ["release", "debug"]
-        .iter()
-        .map(|p| target.join(p).join("recman"))
-        .find(|p| p.exists())
-        .expect("no recman binary: run `cargo build --release --bin recman` or set RECMAN_BIN")
-}
+#[path = "../common/mod.rs"]
+mod common;
+/// The `recman` binary, found as every CLI test finds it.
+#[allow(unused_imports)] // not every test binary that shares this module runs the CLI
+pub use common::recman_bin;
 
 /// A config with `n` targets `t0..` whose writers run in `pools` (round
 /// robin) and whose provider is `none`; the writer's hooks are `true`.

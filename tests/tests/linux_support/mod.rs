@@ -311,17 +311,8 @@ pub fn completed(events: &[EventBody]) -> (recman_events::SnapshotInfo, u64) {
         .unwrap_or_else(|| panic!("job did not complete: {events:#?}"))
 }
 
-/// Path of the release `recman` binary (RECMAN_BIN, else the target dir).
-pub fn recman_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("RECMAN_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    ["release", "debug"]
-        .iter()
-        .map(|p| target.join(p).join("recman"))
-        .find(|p| p.exists())
-        .expect("no recman binary: run `cargo build --release --bin recman` or set RECMAN_BIN")
-}
+#[path = "../common/mod.rs"]
+mod common;
+/// The `recman` binary, found as every CLI test finds it.
+#[allow(unused_imports)] // not every test binary that shares this module runs the CLI
+pub use common::recman_bin;

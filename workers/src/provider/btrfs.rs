@@ -256,18 +256,6 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> StepError {
     StepError::new("io_error", format!("{what} {}: {e}", path.display()), retryable)
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StepError> + Send + 'static,
-) -> Result<T, StepError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(StepError::new(
-            "internal",
-            format!("btrfs task failed: {e}"),
-            true,
-        ))
-    })
-}
-
 impl Provider for BtrfsProvider {
     fn kind(&self) -> &'static str {
         "btrfs"
@@ -280,16 +268,16 @@ impl Provider for BtrfsProvider {
     ) -> BoxFuture<'a, Result<SnapshotInfo, StepError>> {
         let me = self.clone();
         let name = name.to_string();
-        Box::pin(blocking(move || me.snapshot_blocking(&name)))
+        Box::pin(crate::blocking("btrfs", move || me.snapshot_blocking(&name)))
     }
     fn delete<'a>(&'a self, name: &'a str, _target: &'a TargetId) -> BoxFuture<'a, Result<bool, StepError>> {
         let me = self.clone();
         let name = name.to_string();
-        Box::pin(blocking(move || me.delete_blocking(&name)))
+        Box::pin(crate::blocking("btrfs", move || me.delete_blocking(&name)))
     }
     fn list<'a>(&'a self, _target: &'a TargetId) -> BoxFuture<'a, Result<Vec<String>, StepError>> {
         let me = self.clone();
-        Box::pin(blocking(move || me.list_blocking()))
+        Box::pin(crate::blocking("btrfs", move || me.list_blocking()))
     }
 }
 

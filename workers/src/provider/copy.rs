@@ -194,14 +194,6 @@ fn tree_size(dir: &Path) -> io::Result<u64> {
     Ok(size)
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StepError> + Send + 'static,
-) -> Result<T, StepError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StepError::new("internal", format!("copy task failed: {e}"), true)))
-}
-
 impl Provider for CopyProvider {
     fn kind(&self) -> &'static str {
         "copy"
@@ -214,16 +206,16 @@ impl Provider for CopyProvider {
     ) -> BoxFuture<'a, Result<SnapshotInfo, StepError>> {
         let me = self.clone();
         let name = name.to_string();
-        Box::pin(blocking(move || me.snapshot_blocking(&name)))
+        Box::pin(crate::blocking("copy", move || me.snapshot_blocking(&name)))
     }
     fn delete<'a>(&'a self, name: &'a str, _target: &'a TargetId) -> BoxFuture<'a, Result<bool, StepError>> {
         let me = self.clone();
         let name = name.to_string();
-        Box::pin(blocking(move || me.delete_blocking(&name)))
+        Box::pin(crate::blocking("copy", move || me.delete_blocking(&name)))
     }
     fn list<'a>(&'a self, _target: &'a TargetId) -> BoxFuture<'a, Result<Vec<String>, StepError>> {
         let me = self.clone();
-        Box::pin(blocking(move || me.list_blocking()))
+        Box::pin(crate::blocking("copy", move || me.list_blocking()))
     }
 }
 

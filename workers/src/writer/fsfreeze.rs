@@ -223,18 +223,6 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> StepError {
     StepError::new("io_error", format!("{what} {}: {e}", path.display()), true)
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StepError> + Send + 'static,
-) -> Result<T, StepError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(StepError::new(
-            "internal",
-            format!("fsfreeze task failed: {e}"),
-            true,
-        ))
-    })
-}
-
 impl Writer for FsFreezeWriter {
     fn kind(&self) -> &'static str {
         "fsfreeze"
@@ -242,18 +230,22 @@ impl Writer for FsFreezeWriter {
     fn freeze<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
         let me = self.clone();
         let ctx = ctx.clone();
-        Box::pin(blocking(move || me.freeze_blocking(&ctx)))
+        Box::pin(crate::blocking("fsfreeze", move || me.freeze_blocking(&ctx)))
     }
     fn thaw<'a>(&'a self, _: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
         let me = self.clone();
-        Box::pin(async move { blocking(move || me.thaw_blocking()).await.map(|_| ()) })
+        Box::pin(async move {
+            crate::blocking("fsfreeze", move || me.thaw_blocking())
+                .await
+                .map(|_| ())
+        })
     }
     fn flush_logs<'a>(&'a self, _: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
         Box::pin(async { Ok(()) })
     }
     fn startup_thaw(&self) -> BoxFuture<'_, Result<Option<StartupThaw>, StepError>> {
         let me = self.clone();
-        Box::pin(blocking(move || {
+        Box::pin(crate::blocking("fsfreeze", move || {
             let marker = me.read_marker();
             if me.thaw_blocking()? {
                 Ok(Some(StartupThaw {
