@@ -37,6 +37,7 @@ all targets in a pool of this run's own (bench-PID); the baseline adds bare roun
 (publish, confirm, consume, ack) and confirmed throughput on a quorum queue of the same\n\
 broker. Give the password with --amqp-password-file (the workers get the URL through\n\
 $RECMAN_AMQP_URL, not their command line). Ctrl-C stops the workers and deletes the queues.\n\
+Use a vhost of its own: the engine's queues (recman.requests, recman.reports) are shared by name.\n\
 Example: recman bench jobs --amqp amqp://recman@127.0.0.1:5672/recman --amqp-password-file pw --jobs 5000"
 )]
 pub struct Args {
