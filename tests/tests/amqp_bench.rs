@@ -1,6 +1,7 @@
 //! `recman bench jobs --amqp`: a small run on the private broker (a vhost of
 //! its own) with worker processes. The last line parses, says bus=amqp, no job
-//! failed, the raw broker baseline is positive, every event was relayed, and
+//! failed, the raw broker baseline is positive, every event was relayed
+//! and reached the bench's events subscriber, and
 //! the run's queues are gone afterwards.
 
 mod amqp_common;
@@ -63,8 +64,11 @@ fn amqp_bench_runs_jobs_through_worker_processes() {
     // Whole jobs: requested … completed, at least 9 events each.
     assert!(num("events") >= 400.0 * 9.0, "{last}");
     assert!(
-        stdout.contains(&format!("({} relayed)", num("events") as u64)),
-        "the relay published the whole log:\n{stdout}"
+        stdout.contains(&format!(
+            "({n} relayed, the subscriber got all {n})",
+            n = num("events") as u64
+        )),
+        "the relay published the whole log and its subscriber received it:\n{stdout}"
     );
 
     // The run's own queues (pool, workers, raw baseline) were deleted.

@@ -132,10 +132,42 @@ async fn bench(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let relay = tokio::spawn(recman_amqp::relay::run(
+    // An events subscriber on its own connection: acks everything, counts events.
+    let subscriber = if a.no_events_subscriber {
+        None
+    } else {
+        let sub_bus = a
+            .amqp
+            .connect(None, format!("recman-bench-subscriber-{pid}"), false)
+            .await?;
+        let mut consumer = sub_bus.consume(Address::Events, 1000).await?;
+        let (seen_tx, seen_rx) = watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            let _keep = sub_bus;
+            while let Some(d) = consumer.recv().await {
+                if let Ok(evs) = recman_amqp::relay::events_of(&d.message) {
+                    if let Some(last) = evs.last() {
+                        seen_tx.send_if_modified(|s| {
+                            let newer = last.seq > *s;
+                            *s = (*s).max(last.seq);
+                            newer
+                        });
+                    }
+                }
+                let _ = d.ack().await;
+            }
+        });
+        Some((super::bench_jobs::AbortOnDrop(task), seen_rx))
+    };
+    let relay_opts = recman_amqp::relay::RelayOptions {
+        batch_over: a.relay_batch_over,
+        ..Default::default()
+    };
+    let relay = tokio::spawn(recman_amqp::relay::run_with(
         log.clone(),
         relay_bus.clone(),
         recman_amqp::relay::Cursor::in_data_dir(dir),
+        relay_opts,
         stopped(stop_rx.clone()),
     ));
     let (calls, calls_rx) = mpsc::channel(1024);
@@ -182,6 +214,20 @@ async fn bench(
     let events = log.last_seq();
     let relayed = recman_amqp::relay::Cursor::in_data_dir(dir).load().unwrap_or(0);
     drop(log);
+    let subscribed = match subscriber {
+        None => "no subscriber".to_string(),
+        Some((_task, mut seen)) => {
+            let all = tokio::time::timeout(Duration::from_secs(30), seen.wait_for(|s| *s >= relayed))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            let last = *seen.borrow();
+            if all {
+                format!("the subscriber got all {last}")
+            } else {
+                format!("the subscriber got up to seq {last} only")
+            }
+        }
+    };
 
     let Stats {
         failed,
@@ -206,7 +252,7 @@ async fn bench(
     );
     println!(
         "  jobs:      {} in {elapsed:.2} s = {rate:.0} jobs/s ({failed} failed), {events} events = {:.0} \
-         events/s ({relayed} relayed)",
+         events/s ({relayed} relayed, {subscribed})",
         a.jobs,
         events as f64 / elapsed
     );

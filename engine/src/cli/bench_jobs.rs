@@ -62,6 +62,14 @@ pub struct Args {
     /// With --amqp: unsettled commands per worker queue.
     #[arg(long, default_value_t = 256)]
     pub worker_prefetch: u16,
+    /// With --amqp: events waiting above which the relay sends batches
+    /// (as `recman engine --relay-batch-over`; a huge value = one message per event).
+    #[arg(long, value_name = "N", default_value_t = recman_amqp::relay::RelayOptions::default().batch_over)]
+    pub relay_batch_over: usize,
+    /// With --amqp: no events subscriber (by default one consumes and acks
+    /// every relayed event, as a deployment's audit or monitoring would).
+    #[arg(long)]
+    pub no_events_subscriber: bool,
 }
 
 /// What the log says about one finished job.
