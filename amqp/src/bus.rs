@@ -52,6 +52,10 @@ pub struct AmqpOptions {
     /// included) before the bus gives up: consumers end, publishes fail, and
     /// the process exits for its supervisor to restart it.
     pub reconnect_timeout: Duration,
+    /// PEM file with the CA certificate(s) that signed the broker's
+    /// certificate (`amqps://` with a private CA); read at every connect.
+    /// Without it, the system's CA store.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AmqpOptions {
@@ -63,6 +67,7 @@ impl Default for AmqpOptions {
             publish_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(30),
             reconnect_timeout: Duration::from_secs(30),
+            ca_file: None,
         }
     }
 }
@@ -128,9 +133,28 @@ impl AmqpBus {
         let deadline = Instant::now() + opts.connect_timeout;
         let link = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let err = match tokio::time::timeout(left, open_link(url, &opts.connection_name, 0)).await {
+            let err = match tokio::time::timeout(left, open_link(url, &opts, 0)).await {
                 Ok(Ok(link)) => break link,
-                Ok(Err(e)) => Some(e),
+                Ok(Err(LinkError::CaFile(reason))) => {
+                    return Err(AmqpError::Connect {
+                        url: redacted.clone(),
+                        reason,
+                    })
+                }
+                Ok(Err(LinkError::Amqp(e))) => {
+                    // A certificate the CA store refuses does not get better.
+                    if tls_rejection(&e) {
+                        return Err(AmqpError::Connect {
+                            url: redacted.clone(),
+                            reason: format!(
+                                "{} (a broker certificate from a private CA needs its CA file: \
+                                 --amqp-ca-file, [amqp] ca_file or RECMAN_AMQP_CA_FILE)",
+                                crate::url::scrub(&e.to_string(), url)
+                            ),
+                        });
+                    }
+                    Some(e)
+                }
                 Err(_) => None,
             };
             if Instant::now() + CONNECT_RETRY >= deadline {
@@ -516,11 +540,51 @@ impl Bus for AmqpBus {
 /// Pause between attempts to connect.
 const CONNECT_RETRY: Duration = Duration::from_millis(500);
 
+enum LinkError {
+    CaFile(String),
+    Amqp(lapin::Error),
+}
+
+impl From<lapin::Error> for LinkError {
+    fn from(e: lapin::Error) -> Self {
+        LinkError::Amqp(e)
+    }
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::CaFile(m) => f.write_str(m),
+            LinkError::Amqp(e) => e.fmt(f),
+        }
+    }
+}
+
+/// True when the error is a TLS certificate problem (the text is all lapin
+/// gives us).
+fn tls_rejection(e: &lapin::Error) -> bool {
+    let t = e.to_string().to_ascii_lowercase();
+    t.contains("certificate") || t.contains("unknownissuer") || t.contains("handshake")
+}
+
 /// Opens a connection (without lapin's own recovery) and its confirm-mode
 /// publishing channel.
-async fn open_link(url: &str, name: &str, generation: u64) -> Result<Link, lapin::Error> {
-    let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
-    let conn = Connection::connect(url, props).await?;
+async fn open_link(url: &str, opts: &AmqpOptions, generation: u64) -> Result<Link, LinkError> {
+    let name = opts.connection_name.clone();
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let conn = match &opts.ca_file {
+        None => Connection::connect(url, props).await?,
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| LinkError::CaFile(format!("cannot read the CA file {}: {e}", path.display())))?;
+            let tls = lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(pem),
+            };
+            let runtime = lapin::runtime::default_runtime()?;
+            Connection::connect_with_config(url, props, tls, runtime).await?
+        }
+    };
     let publisher = conn.create_channel().await?;
     publisher.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok(Link {
@@ -578,7 +642,7 @@ async fn supervise(inner: std::sync::Weak<Inner>) {
         let generation = old.generation + 1;
         let opened = tokio::time::timeout(
             Duration::from_secs(10),
-            open_link(&inner.url, &inner.opts.connection_name, generation),
+            open_link(&inner.url, &inner.opts, generation),
         )
         .await;
         let link = match opened {
