@@ -40,24 +40,46 @@ fn err(e: impl std::fmt::Display) -> BaselineError {
 /// consumer acks them.
 pub async fn raw(
     url: &str,
+    ca_file: Option<&std::path::Path>,
     queue: &str,
     roundtrips: usize,
     messages: usize,
     in_flight: usize,
 ) -> Result<RawFigures, BaselineError> {
-    let conn = tokio::time::timeout(
-        Duration::from_secs(30),
-        Connection::connect(url, ConnectionProperties::default()),
-    )
-    .await
-    .map_err(|_| err("no connection within 30 s"))?
-    .map_err(|e| err(crate::url::scrub(&e.to_string(), url)))?;
+    let conn = connect(url, ca_file, Duration::from_secs(30)).await?;
     let result = raw_on(&conn, queue, roundtrips.max(1), messages, in_flight.max(1)).await;
     if let Ok(ch) = conn.create_channel().await {
         let _ = ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
     }
     let _ = conn.close(200, "baseline done".into()).await;
     result
+}
+
+/// A plain connection (no recovery), trusting `ca_file` for `amqps://` when given.
+async fn connect(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    within: Duration,
+) -> Result<Connection, BaselineError> {
+    let props = ConnectionProperties::default().with_connection_name("recman-baseline".into());
+    let connecting = async {
+        match ca_file {
+            None => Connection::connect(url, props).await,
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(e))))?;
+                let tls = lapin::tcp::OwnedTLSConfig {
+                    identity: None,
+                    cert_chain: Some(pem),
+                };
+                Connection::connect_with_config(url, props, tls, lapin::runtime::default_runtime()?).await
+            }
+        }
+    };
+    tokio::time::timeout(within, connecting)
+        .await
+        .map_err(|_| err(format!("no connection within {within:?}")))?
+        .map_err(|e| err(crate::url::scrub(&e.to_string(), url)))
 }
 
 async fn raw_on(
@@ -171,14 +193,12 @@ async fn acked(
 }
 
 /// Deletes `queues` (a missing one is fine): a benchmark's clean-up.
-pub async fn delete_queues(url: &str, queues: &[String]) -> Result<(), BaselineError> {
-    let conn = tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect(url, ConnectionProperties::default()),
-    )
-    .await
-    .map_err(|_| err("no connection within 10 s"))?
-    .map_err(|e| err(crate::url::scrub(&e.to_string(), url)))?;
+pub async fn delete_queues(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    queues: &[String],
+) -> Result<(), BaselineError> {
+    let conn = connect(url, ca_file, Duration::from_secs(10)).await?;
     for q in queues {
         // A channel per delete: a failed delete closes its channel.
         let ch = conn.create_channel().await.map_err(err)?;

@@ -68,7 +68,7 @@ pub async fn run(dir: &Path, a: &Args) -> anyhow::Result<ExitCode> {
     };
     eprintln!("  cleaning up: stopping the workers, deleting the bench's queues");
     let stopped = tokio::task::spawn_blocking(move || workers.stop()).await;
-    if let Err(e) = baseline::delete_queues(&url, &names.queues()).await {
+    if let Err(e) = baseline::delete_queues(&url, a.amqp.amqp_ca_file.as_deref(), &names.queues()).await {
         eprintln!("warning: could not delete the bench's queues: {e:#}");
     }
     match stopped {
@@ -101,7 +101,15 @@ async fn bench(
     let RawFigures {
         roundtrip_p50_us: raw_rt_p50_us,
         msgs_per_s: raw_msgs_per_s,
-    } = baseline::raw(url, &names.raw_queue, RAW_ROUNDTRIPS, RAW_MESSAGES, RAW_IN_FLIGHT).await?;
+    } = baseline::raw(
+        url,
+        a.amqp.amqp_ca_file.as_deref(),
+        &names.raw_queue,
+        RAW_ROUNDTRIPS,
+        RAW_MESSAGES,
+        RAW_IN_FLIGHT,
+    )
+    .await?;
     eprintln!("  raw round trip p50 {raw_rt_p50_us} µs, raw throughput {raw_msgs_per_s:.0} msgs/s");
 
     let log =
@@ -124,7 +132,7 @@ async fn bench(
 
     let exe = std::env::current_exe().context("finding the recman executable for the workers")?;
     for id in &names.workers {
-        workers.spawn(&exe, dir, &config_path, url, &names.pool, id, a.worker_prefetch)?;
+        workers.spawn(&exe, dir, &config_path, url, &names.pool, id, a)?;
     }
     workers.wait_started(Duration::from_secs(60)).await?;
 
@@ -316,18 +324,24 @@ impl Workers {
         url: &str,
         pool: &str,
         id: &str,
-        prefetch: u16,
+        a: &Args,
     ) -> anyhow::Result<()> {
         let data: PathBuf = dir.join(id);
-        let mut child = Command::new(exe)
-            .arg("--data-dir")
+        let mut cmd = Command::new(exe);
+        cmd.arg("--data-dir")
             .arg(&data)
             .arg("--config")
             .arg(config)
             .args(["worker", "--pool", pool, "--id", id, "--prefetch"])
-            .arg(prefetch.to_string())
+            .arg(a.worker_prefetch.to_string())
+            .arg("--delivery-limit")
+            .arg(a.amqp.delivery_limit.to_string())
             // The URL (with its password) through the environment, not argv.
-            .env(recman_amqp::url::URL_ENV, url)
+            .env(recman_amqp::url::URL_ENV, url);
+        if let Some(ca) = &a.amqp.amqp_ca_file {
+            cmd.arg("--amqp-ca-file").arg(ca);
+        }
+        let mut child = cmd
             .env("RECMAN_LOG", "warn,recman_workers=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
