@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod baseline;
 mod bus;
 mod convert;
 pub mod relay;

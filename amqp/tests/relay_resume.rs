@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use recman_amqp::relay::{self, Cursor};
+use recman_amqp::relay::{self, Cursor, RelayOptions};
 use recman_events::bus::{Address, Bus, BusError, Consumer, Message};
 use recman_events::log::BoxFuture;
 use recman_events::{
@@ -101,10 +101,11 @@ async fn relay_resumes_after_a_crash_without_loss_or_reordering() {
         inner: mem.clone(),
         budget: AtomicUsize::new(200),
     });
-    let r = relay::run(
+    let r = relay::run_with(
         log.clone(),
         crashing,
         Cursor::in_data_dir(dir.path()),
+        per_event(),
         std::future::pending(),
     )
     .await;
@@ -130,10 +131,11 @@ async fn relay_resumes_after_a_crash_without_loss_or_reordering() {
     // Second run, more events appended meanwhile.
     log.append((500..520).map(requested).collect()).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let second = tokio::spawn(relay::run(
+    let second = tokio::spawn(relay::run_with(
         log.clone(),
         Arc::new(mem.clone()),
         Cursor::in_data_dir(dir.path()),
+        per_event(),
         async move {
             let _ = stopped.await;
         },
@@ -151,6 +153,131 @@ async fn relay_resumes_after_a_crash_without_loss_or_reordering() {
         assert_eq!(id, &format!("event/{seq}"), "a duplicate keeps its message_id");
         assert!(key.starts_with("requested.t"), "routing key {key}");
     }
+}
+
+/// One message per event whatever the load (the format of low rates).
+fn per_event() -> RelayOptions {
+    RelayOptions {
+        batch_over: usize::MAX,
+        ..RelayOptions::default()
+    }
+}
+
+/// Reads relayed messages (either form) until `until_seq` was seen:
+/// (seqs inside, message id, routing key) per message.
+async fn drain_any(c: &mut Consumer, until_seq: u64) -> Vec<(Vec<u64>, String, String)> {
+    let mut got = Vec::new();
+    loop {
+        let d = tokio::time::timeout(Duration::from_secs(5), c.recv())
+            .await
+            .expect("events keep coming")
+            .unwrap();
+        let seqs: Vec<u64> = relay::events_of(&d.message)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        let key = d
+            .message
+            .header(recman_amqp::ROUTING_KEY_HEADER)
+            .unwrap()
+            .to_string();
+        let done = seqs.contains(&until_seq);
+        got.push((seqs, d.message.message_id.clone(), key));
+        d.ack().await.unwrap();
+        if done {
+            return got;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_batches_under_load_and_resumes_with_the_same_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn EventLog> = log::open_detected(dir.path(), Backend::Redb).unwrap();
+    let mem = MemoryBus::new();
+    let mut sub = mem.consume(Address::Events, 0).await.unwrap();
+    log.append((0..500).map(requested).collect()).await.unwrap();
+    let opts = RelayOptions {
+        batch_over: 32,
+        max_events: 64,
+        ..RelayOptions::default()
+    };
+
+    // First run: the broker takes every message of the round, the confirm never comes.
+    let crashing = Arc::new(CrashingBus {
+        inner: mem.clone(),
+        budget: AtomicUsize::new(3),
+    });
+    let r = relay::run_with(
+        log.clone(),
+        crashing,
+        Cursor::in_data_dir(dir.path()),
+        opts.clone(),
+        std::future::pending(),
+    )
+    .await;
+    assert!(r.is_err(), "the relay reports the failed publish");
+    let saved = Cursor::in_data_dir(dir.path()).load().unwrap();
+    let mut before = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), sub.recv()).await {
+        let seqs: Vec<u64> = relay::events_of(&d.message)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        before.push((seqs, d.message.message_id.clone()));
+        d.ack().await.unwrap();
+    }
+    assert!(
+        saved < 500,
+        "the cursor never passes an unconfirmed event (at {saved})"
+    );
+
+    // Second run, 20 more events meanwhile.
+    log.append((500..520).map(requested).collect()).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = tokio::spawn(relay::run_with(
+        log.clone(),
+        Arc::new(mem.clone()),
+        Cursor::in_data_dir(dir.path()),
+        opts,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let after = drain_any(&mut sub, 520).await;
+    let _ = stop.send(());
+    second.await.unwrap().unwrap();
+    assert_eq!(Cursor::in_data_dir(dir.path()).load().unwrap(), 520);
+
+    // Batches: at most 64 events, contiguous, id = the seq range, routing key `batch`.
+    assert!(
+        after.iter().any(|(s, _, _)| s.len() > 1),
+        "events went out batched"
+    );
+    for (seqs, id, key) in &after {
+        assert!(seqs.len() <= 64);
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "contiguous: {seqs:?}");
+        if seqs.len() > 1 {
+            assert_eq!(id, &format!("events/{}-{}", seqs[0], seqs[seqs.len() - 1]));
+            assert_eq!(key, relay::BATCH_KEY);
+        }
+    }
+    // The range sent again after the crash (from the same cursor, as many
+    // events waiting) carries the same id: subscribers can drop it by id, and
+    // in any case by seq.
+    let resent = before
+        .iter()
+        .find(|(s, _)| s[0] == saved + 1)
+        .expect("the broker took the round the confirm of which never came");
+    assert_eq!(after[0].0[0], saved + 1);
+    if resent.0.len() == 64 && after[0].0.len() == 64 {
+        assert_eq!(after[0].1, resent.1, "the same batch again, with its id");
+    }
+    // Nothing lost or reordered: resumes right after the cursor.
+    let seqs: Vec<u64> = after.iter().flat_map(|(s, _, _)| s.iter().copied()).collect();
+    assert_eq!(seqs, (saved + 1..=520).collect::<Vec<u64>>());
 }
 
 #[test]

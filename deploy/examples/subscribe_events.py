@@ -3,11 +3,17 @@
 
     subscribe_events.py --url amqp://user:pw@host:5672/recman [--binding 'completed.#'] [--until-request ID]
 
-Events come from the topic exchange `recman.events`, routing key
-`<event kind>.<first target of the job>` (e.g. `completed.db01`). Each body is
-an EventMessage (schemas/): `seq` is the global log position; after an engine
-crash an event may come twice with the same `seq` and message id, so this
-keeps the highest seq seen and drops what is not newer.
+Events come from the topic exchange `recman.events` in two forms:
+- one event per message (low rates): routing key `<event kind>.<first target
+  of the job>` (e.g. `completed.db01`), type `event`, body an EventMessage
+  (schemas/);
+- a batch (when many events are waiting): routing key `batch`, type
+  `event-batch`, body a JSON array of EventMessages in log order, message id
+  `events/<first seq>-<last seq>`.
+A binding other than `#` should also bind `batch` and filter inside batches
+(this script does both with --binding). `seq` is the global log position;
+after an engine crash an event may come twice, so this keeps the highest seq
+seen and drops what is not newer.
 
 Without --queue it uses an exclusive queue that lives as long as this
 process; with --queue NAME a durable one that keeps events while it is away.
@@ -16,6 +22,7 @@ failed or was cancelled).
 """
 import argparse
 import json
+import re
 import sys
 
 import pika
@@ -36,27 +43,43 @@ def main():
     else:
         q = ch.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
     ch.queue_bind(queue=q, exchange="recman.events", routing_key=a.binding)
+    if a.binding != "#":
+        ch.queue_bind(queue=q, exchange="recman.events", routing_key="batch")
+    # For the filter inside batches: the binding as a regex on `<kind>.<target>`.
+    pattern = re.compile(
+        "^" + re.escape(a.binding).replace(r"\#", ".*").replace(r"\*", "[^.]*") + "$"
+    )
     ch.basic_qos(prefetch_count=100)
     print("subscribed", q, flush=True)
 
     last_seq = 0
     watched_job = None
+    targets = {}  # job -> first target, to filter inside batches
     for method, props, body in ch.consume(q):
-        msg = json.loads(body)
-        seq = msg["seq"]
-        if seq <= last_seq:
-            ch.basic_ack(method.delivery_tag)  # a duplicate after a crash
-            continue
-        last_seq = seq
-        ev = msg["event"]
-        print(json.dumps({"seq": seq, "routing_key": method.routing_key, "job": ev["job"], "type": ev["body"]["type"]}), flush=True)
+        batch = props.type == "event-batch"
+        for msg in json.loads(body) if batch else [json.loads(body)]:
+            seq = msg["seq"]
+            if seq <= last_seq:
+                continue  # a duplicate after a crash
+            last_seq = seq
+            ev = msg["event"]
+            kind = ev["body"]["type"]
+            if kind == "requested":
+                targets[ev["job"]] = (ev["body"].get("targets") or ["unknown"])[0]
+            key = "%s.%s" % (kind, targets.get(ev["job"], "unknown")) if batch else method.routing_key
+            if kind in ("completed", "failed", "cancelled"):
+                targets.pop(ev["job"], None)
+            if batch and not pattern.match(key):
+                continue
+            print(json.dumps({"seq": seq, "routing_key": key, "batch": batch, "job": ev["job"], "type": kind}), flush=True)
+            if a.until_request:
+                if kind == "requested" and ev["body"].get("request_id") == a.until_request:
+                    watched_job = ev["job"]
+                if ev["job"] == watched_job and kind in ("completed", "failed", "cancelled"):
+                    ch.basic_ack(method.delivery_tag)
+                    conn.close()
+                    return 0 if kind == "completed" else 1
         ch.basic_ack(method.delivery_tag)
-        if a.until_request:
-            if ev["body"]["type"] == "requested" and ev["body"].get("request_id") == a.until_request:
-                watched_job = ev["job"]
-            if ev["job"] == watched_job and ev["body"]["type"] in ("completed", "failed", "cancelled"):
-                conn.close()
-                return 0 if ev["body"]["type"] == "completed" else 1
     return 0
 
 

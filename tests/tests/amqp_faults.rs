@@ -28,8 +28,19 @@ struct Progress {
 }
 
 impl Progress {
-    fn take(&mut self, body: &[u8]) {
-        let v: serde_json::Value = serde_json::from_slice(body).expect("event JSON");
+    /// One relayed message: a single event, or a batch (a JSON array) under load.
+    fn take_message(&mut self, msg: &Message) {
+        let v: serde_json::Value = serde_json::from_slice(&msg.body).expect("event JSON");
+        match v {
+            serde_json::Value::Array(events) => {
+                assert_eq!(msg.msg_type, recman_amqp::relay::BATCH_TYPE);
+                events.into_iter().for_each(|e| self.take(e))
+            }
+            single => self.take(single),
+        }
+    }
+
+    fn take(&mut self, v: serde_json::Value) {
         let seq = v["seq"].as_u64().unwrap();
         let job = v["event"]["job"].as_str().unwrap().to_string();
         let kind = v["event"]["body"]["type"].as_str().unwrap().to_string();
@@ -182,7 +193,7 @@ async fn amqp_faults_worker_kill_broker_restart_engine_kill() {
         );
         match tokio::time::timeout(left.min(Duration::from_secs(2)), tap.recv()).await {
             Ok(Some(d)) => {
-                p.take(&d.message.body);
+                p.take_message(&d.message);
                 let _ = d.ack().await; // after a broker restart an old tag may be refused: redelivered, deduped
             }
             Ok(None) => panic!("the events subscription closed"),

@@ -46,7 +46,8 @@ fn amqp_python_publisher_request_completes_and_subscriber_sees_it() {
         dir.path(),
         &data,
         &config,
-        &["engine", "--amqp", &vh.url],
+        // Every event in batches: the subscriber unpacks them.
+        &["engine", "--amqp", &vh.url, "--relay-batch-over", "0"],
     );
     engine.wait_for("broker connected");
     let mut worker = Proc::spawn(
@@ -111,6 +112,10 @@ fn amqp_python_publisher_request_completes_and_subscriber_sees_it() {
     assert_eq!(kinds.first(), Some(&"requested"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"completed"), "{kinds:?}");
     assert_eq!(events.last().unwrap()["routing_key"], "completed.t0");
+    assert!(
+        events.iter().all(|e| e["batch"] == true),
+        "relayed as batches: {events:?}"
+    );
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in log order: {seqs:?}");
     engine.stop();

@@ -28,6 +28,11 @@ pub struct Args {
     /// Do not relay events to the recman.events exchange.
     #[arg(long)]
     pub no_relay: bool,
+    /// Events waiting at once above which the relay sends them as batches
+    /// (one message of type `event-batch`, routing key `batch`, a JSON array);
+    /// at or below it, one message per event. 0 = always batches.
+    #[arg(long, value_name = "N", default_value_t = recman_amqp::relay::RelayOptions::default().batch_over)]
+    pub relay_batch_over: usize,
 }
 
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
@@ -49,10 +54,15 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let relay = (!a.no_relay).then(|| {
-        tokio::spawn(recman_amqp::relay::run(
+        let opts = recman_amqp::relay::RelayOptions {
+            batch_over: a.relay_batch_over,
+            ..Default::default()
+        };
+        tokio::spawn(recman_amqp::relay::run_with(
             log.clone(),
             bus.clone(),
             recman_amqp::relay::Cursor::in_data_dir(&g.data_dir),
+            opts,
             stopped(stop_rx.clone()),
         ))
     });

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod amqp_opts;
 pub mod audit;
 pub mod bench;
+pub mod bench_amqp;
 pub mod bench_freeze;
 pub mod bench_jobs;
 pub mod bench_log;

@@ -183,27 +183,37 @@ async fn commit(
         }
         let commands: Vec<Outgoing> = batches.iter_mut().flat_map(|b| b.commands.drain(..)).collect();
         publish(bus.as_ref(), &commands).await?;
+        // Settles go out together (one at a time, each waiting for its frame
+        // to be written, cost ~30 µs each: most of a commit at full load).
+        let mut settles = Vec::new();
         for b in batches.drain(..) {
             for (tx, state) in b.inspects {
                 let _ = tx.send(state);
             }
             for (delivery, reply, r) in b.settles {
                 if let Some(d) = delivery {
-                    let id = d.message.message_id.clone();
-                    let settled = match &r {
-                        Reply::Rejected { code, message } => d.reject(&format!("{code}: {message}")).await,
-                        _ => d.ack().await,
+                    let rejected = match &r {
+                        Reply::Rejected { code, message } => Some(format!("{code}: {message}")),
+                        _ => None,
                     };
-                    if let Err(e) = settled {
-                        // Redelivered later and answered from the state: inputs are idempotent.
-                        tracing::warn!(message_id = %id, error = %e, "could not settle a delivery");
-                    }
+                    settles.push(async move {
+                        let id = d.message.message_id.clone();
+                        let settled = match rejected {
+                            Some(reason) => d.reject(&reason).await,
+                            None => d.ack().await,
+                        };
+                        if let Err(e) = settled {
+                            // Redelivered later and answered from the state: inputs are idempotent.
+                            tracing::warn!(message_id = %id, error = %e, "could not settle a delivery");
+                        }
+                    });
                 }
                 if let Some(tx) = reply {
                     let _ = tx.send(r);
                 }
             }
         }
+        futures_util::future::join_all(settles).await;
     }
     Ok(())
 }
