@@ -72,14 +72,19 @@ pub fn link(span: &Span, header: Option<&str>) {
 
 /// The `traceparent` for a message about `job` sent inside `span`: the span's
 /// own context when it is exported (the receiver's spans become its
-/// children), else the job's root context.
-pub fn traceparent(span: &Span, job: JobId) -> String {
+/// children), else the one `received` with the message being answered when
+/// that is in the job's trace (passed through), else the job's root context.
+pub fn traceparent(span: &Span, job: JobId, received: Option<&str>) -> String {
     if !span.is_disabled() {
         if let Some(tp) = trace_parent(span.context().span().span_context()) {
             return tp.to_string();
         }
     }
-    TraceParent::job_root(job).to_string()
+    let root = TraceParent::job_root(job);
+    match received.and_then(TraceParent::parse) {
+        Some(tp) if tp.trace_id == root.trace_id => tp.to_string(),
+        _ => root.to_string(),
+    }
 }
 
 /// Makes `span` (created without a parent) the root span of `job`'s trace,

@@ -62,14 +62,14 @@ fn spans_parented_from_headers_share_the_job_trace() {
         drop(root);
         let send = tracing::info_span!(target: "recman_engine::t", parent: None, "command.send");
         recman_trace::set_parent(&send, job, None);
-        let header = recman_trace::traceparent(&send, job);
+        let header = recman_trace::traceparent(&send, job, None);
         drop(send);
         let step = tracing::info_span!(target: "recman_workers::t", parent: None, "worker.step");
         recman_trace::set_parent(&step, job, Some(&header));
         drop(step);
         // A span the OpenTelemetry filter drops: the header falls back to the job root.
         let quiet = tracing::trace_span!(target: "recman_engine::t", parent: None, "quiet");
-        (header, recman_trace::traceparent(&quiet, job))
+        (header, recman_trace::traceparent(&quiet, job, None))
     });
     let _ = provider.force_flush();
     let spans = exporter.get_finished_spans().unwrap();
@@ -120,8 +120,18 @@ fn spans_parented_from_headers_share_the_job_trace() {
 fn without_an_otel_layer_the_header_is_the_job_root() {
     let job = JobId::new_v7();
     let span = tracing::info_span!("anything");
+    let root = TraceParent::job_root(job);
+    assert_eq!(recman_trace::traceparent(&span, job, None), root.to_string());
+    // A received context in the job's trace is passed through; another trace's is not.
+    let sender = TraceParent {
+        span_id: 0x1234,
+        ..root
+    };
+    let passed = recman_trace::traceparent(&span, job, Some(&sender.to_string()));
+    assert_eq!(passed, sender.to_string());
+    let foreign = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     assert_eq!(
-        recman_trace::traceparent(&span, job),
-        TraceParent::job_root(job).to_string()
+        recman_trace::traceparent(&span, job, Some(foreign)),
+        root.to_string()
     );
 }

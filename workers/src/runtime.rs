@@ -309,10 +309,11 @@ fn validate(cmd: &Command) -> Result<(), String> {
 }
 
 /// The message of a report, with the `traceparent` of `span` (the step that
-/// made it), or of the job's root when spans are off.
-fn report_message(r: &Report, span: &Span) -> Message {
+/// made it); when spans are off, the command's own (`received`) if it is in
+/// the job's trace, else the job's root.
+fn report_message(r: &Report, span: &Span, received: Option<&str>) -> Message {
     Message::new(msg_type::REPORT, r.message_id.clone(), wire::encode(r))
-        .with_header(TRACEPARENT, recman_trace::traceparent(span, r.job))
+        .with_header(TRACEPARENT, recman_trace::traceparent(span, r.job, received))
 }
 
 /// The span of one command executed by this worker, in the job's trace.
@@ -395,7 +396,7 @@ impl Shared {
                 .record("outcome", error.code.as_str())
                 .record("otel.status_code", "error"),
         };
-        let msg = report_message(&report, &span);
+        let msg = report_message(&report, &span, d.message.header(TRACEPARENT));
         match self.bus.publish(Address::Reports, msg).await {
             Ok(()) => {
                 self.lock_recent().insert(cmd.message_id.clone(), report);
@@ -614,7 +615,7 @@ impl Shared {
             outcome,
         };
         let span = own_thaw_span(&self.id, rec.job, rec.attempt, t, "watchdog");
-        let msg = report_message(&report, &span);
+        let msg = report_message(&report, &span, None);
         for n in 1..=5u64 {
             match self
                 .bus
@@ -696,7 +697,7 @@ impl Shared {
                         },
                     };
                     let span = own_thaw_span(&self.id, job, attempt, t, "found frozen on start");
-                    let msg = report_message(&report, &span);
+                    let msg = report_message(&report, &span, None);
                     if let Err(e) = self.bus.publish(Address::Reports, msg).instrument(span).await {
                         tracing::warn!(worker = %self.id, target = %t, error = %e, "report of the thaw on start not published");
                     }

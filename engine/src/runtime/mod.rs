@@ -72,7 +72,7 @@ fn to_message(out: &Outgoing, span: Option<&tracing::Span>) -> (Address, Message
         out.command.message_id.clone(),
         wire::encode(&out.command),
     );
-    let tp = recman_trace::traceparent(span.unwrap_or(&tracing::Span::none()), out.command.job);
+    let tp = recman_trace::traceparent(span.unwrap_or(&tracing::Span::none()), out.command.job, None);
     (to, msg.with_header(recman_trace::TRACEPARENT, tp))
 }
 
