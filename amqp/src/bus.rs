@@ -3,6 +3,14 @@
 //! closing it requeues what it held). Settling: ack and nack map to AMQP;
 //! reject (and a nack at the delivery limit) re-publishes the message to the
 //! dead-letter exchange with the reason in a header, confirmed, then acks it.
+//!
+//! Recovery is ours, not lapin's: lapin 4.12's automatic recovery sometimes
+//! gave up after a `rabbitmqctl stop_app`/`start_app` and left a publish
+//! waiting forever (seen in CI). Here a supervisor task opens a new connection
+//! when the current one fails, redeclares the topology, and bumps a
+//! generation; publishes that were not confirmed are sent again on it and
+//! consumers subscribe again (their old delivery tags are void: the broker
+//! redelivers those messages).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,10 +48,14 @@ pub struct AmqpOptions {
     /// How long the first connection may take (lapin retries refused
     /// connections with a backoff; this bounds the whole).
     pub connect_timeout: Duration,
-    /// How long the connection may stay down (lapin's automatic recovery
+    /// How long the connection may stay down (reconnection attempts
     /// included) before the bus gives up: consumers end, publishes fail, and
     /// the process exits for its supervisor to restart it.
     pub reconnect_timeout: Duration,
+    /// PEM file with the CA certificate(s) that signed the broker's
+    /// certificate (`amqps://` with a private CA); read at every connect.
+    /// Without it, the system's CA store.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AmqpOptions {
@@ -55,6 +67,7 @@ impl Default for AmqpOptions {
             publish_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(30),
             reconnect_timeout: Duration::from_secs(30),
+            ca_file: None,
         }
     }
 }
@@ -74,9 +87,25 @@ pub struct AmqpBus {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+/// One connection and its confirm-mode publishing channel.
+struct Link {
     conn: Connection,
     publisher: Channel,
+    /// Counts connections: 0 is the first.
+    generation: u64,
+}
+
+impl Link {
+    fn up(&self) -> bool {
+        self.conn.status().connected() && self.publisher.status().connected()
+    }
+}
+
+struct Inner {
+    url: String,
+    link: std::sync::RwLock<Arc<Link>>,
+    /// The generation of the current link; consumers and publishers wait on it.
+    generation: tokio::sync::watch::Sender<u64>,
     /// Queues this process declared (or found) already.
     declared: Mutex<HashSet<String>>,
     opts: AmqpOptions,
@@ -99,28 +128,54 @@ impl AmqpBus {
             url: redacted.clone(),
             reason: crate::url::scrub(&e.to_string(), url),
         };
-        let props = ConnectionProperties::default()
-            .enable_auto_recover()
-            .with_connection_name(opts.connection_name.clone().into());
-        let conn = tokio::time::timeout(opts.connect_timeout, Connection::connect(url, props))
-            .await
-            .map_err(|_| AmqpError::Connect {
-                url: redacted.clone(),
-                reason: format!(
-                    "no connection within {:?} (is the broker running and reachable?)",
-                    opts.connect_timeout
-                ),
-            })?
-            .map_err(connect_err)?;
-        let publisher = conn.create_channel().await.map_err(connect_err)?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(connect_err)?;
+        // A broker that is still starting refuses connections: try again
+        // until `connect_timeout`.
+        let deadline = Instant::now() + opts.connect_timeout;
+        let link = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match tokio::time::timeout(left, open_link(url, &opts, 0)).await {
+                Ok(Ok(link)) => break link,
+                Ok(Err(LinkError::CaFile(reason))) => {
+                    return Err(AmqpError::Connect {
+                        url: redacted.clone(),
+                        reason,
+                    })
+                }
+                Ok(Err(LinkError::Amqp(e))) => {
+                    // A certificate the CA store refuses does not get better.
+                    if tls_rejection(&e) {
+                        return Err(AmqpError::Connect {
+                            url: redacted.clone(),
+                            reason: format!(
+                                "{} (a broker certificate from a private CA needs its CA file: \
+                                 --amqp-ca-file, [amqp] ca_file or RECMAN_AMQP_CA_FILE)",
+                                crate::url::scrub(&e.to_string(), url)
+                            ),
+                        });
+                    }
+                    Some(e)
+                }
+                Err(_) => None,
+            };
+            if Instant::now() + CONNECT_RETRY >= deadline {
+                return Err(match err {
+                    Some(e) => connect_err(e),
+                    None => AmqpError::Connect {
+                        url: redacted.clone(),
+                        reason: format!(
+                            "no connection within {:?} (is the broker running and reachable?)",
+                            opts.connect_timeout
+                        ),
+                    },
+                });
+            }
+            tokio::time::sleep(CONNECT_RETRY).await;
+        };
         let bus = AmqpBus {
             inner: Arc::new(Inner {
-                conn,
-                publisher,
+                url: url.to_string(),
+                link: std::sync::RwLock::new(Arc::new(link)),
+                generation: tokio::sync::watch::channel(0).0,
                 declared: Mutex::new(HashSet::new()),
                 opts,
                 next_consumer: AtomicU64::new(1),
@@ -128,7 +183,7 @@ impl AmqpBus {
                 lost_notify: tokio::sync::Notify::new(),
             }),
         };
-        tokio::spawn(watch_connection(Arc::downgrade(&bus.inner)));
+        tokio::spawn(supervise(Arc::downgrade(&bus.inner)));
         if bus.inner.opts.declare_topology {
             bus.declare_topology().await.map_err(|e| AmqpError::Topology {
                 url: redacted.clone(),
@@ -144,10 +199,31 @@ impl AmqpBus {
         self.inner.lost.load(Ordering::SeqCst)
     }
 
+    fn link(&self) -> Arc<Link> {
+        self.inner.link()
+    }
+
+    /// Waits until a link newer than `generation` is up (or the bus is lost,
+    /// or `timeout` passed). True when there is one.
+    async fn newer_link(&self, generation: u64, timeout: Duration) -> bool {
+        let mut rx = self.inner.generation.subscribe();
+        let wait = rx.wait_for(|g| *g > generation);
+        let lost = self.inner.lost_notify.notified();
+        tokio::pin!(lost);
+        lost.as_mut().enable();
+        if self.connection_lost() {
+            return false;
+        }
+        tokio::select! {
+            r = tokio::time::timeout(timeout, wait) => matches!(r, Ok(Ok(_))),
+            _ = lost => false,
+        }
+    }
+
     /// Declares the exchanges, the core queues and their bindings. Idempotent;
     /// a queue that exists with other arguments is an error that says so.
     pub async fn declare_topology(&self) -> Result<(), BusError> {
-        let ch = self.inner.conn.create_channel().await.map_err(broker)?;
+        let ch = self.link().conn.create_channel().await.map_err(broker)?;
         for (name, kind) in topology::exchanges() {
             ch.exchange_declare(
                 name.into(),
@@ -183,7 +259,7 @@ impl AmqpBus {
             return Ok(());
         }
         let limit = self.inner.opts.delivery_limit;
-        let ch = self.inner.conn.create_channel().await.map_err(broker)?;
+        let ch = self.link().conn.create_channel().await.map_err(broker)?;
         let args = topology::field_table(&topology::queue_arguments(addr, limit));
         let declared = ch
             .queue_declare(
@@ -236,9 +312,10 @@ impl AmqpBus {
         if self.connection_lost() {
             return Err(BusError::Closed);
         }
-        let ch = &self.inner.publisher;
         let mut pending: Vec<usize> = (0..msgs.len()).collect();
         loop {
+            let link = self.link();
+            let ch = &link.publisher;
             let mut confirms = Vec::with_capacity(pending.len());
             let mut failed = Vec::new();
             let mut last_err = None;
@@ -255,20 +332,25 @@ impl AmqpBus {
                     mandatory: *to != Address::Events,
                     ..Default::default()
                 };
-                match ch
-                    .basic_publish(
-                        exchange.into(),
-                        key.into(),
-                        opts,
-                        &msg.body,
-                        convert::properties(msg),
-                    )
-                    .await
-                {
-                    Ok(c) => confirms.push((i, c)),
-                    Err(e) => {
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_secs(1));
+                let sent = ch.basic_publish(
+                    exchange.into(),
+                    key.into(),
+                    opts,
+                    &msg.body,
+                    convert::properties(msg),
+                );
+                match tokio::time::timeout(left, sent).await {
+                    Ok(Ok(c)) => confirms.push((i, c)),
+                    Ok(Err(e)) => {
                         failed.push(i);
-                        last_err = Some(e);
+                        last_err = Some(e.to_string());
+                    }
+                    Err(_) => {
+                        failed.push(i);
+                        last_err = Some("the broker did not take the message".into());
                     }
                 }
             }
@@ -297,7 +379,7 @@ impl AmqpBus {
                     Ok(Confirmation::Nack(_)) => failed.push(i),
                     Err(e) => {
                         failed.push(i);
-                        last_err = Some(e);
+                        last_err = Some(e.to_string());
                     }
                 }
             }
@@ -316,74 +398,25 @@ impl AmqpBus {
                 )));
             }
             failed.sort_unstable();
-            tracing::warn!(unconfirmed = failed.len(), error = ?last_err.as_ref().map(|e| e.to_string()), "publishing again after a broker error");
-            let wait = match last_err {
-                Some(e) => tokio::time::timeout(Duration::from_secs(30), ch.wait_for_recovery(e))
-                    .await
-                    .map(|r| r.is_err())
-                    .unwrap_or(true),
-                None => true,
-            };
-            if wait {
+            tracing::warn!(unconfirmed = failed.len(), error = ?last_err, "publishing again after a broker error");
+            if link.up() {
+                // A nack on a healthy connection: try again shortly.
                 tokio::time::sleep(Duration::from_millis(250)).await;
+            } else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.newer_link(link.generation, left).await;
             }
             pending = failed;
         }
     }
 
     async fn consume_queue(&self, from: Address, prefetch: u16) -> Result<Consumer, BusError> {
-        self.ensure(&from).await?;
-        let ch = self.inner.conn.create_channel().await.map_err(broker)?;
-        ch.basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(broker)?;
-        let queue = if from == Address::Events {
-            // One exclusive, server-named queue per subscriber: it lives as
-            // long as the subscription.
-            let q = ch
-                .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(broker)?;
-            let name = q.name().as_str().to_string();
-            ch.queue_bind(
-                name.as_str().into(),
-                topology::EVENTS_EXCHANGE.into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker)?;
-            name
+        let source = if from == Address::Events {
+            Source::EventsExclusive
         } else {
-            from.queue_name()
+            Source::Queue(from)
         };
-        let n = self.inner.next_consumer.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("{}-{n}", self.inner.opts.connection_name);
-        let consumer = ch
-            .basic_consume(
-                queue.as_str().into(),
-                ShortString::from(tag),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker)?;
-        Ok(Consumer::new(Box::new(AmqpConsumer {
-            bus: self.clone(),
-            channel: ch,
-            consumer,
-            queue,
-            closed: Arc::new(AtomicBool::new(false)),
-        })))
+        self.consumer(source, prefetch).await
     }
 
     /// A durable subscription to the events exchange: the quorum queue
@@ -396,48 +429,89 @@ impl AmqpBus {
         binding: &str,
         prefetch: u16,
     ) -> Result<Consumer, BusError> {
-        let ch = self.inner.conn.create_channel().await.map_err(broker)?;
-        let args = topology::field_table(&[("x-queue-type", topology::ArgValue::Str("quorum"))]);
-        ch.queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .map_err(|e| broker(format!("declaring queue {queue}: {e}")))?;
-        ch.queue_bind(
-            queue.into(),
-            topology::EVENTS_EXCHANGE.into(),
-            binding.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(broker)?;
+        let source = Source::Durable {
+            queue: queue.to_string(),
+            binding: binding.to_string(),
+        };
+        self.consumer(source, prefetch).await
+    }
+
+    async fn consumer(&self, source: Source, prefetch: u16) -> Result<Consumer, BusError> {
+        let sub = self.subscribe(&source, prefetch).await?;
+        Ok(Consumer::new(Box::new(AmqpConsumer {
+            bus: self.clone(),
+            source,
+            prefetch,
+            sub,
+            closed: Arc::new(AtomicBool::new(false)),
+        })))
+    }
+
+    /// Opens a channel on the current link, declares what `source` needs and
+    /// starts consuming.
+    async fn subscribe(&self, source: &Source, prefetch: u16) -> Result<Subscription, BusError> {
+        if let Source::Queue(addr) = source {
+            self.ensure(addr).await?;
+        }
+        let link = self.link();
+        let ch = link.conn.create_channel().await.map_err(broker)?;
         ch.basic_qos(prefetch, BasicQosOptions::default())
             .await
             .map_err(broker)?;
+        let queue = match source {
+            Source::Queue(addr) => addr.queue_name(),
+            Source::EventsExclusive => {
+                // One exclusive, server-named queue per subscriber: it lives
+                // as long as the subscription (and its connection).
+                let q = ch
+                    .queue_declare(
+                        "".into(),
+                        QueueDeclareOptions {
+                            exclusive: true,
+                            auto_delete: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(broker)?;
+                let name = q.name().as_str().to_string();
+                bind_events(&ch, &name, "#").await?;
+                name
+            }
+            Source::Durable { queue, binding } => {
+                let args = topology::field_table(&[("x-queue-type", topology::ArgValue::Str("quorum"))]);
+                ch.queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    args,
+                )
+                .await
+                .map_err(|e| broker(format!("declaring queue {queue}: {e}")))?;
+                bind_events(&ch, queue, binding).await?;
+                queue.clone()
+            }
+        };
         let n = self.inner.next_consumer.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{n}", self.inner.opts.connection_name);
         let consumer = ch
             .basic_consume(
-                queue.into(),
+                queue.as_str().into(),
                 ShortString::from(tag),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .map_err(broker)?;
-        Ok(Consumer::new(Box::new(AmqpConsumer {
-            bus: self.clone(),
+        Ok(Subscription {
             channel: ch,
             consumer,
-            queue: queue.to_string(),
-            closed: Arc::new(AtomicBool::new(false)),
-        })))
+            queue,
+            generation: link.generation,
+        })
     }
 
     /// Publishes `msg` to the dead-letter exchange with `reason` and `origin`.
@@ -463,18 +537,99 @@ impl Bus for AmqpBus {
     }
 }
 
-/// Watches the connection: when it stays down (not connected) longer than
-/// `reconnect_timeout`, marks the bus lost and wakes every consumer.
-async fn watch_connection(inner: std::sync::Weak<Inner>) {
+/// Pause between attempts to connect.
+const CONNECT_RETRY: Duration = Duration::from_millis(500);
+
+enum LinkError {
+    CaFile(String),
+    Amqp(lapin::Error),
+}
+
+impl From<lapin::Error> for LinkError {
+    fn from(e: lapin::Error) -> Self {
+        LinkError::Amqp(e)
+    }
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::CaFile(m) => f.write_str(m),
+            LinkError::Amqp(e) => e.fmt(f),
+        }
+    }
+}
+
+/// True when the error is a TLS certificate problem (the text is all lapin
+/// gives us).
+fn tls_rejection(e: &lapin::Error) -> bool {
+    let t = e.to_string().to_ascii_lowercase();
+    t.contains("certificate") || t.contains("unknownissuer") || t.contains("handshake")
+}
+
+/// Opens a connection (without lapin's own recovery) and its confirm-mode
+/// publishing channel.
+async fn open_link(url: &str, opts: &AmqpOptions, generation: u64) -> Result<Link, LinkError> {
+    let name = opts.connection_name.clone();
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let conn = match &opts.ca_file {
+        None => Connection::connect(url, props).await?,
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| LinkError::CaFile(format!("cannot read the CA file {}: {e}", path.display())))?;
+            let tls = lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(pem),
+            };
+            let runtime = lapin::runtime::default_runtime()?;
+            Connection::connect_with_config(url, props, tls, runtime).await?
+        }
+    };
+    let publisher = conn.create_channel().await?;
+    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(Link {
+        conn,
+        publisher,
+        generation,
+    })
+}
+
+async fn bind_events(ch: &Channel, queue: &str, binding: &str) -> Result<(), BusError> {
+    ch.queue_bind(
+        queue.into(),
+        topology::EVENTS_EXCHANGE.into(),
+        binding.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(broker)
+}
+
+impl Inner {
+    fn link(&self) -> Arc<Link> {
+        self.link.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Watches the connection and replaces it when it fails: a new connection,
+/// the topology declared again, then the new generation announced. When no
+/// connection could be made for `reconnect_timeout`, marks the bus lost and
+/// wakes every consumer.
+async fn supervise(inner: std::sync::Weak<Inner>) {
     let mut down_since: Option<Instant> = None;
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let Some(inner) = inner.upgrade() else { return };
-        if inner.conn.status().connected() {
+        let old = inner.link();
+        if old.up() {
             down_since = None;
             continue;
         }
-        let since = *down_since.get_or_insert_with(Instant::now);
+        let since = *down_since.get_or_insert_with(|| {
+            tracing::warn!("the broker connection failed; reconnecting");
+            Instant::now()
+        });
         if since.elapsed() >= inner.opts.reconnect_timeout {
             tracing::error!(
                 after = ?inner.opts.reconnect_timeout,
@@ -484,16 +639,102 @@ async fn watch_connection(inner: std::sync::Weak<Inner>) {
             inner.lost_notify.notify_waiters();
             return;
         }
+        let generation = old.generation + 1;
+        let opened = tokio::time::timeout(
+            Duration::from_secs(10),
+            open_link(&inner.url, &inner.opts, generation),
+        )
+        .await;
+        let link = match opened {
+            Ok(Ok(link)) => link,
+            Ok(Err(e)) => {
+                let e = crate::url::scrub(&e.to_string(), &inner.url);
+                tracing::debug!(error = %e, "reconnecting: not yet");
+                tokio::time::sleep(CONNECT_RETRY).await;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        // Close what is left of the old connection (its io thread) in the background.
+        let dead = old.clone();
+        tokio::spawn(async move {
+            let closing = dead.conn.close(320, "replaced".into());
+            let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
+        });
+        *inner.link.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(link);
+        inner.declared.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let bus = AmqpBus { inner: inner.clone() };
+        if inner.opts.declare_topology {
+            if let Err(e) = bus.declare_topology().await {
+                tracing::warn!(error = %e, "reconnected, but declaring the topology failed");
+            }
+        }
+        tracing::warn!(generation, down_for = ?since.elapsed(), "reconnected to the broker");
+        down_since = None;
+        inner.generation.send_replace(generation);
     }
+}
+
+/// What a consumer reads from, kept to subscribe again after a reconnection.
+enum Source {
+    Queue(Address),
+    /// A private, exclusive queue bound to the events exchange (events
+    /// published while the connection is down are not seen).
+    EventsExclusive,
+    /// A named durable subscription (see `subscribe_events`).
+    Durable {
+        queue: String,
+        binding: String,
+    },
+}
+
+/// A consumer's channel on one link.
+struct Subscription {
+    channel: Channel,
+    consumer: lapin::Consumer,
+    queue: String,
+    generation: u64,
 }
 
 struct AmqpConsumer {
     bus: AmqpBus,
-    channel: Channel,
-    consumer: lapin::Consumer,
-    queue: String,
+    source: Source,
+    prefetch: u16,
+    sub: Subscription,
     /// Set when the consumer is dropped: its deliveries can no longer be settled.
     closed: Arc<AtomicBool>,
+}
+
+impl AmqpConsumer {
+    /// After the link failed: waits for the next one and consumes again.
+    /// False when the bus is lost.
+    async fn resubscribe(&mut self) -> bool {
+        loop {
+            if self.bus.connection_lost() {
+                return false;
+            }
+            let current = self.bus.link();
+            if current.generation <= self.sub.generation || !current.up() {
+                let wait = self.bus.inner.opts.reconnect_timeout + Duration::from_secs(5);
+                self.bus.newer_link(self.sub.generation, wait).await;
+                continue;
+            }
+            match self.bus.subscribe(&self.source, self.prefetch).await {
+                Ok(sub) => {
+                    tracing::info!(queue = %sub.queue, "consuming again after reconnecting");
+                    // Deliveries from the old channel can no longer be settled.
+                    self.closed.store(true, Ordering::SeqCst);
+                    self.closed = Arc::new(AtomicBool::new(false));
+                    self.sub = sub;
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.sub.queue, error = %e, "consuming again failed; retrying");
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                }
+            }
+        }
+    }
 }
 
 impl ConsumerSource for AmqpConsumer {
@@ -503,15 +744,18 @@ impl ConsumerSource for AmqpConsumer {
                 if self.bus.connection_lost() {
                     return None;
                 }
-                let lost = self.bus.inner.lost_notify.notified();
-                tokio::pin!(lost);
-                lost.as_mut().enable();
-                if self.bus.connection_lost() {
-                    return None;
-                }
-                let next = tokio::select! {
-                    n = self.consumer.next() => n,
-                    _ = lost => return None,
+                let next = {
+                    let bus = self.bus.clone();
+                    let lost = bus.inner.lost_notify.notified();
+                    tokio::pin!(lost);
+                    lost.as_mut().enable();
+                    if self.bus.connection_lost() {
+                        return None;
+                    }
+                    tokio::select! {
+                        n = self.sub.consumer.next() => n,
+                        _ = lost => return None,
+                    }
                 };
                 match next {
                     Some(Ok(d)) => {
@@ -530,19 +774,32 @@ impl ConsumerSource for AmqpConsumer {
                             closed: self.closed.clone(),
                             count,
                             message: message.clone(),
-                            queue: self.queue.clone(),
+                            queue: self.sub.queue.clone(),
                         });
                         return Some(Delivery::new(message, d.redelivered || count > 1, count, acker));
                     }
                     Some(Err(e)) => {
-                        // With auto recovery the consumer comes back on the
-                        // recovered channel; keep reading.
-                        tracing::warn!(queue = %self.queue, error = %e, "consumer error; waiting for recovery");
-                        if self.channel.wait_for_recovery(e).await.is_err() {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        tracing::warn!(queue = %self.sub.queue, error = %e, "consumer error; waiting for the connection");
+                        if !self.resubscribe().await {
+                            return None;
                         }
                     }
-                    None => return None,
+                    None => {
+                        // The channel closed: the link failed, or the broker
+                        // cancelled the consumer (its queue was deleted).
+                        if self.bus.link().up() && self.bus.link().generation == self.sub.generation {
+                            if self.sub.channel.status().connected() {
+                                return None;
+                            }
+                            tokio::time::sleep(CONNECT_RETRY).await;
+                            if self.bus.link().up() && self.bus.link().generation == self.sub.generation {
+                                return None;
+                            }
+                        }
+                        if !self.resubscribe().await {
+                            return None;
+                        }
+                    }
                 }
             }
         })
@@ -553,7 +810,7 @@ impl Drop for AmqpConsumer {
     fn drop(&mut self) {
         self.closed.store(true, Ordering::SeqCst);
         // Closing the channel hands every unsettled delivery back to the queue.
-        let ch = self.channel.clone();
+        let ch = self.sub.channel.clone();
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             h.spawn(async move {
                 let _ = ch.close(200, "consumer dropped".into()).await;

@@ -14,6 +14,9 @@ use recman_events::PoolName;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_survive_a_broker_restart() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
     let Some(url) = common::url() else { return };
     if common::require("RECMAN_TEST_RABBITMQCTL").is_none() {
         return;

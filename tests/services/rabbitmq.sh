@@ -5,6 +5,7 @@
 #
 #   source tests/services/rabbitmq.sh && rabbitmq_start   # exports RECMAN_TEST_AMQP_URL and RECMAN_TEST_RABBITMQCTL
 #   rabbitmq_stop                                          # stops the node and its epmd, removes the temp dir
+#   (also a TLS listener with a throwaway CA: RECMAN_TEST_AMQPS_URL, RECMAN_TEST_AMQP_CA)
 #   tests/services/rabbitmq.sh start|stop|install          # the same from a shell (start prints the exports)
 #
 # Installs rabbitmq-server from Debian when missing (as root). Variables a
@@ -16,6 +17,7 @@ rabbitmq_install() {
   local pkgs=""
   [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || pkgs="rabbitmq-server"
   /usr/bin/python3 -c 'import pika' >/dev/null 2>&1 || pkgs="$pkgs python3-pika"
+  command -v openssl >/dev/null 2>&1 || pkgs="$pkgs openssl"
   [ -n "$pkgs" ] || return 0
   echo "== installing$( [ -n "$pkgs" ] && echo " $pkgs") (Debian packages)"
   # Keep the package from starting the system-wide service: the tests use a private node.
@@ -38,6 +40,18 @@ _rmq_free_port() {
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
   done
   return 1
+}
+
+_rmq_tls() {
+  # A throwaway CA and a server certificate for 127.0.0.1 signed by it.
+  local d=$1
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=recman test CA" \
+    -keyout "$d/ca.key" -out "$d/ca.pem" >/dev/null 2>&1 &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+      -keyout "$d/server.key" -out "$d/server.csr" >/dev/null 2>&1 &&
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$d/san.ext" &&
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+      -days 2 -extfile "$d/san.ext" -out "$d/server.pem" >/dev/null 2>&1
 }
 
 _rmq_env() {
@@ -68,9 +82,17 @@ rabbitmq_start() {
   RMQ_DIR=$(mktemp -d /tmp/recman-rabbitmq.XXXXXX)
   RMQ_NODE="recman-test-$$@localhost"
   RMQ_PORT=$(_rmq_free_port) && RMQ_DIST_PORT=$(_rmq_free_port) && RMQ_EPMD_PORT=$(_rmq_free_port) || return 1
-  mkdir -p "$RMQ_DIR/mnesia" "$RMQ_DIR/log"
+  RMQ_TLS_PORT=$(_rmq_free_port) || return 1
+  mkdir -p "$RMQ_DIR/mnesia" "$RMQ_DIR/log" "$RMQ_DIR/tls"
+  _rmq_tls "$RMQ_DIR/tls" || { echo "cannot make the test TLS certificates" >&2; return 1; }
   cat >"$RMQ_DIR/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$RMQ_PORT
+listeners.ssl.default = 127.0.0.1:$RMQ_TLS_PORT
+ssl_options.cacertfile = $RMQ_DIR/tls/ca.pem
+ssl_options.certfile = $RMQ_DIR/tls/server.pem
+ssl_options.keyfile = $RMQ_DIR/tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 loopback_users = none
 disk_free_limit.absolute = 50MB
 log.console = false
@@ -108,6 +130,8 @@ CONF
     rabbitmq_ctl add_user recman "$pass" >/dev/null &&
     rabbitmq_ctl set_permissions -p recman-test recman '.*' '.*' '.*' >/dev/null || { rabbitmq_stop; return 1; }
   export RECMAN_TEST_AMQP_URL="amqp://recman:$pass@127.0.0.1:$RMQ_PORT/recman-test"
+  export RECMAN_TEST_AMQPS_URL="amqps://recman:$pass@127.0.0.1:$RMQ_TLS_PORT/recman-test"
+  export RECMAN_TEST_AMQP_CA="$RMQ_DIR/tls/ca.pem"
   # A command line the tests can run (split on spaces) to control the node.
   cat >"$RMQ_DIR/rabbitmqctl" <<CTL
 #!/usr/bin/env bash
@@ -130,7 +154,7 @@ rabbitmq_stop() {
   runuser -u rabbitmq -- env ERL_EPMD_PORT="$RMQ_EPMD_PORT" epmd -kill >/dev/null 2>&1 ||
     env ERL_EPMD_PORT="$RMQ_EPMD_PORT" /usr/lib/erlang/bin/epmd -kill >/dev/null 2>&1 || true
   rm -rf "$RMQ_DIR"
-  unset RMQ_DIR RMQ_PID RECMAN_TEST_AMQP_URL RECMAN_TEST_RABBITMQCTL
+  unset RMQ_DIR RMQ_PID RECMAN_TEST_AMQP_URL RECMAN_TEST_AMQPS_URL RECMAN_TEST_AMQP_CA RECMAN_TEST_RABBITMQCTL
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
@@ -141,6 +165,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
       rabbitmq_start >&2
       echo "export RMQ_DIR=$RMQ_DIR RMQ_NODE=$RMQ_NODE RMQ_PORT=$RMQ_PORT RMQ_DIST_PORT=$RMQ_DIST_PORT RMQ_EPMD_PORT=$RMQ_EPMD_PORT RMQ_PID=$RMQ_PID"
       echo "export RECMAN_TEST_AMQP_URL=$RECMAN_TEST_AMQP_URL RECMAN_TEST_RABBITMQCTL=$RECMAN_TEST_RABBITMQCTL"
+      echo "export RECMAN_TEST_AMQPS_URL=$RECMAN_TEST_AMQPS_URL RECMAN_TEST_AMQP_CA=$RECMAN_TEST_AMQP_CA"
       disown -a
       ;;
     stop)

@@ -306,9 +306,25 @@ async fn https_with_ca_file_works_and_an_untrusted_certificate_is_refused() {
     std::fs::write(a.ca_file.as_ref().unwrap(), other.cert.pem()).unwrap();
     let section = a.section.replace("timeout = \"5s\"", "timeout = \"4s\"");
     let p = ThreeParProvider::new(provider_config(dir.path(), &section, "volume = \"v\"", ""));
+    let started = std::time::Instant::now();
     let e = take(&p, "rm-2-a1").await.unwrap_err();
-    assert_eq!(e.code, "3par_unreachable", "{e:?}");
+    assert_eq!(e.code, "3par_tls", "{e:?}");
+    assert!(
+        !e.retryable,
+        "a certificate the CA file does not trust needs a human: {e:?}"
+    );
     assert!(e.message.to_lowercase().contains("certificate"), "{}", e.message);
+    assert!(
+        e.message.contains("ca_file"),
+        "the message says what to check: {}",
+        e.message
+    );
+    // Not tried again with backoff (two more tries would add at least 600 ms).
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(550),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(a.fake.snapshots_of("v").len(), 1);
 }
 

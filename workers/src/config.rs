@@ -52,12 +52,15 @@ pub struct Config {
     pub amqp: AmqpConfig,
 }
 
-/// `[amqp] url = "amqp://USER@HOST:5672/VHOST"`, `password_file = "…"`.
-/// The password never goes in the config itself: keep it in the file.
+/// `[amqp] url = "amqp://USER@HOST:5672/VHOST"`, `password_file = "…"`,
+/// `ca_file = "…"` (PEM: the CA that signed the broker's certificate, for
+/// `amqps://` with a private CA). The password never goes in the config
+/// itself: keep it in the file.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AmqpConfig {
     pub url: Option<String>,
     pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -174,8 +177,9 @@ pub struct ExecProviderConfig {
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read the config: {source}")]
-    Read { path: String, source: std::io::Error },
+    /// (`error` is not a `source`: the message already says it, once.)
+    #[error("{path}: cannot read the config: {error}")]
+    Read { path: String, error: std::io::Error },
     /// `file:line:column: key: message`.
     #[error("{file}:{line}:{column}: {key}{sep}{message}", sep = if key.is_empty() { "" } else { ": " })]
     Invalid {
@@ -192,9 +196,9 @@ impl Config {
     /// Reads and validates `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Config::from_str(&text, path)
     }
@@ -263,7 +267,7 @@ impl Config {
             None => AmqpConfig::default(),
             Some(v) => {
                 let t = cx.table(v, "amqp")?;
-                cx.check_keys(t, "amqp", &["url", "password_file"])?;
+                cx.check_keys(t, "amqp", &["url", "password_file", "ca_file"])?;
                 let url = match cx.string(t, "amqp", "url")? {
                     Some((u, span)) if !(u.starts_with("amqp://") || u.starts_with("amqps://")) => {
                         return Err(cx.err(span, "amqp.url", "must start with amqp:// or amqps://"));
@@ -273,6 +277,7 @@ impl Config {
                 AmqpConfig {
                     url,
                     password_file: cx.path(t, "amqp", "password_file")?,
+                    ca_file: cx.path(t, "amqp", "ca_file")?,
                 }
             }
         };

@@ -40,6 +40,7 @@ pub async fn run(
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
+    die_with_parent(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| StepError::new("exec_failed", format!("cannot run {program}: {e}"), false))?;
@@ -94,6 +95,28 @@ pub async fn run(
                 retryable,
             ))
         }
+    }
+}
+
+/// The hook gets SIGKILL when the worker dies (even by SIGKILL), so a freeze
+/// hook cannot outlive it and hold the application. Linux ties this to the
+/// spawning thread: hooks are spawned from the runtime's worker threads, which
+/// live as long as the process.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: only async-signal-safe calls (prctl, getppid, raise) between
+    // fork and exec.
+    let parent = std::process::id() as libc::pid_t;
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The worker died before the prctl took effect.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
     }
 }
 

@@ -21,6 +21,11 @@ pub struct AmqpArgs {
     /// File whose first line is the broker password (default: `[amqp] password_file`).
     #[arg(long, value_name = "FILE")]
     pub amqp_password_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the broker's certificate, for `amqps://`
+    /// with a private CA (default: `[amqp] ca_file`, else $RECMAN_AMQP_CA_FILE;
+    /// without one the system's CA store is used).
+    #[arg(long, value_name = "FILE", env = "RECMAN_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
     /// Deliveries after which a message is dead-lettered; must match the
     /// queues' `x-delivery-limit` + 1 where they already exist.
     #[arg(long, default_value_t = recman_events::bus::DEFAULT_DELIVERY_LIMIT)]
@@ -28,7 +33,7 @@ pub struct AmqpArgs {
     /// Seconds to wait for the first connection to the broker.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub amqp_connect_timeout: u64,
-    /// Seconds the connection may stay down (automatic recovery included)
+    /// Seconds the connection may stay down (reconnection attempts included)
     /// before the process gives up and exits with status 2 for its
     /// supervisor (systemd `Restart=always`) to start it again.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -59,7 +64,12 @@ impl AmqpArgs {
         declare: bool,
     ) -> anyhow::Result<Arc<AmqpBus>> {
         let url = self.url(config)?;
+        let ca_file = self
+            .amqp_ca_file
+            .clone()
+            .or_else(|| config.and_then(|c| c.amqp.ca_file.clone()));
         let opts = AmqpOptions {
+            ca_file,
             delivery_limit: self.delivery_limit,
             connection_name: name,
             declare_topology: declare,

@@ -31,8 +31,11 @@ pub enum WsapiError {
         code: Option<i64>,
         desc: String,
     },
-    /// No usable answer: connect, TLS, timeout, unreadable body.
+    /// No usable answer: connect, timeout, unreadable body.
     Transport(String),
+    /// The TLS handshake failed on the certificate (or the protocol): a
+    /// configuration problem (ca_file, the array's certificate), never retried.
+    Tls(String),
     /// Nothing was sent: password file, CA file, TLS setup.
     Local(String),
 }
@@ -72,12 +75,12 @@ impl WsapiError {
         match self {
             WsapiError::Http { status, .. } => matches!(status, 502..=504),
             WsapiError::Transport(_) => true,
-            WsapiError::Local(_) => false,
+            WsapiError::Tls(_) | WsapiError::Local(_) => false,
         }
     }
 
     /// Stable report code: `3par_<wsapi name>`, `3par_http_<status>`,
-    /// `3par_unreachable` or `3par_config`.
+    /// `3par_unreachable`, `3par_tls` or `3par_config`.
     pub fn step_code(&self) -> String {
         match self {
             WsapiError::Http {
@@ -90,6 +93,7 @@ impl WsapiError {
             },
             WsapiError::Http { status, .. } => format!("3par_http_{status}"),
             WsapiError::Transport(_) => "3par_unreachable".into(),
+            WsapiError::Tls(_) => "3par_tls".into(),
             WsapiError::Local(_) => "3par_config".into(),
         }
     }
@@ -108,6 +112,9 @@ impl WsapiError {
                 format!("HTTP {status}{code}: {desc}")
             }
             WsapiError::Transport(m) => format!("no answer from the array: {m}"),
+            WsapiError::Tls(m) => format!(
+                "the TLS handshake was refused: {m} (check the array's ca_file, or the certificate the array presents)"
+            ),
             WsapiError::Local(m) => m.clone(),
         };
         StepError::new(
@@ -315,14 +322,19 @@ impl ArrayClient {
                         ))),
                     }
                 }
-                Err(e) => Err(WsapiError::Transport(format!(
-                    "{method} {shown}: {}",
-                    chain(&e.without_url())
-                ))),
+                Err(e) => {
+                    let e = e.without_url();
+                    let m = format!("{method} {shown}: {}", chain(&e));
+                    if tls_rejection(&e) {
+                        Err(WsapiError::Tls(m))
+                    } else {
+                        Err(WsapiError::Transport(m))
+                    }
+                }
             };
             let again = match &result {
                 Ok((s, _)) => matches!(s, 502..=504),
-                Err(_) => true,
+                Err(e) => e.retryable(),
             };
             if !again || n == TRIES {
                 return result;
@@ -348,6 +360,27 @@ fn http_error(status: u16, body: &Value) -> WsapiError {
 }
 
 /// An error and its sources, `a: b: c` (reqwest's own text is terse).
+/// True when a rustls error about the peer's certificate or protocol is in
+/// `e`'s chain (inside nested `io::Error`s too, whose `source` skips them).
+fn tls_rejection(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return matches!(
+            t,
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::PeerIncompatible(_)
+                | rustls::Error::UnsupportedNameType
+        );
+    }
+    let wrapped = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+    if let Some(inner) = wrapped {
+        if tls_rejection(inner) {
+            return true;
+        }
+    }
+    e.source().is_some_and(tls_rejection)
+}
+
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
