@@ -14,6 +14,7 @@ use recman_events::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tracing::{field, info_span, Instrument, Span};
 
 use crate::config::{Config, TargetConfig};
 use crate::provider::{self, check_snapshot_name, Provider, SnapshotJob};
@@ -24,8 +25,10 @@ use crate::writer::{self, StepCtx, Writer};
 pub const DEFAULT_PREFETCH: u16 = 8;
 /// How many completed commands a worker remembers to answer redeliveries.
 pub const RECENT_CAPACITY: usize = 4096;
-/// The W3C trace context header, carried from a command to its report.
-pub const TRACEPARENT: &str = "traceparent";
+/// The W3C trace context header: a command's makes the step span a child of
+/// the engine's send span; a report's makes the engine's receive span a child
+/// of the step span.
+pub const TRACEPARENT: &str = recman_trace::TRACEPARENT;
 /// Attempts of a watchdog thaw before it reports failure.
 const WATCHDOG_THAW_ATTEMPTS: u32 = 3;
 
@@ -305,8 +308,46 @@ fn validate(cmd: &Command) -> Result<(), String> {
     Ok(())
 }
 
-fn report_message(r: &Report) -> Message {
+/// The message of a report, with the `traceparent` of `span` (the step that
+/// made it); when spans are off, the command's own (`received`) if it is in
+/// the job's trace, else the job's root.
+fn report_message(r: &Report, span: &Span, received: Option<&str>) -> Message {
     Message::new(msg_type::REPORT, r.message_id.clone(), wire::encode(r))
+        .with_header(TRACEPARENT, recman_trace::traceparent(span, r.job, received))
+}
+
+/// The span of one command executed by this worker, in the job's trace.
+fn step_span(worker: &WorkerId, cmd: &Command, d: &Delivery) -> Span {
+    let name = match cmd.stage {
+        Stage::Freeze => "worker.freeze",
+        Stage::Snapshot => "worker.snapshot",
+        Stage::Thaw => "worker.thaw",
+        Stage::FlushLogs => "worker.flush_logs",
+        Stage::Prune => "worker.prune",
+        Stage::Queue => "worker.queue",
+    };
+    let span = info_span!(
+        parent: None,
+        "worker.step",
+        otel.name = name,
+        job = %cmd.job,
+        attempt = cmd.attempt,
+        stage = cmd.stage.as_str(),
+        target = cmd.targets.first().map(TargetId::as_str).unwrap_or(""),
+        worker = %worker,
+        delivery = d.delivery_count,
+        outcome = field::Empty,
+        otel.status_code = field::Empty,
+    );
+    recman_trace::set_parent(&span, cmd.job, d.message.header(TRACEPARENT));
+    span
+}
+
+/// The span of a thaw the worker did by itself (watchdog, or on start).
+fn own_thaw_span(worker: &WorkerId, job: JobId, attempt: u32, t: &TargetId, why: &'static str) -> Span {
+    let span = info_span!(parent: None, "worker.watchdog_thaw", %job, attempt, target = t.as_str(), worker = %worker, why);
+    recman_trace::set_parent(&span, job, None);
+    span
 }
 
 fn micros(d: Duration) -> u64 {
@@ -334,6 +375,13 @@ impl Shared {
             }
             return;
         }
+        let span = step_span(&self.id, &cmd, &d);
+        self.respond(d, cmd, span.clone()).instrument(span).await
+    }
+
+    /// Runs a valid command (or answers it from memory), publishes the
+    /// report, then acks the command.
+    async fn respond(self: Arc<Self>, d: Delivery, cmd: Command, span: Span) {
         let remembered = self.lock_recent().get(&cmd.message_id);
         let report = match remembered {
             Some(r) => {
@@ -342,10 +390,13 @@ impl Shared {
             }
             None => self.execute(&cmd).await,
         };
-        let mut msg = report_message(&report);
-        if let Some(tp) = d.message.header(TRACEPARENT) {
-            msg = msg.with_header(TRACEPARENT, tp);
-        }
+        match &report.outcome {
+            Outcome::Ok { .. } => span.record("outcome", "ok"),
+            Outcome::Err { error } => span
+                .record("outcome", error.code.as_str())
+                .record("otel.status_code", "error"),
+        };
+        let msg = report_message(&report, &span, d.message.header(TRACEPARENT));
         match self.bus.publish(Address::Reports, msg).await {
             Ok(()) => {
                 self.lock_recent().insert(cmd.message_id.clone(), report);
@@ -563,8 +614,15 @@ impl Shared {
             duration_us: micros(start.elapsed()),
             outcome,
         };
+        let span = own_thaw_span(&self.id, rec.job, rec.attempt, t, "watchdog");
+        let msg = report_message(&report, &span, None);
         for n in 1..=5u64 {
-            match self.bus.publish(Address::Reports, report_message(&report)).await {
+            match self
+                .bus
+                .publish(Address::Reports, msg.clone())
+                .instrument(span.clone())
+                .await
+            {
                 Ok(()) => return,
                 Err(BusError::Closed) => {
                     tracing::warn!(worker = %self.id, target = %t, "bus closed: watchdog report not published");
@@ -638,7 +696,9 @@ impl Shared {
                             },
                         },
                     };
-                    if let Err(e) = self.bus.publish(Address::Reports, report_message(&report)).await {
+                    let span = own_thaw_span(&self.id, job, attempt, t, "found frozen on start");
+                    let msg = report_message(&report, &span, None);
+                    if let Err(e) = self.bus.publish(Address::Reports, msg).instrument(span).await {
                         tracing::warn!(worker = %self.id, target = %t, error = %e, "report of the thaw on start not published");
                     }
                 }

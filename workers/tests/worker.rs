@@ -612,15 +612,37 @@ async fn the_trace_context_goes_from_command_to_report() {
     let bus = MemoryBus::new();
     let mut rep = reports(&bus).await;
     let w = start(&bus, worker(&cfg));
-    let cmd = command(JobId::new_v7(), Stage::FlushLogs, &["db01"]);
-    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    // No OpenTelemetry layer here: the worker passes the command's context on
+    // when it is in the job's trace (the job's UUID is the trace id)…
+    let job = JobId::new_v7();
+    let cmd = command(job, Stage::FlushLogs, &["db01"]);
+    let tp = format!("00-{}-b7ad6b7169203331-01", job.0.simple());
     let m = Message::new(msg_type::COMMAND, cmd.message_id.clone(), wire::encode(&cmd))
-        .with_header("traceparent", tp);
+        .with_header("traceparent", tp.as_str());
     bus.publish(Address::Pool(PoolName::from(POOL)), m).await.unwrap();
     let d = tokio::time::timeout(SEC5, rep.recv()).await.unwrap().unwrap();
     assert_eq!(d.message.msg_type, msg_type::REPORT);
-    assert_eq!(d.message.header("traceparent"), Some(tp));
+    assert_eq!(d.message.header("traceparent"), Some(tp.as_str()));
     d.ack().await.unwrap();
+    // …and a report of a command without one (or from another trace) is in
+    // the job's trace all the same: its root context.
+    for header in [
+        None,
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    ] {
+        let job = JobId::new_v7();
+        let cmd = command(job, Stage::FlushLogs, &["db01"]);
+        let mut m = Message::new(msg_type::COMMAND, cmd.message_id.clone(), wire::encode(&cmd));
+        if let Some(h) = header {
+            m = m.with_header("traceparent", h);
+        }
+        bus.publish(Address::Pool(PoolName::from(POOL)), m).await.unwrap();
+        let d = tokio::time::timeout(SEC5, rep.recv()).await.unwrap().unwrap();
+        let root = recman_trace::TraceParent::job_root(job).to_string();
+        assert_eq!(d.message.header("traceparent"), Some(root.as_str()), "{header:?}");
+        assert!(root.starts_with(&format!("00-{}-", job.0.simple())));
+        d.ack().await.unwrap();
+    }
     w.stop().await;
 }
 

@@ -92,7 +92,6 @@ pub enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -100,7 +99,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let service = match cli.command {
+        Command::Engine(_) => "recman-engine",
+        Command::Worker(_) => "recman-worker",
+        _ => "recman",
+    };
+    // Log lines on stderr (RECMAN_LOG); spans over OTLP only when
+    // OTEL_EXPORTER_OTLP_ENDPOINT is set (deploy/README.md "Tracing").
+    let tracing = recman_trace::init(service, rt.handle());
     let result = rt.block_on(dispatch(cli));
+    tracing.shutdown(); // every command, long-running or not, flushes its spans
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -129,13 +137,4 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(a) => simulate::run(&g, a).await,
         Command::Bench(b) => bench::run(&g, b).await,
     }
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RECMAN_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

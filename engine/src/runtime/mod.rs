@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{Core, CoreConfig, Destination, Input, Outgoing, Reply, State};
 
+mod trace;
+
 /// A call into a running engine from the same process (CLI, HTTP API).
 pub enum Call {
     Submit {
@@ -58,7 +60,9 @@ pub fn replay(cfg: CoreConfig, log: &dyn EventLog) -> anyhow::Result<Core> {
     Ok(core)
 }
 
-fn to_message(out: &Outgoing) -> (Address, Message) {
+/// The message of a command, with the `traceparent` of its `command.send`
+/// span (or of the job's root when spans are off).
+fn to_message(out: &Outgoing, span: Option<&tracing::Span>) -> (Address, Message) {
     let to = match &out.to {
         Destination::Pool(p) => Address::Pool(p.clone()),
         Destination::Worker { worker, .. } => Address::Worker(worker.clone()),
@@ -68,16 +72,23 @@ fn to_message(out: &Outgoing) -> (Address, Message) {
         out.command.message_id.clone(),
         wire::encode(&out.command),
     );
-    (to, msg)
+    let tp = recman_trace::traceparent(span.unwrap_or(&tracing::Span::none()), out.command.job, None);
+    (to, msg.with_header(recman_trace::TRACEPARENT, tp))
 }
 
 async fn publish(bus: &dyn Bus, cmds: &[Outgoing]) -> anyhow::Result<()> {
     if cmds.is_empty() {
         return Ok(());
     }
-    bus.publish_batch(cmds.iter().map(to_message).collect())
-        .await
-        .context("publishing commands")
+    let spans = trace::send_spans(cmds);
+    let msgs = cmds
+        .iter()
+        .enumerate()
+        .map(|(i, c)| to_message(c, spans.get(i)))
+        .collect();
+    let sent = bus.publish_batch(msgs).await.context("publishing commands");
+    drop(spans); // a send span lasts until the broker confirmed the batch
+    sent
 }
 
 /// Inputs decided together and made durable with one append.
@@ -101,6 +112,8 @@ struct Decided {
     commands: Vec<Outgoing>,
     settles: Vec<(Option<Delivery>, Option<oneshot::Sender<Reply>>, Reply)>,
     inspects: Vec<(oneshot::Sender<State>, State)>,
+    /// What the commit task records as spans once the events are durable.
+    notes: trace::Notes,
 }
 
 /// Decodes one bus queue into inputs; undecodable messages are dead-lettered
@@ -181,6 +194,11 @@ async fn commit(
         if !events.is_empty() {
             log.append(events).await.context("appending to the event log")?;
         }
+        let mut notes = trace::Notes::default();
+        for b in batches.iter_mut() {
+            notes.append(std::mem::take(&mut b.notes));
+        }
+        notes.record();
         let commands: Vec<Outgoing> = batches.iter_mut().flat_map(|b| b.commands.drain(..)).collect();
         publish(bus.as_ref(), &commands).await?;
         // Settles go out together (one at a time, each waiting for its frame
@@ -283,9 +301,14 @@ pub async fn run(
             commands: Vec::new(),
             settles: Vec::with_capacity(inbox.len()),
             inspects: Vec::new(),
+            notes: trace::Notes::default(),
         };
+        let tracing_on = trace::on();
         if core.next_deadline().is_some_and(|d| d <= now) {
             let step = core.handle(Input::TimerFired, now);
+            if tracing_on {
+                batch.notes.events(&step.events);
+            }
             batch.events.extend(step.events);
             batch.commands.extend(step.commands);
         }
@@ -294,7 +317,19 @@ pub async fn run(
                 batch.inspects.push((tx, core.state().clone()));
             }
             let Some(input) = i.input else { continue };
+            let msg = i.delivery.as_ref().map(|d| &d.message);
+            if tracing_on {
+                if let Input::Report(r) = &input {
+                    batch.notes.report(r, msg);
+                }
+            }
             let step = core.handle(input, now);
+            if tracing_on {
+                if let Reply::Accepted { job, existing: false } = &step.reply {
+                    batch.notes.request(*job, msg);
+                }
+                batch.notes.events(&step.events);
+            }
             batch.events.extend(step.events);
             batch.commands.extend(step.commands);
             batch.settles.push((i.delivery, i.reply, step.reply));
@@ -303,6 +338,7 @@ pub async fn run(
             && batch.commands.is_empty()
             && batch.settles.is_empty()
             && batch.inspects.is_empty()
+            && batch.notes.is_empty()
         {
             continue;
         }

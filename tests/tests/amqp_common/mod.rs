@@ -110,6 +110,18 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, dir: &Path, data: &Path, config: &Path, args: &[&str]) -> Proc {
+        Self::spawn_env(name, dir, data, config, args, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    pub fn spawn_env(
+        name: &str,
+        dir: &Path,
+        data: &Path,
+        config: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -126,6 +138,7 @@ impl Proc {
                 "RECMAN_LOG",
                 "recman=info,recman_engine=info,recman_workers=info,recman_amqp=info,warn",
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f)
