@@ -187,6 +187,11 @@ pub fn event_message(e: &StoredEvent, target: &str) -> Message {
         .with_header(ROUTING_KEY_HEADER, format!("{}.{target}", e.event.body.kind()))
         .with_header("x-recman-seq", e.seq.to_string())
         .with_header("x-recman-job", e.event.job.to_string())
+        // In the job's trace (a batch spans many jobs and carries none).
+        .with_header(
+            recman_trace::TRACEPARENT,
+            recman_trace::TraceParent::job_root(e.event.job).to_string(),
+        )
 }
 
 /// One message holding `events` (in log order, not empty): a JSON array of

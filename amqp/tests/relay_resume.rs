@@ -74,6 +74,14 @@ async fn drain(c: &mut Consumer, until_seq: u64) -> Vec<(u64, String, String)> {
             .header(recman_amqp::ROUTING_KEY_HEADER)
             .unwrap()
             .to_string();
+        // Each event is in its job's trace: trace id = the job's UUID.
+        let job = v["event"]["job"].as_str().expect("the event names its job");
+        let tp = d.message.header("traceparent").expect("a traceparent header");
+        assert_eq!(
+            tp.split('-').nth(1),
+            Some(job.replace('-', "").as_str()),
+            "{tp} vs {job}"
+        );
         got.push((seq, d.message.message_id.clone(), key));
         d.ack().await.unwrap();
         if seq == until_seq {
