@@ -706,26 +706,32 @@ struct AmqpConsumer {
 }
 
 impl AmqpConsumer {
-    /// After the link failed: waits for the next one and consumes again.
-    /// False when the bus is lost.
+    /// After the consumer's channel failed: waits until a connection is up
+    /// (the same one when only the channel closed, a new one otherwise) and
+    /// consumes again. False when the bus is lost.
     async fn resubscribe(&mut self) -> bool {
         loop {
             if self.bus.connection_lost() {
                 return false;
             }
             let current = self.bus.link();
-            if current.generation <= self.sub.generation || !current.up() {
+            if !current.up() {
                 let wait = self.bus.inner.opts.reconnect_timeout + Duration::from_secs(5);
-                self.bus.newer_link(self.sub.generation, wait).await;
+                self.bus.newer_link(current.generation, wait).await;
                 continue;
             }
             match self.bus.subscribe(&self.source, self.prefetch).await {
                 Ok(sub) => {
-                    tracing::info!(queue = %sub.queue, "consuming again after reconnecting");
-                    // Deliveries from the old channel can no longer be settled.
+                    tracing::info!(queue = %sub.queue, "consuming again");
+                    // Deliveries from the old channel can no longer be settled;
+                    // closing it (if it is still open) hands them back.
                     self.closed.store(true, Ordering::SeqCst);
                     self.closed = Arc::new(AtomicBool::new(false));
-                    self.sub = sub;
+                    let old = std::mem::replace(&mut self.sub, sub);
+                    tokio::spawn(async move {
+                        let closing = old.channel.close(200, "consuming again".into());
+                        let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
+                    });
                     return true;
                 }
                 Err(e) => {
@@ -734,6 +740,21 @@ impl AmqpConsumer {
                 }
             }
         }
+    }
+
+    /// The broker cancelled the consumer (its queue was deleted) while the
+    /// connection and the channel stay up.
+    async fn cancelled_by_broker(&self) -> bool {
+        let steady = || {
+            let link = self.bus.link();
+            link.up() && link.generation == self.sub.generation && self.sub.channel.status().connected()
+        };
+        if !steady() {
+            return false;
+        }
+        // A connection that is just failing may not show it yet.
+        tokio::time::sleep(CONNECT_RETRY).await;
+        steady()
     }
 }
 
@@ -785,18 +806,9 @@ impl ConsumerSource for AmqpConsumer {
                         }
                     }
                     None => {
-                        // The channel closed: the link failed, or the broker
-                        // cancelled the consumer (its queue was deleted).
-                        if self.bus.link().up() && self.bus.link().generation == self.sub.generation {
-                            if self.sub.channel.status().connected() {
-                                return None;
-                            }
-                            tokio::time::sleep(CONNECT_RETRY).await;
-                            if self.bus.link().up() && self.bus.link().generation == self.sub.generation {
-                                return None;
-                            }
-                        }
-                        if !self.resubscribe().await {
+                        // The channel closed (the connection failed, or a
+                        // channel error), or the broker cancelled the consumer.
+                        if self.cancelled_by_broker().await || !self.resubscribe().await {
                             return None;
                         }
                     }
