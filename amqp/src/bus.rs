@@ -141,6 +141,9 @@ impl AmqpBus {
                         reason,
                     })
                 }
+                // Refused credentials or an unknown vhost do not get better
+                // either: only a broker that is not (yet) there is waited for.
+                Ok(Err(LinkError::Amqp(e))) if !e.is_io_error() => return Err(connect_err(e)),
                 Ok(Err(LinkError::Amqp(e))) => {
                     // A certificate the CA store refuses does not get better.
                     if tls_rejection(&e) {

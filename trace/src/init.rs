@@ -9,6 +9,12 @@ use tracing::Subscriber;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// Log lines shown without `RECMAN_LOG`: warnings and errors, but not lapin's
+/// own (a refused login or a broker restart is reported once, by recman, in
+/// its own words; lapin's lines would repeat it, some misleadingly).
+/// `RECMAN_LOG=warn` shows them too.
+pub const DEFAULT_LOG: &str = "warn,lapin=off";
+
 use crate::propagate::JobIdGenerator;
 
 /// Which spans are exported when `RECMAN_TRACE` is not set: recman's job
@@ -99,13 +105,15 @@ mod otlp {
     }
 
     /// Installs the global subscriber: log lines on stderr (`RECMAN_LOG`,
-    /// default `warn`), plus the OTLP/HTTP exporter of spans when
+    /// default [`DEFAULT_LOG`](super::DEFAULT_LOG)), plus the OTLP/HTTP exporter of spans when
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set. The
     /// exporter sends on `rt`, so shut the guard down before `rt` goes.
     pub fn init(service: &str, rt: &tokio::runtime::Handle) -> Guard {
         let fmt = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
-            .with_filter(EnvFilter::try_from_env("RECMAN_LOG").unwrap_or_else(|_| EnvFilter::new("warn")));
+            .with_filter(
+                EnvFilter::try_from_env("RECMAN_LOG").unwrap_or_else(|_| EnvFilter::new(super::DEFAULT_LOG)),
+            );
         let wanted = ENDPOINT_VARS
             .iter()
             .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
