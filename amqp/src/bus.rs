@@ -120,7 +120,7 @@ fn broker(e: impl std::fmt::Display) -> BusError {
 }
 
 impl AmqpBus {
-    /// Connects (with automatic recovery), opens the publishing channel in
+    /// Connects (recovered by `supervise` from then on), opens the publishing channel in
     /// confirm mode and declares the topology when `opts.declare_topology`.
     pub async fn connect(url: &str, opts: AmqpOptions) -> Result<Arc<AmqpBus>, AmqpError> {
         let redacted = crate::url::redact(url);
@@ -567,7 +567,7 @@ impl std::fmt::Display for LinkError {
 /// gives us).
 fn tls_rejection(e: &lapin::Error) -> bool {
     let t = e.to_string().to_ascii_lowercase();
-    t.contains("certificate") || t.contains("unknownissuer") || t.contains("handshake")
+    t.contains("certificate") || t.contains("unknownissuer") || t.contains("fatal alert")
 }
 
 /// Opens a connection (without lapin's own recovery) and its confirm-mode

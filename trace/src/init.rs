@@ -13,6 +13,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// own (a refused login or a broker restart is reported once, by recman, in
 /// its own words; lapin's lines would repeat it, some misleadingly).
 /// `RECMAN_LOG=warn` shows them too.
+#[cfg(feature = "otlp")]
 pub const DEFAULT_LOG: &str = "warn,lapin=off";
 
 use crate::propagate::JobIdGenerator;
