@@ -9,10 +9,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use recman_events::bus::BoxFuture;
-use recman_events::{SnapshotInfo, SnapshotKind, StepError, TargetId};
+use recman_events::{SnapshotInfo, StepError};
 
-use super::{check_snapshot_name, Provider};
+use super::check_snapshot_name;
 
 /// `BTRFS_IOC_SNAP_CREATE_V2` = `_IOW(0x94, 23, struct btrfs_ioctl_vol_args_v2)` (4096 bytes).
 const SNAP_CREATE_V2: u32 = 0x5000_9417;
@@ -256,30 +255,7 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> StepError {
     StepError::new("io_error", format!("{what} {}: {e}", path.display()), retryable)
 }
 
-impl Provider for BtrfsProvider {
-    fn kind(&self) -> &'static str {
-        "btrfs"
-    }
-    fn snapshot<'a>(
-        &'a self,
-        name: &'a str,
-        _target: &'a TargetId,
-        _kind: SnapshotKind,
-    ) -> BoxFuture<'a, Result<SnapshotInfo, StepError>> {
-        let me = self.clone();
-        let name = name.to_string();
-        Box::pin(crate::blocking("btrfs", move || me.snapshot_blocking(&name)))
-    }
-    fn delete<'a>(&'a self, name: &'a str, _target: &'a TargetId) -> BoxFuture<'a, Result<bool, StepError>> {
-        let me = self.clone();
-        let name = name.to_string();
-        Box::pin(crate::blocking("btrfs", move || me.delete_blocking(&name)))
-    }
-    fn list<'a>(&'a self, _target: &'a TargetId) -> BoxFuture<'a, Result<Vec<String>, StepError>> {
-        let me = self.clone();
-        Box::pin(crate::blocking("btrfs", move || me.list_blocking()))
-    }
-}
+blocking_provider!(BtrfsProvider, "btrfs");
 
 #[cfg(test)]
 mod tests {

@@ -9,10 +9,9 @@ use std::io;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use recman_events::bus::BoxFuture;
-use recman_events::{SnapshotInfo, SnapshotKind, StepError, TargetId};
+use recman_events::{SnapshotInfo, StepError};
 
-use super::{check_snapshot_name, Provider};
+use super::check_snapshot_name;
 
 #[derive(Clone, Debug)]
 pub struct CopyProvider {
@@ -194,30 +193,7 @@ fn tree_size(dir: &Path) -> io::Result<u64> {
     Ok(size)
 }
 
-impl Provider for CopyProvider {
-    fn kind(&self) -> &'static str {
-        "copy"
-    }
-    fn snapshot<'a>(
-        &'a self,
-        name: &'a str,
-        _target: &'a TargetId,
-        _kind: SnapshotKind,
-    ) -> BoxFuture<'a, Result<SnapshotInfo, StepError>> {
-        let me = self.clone();
-        let name = name.to_string();
-        Box::pin(crate::blocking("copy", move || me.snapshot_blocking(&name)))
-    }
-    fn delete<'a>(&'a self, name: &'a str, _target: &'a TargetId) -> BoxFuture<'a, Result<bool, StepError>> {
-        let me = self.clone();
-        let name = name.to_string();
-        Box::pin(crate::blocking("copy", move || me.delete_blocking(&name)))
-    }
-    fn list<'a>(&'a self, _target: &'a TargetId) -> BoxFuture<'a, Result<Vec<String>, StepError>> {
-        let me = self.clone();
-        Box::pin(crate::blocking("copy", move || me.list_blocking()))
-    }
-}
+blocking_provider!(CopyProvider, "copy");
 
 #[cfg(test)]
 mod tests {

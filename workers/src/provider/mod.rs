@@ -1,6 +1,48 @@
 //! Providers take the point-in-time copy of a (frozen) target and delete old
 //! ones. One provider instance per target, built from the target's config.
 
+/// `Provider` for a type whose steps are blocking calls (`snapshot_blocking`,
+/// `delete_blocking`, `list_blocking`): each runs off the async threads
+/// through `crate::blocking`.
+macro_rules! blocking_provider {
+    ($ty:ty, $kind:literal) => {
+        impl $crate::provider::Provider for $ty {
+            fn kind(&self) -> &'static str {
+                $kind
+            }
+            fn snapshot<'a>(
+                &'a self,
+                name: &'a str,
+                _target: &'a recman_events::TargetId,
+                _kind: recman_events::SnapshotKind,
+            ) -> recman_events::bus::BoxFuture<
+                'a,
+                Result<recman_events::SnapshotInfo, recman_events::StepError>,
+            > {
+                let me = self.clone();
+                let name = name.to_string();
+                Box::pin($crate::blocking($kind, move || me.snapshot_blocking(&name)))
+            }
+            fn delete<'a>(
+                &'a self,
+                name: &'a str,
+                _target: &'a recman_events::TargetId,
+            ) -> recman_events::bus::BoxFuture<'a, Result<bool, recman_events::StepError>> {
+                let me = self.clone();
+                let name = name.to_string();
+                Box::pin($crate::blocking($kind, move || me.delete_blocking(&name)))
+            }
+            fn list<'a>(
+                &'a self,
+                _target: &'a recman_events::TargetId,
+            ) -> recman_events::bus::BoxFuture<'a, Result<Vec<String>, recman_events::StepError>> {
+                let me = self.clone();
+                Box::pin($crate::blocking($kind, move || me.list_blocking()))
+            }
+        }
+    };
+}
+
 mod btrfs;
 mod copy;
 mod exec;
