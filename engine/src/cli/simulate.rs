@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use super::Global;
-use crate::core::Mutation;
-use crate::sim::{self, Faults, SimConfig};
+use recman_core::sim::{self, Faults, SimConfig};
+use recman_core::Mutation;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -1,8 +1,8 @@
 //! The simulator catches a deliberately broken core, and a seeded sweep with every
 //! fault and consistency groups finds no violation.
 
-use recman_engine::core::Mutation;
-use recman_engine::sim::{self, Faults, SimConfig};
+use recman_core::sim::{self, Faults, SimConfig};
+use recman_core::Mutation;
 
 fn cfg(seed: u64, jobs: usize, targets: usize, mutation: Option<Mutation>) -> SimConfig {
     SimConfig {

@@ -13,9 +13,7 @@ use recman_events::{
     SnapshotRequest, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
 };
 
-use crate::core::{
-    Core, CoreConfig, Destination, Input, JobState, Mutation, Outgoing, Reply, Rng, TargetPolicy,
-};
+use crate::{Core, CoreConfig, Destination, Input, JobState, Mutation, Outgoing, Reply, Rng, TargetPolicy};
 use world::{Key, Provider, TargetWorld, Worker};
 
 /// Which faults to inject besides ordinary step failures.
