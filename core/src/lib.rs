@@ -1,6 +1,7 @@
 //! recman-core, the sans-IO engine core: `decide` (input → events), `evolve`
 //! (event → state), `effects` (event → commands) and `next_deadline`, plus the
-//! `Core` driver; the deterministic simulator that drives it (`sim`).
+//! `Core` driver; the worker core, the step rules every worker follows
+//! (`worker`); the deterministic simulator that drives both (`sim`).
 //!
 //! No clock, no disk, no sockets: time is the `now_ms` argument, randomness a
 //! seeded PRNG whose draws are recorded in events, so replay is exact. The
@@ -14,6 +15,7 @@ pub mod policy;
 pub mod rng;
 pub mod sim;
 pub mod state;
+pub mod worker;
 
 pub use decide::{decide, decide_with, Input, Mutation, Reply, MAX_THAW_TRIES};
 pub use effects::{effects, recover_commands, Destination, Outgoing};

@@ -136,7 +136,7 @@ impl Sim {
     pub(super) fn check_frozen_windows(&self) -> Checked<()> {
         let now = self.sched.now;
         for tw in &self.world.targets {
-            if let Some((key, _, _)) = tw.frozen {
+            if let Some(key) = tw.frozen {
                 let first = self.checks.first_freeze.get(&key).copied().unwrap_or(now);
                 if now - first > FREEZE_LIMIT {
                     return Err(self.violation(
@@ -220,8 +220,7 @@ impl Sim {
                 if !loud {
                     for t in &targets {
                         let i = self.world.target_index[t];
-                        if matches!(self.world.targets[i].frozen, Some((key, _, _)) if key == (job_id, attempt))
-                        {
+                        if self.world.targets[i].frozen == Some((job_id, attempt)) {
                             let d = format!(
                                 "job moved on ({kind}) while {t} is still frozen by its attempt {attempt}"
                             );
@@ -261,7 +260,7 @@ impl Sim {
         self.summary.virtual_ms = self.sched.elapsed();
         self.summary.events = self.engine.log.len();
         for (t, tw) in self.world.targets.iter().enumerate() {
-            if let Some((key, _, _)) = tw.frozen {
+            if let Some(key) = tw.frozen {
                 let d = format!("{} still frozen at the end", self.world.target_ids[t]);
                 return Err(self.violation("every_freeze_thawed", Some(key.0), d));
             }

@@ -1,6 +1,7 @@
-//! Deterministic simulator: drives the real `Core` with simulated workers, an
-//! unreliable network, worker and engine crashes and a virtual clock, and checks
-//! the design's invariants after every step.
+//! Deterministic simulator: drives the real `Core` with simulated workers that
+//! follow the real worker core (`crate::worker`), an unreliable network, worker
+//! and engine crashes and a virtual clock, and checks the design's invariants
+//! after every step.
 //!
 //! - `scheduler`: the virtual clock and the event heap;
 //! - `network`: delays, drops, duplicates, and worker and engine crashes;
@@ -20,7 +21,7 @@ use recman_events::{
     Event, JobId, PoolName, RequestId, SnapshotKind, SnapshotRequest, TargetId, WorkerId, SCHEMA_VERSION,
 };
 
-use crate::{Core, CoreConfig, Input, Mutation, Reply, Rng, TargetPolicy};
+use crate::{worker, Core, CoreConfig, Input, Mutation, Reply, Rng, TargetPolicy};
 use invariants::Checks;
 use scheduler::{Ev, Scheduler, T0};
 pub use summary::{render, Summary, Violation};
@@ -63,6 +64,8 @@ pub struct SimConfig {
     pub faults: Faults,
     /// A deliberately broken core, to prove the checks catch it.
     pub mutation: Option<Mutation>,
+    /// A deliberately broken worker rule, likewise.
+    pub worker_mutation: Option<worker::Mutation>,
 }
 
 /// Every target's freeze limit in the simulation.

@@ -1,29 +1,26 @@
-//! The simulated world: targets that really freeze and thaw, writer and provider
-//! workers with latencies, failures, crashes and watchdogs.
+//! The simulated world: targets that really freeze and thaw, an array, and
+//! worker processes that follow the worker core's rules (`crate::worker`)
+//! with latencies, failures, crashes and watchdogs.
 
 use std::collections::{HashMap, HashSet};
 
 use recman_events::{
-    snapshot_name, Command, JobId, Outcome, PoolName, SnapshotInfo, SnapshotKind, Stage, StepDetail,
-    StepError, TargetId, WorkerId, SCHEMA_VERSION,
+    snapshot_name, Command, Outcome, PoolName, SnapshotInfo, SnapshotKind, Stage, StepDetail, StepError,
+    TargetId, WorkerId, SCHEMA_VERSION,
 };
 
 use super::scheduler::Ev;
-use super::{Checked, Sim};
+use super::{Checked, Sim, FREEZE_LIMIT};
+use crate::worker::{self, AttemptKey, Hold, Plan, TargetMemory, ThawPlan, ThawedBy};
 
 /// One attempt of one job.
-pub type Key = (JobId, u32);
+pub type Key = AttemptKey;
 
-/// What the world knows about one target.
+/// One target as it really is: which attempt's freeze holds its writes now.
+/// What the workers *remember* of it is the worker core's `TargetMemory`.
 #[derive(Default)]
 pub struct TargetWorld {
-    /// Frozen by (job, attempt), worker index, deadline of the watchdog.
-    pub frozen: Option<(Key, usize, u64)>,
-    /// Attempts that got a thaw: a late freeze of theirs is refused.
-    pub thawed: HashSet<Key>,
-    /// Outcome of each attempt's freeze: a redelivered freeze is not run twice.
-    pub freeze_results: HashMap<Key, Result<u64, StepError>>,
-    pub watchdog_thawed: HashSet<Key>,
+    pub frozen: Option<Key>,
 }
 
 /// One worker process.
@@ -38,8 +35,6 @@ pub struct Worker {
 #[derive(Default)]
 pub struct Provider {
     pub snapshots: HashSet<String>,
-    /// Names deleted by retention: a late duplicate command must not bring one back.
-    pub deleted: HashSet<String>,
     pub created: HashMap<Key, u32>,
     /// Whether every member was frozen by that attempt when the snapshot was cut.
     pub consistent: HashMap<Key, bool>,
@@ -62,6 +57,10 @@ pub struct World {
     pub target_ids: Vec<TargetId>,
     pub target_index: HashMap<TargetId, usize>,
     pub targets: Vec<TargetWorld>,
+    /// What the workers remember of each target, by the worker core's rules.
+    /// The simulated workers of a pool share one memory per target, and it
+    /// outlives their crashes (a real worker keeps its own, in its process).
+    pub memory: Vec<TargetMemory>,
     pub provider: Provider,
     pub workers: Vec<Worker>,
     pub worker_index: HashMap<WorkerId, usize>,
@@ -88,6 +87,7 @@ impl World {
         let pool_index = pools.iter().enumerate().map(|(i, p)| (p.0.clone(), i)).collect();
         World {
             targets: target_ids.iter().map(|_| TargetWorld::default()).collect(),
+            memory: target_ids.iter().map(|_| TargetMemory::default()).collect(),
             target_ids,
             target_index,
             provider: Provider::default(),
@@ -102,104 +102,16 @@ impl World {
 
 impl Sim {
     /// Worker `w` runs `cmd` (unless it crashed since it took it) and reports.
+    /// What it may do is the worker core's decision (`crate::worker`); the
+    /// world only plays the writer and the provider.
     pub(super) fn work(&mut self, w: usize, inc: u32, cmd: Command) -> Checked<()> {
         if !self.world.workers[w].alive || self.world.workers[w].incarnation != inc {
             return Ok(());
         }
-        let key = (cmd.job, cmd.attempt);
-        let now = self.sched.now;
         match cmd.stage {
-            Stage::Freeze => {
-                let Some(&t) = cmd.targets.first().and_then(|t| self.world.target_index.get(t)) else {
-                    return Ok(());
-                };
-                let deadline = cmd.thaw_deadline_ms.unwrap_or(0);
-                let res = if let Some(r) = self.world.targets[t].freeze_results.get(&key) {
-                    r.clone()
-                } else {
-                    let r = if self.world.targets[t].thawed.contains(&key) {
-                        Err(StepError::new(
-                            "already_thawed",
-                            "a thaw for this attempt came first",
-                            true,
-                        ))
-                    } else if now >= deadline {
-                        Err(StepError::new(
-                            "deadline_passed",
-                            "freeze arrived after its thaw deadline",
-                            true,
-                        ))
-                    } else if self.world.targets[t].frozen.is_some() {
-                        Err(StepError::new("busy", "target frozen by another job", true))
-                    } else if let Some(e) = self.random_failure(0.02, 0.003) {
-                        Err(e)
-                    } else {
-                        self.world.targets[t].frozen = Some((key, w, deadline));
-                        self.checks.first_freeze.entry(key).or_insert(now);
-                        self.push(deadline, Ev::Watchdog(t, key));
-                        Ok(deadline)
-                    };
-                    self.world.targets[t].freeze_results.insert(key, r.clone());
-                    r
-                };
-                let outcome = match res {
-                    Ok(deadline_ms) => Outcome::Ok {
-                        detail: StepDetail::Frozen { deadline_ms },
-                    },
-                    Err(error) => Outcome::Err { error },
-                };
-                self.report(w, &cmd, outcome);
-            }
-            Stage::Thaw => {
-                let Some(&t) = cmd.targets.first().and_then(|t| self.world.target_index.get(t)) else {
-                    return Ok(());
-                };
-                if let Some(error) = self.random_failure(0.01, 0.0) {
-                    self.report(w, &cmd, Outcome::Err { error });
-                    return Ok(());
-                }
-                let by_wd = self.world.targets[t].watchdog_thawed.contains(&key);
-                let window = self.thaw_world(t, key, false)?;
-                let detail = StepDetail::Thawed {
-                    freeze_window_us: window.unwrap_or(0) * 1_000,
-                    by_watchdog: by_wd && window.is_none(),
-                };
-                self.report(w, &cmd, Outcome::Ok { detail });
-            }
-            Stage::Snapshot => {
-                let name = cmd.snapshot_name.clone().unwrap_or_default();
-                self.check_snapshot_name(&cmd, &name)?;
-                if self.world.provider.deleted.contains(&name) {
-                    let error = StepError::new("deleted", "this snapshot was deleted by retention", false);
-                    self.report(w, &cmd, Outcome::Err { error });
-                    return Ok(());
-                }
-                if self.world.provider.snapshots.contains(&name) {
-                    let detail = StepDetail::Snapshot(Provider::info(&name, true));
-                    self.report(w, &cmd, Outcome::Ok { detail });
-                    return Ok(());
-                }
-                if let Some(error) = self.random_failure(0.02, 0.003) {
-                    self.report(w, &cmd, Outcome::Err { error });
-                    return Ok(());
-                }
-                let consistent = cmd.targets.iter().all(|t| {
-                    self.world
-                        .target_index
-                        .get(t)
-                        .is_some_and(|&i| matches!(self.world.targets[i].frozen, Some((k, _, _)) if k == key))
-                });
-                self.world.provider.snapshots.insert(name.clone());
-                let n = {
-                    let n = self.world.provider.created.entry(key).or_insert(0);
-                    *n += 1;
-                    *n
-                };
-                self.check_one_snapshot(&cmd, n)?;
-                self.world.provider.consistent.insert(key, consistent);
-                let detail = StepDetail::Snapshot(Provider::info(&name, false));
-                self.report(w, &cmd, Outcome::Ok { detail });
-            }
+            Stage::Freeze => self.freeze(w, &cmd),
+            Stage::Thaw => self.thaw(w, &cmd)?,
+            Stage::Snapshot => self.snapshot(w, &cmd)?,
             Stage::FlushLogs => {
                 let outcome = match self.random_failure(0.01, 0.001) {
                     Some(error) => Outcome::Err { error },
@@ -212,7 +124,11 @@ impl Sim {
             Stage::Prune => {
                 for n in &cmd.prune {
                     self.world.provider.snapshots.remove(n);
-                    self.world.provider.deleted.insert(n.clone());
+                    for t in &cmd.targets {
+                        if let Some(&i) = self.world.target_index.get(t) {
+                            self.world.memory[i].record_pruned(n);
+                        }
+                    }
                 }
                 let detail = StepDetail::Pruned {
                     deleted: cmd.prune.clone(),
@@ -224,27 +140,148 @@ impl Sim {
         Ok(())
     }
 
-    /// The watchdog of an attempt's freeze is due: when that freeze still
-    /// holds the target, the worker thaws it by itself and reports it.
-    pub(super) fn watchdog(&mut self, t: usize, key: Key) -> Checked<()> {
-        let Some((k, w, _)) = self.world.targets[t].frozen else {
+    fn freeze(&mut self, w: usize, cmd: &Command) {
+        let Some(&t) = cmd.targets.first().and_then(|t| self.world.target_index.get(t)) else {
+            return;
+        };
+        let key = (cmd.job, cmd.attempt);
+        let now = self.sched.now;
+        let plan = worker::plan_freeze_with(
+            &self.world.memory[t],
+            key,
+            cmd.thaw_deadline_ms,
+            now,
+            self.cfg.worker_mutation,
+        );
+        let res = match plan {
+            Plan::Answer(first) => first,
+            Plan::Refuse(e) => Err(e),
+            Plan::Run => {
+                let r = match self.random_failure(0.02, 0.003) {
+                    Some(e) => Err(e),
+                    None if self.world.targets[t].frozen.is_some() => {
+                        Err(StepError::new("busy", "the writer is frozen already", true))
+                    }
+                    None => {
+                        let deadline_ms = worker::freeze_deadline_ms(now, cmd.thaw_deadline_ms, FREEZE_LIMIT);
+                        self.world.targets[t].frozen = Some(key);
+                        self.checks.first_freeze.entry(key).or_insert(now);
+                        self.push(deadline_ms.max(now), Ev::Watchdog(t, key));
+                        Ok(Hold {
+                            job: cmd.job,
+                            attempt: cmd.attempt,
+                            kind: cmd.kind,
+                            worker: self.world.workers[w].id.clone(),
+                            frozen_at_ms: now,
+                            deadline_ms,
+                        })
+                    }
+                };
+                self.world.memory[t].record_freeze(key, r.clone());
+                r.map(|h| h.deadline_ms)
+            }
+        };
+        let outcome = match res {
+            Ok(deadline_ms) => Outcome::Ok {
+                detail: StepDetail::Frozen { deadline_ms },
+            },
+            Err(error) => Outcome::Err { error },
+        };
+        self.report(w, cmd, outcome);
+    }
+
+    fn thaw(&mut self, w: usize, cmd: &Command) -> Checked<()> {
+        let Some(&t) = cmd.targets.first().and_then(|t| self.world.target_index.get(t)) else {
             return Ok(());
         };
-        if k != key {
+        let key = (cmd.job, cmd.attempt);
+        let plan = worker::plan_thaw_with(&self.world.memory[t], key, self.cfg.worker_mutation);
+        self.world.memory[t].record_thaw(key, ThawedBy::Command, &plan);
+        let mut window_ms = None;
+        if plan.runs() {
+            if let Some(error) = self.random_failure(0.01, 0.0) {
+                if let ThawPlan::Own(h) = plan {
+                    self.world.memory[t].record_thaw_failed(h);
+                }
+                self.report(w, cmd, Outcome::Err { error });
+                return Ok(());
+            }
+            window_ms = self.thaw_world(t)?;
+        }
+        let detail = StepDetail::Thawed {
+            freeze_window_us: window_ms.unwrap_or(0) * 1_000,
+            by_watchdog: plan.by_watchdog(),
+        };
+        self.report(w, cmd, Outcome::Ok { detail });
+        Ok(())
+    }
+
+    fn snapshot(&mut self, w: usize, cmd: &Command) -> Checked<()> {
+        let key = (cmd.job, cmd.attempt);
+        let name = cmd.snapshot_name.clone().unwrap_or_default();
+        self.check_snapshot_name(cmd, &name)?;
+        for t in &cmd.targets {
+            let Some(&i) = self.world.target_index.get(t) else {
+                continue;
+            };
+            if let Plan::Refuse(error) = worker::plan_snapshot(&self.world.memory[i], t, &name) {
+                self.report(w, cmd, Outcome::Err { error });
+                return Ok(());
+            }
+        }
+        if self.world.provider.snapshots.contains(&name) {
+            let detail = StepDetail::Snapshot(Provider::info(&name, true));
+            self.report(w, cmd, Outcome::Ok { detail });
             return Ok(());
         }
-        self.check_engine_thaws_before_watchdog(t, key)?;
-        let window = self.thaw_world(t, key, true)?.unwrap_or(0);
+        if let Some(error) = self.random_failure(0.02, 0.003) {
+            self.report(w, cmd, Outcome::Err { error });
+            return Ok(());
+        }
+        let consistent = cmd.targets.iter().all(|t| {
+            self.world
+                .target_index
+                .get(t)
+                .is_some_and(|&i| self.world.targets[i].frozen == Some(key))
+        });
+        self.world.provider.snapshots.insert(name.clone());
+        let n = {
+            let n = self.world.provider.created.entry(key).or_insert(0);
+            *n += 1;
+            *n
+        };
+        self.check_one_snapshot(cmd, n)?;
+        self.world.provider.consistent.insert(key, consistent);
+        let detail = StepDetail::Snapshot(Provider::info(&name, false));
+        self.report(w, cmd, Outcome::Ok { detail });
+        Ok(())
+    }
+
+    /// The watchdog armed for an attempt's freeze is due: by the worker
+    /// core's rules it thaws only that freeze, and reports it.
+    pub(super) fn watchdog(&mut self, t: usize, key: Key) -> Checked<()> {
+        let plan = worker::plan_thaw_with(&self.world.memory[t], key, self.cfg.worker_mutation);
+        let ThawPlan::Own(hold) = &plan else {
+            return Ok(());
+        };
+        let froze = hold.key();
+        let by = self.world.worker_index.get(&hold.worker).copied();
+        self.check_engine_thaws_before_watchdog(t, froze)?;
+        self.world.memory[t].record_thaw(froze, ThawedBy::Watchdog, &plan);
+        let window = self.thaw_world(t)?.unwrap_or(0);
         self.note(
-            key.0,
-            format!("watchdog thawed {} (attempt {})", self.world.target_ids[t], key.1),
+            froze.0,
+            format!(
+                "watchdog thawed {} (attempt {})",
+                self.world.target_ids[t], froze.1
+            ),
         );
-        if self.world.workers[w].alive {
+        if let Some(w) = by.filter(|w| self.world.workers[*w].alive) {
             let cmd = Command {
                 schema_version: SCHEMA_VERSION,
-                message_id: format!("watchdog/{}/{}/{}", key.0, key.1, self.world.target_ids[t]),
-                job: key.0,
-                attempt: key.1,
+                message_id: format!("watchdog/{}/{}/{}", froze.0, froze.1, self.world.target_ids[t]),
+                job: froze.0,
+                attempt: froze.1,
                 stage: Stage::Thaw,
                 targets: vec![self.world.target_ids[t].clone()],
                 kind: SnapshotKind::Full,
@@ -280,28 +317,22 @@ impl Sim {
         }
     }
 
-    /// Thaws target `t` if `key` froze it; returns the freeze window in ms.
-    fn thaw_world(&mut self, t: usize, key: Key, by_watchdog: bool) -> Checked<Option<u64>> {
-        let tw = &mut self.world.targets[t];
-        tw.thawed.insert(key);
-        if let Some((k, _, _)) = tw.frozen {
-            if k == key {
-                tw.frozen = None;
-                if by_watchdog {
-                    tw.watchdog_thawed.insert(key);
-                }
-                let first = self
-                    .checks
-                    .first_freeze
-                    .get(&key)
-                    .copied()
-                    .unwrap_or(self.sched.now);
-                let window = self.sched.now - first;
-                self.check_freeze_window(key, window)?;
-                return Ok(Some(window));
-            }
-        }
-        Ok(None)
+    /// The writer's thaw of target `t`: whatever freeze holds it ends (as
+    /// FITHAW would). Returns that freeze's window in ms; the
+    /// `freeze_window` check sees it.
+    fn thaw_world(&mut self, t: usize) -> Checked<Option<u64>> {
+        let Some(key) = self.world.targets[t].frozen.take() else {
+            return Ok(None);
+        };
+        let first = self
+            .checks
+            .first_freeze
+            .get(&key)
+            .copied()
+            .unwrap_or(self.sched.now);
+        let window = self.sched.now - first;
+        self.check_freeze_window(key, window)?;
+        Ok(Some(window))
     }
 }
 

@@ -155,7 +155,9 @@ pub fn plan_thaw(mem: &TargetMemory, key: AttemptKey) -> ThawPlan {
 pub fn plan_thaw_with(mem: &TargetMemory, key: AttemptKey, mutation: Option<Mutation>) -> ThawPlan {
     let by_watchdog = mem.thawed(key) == Some(ThawedBy::Watchdog);
     match mem.hold() {
-        Some(h) if h.key() == key || mutation == Some(Mutation::ThawIgnoresAttempt) => ThawPlan::Own(h.clone()),
+        Some(h) if h.key() == key || mutation == Some(Mutation::ThawIgnoresAttempt) => {
+            ThawPlan::Own(h.clone())
+        }
         Some(h) => ThawPlan::Other {
             holder: h.key(),
             by_watchdog,
