@@ -1,9 +1,7 @@
-//! recman-engine: the sans-IO job state machine (`core`), its simulator
-//! (`sim`), the engine runtime, and the `recman` command line (`cli`).
+//! recman-engine: the engine runtime around the pure `recman-core`, the
+//! read-side view, the HTTP API and the `recman` command line (`cli`).
 
 pub mod api;
 pub mod cli;
-pub mod core;
 pub mod runtime;
-pub mod sim;
 pub mod view;

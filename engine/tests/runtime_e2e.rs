@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use recman_engine::core::Reply;
+use recman_core::Reply;
 use recman_engine::runtime::{self, Call};
 use recman_events::bus::{Bus, MemoryBus};
 use recman_events::{log, Backend, EventBody, SnapshotRequest, WorkerId};

@@ -14,7 +14,7 @@ use std::time::Duration;
 use opentelemetry::trace::SpanId;
 use opentelemetry::Value;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use recman_engine::core::Reply;
+use recman_core::Reply;
 use recman_engine::runtime::{self, Call};
 use recman_events::bus::{msg_type, Address, Bus, MemoryBus, Message};
 use recman_events::{log, Backend, EventBody, EventLog, JobId, SnapshotRequest, WorkerId};

@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::{ApiError, Shared};
-use crate::core::Reply;
 use crate::runtime::Call;
 use crate::view::{self, View};
+use recman_core::Reply;
 
 type ApiResult = Result<Response, ApiError>;
 

@@ -21,8 +21,8 @@ use recman_workers::writer::{FsFreezeWriter, StepCtx};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Global;
-use crate::core::Reply;
 use crate::runtime::{self, Call};
+use recman_core::Reply;
 
 #[derive(Debug, clap::Args)]
 #[command(

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::bench_log::{percentile, raw_fdatasync_rate};
 use super::Global;
-use crate::core::Reply;
 use crate::runtime::{self, Call};
+use recman_core::Reply;
 
 #[derive(Debug, clap::Args)]
 #[command(

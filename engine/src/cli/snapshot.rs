@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::progress::{End, Progress};
 use super::{demo, Global};
-use crate::core::Reply;
 use crate::runtime::{self, Call};
+use recman_core::Reply;
 
 #[derive(Debug, clap::Args)]
 #[command(

@@ -14,7 +14,7 @@ use recman_events::wire::{self, Report};
 use recman_events::{Event, EventLog, JobId, SnapshotRequest};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::{Core, CoreConfig, Destination, Input, Outgoing, Reply, State};
+use recman_core::{Core, CoreConfig, Destination, Input, Outgoing, Reply, State};
 
 mod trace;
 
@@ -33,7 +33,7 @@ pub enum Call {
     /// A copy of the live core state (`recman replay` compares it with a
     /// rebuild from the log). Also answers "has replay finished?".
     Inspect {
-        reply: oneshot::Sender<crate::core::State>,
+        reply: oneshot::Sender<recman_core::State>,
     },
 }
 
@@ -361,7 +361,7 @@ pub fn core_config(config: &recman_workers::config::Config, seed: u64) -> CoreCo
         ..CoreConfig::default()
     };
     for t in &config.targets {
-        let mut p = crate::core::TargetPolicy::new(t.pool.clone(), t.provider_pool.clone());
+        let mut p = recman_core::TargetPolicy::new(t.pool.clone(), t.provider_pool.clone());
         p.freeze_limit_ms = t.freeze_limit.as_millis() as u64;
         p.thaw_margin_ms = p.freeze_limit_ms / 5;
         p.max_retries = t.retries;

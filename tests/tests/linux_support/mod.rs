@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use recman_engine::core::Reply;
+use recman_core::Reply;
 use recman_engine::runtime::{self, Call};
 use recman_events::bus::{Bus, MemoryBus};
 use recman_events::{log, Backend, EventBody, JobId, SnapshotRequest, WorkerId};
