@@ -76,9 +76,14 @@ type Checked<T> = Result<T, Box<Violation>>;
 
 /// Runs one simulation to quiescence.
 pub fn run(cfg: &SimConfig) -> Checked<Summary> {
+    run_with_log(cfg).map(|(s, _)| s)
+}
+
+/// `run`, also returning the engine's durable log (tests, fixtures).
+pub fn run_with_log(cfg: &SimConfig) -> Checked<(Summary, Vec<Event>)> {
     let mut sim = Sim::new(cfg.clone());
     sim.run()?;
-    Ok(sim.summary)
+    Ok((sim.summary, std::mem::take(&mut sim.engine.log)))
 }
 
 /// A client's request: the targets it names and the job it was answered.
