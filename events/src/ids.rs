@@ -213,7 +213,10 @@ mod tests {
             assert!(seen.insert(snapshot_name(job, 1)), "collision");
             legacy.insert(legacy_snapshot_name(job, 1));
         }
-        assert!(legacy.len() < 200_000, "the legacy name keeps only 32 random bits");
+        assert!(
+            legacy.len() < 200_000,
+            "the legacy name keeps only 32 random bits"
+        );
     }
 
     #[test]

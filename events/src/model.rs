@@ -402,7 +402,6 @@ pub struct StoredEvent {
     pub event: Event,
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
