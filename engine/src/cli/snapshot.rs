@@ -14,10 +14,14 @@ use recman_workers::config::Config;
 use recman_workers::runtime::Worker;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::progress::{End, Progress};
+use super::progress::{End, Progress, PruneWait};
 use super::{demo, Global};
 use crate::runtime::{self, Call};
 use recman_core::Reply;
+
+/// How long the one-shot command waits for the deletes its job asked for
+/// (retention) before it stops the engine anyway.
+const PRUNE_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -140,7 +144,9 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     }
     // A job of an earlier run with the same request id: show what the log has first.
     let mut end = None;
+    let mut prunes = PruneWait::default();
     for ev in log.read_job(job)? {
+        prunes.see(job, &ev.event);
         if end.is_none() {
             end = progress.on_event(&ev);
         }
@@ -151,6 +157,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
             item = tail.recv() => match item {
                 Some(item) => {
                     let ev = item?;
+                    prunes.see(job, &ev.event);
                     if ev.seq > progress.summary.last_seq {
                         end = progress.on_event(&ev);
                     }
@@ -158,6 +165,38 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
                 None => break,
             },
             _ = tick.tick() => progress.tick(),
+        }
+    }
+    // The deletes the job asked for (retention, decided with its end) are
+    // run and recorded before the engine stops, within a bound.
+    if end.is_some() {
+        for ev in log.read_job(job)? {
+            prunes.see(job, &ev.event);
+        }
+        let give_up = tokio::time::Instant::now() + PRUNE_WAIT;
+        while !prunes.waiting().is_empty() {
+            tokio::select! {
+                item = tail.recv() => match item {
+                    Some(item) => {
+                        if let Some(line) = prunes.see(job, &item?.event) {
+                            if human {
+                                println!("{line}");
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(give_up) => break,
+            }
+        }
+        let left = prunes.waiting();
+        if !left.is_empty() {
+            eprintln!(
+                "warning: no answer within {}s to the delete of {}: still recorded as requested; \
+                 the next start of recman (any command that runs the engine) asks again",
+                PRUNE_WAIT.as_secs(),
+                left.join(", ")
+            );
         }
     }
     let _ = stop_tx.send(true);
