@@ -2,8 +2,6 @@
 //! recovery, unconfirmed messages sent again, nothing lost. Alone in its test
 //! binary (and in the nextest `rabbitmq` group) because it restarts the broker.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,16 +9,14 @@ use std::time::Duration;
 use recman_amqp::{AmqpBus, AmqpOptions};
 use recman_events::bus::{msg_type, Address, Bus, Message};
 use recman_events::PoolName;
+use recman_testkit::amqp;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_survive_a_broker_restart() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
-    let Some(url) = common::url() else { return };
-    if common::require("RECMAN_TEST_RABBITMQCTL").is_none() {
-        return;
-    }
+    let Some(url) = amqp::broker() else { return };
     let bus: Arc<dyn Bus> = AmqpBus::connect(&url, AmqpOptions::default())
         .await
         .expect("connect");
@@ -49,9 +45,9 @@ async fn publishes_survive_a_broker_restart() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     tokio::task::spawn_blocking(|| {
-        common::rabbitmqctl(&["stop_app"]);
+        amqp::rabbitmqctl(&["stop_app"]);
         std::thread::sleep(Duration::from_millis(500));
-        common::rabbitmqctl(&["start_app"]);
+        amqp::rabbitmqctl(&["start_app"]);
     })
     .await
     .unwrap();

@@ -2,7 +2,6 @@
 //! worker with the `copy` provider; a request walks every stage and completes.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use recman_engine::core::Reply;
 use recman_engine::runtime::{self, Call};
@@ -14,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_walks_every_stage_and_the_copy_exists() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("a.txt"), b"hello").unwrap();
@@ -61,20 +60,17 @@ async fn a_request_walks_every_stage_and_the_copy_exists() {
     let Reply::Accepted { job, existing: false } = rx.await.unwrap() else {
         panic!("not accepted")
     };
-    let mut done = None;
-    for _ in 0..200 {
+    let done = recman_testkit::wait_for_async("the job's end", recman_testkit::DEADLINE, || {
         let events = log.read_job(job).unwrap();
-        if let Some(e) = events.iter().find(|e| e.event.body.is_terminal()) {
-            done = Some(e.event.body.clone());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        let end = events.iter().find(|e| e.event.body.is_terminal());
+        std::future::ready(end.map(|e| e.event.body.clone()))
+    })
+    .await;
     let _ = stop_tx.send(true);
     let _ = e.await;
     let _ = w.await;
     match done {
-        Some(EventBody::Completed { snapshot, .. }) => {
+        EventBody::Completed { snapshot, .. } => {
             let copied = std::path::Path::new(&snapshot.location).join("a.txt");
             assert_eq!(std::fs::read(&copied).unwrap(), b"hello", "{}", snapshot.location);
         }

@@ -8,14 +8,13 @@
 //! Also: malformed and unknown-version messages on each queue are
 //! dead-lettered with a reason while processing goes on.
 
-mod amqp_common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use amqp_common::*;
 use recman_events::bus::{msg_type, Address, Message, REASON_HEADER};
 use recman_events::PoolName;
+use recman_testkit::amqp::{rabbitmqctl, Vhost};
+use recman_tests::amqp::{read_log, request, write_config, Proc, VhostBus};
 
 const JOBS: usize = 500;
 const TARGETS: usize = 20;

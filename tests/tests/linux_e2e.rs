@@ -2,14 +2,13 @@
 //! writer, the watchdog after SIGKILL, btrfs consistency, qcow2 retention.
 //! Skipped with a message when not root (fails under CI=true).
 
-mod linux_support;
-
 use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use linux_support::*;
 use recman_events::EventBody;
+use recman_testkit::{recman_bin, sh, wait_exit, which};
+use recman_tests::linux::{can_run, completed, gap_free_prefix, Embedded, LoopFs, NumberedWriter};
 use recman_workers::config::Config;
 
 fn config(dir: &std::path::Path, text: &str) -> Config {
@@ -22,10 +21,7 @@ fn config(dir: &std::path::Path, text: &str) -> Config {
 /// freeze window matches the longest write the writer saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsfreeze_blocks_a_numbered_writer_for_the_recorded_window() {
-    if !can_run(
-        "fsfreeze_blocks_a_numbered_writer",
-        &["losetup", "mkfs.ext4", "mount"],
-    ) {
+    if !can_run(&["losetup", "mkfs.ext4", "mount"]) {
         return;
     }
     let fs1 = LoopFs::new("ext4", 64);
@@ -118,10 +114,7 @@ async fn fsfreeze_blocks_a_numbered_writer_for_the_recorded_window() {
 /// gap-free prefix of the numbers; the snapshot is read-only and idempotent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn btrfs_snapshot_holds_a_gap_free_prefix() {
-    if !can_run(
-        "btrfs_snapshot_holds_a_gap_free_prefix",
-        &["losetup", "mkfs.btrfs", "mount", "btrfs"],
-    ) {
+    if !can_run(&["losetup", "mkfs.btrfs", "mount", "btrfs"]) {
         return;
     }
     let b = LoopFs::new("btrfs", 300);
@@ -177,7 +170,7 @@ async fn btrfs_snapshot_holds_a_gap_free_prefix() {
 /// (5) qcow2: snapshots show in `qemu-img snapshot -l`; retention deletes the oldest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qcow2_snapshots_are_listed_and_retention_deletes_the_oldest() {
-    if !can_run("qcow2_snapshots_are_listed", &["qemu-img"]) {
+    if !can_run(&["qemu-img"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -260,7 +253,7 @@ async fn qcow2_snapshots_are_listed_and_retention_deletes_the_oldest() {
 /// plus restart time, and the log names that worker as the one that thawed.
 #[test]
 fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
-    if !can_run("sigkill_while_frozen", &["losetup", "mkfs.ext4", "mount"]) {
+    if !can_run(&["losetup", "mkfs.ext4", "mount"]) {
         return;
     }
     let fs1 = LoopFs::new("ext4", 64);
@@ -331,7 +324,7 @@ fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
         took < freeze_limit + Duration::from_secs(5),
         "writable only after {took:?} (freeze_limit {freeze_limit:?} + restart)"
     );
-    let status = wait_timeout(&mut second, Duration::from_secs(60));
+    let status = wait_exit(&mut second, Duration::from_secs(60));
     let err = fs::read_to_string(fs1.outside("second.err")).unwrap();
     let out = fs::read_to_string(fs1.outside("second.out")).unwrap();
     assert!(status.is_some(), "second run did not finish\n{out}\n{err}");
@@ -365,26 +358,11 @@ fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
     );
 }
 
-fn wait_timeout(c: &mut std::process::Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let end = Instant::now() + within;
-    loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() > end {
-            let _ = c.kill();
-            let _ = c.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// FIFREEZE twice: EBUSY (`already_frozen`) and the first freeze's marker
 /// stays; the thaw on start finds it; a second thaw is a no-op (EINVAL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_freeze_is_refused_and_the_thaw_on_start_names_the_first() {
-    if !can_run("a_second_freeze_is_refused", &["losetup", "mkfs.ext4", "mount"]) {
+    if !can_run(&["losetup", "mkfs.ext4", "mount"]) {
         return;
     }
     use recman_workers::writer::{FsFreezeWriter, StepCtx, Writer};

@@ -2,8 +2,6 @@
 //! a worker in `host.mbx01` with an `exec` writer and a worker in `array.a`
 //! with the `3par` provider against the WSAPI fake (HTTP and HTTPS).
 
-mod threepar_support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +11,9 @@ use recman_engine::runtime::{self, Call};
 use recman_events::bus::{msg_type, Address, BoxFuture, Bus, BusError, Consumer, MemoryBus, Message};
 use recman_events::wire::{self, Command};
 use recman_events::{log, Backend, EventBody, EventLog, JobId, PoolName, SnapshotRequest, Stage, WorkerId};
+use recman_tests::threepar::{array, Array, Scheme, PASSWORD};
 use recman_workers::config::Config;
 use recman_workers::runtime::Worker;
-use threepar_support::{array, Array, Scheme, PASSWORD};
 use tokio::sync::{mpsc, oneshot, watch};
 
 struct Harness {

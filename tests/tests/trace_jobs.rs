@@ -5,8 +5,6 @@
 //! spans, and two jobs are two traces. Over the in-process bus, and over the
 //! private RabbitMQ node (lapin) when `tests/run` started one.
 
-mod amqp_common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -18,6 +16,8 @@ use recman_engine::core::Reply;
 use recman_engine::runtime::{self, Call};
 use recman_events::bus::{msg_type, Address, Bus, MemoryBus, Message};
 use recman_events::{log, Backend, EventBody, EventLog, JobId, SnapshotRequest, WorkerId};
+use recman_testkit::amqp::Vhost;
+use recman_tests::amqp::VhostBus;
 use recman_trace::{TraceParent, TRACEPARENT};
 use recman_workers::config::Config;
 use recman_workers::runtime::Worker;
@@ -253,7 +253,7 @@ async fn one_job_is_one_trace_over_the_memory_bus() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_job_is_one_trace_over_rabbitmq() {
-    let Some(vh) = amqp_common::Vhost::new("trace") else {
+    let Some(vh) = Vhost::new("trace") else {
         return;
     };
     // Two connections: the engine's and the worker's.

@@ -6,13 +6,10 @@
 //! the job's trace id, and the worker's step spans are children of the
 //! engine's send spans.
 
-mod amqp_common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use amqp_common::*;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
@@ -20,6 +17,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use prost::Message as _;
 use recman_events::bus::Address;
+use recman_testkit::amqp::Vhost;
+use recman_tests::amqp::{request, write_config, Proc, VhostBus};
 
 /// One exported span, flattened.
 #[derive(Clone, Debug)]

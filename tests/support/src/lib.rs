@@ -24,4 +24,4 @@ pub mod wait;
 pub use bin::{recman, recman_bin, recman_cmd, recman_cmd_bare, text};
 pub use skip::{need_env, need_root, need_tools, skip, strict};
 pub use sys::{free_port, is_root, sh, temp_dir, which};
-pub use wait::{wait_exit, wait_for, wait_for_async, wait_until, DEADLINE};
+pub use wait::{wait_exit, wait_for, wait_for_async, wait_until, wait_until_async, DEADLINE};

@@ -71,3 +71,8 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
         std::thread::sleep(POLL);
     }
 }
+
+/// [`wait_until`] in async code: yields to the runtime between polls.
+pub async fn wait_until_async(what: impl Display, within: Duration, mut cond: impl FnMut() -> bool) {
+    wait_for_async(what, within, || std::future::ready(cond().then_some(()))).await
+}

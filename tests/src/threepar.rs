@@ -1,10 +1,9 @@
-//! Shared by the 3par tests: a fake array (HTTP or HTTPS with a fresh
+//! The 3PAR tests' harness: a fake array (HTTP or HTTPS with a fresh
 //! self-signed certificate) and the recman config that points at it.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
-use recman_tests::wsapi_fake::{FakeWsapi, TlsFiles};
+use crate::wsapi_fake::{FakeWsapi, TlsFiles};
 use recman_workers::config::{Config, ProviderConfig, ThreeParConfig};
 
 pub const USER: &str = "recman";
