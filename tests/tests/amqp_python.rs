@@ -115,6 +115,13 @@ fn amqp_python_publisher_request_completes_and_subscriber_sees_it() {
     );
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in log order: {seqs:?}");
-    engine.stop();
-    worker.stop();
+    for p in [&mut engine, &mut worker] {
+        let status = p.stop();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} did not stop cleanly ({status:?}):\n{}",
+            p.name,
+            p.output()
+        );
+    }
 }

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use recman_events::EventBody;
-use recman_testkit::{recman_bin, sh, wait_exit, which};
+use recman_testkit::{recman_bin, sh, wait_exit, wait_until, wait_until_async, which, DEADLINE};
 use recman_tests::linux::{can_run, completed, gap_free_prefix, Embedded, LoopFs, NumberedWriter};
 use recman_workers::config::Config;
 
@@ -41,18 +41,20 @@ async fn fsfreeze_blocks_a_numbered_writer_for_the_recorded_window() {
         ),
     );
     let writer = NumberedWriter::start(&numbers);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_async("the writer's first 100 writes", DEADLINE, || {
+        writer.count() >= 100
+    })
+    .await;
     let emb = Embedded::start(&cfg, &fs1.outside("log"), "w1");
     let job = emb.submit("r1", &["fs1"]).await;
     let events = emb.wait(job, Duration::from_secs(30)).await;
     emb.stop().await;
     let (snap, window_us) = completed(&events);
     let before_resume = writer.count();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        writer.count() > before_resume + 20,
-        "writes did not resume after the thaw"
-    );
+    wait_until_async("writes to resume after the thaw", DEADLINE, || {
+        writer.count() > before_resume + 20
+    })
+    .await;
     let writes = writer.stop();
 
     let longest = writes.iter().map(|w| w.took).max().unwrap();
@@ -131,7 +133,11 @@ async fn btrfs_snapshot_holds_a_gap_free_prefix() {
     );
     let numbers = sub.join("numbers");
     let writer = NumberedWriter::start(&numbers);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every snapshot must hold more than 100 numbers.
+    wait_until_async("the writer's first 200 writes", DEADLINE, || {
+        writer.count() >= 200
+    })
+    .await;
     let emb = Embedded::start(&cfg, &b.outside("log"), "w1");
     let mut names = Vec::new();
     for i in 0..3 {
@@ -228,10 +234,7 @@ async fn qcow2_snapshots_are_listed_and_retention_deletes_the_oldest() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let end = Instant::now() + Duration::from_secs(5);
-    while !sock.exists() && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_async("qemu-nbd's socket", DEADLINE, || sock.exists()).await;
     let p = recman_workers::provider::Qcow2Provider::new(match &cfg.targets[0].provider {
         recman_workers::config::ProviderConfig::Qcow2(q) => q.clone(),
         _ => unreachable!(),
@@ -259,19 +262,23 @@ fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
     let fs1 = LoopFs::new("ext4", 64);
     let gate = fs1.outside("gate");
     fs::write(&gate, b"").unwrap();
+    let provider_started = fs1.outside("provider-started");
     let state = fs1.outside("state");
     let data = fs1.outside("data");
     let cfg_path = fs1.outside("recman.toml");
     let freeze_limit = Duration::from_secs(3);
-    // The provider waits while the gate exists: the freeze is held until the kill.
+    // The provider says it started (so the Frozen report is in the log: the
+    // engine records it before it sends the snapshot command), then waits
+    // while the gate exists: the freeze is held until the kill.
     fs::write(
         &cfg_path,
         format!(
             "[[target]]\nid = \"fs1\"\nfreeze_limit = \"3s\"\nretries = 3\n[target.writer]\ntype = \"fsfreeze\"\nmountpoint = \"{}\"\nstate_dir = \"{}\"\n\
-             [target.provider]\ntype = \"exec\"\ncreate = [\"/bin/sh\", \"-c\", \"while [ -e \\\"$0\\\" ]; do sleep 0.05; done; echo done\", \"{}\"]\n",
+             [target.provider]\ntype = \"exec\"\ncreate = [\"/bin/sh\", \"-c\", \"touch \\\"$1\\\"; while [ -e \\\"$0\\\" ]; do sleep 0.05; done; echo done\", \"{}\", \"{}\"]\n",
             fs1.mnt.display(),
             state.display(),
-            gate.display()
+            gate.display(),
+            provider_started.display()
         ),
     )
     .unwrap();
@@ -289,12 +296,9 @@ fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
     };
     let mut first = run("first");
     let marker = state.join("fsfreeze/fs1.json");
-    let end = Instant::now() + Duration::from_secs(20);
-    while !marker.exists() {
-        assert!(Instant::now() < end, "never froze");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(300)); // the Frozen report is recorded
+    wait_until("the freeze and the snapshot's start", DEADLINE, || {
+        marker.exists() && provider_started.exists()
+    });
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let killed_at = Instant::now();

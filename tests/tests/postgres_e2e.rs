@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use recman_testkit::{free_port, sh};
+use recman_testkit::{free_port, sh, wait_until_async, DEADLINE};
 use recman_tests::linux::{can_run, completed, Embedded, LoopFs, NumberedWriter};
 use recman_workers::config::Config;
 
@@ -214,7 +214,11 @@ async fn case(combined: bool) {
             cm.store(n as u64, Ordering::SeqCst);
         }
     });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Rows before the job, so "every row committed before the freeze" is tested.
+    wait_until_async("the first 200 committed rows", DEADLINE, || {
+        committed.load(Ordering::SeqCst) >= 200
+    })
+    .await;
 
     let labels = top.join("labels");
     let dest = if combined {

@@ -100,6 +100,7 @@ fn kinds(events: &[serde_json::Value]) -> Vec<String> {
 fn assert_thawed(s: &Setup) {
     let log = s.writer_log();
     let whats: Vec<&str> = log.iter().map(|(w, _)| w.as_str()).collect();
+    assert!(!whats.is_empty(), "the target was never frozen");
     for pair in whats.chunks(2) {
         assert_eq!(pair, ["freeze", "thaw"], "writer log: {whats:?}");
     }
