@@ -54,6 +54,26 @@ fn build() -> PathBuf {
             cmd.args(["--profile", other]);
         }
     }
+    // Cargo gives the test its package's CARGO_PKG_*, CARGO_MANIFEST_* …;
+    // build scripts that watch those (ring's) would see them changed and
+    // rebuild the whole tree, and again in the next shell without them.
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        let from_the_test = k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                k,
+                "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            );
+        if from_the_test {
+            cmd.env_remove(k);
+        }
+    }
     eprintln!("{BIN_VAR} is not set: building the current recman ({profile})");
     let status = cmd
         .status()

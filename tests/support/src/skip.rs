@@ -71,3 +71,52 @@ pub fn need_tools(tools: &[&str]) -> bool {
     ));
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    const CHILD: &str = "RECMAN_TESTKIT_SKIP_CHILD";
+
+    /// Runs this test again as a child that calls `skip`, with and without
+    /// `CI=true`.
+    #[test]
+    fn skip_fails_under_ci_and_only_says_why_by_hand() {
+        if std::env::var_os(CHILD).is_some() {
+            super::skip("the broker is away");
+            return;
+        }
+        let run = |ci: Option<&str>| {
+            let mut c = Command::new(std::env::current_exe().unwrap());
+            c.args([
+                "skip::tests::skip_fails_under_ci_and_only_says_why_by_hand",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .env_remove(super::CI_VAR);
+            if let Some(v) = ci {
+                c.env(super::CI_VAR, v);
+            }
+            let out = c.output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, err) = run(Some("true"));
+        assert!(!ok, "CI=true: a skip must fail the test\n{err}");
+        assert!(
+            err.contains("the broker is away") && err.contains("CI=true"),
+            "{err}"
+        );
+        for ci in [None, Some("false")] {
+            let (ok, err) = run(ci);
+            assert!(ok, "CI={ci:?}: a skip returns\n{err}");
+            assert!(
+                err.contains("skipped: ") && err.contains("the broker is away"),
+                "{err}"
+            );
+        }
+    }
+}
