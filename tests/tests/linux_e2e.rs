@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use linux_support::*;
 use recman_events::EventBody;
-use recman_workers::config::Config;
+use recman_config::Config;
 
 fn config(dir: &std::path::Path, text: &str) -> Config {
     let p = dir.join("recman.toml");
@@ -240,7 +240,7 @@ async fn qcow2_snapshots_are_listed_and_retention_deletes_the_oldest() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let p = recman_workers::provider::Qcow2Provider::new(match &cfg.targets[0].provider {
-        recman_workers::config::ProviderConfig::Qcow2(q) => q.clone(),
+        recman_config::ProviderConfig::Qcow2(q) => q.clone(),
         _ => unreachable!(),
     });
     use recman_workers::Provider;
@@ -391,7 +391,7 @@ async fn a_second_freeze_is_refused_and_the_thaw_on_start_names_the_first() {
     let fs1 = LoopFs::new("ext4", 32);
     let w = FsFreezeWriter::new(
         "fs1",
-        recman_workers::config::FsFreezeConfig {
+        recman_config::FsFreezeConfig {
             mountpoint: fs1.mnt.clone(),
             state_dir: fs1.outside("state"),
         },

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use linux_support::*;
-use recman_workers::config::Config;
+use recman_config::Config;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 const PASSWORD: &str = "recman-test-pw";

@@ -13,7 +13,7 @@ use recman_engine::runtime::{self, Call};
 use recman_events::bus::{msg_type, Address, BoxFuture, Bus, BusError, Consumer, MemoryBus, Message};
 use recman_events::wire::{self, Command};
 use recman_events::{log, Backend, EventBody, EventLog, JobId, PoolName, SnapshotRequest, Stage, WorkerId};
-use recman_workers::config::Config;
+use recman_config::Config;
 use recman_workers::runtime::Worker;
 use threepar_support::{array, Array, Scheme, PASSWORD};
 use tokio::sync::{mpsc, oneshot, watch};

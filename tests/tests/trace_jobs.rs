@@ -19,7 +19,7 @@ use recman_engine::runtime::{self, Call};
 use recman_events::bus::{msg_type, Address, Bus, MemoryBus, Message};
 use recman_events::{log, Backend, EventBody, EventLog, JobId, SnapshotRequest, WorkerId};
 use recman_trace::{TraceParent, TRACEPARENT};
-use recman_workers::config::Config;
+use recman_config::Config;
 use recman_workers::runtime::Worker;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing_subscriber::layer::SubscriberExt;

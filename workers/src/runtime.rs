@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{field, info_span, Instrument, Span};
 
-use crate::config::{Config, TargetConfig};
+use recman_config::{Config, TargetConfig};
 use crate::provider::{self, check_snapshot_name, Provider, SnapshotJob};
 use crate::watchdog::{self, FreezeRecord, FrozenTargets};
 use crate::writer::{self, StepCtx, Writer};

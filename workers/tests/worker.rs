@@ -10,7 +10,8 @@ use recman_events::wire::{self, Command, Outcome, Report};
 use recman_events::{
     snapshot_name, JobId, MemoryBus, PoolName, SnapshotKind, Stage, StepDetail, TargetId, WorkerId,
 };
-use recman_workers::{Config, Worker, WorkerError};
+use recman_config::Config;
+use recman_workers::{Worker, WorkerError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

@@ -151,7 +151,7 @@ fn token(g: &Global) -> anyhow::Result<Option<String>> {
     if !path.exists() {
         return Ok(None);
     }
-    let cfg = recman_workers::config::Config::load(&path)?;
+    let cfg = recman_config::Config::load(&path)?;
     match cfg.api.token_file {
         Some(f) => Ok(Some(read_token(&f)?)),
         None => Ok(None),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use recman_amqp::{AmqpBus, AmqpOptions};
-use recman_workers::config::Config;
+use recman_config::Config;
 
 use super::Global;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use recman_events::bus::{Bus, MemoryBus};
 use recman_events::{log, Backend, EventBody, SnapshotRequest, Stage, TargetId, WorkerId};
-use recman_workers::config::{Config, FsFreezeConfig};
+use recman_config::{Config, FsFreezeConfig};
 use recman_workers::provider::btrfs_snapshot_ioctl;
 use recman_workers::runtime::Worker;
 use recman_workers::writer::{FsFreezeWriter, StepCtx};

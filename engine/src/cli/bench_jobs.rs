@@ -14,7 +14,7 @@ use recman_events::{
     log, Backend, EventBody, EventLog, JobId, RequestId, SnapshotKind, SnapshotRequest, Stage, TargetId,
     WorkerId, SCHEMA_VERSION,
 };
-use recman_workers::config::Config;
+use recman_config::Config;
 use recman_workers::runtime::Worker;
 use tokio::sync::{mpsc, oneshot, watch};
 

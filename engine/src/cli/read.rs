@@ -37,7 +37,7 @@ pub enum Source {
 /// `keep_last` per target from the config, when there is one.
 pub fn retention(g: &Global) -> BTreeMap<TargetId, Option<u32>> {
     let path = g.config.clone().unwrap_or_else(|| g.data_dir.join("recman.toml"));
-    match recman_workers::config::Config::load(&path) {
+    match recman_config::Config::load(&path) {
         Ok(c) => c.targets.iter().map(|t| (t.id.clone(), t.keep_last)).collect(),
         Err(_) => BTreeMap::new(),
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::bail;
 use recman_events::bus::{Bus, MemoryBus};
 use recman_events::{log, Backend, RequestId, SnapshotKind, SnapshotRequest, TargetId, WorkerId};
-use recman_workers::config::Config;
+use recman_config::Config;
 use recman_workers::runtime::Worker;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -189,7 +189,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
                 println!("  recman --data-dir {dd} events          # every step, as recorded");
                 println!("  recman --data-dir {dd} audit           # check the hash chain of the log");
                 println!(
-                    "  write {} with your own targets (see workers/examples/recman.toml), then\n  \
+                    "  write {} with your own targets (see config/examples/recman.toml), then\n  \
                      recman --data-dir {dd} validate-config",
                     g.data_dir.join("recman.toml").display()
                 );

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use recman_events::bus::{Address, Bus, MemoryBus};
 use recman_events::{log, Backend, EventLog, WorkerId};
-use recman_workers::config::{Config, DEFAULT_LISTEN};
+use recman_config::{Config, DEFAULT_LISTEN};
 use recman_workers::runtime::Worker;
 use tokio::sync::{mpsc, watch};
 
@@ -43,7 +43,7 @@ pub struct Args {
     pub listen: Option<SocketAddr>,
     /// Longest wait at shutdown for frozen targets to be thawed (default: the
     /// longest freeze limit of the config plus 5 s).
-    #[arg(long, value_name = "DURATION", value_parser = recman_workers::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = recman_config::parse_duration)]
     pub drain_timeout: Option<Duration>,
 }
 

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use recman_workers::config::Config;
+use recman_config::Config;
 
 use super::Global;
 

@@ -355,7 +355,7 @@ pub async fn run(
 }
 
 /// The core's view of a worker config: pools, freeze limits, retries, retention.
-pub fn core_config(config: &recman_workers::config::Config, seed: u64) -> CoreConfig {
+pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
     let mut cfg = CoreConfig {
         seed,
         ..CoreConfig::default()

@@ -17,7 +17,7 @@ use recman_engine::core::Reply;
 use recman_engine::runtime::{self, Call};
 use recman_events::bus::{Bus, MemoryBus};
 use recman_events::{log, Backend, EventBody, JobId, SnapshotRequest, WorkerId};
-use recman_workers::config::Config;
+use recman_config::Config;
 use recman_workers::runtime::Worker;
 use tokio::sync::{mpsc, oneshot};
 

@@ -6,7 +6,7 @@ use recman_events::bus::BoxFuture;
 use recman_events::{SnapshotInfo, SnapshotKind, StepError, TargetId};
 
 use super::Provider;
-use crate::config::ExecProviderConfig;
+use recman_config::ExecProviderConfig;
 use crate::exec;
 
 #[derive(Clone, Debug)]

@@ -9,7 +9,7 @@ use recman_events::bus::BoxFuture;
 use recman_events::{SnapshotInfo, SnapshotKind, StepError, TargetId};
 
 use super::{check_snapshot_name, Provider};
-use crate::config::Qcow2Config;
+use recman_config::Qcow2Config;
 use crate::exec;
 
 #[derive(Clone, Debug)]

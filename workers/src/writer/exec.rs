@@ -5,7 +5,7 @@ use recman_events::bus::BoxFuture;
 use recman_events::StepError;
 
 use super::{StepCtx, Writer};
-use crate::config::ExecWriterConfig;
+use recman_config::ExecWriterConfig;
 use crate::exec;
 
 #[derive(Clone, Debug)]
