@@ -268,8 +268,8 @@ impl Cx<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Config, ConfigError, ProviderConfig, WriterConfig};
     use super::*;
+    use crate::{Config, ConfigError, ProviderConfig, WriterConfig};
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_str(text, "/etc/recman/recman.toml")

@@ -269,8 +269,8 @@ pub(super) fn provider(
 
 #[cfg(test)]
 mod tests {
-    use crate::Config;
     use super::*;
+    use crate::Config;
 
     const ARRAY: &str = "[array.a]\nurl = \"https://3par-a.example:8080\"\nuser = \"recman\"\npassword_file = \"secrets/a.pw\"\nca_file = \"/etc/recman/a-ca.pem\"\n";
 

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use recman_config::Config;
 use recman_engine::core::Reply;
 use recman_engine::runtime::{self, Call};
 use recman_events::bus::{Bus, MemoryBus};
 use recman_events::{log, Backend, EventBody, SnapshotRequest, WorkerId};
-use recman_config::Config;
 use recman_workers::runtime::Worker;
 use tokio::sync::{mpsc, oneshot};
 

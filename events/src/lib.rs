@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod bus;
+pub mod clock;
 pub mod codec;
 pub mod ids;
 pub mod log;

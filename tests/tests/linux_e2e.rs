@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use linux_support::*;
-use recman_events::EventBody;
 use recman_config::Config;
+use recman_events::EventBody;
 
 fn config(dir: &std::path::Path, text: &str) -> Config {
     let p = dir.join("recman.toml");

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use recman_config::Config;
 use recman_engine::core::Reply;
 use recman_engine::runtime::{self, Call};
 use recman_events::bus::{msg_type, Address, BoxFuture, Bus, BusError, Consumer, MemoryBus, Message};
 use recman_events::wire::{self, Command};
 use recman_events::{log, Backend, EventBody, EventLog, JobId, PoolName, SnapshotRequest, Stage, WorkerId};
-use recman_config::Config;
 use recman_workers::runtime::Worker;
 use threepar_support::{array, Array, Scheme, PASSWORD};
 use tokio::sync::{mpsc, oneshot, watch};

@@ -7,7 +7,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use recman_config::{Config, TargetConfig};
 use recman_events::bus::{msg_type, Address, Bus, BusError, Consumer, Delivery, Message};
+use recman_events::clock;
 use recman_events::wire::{self, check_id, Command, Outcome, Report};
 use recman_events::{
     JobId, PoolName, SnapshotInfo, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
@@ -16,7 +18,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{field, info_span, Instrument, Span};
 
-use recman_config::{Config, TargetConfig};
 use crate::provider::{self, check_snapshot_name, Provider, SnapshotJob};
 use crate::watchdog::{self, FreezeRecord, FrozenTargets};
 use crate::writer::{self, StepCtx, Writer};
@@ -514,12 +515,12 @@ impl Shared {
             }
             tracing::warn!(worker = %self.id, target = %t, "freeze of a target still frozen for another job: the old freeze is superseded");
         }
-        if let Some(d) = cmd.thaw_deadline_ms.filter(|d| watchdog::unix_ms() >= *d) {
+        if let Some(d) = cmd.thaw_deadline_ms.filter(|d| clock::now_ms() >= *d) {
             return Err(StepError::new(
                 "deadline_passed",
                 format!(
                     "the freeze came after its thaw deadline ({} ms ago): not frozen",
-                    watchdog::unix_ms() - d
+                    clock::now_ms() - d
                 ),
                 true,
             ));
@@ -536,7 +537,7 @@ impl Shared {
             ));
         }
         local.writer.freeze(&Self::ctx(t, cmd)).await?;
-        let (now_ms, now) = (watchdog::unix_ms(), Instant::now());
+        let (now_ms, now) = (clock::now_ms(), Instant::now());
         let (deadline_ms, at) = watchdog::deadline(now_ms, now, cmd.thaw_deadline_ms, local.cfg.freeze_limit);
         let rec = FreezeRecord {
             job: cmd.job,
@@ -669,7 +670,7 @@ impl Shared {
             };
             let window_us = found
                 .frozen_at_ms
-                .map(|at| watchdog::unix_ms().saturating_sub(at).saturating_mul(1000))
+                .map(|at| clock::now_ms().saturating_sub(at).saturating_mul(1000))
                 .unwrap_or(0);
             match found.job {
                 None => {
@@ -746,7 +747,7 @@ impl Shared {
                 if let Some(rec) = rec {
                     // Still frozen as far as we know: keep the watchdog on it.
                     let at = Instant::now()
-                        + Duration::from_millis(rec.deadline_ms.saturating_sub(watchdog::unix_ms()));
+                        + Duration::from_millis(rec.deadline_ms.saturating_sub(clock::now_ms()));
                     self.arm(t, rec, at);
                 }
                 Err(e)

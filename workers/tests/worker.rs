@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use recman_config::Config;
 use recman_events::bus::{msg_type, Address, Bus, Consumer, Message, REASON_HEADER};
 use recman_events::wire::{self, Command, Outcome, Report};
 use recman_events::{
     snapshot_name, JobId, MemoryBus, PoolName, SnapshotKind, Stage, StepDetail, TargetId, WorkerId,
 };
-use recman_config::Config;
 use recman_workers::{Worker, WorkerError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -352,7 +352,7 @@ async fn the_engine_deadline_wins_when_it_is_earlier() {
     let mut rep = reports(&bus).await;
     let w = start(&bus, worker(&cfg));
     let mut freeze = command(JobId::new_v7(), Stage::Freeze, &["db01"]);
-    freeze.thaw_deadline_ms = Some(recman_workers::watchdog::unix_ms() + 300);
+    freeze.thaw_deadline_ms = Some(recman_events::clock::now_ms() + 300);
     send_pool(&bus, &freeze).await;
     let r = next_report(&mut rep, SEC5).await;
     assert_eq!(
@@ -659,7 +659,7 @@ async fn a_freeze_after_its_thaw_deadline_is_refused_and_not_run() {
     let mut rep = reports(&bus).await;
     let w = start(&bus, worker(&cfg));
     let mut freeze = command(JobId::new_v7(), Stage::Freeze, &["db01"]);
-    freeze.thaw_deadline_ms = Some(recman_workers::watchdog::unix_ms() - 1);
+    freeze.thaw_deadline_ms = Some(recman_events::clock::now_ms() - 1);
     send_pool(&bus, &freeze).await;
     let r = next_report(&mut rep, SEC5).await;
     assert_eq!(err_of(&r).code, "deadline_passed");
@@ -772,7 +772,7 @@ impl recman_workers::Writer for LeftFrozen {
             Ok((n == 0).then(|| recman_workers::writer::StartupThaw {
                 what: "/srv/data".into(),
                 job: job.map(|j| (j, 2, SnapshotKind::Full)),
-                frozen_at_ms: Some(recman_workers::watchdog::unix_ms() - 1500),
+                frozen_at_ms: Some(recman_events::clock::now_ms() - 1500),
             }))
         })
     }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use recman_config::{Config, FsFreezeConfig};
 use recman_events::bus::{Bus, MemoryBus};
 use recman_events::{log, Backend, EventBody, SnapshotRequest, Stage, TargetId, WorkerId};
-use recman_config::{Config, FsFreezeConfig};
 use recman_workers::provider::btrfs_snapshot_ioctl;
 use recman_workers::runtime::Worker;
 use recman_workers::writer::{FsFreezeWriter, StepCtx};
@@ -152,7 +152,7 @@ pub async fn run_bench(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     let w = tokio::spawn(worker.run(bus.clone(), stopped(stop_rx.clone())));
     let (calls, calls_rx) = mpsc::channel(4);
     let e = tokio::spawn(runtime::run(
-        runtime::core_config(&config, runtime::now_ms()),
+        runtime::core_config(&config, recman_events::clock::now_ms()),
         log.clone(),
         bus.clone(),
         calls_rx,

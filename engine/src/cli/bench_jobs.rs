@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use recman_config::Config;
 use recman_events::bus::{Bus, MemoryBus};
 use recman_events::{
     log, Backend, EventBody, EventLog, JobId, RequestId, SnapshotKind, SnapshotRequest, Stage, TargetId,
     WorkerId, SCHEMA_VERSION,
 };
-use recman_config::Config;
 use recman_workers::runtime::Worker;
 use tokio::sync::{mpsc, oneshot, watch};
 

@@ -48,12 +48,8 @@ pub struct Args {
 
 /// A ~256-byte event of appender `n`.
 fn bench_event(job: JobId, n: u64, i: u64, pad: &str) -> Event {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
     Event {
-        at_ms: now_ms,
+        at_ms: recman_events::clock::now_ms(),
         job,
         body: EventBody::StepSucceeded {
             stage: Stage::Snapshot,

@@ -68,7 +68,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     });
     // Nothing calls in from this process; the sender stays open until the end.
     let (_calls, calls_rx) = mpsc::channel(1);
-    let cfg = runtime::core_config(&config, runtime::now_ms());
+    let cfg = runtime::core_config(&config, recman_events::clock::now_ms());
     eprintln!(
         "recman engine: {} target(s), log {}, broker connected; Ctrl-C to stop",
         config.targets.len(),

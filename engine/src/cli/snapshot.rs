@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
+use recman_config::Config;
 use recman_events::bus::{Bus, MemoryBus};
 use recman_events::{log, Backend, RequestId, SnapshotKind, SnapshotRequest, TargetId, WorkerId};
-use recman_config::Config;
 use recman_workers::runtime::Worker;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -90,7 +90,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     };
     let w = tokio::spawn(worker.run(bus.clone(), stopped(stop_rx.clone())));
     let (calls, calls_rx) = mpsc::channel(4);
-    let cfg = runtime::core_config(&config, runtime::now_ms());
+    let cfg = runtime::core_config(&config, recman_events::clock::now_ms());
     let e = tokio::spawn(runtime::run(
         cfg,
         log.clone(),

@@ -10,9 +10,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use recman_config::{Config, DEFAULT_LISTEN};
 use recman_events::bus::{Address, Bus, MemoryBus};
 use recman_events::{log, Backend, EventLog, WorkerId};
-use recman_config::{Config, DEFAULT_LISTEN};
 use recman_workers::runtime::Worker;
 use tokio::sync::{mpsc, watch};
 
@@ -132,7 +132,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     let worker_task = tokio::spawn(worker.run(bus.clone(), until_true(worker_stop_rx)));
     let (calls, calls_rx) = mpsc::channel(256);
     let mut engine_task = tokio::spawn(runtime::run(
-        runtime::core_config(&config, runtime::now_ms()),
+        runtime::core_config(&config, recman_events::clock::now_ms()),
         log.clone(),
         bus.clone(),
         calls_rx,
@@ -192,7 +192,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
             url: url.clone(),
             pid,
             token_required: shared.token.is_some(),
-            started_at_ms: runtime::now_ms(),
+            started_at_ms: recman_events::clock::now_ms(),
         },
     )
     .with_context(|| format!("writing {}", discovery::path(&g.data_dir).display()))?;

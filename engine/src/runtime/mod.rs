@@ -6,10 +6,11 @@
 //! engine: its in-memory state may be ahead of the log, and a restart replays.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use recman_events::bus::{msg_type, Address, Bus, Consumer, Delivery, Message};
+use recman_events::clock::now_ms;
 use recman_events::wire::{self, Report};
 use recman_events::{Event, EventLog, JobId, SnapshotRequest};
 use tokio::sync::{mpsc, oneshot};
@@ -35,14 +36,6 @@ pub enum Call {
     Inspect {
         reply: oneshot::Sender<crate::core::State>,
     },
-}
-
-/// Unix time in milliseconds: the only clock the engine reads.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Rebuilds the core from the whole log.

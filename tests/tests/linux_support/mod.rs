@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use recman_config::Config;
 use recman_engine::core::Reply;
 use recman_engine::runtime::{self, Call};
 use recman_events::bus::{Bus, MemoryBus};
 use recman_events::{log, Backend, EventBody, JobId, SnapshotRequest, WorkerId};
-use recman_config::Config;
 use recman_workers::runtime::Worker;
 use tokio::sync::{mpsc, oneshot};
 
@@ -232,7 +232,7 @@ impl Embedded {
         });
         let (calls, calls_rx) = mpsc::channel(16);
         let mut rx2 = stop_rx.clone();
-        let cfg = runtime::core_config(config, runtime::now_ms());
+        let cfg = runtime::core_config(config, recman_events::clock::now_ms());
         let l2 = log.clone();
         let t2 = tokio::spawn(async move {
             let _ = runtime::run(cfg, l2, bus, calls_rx, async move {

@@ -102,7 +102,7 @@ impl FsFreezeWriter {
             attempt: ctx.attempt,
             kind: ctx.kind,
             mountpoint: mp.clone(),
-            frozen_at_ms: crate::watchdog::unix_ms(),
+            frozen_at_ms: recman_events::clock::now_ms(),
         })?;
         match ioctl(mp, FIFREEZE) {
             Ok(()) => Ok(()),
