@@ -46,7 +46,7 @@ async fn fsfreeze_blocks_a_numbered_writer_for_the_recorded_window() {
     );
     let writer = NumberedWriter::start(&numbers);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let emb = Embedded::start(&cfg, &fs1.outside("log"), "w1");
+    let emb = Embedded::start(&cfg, &fs1.outside("log"), "w1").await;
     let job = emb.submit("r1", &["fs1"]).await;
     let events = emb.wait(job, Duration::from_secs(30)).await;
     emb.stop().await;
@@ -139,7 +139,7 @@ async fn btrfs_snapshot_holds_a_gap_free_prefix() {
     let numbers = sub.join("numbers");
     let writer = NumberedWriter::start(&numbers);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let emb = Embedded::start(&cfg, &b.outside("log"), "w1");
+    let emb = Embedded::start(&cfg, &b.outside("log"), "w1").await;
     let mut names = Vec::new();
     for i in 0..3 {
         let job = emb.submit(&format!("r{i}"), &["b1"]).await;
@@ -193,7 +193,7 @@ async fn qcow2_snapshots_are_listed_and_retention_deletes_the_oldest() {
             img.display()
         ),
     );
-    let emb = Embedded::start(&cfg, &dir.path().join("log"), "w1");
+    let emb = Embedded::start(&cfg, &dir.path().join("log"), "w1").await;
     let mut names = Vec::new();
     for i in 0..3 {
         let job = emb.submit(&format!("q{i}"), &["vm1"]).await;

@@ -1,30 +1,28 @@
-//! The `recman` command line: global options and one module per subcommand.
+//! The `recman` command line: global options and one module per subcommand,
+//! each only wiring (parse its flags, call the library, print, exit code).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub mod amqp_opts;
 pub mod audit;
 pub mod bench;
-pub mod bench_amqp;
-pub mod bench_freeze;
-pub mod bench_jobs;
-pub mod bench_log;
-pub mod demo;
+pub mod cancel;
 pub mod engine;
 pub mod events;
-pub mod events_remote;
-pub mod progress;
-pub mod read;
-pub mod remote;
+pub mod job;
+pub mod jobs;
 pub mod replay;
 pub mod simulate;
 pub mod snapshot;
+pub mod snapshots;
+pub mod targets;
 pub mod up;
 pub mod validate;
 pub mod worker;
+
+use crate::home::Home;
 
 /// recman: application-consistent snapshots, orchestrated as an event-sourced
 /// job (freeze → snapshot → thaw → flush logs) and recorded in a durable,
@@ -54,6 +52,30 @@ pub struct Global {
     pub config: Option<PathBuf>,
 }
 
+impl Global {
+    /// The data dir and config file, for the library.
+    pub fn home(&self) -> Home {
+        Home {
+            data_dir: self.data_dir.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// Where a read command gets its answers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArg {
+    /// Talk to this server (e.g. http://127.0.0.1:7080) instead of the data dir's.
+    #[arg(long, value_name = "URL", env = "RECMAN_SERVER")]
+    pub server: Option<String>,
+}
+
+/// The help text of the read commands.
+const READ_HELP: &str =
+    "Reads the running `recman up` of the data dir (DATA_DIR/server.json) or --server URL;\n\
+without one, reads the data dir's event log directly.\n\n\
+Exit codes: 0 done, 1 not found, 2 could not run (no log, server unreachable, bad arguments).";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Take a snapshot of one or more targets (or `demo`) and show every stage.
@@ -67,15 +89,15 @@ pub enum Command {
     /// Print the event log.
     Events(events::Args),
     /// List jobs, newest first.
-    Jobs(read::JobsArgs),
+    Jobs(jobs::Args),
     /// Show one job with its timeline.
-    Job(read::JobArgs),
+    Job(job::Args),
     /// List targets: state, queue depth, last snapshot, last failure.
-    Targets(read::TargetsArgs),
+    Targets(targets::Args),
     /// The snapshot catalog: restore points recman holds, with their expiry.
-    Snapshots(read::SnapshotsArgs),
+    Snapshots(snapshots::Args),
     /// Cancel a job through the running server.
-    Cancel(read::CancelArgs),
+    Cancel(cancel::Args),
     /// Rebuild the state from the log (up to a point) and print it.
     Replay(replay::Args),
     /// Verify every record of the log: checksum, decoding, hash chain.
@@ -126,11 +148,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Engine(a) => engine::run(&g, a).await,
         Command::Worker(a) => worker::run(&g, a).await,
         Command::Events(a) => events::run(&g, a).await,
-        Command::Jobs(a) => read::jobs(&g, a).await,
-        Command::Job(a) => read::job(&g, a).await,
-        Command::Targets(a) => read::targets(&g, a).await,
-        Command::Snapshots(a) => read::snapshots(&g, a).await,
-        Command::Cancel(a) => read::cancel(&g, a).await,
+        Command::Jobs(a) => jobs::run(&g, a).await,
+        Command::Job(a) => job::run(&g, a).await,
+        Command::Targets(a) => targets::run(&g, a).await,
+        Command::Snapshots(a) => snapshots::run(&g, a).await,
+        Command::Cancel(a) => cancel::run(&g, a).await,
         Command::Replay(a) => replay::run(&g, a).await,
         Command::Audit(a) => audit::run(&g, a).await,
         Command::ValidateConfig(a) => validate::run(&g, a).await,

@@ -9,9 +9,10 @@ use recman_events::{EventMessage, StoredEvent};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::read::{print_targets, retention, ServerArg};
-use super::Global;
-use crate::api::client::Client;
+use super::{Global, ServerArg};
+use crate::client::Client;
+use crate::render::tables;
+use crate::source::{local_view, retention};
 use crate::view::time::rfc3339;
 use crate::view::{self, Until, View};
 
@@ -71,8 +72,9 @@ async fn fetch(c: &Client, last: u64) -> anyhow::Result<Vec<StoredEvent>> {
 
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     let until = a.until.unwrap_or(Until::End);
-    let Some(c) = Client::discover(g, a.server.server.as_deref()).await? else {
-        let v = super::read::local_view(g, until)?;
+    let home = g.home();
+    let Some(c) = Client::discover(&home, a.server.server.as_deref()).await? else {
+        let v = local_view(&home, until)?;
         print_state(&v, &a, None);
         return Ok(ExitCode::SUCCESS);
     };
@@ -81,7 +83,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     if events.len() as u64 != live.seq {
         bail!("the server sent {} events, expected {}", events.len(), live.seq);
     }
-    let mut full = View::new(retention(g));
+    let mut full = View::new(retention(&home));
     let mut shown: Option<View> = None;
     for e in &events {
         let stop = match until {
@@ -166,7 +168,7 @@ fn print_state(v: &View, a: &Args, compared: Option<(u64, &Vec<String>)>) {
         println!("state after event {} ({})", v.last_seq, rfc3339(v.last_at_ms));
     }
     println!();
-    print_targets(&v.targets());
+    tables::targets(&v.targets());
     println!();
     if jobs.is_empty() {
         println!("no jobs");

@@ -17,10 +17,7 @@ pub struct Args {
 }
 
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let path = a
-        .file
-        .or_else(|| g.config.clone())
-        .unwrap_or_else(|| g.data_dir.join("recman.toml"));
+    let path = a.file.unwrap_or_else(|| g.home().config_file());
     if !path.exists() {
         anyhow::bail!("{}: no such file (pass a path or --config)", path.display());
     }

@@ -10,8 +10,9 @@ use recman_events::bus::Bus;
 use recman_events::{PoolName, WorkerId};
 use recman_workers::runtime::Worker;
 
-use super::amqp_opts::{self, AmqpArgs};
 use super::Global;
+use crate::broker::AmqpArgs;
+use crate::home::Missing;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
@@ -49,7 +50,7 @@ fn hostname() -> String {
 }
 
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let mut config = amqp_opts::load_config(g)?;
+    let mut config = g.home().load_config(Missing::Fail)?;
     config.set_data_dir(&g.data_dir);
     let id =
         a.id.clone()
@@ -85,7 +86,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    worker.run(bus, amqp_opts::stop_signal()).await?;
+    worker.run(bus, crate::signal::stop()).await?;
     if amqp.connection_lost() {
         anyhow::bail!("the broker connection was lost and did not come back");
     }

@@ -20,6 +20,9 @@ pub use memory::MemoryBus;
 pub const REASON_HEADER: &str = "x-recman-reason";
 /// Header naming the queue a dead-lettered message came from.
 pub const ORIGIN_HEADER: &str = "x-recman-origin";
+/// Header that sets the routing key of a message published to `Events`
+/// (`<event kind>.<target>`, or `batch`); it travels with the message.
+pub const ROUTING_KEY_HEADER: &str = "x-recman-routing-key";
 /// Deliveries after which a message that keeps coming back is dead-lettered.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 /// The reason given when a message is dead-lettered by the delivery limit.
