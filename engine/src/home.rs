@@ -9,12 +9,15 @@ use recman_config::Config;
 
 use crate::demo;
 
-/// Where a command keeps its log and finds its config (the CLI's `--data-dir`
-/// and `--config`).
-#[derive(Clone, Debug)]
+/// Options every subcommand takes: where a command keeps its log and finds
+/// its config (`--data-dir`, `--config`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Home {
+    /// Where recman keeps its event log and local state.
+    #[arg(long, global = true, env = "RECMAN_DATA_DIR", default_value = "./recman-data")]
     pub data_dir: PathBuf,
-    /// `--config` (else `DATA_DIR/recman.toml`).
+    /// Config file with targets (default: DATA_DIR/recman.toml when it exists).
+    #[arg(long, short = 'c', global = true, env = "RECMAN_CONFIG")]
     pub config: Option<PathBuf>,
 }
 

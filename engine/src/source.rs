@@ -11,6 +11,20 @@ use crate::client::Client;
 use crate::home::Home;
 use crate::view::{Until, View};
 
+/// Where a read command gets its answers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArg {
+    /// Talk to this server (e.g. http://127.0.0.1:7080) instead of the data dir's.
+    #[arg(long, value_name = "URL", env = "RECMAN_SERVER")]
+    pub server: Option<String>,
+}
+
+/// The help text of the read commands.
+pub const READ_HELP: &str =
+    "Reads the running `recman up` of the data dir (DATA_DIR/server.json) or --server URL;\n\
+without one, reads the data dir's event log directly.\n\n\
+Exit codes: 0 done, 1 not found, 2 could not run (no log, server unreachable, bad arguments).";
+
 pub enum Source {
     Local(Box<View>),
     Remote(Client),

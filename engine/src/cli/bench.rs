@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::Global;
 use crate::bench;
+use crate::home::Home;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -19,7 +19,7 @@ pub enum BenchCommand {
     Freeze(bench::freeze::Args),
 }
 
-pub async fn run(g: &Global, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(g: &Home, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Log(a) => bench::log::run(&g.data_dir, a).await,
         BenchCommand::Jobs(a) => bench::jobs::run(&g.data_dir, a).await,

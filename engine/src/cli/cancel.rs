@@ -7,8 +7,9 @@ use anyhow::{bail, Context};
 use recman_events::JobId;
 use serde_json::json;
 
-use super::{Global, ServerArg};
 use crate::client::{ApiFailure, Client};
+use crate::home::Home;
+use crate::source::ServerArg;
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -26,8 +27,8 @@ pub struct Args {
     pub server: ServerArg,
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let Some(c) = Client::discover(&g.home(), a.server.server.as_deref()).await? else {
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    let Some(c) = Client::discover(g, a.server.server.as_deref()).await? else {
         bail!(
             "no running server for {}: cancelling needs the engine; start `recman up` or pass --server URL",
             g.data_dir.display()

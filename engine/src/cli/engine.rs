@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use recman_events::bus::Bus;
 
-use super::Global;
 use crate::broker::AmqpArgs;
 use crate::handle::{Drain, Engine, Relay};
+use crate::home::Home;
 use crate::home::Missing;
 use crate::runtime::relay::RelayOptions;
 
@@ -34,8 +34,8 @@ pub struct Args {
     pub relay_batch_over: usize,
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let mut config = g.home().load_config(Missing::Fail)?;
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    let mut config = g.load_config(Missing::Fail)?;
     config.set_data_dir(&g.data_dir);
     std::fs::create_dir_all(&g.data_dir).with_context(|| format!("creating {}", g.data_dir.display()))?;
     let bus = a

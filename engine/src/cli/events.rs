@@ -13,8 +13,8 @@ use recman_events::model::StoredEvent;
 use recman_events::{EventMessage, JobId, SCHEMA_VERSION};
 use serde::Deserialize;
 
-use super::Global;
 use crate::client::Client;
+use crate::home::Home;
 use crate::render::line;
 
 /// Events read per chunk.
@@ -44,8 +44,8 @@ pub struct Args {
     pub follow: bool,
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    if let Some(c) = Client::discover(&g.home(), None).await? {
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    if let Some(c) = Client::discover(g, None).await? {
         return remote(&c, &a).await;
     }
     let dir = g.data_dir.clone();

@@ -4,10 +4,11 @@ use std::process::ExitCode;
 
 use recman_events::JobId;
 
-use super::{Global, ServerArg, READ_HELP};
 use crate::client::ApiFailure;
+use crate::home::Home;
 use crate::render::tables;
 use crate::source::Source;
+use crate::source::{ServerArg, READ_HELP};
 use crate::view::JobDetail;
 
 #[derive(Debug, clap::Args)]
@@ -21,8 +22,8 @@ pub struct Args {
     pub server: ServerArg,
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let detail: Option<JobDetail> = match Source::open(&g.home(), a.server.server.as_deref()).await? {
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    let detail: Option<JobDetail> = match Source::open(g, a.server.server.as_deref()).await? {
         Source::Local(v) => v.job(&a.id),
         Source::Remote(c) => match c.get(&format!("/v1/jobs/{}", a.id)).await {
             Ok(d) => Some(d),

@@ -7,9 +7,10 @@ use recman_events::{JobId, TargetId};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Global, ServerArg, READ_HELP};
+use crate::home::Home;
 use crate::render::tables;
 use crate::source::Source;
+use crate::source::{ServerArg, READ_HELP};
 use crate::view::{self, JobSummary};
 
 #[derive(Debug, clap::Args)]
@@ -36,7 +37,7 @@ struct JobsPage {
     next: Option<JobId>,
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     if let Some(s) = &a.state {
         if !view::state_names().contains(&s.as_str()) {
             bail!(
@@ -46,7 +47,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let limit = a.limit.clamp(1, 1000);
-    let page = match Source::open(&g.home(), a.server.server.as_deref()).await? {
+    let page = match Source::open(g, a.server.server.as_deref()).await? {
         Source::Local(v) => {
             let t = a.target.clone().map(TargetId::from);
             let (jobs, next) = v.jobs(a.state.as_deref(), t.as_ref(), None, limit);

@@ -1,7 +1,6 @@
 //! The `recman` command line: global options and one module per subcommand,
 //! each only wiring (parse its flags, call the library, print, exit code).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -36,45 +35,10 @@ simulator violation), 2 the command could not run (bad arguments, bad config, un
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub global: Global,
+    pub global: Home,
     #[command(subcommand)]
     pub command: Command,
 }
-
-/// Options every subcommand takes.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Global {
-    /// Where recman keeps its event log and local state.
-    #[arg(long, global = true, env = "RECMAN_DATA_DIR", default_value = "./recman-data")]
-    pub data_dir: PathBuf,
-    /// Config file with targets (default: DATA_DIR/recman.toml when it exists).
-    #[arg(long, short = 'c', global = true, env = "RECMAN_CONFIG")]
-    pub config: Option<PathBuf>,
-}
-
-impl Global {
-    /// The data dir and config file, for the library.
-    pub fn home(&self) -> Home {
-        Home {
-            data_dir: self.data_dir.clone(),
-            config: self.config.clone(),
-        }
-    }
-}
-
-/// Where a read command gets its answers.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServerArg {
-    /// Talk to this server (e.g. http://127.0.0.1:7080) instead of the data dir's.
-    #[arg(long, value_name = "URL", env = "RECMAN_SERVER")]
-    pub server: Option<String>,
-}
-
-/// The help text of the read commands.
-const READ_HELP: &str =
-    "Reads the running `recman up` of the data dir (DATA_DIR/server.json) or --server URL;\n\
-without one, reads the data dir's event log directly.\n\n\
-Exit codes: 0 done, 1 not found, 2 could not run (no log, server unreachable, bad arguments).";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -9,9 +9,10 @@ use recman_events::{EventMessage, StoredEvent};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Global, ServerArg};
 use crate::client::Client;
+use crate::home::Home;
 use crate::render::tables;
+use crate::source::ServerArg;
 use crate::source::{local_view, retention};
 use crate::view::time::rfc3339;
 use crate::view::{self, Until, View};
@@ -70,11 +71,10 @@ async fn fetch(c: &Client, last: u64) -> anyhow::Result<Vec<StoredEvent>> {
     Ok(out)
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let until = a.until.unwrap_or(Until::End);
-    let home = g.home();
-    let Some(c) = Client::discover(&home, a.server.server.as_deref()).await? else {
-        let v = local_view(&home, until)?;
+    let Some(c) = Client::discover(g, a.server.server.as_deref()).await? else {
+        let v = local_view(g, until)?;
         print_state(&v, &a, None);
         return Ok(ExitCode::SUCCESS);
     };
@@ -83,7 +83,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     if events.len() as u64 != live.seq {
         bail!("the server sent {} events, expected {}", events.len(), live.seq);
     }
-    let mut full = View::new(retention(&home));
+    let mut full = View::new(retention(g));
     let mut shown: Option<View> = None;
     for e in &events {
         let stop = match until {

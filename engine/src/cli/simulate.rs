@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::Global;
 use crate::core::Mutation;
+use crate::home::Home;
 use crate::sim::{self, Faults, SimConfig};
 
 #[derive(Debug, clap::Args)]
@@ -31,7 +31,7 @@ pub struct Args {
     pub mutation: Option<String>,
 }
 
-pub async fn run(_g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let Some(faults) = Faults::parse(&a.faults) else {
         anyhow::bail!(
             "--faults must be one of none, net, crash, all (got {:?})",

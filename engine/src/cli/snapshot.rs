@@ -13,12 +13,13 @@ use recman_events::{JobId, RequestId, SnapshotKind, SnapshotRequest, TargetId, W
 use recman_workers::runtime::Worker;
 use serde_json::json;
 
-use super::{Global, ServerArg};
 use crate::client::{ApiFailure, Client};
 use crate::demo;
 use crate::handle::{Drain, Engine};
+use crate::home::Home;
 use crate::home::Missing;
 use crate::render::progress::{End, Progress};
+use crate::source::ServerArg;
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -47,16 +48,14 @@ pub struct Args {
     pub server: ServerArg,
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    if let Some(c) = Client::discover(&g.home(), a.server.server.as_deref()).await? {
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    if let Some(c) = Client::discover(g, a.server.server.as_deref()).await? {
         return remote(&c, &a).await;
     }
     if a.targets.len() > 1 && !a.group {
         bail!("several targets need --group (they are then cut at one instant)");
     }
-    let config = g
-        .home()
-        .load_config(Missing::DemoIfAsked(a.targets == ["demo"]))?;
+    let config = g.load_config(Missing::DemoIfAsked(a.targets == ["demo"]))?;
     let is_demo = a.targets == ["demo"] && config.path.ends_with("demo.toml");
     let mut worker = Worker::from_config(WorkerId::from(format!("local-{}", std::process::id())), &config);
     let live = if is_demo {

@@ -7,9 +7,10 @@ use recman_events::TargetId;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Global, ServerArg, READ_HELP};
+use crate::home::Home;
 use crate::render::tables;
 use crate::source::Source;
+use crate::source::{ServerArg, READ_HELP};
 use crate::view::SnapshotEntry;
 
 #[derive(Debug, clap::Args)]
@@ -28,8 +29,8 @@ struct SnapshotsBody {
     snapshots: Vec<SnapshotEntry>,
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let list = match Source::open(&g.home(), a.server.server.as_deref()).await? {
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    let list = match Source::open(g, a.server.server.as_deref()).await? {
         Source::Local(v) => v.snapshots(a.target.clone().map(TargetId::from).as_ref()),
         Source::Remote(c) => {
             let q = match &a.target {

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Global, ServerArg, READ_HELP};
+use crate::home::Home;
 use crate::render::tables;
 use crate::source::Source;
+use crate::source::{ServerArg, READ_HELP};
 use crate::view::TargetView;
 
 #[derive(Debug, clap::Args)]
@@ -25,8 +26,8 @@ struct TargetsBody {
     targets: Vec<TargetView>,
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let list = match Source::open(&g.home(), a.server.server.as_deref()).await? {
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    let list = match Source::open(g, a.server.server.as_deref()).await? {
         Source::Local(v) => v.targets(),
         Source::Remote(c) => c.get::<TargetsBody>("/v1/targets").await?.targets,
     };

@@ -15,12 +15,12 @@ use recman_events::bus::{Address, Bus, MemoryBus};
 use recman_events::{log, Backend, EventLog};
 use tokio::sync::watch;
 
-use super::Global;
 use crate::api::instrument::{MeteredBus, Stats, TimedLog};
 use crate::api::{self, discovery, Shared};
 use crate::broker::AmqpArgs;
 use crate::client::read_token;
 use crate::handle::{Drain, Engine, Relay};
+use crate::home::Home;
 use crate::home::Missing;
 use crate::view::{Until, View};
 
@@ -53,8 +53,8 @@ async fn until_true(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let config = g.home().load_config(Missing::ServeDemo)?;
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    let config = g.load_config(Missing::ServeDemo)?;
     let listen = match a.listen.or(config.api.listen) {
         Some(l) => l,
         None => DEFAULT_LISTEN.parse().context("default listen address")?,

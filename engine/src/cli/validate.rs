@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use recman_config::Config;
 
-use super::Global;
+use crate::home::Home;
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -16,8 +16,8 @@ pub struct Args {
     pub file: Option<std::path::PathBuf>,
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let path = a.file.unwrap_or_else(|| g.home().config_file());
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    let path = a.file.unwrap_or_else(|| g.config_file());
     if !path.exists() {
         anyhow::bail!("{}: no such file (pass a path or --config)", path.display());
     }

@@ -10,8 +10,8 @@ use recman_events::bus::Bus;
 use recman_events::{PoolName, WorkerId};
 use recman_workers::runtime::Worker;
 
-use super::Global;
 use crate::broker::AmqpArgs;
+use crate::home::Home;
 use crate::home::Missing;
 
 #[derive(Debug, clap::Args)]
@@ -49,8 +49,8 @@ fn hostname() -> String {
         .unwrap_or_else(|| "worker".into())
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let mut config = g.home().load_config(Missing::Fail)?;
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    let mut config = g.load_config(Missing::Fail)?;
     config.set_data_dir(&g.data_dir);
     let id =
         a.id.clone()
