@@ -543,11 +543,6 @@ impl View {
         out
     }
 
-    /// True when some job may hold a frozen target (freeze sent, thaw not done).
-    pub fn any_frozen(&self) -> bool {
-        any_frozen(&self.state)
-    }
-
     /// Prometheus text of everything the log tells.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write;

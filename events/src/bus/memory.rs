@@ -407,3 +407,47 @@ impl Bus for MemoryBus {
         Box::pin(async move { r })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: u64) -> Message {
+        Message::new(
+            super::super::msg_type::EVENT,
+            format!("event/{i}"),
+            vec![0u8; 300],
+        )
+    }
+
+    /// The events relay publishes every event here, subscribers or not: with
+    /// none, nothing is kept (no queue, no growth) and publishing never waits.
+    #[tokio::test]
+    async fn events_nobody_subscribes_to_are_dropped_not_kept() {
+        let bus = MemoryBus::new();
+        for i in 0..10_000 {
+            bus.publish(Address::Events, event(i)).await.unwrap();
+        }
+        assert_eq!(bus.depth(&Address::Events), (0, 0));
+        {
+            let reg = lock(&bus.inner.registry);
+            assert!(reg.subscribers.is_empty());
+            assert!(!reg.queues.contains_key(&Address::Events));
+        }
+        // A subscriber gets what is published after it subscribed, and its
+        // queue goes with it.
+        let mut sub = bus.consume(Address::Events, 0).await.unwrap();
+        bus.publish(Address::Events, event(10_000)).await.unwrap();
+        let d = sub.recv().await.unwrap();
+        assert_eq!(d.message.message_id, "event/10000");
+        d.ack().await.unwrap();
+        drop(sub);
+        for i in 10_001..20_000 {
+            bus.publish(Address::Events, event(i)).await.unwrap();
+        }
+        assert!(
+            lock(&bus.inner.registry).subscribers.is_empty(),
+            "the dropped subscriber's queue is gone"
+        );
+    }
+}
