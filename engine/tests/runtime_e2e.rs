@@ -73,6 +73,19 @@ async fn a_request_walks_every_stage_and_the_copy_exists() {
     }
     assert_eq!(replayed, kinds, "the whole job from the log, then the end");
 
+    // Waiting for it gives the same events at once; so does a submit-and-wait
+    // of a new request, from its first event.
+    let waited = engine.wait(accepted.job).await.unwrap();
+    assert_eq!(
+        waited.iter().map(|e| e.event.body.kind()).collect::<Vec<_>>(),
+        kinds
+    );
+    let (second, events) = engine.submit_and_wait(request("r2"), "test").await.unwrap();
+    assert!(!second.existing);
+    assert_eq!(events.first().map(|e| e.event.body.kind()), Some("requested"));
+    assert_eq!(events.last().map(|e| e.event.body.kind()), Some("completed"));
+    assert!(events.iter().all(|e| e.event.job == second.job));
+
     // The relay published the job's events, in order, to the events address.
     let mut relayed = Vec::new();
     while relayed.last() != Some(&"completed") {
@@ -113,7 +126,7 @@ async fn cancel_and_shutdown_answer_as_documented() {
         Err(CallError::Rejected { code, .. }) => assert_eq!(code, "unknown_job"),
         other => panic!("cancel of an unknown job: {other:?}"),
     }
-    let a = engine.submit(request("r2"), "test").await.unwrap();
+    let a = engine.submit(request("r9"), "test").await.unwrap();
     let c = engine.cancel(a.job, "changed my mind").await.unwrap();
     assert_eq!((c.job, c.existing), (a.job, false));
     let again = caller.cancel(a.job, "twice").await.unwrap();

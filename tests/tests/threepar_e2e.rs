@@ -110,18 +110,9 @@ impl Harness {
 
     /// The terminal event of `job` (waits up to 20 s).
     async fn finished(&self, job: JobId) -> EventBody {
-        let mut events = self.engine.follow(job).unwrap();
-        let end = tokio::time::timeout(Duration::from_secs(20), async {
-            let mut last = None;
-            while let Some(e) = events.next().await {
-                last = Some(e.unwrap().event.body);
-            }
-            last
-        })
-        .await;
-        match end {
-            Ok(Some(e)) if e.is_terminal() => e,
-            _ => panic!("job {job} did not finish: {:#?}", self.log.read_job(job).unwrap()),
+        match tokio::time::timeout(Duration::from_secs(20), self.engine.wait(job)).await {
+            Ok(events) => events.unwrap().pop().expect("the terminal event").event.body,
+            Err(_) => panic!("job {job} did not finish: {:#?}", self.log.read_job(job).unwrap()),
         }
     }
 

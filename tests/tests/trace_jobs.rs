@@ -123,17 +123,18 @@ async fn wait_for_job(log: &dyn EventLog, request_id: &str) -> JobId {
 }
 
 async fn wait_until_ended(engine: &Engine, job: JobId) {
-    let mut followed = engine.follow(job).unwrap();
-    let mut events = Vec::new();
-    let end = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(e) = followed.next().await {
-            events.push(e.unwrap().event.body);
-        }
-    })
-    .await;
-    assert!(end.is_ok(), "job {job} did not end: {events:#?}");
+    let events = match tokio::time::timeout(Duration::from_secs(10), engine.wait(job)).await {
+        Ok(events) => events.unwrap(),
+        Err(_) => panic!(
+            "job {job} did not end: {:#?}",
+            engine.log().read_job(job).unwrap()
+        ),
+    };
     assert!(
-        matches!(events.last(), Some(EventBody::Completed { .. })),
+        matches!(
+            events.last().map(|e| &e.event.body),
+            Some(EventBody::Completed { .. })
+        ),
         "{events:#?}"
     );
 }

@@ -39,6 +39,7 @@ fn call_error(e: CallError, rejected: impl FnOnce(&'static str, String) -> ApiEr
             ApiError::unavailable("engine_unavailable", "the engine is not running (shutting down?)")
         }
         CallError::NoAnswer => ApiError::unavailable("engine_unavailable", "the engine gave no answer"),
+        CallError::Log(e) => ApiError::unavailable("log_error", e.to_string()),
     }
 }
 

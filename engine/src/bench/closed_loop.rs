@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use recman_config::Config;
 use recman_events::{
-    Backend, EventBody, RequestId, SnapshotKind, SnapshotRequest, Stage, TargetId, SCHEMA_VERSION,
+    Backend, EventBody, RequestId, SnapshotKind, SnapshotRequest, Stage, StoredEvent, TargetId,
+    SCHEMA_VERSION,
 };
 
 use super::measure::{AbortOnDrop, Finished};
-use crate::handle::{Caller, JobEvents};
+use crate::handle::Caller;
 
 /// What a run of the loop is given.
 #[derive(Clone, Copy, Debug)]
@@ -47,37 +47,34 @@ pub fn config_text(targets: u64, pool: Option<&str>) -> String {
     text
 }
 
-/// Follows a job to its end: completed or not, and its freeze overhead
-/// (freeze window minus the provider's time).
-async fn finished(events: &mut JobEvents) -> anyhow::Result<Finished> {
+/// How a job ended: completed or not, and its freeze overhead (freeze
+/// window minus the provider's time).
+fn finished(events: &[StoredEvent]) -> Finished {
     let mut provider_us = None;
-    while let Some(e) = events.next().await {
-        match e?.event.body {
+    for e in events {
+        match &e.event.body {
             EventBody::StepSucceeded {
                 stage: Stage::Snapshot,
                 duration_us,
                 ..
-            } => provider_us = Some(duration_us),
+            } => provider_us = Some(*duration_us),
             EventBody::Completed { freeze_window_us, .. } => {
-                return Ok(Finished {
+                return Finished {
                     completed: true,
                     overhead_us: provider_us.map(|p| freeze_window_us.saturating_sub(p)),
-                })
-            }
-            EventBody::Failed { .. } | EventBody::Cancelled => {
-                return Ok(Finished {
-                    completed: false,
-                    overhead_us: None,
-                })
+                }
             }
             _ => {}
         }
     }
-    anyhow::bail!("the event log closed before job {} ended", events.job())
+    Finished {
+        completed: false,
+        overhead_us: None,
+    }
 }
 
 /// Runs the closed loop: one client per target submits a job through
-/// `engine`, follows it to its end, submits the next. Progress on stderr
+/// `engine`, waits for its end, submits the next. Progress on stderr
 /// every second. Returns each job's latency and end, and the seconds the
 /// whole took.
 pub async fn drive(
@@ -115,12 +112,8 @@ pub async fn drive(
                     kind: SnapshotKind::Full,
                 };
                 let start = Instant::now();
-                let (_, mut events) = engine
-                    .submit_and_follow(req, "bench")
-                    .await
-                    .context("submitting")?;
-                let f = finished(&mut events).await?;
-                out.push((start.elapsed(), f));
+                let (_, events) = engine.submit_and_wait(req, "bench").await?;
+                out.push((start.elapsed(), finished(&events)));
                 done.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(out)

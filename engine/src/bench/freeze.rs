@@ -174,48 +174,33 @@ pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
             format!(r#"{{"request_id":"bench-{i}","targets":["bench"]}}"#).as_bytes(),
         )?;
         let t = Instant::now();
-        let (accepted, mut followed) = engine.submit_and_follow(req, "bench").await?;
-        let job = accepted.job;
-        let mut events: Vec<EventBody> = Vec::new();
-        let within = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(e) = followed.next().await {
-                let body = e?.event.body;
-                let last = body.is_terminal();
-                events.push(body);
-                if last {
-                    break;
-                }
+        let (_, events) =
+            match tokio::time::timeout(Duration::from_secs(60), engine.submit_and_wait(req, "bench")).await {
+                Ok(r) => r?,
+                Err(_) => bail!("job bench-{i} did not finish within 60 s"),
+            };
+        let events: Vec<EventBody> = events.into_iter().map(|e| e.event.body).collect();
+        let done = events.iter().find(|e| e.is_terminal()).cloned();
+        match done {
+            Some(EventBody::Completed { freeze_window_us, .. }) => {
+                windows.push(freeze_window_us);
+                // Inside the window, the worker spent this in the provider and the thaw ioctl.
+                let work: u64 = events
+                    .iter()
+                    .filter_map(|e| match e {
+                        EventBody::StepSucceeded {
+                            stage: Stage::Snapshot | Stage::Thaw,
+                            duration_us,
+                            ..
+                        } => Some(*duration_us),
+                        _ => None,
+                    })
+                    .sum();
+                added.push(freeze_window_us.saturating_sub(work));
+                job_ms.push(t.elapsed().as_micros() as u64);
             }
-            anyhow::Ok(())
-        })
-        .await;
-        match within {
-            Ok(r) => r?,
-            Err(_) => bail!("job {job} did not finish within 60 s"),
-        }
-        {
-            let done = events.iter().find(|e| e.is_terminal()).cloned();
-            match done {
-                Some(EventBody::Completed { freeze_window_us, .. }) => {
-                    windows.push(freeze_window_us);
-                    // Inside the window, the worker spent this in the provider and the thaw ioctl.
-                    let work: u64 = events
-                        .iter()
-                        .filter_map(|e| match e {
-                            EventBody::StepSucceeded {
-                                stage: Stage::Snapshot | Stage::Thaw,
-                                duration_us,
-                                ..
-                            } => Some(*duration_us),
-                            _ => None,
-                        })
-                        .sum();
-                    added.push(freeze_window_us.saturating_sub(work));
-                    job_ms.push(t.elapsed().as_micros() as u64);
-                }
-                Some(_) => failed += 1,
-                None => bail!("the event log closed before job {job} ended"),
-            }
+            Some(_) => failed += 1,
+            None => bail!("job bench-{i} has no end in the log"),
         }
     }
     let _ = engine.shutdown(Drain::Skip).await;

@@ -1,34 +1,78 @@
 //! Following jobs: one subscription to the log, shared by every follower,
-//! hands each followed job's events to its [`JobEvents`] until the job's
-//! terminal event. Events of jobs nobody follows are dropped on the spot.
+//! hands each followed job's events to its follower until the job's
+//! terminal event: one at a time ([`JobEvents`], for a live display), or all
+//! at once when the job ended (`wait`, for harnesses and benchmarks: one
+//! wake-up per job). Events of jobs nobody follows are dropped on the spot.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use recman_events::{EventLog, JobId, LogError, StoredEvent};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-type Tx = mpsc::UnboundedSender<Result<StoredEvent, LogError>>;
-type Rx = mpsc::UnboundedReceiver<Result<StoredEvent, LogError>>;
+type Item = Result<StoredEvent, LogError>;
+/// A job's events, in log order, through its terminal event.
+pub(super) type Ended = Result<Vec<StoredEvent>, LogError>;
+
+/// One follower of one job.
+enum Follower {
+    Live(mpsc::UnboundedSender<Item>),
+    /// Collects the events; sends them all with the terminal one.
+    Collect(Vec<StoredEvent>, oneshot::Sender<Ended>),
+}
+
+impl Follower {
+    fn gone(&self) -> bool {
+        match self {
+            Follower::Live(tx) => tx.is_closed(),
+            Follower::Collect(_, tx) => tx.is_closed(),
+        }
+    }
+
+    /// Takes one event; false when the follower went away.
+    fn take(&mut self, e: StoredEvent) -> bool {
+        match self {
+            Follower::Live(tx) => tx.send(Ok(e)).is_ok(),
+            Follower::Collect(events, tx) => {
+                events.push(e);
+                !tx.is_closed()
+            }
+        }
+    }
+
+    /// The job ended (its terminal event was taken) or the log failed.
+    fn end(self, err: Option<&str>) {
+        match (self, err) {
+            (Follower::Live(tx), Some(m)) => {
+                let _ = tx.send(Err(LogError::Store(m.to_string())));
+            }
+            (Follower::Live(_), None) => {}
+            (Follower::Collect(_, tx), Some(m)) => {
+                let _ = tx.send(Err(LogError::Store(m.to_string())));
+            }
+            (Follower::Collect(events, tx), None) => {
+                let _ = tx.send(Ok(events));
+            }
+        }
+    }
+}
 
 /// Who follows which job; fed by one task reading the log.
 pub(super) struct Followers {
-    by_job: Mutex<HashMap<JobId, Vec<Tx>>>,
+    by_job: Mutex<HashMap<JobId, Vec<Follower>>>,
 }
 
 /// A follower's place in [`Followers`]; leaves it when dropped.
 pub(super) struct Registration {
     job: JobId,
-    rx: Rx,
     followers: Arc<Followers>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.rx.close();
         let mut map = self.followers.lock();
         if let Some(v) = map.get_mut(&self.job) {
-            v.retain(|tx| !tx.is_closed());
+            v.retain(|f| !f.gone());
             if v.is_empty() {
                 map.remove(&self.job);
             }
@@ -48,19 +92,28 @@ impl Followers {
         f
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<JobId, Vec<Tx>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<JobId, Vec<Follower>>> {
         self.by_job.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// From now on, `job`'s events go to the returned registration.
-    pub(super) fn register(self: &Arc<Self>, job: JobId) -> Registration {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().entry(job).or_default().push(tx);
+    fn add(self: &Arc<Self>, job: JobId, f: Follower) -> Registration {
+        self.lock().entry(job).or_default().push(f);
         Registration {
             job,
-            rx,
             followers: self.clone(),
         }
+    }
+
+    /// From now on, `job`'s events go to the returned receiver, one by one.
+    pub(super) fn live(self: &Arc<Self>, job: JobId) -> (Registration, mpsc::UnboundedReceiver<Item>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (self.add(job, Follower::Live(tx)), rx)
+    }
+
+    /// From now on, `job`'s events are collected and sent with its terminal one.
+    pub(super) fn collect(self: &Arc<Self>, job: JobId) -> (Registration, oneshot::Receiver<Ended>) {
+        let (tx, rx) = oneshot::channel();
+        (self.add(job, Follower::Collect(Vec::new(), tx)), rx)
     }
 }
 
@@ -75,20 +128,28 @@ async fn dispatch(mut sub: recman_events::log::Subscription, followers: Weak<Fol
                 Err(err) => {
                     // Every follower learns it; then they all end.
                     let msg = err.to_string();
-                    for (_, txs) in map.drain() {
-                        for tx in txs {
-                            let _ = tx.send(Err(LogError::Store(msg.clone())));
-                        }
+                    for (_, fs) in map.drain() {
+                        fs.into_iter().for_each(|f| f.end(Some(&msg)));
                     }
                     return;
                 }
             };
             let job = e.event.job;
-            let Some(txs) = map.get_mut(&job) else { continue };
+            let Some(fs) = map.get_mut(&job) else { continue };
             let last = e.event.body.is_terminal();
-            txs.retain(|tx| tx.send(Ok(e.clone())).is_ok());
-            if last || txs.is_empty() {
-                map.remove(&job);
+            // The usual case is one follower: it gets the event itself.
+            let mut e = Some(e);
+            let n = fs.len();
+            let mut i = 0;
+            fs.retain_mut(|f| {
+                i += 1;
+                let ev = if i == n { e.take() } else { e.clone() };
+                ev.is_some_and(|ev| f.take(ev))
+            });
+            if last || fs.is_empty() {
+                if let Some(fs) = map.remove(&job) {
+                    fs.into_iter().for_each(|f| f.end(None));
+                }
             }
         }
     }
@@ -102,22 +163,24 @@ async fn dispatch(mut sub: recman_events::log::Subscription, followers: Weak<Fol
 pub struct JobEvents {
     job: JobId,
     history: VecDeque<StoredEvent>,
-    live: Registration,
+    live: mpsc::UnboundedReceiver<Item>,
+    _registration: Registration,
     /// The last seq handed out (live events the history already had are skipped).
     after: u64,
     ended: bool,
 }
 
 impl JobEvents {
-    pub(super) fn live(job: JobId, live: Registration) -> JobEvents {
-        Self::with_history(job, Vec::new(), live)
-    }
-
-    pub(super) fn with_history(job: JobId, history: Vec<StoredEvent>, live: Registration) -> JobEvents {
+    pub(super) fn new(
+        job: JobId,
+        history: Vec<StoredEvent>,
+        (registration, live): (Registration, mpsc::UnboundedReceiver<Item>),
+    ) -> JobEvents {
         JobEvents {
             job,
             history: history.into(),
             live,
+            _registration: registration,
             after: 0,
             ended: false,
         }
@@ -136,7 +199,7 @@ impl JobEvents {
         let e = loop {
             let e = match self.history.pop_front() {
                 Some(e) => e,
-                None => match self.live.rx.recv().await? {
+                None => match self.live.recv().await? {
                     Ok(e) => e,
                     Err(err) => {
                         self.ended = true;
@@ -152,4 +215,23 @@ impl JobEvents {
         self.ended = e.event.body.is_terminal();
         Some(Ok(e))
     }
+}
+
+/// Waits for a collecting registration; `history` (read from the log after
+/// it registered) comes first, the collected events after it.
+pub(super) async fn ended(
+    job: JobId,
+    mut history: Vec<StoredEvent>,
+    (registration, rx): (Registration, oneshot::Receiver<Ended>),
+) -> Ended {
+    if history.last().is_some_and(|e| e.event.body.is_terminal()) {
+        return Ok(history);
+    }
+    let collected = rx
+        .await
+        .map_err(|_| LogError::Store(format!("the event log closed before job {job} ended")))??;
+    drop(registration);
+    let after = history.last().map_or(0, |e| e.seq);
+    history.extend(collected.into_iter().filter(|e| e.seq > after));
+    Ok(history)
 }

@@ -1,6 +1,7 @@
 //! The engine handle: one builder that starts the engine on an event log and a
 //! bus, with the local workers and the events relay, and returns a typed
-//! handle to submit, cancel, follow jobs and shut everything down cleanly.
+//! handle to submit, cancel, follow (or wait for) jobs and shut everything
+//! down cleanly.
 //! `recman up`, `snapshot` and `engine`, the benchmarks, the HTTP API (through
 //! a [`Caller`]) and the test harnesses all start the engine this way.
 //!
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use recman_config::Config;
 use recman_events::bus::{Bus, MemoryBus};
-use recman_events::{log, Backend, EventLog, JobId, LogError, SnapshotRequest, WorkerId};
+use recman_events::{log, Backend, EventLog, JobId, LogError, SnapshotRequest, StoredEvent, WorkerId};
 use recman_workers::runtime::{Worker, WorkerError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -73,6 +74,9 @@ pub enum CallError {
     Stopped,
     #[error("the engine gave no answer")]
     NoAnswer,
+    /// Following the job failed: the log could not be read.
+    #[error("following the job: {0}")]
+    Log(#[from] LogError),
 }
 
 /// A cheap clone of the handle's call side: submit, cancel, follow, inspect.
@@ -167,25 +171,47 @@ impl Caller {
         origin: &str,
     ) -> Result<(Accepted, JobEvents), CallError> {
         let new_job = JobId::new_v7();
-        let early = self.followers().register(new_job);
+        let early = self.followers().live(new_job);
         let a = self.submit_as(req, origin, new_job).await?;
         if a.job == new_job && !a.existing {
-            return Ok((a, JobEvents::live(new_job, early)));
+            return Ok((a, JobEvents::new(new_job, Vec::new(), early)));
         }
         drop(early);
-        let events = self.follow(a.job).map_err(|e| {
-            tracing::error!("reading job {} from the log: {e}", a.job);
-            CallError::Stopped
-        })?;
-        Ok((a, events))
+        Ok((a, self.follow(a.job)?))
     }
 
     /// The events of `job`, from its first one (read from the log) until its
-    /// terminal event, live.
+    /// terminal event, live, one at a time.
     pub fn follow(&self, job: JobId) -> Result<JobEvents, LogError> {
-        let live = self.followers().register(job);
+        let live = self.followers().live(job);
         let history = self.log.read_job(job)?;
-        Ok(JobEvents::with_history(job, history, live))
+        Ok(JobEvents::new(job, history, live))
+    }
+
+    /// Submits, then waits until the job ended: all its events, through the
+    /// terminal one (see [`Caller::submit_and_follow`]; one wake-up per job,
+    /// for harnesses and benchmarks).
+    pub async fn submit_and_wait(
+        &self,
+        req: SnapshotRequest,
+        origin: &str,
+    ) -> Result<(Accepted, Vec<StoredEvent>), CallError> {
+        let new_job = JobId::new_v7();
+        let early = self.followers().collect(new_job);
+        let a = self.submit_as(req, origin, new_job).await?;
+        if a.job == new_job && !a.existing {
+            return Ok((a, follow::ended(new_job, Vec::new(), early).await?));
+        }
+        drop(early);
+        Ok((a, self.wait(a.job).await?))
+    }
+
+    /// Waits until `job` ended: all its events (the earlier ones read from
+    /// the log), through the terminal one.
+    pub async fn wait(&self, job: JobId) -> Result<Vec<StoredEvent>, LogError> {
+        let collect = self.followers().collect(job);
+        let history = self.log.read_job(job)?;
+        follow::ended(job, history, collect).await
     }
 
     fn followers(&self) -> &Arc<follow::Followers> {
@@ -477,6 +503,20 @@ impl Engine {
     /// See [`Caller::follow`].
     pub fn follow(&self, job: JobId) -> Result<JobEvents, LogError> {
         self.caller.follow(job)
+    }
+
+    /// See [`Caller::submit_and_wait`].
+    pub async fn submit_and_wait(
+        &self,
+        req: SnapshotRequest,
+        origin: &str,
+    ) -> Result<(Accepted, Vec<StoredEvent>), CallError> {
+        self.caller.submit_and_wait(req, origin).await
+    }
+
+    /// See [`Caller::wait`].
+    pub async fn wait(&self, job: JobId) -> Result<Vec<StoredEvent>, LogError> {
+        self.caller.wait(job).await
     }
 
     pub fn log(&self) -> &Arc<dyn EventLog> {

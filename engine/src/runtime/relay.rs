@@ -16,8 +16,8 @@
 //! It runs in both modes, started by the engine handle (`crate::handle`):
 //! over RabbitMQ with a durable cursor ([`Cursor::in_data_dir`]), and on the
 //! in-process bus with [`Cursor::ephemeral`] (from the log's end, nothing
-//! stored: in-process subscribers live no longer than the process). The
-//! in-process bus drops `Events` messages nobody subscribes to.
+//! stored: in-process subscribers live no longer than the process). While
+//! nobody subscribes to the in-process bus's `Events`, it builds no messages.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -357,6 +357,12 @@ pub async fn run_with(
         let Some(last) = fresh.last().map(|e| e.seq) else {
             continue;
         };
+        if bus.events_subscribed() == Some(false) {
+            // The in-process bus with no subscriber would drop them all.
+            fresh.iter().for_each(|e| targets.forget_finished(e));
+            done = last;
+            continue;
+        }
         // Every message of the round is sent before any confirm is awaited
         // (`publish_batch` pipelines them), and the cursor moves once all are in.
         let msgs = if fresh.len() > opts.batch_over {

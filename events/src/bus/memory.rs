@@ -380,6 +380,11 @@ impl Bus for MemoryBus {
         Box::pin(async move { r })
     }
 
+    fn events_subscribed(&self) -> Option<bool> {
+        let reg = lock(&self.inner.registry);
+        Some(reg.subscribers.iter().any(|w| w.strong_count() > 0))
+    }
+
     fn consume(&self, from: Address, prefetch: u16) -> BoxFuture<'_, Result<Consumer, BusError>> {
         let r = (|| {
             let mut reg = lock(&self.inner.registry);
@@ -429,6 +434,7 @@ mod tests {
             bus.publish(Address::Events, event(i)).await.unwrap();
         }
         assert_eq!(bus.depth(&Address::Events), (0, 0));
+        assert_eq!(bus.events_subscribed(), Some(false));
         {
             let reg = lock(&bus.inner.registry);
             assert!(reg.subscribers.is_empty());
@@ -437,11 +443,13 @@ mod tests {
         // A subscriber gets what is published after it subscribed, and its
         // queue goes with it.
         let mut sub = bus.consume(Address::Events, 0).await.unwrap();
+        assert_eq!(bus.events_subscribed(), Some(true));
         bus.publish(Address::Events, event(10_000)).await.unwrap();
         let d = sub.recv().await.unwrap();
         assert_eq!(d.message.message_id, "event/10000");
         d.ack().await.unwrap();
         drop(sub);
+        assert_eq!(bus.events_subscribed(), Some(false));
         for i in 10_001..20_000 {
             bus.publish(Address::Events, event(i)).await.unwrap();
         }

@@ -233,4 +233,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Starts consuming `from` with at most `prefetch` unsettled deliveries
     /// (0 = unlimited). Several consumers of one queue compete for messages.
     fn consume(&self, from: Address, prefetch: u16) -> BoxFuture<'_, Result<Consumer, BusError>>;
+    /// Whether anyone subscribes to `Events` right now, when the bus can
+    /// tell: the in-process bus can (`Some`), a broker cannot (`None`, the
+    /// default: other processes may). The events relay builds no messages
+    /// that would be dropped.
+    fn events_subscribed(&self) -> Option<bool> {
+        None
+    }
 }

@@ -230,21 +230,15 @@ impl Embedded {
         }
     }
 
-    /// Follows the job to its terminal event; returns all its events.
+    /// Waits for the job's terminal event; returns all its events.
     pub async fn wait(&self, job: JobId, within: Duration) -> Vec<EventBody> {
-        let mut followed = self.engine.follow(job).unwrap();
-        let mut events = Vec::new();
-        let end = tokio::time::timeout(within, async {
-            while let Some(e) = followed.next().await {
-                events.push(e.unwrap().event.body);
-            }
-        })
-        .await;
-        assert!(
-            end.is_ok(),
-            "job {job} not finished within {within:?}: {events:#?}"
-        );
-        events
+        match tokio::time::timeout(within, self.engine.wait(job)).await {
+            Ok(events) => events.unwrap().into_iter().map(|e| e.event.body).collect(),
+            Err(_) => panic!(
+                "job {job} not finished within {within:?}: {:#?}",
+                self.engine.log().read_job(job).unwrap()
+            ),
+        }
     }
 
     pub async fn stop(self) {
