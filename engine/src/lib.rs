@@ -1,22 +1,20 @@
-//! recman-engine: the sans-IO job state machine (`core`) and its simulator
-//! (`sim`); the engine runtime (`runtime`, with the events relay) and the
-//! engine handle that starts it with its workers (`handle`); the read model
-//! (`view`) and how it is shown (`render`); the HTTP API (`api`) and its
-//! client (`client`); the benchmarks (`bench`); and the `recman` command
-//! line (`cli`), which only wires these together.
+//! recman-engine: the engine runtime around the pure `recman-core`
+//! (`runtime`, with the events relay) and the engine handle that starts it
+//! with its workers (`handle`); the read model (`view`) and how it is shown
+//! (`render`); the HTTP API (`api`) and its client (`client`); the
+//! benchmarks (`bench`); and the `recman` command line (`cli`), which only
+//! wires these together.
 
 pub mod api;
 pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;
-pub mod core;
 pub mod demo;
 pub mod handle;
 pub mod home;
 pub mod render;
 pub mod runtime;
 pub mod signal;
-pub mod sim;
 pub mod source;
 pub mod view;

@@ -9,8 +9,8 @@ use recman_events::{EventLog, JobId, LogError, SnapshotRequest, StoredEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use super::follow::{self, Followers, JobEvents};
-use crate::core::{Reply, State};
 use crate::runtime::{self, Call};
+use recman_core::{Reply, State};
 
 /// A request the engine accepted (or a cancel it recorded).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use recman_events::wire::{self, Report};
 use recman_events::{Event, EventLog, JobId, SnapshotRequest};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::{Core, CoreConfig, Destination, Input, Outgoing, Reply, State};
+use recman_core::{Core, CoreConfig, Destination, Input, Outgoing, Reply, State};
 
 pub mod relay;
 mod trace;
@@ -369,7 +369,7 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         ..CoreConfig::default()
     };
     for t in &config.targets {
-        let mut p = crate::core::TargetPolicy::new(t.pool.clone(), t.provider_pool.clone());
+        let mut p = recman_core::TargetPolicy::new(t.pool.clone(), t.provider_pool.clone());
         p.freeze_limit_ms = t.freeze_limit.as_millis() as u64;
         p.thaw_margin_ms = p.freeze_limit_ms / 5;
         p.max_retries = t.retries;

@@ -13,7 +13,7 @@ use recman_events::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::core::{evolve, Job, JobState, State};
+use recman_core::{evolve, Job, JobState, State};
 
 pub mod metrics;
 pub mod time;

@@ -1,15 +1,21 @@
-//! The sans-IO engine core: `decide` (input → events), `evolve` (event → state),
-//! `effects` (event → commands) and `next_deadline`, plus the `Core` driver.
+//! recman-core, the sans-IO engine core: `decide` (input → events), `evolve`
+//! (event → state), `effects` (event → commands) and `next_deadline`, plus the
+//! `Core` driver; the worker core, the step rules every worker follows
+//! (`worker`); the deterministic simulator that drives both (`sim`).
 //!
 //! No clock, no disk, no sockets: time is the `now_ms` argument, randomness a
-//! seeded PRNG whose draws are recorded in events, so replay is exact.
+//! seeded PRNG whose draws are recorded in events, so replay is exact. The
+//! crate's normal dependencies hold no runtime, store or network crate
+//! (`tests/run` checks `cargo tree`).
 
 pub mod decide;
 pub mod effects;
 pub mod evolve;
 pub mod policy;
 pub mod rng;
+pub mod sim;
 pub mod state;
+pub mod worker;
 
 pub use decide::{decide, decide_with, Input, Mutation, Reply, MAX_THAW_TRIES};
 pub use effects::{effects, recover_commands, Destination, Outgoing};

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use recman_events::{PoolName, TargetId};
 
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// How one target is handled. `TargetPolicy::new` gives the documented defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,10 +7,10 @@ use recman_events::{
     Event, EventBody, JobId, Outcome, Report, SnapshotRequest, Stage, StepDetail, StepError, TargetId,
 };
 
-use super::evolve::apply_job;
-use super::policy::CoreConfig;
-use super::rng::Rng;
-use super::state::{Job, JobState, State, StepStatus};
+use crate::evolve::apply_job;
+use crate::policy::CoreConfig;
+use crate::rng::Rng;
+use crate::state::{Job, JobState, State, StepStatus};
 
 /// After this many thaw failures or thaw-stage timeouts the job fails loudly.
 pub const MAX_THAW_TRIES: u32 = 8;

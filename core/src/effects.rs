@@ -5,8 +5,8 @@ use recman_events::{
     snapshot_name, Command, Event, EventBody, PoolName, Stage, TargetId, WorkerId, SCHEMA_VERSION,
 };
 
-use super::policy::CoreConfig;
-use super::state::{Job, JobState, State, StepStatus};
+use crate::policy::CoreConfig;
+use crate::state::{Job, JobState, State, StepStatus};
 
 /// Where a command goes.
 #[derive(Clone, Debug, PartialEq, Eq)]

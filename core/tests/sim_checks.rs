@@ -1,8 +1,8 @@
-//! The simulator catches a deliberately broken core, and a seeded sweep with every
+//! The simulator catches a deliberately broken core or worker rule, and a seeded sweep with every
 //! fault and consistency groups finds no violation.
 
-use recman_engine::core::Mutation;
-use recman_engine::sim::{self, Faults, SimConfig};
+use recman_core::sim::{self, Faults, SimConfig};
+use recman_core::{worker, Mutation};
 
 fn cfg(seed: u64, jobs: usize, targets: usize, mutation: Option<Mutation>) -> SimConfig {
     SimConfig {
@@ -12,6 +12,7 @@ fn cfg(seed: u64, jobs: usize, targets: usize, mutation: Option<Mutation>) -> Si
         groups: true,
         faults: Faults::All,
         mutation,
+        worker_mutation: None,
     }
 }
 
@@ -82,6 +83,7 @@ fn every_fault_mode_runs_clean() {
                 groups,
                 faults,
                 mutation: None,
+                worker_mutation: None,
             };
             let s = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
             assert_eq!(s.completed + s.failed + s.cancelled, 1_000);
@@ -111,4 +113,61 @@ fn seeded_sweep_all_faults_with_groups() {
         .collect();
     let completed: usize = handles.into_iter().map(|h| h.join().expect("sweep thread")).sum();
     assert!(completed > 0);
+}
+
+/// The simulator runs the workers' real rules (`recman_core::worker`): breaking
+/// one there must show as a violation, and the same runs are clean without it.
+fn worker_mutation_run(
+    seed: u64,
+    faults: Faults,
+    m: Option<worker::Mutation>,
+) -> Result<sim::Summary, Box<sim::Violation>> {
+    sim::run(&SimConfig {
+        faults,
+        worker_mutation: m,
+        ..cfg(seed, 2_000, 10, None)
+    })
+}
+
+#[test]
+fn a_thaw_that_ends_another_attempts_freeze_is_caught() {
+    for seed in 1..=3 {
+        let v = worker_mutation_run(seed, Faults::All, Some(worker::Mutation::ThawIgnoresAttempt))
+            .expect_err("a worker thawing another attempt's freeze went unnoticed");
+        let text = sim::render(&v);
+        assert!(
+            [
+                "consistent_snapshot",
+                "engine_thaws_before_watchdog",
+                "every_freeze_thawed"
+            ]
+            .contains(&v.invariant),
+            "{text}"
+        );
+        worker_mutation_run(seed, Faults::All, None).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
+    }
+}
+
+#[test]
+fn a_freeze_after_its_attempts_thaw_is_caught() {
+    let mut caught = None;
+    for seed in 1..=5 {
+        worker_mutation_run(seed, Faults::None, None).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
+        if let Err(v) = worker_mutation_run(seed, Faults::None, Some(worker::Mutation::FreezeAfterThaw)) {
+            caught = Some(v);
+            break;
+        }
+    }
+    let v = caught.expect("a worker freezing after its attempt's thaw went unnoticed on 5 seeds");
+    let text = sim::render(&v);
+    assert!(
+        [
+            "every_freeze_thawed",
+            "engine_thaws_before_watchdog",
+            "freeze_window"
+        ]
+        .contains(&v.invariant),
+        "{text}"
+    );
+    assert!(text.contains("cmd  thaw"), "the trace shows the thaw: {text}");
 }

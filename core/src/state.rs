@@ -6,7 +6,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use recman_events::{JobId, RequestId, SnapshotInfo, SnapshotKind, Stage, StepError, TargetId, WorkerId};
 use serde::Serialize;
 
-/// Where a job is.
+/// Where a job is. The job lifecycle (design notes, "Job lifecycle"):
+///
+/// ```text
+/// Requested → Queued → Freezing → Frozen → Snapshotting → Snapshotted → Thawing → Thawed → FlushingLogs → Completed
+///                 ╰──── any failure before freeze: retry with backoff, or Failed
+///    any failure or timeout after the first freeze: Thawing (compensation) → retry whole job, or Failed
+///    cancel: before freeze → Cancelled; after → Thawing → Cancelled
+/// ```
+///
+/// `Requested` is the `JobRequested` event itself (the job is `Queued` once it
+/// exists); a retry waits in `RetryWait` for its backoff, then starts its
+/// next attempt (`Freezing`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {

@@ -2,7 +2,7 @@
 
 use recman_events::{Event, EventBody, Stage, StepDetail};
 
-use super::state::{CatalogEntry, Failure, Job, JobState, State, StepStatus, TargetProgress};
+use crate::state::{CatalogEntry, Failure, Job, JobState, State, StepStatus, TargetProgress};
 
 /// Folds one event into the state. Events that do not fit (unknown job, stale
 /// attempt) change nothing but the `applied` counter.
@@ -159,7 +159,7 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
             let restart = job.stage == Some(*stage);
             if !restart {
                 close_timeline(job, at, "done");
-                job.timeline.push(super::state::TimelineEntry {
+                job.timeline.push(crate::state::TimelineEntry {
                     stage: *stage,
                     attempt: *attempt,
                     started_ms: at,
