@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::wsapi_fake::{FakeWsapi, TlsFiles};
-use recman_workers::config::{Config, ProviderConfig, ThreeParConfig};
+use recman_config::{Config, ProviderConfig, ThreeParConfig};
 
 pub const USER: &str = "recman";
 /// Distinctive, so a test can grep for it in logs, events and errors.

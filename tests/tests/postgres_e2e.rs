@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use recman_config::Config;
 use recman_testkit::{free_port, sh, wait_until_async, DEADLINE};
 use recman_tests::linux::{can_run, completed, Embedded, LoopFs, NumberedWriter};
-use recman_workers::config::Config;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 const PASSWORD: &str = "recman-test-pw";
@@ -264,7 +264,7 @@ async fn case(combined: bool) {
     let cfg = Config::load(&cfg_path).unwrap();
     // With fsfreeze, a plain writer on the same filesystem must block too.
     let probe = combined.then(|| NumberedWriter::start(&b.mnt.join("probe")));
-    let emb = Embedded::start(&cfg, &top.join("log"), "w1");
+    let emb = Embedded::start(&cfg, &top.join("log"), "w1").await;
     let before = committed.load(Ordering::SeqCst);
     let job = emb.submit("pg-r1", &["pg1"]).await;
     let events = emb.wait(job, Duration::from_secs(120)).await;
