@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use recman_core::worker::{self, Hold, Plan, ThawPlan, ThawedBy};
+use recman_events::clock;
 use recman_events::wire::Command;
 use recman_events::{SnapshotInfo, Stage, StepDetail, StepError, TargetId};
 
@@ -54,7 +55,7 @@ impl Shared {
         let local = self.local(t)?;
         let _g = local.writer_lock.lock().await;
         let key = (cmd.job, cmd.attempt);
-        match worker::plan_freeze(&local.memory(), key, cmd.thaw_deadline_ms, watchdog::unix_ms()) {
+        match worker::plan_freeze(&local.memory(), key, cmd.thaw_deadline_ms, clock::now_ms()) {
             Plan::Run => {}
             Plan::Answer(first) => return first,
             Plan::Refuse(e) => return Err(e),
@@ -63,7 +64,7 @@ impl Shared {
             local.memory().record_freeze(key, Err(e.clone()));
             return Err(e);
         }
-        let (now_ms, now) = (watchdog::unix_ms(), Instant::now());
+        let (now_ms, now) = (clock::now_ms(), Instant::now());
         let (deadline_ms, at) = watchdog::deadline(now_ms, now, cmd.thaw_deadline_ms, local.cfg.freeze_limit);
         let hold = Hold {
             job: cmd.job,
@@ -135,7 +136,7 @@ impl Shared {
                         // Still frozen as far as we know: keep the watchdog on it.
                         let at = Instant::now()
                             + std::time::Duration::from_millis(
-                                hold.deadline_ms.saturating_sub(watchdog::unix_ms()),
+                                hold.deadline_ms.saturating_sub(clock::now_ms()),
                             );
                         let frozen_at = armed.map_or_else(Instant::now, |a| a.frozen_at);
                         local.memory().record_thaw_failed(hold);

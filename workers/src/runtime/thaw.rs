@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use recman_core::worker::{self, AttemptKey, ThawPlan, ThawedBy};
 use recman_events::bus::{Address, BusError};
+use recman_events::clock;
 use recman_events::wire::{Outcome, Report};
 use recman_events::{Stage, StepDetail, StepError, TargetId, SCHEMA_VERSION};
 use tracing::Instrument;
 
 use super::{micros, own_thaw_span, report_message, Shared};
-use crate::watchdog::{self, Armed};
+use crate::watchdog::Armed;
 use crate::writer::StepCtx;
 
 /// Attempts of a watchdog thaw before it reports failure.
@@ -136,7 +137,7 @@ impl Shared {
             };
             let window_us = found
                 .frozen_at_ms
-                .map(|at| watchdog::unix_ms().saturating_sub(at).saturating_mul(1000))
+                .map(|at| clock::now_ms().saturating_sub(at).saturating_mul(1000))
                 .unwrap_or(0);
             match found.job {
                 None => {

@@ -1,15 +1,12 @@
-//! Broker options shared by `recman engine` and `recman worker`: the URL (flag,
-//! config `[amqp] url`, or `RECMAN_AMQP_URL`), the password file, and the
-//! connection itself; plus the stop signal (Ctrl-C or SIGTERM).
+//! Broker options shared by `recman engine`, `worker`, `up` and `bench jobs`:
+//! the URL (flag, config `[amqp] url`, or `RECMAN_AMQP_URL`), the password
+//! file, the CA, and the connection itself.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use recman_amqp::{AmqpBus, AmqpOptions};
-use recman_workers::config::Config;
-
-use super::Global;
+use recman_config::Config;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AmqpArgs {
@@ -56,6 +53,13 @@ impl AmqpArgs {
         .map_err(anyhow::Error::msg)
     }
 
+    /// A broker is named (flag, `[amqp] url` or $RECMAN_AMQP_URL).
+    pub fn named(&self, config: &Config) -> bool {
+        self.url.is_some()
+            || config.amqp.url.is_some()
+            || std::env::var_os(recman_amqp::url::URL_ENV).is_some_and(|v| !v.is_empty())
+    }
+
     /// Connects; `declare` = declare the whole topology (the engine's role).
     pub async fn connect(
         &self,
@@ -78,27 +82,5 @@ impl AmqpArgs {
             ..Default::default()
         };
         Ok(AmqpBus::connect(&url, opts).await?)
-    }
-}
-
-/// The config from --config, else DATA_DIR/recman.toml.
-pub fn load_config(g: &Global) -> anyhow::Result<Config> {
-    let path = g.config.clone().unwrap_or_else(|| g.data_dir.join("recman.toml"));
-    Config::load(&path).with_context(|| "pass --config FILE (or write DATA_DIR/recman.toml)".to_string())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn stop_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }

@@ -1,5 +1,5 @@
 //! Config of the Linux writers and providers (`fsfreeze`, `postgres`,
-//! `btrfs`, `qcow2`): their types and parse helpers, in the style of config.rs.
+//! `btrfs`, `qcow2`): their types and parse helpers, in the style of lib.rs.
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -268,8 +268,8 @@ impl Cx<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, ConfigError, ProviderConfig, WriterConfig};
     use super::*;
+    use crate::{Config, ConfigError, ProviderConfig, WriterConfig};
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_str(text, "/etc/recman/recman.toml")

@@ -2,9 +2,6 @@
 //! awaits its append before the next), then a full checked replay; baseline:
 //! a raw `write 256 bytes + fdatasync` loop on a file in the same directory.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +15,10 @@ use recman_events::log::open;
 use recman_events::model::{ArchivedEventBody, Event, EventBody, SnapshotInfo, Stage, StepDetail};
 use recman_events::{snapshot_name, Backend, EventLog, JobId, TargetId, WorkerId};
 
-use super::Global;
+use super::measure::{percentile, raw_fdatasync_rate, RAW_FOR, RAW_WRITE};
 
-/// Target size of one stored record.
-const RECORD_BYTES: usize = 256;
-/// How long the raw fdatasync baseline runs.
-const BASELINE: Duration = Duration::from_secs(2);
+/// Target size of one stored record (the same as the baseline's writes).
+const RECORD_BYTES: usize = RAW_WRITE;
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -48,12 +43,8 @@ pub struct Args {
 
 /// A ~256-byte event of appender `n`.
 fn bench_event(job: JobId, n: u64, i: u64, pad: &str) -> Event {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
     Event {
-        at_ms: now_ms,
+        at_ms: recman_events::clock::now_ms(),
         job,
         body: EventBody::StepSucceeded {
             stage: Stage::Snapshot,
@@ -80,19 +71,11 @@ fn padding() -> String {
     "p".repeat(RECORD_BYTES.saturating_sub(len + 4))
 }
 
-pub(crate) fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.appenders > 0, "--appenders must be at least 1");
     anyhow::ensure!(a.events_per_job > 0, "--events-per-job must be at least 1");
     let per_job = a.events_per_job;
-    let dir = g.data_dir.clone();
+    let dir = data_dir.to_path_buf();
     let log =
         open(a.backend, &dir).with_context(|| format!("cannot open the event log in {}", dir.display()))?;
     let start_seq = log.last_seq();
@@ -179,7 +162,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     let replay_rate = stats.records as f64 / replay_s;
     drop(log);
 
-    eprintln!("  measuring the baseline: write {RECORD_BYTES} bytes + fdatasync for {BASELINE:?}");
+    eprintln!("  measuring the baseline: write {RECORD_BYTES} bytes + fdatasync for {RAW_FOR:?}");
     let raw_rate = tokio::task::spawn_blocking({
         let dir = dir.clone();
         move || raw_fdatasync_rate(&dir)
@@ -213,30 +196,4 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         a.appenders
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Appends 256 bytes and `fdatasync`s, in a loop, for `BASELINE`; returns syncs/s.
-pub(crate) fn raw_fdatasync_rate(dir: &Path) -> anyhow::Result<f64> {
-    let path = dir.join("bench-fdatasync.tmp");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    let buf = [0x5au8; RECORD_BYTES];
-    let t = Instant::now();
-    let mut n = 0u64;
-    while t.elapsed() < BASELINE {
-        f.write_all(&buf)?;
-        // SAFETY: fdatasync on a valid, owned file descriptor.
-        if unsafe { libc::fdatasync(f.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        n += 1;
-    }
-    let rate = n as f64 / t.elapsed().as_secs_f64();
-    drop(f);
-    std::fs::remove_file(&path)?;
-    Ok(rate)
 }

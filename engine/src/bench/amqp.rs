@@ -1,6 +1,7 @@
 //! `recman bench jobs --amqp URL`: whole jobs with the engine in this process
-//! on RabbitMQ (lapin bus + events relay) and N workers as separate processes;
-//! baseline: bare publish-confirm → consume → ack round trips on the same broker.
+//! on RabbitMQ (the engine handle: lapin bus + events relay) and N workers as
+//! separate processes; baseline: bare publish-confirm → consume → ack round
+//! trips on the same broker (`super::baseline`).
 
 use std::collections::VecDeque;
 use std::io::BufRead;
@@ -11,14 +12,38 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use recman_amqp::baseline::{self, RawFigures};
 use recman_events::bus::{Address, Bus};
 use recman_events::{log, PoolName};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use super::bench_jobs::{bench_config, bench_config_text, drive, watch_log, Args, Stats, Waiters};
-use super::bench_log::raw_fdatasync_rate;
-use crate::runtime;
+use super::baseline::{self, RawFigures};
+use super::closed_loop::{self, drive, Load};
+use super::measure::{disk_baseline, AbortOnDrop, Report, Stats};
+use crate::broker::AmqpArgs;
+use crate::handle::{Drain, Engine, Relay};
+use crate::runtime::relay::{self, RelayOptions};
+
+/// The flags of `bench jobs` that only matter with `--amqp`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Run on RabbitMQ at this URL, workers as separate processes (see below).
+    #[command(flatten)]
+    pub broker: AmqpArgs,
+    /// With --amqp: worker processes.
+    #[arg(long, default_value_t = 3)]
+    pub workers: u32,
+    /// With --amqp: unsettled commands per worker queue.
+    #[arg(long, default_value_t = 256)]
+    pub worker_prefetch: u16,
+    /// With --amqp: events waiting above which the relay sends batches
+    /// (as `recman engine --relay-batch-over`; a huge value = one message per event).
+    #[arg(long, value_name = "N", default_value_t = RelayOptions::default().batch_over)]
+    pub relay_batch_over: usize,
+    /// With --amqp: no events subscriber (by default one consumes and acks
+    /// every relayed event, as a deployment's audit or monitoring would).
+    #[arg(long)]
+    pub no_events_subscriber: bool,
+}
 
 /// Round trips measured one after the other for `raw_roundtrip_p50_us`.
 const RAW_ROUNDTRIPS: usize = 1000;
@@ -57,18 +82,18 @@ impl Names {
     }
 }
 
-pub async fn run(dir: &Path, a: &Args) -> anyhow::Result<ExitCode> {
+pub async fn run(dir: &Path, load: Load, a: &Options) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.workers > 0, "--workers must be at least 1");
-    let url = a.amqp.url(None)?;
+    let url = a.broker.url(None)?;
     let names = Names::new(a.workers);
     let mut workers = Workers::default();
     let result = tokio::select! {
-        r = bench(dir, a, &url, &names, &mut workers) => r,
-        _ = super::amqp_opts::stop_signal() => Err(anyhow::anyhow!("interrupted")),
+        r = bench(dir, load, a, &url, &names, &mut workers) => r,
+        _ = crate::signal::stop() => Err(anyhow::anyhow!("interrupted")),
     };
     eprintln!("  cleaning up: stopping the workers, deleting the bench's queues");
     let stopped = tokio::task::spawn_blocking(move || workers.stop()).await;
-    if let Err(e) = baseline::delete_queues(&url, a.amqp.amqp_ca_file.as_deref(), &names.queues()).await {
+    if let Err(e) = baseline::delete_queues(&url, a.broker.amqp_ca_file.as_deref(), &names.queues()).await {
         eprintln!("warning: could not delete the bench's queues: {e:#}");
     }
     match stopped {
@@ -81,17 +106,21 @@ pub async fn run(dir: &Path, a: &Args) -> anyhow::Result<ExitCode> {
 
 async fn bench(
     dir: &Path,
-    a: &Args,
+    load: Load,
+    a: &Options,
     url: &str,
     names: &Names,
     workers: &mut Workers,
 ) -> anyhow::Result<ExitCode> {
     // The config: every target in the run's own pool, no-op writer and provider.
-    let mut config = bench_config(a.targets, dir, Some(&names.pool))?;
+    let mut config = closed_loop::config(load.targets, dir, Some(&names.pool))?;
     config.set_data_dir(dir);
     let config_path = dir.join("bench.toml");
-    std::fs::write(&config_path, bench_config_text(a.targets, Some(&names.pool)))
-        .with_context(|| format!("writing {}", config_path.display()))?;
+    std::fs::write(
+        &config_path,
+        closed_loop::config_text(load.targets, Some(&names.pool)),
+    )
+    .with_context(|| format!("writing {}", config_path.display()))?;
 
     eprintln!(
         "  measuring the baseline: {RAW_ROUNDTRIPS} sequential round trips, then {RAW_MESSAGES} messages \
@@ -103,7 +132,7 @@ async fn bench(
         msgs_per_s: raw_msgs_per_s,
     } = baseline::raw(
         url,
-        a.amqp.amqp_ca_file.as_deref(),
+        a.broker.amqp_ca_file.as_deref(),
         &names.raw_queue,
         RAW_ROUNDTRIPS,
         RAW_MESSAGES,
@@ -112,11 +141,11 @@ async fn bench(
     .await?;
     eprintln!("  raw round trip p50 {raw_rt_p50_us} µs, raw throughput {raw_msgs_per_s:.0} msgs/s");
 
-    let log =
-        log::open(a.backend, dir).with_context(|| format!("opening the event log in {}", dir.display()))?;
+    let log = log::open(load.backend, dir)
+        .with_context(|| format!("opening the event log in {}", dir.display()))?;
     let pid = std::process::id();
     let bus = a
-        .amqp
+        .broker
         .connect(None, format!("recman-bench-engine-{pid}"), true)
         .await?;
     // The pool queue, declared once before the workers start (RabbitMQ 3.10
@@ -126,7 +155,7 @@ async fn bench(
             .await?,
     );
     let relay_bus = a
-        .amqp
+        .broker
         .connect(None, format!("recman-bench-relay-{pid}"), false)
         .await?;
 
@@ -136,16 +165,12 @@ async fn bench(
     }
     workers.wait_started(Duration::from_secs(60)).await?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     // An events subscriber on its own connection: acks everything, counts events.
     let subscriber = if a.no_events_subscriber {
         None
     } else {
         let sub_bus = a
-            .amqp
+            .broker
             .connect(None, format!("recman-bench-subscriber-{pid}"), false)
             .await?;
         let mut consumer = sub_bus.consume(Address::Events, 1000).await?;
@@ -153,7 +178,7 @@ async fn bench(
         let task = tokio::spawn(async move {
             let _keep = sub_bus;
             while let Some(d) = consumer.recv().await {
-                if let Ok(evs) = recman_amqp::relay::events_of(&d.message) {
+                if let Ok(evs) = relay::events_of(&d.message) {
                     if let Some(last) = evs.last() {
                         seen_tx.send_if_modified(|s| {
                             let newer = last.seq > *s;
@@ -165,63 +190,42 @@ async fn bench(
                 let _ = d.ack().await;
             }
         });
-        Some((super::bench_jobs::AbortOnDrop(task), seen_rx))
+        Some((AbortOnDrop(task), seen_rx))
     };
-    let relay_opts = recman_amqp::relay::RelayOptions {
-        batch_over: a.relay_batch_over,
-        ..Default::default()
-    };
-    let relay = tokio::spawn(recman_amqp::relay::run_with(
-        log.clone(),
-        relay_bus.clone(),
-        recman_amqp::relay::Cursor::in_data_dir(dir),
-        relay_opts,
-        stopped(stop_rx.clone()),
-    ));
-    let (calls, calls_rx) = mpsc::channel(1024);
-    let bus_dyn: Arc<dyn Bus> = bus.clone();
-    let engine = tokio::spawn(runtime::run(
-        runtime::core_config(&config, 1),
-        log.clone(),
-        bus_dyn,
-        calls_rx,
-        stopped(stop_rx.clone()),
-    ));
-    let waiters = Arc::new(Mutex::new(Waiters::default()));
-    let watcher = super::bench_jobs::AbortOnDrop(tokio::spawn(watch_log(
-        log.clone(),
-        log.last_seq() + 1,
-        waiters.clone(),
-    )));
+    let mut relay = Relay::durable(dir);
+    relay.bus = Some(relay_bus as Arc<dyn Bus>);
+    relay.options.batch_over = a.relay_batch_over;
+    relay.stop_within = Duration::from_secs(30);
+    let engine = Engine::builder(&config)
+        .log(log)
+        .bus(bus)
+        .no_workers()
+        .relay(relay)
+        .seed(1)
+        .start()
+        .await?;
     eprintln!(
         "bench jobs: {} jobs over {} targets ({} in flight), {} log in {}, engine here, {} worker \
          processes (pool {}), broker {}",
-        a.jobs,
-        a.targets,
-        a.targets,
-        a.backend.as_str(),
+        load.jobs,
+        load.targets,
+        load.targets,
+        load.backend.as_str(),
         dir.display(),
         a.workers,
         names.pool,
         recman_amqp::url::redact(url),
     );
 
-    let driven = drive(calls, waiters, a.jobs, a.targets).await;
-    let _ = stop_tx.send(true);
-    let engine_result = engine.await;
-    let relay_result = tokio::time::timeout(Duration::from_secs(30), relay).await;
-    drop(watcher);
+    let driven = drive(&engine.caller(), load.jobs, load.targets).await;
+    let stopped = engine.shutdown(Drain::Skip).await;
     let (results, elapsed) = driven?;
-    engine_result.context("engine task")??;
-    match relay_result {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => eprintln!("warning: events relay: {e}"),
-        Ok(Err(e)) => eprintln!("warning: events relay: {e}"),
-        Err(_) => eprintln!("warning: the events relay did not finish within 30 s"),
+    let stopped = stopped?;
+    if let Some(Err(e)) = &stopped.relay {
+        eprintln!("warning: {e}");
     }
-    let events = log.last_seq();
-    let relayed = recman_amqp::relay::Cursor::in_data_dir(dir).load().unwrap_or(0);
-    drop(log);
+    let events = stopped.last_seq;
+    let relayed = relay::Cursor::in_data_dir(dir).load().unwrap_or(0);
     let subscribed = match subscriber {
         None => "no subscriber".to_string(),
         Some((_task, mut seen)) => {
@@ -237,54 +241,31 @@ async fn bench(
         }
     };
 
-    let Stats {
-        failed,
-        rate,
-        p50,
-        p99,
-        o50,
-        o99,
-    } = Stats::of(&results, elapsed);
-    eprintln!("  measuring the disk baseline: write 256 bytes + fdatasync for 2 s");
-    let raw = tokio::task::spawn_blocking({
-        let dir = dir.to_path_buf();
-        move || raw_fdatasync_rate(&dir)
-    })
-    .await??;
-
-    println!(
-        "recman bench jobs ({} backend, RabbitMQ, {} targets, {} worker processes)",
-        a.backend.as_str(),
-        a.targets,
-        a.workers
-    );
-    println!(
-        "  jobs:      {} in {elapsed:.2} s = {rate:.0} jobs/s ({failed} failed), {events} events = {:.0} \
-         events/s ({relayed} relayed, {subscribed})",
-        a.jobs,
-        events as f64 / elapsed
-    );
-    println!("  latency:   submit → completed p50 {p50:.2} ms, p99 {p99:.2} ms");
-    println!("  freeze:    overhead (window − provider time) p50 {o50} µs, p99 {o99} µs");
-    println!(
-        "  baseline:  broker round trip (publish, confirm, consume, ack; quorum queue) p50 \
-         {raw_rt_p50_us} µs; {raw_msgs_per_s:.0} msgs/s with {RAW_IN_FLIGHT} confirms in flight"
-    );
-    println!(
-        "  baseline:  raw write 256 B + fdatasync = {raw:.0} syncs/s ({:.0} µs each)",
-        1e6 / raw
-    );
-    println!(
-        "bus=amqp backend={} jobs={} targets={} failed={failed} jobs_per_s={rate:.0} job_p50_ms={p50:.2} \
-         job_p99_ms={p99:.2} freeze_overhead_p50_us={o50} freeze_overhead_p99_us={o99} events={events} \
-         raw_fdatasync_per_s={raw:.0} raw_roundtrip_p50_us={raw_rt_p50_us} raw_msgs_per_s={raw_msgs_per_s:.0} \
-         workers={}",
-        a.backend.as_str(),
-        a.jobs,
-        a.targets,
-        a.workers
-    );
-    Ok(if failed == 0 {
+    let stats = Stats::of(&results, elapsed, events);
+    let raw = disk_baseline(dir, "disk baseline").await?;
+    Report {
+        title: format!(
+            "recman bench jobs ({} backend, RabbitMQ, {} targets, {} worker processes)",
+            load.backend.as_str(),
+            load.targets,
+            a.workers
+        ),
+        events_note: &format!(" ({relayed} relayed, {subscribed})"),
+        baselines: vec![format!(
+            "broker round trip (publish, confirm, consume, ack; quorum queue) p50 \
+             {raw_rt_p50_us} µs; {raw_msgs_per_s:.0} msgs/s with {RAW_IN_FLIGHT} confirms in flight"
+        )],
+        raw_fdatasync_per_s: raw,
+        bus: "amqp",
+        backend: load.backend,
+        targets: load.targets,
+        extra_kv: format!(
+            " raw_roundtrip_p50_us={raw_rt_p50_us} raw_msgs_per_s={raw_msgs_per_s:.0} workers={}",
+            a.workers
+        ),
+    }
+    .print(&stats);
+    Ok(if stats.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -324,7 +305,7 @@ impl Workers {
         url: &str,
         pool: &str,
         id: &str,
-        a: &Args,
+        a: &Options,
     ) -> anyhow::Result<()> {
         let data: PathBuf = dir.join(id);
         let mut cmd = Command::new(exe);
@@ -335,10 +316,10 @@ impl Workers {
             .args(["worker", "--pool", pool, "--id", id, "--prefetch"])
             .arg(a.worker_prefetch.to_string())
             .arg("--delivery-limit")
-            .arg(a.amqp.delivery_limit.to_string())
+            .arg(a.broker.delivery_limit.to_string())
             // The URL (with its password) through the environment, not argv.
             .env(recman_amqp::url::URL_ENV, url);
-        if let Some(ca) = &a.amqp.amqp_ca_file {
+        if let Some(ca) = &a.broker.amqp_ca_file {
             cmd.arg("--amqp-ca-file").arg(ca);
         }
         let mut child = cmd

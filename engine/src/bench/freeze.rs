@@ -1,5 +1,5 @@
 //! `recman bench freeze`: freeze windows of real jobs (`fsfreeze` writer +
-//! `btrfs` provider through the embedded engine, durable log and all) against
+//! `btrfs` provider through the engine handle, durable log and all) against
 //! the bare sequence FIFREEZE → btrfs snapshot ioctl → FITHAW, in one run.
 //!
 //! The stack is ext4 on a loop image stored in a btrfs subvolume: the ext4
@@ -8,21 +8,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use recman_events::bus::{Bus, MemoryBus};
+use recman_config::{Config, FsFreezeConfig};
 use recman_events::{log, Backend, EventBody, SnapshotRequest, Stage, TargetId, WorkerId};
-use recman_workers::config::{Config, FsFreezeConfig};
 use recman_workers::provider::btrfs_snapshot_ioctl;
 use recman_workers::runtime::Worker;
 use recman_workers::writer::{FsFreezeWriter, StepCtx};
-use tokio::sync::{mpsc, oneshot, watch};
 
-use super::Global;
-use crate::runtime::{self, Call};
-use recman_core::Reply;
+use super::measure::percentile;
+use crate::handle::{Drain, Engine};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -45,18 +41,18 @@ struct Stack {
 impl Stack {
     fn mount(&mut self, img: &Path, size_mb: u64, mkfs: &[&str], at: &Path) -> anyhow::Result<()> {
         std::fs::File::create(img)?.set_len(size_mb << 20)?;
-        let dev = run("losetup", &["-f", "--show", &img.display().to_string()])?
+        let dev = sh("losetup", &["-f", "--show", &img.display().to_string()])?
             .trim()
             .to_string();
         let mut args: Vec<&str> = mkfs[1..].to_vec();
         args.push(&dev);
-        if let Err(e) = run(mkfs[0], &args) {
-            let _ = run("losetup", &["-d", &dev]);
+        if let Err(e) = sh(mkfs[0], &args) {
+            let _ = sh("losetup", &["-d", &dev]);
             return Err(e);
         }
         std::fs::create_dir_all(at)?;
-        if let Err(e) = run("mount", &[&dev, &at.display().to_string()]) {
-            let _ = run("losetup", &["-d", &dev]);
+        if let Err(e) = sh("mount", &[&dev, &at.display().to_string()]) {
+            let _ = sh("losetup", &["-d", &dev]);
             return Err(e);
         }
         self.mounts.push((at.to_path_buf(), dev));
@@ -75,16 +71,16 @@ impl Drop for Stack {
                 },
             );
             let _ = fz.thaw_blocking();
-            if run("umount", &[&at.display().to_string()]).is_err() {
-                let _ = run("umount", &["-l", &at.display().to_string()]);
+            if sh("umount", &[&at.display().to_string()]).is_err() {
+                let _ = sh("umount", &["-l", &at.display().to_string()]);
             }
-            let _ = run("losetup", &["-d", &dev]);
+            let _ = sh("losetup", &["-d", &dev]);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn run(prog: &str, args: &[&str]) -> anyhow::Result<String> {
+fn sh(prog: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(prog)
         .args(args)
         .output()
@@ -98,22 +94,14 @@ fn run(prog: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-pub async fn run_bench(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("recman bench freeze needs root (loop devices, mount, FIFREEZE)");
     }
     let jobs = a.jobs.max(1);
-    std::fs::create_dir_all(&g.data_dir)?;
-    let dir = std::fs::canonicalize(&g.data_dir)?.join(format!("bench-freeze-{}", std::process::id()));
+    std::fs::create_dir_all(data_dir)?;
+    let dir = std::fs::canonicalize(data_dir)?.join(format!("bench-freeze-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut stack = Stack {
         dir: dir.clone(),
@@ -122,7 +110,7 @@ pub async fn run_bench(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     let btrfs = dir.join("btrfs");
     stack.mount(&dir.join("btrfs.img"), 1024, &["mkfs.btrfs", "-q", "-f"], &btrfs)?;
     let vol = btrfs.join("vol");
-    run(
+    sh(
         "btrfs",
         &["-q", "subvolume", "create", &vol.display().to_string()],
     )?;
@@ -142,22 +130,11 @@ pub async fn run_bench(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         snaps.display()
     );
     let config = Config::from_str(&cfg_text, dir.join("bench.toml"))?;
-    let log = log::open(Backend::Redb, &dir.join("log"))?;
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.changed().await;
-    };
-    let worker = Worker::from_config(WorkerId::from("bench"), &config);
-    let w = tokio::spawn(worker.run(bus.clone(), stopped(stop_rx.clone())));
-    let (calls, calls_rx) = mpsc::channel(4);
-    let e = tokio::spawn(runtime::run(
-        runtime::core_config(&config, runtime::now_ms()),
-        log.clone(),
-        bus.clone(),
-        calls_rx,
-        stopped(stop_rx.clone()),
-    ));
+    let engine = Engine::builder(&config)
+        .log(log::open(Backend::Redb, &dir.join("log"))?)
+        .worker(Worker::from_config(WorkerId::from("bench"), &config))
+        .start()
+        .await?;
     // Bare: FIFREEZE, snapshot ioctl, FITHAW; window = freeze return → thaw
     // return, as recman measures it. Interleaved with the jobs, so both see
     // the same filesystem state (btrfs commits, page cache).
@@ -196,54 +173,37 @@ pub async fn run_bench(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         let req = SnapshotRequest::from_json(
             format!(r#"{{"request_id":"bench-{i}","targets":["bench"]}}"#).as_bytes(),
         )?;
-        let (tx, rx) = oneshot::channel();
         let t = Instant::now();
-        calls
-            .send(Call::Submit {
-                req,
-                origin: "bench".into(),
-                reply: tx,
-            })
-            .await?;
-        let job = match rx.await? {
-            Reply::Accepted { job, .. } => job,
-            other => bail!("request refused: {other:?}"),
-        };
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            let events: Vec<EventBody> = log.read_job(job)?.into_iter().map(|e| e.event.body).collect();
-            let done = events.iter().find(|e| e.is_terminal()).cloned();
-            match done {
-                Some(EventBody::Completed { freeze_window_us, .. }) => {
-                    windows.push(freeze_window_us);
-                    // Inside the window, the worker spent this in the provider and the thaw ioctl.
-                    let work: u64 = events
-                        .iter()
-                        .filter_map(|e| match e {
-                            EventBody::StepSucceeded {
-                                stage: Stage::Snapshot | Stage::Thaw,
-                                duration_us,
-                                ..
-                            } => Some(*duration_us),
-                            _ => None,
-                        })
-                        .sum();
-                    added.push(freeze_window_us.saturating_sub(work));
-                    job_ms.push(t.elapsed().as_micros() as u64);
-                    break;
-                }
-                Some(_) => {
-                    failed += 1;
-                    break;
-                }
-                None if Instant::now() > end => bail!("job {job} did not finish within 60 s"),
-                None => tokio::time::sleep(Duration::from_micros(200)).await,
+        let (_, events) =
+            match tokio::time::timeout(Duration::from_secs(60), engine.submit_and_wait(req, "bench")).await {
+                Ok(r) => r?,
+                Err(_) => bail!("job bench-{i} did not finish within 60 s"),
+            };
+        let events: Vec<EventBody> = events.into_iter().map(|e| e.event.body).collect();
+        let done = events.iter().find(|e| e.is_terminal()).cloned();
+        match done {
+            Some(EventBody::Completed { freeze_window_us, .. }) => {
+                windows.push(freeze_window_us);
+                // Inside the window, the worker spent this in the provider and the thaw ioctl.
+                let work: u64 = events
+                    .iter()
+                    .filter_map(|e| match e {
+                        EventBody::StepSucceeded {
+                            stage: Stage::Snapshot | Stage::Thaw,
+                            duration_us,
+                            ..
+                        } => Some(*duration_us),
+                        _ => None,
+                    })
+                    .sum();
+                added.push(freeze_window_us.saturating_sub(work));
+                job_ms.push(t.elapsed().as_micros() as u64);
             }
+            Some(_) => failed += 1,
+            None => bail!("job bench-{i} has no end in the log"),
         }
     }
-    let _ = stop_tx.send(true);
-    let _ = e.await;
-    let _ = w.await;
+    let _ = engine.shutdown(Drain::Skip).await;
     drop(stack);
 
     bare.sort_unstable();

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use recman_config::Config;
 use recman_events::bus::BoxFuture;
 use recman_events::StepError;
-use recman_workers::config::Config;
 use recman_workers::writer::{StepCtx, Writer};
 use tokio::sync::{watch, Mutex};
 

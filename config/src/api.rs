@@ -44,7 +44,7 @@ pub(super) fn parse(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<ApiConfig, Config
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, ConfigError};
+    use crate::{Config, ConfigError};
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_str(text, "/etc/recman/recman.toml")

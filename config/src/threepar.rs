@@ -269,8 +269,8 @@ pub(super) fn provider(
 
 #[cfg(test)]
 mod tests {
-    use super::super::Config;
     use super::*;
+    use crate::Config;
 
     const ARRAY: &str = "[array.a]\nurl = \"https://3par-a.example:8080\"\nuser = \"recman\"\npassword_file = \"secrets/a.pw\"\nca_file = \"/etc/recman/a-ca.pem\"\n";
 
@@ -300,7 +300,7 @@ mod tests {
         let t = &c.targets[0];
         assert_eq!(t.provider_pool.as_str(), "array.a", "the array's pool by default");
         assert_eq!(t.pool.as_str(), "host.mbx01");
-        let super::super::ProviderConfig::ThreePar(p) = &t.provider else {
+        let crate::ProviderConfig::ThreePar(p) = &t.provider else {
             panic!("{:?}", t.provider)
         };
         assert_eq!(p.array.api_url, "https://3par-a.example:8080/api/v1");

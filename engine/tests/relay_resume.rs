@@ -3,13 +3,16 @@
 //! confirm (so the cursor did not move), then a fresh relay on the same log
 //! and cursor. Subscribers see every seq, first appearances in log order, and
 //! a duplicate carries the same `message_id`. Runs on the in-process bus (the
-//! relay is transport-agnostic) and needs no broker.
+//! relay is transport-agnostic) and needs no broker. And on the in-process
+//! bus in earnest: an ephemeral cursor starts at the log's end and stores
+//! nothing.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use recman_amqp::relay::{self, Cursor, RelayOptions};
+use recman_engine::runtime::relay::{self, Cursor, RelayOptions};
 use recman_events::bus::{Address, Bus, BusError, Consumer, Message};
 use recman_events::log::BoxFuture;
 use recman_events::{
@@ -71,7 +74,7 @@ async fn drain(c: &mut Consumer, until_seq: u64) -> Vec<(u64, String, String)> {
         let seq = v["seq"].as_u64().unwrap();
         let key = d
             .message
-            .header(recman_amqp::ROUTING_KEY_HEADER)
+            .header(recman_events::bus::ROUTING_KEY_HEADER)
             .unwrap()
             .to_string();
         // Each event is in its job's trace: trace id = the job's UUID.
@@ -187,7 +190,7 @@ async fn drain_any(c: &mut Consumer, until_seq: u64) -> Vec<(Vec<u64>, String, S
             .collect();
         let key = d
             .message
-            .header(recman_amqp::ROUTING_KEY_HEADER)
+            .header(recman_events::bus::ROUTING_KEY_HEADER)
             .unwrap()
             .to_string();
         let done = seqs.contains(&until_seq);
@@ -299,4 +302,44 @@ fn cursor_is_written_durably_and_read_back() {
     std::fs::write(dir.path().join(relay::CURSOR_FILE), "garbage").unwrap();
     let e = c.load().unwrap_err().to_string();
     assert!(e.contains("delete it to re-publish"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_cursor_starts_at_the_log_end_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn EventLog> = log::open_detected(dir.path(), Backend::Redb).unwrap();
+    log.append((0..10).map(requested).collect()).await.unwrap();
+    let mem = MemoryBus::new();
+    let mut sub = mem.consume(Address::Events, 0).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut run = Box::pin(relay::run_with(
+        log.clone(),
+        Arc::new(mem.clone()),
+        Cursor::ephemeral(),
+        per_event(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // Its first poll fixes where it starts (seq 10); then append: only the new ones go out.
+    std::future::poll_fn(|cx| {
+        assert!(run.as_mut().poll(cx).is_pending(), "the relay runs until stopped");
+        std::task::Poll::Ready(())
+    })
+    .await;
+    let relay = tokio::spawn(run);
+    log.append((10..15).map(requested).collect()).await.unwrap();
+    let got = drain(&mut sub, 15).await;
+    let _ = stop.send(());
+    relay.await.unwrap().unwrap();
+    let seqs: Vec<u64> = got.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (11..=15).collect::<Vec<u64>>(),
+        "history is not re-published"
+    );
+    assert!(
+        !dir.path().join(relay::CURSOR_FILE).exists(),
+        "an ephemeral cursor writes no file"
+    );
 }

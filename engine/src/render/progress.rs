@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use recman_events::{EventBody, JobId, SnapshotInfo, Stage, StepDetail, StoredEvent};
 use serde::Serialize;
 
-use super::events::micros;
+use super::micros;
 
 /// How a followed job ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -262,7 +262,7 @@ impl Progress {
                     worker: worker.as_ref().map(|w| w.to_string()),
                     ok: false,
                     duration_us: None,
-                    error: Some(format!("{}: {}", error.code, error.message)),
+                    error: Some(error.to_string()),
                 });
                 self.say(
                     "err",

@@ -12,6 +12,12 @@
 //! id `events/<first>-<last>`, headers `x-recman-first-seq` /
 //! `x-recman-last-seq`. Every event carries its `seq`, so subscribers dedupe
 //! on it whatever form it came in (see deploy/README.md, "Events").
+//!
+//! It runs in both modes, started by the engine handle (`crate::handle`):
+//! over RabbitMQ with a durable cursor ([`Cursor::in_data_dir`]), and on the
+//! in-process bus with [`Cursor::ephemeral`] (from the log's end, nothing
+//! stored: in-process subscribers live no longer than the process). While
+//! nobody subscribes to the in-process bus's `Events`, it builds no messages.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -20,11 +26,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use recman_events::bus::{msg_type, Address, Bus, BusError, Message};
+use recman_events::bus::{msg_type, Address, Bus, BusError, Message, ROUTING_KEY_HEADER};
 use recman_events::wire::{self, EventMessage};
 use recman_events::{EventBody, EventLog, JobId, LogError, StoredEvent, TargetId, SCHEMA_VERSION};
-
-use crate::convert::ROUTING_KEY_HEADER;
 
 /// The cursor file in the engine's data directory.
 pub const CURSOR_FILE: &str = "events-relay.cursor";
@@ -74,50 +78,77 @@ pub enum RelayError {
     Cursor { path: PathBuf, source: std::io::Error },
 }
 
-/// The last sequence number the broker confirmed, kept in a small file.
+/// The last sequence number the broker confirmed, kept in a small file;
+/// or, for the in-process bus, nothing kept at all.
 pub struct Cursor {
-    path: PathBuf,
+    /// `None`: ephemeral (see [`Cursor::ephemeral`]).
+    path: Option<PathBuf>,
 }
 
 impl Cursor {
     pub fn new(path: impl Into<PathBuf>) -> Cursor {
-        Cursor { path: path.into() }
+        Cursor {
+            path: Some(path.into()),
+        }
     }
 
     pub fn in_data_dir(dir: &Path) -> Cursor {
         Cursor::new(dir.join(CURSOR_FILE))
     }
 
-    fn err(&self, source: std::io::Error) -> RelayError {
+    /// A cursor that starts at the log's end and stores nothing: for the
+    /// in-process bus, whose subscribers cannot have missed anything from
+    /// before this process started.
+    pub fn ephemeral() -> Cursor {
+        Cursor { path: None }
+    }
+
+    fn err(&self, path: &Path, source: std::io::Error) -> RelayError {
         RelayError::Cursor {
-            path: self.path.clone(),
+            path: path.to_path_buf(),
             source,
         }
     }
 
-    /// 0 when the file does not exist yet (nothing published).
-    pub fn load(&self) -> Result<u64, RelayError> {
-        match fs::read_to_string(&self.path) {
-            Ok(s) => s.trim().parse().map_err(|e| {
-                self.err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("not a sequence number ({e}); delete it to re-publish everything"),
-                ))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(self.err(e)),
+    /// Where to start after: the stored seq (0 when the file does not exist
+    /// yet), or the log's end for an ephemeral cursor.
+    fn start(&self, log: &dyn EventLog) -> Result<u64, RelayError> {
+        match self.path {
+            Some(_) => self.load(),
+            None => Ok(log.last_seq()),
         }
     }
 
-    /// Writes `seq` durably: a temp file, fsync, rename over, fsync the directory.
+    /// 0 when the file does not exist yet (nothing published) or the cursor
+    /// is ephemeral.
+    pub fn load(&self) -> Result<u64, RelayError> {
+        let Some(path) = &self.path else { return Ok(0) };
+        match fs::read_to_string(path) {
+            Ok(s) => s.trim().parse().map_err(|e| {
+                self.err(
+                    path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("not a sequence number ({e}); delete it to re-publish everything"),
+                    ),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(self.err(path, e)),
+        }
+    }
+
+    /// Writes `seq` durably: a temp file, fsync, rename over, fsync the
+    /// directory. Nothing for an ephemeral cursor.
     pub fn store(&self, seq: u64) -> Result<(), RelayError> {
-        let tmp = self.path.with_extension("tmp");
+        let Some(path) = &self.path else { return Ok(()) };
+        let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             writeln!(f, "{seq}")?;
             f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
+            fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent() {
                 File::open(if dir.as_os_str().is_empty() {
                     Path::new(".")
                 } else {
@@ -127,7 +158,7 @@ impl Cursor {
             }
             Ok(())
         };
-        write().map_err(|e| self.err(e))
+        write().map_err(|e| self.err(path, e))
     }
 }
 
@@ -277,7 +308,7 @@ pub async fn run_with(
     opts: RelayOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RelayError> {
-    let mut done = cursor.load()?;
+    let mut done = cursor.start(log.as_ref())?;
     let mut targets = Targets::default();
     let mut tail = log.subscribe(done + 1);
     tracing::info!(from = done + 1, "events relay started");
@@ -326,6 +357,12 @@ pub async fn run_with(
         let Some(last) = fresh.last().map(|e| e.seq) else {
             continue;
         };
+        if bus.events_subscribed() == Some(false) {
+            // The in-process bus with no subscriber would drop them all.
+            fresh.iter().for_each(|e| targets.forget_finished(e));
+            done = last;
+            continue;
+        }
         // Every message of the round is sent before any confirm is awaited
         // (`publish_batch` pipelines them), and the cursor moves once all are in.
         let msgs = if fresh.len() > opts.batch_over {

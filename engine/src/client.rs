@@ -1,17 +1,19 @@
-//! The API client of the CLI read commands, `recman cancel`, `recman replay`
-//! and the remote `recman snapshot`: finds the server (`--server` or the
-//! discovery file), sends the bearer token, turns error bodies into messages.
+//! The HTTP client of the CLI's read commands, `recman cancel`, `recman
+//! replay`, `recman events` and the remote `recman snapshot`: finds the
+//! server (`--server` or the discovery file), sends the bearer token, turns
+//! error bodies into messages, reads Server-Sent Events, follows a job.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use recman_events::{EventMessage, JobId, StoredEvent};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::discovery;
-use super::ErrorBody;
-use crate::cli::Global;
+use crate::api::{discovery, ErrorBody};
+use crate::home::Home;
 
 /// A server to talk to.
 #[derive(Clone, Debug)]
@@ -28,6 +30,14 @@ pub struct ApiFailure {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
+}
+
+impl ApiFailure {
+    /// `e` is the server's 404.
+    pub fn is_not_found(e: &anyhow::Error) -> bool {
+        e.downcast_ref::<ApiFailure>()
+            .is_some_and(|f| f.status.as_u16() == 404)
+    }
 }
 
 impl Client {
@@ -49,14 +59,14 @@ impl Client {
     /// The server for this command: `--server URL`, else the running `recman up`
     /// of the data dir (its discovery file, if the server answers), else `None`
     /// (work on the data dir).
-    pub async fn discover(g: &Global, server: Option<&str>) -> anyhow::Result<Option<Client>> {
+    pub async fn discover(home: &Home, server: Option<&str>) -> anyhow::Result<Option<Client>> {
         if let Some(u) = server {
-            return Ok(Some(Client::new(u, token(g)?)?));
+            return Ok(Some(Client::new(u, token(home)?)?));
         }
-        let Some(d) = discovery::find(&g.data_dir) else {
+        let Some(d) = discovery::find(&home.data_dir) else {
             return Ok(None);
         };
-        let c = Client::new(&d.url, token(g)?)?;
+        let c = Client::new(&d.url, token(home)?)?;
         // A file left by a killed server whose pid was reused: nobody answers.
         match c
             .http
@@ -69,7 +79,7 @@ impl Client {
             Err(e) => {
                 tracing::warn!(
                     "{} names {} but it does not answer ({e}); reading the data dir",
-                    discovery::path(&g.data_dir).display(),
+                    discovery::path(&home.data_dir).display(),
                     d.url
                 );
                 Ok(None)
@@ -143,15 +153,15 @@ impl Client {
 }
 
 /// The bearer token: `RECMAN_TOKEN`, else the config's `api.token_file`.
-fn token(g: &Global) -> anyhow::Result<Option<String>> {
+fn token(home: &Home) -> anyhow::Result<Option<String>> {
     if let Ok(t) = std::env::var("RECMAN_TOKEN") {
         return Ok(Some(t.trim().to_string()));
     }
-    let path = g.config.clone().unwrap_or_else(|| g.data_dir.join("recman.toml"));
+    let path = home.config_file();
     if !path.exists() {
         return Ok(None);
     }
-    let cfg = recman_workers::config::Config::load(&path)?;
+    let cfg = recman_config::Config::load(&path)?;
     match cfg.api.token_file {
         Some(f) => Ok(Some(read_token(&f)?)),
         None => Ok(None),
@@ -211,6 +221,106 @@ impl SseReader {
                     .buf
                     .push_str(&String::from_utf8_lossy(&c).replace("\r\n", "\n")),
                 None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Where a [`JobFeed`] is.
+enum Feed {
+    Connect,
+    Streaming(SseReader),
+    Backoff(Pin<Box<tokio::time::Sleep>>),
+}
+
+/// One job's events from the server (`GET /v1/jobs/{id}/events`), resumed
+/// with `Last-Event-ID` when the stream drops, until the job's terminal event.
+pub struct JobFeed<'a> {
+    client: &'a Client,
+    job: JobId,
+    last: Option<u64>,
+    retries: u32,
+    feed: Feed,
+    ended: bool,
+}
+
+impl Client {
+    /// Follows `job` over SSE (see [`JobFeed`]).
+    pub fn follow(&self, job: JobId) -> JobFeed<'_> {
+        JobFeed {
+            client: self,
+            job,
+            last: None,
+            retries: 0,
+            feed: Feed::Connect,
+            ended: false,
+        }
+    }
+}
+
+impl JobFeed<'_> {
+    /// The next event of the job; `None` after its terminal event. Gives up
+    /// after 10 failed reconnections. Cancel-safe (use it in `select!`).
+    pub async fn next(&mut self) -> anyhow::Result<Option<StoredEvent>> {
+        let job = self.job;
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            match &mut self.feed {
+                Feed::Backoff(sleep) => {
+                    sleep.as_mut().await;
+                    self.feed = Feed::Connect;
+                }
+                Feed::Connect => match self
+                    .client
+                    .stream(&format!("/v1/jobs/{job}/events"), self.last)
+                    .await
+                {
+                    Ok(s) => self.feed = Feed::Streaming(s),
+                    Err(e) if self.retries < 10 => {
+                        self.retries += 1;
+                        tracing::debug!("reconnecting: {e:#}");
+                        self.feed = Feed::Backoff(Box::pin(tokio::time::sleep(Duration::from_millis(500))));
+                    }
+                    Err(e) => {
+                        return Err(e.context(format!(
+                            "following job {job} (it goes on in the server: `recman job {job}`)"
+                        )))
+                    }
+                },
+                Feed::Streaming(stream) => {
+                    let ev = match stream.next().await {
+                        Ok(Some(ev)) => ev,
+                        end => {
+                            if let Err(e) = end {
+                                tracing::debug!("stream error: {e:#}");
+                            }
+                            self.retries += 1;
+                            if self.retries > 10 {
+                                bail!(
+                                    "lost the event stream of job {job}; it goes on in the server: `recman job {job}`"
+                                );
+                            }
+                            self.feed =
+                                Feed::Backoff(Box::pin(tokio::time::sleep(Duration::from_millis(300))));
+                            continue;
+                        }
+                    };
+                    self.retries = 0;
+                    self.last = ev.id.or(self.last);
+                    let Ok(m) = serde_json::from_str::<EventMessage>(&ev.data) else {
+                        continue;
+                    };
+                    if m.event.job != job {
+                        continue;
+                    }
+                    self.ended = m.event.body.is_terminal();
+                    return Ok(Some(StoredEvent {
+                        seq: m.seq,
+                        event: m.event,
+                    }));
+                }
             }
         }
     }

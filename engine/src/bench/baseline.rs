@@ -79,7 +79,7 @@ async fn connect(
     tokio::time::timeout(within, connecting)
         .await
         .map_err(|_| err(format!("no connection within {within:?}")))?
-        .map_err(|e| err(crate::url::scrub(&e.to_string(), url)))
+        .map_err(|e| err(recman_amqp::url::scrub(&e.to_string(), url)))
 }
 
 async fn raw_on(

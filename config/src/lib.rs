@@ -1,5 +1,10 @@
-//! The TOML config shared by the engine and the workers: targets, their
-//! writers and providers. Every error names the file, line, column and key.
+//! recman-config: the TOML config shared by the engine and the workers
+//! (targets, their writers and providers, `[api]`, `[amqp]`, `[worker]`).
+//! Every error names the file, line, column and key. Neither the engine nor
+//! the workers own it: both depend on this crate.
+//!
+//! Entry points: [`Config::load`], [`Config::from_str`], [`path_in`] (where a
+//! data dir's config is), [`parse_duration`].
 
 use std::fmt;
 use std::ops::Range;
@@ -31,7 +36,6 @@ const WRITERS_LATER: &[&str] = &["vss-exchange"];
 const PROVIDERS: &[&str] = &["copy", "exec", "none", "3par", "btrfs", "qcow2"];
 const PROVIDERS_LATER: &[&str] = &[];
 
-#[path = "config_linux.rs"]
 mod linux;
 pub use linux::{
     BtrfsConfig, FsFreezeConfig, PostgresConfig, Qcow2Config, DEFAULT_PG_TIMEOUT, DEFAULT_STATE_DIR,
@@ -368,6 +372,15 @@ fn join(path: &str, key: &str) -> String {
     } else {
         format!("{path}.{key}")
     }
+}
+
+/// The config file's name in a data dir.
+pub const FILE_NAME: &str = "recman.toml";
+
+/// The config file a command uses: `explicit` (`--config`), else
+/// `DATA_DIR/recman.toml` (which may not exist).
+pub fn path_in(data_dir: &Path, explicit: Option<&Path>) -> PathBuf {
+    explicit.map_or_else(|| data_dir.join(FILE_NAME), Path::to_path_buf)
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1h`, `1m30s`.
@@ -818,5 +831,4 @@ impl fmt::Display for TargetConfig {
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
 mod tests;
