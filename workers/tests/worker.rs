@@ -250,10 +250,16 @@ async fn freeze_then_thaw_measures_the_window_and_cancels_the_watchdog() {
         panic!("{r:?}")
     };
     assert!(*deadline_ms > 0);
-    // A redelivered freeze is answered from memory: the hook runs once.
+    // A redelivered freeze is answered from memory: the hook runs once and
+    // the report is the first one (its duration is that of the answer: the
+    // redelivery may beat the report cache and be answered by the worker
+    // core's first outcome instead).
     send_pool(&bus, &freeze).await;
     let again = next_report(&mut rep, SEC5).await;
-    assert_eq!(again, r);
+    assert_eq!(
+        (&again.message_id, &again.outcome, again.attempt),
+        (&r.message_id, &r.outcome, r.attempt)
+    );
     assert_eq!(lines(froze.clone()), 1);
 
     tokio::time::sleep(Duration::from_millis(100)).await;
