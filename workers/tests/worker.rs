@@ -11,6 +11,7 @@ use recman_events::wire::{self, Command, Outcome, Report};
 use recman_events::{
     snapshot_name, JobId, MemoryBus, PoolName, SnapshotKind, Stage, StepDetail, TargetId, WorkerId,
 };
+use recman_testkit::{wait_until_async, DEADLINE};
 use recman_workers::{Worker, WorkerError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -154,15 +155,9 @@ async fn a_failing_freeze_reports_stderr_and_is_not_retryable() {
     assert_eq!(e.code, "exec_failed");
     assert!(!e.retryable);
     assert!(e.message.contains("cannot quiesce: db locked"), "{}", e.message);
-    // The ack follows the report's publish: give it a moment.
+    // The ack follows the report's publish.
     let pool = Address::Pool(PoolName::from(POOL));
-    for _ in 0..100 {
-        if bus.depth(&pool) == (0, 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(bus.depth(&pool), (0, 0), "command acked");
+    wait_until_async("the command's ack", DEADLINE, || bus.depth(&pool) == (0, 0)).await;
     w.stop().await;
 }
 
