@@ -9,6 +9,7 @@
 pub mod audit;
 #[cfg(feature = "bus")]
 pub mod bus;
+pub mod clock;
 pub mod codec;
 pub mod ids;
 #[cfg(feature = "log")]

@@ -1,28 +1,21 @@
-//! End to end, in one process: the engine runtime (redb log, in-process bus),
+//! End to end, in one process: the engine handle (redb log, in-process bus),
 //! a worker in `host.mbx01` with an `exec` writer and a worker in `array.a`
 //! with the `3par` provider against the WSAPI fake (HTTP and HTTPS).
 
-mod threepar_support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use recman_core::Reply;
-use recman_engine::runtime::{self, Call};
+use recman_config::Config;
+use recman_engine::handle::{Drain, Engine};
 use recman_events::bus::{msg_type, Address, BoxFuture, Bus, BusError, Consumer, MemoryBus, Message};
 use recman_events::wire::{self, Command};
 use recman_events::{log, Backend, EventBody, EventLog, JobId, PoolName, SnapshotRequest, Stage, WorkerId};
-use recman_workers::config::Config;
+use recman_tests::threepar::{array, Array, Scheme, PASSWORD};
 use recman_workers::runtime::Worker;
-use threepar_support::{array, Array, Scheme, PASSWORD};
-use tokio::sync::{mpsc, oneshot, watch};
 
 struct Harness {
+    engine: Engine,
     log: Arc<dyn EventLog>,
-    calls: mpsc::Sender<Call>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
     hooks: PathBuf,
 }
 
@@ -76,41 +69,26 @@ impl Bus for DuplicatingBus {
 }
 
 async fn start(dir: &Path, config: &Config, bus: Arc<dyn Bus>, array_workers: usize) -> Harness {
-    let log = log::open(Backend::Redb, &dir.join("log")).unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.changed().await;
-    };
-    let mut tasks = Vec::new();
-    let mut workers = vec![Worker::new(
-        WorkerId::from("mbx01"),
-        vec![PoolName::from("host.mbx01")],
-        config,
-    )];
+    let mut engine = Engine::builder(config)
+        .log(log::open(Backend::Redb, &dir.join("log")).unwrap())
+        .bus(bus)
+        .seed(1)
+        .worker(Worker::new(
+            WorkerId::from("mbx01"),
+            vec![PoolName::from("host.mbx01")],
+            config,
+        ));
     for i in 0..array_workers {
-        workers.push(Worker::new(
+        engine = engine.worker(Worker::new(
             WorkerId::from(format!("backup-{i}").as_str()),
             vec![PoolName::from("array.a")],
             config,
         ));
     }
-    for w in workers {
-        let (bus, rx) = (bus.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            w.run(bus, stopped(rx)).await.unwrap();
-        }));
-    }
-    let (calls, calls_rx) = mpsc::channel(16);
-    let (l, b, rx) = (log.clone(), bus.clone(), stop_rx.clone());
-    let core = runtime::core_config(config, 1);
-    tasks.push(tokio::spawn(async move {
-        runtime::run(core, l, b, calls_rx, stopped(rx)).await.unwrap();
-    }));
+    let engine = engine.start().await.unwrap();
     Harness {
-        log,
-        calls,
-        stop,
-        tasks,
+        log: engine.log().clone(),
+        engine,
         hooks: dir.join("hooks.log"),
     }
 }
@@ -121,31 +99,18 @@ impl Harness {
             format!(r#"{{"request_id":"{request_id}","targets":["db01"]}}"#).as_bytes(),
         )
         .unwrap();
-        let (tx, rx) = oneshot::channel();
-        self.calls
-            .send(Call::Submit {
-                req,
-                origin: "test".into(),
-                reply: tx,
-            })
-            .await
-            .unwrap();
-        match rx.await.unwrap() {
-            Reply::Accepted { job, .. } => job,
-            other => panic!("not accepted: {other:?}"),
+        match self.engine.submit(req, "test").await {
+            Ok(a) => a.job,
+            Err(e) => panic!("not accepted: {e}"),
         }
     }
 
-    /// The terminal event of `job` (waits up to 20 s).
+    /// The terminal event of `job` (waits up to the testkit's deadline).
     async fn finished(&self, job: JobId) -> EventBody {
-        for _ in 0..800 {
-            let events = self.log.read_job(job).unwrap();
-            if let Some(e) = events.iter().find(|e| e.event.body.is_terminal()) {
-                return e.event.body.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        match tokio::time::timeout(recman_testkit::DEADLINE, self.engine.wait(job)).await {
+            Ok(events) => events.unwrap().pop().expect("the terminal event").event.body,
+            Err(_) => panic!("job {job} did not finish: {:#?}", self.log.read_job(job).unwrap()),
         }
-        panic!("job {job} did not finish: {:#?}", self.log.read_job(job).unwrap());
     }
 
     fn kinds(&self, job: JobId) -> Vec<String> {
@@ -177,15 +142,12 @@ impl Harness {
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.engine.shutdown(Drain::Default).await.unwrap();
     }
 }
 
 async fn walk_all_stages(scheme: Scheme) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let a = array(dir.path(), scheme).await;
     a.fake.add_volume("DB01-vv");
     let cfg = config(dir.path(), &a, "");
@@ -237,7 +199,7 @@ async fn exec_writer_and_3par_provider_walk_all_stages_over_https_with_a_ca_file
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_fails_the_job_clearly_and_the_target_is_thawed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let a = array(dir.path(), Scheme::Http).await;
     a.fake.add_volume("DB01-vv");
     std::fs::write(dir.path().join("a.password"), "not-the-Pw-4711\n").unwrap();
@@ -266,7 +228,7 @@ async fn wrong_password_fails_the_job_clearly_and_the_target_is_thawed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicated_snapshot_command_makes_one_virtual_copy() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let a = array(dir.path(), Scheme::Http).await;
     a.fake.add_volume("DB01-vv");
     let cfg = config(dir.path(), &a, "");
@@ -277,18 +239,19 @@ async fn a_duplicated_snapshot_command_makes_one_virtual_copy() {
     assert!(matches!(done, EventBody::Completed { .. }), "{done:?}");
     // Both copies of the command reached the array; the second met
     // EXISTENT_VOL and was accepted as the same snapshot.
-    for _ in 0..200 {
-        if a.fake
-            .requests()
-            .iter()
-            .filter(|r| r.method == "POST" && r.uri.ends_with("/volumes/DB01-vv"))
-            .count()
-            == 2
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    recman_testkit::wait_until_async(
+        "both copies of the command at the array",
+        recman_testkit::DEADLINE,
+        || {
+            a.fake
+                .requests()
+                .iter()
+                .filter(|r| r.method == "POST" && r.uri.ends_with("/volumes/DB01-vv"))
+                .count()
+                >= 2
+        },
+    )
+    .await;
     let posts: Vec<u16> = a
         .fake
         .requests()
@@ -304,7 +267,7 @@ async fn a_duplicated_snapshot_command_makes_one_virtual_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_the_oldest_virtual_copy() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let a = array(dir.path(), Scheme::Http).await;
     a.fake.add_volume("DB01-vv");
     let cfg = config(dir.path(), &a, "keep_last = 2");
@@ -320,15 +283,12 @@ async fn retention_deletes_the_oldest_virtual_copy() {
         jobs.push(job);
     }
     // The prune after the third job removes the first copy.
-    let mut deleted = false;
-    for _ in 0..400 {
-        deleted = h.kinds(jobs[0]).iter().any(|k| k == "snapshot_deleted");
-        if deleted {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(deleted, "{:#?}", h.log.read_job(jobs[0]).unwrap());
+    recman_testkit::wait_until_async(
+        "the prune to delete the first copy",
+        recman_testkit::DEADLINE,
+        || h.kinds(jobs[0]).iter().any(|k| k == "snapshot_deleted"),
+    )
+    .await;
     let mut left = a.fake.snapshots_of("DB01-vv");
     left.sort();
     let mut want = names[1..].to_vec();
@@ -339,7 +299,7 @@ async fn retention_deletes_the_oldest_virtual_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_with_a_child_is_kept_without_blocking_retention_of_the_others() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let a = array(dir.path(), Scheme::Http).await;
     a.fake.add_volume("DB01-vv");
     let cfg = config(dir.path(), &a, "keep_last = 1");
@@ -359,15 +319,12 @@ async fn a_copy_with_a_child_is_kept_without_blocking_retention_of_the_others() 
         }
     }
     // The third job's prune deletes the second copy despite the first one.
-    let mut deleted = false;
-    for _ in 0..400 {
-        deleted = h.kinds(jobs[1]).iter().any(|k| k == "snapshot_deleted");
-        if deleted {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(deleted, "{:#?}", h.log.read_job(jobs[1]).unwrap());
+    recman_testkit::wait_until_async(
+        "the prune to delete the second copy",
+        recman_testkit::DEADLINE,
+        || h.kinds(jobs[1]).iter().any(|k| k == "snapshot_deleted"),
+    )
+    .await;
     assert!(!h.kinds(jobs[0]).iter().any(|k| k == "snapshot_deleted"));
     let mut left = a.fake.snapshots_of("DB01-vv");
     left.sort();

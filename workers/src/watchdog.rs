@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use recman_core::worker::{self, AttemptKey};
 use recman_events::TargetId;
@@ -84,14 +84,6 @@ impl Watchdogs {
             _ => None,
         }
     }
-}
-
-/// Unix time in milliseconds.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The watchdog deadline of a freeze that returned at `now_ms`/`now`: the

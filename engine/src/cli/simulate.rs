@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::Global;
+use crate::home::Home;
 use recman_core::sim::{self, Faults, SimConfig};
 use recman_core::{worker, Mutation};
 
@@ -34,7 +34,7 @@ pub struct Args {
     pub mutation: Option<String>,
 }
 
-pub async fn run(_g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let Some(faults) = Faults::parse(&a.faults) else {
         anyhow::bail!(
             "--faults must be one of none, net, crash, all (got {:?})",

@@ -218,7 +218,10 @@ fn a_failed_prune_is_shown_until_the_snapshot_is_gone() {
         Some("3par_has_child: the copy has a child")
     );
     assert_eq!(cat[0].prune_failure, None);
-    let f = v.targets()[0].last_prune_failure.clone().expect("shown by targets");
+    let f = v.targets()[0]
+        .last_prune_failure
+        .clone()
+        .expect("shown by targets");
     assert_eq!((f.name.as_str(), f.job, f.at_ms), ("snap-a", a, 3_000_100));
     v.apply(&ev(
         25,

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{field, info_span, Instrument, Span};
 
-use crate::config::{Config, TargetConfig};
+use recman_config::{Config, TargetConfig};
 use recman_core::worker::{Process, Recent, TargetMemory};
 
 use crate::provider::{self, check_snapshot_name, Provider};

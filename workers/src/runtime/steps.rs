@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use recman_core::worker::{self, Existing, Hold, Plan, Recent, SnapshotPlan, ThawPlan, ThawedBy};
+use recman_events::clock;
 use recman_events::wire::Command;
 use recman_events::{PruneFailure, SnapshotInfo, Stage, StepDetail, StepError, TargetId};
 
@@ -54,14 +55,14 @@ impl Shared {
         let local = self.local(t)?;
         let _g = local.writer_lock.lock().await;
         let key = (cmd.job, cmd.attempt);
-        match worker::plan_freeze(&local.memory(), key, cmd.thaw_deadline_ms, watchdog::unix_ms()) {
+        match worker::plan_freeze(&local.memory(), key, cmd.thaw_deadline_ms, clock::now_ms()) {
             Plan::Run => {}
             Plan::Answer(first) => return first,
             Plan::Refuse(e) => return Err(e),
         }
         // Held and watched before the writer is called: a freeze that fails
         // or times out may have landed (issue 12 item 1).
-        let (now_ms, now) = (watchdog::unix_ms(), Instant::now());
+        let (now_ms, now) = (clock::now_ms(), Instant::now());
         let (deadline_ms, at) = watchdog::deadline(now_ms, now, cmd.thaw_deadline_ms, local.cfg.freeze_limit);
         local.memory().record_freeze_start(Hold {
             job: cmd.job,
@@ -72,8 +73,12 @@ impl Shared {
             deadline_ms,
         });
         self.arm(t, Armed { key, frozen_at: now }, at);
-        let result = local.writer.freeze(&Self::ctx(t, cmd)).await.map(|()| deadline_ms);
-        local.memory().record_freeze(key, result.clone(), watchdog::unix_ms());
+        let result = local
+            .writer
+            .freeze(&Self::ctx(t, cmd))
+            .await
+            .map(|()| deadline_ms);
+        local.memory().record_freeze(key, result.clone(), clock::now_ms());
         if let Err(e) = &result {
             if e.code == worker::NOT_LANDED {
                 self.watchdogs.take_if(t, key);
@@ -120,7 +125,7 @@ impl Shared {
         let _g = local.writer_lock.lock().await;
         let key = (cmd.job, cmd.attempt);
         let plan = worker::plan_thaw(&local.memory(), key);
-        let now_ms = watchdog::unix_ms();
+        let now_ms = clock::now_ms();
         let window = worker::thaw_window_us(&plan, now_ms, &self.process, None);
         local
             .memory()
@@ -143,7 +148,7 @@ impl Shared {
                         // Still frozen as far as we know: keep the watchdog on it.
                         let at = Instant::now()
                             + std::time::Duration::from_millis(
-                                hold.deadline_ms.saturating_sub(watchdog::unix_ms()),
+                                hold.deadline_ms.saturating_sub(clock::now_ms()),
                             );
                         let frozen_at = armed.map_or_else(Instant::now, |a| a.frozen_at);
                         local.memory().record_thaw_failed(hold);
@@ -185,7 +190,7 @@ impl Shared {
                 (cmd.job, cmd.attempt),
                 &Existing::Absent,
                 cmd.thaw_deadline_ms,
-                watchdog::unix_ms(),
+                clock::now_ms(),
                 None,
             );
             if let SnapshotPlan::Refuse(e) = plan {

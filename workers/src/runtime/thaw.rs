@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use recman_core::worker::{self, AttemptKey, ThawPlan, ThawedBy};
 use recman_events::bus::{Address, BusError};
+use recman_events::clock;
 use recman_events::wire::{Outcome, Report};
 use recman_events::{Stage, StepDetail, StepError, TargetId, SCHEMA_VERSION};
 use tracing::Instrument;
 
 use super::{micros, own_thaw_span, report_message, Shared};
-use crate::watchdog::{self, Armed};
+use crate::watchdog::Armed;
 use crate::writer::StepCtx;
 
 /// Attempts of a watchdog thaw before it reports failure.
@@ -50,7 +51,7 @@ impl Shared {
             Some(k) => self.watchdogs.take_if(t, k),
             None => self.watchdogs.take(t),
         };
-        let now_ms = watchdog::unix_ms();
+        let now_ms = clock::now_ms();
         let window_us = worker::thaw_window_us(&plan, now_ms, &self.process, None);
         local
             .memory()
@@ -140,7 +141,7 @@ impl Shared {
             };
             let window_us = found
                 .frozen_at_ms
-                .map(|at| watchdog::unix_ms().saturating_sub(at).saturating_mul(1000))
+                .map(|at| clock::now_ms().saturating_sub(at).saturating_mul(1000))
                 .unwrap_or(0);
             match found.job {
                 None => {
@@ -154,7 +155,7 @@ impl Shared {
                         ThawedBy::Watchdog,
                         window_us,
                         &plan,
-                        watchdog::unix_ms(),
+                        clock::now_ms(),
                     );
                     let report = Report {
                         schema_version: SCHEMA_VERSION,

@@ -1,0 +1,174 @@
+//! The multi-process AMQP tests' harness: buses on a test's own vhost
+//! ([`VhostBus`] on `recman_testkit::amqp::Vhost`), the real `recman` binary
+//! as engine and workers ([`Proc`]), a config, requests, and reading the log
+//! back. Without a broker the tests skip (`recman_testkit::skip`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use recman_amqp::{AmqpBus, AmqpOptions};
+use recman_events::bus::Bus;
+use recman_testkit::amqp::Vhost;
+use recman_testkit::{recman_bin, wait_exit, DEADLINE};
+
+/// Buses connected to a test's vhost.
+pub trait VhostBus {
+    /// A new connection to the vhost, as a `Bus`.
+    fn bus(&self) -> impl std::future::Future<Output = Arc<dyn Bus>> + Send;
+    /// A new connection to the vhost, with the AMQP-only API.
+    fn amqp(&self) -> impl std::future::Future<Output = Arc<AmqpBus>> + Send;
+}
+
+impl VhostBus for Vhost {
+    async fn bus(&self) -> Arc<dyn Bus> {
+        self.amqp().await
+    }
+
+    async fn amqp(&self) -> Arc<AmqpBus> {
+        let opts = AmqpOptions {
+            connection_name: "recman-test".into(),
+            ..Default::default()
+        };
+        AmqpBus::connect(&self.url, opts)
+            .await
+            .expect("connect to the test vhost")
+    }
+}
+
+/// A config with `n` targets `t0..` whose writers run in `pools` (round
+/// robin) and whose provider is `none`; the writer's hooks are `true`.
+pub fn write_config(dir: &Path, n: usize, pools: &[&str]) -> PathBuf {
+    let mut s = String::from("[engine]\nfreeze_limit = \"10s\"\n");
+    for i in 0..n {
+        let pool = pools[i % pools.len()];
+        s.push_str(&format!(
+            "[[target]]\nid = \"t{i}\"\npool = \"{pool}\"\nretries = 5\n[target.writer]\ntype = \"exec\"\nfreeze = [\"true\"]\nthaw = [\"true\"]\n[target.provider]\ntype = \"none\"\n"
+        ));
+    }
+    let p = dir.join("recman.toml");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+/// A `recman` process; killed (SIGKILL) on drop if still running.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, dir: &Path, data: &Path, config: &Path, args: &[&str]) -> Proc {
+        Self::spawn_env(name, dir, data, config, args, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    pub fn spawn_env(
+        name: &str,
+        dir: &Path,
+        data: &Path,
+        config: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(recman_bin())
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env(
+                "RECMAN_LOG",
+                "recman=info,recman_engine=info,recman_workers=info,recman_amqp=info,warn",
+            )
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("spawning recman");
+        Proc {
+            child,
+            name: name.into(),
+            log,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to 20 s (then SIGKILL and `None`).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        wait_exit(&mut self.child, Duration::from_secs(20))
+    }
+
+    /// Waits (up to `DEADLINE`) until the process printed `text`; panics
+    /// with its output if it exits first or never prints it.
+    pub fn wait_for(&mut self, text: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.output().contains(text) {
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "{} did not print {text:?} within {DEADLINE:?}:\n{}",
+                self.name,
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(s)) = self.child.try_wait() {
+            panic!("{} exited ({s}):\n{}", self.name, self.output());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill9();
+        }
+    }
+}
+
+/// Every event of the log, through `recman events --json` (engine stopped).
+pub fn read_log(data: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(recman_bin())
+        .arg("--data-dir")
+        .arg(data)
+        .args(["events", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one EventMessage per line"))
+        .collect()
+}
+
+pub fn request(id: &str, targets: &[&str]) -> recman_events::bus::Message {
+    let body = serde_json::json!({"schema_version": 1, "request_id": id, "targets": targets});
+    recman_events::bus::Message::new(
+        recman_events::bus::msg_type::REQUEST,
+        format!("req/{id}"),
+        serde_json::to_vec(&body).unwrap(),
+    )
+}
