@@ -250,11 +250,10 @@ impl Sim {
             Stage::Prune => (Some(self.prune(w, &cmd)), self.rng.range(2, 40)),
             Stage::Queue => (None, 0),
         };
-        match outcome {
-            Some(o) => self.push(self.sched.now + lat, Ev::Reported(w, inc, step, o)),
-            // A freeze that hangs: its report comes when the runtime's
-            // bounded freeze gives up (pushed by `freeze`), or never.
-            None => {}
+        // `None`: a freeze that hangs; its report comes when the runtime's
+        // bounded freeze gives up (pushed by `freeze`), or never.
+        if let Some(o) = outcome {
+            self.push(self.sched.now + lat, Ev::Reported(w, inc, step, o));
         }
         Ok(())
     }
