@@ -213,6 +213,34 @@ fn requests_are_idempotent_and_validated() {
 }
 
 #[test]
+fn a_cancel_reason_is_stored_bounded() {
+    let mut core = Core::new(config());
+    let (j1, _) = request(&mut core, "r1", &["a"], 1, T);
+    let s = core.handle(
+        Input::Cancel {
+            job: j1,
+            reason: "é".repeat(1 << 20),
+        },
+        T + 1,
+    );
+    let stored = s
+        .events
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::CancelRequested { reason } => Some(reason.clone()),
+            _ => None,
+        })
+        .expect("a cancel_requested event");
+    let max = recman_events::wire::MAX_REASON_LEN;
+    assert!(
+        stored.len() <= max && stored.len() >= max - 1,
+        "2 MiB of reason kept as {} bytes",
+        stored.len()
+    );
+    assert!(stored.chars().all(|c| c == 'é'), "cut on a character boundary");
+}
+
+#[test]
 fn fifo_per_target_and_a_group_waits_for_all_its_targets() {
     let mut core = Core::new(config());
     let (j1, _) = request(&mut core, "r1", &["a"], 1, T);

@@ -364,7 +364,8 @@ impl Decider<'_> {
                 existing: true,
             };
         }
-        let reason = reason.to_string();
+        // Client text is bounded before it is stored (the API refuses longer ones).
+        let reason = recman_events::wire::bounded(reason, recman_events::wire::MAX_REASON_LEN).to_string();
         self.with_job(id, |d, job| {
             d.emit(job, EventBody::CancelRequested { reason });
         });
