@@ -26,10 +26,10 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
 use recman_events::bus::{
     Acker, Address, BoxFuture, Bus, BusError, Consumer, ConsumerSource, Delivery, Message,
-    DEFAULT_DELIVERY_LIMIT, DELIVERY_LIMIT_REASON, ORIGIN_HEADER, REASON_HEADER,
+    DEFAULT_DELIVERY_LIMIT, DELIVERY_LIMIT_REASON, ORIGIN_HEADER, REASON_HEADER, ROUTING_KEY_HEADER,
 };
 
-use crate::convert::{self, ROUTING_KEY_HEADER};
+use crate::convert;
 use crate::topology;
 
 /// How to connect and what to declare.

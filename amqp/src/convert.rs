@@ -7,10 +7,6 @@ use std::collections::BTreeMap;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use recman_events::bus::{Message, DELIVERY_LIMIT_REASON, ORIGIN_HEADER, REASON_HEADER};
-
-/// Header that sets the routing key of a message published to `Events`
-/// (`<event kind>.<target>`); it travels with the message.
-pub const ROUTING_KEY_HEADER: &str = "x-recman-routing-key";
 /// The wire schema version of the body.
 pub const SCHEMA_HEADER: &str = "x-recman-schema-version";
 /// RabbitMQ's count of earlier deliveries (quorum queues).

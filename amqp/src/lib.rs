@@ -12,12 +12,9 @@
 //! # Ok(()) }
 //! ```
 
-pub mod baseline;
 mod bus;
 mod convert;
-pub mod relay;
 pub mod topology;
 pub mod url;
 
 pub use bus::{AmqpBus, AmqpError, AmqpOptions};
-pub use convert::ROUTING_KEY_HEADER;

@@ -1,9 +1,20 @@
-//! recman-engine: the sans-IO job state machine (`core`), its simulator
-//! (`sim`), the engine runtime, and the `recman` command line (`cli`).
+//! recman-engine: the engine runtime around the pure `recman-core`
+//! (`runtime`, with the events relay) and the engine handle that starts it
+//! with its workers (`handle`); the read model (`view`) and how it is shown
+//! (`render`); the HTTP API (`api`) and its client (`client`); the
+//! benchmarks (`bench`); and the `recman` command line (`cli`), which only
+//! wires these together.
 
 pub mod api;
+pub mod bench;
+pub mod broker;
 pub mod cli;
-pub mod core;
+pub mod client;
+pub mod demo;
+pub mod handle;
+pub mod home;
+pub mod render;
 pub mod runtime;
-pub mod sim;
+pub mod signal;
+pub mod source;
 pub mod view;

@@ -177,6 +177,13 @@ pub struct StepError {
     pub retryable: bool,
 }
 
+/// `code: message`, as every report of a failed step shows it.
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
 impl StepError {
     pub fn new(code: impl Into<String>, message: impl Into<String>, retryable: bool) -> Self {
         StepError {

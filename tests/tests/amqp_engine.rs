@@ -116,7 +116,7 @@ async fn amqp_engine_dead_letters_bad_requests_runs_good_ones_and_relays_events(
     assert!(worker.stop().is_some_and(|s| s.success()), "{}", worker.output());
     let log = read_log(&data);
     assert_eq!(log.len(), seqs.len(), "the relay published the whole log");
-    let cursor = std::fs::read_to_string(data.join(recman_amqp::relay::CURSOR_FILE)).unwrap();
+    let cursor = std::fs::read_to_string(data.join(recman_engine::runtime::relay::CURSOR_FILE)).unwrap();
     assert_eq!(
         cursor.trim(),
         seqs.len().to_string(),

@@ -33,7 +33,7 @@ impl Progress {
         let v: serde_json::Value = serde_json::from_slice(&msg.body).expect("event JSON");
         match v {
             serde_json::Value::Array(events) => {
-                assert_eq!(msg.msg_type, recman_amqp::relay::BATCH_TYPE);
+                assert_eq!(msg.msg_type, recman_engine::runtime::relay::BATCH_TYPE);
                 events.into_iter().for_each(|e| self.take(e))
             }
             single => self.take(single),

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use linux_support::*;
+use recman_config::Config;
 use recman_events::EventBody;
-use recman_workers::config::Config;
 
 fn config(dir: &std::path::Path, text: &str) -> Config {
     let p = dir.join("recman.toml");
@@ -46,7 +46,7 @@ async fn fsfreeze_blocks_a_numbered_writer_for_the_recorded_window() {
     );
     let writer = NumberedWriter::start(&numbers);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let emb = Embedded::start(&cfg, &fs1.outside("log"), "w1");
+    let emb = Embedded::start(&cfg, &fs1.outside("log"), "w1").await;
     let job = emb.submit("r1", &["fs1"]).await;
     let events = emb.wait(job, Duration::from_secs(30)).await;
     emb.stop().await;
@@ -139,7 +139,7 @@ async fn btrfs_snapshot_holds_a_gap_free_prefix() {
     let numbers = sub.join("numbers");
     let writer = NumberedWriter::start(&numbers);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let emb = Embedded::start(&cfg, &b.outside("log"), "w1");
+    let emb = Embedded::start(&cfg, &b.outside("log"), "w1").await;
     let mut names = Vec::new();
     for i in 0..3 {
         let job = emb.submit(&format!("r{i}"), &["b1"]).await;
@@ -193,7 +193,7 @@ async fn qcow2_snapshots_are_listed_and_retention_deletes_the_oldest() {
             img.display()
         ),
     );
-    let emb = Embedded::start(&cfg, &dir.path().join("log"), "w1");
+    let emb = Embedded::start(&cfg, &dir.path().join("log"), "w1").await;
     let mut names = Vec::new();
     for i in 0..3 {
         let job = emb.submit(&format!("q{i}"), &["vm1"]).await;
@@ -240,7 +240,7 @@ async fn qcow2_snapshots_are_listed_and_retention_deletes_the_oldest() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let p = recman_workers::provider::Qcow2Provider::new(match &cfg.targets[0].provider {
-        recman_workers::config::ProviderConfig::Qcow2(q) => q.clone(),
+        recman_config::ProviderConfig::Qcow2(q) => q.clone(),
         _ => unreachable!(),
     });
     use recman_workers::Provider;
@@ -391,7 +391,7 @@ async fn a_second_freeze_is_refused_and_the_thaw_on_start_names_the_first() {
     let fs1 = LoopFs::new("ext4", 32);
     let w = FsFreezeWriter::new(
         "fs1",
-        recman_workers::config::FsFreezeConfig {
+        recman_config::FsFreezeConfig {
             mountpoint: fs1.mnt.clone(),
             state_dir: fs1.outside("state"),
         },

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use linux_support::*;
-use recman_workers::config::Config;
+use recman_config::Config;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 const PASSWORD: &str = "recman-test-pw";
@@ -275,7 +275,7 @@ async fn case(combined: bool) {
     let cfg = Config::load(&cfg_path).unwrap();
     // With fsfreeze, a plain writer on the same filesystem must block too.
     let probe = combined.then(|| NumberedWriter::start(&b.mnt.join("probe")));
-    let emb = Embedded::start(&cfg, &top.join("log"), "w1");
+    let emb = Embedded::start(&cfg, &top.join("log"), "w1").await;
     let before = committed.load(Ordering::SeqCst);
     let job = emb.submit("pg-r1", &["pg1"]).await;
     let events = emb.wait(job, Duration::from_secs(120)).await;

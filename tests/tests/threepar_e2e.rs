@@ -1,4 +1,4 @@
-//! End to end, in one process: the engine runtime (redb log, in-process bus),
+//! End to end, in one process: the engine handle (redb log, in-process bus),
 //! a worker in `host.mbx01` with an `exec` writer and a worker in `array.a`
 //! with the `3par` provider against the WSAPI fake (HTTP and HTTPS).
 
@@ -8,21 +8,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use recman_engine::core::Reply;
-use recman_engine::runtime::{self, Call};
+use recman_config::Config;
+use recman_engine::handle::{Drain, Engine};
 use recman_events::bus::{msg_type, Address, BoxFuture, Bus, BusError, Consumer, MemoryBus, Message};
 use recman_events::wire::{self, Command};
 use recman_events::{log, Backend, EventBody, EventLog, JobId, PoolName, SnapshotRequest, Stage, WorkerId};
-use recman_workers::config::Config;
 use recman_workers::runtime::Worker;
 use threepar_support::{array, Array, Scheme, PASSWORD};
-use tokio::sync::{mpsc, oneshot, watch};
 
 struct Harness {
+    engine: Engine,
     log: Arc<dyn EventLog>,
-    calls: mpsc::Sender<Call>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
     hooks: PathBuf,
 }
 
@@ -76,41 +72,26 @@ impl Bus for DuplicatingBus {
 }
 
 async fn start(dir: &Path, config: &Config, bus: Arc<dyn Bus>, array_workers: usize) -> Harness {
-    let log = log::open(Backend::Redb, &dir.join("log")).unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.changed().await;
-    };
-    let mut tasks = Vec::new();
-    let mut workers = vec![Worker::new(
-        WorkerId::from("mbx01"),
-        vec![PoolName::from("host.mbx01")],
-        config,
-    )];
+    let mut engine = Engine::builder(config)
+        .log(log::open(Backend::Redb, &dir.join("log")).unwrap())
+        .bus(bus)
+        .seed(1)
+        .worker(Worker::new(
+            WorkerId::from("mbx01"),
+            vec![PoolName::from("host.mbx01")],
+            config,
+        ));
     for i in 0..array_workers {
-        workers.push(Worker::new(
+        engine = engine.worker(Worker::new(
             WorkerId::from(format!("backup-{i}").as_str()),
             vec![PoolName::from("array.a")],
             config,
         ));
     }
-    for w in workers {
-        let (bus, rx) = (bus.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            w.run(bus, stopped(rx)).await.unwrap();
-        }));
-    }
-    let (calls, calls_rx) = mpsc::channel(16);
-    let (l, b, rx) = (log.clone(), bus.clone(), stop_rx.clone());
-    let core = runtime::core_config(config, 1);
-    tasks.push(tokio::spawn(async move {
-        runtime::run(core, l, b, calls_rx, stopped(rx)).await.unwrap();
-    }));
+    let engine = engine.start().await.unwrap();
     Harness {
-        log,
-        calls,
-        stop,
-        tasks,
+        log: engine.log().clone(),
+        engine,
         hooks: dir.join("hooks.log"),
     }
 }
@@ -121,31 +102,18 @@ impl Harness {
             format!(r#"{{"request_id":"{request_id}","targets":["db01"]}}"#).as_bytes(),
         )
         .unwrap();
-        let (tx, rx) = oneshot::channel();
-        self.calls
-            .send(Call::Submit {
-                req,
-                origin: "test".into(),
-                reply: tx,
-            })
-            .await
-            .unwrap();
-        match rx.await.unwrap() {
-            Reply::Accepted { job, .. } => job,
-            other => panic!("not accepted: {other:?}"),
+        match self.engine.submit(req, "test").await {
+            Ok(a) => a.job,
+            Err(e) => panic!("not accepted: {e}"),
         }
     }
 
     /// The terminal event of `job` (waits up to 20 s).
     async fn finished(&self, job: JobId) -> EventBody {
-        for _ in 0..800 {
-            let events = self.log.read_job(job).unwrap();
-            if let Some(e) = events.iter().find(|e| e.event.body.is_terminal()) {
-                return e.event.body.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        match tokio::time::timeout(Duration::from_secs(20), self.engine.wait(job)).await {
+            Ok(events) => events.unwrap().pop().expect("the terminal event").event.body,
+            Err(_) => panic!("job {job} did not finish: {:#?}", self.log.read_job(job).unwrap()),
         }
-        panic!("job {job} did not finish: {:#?}", self.log.read_job(job).unwrap());
     }
 
     fn kinds(&self, job: JobId) -> Vec<String> {
@@ -177,10 +145,7 @@ impl Harness {
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.engine.shutdown(Drain::Default).await.unwrap();
     }
 }
 

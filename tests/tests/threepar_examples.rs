@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use recman_workers::config::{Config, ProviderConfig, ThreeParObject};
+use recman_config::{Config, ProviderConfig, ThreeParObject};
 
 fn example(name: &str) -> Config {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

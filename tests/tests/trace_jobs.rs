@@ -14,14 +14,12 @@ use std::time::Duration;
 use opentelemetry::trace::SpanId;
 use opentelemetry::Value;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use recman_engine::core::Reply;
-use recman_engine::runtime::{self, Call};
+use recman_config::Config;
+use recman_engine::handle::{Drain, Engine};
 use recman_events::bus::{msg_type, Address, Bus, MemoryBus, Message};
 use recman_events::{log, Backend, EventBody, EventLog, JobId, SnapshotRequest, WorkerId};
 use recman_trace::{TraceParent, TRACEPARENT};
-use recman_workers::config::Config;
 use recman_workers::runtime::Worker;
-use tokio::sync::{mpsc, oneshot, watch};
 use tracing_subscriber::layer::SubscriberExt;
 
 /// The trace context of "another system" that sends a request over the bus.
@@ -64,35 +62,18 @@ async fn two_jobs_two_traces(engine_bus: Arc<dyn Bus>, worker_bus: Arc<dyn Bus>)
     let (exporter, provider) = exporter();
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
-    let log = log::open(Backend::Redb, &dir.path().join("log")).unwrap();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let worker = Worker::from_config(WorkerId::from("w1"), &config);
-    let w = tokio::spawn(worker.run(worker_bus, stopped(stop_rx.clone())));
-    let (calls_tx, calls_rx) = mpsc::channel(16);
-    let e = tokio::spawn(runtime::run(
-        runtime::core_config(&config, 1),
-        log.clone(),
-        engine_bus.clone(),
-        calls_rx,
-        stopped(stop_rx.clone()),
-    ));
-
-    let req = SnapshotRequest::from_json(br#"{"request_id":"by-call","targets":["t1"]}"#).unwrap();
-    let (tx, rx) = oneshot::channel();
-    calls_tx
-        .send(Call::Submit {
-            req,
-            origin: "test".into(),
-            reply: tx,
-        })
+    let engine = Engine::builder(&config)
+        .log(log::open(Backend::Redb, &dir.path().join("log")).unwrap())
+        .bus(engine_bus.clone())
+        .worker_on(Worker::from_config(WorkerId::from("w1"), &config), worker_bus)
+        .seed(1)
+        .start()
         .await
         .unwrap();
-    let Reply::Accepted { job: job1, .. } = rx.await.unwrap() else {
-        panic!("not accepted")
-    };
+    let log = engine.log().clone();
+
+    let req = SnapshotRequest::from_json(br#"{"request_id":"by-call","targets":["t1"]}"#).unwrap();
+    let job1 = engine.submit(req, "test").await.expect("accepted").job;
     let body = br#"{"request_id":"by-bus","targets":["t2"]}"#.to_vec();
     engine_bus
         .publish(
@@ -103,11 +84,9 @@ async fn two_jobs_two_traces(engine_bus: Arc<dyn Bus>, worker_bus: Arc<dyn Bus>)
         .unwrap();
     let job2 = wait_for_job(log.as_ref(), "by-bus").await;
     for job in [job1, job2] {
-        wait_until_ended(log.as_ref(), job).await;
+        wait_until_ended(&engine, job).await;
     }
-    let _ = stop_tx.send(true);
-    e.await.unwrap().unwrap();
-    w.await.unwrap().unwrap();
+    engine.shutdown(Drain::Default).await.unwrap();
     let _ = provider.force_flush();
 
     let spans = exporter.get_finished_spans().unwrap();
@@ -143,20 +122,21 @@ async fn wait_for_job(log: &dyn EventLog, request_id: &str) -> JobId {
     panic!("request {request_id} never became a job");
 }
 
-async fn wait_until_ended(log: &dyn EventLog, job: JobId) {
-    for _ in 0..400 {
-        let events = log.read_job(job).unwrap();
-        if let Some(e) = events.iter().find(|e| e.event.body.is_terminal()) {
-            assert!(
-                matches!(e.event.body, EventBody::Completed { .. }),
-                "{:#?}",
-                events
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("job {job} did not end: {:#?}", log.read_job(job).unwrap());
+async fn wait_until_ended(engine: &Engine, job: JobId) {
+    let events = match tokio::time::timeout(Duration::from_secs(10), engine.wait(job)).await {
+        Ok(events) => events.unwrap(),
+        Err(_) => panic!(
+            "job {job} did not end: {:#?}",
+            engine.log().read_job(job).unwrap()
+        ),
+    };
+    assert!(
+        matches!(
+            events.last().map(|e| &e.event.body),
+            Some(EventBody::Completed { .. })
+        ),
+        "{events:#?}"
+    );
 }
 
 fn trace_hex(s: &SpanData) -> String {

@@ -1,28 +1,29 @@
-//! The freeze watchdog's bookkeeping: which targets this worker holds frozen,
-//! since when, until when, and the timer that thaws each one if no thaw comes.
-//! The runtime arms and fires the timers; this module keeps the state straight
-//! (a timer only fires for the freeze it was armed for).
+//! The freeze watchdog's timers: for each target this worker holds frozen
+//! (the hold itself, with its attempt and deadline, is in the worker core's
+//! memory), the attempt the timer was armed for, when the freeze returned on
+//! the monotonic clock (the freeze window starts there), and the timer that
+//! thaws it if no thaw comes. The runtime arms and fires the timers; this
+//! module keeps them straight (a timer only fires for the freeze it was
+//! armed for).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use recman_events::{JobId, SnapshotKind, TargetId};
+use recman_core::worker::{self, AttemptKey};
+use recman_events::TargetId;
 use tokio::task::AbortHandle;
 
-/// One target this worker froze and has not thawed yet.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FreezeRecord {
-    pub job: JobId,
-    pub attempt: u32,
-    pub kind: SnapshotKind,
+/// The watchdog of one freeze.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Armed {
+    /// The attempt whose freeze it thaws.
+    pub key: AttemptKey,
     /// When the writer's freeze returned (the freeze window starts here).
     pub frozen_at: Instant,
-    /// Unix ms at which the watchdog thaws by itself.
-    pub deadline_ms: u64,
 }
 
-impl FreezeRecord {
+impl Armed {
     /// Microseconds since the freeze returned.
     pub fn window_us(&self) -> u64 {
         u64::try_from(self.frozen_at.elapsed().as_micros()).unwrap_or(u64::MAX)
@@ -30,96 +31,59 @@ impl FreezeRecord {
 }
 
 struct Entry {
-    rec: FreezeRecord,
-    generation: u64,
+    armed: Armed,
     timer: Option<AbortHandle>,
 }
 
-#[derive(Default)]
-struct State {
-    map: HashMap<TargetId, Entry>,
-    next_generation: u64,
-}
-
-/// The frozen targets of one worker. Cheap to clone (shared).
+/// The armed watchdogs of one worker, one per frozen target. Cheap to clone
+/// (shared).
 #[derive(Clone, Default)]
-pub struct FrozenTargets {
-    inner: Arc<Mutex<State>>,
+pub struct Watchdogs {
+    inner: Arc<Mutex<HashMap<TargetId, Entry>>>,
 }
 
-impl FrozenTargets {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl Watchdogs {
+    fn lock(&self) -> MutexGuard<'_, HashMap<TargetId, Entry>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a freeze; returns its generation (for `set_timer`/`take_if`).
-    /// A previous freeze of the same target is forgotten and its timer stopped.
-    pub fn insert(&self, target: TargetId, rec: FreezeRecord) -> u64 {
-        let mut st = self.lock();
-        st.next_generation += 1;
-        let generation = st.next_generation;
-        if let Some(old) = st.map.insert(
-            target,
-            Entry {
-                rec,
-                generation,
-                timer: None,
-            },
-        ) {
+    /// Arms the watchdog of a freeze (its timer comes with `set_timer`). An
+    /// older watchdog of the same target is stopped.
+    pub fn insert(&self, target: TargetId, armed: Armed) {
+        if let Some(old) = self.lock().insert(target, Entry { armed, timer: None }) {
             if let Some(t) = old.timer {
                 t.abort();
             }
         }
-        generation
     }
 
-    /// Attaches the watchdog timer of freeze `generation` (stopped at once if
-    /// that freeze is already gone).
-    pub fn set_timer(&self, target: &TargetId, generation: u64, timer: AbortHandle) {
-        let mut st = self.lock();
-        match st.map.get_mut(target) {
-            Some(e) if e.generation == generation => e.timer = Some(timer),
+    /// Attaches the timer of the watchdog armed for `key` (stopped at once if
+    /// that watchdog is gone already).
+    pub fn set_timer(&self, target: &TargetId, key: AttemptKey, timer: AbortHandle) {
+        match self.lock().get_mut(target) {
+            Some(e) if e.armed.key == key => e.timer = Some(timer),
             _ => timer.abort(),
         }
     }
 
-    /// The thaw came: forgets the freeze and stops its timer.
-    pub fn take(&self, target: &TargetId) -> Option<FreezeRecord> {
-        let e = self.lock().map.remove(target)?;
+    /// The thaw came: the watchdog of `target` is stopped and returned.
+    pub fn take(&self, target: &TargetId) -> Option<Armed> {
+        let e = self.lock().remove(target)?;
         if let Some(t) = e.timer {
             t.abort();
         }
-        Some(e.rec)
+        Some(e.armed)
     }
 
-    /// For the timer itself: forgets the freeze only if it is still the one
-    /// the timer was armed for. Does not abort the (calling) timer.
-    pub fn take_if(&self, target: &TargetId, generation: u64) -> Option<FreezeRecord> {
-        let mut st = self.lock();
-        match st.map.get(target) {
-            Some(e) if e.generation == generation => st.map.remove(target).map(|e| e.rec),
+    /// For the timer itself: takes the watchdog only if it is still the one
+    /// armed for `key`. Does not abort the (calling) timer.
+    pub fn take_if(&self, target: &TargetId, key: AttemptKey) -> Option<Armed> {
+        let mut map = self.lock();
+        match map.get(target) {
+            Some(e) if e.armed.key == key => map.remove(target).map(|e| e.armed),
             _ => None,
         }
     }
-
-    pub fn get(&self, target: &TargetId) -> Option<FreezeRecord> {
-        self.lock().map.get(target).map(|e| e.rec.clone())
-    }
-
-    /// Targets currently frozen, sorted.
-    pub fn targets(&self) -> Vec<TargetId> {
-        let mut v: Vec<TargetId> = self.lock().map.keys().cloned().collect();
-        v.sort();
-        v
-    }
-}
-
-/// Unix time in milliseconds.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The watchdog deadline of a freeze that returned at `now_ms`/`now`: the
@@ -131,22 +95,20 @@ pub fn deadline(
     thaw_deadline_ms: Option<u64>,
     freeze_limit: Duration,
 ) -> (u64, Instant) {
-    let limit_ms = now_ms.saturating_add(u64::try_from(freeze_limit.as_millis()).unwrap_or(u64::MAX));
-    let at_ms = thaw_deadline_ms.map_or(limit_ms, |d| d.min(limit_ms));
+    let limit_ms = u64::try_from(freeze_limit.as_millis()).unwrap_or(u64::MAX);
+    let at_ms = worker::freeze_deadline_ms(now_ms, thaw_deadline_ms, limit_ms);
     (at_ms, now + Duration::from_millis(at_ms.saturating_sub(now_ms)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use recman_events::JobId;
 
-    fn rec() -> FreezeRecord {
-        FreezeRecord {
-            job: JobId::from_parts(1, 1),
-            attempt: 1,
-            kind: SnapshotKind::Full,
+    fn armed(attempt: u32) -> Armed {
+        Armed {
+            key: (JobId::from_parts(1, 1), attempt),
             frozen_at: Instant::now(),
-            deadline_ms: 0,
         }
     }
 
@@ -164,16 +126,15 @@ mod tests {
 
     #[test]
     fn a_timer_only_takes_its_own_freeze() {
-        let f = FrozenTargets::default();
+        let f = Watchdogs::default();
         let t = TargetId::from("db01");
-        let g1 = f.insert(t.clone(), rec());
-        let g2 = f.insert(t.clone(), rec());
+        f.insert(t.clone(), armed(1));
+        f.insert(t.clone(), armed(2));
         assert!(
-            f.take_if(&t, g1).is_none(),
+            f.take_if(&t, armed(1).key).is_none(),
             "an old timer must not thaw a newer freeze"
         );
-        assert!(f.take_if(&t, g2).is_some());
+        assert!(f.take_if(&t, armed(2).key).is_some());
         assert!(f.take(&t).is_none());
-        assert!(f.targets().is_empty());
     }
 }

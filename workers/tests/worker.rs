@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use recman_config::Config;
 use recman_events::bus::{msg_type, Address, Bus, Consumer, Message, REASON_HEADER};
 use recman_events::wire::{self, Command, Outcome, Report};
 use recman_events::{
     snapshot_name, JobId, MemoryBus, PoolName, SnapshotKind, Stage, StepDetail, TargetId, WorkerId,
 };
-use recman_workers::{Config, Worker, WorkerError};
+use recman_workers::{Worker, WorkerError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -330,7 +331,8 @@ async fn the_watchdog_thaws_at_the_freeze_limit() {
         "{elapsed:?}"
     );
     assert_eq!(lines(dir.path().join("thawed")), 1, "the thaw hook ran");
-    // A late thaw still runs (idempotent) and succeeds.
+    // A late thaw still runs (idempotent), succeeds, and says the watchdog
+    // ended this attempt's freeze (worker core: a thaw after the watchdog).
     send_pool(&bus, &command(job, Stage::Thaw, &["db01"])).await;
     let StepDetail::Thawed {
         freeze_window_us,
@@ -339,7 +341,8 @@ async fn the_watchdog_thaws_at_the_freeze_limit() {
     else {
         panic!()
     };
-    assert_eq!((freeze_window_us, by_watchdog), (0, false));
+    assert_eq!((freeze_window_us, by_watchdog), (0, true));
+    assert_eq!(lines(dir.path().join("thawed")), 2, "the thaw hook ran again");
     w.stop().await;
 }
 
@@ -351,7 +354,7 @@ async fn the_engine_deadline_wins_when_it_is_earlier() {
     let mut rep = reports(&bus).await;
     let w = start(&bus, worker(&cfg));
     let mut freeze = command(JobId::new_v7(), Stage::Freeze, &["db01"]);
-    freeze.thaw_deadline_ms = Some(recman_workers::watchdog::unix_ms() + 300);
+    freeze.thaw_deadline_ms = Some(recman_events::clock::now_ms() + 300);
     send_pool(&bus, &freeze).await;
     let r = next_report(&mut rep, SEC5).await;
     assert_eq!(
@@ -658,7 +661,7 @@ async fn a_freeze_after_its_thaw_deadline_is_refused_and_not_run() {
     let mut rep = reports(&bus).await;
     let w = start(&bus, worker(&cfg));
     let mut freeze = command(JobId::new_v7(), Stage::Freeze, &["db01"]);
-    freeze.thaw_deadline_ms = Some(recman_workers::watchdog::unix_ms() - 1);
+    freeze.thaw_deadline_ms = Some(recman_events::clock::now_ms() - 1);
     send_pool(&bus, &freeze).await;
     let r = next_report(&mut rep, SEC5).await;
     assert_eq!(err_of(&r).code, "deadline_passed");
@@ -771,7 +774,7 @@ impl recman_workers::Writer for LeftFrozen {
             Ok((n == 0).then(|| recman_workers::writer::StartupThaw {
                 what: "/srv/data".into(),
                 job: job.map(|j| (j, 2, SnapshotKind::Full)),
-                frozen_at_ms: Some(recman_workers::watchdog::unix_ms() - 1500),
+                frozen_at_ms: Some(recman_events::clock::now_ms() - 1500),
             }))
         })
     }
@@ -828,4 +831,60 @@ async fn a_target_left_frozen_is_thawed_on_start_and_reported_under_its_job() {
         "startup thaw runs once"
     );
     running.stop().await;
+}
+
+/// The worker core's rules in the runtime: a freeze while another attempt
+/// holds the target is refused (`busy`), and a late thaw of another attempt
+/// is a no-op that leaves the holding freeze alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thaw_ends_only_its_own_attempts_freeze() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let cfg = config(
+        dir.path(),
+        &exec_target(dir.path(), &format!("echo f >> {d}/frozen"), "10s", "5s"),
+    );
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let job = JobId::new_v7();
+    let mut second = command(job, Stage::Freeze, &["db01"]);
+    second.attempt = 2;
+    second.message_id = Command::message_id_for(job, 2, Stage::Freeze, &second.targets[0]);
+    send_pool(&bus, &second).await;
+    assert!(matches!(
+        detail_of(&next_report(&mut rep, SEC5).await),
+        StepDetail::Frozen { .. }
+    ));
+    // Attempt 1's freeze, late: the target is held by attempt 2.
+    send_pool(&bus, &command(job, Stage::Freeze, &["db01"])).await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!((err_of(&r).code.as_str(), err_of(&r).retryable), ("busy", true));
+    // Attempt 1's thaw, late: a no-op, the hook does not run.
+    send_pool(&bus, &command(job, Stage::Thaw, &["db01"])).await;
+    assert!(matches!(
+        detail_of(&next_report(&mut rep, SEC5).await),
+        StepDetail::Thawed {
+            freeze_window_us: 0,
+            by_watchdog: false
+        }
+    ));
+    assert_eq!(
+        lines(dir.path().join("thawed")),
+        0,
+        "attempt 2's freeze was ended"
+    );
+    // Attempt 2's own thaw ends it.
+    let mut thaw2 = command(job, Stage::Thaw, &["db01"]);
+    thaw2.attempt = 2;
+    thaw2.message_id = Command::message_id_for(job, 2, Stage::Thaw, &thaw2.targets[0]);
+    send_pool(&bus, &thaw2).await;
+    let r = next_report(&mut rep, SEC5).await;
+    let StepDetail::Thawed { freeze_window_us, .. } = detail_of(&r) else {
+        panic!("{r:?}")
+    };
+    assert!(*freeze_window_us > 0);
+    assert_eq!(lines(dir.path().join("thawed")), 1);
+    assert_eq!(lines(dir.path().join("frozen")), 1);
+    w.stop().await;
 }

@@ -137,6 +137,9 @@ impl Bus for MeteredBus {
     fn publish_batch(&self, msgs: Vec<(Address, Message)>) -> BoxFuture<'_, Result<(), BusError>> {
         self.inner.publish_batch(msgs)
     }
+    fn events_subscribed(&self) -> Option<bool> {
+        self.inner.events_subscribed()
+    }
     fn consume(&self, from: Address, prefetch: u16) -> BoxFuture<'_, Result<Consumer, BusError>> {
         Box::pin(async move {
             let inner = self.inner.consume(from, prefetch).await?;

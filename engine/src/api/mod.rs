@@ -2,9 +2,9 @@
 //! the snapshot catalog (from the log projection in `view`), follow events
 //! live over Server-Sent Events, Prometheus metrics, health and readiness.
 //!
-//! Writes go to the engine through `runtime::Call`, so a request is answered
-//! only once its event is durable; reads come from a `View` that a follower
-//! task keeps up to date from `EventLog::subscribe`.
+//! Writes go to the engine through the handle's `Caller`, so a request is
+//! answered only once its event is durable; reads come from a `View` that a
+//! follower task keeps up to date from `EventLog::subscribe`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -18,12 +18,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use recman_events::EventLog;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::runtime::Call;
+use crate::handle::Caller;
 use crate::view::View;
 
-pub mod client;
 pub mod discovery;
 pub mod error;
 pub mod extract;
@@ -44,11 +43,11 @@ pub struct Shared {
     pub view: RwLock<View>,
     /// The last sequence number folded into `view`.
     pub seen: watch::Sender<u64>,
-    pub calls: mpsc::Sender<Call>,
+    /// The engine's call side; `engine.accepting()` turns false once
+    /// shutdown began: no new submissions.
+    pub engine: Caller,
     /// The engine finished its replay and answers calls.
     pub ready: AtomicBool,
-    /// False once shutdown began: no new submissions.
-    pub accepting: AtomicBool,
     /// Bearer token clients must send (all routes but `PUBLIC`).
     pub token: Option<String>,
     pub stats: Arc<Stats>,
@@ -91,19 +90,11 @@ pub async fn follow(shared: Arc<Shared>) {
     }
 }
 
-/// Asks the engine for its state until it answers: its replay has finished.
+/// Asks the engine a question until it answers: its replay has finished.
 pub async fn wait_ready(shared: Arc<Shared>) {
-    loop {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if shared.calls.send(Call::Inspect { reply: tx }).await.is_err() {
-            return;
-        }
-        if rx.await.is_ok() {
-            shared.synced().await;
-            shared.ready.store(true, Ordering::SeqCst);
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if shared.engine.query(|_| ()).await.is_ok() {
+        shared.synced().await;
+        shared.ready.store(true, Ordering::SeqCst);
     }
 }
 

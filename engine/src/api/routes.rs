@@ -10,12 +10,10 @@ use axum::Json;
 use recman_events::wire::MAX_REASON_LEN;
 use recman_events::{JobId, SnapshotRequest, TargetId, WireError};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 use super::extract::{JobIdPath, JsonBody, QueryParams};
 use super::{ApiError, Shared};
-use crate::core::Reply;
-use crate::runtime::Call;
+use crate::handle::{Accepted, CallError};
 use crate::view::{self, View};
 
 type ApiResult = Result<Response, ApiError>;
@@ -28,11 +26,21 @@ fn read_view<T>(s: &Shared, f: impl FnOnce(&View) -> T) -> Result<T, ApiError> {
     Ok(f(&v))
 }
 
-async fn call(s: &Shared, make: impl FnOnce(oneshot::Sender<Reply>) -> Call) -> Result<Reply, ApiError> {
-    let gone = || ApiError::unavailable("engine_unavailable", "the engine is not running (shutting down?)");
-    let (tx, rx) = oneshot::channel();
-    s.calls.send(make(tx)).await.map_err(|_| gone())?;
-    rx.await.map_err(|_| gone())
+/// The API error of a call that was not accepted; `rejected` maps the
+/// engine's refusals.
+fn call_error(e: CallError, rejected: impl FnOnce(&'static str, String) -> ApiError) -> ApiError {
+    match e {
+        CallError::Rejected { code, message } => rejected(code, message),
+        CallError::ShuttingDown => ApiError::unavailable(
+            "shutting_down",
+            "the server is shutting down; submit again after it restarts",
+        ),
+        CallError::Stopped => {
+            ApiError::unavailable("engine_unavailable", "the engine is not running (shutting down?)")
+        }
+        CallError::NoAnswer => ApiError::unavailable("engine_unavailable", "the engine gave no answer"),
+        CallError::Log(e) => ApiError::unavailable("log_error", e.to_string()),
+    }
 }
 
 /// Checks the shape of a request body field by field, so a 400 names the field.
@@ -89,7 +97,7 @@ pub fn parse_request(body: &[u8]) -> Result<SnapshotRequest, ApiError> {
 }
 
 pub async fn submit(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> ApiResult {
-    if !s.accepting.load(Ordering::SeqCst) {
+    if !s.engine.accepting() {
         return Err(ApiError::unavailable(
             "shutting_down",
             "the server is shutting down; submit again after it restarts",
@@ -97,31 +105,21 @@ pub async fn submit(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> A
     }
     let req = parse_request(&body)?;
     let request_id = req.request_id.clone();
-    let reply = call(&s, |reply| Call::Submit {
-        req,
-        origin: "http".into(),
-        reply,
-    })
-    .await?;
-    match reply {
-        Reply::Accepted { job, existing } => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"job_id": job, "request_id": request_id, "existing": existing})),
-        )
-            .into_response()),
-        Reply::Rejected { code, message } => {
+    let Accepted { job, existing } = s.engine.submit(req, "http").await.map_err(|e| {
+        call_error(e, |code, message| {
             let status = match code {
                 "unknown_target" | "group_spans_provider_pools" => StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request" => StatusCode::BAD_REQUEST,
                 _ => StatusCode::CONFLICT,
             };
-            Err(ApiError::new(status, code, message))
-        }
-        Reply::None => Err(ApiError::unavailable(
-            "engine_unavailable",
-            "the engine gave no answer",
-        )),
-    }
+            ApiError::new(status, code, message)
+        })
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"job_id": job, "request_id": request_id, "existing": existing})),
+    )
+        .into_response())
 }
 
 pub async fn jobs(State(s): State<Arc<Shared>>, q: QueryParams) -> ApiResult {
@@ -194,32 +192,18 @@ pub async fn cancel(
     JsonBody(body): JsonBody,
 ) -> ApiResult {
     let reason = cancel_reason(&body)?;
-    match call(&s, |reply| Call::Cancel {
-        job: id,
-        reason,
-        reply,
-    })
-    .await?
-    {
-        Reply::Accepted { job, existing } => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"job_id": job, "already_requested": existing})),
-        )
-            .into_response()),
-        Reply::Rejected {
-            code: "unknown_job",
-            message,
-        } => Err(ApiError::not_found("job_not_found", message)),
-        Reply::Rejected {
-            code: "already_finished",
-            message,
-        } => Err(ApiError::new(StatusCode::CONFLICT, "job_finished", message)),
-        Reply::Rejected { code, message } => Err(ApiError::new(StatusCode::CONFLICT, code, message)),
-        Reply::None => Err(ApiError::unavailable(
-            "engine_unavailable",
-            "the engine gave no answer",
-        )),
-    }
+    let Accepted { job, existing } = s.engine.cancel(id, reason).await.map_err(|e| {
+        call_error(e, |code, message| match code {
+            "unknown_job" => ApiError::not_found("job_not_found", message),
+            "already_finished" => ApiError::new(StatusCode::CONFLICT, "job_finished", message),
+            _ => ApiError::new(StatusCode::CONFLICT, code, message),
+        })
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"job_id": job, "already_requested": existing})),
+    )
+        .into_response())
 }
 
 pub async fn targets(State(s): State<Arc<Shared>>) -> ApiResult {
@@ -235,13 +219,11 @@ pub async fn snapshots(State(s): State<Arc<Shared>>, q: QueryParams) -> ApiResul
 
 /// The engine's live state (for `recman replay`): its digest and how many events it folded.
 pub async fn live_state(State(s): State<Arc<Shared>>) -> ApiResult {
-    let (tx, rx) = oneshot::channel();
-    let gone = || ApiError::unavailable("engine_unavailable", "the engine is not running");
-    s.calls
-        .send(Call::Inspect { reply: tx })
+    let state = s
+        .engine
+        .inspect()
         .await
-        .map_err(|_| gone())?;
-    let state = rx.await.map_err(|_| gone())?;
+        .map_err(|_| ApiError::unavailable("engine_unavailable", "the engine is not running"))?;
     Ok(Json(json!({"seq": state.applied, "digest": view::digest(&state)})).into_response())
 }
 
@@ -261,9 +243,9 @@ pub async fn healthz() -> Response {
 }
 
 pub async fn readyz(State(s): State<Arc<Shared>>) -> ApiResult {
-    if s.ready.load(Ordering::SeqCst) && s.accepting.load(Ordering::SeqCst) {
+    if s.ready.load(Ordering::SeqCst) && s.engine.accepting() {
         Ok(Json(json!({"status": "ready", "seq": s.log.last_seq()})).into_response())
-    } else if !s.accepting.load(Ordering::SeqCst) {
+    } else if !s.engine.accepting() {
         Err(ApiError::unavailable(
             "shutting_down",
             "the server is shutting down",

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use recman_events::audit::audit;
 use recman_events::log::open_for_reading;
 
-use super::Global;
+use crate::home::Home;
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -21,7 +21,7 @@ pub struct Args {
     pub json: bool,
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let dir = &g.data_dir;
     let log = match open_for_reading(dir) {
         Ok(l) => l,

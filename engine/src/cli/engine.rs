@@ -3,16 +3,15 @@
 //! event relayed to the events exchange (outbox with a durable cursor).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use recman_events::bus::Bus;
-use recman_events::{log, Backend, EventLog};
-use tokio::sync::{mpsc, watch};
 
-use super::amqp_opts::{self, AmqpArgs};
-use super::Global;
-use crate::runtime;
+use crate::broker::AmqpArgs;
+use crate::handle::{Drain, Engine, Relay};
+use crate::home::Home;
+use crate::home::Missing;
+use crate::runtime::relay::RelayOptions;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
@@ -31,15 +30,14 @@ pub struct Args {
     /// Events waiting at once above which the relay sends them as batches
     /// (one message of type `event-batch`, routing key `batch`, a JSON array);
     /// at or below it, one message per event. 0 = always batches.
-    #[arg(long, value_name = "N", default_value_t = recman_amqp::relay::RelayOptions::default().batch_over)]
+    #[arg(long, value_name = "N", default_value_t = RelayOptions::default().batch_over)]
     pub relay_batch_over: usize,
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let mut config = amqp_opts::load_config(g)?;
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    let mut config = g.load_config(Missing::Fail)?;
     config.set_data_dir(&g.data_dir);
     std::fs::create_dir_all(&g.data_dir).with_context(|| format!("creating {}", g.data_dir.display()))?;
-    let log: Arc<dyn EventLog> = log::open_detected(&g.data_dir, Backend::Redb)?;
     let bus = a
         .amqp
         .connect(
@@ -48,51 +46,36 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
             true,
         )
         .await?;
-    let bus: Arc<dyn Bus> = bus;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    let builder = Engine::builder(&config)
+        .data_dir(&g.data_dir)
+        .bus(bus as std::sync::Arc<dyn Bus>)
+        .no_workers();
+    let builder = if a.no_relay {
+        builder.no_relay()
+    } else {
+        let mut relay = Relay::durable(&g.data_dir);
+        relay.options.batch_over = a.relay_batch_over;
+        relay.stop_within = std::time::Duration::from_secs(24 * 3600); // as long as it takes
+        builder.relay(relay)
     };
-    let relay = (!a.no_relay).then(|| {
-        let opts = recman_amqp::relay::RelayOptions {
-            batch_over: a.relay_batch_over,
-            ..Default::default()
-        };
-        tokio::spawn(recman_amqp::relay::run_with(
-            log.clone(),
-            bus.clone(),
-            recman_amqp::relay::Cursor::in_data_dir(&g.data_dir),
-            opts,
-            stopped(stop_rx.clone()),
-        ))
-    });
-    // Nothing calls in from this process; the sender stays open until the end.
-    let (_calls, calls_rx) = mpsc::channel(1);
-    let cfg = runtime::core_config(&config, runtime::now_ms());
+    let mut engine = builder.start().await?;
     eprintln!(
         "recman engine: {} target(s), log {}, broker connected; Ctrl-C to stop",
         config.targets.len(),
         g.data_dir.display()
     );
-    let engine = runtime::run(cfg, log.clone(), bus.clone(), calls_rx, stopped(stop_rx.clone()));
-    tokio::pin!(engine);
     let result = tokio::select! {
-        r = &mut engine => match r {
+        r = engine.stopped() => match r {
             Ok(()) => Err(anyhow::anyhow!("the broker connection closed")),
             Err(e) => Err(e),
         },
-        _ = amqp_opts::stop_signal() => {
-            let _ = stop_tx.send(true);
-            engine.await
-        }
+        _ = crate::signal::stop() => Ok(()),
     };
-    let _ = stop_tx.send(true);
-    if let Some(r) = relay {
-        match r.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("error: events relay: {e}"),
-            Err(e) => eprintln!("error: events relay: {e}"),
+    let stopped = engine.shutdown(Drain::Skip).await;
+    if let Ok(s) = &stopped {
+        if let Some(Err(e)) = &s.relay {
+            eprintln!("error: {e}");
         }
     }
-    result.map(|()| ExitCode::SUCCESS)
+    result.and(stopped.map(|_| ExitCode::SUCCESS))
 }

@@ -1,5 +1,7 @@
 //! `recman events`: prints the event log, one readable line (or one JSON
-//! `EventMessage`) per event, optionally for one job, optionally following.
+//! `EventMessage`) per event, optionally for one job, optionally following;
+//! while a server owns the log, the same output read through its API
+//! (`GET /v1/events` pages, then its SSE feed for `--follow`).
 
 use std::io::Write;
 use std::path::Path;
@@ -7,10 +9,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use recman_events::log::{open_for_reading, LogError};
-use recman_events::model::{EventBody, StepDetail, StoredEvent};
+use recman_events::model::StoredEvent;
 use recman_events::{EventMessage, JobId, SCHEMA_VERSION};
+use serde::Deserialize;
 
-use super::Global;
+use crate::client::Client;
+use crate::home::Home;
+use crate::render::line;
 
 /// Events read per chunk.
 const CHUNK: usize = 4096;
@@ -39,9 +44,9 @@ pub struct Args {
     pub follow: bool,
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    if let Some(code) = super::events_remote::run(g, &a).await? {
-        return Ok(code);
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    if let Some(c) = Client::discover(g, None).await? {
+        return remote(&c, &a).await;
     }
     let dir = g.data_dir.clone();
     let mut next = a.from.max(1);
@@ -118,178 +123,60 @@ fn print_event(e: &StoredEvent, json: bool, out: &mut impl Write) -> anyhow::Res
     Ok(())
 }
 
-/// One readable line: `seq  time  job  kind  details`.
-pub fn line(e: &StoredEvent) -> String {
-    format!(
-        "{:>8}  {}  {}  {:<16}  {}",
-        e.seq,
-        format_time_ms(e.event.at_ms),
-        e.event.job.short(),
-        e.event.body.kind(),
-        details(&e.event.body)
-    )
+#[derive(Deserialize)]
+struct Page {
+    events: Vec<EventMessage>,
+    next: u64,
 }
 
-/// The variant's fields, short and readable.
-pub fn details(body: &EventBody) -> String {
-    let join = |v: &[String]| v.join(",");
-    match body {
-        EventBody::Requested {
-            request_id,
-            targets,
-            kind,
-            origin,
-        } => format!(
-            "request={request_id} targets={} kind={} origin={origin}",
-            join(&targets.iter().map(|t| t.to_string()).collect::<Vec<_>>()),
-            kind.as_str()
-        ),
-        EventBody::Queued { behind } => format!(
-            "behind={}",
-            join(&behind.iter().map(|j| j.short()).collect::<Vec<_>>())
-        ),
-        EventBody::AttemptStarted { attempt, .. } => format!("attempt={attempt}"),
-        EventBody::StageStarted {
-            stage,
-            attempt,
-            deadline_ms,
-        } => format!(
-            "{stage} attempt={attempt} deadline={}",
-            format_time_ms(*deadline_ms)
-        ),
-        EventBody::StepSucceeded {
-            stage,
-            attempt,
-            target,
-            worker,
-            duration_us,
-            detail,
-        } => {
-            let d = step_detail(detail);
-            let sep = if d.is_empty() { "" } else { " " };
-            format!(
-                "{stage} attempt={attempt} target={target} worker={worker} took={}{sep}{d}",
-                micros(*duration_us)
-            )
-        }
-        EventBody::StepFailed {
-            stage,
-            attempt,
-            target,
-            worker,
-            error,
-        } => format!(
-            "{stage} attempt={attempt} target={target}{} error={}{}: {}",
-            worker
-                .as_ref()
-                .map(|w| format!(" worker={w}"))
-                .unwrap_or_default(),
-            error.code,
-            if error.retryable { " (retryable)" } else { "" },
-            error.message
-        ),
-        EventBody::StageTimedOut { stage, attempt } => format!("{stage} attempt={attempt}"),
-        EventBody::ForcedThaw { attempt, reason } => format!("attempt={attempt} reason={reason}"),
-        EventBody::WatchdogThawed {
-            attempt,
-            target,
-            worker,
-            freeze_window_us,
-        } => format!(
-            "attempt={attempt} target={target} worker={worker} frozen_for={}",
-            micros(*freeze_window_us)
-        ),
-        EventBody::RetryScheduled {
-            next_attempt,
-            not_before_ms,
-            reason,
-        } => format!(
-            "next_attempt={next_attempt} not_before={} reason={reason}",
-            format_time_ms(*not_before_ms)
-        ),
-        EventBody::Completed {
-            attempt,
-            snapshot,
-            freeze_window_us,
-        } => format!(
-            "attempt={attempt} snapshot={} ({} at {}) freeze_window={}",
-            snapshot.name,
-            snapshot.provider,
-            snapshot.location,
-            micros(*freeze_window_us)
-        ),
-        EventBody::Failed { attempt, reason } => format!("attempt={attempt} reason={reason}"),
-        EventBody::CancelRequested { reason } => format!("reason={reason}"),
-        EventBody::Cancelled => String::new(),
-        EventBody::SnapshotDeleted { target, name } => format!("target={target} snapshot={name}"),
+fn print_message(m: EventMessage, a: &Args, out: &mut impl Write) -> anyhow::Result<()> {
+    if a.job.is_some_and(|j| j != m.event.job) {
+        return Ok(());
     }
-}
-
-fn step_detail(d: &StepDetail) -> String {
-    match d {
-        StepDetail::None => String::new(),
-        StepDetail::Frozen { deadline_ms } => format!("watchdog_at={}", format_time_ms(*deadline_ms)),
-        StepDetail::Snapshot(s) => format!(
-            "snapshot={} location={}{}",
-            s.name,
-            s.location,
-            if s.existed { " (already there)" } else { "" }
-        ),
-        StepDetail::Thawed {
-            freeze_window_us,
-            by_watchdog,
-        } => format!(
-            "frozen_for={}{}",
-            micros(*freeze_window_us),
-            if *by_watchdog { " by_watchdog" } else { "" }
-        ),
-        StepDetail::Flushed => "flushed".into(),
-        StepDetail::Pruned { deleted } => format!("deleted={}", deleted.join(",")),
-    }
-}
-
-pub fn micros(us: u64) -> String {
-    if us >= 1_000_000 {
-        format!("{:.2}s", us as f64 / 1e6)
-    } else if us >= 1_000 {
-        format!("{:.1}ms", us as f64 / 1e3)
+    if a.json {
+        serde_json::to_writer(&mut *out, &m)?;
+        writeln!(out)?;
     } else {
-        format!("{us}µs")
+        let e = StoredEvent {
+            seq: m.seq,
+            event: m.event,
+        };
+        writeln!(out, "{}", line(&e))?;
     }
+    Ok(())
 }
 
-/// Unix milliseconds as UTC `YYYY-MM-DDTHH:MM:SS.mmmZ` (no clock, no tz database).
-pub fn format_time_ms(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        ms % 1000
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_utc_times() {
-        assert_eq!(format_time_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_time_ms(1_764_081_211_123), "2025-11-25T14:33:31.123Z");
-        assert_eq!(format_time_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+/// The same output through the server that owns the log.
+async fn remote(c: &Client, a: &Args) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let mut next = a.from.max(1);
+    loop {
+        let p: Page = c.get(&format!("/v1/events?from={next}&limit=10000")).await?;
+        if p.events.is_empty() {
+            break;
+        }
+        next = p.next;
+        for m in p.events {
+            print_message(m, a, &mut out)?;
+        }
+    }
+    out.flush()?;
+    if !a.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut stream = c.stream("/v1/events", Some(next - 1)).await?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            ev = stream.next() => match ev? {
+                Some(ev) => {
+                    if let Ok(m) = serde_json::from_str::<EventMessage>(&ev.data) {
+                        print_message(m, a, &mut out)?;
+                        out.flush()?;
+                    }
+                }
+                None => return Ok(ExitCode::SUCCESS),
+            },
+        }
     }
 }

@@ -1,30 +1,27 @@
-//! The `recman` command line: global options and one module per subcommand.
+//! The `recman` command line: global options and one module per subcommand,
+//! each only wiring (parse its flags, call the library, print, exit code).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub mod amqp_opts;
 pub mod audit;
 pub mod bench;
-pub mod bench_amqp;
-pub mod bench_freeze;
-pub mod bench_jobs;
-pub mod bench_log;
-pub mod demo;
+pub mod cancel;
 pub mod engine;
 pub mod events;
-pub mod events_remote;
-pub mod progress;
-pub mod read;
-pub mod remote;
+pub mod job;
+pub mod jobs;
 pub mod replay;
 pub mod simulate;
 pub mod snapshot;
+pub mod snapshots;
+pub mod targets;
 pub mod up;
 pub mod validate;
 pub mod worker;
+
+use crate::home::Home;
 
 /// recman: application-consistent snapshots, orchestrated as an event-sourced
 /// job (freeze → snapshot → thaw → flush logs) and recorded in a durable,
@@ -38,20 +35,9 @@ simulator violation), 2 the command could not run (bad arguments, bad config, un
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub global: Global,
+    pub global: Home,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Options every subcommand takes.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Global {
-    /// Where recman keeps its event log and local state.
-    #[arg(long, global = true, env = "RECMAN_DATA_DIR", default_value = "./recman-data")]
-    pub data_dir: PathBuf,
-    /// Config file with targets (default: DATA_DIR/recman.toml when it exists).
-    #[arg(long, short = 'c', global = true, env = "RECMAN_CONFIG")]
-    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,15 +53,15 @@ pub enum Command {
     /// Print the event log.
     Events(events::Args),
     /// List jobs, newest first.
-    Jobs(read::JobsArgs),
+    Jobs(jobs::Args),
     /// Show one job with its timeline.
-    Job(read::JobArgs),
+    Job(job::Args),
     /// List targets: state, queue depth, last snapshot, last failure.
-    Targets(read::TargetsArgs),
+    Targets(targets::Args),
     /// The snapshot catalog: restore points recman holds, with their expiry.
-    Snapshots(read::SnapshotsArgs),
+    Snapshots(snapshots::Args),
     /// Cancel a job through the running server.
-    Cancel(read::CancelArgs),
+    Cancel(cancel::Args),
     /// Rebuild the state from the log (up to a point) and print it.
     Replay(replay::Args),
     /// Verify every record of the log: checksum, decoding, hash chain.
@@ -126,11 +112,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Engine(a) => engine::run(&g, a).await,
         Command::Worker(a) => worker::run(&g, a).await,
         Command::Events(a) => events::run(&g, a).await,
-        Command::Jobs(a) => read::jobs(&g, a).await,
-        Command::Job(a) => read::job(&g, a).await,
-        Command::Targets(a) => read::targets(&g, a).await,
-        Command::Snapshots(a) => read::snapshots(&g, a).await,
-        Command::Cancel(a) => read::cancel(&g, a).await,
+        Command::Jobs(a) => jobs::run(&g, a).await,
+        Command::Job(a) => job::run(&g, a).await,
+        Command::Targets(a) => targets::run(&g, a).await,
+        Command::Snapshots(a) => snapshots::run(&g, a).await,
+        Command::Cancel(a) => cancel::run(&g, a).await,
         Command::Replay(a) => replay::run(&g, a).await,
         Command::Audit(a) => audit::run(&g, a).await,
         Command::ValidateConfig(a) => validate::run(&g, a).await,

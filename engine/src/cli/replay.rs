@@ -9,9 +9,11 @@ use recman_events::{EventMessage, StoredEvent};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::read::{print_targets, retention, ServerArg};
-use super::Global;
-use crate::api::client::Client;
+use crate::client::Client;
+use crate::home::Home;
+use crate::render::tables;
+use crate::source::ServerArg;
+use crate::source::{local_view, retention};
 use crate::view::time::rfc3339;
 use crate::view::{self, Until, View};
 
@@ -69,10 +71,10 @@ async fn fetch(c: &Client, last: u64) -> anyhow::Result<Vec<StoredEvent>> {
     Ok(out)
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let until = a.until.unwrap_or(Until::End);
     let Some(c) = Client::discover(g, a.server.server.as_deref()).await? else {
-        let v = super::read::local_view(g, until)?;
+        let v = local_view(g, until)?;
         print_state(&v, &a, None);
         return Ok(ExitCode::SUCCESS);
     };
@@ -166,7 +168,7 @@ fn print_state(v: &View, a: &Args, compared: Option<(u64, &Vec<String>)>) {
         println!("state after event {} ({})", v.last_seq, rfc3339(v.last_at_ms));
     }
     println!();
-    print_targets(&v.targets());
+    tables::targets(&v.targets());
     println!();
     if jobs.is_empty() {
         println!("no jobs");

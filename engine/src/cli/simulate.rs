@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::Global;
-use crate::core::Mutation;
-use crate::sim::{self, Faults, SimConfig};
+use crate::home::Home;
+use recman_core::sim::{self, Faults, SimConfig};
+use recman_core::{worker, Mutation};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,22 +26,25 @@ pub struct Args {
     #[arg(long, default_value = "all")]
     pub faults: String,
     /// Self-test: run a deliberately broken core (`skip-compensating-thaw`,
-    /// `no-forced-thaw`); the run is expected to find a violation.
+    /// `no-forced-thaw`) or worker rule (`freeze-after-thaw`,
+    /// `thaw-ignores-attempt`); the run is expected to find a violation.
     #[arg(long, hide = true)]
     pub mutation: Option<String>,
 }
 
-pub async fn run(_g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let Some(faults) = Faults::parse(&a.faults) else {
         anyhow::bail!(
             "--faults must be one of none, net, crash, all (got {:?})",
             a.faults
         );
     };
-    let mutation = match a.mutation.as_deref() {
-        None => None,
-        Some("skip-compensating-thaw") => Some(Mutation::SkipCompensatingThaw),
-        Some("no-forced-thaw") => Some(Mutation::NoForcedThaw),
+    let (mutation, worker_mutation) = match a.mutation.as_deref() {
+        None => (None, None),
+        Some("skip-compensating-thaw") => (Some(Mutation::SkipCompensatingThaw), None),
+        Some("no-forced-thaw") => (Some(Mutation::NoForcedThaw), None),
+        Some("freeze-after-thaw") => (None, Some(worker::Mutation::FreezeAfterThaw)),
+        Some("thaw-ignores-attempt") => (None, Some(worker::Mutation::ThawIgnoresAttempt)),
         Some(other) => anyhow::bail!("unknown --mutation {other:?}"),
     };
     let cfg = SimConfig {
@@ -51,6 +54,7 @@ pub async fn run(_g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         groups: a.groups,
         faults,
         mutation,
+        worker_mutation,
     };
     let start = Instant::now();
     let result = tokio::task::spawn_blocking(move || sim::run(&cfg)).await?;

@@ -1,23 +1,25 @@
-//! `recman snapshot`: take a snapshot in-process (engine + local workers over the
-//! in-process bus), printing each step as it is recorded.
+//! `recman snapshot`: take a snapshot and print each step as it is recorded.
+//! Through the running server of the data dir when there is one (submitted
+//! over the API, followed over SSE), else in-process (the engine handle: log,
+//! in-process bus, a local worker).
 
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
-use recman_events::bus::{Bus, MemoryBus};
-use recman_events::{log, Backend, RequestId, SnapshotKind, SnapshotRequest, TargetId, WorkerId};
-use recman_workers::config::Config;
+use anyhow::{bail, Context};
+use recman_events::{JobId, RequestId, SnapshotKind, SnapshotRequest, TargetId, WorkerId};
 use recman_workers::runtime::Worker;
-use tokio::sync::{mpsc, oneshot, watch};
+use serde_json::json;
 
-use super::progress::{End, Progress};
-use super::{demo, Global};
-use crate::core::Reply;
-use crate::runtime::{self, Call};
+use crate::client::{ApiFailure, Client};
+use crate::demo;
+use crate::handle::{Drain, Engine};
+use crate::home::Home;
+use crate::home::Missing;
+use crate::render::progress::{End, Progress};
+use crate::source::ServerArg;
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -43,66 +45,41 @@ pub struct Args {
     pub json: bool,
     /// Submit through this server (default: the running `recman up` of the data dir, if any).
     #[command(flatten)]
-    pub server: super::read::ServerArg,
+    pub server: ServerArg,
 }
 
-fn load_config(g: &Global, targets: &[String]) -> anyhow::Result<Config> {
-    if let Some(p) = &g.config {
-        return Ok(Config::load(p)?);
-    }
-    let default = g.data_dir.join("recman.toml");
-    if default.exists() {
-        return Ok(Config::load(&default)?);
-    }
-    if targets == ["demo"] {
-        return demo::config(&g.data_dir);
-    }
-    bail!(
-        "no config: pass --config FILE or write {} (or try `recman snapshot demo`)",
-        default.display()
-    )
-}
-
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    if let Some(code) = super::remote::run(g, &a, &a.server).await? {
-        return Ok(code);
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    if let Some(c) = Client::discover(g, a.server.server.as_deref()).await? {
+        return remote(&c, &a).await;
     }
     if a.targets.len() > 1 && !a.group {
         bail!("several targets need --group (they are then cut at one instant)");
     }
-    let config = load_config(g, &a.targets)?;
+    let config = g.load_config(Missing::DemoIfAsked(a.targets == ["demo"]))?;
     let is_demo = a.targets == ["demo"] && config.path.ends_with("demo.toml");
-    let log = log::open_detected(&g.data_dir, Backend::Redb)?;
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.changed().await;
-    };
     let mut worker = Worker::from_config(WorkerId::from(format!("local-{}", std::process::id())), &config);
     let live = if is_demo {
         let app = demo::LiveApp::start(&g.data_dir)?;
         worker = worker.with_writer(&TargetId::from("demo"), app.clone());
-        // Let the application write a little before the snapshot is taken.
-        tokio::time::sleep(Duration::from_millis(300)).await;
         Some(app)
     } else {
         None
     };
-    let w = tokio::spawn(worker.run(bus.clone(), stopped(stop_rx.clone())));
-    let (calls, calls_rx) = mpsc::channel(4);
-    let cfg = runtime::core_config(&config, runtime::now_ms());
-    let e = tokio::spawn(runtime::run(
-        cfg,
-        log.clone(),
-        bus.clone(),
-        calls_rx,
-        stopped(stop_rx.clone()),
-    ));
+    let engine = Engine::builder(&config)
+        .data_dir(&g.data_dir)
+        .worker(worker)
+        .start()
+        .await?;
+    if live.is_some() {
+        // Let the application write a little before the snapshot is taken.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let req = SnapshotRequest {
         schema_version: recman_events::SCHEMA_VERSION,
         request_id: RequestId::from(
             a.request_id
-                .unwrap_or_else(|| format!("cli-{}", recman_events::JobId::new_v7())),
+                .clone()
+                .unwrap_or_else(|| format!("cli-{}", JobId::new_v7())),
         ),
         targets: a.targets.iter().map(|t| TargetId::from(t.as_str())).collect(),
         kind: if a.kind == "copy" {
@@ -112,60 +89,26 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         },
     };
     req.validate()?;
-    let mut tail = log.subscribe(log.last_seq() + 1);
-    let (tx, rx) = oneshot::channel();
-    calls
-        .send(Call::Submit {
-            req,
-            origin: "cli".into(),
-            reply: tx,
-        })
-        .await?;
-    let (job, existing) = match rx.await? {
-        Reply::Accepted { job, existing } => (job, existing),
-        Reply::Rejected { code, message } => bail!("request refused ({code}): {message}"),
-        Reply::None => bail!("the engine gave no answer"),
-    };
+    let (accepted, mut events) = engine.submit_and_follow(req, "cli").await?;
     let human = !a.json;
-    let mut progress = Progress::new(job, human, std::io::stdout().is_terminal());
+    let mut progress = Progress::new(accepted.job, human, std::io::stdout().is_terminal());
     if human {
-        println!(
-            "job {job}{}",
-            if existing {
-                " (the same request id was seen before: following that job)"
-            } else {
-                ""
-            }
-        );
+        println!("job {}{}", accepted.job, seen_before(accepted.existing));
     }
-    // A job of an earlier run with the same request id: show what the log has first.
+    // A job of an earlier run with the same request id: what the log has comes first.
     let mut end = None;
-    for ev in log.read_job(job)? {
-        if end.is_none() {
-            end = progress.on_event(&ev);
-        }
-    }
     let mut tick = tokio::time::interval(progress.tick_every().unwrap_or(Duration::from_secs(3600)));
     while end.is_none() {
         tokio::select! {
-            item = tail.recv() => match item {
-                Some(item) => {
-                    let ev = item?;
-                    if ev.seq > progress.summary.last_seq {
-                        end = progress.on_event(&ev);
-                    }
-                }
+            ev = events.next() => match ev {
+                Some(ev) => end = progress.on_event(&ev?),
                 None => break,
             },
             _ = tick.tick() => progress.tick(),
         }
     }
-    let _ = stop_tx.send(true);
-    let engine_result = e.await;
-    let _ = w.await;
-    if let Ok(Err(err)) = engine_result {
-        return Err(err.context("the engine stopped"));
-    }
+    // Its job ended: stop at once (the worker thaws anything another job froze).
+    engine.shutdown(Drain::Skip).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&progress.summary)?);
     }
@@ -189,7 +132,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
                 println!("  recman --data-dir {dd} events          # every step, as recorded");
                 println!("  recman --data-dir {dd} audit           # check the hash chain of the log");
                 println!(
-                    "  write {} with your own targets (see workers/examples/recman.toml), then\n  \
+                    "  write {} with your own targets (see config/examples/recman.toml), then\n  \
                      recman --data-dir {dd} validate-config",
                     g.data_dir.join("recman.toml").display()
                 );
@@ -199,4 +142,62 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         Some(_) => Ok(ExitCode::from(1)),
         None => bail!("the event log closed before the job ended"),
     }
+}
+
+fn seen_before(existing: bool) -> &'static str {
+    if existing {
+        " (the same request id was seen before: following that job)"
+    } else {
+        ""
+    }
+}
+
+/// Through a server: submit over the API, then follow the job over SSE
+/// (resumed after drops) with the same progress display.
+async fn remote(c: &Client, a: &Args) -> anyhow::Result<ExitCode> {
+    if a.targets.len() > 1 && !a.group {
+        bail!("several targets need --group (they are then cut at one instant)");
+    }
+    let request_id = a
+        .request_id
+        .clone()
+        .unwrap_or_else(|| format!("cli-{}", JobId::new_v7()));
+    let body = json!({"request_id": request_id, "targets": a.targets, "kind": a.kind});
+    let accepted = match c.post("/v1/snapshots", &body).await {
+        Ok(v) => v,
+        Err(e) => match e.downcast_ref::<ApiFailure>() {
+            Some(f) => bail!("request refused ({}): {}", f.code, f.message),
+            None => return Err(e),
+        },
+    };
+    let job: JobId = accepted["job_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .context("the server's answer has no job_id")?;
+    let existing = accepted["existing"].as_bool().unwrap_or(false);
+    let human = !a.json;
+    let mut progress = Progress::new(job, human, std::io::stdout().is_terminal());
+    if human {
+        println!("job {job} (via {}){}", c.base, seen_before(existing));
+    }
+    let mut feed = c.follow(job);
+    let mut tick = tokio::time::interval(progress.tick_every().unwrap_or(Duration::from_secs(3600)));
+    let end = loop {
+        tokio::select! {
+            ev = feed.next() => match ev? {
+                Some(ev) => if let Some(end) = progress.on_event(&ev) {
+                    break end;
+                },
+                None => bail!("lost the event stream of job {job}; it goes on in the server: `recman job {job}`"),
+            },
+            _ = tick.tick() => progress.tick(),
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&progress.summary)?);
+    }
+    Ok(match end {
+        End::Completed => ExitCode::SUCCESS,
+        End::Failed | End::Cancelled => ExitCode::from(1),
+    })
 }

@@ -7,19 +7,21 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
+use recman_config::DEFAULT_LISTEN;
 use recman_events::bus::{Address, Bus, MemoryBus};
-use recman_events::{log, Backend, EventLog, WorkerId};
-use recman_workers::config::{Config, DEFAULT_LISTEN};
-use recman_workers::runtime::Worker;
-use tokio::sync::{mpsc, watch};
+use recman_events::{log, Backend, EventLog};
+use tokio::sync::watch;
 
-use super::Global;
 use crate::api::instrument::{MeteredBus, Stats, TimedLog};
-use crate::api::{self, client::read_token, discovery, Shared};
-use crate::runtime;
+use crate::api::{self, discovery, Shared};
+use crate::broker::AmqpArgs;
+use crate::client::read_token;
+use crate::handle::{Drain, Engine, Relay};
+use crate::home::Home;
+use crate::home::Missing;
 use crate::view::{Until, View};
 
 #[derive(Debug, clap::Args)]
@@ -37,49 +39,22 @@ Exit codes: 0 clean shutdown, 1 a target may have stayed frozen past the shutdow
 pub struct Args {
     /// Run over RabbitMQ instead of the in-process bus (see `recman engine --help`).
     #[command(flatten)]
-    pub amqp: super::amqp_opts::AmqpArgs,
+    pub amqp: AmqpArgs,
     /// Address of the HTTP API, e.g. 127.0.0.1:7080.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
     /// Longest wait at shutdown for frozen targets to be thawed (default: the
     /// longest freeze limit of the config plus 5 s).
-    #[arg(long, value_name = "DURATION", value_parser = recman_workers::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = recman_config::parse_duration)]
     pub drain_timeout: Option<Duration>,
-}
-
-fn load_config(g: &Global) -> anyhow::Result<Config> {
-    if let Some(p) = &g.config {
-        return Ok(Config::load(p)?);
-    }
-    let default = g.data_dir.join("recman.toml");
-    if default.exists() {
-        return Ok(Config::load(&default)?);
-    }
-    eprintln!(
-        "no config ({} does not exist): serving the demo target",
-        default.display()
-    );
-    super::demo::config(&g.data_dir)
-}
-
-async fn signalled() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 async fn until_true(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let config = load_config(g)?;
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    let config = g.load_config(Missing::ServeDemo)?;
     let listen = match a.listen.or(config.api.listen) {
         Some(l) => l,
         None => DEFAULT_LISTEN.parse().context("default listen address")?,
@@ -109,12 +84,10 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     let local = listener.local_addr()?;
 
     // The broker when one is named (flag, `[amqp] url` or RECMAN_AMQP_URL), else in-process.
-    let amqp_named = a.amqp.url.is_some()
-        || config.amqp.url.is_some()
-        || std::env::var_os("RECMAN_AMQP_URL").is_some_and(|v| !v.is_empty());
-    let memory = (!amqp_named).then(|| Arc::new(MemoryBus::new()));
+    let amqp_named = a.amqp.named(&config);
+    let memory = (!amqp_named).then(MemoryBus::new);
     let inner: Arc<dyn Bus> = match &memory {
-        Some(m) => m.clone(),
+        Some(m) => Arc::new(m.clone()),
         None => {
             a.amqp
                 .connect(Some(&config), format!("recman-up-{}", std::process::id()), true)
@@ -125,19 +98,19 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         inner,
         stats: stats.clone(),
     });
-    let (engine_stop, engine_stop_rx) = watch::channel(false);
-    let (worker_stop, worker_stop_rx) = watch::channel(false);
-    let (stopping_tx, stopping) = watch::channel(false);
-    let worker = Worker::from_config(WorkerId::from(format!("local-{}", std::process::id())), &config);
-    let worker_task = tokio::spawn(worker.run(bus.clone(), until_true(worker_stop_rx)));
-    let (calls, calls_rx) = mpsc::channel(256);
-    let mut engine_task = tokio::spawn(runtime::run(
-        runtime::core_config(&config, runtime::now_ms()),
-        log.clone(),
-        bus.clone(),
-        calls_rx,
-        until_true(engine_stop_rx),
-    ));
+    // Over a broker, the relay's cursor is durable (outbox); in-process, it
+    // starts at the log's end.
+    let relay = if amqp_named {
+        Relay::durable(&g.data_dir)
+    } else {
+        Relay::in_process()
+    };
+    let mut engine = Engine::builder(&config)
+        .log(log.clone())
+        .bus(bus.clone())
+        .relay(relay)
+        .start()
+        .await?;
     // In-process dead letters are counted, logged and dropped; a broker's
     // dead-letter queue is left for operators (recman.dlq).
     let dl_task = if amqp_named {
@@ -153,26 +126,15 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
             }
         })
     };
-    // Over a broker, every event also goes out to the events exchange (outbox);
-    // it is stopped after the engine, so it relays everything the engine wrote.
-    let (relay_stop, relay_stop_rx) = watch::channel(false);
-    let relay = amqp_named.then(|| {
-        tokio::spawn(recman_amqp::relay::run(
-            log.clone(),
-            bus.clone(),
-            recman_amqp::relay::Cursor::in_data_dir(&g.data_dir),
-            until_true(relay_stop_rx),
-        ))
-    });
 
+    let (stopping_tx, stopping) = watch::channel(false);
     let seq0 = view.last_seq;
     let shared = Arc::new(Shared {
         log: log.clone(),
         view: RwLock::new(view),
         seen: watch::channel(seq0).0,
-        calls,
+        engine: engine.caller(),
         ready: AtomicBool::new(false),
-        accepting: AtomicBool::new(true),
         token,
         stats,
         stopping,
@@ -201,7 +163,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
             url: url.clone(),
             pid,
             token_required: shared.token.is_some(),
-            started_at_ms: runtime::now_ms(),
+            started_at_ms: recman_events::clock::now_ms(),
         },
     )
     .with_context(|| format!("writing {}", discovery::path(&g.data_dir).display()))?;
@@ -214,12 +176,11 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
 
     let mut failure: Option<anyhow::Error> = None;
     tokio::select! {
-        _ = signalled() => {}
-        r = &mut engine_task => {
+        _ = crate::signal::stop() => {}
+        r = engine.stopped() => {
             failure = Some(match r {
-                Ok(Ok(())) => anyhow::anyhow!("the engine stopped unexpectedly"),
-                Ok(Err(e)) => e.context("the engine stopped"),
-                Err(e) => anyhow::anyhow!("the engine task failed: {e}"),
+                Ok(()) => anyhow::anyhow!("the engine stopped unexpectedly"),
+                Err(e) => e.context("the engine stopped"),
             });
         }
         r = &mut http => {
@@ -227,77 +188,42 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
-    // 1. No new requests; 2. let in-flight freezes be thawed; 3. stop everything.
-    shared.accepting.store(false, Ordering::SeqCst);
+    // No new requests; let in-flight freezes be thawed; stop everything.
     let mut code = ExitCode::SUCCESS;
-    if failure.is_none() {
-        let limit = a.drain_timeout.unwrap_or_else(|| {
-            config
-                .targets
-                .iter()
-                .map(|t| t.freeze_limit)
-                .max()
-                .unwrap_or_default()
-                + Duration::from_secs(5)
-        });
+    let limit = a.drain_timeout.unwrap_or_else(|| engine.drain_within());
+    let drain = if failure.is_none() {
         println!(
             "shutting down: no new requests; waiting for frozen targets to be thawed (at most {limit:?})"
         );
-        if !drain(&shared, limit).await {
-            eprintln!("warning: targets still frozen after {limit:?}; the worker thaws them as it stops");
-            code = ExitCode::from(1);
-        }
-    }
-    let _ = engine_stop.send(true);
+        Drain::Within(limit)
+    } else {
+        Drain::Skip
+    };
+    let stopped = engine.shutdown(drain).await;
     let _ = stopping_tx.send(true);
-    if !engine_task.is_finished() {
-        let _ = engine_task.await;
-    }
-    let _ = worker_stop.send(true);
-    let _ = worker_task.await;
     if !http.is_finished() {
         let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     }
     follower.abort();
     readiness.abort();
     dl_task.abort();
-    let _ = relay_stop.send(true);
-    if let Some(r) = relay {
-        match tokio::time::timeout(Duration::from_secs(10), r).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => eprintln!("error: events relay: {e}"),
-            Ok(Err(e)) => eprintln!("error: events relay: {e}"),
-            Err(_) => eprintln!("warning: the events relay did not stop in 10 s"),
-        }
-    }
     if let Some(m) = &memory {
         m.close();
     }
-    let last = log.last_seq();
     drop(shared);
     drop(log);
     discovery::remove(&g.data_dir, pid);
     if let Some(e) = failure {
         return Err(e);
     }
-    println!("stopped: event log closed at seq {last}");
-    Ok(code)
-}
-
-/// Waits until no job may hold a frozen target; false after `limit`.
-async fn drain(shared: &Shared, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    let mut seen = shared.seen.subscribe();
-    loop {
-        shared.synced().await;
-        let frozen = shared.view.read().map(|v| v.any_frozen()).unwrap_or(false);
-        if !frozen {
-            return true;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), seen.changed()).await;
+    let stopped = stopped?;
+    if !stopped.thawed {
+        eprintln!("warning: targets still frozen after {limit:?}; the worker thaws them as it stops");
+        code = ExitCode::from(1);
     }
+    if let Some(Err(e)) = &stopped.relay {
+        eprintln!("error: {e}");
+    }
+    println!("stopped: event log closed at seq {}", stopped.last_seq);
+    Ok(code)
 }

@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use recman_workers::config::Config;
+use recman_config::Config;
 
-use super::Global;
+use crate::home::Home;
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -16,11 +16,8 @@ pub struct Args {
     pub file: Option<std::path::PathBuf>,
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let path = a
-        .file
-        .or_else(|| g.config.clone())
-        .unwrap_or_else(|| g.data_dir.join("recman.toml"));
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    let path = a.file.unwrap_or_else(|| g.config_file());
     if !path.exists() {
         anyhow::bail!("{}: no such file (pass a path or --config)", path.display());
     }

@@ -10,8 +10,9 @@ use recman_events::bus::Bus;
 use recman_events::{PoolName, WorkerId};
 use recman_workers::runtime::Worker;
 
-use super::amqp_opts::{self, AmqpArgs};
-use super::Global;
+use crate::broker::AmqpArgs;
+use crate::home::Home;
+use crate::home::Missing;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
@@ -48,8 +49,8 @@ fn hostname() -> String {
         .unwrap_or_else(|| "worker".into())
 }
 
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let mut config = amqp_opts::load_config(g)?;
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    let mut config = g.load_config(Missing::Fail)?;
     config.set_data_dir(&g.data_dir);
     let id =
         a.id.clone()
@@ -85,7 +86,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    worker.run(bus, amqp_opts::stop_signal()).await?;
+    worker.run(bus, crate::signal::stop()).await?;
     if amqp.connection_lost() {
         anyhow::bail!("the broker connection was lost and did not come back");
     }

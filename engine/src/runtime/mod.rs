@@ -4,25 +4,41 @@
 //! wait until they are durable, then publish the commands they cause, then
 //! acknowledge the input (bus delivery or caller). A failed append stops the
 //! engine: its in-memory state may be ahead of the log, and a restart replays.
+//!
+//! [`run`] is the loop; `relay` publishes the log to the events address. Both
+//! are started, with the local workers, by the engine handle (`crate::handle`),
+//! which is how everything else calls in.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use recman_events::bus::{msg_type, Address, Bus, Consumer, Delivery, Message};
+use recman_events::clock::now_ms;
 use recman_events::wire::{self, Report};
 use recman_events::{Event, EventLog, JobId, SnapshotRequest};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::{Core, CoreConfig, Destination, Input, Outgoing, Reply, State};
+use recman_core::{Core, CoreConfig, Destination, Input, Outgoing, Reply, State};
 
+pub mod relay;
 mod trace;
 
-/// A call into a running engine from the same process (CLI, HTTP API).
+/// A question about the live core state: run on the state where the engine
+/// is in its inputs; what it returns is run once everything decided before
+/// it is durable (it typically sends the answer on a oneshot).
+pub type Query = Box<dyn FnOnce(&State) -> Answer + Send>;
+/// Delivers a [`Query`]'s answer.
+pub type Answer = Box<dyn FnOnce() + Send>;
+
+/// A call into a running engine from the same process (see `crate::handle`).
 pub enum Call {
     Submit {
         req: SnapshotRequest,
         origin: String,
+        /// The id the job gets if the request is new (chosen by the caller,
+        /// so it can follow the job before it exists).
+        new_job: JobId,
         reply: oneshot::Sender<Reply>,
     },
     Cancel {
@@ -30,19 +46,10 @@ pub enum Call {
         reason: String,
         reply: oneshot::Sender<Reply>,
     },
-    /// A copy of the live core state (`recman replay` compares it with a
-    /// rebuild from the log). Also answers "has replay finished?".
-    Inspect {
-        reply: oneshot::Sender<crate::core::State>,
-    },
-}
-
-/// Unix time in milliseconds: the only clock the engine reads.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    /// A look at the live core state (`recman replay` compares it with a
+    /// rebuild from the log; shutdown waits until nothing is frozen). Also
+    /// answers "has replay finished?".
+    Inspect(Query),
 }
 
 /// Rebuilds the core from the whole log.
@@ -103,7 +110,7 @@ struct Inbound {
     input: Option<Input>,
     delivery: Option<Delivery>,
     reply: Option<oneshot::Sender<Reply>>,
-    inspect: Option<oneshot::Sender<State>>,
+    inspect: Option<Query>,
 }
 
 /// A decided batch: events to append, then commands to publish, then settles.
@@ -111,7 +118,7 @@ struct Decided {
     events: Vec<Event>,
     commands: Vec<Outgoing>,
     settles: Vec<(Option<Delivery>, Option<oneshot::Sender<Reply>>, Reply)>,
-    inspects: Vec<(oneshot::Sender<State>, State)>,
+    inspects: Vec<Answer>,
     /// What the commit task records as spans once the events are durable.
     notes: trace::Notes,
 }
@@ -150,12 +157,13 @@ where
 async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound>) -> anyhow::Result<()> {
     while let Some(call) = calls.recv().await {
         let inbound = match call {
-            Call::Submit { req, origin, reply } => Inbound {
-                input: Some(Input::Request {
-                    req,
-                    origin,
-                    new_job: JobId::new_v7(),
-                }),
+            Call::Submit {
+                req,
+                origin,
+                new_job,
+                reply,
+            } => Inbound {
+                input: Some(Input::Request { req, origin, new_job }),
                 delivery: None,
                 reply: Some(reply),
                 inspect: None,
@@ -166,11 +174,11 @@ async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound
                 reply: Some(reply),
                 inspect: None,
             },
-            Call::Inspect { reply } => Inbound {
+            Call::Inspect(query) => Inbound {
                 input: None,
                 delivery: None,
                 reply: None,
-                inspect: Some(reply),
+                inspect: Some(query),
             },
         };
         if tx.send(inbound).await.is_err() {
@@ -205,8 +213,8 @@ async fn commit(
         // to be written, cost ~30 µs each: most of a commit at full load).
         let mut settles = Vec::new();
         for b in batches.drain(..) {
-            for (tx, state) in b.inspects {
-                let _ = tx.send(state);
+            for answer in b.inspects {
+                answer();
             }
             for (delivery, reply, r) in b.settles {
                 if let Some(d) = delivery {
@@ -313,8 +321,8 @@ pub async fn run(
             batch.commands.extend(step.commands);
         }
         for i in inbox.drain(..) {
-            if let Some(tx) = i.inspect {
-                batch.inspects.push((tx, core.state().clone()));
+            if let Some(query) = i.inspect {
+                batch.inspects.push(query(core.state()));
             }
             let Some(input) = i.input else { continue };
             let msg = i.delivery.as_ref().map(|d| &d.message);
@@ -354,14 +362,14 @@ pub async fn run(
     result.and(committed)
 }
 
-/// The core's view of a worker config: pools, freeze limits, retries, retention.
-pub fn core_config(config: &recman_workers::config::Config, seed: u64) -> CoreConfig {
+/// The core's view of a config: pools, freeze limits, retries, retention.
+pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
     let mut cfg = CoreConfig {
         seed,
         ..CoreConfig::default()
     };
     for t in &config.targets {
-        let mut p = crate::core::TargetPolicy::new(t.pool.clone(), t.provider_pool.clone());
+        let mut p = recman_core::TargetPolicy::new(t.pool.clone(), t.provider_pool.clone());
         p.freeze_limit_ms = t.freeze_limit.as_millis() as u64;
         p.thaw_margin_ms = p.freeze_limit_ms / 5;
         p.max_retries = t.retries;

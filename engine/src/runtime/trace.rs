@@ -10,7 +10,7 @@ use recman_events::{Event, EventBody, JobId, Stage, TargetId, WorkerId};
 use recman_trace::TRACEPARENT;
 use tracing::{info_span, Span};
 
-use crate::core::Outgoing;
+use recman_core::Outgoing;
 
 /// True when someone records the engine's spans (an OpenTelemetry layer, or
 /// `RECMAN_LOG` at info): otherwise nothing here does any work.

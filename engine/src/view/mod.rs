@@ -13,7 +13,7 @@ use recman_events::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::core::{evolve, Job, JobState, State};
+use recman_core::{evolve, Job, JobState, State};
 
 pub mod metrics;
 pub mod time;
@@ -304,7 +304,7 @@ impl View {
                     at_ms: ev.at_ms,
                     duration_us: None,
                     ok: false,
-                    note: Some(format!("{}: {}", error.code, error.message)),
+                    note: Some(error.to_string()),
                 });
             }
             EventBody::WatchdogThawed {
@@ -446,10 +446,7 @@ impl View {
             },
             snapshot_info: j.snapshot.clone(),
             cancel_reason: j.cancel.clone(),
-            last_error: j
-                .last_error
-                .as_ref()
-                .map(|e| format!("{}: {}", e.code, e.message)),
+            last_error: j.last_error.as_ref().map(ToString::to_string),
         })
     }
 
@@ -544,16 +541,6 @@ impl View {
             out.push(e);
         }
         out
-    }
-
-    /// True when some job may hold a frozen target (freeze sent, thaw not done).
-    pub fn any_frozen(&self) -> bool {
-        self.state.active.iter().any(|id| {
-            self.state
-                .jobs
-                .get(id)
-                .is_some_and(|j| j.state.before_thaw() || j.state == JobState::Thawing || j.any_needs_thaw())
-        })
     }
 
     /// Prometheus text of everything the log tells.
@@ -656,6 +643,17 @@ pub fn state_name(s: JobState) -> &'static str {
         JobState::Failed => "failed",
         JobState::Cancelled => "cancelled",
     }
+}
+
+/// True when some job of `state` may hold a frozen target (freeze sent, thaw
+/// not done): what a clean shutdown waits for.
+pub fn any_frozen(state: &State) -> bool {
+    state.active.iter().any(|id| {
+        state
+            .jobs
+            .get(id)
+            .is_some_and(|j| j.state.before_thaw() || j.state == JobState::Thawing || j.any_needs_thaw())
+    })
 }
 
 /// Every state name, for validating filters.

@@ -380,6 +380,11 @@ impl Bus for MemoryBus {
         Box::pin(async move { r })
     }
 
+    fn events_subscribed(&self) -> Option<bool> {
+        let reg = lock(&self.inner.registry);
+        Some(reg.subscribers.iter().any(|w| w.strong_count() > 0))
+    }
+
     fn consume(&self, from: Address, prefetch: u16) -> BoxFuture<'_, Result<Consumer, BusError>> {
         let r = (|| {
             let mut reg = lock(&self.inner.registry);
@@ -405,5 +410,52 @@ impl Bus for MemoryBus {
             Ok(Consumer::new(Box::new(MemoryConsumer { queue, id, prefetch })))
         })();
         Box::pin(async move { r })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: u64) -> Message {
+        Message::new(
+            super::super::msg_type::EVENT,
+            format!("event/{i}"),
+            vec![0u8; 300],
+        )
+    }
+
+    /// The events relay publishes every event here, subscribers or not: with
+    /// none, nothing is kept (no queue, no growth) and publishing never waits.
+    #[tokio::test]
+    async fn events_nobody_subscribes_to_are_dropped_not_kept() {
+        let bus = MemoryBus::new();
+        for i in 0..10_000 {
+            bus.publish(Address::Events, event(i)).await.unwrap();
+        }
+        assert_eq!(bus.depth(&Address::Events), (0, 0));
+        assert_eq!(bus.events_subscribed(), Some(false));
+        {
+            let reg = lock(&bus.inner.registry);
+            assert!(reg.subscribers.is_empty());
+            assert!(!reg.queues.contains_key(&Address::Events));
+        }
+        // A subscriber gets what is published after it subscribed, and its
+        // queue goes with it.
+        let mut sub = bus.consume(Address::Events, 0).await.unwrap();
+        assert_eq!(bus.events_subscribed(), Some(true));
+        bus.publish(Address::Events, event(10_000)).await.unwrap();
+        let d = sub.recv().await.unwrap();
+        assert_eq!(d.message.message_id, "event/10000");
+        d.ack().await.unwrap();
+        drop(sub);
+        assert_eq!(bus.events_subscribed(), Some(false));
+        for i in 10_001..20_000 {
+            bus.publish(Address::Events, event(i)).await.unwrap();
+        }
+        assert!(
+            lock(&bus.inner.registry).subscribers.is_empty(),
+            "the dropped subscriber's queue is gone"
+        );
     }
 }

@@ -20,6 +20,9 @@ pub use memory::MemoryBus;
 pub const REASON_HEADER: &str = "x-recman-reason";
 /// Header naming the queue a dead-lettered message came from.
 pub const ORIGIN_HEADER: &str = "x-recman-origin";
+/// Header that sets the routing key of a message published to `Events`
+/// (`<event kind>.<target>`, or `batch`); it travels with the message.
+pub const ROUTING_KEY_HEADER: &str = "x-recman-routing-key";
 /// Deliveries after which a message that keeps coming back is dead-lettered.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 /// The reason given when a message is dead-lettered by the delivery limit.
@@ -230,4 +233,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Starts consuming `from` with at most `prefetch` unsettled deliveries
     /// (0 = unlimited). Several consumers of one queue compete for messages.
     fn consume(&self, from: Address, prefetch: u16) -> BoxFuture<'_, Result<Consumer, BusError>>;
+    /// Whether anyone subscribes to `Events` right now, when the bus can
+    /// tell: the in-process bus can (`Some`), a broker cannot (`None`, the
+    /// default: other processes may). The events relay builds no messages
+    /// that would be dropped.
+    fn events_subscribed(&self) -> Option<bool> {
+        None
+    }
 }

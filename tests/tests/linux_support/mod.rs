@@ -13,13 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use recman_engine::core::Reply;
-use recman_engine::runtime::{self, Call};
-use recman_events::bus::{Bus, MemoryBus};
+use recman_config::Config;
+use recman_engine::handle::{Drain, Engine};
 use recman_events::{log, Backend, EventBody, JobId, SnapshotRequest, WorkerId};
-use recman_workers::config::Config;
 use recman_workers::runtime::Worker;
-use tokio::sync::{mpsc, oneshot};
 
 /// True when the test can run. Without root or a tool it prints why and
 /// returns false, unless CI=true, where it panics (CI must run it).
@@ -207,92 +204,45 @@ pub fn gap_free_prefix(text: &str, allow_torn: bool) -> u64 {
     expect - 1
 }
 
-/// The engine and one worker in-process (redb log, in-process bus).
+/// The engine and one worker in-process (redb log, in-process bus), started
+/// by the engine handle.
 pub struct Embedded {
-    pub log: Arc<dyn recman_events::log::EventLog>,
-    calls: mpsc::Sender<Call>,
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    engine: Engine,
 }
 
 impl Embedded {
-    pub fn start(config: &Config, data: &Path, worker: &str) -> Embedded {
-        let log = log::open(Backend::Redb, data).unwrap();
-        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-        let w = Worker::from_config(WorkerId::from(worker), config);
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let mut rx1 = stop_rx.clone();
-        let wbus = bus.clone();
-        let t1 = tokio::spawn(async move {
-            let _ = w
-                .run(wbus, async move {
-                    let _ = rx1.changed().await;
-                })
-                .await;
-        });
-        let (calls, calls_rx) = mpsc::channel(16);
-        let mut rx2 = stop_rx.clone();
-        let cfg = runtime::core_config(config, runtime::now_ms());
-        let l2 = log.clone();
-        let t2 = tokio::spawn(async move {
-            let _ = runtime::run(cfg, l2, bus, calls_rx, async move {
-                let _ = rx2.changed().await;
-            })
-            .await;
-        });
-        Embedded {
-            log,
-            calls,
-            stop,
-            tasks: vec![t1, t2],
-        }
+    pub async fn start(config: &Config, data: &Path, worker: &str) -> Embedded {
+        let engine = Engine::builder(config)
+            .log(log::open(Backend::Redb, data).unwrap())
+            .worker(Worker::from_config(WorkerId::from(worker), config))
+            .start()
+            .await
+            .unwrap();
+        Embedded { engine }
     }
 
     pub async fn submit(&self, request_id: &str, targets: &[&str]) -> JobId {
         let body = serde_json::json!({ "request_id": request_id, "targets": targets });
         let req = SnapshotRequest::from_json(body.to_string().as_bytes()).unwrap();
-        let (tx, rx) = oneshot::channel();
-        self.calls
-            .send(Call::Submit {
-                req,
-                origin: "test".into(),
-                reply: tx,
-            })
-            .await
-            .unwrap();
-        match rx.await.unwrap() {
-            Reply::Accepted { job, .. } => job,
-            other => panic!("not accepted: {other:?}"),
+        match self.engine.submit(req, "test").await {
+            Ok(a) => a.job,
+            Err(e) => panic!("not accepted: {e}"),
         }
     }
 
     /// Waits for the job's terminal event; returns all its events.
     pub async fn wait(&self, job: JobId, within: Duration) -> Vec<EventBody> {
-        let end = Instant::now() + within;
-        loop {
-            let events: Vec<EventBody> = self
-                .log
-                .read_job(job)
-                .unwrap()
-                .into_iter()
-                .map(|e| e.event.body)
-                .collect();
-            if events.iter().any(|e| e.is_terminal()) {
-                return events;
-            }
-            assert!(
-                Instant::now() < end,
-                "job {job} not finished within {within:?}: {events:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        match tokio::time::timeout(within, self.engine.wait(job)).await {
+            Ok(events) => events.unwrap().into_iter().map(|e| e.event.body).collect(),
+            Err(_) => panic!(
+                "job {job} not finished within {within:?}: {:#?}",
+                self.engine.log().read_job(job).unwrap()
+            ),
         }
     }
 
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.engine.shutdown(Drain::Default).await.unwrap();
     }
 }
 

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use recman_config::{Config, ProviderConfig, ThreeParConfig};
 use recman_tests::wsapi_fake::{FakeWsapi, TlsFiles};
-use recman_workers::config::{Config, ProviderConfig, ThreeParConfig};
 
 pub const USER: &str = "recman";
 /// Distinctive, so a test can grep for it in logs, events and errors.

@@ -6,8 +6,8 @@ use recman_events::bus::BoxFuture;
 use recman_events::{SnapshotInfo, SnapshotKind, StepError, TargetId};
 
 use super::Provider;
-use crate::config::ExecProviderConfig;
 use crate::exec;
+use recman_config::ExecProviderConfig;
 
 #[derive(Clone, Debug)]
 pub struct ExecProvider {

@@ -62,7 +62,7 @@ pub use none::NoneProvider;
 pub use qcow2::{parse_list as parse_qcow2_list, Qcow2Provider, Qcow2Snapshot};
 pub use threepar::{ArrayClient, ThreeParProvider, WsapiError};
 
-use crate::config::ProviderConfig;
+use recman_config::ProviderConfig;
 
 /// Object-safe: the runtime holds `Arc<dyn Provider>` per target.
 pub trait Provider: Send + Sync {

@@ -9,8 +9,8 @@ use recman_events::bus::BoxFuture;
 use recman_events::{SnapshotInfo, SnapshotKind, StepError, TargetId};
 
 use super::{check_snapshot_name, Provider};
-use crate::config::Qcow2Config;
 use crate::exec;
+use recman_config::Qcow2Config;
 
 #[derive(Clone, Debug)]
 pub struct Qcow2Provider {

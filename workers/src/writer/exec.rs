@@ -5,8 +5,8 @@ use recman_events::bus::BoxFuture;
 use recman_events::StepError;
 
 use super::{StepCtx, Writer};
-use crate::config::ExecWriterConfig;
 use crate::exec;
+use recman_config::ExecWriterConfig;
 
 #[derive(Clone, Debug)]
 pub struct ExecWriter {

@@ -12,7 +12,7 @@ use recman_events::{JobId, SnapshotKind, StepError};
 use serde::{Deserialize, Serialize};
 
 use super::{StartupThaw, StepCtx, Writer};
-use crate::config::FsFreezeConfig;
+use recman_config::FsFreezeConfig;
 
 /// `_IOWR('X', 119, int)` from `<linux/fs.h>` (the same on every Linux arch
 /// with the generic ioctl encoding: x86, arm, riscv, …).
@@ -102,7 +102,7 @@ impl FsFreezeWriter {
             attempt: ctx.attempt,
             kind: ctx.kind,
             mountpoint: mp.clone(),
-            frozen_at_ms: crate::watchdog::unix_ms(),
+            frozen_at_ms: recman_events::clock::now_ms(),
         })?;
         match ioctl(mp, FIFREEZE) {
             Ok(()) => Ok(()),

@@ -16,7 +16,7 @@ pub use fsfreeze::{check_mountpoint, FreezeMarker, FsFreezeWriter};
 pub use none::NoneWriter;
 pub use postgres::PostgresWriter;
 
-use crate::config::WriterConfig;
+use recman_config::WriterConfig;
 
 /// What a writer is told about the step it runs (passed to hooks as
 /// `RECMAN_TARGET`, `RECMAN_JOB`, `RECMAN_ATTEMPT`, `RECMAN_KIND`, `RECMAN_STAGE`).

@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
 use super::{FsFreezeWriter, StartupThaw, StepCtx, Writer};
-use crate::config::PostgresConfig;
+use recman_config::PostgresConfig;
 
 /// The open backup of one attempt.
 struct Session {

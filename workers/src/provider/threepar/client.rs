@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::tls;
-use crate::config::ArrayConfig;
+use recman_config::ArrayConfig;
 
 /// The header that carries the session key.
 pub const SESSION_HEADER: &str = "X-HP3PAR-WSAPI-SessionKey";

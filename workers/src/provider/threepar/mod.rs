@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 pub use client::{ArrayClient, WsapiError};
 
 use super::{check_snapshot_name, Provider, SnapshotJob};
-use crate::config::{ThreeParConfig, ThreeParObject};
+use recman_config::{ThreeParConfig, ThreeParObject};
 
 /// `copyType` of a virtual copy.
 pub const VIRTUAL_COPY: i64 = 3;

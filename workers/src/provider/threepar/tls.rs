@@ -9,7 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::ArrayConfig;
+use recman_config::ArrayConfig;
 
 /// The rustls client config for `a` (an empty trust store for plain HTTP).
 pub fn client_config(a: &ArrayConfig) -> Result<ClientConfig, String> {

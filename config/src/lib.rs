@@ -1,0 +1,834 @@
+//! recman-config: the TOML config shared by the engine and the workers
+//! (targets, their writers and providers, `[api]`, `[amqp]`, `[worker]`).
+//! Every error names the file, line, column and key. Neither the engine nor
+//! the workers own it: both depend on this crate.
+//!
+//! Entry points: [`Config::load`], [`Config::from_str`], [`path_in`] (where a
+//! data dir's config is), [`parse_duration`].
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use recman_events::wire::check_id;
+use recman_events::{PoolName, TargetId, WorkerId};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+mod api;
+pub use api::{ApiConfig, DEFAULT_LISTEN};
+mod threepar;
+pub use threepar::{ArrayConfig, ThreeParConfig, ThreeParObject};
+
+/// The default freeze limit (VSS holds writes for at most 10 s).
+pub const DEFAULT_FREEZE_LIMIT: Duration = Duration::from_secs(10);
+/// The pool of a target's writer when the config names none.
+pub const DEFAULT_POOL: &str = "host.local";
+/// Where snapshots of `copy` providers go without `dest` (under `snapshots/<target>`).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/recman";
+pub const DEFAULT_RETRIES: u32 = 3;
+pub const DEFAULT_WRITER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(300);
+
+const WRITERS: &[&str] = &["none", "exec", "fsfreeze", "postgres"];
+const WRITERS_LATER: &[&str] = &["vss-exchange"];
+const PROVIDERS: &[&str] = &["copy", "exec", "none", "3par", "btrfs", "qcow2"];
+const PROVIDERS_LATER: &[&str] = &[];
+
+mod linux;
+pub use linux::{
+    BtrfsConfig, FsFreezeConfig, PostgresConfig, Qcow2Config, DEFAULT_PG_TIMEOUT, DEFAULT_STATE_DIR,
+};
+
+/// A loaded, validated config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub path: PathBuf,
+    pub engine: EngineConfig,
+    /// `[worker]`: identity of a standalone worker process (optional).
+    pub worker: Option<WorkerConfig>,
+    pub targets: Vec<TargetConfig>,
+    /// `[api]`: the HTTP API of `recman up`.
+    pub api: ApiConfig,
+    /// `[amqp]`: the broker of `recman engine` / `recman worker` (optional).
+    pub amqp: AmqpConfig,
+}
+
+/// `[amqp] url = "amqp://USER@HOST:5672/VHOST"`, `password_file = "…"`,
+/// `ca_file = "…"` (PEM: the CA that signed the broker's certificate, for
+/// `amqps://` with a private CA). The password never goes in the config
+/// itself: keep it in the file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AmqpConfig {
+    pub url: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    /// Default `freeze_limit` of targets.
+    pub freeze_limit: Duration,
+    /// State directory; `copy` snapshots default to `<data_dir>/snapshots/<target>`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            freeze_limit: DEFAULT_FREEZE_LIMIT,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerConfig {
+    pub id: Option<WorkerId>,
+    /// Pools to consume; empty = every pool that a target of this config names.
+    pub pools: Vec<PoolName>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetConfig {
+    pub id: TargetId,
+    /// Pool of the workers that run the writer (freeze, thaw, flush-logs).
+    pub pool: PoolName,
+    /// Pool of the workers that run the provider (snapshot, prune).
+    pub provider_pool: PoolName,
+    pub freeze_limit: Duration,
+    pub retries: u32,
+    /// Retention: keep this many snapshots, prune older ones.
+    pub keep_last: Option<u32>,
+    pub writer: WriterConfig,
+    pub provider: ProviderConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum WriterConfig {
+    None,
+    Exec(ExecWriterConfig),
+    FsFreeze(FsFreezeConfig),
+    Postgres(PostgresConfig),
+}
+
+impl WriterConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WriterConfig::None => "none",
+            WriterConfig::Exec(_) => "exec",
+            WriterConfig::FsFreeze(_) => "fsfreeze",
+            WriterConfig::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// User hooks, each an argv (never a shell string).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecWriterConfig {
+    pub freeze: Vec<String>,
+    pub thaw: Vec<String>,
+    pub flush: Option<Vec<String>>,
+    /// Per command; the command is killed when it runs longer.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProviderConfig {
+    None,
+    Copy(CopyProviderConfig),
+    Exec(ExecProviderConfig),
+    /// HPE 3PAR / Primera virtual copies through the WSAPI (`config/threepar.rs`).
+    ThreePar(ThreeParConfig),
+    Btrfs(BtrfsConfig),
+    Qcow2(Qcow2Config),
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderConfig::None => "none",
+            ProviderConfig::Copy(_) => "copy",
+            ProviderConfig::Exec(_) => "exec",
+            ProviderConfig::ThreePar(_) => "3par",
+            ProviderConfig::Btrfs(_) => "btrfs",
+            ProviderConfig::Qcow2(_) => "qcow2",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CopyProviderConfig {
+    /// Directory to copy (absolute).
+    pub source: PathBuf,
+    /// Directory that holds one subdirectory per snapshot (absolute).
+    pub dest: PathBuf,
+    /// True when `dest` came from the default (`<data_dir>/snapshots/<id>`).
+    pub dest_is_default: bool,
+}
+
+/// Provider hooks; `{name}` and `{target}` inside an argument are replaced by
+/// the snapshot name and target id (the argument stays one argument).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecProviderConfig {
+    pub create: Vec<String>,
+    pub delete: Option<Vec<String>>,
+    pub timeout: Duration,
+}
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// (`error` is not a `source`: the message already says it, once.)
+    #[error("{path}: cannot read the config: {error}")]
+    Read { path: String, error: std::io::Error },
+    /// `file:line:column: key: message`.
+    #[error("{file}:{line}:{column}: {key}{sep}{message}", sep = if key.is_empty() { "" } else { ": " })]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        /// Dotted key path, e.g. `target[1].writer.type` (empty for syntax errors).
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.display().to_string(),
+            error,
+        })?;
+        Config::from_str(&text, path)
+    }
+
+    /// Parses `text`; `path` names it in messages and anchors relative paths
+    /// (to the directory that holds it).
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(text: &str, path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let cx = Cx {
+            text,
+            file: path.display().to_string(),
+            base: path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+        };
+        let doc = DeTable::parse(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            cx.err(span, "", e.message().trim().to_string())
+        })?;
+        let root = doc.get_ref();
+        cx.check_keys(root, "", &["engine", "worker", "array", "target", "api", "amqp"])?;
+        let api = api::parse(&cx, root)?;
+
+        let engine = match field(root, "engine") {
+            None => EngineConfig::default(),
+            Some(v) => {
+                let t = cx.table(v, "engine")?;
+                cx.check_keys(t, "engine", &["freeze_limit", "data_dir"])?;
+                EngineConfig {
+                    freeze_limit: cx
+                        .duration(t, "engine", "freeze_limit")?
+                        .unwrap_or(DEFAULT_FREEZE_LIMIT),
+                    data_dir: cx
+                        .path(t, "engine", "data_dir")?
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+                }
+            }
+        };
+
+        let worker = match field(root, "worker") {
+            None => None,
+            Some(v) => {
+                let t = cx.table(v, "worker")?;
+                cx.check_keys(t, "worker", &["id", "pools"])?;
+                let id = match cx.string(t, "worker", "id")? {
+                    None => None,
+                    Some((s, span)) => Some(WorkerId::new(cx.id(&s, span, "worker.id")?)),
+                };
+                let pools = match field(t, "pools") {
+                    None => Vec::new(),
+                    Some(v) => cx
+                        .strings(v, "worker.pools")?
+                        .into_iter()
+                        .map(|s| cx.id(&s, v.span(), "worker.pools").map(PoolName::new))
+                        .collect::<Result<_, _>>()?,
+                };
+                Some(WorkerConfig { id, pools })
+            }
+        };
+
+        let arrays = threepar::arrays(&cx, root)?;
+        let amqp = match field(root, "amqp") {
+            None => AmqpConfig::default(),
+            Some(v) => {
+                let t = cx.table(v, "amqp")?;
+                cx.check_keys(t, "amqp", &["url", "password_file", "ca_file"])?;
+                let url = match cx.string(t, "amqp", "url")? {
+                    Some((u, span)) if !(u.starts_with("amqp://") || u.starts_with("amqps://")) => {
+                        return Err(cx.err(span, "amqp.url", "must start with amqp:// or amqps://"));
+                    }
+                    other => other.map(|(u, _)| u),
+                };
+                AmqpConfig {
+                    url,
+                    password_file: cx.path(t, "amqp", "password_file")?,
+                    ca_file: cx.path(t, "amqp", "ca_file")?,
+                }
+            }
+        };
+
+        let mut targets: Vec<TargetConfig> = Vec::new();
+        if let Some(v) = field(root, "target") {
+            let DeValue::Array(items) = v.get_ref() else {
+                return Err(cx.err(v.span(), "target", "must be an array of tables: write [[target]]"));
+            };
+            for (i, item) in items.iter().enumerate() {
+                let key = format!("target[{i}]");
+                let t = cx.target(item, &key, &engine, &arrays)?;
+                if let Some(prev) = targets.iter().position(|p| p.id == t.id) {
+                    let span = field(cx.table(item, &key)?, "id")
+                        .map(|v| v.span())
+                        .unwrap_or(item.span());
+                    return Err(cx.err(
+                        span,
+                        &format!("{key}.id"),
+                        format!(
+                            "duplicate target id \"{}\" (already used by target[{prev}])",
+                            t.id
+                        ),
+                    ));
+                }
+                targets.push(t);
+            }
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            engine,
+            worker,
+            targets,
+            api,
+            amqp,
+        })
+    }
+
+    pub fn target(&self, id: &TargetId) -> Option<&TargetConfig> {
+        self.targets.iter().find(|t| &t.id == id)
+    }
+
+    /// Every pool a target of this config names (writer and provider pools).
+    pub fn pools(&self) -> Vec<PoolName> {
+        let mut pools: Vec<PoolName> = Vec::new();
+        for t in &self.targets {
+            for p in [&t.pool, &t.provider_pool] {
+                if !pools.contains(p) {
+                    pools.push(p.clone());
+                }
+            }
+        }
+        pools
+    }
+
+    /// Moves defaulted `copy` destinations and `postgres` label dirs under a new data directory (the
+    /// engine's `--data-dir`).
+    pub fn set_data_dir(&mut self, dir: impl Into<PathBuf>) {
+        self.engine.data_dir = dir.into();
+        for t in &mut self.targets {
+            if let ProviderConfig::Copy(c) = &mut t.provider {
+                if c.dest_is_default {
+                    c.dest = default_dest(&self.engine.data_dir, &t.id);
+                }
+            }
+            if let WriterConfig::Postgres(p) = &mut t.writer {
+                if p.label_dir_is_default {
+                    p.label_dir = linux::default_label_dir(&self.engine.data_dir, t.id.as_str());
+                }
+            }
+        }
+    }
+}
+
+fn default_dest(data_dir: &Path, id: &TargetId) -> PathBuf {
+    data_dir.join("snapshots").join(id.as_str())
+}
+
+type Val<'i> = Spanned<DeValue<'i>>;
+
+fn field<'a, 'i>(t: &'a DeTable<'i>, key: &str) -> Option<&'a Val<'i>> {
+    t.iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v)
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// The config file's name in a data dir.
+pub const FILE_NAME: &str = "recman.toml";
+
+/// The config file a command uses: `explicit` (`--config`), else
+/// `DATA_DIR/recman.toml` (which may not exist).
+pub fn path_in(data_dir: &Path, explicit: Option<&Path>) -> PathBuf {
+    explicit.map_or_else(|| data_dir.join(FILE_NAME), Path::to_path_buf)
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, `1m30s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "invalid duration \"{s}\" (write e.g. 10s, 500ms, 2m, 1h)"
+            ));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("number too large in \"{s}\""))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "" => return Err(format!("duration \"{s}\" needs a unit (ms, s, m or h)")),
+            other => return Err(format!("unknown unit \"{other}\" in \"{s}\" (use ms, s, m or h)")),
+        };
+        total = total.saturating_add(d);
+    }
+    Ok(total)
+}
+
+/// Where we are: the text (for line numbers), its name and its directory.
+struct Cx<'t> {
+    text: &'t str,
+    file: String,
+    base: PathBuf,
+}
+
+impl Cx<'_> {
+    fn err(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        let at = span.start.min(self.text.len());
+        let before = &self.text[..at];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let column = before[line_start..].chars().count() + 1;
+        ConfigError::Invalid {
+            file: self.file.clone(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn check_keys(&self, t: &DeTable<'_>, path: &str, allowed: &[&str]) -> Result<(), ConfigError> {
+        for (k, _) in t.iter() {
+            if !allowed.contains(&k.get_ref().as_ref()) {
+                return Err(self.err(
+                    k.span(),
+                    &join(path, k.get_ref()),
+                    format!("unknown key (expected one of {})", allowed.join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn table<'a, 'i>(&self, v: &'a Val<'i>, key: &str) -> Result<&'a DeTable<'i>, ConfigError> {
+        match v.get_ref() {
+            DeValue::Table(t) => Ok(t),
+            other => Err(self.err(
+                v.span(),
+                key,
+                format!("expected a table, found {}", other.type_str()),
+            )),
+        }
+    }
+
+    fn string(
+        &self,
+        t: &DeTable<'_>,
+        path: &str,
+        key: &str,
+    ) -> Result<Option<(String, Range<usize>)>, ConfigError> {
+        match field(t, key) {
+            None => Ok(None),
+            Some(v) => match v.get_ref() {
+                DeValue::String(s) => Ok(Some((s.to_string(), v.span()))),
+                other => Err(self.err(
+                    v.span(),
+                    &join(path, key),
+                    format!("expected a string, found {}", other.type_str()),
+                )),
+            },
+        }
+    }
+
+    fn id(&self, s: &str, span: Range<usize>, key: &str) -> Result<String, ConfigError> {
+        check_id("id", s).map_err(|e| {
+            let reason = match e {
+                recman_events::WireError::Invalid { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            self.err(span, key, format!("invalid name \"{s}\": {reason}"))
+        })?;
+        Ok(s.to_string())
+    }
+
+    fn duration(&self, t: &DeTable<'_>, path: &str, key: &str) -> Result<Option<Duration>, ConfigError> {
+        match self.string(t, path, key)? {
+            None => Ok(None),
+            Some((s, span)) => match parse_duration(&s) {
+                Ok(d) if d.is_zero() => Err(self.err(span, &join(path, key), "must be longer than 0")),
+                Ok(d) => Ok(Some(d)),
+                Err(m) => Err(self.err(span, &join(path, key), m)),
+            },
+        }
+    }
+
+    fn u32(&self, t: &DeTable<'_>, path: &str, key: &str) -> Result<Option<u32>, ConfigError> {
+        match field(t, key) {
+            None => Ok(None),
+            Some(v) => match v.get_ref() {
+                DeValue::Integer(i) => u32::from_str_radix(i.as_str(), i.radix()).map(Some).map_err(|_| {
+                    self.err(
+                        v.span(),
+                        &join(path, key),
+                        format!("expected a whole number from 0 to {}", u32::MAX),
+                    )
+                }),
+                other => Err(self.err(
+                    v.span(),
+                    &join(path, key),
+                    format!("expected a whole number, found {}", other.type_str()),
+                )),
+            },
+        }
+    }
+
+    fn path(&self, t: &DeTable<'_>, path: &str, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+        match self.string(t, path, key)? {
+            None => Ok(None),
+            Some((s, span)) if s.is_empty() => Err(self.err(span, &join(path, key), "must not be empty")),
+            Some((s, _)) => {
+                let p = PathBuf::from(s);
+                Ok(Some(if p.is_absolute() { p } else { self.base.join(p) }))
+            }
+        }
+    }
+
+    fn strings(&self, v: &Val<'_>, key: &str) -> Result<Vec<String>, ConfigError> {
+        let DeValue::Array(items) = v.get_ref() else {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!("expected an array of strings, found {}", v.get_ref().type_str()),
+            ));
+        };
+        items
+            .iter()
+            .map(|item| match item.get_ref() {
+                DeValue::String(s) => Ok(s.to_string()),
+                other => Err(self.err(
+                    item.span(),
+                    key,
+                    format!("expected a string, found {}", other.type_str()),
+                )),
+            })
+            .collect()
+    }
+
+    /// An argv: a non-empty array of strings whose first element is a program.
+    fn argv(&self, t: &DeTable<'_>, path: &str, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        let Some(v) = field(t, key) else {
+            return Ok(None);
+        };
+        let full = join(path, key);
+        if let DeValue::String(s) = v.get_ref() {
+            return Err(self.err(
+                v.span(),
+                &full,
+                format!(
+                    "expected an argv array such as [\"/usr/bin/prog\", \"arg\"], found the string \"{s}\" (recman never runs a shell)"
+                ),
+            ));
+        }
+        let argv = self.strings(v, &full)?;
+        match argv.first() {
+            None => Err(self.err(v.span(), &full, "must name a program: the array is empty")),
+            Some(p) if p.is_empty() => Err(self.err(v.span(), &full, "the program (first element) is empty")),
+            Some(_) => Ok(Some(argv)),
+        }
+    }
+
+    fn required<T>(
+        &self,
+        v: Option<T>,
+        t_span: Range<usize>,
+        path: &str,
+        key: &str,
+    ) -> Result<T, ConfigError> {
+        v.ok_or_else(|| self.err(t_span, &join(path, key), "missing (required)"))
+    }
+
+    fn kind(
+        &self,
+        t: &DeTable<'_>,
+        t_span: Range<usize>,
+        path: &str,
+        what: &str,
+        known: &[&str],
+        later: &[&str],
+    ) -> Result<String, ConfigError> {
+        let (kind, span) = self.required(self.string(t, path, "type")?, t_span, path, "type")?;
+        if known.contains(&kind.as_str()) {
+            return Ok(kind);
+        }
+        let key = join(path, "type");
+        if later.contains(&kind.as_str()) {
+            return Err(self.err(
+                span,
+                &key,
+                format!(
+                    "{what} \"{kind}\" is not supported yet (supported: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+        let all: Vec<&str> = known.iter().chain(later).copied().collect();
+        Err(self.err(
+            span,
+            &key,
+            format!("unknown {what} \"{kind}\" (expected one of {})", all.join(", ")),
+        ))
+    }
+
+    fn target(
+        &self,
+        item: &Val<'_>,
+        key: &str,
+        engine: &EngineConfig,
+        arrays: &[ArrayConfig],
+    ) -> Result<TargetConfig, ConfigError> {
+        let t = self.table(item, key)?;
+        cx_keys(
+            self,
+            t,
+            key,
+            &[
+                "id",
+                "pool",
+                "provider_pool",
+                "freeze_limit",
+                "retries",
+                "keep_last",
+                "writer",
+                "provider",
+            ],
+        )?;
+        let (id, id_span) = self.required(self.string(t, key, "id")?, item.span(), key, "id")?;
+        let id = TargetId::new(self.id(&id, id_span, &join(key, "id"))?);
+        let pool = match self.string(t, key, "pool")? {
+            None => PoolName::new(DEFAULT_POOL),
+            Some((s, span)) => PoolName::new(self.id(&s, span, &join(key, "pool"))?),
+        };
+        let mut provider_pool = match self.string(t, key, "provider_pool")? {
+            None => pool.clone(),
+            Some((s, span)) => PoolName::new(self.id(&s, span, &join(key, "provider_pool"))?),
+        };
+        let freeze_limit = self
+            .duration(t, key, "freeze_limit")?
+            .unwrap_or(engine.freeze_limit);
+        let retries = self.u32(t, key, "retries")?.unwrap_or(DEFAULT_RETRIES);
+        let keep_last = self.u32(t, key, "keep_last")?;
+        if keep_last == Some(0) {
+            let span = field(t, "keep_last").map(|v| v.span()).unwrap_or(item.span());
+            return Err(self.err(
+                span,
+                &join(key, "keep_last"),
+                "must be at least 1 (leave it out to keep every snapshot)",
+            ));
+        }
+
+        let wkey = join(key, "writer");
+        let writer = match field(t, "writer") {
+            None => {
+                return Err(self.err(
+                    item.span(),
+                    &wkey,
+                    "missing (required): add [target.writer] with type = \"none\" or \"exec\"",
+                ))
+            }
+            Some(v) => {
+                let w = self.table(v, &wkey)?;
+                match self
+                    .kind(w, v.span(), &wkey, "writer", WRITERS, WRITERS_LATER)?
+                    .as_str()
+                {
+                    "none" => {
+                        cx_keys(self, w, &wkey, &["type"])?;
+                        WriterConfig::None
+                    }
+                    "fsfreeze" => WriterConfig::FsFreeze(self.fsfreeze_writer(w, v.span(), &wkey)?),
+                    "postgres" => WriterConfig::Postgres(self.postgres_writer(
+                        w,
+                        v.span(),
+                        &wkey,
+                        &engine.data_dir,
+                        id.as_str(),
+                    )?),
+                    _ => {
+                        cx_keys(self, w, &wkey, &["type", "freeze", "thaw", "flush", "timeout"])?;
+                        WriterConfig::Exec(ExecWriterConfig {
+                            freeze: self.required(
+                                self.argv(w, &wkey, "freeze")?,
+                                v.span(),
+                                &wkey,
+                                "freeze",
+                            )?,
+                            thaw: self.required(self.argv(w, &wkey, "thaw")?, v.span(), &wkey, "thaw")?,
+                            flush: self.argv(w, &wkey, "flush")?,
+                            timeout: self
+                                .duration(w, &wkey, "timeout")?
+                                .unwrap_or(DEFAULT_WRITER_TIMEOUT),
+                        })
+                    }
+                }
+            }
+        };
+
+        let pkey = join(key, "provider");
+        let provider =
+            match field(t, "provider") {
+                None => return Err(self.err(
+                    item.span(),
+                    &pkey,
+                    "missing (required): add [target.provider] with type = \"copy\", \"exec\", \"3par\" or \"none\"",
+                )),
+                Some(v) => {
+                    let p = self.table(v, &pkey)?;
+                    match self
+                        .kind(p, v.span(), &pkey, "provider", PROVIDERS, PROVIDERS_LATER)?
+                        .as_str()
+                    {
+                        "none" => {
+                            cx_keys(self, p, &pkey, &["type"])?;
+                            ProviderConfig::None
+                        }
+                        "3par" => {
+                            let c = threepar::provider(self, p, v.span(), &pkey, arrays)?;
+                            // The array's workers take its snapshots: pool `array.<name>`.
+                            if field(t, "provider_pool").is_none() {
+                                provider_pool = PoolName::new(format!("array.{}", c.array.name));
+                            }
+                            ProviderConfig::ThreePar(c)
+                        }
+                        "btrfs" => ProviderConfig::Btrfs(self.btrfs_provider(p, v.span(), &pkey)?),
+                        "qcow2" => ProviderConfig::Qcow2(self.qcow2_provider(p, v.span(), &pkey)?),
+                        "copy" => {
+                            cx_keys(self, p, &pkey, &["type", "source", "dest"])?;
+                            let source =
+                                self.required(self.path(p, &pkey, "source")?, v.span(), &pkey, "source")?;
+                            let (dest, dest_is_default) = match self.path(p, &pkey, "dest")? {
+                                Some(d) => (d, false),
+                                None => (default_dest(&engine.data_dir, &id), true),
+                            };
+                            if dest.starts_with(&source) {
+                                let span = field(p, "dest").map(|v| v.span()).unwrap_or(v.span());
+                                return Err(self.err(
+                                    span,
+                                    &join(&pkey, "dest"),
+                                    format!(
+                                    "{} is inside the source {}: each snapshot would copy the previous ones",
+                                    dest.display(),
+                                    source.display()
+                                ),
+                                ));
+                            }
+                            ProviderConfig::Copy(CopyProviderConfig {
+                                source,
+                                dest,
+                                dest_is_default,
+                            })
+                        }
+                        _ => {
+                            cx_keys(self, p, &pkey, &["type", "create", "delete", "timeout"])?;
+                            ProviderConfig::Exec(ExecProviderConfig {
+                                create: self.required(
+                                    self.argv(p, &pkey, "create")?,
+                                    v.span(),
+                                    &pkey,
+                                    "create",
+                                )?,
+                                delete: self.argv(p, &pkey, "delete")?,
+                                timeout: self
+                                    .duration(p, &pkey, "timeout")?
+                                    .unwrap_or(DEFAULT_PROVIDER_TIMEOUT),
+                            })
+                        }
+                    }
+                }
+            };
+
+        let freeze = match &writer {
+            WriterConfig::FsFreeze(fz) => Some(fz),
+            WriterConfig::Postgres(pg) => pg.fsfreeze.as_ref(),
+            _ => None,
+        };
+        if let (Some(fz), ProviderConfig::Btrfs(b)) = (freeze, &provider) {
+            let span = field(t, "writer").map(|v| v.span()).unwrap_or(item.span());
+            self.check_freeze_vs_btrfs(fz, b, span, &wkey)?;
+        }
+        Ok(TargetConfig {
+            id,
+            pool,
+            provider_pool,
+            freeze_limit,
+            retries,
+            keep_last,
+            writer,
+            provider,
+        })
+    }
+}
+
+fn cx_keys(cx: &Cx<'_>, t: &DeTable<'_>, path: &str, allowed: &[&str]) -> Result<(), ConfigError> {
+    cx.check_keys(t, path, allowed)
+}
+
+impl fmt::Display for TargetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (writer {} in {}, provider {} in {})",
+            self.id,
+            self.writer.kind(),
+            self.pool,
+            self.provider.kind(),
+            self.provider_pool
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,225 @@
+//! `effects` and `recover_commands`: the commands to send once an event is durable,
+//! and where to send them (a pool, or the worker that froze with the pool as fallback).
+
+use recman_events::{
+    snapshot_name, Command, Event, EventBody, PoolName, Stage, TargetId, WorkerId, SCHEMA_VERSION,
+};
+
+use crate::policy::CoreConfig;
+use crate::state::{Job, JobState, State, StepStatus};
+
+/// Where a command goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Pool(PoolName),
+    /// The worker's own queue; the pool when that worker is gone.
+    Worker {
+        worker: WorkerId,
+        fallback: PoolName,
+    },
+}
+
+/// One command and its destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub to: Destination,
+    pub command: Command,
+}
+
+/// Commands caused by `event`. Call it right after `evolve(state, event)` and
+/// before the next event of the batch is folded in.
+pub fn effects(state: &State, cfg: &CoreConfig, event: &Event) -> Vec<Outgoing> {
+    let Some(job) = state.jobs.get(&event.job) else {
+        return Vec::new();
+    };
+    match &event.body {
+        EventBody::StageStarted { stage, attempt, .. } if *attempt == job.attempt => {
+            stage_commands(job, cfg, *stage)
+        }
+        EventBody::StepFailed {
+            stage: Stage::Thaw,
+            target,
+            attempt,
+            ..
+        }
+        | EventBody::StepSucceeded {
+            stage: Stage::Freeze,
+            target,
+            attempt,
+            ..
+        } if *attempt == job.attempt && job.state == JobState::Thawing => {
+            // A thaw to try again, or a late Frozen report that names the worker.
+            match job.index_of(target) {
+                Some(i) if job.progress[i].thaw == StepStatus::Pending => {
+                    thaw_command(job, cfg, i).into_iter().collect()
+                }
+                _ => Vec::new(),
+            }
+        }
+        EventBody::Completed { .. } => prune_commands(state, cfg, job),
+        _ => Vec::new(),
+    }
+}
+
+/// After replay: the commands of every in-flight stage again (commands are
+/// idempotent), and pending retention deletes.
+pub fn recover_commands(state: &State, cfg: &CoreConfig) -> Vec<Outgoing> {
+    let mut out = Vec::new();
+    for id in &state.active {
+        let Some(job) = state.jobs.get(id) else { continue };
+        let stage = match job.state {
+            JobState::Freezing => Stage::Freeze,
+            JobState::Snapshotting => Stage::Snapshot,
+            JobState::Thawing => Stage::Thaw,
+            JobState::FlushingLogs => Stage::FlushLogs,
+            _ => continue,
+        };
+        out.extend(stage_commands(job, cfg, stage));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for entries in state.catalog.values() {
+        if let Some(last) = entries.last() {
+            if seen.insert(last.job) {
+                if let Some(job) = state.jobs.get(&last.job) {
+                    out.extend(prune_commands(state, cfg, job));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn base(job: &Job, stage: Stage, targets: Vec<TargetId>, message_id: String) -> Command {
+    Command {
+        schema_version: SCHEMA_VERSION,
+        message_id,
+        job: job.id,
+        attempt: job.attempt,
+        stage,
+        targets,
+        kind: job.kind,
+        snapshot_name: None,
+        thaw_deadline_ms: None,
+        prune: Vec::new(),
+    }
+}
+
+fn stage_commands(job: &Job, cfg: &CoreConfig, stage: Stage) -> Vec<Outgoing> {
+    let mut out = Vec::new();
+    let pending = |i: usize| match stage {
+        Stage::Freeze => job.progress[i].freeze == StepStatus::Pending,
+        Stage::Thaw => job.progress[i].thaw == StepStatus::Pending,
+        Stage::FlushLogs => job.progress[i].flush == StepStatus::Pending,
+        _ => false,
+    };
+    match stage {
+        Stage::Snapshot => {
+            if job.snapshot_status != StepStatus::Pending {
+                return out;
+            }
+            let Some(first) = job.targets.first() else {
+                return out;
+            };
+            let Some(p) = cfg.targets.get(first) else {
+                return out;
+            };
+            let mut c = base(
+                job,
+                stage,
+                job.targets.clone(),
+                Command::message_id_for(job.id, job.attempt, stage, first),
+            );
+            c.snapshot_name = Some(snapshot_name(job.id, job.attempt));
+            out.push(Outgoing {
+                to: Destination::Pool(p.provider_pool.clone()),
+                command: c,
+            });
+        }
+        Stage::Thaw => {
+            for i in 0..job.targets.len() {
+                if pending(i) {
+                    out.extend(thaw_command(job, cfg, i));
+                }
+            }
+        }
+        Stage::Freeze | Stage::FlushLogs => {
+            for (i, t) in job.targets.iter().enumerate() {
+                if !pending(i) {
+                    continue;
+                }
+                // A target dropped from the config gets no command: its stage times out.
+                let Some(p) = cfg.targets.get(t) else { continue };
+                let mut c = base(
+                    job,
+                    stage,
+                    vec![t.clone()],
+                    Command::message_id_for(job.id, job.attempt, stage, t),
+                );
+                if stage == Stage::Freeze {
+                    c.thaw_deadline_ms = Some(job.watchdog_at_ms);
+                }
+                out.push(Outgoing {
+                    to: Destination::Pool(p.writer_pool.clone()),
+                    command: c,
+                });
+            }
+        }
+        Stage::Queue | Stage::Prune => {}
+    }
+    out
+}
+
+/// The thaw of target `i`, to the worker that froze it when known. Each try has
+/// its own message id so a worker's dedupe does not swallow a retry after a failure.
+/// Tries alternate between that worker's queue and its pool: a worker that is
+/// gone (crashed, restarted under another id) never answers, and any worker of
+/// the pool, on the same host, can thaw a filesystem; a session-bound writer
+/// (PostgreSQL) ended with its worker anyway.
+fn thaw_command(job: &Job, cfg: &CoreConfig, i: usize) -> Option<Outgoing> {
+    let t = job.targets.get(i)?;
+    let p = cfg.targets.get(t)?;
+    let mut id = Command::message_id_for(job.id, job.attempt, Stage::Thaw, t);
+    if job.thaw_tries > 0 {
+        id.push_str(&format!("#{}", job.thaw_tries));
+    }
+    let c = base(job, Stage::Thaw, vec![t.clone()], id);
+    let to = match &job.progress[i].frozen_by {
+        Some(w) if job.thaw_tries % 2 == 0 => Destination::Worker {
+            worker: w.clone(),
+            fallback: p.writer_pool.clone(),
+        },
+        _ => Destination::Pool(p.writer_pool.clone()),
+    };
+    Some(Outgoing { to, command: c })
+}
+
+/// Retention: delete the snapshots beyond `keep_last` of each of the job's targets.
+fn prune_commands(state: &State, cfg: &CoreConfig, job: &Job) -> Vec<Outgoing> {
+    let mut out = Vec::new();
+    for t in &job.targets {
+        let Some(p) = cfg.targets.get(t) else { continue };
+        let Some(keep) = p.keep_last else { continue };
+        let Some(cat) = state.catalog.get(t) else { continue };
+        let keep = keep as usize;
+        if cat.len() <= keep {
+            continue;
+        }
+        let names: Vec<String> = cat[..cat.len() - keep].iter().map(|e| e.name.clone()).collect();
+        let mut c = base(
+            job,
+            Stage::Prune,
+            vec![t.clone()],
+            format!(
+                "{}/{}",
+                Command::message_id_for(job.id, job.attempt, Stage::Prune, t),
+                cat.len()
+            ),
+        );
+        c.prune = names;
+        out.push(Outgoing {
+            to: Destination::Pool(p.provider_pool.clone()),
+            command: c,
+        });
+    }
+    out
+}

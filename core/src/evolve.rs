@@ -1,0 +1,406 @@
+//! `evolve`: the only way state changes. Total and deterministic; used live and in replay.
+
+use recman_events::{Event, EventBody, Stage, StepDetail};
+
+use crate::state::{CatalogEntry, Failure, Job, JobState, State, StepStatus, TargetProgress};
+
+/// Folds one event into the state. Events that do not fit (unknown job, stale
+/// attempt) change nothing but the `applied` counter.
+pub fn evolve(state: &mut State, ev: &Event) {
+    state.applied += 1;
+    if let EventBody::Requested {
+        request_id,
+        targets,
+        kind,
+        origin,
+    } = &ev.body
+    {
+        if state.jobs.contains_key(&ev.job) {
+            return;
+        }
+        let job = Job::new(
+            ev.job,
+            request_id.clone(),
+            origin.clone(),
+            *kind,
+            targets.clone(),
+            ev.at_ms,
+        );
+        for t in targets {
+            state.queues.entry(t.clone()).or_default().push_back(ev.job);
+        }
+        state.requests.insert(request_id.clone(), ev.job);
+        state.jobs.insert(ev.job, job);
+        return;
+    }
+    let Some(job) = state.jobs.get_mut(&ev.job) else {
+        return;
+    };
+    let before = job.deadline();
+    let was_terminal = job.state.is_terminal();
+    apply_job(job, ev);
+    let after = job.deadline();
+    let now_terminal = job.state.is_terminal();
+    if before != after {
+        if let Some(d) = before {
+            state.deadlines.remove(&(d, ev.job));
+        }
+        if let Some(d) = after {
+            state.deadlines.insert((d, ev.job));
+        }
+    }
+    match &ev.body {
+        EventBody::AttemptStarted { .. } if !now_terminal => {
+            state.active.insert(ev.job);
+        }
+        EventBody::Completed { snapshot, .. } if !was_terminal => {
+            for t in &job.targets {
+                state.catalog.entry(t.clone()).or_default().push(CatalogEntry {
+                    name: snapshot.name.clone(),
+                    job: ev.job,
+                    at_ms: ev.at_ms,
+                });
+            }
+        }
+        EventBody::SnapshotDeleted { target, name } => {
+            if let Some(c) = state.catalog.get_mut(target) {
+                c.retain(|e| !(e.name == *name && e.job == ev.job));
+            }
+        }
+        _ => {}
+    }
+    if now_terminal && !was_terminal {
+        state.active.remove(&ev.job);
+        let targets = job.targets.clone();
+        for t in &targets {
+            if let Some(q) = state.queues.get_mut(t) {
+                if q.front() == Some(&ev.job) {
+                    q.pop_front();
+                } else {
+                    q.retain(|j| *j != ev.job);
+                }
+                if q.is_empty() {
+                    state.queues.remove(t);
+                }
+            }
+        }
+    }
+}
+
+fn close_timeline(job: &mut Job, at: u64, outcome: &str) {
+    if let Some(e) = job.timeline.last_mut() {
+        if e.ended_ms.is_none() {
+            e.ended_ms = Some(at);
+            e.outcome = Some(outcome.to_string());
+        }
+    }
+}
+
+fn set_failure(job: &mut Job, f: Failure) {
+    if job.failure.is_none() {
+        job.failure = Some(f);
+    }
+}
+
+/// The job-local part of `evolve`; the decider also runs it on a scratch copy.
+pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
+    if job.state.is_terminal() {
+        // Facts after the end (a late snapshot, a retention delete) are kept
+        // for the record but move nothing.
+        if let EventBody::StepSucceeded {
+            stage: Stage::Snapshot,
+            attempt,
+            detail: StepDetail::Snapshot(info),
+            ..
+        } = &ev.body
+        {
+            if *attempt == job.attempt && job.snapshot.is_none() {
+                job.snapshot = Some(info.clone());
+                job.late_snapshot = true;
+            }
+        }
+        return;
+    }
+    let at = ev.at_ms;
+    match &ev.body {
+        EventBody::Requested { .. } | EventBody::SnapshotDeleted { .. } => {}
+        EventBody::Queued { .. } => {}
+        EventBody::AttemptStarted {
+            attempt,
+            freeze_budget_ms,
+            watchdog_at_ms,
+        } => {
+            close_timeline(job, at, "started");
+            job.attempt = *attempt;
+            job.progress = vec![TargetProgress::default(); job.targets.len()];
+            job.snapshot_status = StepStatus::Idle;
+            job.snapshot = None;
+            job.late_snapshot = false;
+            job.first_frozen_at_ms = None;
+            job.freeze_budget_ms = *freeze_budget_ms;
+            job.watchdog_at_ms = *watchdog_at_ms;
+            job.thaw_by_ms = None;
+            job.forced_thaw = false;
+            job.failure = None;
+            job.thaw_tries = 0;
+            job.retry_at_ms = None;
+            job.stage = None;
+            job.stage_deadline_ms = None;
+            job.state = JobState::Freezing;
+        }
+        EventBody::StageStarted {
+            stage,
+            attempt,
+            deadline_ms,
+        } => {
+            if *attempt != job.attempt {
+                return;
+            }
+            let restart = job.stage == Some(*stage);
+            if !restart {
+                close_timeline(job, at, "done");
+                job.timeline.push(crate::state::TimelineEntry {
+                    stage: *stage,
+                    attempt: *attempt,
+                    started_ms: at,
+                    ended_ms: None,
+                    outcome: None,
+                });
+            }
+            job.stage = Some(*stage);
+            job.stage_deadline_ms = Some(*deadline_ms);
+            match stage {
+                Stage::Freeze => {
+                    job.state = JobState::Freezing;
+                    for p in &mut job.progress {
+                        p.freeze = StepStatus::Pending;
+                    }
+                }
+                Stage::Snapshot => {
+                    job.state = JobState::Snapshotting;
+                    job.snapshot_status = StepStatus::Pending;
+                }
+                Stage::Thaw => {
+                    job.state = JobState::Thawing;
+                    job.thaw_by_ms = None;
+                    for i in 0..job.targets.len() {
+                        if job.needs_thaw(i) {
+                            job.progress[i].thaw = StepStatus::Pending;
+                        }
+                    }
+                    if !job.any_needs_thaw() {
+                        job.state = JobState::Thawed;
+                    }
+                }
+                Stage::FlushLogs => {
+                    job.state = JobState::FlushingLogs;
+                    for p in &mut job.progress {
+                        p.flush = StepStatus::Pending;
+                    }
+                }
+                Stage::Queue | Stage::Prune => {}
+            }
+        }
+        EventBody::StepSucceeded {
+            stage,
+            attempt,
+            target,
+            worker,
+            detail,
+            ..
+        } => {
+            if *attempt != job.attempt {
+                return;
+            }
+            match stage {
+                Stage::Snapshot => {
+                    if let StepDetail::Snapshot(info) = detail {
+                        if job.state == JobState::Snapshotting && job.snapshot_status == StepStatus::Pending {
+                            job.snapshot = Some(info.clone());
+                            job.snapshot_status = StepStatus::Done;
+                            job.state = JobState::Snapshotted;
+                        } else if job.snapshot.is_none() {
+                            job.snapshot = Some(info.clone());
+                            job.late_snapshot = true;
+                        }
+                    }
+                }
+                _ => {
+                    let Some(i) = job.index_of(target) else { return };
+                    match stage {
+                        Stage::Freeze => {
+                            let p = &mut job.progress[i];
+                            p.freeze = StepStatus::Done;
+                            p.frozen_by = Some(worker.clone());
+                            p.frozen_at_ms = Some(at);
+                            if job.state == JobState::Freezing {
+                                if job.first_frozen_at_ms.is_none() {
+                                    job.first_frozen_at_ms = Some(at);
+                                    let by = at.saturating_add(job.freeze_budget_ms).min(job.watchdog_at_ms);
+                                    job.thaw_by_ms = Some(by);
+                                }
+                                if job.progress.iter().all(|p| p.freeze == StepStatus::Done) {
+                                    job.state = JobState::Frozen;
+                                }
+                            }
+                        }
+                        Stage::Thaw => {
+                            let p = &mut job.progress[i];
+                            p.thaw = StepStatus::Done;
+                            if let StepDetail::Thawed { freeze_window_us, .. } = detail {
+                                p.freeze_window_us = Some(*freeze_window_us);
+                            }
+                            if job.state == JobState::Thawing && !job.any_needs_thaw() {
+                                job.state = JobState::Thawed;
+                            }
+                        }
+                        Stage::FlushLogs => job.progress[i].flush = StepStatus::Done,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        EventBody::StepFailed {
+            stage,
+            attempt,
+            target,
+            error,
+            ..
+        } => {
+            if *attempt != job.attempt {
+                return;
+            }
+            job.last_error = Some(error.clone());
+            let idx = job.index_of(target);
+            match stage {
+                Stage::Freeze => {
+                    if let Some(i) = idx {
+                        job.progress[i].freeze = StepStatus::Failed;
+                    }
+                }
+                Stage::Snapshot => job.snapshot_status = StepStatus::Failed,
+                Stage::Thaw => {
+                    job.thaw_tries += 1;
+                    return;
+                }
+                Stage::FlushLogs => {
+                    if let Some(i) = idx {
+                        job.progress[i].flush = StepStatus::Failed;
+                    }
+                }
+                _ => return,
+            }
+            set_failure(
+                job,
+                Failure {
+                    stage: *stage,
+                    code: error.code.clone(),
+                    message: format!("{target}: {}", error.message),
+                    retryable: error.retryable,
+                },
+            );
+        }
+        EventBody::StageTimedOut { stage, attempt } => {
+            if *attempt != job.attempt {
+                return;
+            }
+            job.stage_deadline_ms = None;
+            if *stage == Stage::Thaw {
+                job.thaw_tries += 1;
+            } else {
+                set_failure(
+                    job,
+                    Failure {
+                        stage: *stage,
+                        code: "timeout".into(),
+                        message: format!("{stage} stage timed out"),
+                        retryable: true,
+                    },
+                );
+            }
+        }
+        EventBody::ForcedThaw { attempt, reason } => {
+            if *attempt != job.attempt {
+                return;
+            }
+            job.forced_thaw = true;
+            job.thaw_by_ms = None;
+            set_failure(
+                job,
+                Failure {
+                    stage: job.stage.unwrap_or(Stage::Snapshot),
+                    code: "freeze_limit".into(),
+                    message: reason.clone(),
+                    retryable: true,
+                },
+            );
+        }
+        EventBody::WatchdogThawed {
+            attempt,
+            target,
+            freeze_window_us,
+            ..
+        } => {
+            if *attempt != job.attempt {
+                return;
+            }
+            let Some(i) = job.index_of(target) else { return };
+            let p = &mut job.progress[i];
+            p.thaw = StepStatus::Done;
+            p.thawed_by_watchdog = true;
+            p.freeze_window_us = Some(*freeze_window_us);
+            if job.state.before_thaw() {
+                set_failure(
+                    job,
+                    Failure {
+                        stage: job.stage.unwrap_or(Stage::Freeze),
+                        code: "watchdog_thawed".into(),
+                        message: format!("{target} was thawed by its worker's watchdog before the snapshot"),
+                        retryable: true,
+                    },
+                );
+            } else if job.state == JobState::Thawing && !job.any_needs_thaw() {
+                job.state = JobState::Thawed;
+            }
+        }
+        EventBody::RetryScheduled {
+            next_attempt,
+            not_before_ms,
+            reason,
+        } => {
+            close_timeline(job, at, reason);
+            job.state = JobState::RetryWait;
+            job.retry_at_ms = Some(*not_before_ms);
+            job.retry_attempt = *next_attempt;
+            job.stage = None;
+            job.stage_deadline_ms = None;
+            job.thaw_by_ms = None;
+        }
+        EventBody::Completed { snapshot, .. } => {
+            close_timeline(job, at, "completed");
+            job.snapshot = Some(snapshot.clone());
+            job.state = JobState::Completed;
+            job.finished_at_ms = Some(at);
+            job.stage = None;
+        }
+        EventBody::Failed { reason, .. } => {
+            close_timeline(job, at, "failed");
+            job.state = JobState::Failed;
+            job.outcome = Some(reason.clone());
+            job.finished_at_ms = Some(at);
+            job.stage = None;
+        }
+        EventBody::CancelRequested { reason } => {
+            if job.cancel.is_none() {
+                job.cancel = Some(reason.clone());
+            }
+        }
+        EventBody::Cancelled => {
+            close_timeline(job, at, "cancelled");
+            job.state = JobState::Cancelled;
+            job.outcome = job.cancel.clone();
+            job.finished_at_ms = Some(at);
+            job.stage = None;
+        }
+    }
+}

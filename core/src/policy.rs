@@ -1,0 +1,120 @@
+//! Per-target policy (pools, freeze limit, timeouts, retries, retention) and the core's config.
+
+use std::collections::BTreeMap;
+
+use recman_events::{PoolName, TargetId};
+
+use crate::rng::Rng;
+
+/// How one target is handled. `TargetPolicy::new` gives the documented defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetPolicy {
+    /// Pool whose workers freeze, thaw and flush this target (`host.<name>`).
+    pub writer_pool: PoolName,
+    /// Pool whose workers take (and prune) snapshots (`array.<name>`).
+    pub provider_pool: PoolName,
+    /// Longest allowed freeze window (default 10 000 ms, the VSS commit hold).
+    pub freeze_limit_ms: u64,
+    /// The engine thaws this long before the limit (default 20 % of it).
+    pub thaw_margin_ms: u64,
+    /// Timeout of each of freeze, thaw and flush-logs (default 30 000 ms); the
+    /// snapshot stage is also bounded by the freeze limit.
+    pub stage_timeout_ms: u64,
+    /// Retries after the first attempt, for retryable failures only (default 3).
+    pub max_retries: u32,
+    /// First backoff (default 1 000 ms), doubled each retry, jittered.
+    pub backoff_base_ms: u64,
+    /// Backoff cap (default 60 000 ms).
+    pub backoff_max_ms: u64,
+    /// Retention: keep the newest N completed snapshots, prune the rest.
+    pub keep_last: Option<u32>,
+}
+
+impl TargetPolicy {
+    pub fn new(writer_pool: impl Into<PoolName>, provider_pool: impl Into<PoolName>) -> Self {
+        TargetPolicy {
+            writer_pool: writer_pool.into(),
+            provider_pool: provider_pool.into(),
+            freeze_limit_ms: 10_000,
+            thaw_margin_ms: 2_000,
+            stage_timeout_ms: 30_000,
+            max_retries: 3,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            keep_last: None,
+        }
+    }
+}
+
+/// Everything the core needs besides state and input.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CoreConfig {
+    pub targets: BTreeMap<TargetId, TargetPolicy>,
+    /// Seed of the jitter PRNG (the values drawn are recorded in events).
+    pub seed: u64,
+}
+
+/// The policy of one job: the strictest combination of its targets' policies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobPolicy {
+    pub freeze_limit_ms: u64,
+    pub thaw_margin_ms: u64,
+    pub stage_timeout_ms: u64,
+    pub max_retries: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl JobPolicy {
+    /// From the first Frozen report to the engine's forced thaw.
+    pub fn freeze_budget_ms(&self) -> u64 {
+        self.freeze_limit_ms - self.thaw_margin_ms.min(self.freeze_limit_ms / 2)
+    }
+
+    /// How long one thaw try may go unanswered before the next (to the other
+    /// destination, see `effects::thaw_command`): the thaw margin, at least
+    /// 1 s, at most the stage timeout. A frozen application waits on it.
+    pub fn thaw_try_ms(&self) -> u64 {
+        self.thaw_margin_ms.max(1_000).min(self.stage_timeout_ms)
+    }
+
+    /// From the freeze stage start to the writers' watchdog thaw.
+    pub fn watchdog_offset_ms(&self) -> u64 {
+        self.freeze_limit_ms - self.thaw_margin_ms.min(self.freeze_limit_ms / 2) / 2
+    }
+
+    /// Exponential backoff with equal jitter before attempt `failed_attempt + 1`.
+    pub fn backoff_ms(&self, failed_attempt: u32, rng: &mut Rng) -> u64 {
+        let shift = failed_attempt.saturating_sub(1).min(30);
+        let exp = self.backoff_base_ms.saturating_mul(1u64 << shift);
+        let d = exp.min(self.backoff_max_ms).max(1);
+        d / 2 + rng.range(0, d - d / 2)
+    }
+}
+
+impl CoreConfig {
+    /// Combined policy of a job's targets; unknown targets (config changed
+    /// since the job was accepted) fall back to the defaults.
+    pub fn job_policy(&self, targets: &[TargetId]) -> JobPolicy {
+        let d = TargetPolicy::new("", "");
+        let mut it = targets.iter().map(|t| self.targets.get(t).unwrap_or(&d));
+        let first = it.next().unwrap_or(&d);
+        let mut p = JobPolicy {
+            freeze_limit_ms: first.freeze_limit_ms,
+            thaw_margin_ms: first.thaw_margin_ms,
+            stage_timeout_ms: first.stage_timeout_ms,
+            max_retries: first.max_retries,
+            backoff_base_ms: first.backoff_base_ms,
+            backoff_max_ms: first.backoff_max_ms,
+        };
+        for t in it {
+            p.freeze_limit_ms = p.freeze_limit_ms.min(t.freeze_limit_ms);
+            p.thaw_margin_ms = p.thaw_margin_ms.max(t.thaw_margin_ms);
+            p.stage_timeout_ms = p.stage_timeout_ms.min(t.stage_timeout_ms);
+            p.max_retries = p.max_retries.min(t.max_retries);
+            p.backoff_base_ms = p.backoff_base_ms.max(t.backoff_base_ms);
+            p.backoff_max_ms = p.backoff_max_ms.max(t.backoff_max_ms);
+        }
+        p
+    }
+}

@@ -1,0 +1,358 @@
+//! Deterministic simulator: drives the real `Core` with simulated workers that
+//! follow the real worker core (`crate::worker`), an unreliable network, worker
+//! and engine crashes and a virtual clock, and checks the design's invariants
+//! after every step.
+//!
+//! - `scheduler`: the virtual clock and the event heap;
+//! - `network`: delays, drops, duplicates, and worker and engine crashes;
+//! - `world`: the simulated targets, array and worker processes;
+//! - `invariants`: every check, each under its name;
+//! - `summary`: the figures of a clean run, or the violation with its trace.
+
+mod invariants;
+mod network;
+mod scheduler;
+mod summary;
+mod world;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use recman_events::{
+    Event, JobId, PoolName, RequestId, SnapshotKind, SnapshotRequest, TargetId, WorkerId, SCHEMA_VERSION,
+};
+
+use crate::{worker, Core, CoreConfig, Input, Mutation, Reply, Rng, TargetPolicy};
+use invariants::Checks;
+use scheduler::{Ev, Scheduler, T0};
+pub use summary::{render, Summary, Violation};
+use world::World;
+
+/// Which faults to inject besides ordinary step failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Faults {
+    None,
+    Net,
+    Crash,
+    All,
+}
+
+impl Faults {
+    pub fn parse(s: &str) -> Option<Faults> {
+        Some(match s {
+            "none" => Faults::None,
+            "net" => Faults::Net,
+            "crash" => Faults::Crash,
+            "all" => Faults::All,
+            _ => return None,
+        })
+    }
+    fn net(self) -> bool {
+        matches!(self, Faults::Net | Faults::All)
+    }
+    fn crash(self) -> bool {
+        matches!(self, Faults::Crash | Faults::All)
+    }
+}
+
+/// One simulation run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub jobs: usize,
+    pub targets: usize,
+    pub groups: bool,
+    pub faults: Faults,
+    /// A deliberately broken core, to prove the checks catch it.
+    pub mutation: Option<Mutation>,
+    /// A deliberately broken worker rule, likewise.
+    pub worker_mutation: Option<worker::Mutation>,
+}
+
+/// Every target's freeze limit in the simulation.
+const FREEZE_LIMIT: u64 = 10_000;
+
+/// Results so far, or the first broken invariant.
+type Checked<T> = Result<T, Box<Violation>>;
+
+/// Runs one simulation to quiescence.
+pub fn run(cfg: &SimConfig) -> Checked<Summary> {
+    let mut sim = Sim::new(cfg.clone());
+    sim.run()?;
+    Ok(sim.summary)
+}
+
+/// A client's request: the targets it names and the job it was answered.
+struct ClientJob {
+    targets: Vec<TargetId>,
+    job: Option<JobId>,
+}
+
+/// The engine as the simulator runs it: the core, its durable log, and what
+/// waits for it while it is down.
+struct Engine {
+    core: Core,
+    cfg: CoreConfig,
+    up: bool,
+    /// The next input dies with the engine, after `decide`, before the append.
+    crash_mid_input: bool,
+    /// Inputs that arrived while the engine was down.
+    parked: Vec<Input>,
+    /// The durable log.
+    log: Vec<Event>,
+    /// Virtual times at which a `Timer` event is already scheduled.
+    timers: BTreeSet<u64>,
+}
+
+struct Sim {
+    cfg: SimConfig,
+    rng: Rng,
+    sched: Scheduler,
+    engine: Engine,
+    world: World,
+    clients: Vec<ClientJob>,
+    checks: Checks,
+    summary: Summary,
+}
+
+impl Sim {
+    fn new(cfg: SimConfig) -> Sim {
+        let mut rng = Rng::new(cfg.seed);
+        let n = cfg.targets.max(1);
+        let hosts = n.div_ceil(2);
+        let arrays = n.clamp(1, 3);
+        let mut pools = Vec::new();
+        let mut workers = Vec::new();
+        for h in 0..hosts {
+            pools.push((PoolName::new(format!("host.h{h}")), Vec::new()));
+        }
+        for a in 0..arrays {
+            pools.push((PoolName::new(format!("array.a{a}")), Vec::new()));
+        }
+        for (p, pool) in pools.iter_mut().enumerate() {
+            for k in 0..2 {
+                let id = WorkerId::new(format!("w-{}-{k}", pool.0.as_str()));
+                pool.1.push(workers.len());
+                workers.push(world::Worker {
+                    id,
+                    pool: p,
+                    alive: true,
+                    incarnation: 0,
+                });
+            }
+        }
+        let mut targets = BTreeMap::new();
+        let mut target_ids = Vec::new();
+        for i in 0..n {
+            let t = TargetId::new(format!("t{i}"));
+            let mut p = TargetPolicy::new(pools[i / 2].0.clone(), pools[hosts + i % arrays].0.clone());
+            p.freeze_limit_ms = FREEZE_LIMIT;
+            p.thaw_margin_ms = 2_000;
+            p.stage_timeout_ms = 10_000;
+            p.backoff_base_ms = 100;
+            p.backoff_max_ms = 2_000;
+            p.keep_last = (i % 2 == 0).then_some(3);
+            targets.insert(t.clone(), p);
+            target_ids.push(t);
+        }
+        let core_cfg = CoreConfig {
+            targets,
+            seed: cfg.seed,
+        };
+        let mut clients = Vec::with_capacity(cfg.jobs);
+        for _ in 0..cfg.jobs {
+            let first = rng.below(n as u64) as usize;
+            let mut ts = vec![first];
+            if cfg.groups && n > arrays && rng.chance(0.2) {
+                let size = rng.range(2, 3) as usize;
+                let mut j = first;
+                while ts.len() < size {
+                    j += arrays;
+                    if j >= n {
+                        break;
+                    }
+                    ts.push(j);
+                }
+            }
+            clients.push(ClientJob {
+                targets: ts.iter().map(|i| target_ids[*i].clone()).collect(),
+                job: None,
+            });
+        }
+        Sim {
+            engine: Engine {
+                core: Core::with_mutation(core_cfg.clone(), cfg.mutation),
+                cfg: core_cfg,
+                up: true,
+                crash_mid_input: false,
+                parked: Vec::new(),
+                log: Vec::new(),
+                timers: BTreeSet::new(),
+            },
+            world: World::new(target_ids, workers, pools),
+            rng,
+            sched: Scheduler::new(),
+            clients,
+            checks: Checks::default(),
+            summary: Summary {
+                seed: cfg.seed,
+                jobs: cfg.jobs,
+                targets: n,
+                ..Summary::default()
+            },
+            cfg,
+        }
+    }
+
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.sched.push(at, ev);
+    }
+
+    /// A line in the trace of `job` (shown when a violation names it).
+    fn note(&mut self, job: JobId, s: String) {
+        let line = format!("{:>8} {s}", self.sched.elapsed());
+        self.checks.messages.entry(job).or_default().push(line);
+    }
+
+    /// Requests still to be accepted or jobs still to finish.
+    fn busy(&self) -> bool {
+        self.checks.accepted < self.cfg.jobs || self.checks.finished < self.checks.accepted
+    }
+
+    fn run(&mut self) -> Checked<()> {
+        let mut t = T0;
+        for i in 0..self.cfg.jobs {
+            t += self.rng.range(0, 10 * 50 / self.cfg.targets.max(1) as u64);
+            self.push(t, Ev::Submit(i));
+            if self.rng.chance(0.03) {
+                let d = self.rng.range(0, 3_000);
+                self.push(t + d, Ev::Cancel(i));
+            }
+            if self.rng.chance(0.02) {
+                let d = self.rng.range(0, 5_000);
+                self.push(t + d, Ev::Resubmit(i));
+            }
+        }
+        if self.cfg.faults.crash() {
+            let a = self.rng.range(5_000, 30_000);
+            self.push(T0 + a, Ev::EngineCrash);
+            let b = self.rng.range(500, 3_000);
+            self.push(T0 + b, Ev::WorkerCrash);
+        }
+        while let Some(ev) = self.sched.pop() {
+            self.summary.steps += 1;
+            self.step(ev)?;
+            if self.summary.steps % 4096 == 0 {
+                self.check_frozen_windows()?;
+            }
+            if self.summary.steps % 131_072 == 0 {
+                self.check_replay()?;
+            }
+        }
+        self.finish()
+    }
+
+    fn step(&mut self, ev: Ev) -> Checked<()> {
+        match ev {
+            Ev::Submit(i) | Ev::Resubmit(i) => self.submit(i)?,
+            Ev::Cancel(i) => {
+                if let (Some(job), true) = (self.clients[i].job, self.engine.up) {
+                    self.engine(Input::Cancel {
+                        job,
+                        reason: "sim cancel".into(),
+                    })?;
+                }
+            }
+            Ev::ToEngine(input) => {
+                if self.engine.up {
+                    self.engine(input)?;
+                } else {
+                    self.engine.parked.push(input);
+                }
+            }
+            Ev::Timer => {
+                let now = self.sched.now;
+                self.engine.timers.remove(&now);
+                if self.engine.up && self.engine.core.next_deadline().is_some_and(|d| d <= now) {
+                    self.engine(Input::TimerFired)?;
+                    self.check_timer_progress()?;
+                }
+            }
+            Ev::ToWorker(w, to, cmd) => self.deliver(w, to, cmd),
+            Ev::Work(w, inc, cmd) => self.work(w, inc, cmd)?,
+            Ev::Watchdog(t, key) => self.watchdog(t, key)?,
+            Ev::EngineCrash => self.engine_crash()?,
+            Ev::EngineRestart => self.engine_restart()?,
+            Ev::WorkerCrash => self.worker_crash(),
+            Ev::WorkerRestart(w) => self.worker_restart(w),
+        }
+        Ok(())
+    }
+
+    /// A client sends request `i` (again); without an answer it tries later.
+    fn submit(&mut self, i: usize) -> Checked<()> {
+        let req = SnapshotRequest {
+            schema_version: SCHEMA_VERSION,
+            request_id: RequestId::new(format!("r{i}")),
+            targets: self.clients[i].targets.clone(),
+            kind: SnapshotKind::Full,
+        };
+        let new_job = JobId::from_parts(self.sched.now, self.rng.next_u64() as u128);
+        if !self.engine.up {
+            let d = self.rng.range(500, 2_000);
+            self.push(self.sched.now + d, Ev::Resubmit(i));
+            return Ok(());
+        }
+        let reply = self.engine(Input::Request {
+            req,
+            origin: "sim".into(),
+            new_job,
+        })?;
+        if reply == Reply::None {
+            let d = self.rng.range(500, 2_000);
+            self.push(self.sched.now + d, Ev::Resubmit(i));
+            return Ok(());
+        }
+        self.check_request_reply(i, reply)
+    }
+
+    /// One input into the engine: events become durable (the log), then the
+    /// commands go out, then the invariants are checked.
+    fn engine(&mut self, input: Input) -> Checked<Reply> {
+        self.summary.inputs += 1;
+        let now = self.sched.now;
+        if self.engine.crash_mid_input {
+            // The engine dies after deciding but before the batch is durable:
+            // nothing of it reaches the log or the network; an unacknowledged
+            // report is redelivered, a request gets no reply (the client retries).
+            self.engine.crash_mid_input = false;
+            self.check_replay()?;
+            let _lost = self.engine.core.handle(input.clone(), now);
+            if matches!(input, Input::Report(_)) {
+                self.engine.parked.push(input);
+            }
+            self.go_down();
+            return Ok(Reply::None);
+        }
+        let step = self.engine.core.handle(input, now);
+        let start = self.engine.log.len();
+        self.engine.log.extend(step.events);
+        for k in start..self.engine.log.len() {
+            self.check_event(k)?;
+        }
+        for o in step.commands {
+            self.send_command(o);
+        }
+        self.arm_timer();
+        Ok(step.reply)
+    }
+
+    /// Schedules a `Timer` at the core's next deadline (once per instant).
+    fn arm_timer(&mut self) {
+        if let Some(d) = self.engine.core.next_deadline() {
+            let d = d.max(self.sched.now);
+            if self.engine.timers.insert(d) {
+                self.push(d, Ev::Timer);
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The simulator's virtual clock and event heap: every step of a run is an
+//! `Ev` due at a virtual millisecond, taken in time order (ties in push order),
+//! so a seed always replays the same run.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use recman_events::Command;
+
+use super::world::Key;
+use crate::{Destination, Input};
+
+/// Virtual time at the start of a run (Unix ms, so timestamps look real).
+pub(super) const T0: u64 = 1_750_000_000_000;
+
+/// What happens at one virtual instant.
+pub(super) enum Ev {
+    /// A client submits request `i` (first time, or again after no answer).
+    Submit(usize),
+    Resubmit(usize),
+    Cancel(usize),
+    /// A message reaches the engine (a report, or an input parked while it was down).
+    ToEngine(Input),
+    /// A command reaches the bus; `deliver` picks the worker.
+    ToWorker(usize, Destination, Command),
+    /// Worker `w` (in incarnation `u32`) finishes running a command.
+    Work(usize, u32, Command),
+    /// The watchdog of target `usize` for an attempt's freeze is due.
+    Watchdog(usize, Key),
+    Timer,
+    EngineCrash,
+    EngineRestart,
+    WorkerCrash,
+    WorkerRestart(usize),
+}
+
+struct Item {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+
+impl Eq for Item {}
+
+impl PartialOrd for Item {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for Item {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// The virtual clock and the events still to come.
+pub(super) struct Scheduler {
+    /// Now, in virtual Unix ms.
+    pub now: u64,
+    seq: u64,
+    heap: BinaryHeap<Item>,
+}
+
+impl Scheduler {
+    pub fn new() -> Scheduler {
+        Scheduler {
+            now: T0,
+            seq: 0,
+            heap: BinaryHeap::new(),
+        }
+    }
+
+    /// Schedules `ev` at virtual time `at`.
+    pub fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Item {
+            at,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    /// The next event; the clock moves to its time.
+    pub fn pop(&mut self) -> Option<Ev> {
+        let item = self.heap.pop()?;
+        self.now = item.at;
+        Some(item.ev)
+    }
+
+    /// Milliseconds since the start of the run (for traces).
+    pub fn elapsed(&self) -> u64 {
+        self.now - T0
+    }
+}

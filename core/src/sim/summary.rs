@@ -1,0 +1,81 @@
+//! What a run reports: the `Summary` of a clean run (its key=value line is
+//! parsed by tests and BENCHMARKS.md, keep it byte-identical) or the first
+//! `Violation`, with the trace of the job involved (`render`).
+
+use std::fmt::Write as _;
+
+use recman_events::JobId;
+
+/// Figures of a clean run.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub seed: u64,
+    pub jobs: usize,
+    pub targets: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub cancelled: usize,
+    pub steps: u64,
+    pub inputs: u64,
+    pub events: usize,
+    pub engine_crashes: u32,
+    pub virtual_ms: u64,
+}
+
+impl Summary {
+    pub fn line(&self, wall_s: f64) -> String {
+        let w = wall_s.max(1e-9);
+        format!(
+            "seed={} jobs={} targets={} completed={} failed={} cancelled={} violations=0 steps={} inputs_per_s={:.0} sim_jobs_per_s={:.0}",
+            self.seed,
+            self.jobs,
+            self.targets,
+            self.completed,
+            self.failed,
+            self.cancelled,
+            self.steps,
+            self.inputs as f64 / w,
+            self.jobs as f64 / w
+        )
+    }
+}
+
+/// A broken invariant, with the trace of the job involved.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub seed: u64,
+    pub invariant: &'static str,
+    pub detail: String,
+    pub at_ms: u64,
+    pub job: Option<JobId>,
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "VIOLATION invariant={} seed={} at_ms={}",
+            self.invariant, self.seed, self.at_ms
+        )?;
+        writeln!(f, "  {}", self.detail)?;
+        if let Some(j) = self.job {
+            writeln!(f, "trace of job {j}:")?;
+        }
+        for l in &self.trace {
+            writeln!(f, "  {l}")?;
+        }
+        write!(
+            f,
+            "reproduce: recman simulate --seed {} (same options)",
+            self.seed
+        )
+    }
+}
+
+/// Formats a violation for a terminal (`recman simulate`).
+pub fn render(v: &Violation) -> String {
+    let mut s = String::new();
+    let _ = write!(s, "{v}");
+    s
+}

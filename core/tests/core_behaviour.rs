@@ -1,0 +1,580 @@
+//! The core driven directly: the stage walk, groups, compensation, the freeze
+//! limit, cancel, idempotency, stale reports, plus property tests and a check
+//! that the core stays sans-IO.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use recman_core::{
+    decide, evolve, Core, CoreConfig, Destination, Input, JobState, Reply, Rng, State, TargetPolicy,
+};
+use recman_events::{
+    snapshot_name, EventBody, JobId, Outcome, Report, RequestId, SnapshotInfo, SnapshotKind, SnapshotRequest,
+    Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
+};
+
+const T: u64 = 1_000_000;
+
+fn config() -> CoreConfig {
+    let mut targets = BTreeMap::new();
+    for t in ["a", "b", "c"] {
+        targets.insert(
+            TargetId::from(t),
+            TargetPolicy::new(format!("host.{t}").as_str(), "array.x"),
+        );
+    }
+    targets.insert(TargetId::from("z"), TargetPolicy::new("host.z", "array.other"));
+    CoreConfig { targets, seed: 5 }
+}
+
+fn request(core: &mut Core, rid: &str, targets: &[&str], n: u128, now: u64) -> (JobId, Reply) {
+    let req = SnapshotRequest {
+        schema_version: SCHEMA_VERSION,
+        request_id: RequestId::from(rid),
+        targets: targets.iter().map(|t| TargetId::from(*t)).collect(),
+        kind: SnapshotKind::Full,
+    };
+    let new_job = JobId::from_parts(now, n);
+    let step = core.handle(
+        Input::Request {
+            req,
+            origin: "test".into(),
+            new_job,
+        },
+        now,
+    );
+    (new_job, step.reply)
+}
+
+fn rep(job: JobId, attempt: u32, stage: Stage, targets: &[&str], worker: &str, outcome: Outcome) -> Input {
+    Input::Report(Report {
+        schema_version: SCHEMA_VERSION,
+        message_id: "m".into(),
+        job,
+        attempt,
+        stage,
+        targets: targets.iter().map(|t| TargetId::from(*t)).collect(),
+        worker: WorkerId::from(worker),
+        duration_us: 10,
+        outcome,
+    })
+}
+
+fn ok(detail: StepDetail) -> Outcome {
+    Outcome::Ok { detail }
+}
+
+fn frozen() -> Outcome {
+    ok(StepDetail::Frozen { deadline_ms: 0 })
+}
+
+fn thawed() -> Outcome {
+    ok(StepDetail::Thawed {
+        freeze_window_us: 5,
+        by_watchdog: false,
+    })
+}
+
+fn snap(job: JobId, attempt: u32) -> Outcome {
+    ok(StepDetail::Snapshot(SnapshotInfo {
+        name: snapshot_name(job, attempt),
+        provider: "test".into(),
+        location: "x".into(),
+        size_bytes: None,
+        existed: false,
+    }))
+}
+
+fn err(retryable: bool) -> Outcome {
+    Outcome::Err {
+        error: StepError::new("boom", "it broke", retryable),
+    }
+}
+
+fn kinds(events: &[recman_events::Event]) -> Vec<&'static str> {
+    events.iter().map(|e| e.body.kind()).collect()
+}
+
+fn replay(core: &Core, log: &[recman_events::Event]) {
+    let mut s = State::default();
+    for e in log {
+        evolve(&mut s, e);
+    }
+    assert_eq!(&s, core.state(), "replay differs from live state");
+}
+
+#[test]
+fn single_target_walks_every_stage_and_thaws_the_worker_that_froze() {
+    let mut log = Vec::new();
+    let job = JobId::from_parts(T, 1);
+    let mut c2 = Core::new(config());
+    let s = c2.handle(
+        Input::Request {
+            req: SnapshotRequest {
+                schema_version: 1,
+                request_id: "r1".into(),
+                targets: vec!["a".into()],
+                kind: SnapshotKind::Full,
+            },
+            origin: "test".into(),
+            new_job: job,
+        },
+        T,
+    );
+    assert_eq!(s.reply, Reply::Accepted { job, existing: false });
+    assert_eq!(
+        kinds(&s.events),
+        ["requested", "attempt_started", "stage_started"]
+    );
+    assert_eq!(s.commands.len(), 1);
+    assert_eq!(s.commands[0].command.stage, Stage::Freeze);
+    assert_eq!(s.commands[0].command.thaw_deadline_ms, Some(T + 9_000));
+    log.extend(s.events);
+    let s = c2.handle(rep(job, 1, Stage::Freeze, &["a"], "w1", frozen()), T + 10);
+    assert_eq!(kinds(&s.events), ["step_succeeded", "stage_started"]);
+    assert_eq!(s.commands[0].command.snapshot_name, Some(snapshot_name(job, 1)));
+    assert_eq!(
+        c2.next_deadline(),
+        Some(T + 10 + 8_000).min(Some(T + 10 + 30_000))
+    );
+    log.extend(s.events);
+    let s = c2.handle(rep(job, 1, Stage::Snapshot, &["a"], "p1", snap(job, 1)), T + 20);
+    assert_eq!(kinds(&s.events), ["step_succeeded", "stage_started"]);
+    assert_eq!(
+        s.commands[0].to,
+        Destination::Worker {
+            worker: "w1".into(),
+            fallback: "host.a".into()
+        }
+    );
+    log.extend(s.events);
+    let s = c2.handle(rep(job, 1, Stage::Thaw, &["a"], "w1", thawed()), T + 30);
+    assert_eq!(kinds(&s.events), ["step_succeeded", "stage_started"]);
+    assert_eq!(s.commands[0].command.stage, Stage::FlushLogs);
+    log.extend(s.events);
+    let s = c2.handle(
+        rep(job, 1, Stage::FlushLogs, &["a"], "w2", ok(StepDetail::Flushed)),
+        T + 40,
+    );
+    assert_eq!(kinds(&s.events), ["step_succeeded", "completed"]);
+    log.extend(s.events);
+    assert_eq!(c2.state().job(&job).map(|j| j.state), Some(JobState::Completed));
+    assert_eq!(c2.next_deadline(), None);
+    replay(&c2, &log);
+    // Duplicates after the end change nothing.
+    let before = c2.state().clone();
+    let s = c2.handle(rep(job, 1, Stage::Thaw, &["a"], "w1", thawed()), T + 50);
+    assert!(s.events.is_empty() && s.commands.is_empty());
+    assert_eq!(&before, c2.state());
+}
+
+#[test]
+fn requests_are_idempotent_and_validated() {
+    let mut core = Core::new(config());
+    let (job, _) = request(&mut core, "r1", &["a"], 1, T);
+    let (_, again) = request(&mut core, "r1", &["a"], 2, T + 1);
+    assert_eq!(again, Reply::Accepted { job, existing: true });
+    let (_, r) = request(&mut core, "r2", &["nope"], 3, T);
+    assert!(
+        matches!(
+            r,
+            Reply::Rejected {
+                code: "unknown_target",
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let (_, r) = request(&mut core, "r3", &["a", "z"], 4, T);
+    assert!(
+        matches!(
+            r,
+            Reply::Rejected {
+                code: "group_spans_provider_pools",
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let r = core.handle(
+        Input::Cancel {
+            job: JobId::from_parts(1, 1),
+            reason: "x".into(),
+        },
+        T,
+    );
+    assert!(matches!(
+        r.reply,
+        Reply::Rejected {
+            code: "unknown_job",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_cancel_reason_is_stored_bounded() {
+    let mut core = Core::new(config());
+    let (j1, _) = request(&mut core, "r1", &["a"], 1, T);
+    let s = core.handle(
+        Input::Cancel {
+            job: j1,
+            reason: "é".repeat(1 << 20),
+        },
+        T + 1,
+    );
+    let stored = s
+        .events
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::CancelRequested { reason } => Some(reason.clone()),
+            _ => None,
+        })
+        .expect("a cancel_requested event");
+    let max = recman_events::wire::MAX_REASON_LEN;
+    assert!(
+        stored.len() <= max && stored.len() >= max - 1,
+        "2 MiB of reason kept as {} bytes",
+        stored.len()
+    );
+    assert!(stored.chars().all(|c| c == 'é'), "cut on a character boundary");
+}
+
+#[test]
+fn fifo_per_target_and_a_group_waits_for_all_its_targets() {
+    let mut core = Core::new(config());
+    let (j1, _) = request(&mut core, "r1", &["a"], 1, T);
+    let (j2, _) = request(&mut core, "r2", &["a", "b"], 2, T);
+    let (j3, _) = request(&mut core, "r3", &["b"], 3, T);
+    let st = |c: &Core, j| c.state().job(&j).map(|j| j.state);
+    assert_eq!(st(&core, j1), Some(JobState::Freezing));
+    assert_eq!(st(&core, j2), Some(JobState::Queued));
+    // j3 is behind j2 on b: FIFO, even though b is idle.
+    assert_eq!(st(&core, j3), Some(JobState::Queued));
+    let s = core.handle(
+        Input::Cancel {
+            job: j1,
+            reason: "stop".into(),
+        },
+        T + 1,
+    );
+    // j1 was freezing: thaw first, then cancelled.
+    assert_eq!(kinds(&s.events), ["cancel_requested", "stage_started"]);
+    let s = core.handle(rep(j1, 1, Stage::Thaw, &["a"], "w", thawed()), T + 2);
+    assert_eq!(
+        kinds(&s.events),
+        ["step_succeeded", "cancelled", "attempt_started", "stage_started"]
+    );
+    assert_eq!(s.events[2].job, j2);
+    assert_eq!(s.commands.len(), 2, "the group freezes both targets in parallel");
+}
+
+#[test]
+fn a_failed_group_freeze_thaws_the_frozen_member_then_retries() {
+    let mut core = Core::new(config());
+    let (j, _) = request(&mut core, "r1", &["a", "b"], 1, T);
+    core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", frozen()), T + 1);
+    let s = core.handle(rep(j, 1, Stage::Freeze, &["b"], "wb", err(true)), T + 2);
+    assert_eq!(kinds(&s.events), ["step_failed", "stage_started"]);
+    assert!(s.commands.iter().all(|c| c.command.stage == Stage::Thaw));
+    assert!(s
+        .commands
+        .iter()
+        .any(|c| c.command.targets == vec![TargetId::from("a")]));
+    // b's freeze failed, so only a is thawed; then the retry is scheduled.
+    assert_eq!(s.commands.len(), 1);
+    let s = core.handle(rep(j, 1, Stage::Thaw, &["a"], "wa", thawed()), T + 3);
+    assert_eq!(kinds(&s.events), ["step_succeeded", "retry_scheduled"]);
+    let due = core.next_deadline().expect("retry timer");
+    let s = core.handle(Input::TimerFired, due);
+    assert_eq!(kinds(&s.events), ["attempt_started", "stage_started"]);
+    assert_eq!(core.state().job(&j).map(|j| j.attempt), Some(2));
+    // A report of attempt 1 is stale now.
+    let before = core.state().clone();
+    let s = core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", frozen()), due + 1);
+    assert!(s.events.is_empty());
+    assert_eq!(&before, core.state());
+}
+
+#[test]
+fn non_retryable_freeze_failure_fails_without_thaw_when_nothing_froze() {
+    let mut core = Core::new(config());
+    let (j, _) = request(&mut core, "r1", &["a"], 1, T);
+    let s = core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", err(false)), T + 1);
+    assert_eq!(kinds(&s.events), ["step_failed", "failed"]);
+}
+
+#[test]
+fn the_freeze_limit_forces_the_thaw_and_a_late_snapshot_is_recorded() {
+    let mut core = Core::new(config());
+    let (j, _) = request(&mut core, "r1", &["a"], 1, T);
+    core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", frozen()), T + 100);
+    let due = core.next_deadline().expect("deadline");
+    assert_eq!(due, T + 100 + 8_000);
+    let s = core.handle(Input::TimerFired, due);
+    assert_eq!(kinds(&s.events), ["forced_thaw", "stage_started"]);
+    let s = core.handle(rep(j, 1, Stage::Snapshot, &["a"], "p", snap(j, 1)), due + 5);
+    assert_eq!(kinds(&s.events), ["step_succeeded"]);
+    assert!(core.state().job(&j).is_some_and(|j| j.late_snapshot));
+    let s = core.handle(rep(j, 1, Stage::Thaw, &["a"], "wa", thawed()), due + 6);
+    assert_eq!(kinds(&s.events), ["step_succeeded", "retry_scheduled"]);
+}
+
+#[test]
+fn thaw_failures_are_retried_then_fail_loudly() {
+    let mut core = Core::new(config());
+    let (j, _) = request(&mut core, "r1", &["a"], 1, T);
+    core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", frozen()), T + 1);
+    core.handle(rep(j, 1, Stage::Snapshot, &["a"], "p", snap(j, 1)), T + 2);
+    let mut ids = std::collections::BTreeSet::new();
+    let mut last = Vec::new();
+    for i in 0..20 {
+        let s = core.handle(rep(j, 1, Stage::Thaw, &["a"], "wa", err(true)), T + 3 + i);
+        for c in &s.commands {
+            assert!(
+                ids.insert(c.command.message_id.clone()),
+                "each thaw try has its own id"
+            );
+        }
+        last = kinds(&s.events);
+        if core.state().job(&j).is_some_and(|j| j.state.is_terminal()) {
+            break;
+        }
+    }
+    assert_eq!(last, ["step_failed", "failed"]);
+    let reason = core
+        .state()
+        .job(&j)
+        .and_then(|j| j.outcome.clone())
+        .unwrap_or_default();
+    assert!(reason.starts_with("thaw_failed"), "{reason}");
+}
+
+#[test]
+fn retention_prunes_beyond_keep_last() {
+    let mut cfg = config();
+    if let Some(p) = cfg.targets.get_mut(&TargetId::from("a")) {
+        p.keep_last = Some(1);
+    }
+    let mut core = Core::new(cfg);
+    let mut prune = Vec::new();
+    let mut jobs = Vec::new();
+    for n in 0..2u64 {
+        let now = T + n * 1000;
+        let (j, _) = request(&mut core, &format!("r{n}"), &["a"], n as u128 + 1, now);
+        jobs.push(j);
+        core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", frozen()), now + 1);
+        core.handle(rep(j, 1, Stage::Snapshot, &["a"], "p", snap(j, 1)), now + 2);
+        core.handle(rep(j, 1, Stage::Thaw, &["a"], "wa", thawed()), now + 3);
+        let s = core.handle(
+            rep(j, 1, Stage::FlushLogs, &["a"], "wa", ok(StepDetail::Flushed)),
+            now + 4,
+        );
+        prune.extend(s.commands);
+    }
+    assert_eq!(prune.len(), 1);
+    assert_eq!(prune[0].command.prune, vec![snapshot_name(jobs[0], 1)]);
+    let s = core.handle(
+        rep(
+            jobs[1],
+            1,
+            Stage::Prune,
+            &["a"],
+            "p",
+            ok(StepDetail::Pruned {
+                deleted: prune[0].command.prune.clone(),
+            }),
+        ),
+        T + 5000,
+    );
+    assert_eq!(kinds(&s.events), ["snapshot_deleted"]);
+    assert_eq!(s.events[0].job, jobs[0]);
+    assert_eq!(
+        core.state().catalog.get(&TargetId::from("a")).map(|c| c.len()),
+        Some(1)
+    );
+}
+
+/// The core must stay sans-IO: no runtime, no disk, no clock, in any of its
+/// files (the job state machine, the worker core, the simulator). The crate
+/// boundary enforces the dependencies (`tests/run` checks `cargo tree`); this
+/// catches the standard library's clock and file system too.
+#[test]
+fn the_core_never_touches_io_or_clocks() {
+    fn walk(dir: &std::path::Path, n: &mut usize) {
+        for entry in std::fs::read_dir(dir).expect("core/src is readable") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(&path, n);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("readable source");
+            *n += 1;
+            for bad in ["tokio", "std::fs", "Instant::now", "SystemTime::now"] {
+                assert!(!text.contains(bad), "{} mentions {bad}", path.display());
+            }
+        }
+    }
+    let mut n = 0;
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut n,
+    );
+    assert!(n >= 8, "only {n} files under core/src");
+}
+
+// ---------- property tests ----------
+
+#[derive(Clone, Debug)]
+enum Op {
+    Request(u8, u8),
+    Report {
+        pick: u8,
+        stale: bool,
+        stage: u8,
+        target: u8,
+        outcome: u8,
+    },
+    Timer(u16),
+    Cancel(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => (0u8..12, 1u8..8).prop_map(|(r, m)| Op::Request(r, m)),
+        8 => (any::<u8>(), prop::bool::weighted(0.15), 0u8..8, 0u8..3, 0u8..10)
+            .prop_map(|(pick, stale, stage, target, outcome)| Op::Report { pick, stale, stage, target, outcome }),
+        2 => (0u16..12_000).prop_map(Op::Timer),
+        1 => any::<u8>().prop_map(Op::Cancel),
+    ]
+}
+
+fn to_input(core: &Core, op: &Op, now: u64, n: u128) -> Input {
+    let names = ["a", "b", "c"];
+    let jobs: Vec<JobId> = core.state().jobs.keys().copied().collect();
+    match op {
+        Op::Request(r, mask) => Input::Request {
+            req: SnapshotRequest {
+                schema_version: 1,
+                request_id: RequestId::new(format!("r{r}")),
+                targets: (0..3)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| TargetId::from(names[i]))
+                    .collect(),
+                kind: SnapshotKind::Full,
+            },
+            origin: "prop".into(),
+            new_job: JobId::from_parts(now, n),
+        },
+        Op::Report {
+            pick,
+            stale,
+            stage,
+            target,
+            outcome,
+        } => {
+            let job = jobs
+                .get(*pick as usize % jobs.len().max(1))
+                .copied()
+                .unwrap_or(JobId::from_parts(1, 1));
+            let j = core.state().job(&job);
+            let attempt = j.map(|j| j.attempt).unwrap_or(1) + u32::from(*stale);
+            let current = j.and_then(|j| j.stage).unwrap_or(Stage::Freeze);
+            let stage = match stage {
+                0 => Stage::Freeze,
+                1 => Stage::Snapshot,
+                2 => Stage::Thaw,
+                3 => Stage::FlushLogs,
+                _ => current,
+            };
+            let targets: Vec<TargetId> = match (stage, j) {
+                (Stage::Snapshot, Some(j)) => j.targets.clone(),
+                (_, Some(j)) => vec![j.targets[*target as usize % j.targets.len()].clone()],
+                _ => vec!["a".into()],
+            };
+            let out = match (outcome, stage) {
+                (0, _) => err(true),
+                (1, _) => err(false),
+                (2, Stage::Thaw) => ok(StepDetail::Thawed {
+                    freeze_window_us: 1,
+                    by_watchdog: true,
+                }),
+                (_, Stage::Freeze) => frozen(),
+                (_, Stage::Snapshot) => snap(job, attempt),
+                (_, Stage::Thaw) => thawed(),
+                _ => ok(StepDetail::Flushed),
+            };
+            Input::Report(Report {
+                schema_version: 1,
+                message_id: "p".into(),
+                job,
+                attempt,
+                stage,
+                targets,
+                worker: "w".into(),
+                duration_us: 1,
+                outcome: out,
+            })
+        }
+        Op::Timer(_) => Input::TimerFired,
+        Op::Cancel(pick) => Input::Cancel {
+            job: jobs
+                .get(*pick as usize % jobs.len().max(1))
+                .copied()
+                .unwrap_or(JobId::from_parts(1, 1)),
+            reason: "prop".into(),
+        },
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Replay equals live state; stale reports change nothing; one active job per
+    /// target; every active job has a deadline; decide is deterministic.
+    #[test]
+    fn random_inputs_keep_the_core_sound(ops in prop::collection::vec(op(), 1..120)) {
+        let cfg = config();
+        let mut core = Core::new(cfg.clone());
+        let mut log = Vec::new();
+        let mut now = T;
+        for (n, op) in ops.iter().enumerate() {
+            now += match op { Op::Timer(d) => *d as u64, _ => 7 };
+            if let Op::Timer(_) = op {
+                if let Some(d) = core.next_deadline() { now = now.max(d); }
+            }
+            let input = to_input(&core, op, now, n as u128 + 1);
+            let stale = matches!(op, Op::Report { stale: true, .. });
+            let before = core.state().clone();
+            // decide is a pure function of its arguments.
+            let (e1, r1) = decide(core.state(), &cfg, &mut Rng::new(9), &input, now);
+            let (e2, r2) = decide(core.state(), &cfg, &mut Rng::new(9), &input, now);
+            prop_assert_eq!(&e1, &e2);
+            prop_assert_eq!(r1, r2);
+            let step = core.handle(input, now);
+            if stale {
+                prop_assert!(step.events.is_empty(), "stale report produced {:?}", step.events);
+                prop_assert_eq!(&before, core.state());
+            }
+            log.extend(step.events);
+            for t in ["a", "b", "c"] {
+                let active = core.state().active.iter()
+                    .filter(|j| core.state().job(j).is_some_and(|j| j.targets.contains(&TargetId::from(t))))
+                    .count();
+                prop_assert!(active <= 1, "{} jobs active on {}", active, t);
+            }
+            for id in &core.state().active {
+                let j = core.state().job(id).expect("active job exists");
+                prop_assert!(j.deadline().is_some(), "active job {:?} has no deadline", j.state);
+            }
+        }
+        let mut s = State::default();
+        for e in &log { evolve(&mut s, e); }
+        prop_assert_eq!(&s, core.state());
+    }
+}
+
+#[test]
+fn unused_helpers_compile() {
+    let _ = EventBody::Cancelled;
+}

@@ -1,0 +1,160 @@
+//! How recman shows events and jobs to people, in one place: one line per
+//! event (`recman events`), the live progress of a job (`recman snapshot`),
+//! a job's timeline (`recman job`) and the tables of jobs, targets and
+//! snapshots. The read model itself (what a timeline holds) is `view`.
+
+use recman_events::model::{EventBody, StepDetail, StoredEvent};
+
+use crate::view::time::rfc3339;
+
+pub mod progress;
+pub mod tables;
+
+/// One readable line: `seq  time  job  kind  details`.
+pub fn line(e: &StoredEvent) -> String {
+    format!(
+        "{:>8}  {}  {}  {:<16}  {}",
+        e.seq,
+        rfc3339(e.event.at_ms),
+        e.event.job.short(),
+        e.event.body.kind(),
+        details(&e.event.body)
+    )
+}
+
+/// The variant's fields, short and readable.
+pub fn details(body: &EventBody) -> String {
+    let join = |v: &[String]| v.join(",");
+    match body {
+        EventBody::Requested {
+            request_id,
+            targets,
+            kind,
+            origin,
+        } => format!(
+            "request={request_id} targets={} kind={} origin={origin}",
+            join(&targets.iter().map(|t| t.to_string()).collect::<Vec<_>>()),
+            kind.as_str()
+        ),
+        EventBody::Queued { behind } => format!(
+            "behind={}",
+            join(&behind.iter().map(|j| j.short()).collect::<Vec<_>>())
+        ),
+        EventBody::AttemptStarted { attempt, .. } => format!("attempt={attempt}"),
+        EventBody::StageStarted {
+            stage,
+            attempt,
+            deadline_ms,
+        } => format!("{stage} attempt={attempt} deadline={}", rfc3339(*deadline_ms)),
+        EventBody::StepSucceeded {
+            stage,
+            attempt,
+            target,
+            worker,
+            duration_us,
+            detail,
+        } => {
+            let d = step_detail(detail);
+            let sep = if d.is_empty() { "" } else { " " };
+            format!(
+                "{stage} attempt={attempt} target={target} worker={worker} took={}{sep}{d}",
+                micros(*duration_us)
+            )
+        }
+        EventBody::StepFailed {
+            stage,
+            attempt,
+            target,
+            worker,
+            error,
+        } => format!(
+            "{stage} attempt={attempt} target={target}{} error={}{}: {}",
+            worker
+                .as_ref()
+                .map(|w| format!(" worker={w}"))
+                .unwrap_or_default(),
+            error.code,
+            if error.retryable { " (retryable)" } else { "" },
+            error.message
+        ),
+        EventBody::StageTimedOut { stage, attempt } => format!("{stage} attempt={attempt}"),
+        EventBody::ForcedThaw { attempt, reason } => format!("attempt={attempt} reason={reason}"),
+        EventBody::WatchdogThawed {
+            attempt,
+            target,
+            worker,
+            freeze_window_us,
+        } => format!(
+            "attempt={attempt} target={target} worker={worker} frozen_for={}",
+            micros(*freeze_window_us)
+        ),
+        EventBody::RetryScheduled {
+            next_attempt,
+            not_before_ms,
+            reason,
+        } => format!(
+            "next_attempt={next_attempt} not_before={} reason={reason}",
+            rfc3339(*not_before_ms)
+        ),
+        EventBody::Completed {
+            attempt,
+            snapshot,
+            freeze_window_us,
+        } => format!(
+            "attempt={attempt} snapshot={} ({} at {}) freeze_window={}",
+            snapshot.name,
+            snapshot.provider,
+            snapshot.location,
+            micros(*freeze_window_us)
+        ),
+        EventBody::Failed { attempt, reason } => format!("attempt={attempt} reason={reason}"),
+        EventBody::CancelRequested { reason } => format!("reason={reason}"),
+        EventBody::Cancelled => String::new(),
+        EventBody::SnapshotDeleted { target, name } => format!("target={target} snapshot={name}"),
+    }
+}
+
+fn step_detail(d: &StepDetail) -> String {
+    match d {
+        StepDetail::None => String::new(),
+        StepDetail::Frozen { deadline_ms } => format!("watchdog_at={}", rfc3339(*deadline_ms)),
+        StepDetail::Snapshot(s) => format!(
+            "snapshot={} location={}{}",
+            s.name,
+            s.location,
+            if s.existed { " (already there)" } else { "" }
+        ),
+        StepDetail::Thawed {
+            freeze_window_us,
+            by_watchdog,
+        } => format!(
+            "frozen_for={}{}",
+            micros(*freeze_window_us),
+            if *by_watchdog { " by_watchdog" } else { "" }
+        ),
+        StepDetail::Flushed => "flushed".into(),
+        StepDetail::Pruned { deleted } => format!("deleted={}", deleted.join(",")),
+    }
+}
+
+pub fn micros(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{:.2}s", us as f64 / 1e6)
+    } else if us >= 1_000 {
+        format!("{:.1}ms", us as f64 / 1e3)
+    } else {
+        format!("{us}µs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(micros(999), "999µs");
+        assert_eq!(micros(1_500), "1.5ms");
+        assert_eq!(micros(2_340_000), "2.34s");
+    }
+}

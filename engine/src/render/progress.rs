@@ -1,0 +1,374 @@
+//! Shows one job as it runs: a line per step (plain when not on a terminal; on
+//! a terminal, plus a live status line with the running stage and how long the
+//! application has been frozen), and the job's summary for `--json`.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use recman_events::{EventBody, JobId, SnapshotInfo, Stage, StepDetail, StoredEvent};
+use serde::Serialize;
+
+use super::micros;
+
+/// How a followed job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum End {
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+/// One step as the log recorded it (for `--json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct StepLine {
+    pub seq: u64,
+    pub stage: Stage,
+    pub attempt: u32,
+    pub target: String,
+    pub worker: Option<String>,
+    pub ok: bool,
+    pub duration_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The job's summary: printed by `recman snapshot --json`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub job_id: String,
+    pub state: Option<End>,
+    pub attempts: u32,
+    pub snapshot: Option<SnapshotInfo>,
+    pub freeze_window_us: Option<u64>,
+    pub reason: Option<String>,
+    pub steps: Vec<StepLine>,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub duration_ms: u64,
+}
+
+/// Renders events of one job as they arrive.
+pub struct Progress {
+    job: JobId,
+    /// Human output on stdout (false with `--json`).
+    human: bool,
+    /// A terminal: draw the live status line.
+    tty: bool,
+    started: Instant,
+    running: Option<(Stage, Instant)>,
+    frozen_since: Option<Instant>,
+    status_drawn: bool,
+    frame: usize,
+    pub summary: Summary,
+}
+
+const SPINNER: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
+
+impl Progress {
+    pub fn new(job: JobId, human: bool, tty: bool) -> Self {
+        Progress {
+            job,
+            human,
+            tty: human && tty,
+            started: Instant::now(),
+            running: None,
+            frozen_since: None,
+            status_drawn: false,
+            frame: 0,
+            summary: Summary {
+                job_id: job.to_string(),
+                ..Summary::default()
+            },
+        }
+    }
+
+    /// How often `tick` should be called on a terminal.
+    pub fn tick_every(&self) -> Option<Duration> {
+        self.tty.then_some(Duration::from_millis(100))
+    }
+
+    fn clear_status(&mut self, out: &mut impl Write) {
+        if self.status_drawn {
+            let _ = write!(out, "\r\x1b[2K");
+            self.status_drawn = false;
+        }
+    }
+
+    /// Redraws the status line (terminal only).
+    pub fn tick(&mut self) {
+        if !self.tty {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        self.clear_status(&mut out);
+        self.frame = (self.frame + 1) % SPINNER.len();
+        let mut line = format!("{} ", SPINNER[self.frame]);
+        match &self.running {
+            Some((stage, since)) => line.push_str(&format!("{stage} running {}", secs(since.elapsed()))),
+            None => line.push_str(&format!("waiting {}", secs(self.started.elapsed()))),
+        }
+        if let Some(f) = self.frozen_since {
+            line.push_str(&format!(
+                "  \x1b[33mapplication frozen {}\x1b[0m",
+                secs(f.elapsed())
+            ));
+        }
+        let _ = write!(out, "{line}");
+        let _ = out.flush();
+        self.status_drawn = true;
+    }
+
+    fn say(&mut self, mark: &str, text: String) {
+        if !self.human {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        self.clear_status(&mut out);
+        let mark = match (self.tty, mark) {
+            (true, "ok") => "\x1b[32m✓\x1b[0m",
+            (true, "err") => "\x1b[31m✗\x1b[0m",
+            (true, _) => "·",
+            (false, "ok") => "ok ",
+            (false, "err") => "ERR",
+            (false, _) => "   ",
+        };
+        let _ = writeln!(out, "  {mark} {text}");
+        let _ = out.flush();
+    }
+
+    /// Takes one event of the log; returns how the job ended once it did.
+    pub fn on_event(&mut self, ev: &StoredEvent) -> Option<End> {
+        if ev.event.job != self.job {
+            return None;
+        }
+        let s = &mut self.summary;
+        if s.first_seq == 0 {
+            s.first_seq = ev.seq;
+        }
+        s.last_seq = ev.seq;
+        s.duration_ms = self.started.elapsed().as_millis() as u64;
+        let seq = ev.seq;
+        match &ev.event.body {
+            EventBody::Requested {
+                targets,
+                kind,
+                origin,
+                ..
+            } => {
+                let t: Vec<&str> = targets.iter().map(|t| t.as_str()).collect();
+                self.say(
+                    "",
+                    format!(
+                        "#{seq:<6} requested: {} ({}, from {origin})",
+                        t.join(", "),
+                        kind.as_str()
+                    ),
+                );
+            }
+            EventBody::Queued { behind } => {
+                self.say(
+                    "",
+                    format!(
+                        "#{seq:<6} queued behind {} job(s) on the same target(s)",
+                        behind.len()
+                    ),
+                );
+            }
+            EventBody::AttemptStarted {
+                attempt,
+                freeze_budget_ms,
+                ..
+            } => {
+                self.summary.attempts = *attempt;
+                self.say(
+                    "",
+                    format!(
+                        "#{seq:<6} attempt {attempt} (the application may stay frozen at most {})",
+                        micros(freeze_budget_ms * 1000)
+                    ),
+                );
+            }
+            EventBody::StageStarted { stage, .. } => {
+                self.running = Some((*stage, Instant::now()));
+            }
+            EventBody::StepSucceeded {
+                stage,
+                attempt,
+                target,
+                worker,
+                duration_us,
+                detail,
+            } => {
+                let extra = match detail {
+                    StepDetail::Snapshot(i) => format!(
+                        ": {} at {}{}",
+                        i.name,
+                        i.location,
+                        if i.existed { " (already there)" } else { "" }
+                    ),
+                    StepDetail::Thawed {
+                        freeze_window_us,
+                        by_watchdog,
+                    } => format!(
+                        " (freeze window {}{})",
+                        micros(*freeze_window_us),
+                        if *by_watchdog {
+                            ", thawed by the watchdog"
+                        } else {
+                            ""
+                        }
+                    ),
+                    StepDetail::Pruned { deleted } if !deleted.is_empty() => {
+                        format!(": deleted {}", deleted.join(", "))
+                    }
+                    _ => String::new(),
+                };
+                match stage {
+                    Stage::Freeze => self.frozen_since = Some(Instant::now()),
+                    Stage::Thaw => self.frozen_since = None,
+                    _ => {}
+                }
+                self.summary.steps.push(StepLine {
+                    seq,
+                    stage: *stage,
+                    attempt: *attempt,
+                    target: target.to_string(),
+                    worker: Some(worker.to_string()),
+                    ok: true,
+                    duration_us: Some(*duration_us),
+                    error: None,
+                });
+                self.say(
+                    "ok",
+                    format!(
+                        "#{seq:<6} {stage} done on {target} by {worker} in {}{extra}",
+                        micros(*duration_us)
+                    ),
+                );
+            }
+            EventBody::StepFailed {
+                stage,
+                attempt,
+                target,
+                worker,
+                error,
+            } => {
+                self.summary.steps.push(StepLine {
+                    seq,
+                    stage: *stage,
+                    attempt: *attempt,
+                    target: target.to_string(),
+                    worker: worker.as_ref().map(|w| w.to_string()),
+                    ok: false,
+                    duration_us: None,
+                    error: Some(error.to_string()),
+                });
+                self.say(
+                    "err",
+                    format!(
+                        "#{seq:<6} {stage} failed on {target}{}: {}{}",
+                        worker.as_ref().map(|w| format!(" ({w})")).unwrap_or_default(),
+                        error.message,
+                        if error.retryable { " (retryable)" } else { "" }
+                    ),
+                );
+            }
+            EventBody::StageTimedOut { stage, .. } => {
+                self.say("err", format!("#{seq:<6} {stage} timed out"));
+            }
+            EventBody::ForcedThaw { reason, .. } => {
+                self.say("err", format!("#{seq:<6} forced thaw: {reason}"));
+            }
+            EventBody::WatchdogThawed {
+                target,
+                worker,
+                freeze_window_us,
+                ..
+            } => {
+                self.frozen_since = None;
+                self.say(
+                    "err",
+                    format!(
+                        "#{seq:<6} the watchdog of {worker} thawed {target} after {}",
+                        micros(*freeze_window_us)
+                    ),
+                );
+            }
+            EventBody::RetryScheduled {
+                next_attempt, reason, ..
+            } => {
+                self.say(
+                    "",
+                    format!("#{seq:<6} retrying as attempt {next_attempt}: {reason}"),
+                );
+            }
+            EventBody::CancelRequested { reason } => {
+                self.say("", format!("#{seq:<6} cancel requested: {reason}"));
+            }
+            EventBody::SnapshotDeleted { target, name } => {
+                self.say("", format!("#{seq:<6} retention deleted {name} of {target}"));
+            }
+            EventBody::Completed {
+                snapshot,
+                freeze_window_us,
+                ..
+            } => {
+                self.summary.state = Some(End::Completed);
+                self.summary.snapshot = Some(snapshot.clone());
+                self.summary.freeze_window_us = Some(*freeze_window_us);
+                self.finish_line();
+                return Some(End::Completed);
+            }
+            EventBody::Failed { reason, .. } => {
+                self.summary.state = Some(End::Failed);
+                self.summary.reason = Some(reason.clone());
+                self.finish_line();
+                return Some(End::Failed);
+            }
+            EventBody::Cancelled => {
+                self.summary.state = Some(End::Cancelled);
+                self.finish_line();
+                return Some(End::Cancelled);
+            }
+        }
+        None
+    }
+
+    fn finish_line(&mut self) {
+        self.running = None;
+        self.frozen_since = None;
+        if !self.human {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        self.clear_status(&mut out);
+        let s = &self.summary;
+        if s.state == Some(End::Failed) {
+            // The reason goes to stderr, where scripts look for errors.
+            let _ = out.flush();
+            eprintln!(
+                "failed: {}",
+                s.reason.as_deref().unwrap_or("(no reason recorded)")
+            );
+            return;
+        }
+        let _ = match (s.state, &s.snapshot) {
+            (Some(End::Completed), Some(snap)) => writeln!(
+                out,
+                "completed: snapshot {} at {} (freeze window {}, {} in all)",
+                snap.name,
+                snap.location,
+                micros(s.freeze_window_us.unwrap_or(0)),
+                micros(s.duration_ms * 1000)
+            ),
+            (Some(End::Cancelled), _) => writeln!(out, "cancelled"),
+            _ => writeln!(out, "ended without a snapshot"),
+        };
+        let _ = out.flush();
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}

@@ -1,0 +1,152 @@
+//! The read commands' tables (jobs, targets, snapshots) and a job's timeline.
+
+use crate::view::time::rfc3339;
+use crate::view::{JobDetail, JobSummary, SnapshotEntry, TargetView};
+
+fn ms(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+/// `recman jobs`: newest first; `more` = the page was cut.
+pub fn jobs(jobs: &[JobSummary], more: bool) {
+    if jobs.is_empty() {
+        println!("no jobs");
+    } else {
+        println!(
+            "{:<36}  {:<13}  {:<24}  {:<20}  SNAPSHOT / OUTCOME",
+            "JOB", "STATE", "REQUESTED", "TARGETS"
+        );
+    }
+    for j in jobs {
+        let targets = j.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",");
+        let what = j.snapshot.clone().or(j.outcome.clone()).unwrap_or_default();
+        println!(
+            "{:<36}  {:<13}  {:<24}  {:<20}  {what}",
+            j.id.to_string(),
+            j.state,
+            rfc3339(j.requested_at_ms),
+            targets
+        );
+    }
+    if more {
+        println!("(more: raise --limit)");
+    }
+}
+
+/// The timeline, readable at a glance.
+pub fn timeline(d: &JobDetail) {
+    let s = &d.summary;
+    let targets = s
+        .targets
+        .iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("job {}  {}", s.id, s.state.to_uppercase());
+    println!(
+        "  request {} · {} · from {} · targets {targets}",
+        s.request_id, s.kind, s.origin
+    );
+    println!("  requested {}", rfc3339(s.requested_at_ms));
+    if let Some(f) = s.finished_at_ms {
+        println!(
+            "  finished  {}  ({} ms)",
+            rfc3339(f),
+            f.saturating_sub(s.requested_at_ms)
+        );
+    }
+    println!("  timeline:");
+    for t in &d.timeline {
+        let offset = t.started_ms.saturating_sub(s.requested_at_ms);
+        let dur = t.duration_ms.map_or("running".to_string(), |d| format!("{d} ms"));
+        println!(
+            "    +{offset:>6} ms  {:<10} attempt {}  {:>9}  {}",
+            t.stage.as_str(),
+            t.attempt,
+            dur,
+            t.outcome.as_deref().unwrap_or("")
+        );
+        for st in &t.steps {
+            let who = st.worker.as_ref().map_or("?".to_string(), |w| w.to_string());
+            let took = st.duration_us.map(ms).unwrap_or_default();
+            let mark = if st.ok { "ok" } else { "FAILED" };
+            let note = st.note.as_deref().map(|n| format!(" — {n}")).unwrap_or_default();
+            println!("        {} {} on {who} {took}{note}", st.target, mark);
+        }
+    }
+    let fw = &d.freeze_window;
+    match fw.window_us {
+        Some(w) => println!("  freeze window: {} (limit {} ms)", ms(w), fw.budget_ms),
+        None if fw.first_frozen_at_ms.is_some() => println!(
+            "  freeze window: open since {}",
+            rfc3339(fw.first_frozen_at_ms.unwrap_or(0))
+        ),
+        None => {}
+    }
+    if let Some(sn) = &d.snapshot_info {
+        println!("  snapshot: {} at {} ({})", sn.name, sn.location, sn.provider);
+    }
+    if let Some(o) = &s.outcome {
+        println!("  outcome: {o}");
+    }
+    if let Some(e) = &d.last_error {
+        println!("  last error: {e}");
+    }
+}
+
+/// `recman targets` (and the targets part of `recman replay`).
+pub fn targets(list: &[TargetView]) {
+    if list.is_empty() {
+        println!("no targets");
+        return;
+    }
+    println!(
+        "{:<20}  {:<13}  {:>5}  {:<40}  LAST FAILURE",
+        "TARGET", "STATE", "QUEUE", "LAST SNAPSHOT"
+    );
+    for t in list {
+        let snap = t
+            .last_snapshot
+            .as_ref()
+            .map(|s| format!("{} ({})", s.name, rfc3339(s.at_ms)))
+            .unwrap_or_else(|| "-".into());
+        let fail = t
+            .last_failure
+            .as_ref()
+            .map(|f| format!("{}: {}", rfc3339(f.at_ms), f.reason))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20}  {:<13}  {:>5}  {:<40}  {fail}",
+            t.id.as_str(),
+            t.state,
+            t.queue_depth,
+            snap
+        );
+    }
+}
+
+/// `recman snapshots`: the catalog with each restore point's expiry.
+pub fn snapshots(list: &[SnapshotEntry]) {
+    if list.is_empty() {
+        println!("no snapshots");
+    }
+    for s in list {
+        let targets = s.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",");
+        let expiry = match &s.retention {
+            Some(r) => format!(
+                "pruned after {} more (keep_last {})",
+                r.expires_after, r.keep_last
+            ),
+            None => "kept".into(),
+        };
+        println!(
+            "{}  {}  {targets}  {} {}  freeze {}  {expiry}\n    {}",
+            rfc3339(s.cut_at_ms),
+            s.name,
+            s.kind,
+            s.provider,
+            ms(s.freeze_window_us),
+            s.location
+        );
+    }
+}

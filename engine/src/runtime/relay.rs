@@ -1,0 +1,400 @@
+//! The events relay (an outbox): publishes every appended event to the events
+//! exchange in log order with confirms, and records durably (an fsync'd cursor
+//! file) how far it got, so after a crash it resumes where the broker's last
+//! confirm left it: nothing lost, nothing reordered; a re-sent event keeps its
+//! `message_id` (`event/<seq>`) so subscribers drop the duplicate.
+//!
+//! At full load one message per event would cost the broker more than the
+//! jobs themselves, so when more than [`RelayOptions::batch_over`] events are
+//! waiting the relay sends them as batches: one message of type
+//! [`BATCH_TYPE`] holding a JSON array of `EventMessage`s (at most
+//! `max_events` events or `max_bytes` of JSON), routing key [`BATCH_KEY`],
+//! id `events/<first>-<last>`, headers `x-recman-first-seq` /
+//! `x-recman-last-seq`. Every event carries its `seq`, so subscribers dedupe
+//! on it whatever form it came in (see deploy/README.md, "Events").
+//!
+//! It runs in both modes, started by the engine handle (`crate::handle`):
+//! over RabbitMQ with a durable cursor ([`Cursor::in_data_dir`]), and on the
+//! in-process bus with [`Cursor::ephemeral`] (from the log's end, nothing
+//! stored: in-process subscribers live no longer than the process). While
+//! nobody subscribes to the in-process bus's `Events`, it builds no messages.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use recman_events::bus::{msg_type, Address, Bus, BusError, Message, ROUTING_KEY_HEADER};
+use recman_events::wire::{self, EventMessage};
+use recman_events::{EventBody, EventLog, JobId, LogError, StoredEvent, TargetId, SCHEMA_VERSION};
+
+/// The cursor file in the engine's data directory.
+pub const CURSOR_FILE: &str = "events-relay.cursor";
+/// Events read from the log per round (all confirmed before the cursor moves).
+pub const ROUND: usize = 4096;
+/// The message type (AMQP `type` property) of a batch of events.
+pub const BATCH_TYPE: &str = "event-batch";
+/// The routing key of a batch on the events exchange (`#` matches it too).
+pub const BATCH_KEY: &str = "batch";
+
+/// When and how the relay batches events.
+#[derive(Clone, Debug)]
+pub struct RelayOptions {
+    /// Events waiting at once above which they go out as batches (below or
+    /// at it, one message per event with its `<kind>.<target>` routing key).
+    /// `usize::MAX` never batches; 0 always does.
+    pub batch_over: usize,
+    /// Most events in one batch message.
+    pub max_events: usize,
+    /// Most bytes of JSON in one batch message (a single larger event still
+    /// goes, alone).
+    pub max_bytes: usize,
+    /// Least time between two cursor writes (each is two fsyncs). A cursor
+    /// that lags only means more duplicates after a crash, never a loss; it
+    /// is always written when the relay stops. Zero = after every round.
+    pub cursor_interval: std::time::Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            batch_over: 32,
+            max_events: 256,
+            max_bytes: 256 * 1024,
+            cursor_interval: std::time::Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("reading the event log: {0}")]
+    Log(#[from] LogError),
+    #[error("publishing events: {0}")]
+    Bus(#[from] BusError),
+    #[error("relay cursor {path}: {source}")]
+    Cursor { path: PathBuf, source: std::io::Error },
+}
+
+/// The last sequence number the broker confirmed, kept in a small file;
+/// or, for the in-process bus, nothing kept at all.
+pub struct Cursor {
+    /// `None`: ephemeral (see [`Cursor::ephemeral`]).
+    path: Option<PathBuf>,
+}
+
+impl Cursor {
+    pub fn new(path: impl Into<PathBuf>) -> Cursor {
+        Cursor {
+            path: Some(path.into()),
+        }
+    }
+
+    pub fn in_data_dir(dir: &Path) -> Cursor {
+        Cursor::new(dir.join(CURSOR_FILE))
+    }
+
+    /// A cursor that starts at the log's end and stores nothing: for the
+    /// in-process bus, whose subscribers cannot have missed anything from
+    /// before this process started.
+    pub fn ephemeral() -> Cursor {
+        Cursor { path: None }
+    }
+
+    fn err(&self, path: &Path, source: std::io::Error) -> RelayError {
+        RelayError::Cursor {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Where to start after: the stored seq (0 when the file does not exist
+    /// yet), or the log's end for an ephemeral cursor.
+    fn start(&self, log: &dyn EventLog) -> Result<u64, RelayError> {
+        match self.path {
+            Some(_) => self.load(),
+            None => Ok(log.last_seq()),
+        }
+    }
+
+    /// 0 when the file does not exist yet (nothing published) or the cursor
+    /// is ephemeral.
+    pub fn load(&self) -> Result<u64, RelayError> {
+        let Some(path) = &self.path else { return Ok(0) };
+        match fs::read_to_string(path) {
+            Ok(s) => s.trim().parse().map_err(|e| {
+                self.err(
+                    path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("not a sequence number ({e}); delete it to re-publish everything"),
+                    ),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(self.err(path, e)),
+        }
+    }
+
+    /// Writes `seq` durably: a temp file, fsync, rename over, fsync the
+    /// directory. Nothing for an ephemeral cursor.
+    pub fn store(&self, seq: u64) -> Result<(), RelayError> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let tmp = path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            writeln!(f, "{seq}")?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent() {
+                File::open(if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                })?
+                .sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| self.err(path, e))
+    }
+}
+
+/// The first target of each job, for routing keys (`<kind>.<target>`).
+#[derive(Default)]
+struct Targets {
+    by_job: HashMap<JobId, TargetId>,
+}
+
+impl Targets {
+    /// Remembers the target of a job's request (no look-up).
+    fn note(&mut self, e: &StoredEvent) {
+        if let EventBody::Requested { targets, .. } = &e.event.body {
+            if let Some(t) = targets.first() {
+                self.by_job.insert(e.event.job, t.clone());
+            }
+        }
+    }
+
+    fn of(&mut self, log: &dyn EventLog, e: &StoredEvent) -> String {
+        self.note(e);
+        if let Some(t) = self.by_job.get(&e.event.job) {
+            return t.to_string();
+        }
+        // Started after the job's request: look it up once.
+        let first = log.read_job(e.event.job).ok().and_then(|evs| {
+            evs.into_iter().find_map(|s| match s.event.body {
+                EventBody::Requested { targets, .. } => targets.into_iter().next(),
+                _ => None,
+            })
+        });
+        match first {
+            Some(t) => {
+                self.by_job.insert(e.event.job, t.clone());
+                t.to_string()
+            }
+            None => "unknown".into(),
+        }
+    }
+
+    fn forget_finished(&mut self, e: &StoredEvent) {
+        if e.event.body.is_terminal() {
+            self.by_job.remove(&e.event.job);
+        }
+    }
+}
+
+/// The message for one stored event: `EventMessage` JSON, id `event/<seq>`,
+/// routing key `<event kind>.<first target of the job>`.
+pub fn event_message(e: &StoredEvent, target: &str) -> Message {
+    let body = wire::encode(&EventMessage {
+        schema_version: SCHEMA_VERSION,
+        seq: e.seq,
+        event: e.event.clone(),
+    });
+    Message::new(msg_type::EVENT, format!("event/{}", e.seq), body)
+        .with_header(ROUTING_KEY_HEADER, format!("{}.{target}", e.event.body.kind()))
+        .with_header("x-recman-seq", e.seq.to_string())
+        .with_header("x-recman-job", e.event.job.to_string())
+        // In the job's trace (a batch spans many jobs and carries none).
+        .with_header(
+            recman_trace::TRACEPARENT,
+            recman_trace::TraceParent::job_root(e.event.job).to_string(),
+        )
+}
+
+/// One message holding `events` (in log order, not empty): a JSON array of
+/// `EventMessage`s, id `events/<first>-<last>`.
+pub fn batch_message(events: &[EventMessage]) -> Message {
+    let first = events.first().map_or(0, |e| e.seq);
+    let last = events.last().map_or(0, |e| e.seq);
+    let mut body = Vec::with_capacity(events.len() * 300);
+    body.push(b'[');
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&wire::encode(e));
+    }
+    body.push(b']');
+    Message::new(BATCH_TYPE, format!("events/{first}-{last}"), body)
+        .with_header(ROUTING_KEY_HEADER, BATCH_KEY)
+        .with_header("x-recman-first-seq", first.to_string())
+        .with_header("x-recman-last-seq", last.to_string())
+        .with_header("x-recman-count", events.len().to_string())
+}
+
+/// The events a relayed message holds, whichever form it has (one event or
+/// a batch), for subscribers written in Rust.
+pub fn events_of(msg: &Message) -> Result<Vec<EventMessage>, wire::WireError> {
+    if msg.msg_type == BATCH_TYPE {
+        serde_json::from_slice::<Vec<EventMessage>>(&msg.body)
+            .map_err(|e| wire::WireError::Json(e.to_string()))
+    } else {
+        Ok(vec![wire::decode::<EventMessage>(&msg.body)?])
+    }
+}
+
+/// Splits `events` into batch messages of at most `max_events` events and
+/// about `max_bytes` bytes.
+fn batches(events: Vec<EventMessage>, opts: &RelayOptions) -> Vec<(Address, Message)> {
+    let mut out = Vec::new();
+    let mut chunk: Vec<EventMessage> = Vec::new();
+    let mut bytes = 0;
+    for e in events {
+        let size = approx_size(&e);
+        if !chunk.is_empty() && (chunk.len() >= opts.max_events.max(1) || bytes + size > opts.max_bytes) {
+            out.push((Address::Events, batch_message(&chunk)));
+            chunk.clear();
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(e);
+    }
+    if !chunk.is_empty() {
+        out.push((Address::Events, batch_message(&chunk)));
+    }
+    out
+}
+
+/// A cheap upper-ish estimate of an event's JSON size (exact sizes would
+/// mean encoding twice).
+fn approx_size(e: &EventMessage) -> usize {
+    300 + match &e.event.body {
+        EventBody::Requested { targets, .. } => targets.len() * 64,
+        _ => 0,
+    }
+}
+
+/// Relays from the cursor on until `shutdown`, then what the log held at that
+/// moment (bound the wait from outside); returns an error when the log or the
+/// broker fails for good (the caller decides whether to stop).
+pub async fn run(
+    log: Arc<dyn EventLog>,
+    bus: Arc<dyn Bus>,
+    cursor: Cursor,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RelayError> {
+    run_with(log, bus, cursor, RelayOptions::default(), shutdown).await
+}
+
+/// [`run`] with explicit batching options.
+pub async fn run_with(
+    log: Arc<dyn EventLog>,
+    bus: Arc<dyn Bus>,
+    cursor: Cursor,
+    opts: RelayOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RelayError> {
+    let mut done = cursor.start(log.as_ref())?;
+    let mut targets = Targets::default();
+    let mut tail = log.subscribe(done + 1);
+    tracing::info!(from = done + 1, "events relay started");
+    tokio::pin!(shutdown);
+    let mut buf = Vec::with_capacity(ROUND);
+    // Once asked to stop: relay what the log holds at that moment, then return.
+    let mut stop_at: Option<u64> = None;
+    // What the cursor file says, and when it was written.
+    let mut stored = done;
+    let mut last_store = std::time::Instant::now() - opts.cursor_interval;
+    loop {
+        if stop_at.is_some_and(|s| done >= s) {
+            if stored < done {
+                cursor.store(done)?;
+            }
+            return Ok(());
+        }
+        buf.clear();
+        let n = tokio::select! {
+            _ = &mut shutdown, if stop_at.is_none() => {
+                stop_at = Some(log.last_seq());
+                continue;
+            }
+            n = tail.recv_many(&mut buf, ROUND) => n,
+            // Quiet after a burst: write the cursor that lags behind.
+            _ = tokio::time::sleep_until((last_store + opts.cursor_interval).into()), if stored < done => {
+                cursor.store(done)?;
+                stored = done;
+                last_store = std::time::Instant::now();
+                continue;
+            }
+        };
+        if n == 0 {
+            if stored < done {
+                cursor.store(done)?;
+            }
+            return Ok(()); // the log closed
+        }
+        let mut fresh = Vec::with_capacity(n);
+        for item in buf.drain(..) {
+            let e = item?;
+            if e.seq > done {
+                fresh.push(e);
+            }
+        }
+        let Some(last) = fresh.last().map(|e| e.seq) else {
+            continue;
+        };
+        if bus.events_subscribed() == Some(false) {
+            // The in-process bus with no subscriber would drop them all.
+            fresh.iter().for_each(|e| targets.forget_finished(e));
+            done = last;
+            continue;
+        }
+        // Every message of the round is sent before any confirm is awaited
+        // (`publish_batch` pipelines them), and the cursor moves once all are in.
+        let msgs = if fresh.len() > opts.batch_over {
+            let events = fresh
+                .into_iter()
+                .map(|e| {
+                    targets.note(&e);
+                    targets.forget_finished(&e);
+                    EventMessage {
+                        schema_version: SCHEMA_VERSION,
+                        seq: e.seq,
+                        event: e.event,
+                    }
+                })
+                .collect();
+            batches(events, &opts)
+        } else {
+            fresh
+                .iter()
+                .map(|e| {
+                    let t = targets.of(log.as_ref(), e);
+                    targets.forget_finished(e);
+                    (Address::Events, event_message(e, &t))
+                })
+                .collect()
+        };
+        bus.publish_batch(msgs).await?;
+        done = last;
+        if last_store.elapsed() >= opts.cursor_interval {
+            cursor.store(done)?;
+            stored = done;
+            last_store = std::time::Instant::now();
+        }
+    }
+}

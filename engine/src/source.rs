@@ -1,0 +1,62 @@
+//! Where a read command gets its answers: the running server of the data dir
+//! (its `server.json`, or `--server URL`), else the data dir's log directly,
+//! through the same projection (`view`).
+
+use std::collections::BTreeMap;
+
+use recman_events::log::{open_for_reading, LogError};
+use recman_events::TargetId;
+
+use crate::client::Client;
+use crate::home::Home;
+use crate::view::{Until, View};
+
+/// Where a read command gets its answers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArg {
+    /// Talk to this server (e.g. http://127.0.0.1:7080) instead of the data dir's.
+    #[arg(long, value_name = "URL", env = "RECMAN_SERVER")]
+    pub server: Option<String>,
+}
+
+/// The help text of the read commands.
+pub const READ_HELP: &str =
+    "Reads the running `recman up` of the data dir (DATA_DIR/server.json) or --server URL;\n\
+without one, reads the data dir's event log directly.\n\n\
+Exit codes: 0 done, 1 not found, 2 could not run (no log, server unreachable, bad arguments).";
+
+pub enum Source {
+    Local(Box<View>),
+    Remote(Client),
+}
+
+/// `keep_last` per target from the config, when there is one.
+pub fn retention(home: &Home) -> BTreeMap<TargetId, Option<u32>> {
+    match recman_config::Config::load(home.config_file()) {
+        Ok(c) => c.targets.iter().map(|t| (t.id.clone(), t.keep_last)).collect(),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+/// Builds the view of the data dir's log up to `until`.
+pub fn local_view(home: &Home, until: Until) -> anyhow::Result<View> {
+    let log = open_for_reading(&home.data_dir).map_err(|e| match e {
+        LogError::Locked(m) => anyhow::anyhow!(
+            "{m}\nanother process owns the log and no server announces itself in {}; \
+             wait for it to finish, or pass --server URL",
+            crate::api::discovery::path(&home.data_dir).display()
+        ),
+        e => anyhow::anyhow!("cannot read the event log in {}: {e}", home.data_dir.display()),
+    })?;
+    Ok(View::new(retention(home)).build(log.as_ref(), until)?)
+}
+
+impl Source {
+    /// The server (`server` or the discovery file), else the local view.
+    pub async fn open(home: &Home, server: Option<&str>) -> anyhow::Result<Source> {
+        match Client::discover(home, server).await? {
+            Some(c) => Ok(Source::Remote(c)),
+            None => Ok(Source::Local(Box::new(local_view(home, Until::End)?))),
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! The worker runtime: consumes its pools and its own queue, decodes and
+//! checks each command, answers redeliveries from memory, runs the step for
+//! targets in its local config only (`steps`), publishes the report before
+//! acking the command, and thaws by itself when a thaw does not come in time
+//! (`thaw`). The rules of each step are the worker core's (`recman_core::worker`).
+
+mod steps;
+mod thaw;
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use recman_events::bus::{msg_type, Address, Bus, BusError, Consumer, Delivery, Message};
+use recman_events::wire::{self, check_id, Command, Outcome, Report};
+use recman_events::{JobId, PoolName, Stage, StepError, TargetId, WorkerId, SCHEMA_VERSION};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{field, info_span, Instrument, Span};
+
+use recman_config::{Config, TargetConfig};
+use recman_core::worker::TargetMemory;
+
+use crate::provider::{self, check_snapshot_name, Provider};
+use crate::watchdog::Watchdogs;
+use crate::writer::{self, StepCtx, Writer};
+
+/// Default unsettled commands per consumed queue.
+pub const DEFAULT_PREFETCH: u16 = 8;
+/// How many completed commands a worker remembers to answer redeliveries.
+pub const RECENT_CAPACITY: usize = 4096;
+/// The W3C trace context header: a command's makes the step span a child of
+/// the engine's send span; a report's makes the engine's receive span a child
+/// of the step span.
+pub const TRACEPARENT: &str = recman_trace::TRACEPARENT;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker bus error: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// A target this worker serves: config, writer, provider, and one lock per
+/// side so steps on one target never overlap (a thaw still may run during a
+/// snapshot: that is the forced thaw).
+struct Local {
+    cfg: TargetConfig,
+    writer: Arc<dyn Writer>,
+    provider: Arc<dyn Provider>,
+    writer_lock: Arc<tokio::sync::Mutex<()>>,
+    provider_lock: Arc<tokio::sync::Mutex<()>>,
+    /// What this worker remembers of the target (the worker core's rules).
+    memory: Mutex<TargetMemory>,
+}
+
+impl Local {
+    /// Held only to plan or record, never across an await.
+    fn memory(&self) -> std::sync::MutexGuard<'_, TargetMemory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One worker process (or one worker hosted by the engine in embedded mode).
+pub struct Worker {
+    id: WorkerId,
+    pools: Vec<PoolName>,
+    targets: HashMap<TargetId, Local>,
+    prefetch: u16,
+}
+
+impl Worker {
+    /// A worker `id` consuming `pools` (and its own queue), serving every
+    /// target of `config` with the writer and provider the config names.
+    pub fn new(id: WorkerId, pools: Vec<PoolName>, config: &Config) -> Worker {
+        let targets = config
+            .targets
+            .iter()
+            .map(|t| {
+                (
+                    t.id.clone(),
+                    Local {
+                        cfg: t.clone(),
+                        writer: writer::from_config(&t.id, &t.writer),
+                        provider: provider::from_config(&t.provider),
+                        writer_lock: Default::default(),
+                        provider_lock: Default::default(),
+                        memory: Default::default(),
+                    },
+                )
+            })
+            .collect();
+        Worker {
+            id,
+            pools,
+            targets,
+            prefetch: DEFAULT_PREFETCH,
+        }
+    }
+
+    /// Pools from `[worker] pools`, or else every pool a target names.
+    pub fn from_config(id: WorkerId, config: &Config) -> Worker {
+        let pools = match &config.worker {
+            Some(w) if !w.pools.is_empty() => w.pools.clone(),
+            _ => config.pools(),
+        };
+        Worker::new(id, pools, config)
+    }
+
+    /// Replaces the writer of a configured target (tests, simulations).
+    pub fn with_writer(mut self, target: &TargetId, w: Arc<dyn Writer>) -> Self {
+        if let Some(l) = self.targets.get_mut(target) {
+            l.writer = w;
+        }
+        self
+    }
+
+    /// Replaces the provider of a configured target (tests, simulations).
+    pub fn with_provider(mut self, target: &TargetId, p: Arc<dyn Provider>) -> Self {
+        if let Some(l) = self.targets.get_mut(target) {
+            l.provider = p;
+        }
+        self
+    }
+
+    /// Unsettled commands per consumed queue (default 8).
+    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    pub fn id(&self) -> &WorkerId {
+        &self.id
+    }
+
+    pub fn pools(&self) -> &[PoolName] {
+        &self.pools
+    }
+
+    /// Runs until `shutdown` completes or the bus closes. On the way out it
+    /// finishes the steps in flight, then thaws every target still frozen.
+    pub async fn run(
+        self,
+        bus: Arc<dyn Bus>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), WorkerError> {
+        let shared = Arc::new(Shared {
+            id: self.id.clone(),
+            targets: self.targets,
+            watchdogs: Watchdogs::default(),
+            recent: Mutex::new(Recent::default()),
+            bus: bus.clone(),
+        });
+        shared.startup_thaws().await;
+        let mut addrs: Vec<Address> = self.pools.iter().cloned().map(Address::Pool).collect();
+        addrs.push(Address::Worker(self.id.clone()));
+        let mut consumers = Vec::new();
+        for a in &addrs {
+            consumers.push(bus.consume(a.clone(), self.prefetch).await?);
+        }
+        tracing::info!(worker = %self.id, queues = ?addrs.iter().map(Address::queue_name).collect::<Vec<_>>(), "worker started");
+
+        // One forwarder per queue feeds one channel; on stop each hands its
+        // consumer back, so deliveries in flight stay ours until settled.
+        let (tx, mut rx) = mpsc::channel::<Delivery>(usize::from(self.prefetch) * addrs.len());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut forwarders = JoinSet::new();
+        for c in consumers {
+            forwarders.spawn(forward(c, tx.clone(), stop_rx.clone()));
+        }
+        drop(tx);
+
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                d = rx.recv() => match d {
+                    Some(d) => {
+                        let s = shared.clone();
+                        tasks.spawn(async move { s.handle(d).await });
+                    }
+                    None => break,
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        let _ = stop_tx.send(true);
+        let mut kept: Vec<Consumer> = Vec::new();
+        while let Some(r) = forwarders.join_next().await {
+            if let Ok(Some(c)) = r {
+                kept.push(c);
+            }
+        }
+        drop(rx); // undelivered buffered commands go back to their queues
+        while tasks.join_next().await.is_some() {}
+        shared.thaw_everything().await;
+        shared.shutdown_providers().await;
+        drop(kept);
+        tracing::info!(worker = %shared.id, "worker stopped");
+        Ok(())
+    }
+}
+
+async fn forward(
+    mut c: Consumer,
+    tx: mpsc::Sender<Delivery>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<Consumer> {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return Some(c),
+            d = c.recv() => match d {
+                Some(d) => {
+                    if tx.send(d).await.is_err() {
+                        return Some(c);
+                    }
+                }
+                None => return None,
+            },
+        }
+    }
+}
+
+/// Completed commands, to answer a redelivery without running it again.
+#[derive(Default)]
+struct Recent {
+    reports: HashMap<String, Report>,
+    order: VecDeque<String>,
+}
+
+impl Recent {
+    fn get(&self, id: &str) -> Option<Report> {
+        self.reports.get(id).cloned()
+    }
+
+    fn insert(&mut self, id: String, report: Report) {
+        if self.reports.insert(id.clone(), report).is_none() {
+            self.order.push_back(id);
+            while self.order.len() > RECENT_CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.reports.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// What the tasks of one running worker share.
+struct Shared {
+    id: WorkerId,
+    targets: HashMap<TargetId, Local>,
+    watchdogs: Watchdogs,
+    recent: Mutex<Recent>,
+    bus: Arc<dyn Bus>,
+}
+
+/// Why a command is refused outright (dead-lettered), before any target check.
+fn validate(cmd: &Command) -> Result<(), String> {
+    if cmd.stage == Stage::Queue {
+        return Err("stage `queue` is not a worker step".into());
+    }
+    if cmd.targets.is_empty() {
+        return Err("command names no target".into());
+    }
+    for t in &cmd.targets {
+        check_id("targets", t.as_str()).map_err(|e| e.to_string())?;
+    }
+    if cmd.stage == Stage::Snapshot {
+        let name = cmd
+            .snapshot_name
+            .as_deref()
+            .ok_or("snapshot command without snapshot_name")?;
+        check_snapshot_name(name).map_err(|e| e.message)?;
+    }
+    for name in &cmd.prune {
+        check_snapshot_name(name).map_err(|e| e.message)?;
+    }
+    Ok(())
+}
+
+/// The message of a report, with the `traceparent` of `span` (the step that
+/// made it); when spans are off, the command's own (`received`) if it is in
+/// the job's trace, else the job's root.
+fn report_message(r: &Report, span: &Span, received: Option<&str>) -> Message {
+    Message::new(msg_type::REPORT, r.message_id.clone(), wire::encode(r))
+        .with_header(TRACEPARENT, recman_trace::traceparent(span, r.job, received))
+}
+
+/// The span of one command executed by this worker, in the job's trace.
+fn step_span(worker: &WorkerId, cmd: &Command, d: &Delivery) -> Span {
+    let name = match cmd.stage {
+        Stage::Freeze => "worker.freeze",
+        Stage::Snapshot => "worker.snapshot",
+        Stage::Thaw => "worker.thaw",
+        Stage::FlushLogs => "worker.flush_logs",
+        Stage::Prune => "worker.prune",
+        Stage::Queue => "worker.queue",
+    };
+    let span = info_span!(
+        parent: None,
+        "worker.step",
+        otel.name = name,
+        job = %cmd.job,
+        attempt = cmd.attempt,
+        stage = cmd.stage.as_str(),
+        target = cmd.targets.first().map(TargetId::as_str).unwrap_or(""),
+        worker = %worker,
+        delivery = d.delivery_count,
+        outcome = field::Empty,
+        otel.status_code = field::Empty,
+    );
+    recman_trace::set_parent(&span, cmd.job, d.message.header(TRACEPARENT));
+    span
+}
+
+/// The span of a thaw the worker did by itself (watchdog, or on start).
+fn own_thaw_span(worker: &WorkerId, job: JobId, attempt: u32, t: &TargetId, why: &'static str) -> Span {
+    let span = info_span!(parent: None, "worker.watchdog_thaw", %job, attempt, target = t.as_str(), worker = %worker, why);
+    recman_trace::set_parent(&span, job, None);
+    span
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Shared {
+    async fn handle(self: Arc<Self>, d: Delivery) {
+        let cmd: Command = match wire::decode(&d.message.body) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("undecodable command: {e}");
+                tracing::warn!(worker = %self.id, message_id = %d.message.message_id, %reason, "command dead-lettered");
+                if let Err(e) = d.reject(&reason).await {
+                    tracing::warn!(worker = %self.id, error = %e, "could not dead-letter");
+                }
+                return;
+            }
+        };
+        if let Err(why) = validate(&cmd) {
+            let reason = format!("invalid command: {why}");
+            tracing::warn!(worker = %self.id, message_id = %cmd.message_id, %reason, "command dead-lettered");
+            if let Err(e) = d.reject(&reason).await {
+                tracing::warn!(worker = %self.id, error = %e, "could not dead-letter");
+            }
+            return;
+        }
+        let span = step_span(&self.id, &cmd, &d);
+        self.respond(d, cmd, span.clone()).instrument(span).await
+    }
+
+    /// Runs a valid command (or answers it from memory), publishes the
+    /// report, then acks the command.
+    async fn respond(self: Arc<Self>, d: Delivery, cmd: Command, span: Span) {
+        let remembered = self.lock_recent().get(&cmd.message_id);
+        let report = match remembered {
+            Some(r) => {
+                tracing::debug!(worker = %self.id, message_id = %cmd.message_id, "redelivered command answered from memory");
+                r
+            }
+            None => self.execute(&cmd).await,
+        };
+        match &report.outcome {
+            Outcome::Ok { .. } => span.record("outcome", "ok"),
+            Outcome::Err { error } => span
+                .record("outcome", error.code.as_str())
+                .record("otel.status_code", "error"),
+        };
+        let msg = report_message(&report, &span, d.message.header(TRACEPARENT));
+        match self.bus.publish(Address::Reports, msg).await {
+            Ok(()) => {
+                self.lock_recent().insert(cmd.message_id.clone(), report);
+                if let Err(e) = d.ack().await {
+                    tracing::warn!(worker = %self.id, message_id = %cmd.message_id, error = %e, "ack failed: the command will come back and be answered from memory");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(worker = %self.id, message_id = %cmd.message_id, error = %e, "report not published: command requeued");
+                let _ = d.nack().await;
+            }
+        }
+    }
+
+    fn lock_recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs one command and builds its report (never fails: errors are reports).
+    async fn execute(self: &Arc<Self>, cmd: &Command) -> Report {
+        let start = Instant::now();
+        let unknown: Vec<&str> = cmd
+            .targets
+            .iter()
+            .filter(|t| !self.targets.contains_key(*t))
+            .map(TargetId::as_str)
+            .collect();
+        let outcome = if !unknown.is_empty() {
+            tracing::warn!(worker = %self.id, targets = ?unknown, stage = %cmd.stage, "refused: target not in local config");
+            Err(StepError::new(
+                "unknown_target",
+                format!(
+                    "worker {} has no target {} in its config; nothing was run",
+                    self.id,
+                    unknown.join(", ")
+                ),
+                false,
+            ))
+        } else {
+            self.run_step(cmd).await
+        };
+        let outcome = match outcome {
+            Ok(detail) => Outcome::Ok { detail },
+            Err(error) => {
+                tracing::warn!(worker = %self.id, job = %cmd.job, stage = %cmd.stage, code = %error.code, message = %error.message, "step failed");
+                Outcome::Err { error }
+            }
+        };
+        Report {
+            schema_version: SCHEMA_VERSION,
+            message_id: Report::message_id_for(cmd.job, cmd.attempt, cmd.stage, &cmd.targets[0], &self.id),
+            job: cmd.job,
+            attempt: cmd.attempt,
+            stage: cmd.stage,
+            targets: cmd.targets.clone(),
+            worker: self.id.clone(),
+            duration_us: micros(start.elapsed()),
+            outcome,
+        }
+    }
+
+    fn ctx(t: &TargetId, cmd: &Command) -> StepCtx {
+        StepCtx {
+            target: t.clone(),
+            job: cmd.job,
+            attempt: cmd.attempt,
+            kind: cmd.kind,
+        }
+    }
+
+    fn local(&self, t: &TargetId) -> Result<&Local, StepError> {
+        self.targets
+            .get(t)
+            .ok_or_else(|| StepError::new("unknown_target", format!("no target {t}"), false))
+    }
+
+    /// Lets each provider log out (once per provider instance).
+    async fn shutdown_providers(&self) {
+        let mut unique: Vec<Arc<dyn Provider>> = Vec::new();
+        for l in self.targets.values() {
+            if !unique.iter().any(|p| Arc::ptr_eq(p, &l.provider)) {
+                unique.push(l.provider.clone());
+            }
+        }
+        for p in unique {
+            p.shutdown().await;
+        }
+    }
+}
