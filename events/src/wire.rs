@@ -47,7 +47,8 @@ pub struct SnapshotRequest {
     #[serde(default = "current_version", deserialize_with = "version")]
     #[schemars(range(min = 1, max = 1), with = "u32")]
     pub schema_version: u32,
-    /// The sender's idempotency key: sending the same id again returns the same job.
+    /// The sender's idempotency key: sending the same request again returns the same job;
+    /// the same id with other targets or kind is refused (`request_id_in_use`).
     pub request_id: RequestId,
     /// Target ids from the engine's config. More than one = a consistency group,
     /// cut at one instant.

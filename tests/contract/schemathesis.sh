@@ -11,6 +11,10 @@
 #   RECMAN_BIN=…/recman                       # the binary (default: target/release/recman)
 #   RECMAN_CONTRACT_EXAMPLES=N                # examples per operation and phase (default 20)
 #   RECMAN_CONTRACT_SEED=N                    # generation seed (default 1: the same cases every run)
+#   RECMAN_CONTRACT_TIMEOUT=S                 # seconds one mode may take in all (default 300)
+#
+# Any failed check, any schemathesis warning (e.g. an operation whose valid
+# requests were all refused) and a run over the time limit fail the script.
 #
 # Needs python3 with venv and access to PyPI the first time (the venv is kept).
 set -euo pipefail
@@ -23,8 +27,10 @@ REQ=tests/contract/requirements.txt
 PIN=$(grep -o '^schemathesis==[0-9.]*' "$REQ")
 EXAMPLES="${RECMAN_CONTRACT_EXAMPLES:-20}"
 SEED="${RECMAN_CONTRACT_SEED:-1}"
+TIMEOUT="${RECMAN_CONTRACT_TIMEOUT:-300}"
 # db01 and logs01 are the targets of the document's request examples.
-TARGETS=(db01 logs01 fast-1 fast-2 slow-1)
+TARGETS=(db01 logs01 fast-1 slow-1 slow-2)
+export RECMAN_CONTRACT_TARGETS="${TARGETS[*]}" # for hooks.py
 
 contract_venv() {
   if [ -x "$VENV/bin/st" ] && [ "$("$VENV/bin/pip" freeze 2>/dev/null | grep -c "^$PIN\$")" = 1 ] \
@@ -38,15 +44,16 @@ contract_venv() {
   cp "$REQ" "$VENV/requirements.txt"
 }
 
-# The server's config: fast targets (no-op hooks) and one slow one (its
-# snapshot takes 1 s, so a cancel can find a job still running).
+# The server's config: fast targets (no-op hooks) and slow ones (a snapshot
+# takes 3 s, so jobs queue behind each other and a cancel finds them queued or
+# running, not only finished).
 write_recman_config() {
   local dir=$1 extra=$2 t
   {
     printf '%s\n' "$extra"
     for t in "${TARGETS[@]}"; do
       local create='["/bin/sh", "-c", "echo contract/$RECMAN_SNAPSHOT"]'
-      case $t in slow-*) create='["/bin/sh", "-c", "sleep 1; echo contract/$RECMAN_SNAPSHOT"]' ;; esac
+      case $t in slow-*) create='["/bin/sh", "-c", "sleep 3; echo contract/$RECMAN_SNAPSHOT"]' ;; esac
       printf '[[target]]\nid = "%s"\nkeep_last = 2\nfreeze_limit = "30s"\n' "$t"
       printf '[target.writer]\ntype = "exec"\nfreeze = ["true"]\nthaw = ["true"]\n'
       printf '[target.provider]\ntype = "exec"\ncreate = %s\ndelete = ["true"]\n\n' "$create"
@@ -63,11 +70,17 @@ seed = $SEED
 # One worker: hypothesis parses lambda sources with \`ast\`, which is not
 # thread-safe on some Python 3.11 releases ("AST constructor recursion depth mismatch").
 workers = 1
+# No request may hang the run (event streams get less below).
+request-timeout = 10
 hooks = "$PWD/tests/contract/hooks.py"
 $auth
 
 [generation]
 max-examples = $EXAMPLES
+
+# A warning is a finding too (e.g. an operation whose valid requests were all refused).
+[warnings]
+fail-on = true
 
 [phases.stateful]
 max-steps = 20
@@ -137,10 +150,13 @@ bearer = "${RECMAN_CONTRACT_TOKEN}"'
   write_schemathesis_config "$dir" "$auth"
   start_server "$dir" || { stop_server; rm -rf "$dir"; return 1; }
   echo "== schemathesis ($mode mode) against $SERVER_URL"
-  (cd "$dir" && "$VENV/bin/st" --no-color --config-file "$dir/schemathesis.toml" \
+  (cd "$dir" && timeout --kill-after=10 "$TIMEOUT" "$VENV/bin/st" --no-color --config-file "$dir/schemathesis.toml" \
     run "$OLDPWD/schemas/openapi.json" --url "$SERVER_URL" --checks all \
     --generation-database none --report junit --report-dir "$dir/report") || rc=$?
   stop_server
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    echo "schemathesis ($mode mode) did not finish within ${TIMEOUT}s" >&2
+  fi
   if [ "$rc" != 0 ]; then
     echo "schemathesis ($mode mode) failed (exit $rc); server log:" >&2
     tail -n 40 "$dir/up.log" >&2

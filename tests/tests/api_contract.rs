@@ -212,6 +212,30 @@ async fn bodies_must_be_json_bounded_and_name_at_most_1000_targets() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let job = r.json::<Value>().await.unwrap()["job_id"].clone();
+
+    // The same request id for other targets is a 409 naming the job (issue
+    // 12 item 15; it used to be a 202 for a job that does not cover `slow`).
+    for other in [json!(["fast", "slow"]), json!(["slow"]), json!(["nope"])] {
+        let r = c
+            .post(&url)
+            .json(&json!({"request_id": "ct", "targets": other}))
+            .send()
+            .await
+            .unwrap();
+        let e = assert_error(r, StatusCode::CONFLICT, "request_id_in_use", None).await;
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains(job.as_str().unwrap()), "{e}");
+    }
+    let r = c
+        .post(&url)
+        .json(&json!({"request_id": "ct", "targets": ["fast"], "kind": "full"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let again: Value = r.json().await.unwrap();
+    assert_eq!((&again["job_id"], &again["existing"]), (&job, &json!(true)));
 
     // Over 1 MiB: the documented JSON 413, not the framework's text.
     let big = json!({"request_id": "big", "targets": ["fast"], "pad": "x".repeat(1 << 20)});

@@ -27,6 +27,7 @@ pub const CODES: &[&str] = &[
     "method_not_allowed",
     "job_finished",
     "job_id_in_use",
+    "request_id_in_use",
     "body_too_large",
     "uri_too_long",
     "unsupported_media_type",
