@@ -1,8 +1,6 @@
 //! The AMQP bus against the broker's own delivery limit: a message whose
 //! consumers keep dying is dead-lettered by RabbitMQ, with recman's reason.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +9,7 @@ use recman_events::bus::{
     msg_type, Address, Bus, Message, DELIVERY_LIMIT_REASON, ORIGIN_HEADER, REASON_HEADER,
 };
 use recman_events::PoolName;
+use recman_testkit::amqp;
 
 async fn bus(url: &str) -> Arc<dyn Bus> {
     AmqpBus::connect(url, AmqpOptions::default())
@@ -27,7 +26,7 @@ fn unique_pool(name: &str) -> Address {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_that_die_hit_the_brokers_delivery_limit() {
-    let Some(url) = common::url() else { return };
+    let Some(url) = amqp::url() else { return };
     let bus = bus(&url).await;
     let q = unique_pool("crashloop");
     let id = format!("crash-{}", uuid::Uuid::now_v7().simple());

@@ -2,25 +2,22 @@
 //! recovery, unconfirmed messages sent again, nothing lost. Alone in its test
 //! binary (and in the nextest `rabbitmq` group) because it restarts the broker.
 
-mod common;
-
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use recman_amqp::{AmqpBus, AmqpOptions};
 use recman_events::bus::{msg_type, Address, Bus, Message};
 use recman_events::PoolName;
+use recman_testkit::{amqp, wait_for_async, DEADLINE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_survive_a_broker_restart() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
-    let Some(url) = common::url() else { return };
-    if common::require("RECMAN_TEST_RABBITMQCTL").is_none() {
-        return;
-    }
+    let Some(url) = amqp::broker() else { return };
     let bus: Arc<dyn Bus> = AmqpBus::connect(&url, AmqpOptions::default())
         .await
         .expect("connect");
@@ -34,24 +31,37 @@ async fn publishes_survive_a_broker_restart() {
     )));
     const N: usize = 300;
     let mut c = other.consume(q.clone(), 100).await.unwrap();
+    let published = Arc::new(AtomicUsize::new(0));
     let publisher = {
         let bus = bus.clone();
         let q = q.clone();
+        let published = published.clone();
         tokio::spawn(async move {
             for i in 0..N {
                 let m = Message::new(msg_type::COMMAND, format!("r{i}"), b"x".to_vec());
                 bus.publish(q.clone(), m)
                     .await
                     .expect("publish confirmed, maybe after recovery");
+                published.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The broker goes away in the middle of the stream, not before or after it.
+    wait_for_async("the first publishes", DEADLINE, || {
+        let n = published.load(Ordering::SeqCst);
+        std::future::ready((n >= 20).then_some(()))
+    })
+    .await;
+    let before_stop = published.load(Ordering::SeqCst);
+    assert!(
+        before_stop < N,
+        "all {N} were published before the broker stopped"
+    );
     tokio::task::spawn_blocking(|| {
-        common::rabbitmqctl(&["stop_app"]);
+        amqp::rabbitmqctl(&["stop_app"]);
         std::thread::sleep(Duration::from_millis(500));
-        common::rabbitmqctl(&["start_app"]);
+        amqp::rabbitmqctl(&["start_app"]);
     })
     .await
     .unwrap();

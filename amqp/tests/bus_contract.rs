@@ -9,7 +9,7 @@ use recman_events::bus::Bus;
 use recman_events::contract_tests;
 
 async fn bus_with_limit(limit: u32) -> Option<Arc<dyn Bus>> {
-    let url = recman_amqp_test_url()?;
+    let url = recman_testkit::amqp::url()?;
     let opts = AmqpOptions {
         delivery_limit: limit,
         connection_name: "recman-contract".into(),
@@ -18,19 +18,6 @@ async fn bus_with_limit(limit: u32) -> Option<Arc<dyn Bus>> {
     match AmqpBus::connect(&url, opts).await {
         Ok(b) => Some(b),
         Err(e) => panic!("{e}"),
-    }
-}
-
-fn recman_amqp_test_url() -> Option<String> {
-    match std::env::var("RECMAN_TEST_AMQP_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true but RECMAN_TEST_AMQP_URL is not set: tests/run starts the broker");
-            }
-            eprintln!("skipped: RECMAN_TEST_AMQP_URL is not set (start a broker with tests/services/rabbitmq.sh start)");
-            None
-        }
     }
 }
 

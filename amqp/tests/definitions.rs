@@ -3,13 +3,12 @@
 //! into the private node the bus declares the same topology without a
 //! conflict (RabbitMQ refuses a re-declare with other arguments).
 
-mod common;
-
 use std::path::PathBuf;
 
 use recman_amqp::topology;
 use recman_amqp::{AmqpBus, AmqpOptions};
 use recman_events::bus::DEFAULT_DELIVERY_LIMIT;
+use recman_testkit::amqp;
 
 fn checked_in() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/rabbitmq/definitions.json")
@@ -33,10 +32,7 @@ fn checked_in_definitions_match_the_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn definitions_import_and_match_what_the_bus_declares() {
-    let Some(url) = common::url() else { return };
-    if common::require("RECMAN_TEST_RABBITMQCTL").is_none() {
-        return;
-    }
+    let Some(url) = amqp::broker() else { return };
     let vhost = format!("recman-defs-{}", std::process::id());
     let text = topology::definitions(&vhost, DEFAULT_DELIVERY_LIMIT);
     let dir = tempfile::tempdir().unwrap();
@@ -45,18 +41,18 @@ async fn definitions_import_and_match_what_the_bus_declares() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    common::rabbitmqctl(&["import_definitions", file.to_str().unwrap()]);
-    let user = url
-        .split("://")
-        .nth(1)
-        .unwrap()
-        .split(':')
-        .next()
-        .unwrap()
-        .to_string();
-    common::rabbitmqctl(&["set_permissions", "-p", &vhost, &user, ".*", ".*", ".*"]);
-    let vhost_url = format!("{}/{vhost}", &url[..url.rfind('/').unwrap()]);
+    amqp::rabbitmqctl(&["import_definitions", file.to_str().unwrap()]);
+    amqp::rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        &vhost,
+        amqp::user(&url),
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    let vhost_url = amqp::with_vhost(&url, &vhost);
     let bus = AmqpBus::connect(&vhost_url, AmqpOptions::default()).await;
-    common::rabbitmqctl(&["delete_vhost", &vhost]);
+    amqp::rabbitmqctl(&["delete_vhost", &vhost]);
     bus.expect("the bus declares the imported topology without a conflict");
 }

@@ -3,26 +3,18 @@
 //! the connection is refused at once with a certificate error that shows no
 //! password; an unreadable CA file is named.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use recman_amqp::{AmqpBus, AmqpOptions};
 use recman_events::bus::{msg_type, Address, Message};
 use recman_events::PoolName;
-
-fn tls() -> Option<(String, String)> {
-    Some((
-        common::require("RECMAN_TEST_AMQPS_URL")?,
-        common::require("RECMAN_TEST_AMQP_CA")?,
-    ))
-}
+use recman_testkit::amqp;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqps_with_the_ca_file_carries_messages() {
-    let Some((url, ca)) = tls() else { return };
+    let Some((url, ca)) = amqp::tls() else { return };
     let opts = AmqpOptions {
-        ca_file: Some(ca.into()),
+        ca_file: Some(ca),
         ..Default::default()
     };
     let bus = AmqpBus::connect(&url, opts).await.expect("connect over TLS");
@@ -45,15 +37,9 @@ async fn amqps_with_the_ca_file_carries_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqps_without_the_ca_is_refused_at_once_without_the_password() {
-    let Some((url, _)) = tls() else { return };
-    let password = url
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('@')
-        .next()
-        .unwrap()
-        .to_string();
+    let Some((url, _)) = amqp::tls() else { return };
+    let password = amqp::password(&url).to_string();
+    assert!(!password.is_empty(), "{url} has a password");
     let started = Instant::now();
     let e = match AmqpBus::connect(&url, AmqpOptions::default()).await {
         Ok(_) => panic!("a certificate from an unknown CA must be refused"),
@@ -70,7 +56,7 @@ async fn amqps_without_the_ca_is_refused_at_once_without_the_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_ca_file_is_named() {
-    let Some((url, _)) = tls() else { return };
+    let Some((url, _)) = amqp::tls() else { return };
     let opts = AmqpOptions {
         ca_file: Some("/nonexistent/recman-ca.pem".into()),
         ..Default::default()

@@ -66,7 +66,7 @@ fn requested(i: usize) -> Event {
 async fn drain(c: &mut Consumer, until_seq: u64) -> Vec<(u64, String, String)> {
     let mut got = Vec::new();
     loop {
-        let d = tokio::time::timeout(Duration::from_secs(5), c.recv())
+        let d = tokio::time::timeout(recman_testkit::DEADLINE, c.recv())
             .await
             .expect("events keep coming")
             .unwrap();
@@ -95,7 +95,7 @@ async fn drain(c: &mut Consumer, until_seq: u64) -> Vec<(u64, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_resumes_after_a_crash_without_loss_or_reordering() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let log: Arc<dyn EventLog> = log::open_detected(dir.path(), Backend::Redb).unwrap();
     let mem = MemoryBus::new();
     let mut sub = mem.consume(Address::Events, 0).await.unwrap();
@@ -179,7 +179,7 @@ fn per_event() -> RelayOptions {
 async fn drain_any(c: &mut Consumer, until_seq: u64) -> Vec<(Vec<u64>, String, String)> {
     let mut got = Vec::new();
     loop {
-        let d = tokio::time::timeout(Duration::from_secs(5), c.recv())
+        let d = tokio::time::timeout(recman_testkit::DEADLINE, c.recv())
             .await
             .expect("events keep coming")
             .unwrap();
@@ -204,7 +204,7 @@ async fn drain_any(c: &mut Consumer, until_seq: u64) -> Vec<(Vec<u64>, String, S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_batches_under_load_and_resumes_with_the_same_ids() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let log: Arc<dyn EventLog> = log::open_detected(dir.path(), Backend::Redb).unwrap();
     let mem = MemoryBus::new();
     let mut sub = mem.consume(Address::Events, 0).await.unwrap();
@@ -293,7 +293,7 @@ async fn relay_batches_under_load_and_resumes_with_the_same_ids() {
 
 #[test]
 fn cursor_is_written_durably_and_read_back() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let c = Cursor::in_data_dir(dir.path());
     assert_eq!(c.load().unwrap(), 0);
     c.store(42).unwrap();
@@ -306,7 +306,7 @@ fn cursor_is_written_durably_and_read_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ephemeral_cursor_starts_at_the_log_end_and_stores_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let log: Arc<dyn EventLog> = log::open_detected(dir.path(), Backend::Redb).unwrap();
     log.append((0..10).map(requested).collect()).await.unwrap();
     let mem = MemoryBus::new();

@@ -30,7 +30,7 @@ fn request(id: &str) -> SnapshotRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_walks_every_stage_and_the_copy_exists() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let config = config(dir.path());
     let engine = Engine::builder(&config)
         .data_dir(dir.path().join("log"))
@@ -46,7 +46,7 @@ async fn a_request_walks_every_stage_and_the_copy_exists() {
     assert!(!accepted.existing);
     let mut kinds = Vec::new();
     let mut last = None;
-    while let Some(e) = tokio::time::timeout(Duration::from_secs(10), events.next())
+    while let Some(e) = tokio::time::timeout(recman_testkit::DEADLINE, events.next())
         .await
         .expect("the job goes on")
     {
@@ -89,7 +89,7 @@ async fn a_request_walks_every_stage_and_the_copy_exists() {
     // The relay published the job's events, in order, to the events address.
     let mut relayed = Vec::new();
     while relayed.last() != Some(&"completed") {
-        let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        let d = tokio::time::timeout(recman_testkit::DEADLINE, sub.recv())
             .await
             .expect("the relay publishes")
             .unwrap();
@@ -113,7 +113,7 @@ async fn a_request_walks_every_stage_and_the_copy_exists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_and_shutdown_answer_as_documented() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let config = config(dir.path());
     let engine = Engine::builder(&config)
         .data_dir(dir.path().join("log"))

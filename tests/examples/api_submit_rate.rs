@@ -2,12 +2,9 @@
 //! `POST /v1/snapshots` against a real `recman up` with 64 no-op targets.
 //! Run: `cargo build --release --bin recman && cargo run --release -p recman-tests --example api_submit_rate`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::Server;
+use recman_tests::cli::Server;
 use reqwest::StatusCode;
 use serde_json::json;
 

@@ -1,4 +1,16 @@
 //! Workspace-level integration tests live in tests/tests/; this library holds
-//! the fakes they share (only for what cannot exist on a test machine).
+//! the harnesses they share that need recman's own crates, one module each
+//! (the generic helpers every test crate shares are in `tests/support`,
+//! `recman-testkit`):
+//!
+//! - `cli`: a real `recman up`, bare HTTP, the CLI and API tests' config;
+//! - `amqp`: buses on a test's vhost, `recman` processes, the broker tests' config;
+//! - `linux`: loop filesystems, the numbered writer, the embedded engine;
+//! - `threepar`: a fake 3PAR array and the config that reaches it;
+//! - `wsapi_fake`: the fake itself (only for what cannot exist on a test machine).
 
+pub mod amqp;
+pub mod cli;
+pub mod linux;
+pub mod threepar;
 pub mod wsapi_fake;

@@ -4,22 +4,15 @@
 //! and reached the bench's events subscriber, and
 //! the run's queues are gone afterwards.
 
-mod amqp_common;
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::Instant;
 
-use amqp_common::*;
+use recman_testkit::amqp::{self, Vhost};
+use recman_testkit::recman_bin;
 
 fn list_queues(vhost: &str) -> String {
-    let ctl = std::env::var("RECMAN_TEST_RABBITMQCTL").unwrap();
-    let out = Command::new(ctl)
-        .args(["list_queues", "-q", "-p", vhost, "name"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    amqp::rabbitmqctl(&["list_queues", "-q", "-p", vhost, "name"])
 }
 
 #[test]

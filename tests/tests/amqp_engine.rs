@@ -3,13 +3,13 @@
 //! and the engine goes on; a valid request completes; every event reaches the
 //! events exchange once, in log order (the relay); the password never shows.
 
-mod amqp_common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use amqp_common::*;
 use recman_events::bus::{msg_type, Address, Message, REASON_HEADER};
+use recman_testkit::amqp::{self, Vhost};
+use recman_testkit::recman_bin;
+use recman_tests::amqp::{read_log, request, write_config, Proc, VhostBus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_engine_dead_letters_bad_requests_runs_good_ones_and_relays_events() {
@@ -122,17 +122,8 @@ async fn amqp_engine_dead_letters_bad_requests_runs_good_ones_and_relays_events(
         seqs.len().to_string(),
         "the cursor names the last relayed event"
     );
-    let password = vh
-        .url
-        .split("://")
-        .nth(1)
-        .unwrap()
-        .split('@')
-        .next()
-        .unwrap()
-        .split(':')
-        .nth(1)
-        .unwrap();
+    let password = amqp::password(&vh.url);
+    assert!(!password.is_empty(), "{} has a password", vh.url);
     for p in [&engine, &worker] {
         assert!(
             !p.output().contains(password),

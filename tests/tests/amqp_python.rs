@@ -2,13 +2,13 @@
 //! and the real engine and worker: the subscriber sees the publisher's
 //! request through to `completed`, with events in seq order.
 
-mod amqp_common;
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use amqp_common::*;
+use recman_testkit::amqp::Vhost;
+use recman_testkit::skip;
+use recman_tests::amqp::{write_config, Proc};
 
 /// Debian's python3 (where python3-pika installs), else the one on PATH.
 fn python() -> Option<String> {
@@ -21,10 +21,7 @@ fn python() -> Option<String> {
             return Some(p.to_string());
         }
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true but no python3 with pika: tests/run installs python3-pika");
-    }
-    eprintln!("skipped: no python3 with pika (apt-get install python3-pika)");
+    skip("no python3 with pika (apt-get install python3-pika; tests/run installs it)");
     None
 }
 
@@ -118,6 +115,13 @@ fn amqp_python_publisher_request_completes_and_subscriber_sees_it() {
     );
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in log order: {seqs:?}");
-    engine.stop();
-    worker.stop();
+    for p in [&mut engine, &mut worker] {
+        let status = p.stop();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} did not stop cleanly ({status:?}):\n{}",
+            p.name,
+            p.output()
+        );
+    }
 }

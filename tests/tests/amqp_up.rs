@@ -3,12 +3,12 @@
 //! another system completes, its events reach the events exchange, and a
 //! clean stop leaves the relay's cursor at the end of the log.
 
-mod amqp_common;
-
 use std::time::{Duration, Instant};
 
-use amqp_common::*;
 use recman_events::bus::Address;
+use recman_testkit::amqp::Vhost;
+use recman_testkit::free_port;
+use recman_tests::amqp::{read_log, request, write_config, Proc, VhostBus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_up_runs_jobs_from_the_broker_and_relays_their_events() {
@@ -18,11 +18,7 @@ async fn amqp_up_runs_jobs_from_the_broker_and_relays_their_events() {
     let config = write_config(dir.path(), 1, &["host.local"]);
     let bus = vh.bus().await;
     let mut events = bus.consume(Address::Events, 256).await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut up = Proc::spawn(
         "up",
         dir.path(),

@@ -3,12 +3,10 @@
 //! SSE resume with Last-Event-ID, the bearer token, metrics, and every
 //! response checked against the OpenAPI document served at /v1/openapi.json.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{freeze_log, write_config, Server};
+use recman_tests::cli::{freeze_log, write_config, Server};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -363,8 +361,8 @@ async fn a_token_protects_everything_but_health() {
     let r = c.get(format!("{}/healthz", s.url)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // The CLI finds the server and the token through the config.
-    let out = common::recman(dir.path(), &["jobs", "--json"]);
-    assert!(out.status.success(), "{}", common::text(&out));
+    let out = recman_testkit::recman(dir.path(), &["jobs", "--json"]);
+    assert!(out.status.success(), "{}", recman_testkit::text(&out));
 }
 
 #[tokio::test]

@@ -2,8 +2,6 @@
 //! the library tampers with the redb file, `recman audit` must notice and name
 //! the sequence number; `recman events` prints it.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 use std::sync::OnceLock;
@@ -13,10 +11,10 @@ use recman_events::log::{open_store, redb_store};
 use recman_events::{Backend, EventMessage};
 
 fn recman(args: &[&str], data_dir: &Path) -> Output {
-    common::recman(data_dir, args)
+    recman_testkit::recman(data_dir, args)
 }
 
-use common::text;
+use recman_testkit::text;
 
 /// One small log written by `recman bench log`, copied for each test.
 fn template() -> &'static Path {

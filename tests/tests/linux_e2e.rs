@@ -2,15 +2,14 @@
 //! writer, the watchdog after SIGKILL, btrfs consistency, qcow2 retention.
 //! Skipped with a message when not root (fails under CI=true).
 
-mod linux_support;
-
 use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use linux_support::*;
 use recman_config::Config;
 use recman_events::EventBody;
+use recman_testkit::{recman_bin, sh, wait_exit, wait_until, wait_until_async, which, DEADLINE};
+use recman_tests::linux::{can_run, completed, gap_free_prefix, Embedded, LoopFs, NumberedWriter};
 
 fn config(dir: &std::path::Path, text: &str) -> Config {
     let p = dir.join("recman.toml");
@@ -22,10 +21,7 @@ fn config(dir: &std::path::Path, text: &str) -> Config {
 /// freeze window matches the longest write the writer saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsfreeze_blocks_a_numbered_writer_for_the_recorded_window() {
-    if !can_run(
-        "fsfreeze_blocks_a_numbered_writer",
-        &["losetup", "mkfs.ext4", "mount"],
-    ) {
+    if !can_run(&["losetup", "mkfs.ext4", "mount"]) {
         return;
     }
     let fs1 = LoopFs::new("ext4", 64);
@@ -45,18 +41,20 @@ async fn fsfreeze_blocks_a_numbered_writer_for_the_recorded_window() {
         ),
     );
     let writer = NumberedWriter::start(&numbers);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_async("the writer's first 100 writes", DEADLINE, || {
+        writer.count() >= 100
+    })
+    .await;
     let emb = Embedded::start(&cfg, &fs1.outside("log"), "w1").await;
     let job = emb.submit("r1", &["fs1"]).await;
     let events = emb.wait(job, Duration::from_secs(30)).await;
     emb.stop().await;
     let (snap, window_us) = completed(&events);
     let before_resume = writer.count();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        writer.count() > before_resume + 20,
-        "writes did not resume after the thaw"
-    );
+    wait_until_async("writes to resume after the thaw", DEADLINE, || {
+        writer.count() > before_resume + 20
+    })
+    .await;
     let writes = writer.stop();
 
     let longest = writes.iter().map(|w| w.took).max().unwrap();
@@ -118,10 +116,7 @@ async fn fsfreeze_blocks_a_numbered_writer_for_the_recorded_window() {
 /// gap-free prefix of the numbers; the snapshot is read-only and idempotent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn btrfs_snapshot_holds_a_gap_free_prefix() {
-    if !can_run(
-        "btrfs_snapshot_holds_a_gap_free_prefix",
-        &["losetup", "mkfs.btrfs", "mount", "btrfs"],
-    ) {
+    if !can_run(&["losetup", "mkfs.btrfs", "mount", "btrfs"]) {
         return;
     }
     let b = LoopFs::new("btrfs", 300);
@@ -138,7 +133,11 @@ async fn btrfs_snapshot_holds_a_gap_free_prefix() {
     );
     let numbers = sub.join("numbers");
     let writer = NumberedWriter::start(&numbers);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every snapshot must hold more than 100 numbers.
+    wait_until_async("the writer's first 200 writes", DEADLINE, || {
+        writer.count() >= 200
+    })
+    .await;
     let emb = Embedded::start(&cfg, &b.outside("log"), "w1").await;
     let mut names = Vec::new();
     for i in 0..3 {
@@ -177,7 +176,7 @@ async fn btrfs_snapshot_holds_a_gap_free_prefix() {
 /// (5) qcow2: snapshots show in `qemu-img snapshot -l`; retention deletes the oldest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qcow2_snapshots_are_listed_and_retention_deletes_the_oldest() {
-    if !can_run("qcow2_snapshots_are_listed", &["qemu-img"]) {
+    if !can_run(&["qemu-img"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -235,10 +234,7 @@ async fn qcow2_snapshots_are_listed_and_retention_deletes_the_oldest() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let end = Instant::now() + Duration::from_secs(5);
-    while !sock.exists() && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_async("qemu-nbd's socket", DEADLINE, || sock.exists()).await;
     let p = recman_workers::provider::Qcow2Provider::new(match &cfg.targets[0].provider {
         recman_config::ProviderConfig::Qcow2(q) => q.clone(),
         _ => unreachable!(),
@@ -260,25 +256,29 @@ async fn qcow2_snapshots_are_listed_and_retention_deletes_the_oldest() {
 /// plus restart time, and the log names that worker as the one that thawed.
 #[test]
 fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
-    if !can_run("sigkill_while_frozen", &["losetup", "mkfs.ext4", "mount"]) {
+    if !can_run(&["losetup", "mkfs.ext4", "mount"]) {
         return;
     }
     let fs1 = LoopFs::new("ext4", 64);
     let gate = fs1.outside("gate");
     fs::write(&gate, b"").unwrap();
+    let provider_started = fs1.outside("provider-started");
     let state = fs1.outside("state");
     let data = fs1.outside("data");
     let cfg_path = fs1.outside("recman.toml");
     let freeze_limit = Duration::from_secs(3);
-    // The provider waits while the gate exists: the freeze is held until the kill.
+    // The provider says it started (so the Frozen report is in the log: the
+    // engine records it before it sends the snapshot command), then waits
+    // while the gate exists: the freeze is held until the kill.
     fs::write(
         &cfg_path,
         format!(
             "[[target]]\nid = \"fs1\"\nfreeze_limit = \"3s\"\nretries = 3\n[target.writer]\ntype = \"fsfreeze\"\nmountpoint = \"{}\"\nstate_dir = \"{}\"\n\
-             [target.provider]\ntype = \"exec\"\ncreate = [\"/bin/sh\", \"-c\", \"while [ -e \\\"$0\\\" ]; do sleep 0.05; done; echo done\", \"{}\"]\n",
+             [target.provider]\ntype = \"exec\"\ncreate = [\"/bin/sh\", \"-c\", \"touch \\\"$1\\\"; while [ -e \\\"$0\\\" ]; do sleep 0.05; done; echo done\", \"{}\", \"{}\"]\n",
             fs1.mnt.display(),
             state.display(),
-            gate.display()
+            gate.display(),
+            provider_started.display()
         ),
     )
     .unwrap();
@@ -296,12 +296,9 @@ fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
     };
     let mut first = run("first");
     let marker = state.join("fsfreeze/fs1.json");
-    let end = Instant::now() + Duration::from_secs(20);
-    while !marker.exists() {
-        assert!(Instant::now() < end, "never froze");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(300)); // the Frozen report is recorded
+    wait_until("the freeze and the snapshot's start", DEADLINE, || {
+        marker.exists() && provider_started.exists()
+    });
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let killed_at = Instant::now();
@@ -331,7 +328,7 @@ fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
         took < freeze_limit + Duration::from_secs(5),
         "writable only after {took:?} (freeze_limit {freeze_limit:?} + restart)"
     );
-    let status = wait_timeout(&mut second, Duration::from_secs(60));
+    let status = wait_exit(&mut second, Duration::from_secs(60));
     let err = fs::read_to_string(fs1.outside("second.err")).unwrap();
     let out = fs::read_to_string(fs1.outside("second.out")).unwrap();
     assert!(status.is_some(), "second run did not finish\n{out}\n{err}");
@@ -365,26 +362,11 @@ fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
     );
 }
 
-fn wait_timeout(c: &mut std::process::Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let end = Instant::now() + within;
-    loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() > end {
-            let _ = c.kill();
-            let _ = c.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// FIFREEZE twice: EBUSY (`already_frozen`) and the first freeze's marker
 /// stays; the thaw on start finds it; a second thaw is a no-op (EINVAL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_freeze_is_refused_and_the_thaw_on_start_names_the_first() {
-    if !can_run("a_second_freeze_is_refused", &["losetup", "mkfs.ext4", "mount"]) {
+    if !can_run(&["losetup", "mkfs.ext4", "mount"]) {
         return;
     }
     use recman_workers::writer::{FsFreezeWriter, StepCtx, Writer};

@@ -6,8 +6,6 @@
 //! recovers and holds every number committed before the freeze. The same
 //! with the combined writer (postgres + fsfreeze of ext4) and `copy`.
 
-mod linux_support;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,19 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use linux_support::*;
 use recman_config::Config;
+use recman_testkit::{free_port, sh, wait_until_async, DEADLINE};
+use recman_tests::linux::{can_run, completed, Embedded, LoopFs, NumberedWriter};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 const PASSWORD: &str = "recman-test-pw";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Runs a PostgreSQL program as the `postgres` user.
 fn as_postgres(prog: &str, args: &[&str]) {
@@ -117,18 +108,15 @@ impl Drop for Killed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_snapshot_on_btrfs_recovers_with_every_committed_row() {
-    if !can_run(
-        "postgres_snapshot_on_btrfs",
-        &[
-            "losetup",
-            "mkfs.btrfs",
-            "btrfs",
-            "runuser",
-            "initdb",
-            "pg_ctl",
-            "pgbench",
-        ],
-    ) {
+    if !can_run(&[
+        "losetup",
+        "mkfs.btrfs",
+        "btrfs",
+        "runuser",
+        "initdb",
+        "pg_ctl",
+        "pgbench",
+    ]) {
         return;
     }
     case(false).await;
@@ -138,10 +126,7 @@ async fn postgres_snapshot_on_btrfs_recovers_with_every_committed_row() {
 /// filesystem (thawed first), with the `copy` provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_plus_fsfreeze_on_ext4_recovers_with_every_committed_row() {
-    if !can_run(
-        "postgres_plus_fsfreeze_on_ext4",
-        &["losetup", "mkfs.ext4", "runuser", "initdb", "pg_ctl", "pgbench"],
-    ) {
+    if !can_run(&["losetup", "mkfs.ext4", "runuser", "initdb", "pg_ctl", "pgbench"]) {
         return;
     }
     case(true).await;
@@ -229,7 +214,11 @@ async fn case(combined: bool) {
             cm.store(n as u64, Ordering::SeqCst);
         }
     });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Rows before the job, so "every row committed before the freeze" is tested.
+    wait_until_async("the first 200 committed rows", DEADLINE, || {
+        committed.load(Ordering::SeqCst) >= 200
+    })
+    .await;
 
     let labels = top.join("labels");
     let dest = if combined {

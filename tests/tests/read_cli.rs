@@ -3,11 +3,10 @@
 //! running `recman up` (which owns the log), `cancel`, and `replay` compared
 //! with the live engine state.
 
-mod common;
-
 use std::path::Path;
 
-use common::{recman, text, write_config, Server};
+use recman_testkit::{free_port, recman, text};
+use recman_tests::cli::{http, write_config, Server};
 use serde_json::Value;
 
 fn json_of(data: &Path, args: &[&str]) -> Value {
@@ -62,7 +61,7 @@ fn replay_until_shows_the_state_between_two_jobs() {
     );
 
     // A discovery file left behind (live pid, nobody listening) does not stop direct reads.
-    let stale = serde_json::json!({"url": format!("http://127.0.0.1:{}", common::free_port()),
+    let stale = serde_json::json!({"url": format!("http://127.0.0.1:{}", free_port()),
         "pid": std::process::id(), "token_required": false, "started_at_ms": 0});
     std::fs::write(data.join("server.json"), stale.to_string()).unwrap();
 
@@ -117,7 +116,7 @@ fn read_commands_cancel_and_replay_go_through_a_running_server() {
     assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1);
 
     // Start a slow job, then cancel it through the CLI while it is frozen.
-    let (status, body) = common::http(
+    let (status, body) = http(
         server.port,
         "POST",
         "/v1/snapshots",
@@ -146,7 +145,7 @@ fn read_commands_cancel_and_replay_go_through_a_running_server() {
         assert!(std::time::Instant::now() < deadline, "never cancelled: {j}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_eq!(common::freeze_log(data, "slow"), ["frozen", "thawed"]);
+    assert_eq!(recman_tests::cli::freeze_log(data, "slow"), ["frozen", "thawed"]);
     let again = recman(data, &["cancel", &id]);
     assert_eq!(again.status.code(), Some(1), "a finished job: {}", text(&again));
 

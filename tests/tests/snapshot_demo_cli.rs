@@ -1,12 +1,10 @@
 //! `recman snapshot demo` on a fresh data dir, twice, with the real binary:
 //! two completed jobs, two snapshot directories, an intact log.
 
-mod common;
-
 use std::path::Path;
 
 fn recman(data: &Path, args: &[&str]) -> std::process::Output {
-    common::recman(data, args)
+    recman_testkit::recman(data, args)
 }
 
 #[test]
@@ -42,7 +40,7 @@ fn demo_twice_gives_two_snapshots_and_an_intact_log() {
 #[test]
 fn demo_works_with_the_default_relative_data_dir() {
     let dir = tempfile::tempdir().unwrap();
-    let out = common::recman_cmd_bare()
+    let out = recman_testkit::recman_cmd_bare()
         .current_dir(dir.path())
         .args(["snapshot", "demo"])
         .output()

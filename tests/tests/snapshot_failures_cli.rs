@@ -3,13 +3,11 @@
 //! freeze limit, and the process killed in the middle of a job then restarted.
 //! Writers and providers are `exec` shell scripts that log what they did.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{recman, text};
+use recman_testkit::{recman, recman_bin, text};
 
 /// `["sh", "-c", script]` as a TOML array.
 fn sh(script: &str) -> String {
@@ -102,6 +100,7 @@ fn kinds(events: &[serde_json::Value]) -> Vec<String> {
 fn assert_thawed(s: &Setup) {
     let log = s.writer_log();
     let whats: Vec<&str> = log.iter().map(|(w, _)| w.as_str()).collect();
+    assert!(!whats.is_empty(), "the target was never frozen");
     for pair in whats.chunks(2) {
         assert_eq!(pair, ["freeze", "thaw"], "writer log: {whats:?}");
     }
@@ -189,7 +188,7 @@ fn killed_mid_job_then_restarted_finishes_once_and_thaws() {
     // Its own session, so the kill takes the hooks it started with it (a host
     // crash; a hook started by a worker lives on its own when only the worker dies).
     let mut child = std::process::Command::new("setsid")
-        .arg(common::recman_bin())
+        .arg(recman_bin())
         .arg("--data-dir")
         .arg(&s.data)
         .args(["snapshot", "t1", "--request-id", "r-kill"])

@@ -2,19 +2,16 @@
 //! a worker in `host.mbx01` with an `exec` writer and a worker in `array.a`
 //! with the `3par` provider against the WSAPI fake (HTTP and HTTPS).
 
-mod threepar_support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use recman_config::Config;
 use recman_engine::handle::{Drain, Engine};
 use recman_events::bus::{msg_type, Address, BoxFuture, Bus, BusError, Consumer, MemoryBus, Message};
 use recman_events::wire::{self, Command};
 use recman_events::{log, Backend, EventBody, EventLog, JobId, PoolName, SnapshotRequest, Stage, WorkerId};
+use recman_tests::threepar::{array, Array, Scheme, PASSWORD};
 use recman_workers::runtime::Worker;
-use threepar_support::{array, Array, Scheme, PASSWORD};
 
 struct Harness {
     engine: Engine,
@@ -108,9 +105,9 @@ impl Harness {
         }
     }
 
-    /// The terminal event of `job` (waits up to 20 s).
+    /// The terminal event of `job` (waits up to the testkit's deadline).
     async fn finished(&self, job: JobId) -> EventBody {
-        match tokio::time::timeout(Duration::from_secs(20), self.engine.wait(job)).await {
+        match tokio::time::timeout(recman_testkit::DEADLINE, self.engine.wait(job)).await {
             Ok(events) => events.unwrap().pop().expect("the terminal event").event.body,
             Err(_) => panic!("job {job} did not finish: {:#?}", self.log.read_job(job).unwrap()),
         }
@@ -150,7 +147,7 @@ impl Harness {
 }
 
 async fn walk_all_stages(scheme: Scheme) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let a = array(dir.path(), scheme).await;
     a.fake.add_volume("DB01-vv");
     let cfg = config(dir.path(), &a, "");
@@ -202,7 +199,7 @@ async fn exec_writer_and_3par_provider_walk_all_stages_over_https_with_a_ca_file
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_fails_the_job_clearly_and_the_target_is_thawed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let a = array(dir.path(), Scheme::Http).await;
     a.fake.add_volume("DB01-vv");
     std::fs::write(dir.path().join("a.password"), "not-the-Pw-4711\n").unwrap();
@@ -231,7 +228,7 @@ async fn wrong_password_fails_the_job_clearly_and_the_target_is_thawed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicated_snapshot_command_makes_one_virtual_copy() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let a = array(dir.path(), Scheme::Http).await;
     a.fake.add_volume("DB01-vv");
     let cfg = config(dir.path(), &a, "");
@@ -242,18 +239,19 @@ async fn a_duplicated_snapshot_command_makes_one_virtual_copy() {
     assert!(matches!(done, EventBody::Completed { .. }), "{done:?}");
     // Both copies of the command reached the array; the second met
     // EXISTENT_VOL and was accepted as the same snapshot.
-    for _ in 0..200 {
-        if a.fake
-            .requests()
-            .iter()
-            .filter(|r| r.method == "POST" && r.uri.ends_with("/volumes/DB01-vv"))
-            .count()
-            == 2
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    recman_testkit::wait_until_async(
+        "both copies of the command at the array",
+        recman_testkit::DEADLINE,
+        || {
+            a.fake
+                .requests()
+                .iter()
+                .filter(|r| r.method == "POST" && r.uri.ends_with("/volumes/DB01-vv"))
+                .count()
+                >= 2
+        },
+    )
+    .await;
     let posts: Vec<u16> = a
         .fake
         .requests()
@@ -269,7 +267,7 @@ async fn a_duplicated_snapshot_command_makes_one_virtual_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_the_oldest_virtual_copy() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let a = array(dir.path(), Scheme::Http).await;
     a.fake.add_volume("DB01-vv");
     let cfg = config(dir.path(), &a, "keep_last = 2");
@@ -285,15 +283,12 @@ async fn retention_deletes_the_oldest_virtual_copy() {
         jobs.push(job);
     }
     // The prune after the third job removes the first copy.
-    let mut deleted = false;
-    for _ in 0..400 {
-        deleted = h.kinds(jobs[0]).iter().any(|k| k == "snapshot_deleted");
-        if deleted {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(deleted, "{:#?}", h.log.read_job(jobs[0]).unwrap());
+    recman_testkit::wait_until_async(
+        "the prune to delete the first copy",
+        recman_testkit::DEADLINE,
+        || h.kinds(jobs[0]).iter().any(|k| k == "snapshot_deleted"),
+    )
+    .await;
     let mut left = a.fake.snapshots_of("DB01-vv");
     left.sort();
     let mut want = names[1..].to_vec();
@@ -304,7 +299,7 @@ async fn retention_deletes_the_oldest_virtual_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_with_a_child_is_kept_without_blocking_retention_of_the_others() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let a = array(dir.path(), Scheme::Http).await;
     a.fake.add_volume("DB01-vv");
     let cfg = config(dir.path(), &a, "keep_last = 1");
@@ -324,15 +319,12 @@ async fn a_copy_with_a_child_is_kept_without_blocking_retention_of_the_others() 
         }
     }
     // The third job's prune deletes the second copy despite the first one.
-    let mut deleted = false;
-    for _ in 0..400 {
-        deleted = h.kinds(jobs[1]).iter().any(|k| k == "snapshot_deleted");
-        if deleted {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(deleted, "{:#?}", h.log.read_job(jobs[1]).unwrap());
+    recman_testkit::wait_until_async(
+        "the prune to delete the second copy",
+        recman_testkit::DEADLINE,
+        || h.kinds(jobs[1]).iter().any(|k| k == "snapshot_deleted"),
+    )
+    .await;
     assert!(!h.kinds(jobs[0]).iter().any(|k| k == "snapshot_deleted"));
     let mut left = a.fake.snapshots_of("DB01-vv");
     left.sort();

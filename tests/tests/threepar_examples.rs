@@ -40,14 +40,7 @@ fn backup_server_and_mailbox_host_examples_are_valid_and_agree() {
 
 #[test]
 fn recman_validate_config_accepts_the_examples() {
-    // Needs the release binary that tests/run builds (RECMAN_BIN).
-    let Ok(bin) = std::env::var("RECMAN_BIN") else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("RECMAN_BIN is not set under CI: tests/run builds and exports it");
-        }
-        eprintln!("skipped: set RECMAN_BIN to the recman binary (tests/run does)");
-        return;
-    };
+    let bin = recman_testkit::recman_bin();
     for name in ["3par-backup-server.toml", "3par-mailbox-host.toml"] {
         let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../deploy/examples")

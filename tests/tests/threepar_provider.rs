@@ -1,14 +1,12 @@
 //! The `3par` provider against the WSAPI fake (HTTP and HTTPS): snapshots of
 //! volumes and volume sets, redelivery, sessions, retries, deletion, errors.
 
-mod threepar_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use recman_events::{JobId, SnapshotKind, TargetId};
+use recman_tests::threepar::{array, provider_config, Scheme, PASSWORD};
 use recman_workers::provider::{Provider, SnapshotJob, ThreeParProvider};
-use threepar_support::{array, provider_config, Scheme, PASSWORD};
 
 fn t() -> TargetId {
     TargetId::from("db01")

@@ -5,11 +5,8 @@
 //! spans, and two jobs are two traces. Over the in-process bus, and over the
 //! private RabbitMQ node (lapin) when `tests/run` started one.
 
-mod amqp_common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use opentelemetry::trace::SpanId;
 use opentelemetry::Value;
@@ -18,6 +15,8 @@ use recman_config::Config;
 use recman_engine::handle::{Drain, Engine};
 use recman_events::bus::{msg_type, Address, Bus, MemoryBus, Message};
 use recman_events::{log, Backend, EventBody, EventLog, JobId, SnapshotRequest, WorkerId};
+use recman_testkit::amqp::Vhost;
+use recman_tests::amqp::VhostBus;
 use recman_trace::{TraceParent, TRACEPARENT};
 use recman_workers::runtime::Worker;
 use tracing_subscriber::layer::SubscriberExt;
@@ -60,7 +59,7 @@ fn config(dir: &std::path::Path) -> Config {
 /// `traceparent`, waits for both to complete and checks their spans.
 async fn two_jobs_two_traces(engine_bus: Arc<dyn Bus>, worker_bus: Arc<dyn Bus>) {
     let (exporter, provider) = exporter();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = recman_testkit::temp_dir();
     let config = config(dir.path());
     let engine = Engine::builder(&config)
         .log(log::open(Backend::Redb, &dir.path().join("log")).unwrap())
@@ -109,21 +108,23 @@ async fn two_jobs_two_traces(engine_bus: Arc<dyn Bus>, worker_bus: Arc<dyn Bus>)
 }
 
 async fn wait_for_job(log: &dyn EventLog, request_id: &str) -> JobId {
-    for _ in 0..400 {
-        for e in log.read(1, 10_000).unwrap() {
-            if let EventBody::Requested { request_id: r, .. } = &e.event.body {
-                if r.as_str() == request_id {
-                    return e.event.job;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("request {request_id} never became a job");
+    let what = format!("request {request_id} to become a job");
+    recman_testkit::wait_for_async(what, recman_testkit::DEADLINE, || {
+        let job = log
+            .read(1, 10_000)
+            .unwrap()
+            .into_iter()
+            .find_map(|e| match &e.event.body {
+                EventBody::Requested { request_id: r, .. } if r.as_str() == request_id => Some(e.event.job),
+                _ => None,
+            });
+        std::future::ready(job)
+    })
+    .await
 }
 
 async fn wait_until_ended(engine: &Engine, job: JobId) {
-    let events = match tokio::time::timeout(Duration::from_secs(10), engine.wait(job)).await {
+    let events = match tokio::time::timeout(recman_testkit::DEADLINE, engine.wait(job)).await {
         Ok(events) => events.unwrap(),
         Err(_) => panic!(
             "job {job} did not end: {:#?}",
@@ -233,7 +234,7 @@ async fn one_job_is_one_trace_over_the_memory_bus() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_job_is_one_trace_over_rabbitmq() {
-    let Some(vh) = amqp_common::Vhost::new("trace") else {
+    let Some(vh) = Vhost::new("trace") else {
         return;
     };
     // Two connections: the engine's and the worker's.

@@ -6,13 +6,10 @@
 //! the job's trace id, and the worker's step spans are children of the
 //! engine's send spans.
 
-mod amqp_common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use amqp_common::*;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
@@ -20,6 +17,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use prost::Message as _;
 use recman_events::bus::Address;
+use recman_testkit::amqp::Vhost;
+use recman_tests::amqp::{request, write_config, Proc, VhostBus};
 
 /// One exported span, flattened.
 #[derive(Clone, Debug)]
@@ -145,7 +144,7 @@ async fn engine_and_worker_processes_export_one_trace_per_job_over_otlp() {
     );
     for p in [&mut worker, &mut engine] {
         let status = p.stop().expect("stops on SIGTERM");
-        assert!(status.code().is_some(), "{} killed:\n{}", p.name, p.output());
+        assert!(status.success(), "{} exited {status}:\n{}", p.name, p.output());
     }
     let spans = got.lock().unwrap().clone();
     let mut traces = Vec::new();

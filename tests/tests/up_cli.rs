@@ -2,11 +2,10 @@
 //! DATA_DIR/server.json, and on SIGTERM while a job is frozen it lets the
 //! thaw happen, removes the discovery file and exits 0.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{freeze_log, http, recman, text, write_config, Server};
+use recman_testkit::{recman, text};
+use recman_tests::cli::{freeze_log, http, write_config, Server};
 
 fn job_state(port: u16, id: &str) -> String {
     let (_, body) = http(port, "GET", &format!("/v1/jobs/{id}"), "");

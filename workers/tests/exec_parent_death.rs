@@ -3,8 +3,9 @@
 //! again as the "worker" (a child process that starts a long hook), kills it,
 //! and watches the hook's pid go away.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use recman_testkit::{temp_dir, wait_for, wait_until, DEADLINE};
 
 const CHILD_ENV: &str = "RECMAN_TEST_HOOK_PIDFILE";
 
@@ -32,33 +33,22 @@ fn a_hook_dies_with_its_worker() {
         let _ = rt.block_on(recman_workers::exec::run(&argv, &[], Duration::from_secs(120)));
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir();
     let pidfile = dir.path().join("hook.pid");
     let mut worker = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "a_hook_dies_with_its_worker", "--nocapture"])
         .env(CHILD_ENV, &pidfile)
         .spawn()
         .unwrap();
-    let hook = wait_for_pid(&pidfile);
+    let hook: i32 = wait_for("the hook to start", DEADLINE, || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
     assert!(alive(hook), "the hook runs");
     worker.kill().unwrap(); // SIGKILL: no cleanup code runs in the worker
     worker.wait().unwrap();
-    let t = Instant::now();
-    while alive(hook) && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!alive(hook), "hook {hook} outlived its SIGKILLed worker");
-}
-
-fn wait_for_pid(path: &Path) -> i32 {
-    let t = Instant::now();
-    loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if let Ok(p) = s.trim().parse() {
-                return p;
-            }
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "the hook never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        format!("hook {hook} to die with its SIGKILLed worker"),
+        DEADLINE,
+        || !alive(hook),
+    );
 }

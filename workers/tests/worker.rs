@@ -11,6 +11,7 @@ use recman_events::wire::{self, Command, Outcome, Report};
 use recman_events::{
     snapshot_name, JobId, MemoryBus, PoolName, SnapshotKind, Stage, StepDetail, TargetId, WorkerId,
 };
+use recman_testkit::{wait_until_async, DEADLINE};
 use recman_workers::{Worker, WorkerError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -154,15 +155,9 @@ async fn a_failing_freeze_reports_stderr_and_is_not_retryable() {
     assert_eq!(e.code, "exec_failed");
     assert!(!e.retryable);
     assert!(e.message.contains("cannot quiesce: db locked"), "{}", e.message);
-    // The ack follows the report's publish: give it a moment.
+    // The ack follows the report's publish.
     let pool = Address::Pool(PoolName::from(POOL));
-    for _ in 0..100 {
-        if bus.depth(&pool) == (0, 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(bus.depth(&pool), (0, 0), "command acked");
+    wait_until_async("the command's ack", DEADLINE, || bus.depth(&pool) == (0, 0)).await;
     w.stop().await;
 }
 
@@ -255,10 +250,16 @@ async fn freeze_then_thaw_measures_the_window_and_cancels_the_watchdog() {
         panic!("{r:?}")
     };
     assert!(*deadline_ms > 0);
-    // A redelivered freeze is answered from memory: the hook runs once.
+    // A redelivered freeze is answered from memory: the hook runs once and
+    // the report is the first one (its duration is that of the answer: the
+    // redelivery may beat the report cache and be answered by the worker
+    // core's first outcome instead).
     send_pool(&bus, &freeze).await;
     let again = next_report(&mut rep, SEC5).await;
-    assert_eq!(again, r);
+    assert_eq!(
+        (&again.message_id, &again.outcome, again.attempt),
+        (&r.message_id, &r.outcome, r.attempt)
+    );
     assert_eq!(lines(froze.clone()), 1);
 
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -3,11 +3,14 @@
 //! Sequence numbers start at 1 and have no gaps. `append` returns only after
 //! the events are on disk. Backends share one group-commit writer
 //! (`group_commit`) over a small synchronous `Store` (`redb_store`, `sled_store`,
-//! both storing each group commit as one framed value, see `framed`) and pass
-//! one conformance suite (`tests/log_conformance.rs`).
+//! both storing each group commit as one framed value, see `framed`; and
+//! `memory`, nothing durable, for tests) and pass one conformance suite
+//! (`conformance`, feature `conformance-tests`, run by `tests/log_conformance.rs`
+//! and by any store outside this crate).
 //!
 //! Entry points: `open` / `open_detected` (the engine), `open_for_reading`
-//! (`recman events`, `recman audit`), `open_store` (tools and tamper tests).
+//! (`recman events`, `recman audit`), `open_store` (tools and tamper tests),
+//! `memory::open` (a log without a disk).
 
 use std::future::Future;
 use std::path::Path;
@@ -18,8 +21,11 @@ use crate::codec::DecodeError;
 use crate::ids::JobId;
 use crate::model::{Event, StoredEvent};
 
+#[cfg(feature = "conformance-tests")]
+pub mod conformance;
 pub mod framed;
 pub mod group_commit;
+pub mod memory;
 pub mod redb_store;
 pub mod sled_store;
 pub mod store;
@@ -38,6 +44,9 @@ pub enum Backend {
     Redb,
     /// sled 0.34, plus an explicit fsync of its data file per commit.
     Sled,
+    /// In memory, nothing durable (`memory`): for tests. Not a choice of the
+    /// CLI or the config, and it has no data directory.
+    Memory,
 }
 
 impl std::str::FromStr for Backend {
@@ -58,6 +67,7 @@ impl Backend {
         match self {
             Backend::Redb => "redb",
             Backend::Sled => "sled",
+            Backend::Memory => "memory",
         }
     }
 }
@@ -139,7 +149,12 @@ pub fn open_store(backend: Backend, dir: &Path, create: bool) -> Result<Arc<dyn 
     Ok(match backend {
         Backend::Redb => Arc::new(redb_store::RedbStore::open(dir, create)?),
         Backend::Sled => Arc::new(sled_store::SledStore::open(dir, create)?),
+        Backend::Memory => return Err(no_dir_for_memory()),
     })
+}
+
+fn no_dir_for_memory() -> LogError {
+    LogError::Store("the in-memory event log has no data directory; open it with log::memory::open".into())
 }
 
 /// Opens (creating `dir` and the log if needed) the `backend` log in `dir`
@@ -147,6 +162,9 @@ pub fn open_store(backend: Backend, dir: &Path, create: bool) -> Result<Arc<dyn 
 /// backend's log, when another process owns the log (`LogError::Locked`), or
 /// when the last record is damaged (the message says to run `recman audit`).
 pub fn open(backend: Backend, dir: &Path) -> Result<Arc<dyn EventLog>, LogError> {
+    if backend == Backend::Memory {
+        return Err(no_dir_for_memory());
+    }
     std::fs::create_dir_all(dir)?;
     if let Some(found) = detect(dir)? {
         if found != backend {
@@ -198,6 +216,7 @@ pub fn open_for_reading(dir: &Path) -> Result<Arc<dyn EventLog>, LogError> {
         Backend::Redb => Arc::new(redb_store::RedbStore::open_read_only(dir)?),
         // sled has no read-only mode; opening it may replay its own log.
         Backend::Sled => Arc::new(sled_store::SledStore::open(dir, false)?),
+        Backend::Memory => return Err(no_dir_for_memory()),
     };
     Ok(Arc::new(GroupCommitLog::start(store, backend, dir, true)?))
 }

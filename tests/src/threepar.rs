@@ -1,11 +1,10 @@
-//! Shared by the 3par tests: a fake array (HTTP or HTTPS with a fresh
+//! The 3PAR tests' harness: a fake array (HTTP or HTTPS with a fresh
 //! self-signed certificate) and the recman config that points at it.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
+use crate::wsapi_fake::{FakeWsapi, TlsFiles};
 use recman_config::{Config, ProviderConfig, ThreeParConfig};
-use recman_tests::wsapi_fake::{FakeWsapi, TlsFiles};
 
 pub const USER: &str = "recman";
 /// Distinctive, so a test can grep for it in logs, events and errors.

@@ -1,8 +1,7 @@
-//! Shared by the Linux end-to-end tests: root/tool checks that skip by hand
-//! and fail under CI=true, loop filesystems that clean up after themselves
+//! The Linux end-to-end tests' harness: the root and tool check (the skip
+//! rule of `recman-testkit`), loop filesystems that clean up after themselves
 //! (thaw, unmount, detach, remove) even when a test fails, the embedded
 //! engine + worker, and the numbered writer.
-#![allow(dead_code)]
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -16,15 +15,16 @@ use std::time::{Duration, Instant};
 use recman_config::Config;
 use recman_engine::handle::{Drain, Engine};
 use recman_events::{log, Backend, EventBody, JobId, SnapshotRequest, WorkerId};
+use recman_testkit::{is_root, sh, skip, which};
 use recman_workers::runtime::Worker;
 
-/// True when the test can run. Without root or a tool it prints why and
-/// returns false, unless CI=true, where it panics (CI must run it).
-pub fn can_run(test: &str, tools: &[&str]) -> bool {
-    let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
+/// True when a Linux test can run: root, and every tool in `tools`.
+/// Otherwise it skips (`recman_testkit::skip`) naming everything missing:
+/// by hand it prints why and the test returns; under `CI=true` it fails.
+#[track_caller]
+pub fn can_run(tools: &[&str]) -> bool {
     let mut why = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         why.push("needs root (loop devices, mount, FIFREEZE)".to_string());
     }
     for t in tools {
@@ -35,35 +35,8 @@ pub fn can_run(test: &str, tools: &[&str]) -> bool {
     if why.is_empty() {
         return true;
     }
-    let msg = format!("{test}: SKIPPED: {}", why.join("; "));
-    if ci {
-        panic!("{msg} — CI=true, so this is a failure");
-    }
-    eprintln!("{msg}");
+    skip(why.join("; "));
     false
-}
-
-pub fn which(prog: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/lib/postgresql/15/bin"].map(PathBuf::from))
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
-}
-
-pub fn sh(prog: &str, args: &[&str]) -> String {
-    let exe = which(prog).unwrap_or_else(|| PathBuf::from(prog));
-    let out = Command::new(&exe)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{prog}: {e}"));
-    assert!(
-        out.status.success(),
-        "{prog} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A filesystem on a loop device over an image in a temp dir.
@@ -260,9 +233,3 @@ pub fn completed(events: &[EventBody]) -> (recman_events::SnapshotInfo, u64) {
         })
         .unwrap_or_else(|| panic!("job did not complete: {events:#?}"))
 }
-
-#[path = "../common/mod.rs"]
-mod common;
-/// The `recman` binary, found as every CLI test finds it.
-#[allow(unused_imports)] // not every test binary that shares this module runs the CLI
-pub use common::recman_bin;

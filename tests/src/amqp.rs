@@ -1,67 +1,32 @@
-//! Helpers of the multi-process AMQP tests: a fresh vhost on the private
-//! broker `tests/run` starts, the real `recman` binary as engine and workers,
-//! a config, and reading the log back. Without a broker the tests say why
-//! and return, unless CI=true.
-
-#![allow(dead_code)]
+//! The multi-process AMQP tests' harness: buses on a test's own vhost
+//! ([`VhostBus`] on `recman_testkit::amqp::Vhost`), the real `recman` binary
+//! as engine and workers ([`Proc`]), a config, requests, and reading the log
+//! back. Without a broker the tests skip (`recman_testkit::skip`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use recman_amqp::{AmqpBus, AmqpOptions};
 use recman_events::bus::Bus;
+use recman_testkit::amqp::Vhost;
+use recman_testkit::{recman_bin, wait_exit, DEADLINE};
 
-pub fn require(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true but {var} is not set: tests/run starts the private RabbitMQ node");
-            }
-            eprintln!("skipped: {var} is not set (eval \"$(tests/services/rabbitmq.sh start)\" first)");
-            None
-        }
-    }
+/// Buses connected to a test's vhost.
+pub trait VhostBus {
+    /// A new connection to the vhost, as a `Bus`.
+    fn bus(&self) -> impl std::future::Future<Output = Arc<dyn Bus>> + Send;
+    /// A new connection to the vhost, with the AMQP-only API.
+    fn amqp(&self) -> impl std::future::Future<Output = Arc<AmqpBus>> + Send;
 }
 
-pub fn rabbitmqctl(args: &[&str]) {
-    let ctl = require("RECMAN_TEST_RABBITMQCTL").expect("RECMAN_TEST_RABBITMQCTL");
-    let out = Command::new(&ctl)
-        .args(args)
-        .output()
-        .expect("running rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A vhost of its own for one test (deleted on drop), and its URL.
-pub struct Vhost {
-    pub name: String,
-    pub url: String,
-}
-
-impl Vhost {
-    pub fn new(test: &str) -> Option<Vhost> {
-        let base = require("RECMAN_TEST_AMQP_URL")?;
-        require("RECMAN_TEST_RABBITMQCTL")?;
-        let name = format!("{test}-{}", std::process::id());
-        rabbitmqctl(&["add_vhost", &name]);
-        let user = base.split("://").nth(1)?.split(':').next()?.to_string();
-        rabbitmqctl(&["set_permissions", "-p", &name, &user, ".*", ".*", ".*"]);
-        let url = format!("{}/{name}", &base[..base.rfind('/')?]);
-        Some(Vhost { name, url })
-    }
-
-    pub async fn bus(&self) -> Arc<dyn Bus> {
+impl VhostBus for Vhost {
+    async fn bus(&self) -> Arc<dyn Bus> {
         self.amqp().await
     }
 
-    pub async fn amqp(&self) -> Arc<AmqpBus> {
+    async fn amqp(&self) -> Arc<AmqpBus> {
         let opts = AmqpOptions {
             connection_name: "recman-test".into(),
             ..Default::default()
@@ -71,20 +36,6 @@ impl Vhost {
             .expect("connect to the test vhost")
     }
 }
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        if let Some(ctl) = std::env::var_os("RECMAN_TEST_RABBITMQCTL") {
-            let _ = Command::new(ctl).args(["delete_vhost", &self.name]).output();
-        }
-    }
-}
-
-#[path = "../common/mod.rs"]
-mod common;
-/// The `recman` binary, found as every CLI test finds it.
-#[allow(unused_imports)] // not every test binary that shares this module runs the CLI
-pub use common::recman_bin;
 
 /// A config with `n` targets `t0..` whose writers run in `pools` (round
 /// robin) and whose provider is `none`; the writer's hooks are `true`.
@@ -156,31 +107,27 @@ impl Proc {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then waits up to 20 s.
+    /// SIGTERM, then waits up to 20 s (then SIGKILL and `None`).
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        unsafe {
-            libc_kill(self.child.id() as i32, 15);
-        }
-        for _ in 0..200 {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.kill9();
-        None
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        wait_exit(&mut self.child, Duration::from_secs(20))
     }
 
-    /// Waits (up to 30 s) until the process printed `text`.
+    /// Waits (up to `DEADLINE`) until the process printed `text`; panics
+    /// with its output if it exits first or never prints it.
     pub fn wait_for(&mut self, text: &str) {
-        for _ in 0..300 {
-            if self.output().contains(text) {
-                return;
-            }
+        let deadline = Instant::now() + DEADLINE;
+        while !self.output().contains(text) {
             self.assert_running();
-            std::thread::sleep(Duration::from_millis(100));
+            assert!(
+                Instant::now() < deadline,
+                "{} did not print {text:?} within {DEADLINE:?}:\n{}",
+                self.name,
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("{} did not print {text:?}:\n{}", self.name, self.output());
     }
 
     pub fn output(&self) -> String {
@@ -192,11 +139,6 @@ impl Proc {
             panic!("{} exited ({s}):\n{}", self.name, self.output());
         }
     }
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 impl Drop for Proc {

@@ -1,74 +1,13 @@
-//! Helpers shared by the CLI and API tests: find the `recman` binary, start a
-//! real `recman up` on a free loopback port, write test configs.
-#![allow(dead_code)]
+//! The CLI and API tests' harness: a real `recman up` on a free loopback
+//! port, a bare HTTP request, and the two-target config they share. The
+//! binary, commands on it and free ports come from `recman-testkit`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `recman` binary: `RECMAN_BIN`, else the newest of
-/// `{CARGO_TARGET_DIR or <workspace>/target}/{release,debug}/recman`.
-pub fn recman_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("RECMAN_BIN") {
-        return PathBuf::from(p);
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    ["release", "debug"]
-        .iter()
-        .map(|p| target.join(p).join("recman"))
-        .filter(|p| p.exists())
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no recman binary under {}: run `cargo build --release --bin recman` (tests/run does) \
-                 or set RECMAN_BIN",
-                target.display()
-            )
-        })
-}
-
-/// A `recman` command without `--data-dir` (for the default), environment cleaned.
-pub fn recman_cmd_bare() -> Command {
-    let mut c = Command::new(recman_bin());
-    c.env_remove("RECMAN_DATA_DIR")
-        .env_remove("RECMAN_CONFIG")
-        .env_remove("RECMAN_TOKEN");
-    c
-}
-
-/// A `recman --data-dir DATA` command, environment cleaned.
-pub fn recman_cmd(data: &Path) -> Command {
-    let mut c = recman_cmd_bare();
-    c.arg("--data-dir").arg(data);
-    c
-}
-
-/// `recman --data-dir DATA ARGS…` with no inherited recman environment.
-pub fn recman(data: &Path, args: &[&str]) -> Output {
-    recman_cmd(data).args(args).output().expect("run recman")
-}
-
-/// stdout and stderr of a finished command, for assertion messages.
-pub fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A free TCP port on 127.0.0.1 (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use recman_testkit::{free_port, recman_bin, wait_until, DEADLINE};
 
 /// A config with two targets, each recording freezes and thaws in
 /// `DIR/<target>.state`:
@@ -164,20 +103,16 @@ impl Server {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                use std::io::{Read, Write};
-                let _ = c.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-                let mut buf = String::new();
-                let _ = c.read_to_string(&mut buf);
-                if buf.starts_with("HTTP/1.1 200") {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("recman up at {} never became ready", self.url);
+        wait_until(format!("recman up at {} to be ready", self.url), DEADLINE, || {
+            let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+                return false;
+            };
+            use std::io::{Read, Write};
+            let _ = c.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut buf = String::new();
+            let _ = c.read_to_string(&mut buf);
+            buf.starts_with("HTTP/1.1 200")
+        });
     }
 
     pub fn pid(&self) -> i32 {
