@@ -6,15 +6,13 @@
 //! and, without a server, the router's operations against the document.
 //! schemathesis runs the same contract in depth (tests/contract/schemathesis.sh).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{write_config, Server};
+use recman_tests::cli::{http, write_config, Server};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -488,7 +486,7 @@ fn idle_slow_and_surplus_connections_are_closed() {
         );
     }
     // Their slots are free again.
-    let (status, _) = common::http(s.port, "GET", "/healthz", "");
+    let (status, _) = http(s.port, "GET", "/healthz", "");
     assert_eq!(status, 200);
 }
 
