@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use toml::de::DeTable;
 
@@ -18,14 +19,27 @@ pub struct ApiConfig {
     /// `token_file = "path"`: a file holding the bearer token clients must
     /// send. Required to listen on anything but loopback.
     pub token_file: Option<PathBuf>,
+    /// `max_connections = N`: open HTTP connections at most (event streams
+    /// included); one more is answered 503 and closed. Default 512.
+    pub max_connections: Option<u32>,
+    /// `header_timeout = "15s"`: how long a client may take to send its
+    /// request headers, and how long a keep-alive connection may sit idle.
+    pub header_timeout: Option<Duration>,
 }
+
+/// Bounds of `[api] header_timeout`.
+const HEADER_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(600));
 
 pub(super) fn parse(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<ApiConfig, ConfigError> {
     let Some(v) = field(root, "api") else {
         return Ok(ApiConfig::default());
     };
     let t = cx.table(v, "api")?;
-    cx.check_keys(t, "api", &["listen", "token_file"])?;
+    cx.check_keys(
+        t,
+        "api",
+        &["listen", "token_file", "max_connections", "header_timeout"],
+    )?;
     let listen = match cx.string(t, "api", "listen")? {
         None => None,
         Some((s, span)) => Some(s.parse::<SocketAddr>().map_err(|_| {
@@ -36,9 +50,30 @@ pub(super) fn parse(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<ApiConfig, Config
             )
         })?),
     };
+    let max_connections = cx.u32(t, "api", "max_connections")?;
+    if let Some(n) = max_connections {
+        if !(1..=100_000).contains(&n) {
+            let span = field(t, "max_connections").map(|v| v.span()).unwrap_or_default();
+            return Err(cx.err(span, "api.max_connections", "must be from 1 to 100000"));
+        }
+    }
+    let header_timeout = cx.duration(t, "api", "header_timeout")?;
+    if let Some(d) = header_timeout {
+        let (min, max) = HEADER_TIMEOUT_RANGE;
+        if d < min || d > max {
+            let span = field(t, "header_timeout").map(|v| v.span()).unwrap_or_default();
+            return Err(cx.err(
+                span,
+                "api.header_timeout",
+                format!("must be from {min:?} to {max:?}"),
+            ));
+        }
+    }
     Ok(ApiConfig {
         listen,
         token_file: cx.path(t, "api", "token_file")?,
+        max_connections,
+        header_timeout,
     })
 }
 
@@ -59,6 +94,22 @@ mod tests {
             Some(std::path::Path::new("/etc/recman/token"))
         );
         assert_eq!(parse("").unwrap().api, super::ApiConfig::default());
+    }
+
+    #[test]
+    fn api_limits_are_read_and_bounded() {
+        let c = parse("[api]\nmax_connections = 20\nheader_timeout = \"2s\"\n").unwrap();
+        assert_eq!(c.api.max_connections, Some(20));
+        assert_eq!(c.api.header_timeout, Some(std::time::Duration::from_secs(2)));
+        for bad in [
+            "[api]\nmax_connections = 0\n",
+            "[api]\nmax_connections = 1000000\n",
+            "[api]\nheader_timeout = \"1h\"\n",
+            "[api]\nheader_timeout = \"1ms\"\n",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(":2:") && e.contains("api."), "{bad}: {e}");
+        }
     }
 
     #[test]

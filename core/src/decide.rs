@@ -148,6 +148,14 @@ pub(crate) fn kebab(camel: &str) -> String {
     out
 }
 
+/// Whether `req` asks for what `job` was created for: the same kind and the
+/// same targets, in any order.
+fn same_request(job: &Job, req: &SnapshotRequest) -> bool {
+    job.kind == req.kind
+        && job.targets.len() == req.targets.len()
+        && job.targets.iter().collect::<BTreeSet<_>>() == req.targets.iter().collect::<BTreeSet<_>>()
+}
+
 /// Decides the events that follow `input`.
 pub fn decide(
     state: &State,
@@ -224,13 +232,27 @@ impl Decider<'_> {
     }
 
     fn request(&mut self, req: &SnapshotRequest, origin: &str, new_job: JobId) -> Reply {
-        if let Some(job) = self.state.requests.get(&req.request_id) {
-            if self.mutation != Some(Mutation::ForgetRequests) {
-                return Reply::Accepted {
-                    job: *job,
-                    existing: true,
-                };
+        if let (Some(&job), false) = (
+            self.state.requests.get(&req.request_id),
+            self.mutation == Some(Mutation::ForgetRequests),
+        ) {
+            // The same request again is the same job; the same id with other
+            // targets or kind is a different request, refused (not silently
+            // answered with a job that does not cover it).
+            if let Some(existing) = self.state.jobs.get(&job) {
+                if !same_request(existing, req) {
+                    return Reply::Rejected {
+                        code: "request_id_in_use",
+                        message: format!(
+                            "request id {} is job {job}, a {} snapshot of [{}]; send another request id for other targets or kind",
+                            req.request_id,
+                            existing.kind.as_str(),
+                            existing.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "),
+                        ),
+                    };
+                }
             }
+            return Reply::Accepted { job, existing: true };
         }
         if let Err(e) = req.validate() {
             return Reply::Rejected {
@@ -480,7 +502,8 @@ impl Decider<'_> {
                 existing: true,
             };
         }
-        let reason = reason.to_string();
+        // Client text is bounded before it is stored (the API refuses longer ones).
+        let reason = recman_events::wire::bounded(reason, recman_events::wire::MAX_REASON_LEN).to_string();
         self.with_job(id, |d, job| {
             d.emit(job, EventBody::CancelRequested { reason });
         });

@@ -217,6 +217,80 @@ fn requests_are_idempotent_and_validated() {
 }
 
 #[test]
+fn a_request_id_reused_for_other_targets_or_kind_is_refused() {
+    let mut core = Core::new(config());
+    let (job, _) = request(&mut core, "g1", &["a", "b"], 1, T);
+    // The same group in another order is the same request.
+    let (_, again) = request(&mut core, "g1", &["b", "a"], 2, T + 1);
+    assert_eq!(again, Reply::Accepted { job, existing: true });
+    // Before: a 202 for job `job`, which does not include c.
+    for other in [&["a", "c"][..], &["a"], &["a", "b", "c"], &["a", "a"], &["nope"]] {
+        let (_, r) = request(&mut core, "g1", other, 3, T + 2);
+        match r {
+            Reply::Rejected {
+                code: "request_id_in_use",
+                message,
+            } => assert!(message.contains(&job.to_string()), "{message}"),
+            r => panic!("{other:?}: {r:?}"),
+        }
+    }
+    let req = SnapshotRequest {
+        schema_version: SCHEMA_VERSION,
+        request_id: RequestId::from("g1"),
+        targets: vec![TargetId::from("a"), TargetId::from("b")],
+        kind: SnapshotKind::Copy,
+    };
+    let r = core.handle(
+        Input::Request {
+            req,
+            origin: "test".into(),
+            new_job: JobId::from_parts(T + 3, 4),
+        },
+        T + 3,
+    );
+    assert!(
+        matches!(
+            r.reply,
+            Reply::Rejected {
+                code: "request_id_in_use",
+                ..
+            }
+        ),
+        "{:?}",
+        r.reply
+    );
+    assert!(r.events.is_empty(), "a refused request records nothing");
+}
+
+#[test]
+fn a_cancel_reason_is_stored_bounded() {
+    let mut core = Core::new(config());
+    let (j1, _) = request(&mut core, "r1", &["a"], 1, T);
+    let s = core.handle(
+        Input::Cancel {
+            job: j1,
+            reason: "é".repeat(1 << 20),
+        },
+        T + 1,
+    );
+    let stored = s
+        .events
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::CancelRequested { reason } => Some(reason.clone()),
+            _ => None,
+        })
+        .expect("a cancel_requested event");
+    let max = recman_events::wire::MAX_REASON_LEN;
+    assert!(
+        stored.len() <= max && stored.len() >= max - 1,
+        "2 MiB of reason kept as {} bytes",
+        stored.len()
+    );
+    assert!(stored.chars().all(|c| c == 'é'), "cut on a character boundary");
+}
+
+#[test]
 fn fifo_per_target_and_a_group_waits_for_all_its_targets() {
     let mut core = Core::new(config());
     let (j1, _) = request(&mut core, "r1", &["a"], 1, T);

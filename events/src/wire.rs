@@ -3,8 +3,10 @@
 //! subscribers. Every message carries `schema_version`; readers tolerate unknown
 //! fields and refuse unknown versions with a clear error.
 
+use std::collections::HashSet;
+
 use schemars::JsonSchema;
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize};
 
 use crate::ids::{JobId, RequestId, TargetId, WorkerId};
 use crate::model::{Event, SnapshotKind, Stage, StepDetail, StepError};
@@ -16,20 +18,42 @@ fn current_version() -> u32 {
     SCHEMA_VERSION
 }
 
+/// Reads `schema_version` as JSON Schema reads an integer: `1` and `1.0` are
+/// the same number (the schemas say `"type": "integer"`, which `1.0` satisfies).
+fn version<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    integral(&n)
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| serde::de::Error::custom(format!("schema_version must be a whole number, got {n}")))
+}
+
+/// The value of a JSON number that is a whole number from 0 to `u64::MAX`
+/// (`7` or `7.0`), else `None`.
+fn integral(n: &serde_json::Number) -> Option<u64> {
+    if let Some(v) = n.as_u64() {
+        return Some(v);
+    }
+    let f = n.as_f64()?;
+    // 2^64 as f64 is exact; anything at or above it does not fit.
+    (f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f)).then_some(f as u64)
+}
+
 /// "Take a snapshot of these targets." Anyone can write one by hand:
 /// `{"request_id": "nightly-2026-11-25", "targets": ["db01"]}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "SnapshotRequest")]
 pub struct SnapshotRequest {
     /// Wire schema version; omitted means the current version (1).
-    #[serde(default = "current_version")]
-    #[schemars(range(min = 1, max = 1))]
+    #[serde(default = "current_version", deserialize_with = "version")]
+    #[schemars(range(min = 1, max = 1), with = "u32")]
     pub schema_version: u32,
-    /// The sender's idempotency key: sending the same id again returns the same job.
+    /// The sender's idempotency key: sending the same request again returns the same job;
+    /// the same id with other targets or kind is refused (`request_id_in_use`).
     pub request_id: RequestId,
     /// Target ids from the engine's config. More than one = a consistency group,
     /// cut at one instant.
-    #[schemars(length(min = 1), extend("uniqueItems" = true))]
+    /// At most `MAX_TARGETS` (1000).
+    #[schemars(length(min = 1, max = MAX_TARGETS), extend("uniqueItems" = true))]
     pub targets: Vec<TargetId>,
     /// `full` (default) or `copy`.
     #[serde(default)]
@@ -40,7 +64,8 @@ pub struct SnapshotRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "Command")]
 pub struct Command {
-    #[serde(default = "current_version")]
+    #[serde(default = "current_version", deserialize_with = "version")]
+    #[schemars(with = "u32")]
     pub schema_version: u32,
     /// Deterministic (`job/attempt/stage/target`), so receivers can dedupe.
     pub message_id: String,
@@ -81,7 +106,8 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "Report")]
 pub struct Report {
-    #[serde(default = "current_version")]
+    #[serde(default = "current_version", deserialize_with = "version")]
+    #[schemars(with = "u32")]
     pub schema_version: u32,
     pub message_id: String,
     pub job: JobId,
@@ -110,7 +136,8 @@ impl Report {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "EventMessage")]
 pub struct EventMessage {
-    #[serde(default = "current_version")]
+    #[serde(default = "current_version", deserialize_with = "version")]
+    #[schemars(with = "u32")]
     pub schema_version: u32,
     /// Global log sequence number; subscribers use it to dedupe and order.
     pub seq: u64,
@@ -140,13 +167,21 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     let probe: Probe = serde_json::from_slice(bytes).map_err(|e| WireError::Json(e.to_string()))?;
     match probe.schema_version {
         None => {}
-        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(SCHEMA_VERSION as u64) => {}
-        Some(serde_json::Value::Number(n)) => {
-            return Err(WireError::UnknownSchemaVersion {
-                found: n.as_u64().unwrap_or(u64::MAX),
-                supported: SCHEMA_VERSION,
-            })
-        }
+        Some(serde_json::Value::Number(n)) => match integral(&n) {
+            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+            Some(found) => {
+                return Err(WireError::UnknownSchemaVersion {
+                    found,
+                    supported: SCHEMA_VERSION,
+                })
+            }
+            None => {
+                return Err(WireError::Invalid {
+                    field: "schema_version",
+                    reason: format!("must be a whole number like {SCHEMA_VERSION}, got {n}"),
+                })
+            }
+        },
         Some(_) => {
             return Err(WireError::Invalid {
                 field: "schema_version",
@@ -164,6 +199,26 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 
 /// Longest accepted request id or target id.
 pub const MAX_ID_LEN: usize = 128;
+
+/// Most targets one request may name (a consistency group larger than this is
+/// split by the sender). Keeps the work a request causes bounded.
+pub const MAX_TARGETS: usize = 1000;
+
+/// Longest cancel reason, in bytes, that is kept (a longer one is refused by
+/// the API and cut to this length by the engine).
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+pub fn bounded(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
 
 /// Checks an id is non-empty, short and made of `[A-Za-z0-9._:@-]`.
 pub fn check_id(field: &'static str, s: &str) -> Result<(), WireError> {
@@ -207,9 +262,20 @@ impl SnapshotRequest {
                 reason: "needs at least one target id".into(),
             });
         }
-        for (i, t) in self.targets.iter().enumerate() {
+        if self.targets.len() > MAX_TARGETS {
+            return Err(WireError::Invalid {
+                field: "targets",
+                reason: format!(
+                    "{} targets; at most {MAX_TARGETS} per request (send several requests)",
+                    self.targets.len()
+                ),
+            });
+        }
+        // Linear: one pass with a set (this runs inside the engine loop too).
+        let mut seen = HashSet::with_capacity(self.targets.len());
+        for t in &self.targets {
             check_id("targets", t.as_str())?;
-            if self.targets[..i].contains(t) {
+            if !seen.insert(t.as_str()) {
                 return Err(WireError::Invalid {
                     field: "targets",
                     reason: format!("target {t} appears twice"),
@@ -266,5 +332,53 @@ mod tests {
         assert!(e.to_string().contains("weekly"), "{e}");
         let e = SnapshotRequest::from_json(b"{").unwrap_err();
         assert!(matches!(e, WireError::Json(_)));
+    }
+
+    fn request_with(targets: usize) -> Vec<u8> {
+        let t: Vec<String> = (0..targets).map(|i| format!("t{i}")).collect();
+        serde_json::to_vec(&serde_json::json!({"request_id": "r", "targets": t})).unwrap()
+    }
+
+    #[test]
+    fn at_most_max_targets_per_request() {
+        assert!(SnapshotRequest::from_json(&request_with(MAX_TARGETS)).is_ok());
+        let e = SnapshotRequest::from_json(&request_with(MAX_TARGETS + 1)).unwrap_err();
+        assert!(matches!(e, WireError::Invalid { field: "targets", .. }), "{e}");
+        assert!(e.to_string().contains("at most 1000"), "{e}");
+    }
+
+    #[test]
+    fn a_whole_number_version_is_read_as_that_number() {
+        // JSON Schema's "integer" includes 1.0: the decoder agrees with the schema.
+        for v in ["1", "1.0", "1e0"] {
+            let body = format!(r#"{{"schema_version":{v},"request_id":"r1","targets":["a"]}}"#);
+            let r = SnapshotRequest::from_json(body.as_bytes()).unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(r.schema_version, 1);
+        }
+        let e = SnapshotRequest::from_json(br#"{"schema_version":7.0,"request_id":"r1","targets":["a"]}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown schema_version 7:"), "{e}");
+        for (v, shown) in [("1.5", "1.5"), ("-1", "-1"), ("1e30", "1e+30")] {
+            let body = format!(r#"{{"schema_version":{v},"request_id":"r1","targets":["a"]}}"#);
+            let e = SnapshotRequest::from_json(body.as_bytes()).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    WireError::Invalid {
+                        field: "schema_version",
+                        ..
+                    }
+                ),
+                "{v}: {e}"
+            );
+            assert!(e.to_string().contains(&format!("got {shown}")), "{v}: {e}");
+        }
+    }
+
+    #[test]
+    fn bounded_cuts_on_a_character_boundary() {
+        assert_eq!(bounded("abc", 5), "abc");
+        assert_eq!(bounded("abcdef", 3), "abc");
+        assert_eq!(bounded("aé", 2), "a", "é is two bytes");
     }
 }

@@ -106,6 +106,7 @@ async fn bad_bodies_get_400_naming_the_field() {
     let c = client();
     let r = c
         .post(format!("{}/v1/snapshots", s.url))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await

@@ -1,7 +1,7 @@
 //! API errors: a JSON body `{"error": {"code", "message", "field"?}}` with a
 //! stable machine-readable code, and the HTTP status that goes with it.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -12,11 +12,38 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// Every `error.code` the API answers with; the OpenAPI document's `Error`
+/// schema lists exactly these (checked by a test).
+pub const CODES: &[&str] = &[
+    // 400
+    "invalid_json",
+    "invalid_field",
+    "invalid_body",
+    "invalid_request",
+    // 401, 404, 405, 409, 413, 414, 415, 422
+    "unauthorized",
+    "not_found",
+    "job_not_found",
+    "method_not_allowed",
+    "job_finished",
+    "job_id_in_use",
+    "request_id_in_use",
+    "body_too_large",
+    "uri_too_long",
+    "unsupported_media_type",
+    "unknown_target",
+    "group_spans_provider_pools",
+    // 503
+    "not_ready",
+    "shutting_down",
+    "engine_unavailable",
+    "log_error",
+    "too_many_connections",
+];
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    /// Stable code: `invalid_json`, `invalid_field`, `unknown_target`,
-    /// `job_not_found`, `job_finished`, `unauthorized`, `not_found`,
-    /// `not_ready`, `shutting_down`, `engine_unavailable`, `conflict`.
+    /// Stable machine-readable code, one of `CODES`.
     pub code: String,
     pub message: String,
     /// The request field at fault, for `invalid_field`.
@@ -59,6 +86,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.detail })).into_response()
+        let too_large = self.status == StatusCode::PAYLOAD_TOO_LARGE;
+        let mut resp = (self.status, Json(ErrorBody { error: self.detail })).into_response();
+        if too_large {
+            // The rest of the body was not read: the connection cannot carry
+            // another request, and the client must know before it tries.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
     }
 }

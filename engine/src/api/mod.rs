@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::handler::Handler;
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::{get, post};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use recman_events::EventLog;
 use tokio::sync::watch;
@@ -24,8 +25,10 @@ use crate::view::View;
 
 pub mod discovery;
 pub mod error;
+pub mod extract;
 pub mod instrument;
 mod routes;
+pub mod serve;
 mod sse;
 
 pub use error::{ApiError, ErrorBody};
@@ -45,7 +48,7 @@ pub struct Shared {
     pub engine: Caller,
     /// The engine finished its replay and answers calls.
     pub ready: AtomicBool,
-    /// Bearer token clients must send (all routes but /healthz and /readyz).
+    /// Bearer token clients must send (all routes but `PUBLIC`).
     pub token: Option<String>,
     pub stats: Arc<Stats>,
     /// Turns true on shutdown; ends the event streams.
@@ -95,24 +98,59 @@ pub async fn wait_ready(shared: Arc<Shared>) {
     }
 }
 
-async fn auth(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Result<Response, ApiError> {
+/// Routes anyone may call, also when the server has a token: health checks
+/// and the OpenAPI document (the same text as in the source repository; a
+/// client needs it to learn how to authenticate).
+pub const PUBLIC: &[&str] = &["/healthz", "/readyz", "/v1/openapi.json"];
+
+/// The `WWW-Authenticate` challenge of a 401 (RFC 6750).
+pub const CHALLENGE: &str = "Bearer realm=\"recman\"";
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme name
+/// is case-insensitive (RFC 9110 §11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn auth(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     if let Some(token) = &s.token {
-        let path = req.uri().path();
-        if path != "/healthz" && path != "/readyz" {
+        if !PUBLIC.contains(&req.uri().path()) {
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(bearer)
                 .unwrap_or("");
             if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-                return Err(ApiError::new(
+                let mut resp = ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
                     "send `Authorization: Bearer <token>` with the token of the server's api.token_file",
-                ));
+                )
+                .into_response();
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+                return resp;
             }
         }
+    }
+    next.run(req).await
+}
+
+/// A request target longer than `MAX_URI_BYTES` gets a JSON 414.
+async fn uri_limit(req: Request, next: Next) -> Result<Response, ApiError> {
+    let uri = req.uri();
+    let len = uri.path().len() + uri.query().map_or(0, |q| q.len() + 1);
+    if len > extract::MAX_URI_BYTES {
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!(
+                "the request target is {len} bytes; at most {} are accepted",
+                extract::MAX_URI_BYTES
+            ),
+        ));
     }
     Ok(next.run(req).await)
 }
@@ -121,23 +159,65 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+type Endpoint = (Method, &'static str, MethodRouter<Arc<Shared>>);
+
+fn endpoint<H, T>(method: Method, path: &'static str, handler: H) -> Endpoint
+where
+    H: Handler<T, Arc<Shared>>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+    (method, path, on(filter, handler))
+}
+
+/// Every operation of the API. The router is built from this table, and a
+/// test checks that the OpenAPI document describes exactly these.
+fn endpoints() -> Vec<Endpoint> {
+    vec![
+        endpoint(Method::POST, "/v1/snapshots", routes::submit),
+        endpoint(Method::GET, "/v1/snapshots", routes::snapshots),
+        endpoint(Method::GET, "/v1/jobs", routes::jobs),
+        endpoint(Method::GET, "/v1/jobs/{id}", routes::job),
+        endpoint(Method::POST, "/v1/jobs/{id}/cancel", routes::cancel),
+        endpoint(Method::GET, "/v1/jobs/{id}/events", sse::job_events),
+        endpoint(Method::GET, "/v1/events", sse::events),
+        endpoint(Method::GET, "/v1/targets", routes::targets),
+        endpoint(Method::GET, "/v1/state", routes::live_state),
+        endpoint(Method::GET, "/v1/openapi.json", routes::openapi),
+        endpoint(Method::GET, "/metrics", routes::metrics),
+        endpoint(Method::GET, "/healthz", routes::healthz),
+        endpoint(Method::GET, "/readyz", routes::readyz),
+    ]
+}
+
+/// (method, path) of every operation the router serves.
+pub fn operations() -> Vec<(Method, &'static str)> {
+    endpoints().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
 /// Every route of the API.
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/snapshots", post(routes::submit).get(routes::snapshots))
-        .route("/v1/jobs", get(routes::jobs))
-        .route("/v1/jobs/{id}", get(routes::job))
-        .route("/v1/jobs/{id}/cancel", post(routes::cancel))
-        .route("/v1/jobs/{id}/events", get(sse::job_events))
-        .route("/v1/events", get(sse::events))
-        .route("/v1/targets", get(routes::targets))
-        .route("/v1/state", get(routes::live_state))
-        .route("/v1/openapi.json", get(routes::openapi))
-        .route("/metrics", get(routes::metrics))
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
+    endpoints()
+        .into_iter()
+        .fold(Router::new(), |r, (_, path, handler)| r.route(path, handler))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
+        .layer(middleware::from_fn(uri_limit))
         .with_state(shared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER   abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
 }

@@ -3,15 +3,15 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use recman_events::wire::MAX_REASON_LEN;
 use recman_events::{JobId, SnapshotRequest, TargetId, WireError};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::extract::{JobIdPath, JsonBody, QueryParams};
 use super::{ApiError, Shared};
 use crate::handle::{Accepted, CallError};
 use crate::view::{self, View};
@@ -96,7 +96,7 @@ pub fn parse_request(body: &[u8]) -> Result<SnapshotRequest, ApiError> {
     })
 }
 
-pub async fn submit(State(s): State<Arc<Shared>>, body: Bytes) -> ApiResult {
+pub async fn submit(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> ApiResult {
     if !s.engine.accepting() {
         return Err(ApiError::unavailable(
             "shutting_down",
@@ -122,22 +122,10 @@ pub async fn submit(State(s): State<Arc<Shared>>, body: Bytes) -> ApiResult {
         .into_response())
 }
 
-fn job_id(s: &str) -> Result<JobId, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::field("id", format!("\"{s}\" is not a job id (a UUID)")))
-}
-
-#[derive(Deserialize)]
-pub struct JobsQuery {
-    state: Option<String>,
-    target: Option<String>,
-    limit: Option<usize>,
-    after: Option<String>,
-}
-
-pub async fn jobs(State(s): State<Arc<Shared>>, Query(q): Query<JobsQuery>) -> ApiResult {
-    if let Some(st) = &q.state {
-        if !view::state_names().contains(&st.as_str()) {
+pub async fn jobs(State(s): State<Arc<Shared>>, q: QueryParams) -> ApiResult {
+    let state = q.get("state");
+    if let Some(st) = state {
+        if !view::state_names().contains(&st) {
             return Err(ApiError::field(
                 "state",
                 format!(
@@ -147,24 +135,20 @@ pub async fn jobs(State(s): State<Arc<Shared>>, Query(q): Query<JobsQuery>) -> A
             ));
         }
     }
-    let after = q
-        .after
-        .as_deref()
-        .map(job_id)
-        .transpose()
-        .map_err(|_| ApiError::field("after", "`after` must be a job id"))?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::field("limit", "`limit` must be between 1 and 1000"));
-    }
-    let target = q.target.map(TargetId::from);
+    let after = q.get("after").map(str::parse::<JobId>).transpose().map_err(|_| {
+        ApiError::field(
+            "after",
+            "`after` must be a job id (the `next` of the previous page)",
+        )
+    })?;
+    let limit = q.number("limit", 1, 1000)?.unwrap_or(100) as usize;
+    let target = q.get("target").map(TargetId::from);
     s.synced().await;
-    let (page, next) = read_view(&s, |v| v.jobs(q.state.as_deref(), target.as_ref(), after, limit))?;
+    let (page, next) = read_view(&s, |v| v.jobs(state, target.as_ref(), after, limit))?;
     Ok(Json(json!({"jobs": page, "next": next})).into_response())
 }
 
-pub async fn job(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
-    let id = job_id(&id)?;
+pub async fn job(State(s): State<Arc<Shared>>, JobIdPath(id): JobIdPath) -> ApiResult {
     s.synced().await;
     match read_view(&s, |v| v.job(&id))? {
         Some(d) => Ok(Json(d).into_response()),
@@ -172,23 +156,42 @@ pub async fn job(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> ApiRes
     }
 }
 
-pub async fn cancel(State(s): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> ApiResult {
-    let id = job_id(&id)?;
-    let mut reason = "cancelled through the API".to_string();
-    if !body.is_empty() {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not JSON: {e}"),
-            )
-        })?;
-        match v.get("reason") {
-            None => {}
-            Some(Value::String(r)) => reason = r.clone(),
-            Some(_) => return Err(ApiError::field("reason", "`reason` must be a string")),
-        }
+/// The cancel reason of an optional `{"reason": "…"}` body.
+fn cancel_reason(body: &[u8]) -> Result<String, ApiError> {
+    let default = "cancelled through the API".to_string();
+    if body.is_empty() {
+        return Ok(default);
     }
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let Value::Object(o) = v else {
+        return Err(ApiError::field(
+            "",
+            "the body must be a JSON object like {\"reason\": \"…\"}",
+        ));
+    };
+    match o.get("reason") {
+        None => Ok(default),
+        Some(Value::String(r)) if r.len() > MAX_REASON_LEN => Err(ApiError::field(
+            "reason",
+            format!("`reason` is {} bytes; at most {MAX_REASON_LEN} are kept", r.len()),
+        )),
+        Some(Value::String(r)) => Ok(r.clone()),
+        Some(_) => Err(ApiError::field("reason", "`reason` must be a string")),
+    }
+}
+
+pub async fn cancel(
+    State(s): State<Arc<Shared>>,
+    JobIdPath(id): JobIdPath,
+    JsonBody(body): JsonBody,
+) -> ApiResult {
+    let reason = cancel_reason(&body)?;
     let Accepted { job, existing } = s.engine.cancel(id, reason).await.map_err(|e| {
         call_error(e, |code, message| match code {
             "unknown_job" => ApiError::not_found("job_not_found", message),
@@ -208,14 +211,9 @@ pub async fn targets(State(s): State<Arc<Shared>>) -> ApiResult {
     Ok(Json(json!({"targets": read_view(&s, |v| v.targets())?})).into_response())
 }
 
-#[derive(Deserialize)]
-pub struct SnapshotsQuery {
-    target: Option<String>,
-}
-
-pub async fn snapshots(State(s): State<Arc<Shared>>, Query(q): Query<SnapshotsQuery>) -> ApiResult {
+pub async fn snapshots(State(s): State<Arc<Shared>>, q: QueryParams) -> ApiResult {
     s.synced().await;
-    let t = q.target.map(TargetId::from);
+    let t = q.get("target").map(TargetId::from);
     Ok(Json(json!({"snapshots": read_view(&s, |v| v.snapshots(t.as_ref()))?})).into_response())
 }
 

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -13,20 +13,19 @@ use axum::Json;
 use futures_util::stream::{self, Stream};
 use recman_events::log::Subscription;
 use recman_events::{EventMessage, JobId, StoredEvent, SCHEMA_VERSION};
-use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::extract::{last_event_id, JobIdPath, QueryParams, MAX_SEQ};
 use super::{ApiError, Shared};
 
-#[derive(Deserialize)]
-pub struct FeedQuery {
-    from: Option<u64>,
-    limit: Option<usize>,
-}
-
-fn last_event_id(h: &HeaderMap) -> Option<u64> {
-    h.get("last-event-id")?.to_str().ok()?.trim().parse().ok()
+/// Where a stream starts: right after `Last-Event-ID` (a reconnecting
+/// EventSource sends it), else at `from`, else `None`. Both are checked
+/// whichever wins.
+fn start(headers: &HeaderMap, q: &QueryParams) -> Result<Option<u64>, ApiError> {
+    let from = q.number("from", 0, MAX_SEQ)?;
+    // MAX_SEQ + 1 cannot overflow: MAX_SEQ is i64::MAX.
+    Ok(last_event_id(headers)?.map(|id| id + 1).or(from))
 }
 
 /// JSON instead of a stream when the client asks for `application/json` only.
@@ -99,15 +98,13 @@ fn sse(t: Tail) -> Response {
 pub async fn events(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
-    Query(q): Query<FeedQuery>,
+    q: QueryParams,
 ) -> Result<Response, ApiError> {
-    let from = last_event_id(&headers)
-        .map(|id| id + 1)
-        .or(q.from)
+    let from = start(&headers, &q)?
         .unwrap_or_else(|| s.log.last_seq() + 1)
         .max(1);
+    let limit = q.number("limit", 1, 10_000)?.unwrap_or(1000) as usize;
     if wants_json(&headers) {
-        let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
         let page = s
             .log
             .read(from, limit)
@@ -131,14 +128,11 @@ pub async fn events(
 /// `Last-Event-ID`), live; the stream ends after the job's last event.
 pub async fn job_events(
     State(s): State<Arc<Shared>>,
-    Path(id): Path<String>,
+    JobIdPath(job): JobIdPath,
     headers: HeaderMap,
-    Query(q): Query<FeedQuery>,
+    q: QueryParams,
 ) -> Result<Response, ApiError> {
-    let job: JobId = id
-        .parse()
-        .map_err(|_| ApiError::field("id", format!("\"{id}\" is not a job id (a UUID)")))?;
-    let from = last_event_id(&headers).map(|id| id + 1).or(q.from).unwrap_or(1);
+    let from = start(&headers, &q)?.unwrap_or(1);
     let tail_from = s.log.last_seq() + 1;
     let sub = s.log.subscribe(tail_from.max(from));
     let all = s

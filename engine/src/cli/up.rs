@@ -143,8 +143,17 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let readiness = tokio::spawn(api::wait_ready(shared.clone()));
     let http_stop = until_true(stopping_tx.subscribe());
     let app = api::router(shared.clone());
-    let mut http =
-        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(http_stop).await });
+    let limits = api::serve::Limits {
+        header_timeout: config
+            .api
+            .header_timeout
+            .unwrap_or(api::serve::DEFAULT_HEADER_TIMEOUT),
+        max_connections: config
+            .api
+            .max_connections
+            .map_or(api::serve::DEFAULT_MAX_CONNECTIONS, |n| n as usize),
+    };
+    let mut http = tokio::spawn(api::serve::serve(listener, app, limits, http_stop));
 
     let url = format!("http://{local}");
     let pid = std::process::id();
