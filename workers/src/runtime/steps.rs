@@ -126,7 +126,17 @@ impl Shared {
         let key = (cmd.job, cmd.attempt);
         let plan = worker::plan_thaw(&local.memory(), key);
         let now_ms = clock::now_ms();
-        let window = worker::thaw_window_us(&plan, now_ms, &self.process, None);
+        // The host state keeps milliseconds; when this process armed the
+        // freeze, its monotonic clock gives the window in microseconds (a
+        // window under 1 ms is not 0).
+        let armed = match &plan {
+            ThawPlan::Own(_) => self.watchdogs.take(t),
+            _ => None,
+        };
+        let window = match &armed {
+            Some(a) if a.key == key => a.window_us(),
+            _ => worker::thaw_window_us(&plan, now_ms, &self.process, None),
+        };
         local
             .memory()
             .record_thaw(key, ThawedBy::Command, window, &plan, now_ms);
@@ -141,7 +151,6 @@ impl Shared {
                 Ok((window, by_watchdog))
             }
             ThawPlan::Own(hold) => {
-                let armed = self.watchdogs.take(t);
                 match local.writer.thaw(&Self::ctx(t, cmd)).await {
                     Ok(()) => Ok((window, by_watchdog)),
                     Err(e) => {
