@@ -1,10 +1,11 @@
 //! `decide`: from state and one input, the facts (events) that follow. Pure; never
 //! produces an event that `evolve` cannot apply.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use recman_events::{
-    Event, EventBody, JobId, Outcome, Report, SnapshotRequest, Stage, StepDetail, StepError, TargetId,
+    legacy_snapshot_name, snapshot_name, Event, EventBody, JobId, Outcome, Report, SnapshotInfo,
+    SnapshotRequest, Stage, StepDetail, StepError, TargetId, WorkerId,
 };
 
 use crate::evolve::apply_job;
@@ -14,6 +15,20 @@ use crate::state::{Job, JobState, State, StepStatus};
 
 /// After this many thaw failures or thaw-stage timeouts the job fails loudly.
 pub const MAX_THAW_TRIES: u32 = 8;
+/// A snapshot's delete is asked for at most this often (unanswered, or
+/// failed with a retryable error); then `PruneFailed` says so and the
+/// target's next prune tries again.
+pub const MAX_PRUNE_TRIES: u32 = 5;
+
+/// The name of one attempt's snapshot (the `LegacySnapshotNames` mutation
+/// brings back the old one).
+pub fn attempt_snapshot_name(job: JobId, attempt: u32, mutation: Option<Mutation>) -> String {
+    if mutation == Some(Mutation::LegacySnapshotNames) {
+        legacy_snapshot_name(job, attempt)
+    } else {
+        snapshot_name(job, attempt)
+    }
+}
 
 /// What the core is asked to react to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +42,10 @@ pub enum Input {
     Report(Report),
     /// The runtime's timer reached `next_deadline`.
     TimerFired,
+    /// The engine starts on its replayed log: what fell due while it was
+    /// down is decided (before anything is sent again), and retention catches
+    /// up with snapshots beyond `keep_last` that no prune was asked for.
+    Start,
     Cancel {
         job: JobId,
         reason: String,
@@ -41,13 +60,92 @@ pub enum Reply {
     None,
 }
 
-/// Deliberately broken decisions, to prove the simulator catches them.
+/// Deliberately broken decisions, to prove the simulator catches them: each
+/// breaks one rule, and `core/tests/sim_checks.rs` shows the invariant that
+/// must fire for it. Several bring back a defect fixed before (named in its
+/// doc), so the simulator is shown to catch that defect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mutation {
     /// After a failure, move on without thawing what was frozen.
     SkipCompensatingThaw,
     /// Never force the thaw at the freeze limit.
     NoForcedThaw,
+    /// A freeze that failed or timed out counts as not landed: no thaw
+    /// (the defect of issue 12 item 1).
+    NoThawAfterFailedFreeze,
+    /// A request starts at once even when its targets are busy.
+    IgnoreQueue,
+    /// Snapshot names of earlier builds, 32 bits of time and 32 random bits
+    /// (issue 12 item 4).
+    LegacySnapshotNames,
+    /// A group's snapshot starts as soon as one member is frozen.
+    SnapshotBeforeAllFrozen,
+    /// Late snapshots are not recorded, and nothing an attempt may have left
+    /// on the storage is deleted (issue 12 item 2).
+    NoDiscard,
+    /// Prune outcomes are not recorded (issue 12 item 5).
+    PruneUnrecorded,
+    /// A request id sent again makes a new job.
+    ForgetRequests,
+    /// A consistency group is refused.
+    RejectGroups,
+    /// A job that becomes first in its queues is never started.
+    NeverPromote,
+    /// Folding the log keeps a deleted snapshot in the catalog (live and in
+    /// replay alike: only an independent fold can tell).
+    CatalogKeepsDeleted,
+    /// After a restart the in-flight commands go out before the timers that
+    /// fell due while the engine was down are decided (issue 12 item 2).
+    ResendBeforeTimers,
+    /// The simulator's engine sends a batch's commands before its events are
+    /// durable (the runtime's order reversed).
+    SendBeforeAppend,
+}
+
+impl Mutation {
+    /// Every mutation, for the self-test that runs each one.
+    pub const ALL: &'static [Mutation] = &[
+        Mutation::SkipCompensatingThaw,
+        Mutation::NoForcedThaw,
+        Mutation::NoThawAfterFailedFreeze,
+        Mutation::IgnoreQueue,
+        Mutation::LegacySnapshotNames,
+        Mutation::SnapshotBeforeAllFrozen,
+        Mutation::NoDiscard,
+        Mutation::PruneUnrecorded,
+        Mutation::ForgetRequests,
+        Mutation::RejectGroups,
+        Mutation::NeverPromote,
+        Mutation::CatalogKeepsDeleted,
+        Mutation::ResendBeforeTimers,
+        Mutation::SendBeforeAppend,
+    ];
+
+    /// Its name on the command line (`recman simulate --mutation`).
+    pub fn name(self) -> String {
+        kebab(&format!("{self:?}"))
+    }
+
+    /// The mutation of that name.
+    pub fn parse(s: &str) -> Option<Mutation> {
+        Mutation::ALL.iter().copied().find(|m| m.name() == s)
+    }
+}
+
+/// `SkipCompensatingThaw` -> `skip-compensating-thaw`.
+pub(crate) fn kebab(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Whether `req` asks for what `job` was created for: the same kind and the
@@ -66,18 +164,7 @@ pub fn decide(
     input: &Input,
     now_ms: u64,
 ) -> (Vec<Event>, Reply) {
-    decide_with(state, cfg, rng, input, now_ms, None)
-}
-
-/// `decide` with an optional deliberate bug (simulator self-test only).
-pub fn decide_with(
-    state: &State,
-    cfg: &CoreConfig,
-    rng: &mut Rng,
-    input: &Input,
-    now_ms: u64,
-    mutation: Option<Mutation>,
-) -> (Vec<Event>, Reply) {
+    let mutation = cfg.mutation;
     let mut d = Decider {
         state,
         cfg,
@@ -95,6 +182,11 @@ pub fn decide_with(
         }
         Input::TimerFired => {
             d.timer();
+            Reply::None
+        }
+        Input::Start => {
+            d.timer();
+            d.catch_up_retention();
             Reply::None
         }
         Input::Cancel { job, reason } => d.cancel(*job, reason),
@@ -130,16 +222,20 @@ impl Decider<'_> {
         let Some(job) = self.state.jobs.get(&id) else {
             return;
         };
+        let was_terminal = job.state.is_terminal();
         let mut job = job.clone();
         f(self, &mut job);
         self.advance(&mut job);
-        if job.state.is_terminal() {
+        if job.state.is_terminal() && !was_terminal {
             self.released.insert(id);
         }
     }
 
     fn request(&mut self, req: &SnapshotRequest, origin: &str, new_job: JobId) -> Reply {
-        if let Some(&job) = self.state.requests.get(&req.request_id) {
+        if let (Some(&job), false) = (
+            self.state.requests.get(&req.request_id),
+            self.mutation == Some(Mutation::ForgetRequests),
+        ) {
             // The same request again is the same job; the same id with other
             // targets or kind is a different request, refused (not silently
             // answered with a job that does not cover it).
@@ -162,6 +258,12 @@ impl Decider<'_> {
             return Reply::Rejected {
                 code: "invalid_request",
                 message: e.to_string(),
+            };
+        }
+        if self.mutation == Some(Mutation::RejectGroups) && req.targets.len() > 1 {
+            return Reply::Rejected {
+                code: "invalid_request",
+                message: "groups refused (mutation)".into(),
             };
         }
         let mut provider = None;
@@ -216,7 +318,7 @@ impl Decider<'_> {
             .collect();
         behind.sort();
         behind.dedup();
-        if behind.is_empty() {
+        if behind.is_empty() || self.mutation == Some(Mutation::IgnoreQueue) {
             self.start_attempt(&mut job, 1);
         } else {
             self.emit(&mut job, EventBody::Queued { behind });
@@ -243,10 +345,13 @@ impl Decider<'_> {
     fn stage(&mut self, job: &mut Job, stage: Stage) {
         let p = self.cfg.job_policy(&job.targets);
         let attempt = job.attempt;
-        let timeout = if stage == Stage::Thaw {
-            p.thaw_try_ms()
-        } else {
-            p.stage_timeout_ms
+        let timeout = match stage {
+            Stage::Thaw => p.thaw_try_ms(),
+            // A freeze that has not reported within the freeze budget is of
+            // no use (the snapshot must come before the forced thaw) and may
+            // have landed: the engine thaws it before the writers' watchdog.
+            Stage::Freeze => p.stage_timeout_ms.min(p.freeze_budget_ms()),
+            _ => p.stage_timeout_ms,
         };
         self.emit(
             job,
@@ -274,6 +379,14 @@ impl Decider<'_> {
                     }
                 }
                 JobState::Frozen => self.stage(job, Stage::Snapshot),
+                JobState::Freezing
+                    if self.mutation == Some(Mutation::SnapshotBeforeAllFrozen)
+                        && job.failure.is_none()
+                        && job.cancel.is_none()
+                        && job.progress.iter().any(|p| p.freeze == StepStatus::Done) =>
+                {
+                    self.stage(job, Stage::Snapshot)
+                }
                 JobState::Snapshotted => self.stage(job, Stage::Thaw),
                 JobState::Thawing if job.thaw_tries > MAX_THAW_TRIES => {
                     let stuck: Vec<String> = (0..job.targets.len())
@@ -287,6 +400,7 @@ impl Decider<'_> {
                         stuck.join(", "),
                         job.watchdog_at_ms
                     );
+                    self.discard_attempt(job);
                     self.emit(job, EventBody::Failed { attempt, reason });
                 }
                 JobState::Thawing if job.stage_deadline_ms.is_none() => self.stage(job, Stage::Thaw),
@@ -318,6 +432,7 @@ impl Decider<'_> {
                             .filter_map(|p| p.freeze_window_us)
                             .max()
                             .unwrap_or(0);
+                        let name = snapshot.name.clone();
                         self.emit(
                             job,
                             EventBody::Completed {
@@ -326,6 +441,7 @@ impl Decider<'_> {
                                 freeze_window_us,
                             },
                         );
+                        self.retention(job, &name);
                     } else {
                         return;
                     }
@@ -338,6 +454,7 @@ impl Decider<'_> {
     /// Everything is thawed (or nothing was frozen): cancel, retry or fail.
     fn resolve(&mut self, job: &mut Job) {
         let attempt = job.attempt;
+        self.discard_attempt(job);
         if job.cancel.is_some() {
             self.emit(job, EventBody::Cancelled);
             return;
@@ -396,6 +513,175 @@ impl Decider<'_> {
         }
     }
 
+    /// The attempt ends without a restore point: whatever snapshot its
+    /// snapshot command may have left (cut late, cut with its report lost,
+    /// or cut in time before a later stage failed) is deleted by name (a
+    /// delete of a name that is not there counts as done).
+    fn discard_attempt(&mut self, job: &mut Job) {
+        if job.snapshot_status == StepStatus::Idle || self.mutation == Some(Mutation::NoDiscard) {
+            return;
+        }
+        let name = attempt_snapshot_name(job.id, job.attempt, self.mutation);
+        self.request_prunes(job, &[name]);
+    }
+
+    /// Asks the provider pool of each of `job`'s targets to delete `names`
+    /// (those not asked for already), under `job`.
+    fn request_prunes(&mut self, job: &mut Job, names: &[String]) {
+        let retry_at_ms = self.now.saturating_add(self.prune_retry_ms(&job.targets));
+        for t in job.targets.clone() {
+            let names: Vec<String> = names
+                .iter()
+                .filter(|n| !self.state.prunes.contains_key(&(t.clone(), (*n).clone())))
+                .cloned()
+                .collect();
+            if !names.is_empty() {
+                self.emit(
+                    job,
+                    EventBody::PruneRequested {
+                        target: t,
+                        names,
+                        retry_at_ms,
+                    },
+                );
+            }
+        }
+    }
+
+    fn prune_retry_ms(&self, targets: &[TargetId]) -> u64 {
+        self.cfg.job_policy(targets).stage_timeout_ms.max(1_000)
+    }
+
+    /// Retention after `job` completed with snapshot `name`: per target with
+    /// `keep_last`, the oldest snapshots beyond it (the catalog as it will be
+    /// with this one) are asked to be deleted.
+    fn retention(&mut self, job: &mut Job, name: &str) {
+        let retry_at_ms = self.now.saturating_add(self.prune_retry_ms(&job.targets));
+        for t in job.targets.clone() {
+            let Some(keep) = self.cfg.targets.get(&t).and_then(|p| p.keep_last) else {
+                continue;
+            };
+            let mut names: Vec<String> = self
+                .state
+                .catalog
+                .get(&t)
+                .map(|c| c.iter().map(|e| e.name.clone()).collect())
+                .unwrap_or_default();
+            names.push(name.to_string());
+            let over = names.len().saturating_sub(keep as usize);
+            let names: Vec<String> = names
+                .into_iter()
+                .take(over)
+                .filter(|n| !self.state.prunes.contains_key(&(t.clone(), n.clone())))
+                .collect();
+            if !names.is_empty() {
+                self.emit(
+                    job,
+                    EventBody::PruneRequested {
+                        target: t,
+                        names,
+                        retry_at_ms,
+                    },
+                );
+            }
+        }
+    }
+
+    /// On start: targets whose catalog holds more than `keep_last` with no
+    /// delete asked for (a log of an earlier build, or a one-shot run that
+    /// stopped first) get their prune now, under the job of their newest
+    /// snapshot.
+    fn catch_up_retention(&mut self) {
+        let mut by_job: BTreeMap<JobId, Vec<(TargetId, Vec<String>)>> = BTreeMap::new();
+        for (t, cat) in &self.state.catalog {
+            let Some(keep) = self.cfg.targets.get(t).and_then(|p| p.keep_last) else {
+                continue;
+            };
+            let over = cat.len().saturating_sub(keep as usize);
+            let names: Vec<String> = cat[..over]
+                .iter()
+                .map(|e| e.name.clone())
+                .filter(|n| !self.state.prunes.contains_key(&(t.clone(), n.clone())))
+                .collect();
+            if let (false, Some(newest)) = (names.is_empty(), cat.last()) {
+                by_job.entry(newest.job).or_default().push((t.clone(), names));
+            }
+        }
+        for (id, list) in by_job {
+            let Some(job) = self.state.jobs.get(&id) else {
+                continue;
+            };
+            let retry_at_ms = self.now.saturating_add(self.prune_retry_ms(&job.targets));
+            for (target, names) in list {
+                self.out.push(Event {
+                    at_ms: self.now,
+                    job: id,
+                    body: EventBody::PruneRequested {
+                        target,
+                        names,
+                        retry_at_ms,
+                    },
+                });
+            }
+        }
+    }
+
+    /// The retry timer of the deletes `job` asked for: asks again for those
+    /// still without an outcome, or gives up on those asked for too often.
+    fn retry_prunes(&mut self, job: &mut Job) {
+        if job.prune_retry_at_ms.is_none_or(|t| t > self.now) {
+            return;
+        }
+        let retry_at_ms = self.now.saturating_add(self.prune_retry_ms(&job.targets));
+        let mut asked = false;
+        for (target, names) in self.state.prunes_of(job.id) {
+            let mut again = Vec::new();
+            for name in names {
+                let Some(p) = self.state.prunes.get(&(target.clone(), name.clone())) else {
+                    continue;
+                };
+                if p.tries >= MAX_PRUNE_TRIES {
+                    let error = StepError::new(
+                        "no_answer",
+                        format!(
+                            "no outcome after {} requests to delete {name} of {target}: it may still exist; \
+                             the target's next prune tries again",
+                            p.tries
+                        ),
+                        false,
+                    );
+                    self.out.push(Event {
+                        at_ms: self.now,
+                        job: p.owner,
+                        body: EventBody::PruneFailed {
+                            target: target.clone(),
+                            name,
+                            error,
+                        },
+                    });
+                } else {
+                    again.push(name);
+                }
+            }
+            if !again.is_empty() {
+                asked = true;
+                self.emit(
+                    job,
+                    EventBody::PruneRequested {
+                        target,
+                        names: again,
+                        retry_at_ms,
+                    },
+                );
+            }
+        }
+        if !asked {
+            // Nothing asked again: the timer must not stay due (evolve
+            // clears it once the given-up deletes are folded in).
+            job.prune_retry_at_ms = None;
+        }
+    }
+
     /// Forces the thaw when the freeze limit is reached (also on a late input).
     fn check_thaw_by(&mut self, job: &mut Job) {
         if self.mutation == Some(Mutation::NoForcedThaw) {
@@ -427,6 +713,10 @@ impl Decider<'_> {
             .collect();
         for id in due {
             self.with_job(id, |d, job| {
+                d.retry_prunes(job);
+                if job.state.is_terminal() {
+                    return;
+                }
                 if job.state == JobState::RetryWait {
                     if job.retry_at_ms.is_some_and(|t| t <= d.now) {
                         let next = job.retry_attempt.max(job.attempt + 1);
@@ -453,7 +743,11 @@ impl Decider<'_> {
         let Some(job) = self.state.jobs.get(&r.job) else {
             return;
         };
-        if r.attempt != job.attempt || job.state.is_terminal() && r.stage != Stage::Snapshot {
+        if r.stage == Stage::Snapshot && !self.accepts_snapshot(job, r) {
+            self.late_snapshot(r);
+            return;
+        }
+        if r.attempt != job.attempt || job.state.is_terminal() {
             return;
         }
         self.with_job(r.job, |d, job| {
@@ -510,11 +804,67 @@ impl Decider<'_> {
         }
     }
 
+    /// Whether a snapshot report can make the attempt's restore point: its
+    /// own attempt, in the snapshot stage, while every writer is frozen.
+    fn accepts_snapshot(&self, job: &Job, r: &Report) -> bool {
+        let snapshotting = job.state == JobState::Snapshotting
+            || self.mutation == Some(Mutation::SnapshotBeforeAllFrozen) && job.state == JobState::Freezing;
+        r.attempt == job.attempt
+            && snapshotting
+            && job.snapshot_status == StepStatus::Pending
+            && job.thaw_by_ms.is_none_or(|by| self.now < by)
+    }
+
+    /// A snapshot that cannot be a restore point (late, another attempt's, a
+    /// failed or finished attempt's): recorded once as `LateSnapshot` and
+    /// deleted. A duplicate of the restore point or of a known late one, or
+    /// an error, changes nothing.
+    fn late_snapshot(&mut self, r: &Report) {
+        let Outcome::Ok {
+            detail: StepDetail::Snapshot(info),
+        } = &r.outcome
+        else {
+            return;
+        };
+        if self.mutation == Some(Mutation::NoDiscard) {
+            return;
+        }
+        let id = r.job;
+        let known = |job: &Job| {
+            job.snapshot.as_ref().is_some_and(|s| s.name == info.name)
+                && !job.late_snapshot
+                && job.snapshot_status == StepStatus::Done
+                || job.late_names.contains(&info.name)
+        };
+        if self.state.jobs.get(&id).is_none_or(known) {
+            return;
+        }
+        let (attempt, worker, info) = (r.attempt, r.worker.clone(), info.clone());
+        self.with_job(id, |d, job| d.record_late(job, attempt, worker, info));
+    }
+
+    fn record_late(&mut self, job: &mut Job, attempt: u32, worker: WorkerId, snapshot: SnapshotInfo) {
+        let Some(first) = job.targets.first().cloned() else {
+            return;
+        };
+        let name = snapshot.name.clone();
+        self.emit(
+            job,
+            EventBody::LateSnapshot {
+                attempt,
+                target: first,
+                worker,
+                snapshot,
+            },
+        );
+        self.request_prunes(job, &[name]);
+    }
+
     fn snapshot_report(&mut self, job: &mut Job, r: &Report) {
         let Some(first) = job.targets.first().cloned() else {
             return;
         };
-        if job.state == JobState::Snapshotting && job.snapshot_status == StepStatus::Pending {
+        if self.accepts_snapshot(job, r) {
             match &r.outcome {
                 Outcome::Ok {
                     detail: d @ StepDetail::Snapshot(_),
@@ -528,15 +878,6 @@ impl Decider<'_> {
                     self.step_err(job, r, Stage::Snapshot, &first, e)
                 }
                 Outcome::Err { error } => self.step_err(job, r, Stage::Snapshot, &first, error.clone()),
-            }
-        } else if job.snapshot_status != StepStatus::Idle && job.snapshot.is_none() {
-            // A late snapshot (after a forced thaw or a failure): record it; the
-            // attempt has failed already.
-            if let Outcome::Ok {
-                detail: d @ StepDetail::Snapshot(_),
-            } = &r.outcome
-            {
-                self.step_ok(job, r, Stage::Snapshot, &first, d.clone());
             }
         }
     }
@@ -589,24 +930,42 @@ impl Decider<'_> {
         }
     }
 
+    /// A prune's outcome, per name: `SnapshotDeleted` (gone: deleted, or not
+    /// there) or `PruneFailed`, under the job that took the snapshot. Only
+    /// deletes still waiting for an outcome, or catalog entries, are recorded
+    /// (a redelivered report changes nothing).
     fn prune_report(&mut self, r: &Report) {
-        let Outcome::Ok {
-            detail: StepDetail::Pruned { deleted },
-        } = &r.outcome
-        else {
+        if self.mutation == Some(Mutation::PruneUnrecorded) {
             return;
+        }
+        let (deleted, failed) = match &r.outcome {
+            Outcome::Ok {
+                detail: StepDetail::Pruned { deleted, failed },
+            } => (
+                deleted.clone(),
+                failed.iter().map(|f| (f.name.clone(), f.error.clone())).collect(),
+            ),
+            Outcome::Ok { .. } => return,
+            // The whole prune failed: every delete this job asked of the
+            // target gets the error.
+            Outcome::Err { error } => {
+                let mut all: Vec<(String, StepError)> = Vec::new();
+                for t in &r.targets {
+                    for name in self.state.prunes_of(r.job).remove(t).unwrap_or_default() {
+                        all.push((name, error.clone()));
+                    }
+                }
+                (Vec::new(), all)
+            }
         };
+        let mut seen = BTreeSet::new();
         for t in &r.targets {
-            let Some(cat) = self.state.catalog.get(t) else {
-                continue;
-            };
-            for name in deleted {
-                let mut seen = BTreeSet::new();
-                for e in cat.iter().filter(|e| &e.name == name) {
-                    if seen.insert(e.job) && !self.out.iter().any(|x| matches!(&x.body, EventBody::SnapshotDeleted { target, name: n } if target == t && n == name && x.job == e.job)) {
+            for name in &deleted {
+                for owner in self.owners(t, name) {
+                    if seen.insert((t.clone(), name.clone(), owner)) {
                         self.out.push(Event {
                             at_ms: self.now,
-                            job: e.job,
+                            job: owner,
                             body: EventBody::SnapshotDeleted {
                                 target: t.clone(),
                                 name: name.clone(),
@@ -615,12 +974,41 @@ impl Decider<'_> {
                     }
                 }
             }
+            for (name, error) in &failed {
+                let Some(p) = self.state.prunes.get(&(t.clone(), name.clone())) else {
+                    continue;
+                };
+                if seen.insert((t.clone(), name.clone(), p.owner)) {
+                    self.out.push(Event {
+                        at_ms: self.now,
+                        job: p.owner,
+                        body: EventBody::PruneFailed {
+                            target: t.clone(),
+                            name: name.clone(),
+                            error: error.clone(),
+                        },
+                    });
+                }
+            }
         }
+    }
+
+    /// The jobs whose snapshot `name` of `t` is waiting for its delete or
+    /// listed in the catalog.
+    fn owners(&self, t: &TargetId, name: &str) -> BTreeSet<JobId> {
+        let mut out = BTreeSet::new();
+        if let Some(p) = self.state.prunes.get(&(t.clone(), name.to_string())) {
+            out.insert(p.owner);
+        }
+        if let Some(cat) = self.state.catalog.get(t) {
+            out.extend(cat.iter().filter(|e| e.name == name).map(|e| e.job));
+        }
+        out
     }
 
     /// Starts every queued job that became first in all its queues.
     fn promote(&mut self) {
-        if self.released.is_empty() {
+        if self.released.is_empty() || self.mutation == Some(Mutation::NeverPromote) {
             return;
         }
         let released = std::mem::take(&mut self.released);

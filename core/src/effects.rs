@@ -1,10 +1,9 @@
 //! `effects` and `recover_commands`: the commands to send once an event is durable,
 //! and where to send them (a pool, or the worker that froze with the pool as fallback).
 
-use recman_events::{
-    snapshot_name, Command, Event, EventBody, PoolName, Stage, TargetId, WorkerId, SCHEMA_VERSION,
-};
+use recman_events::{Command, Event, EventBody, JobId, PoolName, Stage, TargetId, WorkerId, SCHEMA_VERSION};
 
+use crate::decide::attempt_snapshot_name;
 use crate::policy::CoreConfig;
 use crate::state::{Job, JobState, State, StepStatus};
 
@@ -56,13 +55,16 @@ pub fn effects(state: &State, cfg: &CoreConfig, event: &Event) -> Vec<Outgoing> 
                 _ => Vec::new(),
             }
         }
-        EventBody::Completed { .. } => prune_commands(state, cfg, job),
+        EventBody::PruneRequested { target, names, .. } => prune_command(state, cfg, job, target, names)
+            .into_iter()
+            .collect(),
         _ => Vec::new(),
     }
 }
 
-/// After replay: the commands of every in-flight stage again (commands are
-/// idempotent), and pending retention deletes.
+/// After replay (and after `Input::Start` decided what fell due): the
+/// commands of every in-flight stage again (commands are idempotent), and
+/// every delete still waiting for its outcome.
 pub fn recover_commands(state: &State, cfg: &CoreConfig) -> Vec<Outgoing> {
     let mut out = Vec::new();
     for id in &state.active {
@@ -76,14 +78,16 @@ pub fn recover_commands(state: &State, cfg: &CoreConfig) -> Vec<Outgoing> {
         };
         out.extend(stage_commands(job, cfg, stage));
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for entries in state.catalog.values() {
-        if let Some(last) = entries.last() {
-            if seen.insert(last.job) {
-                if let Some(job) = state.jobs.get(&last.job) {
-                    out.extend(prune_commands(state, cfg, job));
-                }
-            }
+    let mut by_requester: std::collections::BTreeMap<(JobId, TargetId), Vec<String>> = Default::default();
+    for ((t, name), p) in &state.prunes {
+        by_requester
+            .entry((p.requester, t.clone()))
+            .or_default()
+            .push(name.clone());
+    }
+    for ((requester, t), names) in by_requester {
+        if let Some(job) = state.jobs.get(&requester) {
+            out.extend(prune_command(state, cfg, job, &t, &names));
         }
     }
     out
@@ -129,7 +133,9 @@ fn stage_commands(job: &Job, cfg: &CoreConfig, stage: Stage) -> Vec<Outgoing> {
                 job.targets.clone(),
                 Command::message_id_for(job.id, job.attempt, stage, first),
             );
-            c.snapshot_name = Some(snapshot_name(job.id, job.attempt));
+            c.snapshot_name = Some(attempt_snapshot_name(job.id, job.attempt, cfg.mutation));
+            // The provider's worker starts it only before the forced thaw.
+            c.thaw_deadline_ms = job.thaw_by_ms;
             out.push(Outgoing {
                 to: Destination::Pool(p.provider_pool.clone()),
                 command: c,
@@ -193,33 +199,36 @@ fn thaw_command(job: &Job, cfg: &CoreConfig, i: usize) -> Option<Outgoing> {
     Some(Outgoing { to, command: c })
 }
 
-/// Retention: delete the snapshots beyond `keep_last` of each of the job's targets.
-fn prune_commands(state: &State, cfg: &CoreConfig, job: &Job) -> Vec<Outgoing> {
-    let mut out = Vec::new();
-    for t in &job.targets {
-        let Some(p) = cfg.targets.get(t) else { continue };
-        let Some(keep) = p.keep_last else { continue };
-        let Some(cat) = state.catalog.get(t) else { continue };
-        let keep = keep as usize;
-        if cat.len() <= keep {
-            continue;
-        }
-        let names: Vec<String> = cat[..cat.len() - keep].iter().map(|e| e.name.clone()).collect();
-        let mut c = base(
-            job,
-            Stage::Prune,
-            vec![t.clone()],
-            format!(
-                "{}/{}",
-                Command::message_id_for(job.id, job.attempt, Stage::Prune, t),
-                cat.len()
-            ),
-        );
-        c.prune = names;
-        out.push(Outgoing {
-            to: Destination::Pool(p.provider_pool.clone()),
-            command: c,
-        });
-    }
-    out
+/// The delete of `names` of `target` that `job` asked for (`PruneRequested`),
+/// to the target's provider pool. Each round of asking has its own message id.
+fn prune_command(
+    state: &State,
+    cfg: &CoreConfig,
+    job: &Job,
+    target: &TargetId,
+    names: &[String],
+) -> Option<Outgoing> {
+    let p = cfg.targets.get(target)?;
+    let tries = names
+        .iter()
+        .filter_map(|n| state.prunes.get(&(target.clone(), n.clone())))
+        .map(|p| p.tries)
+        .max()
+        .unwrap_or(0);
+    let mut c = base(
+        job,
+        Stage::Prune,
+        vec![target.clone()],
+        format!(
+            "{}/{}/{}",
+            Command::message_id_for(job.id, job.attempt, Stage::Prune, target),
+            names.first().map(String::as_str).unwrap_or(""),
+            tries
+        ),
+    );
+    c.prune = names.to_vec();
+    Some(Outgoing {
+        to: Destination::Pool(p.provider_pool.clone()),
+        command: c,
+    })
 }

@@ -1,8 +1,9 @@
 //! `evolve`: the only way state changes. Total and deterministic; used live and in replay.
 
-use recman_events::{Event, EventBody, Stage, StepDetail};
+use recman_events::{Event, EventBody, JobId, Stage, StepDetail};
 
-use crate::state::{CatalogEntry, Failure, Job, JobState, State, StepStatus, TargetProgress};
+use crate::decide::MAX_PRUNE_TRIES;
+use crate::state::{CatalogEntry, Failure, Job, JobState, PendingPrune, State, StepStatus, TargetProgress};
 
 /// Folds one event into the state. Events that do not fit (unknown job, stale
 /// attempt) change nothing but the `applied` counter.
@@ -33,6 +34,73 @@ pub fn evolve(state: &mut State, ev: &Event) {
         state.jobs.insert(ev.job, job);
         return;
     }
+    match &ev.body {
+        EventBody::PruneRequested {
+            target,
+            names,
+            retry_at_ms,
+        } => {
+            if !state.jobs.contains_key(&ev.job) {
+                return;
+            }
+            for name in names {
+                let key = (target.clone(), name.clone());
+                let (owner, tries) = match state.prunes.get(&key) {
+                    Some(p) => (p.owner, p.tries + 1),
+                    None => (
+                        state
+                            .catalog
+                            .get(target)
+                            .and_then(|c| c.iter().find(|e| &e.name == name))
+                            .map_or(ev.job, |e| e.job),
+                        1,
+                    ),
+                };
+                let pending = PendingPrune {
+                    owner,
+                    requester: ev.job,
+                    tries,
+                };
+                if let Some(old) = state.prunes.insert(key, pending) {
+                    if old.requester != ev.job {
+                        settle_requester(state, old.requester);
+                    }
+                }
+            }
+            with_deadline(state, ev.job, |job| job.prune_retry_at_ms = Some(*retry_at_ms));
+            return;
+        }
+        EventBody::SnapshotDeleted { target, name } => {
+            if let Some(c) = state.catalog.get_mut(target) {
+                c.retain(|e| !(e.name == *name && e.job == ev.job));
+            }
+            if let Some(p) = state.prunes.remove(&(target.clone(), name.clone())) {
+                settle_requester(state, p.requester);
+            }
+            return;
+        }
+        EventBody::PruneFailed { target, name, error } => {
+            let key = (target.clone(), name.clone());
+            let Some(p) = state.prunes.get(&key) else {
+                return;
+            };
+            let requester = p.requester;
+            if !(error.retryable && p.tries < MAX_PRUNE_TRIES) {
+                state.prunes.remove(&key);
+                settle_requester(state, requester);
+            }
+            return;
+        }
+        EventBody::LateSnapshot { snapshot, .. } => {
+            if let Some(job) = state.jobs.get_mut(&ev.job) {
+                if !job.late_names.contains(&snapshot.name) {
+                    job.late_names.push(snapshot.name.clone());
+                }
+            }
+            return;
+        }
+        _ => {}
+    }
     let Some(job) = state.jobs.get_mut(&ev.job) else {
         return;
     };
@@ -62,11 +130,6 @@ pub fn evolve(state: &mut State, ev: &Event) {
                 });
             }
         }
-        EventBody::SnapshotDeleted { target, name } => {
-            if let Some(c) = state.catalog.get_mut(target) {
-                c.retain(|e| !(e.name == *name && e.job == ev.job));
-            }
-        }
         _ => {}
     }
     if now_terminal && !was_terminal {
@@ -85,6 +148,33 @@ pub fn evolve(state: &mut State, ev: &Event) {
             }
         }
     }
+}
+
+/// Changes job `id`, keeping the deadline index in step.
+fn with_deadline(state: &mut State, id: JobId, f: impl FnOnce(&mut Job)) {
+    let Some(job) = state.jobs.get_mut(&id) else {
+        return;
+    };
+    let before = job.deadline();
+    f(job);
+    let after = job.deadline();
+    if before != after {
+        if let Some(d) = before {
+            state.deadlines.remove(&(d, id));
+        }
+        if let Some(d) = after {
+            state.deadlines.insert((d, id));
+        }
+    }
+}
+
+/// A delete `requester` asked for has its outcome: when none is left, its
+/// retry timer stops.
+fn settle_requester(state: &mut State, requester: JobId) {
+    if state.prunes.values().any(|p| p.requester == requester) {
+        return;
+    }
+    with_deadline(state, requester, |job| job.prune_retry_at_ms = None);
 }
 
 fn close_timeline(job: &mut Job, at: u64, outcome: &str) {
@@ -123,7 +213,11 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
     }
     let at = ev.at_ms;
     match &ev.body {
-        EventBody::Requested { .. } | EventBody::SnapshotDeleted { .. } => {}
+        EventBody::Requested { .. }
+        | EventBody::SnapshotDeleted { .. }
+        | EventBody::LateSnapshot { .. }
+        | EventBody::PruneRequested { .. }
+        | EventBody::PruneFailed { .. } => {}
         EventBody::Queued { .. } => {}
         EventBody::AttemptStarted {
             attempt,
@@ -264,8 +358,8 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
             stage,
             attempt,
             target,
+            worker,
             error,
-            ..
         } => {
             if *attempt != job.attempt {
                 return;
@@ -275,7 +369,12 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
             match stage {
                 Stage::Freeze => {
                     if let Some(i) = idx {
-                        job.progress[i].freeze = StepStatus::Failed;
+                        let p = &mut job.progress[i];
+                        p.freeze = StepStatus::Failed;
+                        // It may have landed there: the thaw goes back to it first.
+                        if p.frozen_by.is_none() {
+                            p.frozen_by.clone_from(worker);
+                        }
                     }
                 }
                 Stage::Snapshot => job.snapshot_status = StepStatus::Failed,

@@ -17,12 +17,14 @@ pub mod sim;
 pub mod state;
 pub mod worker;
 
-pub use decide::{decide, decide_with, Input, Mutation, Reply, MAX_THAW_TRIES};
+pub use decide::{attempt_snapshot_name, decide, Input, Mutation, Reply, MAX_PRUNE_TRIES, MAX_THAW_TRIES};
 pub use effects::{effects, recover_commands, Destination, Outgoing};
 pub use evolve::evolve;
 pub use policy::{CoreConfig, JobPolicy, TargetPolicy};
 pub use rng::Rng;
-pub use state::{CatalogEntry, Failure, Job, JobState, State, StepStatus, TargetProgress, TimelineEntry};
+pub use state::{
+    CatalogEntry, Failure, Job, JobState, PendingPrune, State, StepStatus, TargetProgress, TimelineEntry,
+};
 
 use recman_events::Event;
 
@@ -47,7 +49,6 @@ pub struct Core {
     cfg: CoreConfig,
     state: State,
     rng: Rng,
-    mutation: Option<Mutation>,
 }
 
 impl Core {
@@ -57,33 +58,25 @@ impl Core {
             cfg,
             state: State::default(),
             rng,
-            mutation: None,
         }
     }
 
     /// A core with a deliberate bug (the simulator's self-test).
-    pub fn with_mutation(cfg: CoreConfig, mutation: Option<Mutation>) -> Self {
-        let mut c = Core::new(cfg);
-        c.mutation = mutation;
-        c
+    pub fn with_mutation(mut cfg: CoreConfig, mutation: Option<Mutation>) -> Self {
+        cfg.mutation = mutation;
+        Core::new(cfg)
     }
 
     /// Decides, folds each event in and collects its effects. The caller makes
     /// `events` durable before sending `commands`.
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Step {
-        let (events, reply) = decide_with(
-            &self.state,
-            &self.cfg,
-            &mut self.rng,
-            &input,
-            now_ms,
-            self.mutation,
-        );
+        let (events, reply) = decide(&self.state, &self.cfg, &mut self.rng, &input, now_ms);
         let mut commands = Vec::new();
         for e in &events {
-            evolve(&mut self.state, e);
+            self.fold(e);
             commands.extend(effects(&self.state, &self.cfg, e));
         }
+        let commands = self.mutated(commands);
         Step {
             events,
             commands,
@@ -91,15 +84,63 @@ impl Core {
         }
     }
 
+    /// The engine starts on its replayed log: first what fell due while it
+    /// was down is decided (`Input::Start`: forced thaws, timeouts, retries,
+    /// retention catching up), then the commands of every stage still in
+    /// flight and of every delete still waiting go out again. So a snapshot
+    /// whose thaw deadline passed meanwhile is never asked for again. The
+    /// caller makes `events` durable before sending `commands`.
+    pub fn start(&mut self, now_ms: u64) -> Step {
+        let before =
+            (self.cfg.mutation == Some(Mutation::ResendBeforeTimers)).then(|| self.recover_commands());
+        let step = self.handle(Input::Start, now_ms);
+        let mut commands = before.unwrap_or_default();
+        commands.extend(self.mutated(recover_commands(&self.state, &self.cfg)));
+        Step {
+            events: step.events,
+            commands,
+            reply: Reply::None,
+        }
+    }
+
     /// Replay: folds one event from the log. Re-seeds the PRNG from the log
     /// length so a restarted engine does not repeat the jitter it drew before.
     pub fn apply(&mut self, e: &Event) {
-        evolve(&mut self.state, e);
+        self.fold(e);
         self.rng = Rng::new(self.cfg.seed ^ self.state.applied.wrapping_mul(0x2545_F491_4F6C_DD1D));
     }
 
+    /// `evolve`, with the fold's deliberate bug when asked for.
+    fn fold(&mut self, e: &Event) {
+        if self.cfg.mutation == Some(Mutation::CatalogKeepsDeleted) {
+            if let recman_events::EventBody::SnapshotDeleted { .. } = &e.body {
+                self.state.applied += 1;
+                return;
+            }
+        }
+        evolve(&mut self.state, e);
+    }
+
+    /// The commands, with the sending's deliberate bug when asked for.
+    fn mutated(&self, mut commands: Vec<Outgoing>) -> Vec<Outgoing> {
+        if self.cfg.mutation == Some(Mutation::NoThawAfterFailedFreeze) {
+            // The old rule: a failed freeze did not land, so it gets no thaw.
+            commands.retain(|o| {
+                let c = &o.command;
+                c.stage != recman_events::Stage::Thaw
+                    || !self.state.jobs.get(&c.job).is_some_and(|j| {
+                        c.targets.iter().all(|t| {
+                            j.index_of(t)
+                                .is_some_and(|i| j.progress[i].freeze == StepStatus::Failed)
+                        })
+                    })
+            });
+        }
+        commands
+    }
+
     pub fn recover_commands(&self) -> Vec<Outgoing> {
-        recover_commands(&self.state, &self.cfg)
+        self.mutated(recover_commands(&self.state, &self.cfg))
     }
 
     pub fn next_deadline(&self) -> Option<u64> {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use recman_events::{PoolName, TargetId};
 
+use crate::decide::Mutation;
 use crate::rng::Rng;
 
 /// How one target is handled. `TargetPolicy::new` gives the documented defaults.
@@ -52,6 +53,8 @@ pub struct CoreConfig {
     pub targets: BTreeMap<TargetId, TargetPolicy>,
     /// Seed of the jitter PRNG (the values drawn are recorded in events).
     pub seed: u64,
+    /// A deliberate bug, for the simulator's self-test only (`None` anywhere else).
+    pub mutation: Option<Mutation>,
 }
 
 /// The policy of one job: the strictest combination of its targets' policies.

@@ -117,8 +117,15 @@ pub struct Job {
     pub progress: Vec<TargetProgress>,
     pub snapshot_status: StepStatus,
     pub snapshot: Option<SnapshotInfo>,
-    /// The snapshot reported after the attempt had already failed.
+    /// The snapshot reported after the attempt had already failed (logs of
+    /// earlier builds record it as a step; see `late_names`).
     pub late_snapshot: bool,
+    /// Names of this job's snapshots recorded as late (`LateSnapshot`), any
+    /// attempt: not restore points, deleted by the engine.
+    pub late_names: Vec<String>,
+    /// When the deletes this job asked for (`PruneRequested`) are asked
+    /// again while outcomes are missing.
+    pub prune_retry_at_ms: Option<u64>,
     pub first_frozen_at_ms: Option<u64>,
     pub freeze_budget_ms: u64,
     pub watchdog_at_ms: u64,
@@ -163,6 +170,8 @@ impl Job {
             snapshot_status: StepStatus::Idle,
             snapshot: None,
             late_snapshot: false,
+            late_names: Vec::new(),
+            prune_retry_at_ms: None,
             first_frozen_at_ms: None,
             freeze_budget_ms: 0,
             watchdog_at_ms: 0,
@@ -190,10 +199,13 @@ impl Job {
         self.targets.iter().position(|x| x == t)
     }
 
-    /// Targets a freeze may have reached that are not known thawed.
+    /// Targets a freeze may have reached that are not known thawed: a freeze
+    /// sent and not answered, done, or failed (a freeze that failed or timed
+    /// out may have landed: thaw is idempotent, and the worker's thaw of an
+    /// attempt that froze nothing is a recorded no-op).
     pub fn needs_thaw(&self, i: usize) -> bool {
         let p = &self.progress[i];
-        matches!(p.freeze, StepStatus::Pending | StepStatus::Done) && p.thaw != StepStatus::Done
+        p.freeze != StepStatus::Idle && p.thaw != StepStatus::Done
     }
 
     pub fn any_needs_thaw(&self) -> bool {
@@ -202,6 +214,14 @@ impl Job {
 
     /// When the runtime must call back for this job.
     pub fn deadline(&self) -> Option<u64> {
+        let stage = self.stage_deadline();
+        match (stage, self.prune_retry_at_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn stage_deadline(&self) -> Option<u64> {
         match self.state {
             JobState::RetryWait => self.retry_at_ms,
             s if s.before_thaw() => match (self.stage_deadline_ms, self.thaw_by_ms) {
@@ -222,6 +242,17 @@ pub struct CatalogEntry {
     pub at_ms: u64,
 }
 
+/// A snapshot the engine asked to delete and whose outcome is not recorded yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PendingPrune {
+    /// The job that took it (its `SnapshotDeleted` / `PruneFailed` go there).
+    pub owner: JobId,
+    /// The job whose `PruneRequested` asked for it (its timer asks again).
+    pub requester: JobId,
+    /// How often it was asked for.
+    pub tries: u32,
+}
+
 /// Everything the engine knows; rebuilt exactly by folding the log with `evolve`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
@@ -235,6 +266,8 @@ pub struct State {
     pub active: BTreeSet<JobId>,
     /// Index of `Job::deadline` for `next_deadline` and timers.
     pub deadlines: BTreeSet<(u64, JobId)>,
+    /// Deletes asked for (`PruneRequested`) and not answered, by target and name.
+    pub prunes: BTreeMap<(TargetId, String), PendingPrune>,
     /// Number of events folded in.
     pub applied: u64,
 }
@@ -248,5 +281,16 @@ impl State {
     pub fn holder(&self, t: &TargetId) -> Option<JobId> {
         let head = *self.queues.get(t)?.front()?;
         self.active.contains(&head).then_some(head)
+    }
+
+    /// The deletes `requester` asked for that have no outcome yet, by target.
+    pub fn prunes_of(&self, requester: JobId) -> BTreeMap<TargetId, Vec<String>> {
+        let mut out: BTreeMap<TargetId, Vec<String>> = BTreeMap::new();
+        for ((t, name), p) in &self.prunes {
+            if p.requester == requester {
+                out.entry(t.clone()).or_default().push(name.clone());
+            }
+        }
+        out
     }
 }

@@ -24,7 +24,11 @@ fn config() -> CoreConfig {
         );
     }
     targets.insert(TargetId::from("z"), TargetPolicy::new("host.z", "array.other"));
-    CoreConfig { targets, seed: 5 }
+    CoreConfig {
+        targets,
+        seed: 5,
+        mutation: None,
+    }
 }
 
 fn request(core: &mut Core, rid: &str, targets: &[&str], n: u128, now: u64) -> (JobId, Reply) {
@@ -327,9 +331,11 @@ fn a_failed_group_freeze_thaws_the_frozen_member_then_retries() {
         .commands
         .iter()
         .any(|c| c.command.targets == vec![TargetId::from("a")]));
-    // b's freeze failed, so only a is thawed; then the retry is scheduled.
-    assert_eq!(s.commands.len(), 1);
+    // b's freeze failed but may have landed: both are thawed; then the retry.
+    assert_eq!(s.commands.len(), 2);
     let s = core.handle(rep(j, 1, Stage::Thaw, &["a"], "wa", thawed()), T + 3);
+    assert_eq!(kinds(&s.events), ["step_succeeded"]);
+    let s = core.handle(rep(j, 1, Stage::Thaw, &["b"], "wb", thawed()), T + 3);
     assert_eq!(kinds(&s.events), ["step_succeeded", "retry_scheduled"]);
     let due = core.next_deadline().expect("retry timer");
     let s = core.handle(Input::TimerFired, due);
@@ -342,28 +348,210 @@ fn a_failed_group_freeze_thaws_the_frozen_member_then_retries() {
     assert_eq!(&before, core.state());
 }
 
+/// Issue 12 item 1: a freeze that failed may have landed (a hook that froze
+/// the application, then exited non-zero): the engine thaws it, back at the
+/// worker that tried, before the job fails.
 #[test]
-fn non_retryable_freeze_failure_fails_without_thaw_when_nothing_froze() {
+fn a_failed_freeze_is_thawed_before_the_job_fails() {
     let mut core = Core::new(config());
     let (j, _) = request(&mut core, "r1", &["a"], 1, T);
     let s = core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", err(false)), T + 1);
-    assert_eq!(kinds(&s.events), ["step_failed", "failed"]);
+    assert_eq!(kinds(&s.events), ["step_failed", "stage_started"]);
+    assert_eq!(s.commands.len(), 1);
+    assert_eq!(s.commands[0].command.stage, Stage::Thaw);
+    assert!(
+        matches!(&s.commands[0].to, Destination::Worker { worker, .. } if worker.as_str() == "wa"),
+        "{:?}",
+        s.commands[0].to
+    );
+    let s = core.handle(rep(j, 1, Stage::Thaw, &["a"], "wa", thawed()), T + 2);
+    assert_eq!(kinds(&s.events), ["step_succeeded", "failed"]);
+}
+
+/// A freeze that never answers is of no use after the freeze budget (the
+/// snapshot must come before the forced thaw) and may have landed: its stage
+/// times out then, before the writers' watchdog, and the engine thaws.
+#[test]
+fn a_freeze_that_never_answers_times_out_within_the_freeze_budget() {
+    let mut core = Core::new(config());
+    let (j, _) = request(&mut core, "r1", &["a"], 1, T);
+    let job = core.state().job(&j).expect("job");
+    assert_eq!(job.stage_deadline_ms, Some(T + 8_000));
+    assert!(T + 8_000 < job.watchdog_at_ms);
+    let s = core.handle(Input::TimerFired, T + 8_000);
+    assert_eq!(kinds(&s.events), ["stage_timed_out", "stage_started"]);
+    assert_eq!(s.commands[0].command.stage, Stage::Thaw);
 }
 
 #[test]
-fn the_freeze_limit_forces_the_thaw_and_a_late_snapshot_is_recorded() {
+fn the_freeze_limit_forces_the_thaw_and_a_late_snapshot_is_recorded_and_deleted() {
     let mut core = Core::new(config());
     let (j, _) = request(&mut core, "r1", &["a"], 1, T);
-    core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", frozen()), T + 100);
+    let s = core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", frozen()), T + 100);
+    let snap_cmd = s
+        .commands
+        .iter()
+        .find(|c| c.command.stage == Stage::Snapshot)
+        .expect("snapshot command");
     let due = core.next_deadline().expect("deadline");
     assert_eq!(due, T + 100 + 8_000);
+    assert_eq!(
+        snap_cmd.command.thaw_deadline_ms,
+        Some(due),
+        "the provider's worker is told when the writers are thawed"
+    );
     let s = core.handle(Input::TimerFired, due);
     assert_eq!(kinds(&s.events), ["forced_thaw", "stage_started"]);
     let s = core.handle(rep(j, 1, Stage::Snapshot, &["a"], "p", snap(j, 1)), due + 5);
-    assert_eq!(kinds(&s.events), ["step_succeeded"]);
-    assert!(core.state().job(&j).is_some_and(|j| j.late_snapshot));
-    let s = core.handle(rep(j, 1, Stage::Thaw, &["a"], "wa", thawed()), due + 6);
+    assert_eq!(kinds(&s.events), ["late_snapshot", "prune_requested"]);
+    assert_eq!(s.commands.len(), 1);
+    assert_eq!(s.commands[0].command.stage, Stage::Prune);
+    assert_eq!(s.commands[0].command.prune, vec![snapshot_name(j, 1)]);
+    assert!(core
+        .state()
+        .job(&j)
+        .is_some_and(|j| j.snapshot.is_none() && j.late_names == vec![snapshot_name(j.id, 1)]));
+    // The same report again: nothing new.
+    let s = core.handle(rep(j, 1, Stage::Snapshot, &["a"], "p", snap(j, 1)), due + 6);
+    assert!(s.events.is_empty(), "{:?}", kinds(&s.events));
+    let s = core.handle(rep(j, 1, Stage::Thaw, &["a"], "wa", thawed()), due + 7);
     assert_eq!(kinds(&s.events), ["step_succeeded", "retry_scheduled"]);
+    let s = core.handle(
+        rep(
+            j,
+            1,
+            Stage::Prune,
+            &["a"],
+            "p",
+            ok(StepDetail::Pruned {
+                deleted: vec![snapshot_name(j, 1)],
+                failed: vec![],
+            }),
+        ),
+        due + 8,
+    );
+    assert_eq!(kinds(&s.events), ["snapshot_deleted"]);
+    assert!(core.state().prunes.is_empty());
+}
+
+/// Issue 12 item 2: an earlier attempt's snapshot reporting during the next
+/// attempt was dropped and stayed on the storage, in no event.
+#[test]
+fn an_earlier_attempts_snapshot_is_recorded_late_and_deleted() {
+    let mut core = Core::new(config());
+    let (j, _) = request(&mut core, "r1", &["a"], 1, T);
+    core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", frozen()), T + 1);
+    let s = core.handle(rep(j, 1, Stage::Snapshot, &["a"], "p", err(true)), T + 2);
+    assert_eq!(kinds(&s.events), ["step_failed", "stage_started"]);
+    let s = core.handle(rep(j, 1, Stage::Thaw, &["a"], "wa", thawed()), T + 3);
+    // The attempt may have left its snapshot: deleted by name.
+    assert_eq!(
+        kinds(&s.events),
+        ["step_succeeded", "prune_requested", "retry_scheduled"]
+    );
+    let due = core.next_deadline().expect("retry");
+    core.handle(Input::TimerFired, due);
+    assert_eq!(core.state().job(&j).map(|j| j.attempt), Some(2));
+    let s = core.handle(rep(j, 1, Stage::Snapshot, &["a"], "p", snap(j, 1)), due + 1);
+    assert_eq!(kinds(&s.events), ["late_snapshot"], "already asked to delete");
+    assert_eq!(s.events[0].job, j);
+}
+
+/// Issue 12 item 5: every prune outcome is an event; a retryable failure or
+/// no answer is asked again, at most `MAX_PRUNE_TRIES` times.
+#[test]
+fn prune_failures_and_silence_are_recorded_and_retried() {
+    let mut cfg = config();
+    if let Some(p) = cfg.targets.get_mut(&TargetId::from("a")) {
+        p.keep_last = Some(1);
+    }
+    let mut core = Core::new(cfg);
+    let mut jobs = Vec::new();
+    for n in 0..2u64 {
+        let now = T + n * 1000;
+        let (j, _) = request(&mut core, &format!("r{n}"), &["a"], n as u128 + 1, now);
+        jobs.push(j);
+        core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", frozen()), now + 1);
+        core.handle(rep(j, 1, Stage::Snapshot, &["a"], "p", snap(j, 1)), now + 2);
+        core.handle(rep(j, 1, Stage::Thaw, &["a"], "wa", thawed()), now + 3);
+        core.handle(
+            rep(j, 1, Stage::FlushLogs, &["a"], "wa", ok(StepDetail::Flushed)),
+            now + 4,
+        );
+    }
+    let old = snapshot_name(jobs[0], 1);
+    let failed = |retryable| {
+        ok(StepDetail::Pruned {
+            deleted: vec![],
+            failed: vec![recman_events::PruneFailure {
+                name: old.clone(),
+                error: StepError::new("3par_has_child", "has a child", retryable),
+            }],
+        })
+    };
+    let s = core.handle(
+        rep(jobs[1], 1, Stage::Prune, &["a"], "p", failed(true)),
+        T + 2_000,
+    );
+    assert_eq!(kinds(&s.events), ["prune_failed"]);
+    assert_eq!(s.events[0].job, jobs[0], "recorded under the job that took it");
+    assert_eq!(core.state().prunes.len(), 1, "retryable: still asked for");
+    // No answer to the next tries: asked again each time, then given up.
+    let mut asked = 1;
+    loop {
+        let due = core.next_deadline().expect("prune retry");
+        let s = core.handle(Input::TimerFired, due);
+        match kinds(&s.events).as_slice() {
+            ["prune_requested"] => {
+                asked += 1;
+                assert_eq!(s.commands.len(), 1);
+                assert_ne!(s.commands[0].command.message_id, "", "{:?}", s.commands[0]);
+            }
+            ["prune_failed"] => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(asked, recman_core::MAX_PRUNE_TRIES);
+    assert!(core.state().prunes.is_empty());
+    assert_eq!(core.next_deadline(), None, "nothing left to retry");
+    assert_eq!(
+        core.state().catalog.get(&TargetId::from("a")).map(|c| c.len()),
+        Some(2),
+        "not deleted: still listed"
+    );
+    // The next start asks for it again (retention catches up).
+    let s = core.start(T + 100_000);
+    assert_eq!(kinds(&s.events), ["prune_requested"]);
+    assert_eq!(s.commands.len(), 1);
+    // A non-retryable failure ends the asking at once.
+    let s = core.handle(
+        rep(jobs[1], 1, Stage::Prune, &["a"], "p", failed(false)),
+        T + 100_001,
+    );
+    assert_eq!(kinds(&s.events), ["prune_failed"]);
+    assert!(core.state().prunes.is_empty());
+}
+
+/// Issue 12 item 2: after a restart, what fell due while the engine was
+/// down is decided before anything is sent again: a snapshot whose thaw
+/// deadline passed is never asked for again; the thaw is.
+#[test]
+fn on_start_timers_are_decided_before_commands_are_sent_again() {
+    let mut core = Core::new(config());
+    let (j, _) = request(&mut core, "r1", &["a"], 1, T);
+    core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", frozen()), T + 1);
+    let before = core.recover_commands();
+    assert!(before.iter().any(|c| c.command.stage == Stage::Snapshot));
+    let s = core.start(T + 60_000);
+    let k = kinds(&s.events);
+    assert_eq!(k.first(), Some(&"forced_thaw"), "{k:?}");
+    assert_eq!(k.last(), Some(&"stage_started"), "{k:?}");
+    assert!(
+        s.commands.iter().all(|c| c.command.stage == Stage::Thaw),
+        "{:?}",
+        s.commands
+    );
+    assert_eq!(s.commands.len(), 1);
 }
 
 #[test]
@@ -387,7 +575,11 @@ fn thaw_failures_are_retried_then_fail_loudly() {
             break;
         }
     }
-    assert_eq!(last, ["step_failed", "failed"]);
+    assert_eq!(
+        last,
+        ["step_failed", "prune_requested", "failed"],
+        "the attempt's snapshot is deleted (it is no restore point), then the job fails"
+    );
     let reason = core
         .state()
         .job(&j)
@@ -429,6 +621,7 @@ fn retention_prunes_beyond_keep_last() {
             "p",
             ok(StepDetail::Pruned {
                 deleted: prune[0].command.prune.clone(),
+                failed: vec![],
             }),
         ),
         T + 5000,
@@ -599,8 +792,16 @@ proptest! {
             prop_assert_eq!(r1, r2);
             let step = core.handle(input, now);
             if stale {
-                prop_assert!(step.events.is_empty(), "stale report produced {:?}", step.events);
-                prop_assert_eq!(&before, core.state());
+                // A stale report changes nothing, but a snapshot it names is
+                // recorded as late (once) and deleted.
+                let late = step.events.iter().all(|e| matches!(
+                    e.body,
+                    EventBody::LateSnapshot { .. } | EventBody::PruneRequested { .. }
+                ));
+                prop_assert!(late, "stale report produced {:?}", step.events);
+                if step.events.is_empty() {
+                    prop_assert_eq!(&before, core.state());
+                }
             }
             log.extend(step.events);
             for t in ["a", "b", "c"] {

@@ -20,8 +20,10 @@ pub mod wire;
 
 #[cfg(feature = "bus")]
 pub use bus::{Address, Bus, BusError, Consumer, Delivery, MemoryBus, Message};
-pub use ids::{snapshot_name, JobId, PoolName, RequestId, TargetId, WorkerId};
+pub use ids::{legacy_snapshot_name, snapshot_name, JobId, PoolName, RequestId, TargetId, WorkerId};
 #[cfg(feature = "log")]
 pub use log::{Backend, EventLog, LogError};
-pub use model::{Event, EventBody, SnapshotInfo, SnapshotKind, Stage, StepDetail, StepError, StoredEvent};
+pub use model::{
+    Event, EventBody, PruneFailure, SnapshotInfo, SnapshotKind, Stage, StepDetail, StepError, StoredEvent,
+};
 pub use wire::{Command, EventMessage, Outcome, Report, SnapshotRequest, WireError, SCHEMA_VERSION};

@@ -149,10 +149,23 @@ pub enum StepDetail {
         by_watchdog: bool,
     },
     Flushed,
-    /// Snapshots deleted by retention (names).
+    /// The outcome of a prune command: the names now gone (deleted, or not
+    /// there), and those that could not be deleted with the provider's error.
     Pruned {
         deleted: Vec<String>,
+        /// Not in the stored record (the log keeps each failure as a
+        /// `PruneFailed` event; leaving it out keeps old records readable).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[rkyv(with = rkyv::with::Skip)]
+        failed: Vec<PruneFailure>,
     },
+}
+
+/// A snapshot a prune could not delete, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PruneFailure {
+    pub name: String,
+    pub error: StepError,
 }
 
 /// A failed step, as the worker (or the engine, for timeouts) saw it.
@@ -315,10 +328,43 @@ pub enum EventBody {
         reason: String,
     },
     Cancelled,
-    /// Retention removed a snapshot (the job is the one that took it).
+    /// A snapshot is gone from the storage: retention or the engine deleted
+    /// it, or a prune found it not there (the job is the one that took it).
     SnapshotDeleted {
         target: TargetId,
         name: String,
+    },
+    // New variants go below, at the end, and must not make the archived
+    // enum larger (`tests::the_archived_layout_is_unchanged`): rkyv has no
+    // schema evolution, and old records must stay readable.
+    /// A snapshot reported after its attempt's thaw deadline, after a thaw
+    /// or failure of the attempt, or by an earlier attempt: cut while writers
+    /// may have been running again, so not application-consistent and not a
+    /// restore point. The engine deletes it (`PruneRequested`).
+    LateSnapshot {
+        attempt: u32,
+        target: TargetId,
+        worker: WorkerId,
+        snapshot: SnapshotInfo,
+    },
+    /// The engine asks the provider pool of `target` to delete `names`
+    /// (retention beyond `keep_last`, a late snapshot, or the snapshot an
+    /// attempt may have left when it failed). Asked again at `retry_at_ms`
+    /// while an outcome is missing; each outcome is a `SnapshotDeleted` or a
+    /// `PruneFailed`.
+    PruneRequested {
+        target: TargetId,
+        names: Vec<String>,
+        retry_at_ms: u64,
+    },
+    /// A snapshot could not be deleted (the provider's error, or no answer):
+    /// it still exists. A retryable error is tried again; otherwise the
+    /// snapshot stays listed and the target's next prune tries again. The job
+    /// is the one that took it.
+    PruneFailed {
+        target: TargetId,
+        name: String,
+        error: StepError,
     },
 }
 
@@ -341,6 +387,9 @@ impl EventBody {
             EventBody::CancelRequested { .. } => "cancel_requested",
             EventBody::Cancelled => "cancelled",
             EventBody::SnapshotDeleted { .. } => "snapshot_deleted",
+            EventBody::LateSnapshot { .. } => "late_snapshot",
+            EventBody::PruneRequested { .. } => "prune_requested",
+            EventBody::PruneFailed { .. } => "prune_failed",
         }
     }
 
@@ -358,4 +407,51 @@ impl EventBody {
 pub struct StoredEvent {
     pub seq: u64,
     pub event: Event,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Old records stay readable only while the archived layout of an event
+    /// is what it was (88 bytes, 8-aligned, for record version 1): variants
+    /// are added at the end and no larger than the largest one.
+    #[test]
+    fn the_archived_layout_is_unchanged() {
+        assert_eq!(std::mem::size_of::<ArchivedEventBody>(), 88);
+        assert_eq!(std::mem::align_of::<ArchivedEventBody>(), 8);
+        assert_eq!(std::mem::size_of::<ArchivedStepDetail>(), 56);
+        assert_eq!(std::mem::size_of::<ArchivedEvent>(), 112);
+    }
+
+    #[test]
+    fn a_pruned_report_keeps_its_failures_on_the_wire_only() {
+        let d = StepDetail::Pruned {
+            deleted: vec!["a".into()],
+            failed: vec![PruneFailure {
+                name: "b".into(),
+                error: StepError::new("3par_has_child", "has a child", false),
+            }],
+        };
+        let json = serde_json::to_string(&d).expect("json");
+        assert!(json.contains("3par_has_child"), "{json}");
+        assert_eq!(serde_json::from_str::<StepDetail>(&json).expect("json"), d);
+        let old: StepDetail = serde_json::from_str(r#"{"type":"pruned","deleted":["a"]}"#).expect("json");
+        assert_eq!(
+            old,
+            StepDetail::Pruned {
+                deleted: vec!["a".into()],
+                failed: vec![]
+            }
+        );
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&d).expect("archive");
+        let back = rkyv::from_bytes::<StepDetail, rkyv::rancor::Error>(&bytes).expect("unarchive");
+        assert_eq!(
+            back,
+            StepDetail::Pruned {
+                deleted: vec!["a".into()],
+                failed: vec![]
+            }
+        );
+    }
 }

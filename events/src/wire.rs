@@ -78,7 +78,9 @@ pub struct Command {
     /// For snapshot: the deterministic snapshot name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_name: Option<String>,
-    /// For freeze: Unix ms at which the worker thaws by itself if no thaw came.
+    /// For freeze: Unix ms at which the worker thaws by itself if no thaw
+    /// came. For snapshot: Unix ms at which the engine thaws the writers
+    /// whatever happens; a worker does not start the snapshot after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thaw_deadline_ms: Option<u64>,
     /// For prune: snapshot names to delete.

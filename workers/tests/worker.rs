@@ -327,6 +327,7 @@ async fn the_watchdog_thaws_at_the_freeze_limit() {
     };
     assert!(by_watchdog);
     assert!(*freeze_window_us >= 290_000, "{freeze_window_us}");
+    let watchdog_window = *freeze_window_us;
     assert!(
         elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(3),
         "{elapsed:?}"
@@ -342,8 +343,44 @@ async fn the_watchdog_thaws_at_the_freeze_limit() {
     else {
         panic!()
     };
-    assert_eq!((freeze_window_us, by_watchdog), (0, true));
+    // The window is the one the watchdog's thaw ended (the host's freeze
+    // state), not 0 (issue 23 item 3).
+    assert_eq!((freeze_window_us, by_watchdog), (watchdog_window, true));
     assert_eq!(lines(dir.path().join("thawed")), 2, "the thaw hook ran again");
+    w.stop().await;
+}
+
+/// Issue 12 item 1: a freeze hook that froze the application and then failed
+/// may have landed; the worker held the target and armed its watchdog before
+/// calling it, so the watchdog thaws it at the limit even if no thaw comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_that_failed_is_still_thawed_by_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &exec_target(dir.path(), "echo froze >&2; exit 2", "300ms", "5s"),
+    );
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let job = JobId::new_v7();
+    send_pool(&bus, &command(job, Stage::Freeze, &["db01"])).await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!(
+        (r.stage, err_of(&r).code.as_str()),
+        (Stage::Freeze, "exec_failed")
+    );
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!((r.stage, r.job), (Stage::Thaw, job));
+    assert!(r.message_id.ends_with("/watchdog"), "{}", r.message_id);
+    assert!(matches!(
+        detail_of(&r),
+        StepDetail::Thawed {
+            by_watchdog: true,
+            ..
+        }
+    ));
+    assert_eq!(lines(dir.path().join("thawed")), 1, "the thaw hook ran");
     w.stop().await;
 }
 
@@ -516,7 +553,8 @@ async fn copy_snapshots_are_idempotent_across_redelivery_and_restart() {
     assert_eq!(
         detail_of(&next_report(&mut rep, SEC5).await),
         &StepDetail::Pruned {
-            deleted: vec![name.clone()]
+            deleted: vec![name.clone()],
+            failed: vec![]
         }
     );
     assert!(!dir.path().join("snaps").join(&name).exists());
@@ -524,7 +562,10 @@ async fn copy_snapshots_are_idempotent_across_redelivery_and_restart() {
     send_pool(&bus, &prune).await;
     assert_eq!(
         detail_of(&next_report(&mut rep, SEC5).await),
-        &StepDetail::Pruned { deleted: vec![name] }
+        &StepDetail::Pruned {
+            deleted: vec![name],
+            failed: vec![]
+        }
     );
     w.stop().await;
 }

@@ -1,24 +1,90 @@
 //! The invariants the simulator checks, each in one place under the name a
-//! violation carries: `every_freeze_thawed`, `freeze_window`,
-//! `one_job_per_target`, `one_snapshot_per_attempt`, `snapshot_name`,
-//! `consistent_snapshot`, `request_idempotent` (and `request_accepted`),
-//! `no_request_lost`, `replay_exact`, `timer_progress`, and with
-//! `--faults none` `engine_thaws_before_watchdog`.
+//! violation carries (`INVARIANTS` lists them with what they promise).
+//! `core/tests/sim_checks.rs` shows each one fire under a deliberate mutation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use recman_events::{Command, EventBody, JobId, TargetId};
+use recman_events::{Command, EventBody, JobId, Stage, StepDetail, TargetId};
 
 use super::scheduler::T0;
-use super::world::{expected_name, Key};
-use super::{Checked, Faults, Sim, Violation, FREEZE_LIMIT};
+use super::world::{expected_name, Frozen, Key, ADOPT_POLL_MS};
+use super::{reference, Checked, Faults, Sim, Violation, FREEZE_LIMIT};
 use crate::{Core, Reply};
+
+/// Every invariant the simulator checks, with what it promises.
+pub const INVARIANTS: &[(&str, &str)] = &[
+    (
+        "every_freeze_thawed",
+        "a job moves on only with its targets thawed (or fails loudly); nothing is frozen at the end",
+    ),
+    (
+        "thawed_within_limit",
+        "no target stays frozen longer than its freeze limit, even when the worker that froze it dies \
+         (only a host with no live worker at the deadline waits for its first worker to start)",
+    ),
+    (
+        "freeze_window",
+        "the freeze window recorded for a thaw is the real one, whichever process thawed",
+    ),
+    ("one_job_per_target", "a target is held by one job at a time"),
+    (
+        "one_freeze_per_attempt",
+        "an attempt freezes each target at most once: the writer's freeze runs once per attempt, whichever \
+         process of the host gets the command",
+    ),
+    (
+        "no_freeze_after_thaw",
+        "no freeze lands on a target after a thaw of its attempt ran there",
+    ),
+    (
+        "thaw_own_attempt",
+        "a thaw (or watchdog) only ends the freeze of its own job attempt",
+    ),
+    ("one_snapshot_per_attempt", "an attempt cuts at most one snapshot"),
+    (
+        "snapshot_name",
+        "snapshot names are the engine's fleet-unique names, at most 31 characters, one per attempt",
+    ),
+    (
+        "consistent_snapshot",
+        "a completed job's snapshot was cut while every member stayed frozen by its attempt",
+    ),
+    (
+        "no_snapshot_after_thaw",
+        "no snapshot is asked for or started after its attempt's thaw deadline",
+    ),
+    (
+        "no_unrecorded_snapshot",
+        "at the end, every snapshot recman took is in the catalog (late ones and failed attempts' are deleted)",
+    ),
+    (
+        "catalog_matches_storage",
+        "at the end, every snapshot in the catalog exists on the storage",
+    ),
+    (
+        "durable_before_send",
+        "no command leaves the engine before the event that caused it is durable",
+    ),
+    (
+        "request_idempotent",
+        "a request id is answered with one job, however often it is sent",
+    ),
+    ("request_accepted", "a valid request is never refused"),
+    ("no_request_lost", "every accepted request's job finishes"),
+    (
+        "replay_exact",
+        "the state rebuilt from the log equals the live state, and an independent fold of the log agrees",
+    ),
+    ("timer_progress", "a due timer, once handled, is no longer due"),
+    (
+        "engine_thaws_before_watchdog",
+        "without lost messages or crashes the engine's thaw always comes before the watchdog's",
+    ),
+];
 
 /// What the checks keep track of besides the engine and the world.
 #[derive(Default)]
 pub(super) struct Checks {
-    /// When each attempt first froze a target (the freeze window starts there).
-    pub first_freeze: HashMap<Key, u64>,
     /// The job that holds each target, from `AttemptStarted` to its end.
     pub holder: HashMap<TargetId, JobId>,
     /// Commands and reports of each job, for the trace of a violation.
@@ -26,15 +92,35 @@ pub(super) struct Checks {
     /// Requests answered with a job, and jobs finished.
     pub accepted: usize,
     pub finished: usize,
+    /// Attempts that froze each target (a second freeze is a violation).
+    pub froze: HashSet<(usize, Key)>,
+    /// The real window (ms) of each attempt's freeze of each target that ended.
+    pub windows: HashMap<(usize, Key), u64>,
+    /// Freezes whose writer ran, and those that returned success (their
+    /// window is known exactly; a failed one's is the time since it began).
+    pub ran_freezes: HashSet<(usize, Key)>,
+    pub ok_freezes: HashSet<(usize, Key)>,
+    /// Attempts whose thaw (command or watchdog) ran on each target.
+    pub thawed: HashSet<(usize, Key)>,
+    /// Stages and deletes whose cause is in the durable log.
+    pub durable: HashSet<(JobId, u32, Stage)>,
+    pub durable_prunes: HashSet<(JobId, TargetId, String)>,
+    /// The attempt each snapshot name was given to.
+    pub names: HashMap<String, Key>,
 }
 
 impl Sim {
     /// A broken invariant, with the events and messages of `job`.
-    fn violation(&self, invariant: &'static str, job: Option<JobId>, detail: String) -> Box<Violation> {
+    pub(super) fn violation(
+        &self,
+        invariant: &'static str,
+        job: Option<JobId>,
+        detail: String,
+    ) -> Box<Violation> {
         let mut trace = Vec::new();
         if let Some(j) = job {
             for e in self.engine.log.iter().filter(|e| e.job == j) {
-                trace.push(format!("{:>8} event {:?}", e.at_ms - T0, e.body));
+                trace.push(format!("{:>8} event {:?}", e.at_ms.saturating_sub(T0), e.body));
             }
             if let Some(m) = self.checks.messages.get(&j) {
                 trace.push("-- messages --".into());
@@ -92,20 +178,31 @@ impl Sim {
         Ok(())
     }
 
-    /// `snapshot_name`: the engine names each attempt's snapshot from job and attempt.
-    pub(super) fn check_snapshot_name(&self, cmd: &Command, name: &str) -> Checked<()> {
+    /// `snapshot_name`: the engine's name for the attempt, short enough for
+    /// 3PAR, and never given to two attempts.
+    pub(super) fn check_snapshot_name(&mut self, cmd: &Command, name: &str) -> Checked<()> {
         let expected = expected_name(cmd);
-        if name != expected {
-            return Err(self.violation(
-                "snapshot_name",
-                Some(cmd.job),
-                format!("snapshot command named {name:?}, expected {expected}"),
-            ));
+        let key = (cmd.job, cmd.attempt);
+        let why = if name != expected {
+            Some(format!("snapshot command named {name:?}, expected {expected}"))
+        } else if name.len() > 31 {
+            Some(format!("{name:?} is longer than 3PAR's 31 characters"))
+        } else {
+            match self.checks.names.insert(name.to_string(), key) {
+                Some(other) if other != key => Some(format!(
+                    "{name:?} was given to job {} attempt {} already",
+                    other.0, other.1
+                )),
+                _ => None,
+            }
+        };
+        match why {
+            Some(d) => Err(self.violation("snapshot_name", Some(cmd.job), d)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// `one_snapshot_per_attempt`: the array cut `n` snapshots for this attempt.
+    /// `one_snapshot_per_attempt`: the storage cut `n` snapshots for this attempt.
     pub(super) fn check_one_snapshot(&self, cmd: &Command, n: u32) -> Checked<()> {
         if n > 1 {
             return Err(self.violation(
@@ -117,32 +214,151 @@ impl Sim {
         Ok(())
     }
 
-    /// `freeze_window`: an attempt's writers were frozen `window` ms, at most the limit.
-    pub(super) fn check_freeze_window(&self, key: Key, window: u64) -> Checked<()> {
-        if window > FREEZE_LIMIT {
-            return Err(self.violation(
-                "freeze_window",
-                Some(key.0),
-                format!(
-                    "attempt {} kept writers frozen {window} ms > limit {FREEZE_LIMIT} ms",
-                    key.1
-                ),
-            ));
+    /// `no_snapshot_after_thaw`, the engine's half: a snapshot command is
+    /// never sent once its attempt's thaw deadline has passed.
+    pub(super) fn check_snapshot_sent_in_time(&self, cmd: &Command) -> Checked<()> {
+        if cmd.stage != Stage::Snapshot {
+            return Ok(());
+        }
+        if let Some(d) = cmd.thaw_deadline_ms.filter(|d| self.sched.now >= *d) {
+            let why = format!(
+                "the engine sent attempt {}'s snapshot {} ms after its thaw deadline",
+                cmd.attempt,
+                self.sched.now - d
+            );
+            return Err(self.violation("no_snapshot_after_thaw", Some(cmd.job), why));
         }
         Ok(())
     }
 
-    /// `freeze_window`, for targets still frozen: none for longer than the limit.
+    /// `no_snapshot_after_thaw`, the workers' half: no snapshot is started
+    /// after its attempt's thaw deadline.
+    pub(super) fn check_snapshot_in_time(&self, cmd: &Command) -> Checked<()> {
+        if let Some(d) = cmd.thaw_deadline_ms.filter(|d| self.sched.now >= *d) {
+            let why = format!(
+                "attempt {}'s snapshot was started {} ms after its thaw deadline",
+                cmd.attempt,
+                self.sched.now - d
+            );
+            return Err(self.violation("no_snapshot_after_thaw", Some(cmd.job), why));
+        }
+        Ok(())
+    }
+
+    /// `durable_before_send`: the event that caused a command is in the log.
+    pub(super) fn check_durable_before_send(&self, cmd: &Command) -> Checked<()> {
+        let durable = match cmd.stage {
+            Stage::Prune => cmd.targets.iter().all(|t| {
+                cmd.prune.iter().all(|n| {
+                    self.checks
+                        .durable_prunes
+                        .contains(&(cmd.job, t.clone(), n.clone()))
+                })
+            }),
+            s => self.checks.durable.contains(&(cmd.job, cmd.attempt, s)),
+        };
+        if !durable {
+            let why = format!(
+                "a {} command of attempt {} left before its cause was durable",
+                cmd.stage, cmd.attempt
+            );
+            return Err(self.violation("durable_before_send", Some(cmd.job), why));
+        }
+        Ok(())
+    }
+
+    /// `one_freeze_per_attempt`: the writer's freeze of attempt `key` is
+    /// called on target `t` (by any process of its host) a second time.
+    pub(super) fn check_freeze_runs_once(&mut self, t: usize, key: Key) -> Checked<()> {
+        if !self.checks.ran_freezes.insert((t, key)) {
+            let d = format!(
+                "the writer's freeze of {} ran a second time for attempt {}",
+                self.world.target_ids[t], key.1
+            );
+            return Err(self.violation("one_freeze_per_attempt", Some(key.0), d));
+        }
+        Ok(())
+    }
+
+    /// `no_freeze_after_thaw`: attempt `key`'s freeze lands on target `t`
+    /// after a thaw of that attempt ran there.
+    pub(super) fn check_no_freeze_after_thaw(&self, t: usize, key: Key) -> Checked<()> {
+        if self.checks.thawed.contains(&(t, key)) {
+            let d = format!(
+                "attempt {}'s freeze landed on {} after a thaw of that attempt ran there",
+                key.1, self.world.target_ids[t]
+            );
+            return Err(self.violation("no_freeze_after_thaw", Some(key.0), d));
+        }
+        Ok(())
+    }
+
+    /// `one_freeze_per_attempt`: attempt `key` freezes target `t` again.
+    pub(super) fn check_one_freeze(&mut self, t: usize, key: Key) -> Checked<()> {
+        if !self.checks.froze.insert((t, key)) {
+            let d = format!(
+                "attempt {} froze {} a second time",
+                key.1, self.world.target_ids[t]
+            );
+            return Err(self.violation("one_freeze_per_attempt", Some(key.0), d));
+        }
+        Ok(())
+    }
+
+    /// `thaw_own_attempt`: a thaw of attempt `by` ends the freeze of `held`.
+    pub(super) fn check_thaw_own(&self, t: usize, by: Key, held: Key, watchdog: bool) -> Checked<()> {
+        if by != held {
+            let who = if watchdog {
+                "a watchdog armed for"
+            } else {
+                "a thaw of"
+            };
+            let d = format!(
+                "{who} job {} attempt {} ended the freeze of {} by job {} attempt {}",
+                by.0, by.1, self.world.target_ids[t], held.0, held.1
+            );
+            return Err(self.violation("thaw_own_attempt", Some(held.0), d));
+        }
+        Ok(())
+    }
+
+    /// Whether target `t`'s host had no live worker at the deadline of
+    /// freeze `f` (so no watchdog could thaw it), until `until`.
+    fn excused(&self, t: usize, f: &Frozen, now: u64) -> bool {
+        let host = self.world.targets[t].host;
+        self.world.outages[host].iter().any(|(s, e)| {
+            *s <= f.deadline + ADOPT_POLL_MS && e.is_none_or(|e| e >= f.deadline && now <= e + 1)
+        })
+    }
+
+    /// `thawed_within_limit`, when freeze `f` of target `t` ends at `now`.
+    pub(super) fn check_thawed_within_limit(&self, t: usize, f: Frozen, now: u64) -> Checked<()> {
+        let window = now - f.since;
+        if window > FREEZE_LIMIT && !self.excused(t, &f, now) {
+            let d = format!(
+                "attempt {} kept {} frozen {window} ms > limit {FREEZE_LIMIT} ms",
+                f.key.1, self.world.target_ids[t]
+            );
+            return Err(self.violation("thawed_within_limit", Some(f.key.0), d));
+        }
+        Ok(())
+    }
+
+    /// `thawed_within_limit`, for targets still frozen.
     pub(super) fn check_frozen_windows(&self) -> Checked<()> {
         let now = self.sched.now;
-        for tw in &self.world.targets {
-            if let Some(key) = tw.frozen {
-                let first = self.checks.first_freeze.get(&key).copied().unwrap_or(now);
-                if now - first > FREEZE_LIMIT {
+        for (t, tw) in self.world.targets.iter().enumerate() {
+            if let Some(f) = tw.frozen {
+                if now - f.since > FREEZE_LIMIT && !self.excused(t, &f, now) {
                     return Err(self.violation(
-                        "freeze_window",
-                        Some(key.0),
-                        format!("still frozen {} ms after the first freeze", now - first),
+                        "thawed_within_limit",
+                        Some(f.key.0),
+                        format!(
+                            "{} still frozen {} ms after attempt {}'s freeze",
+                            self.world.target_ids[t],
+                            now - f.since,
+                            f.key.1
+                        ),
                     ));
                 }
             }
@@ -163,17 +379,18 @@ impl Sim {
         Ok(())
     }
 
-    /// `replay_exact`: the state rebuilt from the log equals the live state.
+    /// `replay_exact`: the state rebuilt from the log (by the same code, with
+    /// the same mutation) equals the live state, and an independently
+    /// written fold of the log (`reference`) agrees with both on every job's
+    /// end, attempt and snapshot, and on the catalog.
     pub(super) fn check_replay(&self) -> Checked<()> {
         let mut core = Core::new(self.engine.cfg.clone());
         for e in &self.engine.log {
             core.apply(e);
         }
-        if core.state() != self.engine.core.state() {
-            let job = self
-                .engine
-                .core
-                .state()
+        let live = self.engine.core.state();
+        if core.state() != live {
+            let job = live
                 .jobs
                 .iter()
                 .find(|(id, j)| core.state().jobs.get(id) != Some(j))
@@ -184,15 +401,32 @@ impl Sim {
                 "state rebuilt from the log differs from the live state".into(),
             ));
         }
+        if let Err((job, why)) = reference::fold(&self.engine.log).compare(live) {
+            return Err(self.violation("replay_exact", job, why));
+        }
         Ok(())
     }
 
     /// Invariants at each event the engine makes durable: `one_job_per_target`,
     /// `every_freeze_thawed` (a job moves on only with its targets thawed, or
-    /// fails loudly) and `consistent_snapshot`.
+    /// fails loudly), `consistent_snapshot` and `freeze_window`; and what
+    /// `durable_before_send` needs.
     pub(super) fn check_event(&mut self, k: usize) -> Checked<()> {
         let e = &self.engine.log[k];
         let job_id = e.job;
+        match &e.body {
+            EventBody::StageStarted { stage, attempt, .. } => {
+                self.checks.durable.insert((job_id, *attempt, *stage));
+            }
+            EventBody::PruneRequested { target, names, .. } => {
+                for n in names {
+                    self.checks
+                        .durable_prunes
+                        .insert((job_id, target.clone(), n.clone()));
+                }
+            }
+            _ => {}
+        }
         let Some(job) = self.engine.core.state().jobs.get(&job_id) else {
             return Ok(());
         };
@@ -210,6 +444,23 @@ impl Sim {
                     self.checks.holder.insert(t.clone(), job_id);
                 }
             }
+            EventBody::StepSucceeded {
+                stage: Stage::Thaw,
+                attempt,
+                target,
+                detail: StepDetail::Thawed { freeze_window_us, .. },
+                ..
+            }
+            | EventBody::WatchdogThawed {
+                attempt,
+                target,
+                freeze_window_us,
+                ..
+            } => {
+                let (attempt, window) = (*attempt, *freeze_window_us);
+                let target = target.clone();
+                self.check_recorded_window(job_id, attempt, &target, window)?;
+            }
             EventBody::RetryScheduled { .. }
             | EventBody::Completed { .. }
             | EventBody::Failed { .. }
@@ -220,7 +471,7 @@ impl Sim {
                 if !loud {
                     for t in &targets {
                         let i = self.world.target_index[t];
-                        if self.world.targets[i].frozen == Some((job_id, attempt)) {
+                        if self.world.targets[i].frozen.map(|f| f.key) == Some((job_id, attempt)) {
                             let d = format!(
                                 "job moved on ({kind}) while {t} is still frozen by its attempt {attempt}"
                             );
@@ -229,7 +480,7 @@ impl Sim {
                     }
                 }
                 if let EventBody::Completed { attempt, .. } = &e.body {
-                    if self.world.provider.consistent.get(&(job_id, *attempt)) != Some(&true) {
+                    if self.world.storage.consistent.get(&(job_id, *attempt)) != Some(&true) {
                         let d = format!("completed with attempt {attempt}'s snapshot, not cut while every writer was frozen");
                         return Err(self.violation("consistent_snapshot", Some(job_id), d));
                     }
@@ -253,16 +504,46 @@ impl Sim {
         Ok(())
     }
 
+    /// `freeze_window`: a recorded thaw of an attempt whose freeze returned
+    /// success carries the real window of that freeze, and one whose freeze
+    /// never ran here 0. A failed freeze's window is unknown to the worker
+    /// (it may not have landed): it reports the time since the freeze
+    /// began, an upper bound, not checked.
+    fn check_recorded_window(
+        &self,
+        job: JobId,
+        attempt: u32,
+        target: &TargetId,
+        recorded_us: u64,
+    ) -> Checked<()> {
+        let Some(&t) = self.world.target_index.get(target) else {
+            return Ok(());
+        };
+        let key = (job, attempt);
+        if self.checks.ran_freezes.contains(&(t, key)) && !self.checks.ok_freezes.contains(&(t, key)) {
+            return Ok(());
+        }
+        let real_us = self.checks.windows.get(&(t, key)).map_or(0, |ms| ms * 1_000);
+        if recorded_us != real_us {
+            let d = format!(
+                "the thaw of {target} by attempt {attempt} was recorded with a {recorded_us} µs freeze window; it was {real_us} µs"
+            );
+            return Err(self.violation("freeze_window", Some(job), d));
+        }
+        Ok(())
+    }
+
     /// At quiescence: `every_freeze_thawed` (nothing still frozen),
-    /// `no_request_lost` (every request accepted, every job finished) and a
-    /// last `replay_exact`.
+    /// `no_request_lost` (every request accepted, every job finished), a
+    /// last `replay_exact`, and the storage against the catalog
+    /// (`catalog_matches_storage`, `no_unrecorded_snapshot`).
     pub(super) fn finish(&mut self) -> Checked<()> {
         self.summary.virtual_ms = self.sched.elapsed();
         self.summary.events = self.engine.log.len();
         for (t, tw) in self.world.targets.iter().enumerate() {
-            if let Some(key) = tw.frozen {
+            if let Some(f) = tw.frozen {
                 let d = format!("{} still frozen at the end", self.world.target_ids[t]);
-                return Err(self.violation("every_freeze_thawed", Some(key.0), d));
+                return Err(self.violation("every_freeze_thawed", Some(f.key.0), d));
             }
         }
         for (i, c) in self.clients.iter().enumerate() {
@@ -290,6 +571,48 @@ impl Sim {
         {
             return Err(self.violation("no_request_lost", None, "a job is not finished".into()));
         }
-        self.check_replay()
+        self.check_replay()?;
+        let state = self.engine.core.state();
+        for (t, entries) in &state.catalog {
+            let i = self.world.target_index[t];
+            for e in entries {
+                if !self.world.storage.snapshots.contains_key(&(i, e.name.clone())) {
+                    let d = format!("the catalog lists {} of {t}, which is not on the storage", e.name);
+                    return Err(self.violation("catalog_matches_storage", Some(e.job), d));
+                }
+            }
+        }
+        let listed: HashSet<(&str, &str)> = state
+            .catalog
+            .iter()
+            .flat_map(|(t, c)| c.iter().map(move |e| (t.as_str(), e.name.as_str())))
+            .collect();
+        let mut stray: Vec<(&String, Key)> = self
+            .world
+            .storage
+            .snapshots
+            .iter()
+            .filter_map(|((t, n), s)| s.owner.map(|k| (*t, n, k)))
+            .filter(|(t, n, _)| !listed.contains(&(self.world.target_ids[*t].as_str(), n.as_str())))
+            .map(|(_, n, k)| (n, k))
+            .collect();
+        stray.sort();
+        if let Some((name, key)) = stray.first() {
+            let late = self.engine.log.iter().any(
+                |e| matches!(&e.body, EventBody::LateSnapshot { snapshot, .. } if &snapshot.name == *name),
+            );
+            let d = format!(
+                "{name} (attempt {}) is on the storage and not in the catalog ({}; {} such)",
+                key.1,
+                if late {
+                    "recorded late, never deleted"
+                } else {
+                    "in no event"
+                },
+                stray.len()
+            );
+            return Err(self.violation("no_unrecorded_snapshot", Some(key.0), d));
+        }
+        Ok(())
     }
 }

@@ -1,16 +1,20 @@
 //! Deterministic simulator: drives the real `Core` with simulated workers that
 //! follow the real worker core (`crate::worker`), an unreliable network, worker
 //! and engine crashes and a virtual clock, and checks the design's invariants
-//! after every step.
+//! after every step. It is meant to be harsher than reality, never milder:
+//! what the runtime does (routing, per-process memory, the host's shared
+//! freeze state, at-least-once delivery) it does too.
 //!
 //! - `scheduler`: the virtual clock and the event heap;
-//! - `network`: delays, drops, duplicates, and worker and engine crashes;
-//! - `world`: the simulated targets, array and worker processes;
+//! - `network`: delays, drops, duplicates, old reports, routing, crashes;
+//! - `world`: the targets, the storage, the hosts and their worker processes;
 //! - `invariants`: every check, each under its name;
+//! - `reference`: an independent fold of the log, for `replay_exact`;
 //! - `summary`: the figures of a clean run, or the violation with its trace.
 
 mod invariants;
 mod network;
+mod reference;
 mod scheduler;
 mod summary;
 mod world;
@@ -23,6 +27,7 @@ use recman_events::{
 
 use crate::{worker, Core, CoreConfig, Input, Mutation, Reply, Rng, TargetPolicy};
 use invariants::Checks;
+pub use invariants::INVARIANTS;
 use scheduler::{Ev, Scheduler, T0};
 pub use summary::{render, Summary, Violation};
 use world::World;
@@ -71,14 +76,23 @@ pub struct SimConfig {
 /// Every target's freeze limit in the simulation.
 const FREEZE_LIMIT: u64 = 10_000;
 
+/// How long after the last request a run may go on (virtual ms): hours
+/// beyond any freeze limit, retry or outage of the simulation.
+const HORIZON_MS: u64 = 6 * 3_600_000;
+
 /// Results so far, or the first broken invariant.
 type Checked<T> = Result<T, Box<Violation>>;
 
 /// Runs one simulation to quiescence.
 pub fn run(cfg: &SimConfig) -> Checked<Summary> {
+    run_with_log(cfg).map(|(s, _)| s)
+}
+
+/// `run`, also returning the engine's durable log (tests, fixtures).
+pub fn run_with_log(cfg: &SimConfig) -> Checked<(Summary, Vec<Event>)> {
     let mut sim = Sim::new(cfg.clone());
     sim.run()?;
-    Ok(sim.summary)
+    Ok((sim.summary, std::mem::take(&mut sim.engine.log)))
 }
 
 /// A client's request: the targets it names and the job it was answered.
@@ -87,14 +101,25 @@ struct ClientJob {
     job: Option<JobId>,
 }
 
+/// Where the engine dies in its next input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CrashPoint {
+    /// After deciding, before the append is durable: nothing of the batch
+    /// reaches the log or the network (the runtime sends only after it).
+    BeforeAppend,
+    /// After the append, while sending: some commands go out, the rest do
+    /// not, and the input is not acknowledged.
+    DuringSends,
+}
+
 /// The engine as the simulator runs it: the core, its durable log, and what
 /// waits for it while it is down.
 struct Engine {
     core: Core,
     cfg: CoreConfig,
     up: bool,
-    /// The next input dies with the engine, after `decide`, before the append.
-    crash_mid_input: bool,
+    /// Where the next input dies, if it does.
+    crash: Option<CrashPoint>,
     /// Inputs that arrived while the engine was down.
     parked: Vec<Input>,
     /// The durable log.
@@ -112,6 +137,8 @@ struct Sim {
     clients: Vec<ClientJob>,
     checks: Checks,
     summary: Summary,
+    /// Reports sent, for delivering old ones again (net faults).
+    history: Vec<recman_events::Report>,
 }
 
 impl Sim {
@@ -132,16 +159,12 @@ impl Sim {
             for k in 0..2 {
                 let id = WorkerId::new(format!("w-{}-{k}", pool.0.as_str()));
                 pool.1.push(workers.len());
-                workers.push(world::Worker {
-                    id,
-                    pool: p,
-                    alive: true,
-                    incarnation: 0,
-                });
+                workers.push(world::Worker::new(id, p));
             }
         }
         let mut targets = BTreeMap::new();
         let mut target_ids = Vec::new();
+        let mut target_hosts = Vec::new();
         for i in 0..n {
             let t = TargetId::new(format!("t{i}"));
             let mut p = TargetPolicy::new(pools[i / 2].0.clone(), pools[hosts + i % arrays].0.clone());
@@ -153,10 +176,12 @@ impl Sim {
             p.keep_last = (i % 2 == 0).then_some(3);
             targets.insert(t.clone(), p);
             target_ids.push(t);
+            target_hosts.push(i / 2);
         }
         let core_cfg = CoreConfig {
             targets,
             seed: cfg.seed,
+            mutation: cfg.mutation,
         };
         let mut clients = Vec::with_capacity(cfg.jobs);
         for _ in 0..cfg.jobs {
@@ -180,15 +205,16 @@ impl Sim {
         }
         Sim {
             engine: Engine {
-                core: Core::with_mutation(core_cfg.clone(), cfg.mutation),
+                core: Core::new(core_cfg.clone()),
                 cfg: core_cfg,
                 up: true,
-                crash_mid_input: false,
+                crash: None,
                 parked: Vec::new(),
                 log: Vec::new(),
                 timers: BTreeSet::new(),
             },
-            world: World::new(target_ids, workers, pools),
+            world: World::new(target_ids, target_hosts, workers, pools),
+            history: Vec::new(),
             rng,
             sched: Scheduler::new(),
             clients,
@@ -233,12 +259,24 @@ impl Sim {
             }
         }
         if self.cfg.faults.crash() {
-            let a = self.rng.range(5_000, 30_000);
+            // The first engine crash while requests still come in (at fleet
+            // size they all come in the first milliseconds).
+            let span = (t - T0).clamp(4_000, 30_000);
+            let a = self.rng.range(span / 4, span);
             self.push(T0 + a, Ev::EngineCrash);
             let b = self.rng.range(500, 3_000);
             self.push(T0 + b, Ev::WorkerCrash);
         }
+        let c = self.rng.range(5_000, 30_000);
+        self.push(T0 + c, Ev::SlowArray);
+        // Faults recur while jobs are unfinished: a core that never finishes
+        // one would run forever; past the horizon the run ends, and `finish`
+        // reports what did not finish.
+        let horizon = t.saturating_add(HORIZON_MS);
         while let Some(ev) = self.sched.pop() {
+            if self.sched.now > horizon {
+                break;
+            }
             self.summary.steps += 1;
             self.step(ev)?;
             if self.summary.steps % 4096 == 0 {
@@ -277,13 +315,16 @@ impl Sim {
                     self.check_timer_progress()?;
                 }
             }
-            Ev::ToWorker(w, to, cmd) => self.deliver(w, to, cmd),
-            Ev::Work(w, inc, cmd) => self.work(w, inc, cmd)?,
-            Ev::Watchdog(t, key) => self.watchdog(t, key)?,
+            Ev::ToWorker(to, cmd) => self.deliver(to, cmd)?,
+            Ev::Reported(w, inc, step, outcome) => self.reported(w, inc, step, outcome)?,
+            Ev::Watchdog(w, inc, t, key) => self.watchdog(w, inc, t, key)?,
+            Ev::Adopt(w, inc) => self.adopt(w, inc)?,
+            Ev::CutEnds(key, targets, start) => self.cut_ends(key, &targets, start),
             Ev::EngineCrash => self.engine_crash()?,
             Ev::EngineRestart => self.engine_restart()?,
-            Ev::WorkerCrash => self.worker_crash(),
-            Ev::WorkerRestart(w) => self.worker_restart(w),
+            Ev::WorkerCrash => self.worker_crash()?,
+            Ev::WorkerRestart(w) => self.worker_restart(w)?,
+            Ev::SlowArray => self.slow_array(),
         }
         Ok(())
     }
@@ -316,34 +357,65 @@ impl Sim {
     }
 
     /// One input into the engine: events become durable (the log), then the
-    /// commands go out, then the invariants are checked.
+    /// commands go out, then the invariants are checked; or the engine dies
+    /// on the way (`CrashPoint`).
     fn engine(&mut self, input: Input) -> Checked<Reply> {
         self.summary.inputs += 1;
         let now = self.sched.now;
-        if self.engine.crash_mid_input {
-            // The engine dies after deciding but before the batch is durable:
-            // nothing of it reaches the log or the network; an unacknowledged
-            // report is redelivered, a request gets no reply (the client retries).
-            self.engine.crash_mid_input = false;
-            self.check_replay()?;
-            let _lost = self.engine.core.handle(input.clone(), now);
-            if matches!(input, Input::Report(_)) {
-                self.engine.parked.push(input);
+        let sends_first = network::sends_first(self.cfg.mutation);
+        match self.engine.crash.take() {
+            Some(CrashPoint::BeforeAppend) => {
+                self.check_replay()?;
+                let lost = self.engine.core.handle(input.clone(), now);
+                if sends_first {
+                    for o in lost.commands {
+                        self.send_command(o)?;
+                    }
+                }
+                self.requeue(input);
+                self.go_down();
+                return Ok(Reply::None);
             }
-            self.go_down();
-            return Ok(Reply::None);
+            Some(CrashPoint::DuringSends) => {
+                let step = self.engine.core.handle(input.clone(), now);
+                if !sends_first {
+                    self.append(step.events)?;
+                }
+                let n = self.rng.below(step.commands.len() as u64 + 1) as usize;
+                for o in step.commands.into_iter().take(n) {
+                    self.send_command(o)?;
+                }
+                self.check_replay()?;
+                self.requeue(input);
+                self.go_down();
+                return Ok(Reply::None);
+            }
+            None => {}
         }
         let step = self.engine.core.handle(input, now);
-        let start = self.engine.log.len();
-        self.engine.log.extend(step.events);
-        for k in start..self.engine.log.len() {
-            self.check_event(k)?;
-        }
-        for o in step.commands {
-            self.send_command(o);
+        if sends_first {
+            for o in step.commands {
+                self.send_command(o)?;
+            }
+            self.append(step.events)?;
+        } else {
+            self.append(step.events)?;
+            for o in step.commands {
+                self.send_command(o)?;
+            }
         }
         self.arm_timer();
         Ok(step.reply)
+    }
+
+    /// Events become durable: the log, then the checks at each event.
+    fn append(&mut self, events: Vec<Event>) -> Checked<()> {
+        let start = self.engine.log.len();
+        self.engine.log.extend(events);
+        for k in start..self.engine.log.len() {
+            self.check_event(k)?;
+        }
+        Ok(())
     }
 
     /// Schedules a `Timer` at the core's next deadline (once per instant).

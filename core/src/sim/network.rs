@@ -1,14 +1,27 @@
-//! The simulated network and its faults: message delays, drops, duplicates
-//! and late copies (with `--faults net`), routing to a worker or a pool, and
-//! worker and engine crashes and restarts (with `--faults crash`).
+//! The simulated network and its faults: message delays, drops, duplicates,
+//! late copies (some later than a whole freeze stage) and old reports delivered again (with `--faults net`);
+//! routing as the runtime does it (a worker's own queue keeps its messages
+//! while it is down; a pool's goes to any live worker); worker and engine
+//! crashes and restarts, including the engine dying before its append or
+//! between its append and its sends (with `--faults crash`); arrays slower
+//! than the freeze limit now and then (every mode).
 
-use recman_events::{Command, Outcome, Report, Stage, SCHEMA_VERSION};
+use recman_events::{Command, Outcome, Report, SCHEMA_VERSION};
 
 use super::scheduler::{Ev, T0};
-use super::{Checked, Sim};
-use crate::{Core, Destination, Input, Outgoing};
+use super::world::ADOPT_POLL_MS;
+use super::{Checked, Sim, FREEZE_LIMIT};
+use crate::worker::Recent;
+use crate::{Core, Destination, Input, Mutation, Outgoing};
+
+/// Reports kept for delivering old ones again.
+const HISTORY: usize = 512;
 
 impl Sim {
+    pub(super) fn net_faults(&self) -> bool {
+        self.cfg.faults.net()
+    }
+
     /// The delays of the copies of one message: one normally; none when it
     /// is dropped; a late one or a duplicate now and then under net faults.
     fn net_delays(&mut self) -> Vec<u64> {
@@ -21,7 +34,12 @@ impl Sim {
         if self.rng.chance(0.01) {
             return v;
         }
-        let d = if self.rng.chance(0.01) {
+        let d = if self.rng.chance(0.002) {
+            // Stuck in a queue behind a slow consumer: longer than a freeze
+            // stage, so an old attempt's command or report comes after the
+            // engine moved on.
+            self.rng.range(FREEZE_LIMIT / 2, FREEZE_LIMIT * 3 / 2)
+        } else if self.rng.chance(0.01) {
             self.rng.range(100, 2_500)
         } else {
             base
@@ -34,8 +52,9 @@ impl Sim {
         v
     }
 
-    /// A command the engine made durable goes onto the network.
-    pub(super) fn send_command(&mut self, o: Outgoing) {
+    /// A command goes onto the network (the engine made its cause durable,
+    /// unless a mutation says otherwise: `durable_before_send` checks it).
+    pub(super) fn send_command(&mut self, o: Outgoing) -> Checked<()> {
         let c = &o.command;
         let line = format!(
             "cmd  {} a{} {:?} -> {:?}{}",
@@ -44,68 +63,57 @@ impl Sim {
             c.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
             o.to,
             c.thaw_deadline_ms
-                .map(|d| format!(" watchdog@{}", d - T0))
+                .map(|d| format!(" deadline@{}", d.saturating_sub(T0)))
                 .unwrap_or_default()
         );
         self.note(c.job, line);
+        self.check_durable_before_send(&o.command)?;
+        self.check_snapshot_sent_in_time(&o.command)?;
         for d in self.net_delays() {
-            self.push(
-                self.sched.now + d,
-                Ev::ToWorker(usize::MAX, o.to.clone(), o.command.clone()),
-            );
+            self.push(self.sched.now + d, Ev::ToWorker(o.to.clone(), o.command.clone()));
         }
+        Ok(())
     }
 
-    /// A command reaches its queue: the named worker when it is alive, else
-    /// its fallback pool; a pool with no live worker keeps it until one starts.
-    pub(super) fn deliver(&mut self, _w: usize, to: Destination, cmd: Command) {
-        let pool_name = match &to {
-            Destination::Worker { worker, fallback } => {
-                if let Some(&w) = self.world.worker_index.get(worker) {
-                    if self.world.workers[w].alive {
-                        self.start_work(w, cmd);
-                        return;
-                    }
-                }
-                fallback.clone()
-            }
-            Destination::Pool(p) => p.clone(),
-        };
-        let Some(&p) = self.world.pool_index.get(&pool_name) else {
-            return;
-        };
-        let alive: Vec<usize> = self.world.pools[p]
-            .1
-            .iter()
-            .copied()
-            .filter(|w| self.world.workers[*w].alive)
-            .collect();
-        if alive.is_empty() {
-            self.world.backlog[p].push(cmd);
-            return;
-        }
-        let w = alive[self.rng.below(alive.len() as u64) as usize];
-        self.start_work(w, cmd);
-    }
-
-    /// Worker `w` takes a command; it finishes after the step's latency.
-    fn start_work(&mut self, w: usize, cmd: Command) {
-        let lat = match cmd.stage {
-            Stage::Freeze => self.rng.range(2, 40),
-            Stage::Snapshot => {
-                if self.rng.chance(0.005) {
-                    self.rng.range(6_000, 14_000)
+    /// A command reaches its queue. A worker's own queue: that worker takes
+    /// it, or keeps it until it starts again (the runtime never sends it to
+    /// the pool: the engine's next thaw try goes there). A pool's: any live
+    /// worker of the pool, or the first to start.
+    pub(super) fn deliver(&mut self, to: Destination, cmd: Command) -> Checked<()> {
+        match &to {
+            Destination::Worker { worker, .. } => {
+                let Some(&w) = self.world.worker_index.get(worker) else {
+                    return Ok(()); // no such queue: unroutable
+                };
+                if self.world.workers[w].alive {
+                    self.take(w, to, cmd)?;
                 } else {
-                    self.rng.range(5, 200)
+                    self.world.own_queue[w].push(cmd);
                 }
             }
-            _ => self.rng.range(2, 40),
-        };
-        let inc = self.world.workers[w].incarnation;
-        self.push(self.sched.now + lat, Ev::Work(w, inc, cmd));
+            Destination::Pool(pool) => {
+                let Some(&p) = self.world.pool_index.get(pool) else {
+                    return Ok(());
+                };
+                let alive: Vec<usize> = self.world.pools[p]
+                    .1
+                    .iter()
+                    .copied()
+                    .filter(|w| self.world.workers[*w].alive)
+                    .collect();
+                if alive.is_empty() {
+                    self.world.backlog[p].push(cmd);
+                    return Ok(());
+                }
+                let w = alive[self.rng.below(alive.len() as u64) as usize];
+                self.take(w, to, cmd)?;
+            }
+        }
+        Ok(())
     }
 
-    /// Worker `w` sends the report of `cmd` to the engine.
+    /// Worker `w` sends the report of `cmd` to the engine; under net faults
+    /// an old report is now and then delivered again, much later.
     pub(super) fn report(&mut self, w: usize, cmd: &Command, outcome: Outcome) {
         let line = format!(
             "rep  {} a{} {:?} from {} {}",
@@ -133,58 +141,142 @@ impl Sim {
         for d in self.net_delays() {
             self.push(self.sched.now + d, Ev::ToEngine(Input::Report(r.clone())));
         }
+        if self.net_faults() {
+            if self.rng.chance(0.01) && !self.history.is_empty() {
+                let old = self.history[self.rng.below(self.history.len() as u64) as usize].clone();
+                let d = self.rng.range(100, 20_000);
+                self.push(self.sched.now + d, Ev::ToEngine(Input::Report(old)));
+            }
+            if self.history.len() < HISTORY {
+                self.history.push(r);
+            } else {
+                let i = self.rng.below(HISTORY as u64) as usize;
+                self.history[i] = r;
+            }
+        }
     }
 
-    /// A random worker dies (its steps in flight are lost) and restarts later.
-    pub(super) fn worker_crash(&mut self) {
+    /// A random worker process dies: its memory and watchdogs with it; the
+    /// commands it took and did not acknowledge go back to their queues; the
+    /// other live processes of its host notice and take over its holds.
+    pub(super) fn worker_crash(&mut self) -> Checked<()> {
         if !self.busy() {
-            return;
+            return Ok(());
         }
         let w = self.rng.below(self.world.workers.len() as u64) as usize;
         if self.world.workers[w].alive {
-            self.world.workers[w].alive = false;
-            self.world.workers[w].incarnation += 1;
+            let now = self.sched.now;
+            let worker = &mut self.world.workers[w];
+            worker.alive = false;
+            worker.incarnation += 1;
+            worker.recent = Recent::default();
+            worker.pruned = Recent::default();
+            worker.own_memory.clear();
+            let unacked: Vec<(Destination, Command)> = worker.inflight.drain().map(|(_, v)| v).collect();
+            let pool = worker.pool;
+            for (to, cmd) in unacked {
+                let d = self.rng.range(1, 50);
+                self.push(now + d, Ev::ToWorker(to, cmd));
+            }
+            if !self.world.any_alive(pool) {
+                self.world.outages[pool].push((now, None));
+            }
+            for &o in &self.world.pools[pool].1.clone() {
+                if self.world.workers[o].alive {
+                    let inc = self.world.workers[o].incarnation;
+                    self.push(now + ADOPT_POLL_MS, Ev::Adopt(o, inc));
+                }
+            }
             let d = self.rng.range(500, 5_000);
-            self.push(self.sched.now + d, Ev::WorkerRestart(w));
+            self.push(now + d, Ev::WorkerRestart(w));
         }
         let d = self.rng.range(500, 4_000);
         self.push(self.sched.now + d, Ev::WorkerCrash);
+        Ok(())
     }
 
-    /// A worker is back and takes what waited in its pool.
-    pub(super) fn worker_restart(&mut self, w: usize) {
-        self.world.workers[w].alive = true;
+    /// A worker process starts: it takes over its host's orphaned holds
+    /// first, then takes what waited in its own queue and its pool's.
+    pub(super) fn worker_restart(&mut self, w: usize) -> Checked<()> {
+        let now = self.sched.now;
         let p = self.world.workers[w].pool;
+        if !self.world.any_alive(p) {
+            if let Some(last) = self.world.outages[p].last_mut() {
+                if last.1.is_none() {
+                    last.1 = Some(now);
+                }
+            }
+        }
+        self.world.workers[w].alive = true;
+        let inc = self.world.workers[w].incarnation;
+        self.adopt(w, inc)?;
+        let own = std::mem::take(&mut self.world.own_queue[w]);
+        let id = self.world.workers[w].id.clone();
+        for c in own {
+            let to = Destination::Worker {
+                worker: id.clone(),
+                fallback: self.world.pools[p].0.clone(),
+            };
+            self.deliver(to, c)?;
+        }
         let backlog = std::mem::take(&mut self.world.backlog[p]);
         for c in backlog {
-            self.deliver(w, Destination::Pool(self.world.pools[p].0.clone()), c);
+            self.deliver(Destination::Pool(self.world.pools[p].0.clone()), c)?;
         }
+        Ok(())
     }
 
-    /// The engine dies now, or (half the time) in the middle of its next input.
+    /// An array becomes slower than the freeze limit for a while.
+    pub(super) fn slow_array(&mut self) {
+        if !self.busy() {
+            return;
+        }
+        let arrays: Vec<usize> = (0..self.world.pools.len())
+            .filter(|p| self.world.pools[*p].0.as_str().starts_with("array."))
+            .collect();
+        if !arrays.is_empty() {
+            let a = arrays[self.rng.below(arrays.len() as u64) as usize];
+            let d = self.rng.range(FREEZE_LIMIT / 2, 2 * FREEZE_LIMIT);
+            self.world.slow_until[a] = self.sched.now + d;
+        }
+        let next = self.rng.range(20_000, 60_000);
+        self.push(self.sched.now + next, Ev::SlowArray);
+    }
+
+    /// The engine dies now, before its next append, or between its next
+    /// append and its sends.
     pub(super) fn engine_crash(&mut self) -> Checked<()> {
         if !self.busy() || !self.engine.up {
             return Ok(());
         }
-        if self.rng.chance(0.5) {
-            self.engine.crash_mid_input = true;
-            return Ok(());
+        match self.rng.below(3) {
+            0 => self.engine.crash = Some(super::CrashPoint::BeforeAppend),
+            1 => self.engine.crash = Some(super::CrashPoint::DuringSends),
+            _ => {
+                self.check_replay()?;
+                self.go_down();
+            }
         }
-        self.check_replay()?;
-        self.go_down();
         Ok(())
     }
 
+    /// Down for a moment, or (now and then) longer than the freeze limit.
     pub(super) fn go_down(&mut self) {
         self.summary.engine_crashes += 1;
         self.engine.up = false;
         self.engine.timers.clear();
-        let d = self.rng.range(200, 3_000);
+        let d = if self.rng.chance(0.25) {
+            self.rng.range(FREEZE_LIMIT / 2, FREEZE_LIMIT * 3 / 2)
+        } else {
+            self.rng.range(200, 3_000)
+        };
         self.push(self.sched.now + d, Ev::EngineRestart);
     }
 
-    /// The engine starts again: replays its log, re-sends the commands of the
-    /// stages in flight, takes the inputs parked meanwhile.
+    /// The engine starts again: replays its log, decides what fell due while
+    /// it was down (`Core::start`), makes that durable, then sends the
+    /// commands of the stages in flight again and takes the inputs parked
+    /// meanwhile.
     pub(super) fn engine_restart(&mut self) -> Checked<()> {
         let mut core = Core::with_mutation(self.engine.cfg.clone(), self.cfg.mutation);
         for e in &self.engine.log {
@@ -192,21 +284,33 @@ impl Sim {
         }
         self.engine.core = core;
         self.engine.up = true;
-        for o in self.engine.core.recover_commands() {
-            self.send_command(o);
+        let now = self.sched.now;
+        let step = self.engine.core.start(now);
+        self.append(step.events)?;
+        for o in step.commands {
+            self.send_command(o)?;
         }
         let parked = std::mem::take(&mut self.engine.parked);
         for p in parked {
             let d = self.rng.range(1, 50);
-            self.push(self.sched.now + d, Ev::ToEngine(p));
+            self.push(now + d, Ev::ToEngine(p));
         }
         self.arm_timer();
-        // A timer may be due already.
-        let now = self.sched.now;
-        self.push(now, Ev::Timer);
-        self.engine.timers.insert(now);
         let a = self.rng.range(20_000, 90_000);
         self.push(now + a, Ev::EngineCrash);
         Ok(())
     }
+
+    /// Inputs answered in the batch the engine died in: an unacknowledged
+    /// report comes back; a request gets no reply (its client retries).
+    pub(super) fn requeue(&mut self, input: Input) {
+        if matches!(input, Input::Report(_)) {
+            self.engine.parked.push(input);
+        }
+    }
+}
+
+/// Whether a mutation makes the simulator's engine send before it appends.
+pub(super) fn sends_first(m: Option<Mutation>) -> bool {
+    m == Some(Mutation::SendBeforeAppend)
 }

@@ -5,7 +5,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use recman_events::Command;
+use recman_events::{Command, Outcome, TargetId};
 
 use super::world::Key;
 use crate::{Destination, Input};
@@ -21,17 +21,25 @@ pub(super) enum Ev {
     Cancel(usize),
     /// A message reaches the engine (a report, or an input parked while it was down).
     ToEngine(Input),
-    /// A command reaches the bus; `deliver` picks the worker.
-    ToWorker(usize, Destination, Command),
-    /// Worker `w` (in incarnation `u32`) finishes running a command.
-    Work(usize, u32, Command),
-    /// The watchdog of target `usize` for an attempt's freeze is due.
-    Watchdog(usize, Key),
+    /// A command reaches its queue: a worker's own, or a pool's.
+    ToWorker(Destination, Command),
+    /// Worker `w` (in incarnation `u32`) has the report of its step `u64`.
+    Reported(usize, u32, u64, Outcome),
+    /// The watchdog of process `w` (incarnation `u32`) for an attempt's
+    /// freeze of target `usize` is due.
+    Watchdog(usize, u32, usize, Key),
+    /// Process `w` (incarnation `u32`) takes over its host's dead processes' holds.
+    Adopt(usize, u32),
+    /// The cut of an attempt's snapshot of these targets ends (with the
+    /// members' freeze generations when it began).
+    CutEnds(Key, Vec<TargetId>, Option<Vec<u64>>),
     Timer,
     EngineCrash,
     EngineRestart,
     WorkerCrash,
     WorkerRestart(usize),
+    /// An array becomes slower than the freeze limit for a while.
+    SlowArray,
 }
 
 struct Item {

@@ -25,9 +25,11 @@ pub struct Args {
     /// (worker and engine crashes), all.
     #[arg(long, default_value = "all")]
     pub faults: String,
-    /// Self-test: run a deliberately broken core (`skip-compensating-thaw`,
-    /// `no-forced-thaw`) or worker rule (`freeze-after-thaw`,
-    /// `thaw-ignores-attempt`); the run is expected to find a violation.
+    /// Self-test: run a deliberately broken engine-core rule (e.g.
+    /// `skip-compensating-thaw`, `no-thaw-after-failed-freeze`) or
+    /// worker-core rule (e.g. `thaw-ignores-attempt`,
+    /// `freeze-state-per-process`); the run is expected to find a violation
+    /// (`core/tests/sim_mutations.rs` lists which).
     #[arg(long, hide = true)]
     pub mutation: Option<String>,
 }
@@ -41,11 +43,18 @@ pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     };
     let (mutation, worker_mutation) = match a.mutation.as_deref() {
         None => (None, None),
-        Some("skip-compensating-thaw") => (Some(Mutation::SkipCompensatingThaw), None),
-        Some("no-forced-thaw") => (Some(Mutation::NoForcedThaw), None),
-        Some("freeze-after-thaw") => (None, Some(worker::Mutation::FreezeAfterThaw)),
-        Some("thaw-ignores-attempt") => (None, Some(worker::Mutation::ThawIgnoresAttempt)),
-        Some(other) => anyhow::bail!("unknown --mutation {other:?}"),
+        Some(name) => match (Mutation::parse(name), worker::Mutation::parse(name)) {
+            (Some(m), _) => (Some(m), None),
+            (None, Some(w)) => (None, Some(w)),
+            (None, None) => {
+                let all: Vec<String> = Mutation::ALL
+                    .iter()
+                    .map(|m| m.name())
+                    .chain(worker::Mutation::ALL.iter().map(|m| m.name()))
+                    .collect();
+                anyhow::bail!("unknown --mutation {name:?}; one of: {}", all.join(", "))
+            }
+        },
     };
     let cfg = SimConfig {
         seed: a.seed,

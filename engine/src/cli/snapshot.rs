@@ -18,8 +18,12 @@ use crate::demo;
 use crate::handle::{Drain, Engine};
 use crate::home::Home;
 use crate::home::Missing;
-use crate::render::progress::{End, Progress};
+use crate::render::progress::{End, Progress, PruneWait};
 use crate::source::ServerArg;
+
+/// How long the one-shot command waits for the deletes its job asked for
+/// (retention) before it stops the engine anyway.
+const PRUNE_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -106,6 +110,12 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             },
             _ = tick.tick() => progress.tick(),
         }
+    }
+    // The deletes the job asked for (retention, decided with its end) are
+    // run and recorded before the engine stops, within a bound (issue 12
+    // item 5).
+    if end.is_some() {
+        wait_for_prunes(engine.log(), accepted.job, human).await?;
     }
     // Its job ended: stop at once (the worker thaws anything another job froze).
     engine.shutdown(Drain::Skip).await?;
@@ -200,4 +210,52 @@ async fn remote(c: &Client, a: &Args) -> anyhow::Result<ExitCode> {
         End::Completed => ExitCode::SUCCESS,
         End::Failed | End::Cancelled => ExitCode::from(1),
     })
+}
+
+/// Follows the log from the job's first delete request until every delete it
+/// asked for has its outcome recorded, or `PRUNE_WAIT` passed (then says
+/// which are left: they stay requested, and the next start asks again).
+async fn wait_for_prunes(
+    log: &std::sync::Arc<dyn recman_events::EventLog>,
+    job: JobId,
+    human: bool,
+) -> anyhow::Result<()> {
+    let first = log
+        .read_job(job)?
+        .into_iter()
+        .find(|e| matches!(e.event.body, recman_events::EventBody::PruneRequested { .. }));
+    let Some(first) = first else {
+        return Ok(());
+    };
+    let mut prunes = PruneWait::default();
+    let mut tail = log.subscribe(first.seq);
+    let give_up = tokio::time::Instant::now() + PRUNE_WAIT;
+    loop {
+        tokio::select! {
+            item = tail.recv() => match item {
+                Some(item) => {
+                    if let Some(line) = prunes.see(job, &item?.event) {
+                        if human {
+                            println!("{line}");
+                        }
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep_until(give_up) => break,
+        }
+        if prunes.waiting().is_empty() {
+            return Ok(());
+        }
+    }
+    let left = prunes.waiting();
+    if !left.is_empty() {
+        eprintln!(
+            "warning: no answer within {}s to the delete of {}: still recorded as requested; \
+             the next start of recman (any command that runs the engine) asks again",
+            PRUNE_WAIT.as_secs(),
+            left.join(", ")
+        );
+    }
+    Ok(())
 }

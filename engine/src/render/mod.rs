@@ -111,6 +111,28 @@ pub fn details(body: &EventBody) -> String {
         EventBody::CancelRequested { reason } => format!("reason={reason}"),
         EventBody::Cancelled => String::new(),
         EventBody::SnapshotDeleted { target, name } => format!("target={target} snapshot={name}"),
+        EventBody::LateSnapshot {
+            attempt,
+            target,
+            worker,
+            snapshot,
+        } => format!(
+            "attempt={attempt} target={target} worker={worker} snapshot={} (not a restore point: deleted)",
+            snapshot.name
+        ),
+        EventBody::PruneRequested {
+            target,
+            names,
+            retry_at_ms,
+        } => format!(
+            "target={target} snapshots={} retry_at={}",
+            names.join(","),
+            rfc3339(*retry_at_ms)
+        ),
+        EventBody::PruneFailed { target, name, error } => format!(
+            "target={target} snapshot={name} code={} retryable={} message={}",
+            error.code, error.retryable, error.message
+        ),
     }
 }
 
@@ -133,7 +155,13 @@ fn step_detail(d: &StepDetail) -> String {
             if *by_watchdog { " by_watchdog" } else { "" }
         ),
         StepDetail::Flushed => "flushed".into(),
-        StepDetail::Pruned { deleted } => format!("deleted={}", deleted.join(",")),
+        StepDetail::Pruned { deleted, failed } => {
+            let mut s = format!("deleted={}", deleted.join(","));
+            for f in failed {
+                s.push_str(&format!(" failed={}:{}", f.name, f.error.code));
+            }
+            s
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use recman_events::{EventBody, JobId, SnapshotInfo, Stage, StepDetail, StoredEvent};
+use recman_events::{EventBody, JobId, SnapshotInfo, Stage, StepDetail, StoredEvent, TargetId};
 use serde::Serialize;
 
 use super::micros;
@@ -219,7 +219,7 @@ impl Progress {
                             ""
                         }
                     ),
-                    StepDetail::Pruned { deleted } if !deleted.is_empty() => {
+                    StepDetail::Pruned { deleted, .. } if !deleted.is_empty() => {
                         format!(": deleted {}", deleted.join(", "))
                     }
                     _ => String::new(),
@@ -307,7 +307,30 @@ impl Progress {
                 self.say("", format!("#{seq:<6} cancel requested: {reason}"));
             }
             EventBody::SnapshotDeleted { target, name } => {
-                self.say("", format!("#{seq:<6} retention deleted {name} of {target}"));
+                self.say("", format!("#{seq:<6} deleted {name} of {target}"));
+            }
+            EventBody::LateSnapshot {
+                attempt, snapshot, ..
+            } => {
+                self.say(
+                    "",
+                    format!(
+                        "#{seq:<6} attempt {attempt}'s snapshot {} came after the thaw: not a restore point, deleting it",
+                        snapshot.name
+                    ),
+                );
+            }
+            EventBody::PruneRequested { target, names, .. } => {
+                self.say("", format!("#{seq:<6} deleting {} of {target}", names.join(", ")));
+            }
+            EventBody::PruneFailed { target, name, error } => {
+                self.say(
+                    "",
+                    format!(
+                        "#{seq:<6} could not delete {name} of {target}: {}: {}",
+                        error.code, error.message
+                    ),
+                );
             }
             EventBody::Completed {
                 snapshot,
@@ -371,4 +394,53 @@ impl Progress {
 
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
+}
+
+/// The deletes one job asked for (`prune_requested`: retention, a late
+/// snapshot, a failed attempt's leftovers) and whether each has its outcome
+/// recorded (`snapshot_deleted` or `prune_failed`, under the job that took
+/// the snapshot). The one-shot `recman snapshot` waits for them before it
+/// stops the engine, so retention is finished and recorded (issue 12 item 5).
+#[derive(Debug, Default)]
+pub struct PruneWait {
+    requested: std::collections::BTreeSet<(TargetId, String)>,
+    answered: std::collections::BTreeSet<(TargetId, String)>,
+}
+
+impl PruneWait {
+    /// Folds one event of the log (any job's); returns a line to print for
+    /// an outcome of one of this job's deletes.
+    pub fn see(&mut self, job: JobId, ev: &recman_events::Event) -> Option<String> {
+        match &ev.body {
+            EventBody::PruneRequested { target, names, .. } if ev.job == job => {
+                for n in names {
+                    self.requested.insert((target.clone(), n.clone()));
+                }
+                None
+            }
+            EventBody::SnapshotDeleted { target, name } => {
+                let k = (target.clone(), name.clone());
+                (self.requested.contains(&k) && self.answered.insert(k))
+                    .then(|| format!("deleted {name} of {target}"))
+            }
+            EventBody::PruneFailed { target, name, error } => {
+                let k = (target.clone(), name.clone());
+                (self.requested.contains(&k) && self.answered.insert(k)).then(|| {
+                    format!(
+                        "could not delete {name} of {target}: {}: {} (recorded; retried by the next run)",
+                        error.code, error.message
+                    )
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The deletes still without an outcome.
+    pub fn waiting(&self) -> Vec<String> {
+        self.requested
+            .difference(&self.answered)
+            .map(|(t, n)| format!("{n} of {t}"))
+            .collect()
+    }
 }

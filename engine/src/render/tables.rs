@@ -110,11 +110,19 @@ pub fn targets(list: &[TargetView]) {
             .as_ref()
             .map(|s| format!("{} ({})", s.name, rfc3339(s.at_ms)))
             .unwrap_or_else(|| "-".into());
-        let fail = t
+        let mut fail = t
             .last_failure
             .as_ref()
             .map(|f| format!("{}: {}", rfc3339(f.at_ms), f.reason))
             .unwrap_or_else(|| "-".into());
+        if let Some(p) = &t.last_prune_failure {
+            fail.push_str(&format!(
+                "; prune of {} failed {}: {}",
+                p.name,
+                rfc3339(p.at_ms),
+                p.error
+            ));
+        }
         println!(
             "{:<20}  {:<13}  {:>5}  {:<40}  {fail}",
             t.id.as_str(),
@@ -138,6 +146,10 @@ pub fn snapshots(list: &[SnapshotEntry]) {
                 r.expires_after, r.keep_last
             ),
             None => "kept".into(),
+        };
+        let expiry = match &s.prune_failure {
+            Some(why) => format!("{expiry}; PRUNE FAILED: {why}"),
+            None => expiry,
         };
         println!(
             "{}  {}  {targets}  {} {}  freeze {}  {expiry}\n    {}",

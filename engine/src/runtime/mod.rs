@@ -259,7 +259,16 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let mut core = replay(cfg, log.as_ref())?;
-    publish(bus.as_ref(), &core.recover_commands()).await?;
+    // What fell due while the engine was down is decided (and durable)
+    // before anything is sent again: a snapshot past its thaw deadline is
+    // never asked for again (issue 12 item 2).
+    let start = core.start(now_ms());
+    if !start.events.is_empty() {
+        log.append(start.events)
+            .await
+            .context("appending the start-up decisions to the event log")?;
+    }
+    publish(bus.as_ref(), &start.commands).await?;
     let requests = bus.consume(Address::Requests, 256).await?;
     let reports = bus.consume(Address::Reports, 4096).await?;
 

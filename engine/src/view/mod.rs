@@ -134,6 +134,20 @@ pub struct TargetView {
     pub queue_depth: usize,
     pub last_snapshot: Option<SnapshotRef>,
     pub last_failure: Option<FailureRef>,
+    /// The last snapshot of this target that could not be deleted (it still
+    /// exists), until a later prune of it succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_prune_failure: Option<PruneFailureRef>,
+}
+
+/// A snapshot a prune could not delete (`prune_failed`): it still exists.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PruneFailureRef {
+    pub name: String,
+    pub job: JobId,
+    pub at_ms: u64,
+    /// The provider's error: `code: message`.
+    pub error: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -167,6 +181,10 @@ pub struct SnapshotEntry {
     pub freeze_window_us: u64,
     /// Expiry under `keep_last`; absent when the target keeps every snapshot.
     pub retention: Option<Retention>,
+    /// Why the last prune of it failed (it is still there, and retention
+    /// tries again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_failure: Option<String>,
 }
 
 /// `keep_last` retention: this snapshot is pruned after `expires_after` more
@@ -196,6 +214,7 @@ pub struct View {
     catalog: Vec<SnapshotEntry>,
     last_snapshot: BTreeMap<TargetId, SnapshotRef>,
     last_failure: BTreeMap<TargetId, FailureRef>,
+    last_prune_failure: BTreeMap<TargetId, PruneFailureRef>,
     /// Targets of the config (shown even before their first job) with `keep_last`.
     pub retention: BTreeMap<TargetId, Option<u32>>,
     stage_hist: Family,
@@ -363,6 +382,7 @@ impl View {
                     size_bytes: snapshot.size_bytes,
                     freeze_window_us: *freeze_window_us,
                     retention: None,
+                    prune_failure: None,
                 });
             }
             EventBody::Failed { reason, .. } if !was_terminal => {
@@ -379,7 +399,31 @@ impl View {
                     }
                 }
             }
+            EventBody::PruneFailed { target, name, error } => {
+                let error = format!("{}: {}", error.code, error.message);
+                for c in &mut self.catalog {
+                    if c.job == job && &c.name == name {
+                        c.prune_failure = Some(error.clone());
+                    }
+                }
+                self.last_prune_failure.insert(
+                    target.clone(),
+                    PruneFailureRef {
+                        name: name.clone(),
+                        job,
+                        at_ms: ev.at_ms,
+                        error,
+                    },
+                );
+            }
             EventBody::SnapshotDeleted { target, name } => {
+                if self
+                    .last_prune_failure
+                    .get(target)
+                    .is_some_and(|f| f.job == job && &f.name == name)
+                {
+                    self.last_prune_failure.remove(target);
+                }
                 for c in &mut self.catalog {
                     if c.job == job && &c.name == name {
                         c.targets.retain(|t| t != target);
@@ -507,6 +551,7 @@ impl View {
                     queue_depth: depth,
                     last_snapshot: self.last_snapshot.get(&t).cloned(),
                     last_failure: self.last_failure.get(&t).cloned(),
+                    last_prune_failure: self.last_prune_failure.get(&t).cloned(),
                     id: t,
                 }
             })

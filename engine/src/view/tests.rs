@@ -1,7 +1,7 @@
 //! The projection over a hand-written log of two jobs and a retention delete.
 
 use super::*;
-use recman_events::{Event, SnapshotKind};
+use recman_events::{Event, SnapshotKind, StepError};
 
 fn ev(seq: u64, at: u64, job: JobId, body: EventBody) -> StoredEvent {
     StoredEvent {
@@ -174,4 +174,64 @@ fn until_parses_seq_and_time() {
         Until::Time(1000)
     );
     assert!("soon".parse::<Until>().is_err());
+}
+
+/// Issue 12 item 5: a prune that failed is shown by `targets` and
+/// `snapshots` (the snapshot is still listed: it still exists) until a
+/// later prune of it succeeds.
+#[test]
+fn a_failed_prune_is_shown_until_the_snapshot_is_gone() {
+    let a = JobId::from_parts(1_000_000, 1);
+    let b = JobId::from_parts(2_000_000, 2);
+    let mut evs = job_events(a, 1, 1_000_000, "snap-a");
+    evs.extend(job_events(b, 12, 2_000_000, "snap-b"));
+    let t = TargetId::from("db01");
+    let mut v = View::new([(t.clone(), Some(1))].into());
+    for e in &evs {
+        v.apply(e);
+    }
+    v.apply(&ev(
+        23,
+        3_000_000,
+        b,
+        EventBody::PruneRequested {
+            target: t.clone(),
+            names: vec!["snap-a".into()],
+            retry_at_ms: 3_030_000,
+        },
+    ));
+    v.apply(&ev(
+        24,
+        3_000_100,
+        a,
+        EventBody::PruneFailed {
+            target: t.clone(),
+            name: "snap-a".into(),
+            error: StepError::new("3par_has_child", "the copy has a child", false),
+        },
+    ));
+    let cat = v.snapshots(Some(&t));
+    assert_eq!(cat.len(), 2, "still there, still listed");
+    assert_eq!(cat[1].name, "snap-a");
+    assert_eq!(
+        cat[1].prune_failure.as_deref(),
+        Some("3par_has_child: the copy has a child")
+    );
+    assert_eq!(cat[0].prune_failure, None);
+    let f = v.targets()[0]
+        .last_prune_failure
+        .clone()
+        .expect("shown by targets");
+    assert_eq!((f.name.as_str(), f.job, f.at_ms), ("snap-a", a, 3_000_100));
+    v.apply(&ev(
+        25,
+        3_100_000,
+        a,
+        EventBody::SnapshotDeleted {
+            target: t.clone(),
+            name: "snap-a".into(),
+        },
+    ));
+    assert_eq!(v.snapshots(Some(&t)).len(), 1);
+    assert_eq!(v.targets()[0].last_prune_failure, None);
 }

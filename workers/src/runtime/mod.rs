@@ -7,7 +7,7 @@
 mod steps;
 mod thaw;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tracing::{field, info_span, Instrument, Span};
 
 use recman_config::{Config, TargetConfig};
-use recman_core::worker::TargetMemory;
+use recman_core::worker::{Process, Recent, TargetMemory};
 
 use crate::provider::{self, check_snapshot_name, Provider};
 use crate::watchdog::Watchdogs;
@@ -148,7 +148,12 @@ impl Worker {
             id: self.id.clone(),
             targets: self.targets,
             watchdogs: Watchdogs::default(),
-            recent: Mutex::new(Recent::default()),
+            recent: Mutex::new(Recent::with_capacity(RECENT_CAPACITY)),
+            pruned: Mutex::new(Recent::with_capacity(RECENT_CAPACITY)),
+            process: Process {
+                worker: self.id.clone(),
+                token: process_token(),
+            },
             bus: bus.clone(),
         });
         shared.startup_thaws().await;
@@ -222,37 +227,27 @@ async fn forward(
     }
 }
 
-/// Completed commands, to answer a redelivery without running it again.
-#[derive(Default)]
-struct Recent {
-    reports: HashMap<String, Report>,
-    order: VecDeque<String>,
-}
-
-impl Recent {
-    fn get(&self, id: &str) -> Option<Report> {
-        self.reports.get(id).cloned()
-    }
-
-    fn insert(&mut self, id: String, report: Report) {
-        if self.reports.insert(id.clone(), report).is_none() {
-            self.order.push_back(id);
-            while self.order.len() > RECENT_CAPACITY {
-                if let Some(old) = self.order.pop_front() {
-                    self.reports.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 /// What the tasks of one running worker share.
 struct Shared {
     id: WorkerId,
     targets: HashMap<TargetId, Local>,
     watchdogs: Watchdogs,
-    recent: Mutex<Recent>,
+    /// Reports of the commands this process answered (redeliveries).
+    recent: Mutex<Recent<Report>>,
+    /// Snapshot names this process's prunes deleted: not taken again.
+    pruned: Mutex<Recent<()>>,
+    /// This process, as the freeze holds it records name it.
+    process: Process,
     bus: Arc<dyn Bus>,
+}
+
+/// A token new at every start of a worker process (the hold of a process
+/// that is gone is recognisably not this one's).
+fn process_token() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 40)
 }
 
 /// Why a command is refused outright (dead-lettered), before any target check.
@@ -353,7 +348,7 @@ impl Shared {
     /// Runs a valid command (or answers it from memory), publishes the
     /// report, then acks the command.
     async fn respond(self: Arc<Self>, d: Delivery, cmd: Command, span: Span) {
-        let remembered = self.lock_recent().get(&cmd.message_id);
+        let remembered = self.lock_recent().get(&cmd.message_id).cloned();
         let report = match remembered {
             Some(r) => {
                 tracing::debug!(worker = %self.id, message_id = %cmd.message_id, "redelivered command answered from memory");
@@ -370,7 +365,7 @@ impl Shared {
         let msg = report_message(&report, &span, d.message.header(TRACEPARENT));
         match self.bus.publish(Address::Reports, msg).await {
             Ok(()) => {
-                self.lock_recent().insert(cmd.message_id.clone(), report);
+                self.lock_recent().insert_first(cmd.message_id.clone(), report);
                 if let Err(e) = d.ack().await {
                     tracing::warn!(worker = %self.id, message_id = %cmd.message_id, error = %e, "ack failed: the command will come back and be answered from memory");
                 }
@@ -382,7 +377,7 @@ impl Shared {
         }
     }
 
-    fn lock_recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+    fn lock_recent(&self) -> std::sync::MutexGuard<'_, Recent<Report>> {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 

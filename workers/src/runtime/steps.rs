@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use recman_core::worker::{self, Hold, Plan, ThawPlan, ThawedBy};
+use recman_core::worker::{self, Existing, Hold, Plan, Recent, SnapshotPlan, ThawPlan, ThawedBy};
 use recman_events::clock;
 use recman_events::wire::Command;
-use recman_events::{SnapshotInfo, Stage, StepDetail, StepError, TargetId};
+use recman_events::{PruneFailure, SnapshotInfo, Stage, StepDetail, StepError, TargetId};
 
 use super::Shared;
 use crate::provider::SnapshotJob;
@@ -60,23 +60,31 @@ impl Shared {
             Plan::Answer(first) => return first,
             Plan::Refuse(e) => return Err(e),
         }
-        if let Err(e) = local.writer.freeze(&Self::ctx(t, cmd)).await {
-            local.memory().record_freeze(key, Err(e.clone()));
-            return Err(e);
-        }
+        // Held and watched before the writer is called: a freeze that fails
+        // or times out may have landed (issue 12 item 1).
         let (now_ms, now) = (clock::now_ms(), Instant::now());
         let (deadline_ms, at) = watchdog::deadline(now_ms, now, cmd.thaw_deadline_ms, local.cfg.freeze_limit);
-        let hold = Hold {
+        local.memory().record_freeze_start(Hold {
             job: cmd.job,
             attempt: cmd.attempt,
             kind: cmd.kind,
-            worker: self.id.clone(),
+            process: self.process.clone(),
             frozen_at_ms: now_ms,
             deadline_ms,
-        };
-        local.memory().record_freeze(key, Ok(hold));
+        });
         self.arm(t, Armed { key, frozen_at: now }, at);
-        Ok(deadline_ms)
+        let result = local
+            .writer
+            .freeze(&Self::ctx(t, cmd))
+            .await
+            .map(|()| deadline_ms);
+        local.memory().record_freeze(key, result.clone(), clock::now_ms());
+        if let Err(e) = &result {
+            if e.code == worker::NOT_LANDED {
+                self.watchdogs.take_if(t, key);
+            }
+        }
+        result
     }
 
     async fn thaw(self: &Arc<Self>, cmd: &Command) -> Result<StepDetail, StepError> {
@@ -117,21 +125,34 @@ impl Shared {
         let _g = local.writer_lock.lock().await;
         let key = (cmd.job, cmd.attempt);
         let plan = worker::plan_thaw(&local.memory(), key);
-        local.memory().record_thaw(key, ThawedBy::Command, &plan);
+        let now_ms = clock::now_ms();
+        // The host state keeps milliseconds; when this process armed the
+        // freeze, its monotonic clock gives the window in microseconds (a
+        // window under 1 ms is not 0).
+        let armed = match &plan {
+            ThawPlan::Own(_) => self.watchdogs.take(t),
+            _ => None,
+        };
+        let window = match &armed {
+            Some(a) if a.key == key => a.window_us(),
+            _ => worker::thaw_window_us(&plan, now_ms, &self.process, None),
+        };
+        local
+            .memory()
+            .record_thaw(key, ThawedBy::Command, window, &plan, now_ms);
         let by_watchdog = plan.by_watchdog();
         match plan {
             ThawPlan::Other { holder, .. } => {
                 tracing::info!(worker = %self.id, target = %t, job = %cmd.job, attempt = cmd.attempt, holder_job = %holder.0, holder_attempt = holder.1, "thaw of an attempt that does not hold the target: nothing thawed");
-                Ok((0, by_watchdog))
+                Ok((window, by_watchdog))
             }
             ThawPlan::Unknown { .. } => {
                 local.writer.thaw(&Self::ctx(t, cmd)).await?;
-                Ok((0, by_watchdog))
+                Ok((window, by_watchdog))
             }
             ThawPlan::Own(hold) => {
-                let armed = self.watchdogs.take(t);
                 match local.writer.thaw(&Self::ctx(t, cmd)).await {
-                    Ok(()) => Ok((armed.map(|a| a.window_us()).unwrap_or(0), by_watchdog)),
+                    Ok(()) => Ok((window, by_watchdog)),
                     Err(e) => {
                         // Still frozen as far as we know: keep the watchdog on it.
                         let at = Instant::now()
@@ -166,7 +187,22 @@ impl Shared {
         for t in &cmd.targets {
             let local = self.local(t)?;
             let _g = local.provider_lock.lock().await;
-            if let Plan::Refuse(e) = worker::plan_snapshot(&local.memory(), t, name) {
+            let pruned = self.lock_pruned().contains(name);
+            // What the storage holds under the name is the provider's to
+            // check (it never adopts another job's snapshot): here, the
+            // rules of time and of deleted names.
+            let plan = worker::plan_snapshot(
+                &local.memory(),
+                pruned,
+                t,
+                name,
+                (cmd.job, cmd.attempt),
+                &Existing::Absent,
+                cmd.thaw_deadline_ms,
+                clock::now_ms(),
+                None,
+            );
+            if let SnapshotPlan::Refuse(e) = plan {
                 return Err(e);
             }
             let req = SnapshotJob {
@@ -180,40 +216,39 @@ impl Shared {
         Ok(StepDetail::Snapshot(merge(name, infos)))
     }
 
+    /// Deletes the names of `cmd`; each that cannot be deleted is reported
+    /// with its error (`failed`), the others still are (one stuck snapshot,
+    /// e.g. a 3PAR copy with a child, must not block retention). A name not
+    /// there counts as deleted: a redelivered prune says the same.
     async fn prune(&self, cmd: &Command) -> Result<StepDetail, StepError> {
         let mut deleted: Vec<String> = Vec::new();
-        let mut first_err: Option<StepError> = None;
+        let mut failed: Vec<PruneFailure> = Vec::new();
         for t in &cmd.targets {
             let local = self.local(t)?;
             let _g = local.provider_lock.lock().await;
             for name in &cmd.prune {
-                // Missing counts as deleted: a redelivered prune must say the same.
-                // A failure (e.g. a snapshot with a child) does not stop the
-                // others: one stuck snapshot must not block retention.
                 match local.provider.delete(name, t).await {
                     Ok(_) => {
-                        local.memory().record_pruned(name);
+                        self.lock_pruned().insert_first(name.clone(), ());
                         if !deleted.contains(name) {
                             deleted.push(name.clone());
                         }
                     }
-                    Err(e) => {
-                        first_err.get_or_insert(e);
+                    Err(error) => {
+                        tracing::warn!(worker = %self.id, job = %cmd.job, target = %t, snapshot = %name, code = %error.code, message = %error.message, "a snapshot could not be pruned");
+                        failed.push(PruneFailure {
+                            name: name.clone(),
+                            error,
+                        });
                     }
                 }
             }
         }
-        match first_err {
-            // Progress is reported (the engine records what is gone); the
-            // stuck snapshot stays in the catalog and its error is reported
-            // by the next prune that has nothing else to delete.
-            Some(e) if deleted.is_empty() => Err(e),
-            Some(e) => {
-                tracing::warn!(worker = %self.id, job = %cmd.job, code = %e.code, message = %e.message, "a snapshot could not be pruned; the others were");
-                Ok(StepDetail::Pruned { deleted })
-            }
-            None => Ok(StepDetail::Pruned { deleted }),
-        }
+        Ok(StepDetail::Pruned { deleted, failed })
+    }
+
+    fn lock_pruned(&self) -> std::sync::MutexGuard<'_, Recent<()>> {
+        self.pruned.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -47,11 +47,15 @@ impl Shared {
         };
         let plan = worker::plan_thaw(&local.memory(), key);
         let ThawPlan::Own(hold) = &plan else { return };
-        let armed = match armed_for {
+        match armed_for {
             Some(k) => self.watchdogs.take_if(t, k),
             None => self.watchdogs.take(t),
         };
-        local.memory().record_thaw(key, ThawedBy::Watchdog, &plan);
+        let now_ms = clock::now_ms();
+        let window_us = worker::thaw_window_us(&plan, now_ms, &self.process, None);
+        local
+            .memory()
+            .record_thaw(key, ThawedBy::Watchdog, window_us, &plan, now_ms);
         tracing::warn!(worker = %self.id, target = %t, job = %hold.job, "no thaw arrived in time: the watchdog thaws");
         let ctx = StepCtx {
             target: t.clone(),
@@ -71,7 +75,7 @@ impl Shared {
         let outcome = match result {
             Ok(()) => Outcome::Ok {
                 detail: StepDetail::Thawed {
-                    freeze_window_us: armed.map(|a| a.window_us()).unwrap_or(0),
+                    freeze_window_us: window_us,
                     by_watchdog: true,
                 },
             },
@@ -146,9 +150,13 @@ impl Shared {
                 Some((job, attempt, _kind)) => {
                     tracing::warn!(worker = %self.id, target = %t, what = %found.what, %job, attempt, freeze_window_ms = window_us / 1000, "found frozen on start: thawed by this worker");
                     let plan = worker::plan_thaw(&local.memory(), (job, attempt));
-                    local
-                        .memory()
-                        .record_thaw((job, attempt), ThawedBy::Watchdog, &plan);
+                    local.memory().record_thaw(
+                        (job, attempt),
+                        ThawedBy::Watchdog,
+                        window_us,
+                        &plan,
+                        clock::now_ms(),
+                    );
                     let report = Report {
                         schema_version: SCHEMA_VERSION,
                         message_id: format!(

@@ -1,0 +1,147 @@
+//! An independent fold of the event log, written apart from `evolve` and
+//! sharing none of its code: how each job ended, its attempt, its snapshot,
+//! and the catalog of restore points. `replay_exact` compares it with the
+//! core's state, so a defect in `evolve` itself (which live state and replay
+//! share) is caught too.
+
+use std::collections::BTreeMap;
+
+use recman_events::{Event, EventBody, JobId, TargetId};
+
+use crate::{JobState, State};
+
+/// One job, as the log tells it.
+#[derive(Debug, Default)]
+struct RefJob {
+    targets: Vec<TargetId>,
+    attempt: u32,
+    /// `completed`, `failed` or `cancelled` once it ended.
+    end: Option<&'static str>,
+    snapshot: Option<String>,
+}
+
+/// The fold's result.
+#[derive(Debug, Default)]
+pub(super) struct Reference {
+    jobs: BTreeMap<JobId, RefJob>,
+    /// Per target: (name, job) of restore points, oldest first.
+    catalog: BTreeMap<TargetId, Vec<(String, JobId)>>,
+}
+
+/// Folds the whole log.
+pub(super) fn fold(log: &[Event]) -> Reference {
+    let mut r = Reference::default();
+    for e in log {
+        match &e.body {
+            EventBody::Requested { targets, .. } => {
+                r.jobs.entry(e.job).or_insert_with(|| RefJob {
+                    targets: targets.clone(),
+                    ..RefJob::default()
+                });
+            }
+            EventBody::AttemptStarted { attempt, .. } => {
+                if let Some(j) = r.jobs.get_mut(&e.job).filter(|j| j.end.is_none()) {
+                    j.attempt = *attempt;
+                }
+            }
+            EventBody::Completed { snapshot, .. } => {
+                if let Some(j) = r.jobs.get_mut(&e.job).filter(|j| j.end.is_none()) {
+                    j.end = Some("completed");
+                    j.snapshot = Some(snapshot.name.clone());
+                    for t in &j.targets {
+                        r.catalog
+                            .entry(t.clone())
+                            .or_default()
+                            .push((snapshot.name.clone(), e.job));
+                    }
+                }
+            }
+            EventBody::Failed { .. } => {
+                if let Some(j) = r.jobs.get_mut(&e.job).filter(|j| j.end.is_none()) {
+                    j.end = Some("failed");
+                }
+            }
+            EventBody::Cancelled => {
+                if let Some(j) = r.jobs.get_mut(&e.job).filter(|j| j.end.is_none()) {
+                    j.end = Some("cancelled");
+                }
+            }
+            EventBody::SnapshotDeleted { target, name } => {
+                if let Some(c) = r.catalog.get_mut(target) {
+                    c.retain(|(n, j)| !(n == name && *j == e.job));
+                    if c.is_empty() {
+                        r.catalog.remove(target);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+impl Reference {
+    /// Compares with the core's state; on a difference, the job it concerns
+    /// and what differs.
+    pub(super) fn compare(&self, state: &State) -> Result<(), (Option<JobId>, String)> {
+        if self.jobs.len() != state.jobs.len() {
+            return Err((
+                None,
+                format!(
+                    "the log holds {} jobs, the state {}",
+                    self.jobs.len(),
+                    state.jobs.len()
+                ),
+            ));
+        }
+        for (id, r) in &self.jobs {
+            let Some(j) = state.jobs.get(id) else {
+                return Err((Some(*id), "job in the log, not in the state".into()));
+            };
+            let end = match j.state {
+                JobState::Completed => Some("completed"),
+                JobState::Failed => Some("failed"),
+                JobState::Cancelled => Some("cancelled"),
+                _ => None,
+            };
+            let snapshot = (end == Some("completed")).then(|| j.snapshot.as_ref().map(|s| s.name.clone()));
+            let expected_snapshot = r.end.filter(|e| *e == "completed").map(|_| r.snapshot.clone());
+            if end != r.end || j.attempt != r.attempt || snapshot != expected_snapshot {
+                return Err((
+                    Some(*id),
+                    format!(
+                        "the log says end {:?}, attempt {}, snapshot {:?}; the state {:?}, attempt {}, snapshot {:?}",
+                        r.end, r.attempt, expected_snapshot, end, j.attempt, snapshot
+                    ),
+                ));
+            }
+        }
+        let catalog: BTreeMap<TargetId, Vec<(String, JobId)>> = state
+            .catalog
+            .iter()
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(t, c)| (t.clone(), c.iter().map(|e| (e.name.clone(), e.job)).collect()))
+            .collect();
+        if catalog != self.catalog {
+            let t = self
+                .catalog
+                .keys()
+                .chain(catalog.keys())
+                .find(|t| self.catalog.get(*t) != catalog.get(*t));
+            let job = t
+                .and_then(|t| self.catalog.get(t).or(catalog.get(t)))
+                .and_then(|c| c.last())
+                .map(|(_, j)| *j);
+            return Err((
+                job,
+                format!(
+                    "the catalog of {} differs: the log says {:?}, the state {:?}",
+                    t.map_or("?", |t| t.as_str()),
+                    t.and_then(|t| self.catalog.get(t)),
+                    t.and_then(|t| catalog.get(t))
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
