@@ -8,11 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use recman_events::audit::audit;
-use recman_events::log::conformance::{DurablePlace, LogPlace};
+use recman_events::log::conformance::{ev, job, DurablePlace, LogPlace};
 use recman_events::log::memory::MemoryStore;
 use recman_events::log::{self, open, open_for_reading, open_store, Store};
-use recman_events::{log_conformance_tests, Backend, Event, EventBody, EventLog, JobId, LogError, Stage};
-use recman_events::{StepDetail, TargetId, WorkerId};
+use recman_events::{log_conformance_tests, Backend, EventLog, LogError};
 
 /// A log in a data directory (a temp dir the test owns, or, in the SIGKILL
 /// child, the directory it was given).
@@ -99,25 +98,6 @@ log_conformance_tests!(
 
 #[allow(dead_code)]
 fn _assert_object_safe(_: Arc<dyn EventLog>) {}
-
-fn ev(job: JobId, n: u64) -> Event {
-    Event {
-        at_ms: 1_764_000_000_000 + n,
-        job,
-        body: EventBody::StepSucceeded {
-            stage: Stage::Snapshot,
-            attempt: 1,
-            target: TargetId::from(format!("t-{n}")),
-            worker: WorkerId::from("w1"),
-            duration_us: n,
-            detail: StepDetail::None,
-        },
-    }
-}
-
-fn job(n: u128) -> JobId {
-    JobId::from_parts(1_764_000_000_000, n)
-}
 
 async fn fill(log: &dyn EventLog, n: u64) {
     for i in 0..n {

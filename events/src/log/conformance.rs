@@ -78,7 +78,8 @@ pub fn test_name(module_path: &str, case: &str) -> String {
     }
 }
 
-fn ev(job: JobId, n: u64) -> Event {
+/// The suite's event number `n` of `job` (also used by the stores' own tests).
+pub fn ev(job: JobId, n: u64) -> Event {
     Event {
         at_ms: 1_764_000_000_000 + n,
         job,
@@ -93,7 +94,8 @@ fn ev(job: JobId, n: u64) -> Event {
     }
 }
 
-fn job(n: u128) -> JobId {
+/// The suite's job number `n`.
+pub fn job(n: u128) -> JobId {
     JobId::from_parts(1_764_000_000_000, n)
 }
 
