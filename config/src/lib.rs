@@ -89,6 +89,9 @@ pub struct WorkerConfig {
     pub id: Option<WorkerId>,
     /// Pools to consume; empty = every pool that a target of this config names.
     pub pools: Vec<PoolName>,
+    /// The host's freeze state, shared by every worker process of the host
+    /// (default: `DEFAULT_STATE_DIR` for `recman worker`; see the README).
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -249,7 +252,7 @@ impl Config {
             None => None,
             Some(v) => {
                 let t = cx.table(v, "worker")?;
-                cx.check_keys(t, "worker", &["id", "pools"])?;
+                cx.check_keys(t, "worker", &["id", "pools", "state_dir"])?;
                 let id = match cx.string(t, "worker", "id")? {
                     None => None,
                     Some((s, span)) => Some(WorkerId::new(cx.id(&s, span, "worker.id")?)),
@@ -262,7 +265,8 @@ impl Config {
                         .map(|s| cx.id(&s, v.span(), "worker.pools").map(PoolName::new))
                         .collect::<Result<_, _>>()?,
                 };
-                Some(WorkerConfig { id, pools })
+                let state_dir = cx.path(t, "worker", "state_dir")?;
+                Some(WorkerConfig { id, pools, state_dir })
             }
         };
 

@@ -89,6 +89,9 @@ impl Proc {
                 "RECMAN_LOG",
                 "recman=info,recman_engine=info,recman_workers=info,recman_amqp=info,warn",
             )
+            // The test's processes are one host's: one freeze state, never
+            // the machine's /run/recman (other tests use the same target ids).
+            .env("RECMAN_STATE_DIR", dir.join("host-state"))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use recman_config::Config;
+use recman_core::worker::Hold;
 use recman_events::bus::{msg_type, Address, Bus, Consumer, Message, REASON_HEADER};
 use recman_events::wire::{self, Command, Outcome, Report};
 use recman_events::{
     snapshot_name, JobId, MemoryBus, PoolName, SnapshotKind, Stage, StepDetail, TargetId, WorkerId,
 };
 use recman_testkit::{wait_until_async, DEADLINE};
+use recman_workers::runtime::HostState;
 use recman_workers::{Worker, WorkerError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -777,8 +779,9 @@ async fn a_snapshot_deleted_by_retention_is_not_taken_again() {
 
 /// A writer that was left frozen by a crashed predecessor (what the
 /// `fsfreeze` writer finds through its marker); counts its thaws.
+/// A writer that finds its target frozen on start (as fsfreeze does when a
+/// filesystem is frozen with no record of who froze it).
 struct LeftFrozen {
-    job: Option<JobId>,
     thawed: Arc<std::sync::atomic::AtomicU32>,
 }
 
@@ -811,61 +814,120 @@ impl recman_workers::Writer for LeftFrozen {
         Result<Option<recman_workers::writer::StartupThaw>, recman_events::StepError>,
     > {
         let n = self.thawed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let job = self.job;
         Box::pin(async move {
             Ok((n == 0).then(|| recman_workers::writer::StartupThaw {
                 what: "/srv/data".into(),
-                job: job.map(|j| (j, 2, SnapshotKind::Full)),
-                frozen_at_ms: Some(recman_events::clock::now_ms() - 1500),
             }))
         })
     }
 }
 
+/// Records in `state` a freeze of `db01` by a worker process that then died
+/// (its process lock is gone): frozen `ago_ms` ago, thawed by its watchdog
+/// `deadline_in_ms` from now (negative: past).
+async fn leave_frozen_by_a_dead_process(state: &Path, job: JobId, ago_ms: u64, deadline_in_ms: i64) {
+    let dead = HostState::open(state, &WorkerId::from("w0")).unwrap();
+    let t = TargetId::from("db01");
+    let mut l = dead.lock(&t).await.unwrap();
+    let now = recman_events::clock::now_ms();
+    l.memory.record_freeze_start(Hold {
+        job,
+        attempt: 2,
+        kind: SnapshotKind::Full,
+        process: dead.process().clone(),
+        frozen_at_ms: now - ago_ms,
+        deadline_ms: now.saturating_add_signed(deadline_in_ms),
+    });
+    l.memory.record_freeze((job, 2), Ok(now), now - ago_ms);
+    dead.save(&l).await.unwrap();
+    drop(l);
+    drop(dead);
+}
+
+/// Issue 12 item 3: an `exec` writer's freeze whose worker died is thawed by
+/// the next worker of the host at the freeze's deadline (at once when that
+/// is past), reported under its job with the real window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_target_left_frozen_is_thawed_on_start_and_reported_under_its_job() {
+async fn a_freeze_left_by_a_dead_worker_is_thawed_at_its_deadline_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cfg = config(dir.path(), &exec_target(dir.path(), "true", "10s", "5s"));
+    let job = JobId::new_v7();
+    leave_frozen_by_a_dead_process(&state, job, 1500, 800).await;
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let started = std::time::Instant::now();
+    let running = start(&bus, worker(&cfg).with_state_dir(&state));
+    // Not before its deadline.
+    no_report(&mut rep, Duration::from_millis(500)).await;
+    assert_eq!(lines(dir.path().join("thawed")), 0);
+    let r = next_report(&mut rep, SEC5).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!((r.job, r.attempt, r.stage), (job, 2, Stage::Thaw));
+    assert_eq!(r.worker, WorkerId::from("w1"));
+    assert!(r.message_id.ends_with("/watchdog"), "{}", r.message_id);
+    let StepDetail::Thawed {
+        freeze_window_us,
+        by_watchdog,
+    } = detail_of(&r)
+    else {
+        panic!("{r:?}")
+    };
+    assert!(*by_watchdog);
+    assert!(
+        (2_200_000..3_500_000).contains(freeze_window_us),
+        "frozen 1.5 s before the start, thawed 0.8 s after: {freeze_window_us}"
+    );
+    assert_eq!(lines(dir.path().join("thawed")), 1);
+    // A late thaw command of that attempt reports the same window (nothing
+    // holds the target: the hook runs again, thaw is idempotent).
+    let mut thaw = command(job, Stage::Thaw, &["db01"]);
+    thaw.attempt = 2;
+    thaw.message_id = Command::message_id_for(job, 2, Stage::Thaw, &thaw.targets[0]);
+    send_pool(&bus, &thaw).await;
+    let late = next_report(&mut rep, SEC5).await;
+    assert_eq!(
+        detail_of(&late),
+        &StepDetail::Thawed {
+            freeze_window_us: *freeze_window_us,
+            by_watchdog: true
+        }
+    );
+    running.stop().await;
+
+    // Past its deadline already: thawed at once on start.
+    let job = JobId::new_v7();
+    leave_frozen_by_a_dead_process(&state, job, 5000, -1000).await;
+    let running = start(&bus, worker(&cfg).with_state_dir(&state));
+    let r = next_report(&mut rep, Duration::from_secs(2)).await;
+    assert_eq!((r.job, r.attempt), (job, 2));
+    assert_eq!(lines(dir.path().join("thawed")), 3);
+    running.stop().await;
+}
+
+/// A target that no process holds but that the writer finds frozen on
+/// start is thawed and logged (no job to report it under).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_frozen_with_no_record_is_thawed_on_start() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
         dir.path(),
-        "[[target]]\nid = \"db01\"\n[target.writer]\ntype = \"none\"\n[target.provider]\ntype = \"none\"\n\
-         [[target]]\nid = \"db02\"\n[target.writer]\ntype = \"none\"\n[target.provider]\ntype = \"none\"\n",
+        "[[target]]\nid = \"db01\"\n[target.writer]\ntype = \"none\"\n[target.provider]\ntype = \"none\"\n",
     );
     let bus = MemoryBus::new();
     let mut rep = reports(&bus).await;
-    let job = JobId::new_v7();
     let thawed = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let w = worker(&cfg)
-        .with_writer(
-            &TargetId::from("db01"),
-            Arc::new(LeftFrozen {
-                job: Some(job),
-                thawed: thawed.clone(),
-            }),
-        )
-        .with_writer(
-            &TargetId::from("db02"),
-            // Frozen, but no marker: thawed and logged, nothing to report under.
-            Arc::new(LeftFrozen {
-                job: None,
-                thawed: Arc::new(Default::default()),
-            }),
-        );
+    let w = worker(&cfg).with_state_dir(dir.path().join("state")).with_writer(
+        &TargetId::from("db01"),
+        Arc::new(LeftFrozen {
+            thawed: thawed.clone(),
+        }),
+    );
     let running = start(&bus, w);
-    let r = next_report(&mut rep, Duration::from_secs(5)).await;
-    assert_eq!((r.job, r.attempt, r.stage), (job, 2, Stage::Thaw));
-    assert_eq!(r.targets, vec![TargetId::from("db01")]);
-    assert_eq!(r.worker, WorkerId::from("w1"));
-    assert!(r.message_id.ends_with("/startup"), "{}", r.message_id);
-    match detail_of(&r) {
-        StepDetail::Thawed {
-            freeze_window_us,
-            by_watchdog,
-        } => {
-            assert!(*by_watchdog);
-            assert!(*freeze_window_us >= 1_400_000, "{freeze_window_us}");
-        }
-        other => panic!("{other:?}"),
-    }
     no_report(&mut rep, Duration::from_millis(300)).await;
     assert_eq!(
         thawed.load(std::sync::atomic::Ordering::SeqCst),
@@ -873,6 +935,112 @@ async fn a_target_left_frozen_is_thawed_on_start_and_reported_under_its_job() {
         "startup thaw runs once"
     );
     running.stop().await;
+}
+
+/// Issue 23 items 1-3: two worker processes of one host (one state
+/// directory). A late thaw of another attempt that reaches the other worker
+/// thaws nothing; a freeze of the same attempt sent again (after an engine
+/// restart) to the other worker returns the first outcome and freezes
+/// nothing; the thaw by the other worker reports the real window; the
+/// freezer's watchdog then stays quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_of_a_host_share_its_freeze_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let state = dir.path().join("state");
+    let cfg = config(
+        dir.path(),
+        &exec_target(dir.path(), &format!("echo f >> {d}/frozen"), "2s", "5s"),
+    );
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w1 = start(
+        &bus,
+        Worker::new(WorkerId::from("w1"), vec![PoolName::from(POOL)], &cfg).with_state_dir(&state),
+    );
+    let w2 = start(
+        &bus,
+        Worker::new(WorkerId::from("w2"), vec![PoolName::from(POOL)], &cfg).with_state_dir(&state),
+    );
+    let to = |w: &str| Address::Worker(WorkerId::from(w));
+    let job = JobId::new_v7();
+    let attempt = |stage, n: u32| {
+        let mut c = command(job, stage, &["db01"]);
+        c.attempt = n;
+        c.message_id = Command::message_id_for(job, n, stage, &c.targets[0]);
+        c
+    };
+    send(&bus, to("w1"), &attempt(Stage::Freeze, 2)).await;
+    let first = next_report(&mut rep, SEC5).await;
+    assert_eq!(first.worker, WorkerId::from("w1"));
+    let StepDetail::Frozen { deadline_ms } = detail_of(&first) else {
+        panic!("{first:?}")
+    };
+    // Item 1: attempt 1's thaw, late, at the other worker: nothing thawed.
+    send(&bus, to("w2"), &attempt(Stage::Thaw, 1)).await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!(r.worker, WorkerId::from("w2"));
+    assert_eq!(
+        detail_of(&r),
+        &StepDetail::Thawed {
+            freeze_window_us: 0,
+            by_watchdog: false
+        }
+    );
+    assert_eq!(
+        lines(dir.path().join("thawed")),
+        0,
+        "attempt 2's freeze was ended by attempt 1's thaw"
+    );
+    // Item 2: attempt 2's freeze again, at the other worker: the first outcome.
+    send(&bus, to("w2"), &attempt(Stage::Freeze, 2)).await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!(r.worker, WorkerId::from("w2"));
+    assert_eq!(
+        detail_of(&r),
+        &StepDetail::Frozen {
+            deadline_ms: *deadline_ms
+        }
+    );
+    assert_eq!(
+        lines(dir.path().join("frozen")),
+        1,
+        "a second freeze of one attempt"
+    );
+    // Item 3: the thaw at the other worker reports the real window.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    send(&bus, to("w2"), &attempt(Stage::Thaw, 2)).await;
+    let r = next_report(&mut rep, SEC5).await;
+    let StepDetail::Thawed {
+        freeze_window_us,
+        by_watchdog: false,
+    } = detail_of(&r)
+    else {
+        panic!("{r:?}")
+    };
+    assert!(
+        (400_000..1_500_000).contains(freeze_window_us),
+        "{freeze_window_us}"
+    );
+    assert_eq!(lines(dir.path().join("thawed")), 1);
+    // Past the 2 s limit: w1's watchdog finds the freeze thawed.
+    no_report(&mut rep, Duration::from_millis(2200)).await;
+    assert_eq!(lines(dir.path().join("thawed")), 1);
+    // w2 stopping thaws nothing of w1's; a new freeze by w1 stays frozen.
+    send(&bus, to("w1"), &attempt(Stage::Freeze, 3)).await;
+    assert!(matches!(
+        detail_of(&next_report(&mut rep, SEC5).await),
+        StepDetail::Frozen { .. }
+    ));
+    w2.stop().await;
+    assert_eq!(
+        lines(dir.path().join("thawed")),
+        1,
+        "w2's shutdown thawed w1's freeze"
+    );
+    w1.stop().await;
+    assert_eq!(lines(dir.path().join("thawed")), 2, "w1's shutdown thaws its own");
+    let _ = rep;
 }
 
 /// The worker core's rules in the runtime: a freeze while another attempt

@@ -313,7 +313,10 @@ impl Workers {
             .arg(&data)
             .arg("--config")
             .arg(config)
-            .args(["worker", "--pool", pool, "--id", id, "--prefetch"])
+            // The run's workers are one host's: one freeze state.
+            .args(["worker", "--pool", pool, "--id", id, "--state-dir"])
+            .arg(dir.join("host-state"))
+            .arg("--prefetch")
             .arg(a.worker_prefetch.to_string())
             .arg("--delivery-limit")
             .arg(a.broker.delivery_limit.to_string())

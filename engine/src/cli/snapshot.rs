@@ -61,7 +61,10 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     }
     let config = g.load_config(Missing::DemoIfAsked(a.targets == ["demo"]))?;
     let is_demo = a.targets == ["demo"] && config.path.ends_with("demo.toml");
-    let mut worker = Worker::from_config(WorkerId::from(format!("local-{}", std::process::id())), &config);
+    let mut worker =
+        Worker::from_config(WorkerId::from(format!("local-{}", std::process::id())), &config).with_state_dir(
+            super::worker::state_dir(None, &config, g.data_dir.join("worker-state")),
+        );
     let live = if is_demo {
         let app = demo::LiveApp::start(&g.data_dir)?;
         worker = worker.with_writer(&TargetId::from("demo"), app.clone());

@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use recman_config::DEFAULT_LISTEN;
 use recman_events::bus::{Address, Bus, MemoryBus};
-use recman_events::{log, Backend, EventLog};
+use recman_events::{log, Backend, EventLog, WorkerId};
+use recman_workers::runtime::Worker;
 use tokio::sync::watch;
 
 use crate::api::instrument::{MeteredBus, Stats, TimedLog};
@@ -105,10 +106,20 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     } else {
         Relay::in_process()
     };
+    // Over a broker, other worker processes may serve the same host pools:
+    // the host's freeze state is where theirs is (/run/recman by default).
+    let state_default = if amqp_named {
+        std::path::PathBuf::from(recman_config::DEFAULT_STATE_DIR)
+    } else {
+        g.data_dir.join("worker-state")
+    };
+    let worker = Worker::from_config(WorkerId::from(format!("local-{}", std::process::id())), &config)
+        .with_state_dir(super::worker::state_dir(None, &config, state_default));
     let mut engine = Engine::builder(&config)
         .log(log.clone())
         .bus(bus.clone())
         .relay(relay)
+        .worker(worker)
         .start()
         .await?;
     // In-process dead letters are counted, logged and dropped; a broker's

@@ -3,9 +3,11 @@
 //! queue (thaws come back to the worker that froze), and thaws by itself when
 //! a thaw does not come in time.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use recman_config::{Config, DEFAULT_STATE_DIR};
 use recman_events::bus::Bus;
 use recman_events::{PoolName, WorkerId};
 use recman_workers::runtime::Worker;
@@ -39,6 +41,30 @@ pub struct Args {
     /// without configure permission on the engine's queues).
     #[arg(long)]
     pub no_declare: bool,
+    /// The host's freeze state (which job froze each target, by which worker
+    /// process): every worker of a host must use the same one. Default:
+    /// `[worker] state_dir`, else /run/recman.
+    #[arg(long, env = STATE_DIR_ENV, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The environment variable that names the host's freeze state directory.
+pub const STATE_DIR_ENV: &str = "RECMAN_STATE_DIR";
+
+/// Where the workers of this process keep the host's freeze state: `flag`
+/// (or `RECMAN_STATE_DIR`), else `[worker] state_dir`, else `default`
+/// (`/run/recman` where several worker processes may serve one host;
+/// `DATA_DIR/worker-state` for the embedded engine's own worker, alone on
+/// its in-process bus).
+pub fn state_dir(flag: Option<&Path>, config: &Config, default: PathBuf) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| {
+            std::env::var_os(STATE_DIR_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| config.worker.as_ref().and_then(|w| w.state_dir.clone()))
+        .unwrap_or(default)
 }
 
 fn hostname() -> String {
@@ -71,20 +97,28 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         let pools = a.pools.iter().map(|p| PoolName::new(p.clone())).collect();
         Worker::new(WorkerId::from(id.as_str()), pools, &config)
     }
-    .with_prefetch(a.prefetch);
+    .with_prefetch(a.prefetch)
+    .with_state_dir(state_dir(
+        a.state_dir.as_deref(),
+        &config,
+        PathBuf::from(DEFAULT_STATE_DIR),
+    ));
     let amqp = a
         .amqp
         .connect(Some(&config), format!("recman-worker-{id}"), !a.no_declare)
         .await?;
     let bus: Arc<dyn Bus> = amqp.clone();
     eprintln!(
-        "recman worker {id}: pools {}; Ctrl-C to stop",
+        "recman worker {id}: pools {}; host freeze state in {}; Ctrl-C to stop",
         worker
             .pools()
             .iter()
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        worker
+            .state_dir()
+            .map_or_else(String::new, |d| d.display().to_string())
     );
     worker.run(bus, crate::signal::stop()).await?;
     if amqp.connection_lost() {

@@ -2,13 +2,19 @@
 //! checks each command, answers redeliveries from memory, runs the step for
 //! targets in its local config only (`steps`), publishes the report before
 //! acking the command, and thaws by itself when a thaw does not come in time
-//! (`thaw`). The rules of each step are the worker core's (`recman_core::worker`).
+//! (`thaw`). The rules of each step are the worker core's (`recman_core::worker`);
+//! the host's freeze state they read and record is shared by every worker
+//! process of the host (`hoststate`).
 
+mod hoststate;
 mod steps;
 mod thaw;
 
+pub use hoststate::{HostState, StateError};
+
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +26,7 @@ use tokio::task::JoinSet;
 use tracing::{field, info_span, Instrument, Span};
 
 use recman_config::{Config, TargetConfig};
-use recman_core::worker::{Process, Recent, TargetMemory};
+use recman_core::worker::{Process, Recent};
 
 use crate::provider::{self, check_snapshot_name, Provider};
 use crate::watchdog::Watchdogs;
@@ -39,6 +45,10 @@ pub const TRACEPARENT: &str = recman_trace::TRACEPARENT;
 pub enum WorkerError {
     #[error("worker bus error: {0}")]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A target this worker serves: config, writer, provider, and one lock per
@@ -50,15 +60,6 @@ struct Local {
     provider: Arc<dyn Provider>,
     writer_lock: Arc<tokio::sync::Mutex<()>>,
     provider_lock: Arc<tokio::sync::Mutex<()>>,
-    /// What this worker remembers of the target (the worker core's rules).
-    memory: Mutex<TargetMemory>,
-}
-
-impl Local {
-    /// Held only to plan or record, never across an await.
-    fn memory(&self) -> std::sync::MutexGuard<'_, TargetMemory> {
-        self.memory.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// One worker process (or one worker hosted by the engine in embedded mode).
@@ -67,6 +68,10 @@ pub struct Worker {
     pools: Vec<PoolName>,
     targets: HashMap<TargetId, Local>,
     prefetch: u16,
+    /// The host's freeze state directory (`None`: kept in this process only).
+    state_dir: Option<PathBuf>,
+    /// Filesystems the targets freeze: the state directory must not be on one.
+    frozen_mounts: Vec<(TargetId, PathBuf)>,
 }
 
 impl Worker {
@@ -85,9 +90,20 @@ impl Worker {
                         provider: provider::from_config(&t.provider),
                         writer_lock: Default::default(),
                         provider_lock: Default::default(),
-                        memory: Default::default(),
                     },
                 )
+            })
+            .collect();
+        let frozen_mounts = config
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let mp = match &t.writer {
+                    recman_config::WriterConfig::FsFreeze(f) => Some(&f.mountpoint),
+                    recman_config::WriterConfig::Postgres(p) => p.fsfreeze.as_ref().map(|f| &f.mountpoint),
+                    _ => None,
+                };
+                mp.map(|m| (t.id.clone(), m.clone()))
             })
             .collect();
         Worker {
@@ -95,6 +111,8 @@ impl Worker {
             pools,
             targets,
             prefetch: DEFAULT_PREFETCH,
+            state_dir: config.worker.as_ref().and_then(|w| w.state_dir.clone()),
+            frozen_mounts,
         }
     }
 
@@ -105,6 +123,19 @@ impl Worker {
             _ => config.pools(),
         };
         Worker::new(id, pools, config)
+    }
+
+    /// Keeps the host's freeze state in `dir`, shared with every other
+    /// worker process of the host that uses the same directory (default:
+    /// `[worker] state_dir`; without either, this process alone keeps it).
+    pub fn with_state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// The host state directory it will use, if any.
+    pub fn state_dir(&self) -> Option<&Path> {
+        self.state_dir.as_deref()
     }
 
     /// Replaces the writer of a configured target (tests, simulations).
@@ -144,19 +175,33 @@ impl Worker {
         bus: Arc<dyn Bus>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), WorkerError> {
+        let state = match &self.state_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|error| StateError::Io {
+                    path: dir.clone(),
+                    what: "creating",
+                    error,
+                })?;
+                hoststate::check_off_frozen(dir, &self.frozen_mounts).map_err(WorkerError::Refused)?;
+                HostState::open(dir, &self.id)?
+            }
+            None => HostState::in_memory(&self.id),
+        };
+        match state.dir() {
+            Some(d) => tracing::info!(worker = %self.id, state_dir = %d.display(), "host freeze state"),
+            None => tracing::debug!(worker = %self.id, "host freeze state kept in this process only"),
+        }
         let shared = Arc::new(Shared {
             id: self.id.clone(),
             targets: self.targets,
             watchdogs: Watchdogs::default(),
             recent: Mutex::new(Recent::with_capacity(RECENT_CAPACITY)),
             pruned: Mutex::new(Recent::with_capacity(RECENT_CAPACITY)),
-            process: Process {
-                worker: self.id.clone(),
-                token: process_token(),
-            },
+            state,
             bus: bus.clone(),
         });
         shared.startup_thaws().await;
+        let sentinel = tokio::spawn(shared.clone().sentinel());
         let mut addrs: Vec<Address> = self.pools.iter().cloned().map(Address::Pool).collect();
         addrs.push(Address::Worker(self.id.clone()));
         let mut consumers = Vec::new();
@@ -199,6 +244,7 @@ impl Worker {
         }
         drop(rx); // undelivered buffered commands go back to their queues
         while tasks.join_next().await.is_some() {}
+        sentinel.abort();
         shared.thaw_everything().await;
         shared.shutdown_providers().await;
         drop(kept);
@@ -236,18 +282,10 @@ struct Shared {
     recent: Mutex<Recent<Report>>,
     /// Snapshot names this process's prunes deleted: not taken again.
     pruned: Mutex<Recent<()>>,
-    /// This process, as the freeze holds it records name it.
-    process: Process,
+    /// The host's freeze state of every target (shared with the host's
+    /// other worker processes), and this process as its holds name it.
+    state: HostState,
     bus: Arc<dyn Bus>,
-}
-
-/// A token new at every start of a worker process (the hold of a process
-/// that is gone is recognisably not this one's).
-fn process_token() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ (u64::from(std::process::id()) << 40)
 }
 
 /// Why a command is refused outright (dead-lettered), before any target check.
@@ -431,6 +469,10 @@ impl Shared {
             attempt: cmd.attempt,
             kind: cmd.kind,
         }
+    }
+
+    fn process(&self) -> &Process {
+        self.state.process()
     }
 
     fn local(&self, t: &TargetId) -> Result<&Local, StepError> {

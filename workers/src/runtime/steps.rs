@@ -1,7 +1,8 @@
 //! Step execution: a valid command for targets in the local config runs its
 //! stage (freeze, snapshot, thaw, flush-logs, prune) target by target, under
 //! that target's writer or provider lock, as the worker core's rules
-//! (`recman_core::worker`) allow, and records what happened in its memory.
+//! (`recman_core::worker`) allow, and records what happened in the host's
+//! freeze state (locked across processes from plan to record).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +12,7 @@ use recman_events::clock;
 use recman_events::wire::Command;
 use recman_events::{PruneFailure, SnapshotInfo, Stage, StepDetail, StepError, TargetId};
 
+use super::hoststate::{Locked, StateError};
 use super::Shared;
 use crate::provider::SnapshotJob;
 use crate::watchdog::{self, Armed};
@@ -54,31 +56,40 @@ impl Shared {
     async fn freeze_one(self: &Arc<Self>, t: &TargetId, cmd: &Command) -> Result<u64, StepError> {
         let local = self.local(t)?;
         let _g = local.writer_lock.lock().await;
+        // Until the outcome is recorded, no other process of the host plans
+        // a freeze or a thaw of this target.
+        let mut host = self.lock_state(t).await?;
+        self.adopt(t, &mut host).await;
         let key = (cmd.job, cmd.attempt);
-        match worker::plan_freeze(&local.memory(), key, cmd.thaw_deadline_ms, clock::now_ms()) {
+        match worker::plan_freeze(&host.memory, key, cmd.thaw_deadline_ms, clock::now_ms()) {
             Plan::Run => {}
             Plan::Answer(first) => return first,
             Plan::Refuse(e) => return Err(e),
         }
-        // Held and watched before the writer is called: a freeze that fails
-        // or times out may have landed (issue 12 item 1).
+        // Held (durably) and watched before the writer is called: a freeze
+        // that fails or times out may have landed (issue 12 item 1).
         let (now_ms, now) = (clock::now_ms(), Instant::now());
         let (deadline_ms, at) = watchdog::deadline(now_ms, now, cmd.thaw_deadline_ms, local.cfg.freeze_limit);
-        local.memory().record_freeze_start(Hold {
+        host.memory.record_freeze_start(Hold {
             job: cmd.job,
             attempt: cmd.attempt,
             kind: cmd.kind,
-            process: self.process.clone(),
+            process: self.process().clone(),
             frozen_at_ms: now_ms,
             deadline_ms,
         });
+        self.save_state(&host).await?;
         self.arm(t, Armed { key, frozen_at: now }, at);
         let result = local
             .writer
             .freeze(&Self::ctx(t, cmd))
             .await
             .map(|()| deadline_ms);
-        local.memory().record_freeze(key, result.clone(), clock::now_ms());
+        host.memory.record_freeze(key, result.clone(), clock::now_ms());
+        if let Err(e) = self.save_state(&host).await {
+            // The hold is recorded: a redelivery still gets this attempt's deadline.
+            tracing::warn!(worker = %self.id, target = %t, code = %e.code, message = %e.message, "the freeze's outcome was not recorded");
+        }
         if let Err(e) = &result {
             if e.code == worker::NOT_LANDED {
                 self.watchdogs.take_if(t, key);
@@ -123,8 +134,10 @@ impl Shared {
     ) -> Result<(u64, bool), StepError> {
         let local = self.local(t)?;
         let _g = local.writer_lock.lock().await;
+        let mut host = self.lock_state(t).await?;
+        self.adopt(t, &mut host).await;
         let key = (cmd.job, cmd.attempt);
-        let plan = worker::plan_thaw(&local.memory(), key);
+        let plan = worker::plan_thaw(&host.memory, key);
         let now_ms = clock::now_ms();
         // The host state keeps milliseconds; when this process armed the
         // freeze, its monotonic clock gives the window in microseconds (a
@@ -135,11 +148,15 @@ impl Shared {
         };
         let window = match &armed {
             Some(a) if a.key == key => a.window_us(),
-            _ => worker::thaw_window_us(&plan, now_ms, &self.process, None),
+            _ => worker::thaw_window_us(&plan, now_ms, self.process(), None),
         };
-        local
-            .memory()
+        host.memory
             .record_thaw(key, ThawedBy::Command, window, &plan, now_ms);
+        if let Err(e) = self.save_state(&host).await {
+            // Thaw all the same: a hold left in the state is thawed again
+            // (idempotent) by a watchdog, never a freeze of another attempt.
+            tracing::warn!(worker = %self.id, target = %t, code = %e.code, message = %e.message, "the thaw was not recorded");
+        }
         let by_watchdog = plan.by_watchdog();
         match plan {
             ThawPlan::Other { holder, .. } => {
@@ -160,7 +177,10 @@ impl Shared {
                                 hold.deadline_ms.saturating_sub(clock::now_ms()),
                             );
                         let frozen_at = armed.map_or_else(Instant::now, |a| a.frozen_at);
-                        local.memory().record_thaw_failed(hold);
+                        let mut hold = hold;
+                        hold.process = self.process().clone();
+                        host.memory.record_thaw_failed(hold);
+                        let _ = self.save_state(&host).await;
                         self.arm(t, Armed { key, frozen_at }, at);
                         Err(e)
                     }
@@ -191,8 +211,9 @@ impl Shared {
             // What the storage holds under the name is the provider's to
             // check (it never adopts another job's snapshot): here, the
             // rules of time and of deleted names.
+            let host = self.state.read(t).map_err(state_error)?;
             let plan = worker::plan_snapshot(
-                &local.memory(),
+                &host,
                 pruned,
                 t,
                 name,
@@ -247,9 +268,25 @@ impl Shared {
         Ok(StepDetail::Pruned { deleted, failed })
     }
 
+    /// Locks `t`'s host freeze state for this process.
+    pub(super) async fn lock_state(&self, t: &TargetId) -> Result<Locked, StepError> {
+        self.state.lock(t).await.map_err(state_error)
+    }
+
+    /// Writes the locked state back (durably) before anything else happens.
+    pub(super) async fn save_state(&self, l: &Locked) -> Result<(), StepError> {
+        self.state.save(l).await.map_err(state_error)
+    }
+
     fn lock_pruned(&self) -> std::sync::MutexGuard<'_, Recent<()>> {
         self.pruned.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A host state that cannot be read or written: the step is not run and is
+/// tried again.
+pub(super) fn state_error(e: StateError) -> StepError {
+    StepError::new("host_state", e.to_string(), true)
 }
 
 /// One snapshot info for a consistency group: locations joined, sizes added.

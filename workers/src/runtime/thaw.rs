@@ -1,7 +1,8 @@
 //! The thaws a worker does by itself: the watchdog that thaws a freeze whose
-//! thaw did not come in time, the thaw on start of what a crashed
-//! predecessor left frozen, and the thaw of everything on shutdown. Each is
-//! reported with `by_watchdog: true` and recorded in the worker core's memory.
+//! thaw did not come in time, the take-over (on start and while running) of
+//! freezes whose worker process died, so its own watchdog thaws them, and
+//! the thaw on shutdown of what this process holds. Each is reported with
+//! `by_watchdog: true` and recorded in the host's freeze state.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,12 +14,15 @@ use recman_events::wire::{Outcome, Report};
 use recman_events::{Stage, StepDetail, StepError, TargetId, SCHEMA_VERSION};
 use tracing::Instrument;
 
+use super::hoststate::Locked;
 use super::{micros, own_thaw_span, report_message, Shared};
 use crate::watchdog::Armed;
 use crate::writer::StepCtx;
 
 /// Attempts of a watchdog thaw before it reports failure.
 const WATCHDOG_THAW_ATTEMPTS: u32 = 3;
+/// How often a running worker looks for freezes of dead processes.
+const SENTINEL_EVERY: Duration = Duration::from_millis(500);
 
 impl Shared {
     /// Arms the watchdog of a freeze: at `at`, unless a thaw came first, the
@@ -37,26 +41,41 @@ impl Shared {
 
     /// Thaws `t` without being asked (its deadline passed, or shutting down)
     /// and reports it with `by_watchdog: true`. `armed_for`: the attempt the
-    /// timer was armed for (it thaws only that freeze); `None`: whatever
-    /// freeze holds the target.
+    /// timer was armed for (it thaws only that freeze); `None`: the freeze
+    /// this process holds (its own or one it took over), never another
+    /// live process's.
     async fn watchdog_thaw(&self, t: &TargetId, armed_for: Option<AttemptKey>) {
         let Ok(local) = self.local(t) else { return };
         let _g = local.writer_lock.lock().await;
-        let Some(key) = armed_for.or_else(|| local.memory().hold().map(|h| h.key())) else {
+        let mut host = match self.lock_state(t).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(worker = %self.id, target = %t, message = %e.message, "watchdog: the host freeze state is unreadable; thawing what this process froze");
+                return self.thaw_unrecorded(t, armed_for).await;
+            }
+        };
+        let mine = host
+            .memory
+            .hold()
+            .filter(|h| &h.process == self.process())
+            .map(|h| h.key());
+        let Some(key) = armed_for.or(mine) else {
             return;
         };
-        let plan = worker::plan_thaw(&local.memory(), key);
+        let plan = worker::plan_thaw(&host.memory, key);
         let ThawPlan::Own(hold) = &plan else { return };
         match armed_for {
             Some(k) => self.watchdogs.take_if(t, k),
             None => self.watchdogs.take(t),
         };
         let now_ms = clock::now_ms();
-        let window_us = worker::thaw_window_us(&plan, now_ms, &self.process, None);
-        local
-            .memory()
+        let window_us = worker::thaw_window_us(&plan, now_ms, self.process(), None);
+        host.memory
             .record_thaw(key, ThawedBy::Watchdog, window_us, &plan, now_ms);
-        tracing::warn!(worker = %self.id, target = %t, job = %hold.job, "no thaw arrived in time: the watchdog thaws");
+        if let Err(e) = self.save_state(&host).await {
+            tracing::warn!(worker = %self.id, target = %t, message = %e.message, "the watchdog's thaw was not recorded");
+        }
+        tracing::warn!(worker = %self.id, target = %t, job = %hold.job, attempt = hold.attempt, "no thaw arrived in time: the watchdog thaws");
         let ctx = StepCtx {
             target: t.clone(),
             job: hold.job,
@@ -72,6 +91,7 @@ impl Shared {
             }
             tokio::time::sleep(Duration::from_millis(500 * u64::from(n))).await;
         }
+        drop(host);
         let outcome = match result {
             Ok(()) => Outcome::Ok {
                 detail: StepDetail::Thawed {
@@ -98,8 +118,32 @@ impl Shared {
             duration_us: micros(start.elapsed()),
             outcome,
         };
-        let span = own_thaw_span(&self.id, hold.job, hold.attempt, t, "watchdog");
-        let msg = report_message(&report, &span, None);
+        self.publish_own_thaw(t, &report, "watchdog").await;
+    }
+
+    /// The state cannot be read: a watchdog still thaws the freeze it was
+    /// armed for (a thaw too many is harmless, a freeze left is not).
+    async fn thaw_unrecorded(&self, t: &TargetId, armed_for: Option<AttemptKey>) {
+        let (Ok(local), Some(key)) = (self.local(t), armed_for) else {
+            return;
+        };
+        if self.watchdogs.take_if(t, key).is_none() {
+            return;
+        }
+        let ctx = StepCtx {
+            target: t.clone(),
+            job: key.0,
+            attempt: key.1,
+            kind: recman_events::SnapshotKind::Full,
+        };
+        if let Err(e) = local.writer.thaw(&ctx).await {
+            tracing::error!(worker = %self.id, target = %t, code = %e.code, message = %e.message, "watchdog thaw FAILED: the target may still be frozen");
+        }
+    }
+
+    async fn publish_own_thaw(&self, t: &TargetId, report: &Report, why: &'static str) {
+        let span = own_thaw_span(&self.id, report.job, report.attempt, t, why);
+        let msg = report_message(report, &span, None);
         for n in 1..=5u64 {
             match self
                 .bus
@@ -109,90 +153,127 @@ impl Shared {
             {
                 Ok(()) => return,
                 Err(BusError::Closed) => {
-                    tracing::warn!(worker = %self.id, target = %t, "bus closed: watchdog report not published");
+                    tracing::warn!(worker = %self.id, target = %t, "bus closed: {why} report not published");
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(worker = %self.id, target = %t, error = %e, "watchdog report not published, retrying");
+                    tracing::warn!(worker = %self.id, target = %t, error = %e, "{why} report not published, retrying");
                     tokio::time::sleep(Duration::from_millis(200 * n)).await;
                 }
             }
         }
     }
 
-    /// On start, before any command: thaws what a crashed predecessor left
-    /// frozen (design layer 3), logs it, and reports it under the job of the
-    /// freeze when the writer kept a marker (the engine records
-    /// `WatchdogThawed` with this worker's id). That attempt counts as thawed
-    /// by the watchdog: a late freeze of it is refused.
-    pub(super) async fn startup_thaws(&self) {
+    /// Takes over the hold of `t` if its process is dead (its watchdog died
+    /// with it): this process's watchdog thaws it at its deadline, at once
+    /// when that is past. Called with the target's writer lock and state
+    /// lock held; returns whether it adopted one.
+    pub(super) async fn adopt(self: &Arc<Self>, t: &TargetId, host: &mut Locked) -> bool {
+        let Some(h) = worker::adoptable(&host.memory, |p| self.state.alive(p), None) else {
+            return false;
+        };
+        host.memory.record_adopt(h.key(), self.process().clone());
+        if let Err(e) = self.save_state(host).await {
+            tracing::warn!(worker = %self.id, target = %t, message = %e.message, "the take-over of a freeze was not recorded");
+        }
+        let now_ms = clock::now_ms();
+        let now = Instant::now();
+        let frozen_at = now
+            .checked_sub(Duration::from_millis(now_ms.saturating_sub(h.frozen_at_ms)))
+            .unwrap_or(now);
+        let at = now + Duration::from_millis(h.deadline_ms.saturating_sub(now_ms));
+        tracing::warn!(
+            worker = %self.id, target = %t, job = %h.job, attempt = h.attempt,
+            dead_worker = %h.process.worker,
+            frozen_for_ms = now_ms.saturating_sub(h.frozen_at_ms),
+            thaw_in_ms = h.deadline_ms.saturating_sub(now_ms),
+            "found frozen by a worker process that is gone: taken over, its watchdog thaws it"
+        );
+        self.arm(
+            t,
+            Armed {
+                key: h.key(),
+                frozen_at,
+            },
+            at,
+        );
+        true
+    }
+
+    /// On start, before any command: takes over every freeze of its targets
+    /// that a dead worker process of the host left (design layer 3; any
+    /// writer), so its watchdog thaws them (at once when past their deadline)
+    /// and reports them under their job (the engine records
+    /// `WatchdogThawed` with this worker's id). A target no process holds
+    /// that the writer finds frozen anyway (fsfreeze) is thawed and logged.
+    pub(super) async fn startup_thaws(self: &Arc<Self>) {
         let mut ids: Vec<&TargetId> = self.targets.keys().collect();
         ids.sort();
         for t in ids {
             let local = &self.targets[t];
             let _g = local.writer_lock.lock().await;
-            let found = match local.writer.startup_thaw().await {
-                Ok(Some(found)) => found,
-                Ok(None) => continue,
+            let mut host = match self.lock_state(t).await {
+                Ok(h) => h,
                 Err(e) => {
-                    tracing::error!(worker = %self.id, target = %t, code = %e.code, message = %e.message, "thaw on start FAILED: the target may still be frozen");
+                    tracing::error!(worker = %self.id, target = %t, message = %e.message, "cannot read the host freeze state on start");
                     continue;
                 }
             };
-            let window_us = found
-                .frozen_at_ms
-                .map(|at| clock::now_ms().saturating_sub(at).saturating_mul(1000))
-                .unwrap_or(0);
-            match found.job {
-                None => {
+            if self.adopt(t, &mut host).await || host.memory.hold().is_some() {
+                // Held by a live process (its watchdog runs) or now by us.
+                continue;
+            }
+            match local.writer.startup_thaw().await {
+                Ok(Some(found)) => {
                     tracing::warn!(worker = %self.id, target = %t, what = %found.what, "found frozen on start (no record of the job that froze it): thawed by this worker");
                 }
-                Some((job, attempt, _kind)) => {
-                    tracing::warn!(worker = %self.id, target = %t, what = %found.what, %job, attempt, freeze_window_ms = window_us / 1000, "found frozen on start: thawed by this worker");
-                    let plan = worker::plan_thaw(&local.memory(), (job, attempt));
-                    local.memory().record_thaw(
-                        (job, attempt),
-                        ThawedBy::Watchdog,
-                        window_us,
-                        &plan,
-                        clock::now_ms(),
-                    );
-                    let report = Report {
-                        schema_version: SCHEMA_VERSION,
-                        message_id: format!(
-                            "{}/startup",
-                            Report::message_id_for(job, attempt, Stage::Thaw, t, &self.id)
-                        ),
-                        job,
-                        attempt,
-                        stage: Stage::Thaw,
-                        targets: vec![t.clone()],
-                        worker: self.id.clone(),
-                        duration_us: 0,
-                        outcome: Outcome::Ok {
-                            detail: StepDetail::Thawed {
-                                freeze_window_us: window_us,
-                                by_watchdog: true,
-                            },
-                        },
-                    };
-                    let span = own_thaw_span(&self.id, job, attempt, t, "found frozen on start");
-                    let msg = report_message(&report, &span, None);
-                    if let Err(e) = self.bus.publish(Address::Reports, msg).instrument(span).await {
-                        tracing::warn!(worker = %self.id, target = %t, error = %e, "report of the thaw on start not published");
-                    }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(worker = %self.id, target = %t, code = %e.code, message = %e.message, "thaw on start FAILED: the target may still be frozen");
                 }
             }
         }
     }
 
-    /// On clean shutdown: nothing stays frozen behind us.
+    /// While running: takes over the freezes of worker processes of the host
+    /// that died since (checked every `SENTINEL_EVERY`), so a freeze is
+    /// thawed at its deadline even when its worker and the engine are gone.
+    pub(super) async fn sentinel(self: Arc<Self>) {
+        let mut ids: Vec<TargetId> = self.targets.keys().cloned().collect();
+        ids.sort();
+        loop {
+            tokio::time::sleep(SENTINEL_EVERY).await;
+            for t in &ids {
+                let orphan = self
+                    .state
+                    .read(t)
+                    .ok()
+                    .and_then(|m| worker::adoptable(&m, |p| self.state.alive(p), None));
+                if orphan.is_none() {
+                    continue;
+                }
+                let local = &self.targets[t];
+                let _g = local.writer_lock.lock().await;
+                if let Ok(mut host) = self.lock_state(t).await {
+                    self.adopt(t, &mut host).await;
+                }
+            }
+        }
+    }
+
+    /// On clean shutdown: nothing this process holds stays frozen behind it
+    /// (another live worker's freezes are left to it).
     pub(super) async fn thaw_everything(&self) {
         let mut held: Vec<&TargetId> = self
             .targets
-            .iter()
-            .filter(|(_, l)| l.memory().hold().is_some())
-            .map(|(t, _)| t)
+            .keys()
+            .filter(|t| {
+                self.state
+                    .read(t)
+                    .ok()
+                    .and_then(|m| m.hold().map(|h| &h.process == self.process()))
+                    .unwrap_or(false)
+            })
             .collect();
         held.sort();
         for t in held {

@@ -1,15 +1,15 @@
-//! The `fsfreeze` writer: `FIFREEZE`/`FITHAW` ioctls on a mounted filesystem,
-//! with a marker file (on tmpfs, never on the frozen filesystem) that lets a
-//! restarted worker thaw what a crashed one left frozen and say which job.
+//! The `fsfreeze` writer: `FIFREEZE`/`FITHAW` ioctls on a mounted filesystem.
+//! Which job froze it is in the host's freeze state (the worker runtime's
+//! `hoststate`, never on the frozen filesystem); on start, a filesystem that
+//! no worker process of the host holds but is frozen all the same is thawed.
 
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use recman_events::bus::BoxFuture;
-use recman_events::{JobId, SnapshotKind, StepError};
-use serde::{Deserialize, Serialize};
+use recman_events::StepError;
 
 use super::{StartupThaw, StepCtx, Writer};
 use recman_config::FsFreezeConfig;
@@ -19,18 +19,6 @@ use recman_config::FsFreezeConfig;
 const FIFREEZE: u32 = 0xC004_5877;
 /// `_IOWR('X', 120, int)`.
 const FITHAW: u32 = 0xC004_5878;
-
-/// What a freeze leaves behind until its thaw: enough to report the thaw of a
-/// crashed worker's freeze to the engine under the right job and attempt.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FreezeMarker {
-    pub job: JobId,
-    pub attempt: u32,
-    pub kind: SnapshotKind,
-    pub mountpoint: PathBuf,
-    /// Unix ms just before `FIFREEZE` was issued.
-    pub frozen_at_ms: u64,
-}
 
 #[derive(Clone, Debug)]
 pub struct FsFreezeWriter {
@@ -50,69 +38,14 @@ impl FsFreezeWriter {
         &self.cfg.mountpoint
     }
 
-    /// `<state_dir>/fsfreeze/<target>.json`.
-    pub fn marker_path(&self) -> PathBuf {
-        self.cfg
-            .state_dir
-            .join("fsfreeze")
-            .join(format!("{}.json", self.target))
-    }
-
-    fn write_marker(&self, m: &FreezeMarker) -> Result<(), StepError> {
-        let p = self.marker_path();
-        if let Some(dir) = p.parent() {
-            fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
-        }
-        let tmp = p.with_extension("json.tmp");
-        let body = serde_json::to_vec(m).map_err(|e| StepError::new("internal", e.to_string(), false))?;
-        fs::write(&tmp, body).map_err(|e| io_err("writing", &tmp, e))?;
-        fs::rename(&tmp, &p).map_err(|e| io_err("writing", &p, e))
-    }
-
-    /// The marker of a freeze not yet thawed, if any (unreadable = none, logged).
-    pub fn read_marker(&self) -> Option<FreezeMarker> {
-        let p = self.marker_path();
-        let bytes = fs::read(&p).ok()?;
-        match serde_json::from_slice(&bytes) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(path = %p.display(), error = %e, "ignoring an unreadable freeze marker");
-                None
-            }
-        }
-    }
-
-    fn remove_marker(&self) {
-        let p = self.marker_path();
-        if let Err(e) = fs::remove_file(&p) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(path = %p.display(), error = %e, "could not remove the freeze marker");
-            }
-        }
-    }
-
     /// Blocking: `FIFREEZE` on the mountpoint (after checking it is one).
     pub fn freeze_blocking(&self, ctx: &StepCtx) -> Result<(), StepError> {
         let mp = &self.cfg.mountpoint;
         check_mountpoint(mp)?;
-        // A marker of an earlier freeze still in force must survive a refused one.
-        let previous = self.read_marker();
-        self.write_marker(&FreezeMarker {
-            job: ctx.job,
-            attempt: ctx.attempt,
-            kind: ctx.kind,
-            mountpoint: mp.clone(),
-            frozen_at_ms: recman_events::clock::now_ms(),
-        })?;
+        tracing::debug!(target = %self.target, job = %ctx.job, attempt = ctx.attempt, mountpoint = %mp.display(), "FIFREEZE");
         match ioctl(mp, FIFREEZE) {
             Ok(()) => Ok(()),
             Err(e) => {
-                match &previous {
-                    Some(p) => {
-                        let _ = self.write_marker(p);
-                    }
-                    None => self.remove_marker(),
-                }
                 Err(match e.raw_os_error() {
                     Some(libc::EBUSY) => StepError::new(
                         "already_frozen",
@@ -143,15 +76,11 @@ impl FsFreezeWriter {
     /// was not (EINVAL: thaw is idempotent).
     pub fn thaw_blocking(&self) -> Result<bool, StepError> {
         let mp = &self.cfg.mountpoint;
-        let r = match ioctl(mp, FITHAW) {
+        match ioctl(mp, FITHAW) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
             Err(e) => Err(io_err("thawing", mp, e)),
-        };
-        if r.is_ok() {
-            self.remove_marker();
         }
-        r
     }
 }
 
@@ -246,16 +175,9 @@ impl Writer for FsFreezeWriter {
     fn startup_thaw(&self) -> BoxFuture<'_, Result<Option<StartupThaw>, StepError>> {
         let me = self.clone();
         Box::pin(crate::blocking("fsfreeze", move || {
-            let marker = me.read_marker();
-            if me.thaw_blocking()? {
-                Ok(Some(StartupThaw {
-                    what: me.cfg.mountpoint.display().to_string(),
-                    job: marker.as_ref().map(|m| (m.job, m.attempt, m.kind)),
-                    frozen_at_ms: marker.map(|m| m.frozen_at_ms),
-                }))
-            } else {
-                Ok(None)
-            }
+            Ok(me.thaw_blocking()?.then(|| StartupThaw {
+                what: me.cfg.mountpoint.display().to_string(),
+            }))
         }))
     }
 }
@@ -281,36 +203,5 @@ mod tests {
         let e = check_mountpoint(dir.path()).unwrap_err();
         assert_eq!(e.code, "not_a_mountpoint", "{e:?}");
         assert!(check_mountpoint(Path::new("/")).is_err());
-    }
-
-    #[test]
-    fn a_refused_freeze_keeps_the_marker_of_the_freeze_in_force() {
-        let dir = tempfile::tempdir().unwrap();
-        let w = FsFreezeWriter::new(
-            "t1",
-            FsFreezeConfig {
-                mountpoint: dir.path().join("not-a-mount"),
-                state_dir: dir.path().join("state"),
-            },
-        );
-        let ctx = |attempt| StepCtx {
-            target: "t1".into(),
-            job: JobId::from_parts(1, 2),
-            attempt,
-            kind: SnapshotKind::Full,
-        };
-        // Not a mountpoint: refused before anything is written.
-        std::fs::create_dir_all(dir.path().join("not-a-mount")).unwrap();
-        assert_eq!(w.freeze_blocking(&ctx(1)).unwrap_err().code, "not_a_mountpoint");
-        assert!(w.read_marker().is_none());
-        let m = FreezeMarker {
-            job: JobId::from_parts(1, 2),
-            attempt: 7,
-            kind: SnapshotKind::Full,
-            mountpoint: dir.path().join("not-a-mount"),
-            frozen_at_ms: 5,
-        };
-        w.write_marker(&m).unwrap();
-        assert_eq!(w.read_marker(), Some(m));
     }
 }

@@ -12,7 +12,7 @@ use recman_events::bus::BoxFuture;
 use recman_events::{JobId, SnapshotKind, StepError, TargetId};
 
 pub use exec::ExecWriter;
-pub use fsfreeze::{check_mountpoint, FreezeMarker, FsFreezeWriter};
+pub use fsfreeze::{check_mountpoint, FsFreezeWriter};
 pub use none::NoneWriter;
 pub use postgres::PostgresWriter;
 
@@ -36,22 +36,22 @@ pub trait Writer: Send + Sync {
     fn freeze<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>>;
     fn thaw<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>>;
     fn flush_logs<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>>;
-    /// Run once when the worker starts, before it takes any command: thaw
-    /// what a crashed predecessor left frozen. `Ok(None)`: nothing was frozen.
+    /// Run when the worker starts, before it takes any command, for a target
+    /// that no worker process of the host holds frozen (the host's freeze
+    /// state says so): thaw it if it is frozen all the same (a freeze the
+    /// state does not know of). `Ok(None)`: nothing was frozen. The freezes
+    /// the state records are taken over and thawed by the runtime, whatever
+    /// the writer.
     fn startup_thaw(&self) -> BoxFuture<'_, Result<Option<StartupThaw>, StepError>> {
         Box::pin(async { Ok(None) })
     }
 }
 
-/// A freeze found and thawed on worker start.
+/// A freeze found and thawed on worker start that no job is known for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StartupThaw {
     /// What was thawed (a mountpoint).
     pub what: String,
-    /// The job, attempt and kind of the freeze, when its marker survived.
-    pub job: Option<(JobId, u32, SnapshotKind)>,
-    /// Unix ms of the freeze, when known.
-    pub frozen_at_ms: Option<u64>,
 }
 
 /// The writer a target's config asks for.

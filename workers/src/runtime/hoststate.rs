@@ -1,0 +1,409 @@
+//! The host's freeze state of each target (the worker core's `TargetMemory`),
+//! shared by every worker process of the host and surviving their restarts:
+//! `<state_dir>/targets/<target>.json`, read, changed and written back under
+//! an exclusive `flock` of `<state_dir>/targets/<target>.lock`, held for the
+//! whole plan → run → record of a freeze or a thaw; each write is atomic
+//! (temp file, fsync, rename, fsync of the directory) and lands before the
+//! writer is called. A process is alive while it holds the `flock` of its
+//! own `<state_dir>/processes/<token>.lock` (the kernel drops it when the
+//! process dies, even by SIGKILL): a hold whose process lock is free belongs
+//! to a dead process and is taken over (`recman_core::worker::adoptable`).
+//!
+//! Without a state directory (`HostState::in_memory`: tests, one process
+//! alone) the same state lives in this process only.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use recman_core::worker::{Process, TargetMemory};
+use recman_events::{clock, TargetId, WorkerId};
+
+/// How often a waiting process tries a target's lock again.
+const LOCK_POLL: Duration = Duration::from_millis(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("host freeze state {path}: {what}: {error} (the state directory must be writable by every worker of this host: pass --state-dir or set [worker] state_dir)")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        error: io::Error,
+    },
+    #[error("host freeze state {path} is unreadable ({error}); move it away if no application of this target is frozen")]
+    Corrupt { path: PathBuf, error: String },
+}
+
+fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |error| StateError::Io {
+        path: path.to_path_buf(),
+        what,
+        error,
+    }
+}
+
+/// Where the freeze state of a host lives.
+enum Store {
+    Dir(PathBuf),
+    Memory(Mutex<HashMap<TargetId, TargetMemory>>),
+}
+
+/// The host's freeze state, as one worker process sees it.
+pub struct HostState {
+    store: Store,
+    process: Process,
+    /// The `flock` that says this process is alive (`Store::Dir` only).
+    life: Option<(File, PathBuf)>,
+}
+
+/// One target's state, locked for this process until dropped.
+pub struct Locked {
+    pub memory: TargetMemory,
+    target: TargetId,
+    /// The target's lock (`Store::Dir`); `None` in memory.
+    _lock: Option<File>,
+    path: Option<PathBuf>,
+}
+
+impl HostState {
+    /// The state of the host in `dir` (created if missing), for a new
+    /// process of worker `worker`.
+    pub fn open(dir: &Path, worker: &WorkerId) -> Result<HostState, StateError> {
+        let process = Process {
+            worker: worker.clone(),
+            token: process_token(),
+        };
+        for sub in ["targets", "processes"] {
+            let d = dir.join(sub);
+            fs::create_dir_all(&d).map_err(io_err(&d, "creating"))?;
+        }
+        let life_path = process_lock_path(dir, &process);
+        let life = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&life_path)
+            .map_err(io_err(&life_path, "creating"))?;
+        flock(&life, false).map_err(io_err(&life_path, "locking"))?;
+        // Its worker id, for an operator looking at the directory.
+        let _ = (&life).write_all(format!("{}\n", process.worker).as_bytes());
+        Ok(HostState {
+            store: Store::Dir(dir.to_path_buf()),
+            process,
+            life: Some((life, life_path)),
+        })
+    }
+
+    /// State kept in this process only (tests; a worker alone on its host).
+    pub fn in_memory(worker: &WorkerId) -> HostState {
+        HostState {
+            store: Store::Memory(Mutex::new(HashMap::new())),
+            process: Process {
+                worker: worker.clone(),
+                token: process_token(),
+            },
+            life: None,
+        }
+    }
+
+    /// This process, as the holds it records name it.
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
+    /// The state directory, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        match &self.store {
+            Store::Dir(d) => Some(d),
+            Store::Memory(_) => None,
+        }
+    }
+
+    /// Locks `t`'s state for this process (waiting while another holds it)
+    /// and reads it. Entries long past their deadline are forgotten.
+    /// In memory, the caller's writer lock is what serialises.
+    pub async fn lock(&self, t: &TargetId) -> Result<Locked, StateError> {
+        let dir = match &self.store {
+            Store::Memory(m) => {
+                let map = m.lock().unwrap_or_else(|e| e.into_inner());
+                return Ok(Locked {
+                    memory: expired(map.get(t).cloned().unwrap_or_default()),
+                    target: t.clone(),
+                    _lock: None,
+                    path: None,
+                });
+            }
+            Store::Dir(dir) => dir,
+        };
+        let lock_path = dir.join("targets").join(format!("{t}.lock"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path, "opening"))?;
+        loop {
+            match flock(&lock, true) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tokio::time::sleep(LOCK_POLL).await,
+                Err(e) => return Err(io_err(&lock_path, "locking")(e)),
+            }
+        }
+        let path = state_path(dir, t);
+        Ok(Locked {
+            memory: expired(read(&path)?),
+            target: t.clone(),
+            _lock: Some(lock),
+            path: Some(path),
+        })
+    }
+
+    /// Reads `t`'s state without locking (a consistent snapshot: writes are
+    /// atomic renames); for checks that change nothing.
+    pub fn read(&self, t: &TargetId) -> Result<TargetMemory, StateError> {
+        match &self.store {
+            Store::Memory(m) => Ok(m
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(t)
+                .cloned()
+                .unwrap_or_default()),
+            Store::Dir(dir) => read(&state_path(dir, t)),
+        }
+    }
+
+    /// Writes `l` back (atomically, durably) while it is still locked.
+    pub async fn save(&self, l: &Locked) -> Result<(), StateError> {
+        match (&self.store, &l.path) {
+            (Store::Memory(m), _) => {
+                m.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(l.target.clone(), l.memory.clone());
+                Ok(())
+            }
+            (Store::Dir(_), Some(path)) => {
+                let body = serde_json::to_vec(&l.memory).map_err(|e| StateError::Corrupt {
+                    path: path.clone(),
+                    error: e.to_string(),
+                })?;
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || write_atomic(&path, &body))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(StateError::Io {
+                            path: PathBuf::new(),
+                            what: "writing",
+                            error: io::Error::other(e.to_string()),
+                        })
+                    })
+            }
+            (Store::Dir(_), None) => Ok(()),
+        }
+    }
+
+    /// Whether `p` is alive: this process, or one that holds its process lock.
+    pub fn alive(&self, p: &Process) -> bool {
+        if p == &self.process {
+            return true;
+        }
+        let Store::Dir(dir) = &self.store else {
+            // In memory, only this process ever recorded a hold.
+            return false;
+        };
+        let path = process_lock_path(dir, p);
+        let f = match OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
+            // Cannot tell: count it alive (its watchdog may still run).
+            Err(_) => return true,
+        };
+        match flock(&f, true) {
+            Ok(()) => {
+                // Dead: nobody holds it any more; tidy up while we hold it.
+                let _ = fs::remove_file(&path);
+                false
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Err(_) => true,
+        }
+    }
+}
+
+impl Drop for HostState {
+    fn drop(&mut self) {
+        // A clean end: the holds this process had are thawed by then.
+        if let Some((_, path)) = &self.life {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Refuses a state directory on a filesystem that a target freezes (by
+/// device, not by path): the worker writes the state before it thaws, so
+/// that write would wait for a thaw that never comes.
+pub fn check_off_frozen(dir: &Path, mounts: &[(TargetId, PathBuf)]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(here) = fs::metadata(dir).map(|m| m.dev()) else {
+        return Ok(());
+    };
+    for (t, mp) in mounts {
+        // Only a real mount is ever frozen (`check_mountpoint`).
+        let mounted = crate::writer::check_mountpoint(mp).is_ok();
+        if mounted && fs::metadata(mp).is_ok_and(|m| m.dev() == here) {
+            return Err(format!(
+                "the host freeze state directory {} is on the filesystem that target {t} freezes ({}): \
+                 the worker could not record a thaw while it is frozen; pass --state-dir (or set \
+                 [worker] state_dir) to a directory on another filesystem, such as /run/recman",
+                dir.display(),
+                mp.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn expired(mut m: TargetMemory) -> TargetMemory {
+    m.expire(clock::now_ms());
+    m
+}
+
+fn state_path(dir: &Path, t: &TargetId) -> PathBuf {
+    dir.join("targets").join(format!("{t}.json"))
+}
+
+fn process_lock_path(dir: &Path, p: &Process) -> PathBuf {
+    dir.join("processes").join(format!("{:016x}.lock", p.token))
+}
+
+fn read(path: &Path) -> Result<TargetMemory, StateError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+            path: path.to_path_buf(),
+            error: e.to_string(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TargetMemory::default()),
+        Err(e) => Err(io_err(path, "reading")(e)),
+    }
+}
+
+/// Temp file, fsync, rename over `path`, fsync of the directory.
+fn write_atomic(path: &Path, body: &[u8]) -> Result<(), StateError> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = File::create(&tmp).map_err(io_err(&tmp, "writing"))?;
+    f.write_all(body).map_err(io_err(&tmp, "writing"))?;
+    f.sync_all().map_err(io_err(&tmp, "syncing"))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io_err(path, "renaming"))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir, "syncing"))?;
+    }
+    Ok(())
+}
+
+/// `flock(LOCK_EX)`, without waiting when `nonblocking`.
+fn flock(f: &File, nonblocking: bool) -> io::Result<()> {
+    let op = if nonblocking {
+        libc::LOCK_EX | libc::LOCK_NB
+    } else {
+        libc::LOCK_EX
+    };
+    // SAFETY: a valid open descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A token new at every start of a worker process (the hold of a process
+/// that is gone is recognisably not this one's).
+fn process_token() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = nanos ^ (u64::from(std::process::id()) << 40);
+    // splitmix64: two tokens made in one nanosecond still differ by pid.
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recman_core::worker::Hold;
+    use recman_events::{JobId, SnapshotKind};
+
+    fn hold(p: &Process) -> Hold {
+        Hold {
+            job: JobId::from_parts(1, 1),
+            attempt: 1,
+            kind: SnapshotKind::Full,
+            process: p.clone(),
+            frozen_at_ms: 5,
+            deadline_ms: u64::MAX / 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn two_processes_share_one_targets_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = HostState::open(dir.path(), &WorkerId::from("a")).unwrap();
+        let b = HostState::open(dir.path(), &WorkerId::from("b")).unwrap();
+        let t = TargetId::from("db01");
+        let mut l = a.lock(&t).await.unwrap();
+        l.memory.record_freeze_start(hold(a.process()));
+        a.save(&l).await.unwrap();
+        // b waits for a's lock.
+        let waiting = tokio::time::timeout(Duration::from_millis(100), b.lock(&t)).await;
+        assert!(waiting.is_err(), "the lock is exclusive across processes");
+        drop(l);
+        let seen = b.lock(&t).await.unwrap();
+        assert_eq!(
+            seen.memory.hold().map(|h| h.process.clone()),
+            Some(a.process().clone())
+        );
+        assert!(b.alive(a.process()), "a holds its process lock");
+    }
+
+    #[tokio::test]
+    async fn a_process_whose_lock_is_free_is_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = HostState::open(dir.path(), &WorkerId::from("a")).unwrap();
+        let b = HostState::open(dir.path(), &WorkerId::from("b")).unwrap();
+        let gone = a.process().clone();
+        // Its process lock released without the clean end's removal (as
+        // after a SIGKILL): the file stays, unlocked.
+        let (f, path) = a
+            .life
+            .as_ref()
+            .map(|(f, p)| (f.try_clone().unwrap(), p.clone()))
+            .unwrap();
+        std::mem::forget(a);
+        // SAFETY: our own descriptor.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        drop(f);
+        assert!(path.exists());
+        assert!(!b.alive(&gone));
+        assert!(!b.alive(&Process {
+            worker: WorkerId::from("x"),
+            token: 42
+        }));
+        assert!(b.alive(b.process()));
+    }
+
+    #[test]
+    fn an_unwritable_directory_is_a_clear_error() {
+        let e = HostState::open(Path::new("/proc/recman-no"), &WorkerId::from("a"))
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("--state-dir"), "{e}");
+    }
+}
