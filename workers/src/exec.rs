@@ -1,5 +1,8 @@
 //! Runs one argv (never through a shell) with a timeout: the whole process
 //! group is killed on timeout, stderr is captured and truncated for reports.
+//! A hook gets a clean environment: the allow-list `INHERITED` from the
+//! worker's own, plus the step's `RECMAN_*` variables; never the worker's
+//! secrets (`RECMAN_AMQP_URL`, tokens, passwords).
 
 use std::time::Duration;
 
@@ -13,6 +16,23 @@ pub const STDERR_LIMIT: usize = 2048;
 pub const EX_TEMPFAIL: i32 = 75;
 /// How long to wait for the output pipes after the process ended.
 const PIPE_GRACE: Duration = Duration::from_millis(500);
+/// What a hook inherits from the worker's environment (`LC_*` too).
+pub const INHERITED: &[&str] = &[
+    "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME", "TMPDIR",
+];
+/// `PATH` for a hook when the worker has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The worker's variables a hook inherits.
+fn inherited() -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| INHERITED.contains(&k.as_str()) || k.starts_with("LC_"))
+        .collect();
+    if !vars.iter().any(|(k, _)| k == "PATH") {
+        vars.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    vars
+}
 
 /// What a successful command printed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -34,6 +54,8 @@ pub async fn run(
     };
     let mut cmd = Command::new(program);
     cmd.args(args)
+        .env_clear()
+        .envs(inherited())
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -239,6 +261,46 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.message.contains("/nonexistent/prog"), "{}", e.message);
+    }
+
+    /// Issue 12 item 14: the worker's secrets never reach a hook.
+    #[tokio::test]
+    async fn hooks_get_a_clean_environment() {
+        // Each test runs in its own process (nextest): changing it is safe.
+        std::env::set_var("RECMAN_AMQP_URL", "amqp://worker:s3cret@mq1/recman");
+        std::env::set_var("RECMAN_API_TOKEN", "t0ken");
+        std::env::set_var("PGPASSWORD", "pgs3cret");
+        std::env::set_var("LC_TIME", "C.UTF-8");
+        let out = run(&sh("env"), &[("RECMAN_JOB", "j1".into())], Duration::from_secs(5))
+            .await
+            .unwrap();
+        for secret in [
+            "s3cret",
+            "t0ken",
+            "pgs3cret",
+            "RECMAN_AMQP_URL",
+            "RECMAN_API_TOKEN",
+        ] {
+            assert!(
+                !out.stdout.contains(secret),
+                "{secret} reached the hook:\n{}",
+                out.stdout
+            );
+        }
+        let names: Vec<&str> = out.stdout.lines().filter_map(|l| l.split('=').next()).collect();
+        for n in &names {
+            assert!(
+                INHERITED.contains(n)
+                    || n.starts_with("LC_")
+                    || *n == "RECMAN_JOB"
+                    || *n == "PWD"
+                    || *n == "SHLVL"
+                    || *n == "_",
+                "{n} reached the hook"
+            );
+        }
+        assert!(out.stdout.contains("RECMAN_JOB=j1") && out.stdout.contains("LC_TIME=C.UTF-8"));
+        assert!(names.contains(&"PATH"), "{names:?}");
     }
 
     #[test]
