@@ -1098,3 +1098,19 @@ async fn a_thaw_ends_only_its_own_attempts_freeze() {
     assert_eq!(lines(dir.path().join("frozen")), 1);
     w.stop().await;
 }
+
+/// Issue 12 item 13: a copy interrupted by a crash leaves a `.partial`
+/// directory; the next worker removes it when it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_copies_of_a_dead_worker_are_removed_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = copy_config(dir.path());
+    // Above the kernel's pid limit: the process that copied is gone.
+    let leftover = dir.path().join("snaps/.rm-x-a1.partial.4194305.1");
+    std::fs::create_dir_all(leftover.join("sub")).unwrap();
+    std::fs::write(leftover.join("data.db"), b"half").unwrap();
+    let bus = MemoryBus::new();
+    let w = start(&bus, worker(&cfg));
+    wait_until_async("the leftover removed", DEADLINE, || !leftover.exists()).await;
+    w.stop().await;
+}

@@ -95,6 +95,32 @@ impl CopyProvider {
         Ok(true)
     }
 
+    /// Blocking: removes the `.NAME.partial.PID.N` directories of copies
+    /// whose process is gone (a copy interrupted by a crash); a live
+    /// process's copy in progress (another worker of the host) stays.
+    pub fn cleanup_blocking(&self) -> Result<Vec<String>, StepError> {
+        let rd = match fs::read_dir(&self.dest) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("listing", &self.dest, e)),
+        };
+        let mut removed = Vec::new();
+        for e in rd.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = partial_pid(&name) else { continue };
+            if pid == std::process::id() || process_alive(pid) {
+                continue;
+            }
+            let p = e.path();
+            fs::remove_dir_all(&p).map_err(|e| io_err("removing", &p, e))?;
+            removed.push(p.display().to_string());
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.dest).map_err(|e| io_err("syncing", &self.dest, e))?;
+        }
+        Ok(removed)
+    }
+
     pub fn list_blocking(&self) -> Result<Vec<String>, StepError> {
         let rd = match fs::read_dir(&self.dest) {
             Ok(rd) => rd,
@@ -110,6 +136,24 @@ impl CopyProvider {
         names.sort();
         Ok(names)
     }
+}
+
+/// The pid in `.NAME.partial.PID.N`, if `name` is such a directory.
+fn partial_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".partial.")?;
+    let (pid, n) = tail.split_once('.')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 fn unique() -> u64 {
@@ -193,7 +237,7 @@ fn tree_size(dir: &Path) -> io::Result<u64> {
     Ok(size)
 }
 
-blocking_provider!(CopyProvider, "copy");
+blocking_provider!(CopyProvider, "copy", cleanup);
 
 #[cfg(test)]
 mod tests {
@@ -262,6 +306,32 @@ mod tests {
         // A leftover partial from a crash is never listed.
         fs::create_dir_all(dir.path().join("snaps/.rm-3.partial.1.2")).unwrap();
         assert!(p.list_blocking().unwrap().is_empty());
+    }
+
+    /// Issue 12 item 13: the partial copy of a dead process is removed on
+    /// start; a live one's (another worker's copy in progress) stays.
+    #[test]
+    fn cleanup_removes_partials_of_dead_processes_only() {
+        let (dir, p) = fixture();
+        let dest = dir.path().join("snaps");
+        std::fs::create_dir_all(&dest).unwrap();
+        // A pid that cannot be running (above the kernel's pid_max limit).
+        let dead = dest.join(".rm-1-a1.partial.4194305.7");
+        std::fs::create_dir_all(dead.join("sub")).unwrap();
+        std::fs::write(dead.join("sub/f"), b"x").unwrap();
+        let live = dest.join(format!(
+            ".rm-2-a1.partial.{}.8",
+            std::os::unix::process::parent_id()
+        ));
+        std::fs::create_dir_all(&live).unwrap();
+        p.snapshot_blocking("rm-3-a1").unwrap();
+        let removed = p.cleanup_blocking().unwrap();
+        assert_eq!(removed, vec![dead.display().to_string()]);
+        assert!(!dead.exists() && live.exists());
+        assert_eq!(p.list_blocking().unwrap(), vec!["rm-3-a1".to_string()]);
+        assert_eq!(partial_pid(".a.b.partial.12.3"), Some(12));
+        assert_eq!(partial_pid("rm-1-a1"), None);
+        assert_eq!(partial_pid(".x.deleting.5"), None);
     }
 
     #[test]

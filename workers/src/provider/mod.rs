@@ -6,7 +6,22 @@
 /// through `crate::blocking`.
 macro_rules! blocking_provider {
     ($ty:ty, $kind:literal) => {
+        blocking_provider!($ty, $kind, {});
+    };
+    // With `cleanup`: `cleanup_blocking` runs when the worker starts.
+    ($ty:ty, $kind:literal, cleanup) => {
+        blocking_provider!($ty, $kind, {
+            fn cleanup(
+                &self,
+            ) -> recman_events::bus::BoxFuture<'_, Result<Vec<String>, recman_events::StepError>> {
+                let me = self.clone();
+                Box::pin($crate::blocking($kind, move || me.cleanup_blocking()))
+            }
+        });
+    };
+    ($ty:ty, $kind:literal, { $($extra:tt)* }) => {
         impl $crate::provider::Provider for $ty {
+            $($extra)*
             fn kind(&self) -> &'static str {
                 $kind
             }
@@ -89,6 +104,12 @@ pub trait Provider: Send + Sync {
     /// Called once when the worker stops (log out of sessions, …).
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+    /// Called once when the worker starts: removes what snapshots
+    /// interrupted by a crash left behind (never a live process's work in
+    /// progress); returns what it removed, for the log.
+    fn cleanup(&self) -> BoxFuture<'_, Result<Vec<String>, StepError>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 }
 

@@ -201,6 +201,7 @@ impl Worker {
             bus: bus.clone(),
         });
         shared.startup_thaws().await;
+        shared.cleanup_providers().await;
         let sentinel = tokio::spawn(shared.clone().sentinel());
         let mut addrs: Vec<Address> = self.pools.iter().cloned().map(Address::Pool).collect();
         addrs.push(Address::Worker(self.id.clone()));
@@ -479,6 +480,27 @@ impl Shared {
         self.targets
             .get(t)
             .ok_or_else(|| StepError::new("unknown_target", format!("no target {t}"), false))
+    }
+
+    /// On start: each provider removes what interrupted snapshots left
+    /// (the `copy` provider's `.partial` directories of dead processes).
+    async fn cleanup_providers(&self) {
+        let mut ids: Vec<&TargetId> = self.targets.keys().collect();
+        ids.sort();
+        for t in ids {
+            let l = &self.targets[t];
+            let _g = l.provider_lock.lock().await;
+            match l.provider.cleanup().await {
+                Ok(removed) => {
+                    for what in removed {
+                        tracing::warn!(worker = %self.id, target = %t, removed = %what, "removed the leftover of a snapshot interrupted by a crash");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %self.id, target = %t, code = %e.code, message = %e.message, "could not remove the leftovers of interrupted snapshots");
+                }
+            }
+        }
     }
 
     /// Lets each provider log out (once per provider instance).
