@@ -17,7 +17,9 @@
 //! over RabbitMQ with a durable cursor ([`Cursor::in_data_dir`]), and on the
 //! in-process bus with [`Cursor::ephemeral`] (from the log's end, nothing
 //! stored: in-process subscribers live no longer than the process). While
-//! nobody subscribes to the in-process bus's `Events`, it builds no messages.
+//! nobody subscribes to the in-process bus's `Events`, it does not read the
+//! log at all: it notes the log's end every [`IDLE_POLL`] and relays from
+//! there once someone subscribes.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -34,6 +36,10 @@ use recman_events::{EventBody, EventLog, JobId, LogError, StoredEvent, TargetId,
 pub const CURSOR_FILE: &str = "events-relay.cursor";
 /// Events read from the log per round (all confirmed before the cursor moves).
 pub const ROUND: usize = 4096;
+/// How often an idle relay (the in-process bus, nobody subscribed) looks
+/// again whether someone subscribed: the most a new subscriber waits for its
+/// first event.
+pub const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 /// The message type (AMQP `type` property) of a batch of events.
 pub const BATCH_TYPE: &str = "event-batch";
 /// The routing key of a batch on the events exchange (`#` matches it too).
@@ -310,7 +316,10 @@ pub async fn run_with(
 ) -> Result<(), RelayError> {
     let mut done = cursor.start(log.as_ref())?;
     let mut targets = Targets::default();
-    let mut tail = log.subscribe(done + 1);
+    // `None` while idle: nobody subscribes to the in-process bus, so the
+    // log is not read at all (reading and decoding every event for nothing
+    // halved `bench jobs`); `done` follows the log's end instead.
+    let mut tail = Some(log.subscribe(done + 1));
     tracing::info!(from = done + 1, "events relay started");
     tokio::pin!(shutdown);
     let mut buf = Vec::with_capacity(ROUND);
@@ -326,6 +335,22 @@ pub async fn run_with(
             }
             return Ok(());
         }
+        if bus.events_subscribed() == Some(false) {
+            // Idle. The end is read *before* asking again, so whoever
+            // subscribes after that question gets every event after `done`.
+            tail = None;
+            targets = Targets::default();
+            let end = log.last_seq();
+            if bus.events_subscribed() == Some(false) {
+                done = done.max(end);
+                tokio::select! {
+                    _ = &mut shutdown, if stop_at.is_none() => stop_at = Some(log.last_seq()),
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                }
+                continue;
+            }
+        }
+        let tail = tail.get_or_insert_with(|| log.subscribe(done + 1));
         buf.clear();
         let n = tokio::select! {
             _ = &mut shutdown, if stop_at.is_none() => {
@@ -358,8 +383,7 @@ pub async fn run_with(
             continue;
         };
         if bus.events_subscribed() == Some(false) {
-            // The in-process bus with no subscriber would drop them all.
-            fresh.iter().for_each(|e| targets.forget_finished(e));
+            // The last subscriber left during the round: nobody to send to.
             done = last;
             continue;
         }
