@@ -543,10 +543,14 @@ async fn copy_snapshots_are_idempotent_across_redelivery_and_restart() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(
-        entries,
-        vec![name.clone()],
+        entries
+            .iter()
+            .filter(|e| !e.ends_with(".owner"))
+            .collect::<Vec<_>>(),
+        vec![&name],
         "one snapshot, no partial directory left"
     );
+    assert!(entries.contains(&format!(".{name}.owner")), "{entries:?}");
 
     // Prune deletes it, and a redelivered prune (missing = ok) says the same.
     let mut prune = command(job, Stage::Prune, &["fs01"]);
@@ -1112,5 +1116,26 @@ async fn partial_copies_of_a_dead_worker_are_removed_on_start() {
     let bus = MemoryBus::new();
     let w = start(&bus, worker(&cfg));
     wait_until_async("the leftover removed", DEADLINE, || !leftover.exists()).await;
+    w.stop().await;
+}
+
+/// Item 5 of the brief (issue 12 item 4): a snapshot redelivered after a
+/// crash reports the one its attempt took (above); one under that name that
+/// recman did not take for this attempt is never adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_not_taken_for_this_attempt_is_not_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = copy_config(dir.path());
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let job = JobId::new_v7();
+    let snap = command(job, Stage::Snapshot, &["fs01"]);
+    let name = snap.snapshot_name.clone().unwrap();
+    // Someone else's directory under this attempt's name.
+    std::fs::create_dir_all(dir.path().join("snaps").join(&name)).unwrap();
+    let w = start(&bus, worker(&cfg));
+    send_pool(&bus, &snap).await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!(err_of(&r).code, "name_conflict", "{r:?}");
     w.stop().await;
 }

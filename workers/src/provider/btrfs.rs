@@ -9,9 +9,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use recman_events::{SnapshotInfo, StepError};
+use recman_core::worker::Existing;
+use recman_events::{JobId, SnapshotInfo, StepError};
 
-use super::check_snapshot_name;
+use super::{check_snapshot_name, owner};
 
 /// `BTRFS_IOC_SNAP_CREATE_V2` = `_IOW(0x94, 23, struct btrfs_ioctl_vol_args_v2)` (4096 bytes).
 const SNAP_CREATE_V2: u32 = 0x5000_9417;
@@ -68,12 +69,32 @@ impl BtrfsProvider {
 
     /// Blocking: snapshot `name`; finds an existing one instead of failing.
     pub fn snapshot_blocking(&self, name: &str) -> Result<SnapshotInfo, StepError> {
+        self.snapshot_owned_blocking(name, None)
+    }
+
+    /// Blocking: what `dest/<name>` is (its owner marker).
+    pub fn lookup_blocking(&self, name: &str) -> Result<Existing, StepError> {
+        check_snapshot_name(name)?;
+        Ok(owner::lookup(
+            &self.dest,
+            name,
+            is_subvolume(&self.dest.join(name)),
+        ))
+    }
+
+    /// Blocking: the snapshot, its owner (job, attempt) recorded first.
+    pub fn snapshot_owned_blocking(
+        &self,
+        name: &str,
+        job: Option<(JobId, u32)>,
+    ) -> Result<SnapshotInfo, StepError> {
         check_snapshot_name(name)?;
         let fin = self.dest.join(name);
         let existed = if is_subvolume(&fin) {
             true
         } else {
             fs::create_dir_all(&self.dest).map_err(|e| io_err("creating", &self.dest, e))?;
+            owner::write(&self.dest, name, job)?;
             match create_snapshot(&self.subvolume, &self.dest, name) {
                 Ok(()) => false,
                 // A concurrent delivery of the same command won the race.
@@ -137,7 +158,10 @@ impl BtrfsProvider {
             ));
         }
         match destroy_snapshot(&self.dest, name) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                owner::remove(&self.dest, name);
+                Ok(true)
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(io_err("deleting", &fin, e)),
         }
@@ -255,7 +279,7 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> StepError {
     StepError::new("io_error", format!("{what} {}: {e}", path.display()), retryable)
 }
 
-blocking_provider!(BtrfsProvider, "btrfs");
+blocking_provider!(BtrfsProvider, "btrfs", owned);
 
 #[cfg(test)]
 mod tests {

@@ -9,9 +9,10 @@ use std::io;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use recman_events::{SnapshotInfo, StepError};
+use recman_core::worker::Existing;
+use recman_events::{JobId, SnapshotInfo, StepError};
 
-use super::check_snapshot_name;
+use super::{check_snapshot_name, owner};
 
 #[derive(Clone, Debug)]
 pub struct CopyProvider {
@@ -26,6 +27,21 @@ impl CopyProvider {
 
     /// Blocking: the whole snapshot. Returns the info for `dest/<name>`.
     pub fn snapshot_blocking(&self, name: &str) -> Result<SnapshotInfo, StepError> {
+        self.snapshot_owned_blocking(name, None)
+    }
+
+    /// Blocking: what `dest/<name>` is (its owner marker).
+    pub fn lookup_blocking(&self, name: &str) -> Result<Existing, StepError> {
+        check_snapshot_name(name)?;
+        Ok(owner::lookup(&self.dest, name, self.dest.join(name).is_dir()))
+    }
+
+    /// Blocking: the snapshot, its owner (job, attempt) recorded first.
+    pub fn snapshot_owned_blocking(
+        &self,
+        name: &str,
+        job: Option<(JobId, u32)>,
+    ) -> Result<SnapshotInfo, StepError> {
         check_snapshot_name(name)?;
         let fin = self.dest.join(name);
         let info = |size, existed| SnapshotInfo {
@@ -64,6 +80,10 @@ impl CopyProvider {
                 return Err(io_err("copying into", &partial, e));
             }
         };
+        if let Err(e) = owner::write(&self.dest, name, job) {
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
+        }
         match fs::rename(&partial, &fin) {
             Ok(()) => {
                 sync_dir(&self.dest).map_err(|e| io_err("syncing", &self.dest, e))?;
@@ -92,6 +112,7 @@ impl CopyProvider {
         let doomed = self.dest.join(format!(".{name}.deleting.{}", unique()));
         fs::rename(&fin, &doomed).map_err(|e| io_err("deleting", &fin, e))?;
         fs::remove_dir_all(&doomed).map_err(|e| io_err("deleting", &doomed, e))?;
+        owner::remove(&self.dest, name);
         Ok(true)
     }
 
@@ -237,7 +258,7 @@ fn tree_size(dir: &Path) -> io::Result<u64> {
     Ok(size)
 }
 
-blocking_provider!(CopyProvider, "copy", cleanup);
+blocking_provider!(CopyProvider, "copy", owned, cleanup);
 
 #[cfg(test)]
 mod tests {

@@ -8,14 +8,41 @@ macro_rules! blocking_provider {
     ($ty:ty, $kind:literal) => {
         blocking_provider!($ty, $kind, {});
     };
-    // With `cleanup`: `cleanup_blocking` runs when the worker starts.
-    ($ty:ty, $kind:literal, cleanup) => {
+    // `cleanup_blocking` runs when the worker starts; the snapshot's owner
+    // is recorded (`snapshot_owned_blocking`) and looked up (`lookup_blocking`).
+    ($ty:ty, $kind:literal, owned $(, $cleanup:ident)?) => {
         blocking_provider!($ty, $kind, {
-            fn cleanup(
+            $(
+            fn $cleanup(
                 &self,
             ) -> recman_events::bus::BoxFuture<'_, Result<Vec<String>, recman_events::StepError>> {
                 let me = self.clone();
                 Box::pin($crate::blocking($kind, move || me.cleanup_blocking()))
+            }
+            )?
+            fn snapshot_job<'a>(
+                &'a self,
+                req: $crate::provider::SnapshotJob<'a>,
+            ) -> recman_events::bus::BoxFuture<
+                'a,
+                Result<recman_events::SnapshotInfo, recman_events::StepError>,
+            > {
+                let me = self.clone();
+                let name = req.name.to_string();
+                let owner = req.job;
+                Box::pin($crate::blocking($kind, move || me.snapshot_owned_blocking(&name, owner)))
+            }
+            fn lookup<'a>(
+                &'a self,
+                name: &'a str,
+                _target: &'a recman_events::TargetId,
+            ) -> recman_events::bus::BoxFuture<
+                'a,
+                Result<recman_core::worker::Existing, recman_events::StepError>,
+            > {
+                let me = self.clone();
+                let name = name.to_string();
+                Box::pin($crate::blocking($kind, move || me.lookup_blocking(&name)))
             }
         });
     };
@@ -59,9 +86,12 @@ macro_rules! blocking_provider {
 }
 
 mod btrfs;
+#[cfg(test)]
+mod contract;
 mod copy;
 mod exec;
 mod none;
+mod owner;
 mod qcow2;
 mod threepar;
 
@@ -104,6 +134,20 @@ pub trait Provider: Send + Sync {
     /// Called once when the worker stops (log out of sessions, …).
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+    /// What the storage holds under `name` for `target`: nothing, the
+    /// snapshot of a known job attempt (its marker, the 3PAR comment), or
+    /// something recman did not take for one (never adopted). The runtime
+    /// asks before a snapshot, so a snapshot redelivered after a worker
+    /// crash reports the one it took instead of failing or cutting a second.
+    /// Providers that keep no record (`none`, `exec`) say `Absent`: their
+    /// `snapshot` must be idempotent by itself.
+    fn lookup<'a>(
+        &'a self,
+        _name: &'a str,
+        _target: &'a TargetId,
+    ) -> BoxFuture<'a, Result<recman_core::worker::Existing, StepError>> {
+        Box::pin(async { Ok(recman_core::worker::Existing::Absent) })
     }
     /// Called once when the worker starts: removes what snapshots
     /// interrupted by a crash left behind (never a live process's work in

@@ -20,6 +20,7 @@ impl Provider for NoneProvider {
         _: SnapshotKind,
     ) -> BoxFuture<'a, Result<SnapshotInfo, StepError>> {
         Box::pin(async move {
+            super::check_snapshot_name(name)?;
             Ok(SnapshotInfo {
                 name: name.to_string(),
                 provider: "none".into(),

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use recman_core::worker::{self, Existing, Hold, Plan, Recent, SnapshotPlan, ThawPlan, ThawedBy};
+use recman_core::worker::{self, Hold, Plan, Recent, SnapshotPlan, ThawPlan, ThawedBy};
 use recman_events::clock;
 use recman_events::wire::Command;
 use recman_events::{PruneFailure, SnapshotInfo, Stage, StepDetail, StepError, TargetId};
@@ -208,17 +208,17 @@ impl Shared {
             let local = self.local(t)?;
             let _g = local.provider_lock.lock().await;
             let pruned = self.lock_pruned().contains(name);
-            // What the storage holds under the name is the provider's to
-            // check (it never adopts another job's snapshot): here, the
-            // rules of time and of deleted names.
             let host = self.state.read(t).map_err(state_error)?;
+            // What the storage holds under the name (a redelivery after a
+            // crash finds its own; another job's is never adopted).
+            let existing = local.provider.lookup(name, t).await?;
             let plan = worker::plan_snapshot(
                 &host,
                 pruned,
                 t,
                 name,
                 (cmd.job, cmd.attempt),
-                &Existing::Absent,
+                &existing,
                 cmd.thaw_deadline_ms,
                 clock::now_ms(),
                 None,
