@@ -28,6 +28,8 @@ use crate::writer::{self, StepCtx, Writer};
 
 /// Default unsettled commands per consumed queue.
 pub const DEFAULT_PREFETCH: u16 = 8;
+/// Default longest wait at stop for the steps in flight (see [`Worker::run`]).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
 /// How many completed commands a worker remembers to answer redeliveries.
 pub const RECENT_CAPACITY: usize = 4096;
 /// The W3C trace context header: a command's makes the step span a child of
@@ -67,6 +69,7 @@ pub struct Worker {
     pools: Vec<PoolName>,
     targets: HashMap<TargetId, Local>,
     prefetch: u16,
+    stop_grace: Duration,
 }
 
 impl Worker {
@@ -95,6 +98,7 @@ impl Worker {
             pools,
             targets,
             prefetch: DEFAULT_PREFETCH,
+            stop_grace: DEFAULT_STOP_GRACE,
         }
     }
 
@@ -129,6 +133,13 @@ impl Worker {
         self
     }
 
+    /// Longest wait at stop for the steps in flight (default
+    /// [`DEFAULT_STOP_GRACE`]); after it they are abandoned (see [`Worker::run`]).
+    pub fn with_stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+
     pub fn id(&self) -> &WorkerId {
         &self.id
     }
@@ -138,12 +149,17 @@ impl Worker {
     }
 
     /// Runs until `shutdown` completes or the bus closes. On the way out it
-    /// finishes the steps in flight, then thaws every target still frozen.
+    /// lets the steps in flight finish for at most the stop grace; steps
+    /// still running then are abandoned (their hooks killed, their commands
+    /// unanswered: the engine asks again after a restart). Then it thaws
+    /// every target still frozen: a stop never leaves an application frozen
+    /// behind a slow snapshot.
     pub async fn run(
         self,
         bus: Arc<dyn Bus>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), WorkerError> {
+        let grace = self.stop_grace;
         let shared = Arc::new(Shared {
             id: self.id.clone(),
             targets: self.targets,
@@ -198,7 +214,15 @@ impl Worker {
             }
         }
         drop(rx); // undelivered buffered commands go back to their queues
-        while tasks.join_next().await.is_some() {}
+        let finished =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if finished.is_err() {
+            tracing::warn!(worker = %shared.id, steps = tasks.len(), ?grace,
+                "steps still running at stop: abandoned; thawing what is frozen");
+            // Ended before the thaw, so no abandoned freeze lands after it.
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
         shared.thaw_everything().await;
         shared.shutdown_providers().await;
         drop(kept);
