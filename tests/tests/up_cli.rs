@@ -103,3 +103,99 @@ fn a_non_loopback_listen_without_token_is_refused() {
         "refused before opening the log"
     );
 }
+
+/// Like `http`, but `None` when the server no longer accepts connections.
+fn try_post(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(req.as_bytes()).ok()?;
+    let mut buf = String::new();
+    c.read_to_string(&mut buf).ok()?;
+    let status = buf.get(9..12)?.parse().ok()?;
+    Some((
+        status,
+        buf.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
+#[test]
+fn shutdown_answers_503_and_drain_timeout_bounds_the_wait() {
+    let dir = recman_testkit::temp_dir();
+    let data = dir.path();
+    // The snapshot takes 20 s; the drain may wait 2 s.
+    write_config(data, 20, "");
+    let mut server = Server::start(data, &["--drain-timeout", "2s"]);
+    let (status, body) = http(
+        server.port,
+        "POST",
+        "/v1/snapshots",
+        r#"{"request_id":"long","targets":["slow"]}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let job = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + recman_testkit::DEADLINE;
+    while job_state(server.port, &job) != "snapshotting" {
+        assert!(Instant::now() < deadline, "job never reached the snapshot stage");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut child = server.child.take().unwrap();
+    let t0 = Instant::now();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // While it drains, a new request is refused with 503 shutting_down.
+    let mut refused = None;
+    while refused.is_none() && t0.elapsed() < Duration::from_secs(10) {
+        match try_post(
+            server.port,
+            "/v1/snapshots",
+            r#"{"request_id":"late","targets":["fast"]}"#,
+        ) {
+            Some((503, body)) => refused = Some(body),
+            Some((202, body)) if t0.elapsed() > Duration::from_secs(1) => {
+                panic!("accepted a request a second after SIGTERM: {body}")
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(20)),
+            None => break,
+        }
+    }
+    let body = refused.expect("a request during the drain is answered 503");
+    assert!(body.contains("shutting_down"), "{body}");
+
+    // It stops after the 2 s drain timeout, long before the snapshot's 20 s,
+    // says a target may have stayed frozen (exit 1), and the worker thaws it.
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "recman up still running {:?} after SIGTERM with --drain-timeout 2s",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "it waited the drain timeout"
+    );
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit 1: a target may have stayed frozen past the wait"
+    );
+    assert_eq!(
+        freeze_log(data, "slow"),
+        ["frozen", "thawed"],
+        "thawed as the worker stopped"
+    );
+}

@@ -33,7 +33,8 @@ clients then send `Authorization: Bearer <token>`. While it runs, DATA_DIR/serve
 the other commands (jobs, job, targets, snapshots, cancel, replay, snapshot) where it is.\n\
 Without a config, `up` serves the demo target (see `recman snapshot demo`).\n\n\
 Stop it with Ctrl-C or SIGTERM: it stops taking requests, waits until every frozen target is\n\
-thawed, stops the workers (which thaw anything still frozen) and closes the log.\n\n\
+thawed (at most --drain-timeout), stops the workers (steps still running get 2 s more and are\n\
+then abandoned; anything still frozen is thawed) and closes the log.\n\n\
 Exit codes: 0 clean shutdown, 1 a target may have stayed frozen past the shutdown wait,\n\
 2 could not start (bad config, address in use, log owned by another process)."
 )]

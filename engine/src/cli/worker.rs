@@ -22,7 +22,8 @@ recman worker --amqp amqp://worker-mbx01@mq1/recman --amqp-password-file /etc/re
 recman worker --config /etc/recman/recman.toml     # pools from [worker] pools or the targets\n\n\
 Consumes recman.pool.<pool> for each pool and recman.worker.<id>. With --no-declare it\n\
 declares only those two queues (see deploy/README.md for a worker's permissions).\n\
-Stops on Ctrl-C or SIGTERM: finishes the steps in flight and thaws what it froze.")]
+Stops on Ctrl-C or SIGTERM: lets the steps in flight finish for at most 30 s (then abandons\n\
+them, killing their hooks; the engine asks again) and thaws what is still frozen.")]
 pub struct Args {
     #[command(flatten)]
     pub amqp: AmqpArgs,

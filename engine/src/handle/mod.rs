@@ -48,6 +48,10 @@ pub use follow::JobEvents;
 
 /// Calls waiting for the engine loop.
 const CALLS: usize = 1024;
+/// How long local workers let their steps in flight finish once the drain
+/// is over (it waited for frozen targets already); then they abandon them
+/// and thaw what is still frozen, so `--drain-timeout` bounds a shutdown.
+const LOCAL_STOP_GRACE: Duration = Duration::from_secs(2);
 /// How often shutdown looks again whether something is still frozen.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
@@ -180,6 +184,8 @@ impl Builder {
             .map(|(w, own)| {
                 let id = w.id().clone();
                 let bus = own.unwrap_or_else(|| bus.clone());
+                // The drain has waited for frozen targets already.
+                let w = w.with_stop_grace(LOCAL_STOP_GRACE);
                 (id, tokio::spawn(w.run(bus, until_true(stop_rx.clone()))))
             })
             .collect();
@@ -364,8 +370,8 @@ impl Engine {
     }
 
     /// Stops cleanly: no new requests; wait (see [`Drain`]) until no target
-    /// is frozen; stop the engine, then the workers (which thaw anything
-    /// still frozen), then the relay (after it published what the log
+    /// is frozen; stop the engine, then the workers (which give their steps
+    /// in flight 2 s more, then thaw anything still frozen), then the relay (after it published what the log
     /// holds); close the bus it made and the log (once other holders of
     /// [`Engine::log`] let go). An error of the engine or a worker is returned.
     pub async fn shutdown(mut self, drain: Drain) -> anyhow::Result<Stopped> {

@@ -34,6 +34,8 @@ use crate::writer::{self, StepCtx, Writer};
 
 /// Default unsettled commands per consumed queue.
 pub const DEFAULT_PREFETCH: u16 = 8;
+/// Default longest wait at stop for the steps in flight (see [`Worker::run`]).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
 /// How many completed commands a worker remembers to answer redeliveries.
 pub const RECENT_CAPACITY: usize = 4096;
 /// The W3C trace context header: a command's makes the step span a child of
@@ -72,6 +74,7 @@ pub struct Worker {
     state_dir: Option<PathBuf>,
     /// Filesystems the targets freeze: the state directory must not be on one.
     frozen_mounts: Vec<(TargetId, PathBuf)>,
+    stop_grace: Duration,
 }
 
 impl Worker {
@@ -113,6 +116,7 @@ impl Worker {
             prefetch: DEFAULT_PREFETCH,
             state_dir: config.worker.as_ref().and_then(|w| w.state_dir.clone()),
             frozen_mounts,
+            stop_grace: DEFAULT_STOP_GRACE,
         }
     }
 
@@ -160,6 +164,13 @@ impl Worker {
         self
     }
 
+    /// Longest wait at stop for the steps in flight (default
+    /// [`DEFAULT_STOP_GRACE`]); after it they are abandoned (see [`Worker::run`]).
+    pub fn with_stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+
     pub fn id(&self) -> &WorkerId {
         &self.id
     }
@@ -169,7 +180,11 @@ impl Worker {
     }
 
     /// Runs until `shutdown` completes or the bus closes. On the way out it
-    /// finishes the steps in flight, then thaws every target still frozen.
+    /// lets the steps in flight finish for at most the stop grace; steps
+    /// still running then are abandoned (their hooks killed, their commands
+    /// unanswered: the engine asks again after a restart). Then it thaws
+    /// every target still frozen: a stop never leaves an application frozen
+    /// behind a slow snapshot.
     pub async fn run(
         self,
         bus: Arc<dyn Bus>,
@@ -191,6 +206,7 @@ impl Worker {
             Some(d) => tracing::info!(worker = %self.id, state_dir = %d.display(), "host freeze state"),
             None => tracing::debug!(worker = %self.id, "host freeze state kept in this process only"),
         }
+        let grace = self.stop_grace;
         let shared = Arc::new(Shared {
             id: self.id.clone(),
             targets: self.targets,
@@ -244,7 +260,15 @@ impl Worker {
             }
         }
         drop(rx); // undelivered buffered commands go back to their queues
-        while tasks.join_next().await.is_some() {}
+        let finished =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if finished.is_err() {
+            tracing::warn!(worker = %shared.id, steps = tasks.len(), ?grace,
+                "steps still running at stop: abandoned; thawing what is frozen");
+            // Ended before the thaw, so no abandoned freeze lands after it.
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
         sentinel.abort();
         shared.thaw_everything().await;
         shared.shutdown_providers().await;
