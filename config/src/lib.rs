@@ -123,6 +123,17 @@ impl WriterConfig {
             WriterConfig::Postgres(_) => "postgres",
         }
     }
+
+    /// The writer's own bound on one step (freeze, thaw or flush-logs); the
+    /// engine's stage deadlines follow it. Writers without a `timeout` key
+    /// (`none`, `fsfreeze`: an ioctl) get [`DEFAULT_WRITER_TIMEOUT`].
+    pub fn timeout(&self) -> Duration {
+        match self {
+            WriterConfig::Exec(e) => e.timeout,
+            WriterConfig::Postgres(p) => p.timeout,
+            WriterConfig::None | WriterConfig::FsFreeze(_) => DEFAULT_WRITER_TIMEOUT,
+        }
+    }
 }
 
 /// User hooks, each an argv (never a shell string).
@@ -155,6 +166,20 @@ impl ProviderConfig {
             ProviderConfig::ThreePar(_) => "3par",
             ProviderConfig::Btrfs(_) => "btrfs",
             ProviderConfig::Qcow2(_) => "qcow2",
+        }
+    }
+
+    /// The provider's own bound on one snapshot; the engine's snapshot
+    /// stage deadline follows it. Providers without a `timeout` key get
+    /// [`DEFAULT_PROVIDER_TIMEOUT`]; `3par` its array's request timeout.
+    pub fn timeout(&self) -> Duration {
+        match self {
+            ProviderConfig::Exec(e) => e.timeout,
+            ProviderConfig::Qcow2(q) => q.timeout,
+            ProviderConfig::ThreePar(t) => t.array.timeout,
+            ProviderConfig::None | ProviderConfig::Copy(_) | ProviderConfig::Btrfs(_) => {
+                DEFAULT_PROVIDER_TIMEOUT
+            }
         }
     }
 }

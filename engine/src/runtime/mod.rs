@@ -383,6 +383,8 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.thaw_margin_ms = p.freeze_limit_ms / 5;
         p.max_retries = t.retries;
         p.keep_last = t.keep_last;
+        p.writer_timeout_ms = t.writer.timeout().as_millis() as u64;
+        p.provider_timeout_ms = t.provider.timeout().as_millis() as u64;
         cfg.targets.insert(t.id.clone(), p);
     }
     cfg
