@@ -4,7 +4,7 @@
 mod exec;
 mod fsfreeze;
 mod none;
-mod postgres;
+pub mod postgres;
 
 use std::sync::Arc;
 
