@@ -41,6 +41,18 @@ pub trait Writer: Send + Sync {
     fn startup_thaw(&self) -> BoxFuture<'_, Result<Option<StartupThaw>, StepError>> {
         Box::pin(async { Ok(None) })
     }
+    /// After the target's provider deleted the snapshots `deleted` (retention):
+    /// remove what the writer kept beside them (the `postgres` writer's labels
+    /// and, with `prune_wal`, archived WAL). `listed`: the snapshots the
+    /// provider still holds, when it can list them.
+    fn after_prune<'a>(
+        &'a self,
+        deleted: &'a [String],
+        listed: Option<&'a [String]>,
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        let _ = (deleted, listed);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A freeze found and thawed on worker start.

@@ -13,8 +13,10 @@
 //! deadline follows it). Before `pg_backup_start` the freeze checks the role's
 //! rights (`rights.rs`) and, with `wait_for_archive`, that archiving is on:
 //! a snapshot that could not be restored is refused, not taken. The names of
-//! WAL files and labels are read in `wal.rs`.
+//! WAL files and labels are read in `wal.rs`; `prune.rs` removes the labels
+//! and archived WAL that retention no longer needs.
 
+pub mod prune;
 pub mod rights;
 pub mod wal;
 
@@ -425,6 +427,20 @@ impl Writer for PostgresWriter {
     }
     fn flush_logs<'a>(&'a self, _: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
         Box::pin(self.flush_inner())
+    }
+    fn after_prune<'a>(
+        &'a self,
+        deleted: &'a [String],
+        listed: Option<&'a [String]>,
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        let cfg = self.cfg.clone();
+        let target = self.target.clone();
+        let (deleted, listed) = (deleted.to_vec(), listed.map(<[String]>::to_vec));
+        Box::pin(crate::blocking("postgres", move || {
+            let p = prune::after_prune(&cfg, &deleted, listed.as_deref())?;
+            tracing::info!(%target, labels = ?p.labels, wal_files = p.wal_files, oldest_needed = ?p.oldest_needed, "retention: labels and archived WAL pruned");
+            Ok(())
+        }))
     }
     fn startup_thaw(&self) -> BoxFuture<'_, Result<Option<StartupThaw>, StepError>> {
         match &self.freeze {
