@@ -105,6 +105,16 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     } else {
         Relay::in_process()
     };
+    // The preflight, as warnings, beside the start-up (a server that does
+    // not answer must not delay it): `up` starts whatever it finds;
+    // `recman check` fails on the same findings.
+    let (pre_cfg, pre_dir) = (config.clone(), g.data_dir.clone());
+    tokio::spawn(async move {
+        match crate::preflight::run(&pre_cfg, &pre_dir, &[]).await {
+            Ok(reports) => crate::preflight::log(&reports),
+            Err(e) => tracing::warn!("preflight: {e:#}"),
+        }
+    });
     let mut engine = Engine::builder(&config)
         .log(log.clone())
         .bus(bus.clone())

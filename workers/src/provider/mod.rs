@@ -48,7 +48,7 @@ mod copy;
 mod exec;
 mod none;
 mod qcow2;
-mod threepar;
+pub mod threepar;
 
 use std::sync::Arc;
 

@@ -12,7 +12,7 @@ use recman_events::bus::BoxFuture;
 use recman_events::{JobId, SnapshotKind, StepError, TargetId};
 
 pub use exec::ExecWriter;
-pub use fsfreeze::{check_mountpoint, FreezeMarker, FsFreezeWriter};
+pub use fsfreeze::{check_mountpoint, unescape as unescape_mountinfo, FreezeMarker, FsFreezeWriter};
 pub use none::NoneWriter;
 pub use postgres::PostgresWriter;
 

@@ -14,8 +14,10 @@
 //! rights (`rights.rs`) and, with `wait_for_archive`, that archiving is on:
 //! a snapshot that could not be restored is refused, not taken. The names of
 //! WAL files and labels are read in `wal.rs`; `prune.rs` removes the labels
-//! and archived WAL that retention no longer needs.
+//! and archived WAL that retention no longer needs; `check.rs` is the
+//! preflight of `recman check`.
 
+pub mod check;
 pub mod prune;
 pub mod rights;
 pub mod wal;
