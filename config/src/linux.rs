@@ -344,6 +344,34 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(c.targets[1].provider.kind(), "btrfs");
+        // Retries span a restart window: a postgres target waits longer by default.
+        assert_eq!(
+            (c.targets[0].retries, c.targets[0].retry_backoff),
+            (crate::DEFAULT_RETRIES, crate::DEFAULT_RETRY_BACKOFF)
+        );
+        assert_eq!(
+            (
+                c.targets[1].retries,
+                c.targets[1].retry_backoff,
+                c.targets[1].retry_backoff_max
+            ),
+            (
+                crate::DEFAULT_PG_RETRIES,
+                crate::DEFAULT_PG_RETRY_BACKOFF,
+                crate::DEFAULT_RETRY_BACKOFF_MAX
+            )
+        );
+        assert_eq!(c.targets[1].writer.timeout(), DEFAULT_PG_TIMEOUT);
+        let r = parse(
+            "[[target]]\nid = \"pg\"\nretries = 8\nretry_backoff = \"10s\"\nretry_backoff_max = \"2m\"\n\
+             [target.writer]\ntype = \"postgres\"\n[target.provider]\ntype = \"none\"\n",
+        )
+        .unwrap();
+        let t = &r.targets[0];
+        assert_eq!(
+            (t.retries, t.retry_backoff, t.retry_backoff_max),
+            (8, Duration::from_secs(10), Duration::from_secs(120))
+        );
         let mut c = c;
         c.set_data_dir("/data");
         match &c.targets[1].writer {
