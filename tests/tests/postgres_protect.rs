@@ -119,8 +119,14 @@ async fn an_idle_cluster_snapshots_in_seconds_as_a_least_privileged_role_and_ret
         let events = emb.wait(job, Duration::from_secs(120)).await;
         let took = t0.elapsed();
         let (snap, window) = completed(&events);
+        // The case: the last archived file is the `.backup` history file.
+        let last: Option<String> = su
+            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
+            .await
+            .unwrap()
+            .get(0);
         eprintln!(
-            "snapshot {i} {}: job {took:?}, freeze window {window} us",
+            "snapshot {i} {}: job {took:?}, freeze window {window} us, last archived {last:?}",
             snap.name
         );
         assert!(took < Duration::from_secs(15), "an idle snapshot took {took:?}");

@@ -64,7 +64,10 @@ pub async fn missing(
     let mut out = Vec::new();
     for r in needed(wait_for_archive) {
         let has: bool = client
-            .query_one("SELECT has_function_privilege($1::text, 'EXECUTE')", &[&r.function])
+            .query_one(
+                "SELECT has_function_privilege($1::text, 'EXECUTE')",
+                &[&r.function],
+            )
             .await?
             .get(0);
         if !has {
