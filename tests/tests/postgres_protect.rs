@@ -289,3 +289,49 @@ async fn archive_mode_off_and_missing_rights_are_refused_before_any_freeze() {
     }
     assert!(!labels.exists() || fs::read_dir(&labels).unwrap().count() == 0);
 }
+
+/// Issue 25 item 6: a server that does not answer (restarting) is reported
+/// with what to check, as retryable (the job is retried with backoff), and
+/// a postgres target's retries span a restart window by default. Needs no
+/// root and no PostgreSQL: nothing listens on the port.
+#[tokio::test]
+async fn a_server_that_does_not_answer_is_retryable_and_says_what_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = recman_testkit::free_port();
+    let p = dir.path().join("recman.toml");
+    fs::write(
+        &p,
+        format!(
+            "[[target]]\nid = \"pg\"\n[target.writer]\ntype = \"postgres\"\nport = {port}\ntimeout = \"5s\"\n\
+             label_dir = \"{}\"\n[target.provider]\ntype = \"none\"\n",
+            dir.path().join("labels").display()
+        ),
+    )
+    .unwrap();
+    let cfg = Config::load(&p).unwrap();
+    let t = &cfg.targets[0];
+    // 5 retries from 4 s, doubled, at least half of each: at least 1 minute in all.
+    let nominal: u64 = (0..t.retries)
+        .map(|i| (t.retry_backoff.as_millis() as u64 * (1 << i)).min(t.retry_backoff_max.as_millis() as u64))
+        .sum();
+    assert!(nominal / 2 >= 60_000, "retries span {nominal} ms nominal");
+    let findings = check::target(dir.path(), t).await;
+    let f = findings
+        .iter()
+        .find(|f| f.level == Level::Fail && f.subject == "postgres")
+        .unwrap_or_else(|| panic!("{findings:#?}"));
+    assert!(
+        f.message.contains("is PostgreSQL running") && f.message.contains("pg_hba.conf"),
+        "{f:?}"
+    );
+    // The writer's own step: retryable, same hint.
+    let w = recman_workers::writer::from_config(&t.id, &t.writer);
+    let ctx = recman_workers::StepCtx {
+        target: t.id.clone(),
+        job: recman_events::JobId::from_parts(1_700_000_000_000, 1),
+        attempt: 1,
+        kind: recman_events::SnapshotKind::Full,
+    };
+    let e = w.flush_logs(&ctx).await.unwrap_err();
+    assert!(e.retryable && e.message.contains("listen_addresses"), "{e:?}");
+}
