@@ -28,6 +28,13 @@ pub const DEFAULT_POOL: &str = "host.local";
 /// Where snapshots of `copy` providers go without `dest` (under `snapshots/<target>`).
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/recman";
 pub const DEFAULT_RETRIES: u32 = 3;
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A `postgres` target's defaults: 5 retries from 4 s (4, 8, 16, 32, 60 s,
+/// jittered to at least half), so a job spans a PostgreSQL restart or
+/// crash recovery of a minute or more before it fails.
+pub const DEFAULT_PG_RETRIES: u32 = 5;
+pub const DEFAULT_PG_RETRY_BACKOFF: Duration = Duration::from_secs(4);
 pub const DEFAULT_WRITER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -105,6 +112,11 @@ pub struct TargetConfig {
     pub retries: u32,
     /// Retention: keep this many snapshots, prune older ones.
     pub keep_last: Option<u32>,
+    /// First wait before a retry (doubled each retry, jittered: half to
+    /// all of it), at most `retry_backoff_max`. With `retries` they span the
+    /// window in which a restarting service should come back.
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
     pub writer: WriterConfig,
     pub provider: ProviderConfig,
 }
@@ -124,6 +136,17 @@ impl WriterConfig {
             WriterConfig::Exec(_) => "exec",
             WriterConfig::FsFreeze(_) => "fsfreeze",
             WriterConfig::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The writer's own bound on one step (freeze, thaw or flush-logs); the
+    /// engine's stage deadlines follow it. Writers without a `timeout` key
+    /// (`none`, `fsfreeze`: an ioctl) get [`DEFAULT_WRITER_TIMEOUT`].
+    pub fn timeout(&self) -> Duration {
+        match self {
+            WriterConfig::Exec(e) => e.timeout,
+            WriterConfig::Postgres(p) => p.timeout,
+            WriterConfig::None | WriterConfig::FsFreeze(_) => DEFAULT_WRITER_TIMEOUT,
         }
     }
 }
@@ -158,6 +181,20 @@ impl ProviderConfig {
             ProviderConfig::ThreePar(_) => "3par",
             ProviderConfig::Btrfs(_) => "btrfs",
             ProviderConfig::Qcow2(_) => "qcow2",
+        }
+    }
+
+    /// The provider's own bound on one snapshot; the engine's snapshot
+    /// stage deadline follows it. Providers without a `timeout` key get
+    /// [`DEFAULT_PROVIDER_TIMEOUT`]; `3par` its array's request timeout.
+    pub fn timeout(&self) -> Duration {
+        match self {
+            ProviderConfig::Exec(e) => e.timeout,
+            ProviderConfig::Qcow2(q) => q.timeout,
+            ProviderConfig::ThreePar(t) => t.array.timeout,
+            ProviderConfig::None | ProviderConfig::Copy(_) | ProviderConfig::Btrfs(_) => {
+                DEFAULT_PROVIDER_TIMEOUT
+            }
         }
     }
 }
@@ -645,6 +682,8 @@ impl Cx<'_> {
                 "provider_pool",
                 "freeze_limit",
                 "retries",
+                "retry_backoff",
+                "retry_backoff_max",
                 "keep_last",
                 "writer",
                 "provider",
@@ -663,7 +702,11 @@ impl Cx<'_> {
         let freeze_limit = self
             .duration(t, key, "freeze_limit")?
             .unwrap_or(engine.freeze_limit);
-        let retries = self.u32(t, key, "retries")?.unwrap_or(DEFAULT_RETRIES);
+        let retries = self.u32(t, key, "retries")?;
+        let retry_backoff = self.duration(t, key, "retry_backoff")?;
+        let retry_backoff_max = self
+            .duration(t, key, "retry_backoff_max")?
+            .unwrap_or(DEFAULT_RETRY_BACKOFF_MAX);
         let keep_last = self.u32(t, key, "keep_last")?;
         if keep_last == Some(0) {
             let span = field(t, "keep_last").map(|v| v.span()).unwrap_or(item.span());
@@ -803,12 +846,23 @@ impl Cx<'_> {
             let span = field(t, "writer").map(|v| v.span()).unwrap_or(item.span());
             self.check_freeze_vs_btrfs(fz, b, span, &wkey)?;
         }
+        let is_pg = matches!(writer, WriterConfig::Postgres(_));
         Ok(TargetConfig {
             id,
             pool,
             provider_pool,
             freeze_limit,
-            retries,
+            retries: retries.unwrap_or(if is_pg {
+                DEFAULT_PG_RETRIES
+            } else {
+                DEFAULT_RETRIES
+            }),
+            retry_backoff: retry_backoff.unwrap_or(if is_pg {
+                DEFAULT_PG_RETRY_BACKOFF
+            } else {
+                DEFAULT_RETRY_BACKOFF
+            }),
+            retry_backoff_max,
             keep_last,
             writer,
             provider,

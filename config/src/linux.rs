@@ -170,7 +170,15 @@ pub struct PostgresConfig {
     pub wait_for_archive: bool,
     /// Also freeze this mountpoint after `pg_backup_start` (thawed first).
     pub fsfreeze: Option<FsFreezeConfig>,
+    /// Bounds each step (freeze, thaw, flush-logs); the engine's stage
+    /// deadline follows it.
     pub timeout: Duration,
+    /// The WAL archive (the directory `archive_command` copies into), for
+    /// `recman check` and, with `prune_wal`, retention.
+    pub wal_archive: Option<PathBuf>,
+    /// Retention also removes archived WAL older than the oldest kept restore
+    /// point needs (only set this when recman owns `wal_archive`).
+    pub prune_wal: bool,
 }
 
 /// `<data_dir>/backup_labels/<target>`.
@@ -179,6 +187,21 @@ pub fn default_label_dir(data_dir: &std::path::Path, target: &str) -> PathBuf {
 }
 
 impl Cx<'_> {
+    /// An optional `true`/`false` key.
+    fn bool(&self, t: &DeTable<'_>, path: &str, key: &str) -> Result<Option<bool>, ConfigError> {
+        match field(t, key) {
+            None => Ok(None),
+            Some(v) => match v.get_ref() {
+                toml::de::DeValue::Boolean(b) => Ok(Some(*b)),
+                other => Err(self.err(
+                    v.span(),
+                    &join(path, key),
+                    format!("expected true or false, found {}", other.type_str()),
+                )),
+            },
+        }
+    }
+
     pub(super) fn postgres_writer(
         &self,
         w: &DeTable<'_>,
@@ -202,6 +225,8 @@ impl Cx<'_> {
                 "fsfreeze",
                 "state_dir",
                 "timeout",
+                "wal_archive",
+                "prune_wal",
             ],
         )?;
         let host = self
@@ -228,19 +253,17 @@ impl Cx<'_> {
             Some(d) => (d, false),
             None => (default_label_dir(data_dir, target), true),
         };
-        let wait_for_archive = match field(w, "wait_for_archive") {
-            None => false,
-            Some(v) => match v.get_ref() {
-                toml::de::DeValue::Boolean(b) => *b,
-                other => {
-                    return Err(self.err(
-                        v.span(),
-                        &join(wkey, "wait_for_archive"),
-                        format!("expected true or false, found {}", other.type_str()),
-                    ))
-                }
-            },
-        };
+        let wait_for_archive = self.bool(w, wkey, "wait_for_archive")?.unwrap_or(false);
+        let wal_archive = self.path(w, wkey, "wal_archive")?;
+        let prune_wal = self.bool(w, wkey, "prune_wal")?.unwrap_or(false);
+        if prune_wal && wal_archive.is_none() {
+            let s = field(w, "prune_wal").map(|v| v.span()).unwrap_or(span.clone());
+            return Err(self.err(
+                s,
+                &join(wkey, "prune_wal"),
+                "needs wal_archive = \"/path\": the archive directory recman owns and may prune",
+            ));
+        }
         let fsfreeze = match self.path(w, wkey, "fsfreeze")? {
             None => None,
             Some(mountpoint) => Some(FsFreezeConfig {
@@ -262,6 +285,8 @@ impl Cx<'_> {
             wait_for_archive,
             fsfreeze,
             timeout,
+            wal_archive,
+            prune_wal,
         })
     }
 }
@@ -314,10 +339,39 @@ mod tests {
                 assert!(p.label_dir_is_default);
                 assert!(!p.wait_for_archive);
                 assert!(p.fsfreeze.is_none());
+                assert_eq!((p.wal_archive.as_ref(), p.prune_wal), (None, false));
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(c.targets[1].provider.kind(), "btrfs");
+        // Retries span a restart window: a postgres target waits longer by default.
+        assert_eq!(
+            (c.targets[0].retries, c.targets[0].retry_backoff),
+            (crate::DEFAULT_RETRIES, crate::DEFAULT_RETRY_BACKOFF)
+        );
+        assert_eq!(
+            (
+                c.targets[1].retries,
+                c.targets[1].retry_backoff,
+                c.targets[1].retry_backoff_max
+            ),
+            (
+                crate::DEFAULT_PG_RETRIES,
+                crate::DEFAULT_PG_RETRY_BACKOFF,
+                crate::DEFAULT_RETRY_BACKOFF_MAX
+            )
+        );
+        assert_eq!(c.targets[1].writer.timeout(), DEFAULT_PG_TIMEOUT);
+        let r = parse(
+            "[[target]]\nid = \"pg\"\nretries = 8\nretry_backoff = \"10s\"\nretry_backoff_max = \"2m\"\n\
+             [target.writer]\ntype = \"postgres\"\n[target.provider]\ntype = \"none\"\n",
+        )
+        .unwrap();
+        let t = &r.targets[0];
+        assert_eq!(
+            (t.retries, t.retry_backoff, t.retry_backoff_max),
+            (8, Duration::from_secs(10), Duration::from_secs(120))
+        );
         let mut c = c;
         c.set_data_dir("/data");
         match &c.targets[1].writer {
@@ -352,6 +406,16 @@ mod tests {
         assert!(e.contains("deadlock"), "{e}");
         let e = err("[[target]]\nid = \"f\"\n[target.writer]\ntype = \"fsfreeze\"\nmountpoint = \"/srv\"\nstate_dir = \"/srv/state\"\n[target.provider]\ntype = \"none\"\n");
         assert!(e.contains("target[0].writer.state_dir"), "{e}");
+        let e = err("[[target]]\nid = \"pg\"\n[target.writer]\ntype = \"postgres\"\nprune_wal = true\n[target.provider]\ntype = \"none\"\n");
+        assert!(
+            e.contains("target[0].writer.prune_wal") && e.contains("wal_archive"),
+            "{e}"
+        );
+        let e = err("[[target]]\nid = \"pg\"\n[target.writer]\ntype = \"postgres\"\nprune_wal = \"yes\"\nwal_archive = \"/a\"\n[target.provider]\ntype = \"none\"\n");
+        assert!(
+            e.contains("target[0].writer.prune_wal") && e.contains("true or false"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -351,6 +351,7 @@ impl Decider<'_> {
             // no use (the snapshot must come before the forced thaw) and may
             // have landed: the engine thaws it before the writers' watchdog.
             Stage::Freeze => p.stage_timeout_ms.min(p.freeze_budget_ms()),
+            Stage::Snapshot => p.snapshot_timeout_ms,
             _ => p.stage_timeout_ms,
         };
         self.emit(
@@ -549,7 +550,7 @@ impl Decider<'_> {
     }
 
     fn prune_retry_ms(&self, targets: &[TargetId]) -> u64 {
-        self.cfg.job_policy(targets).stage_timeout_ms.max(1_000)
+        self.cfg.job_policy(targets).snapshot_timeout_ms.max(1_000)
     }
 
     /// Retention after `job` completed with snapshot `name`: per target with

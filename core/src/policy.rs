@@ -18,9 +18,15 @@ pub struct TargetPolicy {
     pub freeze_limit_ms: u64,
     /// The engine thaws this long before the limit (default 20 % of it).
     pub thaw_margin_ms: u64,
-    /// Timeout of each of freeze, thaw and flush-logs (default 30 000 ms); the
-    /// snapshot stage is also bounded by the freeze limit.
-    pub stage_timeout_ms: u64,
+    /// The writer's own timeout of each of freeze, thaw and flush-logs (its
+    /// configured `timeout`; default 25 000 ms). The engine's deadline of
+    /// those stages follows it (plus [`STAGE_GRACE_MS`]), so it never gives
+    /// up on a step the worker still runs.
+    pub writer_timeout_ms: u64,
+    /// The provider's own timeout of a snapshot (default 25 000 ms); the
+    /// snapshot stage's deadline follows it and is also bounded by the
+    /// freeze limit (the forced thaw).
+    pub provider_timeout_ms: u64,
     /// Retries after the first attempt, for retryable failures only (default 3).
     pub max_retries: u32,
     /// First backoff (default 1 000 ms), doubled each retry, jittered.
@@ -38,7 +44,8 @@ impl TargetPolicy {
             provider_pool: provider_pool.into(),
             freeze_limit_ms: 10_000,
             thaw_margin_ms: 2_000,
-            stage_timeout_ms: 30_000,
+            writer_timeout_ms: 25_000,
+            provider_timeout_ms: 25_000,
             max_retries: 3,
             backoff_base_ms: 1_000,
             backoff_max_ms: 60_000,
@@ -46,6 +53,10 @@ impl TargetPolicy {
         }
     }
 }
+
+/// How much longer than a step's own timeout the engine waits for its
+/// report: the worker reports its own timeout (with its reason) first.
+pub const STAGE_GRACE_MS: u64 = 5_000;
 
 /// Everything the core needs besides state and input.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -62,7 +73,11 @@ pub struct CoreConfig {
 pub struct JobPolicy {
     pub freeze_limit_ms: u64,
     pub thaw_margin_ms: u64,
+    /// Deadline of freeze, thaw and flush-logs: the slowest writer's timeout + grace.
     pub stage_timeout_ms: u64,
+    /// Deadline of the snapshot stage (and of a prune's answer): the slowest
+    /// provider's timeout + grace.
+    pub snapshot_timeout_ms: u64,
     pub max_retries: u32,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
@@ -105,7 +120,8 @@ impl CoreConfig {
         let mut p = JobPolicy {
             freeze_limit_ms: first.freeze_limit_ms,
             thaw_margin_ms: first.thaw_margin_ms,
-            stage_timeout_ms: first.stage_timeout_ms,
+            stage_timeout_ms: first.writer_timeout_ms,
+            snapshot_timeout_ms: first.provider_timeout_ms,
             max_retries: first.max_retries,
             backoff_base_ms: first.backoff_base_ms,
             backoff_max_ms: first.backoff_max_ms,
@@ -113,11 +129,15 @@ impl CoreConfig {
         for t in it {
             p.freeze_limit_ms = p.freeze_limit_ms.min(t.freeze_limit_ms);
             p.thaw_margin_ms = p.thaw_margin_ms.max(t.thaw_margin_ms);
-            p.stage_timeout_ms = p.stage_timeout_ms.min(t.stage_timeout_ms);
+            // A group's stage waits for its slowest member's own timeout.
+            p.stage_timeout_ms = p.stage_timeout_ms.max(t.writer_timeout_ms);
+            p.snapshot_timeout_ms = p.snapshot_timeout_ms.max(t.provider_timeout_ms);
             p.max_retries = p.max_retries.min(t.max_retries);
             p.backoff_base_ms = p.backoff_base_ms.max(t.backoff_base_ms);
             p.backoff_max_ms = p.backoff_max_ms.max(t.backoff_max_ms);
         }
+        p.stage_timeout_ms = p.stage_timeout_ms.saturating_add(STAGE_GRACE_MS);
+        p.snapshot_timeout_ms = p.snapshot_timeout_ms.saturating_add(STAGE_GRACE_MS);
         p
     }
 }

@@ -383,6 +383,81 @@ fn a_freeze_that_never_answers_times_out_within_the_freeze_budget() {
     assert_eq!(s.commands[0].command.stage, Stage::Thaw);
 }
 
+/// Issue 25 item 3: a writer with a 60 s timeout (a PostgreSQL flush that
+/// waits for the WAL archive) is not abandoned by a shorter engine deadline.
+#[test]
+fn stage_deadlines_follow_the_steps_configured_timeout() {
+    let mut cfg = config();
+    let mut pg = TargetPolicy::new("host.pg", "host.pg");
+    pg.writer_timeout_ms = 60_000;
+    pg.provider_timeout_ms = 100_000;
+    pg.freeze_limit_ms = 120_000;
+    pg.thaw_margin_ms = 24_000;
+    cfg.targets.insert(TargetId::from("pg"), pg);
+    // A group waits for its slowest member's own timeout, plus the grace.
+    let p = cfg.job_policy(&[TargetId::from("a"), TargetId::from("pg")]);
+    assert_eq!(p.stage_timeout_ms, 60_000 + recman_core::policy::STAGE_GRACE_MS);
+    assert_eq!(
+        p.snapshot_timeout_ms,
+        100_000 + recman_core::policy::STAGE_GRACE_MS
+    );
+    assert_eq!(
+        cfg.job_policy(&[TargetId::from("a")]).stage_timeout_ms,
+        30_000,
+        "the default"
+    );
+
+    let mut core = Core::new(cfg);
+    let (j, _) = request(&mut core, "r1", &["pg"], 1, T);
+    assert_eq!(
+        core.state().job(&j).expect("job").stage_deadline_ms,
+        Some(T + 65_000)
+    );
+    core.handle(rep(j, 1, Stage::Freeze, &["pg"], "w1", frozen()), T + 10);
+    let snapshot_deadline = core.state().job(&j).expect("job").stage_deadline_ms;
+    assert_eq!(snapshot_deadline, Some(T + 10 + 105_000));
+    core.handle(rep(j, 1, Stage::Snapshot, &["pg"], "w1", snap(j, 1)), T + 20);
+    core.handle(rep(j, 1, Stage::Thaw, &["pg"], "w1", thawed()), T + 30);
+    let job = core.state().job(&j).expect("job");
+    assert_eq!(job.stage, Some(Stage::FlushLogs));
+    assert_eq!(job.stage_deadline_ms, Some(T + 30 + 65_000));
+    // 45 s into the flush (past the old fixed 30 s): no timeout, and the
+    // worker's late answer completes the job.
+    let s = core.handle(Input::TimerFired, T + 30 + 45_000);
+    assert!(
+        !kinds(&s.events).contains(&"stage_timed_out"),
+        "{:?}",
+        kinds(&s.events)
+    );
+    let s = core.handle(
+        rep(j, 1, Stage::FlushLogs, &["pg"], "w1", ok(StepDetail::Flushed)),
+        T + 30 + 45_000,
+    );
+    assert_eq!(kinds(&s.events), ["step_succeeded", "completed"]);
+    // Past the writer's timeout and the grace, the stage does time out.
+    let mut core2 = Core::new(core_cfg_with_pg());
+    let (j2, _) = request(&mut core2, "r2", &["pg"], 2, T);
+    core2.handle(rep(j2, 1, Stage::Freeze, &["pg"], "w1", frozen()), T + 10);
+    core2.handle(rep(j2, 1, Stage::Snapshot, &["pg"], "w1", snap(j2, 1)), T + 20);
+    core2.handle(rep(j2, 1, Stage::Thaw, &["pg"], "w1", thawed()), T + 30);
+    let s = core2.handle(Input::TimerFired, T + 30 + 65_000);
+    assert!(
+        kinds(&s.events).contains(&"stage_timed_out"),
+        "{:?}",
+        kinds(&s.events)
+    );
+}
+
+fn core_cfg_with_pg() -> CoreConfig {
+    let mut cfg = config();
+    let mut pg = TargetPolicy::new("host.pg", "host.pg");
+    pg.writer_timeout_ms = 60_000;
+    pg.freeze_limit_ms = 120_000;
+    pg.thaw_margin_ms = 24_000;
+    cfg.targets.insert(TargetId::from("pg"), pg);
+    cfg
+}
+
 #[test]
 fn the_freeze_limit_forces_the_thaw_and_a_late_snapshot_is_recorded_and_deleted() {
     let mut core = Core::new(config());

@@ -2,7 +2,7 @@
 //! (`runtime`, with the events relay) and the engine handle that starts it
 //! with its workers (`handle`); the read model (`view`) and how it is shown
 //! (`render`); the HTTP API (`api`) and its client (`client`); the
-//! benchmarks (`bench`); and the `recman` command line (`cli`), which only
+//! benchmarks (`bench`); the preflight of targets (`preflight`); and the `recman` command line (`cli`), which only
 //! wires these together.
 
 pub mod api;
@@ -13,6 +13,7 @@ pub mod client;
 pub mod demo;
 pub mod handle;
 pub mod home;
+pub mod preflight;
 pub mod render;
 pub mod runtime;
 pub mod signal;

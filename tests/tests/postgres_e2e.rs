@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,86 +17,7 @@ use std::time::Duration;
 use recman_config::Config;
 use recman_testkit::{free_port, sh, wait_until_async, DEADLINE};
 use recman_tests::linux::{can_run, completed, Embedded, LoopFs, NumberedWriter};
-
-const BIN: &str = "/usr/lib/postgresql/15/bin";
-const PASSWORD: &str = "recman-test-pw";
-
-/// Runs a PostgreSQL program as the `postgres` user.
-fn as_postgres(prog: &str, args: &[&str]) {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(Path::new(BIN).join(prog))
-        .args(args)
-        .env("PGPASSWORD", PASSWORD)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{prog} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn chown_postgres(p: &Path) {
-    sh("chown", &["-R", "postgres:postgres", p.to_str().unwrap()]);
-}
-
-/// A running private cluster; stopped (immediate) on drop.
-struct Pg {
-    data: PathBuf,
-    port: u16,
-}
-
-impl Pg {
-    fn start(data: &Path, port: u16, log: &Path) -> Pg {
-        let pg = Pg {
-            data: data.to_path_buf(),
-            port,
-        };
-        as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "-t",
-                "120",
-                "start",
-            ],
-        );
-        pg
-    }
-
-    async fn client(&self) -> tokio_postgres::Client {
-        let (c, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(self.port)
-            .user("postgres")
-            .password(PASSWORD)
-            .dbname("postgres")
-            .connect(tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        c
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(Path::new(BIN).join("pg_ctl"))
-            .args(["-D", self.data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
+use recman_tests::postgres::{append, as_postgres, chown_postgres, Pg, BIN, PASSWORD};
 
 struct Killed(Child);
 impl Drop for Killed {
@@ -362,10 +283,4 @@ async fn case(combined: bool) {
     assert_eq!(accounts, 100_000);
     let log = fs::read_to_string(logs.join("pg2.log")).unwrap_or_default();
     assert!(log.contains("consistent recovery state reached"), "{log}");
-}
-
-fn append(p: &Path, text: &str) {
-    use std::io::Write;
-    let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
-    f.write_all(text.as_bytes()).unwrap();
 }

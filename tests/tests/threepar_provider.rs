@@ -412,3 +412,97 @@ async fn the_password_never_reaches_the_logs() {
     assert!(text.contains("logged in"), "the capture works: {text}");
     assert!(!text.contains(PASSWORD) && !text.contains("wrong-Pw-xyz"));
 }
+
+/// `recman check` of a `3par` target (issue 25): a login, the base volume
+/// (every member of a set), room in its snapshot CPG; only reads, then logs out.
+#[tokio::test]
+async fn the_preflight_logs_in_finds_the_base_volume_and_measures_the_cpg() {
+    use recman_tests::wsapi_fake::Cpg;
+    use recman_workers::check::Level;
+    use recman_workers::provider::threepar::check;
+    let dir = tempfile::tempdir().unwrap();
+    let a = array(dir.path(), Scheme::Http).await;
+    a.fake.add_volume("DB01-vv");
+    a.fake.set_snap_cpg("DB01-vv", "SNAP_r6");
+    a.fake.add_cpg(
+        "SNAP_r6",
+        Cpg {
+            used_mib: 1000,
+            limit_mib: 100_000,
+            warning_mib: 0,
+        },
+    );
+    let cfg = provider_config(dir.path(), &a.section, "volume = \"DB01-vv\"", "");
+    let f = check::run(&cfg).await;
+    assert!(f.iter().all(|f| f.level == Level::Ok), "{f:#?}");
+    assert!(f.iter().any(|f| f.message.contains("99000 MiB left")), "{f:#?}");
+    assert_eq!(a.fake.live_sessions(), 0, "logged out");
+    assert!(
+        a.fake
+            .requests()
+            .iter()
+            .all(|r| r.method != "POST" || r.uri.ends_with("/credentials")),
+        "only reads"
+    );
+
+    // Nearly full: fails, saying what to do.
+    a.fake.add_cpg(
+        "SNAP_r6",
+        Cpg {
+            used_mib: 99_500,
+            limit_mib: 100_000,
+            warning_mib: 90_000,
+        },
+    );
+    let f = check::run(&cfg).await;
+    let fail = f
+        .iter()
+        .find(|f| f.level == Level::Fail)
+        .unwrap_or_else(|| panic!("{f:#?}"));
+    assert!(fail.message.contains("raise the limit"), "{fail:?}");
+
+    // A missing base volume, a copy instead of a base, a missing CPG.
+    let missing = provider_config(dir.path(), &a.section, "volume = \"NOPE\"", "");
+    let f = check::run(&missing).await;
+    assert!(
+        f.iter()
+            .any(|f| f.level == Level::Fail && f.message.contains("NON_EXISTENT_VOL")),
+        "{f:#?}"
+    );
+    a.fake.add_volume("DB02-vv");
+    a.fake.set_snap_cpg("DB02-vv", "GONE");
+    let f = check::run(&provider_config(
+        dir.path(),
+        &a.section,
+        "volume = \"DB02-vv\"",
+        "",
+    ))
+    .await;
+    assert!(
+        f.iter()
+            .any(|f| f.level == Level::Fail && f.message.contains("NON_EXISTENT_CPG")),
+        "{f:#?}"
+    );
+    a.fake.add_volume_set("DBSET", &["DB01-vv", "DB02-vv"]);
+    let f = check::run(&provider_config(
+        dir.path(),
+        &a.section,
+        "volume_set = \"DBSET\"",
+        "",
+    ))
+    .await;
+    assert!(
+        f.iter()
+            .any(|f| f.message.contains("volume set DBSET: DB01-vv, DB02-vv")),
+        "{f:#?}"
+    );
+
+    // A wrong password: the login fails, and nothing else is tried.
+    std::fs::write(dir.path().join("a.password"), "wrong\n").unwrap();
+    let f = check::run(&cfg).await;
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert!(
+        f[0].level == Level::Fail && f[0].message.contains("INV_USER_PASS"),
+        "{f:#?}"
+    );
+}

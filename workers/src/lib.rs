@@ -2,6 +2,7 @@
 //! and providers (take the point-in-time copy), and the freeze watchdog.
 //! The config they read is `recman-config`'s.
 
+pub mod check;
 pub mod exec;
 pub mod provider;
 pub mod runtime;

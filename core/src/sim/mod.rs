@@ -170,7 +170,8 @@ impl Sim {
             let mut p = TargetPolicy::new(pools[i / 2].0.clone(), pools[hosts + i % arrays].0.clone());
             p.freeze_limit_ms = FREEZE_LIMIT;
             p.thaw_margin_ms = 2_000;
-            p.stage_timeout_ms = 10_000;
+            p.writer_timeout_ms = 5_000;
+            p.provider_timeout_ms = 5_000;
             p.backoff_base_ms = 100;
             p.backoff_max_ms = 2_000;
             p.keep_last = (i % 2 == 0).then_some(3);

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod audit;
 pub mod bench;
 pub mod cancel;
+pub mod check;
 pub mod engine;
 pub mod events;
 pub mod job;
@@ -68,6 +69,8 @@ pub enum Command {
     Audit(audit::Args),
     /// Check a config file and print what it declares.
     ValidateConfig(validate::Args),
+    /// Preflight: check each target's writer and provider before any freeze (touches nothing).
+    Check(check::Args),
     /// Drive the engine core with simulated workers, faults and a virtual clock.
     Simulate(simulate::Args),
     /// Benchmarks: print their figure and the baseline measured in the same run.
@@ -120,6 +123,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(a) => replay::run(&g, a).await,
         Command::Audit(a) => audit::run(&g, a).await,
         Command::ValidateConfig(a) => validate::run(&g, a).await,
+        Command::Check(a) => check::run(&g, a).await,
         Command::Simulate(a) => simulate::run(&g, a).await,
         Command::Bench(b) => bench::run(&g, b).await,
     }

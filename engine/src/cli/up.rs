@@ -116,6 +116,16 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     };
     let worker = Worker::from_config(WorkerId::from(format!("local-{}", std::process::id())), &config)
         .with_state_dir(super::worker::state_dir(None, &config, state_default));
+    // The preflight, as warnings, beside the start-up (a server that does
+    // not answer must not delay it): `up` starts whatever it finds;
+    // `recman check` fails on the same findings.
+    let (pre_cfg, pre_dir) = (config.clone(), g.data_dir.clone());
+    tokio::spawn(async move {
+        match crate::preflight::run(&pre_cfg, &pre_dir, &[]).await {
+            Ok(reports) => crate::preflight::log(&reports),
+            Err(e) => tracing::warn!("preflight: {e:#}"),
+        }
+    });
     let mut engine = Engine::builder(&config)
         .log(log.clone())
         .bus(bus.clone())

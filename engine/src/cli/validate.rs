@@ -9,11 +9,15 @@ use crate::home::Home;
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Exit codes: 0 valid, 1 invalid (the error names file, line and key), 2 could not run."
+    after_help = "Exit codes: 0 valid, 1 invalid (the error names file, line and key) or, with --check, \
+a check failed, 2 could not run."
 )]
 pub struct Args {
     /// The config file (default: --config, else DATA_DIR/recman.toml).
     pub file: Option<std::path::PathBuf>,
+    /// Also run the preflight of every target (`recman check`).
+    #[arg(long)]
+    pub check: bool,
 }
 
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
@@ -34,6 +38,13 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
                     t.retries,
                     t.keep_last.map(|k| k.to_string()).unwrap_or_else(|| "all".into())
                 );
+            }
+            if a.check {
+                let reports = crate::preflight::run(&cfg, &g.data_dir, &[]).await?;
+                crate::preflight::print(&reports);
+                if crate::preflight::worst(&reports) == recman_workers::check::Level::Fail {
+                    return Ok(ExitCode::from(1));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

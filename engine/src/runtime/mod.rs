@@ -382,7 +382,11 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.freeze_limit_ms = t.freeze_limit.as_millis() as u64;
         p.thaw_margin_ms = p.freeze_limit_ms / 5;
         p.max_retries = t.retries;
+        p.backoff_base_ms = t.retry_backoff.as_millis() as u64;
+        p.backoff_max_ms = t.retry_backoff_max.as_millis() as u64;
         p.keep_last = t.keep_last;
+        p.writer_timeout_ms = t.writer.timeout().as_millis() as u64;
+        p.provider_timeout_ms = t.provider.timeout().as_millis() as u64;
         cfg.targets.insert(t.id.clone(), p);
     }
     cfg

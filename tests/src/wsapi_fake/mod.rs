@@ -23,6 +23,8 @@
 //!   pattern whose `@count@` becomes 0, 1, … in member order; all member
 //!   copies are created or none. Virtual copies have `copyType` 3.
 //! - `GET /volumesets/<set>` → `{"name","setmembers"}`.
+//! - `GET /cpgs/<name>` → `{"name","SDUsage":{"usedMiB"},"SDGrowth":{"limitMiB","warningMiB"}}`
+//!   (an unknown CPG → 404 code 15 NON_EXISTENT_CPG); a volume shows its `snapCPG`.
 //!
 //! Test knobs: injected 503s, latency per request, session expiry, a log of
 //! every request. Serves plain HTTP or HTTPS (rustls, ring provider) on
@@ -54,6 +56,16 @@ pub struct Volume {
     pub expiration_hours: Option<u64>,
     pub retention_hours: Option<u64>,
     pub creation_time_sec: u64,
+    /// The CPG its virtual copies go to (`snapCPG`), when set.
+    pub snap_cpg: Option<String>,
+}
+
+/// One CPG's snapshot space (`SDUsage.usedMiB`, `SDGrowth.limitMiB`/`warningMiB`; 0 = none).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cpg {
+    pub used_mib: i64,
+    pub limit_mib: i64,
+    pub warning_mib: i64,
 }
 
 /// One request as received (for assertions on what a client sent).
@@ -74,6 +86,7 @@ pub(crate) struct State {
     pub password: String,
     pub volumes: BTreeMap<String, Volume>,
     pub sets: BTreeMap<String, Vec<String>>,
+    pub cpgs: BTreeMap<String, Cpg>,
     pub sessions: HashSet<String>,
     pub next_id: u64,
     pub logins: u64,
@@ -109,6 +122,7 @@ impl State {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            snap_cpg: None,
         };
         self.volumes.insert(name.to_string(), v);
         self.volumes.get_mut(name).expect("just inserted")
@@ -116,6 +130,18 @@ impl State {
 }
 
 impl FakeWsapi {
+    /// Adds (or replaces) a CPG with its snapshot space.
+    pub fn add_cpg(&self, name: &str, cpg: Cpg) {
+        self.shared().lock().cpgs.insert(name.to_string(), cpg);
+    }
+
+    /// Sets the `snapCPG` of volume `vol`.
+    pub fn set_snap_cpg(&self, vol: &str, cpg: &str) {
+        if let Some(v) = self.shared().lock().volumes.get_mut(vol) {
+            v.snap_cpg = Some(cpg.to_string());
+        }
+    }
+
     /// Adds a base volume.
     pub fn add_volume(&self, name: &str) {
         self.shared().lock().add_volume(name, None, BASE_VOLUME);

@@ -247,6 +247,17 @@ fn route(
             Some(members) => (StatusCode::OK, json!({ "name": set, "setmembers": members })),
             None => non_existent_set(set),
         },
+        (Method::GET, ["cpgs", name]) => match st.cpgs.get(*name) {
+            Some(c) => (
+                StatusCode::OK,
+                json!({
+                    "name": name,
+                    "SDUsage": { "usedMiB": c.used_mib, "totalMiB": c.used_mib },
+                    "SDGrowth": { "limitMiB": c.limit_mib, "warningMiB": c.warning_mib },
+                }),
+            ),
+            None => wsapi_err(StatusCode::NOT_FOUND, 15, &format!("CPG does not exist: {name}")),
+        },
         (Method::POST, ["volumesets", set]) => match parse_snapshot(body) {
             Err(e) => e,
             Ok(p) => snapshot_set(st, set, &p),
@@ -297,6 +308,9 @@ fn volume_json(v: &super::Volume) -> Value {
     });
     if let Some(c) = &v.copy_of {
         j["copyOf"] = json!(c);
+    }
+    if let Some(c) = &v.snap_cpg {
+        j["snapCPG"] = json!(c);
     }
     if let Some(c) = &v.comment {
         j["comment"] = json!(c);

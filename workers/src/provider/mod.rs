@@ -93,7 +93,7 @@ mod exec;
 mod none;
 mod owner;
 mod qcow2;
-mod threepar;
+pub mod threepar;
 
 use std::sync::Arc;
 

@@ -247,10 +247,12 @@ impl Shared {
         for t in &cmd.targets {
             let local = self.local(t)?;
             let _g = local.provider_lock.lock().await;
+            let mut gone: Vec<String> = Vec::new();
             for name in &cmd.prune {
                 match local.provider.delete(name, t).await {
                     Ok(_) => {
                         self.lock_pruned().insert_first(name.clone(), ());
+                        gone.push(name.clone());
                         if !deleted.contains(name) {
                             deleted.push(name.clone());
                         }
@@ -263,6 +265,11 @@ impl Shared {
                         });
                     }
                 }
+            }
+            // What the writer keeps beside the snapshots goes with them.
+            let listed = local.provider.list(t).await.ok();
+            if let Err(e) = local.writer.after_prune(&gone, listed.as_deref()).await {
+                tracing::warn!(worker = %self.id, job = %cmd.job, target = %t, code = %e.code, message = %e.message, "the writer's files of pruned snapshots could not be pruned");
             }
         }
         Ok(StepDetail::Pruned { deleted, failed })

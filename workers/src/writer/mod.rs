@@ -4,7 +4,7 @@
 mod exec;
 mod fsfreeze;
 mod none;
-mod postgres;
+pub mod postgres;
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use recman_events::bus::BoxFuture;
 use recman_events::{JobId, SnapshotKind, StepError, TargetId};
 
 pub use exec::ExecWriter;
-pub use fsfreeze::{check_mountpoint, FsFreezeWriter};
+pub use fsfreeze::{check_mountpoint, unescape as unescape_mountinfo, FsFreezeWriter};
 pub use none::NoneWriter;
 pub use postgres::PostgresWriter;
 
@@ -44,6 +44,18 @@ pub trait Writer: Send + Sync {
     /// the writer.
     fn startup_thaw(&self) -> BoxFuture<'_, Result<Option<StartupThaw>, StepError>> {
         Box::pin(async { Ok(None) })
+    }
+    /// After the target's provider deleted the snapshots `deleted` (retention):
+    /// remove what the writer kept beside them (the `postgres` writer's labels
+    /// and, with `prune_wal`, archived WAL). `listed`: the snapshots the
+    /// provider still holds, when it can list them.
+    fn after_prune<'a>(
+        &'a self,
+        deleted: &'a [String],
+        listed: Option<&'a [String]>,
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        let _ = (deleted, listed);
+        Box::pin(async { Ok(()) })
     }
 }
 

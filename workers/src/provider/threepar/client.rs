@@ -46,6 +46,7 @@ pub fn code_name(code: i64) -> Option<&'static str> {
         5 => "INV_USER_PASS",
         6 => "INV_SESSION_KEY",
         12 => "INV_INPUT",
+        15 => "NON_EXISTENT_CPG",
         22 => "EXISTENT_VOL",
         23 => "NON_EXISTENT_VOL",
         32 => "HAS_CHILD",

@@ -6,6 +6,7 @@
 //! existing volume is checked to be a virtual copy of the right base. A
 //! volume set is cut at one instant with the pattern `<name>-@count@`.
 
+pub mod check;
 mod client;
 mod tls;
 

@@ -8,14 +8,29 @@
 //! drops and PostgreSQL aborts the backup by itself; that attempt's snapshot
 //! then has no `backup_label` (with an atomic provider such as `btrfs` it is
 //! still a crash-consistent image, restored without a label).
+//!
+//! Each step is bounded by the one configured `timeout` (the engine's stage
+//! deadline follows it). Before `pg_backup_start` the freeze checks the role's
+//! rights (`rights.rs`) and, with `wait_for_archive`, that archiving is on:
+//! a snapshot that could not be restored is refused, not taken. The names of
+//! WAL files and labels are read in `wal.rs`; `prune.rs` removes the labels
+//! and archived WAL that retention no longer needs; `check.rs` is the
+//! preflight of `recman check`.
+
+pub mod check;
+pub mod prune;
+pub mod rights;
+pub mod wal;
 
 use std::fs;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use recman_events::bus::BoxFuture;
 use recman_events::{snapshot_name, JobId, StepError};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls};
 
 use super::{FsFreezeWriter, StartupThaw, StepCtx, Writer};
@@ -36,6 +51,16 @@ pub struct PostgresWriter {
     session: Mutex<Option<Session>>,
 }
 
+/// The refusal of `wait_for_archive = true` on a cluster that archives nothing.
+pub fn archive_off_message(target: &str) -> String {
+    format!(
+        "target {target}: wait_for_archive = true but the server's archive_mode is off: no WAL is archived, so \
+         a snapshot could not be restored past its backup_label (\"WAL ends before end of online backup\"); \
+         set archive_mode = on and an archive_command (a restart), or set wait_for_archive = false if the \
+         snapshot is restored without its label (crash-consistent)"
+    )
+}
+
 impl PostgresWriter {
     pub fn new(target: &str, cfg: PostgresConfig) -> Self {
         let freeze = cfg.fsfreeze.clone().map(|f| FsFreezeWriter::new(target, f));
@@ -50,10 +75,19 @@ impl PostgresWriter {
     fn err(&self, what: &str, e: tokio_postgres::Error) -> StepError {
         // Connection trouble may pass; SQL errors (permissions, version) will not.
         let retryable = e.as_db_error().is_none();
+        let hint = if retryable {
+            format!(
+                " (is PostgreSQL running and listening on {}:{}? check listen_addresses, port and \
+                 pg_hba.conf; the job is retried with backoff)",
+                self.cfg.host, self.cfg.port
+            )
+        } else {
+            String::new()
+        };
         StepError::new(
             "postgres_error",
             format!(
-                "target {}: {what} on {}:{}: {}",
+                "target {}: {what} on {}:{}: {}{hint}",
                 self.target,
                 self.cfg.host,
                 self.cfg.port,
@@ -63,7 +97,23 @@ impl PostgresWriter {
         )
     }
 
-    async fn connect(&self) -> Result<(Client, tokio::task::JoinHandle<()>), StepError> {
+    /// `fut` bounded by `end`, the deadline of the whole step.
+    async fn until<T>(
+        &self,
+        end: Instant,
+        what: &str,
+        fut: impl Future<Output = Result<T, StepError>>,
+    ) -> Result<T, StepError> {
+        tokio::time::timeout_at(end, fut)
+            .await
+            .unwrap_or_else(|_| Err(self.timeout(what)))
+    }
+
+    /// Opens a session (within the step's deadline `end`).
+    pub(crate) async fn connect(
+        &self,
+        end: Instant,
+    ) -> Result<(Client, tokio::task::JoinHandle<()>), StepError> {
         let mut c = tokio_postgres::Config::new();
         c.host(&self.cfg.host)
             .port(self.cfg.port)
@@ -85,10 +135,11 @@ impl PostgresWriter {
             })?;
             c.password(text.lines().next().unwrap_or("").as_bytes());
         }
-        let (client, conn) = tokio::time::timeout(self.cfg.timeout, c.connect(NoTls))
-            .await
-            .map_err(|_| self.timeout("connecting"))?
-            .map_err(|e| self.err("connecting", e))?;
+        let (client, conn) = self
+            .until(end, "connecting", async {
+                c.connect(NoTls).await.map_err(|e| self.err("connecting", e))
+            })
+            .await?;
         let target = self.target.clone();
         let conn = tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -102,14 +153,49 @@ impl PostgresWriter {
         StepError::new(
             "timeout",
             format!(
-                "target {}: {what} took longer than {:?}",
+                "target {}: {what} took longer than {:?} (the writer's timeout)",
                 self.target, self.cfg.timeout
             ),
             true,
         )
     }
 
+    /// Refuses a session that could not make a restorable snapshot: a role
+    /// without the rights (`rights.rs`), or `wait_for_archive` without archiving.
+    async fn refuse_unfit(&self, client: &Client) -> Result<(), StepError> {
+        let missing = rights::missing(client, self.cfg.wait_for_archive)
+            .await
+            .map_err(|e| self.err("checking the role's rights", e))?;
+        if !missing.is_empty() {
+            return Err(StepError::new(
+                "permission_denied",
+                format!(
+                    "target {}: {}",
+                    self.target,
+                    rights::refusal(&self.cfg.user, &missing)
+                ),
+                false,
+            ));
+        }
+        if self.cfg.wait_for_archive {
+            let mode: String = client
+                .query_one("SELECT current_setting('archive_mode')", &[])
+                .await
+                .map_err(|e| self.err("reading archive_mode", e))?
+                .get(0);
+            if mode == "off" {
+                return Err(StepError::new(
+                    "archive_mode_off",
+                    archive_off_message(&self.target),
+                    false,
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn freeze_inner(&self, ctx: &StepCtx) -> Result<(), StepError> {
+        let end = Instant::now() + self.cfg.timeout;
         let mut slot = self.session.lock().await;
         if let Some(s) = slot.as_ref() {
             if s.job == ctx.job && s.attempt == ctx.attempt && !s.client.is_closed() {
@@ -121,14 +207,22 @@ impl PostgresWriter {
             let _ = old.client.simple_query("SELECT pg_backup_stop(false)").await;
             old.conn.abort();
         }
-        let (client, conn) = self.connect().await?;
+        let (client, conn) = self.connect(end).await?;
         let label = format!("recman {} {}", self.target, snapshot_name(ctx.job, ctx.attempt));
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&label];
-        let start = client.query_one("SELECT pg_backup_start($1, true)::text", &params);
-        tokio::time::timeout(self.cfg.timeout, start)
-            .await
-            .map_err(|_| self.timeout("pg_backup_start"))?
-            .map_err(|e| self.err("pg_backup_start", e))?;
+        let started = self
+            .until(end, "pg_backup_start", async {
+                self.refuse_unfit(&client).await?;
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&label];
+                client
+                    .query_one("SELECT pg_backup_start($1, true)::text", &params)
+                    .await
+                    .map_err(|e| self.err("pg_backup_start", e))
+            })
+            .await;
+        if let Err(e) = started {
+            conn.abort();
+            return Err(e);
+        }
         let session = Session {
             job: ctx.job,
             attempt: ctx.attempt,
@@ -199,48 +293,97 @@ impl PostgresWriter {
     }
 
     async fn flush_inner(&self) -> Result<(), StepError> {
-        let (client, conn) = self.connect().await?;
-        let r = async {
-            let row = client
-                .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-                .await
-                .map_err(|e| self.err("pg_switch_wal", e))?;
-            let segment: String = row.get(0);
-            if !self.cfg.wait_for_archive {
-                return Ok(());
-            }
-            let mode: String = client
-                .query_one("SELECT current_setting('archive_mode')", &[])
-                .await
-                .map_err(|e| self.err("reading archive_mode", e))?
-                .get(0);
-            if mode == "off" {
-                return Ok(());
-            }
-            let end = Instant::now() + self.cfg.timeout;
-            loop {
-                let last: Option<String> = client
-                    .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
-                    .await
-                    .map_err(|e| self.err("reading pg_stat_archiver", e))?
-                    .get(0);
-                // Segment names of one timeline sort in WAL order.
-                if last
-                    .as_deref()
-                    .is_some_and(|l| l.len() == 24 && l[8..] >= segment[8..])
-                {
-                    return Ok(());
-                }
-                if Instant::now() > end {
-                    return Err(self.timeout(&format!("archiving WAL segment {segment}")));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        .await;
+        // One deadline for the whole step, connecting included.
+        let end = Instant::now() + self.cfg.timeout;
+        let (client, conn) = self.connect(end).await?;
+        let r = self.switch_and_wait(&client, end).await;
         conn.abort();
         r
     }
+
+    async fn switch_and_wait(&self, client: &Client, end: Instant) -> Result<(), StepError> {
+        let segment: String = self
+            .until(end, "pg_switch_wal", async {
+                if self.cfg.wait_for_archive {
+                    self.refuse_unfit(client).await?;
+                }
+                client
+                    .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+                    .await
+                    .map_err(|e| self.err("pg_switch_wal", e))
+            })
+            .await?
+            .get(0);
+        if !self.cfg.wait_for_archive {
+            return Ok(());
+        }
+        // The segment is archived once its `.ready` status file is gone (the
+        // archiver renames it `.done`). Not "last_archived_wal >= segment":
+        // on a quiet cluster the last archived file is the backup's
+        // `<segment>.<offset>.backup` history file (issue 25 item 1).
+        let ready = format!("{segment}.ready");
+        let mut status = ArchiverStatus::default();
+        loop {
+            let row = tokio::time::timeout_at(
+                end,
+                client.query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_ls_archive_statusdir() WHERE name = $1), \
+                     a.last_archived_wal, a.failed_count, a.last_failed_wal, a.last_failed_time::text \
+                     FROM pg_stat_archiver a",
+                    &[&ready],
+                ),
+            )
+            .await;
+            let row = match row {
+                Ok(r) => r.map_err(|e| self.err("reading the archive status", e))?,
+                Err(_) => return Err(self.archive_timeout(&segment, &status)),
+            };
+            if !row.get::<_, bool>(0) {
+                return Ok(());
+            }
+            status = ArchiverStatus {
+                last_archived: row.get(1),
+                failed_count: row.get(2),
+                last_failed: row.get(3),
+                last_failed_time: row.get(4),
+            };
+            if Instant::now() + Duration::from_millis(50) > end {
+                return Err(self.archive_timeout(&segment, &status));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn archive_timeout(&self, segment: &str, s: &ArchiverStatus) -> StepError {
+        let failing = match (&s.last_failed, &s.last_failed_time) {
+            (Some(f), Some(t)) if s.failed_count > 0 => format!(
+                "; archive_command has failed {} time(s), last for {f} at {t}: see the server log and fix \
+                 archive_command",
+                s.failed_count
+            ),
+            _ => "; no archive_command failure is recorded: is the archiver slow or stuck?".to_string(),
+        };
+        StepError::new(
+            "archive_timeout",
+            format!(
+                "target {}: WAL segment {segment} was not archived within {:?} (the writer's timeout); last \
+                 archived: {}{failing}",
+                self.target,
+                self.cfg.timeout,
+                s.last_archived.as_deref().unwrap_or("none")
+            ),
+            true,
+        )
+    }
+}
+
+/// What `pg_stat_archiver` said last, for the message of a timeout.
+#[derive(Default)]
+struct ArchiverStatus {
+    last_archived: Option<String>,
+    failed_count: i64,
+    last_failed: Option<String>,
+    last_failed_time: Option<String>,
 }
 
 fn full(e: &tokio_postgres::Error) -> String {
@@ -286,6 +429,20 @@ impl Writer for PostgresWriter {
     }
     fn flush_logs<'a>(&'a self, _: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
         Box::pin(self.flush_inner())
+    }
+    fn after_prune<'a>(
+        &'a self,
+        deleted: &'a [String],
+        listed: Option<&'a [String]>,
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        let cfg = self.cfg.clone();
+        let target = self.target.clone();
+        let (deleted, listed) = (deleted.to_vec(), listed.map(<[String]>::to_vec));
+        Box::pin(crate::blocking("postgres", move || {
+            let p = prune::after_prune(&cfg, &deleted, listed.as_deref())?;
+            tracing::info!(%target, labels = ?p.labels, wal_files = p.wal_files, oldest_needed = ?p.oldest_needed, "retention: labels and archived WAL pruned");
+            Ok(())
+        }))
     }
     fn startup_thaw(&self) -> BoxFuture<'_, Result<Option<StartupThaw>, StepError>> {
         match &self.freeze {

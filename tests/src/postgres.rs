@@ -1,0 +1,230 @@
+//! The PostgreSQL tests' harness: a private PostgreSQL 15 cluster run as the
+//! `postgres` user on loopback with a free port (data dir, sockets, logs and
+//! WAL archive under a temp dir), stopped when dropped; roles; and the
+//! restore of a snapshot with its `backup_label` and the archive.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use recman_testkit::{free_port, sh};
+
+use crate::linux::LoopFs;
+
+/// PostgreSQL 15's programs (Debian's layout).
+pub const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The superuser's password (and the test roles').
+pub const PASSWORD: &str = "recman-test-pw";
+/// What a PostgreSQL test needs besides root (for `linux::can_run`).
+pub const TOOLS: &[&str] = &[
+    "losetup",
+    "mkfs.btrfs",
+    "btrfs",
+    "runuser",
+    "initdb",
+    "pg_ctl",
+    "pgbench",
+];
+
+/// Runs a PostgreSQL program as the `postgres` user; panics with its output on failure.
+pub fn as_postgres(prog: &str, args: &[&str]) {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(Path::new(BIN).join(prog))
+        .args(args)
+        .env("PGPASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn chown_postgres(p: &Path) {
+    sh("chown", &["-R", "postgres:postgres", p.to_str().unwrap()]);
+}
+
+pub fn append(p: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// A running private cluster; stopped (immediate) on drop.
+pub struct Pg {
+    pub data: PathBuf,
+    pub port: u16,
+}
+
+impl Pg {
+    pub fn start(data: &Path, port: u16, log: &Path) -> Pg {
+        let pg = Pg {
+            data: data.to_path_buf(),
+            port,
+        };
+        as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "120",
+                "start",
+            ],
+        );
+        pg
+    }
+
+    /// A session as the superuser.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        self.client_as("postgres").await
+    }
+
+    /// A session as `user` (password [`PASSWORD`]).
+    pub async fn client_as(&self, user: &str) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .password(PASSWORD)
+            .dbname("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(Path::new(BIN).join("pg_ctl"))
+            .args(["-D", self.data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A cluster whose data directory is the btrfs subvolume `<mnt>/pg`, with a
+/// WAL archive (`archive_mode = on`, `cp`) or without (`off`).
+pub struct Cluster {
+    /// The temp dir beside the mount: archive, sockets, logs, password file.
+    pub top: PathBuf,
+    pub sub: PathBuf,
+    pub archive: PathBuf,
+    pub logs: PathBuf,
+    /// A file holding [`PASSWORD`].
+    pub pw: PathBuf,
+    pub pg: Pg,
+}
+
+impl Cluster {
+    pub fn start(b: &LoopFs, archive_on: bool) -> Cluster {
+        use std::os::unix::fs::PermissionsExt;
+        let top = b.dir.path().to_path_buf();
+        for p in [&top, &b.mnt] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let sub = b.mnt.join("pg");
+        sh("btrfs", &["subvolume", "create", sub.to_str().unwrap()]);
+        let (archive, sock, logs) = (top.join("archive"), top.join("sock"), top.join("pglogs"));
+        for d in [&archive, &sock, &logs] {
+            fs::create_dir(d).unwrap();
+        }
+        let pw = top.join("pw");
+        fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+        for p in [&sub, &archive, &sock, &pw, &logs] {
+            chown_postgres(p);
+        }
+        let data = sub.join("data");
+        as_postgres(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                &format!("--pwfile={}", pw.display()),
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-N",
+            ],
+        );
+        let port = free_port();
+        let archiving = if archive_on {
+            format!(
+                "archive_mode = on\narchive_command = 'cp %p {}/%f'\n",
+                archive.display()
+            )
+        } else {
+            "archive_mode = off\n".to_string()
+        };
+        append(
+            &data.join("postgresql.conf"),
+            &format!(
+                "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\n\
+                 {archiving}max_wal_size = 256MB\n",
+                sock.display()
+            ),
+        );
+        let pg = Pg::start(&data, port, &logs.join("pg1.log"));
+        Cluster {
+            top,
+            sub,
+            archive,
+            logs,
+            pw,
+            pg,
+        }
+    }
+
+    /// Restores snapshot `snap` (a read-only btrfs snapshot of the data
+    /// directory's subvolume) as a writable copy beside it, with its
+    /// `backup_label` from `label_dir`, WAL from the archive, recovery to the
+    /// end of the backup; starts it. Returns the running copy and its log.
+    pub fn restore(&self, b: &LoopFs, snap: &Path, label_dir: &Path, name: &str) -> (Pg, PathBuf) {
+        let restore = b.mnt.join(format!("restore-{name}"));
+        sh(
+            "btrfs",
+            &[
+                "subvolume",
+                "snapshot",
+                snap.to_str().unwrap(),
+                restore.to_str().unwrap(),
+            ],
+        );
+        let data2 = restore.join("data");
+        for f in ["postmaster.pid", "postmaster.opts"] {
+            let _ = fs::remove_file(data2.join(f));
+        }
+        let label = label_dir.join(name).join("backup_label");
+        fs::copy(&label, data2.join("backup_label")).unwrap_or_else(|e| panic!("{}: {e}", label.display()));
+        fs::write(data2.join("recovery.signal"), b"").unwrap();
+        let sock2 = self.top.join(format!("sock-{name}"));
+        fs::create_dir_all(&sock2).unwrap();
+        chown_postgres(&sock2);
+        let port2 = free_port();
+        append(
+            &data2.join("postgresql.conf"),
+            &format!(
+                "\nport = {port2}\nunix_socket_directories = '{}'\narchive_mode = off\nrestore_command = 'cp {}/%f %p'\n\
+                 recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n",
+                sock2.display(),
+                self.archive.display()
+            ),
+        );
+        chown_postgres(&data2);
+        let log = self.logs.join(format!("restore-{name}.log"));
+        (Pg::start(&data2, port2, &log), log)
+    }
+}
