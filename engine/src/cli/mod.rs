@@ -98,7 +98,13 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // An error may quote a server's answer or the log: each of its
+            // lines is escaped (no terminal control from outside).
+            let text = format!("{e:#}");
+            for (i, line) in text.split('\n').enumerate() {
+                let lead = if i == 0 { "error: " } else { "" };
+                eprintln!("{lead}{}", crate::render::escape(line));
+            }
             ExitCode::from(2)
         }
     }
