@@ -111,7 +111,13 @@ pub fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let g = cli.global;
+    let mut g = cli.global;
+    // One rule for where the log is, for every command (home.rs); the
+    // commands that read no log and report config errors themselves go on.
+    let resolved = g.resolve();
+    if !matches!(cli.command, Command::Simulate(_) | Command::ValidateConfig(_)) {
+        resolved?;
+    }
     match cli.command {
         Command::Snapshot(a) => snapshot::run(&g, a).await,
         Command::Up(a) => up::run(&g, a).await,

@@ -72,6 +72,12 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         Worker::new(WorkerId::from(id.as_str()), pools, &config)
     }
     .with_prefetch(a.prefetch);
+    crate::home::check_host(&config, Some(worker.pools()), None)?;
+    eprintln!(
+        "recman worker {id}: data dir {} (from {})",
+        g.data_dir.display(),
+        g.data_dir_from
+    );
     let amqp = a
         .amqp
         .connect(Some(&config), format!("recman-worker-{id}"), !a.no_declare)
