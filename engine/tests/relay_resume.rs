@@ -343,3 +343,102 @@ async fn an_ephemeral_cursor_starts_at_the_log_end_and_stores_nothing() {
         "an ephemeral cursor writes no file"
     );
 }
+
+/// A request for `n` targets with long names: a big event.
+fn wide(i: usize, n: usize) -> Event {
+    Event {
+        at_ms: 1,
+        job: JobId::new_v7(),
+        body: EventBody::Requested {
+            request_id: RequestId::from(format!("w{i}").as_str()),
+            targets: (0..n)
+                .map(|t| TargetId::from(format!("a-rather-long-target-name-{t:04}").as_str()))
+                .collect(),
+            kind: SnapshotKind::Full,
+            origin: "test".into(),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_carry_their_seq_range_in_headers_and_respect_the_size_limit() {
+    let dir = recman_testkit::temp_dir();
+    let log: Arc<dyn EventLog> = log::open_detected(dir.path(), Backend::Redb).unwrap();
+    let mem = MemoryBus::new();
+    let mut sub = mem.consume(Address::Events, 0).await.unwrap();
+    // 30 requests of ~1.5 kB JSON, 30 failures with 2 kB of stderr each,
+    // then one request of ~40 kB: bigger than the limit.
+    let mut events: Vec<Event> = (0..30).map(|i| wide(i, 40)).collect();
+    events.extend((0..30).map(|_| Event {
+        at_ms: 1,
+        job: JobId::new_v7(),
+        body: EventBody::StepFailed {
+            stage: recman_events::Stage::Freeze,
+            attempt: 1,
+            target: TargetId::from("t0"),
+            worker: None,
+            error: recman_events::StepError {
+                code: "exec_failed".into(),
+                message: "x".repeat(2048),
+                retryable: true,
+            },
+        },
+    }));
+    events.push(wide(60, 1000));
+    log.append(events).await.unwrap();
+    let opts = RelayOptions {
+        batch_over: 0,
+        max_events: 1000,
+        max_bytes: 8 * 1024,
+        ..RelayOptions::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(relay::run_with(
+        log.clone(),
+        Arc::new(mem.clone()),
+        Cursor::in_data_dir(dir.path()),
+        opts.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let mut seen = Vec::new();
+    while seen.last() != Some(&61) {
+        let d = tokio::time::timeout(recman_testkit::DEADLINE, sub.recv())
+            .await
+            .expect("events keep coming")
+            .unwrap();
+        let seqs: Vec<u64> = relay::events_of(&d.message)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        let (first, last) = (seqs[0], seqs[seqs.len() - 1]);
+        assert_eq!(d.message.msg_type, relay::BATCH_TYPE);
+        assert_eq!(
+            d.message.header("x-recman-first-seq"),
+            Some(first.to_string().as_str())
+        );
+        assert_eq!(
+            d.message.header("x-recman-last-seq"),
+            Some(last.to_string().as_str())
+        );
+        assert_eq!(d.message.message_id, format!("events/{first}-{last}"));
+        if seqs.len() > 1 {
+            assert!(
+                d.message.body.len() <= opts.max_bytes,
+                "a batch of {} events is {} bytes, over the {} limit",
+                seqs.len(),
+                d.message.body.len(),
+                opts.max_bytes
+            );
+        } else if first == 61 {
+            assert!(d.message.body.len() > opts.max_bytes, "the big event goes alone");
+        }
+        seen.extend(seqs);
+        d.ack().await.unwrap();
+    }
+    assert_eq!(seen, (1..=61).collect::<Vec<u64>>(), "every event once, in order");
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+}
