@@ -69,9 +69,23 @@ pub(super) fn parse(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<ApiConfig, Config
             ));
         }
     }
+    let token_file = cx.path(t, "api", "token_file")?;
+    if let (Some(l), None) = (listen, &token_file) {
+        if !l.ip().is_loopback() {
+            let span = field(t, "listen").map(|v| v.span()).unwrap_or_default();
+            return Err(cx.err(
+                span,
+                "api.listen",
+                format!(
+                    "{l} is not a loopback address and no token is set: add `token_file = \"/etc/recman/api-token\"` \
+                     (clients then send `Authorization: Bearer <token>`) or listen on 127.0.0.1"
+                ),
+            ));
+        }
+    }
     Ok(ApiConfig {
         listen,
-        token_file: cx.path(t, "api", "token_file")?,
+        token_file,
         max_connections,
         header_timeout,
     })

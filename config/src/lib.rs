@@ -37,12 +37,20 @@ pub const DEFAULT_PG_RETRIES: u32 = 5;
 pub const DEFAULT_PG_RETRY_BACKOFF: Duration = Duration::from_secs(4);
 pub const DEFAULT_WRITER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest duration any setting or flag takes (24 h): longer values are
+/// refused at load, so no deadline computed from one can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// The shortest `freeze_limit` (the engine thaws 20 % before the limit and
+/// the watchdog at half that margin: below this there is no window left).
+pub const MIN_FREEZE_LIMIT: Duration = Duration::from_millis(100);
 
 const WRITERS: &[&str] = &["none", "exec", "fsfreeze", "postgres"];
 const WRITERS_LATER: &[&str] = &["vss-exchange"];
 const PROVIDERS: &[&str] = &["copy", "exec", "none", "3par", "btrfs", "qcow2"];
 const PROVIDERS_LATER: &[&str] = &[];
 
+mod host;
+pub use host::HookProgram;
 mod linux;
 pub use linux::{
     BtrfsConfig, FsFreezeConfig, PostgresConfig, Qcow2Config, DEFAULT_PG_TIMEOUT, DEFAULT_STATE_DIR,
@@ -61,6 +69,9 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[amqp]`: the broker of `recman engine` / `recman worker` (optional).
     pub amqp: AmqpConfig,
+    /// Every `exec` program the config names, where, and in which pool it
+    /// runs: checked on the host that runs it ([`Config::check_programs`]).
+    pub hooks: Vec<HookProgram>,
 }
 
 /// `[amqp] url = "amqp://USER@HOST:5672/VHOST"`, `password_file = "…"`,
@@ -80,6 +91,10 @@ pub struct EngineConfig {
     pub freeze_limit: Duration,
     /// State directory; `copy` snapshots default to `<data_dir>/snapshots/<target>`.
     pub data_dir: PathBuf,
+    /// Where `[engine] data_dir` is written (`file:line:column`), when it is:
+    /// the commands then keep the log there (unless `--data-dir` or
+    /// `RECMAN_DATA_DIR` says otherwise).
+    pub data_dir_at: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -87,6 +102,7 @@ impl Default for EngineConfig {
         EngineConfig {
             freeze_limit: DEFAULT_FREEZE_LIMIT,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            data_dir_at: None,
         }
     }
 }
@@ -260,6 +276,7 @@ impl Config {
                 .filter(|p| !p.as_os_str().is_empty())
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from(".")),
+            hooks: Default::default(),
         };
         let doc = DeTable::parse(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
@@ -274,13 +291,13 @@ impl Config {
             Some(v) => {
                 let t = cx.table(v, "engine")?;
                 cx.check_keys(t, "engine", &["freeze_limit", "data_dir"])?;
+                let data_dir = cx.path(t, "engine", "data_dir")?;
                 EngineConfig {
-                    freeze_limit: cx
-                        .duration(t, "engine", "freeze_limit")?
-                        .unwrap_or(DEFAULT_FREEZE_LIMIT),
-                    data_dir: cx
-                        .path(t, "engine", "data_dir")?
-                        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+                    freeze_limit: cx.freeze_limit(t, "engine")?.unwrap_or(DEFAULT_FREEZE_LIMIT),
+                    data_dir_at: data_dir
+                        .is_some()
+                        .then(|| cx.at(field(t, "data_dir").map(|v| v.span()).unwrap_or_default())),
+                    data_dir: data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
                 }
             }
         };
@@ -358,6 +375,7 @@ impl Config {
             targets,
             api,
             amqp,
+            hooks: cx.hooks.into_inner(),
         })
     }
 
@@ -424,7 +442,63 @@ pub fn path_in(data_dir: &Path, explicit: Option<&Path>) -> PathBuf {
     explicit.map_or_else(|| data_dir.join(FILE_NAME), Path::to_path_buf)
 }
 
-/// Parses `10s`, `500ms`, `2m`, `1h`, `1m30s`.
+/// `[engine] data_dir` of the config file at `path` and where it is written
+/// (`file:line:column`), reading nothing else of it, so that every command
+/// finds the log the same way, even one that needs no other setting.
+/// `Ok(None)` when the file does not exist or does not set it.
+pub fn data_dir_in(path: &Path) -> Result<Option<(PathBuf, String)>, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            return Err(ConfigError::Read {
+                path: path.display().to_string(),
+                error,
+            })
+        }
+    };
+    let cx = Cx {
+        text: &text,
+        file: path.display().to_string(),
+        base: path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        hooks: Default::default(),
+    };
+    let doc = DeTable::parse(&text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        cx.err(span, "", e.message().trim().to_string())
+    })?;
+    let Some(engine) = field(doc.get_ref(), "engine") else {
+        return Ok(None);
+    };
+    let t = cx.table(engine, "engine")?;
+    Ok(cx.path(t, "engine", "data_dir")?.map(|d| {
+        (
+            d,
+            cx.at(field(t, "data_dir").map(|v| v.span()).unwrap_or_default()),
+        )
+    }))
+}
+
+/// [`parse_duration`], refusing zero and anything above [`MAX_DURATION`]:
+/// for every duration a setting or a command-line flag takes.
+pub fn parse_bounded_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than 0".into()),
+        d if d > MAX_DURATION => Err(format!(
+            "\"{}\" is too long: at most {}h",
+            s.trim(),
+            MAX_DURATION.as_secs() / 3600
+        )),
+        d => Ok(d),
+    }
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, `1m30s` (saturating; see
+/// [`parse_bounded_duration`] for settings).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
@@ -459,20 +533,36 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// Where we are: the text (for line numbers), its name and its directory.
+/// Where we are: the text (for line numbers), its name and its directory,
+/// and the `exec` programs seen so far.
 struct Cx<'t> {
     text: &'t str,
     file: String,
     base: PathBuf,
+    hooks: std::cell::RefCell<Vec<HookProgram>>,
 }
 
 impl Cx<'_> {
-    fn err(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
-        let at = span.start.min(self.text.len());
+    /// Line and column (from 1) of a byte offset.
+    fn line_column(&self, offset: usize) -> (usize, usize) {
+        let mut at = offset.min(self.text.len());
+        while !self.text.is_char_boundary(at) {
+            at -= 1;
+        }
         let before = &self.text[..at];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let column = before[line_start..].chars().count() + 1;
+        (line, before[line_start..].chars().count() + 1)
+    }
+
+    /// `file:line:column` of a span.
+    fn at(&self, span: Range<usize>) -> String {
+        let (line, column) = self.line_column(span.start);
+        format!("{}:{line}:{column}", self.file)
+    }
+
+    fn err(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        let (line, column) = self.line_column(span.start);
         ConfigError::Invalid {
             file: self.file.clone(),
             line,
@@ -536,15 +626,33 @@ impl Cx<'_> {
         Ok(s.to_string())
     }
 
+    /// A duration from 1 ms to [`MAX_DURATION`].
     fn duration(&self, t: &DeTable<'_>, path: &str, key: &str) -> Result<Option<Duration>, ConfigError> {
         match self.string(t, path, key)? {
             None => Ok(None),
-            Some((s, span)) => match parse_duration(&s) {
-                Ok(d) if d.is_zero() => Err(self.err(span, &join(path, key), "must be longer than 0")),
+            Some((s, span)) => match parse_bounded_duration(&s) {
                 Ok(d) => Ok(Some(d)),
                 Err(m) => Err(self.err(span, &join(path, key), m)),
             },
         }
+    }
+
+    /// `freeze_limit`: a duration from [`MIN_FREEZE_LIMIT`] to [`MAX_DURATION`].
+    fn freeze_limit(&self, t: &DeTable<'_>, path: &str) -> Result<Option<Duration>, ConfigError> {
+        let d = self.duration(t, path, "freeze_limit")?;
+        if let Some(d) = d {
+            if d < MIN_FREEZE_LIMIT {
+                let span = field(t, "freeze_limit").map(|v| v.span()).unwrap_or_default();
+                return Err(self.err(
+                    span,
+                    &join(path, "freeze_limit"),
+                    format!(
+                        "{d:?} is too short: at least {MIN_FREEZE_LIMIT:?} (the engine thaws 20 % before the limit)"
+                    ),
+                ));
+            }
+        }
+        Ok(d)
     }
 
     fn u32(&self, t: &DeTable<'_>, path: &str, key: &str) -> Result<Option<u32>, ConfigError> {
@@ -699,9 +807,7 @@ impl Cx<'_> {
             None => pool.clone(),
             Some((s, span)) => PoolName::new(self.id(&s, span, &join(key, "provider_pool"))?),
         };
-        let freeze_limit = self
-            .duration(t, key, "freeze_limit")?
-            .unwrap_or(engine.freeze_limit);
+        let freeze_limit = self.freeze_limit(t, key)?.unwrap_or(engine.freeze_limit);
         let retries = self.u32(t, key, "retries")?;
         let retry_backoff = self.duration(t, key, "retry_backoff")?;
         let retry_backoff_max = self
@@ -746,6 +852,7 @@ impl Cx<'_> {
                     )?),
                     _ => {
                         cx_keys(self, w, &wkey, &["type", "freeze", "thaw", "flush", "timeout"])?;
+                        self.note_hooks(w, &wkey, &["freeze", "thaw", "flush"], &id, &pool);
                         WriterConfig::Exec(ExecWriterConfig {
                             freeze: self.required(
                                 self.argv(w, &wkey, "freeze")?,
@@ -800,7 +907,7 @@ impl Cx<'_> {
                                 Some(d) => (d, false),
                                 None => (default_dest(&engine.data_dir, &id), true),
                             };
-                            if dest.starts_with(&source) {
+                            if host::resolve(&dest).starts_with(host::resolve(&source)) {
                                 let span = field(p, "dest").map(|v| v.span()).unwrap_or(v.span());
                                 return Err(self.err(
                                     span,
@@ -820,6 +927,7 @@ impl Cx<'_> {
                         }
                         _ => {
                             cx_keys(self, p, &pkey, &["type", "create", "delete", "timeout"])?;
+                            self.note_hooks(p, &pkey, &["create", "delete"], &id, &provider_pool);
                             ProviderConfig::Exec(ExecProviderConfig {
                                 create: self.required(
                                     self.argv(p, &pkey, "create")?,

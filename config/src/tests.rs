@@ -324,3 +324,195 @@ fn the_shipped_example_parses() {
     assert_eq!(c.targets.len(), 2);
     assert_eq!(c.targets[0].freeze_limit, Duration::from_secs(5));
 }
+
+/// Issue 12 item 12: configs that cannot work are refused with file, line and key.
+#[test]
+fn configs_that_cannot_work_are_refused() {
+    // A listen address beyond loopback without a token.
+    assert_err("[api]\nlisten = \"0.0.0.0:7080\"\n", 2, "api.listen", "no token");
+    assert!(parse("[api]\nlisten = \"0.0.0.0:7080\"\ntoken_file = \"t\"\n").is_ok());
+    assert!(parse("[api]\nlisten = \"[::1]:7080\"\n").is_ok());
+    // Absurd freeze limits (too long overflows deadlines; too short leaves no window).
+    assert_err(
+        &with_target(&format!("freeze_limit = \"99999999999999h\"\n{W}{P}")),
+        3,
+        "target[0].freeze_limit",
+        "too long",
+    );
+    assert_err(
+        "[engine]\nfreeze_limit = \"25h\"\n",
+        2,
+        "engine.freeze_limit",
+        "too long",
+    );
+    assert_err(
+        &with_target(&format!("freeze_limit = \"5ms\"\n{W}{P}")),
+        3,
+        "target[0].freeze_limit",
+        "too short",
+    );
+    assert_err(
+        &with_target(&format!(
+            "{W}[target.provider]\ntype = \"exec\"\ncreate = [\"/bin/true\"]\ntimeout = \"100000h\"\n"
+        )),
+        8,
+        "target[0].provider.timeout",
+        "too long",
+    );
+    // Target ids that are path components.
+    for id in [".", ".."] {
+        assert_err(
+            &format!("[[target]]\nid = \"{id}\"\n{W}{P}"),
+            2,
+            "target[0].id",
+            "path components",
+        );
+    }
+    // A copy dest inside its source once `..` is applied.
+    assert_err(
+        &with_target(&format!(
+            "{W}[target.provider]\ntype = \"copy\"\nsource = \"/srv/data\"\ndest = \"/srv/other/../data/snaps\"\n"
+        )),
+        8,
+        "target[0].provider.dest",
+        "inside the source",
+    );
+}
+
+#[test]
+fn a_copy_dest_reached_through_a_symlink_is_inside_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    std::fs::create_dir(root.join("src")).unwrap();
+    std::os::unix::fs::symlink(root.join("src"), root.join("alias")).unwrap();
+    let text = with_target(&format!(
+        "{W}[target.provider]\ntype = \"copy\"\nsource = \"{}\"\ndest = \"{}\"\n",
+        root.join("src").display(),
+        root.join("alias/snaps").display()
+    ));
+    let e = parse(&text).expect_err("dest is inside source").to_string();
+    assert!(e.contains(":8:") && e.contains("inside the source"), "{e}");
+}
+
+#[test]
+fn exec_programs_are_checked_on_the_host_that_runs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_exec = dir.path().join("hook.sh");
+    std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+    let text = format!(
+        "[[target]]\nid = \"a\"\npool = \"host.a\"\n[target.writer]\ntype = \"exec\"\n\
+         freeze = [\"/bin/true\"]\nthaw = [\"true\"]\n{P}\
+         [[target]]\nid = \"b\"\npool = \"host.b\"\n[target.writer]\ntype = \"exec\"\n\
+         freeze = [\"/nonexistent/freeze\"]\nthaw = [\"{}\"]\n{P}\
+         [[target]]\nid = \"c\"\npool = \"host.c\"\n{W}[target.provider]\ntype = \"exec\"\n\
+         create = [\"no-such-program-anywhere\", \"{{name}}\"]\n",
+        not_exec.display()
+    );
+    let c = parse(&text).expect("the text itself is fine");
+    assert_eq!(c.hooks.len(), 5, "{:?}", c.hooks);
+    let pools = |p: &[&str]| p.iter().map(|s| PoolName::new(*s)).collect::<Vec<_>>();
+    c.check_programs(Some(&pools(&["host.a"])))
+        .expect("host.a's hooks exist");
+    let e = c
+        .check_programs(Some(&pools(&["host.b"])))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("/etc/recman/recman.toml:15:")
+            && e.contains("target[1].writer.freeze")
+            && e.contains("/nonexistent/freeze does not exist"),
+        "{e}"
+    );
+    std::fs::set_permissions(&not_exec, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let text_b = text.replace("/nonexistent/freeze", "/bin/true");
+    let e = parse(&text_b)
+        .unwrap()
+        .check_programs(Some(&pools(&["host.b"])))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":16:") && e.contains("target[1].writer.thaw") && e.contains("not executable"),
+        "{e}"
+    );
+    let e = c
+        .check_programs(Some(&pools(&["host.c"])))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("target[2].provider.create") && e.contains("not on PATH"),
+        "{e}"
+    );
+    assert!(c.check_programs(None).is_err(), "every pool: all checked");
+}
+
+#[test]
+fn bounded_durations_for_flags() {
+    assert_eq!(parse_bounded_duration("24h"), Ok(MAX_DURATION));
+    assert!(parse_bounded_duration("24h1s").unwrap_err().contains("too long"));
+    assert!(parse_bounded_duration("18446744073709551615s").is_err());
+    assert!(parse_bounded_duration("0s").is_err());
+}
+
+/// Issue 12 item 7: no log or freeze-marker directory on a frozen filesystem,
+/// by device (a symlink or another path to the same filesystem is seen).
+#[test]
+fn a_log_or_state_dir_on_a_frozen_filesystem_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let mp = root.join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    std::os::unix::fs::symlink(&root, root.join("elsewhere")).unwrap();
+    let cfg = |state_dir: &str| {
+        parse(&format!(
+            "[[target]]\nid = \"fs1\"\n[target.writer]\ntype = \"fsfreeze\"\nmountpoint = \"{}\"\nstate_dir = \"{state_dir}\"\n{P}",
+            mp.display()
+        ))
+        .unwrap()
+    };
+    // The state dir on another filesystem (/proc is never the temp dir's).
+    let c = cfg("/proc/recman-state");
+    let log_dir = root.join("elsewhere/data/not-yet-created");
+    let e = c
+        .check_not_frozen(&[("the event log's directory", &log_dir)], None)
+        .unwrap_err();
+    println!("{e}");
+    assert!(e.contains("target fs1 freezes") && e.contains("event log"), "{e}");
+    assert!(c
+        .check_not_frozen(&[("the event log's directory", Path::new("/proc/x"))], None)
+        .is_ok());
+    // Only the pools this process serves.
+    assert!(c
+        .check_not_frozen(&[("log", &log_dir)], Some(&[PoolName::new("host.other")]))
+        .is_ok());
+    // The freeze markers of the target itself on the frozen filesystem.
+    let c = cfg(&root.join("elsewhere/state").display().to_string());
+    let e = c.check_not_frozen(&[], None).unwrap_err();
+    assert!(e.contains("freeze markers of target fs1"), "{e}");
+}
+
+#[test]
+fn the_data_dir_alone_is_read_from_a_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("recman.toml");
+    assert!(data_dir_in(&f).unwrap().is_none(), "no file");
+    std::fs::write(
+        &f,
+        "[engine]\n\ndata_dir = \"log-here\"\n[[target]]\nbroken = 1\n",
+    )
+    .unwrap();
+    let (d, at) = data_dir_in(&f).unwrap().unwrap();
+    assert_eq!(d, dir.path().join("log-here"));
+    assert!(at.ends_with("recman.toml:3:12"), "{at}");
+    assert!(
+        Config::load(&f).is_err(),
+        "the rest of the file is still checked by load"
+    );
+    let c = parse("[engine]\ndata_dir = \"/srv/rm\"\n").unwrap();
+    assert!(c
+        .engine
+        .data_dir_at
+        .as_deref()
+        .unwrap()
+        .ends_with("recman.toml:2:12"));
+    assert!(parse("").unwrap().engine.data_dir_at.is_none());
+}

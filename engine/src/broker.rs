@@ -28,12 +28,14 @@ pub struct AmqpArgs {
     #[arg(long, default_value_t = recman_events::bus::DEFAULT_DELIVERY_LIMIT)]
     pub delivery_limit: u32,
     /// Seconds to wait for the first connection to the broker.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub amqp_connect_timeout: u64,
     /// Seconds the connection may stay down (reconnection attempts included)
     /// before the process gives up and exits with status 2 for its
     /// supervisor (systemd `Restart=always`) to start it again.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub amqp_reconnect_timeout: u64,
 }
 

@@ -1,24 +1,71 @@
 //! The data dir and config file a command works on, and the one way to load
 //! that config: `--config`, else `DATA_DIR/recman.toml`, else what the
 //! command accepts instead ([`Missing`]).
+//!
+//! The data dir (where the log lives) has one precedence rule for every
+//! command ([`Home::resolve`]): `--data-dir`, else `RECMAN_DATA_DIR`, else
+//! `[engine] data_dir` of the config, else `./recman-data`. A command that
+//! appends to the log says where it is at start and refuses to begin a new,
+//! empty log where a previous one must be ([`Home::check_log`], issue 12
+//! item 6): in a data dir named by the config (unless `--init`), or in one
+//! whose marker says a log was created there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use recman_config::Config;
+use recman_events::log;
 
 use crate::demo;
 
+/// The data dir when nothing names one.
+pub const DEFAULT_DATA_DIR: &str = "./recman-data";
+
 /// Options every subcommand takes: where a command keeps its log and finds
-/// its config (`--data-dir`, `--config`).
+/// its config (`--data-dir`, `--config`, `--init`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Home {
-    /// Where recman keeps its event log and local state.
-    #[arg(long, global = true, env = "RECMAN_DATA_DIR", default_value = "./recman-data")]
-    pub data_dir: PathBuf,
-    /// Config file with targets (default: DATA_DIR/recman.toml when it exists).
+    /// Where recman keeps its event log and local state. Precedence: this
+    /// flag, RECMAN_DATA_DIR, `[engine] data_dir` of the config, ./recman-data.
+    #[arg(long = "data-dir", value_name = "DIR", global = true, env = "RECMAN_DATA_DIR")]
+    pub data_dir_arg: Option<PathBuf>,
+    /// Config file with targets (default: DATA_DIR/recman.toml when it exists,
+    /// DATA_DIR from --data-dir, RECMAN_DATA_DIR or ./recman-data).
     #[arg(long, short = 'c', global = true, env = "RECMAN_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Start a new, empty event log where none is yet, even in a data dir the
+    /// config names or one that held a log before (first start of a service).
+    #[arg(long, global = true)]
+    pub init: bool,
+    /// The data dir in use, after [`Home::resolve`].
+    #[arg(skip)]
+    pub data_dir: PathBuf,
+    /// What named it: `--data-dir`, `RECMAN_DATA_DIR`, `[engine] data_dir
+    /// at FILE:LINE:COL` or `the default`.
+    #[arg(skip)]
+    pub data_dir_from: DataDirFrom,
+}
+
+/// What named the data dir (see [`Home::resolve`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DataDirFrom {
+    Flag,
+    Env,
+    /// `[engine] data_dir`, with where it is written.
+    Config(String),
+    #[default]
+    Default,
+}
+
+impl std::fmt::Display for DataDirFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataDirFrom::Flag => f.write_str("--data-dir"),
+            DataDirFrom::Env => f.write_str("RECMAN_DATA_DIR"),
+            DataDirFrom::Config(at) => write!(f, "[engine] data_dir at {at}"),
+            DataDirFrom::Default => f.write_str("the default"),
+        }
+    }
 }
 
 /// What to do when there is no `--config` and no `DATA_DIR/recman.toml`.
@@ -34,13 +81,47 @@ pub enum Missing {
 }
 
 impl Home {
-    /// The config file: `--config`, else `DATA_DIR/recman.toml` (may not exist).
-    pub fn config_file(&self) -> PathBuf {
-        recman_config::path_in(&self.data_dir, self.config.as_deref())
+    /// Settles the data dir: `--data-dir`, else `RECMAN_DATA_DIR`, else
+    /// `[engine] data_dir` of the config file, else `./recman-data`.
+    pub fn resolve(&mut self) -> anyhow::Result<()> {
+        (self.data_dir, self.data_dir_from) = match &self.data_dir_arg {
+            Some(d) => {
+                let from_env = std::env::var_os("RECMAN_DATA_DIR").is_some_and(|v| Path::new(&v) == d);
+                let from = if from_env && !flag_given() {
+                    DataDirFrom::Env
+                } else {
+                    DataDirFrom::Flag
+                };
+                (d.clone(), from)
+            }
+            None => match recman_config::data_dir_in(&self.config_file())? {
+                Some((d, at)) => (d, DataDirFrom::Config(at)),
+                None => (PathBuf::from(DEFAULT_DATA_DIR), DataDirFrom::Default),
+            },
+        };
+        Ok(())
     }
 
-    /// Loads the config; errors name file, line and key.
+    /// The config file: `--config`, else `DATA_DIR/recman.toml` (may not
+    /// exist), DATA_DIR as named before the config is read.
+    pub fn config_file(&self) -> PathBuf {
+        let dir = self
+            .data_dir_arg
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        recman_config::path_in(&dir, self.config.as_deref())
+    }
+
+    /// Loads the config; errors name file, line and key. Defaulted paths
+    /// under the data dir (copy destinations, label dirs) follow the data dir
+    /// in use.
     pub fn load_config(&self, missing: Missing) -> anyhow::Result<Config> {
+        let mut config = self.load_config_as_written(missing)?;
+        config.set_data_dir(&self.data_dir);
+        Ok(config)
+    }
+
+    fn load_config_as_written(&self, missing: Missing) -> anyhow::Result<Config> {
         let path = self.config_file();
         if missing == Missing::Fail {
             return Config::load(&path).context("pass --config FILE (or write DATA_DIR/recman.toml)");
@@ -63,4 +144,84 @@ impl Home {
             ),
         }
     }
+
+    /// Before a command appends to the log of the data dir: refuses to begin
+    /// a new, empty log where a previous one must be, then says on stderr
+    /// which log it uses and what named it.
+    ///
+    /// The rule: a data dir that holds a log is used. One without a log gets
+    /// a new one, unless the config names it (`[engine] data_dir` is a
+    /// statement that the log lives there: a missing one was moved, deleted,
+    /// or its filesystem is not mounted) or its marker says a log was created
+    /// there before; `--init` starts a new log anyway. A zero-byte or
+    /// otherwise damaged log file is refused when opened (`recman audit`).
+    pub fn check_log(&self, command: &str) -> anyhow::Result<()> {
+        let dir = &self.data_dir;
+        let found = log::detect(dir)?;
+        if found.is_none() && !self.init {
+            let marker = dir.join(log::MARKER_FILE);
+            if let DataDirFrom::Config(_) = &self.data_dir_from {
+                bail!(
+                    "no event log in {} ({} names it): the log of this installation is missing \
+                     (moved or deleted? its filesystem not mounted?); restore it, or pass --init \
+                     on the first start to begin a new, empty log there",
+                    dir.display(),
+                    self.data_dir_from
+                );
+            }
+            if marker.exists() {
+                bail!(
+                    "no event log in {}, but {} says one was created there: the log is missing \
+                     (moved or deleted?); restore it, or pass --init to begin a new, empty log",
+                    dir.display(),
+                    marker.display()
+                );
+            }
+        }
+        let shown = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        eprintln!(
+            "recman {command}: log {} in {} (data dir from {}{})",
+            found.map_or("new", |b| b.as_str()),
+            shown.display(),
+            self.data_dir_from,
+            if found.is_none() {
+                "; starting a new, empty log"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    }
+}
+
+/// The host checks of a command that runs workers (and, with `log_dir`,
+/// appends to a log) for `pools` (every pool with `None`): the `exec`
+/// programs exist and are executable here, and neither the log's directory
+/// nor a freeze-marker directory is on a filesystem a target freezes.
+pub fn check_host(
+    config: &Config,
+    pools: Option<&[recman_events::PoolName]>,
+    log_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    config.check_programs(pools)?;
+    let dirs: Vec<(&str, &Path)> = log_dir
+        .map(|d| ("the event log's directory", d))
+        .into_iter()
+        .collect();
+    config.check_not_frozen(&dirs, pools).map_err(anyhow::Error::msg)
+}
+
+/// The pools a local worker of `config` serves: `[worker] pools`, else all.
+pub fn local_pools(config: &Config) -> Option<Vec<recman_events::PoolName>> {
+    config
+        .worker
+        .as_ref()
+        .map(|w| w.pools.clone())
+        .filter(|p| !p.is_empty())
+}
+
+/// Whether `--data-dir` is on the command line (clap folds the flag and the
+/// environment into one value; only the message needs to tell them apart).
+fn flag_given() -> bool {
+    std::env::args_os().any(|a| a == "--data-dir" || a.to_string_lossy().starts_with("--data-dir="))
 }

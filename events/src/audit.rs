@@ -181,6 +181,14 @@ pub fn audit(log: &dyn EventLog) -> AuditReport {
             }
         }
     }
+    // The records were read from their own table; a damaged job index is a
+    // finding too (it serves `recman job` and `events --job`).
+    for (first, why) in log.index_damage() {
+        report.findings.push(Finding {
+            seq: first,
+            message: format!("the job index is damaged: {why}"),
+        });
+    }
     report
 }
 

@@ -234,6 +234,13 @@ pub fn check_id(field: &'static str, s: &str) -> Result<(), WireError> {
             reason: format!("longer than {MAX_ID_LEN} characters"),
         });
     }
+    if s == "." || s == ".." {
+        // Ids name files and directories (snapshots/<target>, freeze markers).
+        return Err(WireError::Invalid {
+            field,
+            reason: "\".\" and \"..\" are path components, not names".into(),
+        });
+    }
     if let Some(c) = s
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || "._:@-".contains(*c)))

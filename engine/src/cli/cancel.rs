@@ -54,7 +54,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         }
         Err(e) => match e.downcast_ref::<ApiFailure>() {
             Some(f) if f.status.as_u16() == 404 || f.status.as_u16() == 409 => {
-                eprintln!("{}", f.message);
+                eprintln!("{}", crate::render::escape(&f.message));
                 Ok(ExitCode::from(1))
             }
             _ => Err(e).context("cancelling"),

@@ -37,6 +37,8 @@ pub struct Args {
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let mut config = g.load_config(Missing::Fail)?;
     config.set_data_dir(&g.data_dir);
+    // The engine alone runs no writer here: no program or freeze checks.
+    g.check_log("engine")?;
     std::fs::create_dir_all(&g.data_dir).with_context(|| format!("creating {}", g.data_dir.display()))?;
     let bus = a
         .amqp

@@ -101,14 +101,26 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // An error may quote a server's answer or the log: each of its
+            // lines is escaped (no terminal control from outside).
+            let text = format!("{e:#}");
+            for (i, line) in text.split('\n').enumerate() {
+                let lead = if i == 0 { "error: " } else { "" };
+                eprintln!("{lead}{}", crate::render::escape(line));
+            }
             ExitCode::from(2)
         }
     }
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let g = cli.global;
+    let mut g = cli.global;
+    // One rule for where the log is, for every command (home.rs); the
+    // commands that read no log and report config errors themselves go on.
+    let resolved = g.resolve();
+    if !matches!(cli.command, Command::Simulate(_) | Command::ValidateConfig(_)) {
+        resolved?;
+    }
     match cli.command {
         Command::Snapshot(a) => snapshot::run(&g, a).await,
         Command::Up(a) => up::run(&g, a).await,

@@ -60,6 +60,12 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         bail!("several targets need --group (they are then cut at one instant)");
     }
     let config = g.load_config(Missing::DemoIfAsked(a.targets == ["demo"]))?;
+    crate::home::check_host(
+        &config,
+        crate::home::local_pools(&config).as_deref(),
+        Some(&g.data_dir),
+    )?;
+    g.check_log("snapshot")?;
     let is_demo = a.targets == ["demo"] && config.path.ends_with("demo.toml");
     let mut worker =
         Worker::from_config(WorkerId::from(format!("local-{}", std::process::id())), &config).with_state_dir(

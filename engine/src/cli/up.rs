@@ -47,7 +47,7 @@ pub struct Args {
     pub listen: Option<SocketAddr>,
     /// Longest wait at shutdown for frozen targets to be thawed (default: the
     /// longest freeze limit of the config plus 5 s).
-    #[arg(long, value_name = "DURATION", value_parser = recman_config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = recman_config::parse_bounded_duration)]
     pub drain_timeout: Option<Duration>,
 }
 
@@ -69,6 +69,12 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
              or listen on 127.0.0.1"
         );
     }
+    crate::home::check_host(
+        &config,
+        crate::home::local_pools(&config).as_deref(),
+        Some(&g.data_dir),
+    )?;
+    g.check_log("up")?;
     let stats = Arc::new(Stats::default());
     let log: Arc<dyn EventLog> = Arc::new(TimedLog {
         inner: log::open_detected(&g.data_dir, Backend::Redb)?,

@@ -104,6 +104,12 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         &config,
         PathBuf::from(DEFAULT_STATE_DIR),
     ));
+    crate::home::check_host(&config, Some(worker.pools()), None)?;
+    eprintln!(
+        "recman worker {id}: data dir {} (from {})",
+        g.data_dir.display(),
+        g.data_dir_from
+    );
     let amqp = a
         .amqp
         .connect(Some(&config), format!("recman-worker-{id}"), !a.no_declare)

@@ -7,10 +7,14 @@ use recman_events::model::{EventBody, StepDetail, StoredEvent};
 
 use crate::view::time::rfc3339;
 
+pub mod escape;
 pub mod progress;
 pub mod tables;
 
-/// One readable line: `seq  time  job  kind  details`.
+pub use escape::escape;
+
+/// One readable line: `seq  time  job  kind  details`, with text from the
+/// log escaped ([`escape`]): always one line, never terminal control.
 pub fn line(e: &StoredEvent) -> String {
     format!(
         "{:>8}  {}  {}  {:<16}  {}",
@@ -18,7 +22,7 @@ pub fn line(e: &StoredEvent) -> String {
         rfc3339(e.event.at_ms),
         e.event.job.short(),
         e.event.body.kind(),
-        details(&e.event.body)
+        escape(&details(&e.event.body))
     )
 }
 

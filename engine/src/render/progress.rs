@@ -133,7 +133,7 @@ impl Progress {
             (false, "err") => "ERR",
             (false, _) => "   ",
         };
-        let _ = writeln!(out, "  {mark} {text}");
+        let _ = writeln!(out, "  {mark} {}", super::escape(&text));
         let _ = out.flush();
     }
 
@@ -372,7 +372,7 @@ impl Progress {
             let _ = out.flush();
             eprintln!(
                 "failed: {}",
-                s.reason.as_deref().unwrap_or("(no reason recorded)")
+                super::escape(s.reason.as_deref().unwrap_or("(no reason recorded)"))
             );
             return;
         }
@@ -380,8 +380,8 @@ impl Progress {
             (Some(End::Completed), Some(snap)) => writeln!(
                 out,
                 "completed: snapshot {} at {} (freeze window {}, {} in all)",
-                snap.name,
-                snap.location,
+                super::escape(&snap.name),
+                super::escape(&snap.location),
                 micros(s.freeze_window_us.unwrap_or(0)),
                 micros(s.duration_ms * 1000)
             ),
@@ -421,15 +421,16 @@ impl PruneWait {
             EventBody::SnapshotDeleted { target, name } => {
                 let k = (target.clone(), name.clone());
                 (self.requested.contains(&k) && self.answered.insert(k))
-                    .then(|| format!("deleted {name} of {target}"))
+                    .then(|| super::escape(&format!("deleted {name} of {target}")).into_owned())
             }
             EventBody::PruneFailed { target, name, error } => {
                 let k = (target.clone(), name.clone());
                 (self.requested.contains(&k) && self.answered.insert(k)).then(|| {
-                    format!(
+                    super::escape(&format!(
                         "could not delete {name} of {target}: {}: {} (recorded; retried by the next run)",
                         error.code, error.message
-                    )
+                    ))
+                    .into_owned()
                 })
             }
             _ => None,
@@ -440,7 +441,7 @@ impl PruneWait {
     pub fn waiting(&self) -> Vec<String> {
         self.requested
             .difference(&self.answered)
-            .map(|(t, n)| format!("{n} of {t}"))
+            .map(|(t, n)| super::escape(&format!("{n} of {t}")).into_owned())
             .collect()
     }
 }

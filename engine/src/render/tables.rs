@@ -1,4 +1,5 @@
-//! The read commands' tables (jobs, targets, snapshots) and a job's timeline.
+//! The read commands' tables (jobs, targets, snapshots) and a job's timeline;
+//! every line goes out through `say!` (text from the log escaped).
 
 use crate::view::time::rfc3339;
 use crate::view::{JobDetail, JobSummary, SnapshotEntry, TargetView};
@@ -10,17 +11,20 @@ fn ms(us: u64) -> String {
 /// `recman jobs`: newest first; `more` = the page was cut.
 pub fn jobs(jobs: &[JobSummary], more: bool) {
     if jobs.is_empty() {
-        println!("no jobs");
+        crate::say!("no jobs");
     } else {
-        println!(
+        crate::say!(
             "{:<36}  {:<13}  {:<24}  {:<20}  SNAPSHOT / OUTCOME",
-            "JOB", "STATE", "REQUESTED", "TARGETS"
+            "JOB",
+            "STATE",
+            "REQUESTED",
+            "TARGETS"
         );
     }
     for j in jobs {
         let targets = j.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",");
         let what = j.snapshot.clone().or(j.outcome.clone()).unwrap_or_default();
-        println!(
+        crate::say!(
             "{:<36}  {:<13}  {:<24}  {:<20}  {what}",
             j.id.to_string(),
             j.state,
@@ -29,7 +33,7 @@ pub fn jobs(jobs: &[JobSummary], more: bool) {
         );
     }
     if more {
-        println!("(more: raise --limit)");
+        crate::say!("(more: raise --limit)");
     }
 }
 
@@ -42,24 +46,26 @@ pub fn timeline(d: &JobDetail) {
         .map(|t| t.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    println!("job {}  {}", s.id, s.state.to_uppercase());
-    println!(
+    crate::say!("job {}  {}", s.id, s.state.to_uppercase());
+    crate::say!(
         "  request {} · {} · from {} · targets {targets}",
-        s.request_id, s.kind, s.origin
+        s.request_id,
+        s.kind,
+        s.origin
     );
-    println!("  requested {}", rfc3339(s.requested_at_ms));
+    crate::say!("  requested {}", rfc3339(s.requested_at_ms));
     if let Some(f) = s.finished_at_ms {
-        println!(
+        crate::say!(
             "  finished  {}  ({} ms)",
             rfc3339(f),
             f.saturating_sub(s.requested_at_ms)
         );
     }
-    println!("  timeline:");
+    crate::say!("  timeline:");
     for t in &d.timeline {
         let offset = t.started_ms.saturating_sub(s.requested_at_ms);
         let dur = t.duration_ms.map_or("running".to_string(), |d| format!("{d} ms"));
-        println!(
+        crate::say!(
             "    +{offset:>6} ms  {:<10} attempt {}  {:>9}  {}",
             t.stage.as_str(),
             t.attempt,
@@ -71,38 +77,41 @@ pub fn timeline(d: &JobDetail) {
             let took = st.duration_us.map(ms).unwrap_or_default();
             let mark = if st.ok { "ok" } else { "FAILED" };
             let note = st.note.as_deref().map(|n| format!(" — {n}")).unwrap_or_default();
-            println!("        {} {} on {who} {took}{note}", st.target, mark);
+            crate::say!("        {} {} on {who} {took}{note}", st.target, mark);
         }
     }
     let fw = &d.freeze_window;
     match fw.window_us {
-        Some(w) => println!("  freeze window: {} (limit {} ms)", ms(w), fw.budget_ms),
-        None if fw.first_frozen_at_ms.is_some() => println!(
+        Some(w) => crate::say!("  freeze window: {} (limit {} ms)", ms(w), fw.budget_ms),
+        None if fw.first_frozen_at_ms.is_some() => crate::say!(
             "  freeze window: open since {}",
             rfc3339(fw.first_frozen_at_ms.unwrap_or(0))
         ),
         None => {}
     }
     if let Some(sn) = &d.snapshot_info {
-        println!("  snapshot: {} at {} ({})", sn.name, sn.location, sn.provider);
+        crate::say!("  snapshot: {} at {} ({})", sn.name, sn.location, sn.provider);
     }
     if let Some(o) = &s.outcome {
-        println!("  outcome: {o}");
+        crate::say!("  outcome: {o}");
     }
     if let Some(e) = &d.last_error {
-        println!("  last error: {e}");
+        crate::say!("  last error: {e}");
     }
 }
 
 /// `recman targets` (and the targets part of `recman replay`).
 pub fn targets(list: &[TargetView]) {
     if list.is_empty() {
-        println!("no targets");
+        crate::say!("no targets");
         return;
     }
-    println!(
+    crate::say!(
         "{:<20}  {:<13}  {:>5}  {:<40}  LAST FAILURE",
-        "TARGET", "STATE", "QUEUE", "LAST SNAPSHOT"
+        "TARGET",
+        "STATE",
+        "QUEUE",
+        "LAST SNAPSHOT"
     );
     for t in list {
         let snap = t
@@ -123,7 +132,7 @@ pub fn targets(list: &[TargetView]) {
                 p.error
             ));
         }
-        println!(
+        crate::say!(
             "{:<20}  {:<13}  {:>5}  {:<40}  {fail}",
             t.id.as_str(),
             t.state,
@@ -136,7 +145,7 @@ pub fn targets(list: &[TargetView]) {
 /// `recman snapshots`: the catalog with each restore point's expiry.
 pub fn snapshots(list: &[SnapshotEntry]) {
     if list.is_empty() {
-        println!("no snapshots");
+        crate::say!("no snapshots");
     }
     for s in list {
         let targets = s.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",");
@@ -151,14 +160,14 @@ pub fn snapshots(list: &[SnapshotEntry]) {
             Some(why) => format!("{expiry}; PRUNE FAILED: {why}"),
             None => expiry,
         };
-        println!(
-            "{}  {}  {targets}  {} {}  freeze {}  {expiry}\n    {}",
+        crate::say!(
+            "{}  {}  {targets}  {} {}  freeze {}  {expiry}",
             rfc3339(s.cut_at_ms),
             s.name,
             s.kind,
             s.provider,
             ms(s.freeze_window_us),
-            s.location
         );
+        crate::say!("    {}", s.location);
     }
 }

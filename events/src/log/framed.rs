@@ -146,6 +146,8 @@ pub fn rewrite(holder: Option<(u64, &[u8])>, seq: u64, bytes: Option<&[u8]>) -> 
 #[derive(Default)]
 pub struct JobIndex {
     map: RwLock<HashMap<u128, Vec<u64>>>,
+    /// Batches whose index could not be loaded (lenient opens only).
+    damaged: RwLock<Vec<(u64, String)>>,
 }
 
 fn poisoned() -> LogError {
@@ -174,6 +176,21 @@ impl JobIndex {
         Ok(())
     }
 
+    /// Like `load`, but a damaged value is noted (see `damage`) instead of
+    /// refused: for opens that only read, so the records stay auditable.
+    pub fn load_lenient(&self, first: u64, value: Result<&[u8], LogError>) {
+        if let Err(e) = value.and_then(|v| self.load(first, v)) {
+            if let Ok(mut d) = self.damaged.write() {
+                d.push((first, e.to_string()));
+            }
+        }
+    }
+
+    /// What `load_lenient` could not load.
+    pub fn damage(&self) -> Vec<(u64, String)> {
+        self.damaged.read().map(|d| d.clone()).unwrap_or_default()
+    }
+
     /// Adds a committed batch.
     pub fn add(&self, batch: &Batch) -> Result<(), LogError> {
         let mut map = self.map.write().map_err(|_| poisoned())?;
@@ -184,6 +201,12 @@ impl JobIndex {
     }
 
     pub fn seqs(&self, job: JobId) -> Result<Vec<u64>, LogError> {
+        if let Some((first, why)) = self.damage().first() {
+            return Err(LogError::Store(format!(
+                "the job index is damaged (batch at seq {first}: {why}), so a job's events cannot \
+                 be looked up; read the whole log (`recman events`) and run `recman audit`"
+            )));
+        }
         let map = self.map.read().map_err(|_| poisoned())?;
         Ok(map.get(&job.as_u128()).cloned().unwrap_or_default())
     }

@@ -79,7 +79,14 @@ impl GroupCommitLog {
         dir: &Path,
         read_only: bool,
     ) -> Result<Self, LogError> {
-        let (next_seq, prev_hash) = match store.last()? {
+        let last = match store.last() {
+            Ok(last) => last,
+            // Reading only (audit, events): the records are walked from the
+            // start anyway, and each problem is reported where it shows.
+            Err(_) if read_only => None,
+            Err(e) => return Err(e),
+        };
+        let (next_seq, prev_hash) = match last {
             None => (1, codec::GENESIS_HASH),
             Some(raw) => {
                 let mut scratch = AlignedVec::new();
@@ -372,5 +379,9 @@ impl EventLog for GroupCommitLog {
 
     fn backend(&self) -> Backend {
         self.backend
+    }
+
+    fn index_damage(&self) -> Vec<(u64, String)> {
+        self.store.index_damage()
     }
 }

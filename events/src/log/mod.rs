@@ -25,6 +25,7 @@ use crate::model::{Event, StoredEvent};
 pub mod conformance;
 pub mod framed;
 pub mod group_commit;
+pub mod guard;
 pub mod memory;
 pub mod redb_store;
 pub mod sled_store;
@@ -123,6 +124,10 @@ pub trait EventLog: Send + Sync + 'static {
     fn last_seq(&self) -> u64;
     /// Which backend this is.
     fn backend(&self) -> Backend;
+    /// Parts of the job index found damaged on open (see `Store::index_damage`).
+    fn index_damage(&self) -> Vec<(u64, String)> {
+        Vec::new()
+    }
 }
 
 /// Which backend's log `dir` holds, if any. Both at once is an error: the
@@ -143,14 +148,62 @@ pub fn detect(dir: &Path) -> Result<Option<Backend>, LogError> {
     }
 }
 
+/// The file a new log leaves beside itself in its data dir: a data dir with
+/// this marker and no log lost its log (`recman` refuses to start a new one
+/// there without `--init`). It names the backend and when the log was created.
+pub const MARKER_FILE: &str = "recman-log.created";
+
+/// Refuses a zero-byte log file: a store would take it for a new, empty log
+/// (redb initializes it) and the history would be silently gone.
+fn refuse_empty_file(dir: &Path) -> Result<(), LogError> {
+    let path = dir.join(redb_store::FILE_NAME);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() && m.len() == 0 => Err(LogError::Store(format!(
+            "{} is empty (0 bytes): that is not a log but a damaged or truncated one; \
+             restore it from a backup, or move it away to begin a new log",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn write_marker(dir: &Path, backend: Backend) -> Result<(), LogError> {
+    let path = dir.join(MARKER_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    std::fs::write(
+        &path,
+        format!(
+            "recman event log ({}) created at unix time {secs}\n",
+            backend.as_str()
+        ),
+    )?;
+    Ok(())
+}
+
 /// Opens the store of a `backend` log in `dir` (creating it with `create`),
 /// without the group-commit layer: for audit tools and tamper tests.
 pub fn open_store(backend: Backend, dir: &Path, create: bool) -> Result<Arc<dyn Store>, LogError> {
-    Ok(match backend {
-        Backend::Redb => Arc::new(redb_store::RedbStore::open(dir, create)?),
-        Backend::Sled => Arc::new(sled_store::SledStore::open(dir, create)?),
+    let file = store_path(backend, dir);
+    let store: Arc<dyn Store> = match backend {
+        Backend::Redb => Arc::new(guard::guard(&file, || redb_store::RedbStore::open(dir, create))?),
+        Backend::Sled => Arc::new(guard::guard(&file, || sled_store::SledStore::open(dir, create))?),
         Backend::Memory => return Err(no_dir_for_memory()),
-    })
+    };
+    Ok(Arc::new(guard::Guarded::new(store, file)))
+}
+
+/// The file (redb) or directory (sled) of a log in `dir`.
+fn store_path(backend: Backend, dir: &Path) -> std::path::PathBuf {
+    match backend {
+        Backend::Sled => dir.join(sled_store::DIR_NAME),
+        _ => dir.join(redb_store::FILE_NAME),
+    }
 }
 
 fn no_dir_for_memory() -> LogError {
@@ -176,7 +229,12 @@ pub fn open(backend: Backend, dir: &Path) -> Result<Arc<dyn EventLog>, LogError>
             )));
         }
     }
+    refuse_empty_file(dir)?;
+    let existed = detect(dir)?.is_some();
     let store = open_store(backend, dir, true)?;
+    if !existed {
+        write_marker(dir, backend)?;
+    }
     Ok(Arc::new(GroupCommitLog::start(store, backend, dir, false)?))
 }
 
@@ -212,11 +270,49 @@ pub fn open_for_reading(dir: &Path) -> Result<Arc<dyn EventLog>, LogError> {
             ),
         )));
     };
+    refuse_empty_file(dir)?;
+    let file = store_path(backend, dir);
     let store: Arc<dyn Store> = match backend {
-        Backend::Redb => Arc::new(redb_store::RedbStore::open_read_only(dir)?),
+        Backend::Redb => Arc::new(guard::guard(&file, || {
+            redb_store::RedbStore::open_read_only(dir)
+        })?),
         // sled has no read-only mode; opening it may replay its own log.
-        Backend::Sled => Arc::new(sled_store::SledStore::open(dir, false)?),
+        Backend::Sled => Arc::new(guard::guard(&file, || sled_store::SledStore::open(dir, false))?),
         Backend::Memory => return Err(no_dir_for_memory()),
     };
+    let store: Arc<dyn Store> = Arc::new(guard::Guarded::new(store, file));
     Ok(Arc::new(GroupCommitLog::start(store, backend, dir, true)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12 item 6: a zero-byte `events.redb` is not a new log.
+    #[test]
+    fn a_zero_byte_log_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(redb_store::FILE_NAME), b"").unwrap();
+        for e in [
+            open(Backend::Redb, dir.path()).err().unwrap(),
+            open_detected(dir.path(), Backend::Redb).err().unwrap(),
+            open_for_reading(dir.path()).err().unwrap(),
+        ] {
+            let e = e.to_string();
+            assert!(e.contains("events.redb is empty (0 bytes)"), "{e}");
+        }
+        let len = std::fs::metadata(dir.path().join(redb_store::FILE_NAME))
+            .unwrap()
+            .len();
+        assert_eq!(len, 0, "nothing was written to it");
+    }
+
+    #[tokio::test]
+    async fn a_new_log_leaves_its_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!dir.path().join(MARKER_FILE).exists());
+        drop(open(Backend::Redb, dir.path()).unwrap());
+        let text = std::fs::read_to_string(dir.path().join(MARKER_FILE)).unwrap();
+        assert!(text.contains("recman event log (redb) created"), "{text}");
+    }
 }

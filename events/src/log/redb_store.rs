@@ -74,6 +74,11 @@ impl RedbStore {
     /// Opens (or, with `create`, creates) `dir/events.redb` for writing and
     /// loads the job index.
     pub fn open(dir: &Path, create: bool) -> Result<RedbStore, LogError> {
+        Self::open_with(dir, create, false)
+    }
+
+    /// `open`; with `lenient`, a damaged job index is noted, not refused.
+    fn open_with(dir: &Path, create: bool, lenient: bool) -> Result<RedbStore, LogError> {
         let path = dir.join(FILE_NAME);
         let result = if create {
             Database::create(&path)
@@ -88,7 +93,7 @@ impl RedbStore {
             txn.open_table(BATCH_JOBS).map_err(store_err)?;
         }
         txn.commit().map_err(store_err)?;
-        Self::with_index(Db::ReadWrite(db))
+        Self::with_index(Db::ReadWrite(db), lenient)
     }
 
     /// Opens an existing `dir/events.redb` without changing a byte of it. A
@@ -97,28 +102,42 @@ impl RedbStore {
     pub fn open_read_only(dir: &Path) -> Result<RedbStore, LogError> {
         let path = dir.join(FILE_NAME);
         match redb::Builder::new().open_read_only(&path) {
-            Ok(db) => Self::with_index(Db::ReadOnly(db)),
+            Ok(db) => Self::with_index(Db::ReadOnly(db), true),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 Err(open_err(&path, redb::DatabaseError::DatabaseAlreadyOpen))
             }
             Err(redb::DatabaseError::Storage(redb::StorageError::Io(io))) => Err(LogError::Io(io)),
-            Err(_) => Self::open(dir, false),
+            Err(_) => Self::open_with(dir, false, true),
         }
     }
 
-    fn with_index(db: Db) -> Result<RedbStore, LogError> {
+    /// Loads the job index; `lenient` (reading only): a damaged entry or an
+    /// unreadable index table is noted (`index_damage`), the records stay
+    /// readable from their own table.
+    fn with_index(db: Db, lenient: bool) -> Result<RedbStore, LogError> {
         let store = RedbStore {
             db,
             jobs: JobIndex::default(),
         };
-        {
+        let loaded = (|| -> Result<(), LogError> {
             let txn = store.db.begin_read().map_err(store_err)?;
             let table = txn.open_table(BATCH_JOBS).map_err(store_err)?;
             for item in table.iter().map_err(store_err)? {
                 let (k, v) = item.map_err(store_err)?;
-                store.jobs.load(k.value(), v.value())?;
+                if lenient {
+                    store.jobs.load_lenient(k.value(), Ok(v.value()));
+                } else {
+                    store.jobs.load(k.value(), v.value())?;
+                }
             }
+            Ok(())
+        })();
+        match loaded {
+            Ok(()) => {}
+            Err(e) if lenient => store.jobs.load_lenient(0, Err(e)),
+            Err(e) => return Err(e),
         }
+        {}
         Ok(store)
     }
 
@@ -208,6 +227,10 @@ impl Store for RedbStore {
         self.jobs.seqs(job)
     }
 
+    fn index_damage(&self) -> Vec<(u64, String)> {
+        self.jobs.damage()
+    }
+
     fn last(&self) -> Result<Option<RawRecord>, LogError> {
         let txn = self.db.begin_read().map_err(store_err)?;
         let table = txn.open_table(BATCHES).map_err(store_err)?;
@@ -235,5 +258,60 @@ impl Store for RedbStore {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{open, open_for_reading, Backend};
+    use crate::model::{Event, EventBody};
+
+    /// Issue 12 item 10: a damaged job index does not stop the audit, which
+    /// reads the records from their own table and reports the index.
+    #[tokio::test]
+    async fn a_damaged_job_index_is_a_finding_and_the_records_are_still_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobId::new_v7();
+        {
+            let log = open(Backend::Redb, dir.path()).unwrap();
+            let ev = |at_ms| Event {
+                at_ms,
+                job,
+                body: EventBody::Cancelled,
+            };
+            log.append(vec![ev(1), ev(2), ev(3)]).await.unwrap();
+        }
+        {
+            let db = Database::open(dir.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(BATCH_JOBS)
+                .unwrap()
+                .insert(1u64, &b"short"[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let log = open_for_reading(dir.path()).expect("a damaged index does not stop reading");
+        let report = crate::audit::audit(&*log);
+        println!("{report:?}");
+        assert_eq!(report.records, 3);
+        assert!(report.unreadable.is_none(), "{report:?}");
+        assert_eq!(report.findings.len(), 1, "{report:?}");
+        assert!(
+            report.findings[0].message.contains("job index is damaged"),
+            "{report:?}"
+        );
+        let e = log.read_job(job).unwrap_err().to_string();
+        assert!(e.contains("job index is damaged"), "{e}");
+        assert_eq!(
+            log.read(1, 10).unwrap().len(),
+            3,
+            "the records themselves read fine"
+        );
+        drop(log);
+        assert!(
+            open(Backend::Redb, dir.path()).is_err(),
+            "the engine does not append to a log with a damaged index"
+        );
     }
 }

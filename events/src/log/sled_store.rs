@@ -131,8 +131,16 @@ impl SledStore {
         let data_file = File::open(path.join("db"))?;
         let jobs = JobIndex::default();
         for item in tree.scan_prefix([INDEX]) {
-            let (k, v) = item.map_err(store_err)?;
-            jobs.load(seq_of(&k)?, &v)?;
+            if create {
+                let (k, v) = item.map_err(store_err)?;
+                jobs.load(seq_of(&k)?, &v)?;
+            } else {
+                // Reading only: a damaged index is noted, the records stay readable.
+                match item.map_err(store_err).and_then(|(k, v)| Ok((seq_of(&k)?, v))) {
+                    Ok((seq, v)) => jobs.load_lenient(seq, Ok(&v)),
+                    Err(e) => jobs.load_lenient(0, Err(e)),
+                }
+            }
         }
         Ok(SledStore {
             tree,
@@ -211,6 +219,10 @@ impl Store for SledStore {
 
     fn job_seqs(&self, job: JobId) -> Result<Vec<u64>, LogError> {
         self.jobs.seqs(job)
+    }
+
+    fn index_damage(&self) -> Vec<(u64, String)> {
+        self.jobs.damage()
     }
 
     fn last(&self) -> Result<Option<RawRecord>, LogError> {

@@ -79,4 +79,10 @@ pub trait Store: Send + Sync + 'static {
     /// without touching the index and without any check. Only for tests that
     /// tamper with a log on purpose, and for future repair tools.
     fn put_raw(&self, seq: u64, bytes: Option<&[u8]>) -> Result<(), LogError>;
+    /// Parts of the job index that could not be loaded when the store was
+    /// opened for reading (first seq of the batch, why): the records are
+    /// still read, `job_seqs` refuses, `audit` reports them.
+    fn index_damage(&self) -> Vec<(u64, String)> {
+        Vec::new()
+    }
 }

@@ -99,6 +99,21 @@ pub fn check_mountpoint(mp: &Path) -> Result<(), StepError> {
         ));
     }
     if mountinfo_has(&info, &canon) {
+        // By device, not by path: a bind mount of `/` elsewhere is the root
+        // filesystem too (issue 12 item 7).
+        let dev = |p: &Path| fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::dev(&m));
+        let root_dev = dev(Path::new("/")).map_err(|e| io_err("reading", Path::new("/"), e))?;
+        if dev(&canon).map_err(|e| io_err("reading", mp, e))? == root_dev {
+            return Err(StepError::new(
+                "refused",
+                format!(
+                    "refusing to freeze {}: it is the root filesystem (same device as /, a bind mount?), \
+                     and the worker itself would hang",
+                    mp.display()
+                ),
+                false,
+            ));
+        }
         Ok(())
     } else {
         Err(StepError::new(
@@ -203,5 +218,29 @@ mod tests {
         let e = check_mountpoint(dir.path()).unwrap_err();
         assert_eq!(e.code, "not_a_mountpoint", "{e:?}");
         assert!(check_mountpoint(Path::new("/")).is_err());
+    }
+
+    /// A bind mount of `/` is a mountpoint by path but the root filesystem
+    /// by device: refused, never frozen (issue 12 item 7).
+    #[test]
+    fn a_bind_mount_of_the_root_filesystem_is_refused() {
+        if !recman_testkit::need_root("bind-mounting / to check the device comparison") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("root-again");
+        std::fs::create_dir(&mnt).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["--bind", "/"])
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mount --bind / {} failed", mnt.display());
+        let result = check_mountpoint(&mnt);
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
+        let e = result.expect_err("a bind mount of / must be refused");
+        println!("{}: {}", e.code, e.message);
+        assert_eq!(e.code, "refused", "{e:?}");
+        assert!(e.message.contains("same device as /"), "{e:?}");
     }
 }
