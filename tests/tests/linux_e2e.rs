@@ -158,9 +158,11 @@ async fn btrfs_snapshot_holds_a_gap_free_prefix() {
     emb.stop().await;
     writer.stop();
     // keep_last = 2: the oldest was deleted by retention.
+    // (`.NAME.owner` files beside them say which job took each one.)
     let mut left: Vec<String> = fs::read_dir(&dest)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
         .collect();
     left.sort();
     let mut want = names[1..].to_vec();
@@ -252,8 +254,9 @@ async fn qcow2_snapshots_are_listed_and_retention_deletes_the_oldest() {
 
 /// (2) The process holding a freeze (engine + worker, `recman snapshot`) is
 /// killed with SIGKILL while the filesystem is frozen; restarted with the same
-/// request id, its worker thaws the filesystem on start, within freeze_limit
-/// plus restart time, and the log names that worker as the one that thawed.
+/// request id, its worker takes the dead process's freeze over from the
+/// host state and thaws it within freeze_limit plus restart time, and the
+/// log names that worker as the one that thawed.
 #[test]
 fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
     if !can_run(&["losetup", "mkfs.ext4", "mount"]) {
@@ -295,7 +298,9 @@ fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
             .unwrap()
     };
     let mut first = run("first");
-    let marker = state.join("fsfreeze/fs1.json");
+    // The host's freeze state of the target (the embedded worker's state dir):
+    // written before the freeze, holding it until a thaw.
+    let marker = data.join("worker-state/targets/fs1.json");
     wait_until("the freeze and the snapshot's start", DEADLINE, || {
         marker.exists() && provider_started.exists()
     });
@@ -335,7 +340,7 @@ fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
     // The worker's log line, and the event log: the restarted worker thawed it.
     let worker = format!("local-{second_pid}");
     assert!(
-        err.contains("found frozen on start: thawed by this worker") && err.contains(&worker),
+        err.contains("found frozen by a worker process that is gone") && err.contains(&worker),
         "no thaw-on-start log line from {worker}:\n{err}"
     );
     let events = Command::new(recman_bin())
@@ -345,16 +350,33 @@ fn sigkill_while_frozen_the_restarted_worker_thaws_and_the_log_says_so() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&events.stdout);
+    // The restarted worker took the dead one's freeze over: it thawed it,
+    // either when the engine's thaw reached it (a `thaw` step with the real
+    // window) or at the deadline (`watchdog_thawed`).
     let thawed: Vec<serde_json::Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.to_string().contains("watchdog_thawed"))
+        .filter(|v| {
+            let b = &v["event"]["body"];
+            b["type"] == "watchdog_thawed" || (b["type"] == "step_succeeded" && b["stage"] == "thaw")
+        })
         .collect();
     assert!(
         thawed.iter().any(|v| v.to_string().contains(&worker)),
-        "no watchdog_thawed event by {worker} in the log:\n{text}"
+        "no thaw by {worker} in the log:\n{text}"
     );
-    assert!(!marker.exists(), "freeze marker left behind");
+    assert!(
+        thawed
+            .iter()
+            .filter_map(|v| v["event"]["body"]["detail"]["freeze_window_us"].as_u64())
+            .all(|w| w >= 500_000),
+        "a thaw recorded a window shorter than the freeze held across the kill:\n{text}"
+    );
+    let held: serde_json::Value = serde_json::from_slice(&fs::read(&marker).unwrap()).unwrap();
+    assert!(
+        held["hold"].is_null(),
+        "the host state still holds a freeze: {held}"
+    );
     eprintln!("second run:\n{out}\n{err}");
     assert!(
         status.unwrap().success(),

@@ -24,7 +24,11 @@ fn demo_twice_gives_two_snapshots_and_an_intact_log() {
             assert!(stdout.contains(stage), "missing {stage}: {stdout}");
         }
     }
-    let snaps: Vec<_> = std::fs::read_dir(data.join("snapshots/demo")).unwrap().collect();
+    // Snapshots, not the hidden `.NAME.owner` files beside them.
+    let snaps: Vec<_> = std::fs::read_dir(data.join("snapshots/demo"))
+        .unwrap()
+        .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+        .collect();
     assert_eq!(snaps.len(), 2);
     let copy = snaps[0].as_ref().unwrap().path().join("orders.csv");
     assert!(std::fs::read_to_string(copy).unwrap().contains("tape"));
@@ -54,6 +58,7 @@ fn demo_works_with_the_default_relative_data_dir() {
     assert_eq!(
         std::fs::read_dir(dir.path().join("recman-data/snapshots/demo"))
             .unwrap()
+            .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
             .count(),
         1
     );

@@ -45,8 +45,9 @@ fn recman_validate_config_accepts_the_examples() {
         let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../deploy/examples")
             .join(name);
+        // --engine: the hooks of the mailbox host do not exist on this one.
         let out = std::process::Command::new(&bin)
-            .arg("validate-config")
+            .args(["validate-config", "--engine"])
             .arg(&p)
             .output()
             .unwrap();
