@@ -242,7 +242,8 @@ pub fn batch_message(events: &[EventMessage]) -> Message {
 fn batch_of(events: &[(u64, Vec<u8>)]) -> Message {
     let first = events.first().map_or(0, |e| e.0);
     let last = events.last().map_or(0, |e| e.0);
-    let mut body = Vec::with_capacity(batch_len(events.iter().map(|e| e.1.len())));
+    // The brackets, and a comma after each event but the last.
+    let mut body = Vec::with_capacity(events.iter().map(|e| e.1.len() + 1).sum::<usize>() + 1);
     body.push(b'[');
     for (i, (_, json)) in events.iter().enumerate() {
         if i > 0 {
@@ -256,13 +257,6 @@ fn batch_of(events: &[(u64, Vec<u8>)]) -> Message {
         .with_header("x-recman-first-seq", first.to_string())
         .with_header("x-recman-last-seq", last.to_string())
         .with_header("x-recman-count", events.len().to_string())
-}
-
-/// The size of a batch body holding events of these JSON sizes: the
-/// brackets and a comma between two events.
-fn batch_len(sizes: impl Iterator<Item = usize>) -> usize {
-    let (n, sum) = sizes.fold((0usize, 0usize), |(n, sum), s| (n + 1, sum + s));
-    sum + n.saturating_sub(1) + 2
 }
 
 /// The events a relayed message holds, whichever form it has (one event or
@@ -286,12 +280,8 @@ fn batches(events: Vec<EventMessage>, opts: &RelayOptions) -> Vec<(Address, Mess
     let mut bytes = 0;
     for e in events {
         let json = wire::encode(&e);
-        let grown = if chunk.is_empty() {
-            json.len() + 2
-        } else {
-            bytes + json.len() + 1
-        };
-        if !chunk.is_empty() && (chunk.len() >= opts.max_events.max(1) || grown > opts.max_bytes) {
+        let full = chunk.len() >= opts.max_events.max(1) || bytes + json.len() + 1 > opts.max_bytes;
+        if !chunk.is_empty() && full {
             out.push((Address::Events, batch_of(&chunk)));
             chunk.clear();
         }
@@ -331,8 +321,8 @@ pub async fn run_with(
     let mut done = cursor.start(log.as_ref())?;
     let mut targets = Targets::default();
     // `None` while idle: nobody subscribes to the in-process bus, so the
-    // log is not read at all (reading and decoding every event for nothing
-    // halved `bench jobs`); `done` follows the log's end instead.
+    // log is not read at all (it was read and decoded for nothing, beside
+    // the engine handle's own reader); `done` follows the log's end instead.
     let mut tail = Some(log.subscribe(done + 1));
     tracing::info!(from = done + 1, "events relay started");
     tokio::pin!(shutdown);
