@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
-use recman_events::bus::{Message, DELIVERY_LIMIT_REASON, ORIGIN_HEADER, REASON_HEADER};
+use recman_events::bus::{Message, ALSO_ROUTE_HEADER, DELIVERY_LIMIT_REASON, ORIGIN_HEADER, REASON_HEADER};
 /// The wire schema version of the body.
 pub const SCHEMA_HEADER: &str = "x-recman-schema-version";
 /// RabbitMQ's count of earlier deliveries (quorum queues).
@@ -19,6 +19,16 @@ pub fn properties(msg: &Message) -> BasicProperties {
             ShortString::from(k.as_str()),
             AMQPValue::LongString(v.as_str().into()),
         );
+    }
+    // RabbitMQ's sender-selected distribution: the message also goes where
+    // these routing keys lead, once per queue.
+    if let Some(also) = msg.headers.get(ALSO_ROUTE_HEADER) {
+        let keys: Vec<AMQPValue> = also
+            .split(',')
+            .filter(|k| !k.is_empty())
+            .map(|k| AMQPValue::LongString(k.into()))
+            .collect();
+        headers.insert("CC".into(), AMQPValue::FieldArray(keys.into()));
     }
     if !msg.headers.contains_key(SCHEMA_HEADER) {
         headers.insert(

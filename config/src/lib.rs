@@ -110,8 +110,9 @@ impl Default for EngineConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerConfig {
     pub id: Option<WorkerId>,
-    /// Pools to consume; empty = every pool that a target of this config names.
-    pub pools: Vec<PoolName>,
+    /// Pools to consume. `None` (key absent) = every pool that a target of
+    /// this config names; `Some([])` (`pools = []`) = none.
+    pub pools: Option<Vec<PoolName>>,
     /// The host's freeze state, shared by every worker process of the host
     /// (default: `DEFAULT_STATE_DIR` for `recman worker`; see the README).
     pub state_dir: Option<PathBuf>,
@@ -135,6 +136,14 @@ pub struct TargetConfig {
     pub retry_backoff_max: Duration,
     pub writer: WriterConfig,
     pub provider: ProviderConfig,
+}
+
+impl TargetConfig {
+    /// `WRITER/PROVIDER` kinds (e.g. `postgres/btrfs`): what an engine sends
+    /// in its commands and a worker compares with its own config.
+    pub fn fingerprint(&self) -> String {
+        format!("{}/{}", self.writer.kind(), self.provider.kind())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -312,12 +321,13 @@ impl Config {
                     Some((s, span)) => Some(WorkerId::new(cx.id(&s, span, "worker.id")?)),
                 };
                 let pools = match field(t, "pools") {
-                    None => Vec::new(),
-                    Some(v) => cx
-                        .strings(v, "worker.pools")?
-                        .into_iter()
-                        .map(|s| cx.id(&s, v.span(), "worker.pools").map(PoolName::new))
-                        .collect::<Result<_, _>>()?,
+                    None => None,
+                    Some(v) => Some(
+                        cx.strings(v, "worker.pools")?
+                            .into_iter()
+                            .map(|s| cx.id(&s, v.span(), "worker.pools").map(PoolName::new))
+                            .collect::<Result<_, _>>()?,
+                    ),
                 };
                 let state_dir = cx.path(t, "worker", "state_dir")?;
                 Some(WorkerConfig { id, pools, state_dir })

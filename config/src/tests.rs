@@ -516,3 +516,16 @@ fn the_data_dir_alone_is_read_from_a_config() {
         .ends_with("recman.toml:2:12"));
     assert!(parse("").unwrap().engine.data_dir_at.is_none());
 }
+
+#[test]
+fn worker_pools_absent_means_all_and_empty_means_none() {
+    let absent = parse(&format!("{GOOD}\n[worker]\nid = \"w1\"\n")).unwrap();
+    assert_eq!(absent.worker.unwrap().pools, None);
+    let none = parse(&format!("{GOOD}\n[worker]\npools = []\n")).unwrap();
+    assert_eq!(none.worker.unwrap().pools, Some(Vec::new()));
+    let one = parse(&format!("{GOOD}\n[worker]\npools = [\"host.b\"]\n")).unwrap();
+    assert_eq!(one.worker.unwrap().pools, Some(vec![PoolName::new("host.b")]));
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.targets[0].fingerprint(), "exec/copy");
+    assert_eq!(c.targets[1].fingerprint(), "none/exec");
+}

@@ -93,7 +93,13 @@ pub fn recover_commands(state: &State, cfg: &CoreConfig) -> Vec<Outgoing> {
     out
 }
 
-fn base(job: &Job, stage: Stage, targets: Vec<TargetId>, message_id: String) -> Command {
+fn base(job: &Job, cfg: &CoreConfig, stage: Stage, targets: Vec<TargetId>, message_id: String) -> Command {
+    // Every target's fingerprint, or none (a config without them: not checked).
+    let fingerprints = targets
+        .iter()
+        .map(|t| cfg.targets.get(t).and_then(|p| p.fingerprint.clone()))
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
     Command {
         schema_version: SCHEMA_VERSION,
         message_id,
@@ -105,6 +111,7 @@ fn base(job: &Job, stage: Stage, targets: Vec<TargetId>, message_id: String) -> 
         snapshot_name: None,
         thaw_deadline_ms: None,
         prune: Vec::new(),
+        fingerprints,
     }
 }
 
@@ -129,6 +136,7 @@ fn stage_commands(job: &Job, cfg: &CoreConfig, stage: Stage) -> Vec<Outgoing> {
             };
             let mut c = base(
                 job,
+                cfg,
                 stage,
                 job.targets.clone(),
                 Command::message_id_for(job.id, job.attempt, stage, first),
@@ -157,6 +165,7 @@ fn stage_commands(job: &Job, cfg: &CoreConfig, stage: Stage) -> Vec<Outgoing> {
                 let Some(p) = cfg.targets.get(t) else { continue };
                 let mut c = base(
                     job,
+                    cfg,
                     stage,
                     vec![t.clone()],
                     Command::message_id_for(job.id, job.attempt, stage, t),
@@ -188,7 +197,7 @@ fn thaw_command(job: &Job, cfg: &CoreConfig, i: usize) -> Option<Outgoing> {
     if job.thaw_tries > 0 {
         id.push_str(&format!("#{}", job.thaw_tries));
     }
-    let c = base(job, Stage::Thaw, vec![t.clone()], id);
+    let c = base(job, cfg, Stage::Thaw, vec![t.clone()], id);
     let to = match &job.progress[i].frozen_by {
         Some(w) if job.thaw_tries % 2 == 0 => Destination::Worker {
             worker: w.clone(),
@@ -217,6 +226,7 @@ fn prune_command(
         .unwrap_or(0);
     let mut c = base(
         job,
+        cfg,
         Stage::Prune,
         vec![target.clone()],
         format!(

@@ -35,6 +35,9 @@ pub struct TargetPolicy {
     pub backoff_max_ms: u64,
     /// Retention: keep the newest N completed snapshots, prune the rest.
     pub keep_last: Option<u32>,
+    /// `WRITER/PROVIDER` kinds of the target in the engine's config, sent in
+    /// every command so that a worker configured differently refuses it.
+    pub fingerprint: Option<String>,
 }
 
 impl TargetPolicy {
@@ -50,6 +53,7 @@ impl TargetPolicy {
             backoff_base_ms: 1_000,
             backoff_max_ms: 60_000,
             keep_last: None,
+            fingerprint: None,
         }
     }
 }

@@ -5,7 +5,8 @@
 
 Events come from the topic exchange `recman.events` in two forms:
 - one event per message (low rates): routing key `<event kind>.<first target
-  of the job>` (e.g. `completed.db01`), type `event`, body an EventMessage
+  of the job>` (e.g. `completed.db01`), a group's other members as `CC` keys
+  (a binding on any member matches), type `event`, body an EventMessage
   (schemas/);
 - a batch (when many events are waiting): routing key `batch`, type
   `event-batch`, body a JSON array of EventMessages in log order, message id
@@ -54,7 +55,7 @@ def main():
 
     last_seq = 0
     watched_job = None
-    targets = {}  # job -> first target, to filter inside batches
+    targets = {}  # job -> its targets, to filter inside batches
     for method, props, body in ch.consume(q):
         batch = props.type == "event-batch"
         for msg in json.loads(body) if batch else [json.loads(body)]:
@@ -65,11 +66,13 @@ def main():
             ev = msg["event"]
             kind = ev["body"]["type"]
             if kind == "requested":
-                targets[ev["job"]] = (ev["body"].get("targets") or ["unknown"])[0]
-            key = "%s.%s" % (kind, targets.get(ev["job"], "unknown")) if batch else method.routing_key
+                targets[ev["job"]] = ev["body"].get("targets") or ["unknown"]
+            members = targets.get(ev["job"], ["unknown"])
+            key = "%s.%s" % (kind, members[0]) if batch else method.routing_key
             if kind in ("completed", "failed", "cancelled"):
                 targets.pop(ev["job"], None)
-            if batch and not pattern.match(key):
+            # A group matches when any member does (as the CC keys do).
+            if batch and not any(pattern.match("%s.%s" % (kind, t)) for t in members):
                 continue
             print(json.dumps({"seq": seq, "routing_key": key, "batch": batch, "job": ev["job"], "type": kind}), flush=True)
             if a.until_request:

@@ -213,11 +213,7 @@ pub fn check_host(
 
 /// The pools a local worker of `config` serves: `[worker] pools`, else all.
 pub fn local_pools(config: &Config) -> Option<Vec<recman_events::PoolName>> {
-    config
-        .worker
-        .as_ref()
-        .map(|w| w.pools.clone())
-        .filter(|p| !p.is_empty())
+    config.worker.as_ref().and_then(|w| w.pools.clone())
 }
 
 /// Whether `--data-dir` is on the command line (clap folds the flag and the

@@ -86,6 +86,12 @@ pub struct Command {
     /// For prune: snapshot names to delete.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prune: Vec<String>,
+    /// How the engine's config sets up each of `targets` (same order),
+    /// `WRITER/PROVIDER` (e.g. `postgres/btrfs`). A worker whose own config
+    /// sets a target up differently refuses the command (`config_mismatch`)
+    /// and runs nothing. Empty: not checked (older engines).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fingerprints: Vec<String>,
 }
 
 impl Command {

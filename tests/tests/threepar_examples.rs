@@ -16,8 +16,14 @@ fn example(name: &str) -> Config {
 fn backup_server_and_mailbox_host_examples_are_valid_and_agree() {
     let server = example("3par-backup-server.toml");
     let host = example("3par-mailbox-host.toml");
-    assert_eq!(server.worker.as_ref().unwrap().pools[0].as_str(), "array.3par-a");
-    assert_eq!(host.worker.as_ref().unwrap().pools[0].as_str(), "host.mbx01");
+    assert_eq!(
+        server.worker.as_ref().unwrap().pools.as_ref().unwrap()[0].as_str(),
+        "array.3par-a"
+    );
+    assert_eq!(
+        host.worker.as_ref().unwrap().pools.as_ref().unwrap()[0].as_str(),
+        "host.mbx01"
+    );
     assert_eq!(server.targets.len(), 2);
     assert_eq!(server.targets.len(), host.targets.len());
     for (s, h) in server.targets.iter().zip(&host.targets) {

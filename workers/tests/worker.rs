@@ -81,6 +81,7 @@ fn command(job: JobId, stage: Stage, targets: &[&str]) -> Command {
         snapshot_name: (stage == Stage::Snapshot).then(|| snapshot_name(job, 1)),
         thaw_deadline_ms: None,
         prune: Vec::new(),
+        fingerprints: Vec::new(),
     }
 }
 
@@ -1137,5 +1138,58 @@ async fn a_snapshot_not_taken_for_this_attempt_is_not_adopted() {
     send_pool(&bus, &snap).await;
     let r = next_report(&mut rep, SEC5).await;
     assert_eq!(err_of(&r).code, "name_conflict", "{r:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_for_a_target_set_up_differently_is_refused_but_a_thaw_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("froze");
+    let cfg = config(
+        dir.path(),
+        &exec_target(
+            dir.path(),
+            &format!("echo f >> {}", marker.display()),
+            "10s",
+            "5s",
+        ),
+    );
+    assert_eq!(cfg.targets[0].fingerprint(), "exec/none");
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    // The engine believes db01 is a PostgreSQL on btrfs: nothing may run.
+    let job = JobId::new_v7();
+    let mut freeze = command(job, Stage::Freeze, &["db01"]);
+    freeze.fingerprints = vec!["postgres/btrfs".into()];
+    send_pool(&bus, &freeze).await;
+    let e = err_of(&next_report(&mut rep, SEC5).await).clone();
+    assert_eq!((e.code.as_str(), e.retryable), ("config_mismatch", false));
+    assert!(
+        e.message
+            .contains("db01 is postgres/btrfs on the engine but exec/none here"),
+        "{}",
+        e.message
+    );
+    assert!(!marker.exists(), "the freeze hook must not have run");
+    // A matching fingerprint runs.
+    let mut ok = command(job, Stage::Freeze, &["db01"]);
+    ok.message_id.push_str("#ok");
+    ok.fingerprints = vec!["exec/none".into()];
+    send_pool(&bus, &ok).await;
+    assert!(matches!(
+        next_report(&mut rep, SEC5).await.outcome,
+        Outcome::Ok { .. }
+    ));
+    assert_eq!(lines(marker.clone()), 1);
+    // A thaw is never refused for a mismatch: it ends the freeze this host holds.
+    let mut thaw = command(job, Stage::Thaw, &["db01"]);
+    thaw.fingerprints = vec!["postgres/btrfs".into()];
+    send_pool(&bus, &thaw).await;
+    assert!(matches!(
+        next_report(&mut rep, SEC5).await.outcome,
+        Outcome::Ok { .. }
+    ));
+    assert_eq!(lines(dir.path().join("thawed")), 1);
     w.stop().await;
 }

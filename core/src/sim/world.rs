@@ -636,6 +636,7 @@ impl Sim {
             snapshot_name: None,
             thaw_deadline_ms: None,
             prune: Vec::new(),
+            fingerprints: Vec::new(),
         };
         let detail = StepDetail::Thawed {
             freeze_window_us: window_us,

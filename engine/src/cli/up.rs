@@ -32,6 +32,9 @@ config says otherwise. A non-loopback address needs `[api] token_file = \"/path/
 clients then send `Authorization: Bearer <token>`. While it runs, DATA_DIR/server.json tells\n\
 the other commands (jobs, job, targets, snapshots, cancel, replay, snapshot) where it is.\n\
 Without a config, `up` serves the demo target (see `recman snapshot demo`).\n\n\
+Its own workers run the steps of every pool of the config when the bus is in-process. Over\n\
+RabbitMQ (--amqp, `[amqp] url`) they serve only the pools named in `[worker] pools` (none\n\
+without it): workers on the application hosts run the steps.\n\n\
 Stop it with Ctrl-C or SIGTERM: it stops taking requests, waits until every frozen target is\n\
 thawed (at most --drain-timeout), stops the workers (steps still running get 2 s more and are\n\
 then abandoned; anything still frozen is thawed) and closes the log.\n\n\
@@ -49,6 +52,19 @@ pub struct Args {
     /// longest freeze limit of the config plus 5 s).
     #[arg(long, value_name = "DURATION", value_parser = recman_config::parse_bounded_duration)]
     pub drain_timeout: Option<Duration>,
+}
+
+/// The pools `up`'s own workers serve. In-process: `[worker] pools`, else
+/// every pool of the config (nothing else could run the steps). Over a
+/// broker, workers of other hosts serve the pools, so only the pools named in
+/// `[worker] pools` (none without it): an engine host must never run
+/// stand-in steps for a target whose writer lives on another host.
+fn served_pools(config: &recman_config::Config, amqp: bool) -> Vec<recman_events::PoolName> {
+    match crate::home::local_pools(config) {
+        Some(named) => named,
+        None if amqp => Vec::new(),
+        None => config.pools(),
+    }
 }
 
 async fn until_true(mut rx: watch::Receiver<bool>) {
@@ -69,11 +85,10 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
              or listen on 127.0.0.1"
         );
     }
-    crate::home::check_host(
-        &config,
-        crate::home::local_pools(&config).as_deref(),
-        Some(&g.data_dir),
-    )?;
+    // The broker when one is named (flag, `[amqp] url` or RECMAN_AMQP_URL), else in-process.
+    let amqp_named = a.amqp.named(&config);
+    let served = served_pools(&config, amqp_named);
+    crate::home::check_host(&config, Some(&served), Some(&g.data_dir))?;
     g.check_log("up")?;
     let stats = Arc::new(Stats::default());
     let log: Arc<dyn EventLog> = Arc::new(TimedLog {
@@ -91,8 +106,6 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {listen} (in use? try --listen 127.0.0.1:PORT)"))?;
     let local = listener.local_addr()?;
 
-    // The broker when one is named (flag, `[amqp] url` or RECMAN_AMQP_URL), else in-process.
-    let amqp_named = a.amqp.named(&config);
     let memory = (!amqp_named).then(MemoryBus::new);
     let inner: Arc<dyn Bus> = match &memory {
         Some(m) => Arc::new(m.clone()),
@@ -120,8 +133,23 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     } else {
         g.data_dir.join("worker-state")
     };
-    let worker = Worker::from_config(WorkerId::from(format!("local-{}", std::process::id())), &config)
-        .with_state_dir(super::worker::state_dir(None, &config, state_default));
+    if amqp_named {
+        match served.as_slice() {
+            [] => eprintln!(
+                "recman up: running no steps here (over a broker, local workers serve only the pools named in `[worker] pools`)"
+            ),
+            p => eprintln!(
+                "recman up: local workers serve {}",
+                p.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    let worker = Worker::new(
+        WorkerId::from(format!("local-{}", std::process::id())),
+        served,
+        &config,
+    )
+    .with_state_dir(super::worker::state_dir(None, &config, state_default));
     // The preflight, as warnings, beside the start-up (a server that does
     // not answer must not delay it): `up` starts whatever it finds;
     // `recman check` fails on the same findings.

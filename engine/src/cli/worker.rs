@@ -104,6 +104,12 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         &config,
         PathBuf::from(DEFAULT_STATE_DIR),
     ));
+    if worker.pools().is_empty() {
+        anyhow::bail!(
+            "this worker serves no pool (`[worker] pools = []` in {}): name the pools it serves there or with --pool",
+            g.config_file().display()
+        );
+    }
     crate::home::check_host(&config, Some(worker.pools()), None)?;
     eprintln!(
         "recman worker {id}: data dir {} (from {})",

@@ -387,6 +387,7 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.keep_last = t.keep_last;
         p.writer_timeout_ms = t.writer.timeout().as_millis() as u64;
         p.provider_timeout_ms = t.provider.timeout().as_millis() as u64;
+        p.fingerprint = Some(t.fingerprint());
         cfg.targets.insert(t.id.clone(), p);
     }
     cfg

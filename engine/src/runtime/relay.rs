@@ -28,7 +28,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use recman_events::bus::{msg_type, Address, Bus, BusError, Message, ROUTING_KEY_HEADER};
+use recman_events::bus::{msg_type, Address, Bus, BusError, Message, ALSO_ROUTE_HEADER, ROUTING_KEY_HEADER};
 use recman_events::wire::{self, EventMessage};
 use recman_events::{EventBody, EventLog, JobId, LogError, StoredEvent, TargetId, SCHEMA_VERSION};
 
@@ -168,40 +168,40 @@ impl Cursor {
     }
 }
 
-/// The first target of each job, for routing keys (`<kind>.<target>`).
+/// The targets of each job, for routing keys (`<kind>.<target>`).
 #[derive(Default)]
 struct Targets {
-    by_job: HashMap<JobId, TargetId>,
+    by_job: HashMap<JobId, Vec<TargetId>>,
 }
 
 impl Targets {
-    /// Remembers the target of a job's request (no look-up).
+    /// Remembers the targets of a job's request (no look-up).
     fn note(&mut self, e: &StoredEvent) {
         if let EventBody::Requested { targets, .. } = &e.event.body {
-            if let Some(t) = targets.first() {
-                self.by_job.insert(e.event.job, t.clone());
+            if !targets.is_empty() {
+                self.by_job.insert(e.event.job, targets.clone());
             }
         }
     }
 
-    fn of(&mut self, log: &dyn EventLog, e: &StoredEvent) -> String {
+    fn of(&mut self, log: &dyn EventLog, e: &StoredEvent) -> Vec<TargetId> {
         self.note(e);
         if let Some(t) = self.by_job.get(&e.event.job) {
-            return t.to_string();
+            return t.clone();
         }
         // Started after the job's request: look it up once.
-        let first = log.read_job(e.event.job).ok().and_then(|evs| {
+        let all = log.read_job(e.event.job).ok().and_then(|evs| {
             evs.into_iter().find_map(|s| match s.event.body {
-                EventBody::Requested { targets, .. } => targets.into_iter().next(),
+                EventBody::Requested { targets, .. } if !targets.is_empty() => Some(targets),
                 _ => None,
             })
         });
-        match first {
+        match all {
             Some(t) => {
                 self.by_job.insert(e.event.job, t.clone());
-                t.to_string()
+                t
             }
-            None => "unknown".into(),
+            None => vec![TargetId::from("unknown")],
         }
     }
 
@@ -213,22 +213,31 @@ impl Targets {
 }
 
 /// The message for one stored event: `EventMessage` JSON, id `event/<seq>`,
-/// routing key `<event kind>.<first target of the job>`.
-pub fn event_message(e: &StoredEvent, target: &str) -> Message {
+/// routing key `<event kind>.<first target of the job>`; a group's other
+/// members in [`ALSO_ROUTE_HEADER`], so that a subscriber of any member's
+/// events gets the group's (once per queue: RabbitMQ's `CC`).
+pub fn event_message(e: &StoredEvent, targets: &[TargetId]) -> Message {
+    let kind = e.event.body.kind();
+    let first = targets.first().map_or("unknown", TargetId::as_str);
     let body = wire::encode(&EventMessage {
         schema_version: SCHEMA_VERSION,
         seq: e.seq,
         event: e.event.clone(),
     });
-    Message::new(msg_type::EVENT, format!("event/{}", e.seq), body)
-        .with_header(ROUTING_KEY_HEADER, format!("{}.{target}", e.event.body.kind()))
+    let mut m = Message::new(msg_type::EVENT, format!("event/{}", e.seq), body)
+        .with_header(ROUTING_KEY_HEADER, format!("{kind}.{first}"))
         .with_header("x-recman-seq", e.seq.to_string())
         .with_header("x-recman-job", e.event.job.to_string())
         // In the job's trace (a batch spans many jobs and carries none).
         .with_header(
             recman_trace::TRACEPARENT,
             recman_trace::TraceParent::job_root(e.event.job).to_string(),
-        )
+        );
+    if targets.len() > 1 {
+        let also: Vec<String> = targets[1..].iter().map(|t| format!("{kind}.{t}")).collect();
+        m = m.with_header(ALSO_ROUTE_HEADER, also.join(","));
+    }
+    m
 }
 
 /// One message holding `events` (in log order, not empty): a JSON array of

@@ -23,6 +23,10 @@ pub const ORIGIN_HEADER: &str = "x-recman-origin";
 /// Header that sets the routing key of a message published to `Events`
 /// (`<event kind>.<target>`, or `batch`); it travels with the message.
 pub const ROUTING_KEY_HEADER: &str = "x-recman-routing-key";
+/// Further routing keys of an event (comma-separated; a consistency group's
+/// other member targets). Over RabbitMQ they become the `CC` header
+/// (sender-selected distribution: each bound queue gets the message once).
+pub const ALSO_ROUTE_HEADER: &str = "x-recman-also-routing-keys";
 /// Deliveries after which a message that keeps coming back is dead-lettered.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 /// The reason given when a message is dead-lettered by the delivery limit.

@@ -122,9 +122,9 @@ impl Worker {
 
     /// Pools from `[worker] pools`, or else every pool a target names.
     pub fn from_config(id: WorkerId, config: &Config) -> Worker {
-        let pools = match &config.worker {
-            Some(w) if !w.pools.is_empty() => w.pools.clone(),
-            _ => config.pools(),
+        let pools = match config.worker.as_ref().and_then(|w| w.pools.clone()) {
+            Some(named) => named,
+            None => config.pools(),
         };
         Worker::new(id, pools, config)
     }
@@ -464,6 +464,9 @@ impl Shared {
                 ),
                 false,
             ))
+        } else if let Some(e) = self.mismatch(cmd) {
+            tracing::warn!(worker = %self.id, job = %cmd.job, stage = %cmd.stage, "refused: {}", e.message);
+            Err(e)
         } else {
             self.run_step(cmd).await
         };
@@ -485,6 +488,38 @@ impl Shared {
             duration_us: micros(start.elapsed()),
             outcome,
         }
+    }
+
+    /// The refusal of a command whose targets the engine's config sets up
+    /// differently from this worker's (`fingerprints`), e.g. an engine that
+    /// expects a PostgreSQL writer where this host has none: running it would
+    /// record a snapshot that froze nothing. A thaw still runs (it only ever
+    /// ends a freeze this host holds, and must never be refused).
+    fn mismatch(&self, cmd: &Command) -> Option<StepError> {
+        if cmd.stage == Stage::Thaw || cmd.fingerprints.len() != cmd.targets.len() {
+            return None;
+        }
+        let differ: Vec<String> = cmd
+            .targets
+            .iter()
+            .zip(&cmd.fingerprints)
+            .filter_map(|(t, theirs)| {
+                let ours = self.targets.get(t)?.cfg.fingerprint();
+                (ours != *theirs).then(|| format!("{t} is {theirs} on the engine but {ours} here"))
+            })
+            .collect();
+        (!differ.is_empty()).then(|| {
+            StepError::new(
+                "config_mismatch",
+                format!(
+                    "worker {} refused {} ({}): the engine and this worker must load the same target definitions; nothing was run",
+                    self.id,
+                    cmd.stage,
+                    differ.join("; ")
+                ),
+                false,
+            )
+        })
     }
 
     fn ctx(t: &TargetId, cmd: &Command) -> StepCtx {

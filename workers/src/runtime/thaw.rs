@@ -64,12 +64,17 @@ impl Shared {
         };
         let plan = worker::plan_thaw(&host.memory, key);
         let ThawPlan::Own(hold) = &plan else { return };
-        match armed_for {
+        let armed = match armed_for {
             Some(k) => self.watchdogs.take_if(t, k),
             None => self.watchdogs.take(t),
         };
         let now_ms = clock::now_ms();
-        let window_us = worker::thaw_window_us(&plan, now_ms, self.process(), None);
+        // As for a commanded thaw: this process's monotonic clock when it
+        // armed this freeze (a wall clock step must not shorten the window).
+        let window_us = match armed {
+            Some(a) if a.key == key => a.window_us(),
+            _ => worker::thaw_window_us(&plan, now_ms, self.process(), None),
+        };
         host.memory
             .record_thaw(key, ThawedBy::Watchdog, window_us, &plan, now_ms);
         if let Err(e) = self.save_state(&host).await {
