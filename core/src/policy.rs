@@ -35,6 +35,9 @@ pub struct TargetPolicy {
     pub backoff_max_ms: u64,
     /// Retention: keep the newest N completed snapshots, prune the rest.
     pub keep_last: Option<u32>,
+    /// RPO: the newest good restore point may be at most this old
+    /// (`schedule::rpo_plan` decides `RpoBreached` / `RpoRestored`).
+    pub rpo_ms: Option<u64>,
 }
 
 impl TargetPolicy {
@@ -50,6 +53,7 @@ impl TargetPolicy {
             backoff_base_ms: 1_000,
             backoff_max_ms: 60_000,
             keep_last: None,
+            rpo_ms: None,
         }
     }
 }
@@ -62,6 +66,8 @@ pub const STAGE_GRACE_MS: u64 = 5_000;
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct CoreConfig {
     pub targets: BTreeMap<TargetId, TargetPolicy>,
+    /// `[[schedule]]`s, in config order.
+    pub schedules: Vec<crate::schedule::Schedule>,
     /// Seed of the jitter PRNG (the values drawn are recorded in events).
     pub seed: u64,
     /// A deliberate bug, for the simulator's self-test only (`None` anywhere else).
