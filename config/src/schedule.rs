@@ -12,9 +12,9 @@ use crate::{field, join, parse_duration, ConfigError, Cx, TargetConfig};
 /// The longest `rpo` and `every` (a year).
 const MAX_POLICY_DURATION: Duration = Duration::from_secs(366 * 86_400);
 
-/// `rpo = "26h"`: from a minute to a year.
+/// `rpo = "26h"`: from a second to a year.
 pub(crate) fn rpo(cx: &Cx<'_>, t: &DeTable<'_>, path: &str) -> Result<Option<Duration>, ConfigError> {
-    long_duration(cx, t, path, "rpo", Duration::from_secs(60))
+    long_duration(cx, t, path, "rpo", Duration::from_secs(1))
 }
 
 fn long_duration(
