@@ -195,7 +195,12 @@ fn validate_config_names_file_line_and_key_of_bad_schedules() {
         let text_ = format!("{base}[[schedule]]\nid = \"n\"\ntargets = [\"db\"]\n{field}\n");
         std::fs::write(dir.path().join("recman.toml"), text_).unwrap();
         let out = recman(dir.path(), &["validate-config"]);
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a bad config is a finding: {}",
+            text(&out)
+        );
         assert!(text(&out).contains(want), "{want}: {}", text(&out));
     }
     let text_ = format!("{base}[[schedule]]\nid = \"n\"\ntargets = [\"db\", \"dbx\"]\nevery = \"4h\"\n");
