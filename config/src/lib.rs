@@ -51,6 +51,8 @@ const PROVIDERS_LATER: &[&str] = &[];
 
 mod host;
 pub use host::HookProgram;
+mod schedule;
+pub use recman_core::schedule::Schedule;
 mod linux;
 pub use linux::{
     BtrfsConfig, FsFreezeConfig, PostgresConfig, Qcow2Config, DEFAULT_PG_TIMEOUT, DEFAULT_STATE_DIR,
@@ -72,6 +74,8 @@ pub struct Config {
     /// Every `exec` program the config names, where, and in which pool it
     /// runs: checked on the host that runs it ([`Config::check_programs`]).
     pub hooks: Vec<HookProgram>,
+    /// `[[schedule]]`s, in file order.
+    pub schedules: Vec<Schedule>,
 }
 
 /// `[amqp] url = "amqp://USER@HOST:5672/VHOST"`, `password_file = "…"`,
@@ -129,6 +133,8 @@ pub struct TargetConfig {
     pub retries: u32,
     /// Retention: keep this many snapshots, prune older ones.
     pub keep_last: Option<u32>,
+    /// RPO: the newest good restore point may be at most this old.
+    pub rpo: Option<Duration>,
     /// First wait before a retry (doubled each retry, jittered: half to
     /// all of it), at most `retry_backoff_max`. With `retries` they span the
     /// window in which a restarting service should come back.
@@ -292,7 +298,11 @@ impl Config {
             cx.err(span, "", e.message().trim().to_string())
         })?;
         let root = doc.get_ref();
-        cx.check_keys(root, "", &["engine", "worker", "array", "target", "api", "amqp"])?;
+        cx.check_keys(
+            root,
+            "",
+            &["engine", "worker", "array", "target", "api", "amqp", "schedule"],
+        )?;
         let api = api::parse(&cx, root)?;
 
         let engine = match field(root, "engine") {
@@ -378,8 +388,10 @@ impl Config {
                 targets.push(t);
             }
         }
+        let schedules = schedule::schedules(&cx, root, &targets)?;
         Ok(Config {
             path: path.to_path_buf(),
+            schedules,
             engine,
             worker,
             targets,
@@ -535,8 +547,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
             "" => return Err(format!("duration \"{s}\" needs a unit (ms, s, m or h)")),
-            other => return Err(format!("unknown unit \"{other}\" in \"{s}\" (use ms, s, m or h)")),
+            other => {
+                return Err(format!(
+                    "unknown unit \"{other}\" in \"{s}\" (use ms, s, m, h or d)"
+                ))
+            }
         };
         total = total.saturating_add(d);
     }
@@ -803,6 +820,7 @@ impl Cx<'_> {
                 "retry_backoff",
                 "retry_backoff_max",
                 "keep_last",
+                "rpo",
                 "writer",
                 "provider",
             ],
@@ -824,6 +842,7 @@ impl Cx<'_> {
             .duration(t, key, "retry_backoff_max")?
             .unwrap_or(DEFAULT_RETRY_BACKOFF_MAX);
         let keep_last = self.u32(t, key, "keep_last")?;
+        let rpo = schedule::rpo(self, t, key)?;
         if keep_last == Some(0) {
             let span = field(t, "keep_last").map(|v| v.span()).unwrap_or(item.span());
             return Err(self.err(
@@ -982,6 +1001,7 @@ impl Cx<'_> {
             }),
             retry_backoff_max,
             keep_last,
+            rpo,
             writer,
             provider,
         })

@@ -529,3 +529,37 @@ fn worker_pools_absent_means_all_and_empty_means_none() {
     assert_eq!(c.targets[0].fingerprint(), "exec/copy");
     assert_eq!(c.targets[1].fingerprint(), "none/exec");
 }
+
+#[test]
+fn bad_schedule_fields_name_file_line_and_key() {
+    let base = "[[target]]\nid = \"db\"\nwriter = { type = \"none\" }\nprovider = { type = \"none\" }\nrpo = \"26h\"\n";
+    let ok = format!("{base}[[schedule]]\nid = \"nightly\"\ntargets = [\"db\"]\ncron = \"0 2 * * *\"\ntimezone = \"Europe/Berlin\"\n");
+    let c = Config::from_str(&ok, "/etc/recman.toml").expect("valid");
+    assert_eq!(c.schedules.len(), 1);
+    assert_eq!(c.targets[0].rpo, Some(std::time::Duration::from_secs(26 * 3600)));
+    for (text, want) in [
+        ("cron = \"0 2 * *\"\n", "/etc/recman.toml:9:8: schedule[0].cron"),
+        (
+            "cron = \"0 2 * * *\"\ntimezone = \"Europe/Berlim\"\n",
+            "/etc/recman.toml:10:12: schedule[0].timezone",
+        ),
+        ("every = \"4h\"\n", ""),
+    ] {
+        let t = format!("{base}[[schedule]]\nid = \"n\"\ntargets = [\"db\"]\n{text}");
+        let r = Config::from_str(&t, "/etc/recman.toml");
+        if want.is_empty() {
+            assert!(r.is_ok(), "{r:?}");
+        } else {
+            let e = r.expect_err("refused").to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
+    }
+    let t = format!("{base}[[schedule]]\nid = \"n\"\ntargets = [\"dbx\"]\nevery = \"4h\"\n");
+    let e = Config::from_str(&t, "/etc/recman.toml")
+        .expect_err("unknown target")
+        .to_string();
+    assert!(
+        e.starts_with("/etc/recman.toml:8:11: schedule[0].targets: unknown target \"dbx\""),
+        "{e}"
+    );
+}

@@ -4,13 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use recman_events::{
-    legacy_snapshot_name, snapshot_name, Event, EventBody, JobId, Outcome, Report, SnapshotInfo,
-    SnapshotRequest, Stage, StepDetail, StepError, TargetId, WorkerId,
+    legacy_snapshot_name, snapshot_name, Event, EventBody, JobId, Outcome, Report, RequestId, SnapshotInfo,
+    SnapshotRequest, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
 };
 
 use crate::evolve::apply_job;
 use crate::policy::CoreConfig;
 use crate::rng::Rng;
+use crate::schedule::{self, Plan, RpoPlan};
 use crate::state::{Job, JobState, State, StepStatus};
 
 /// After this many thaw failures or thaw-stage timeouts the job fails loudly.
@@ -49,6 +50,16 @@ pub enum Input {
     Cancel {
         job: JobId,
         reason: String,
+    },
+    /// Pause a schedule (`recman schedules pause`): its slots are skipped
+    /// until it is resumed.
+    PauseSchedule {
+        schedule: String,
+        reason: String,
+    },
+    /// Resume a schedule: slots count from now (the paused ones are not caught up).
+    ResumeSchedule {
+        schedule: String,
     },
 }
 
@@ -100,6 +111,9 @@ pub enum Mutation {
     /// The simulator's engine sends a batch's commands before its events are
     /// durable (the runtime's order reversed).
     SendBeforeAppend,
+    /// A schedule's slot is recognised neither by the slot recorded nor by
+    /// its request id: it fires again at every timer.
+    RefireSlots,
 }
 
 impl Mutation {
@@ -119,6 +133,7 @@ impl Mutation {
         Mutation::CatalogKeepsDeleted,
         Mutation::ResendBeforeTimers,
         Mutation::SendBeforeAppend,
+        Mutation::RefireSlots,
     ];
 
     /// Its name on the command line (`recman simulate --mutation`).
@@ -173,6 +188,7 @@ pub fn decide(
         mutation,
         out: Vec::new(),
         released: BTreeSet::new(),
+        claimed: BTreeMap::new(),
     };
     let reply = match input {
         Input::Request { req, origin, new_job } => d.request(req, origin, *new_job),
@@ -182,15 +198,20 @@ pub fn decide(
         }
         Input::TimerFired => {
             d.timer();
+            d.policies(false);
             Reply::None
         }
         Input::Start => {
             d.timer();
             d.catch_up_retention();
+            d.policies(true);
             Reply::None
         }
         Input::Cancel { job, reason } => d.cancel(*job, reason),
+        Input::PauseSchedule { schedule, reason } => d.pause(schedule, Some(reason)),
+        Input::ResumeSchedule { schedule } => d.pause(schedule, None),
     };
+    d.rpo_restored();
     d.promote();
     (d.out, reply)
 }
@@ -204,6 +225,9 @@ struct Decider<'a> {
     out: Vec<Event>,
     /// Jobs that ended in this decision (their queue places are free).
     released: BTreeSet<JobId>,
+    /// Jobs requested in this decision, by target (the last one): a later
+    /// request of the same decision queues behind it.
+    claimed: BTreeMap<TargetId, JobId>,
 }
 
 impl Decider<'_> {
@@ -311,11 +335,23 @@ impl Decider<'_> {
                 origin: origin.to_string(),
             },
         );
+        // The first job of each queue that still holds its place (one that
+        // ended in this decision does not), or one requested in this decision.
+        let released = &self.released;
         let mut behind: Vec<JobId> = req
             .targets
             .iter()
-            .filter_map(|t| self.state.queues.get(t).and_then(|q| q.front().copied()))
+            .filter_map(|t| {
+                self.state
+                    .queues
+                    .get(t)
+                    .and_then(|q| q.iter().find(|j| !released.contains(j)).copied())
+                    .or_else(|| self.claimed.get(t).copied())
+            })
             .collect();
+        for t in &req.targets {
+            self.claimed.insert(t.clone(), new_job);
+        }
         behind.sort();
         behind.dedup();
         if behind.is_empty() || self.mutation == Some(Mutation::IgnoreQueue) {
@@ -1005,6 +1041,213 @@ impl Decider<'_> {
             out.extend(cat.iter().filter(|e| e.name == name).map(|e| e.job));
         }
         out
+    }
+
+    /// An event of no job (schedules, RPOs).
+    fn push_none(&mut self, body: EventBody) {
+        self.push_for(JobId::NONE, body);
+    }
+
+    fn push_for(&mut self, job: JobId, body: EventBody) {
+        self.out.push(Event {
+            at_ms: self.now,
+            job,
+            body,
+        });
+    }
+
+    /// Schedules and RPOs at a timer (`start`: also their config changes).
+    fn policies(&mut self, start: bool) {
+        let refire = self.mutation == Some(Mutation::RefireSlots);
+        for p in schedule::plan(self.state, self.cfg, self.now, start, refire) {
+            match p {
+                Plan::Changed { schedule, spec } => {
+                    self.push_none(EventBody::ScheduleChanged { schedule, spec })
+                }
+                Plan::Skip {
+                    schedule,
+                    slot_ms,
+                    missed,
+                    reason,
+                } => self.push_none(EventBody::ScheduleSkipped {
+                    schedule,
+                    slot_ms,
+                    missed,
+                    reason,
+                }),
+                Plan::Queue {
+                    schedule,
+                    slot_ms,
+                    behind,
+                } => self.push_for(behind, EventBody::ScheduleQueued { schedule, slot_ms }),
+                Plan::Fire { schedule, slot_ms } => self.fire(schedule, slot_ms),
+            }
+        }
+        let completed = self.completed_targets();
+        for p in schedule::rpo_plan(self.state, self.cfg, self.now, start) {
+            match p {
+                RpoPlan::Changed { target, rpo_ms } => {
+                    self.push_none(EventBody::RpoChanged { target, rpo_ms })
+                }
+                RpoPlan::Breached {
+                    target,
+                    rpo_ms,
+                    last_good_ms,
+                } if !completed.contains(&target) => self.push_none(EventBody::RpoBreached {
+                    target,
+                    rpo_ms,
+                    last_good_ms,
+                }),
+                RpoPlan::Breached { .. } => {}
+                RpoPlan::Restored {
+                    target,
+                    rpo_ms,
+                    last_good_ms,
+                } => self.push_none(EventBody::RpoRestored {
+                    target,
+                    rpo_ms,
+                    last_good_ms,
+                }),
+            }
+        }
+    }
+
+    /// One slot of schedule `i` fires: its request, unless the slot's
+    /// request id (or job id) is known already.
+    fn fire(&mut self, i: usize, slot_ms: u64) {
+        let Some(s) = self.cfg.schedules.get(i) else {
+            return;
+        };
+        let (mut request_id, mut job) = (s.request_id(slot_ms), s.job_id(slot_ms));
+        if self.mutation == Some(Mutation::RefireSlots) {
+            let r = self.rng.next_u64();
+            request_id = RequestId::new(format!("{request_id}:{r:x}"));
+            job = JobId::from_parts(self.now, u128::from(r));
+        }
+        let known = self
+            .state
+            .requests
+            .get(&request_id)
+            .copied()
+            .or_else(|| self.state.jobs.contains_key(&job).then_some(job));
+        let id = s.id.clone();
+        if let Some(existing) = known {
+            self.push_none(EventBody::ScheduleSkipped {
+                schedule: id,
+                slot_ms,
+                missed: 1,
+                reason: format!("already fired: request {request_id} is job {existing}"),
+            });
+            return;
+        }
+        let req = SnapshotRequest {
+            schema_version: SCHEMA_VERSION,
+            request_id,
+            targets: s.targets.clone(),
+            kind: s.kind,
+        };
+        match self.request(&req, &format!("schedule:{id}"), job) {
+            Reply::Accepted { job, .. } => self.push_for(
+                job,
+                EventBody::ScheduleFired {
+                    schedule: id,
+                    slot_ms,
+                },
+            ),
+            Reply::Rejected { code, message } => self.push_none(EventBody::ScheduleSkipped {
+                schedule: id,
+                slot_ms,
+                missed: 1,
+                reason: format!("refused: {code}: {message}"),
+            }),
+            Reply::None => {}
+        }
+    }
+
+    /// Targets of the jobs completed in this decision.
+    fn completed_targets(&self) -> BTreeSet<TargetId> {
+        let mut out = BTreeSet::new();
+        for e in &self.out {
+            if let EventBody::Completed { .. } = e.body {
+                if let Some(j) = self.state.jobs.get(&e.job) {
+                    out.extend(j.targets.iter().cloned());
+                }
+            }
+        }
+        out
+    }
+
+    /// A breached RPO is restored by a job completed in this decision.
+    fn rpo_restored(&mut self) {
+        let mut restored: Vec<(TargetId, u64, JobId)> = Vec::new();
+        let already: BTreeSet<TargetId> = self
+            .out
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::RpoRestored { target, .. } => Some(target.clone()),
+                _ => None,
+            })
+            .collect();
+        for e in &self.out {
+            let EventBody::Completed { .. } = e.body else {
+                continue;
+            };
+            let Some(j) = self.state.jobs.get(&e.job) else {
+                continue;
+            };
+            for t in &j.targets {
+                let Some(r) = self.state.book.rpo.get(t).filter(|r| r.breached && r.rpo_ms > 0) else {
+                    continue;
+                };
+                if !already.contains(t) && !restored.iter().any(|(x, _, _)| x == t) {
+                    restored.push((t.clone(), r.rpo_ms, e.job));
+                }
+            }
+        }
+        for (target, rpo_ms, job) in restored {
+            self.push_for(
+                job,
+                EventBody::RpoRestored {
+                    target,
+                    rpo_ms,
+                    last_good_ms: self.now,
+                },
+            );
+        }
+    }
+
+    /// Pauses (`reason`) or resumes (`None`) a schedule of the config.
+    fn pause(&mut self, id: &str, reason: Option<&String>) -> Reply {
+        if !self.cfg.schedules.iter().any(|s| s.id == id) {
+            return Reply::Rejected {
+                code: "unknown_schedule",
+                message: format!("no schedule \"{id}\" in the engine's config"),
+            };
+        }
+        let paused = self
+            .state
+            .book
+            .schedules
+            .get(id)
+            .is_some_and(|s| s.paused.is_some());
+        if paused == reason.is_some() {
+            return Reply::Accepted {
+                job: JobId::NONE,
+                existing: true,
+            };
+        }
+        let reason = reason
+            .map(|r| recman_events::wire::bounded(r, recman_events::wire::MAX_REASON_LEN).to_string())
+            .unwrap_or_default();
+        self.push_none(EventBody::SchedulePaused {
+            schedule: id.to_string(),
+            paused: !paused,
+            reason,
+        });
+        Reply::Accepted {
+            job: JobId::NONE,
+            existing: false,
+        }
     }
 
     /// Starts every queued job that became first in all its queues.

@@ -9,6 +9,9 @@ use crate::state::{CatalogEntry, Failure, Job, JobState, PendingPrune, State, St
 /// attempt) change nothing but the `applied` counter.
 pub fn evolve(state: &mut State, ev: &Event) {
     state.applied += 1;
+    if crate::schedule::evolve(&mut state.book, ev) {
+        return;
+    }
     if let EventBody::Requested {
         request_id,
         targets,
@@ -217,7 +220,15 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
         | EventBody::SnapshotDeleted { .. }
         | EventBody::LateSnapshot { .. }
         | EventBody::PruneRequested { .. }
-        | EventBody::PruneFailed { .. } => {}
+        | EventBody::PruneFailed { .. }
+        | EventBody::ScheduleChanged { .. }
+        | EventBody::ScheduleFired { .. }
+        | EventBody::ScheduleSkipped { .. }
+        | EventBody::ScheduleQueued { .. }
+        | EventBody::SchedulePaused { .. }
+        | EventBody::RpoChanged { .. }
+        | EventBody::RpoBreached { .. }
+        | EventBody::RpoRestored { .. } => {}
         EventBody::Queued { .. } => {}
         EventBody::AttemptStarted {
             attempt,

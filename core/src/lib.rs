@@ -13,6 +13,7 @@ pub mod effects;
 pub mod evolve;
 pub mod policy;
 pub mod rng;
+pub mod schedule;
 pub mod sim;
 pub mod state;
 pub mod worker;
@@ -28,7 +29,8 @@ pub use state::{
 
 use recman_events::Event;
 
-/// When the runtime must call back with `Input::TimerFired`.
+/// When the runtime must call back with `Input::TimerFired` for a job
+/// (`Core::next_deadline` adds the schedules' and RPOs' timers).
 pub fn next_deadline(state: &State) -> Option<u64> {
     state.deadlines.first().map(|(d, _)| *d)
 }
@@ -143,8 +145,13 @@ impl Core {
         self.mutated(recover_commands(&self.state, &self.cfg))
     }
 
+    /// The earliest timer: a job's, a schedule's slot or an RPO's.
     pub fn next_deadline(&self) -> Option<u64> {
-        next_deadline(&self.state)
+        let policy = schedule::next_due(&self.state, &self.cfg);
+        match (next_deadline(&self.state), policy) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn state(&self) -> &State {

@@ -38,6 +38,9 @@ pub struct TargetPolicy {
     /// `WRITER/PROVIDER` kinds of the target in the engine's config, sent in
     /// every command so that a worker configured differently refuses it.
     pub fingerprint: Option<String>,
+    /// RPO: the newest good restore point may be at most this old
+    /// (`schedule::rpo_plan` decides `RpoBreached` / `RpoRestored`).
+    pub rpo_ms: Option<u64>,
 }
 
 impl TargetPolicy {
@@ -54,6 +57,7 @@ impl TargetPolicy {
             backoff_max_ms: 60_000,
             keep_last: None,
             fingerprint: None,
+            rpo_ms: None,
         }
     }
 }
@@ -66,6 +70,8 @@ pub const STAGE_GRACE_MS: u64 = 5_000;
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct CoreConfig {
     pub targets: BTreeMap<TargetId, TargetPolicy>,
+    /// `[[schedule]]`s, in config order.
+    pub schedules: Vec<crate::schedule::Schedule>,
     /// Seed of the jitter PRNG (the values drawn are recorded in events).
     pub seed: u64,
     /// A deliberate bug, for the simulator's self-test only (`None` anywhere else).

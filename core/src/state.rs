@@ -270,6 +270,8 @@ pub struct State {
     pub prunes: BTreeMap<(TargetId, String), PendingPrune>,
     /// Number of events folded in.
     pub applied: u64,
+    /// Schedules and RPOs (`schedule`).
+    pub book: crate::schedule::Book,
 }
 
 impl State {

@@ -15,6 +15,7 @@ fn cfg(seed: u64, jobs: usize, targets: usize, mutation: Option<Mutation>) -> Si
         faults: Faults::All,
         mutation,
         worker_mutation: None,
+        schedules: false,
     }
 }
 
@@ -64,6 +65,7 @@ fn every_fault_mode_runs_clean() {
                 faults,
                 mutation: None,
                 worker_mutation: None,
+                schedules: false,
             };
             let s = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
             assert_eq!(s.completed + s.failed + s.cancelled, 1_000);
@@ -114,8 +116,30 @@ fn fleet_size_run_all_faults_is_clean() {
         faults: Faults::All,
         mutation: None,
         worker_mutation: None,
+        schedules: false,
     };
     let s = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
     assert_eq!(s.completed + s.failed + s.cancelled, jobs);
     assert!(s.completed > jobs * 9 / 10, "{s:?}");
+}
+
+#[test]
+fn schedules_and_rpos_run_clean_under_every_fault_mode() {
+    for faults in [Faults::None, Faults::Net, Faults::Crash, Faults::All] {
+        for seed in 1..=4 {
+            let c = SimConfig {
+                schedules: true,
+                faults,
+                ..cfg(seed, 1_000, 10, None)
+            };
+            let s = sim::run(&c).unwrap_or_else(|v| panic!("{faults:?} seed {seed}:\n{}", sim::render(&v)));
+            println!("{faults:?} seed {seed}: {}", s.line(1.0));
+            assert!(s.fired > 3, "{faults:?} seed {seed}: only {} firings", s.fired);
+            assert!(
+                s.rpo_breaches > 0,
+                "{faults:?} seed {seed}: no RPO breach after the schedules paused"
+            );
+            assert!(s.line(1.0).contains("violations=0"), "{}", s.line(1.0));
+        }
+    }
 }

@@ -36,6 +36,7 @@ fn config(seed: u64, faults: Faults, m: Option<M>) -> SimConfig {
             Some(M::Worker(w)) => Some(w),
             _ => None,
         },
+        schedules: m == Some(M::Core(Mutation::RefireSlots)),
     }
 }
 
@@ -98,6 +99,7 @@ mutations! {
     catalog_keeps_deleted: C(Mutation::CatalogKeepsDeleted), All => "replay_exact";
     resend_before_timers: C(Mutation::ResendBeforeTimers), Crash => "no_snapshot_after_thaw";
     send_before_append: C(Mutation::SendBeforeAppend), Calm => "durable_before_send";
+    refire_slots: C(Mutation::RefireSlots), Crash => "no_slot_fires_twice";
     freeze_after_thaw: W(worker::Mutation::FreezeAfterThaw), Net => "no_freeze_after_thaw";
     thaw_ignores_attempt: W(worker::Mutation::ThawIgnoresAttempt), Calm => "thaw_own_attempt";
     // Without a hold, a failed freeze that landed is also thawed by the

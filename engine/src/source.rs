@@ -48,7 +48,12 @@ pub fn local_view(home: &Home, until: Until) -> anyhow::Result<View> {
         ),
         e => anyhow::anyhow!("cannot read the event log in {}: {e}", home.data_dir.display()),
     })?;
-    Ok(View::new(retention(home)).build(log.as_ref(), until)?)
+    let schedules = recman_config::Config::load(home.config_file())
+        .map(|c| c.schedules)
+        .unwrap_or_default();
+    Ok(View::new(retention(home))
+        .with_schedules(schedules)
+        .build(log.as_ref(), until)?)
 }
 
 impl Source {

@@ -28,6 +28,9 @@ use serde::{Deserialize, Serialize};
 pub struct JobId(pub uuid::Uuid);
 
 impl JobId {
+    /// The job of facts about no job (schedule and RPO events): the nil UUID.
+    pub const NONE: JobId = JobId(uuid::Uuid::nil());
+
     /// A fresh time-ordered id.
     pub fn new_v7() -> Self {
         JobId(uuid::Uuid::now_v7())

@@ -366,6 +366,62 @@ pub enum EventBody {
         name: String,
         error: StepError,
     },
+    // Protection policies (schedules, RPO): facts about no job carry
+    // `JobId::NONE` (see `core/src/schedule.rs`).
+    /// A schedule's config as the engine started with it (`spec`, its
+    /// canonical text; empty = removed). Recorded at start-up when it
+    /// differs from the last one recorded; the schedule's slots count from
+    /// here. Job: `JobId::NONE`.
+    ScheduleChanged {
+        schedule: String,
+        spec: String,
+    },
+    /// A schedule's slot fired: the job is the one it requested (request id
+    /// `schedule:<id>:<slot>`, so one slot is one job, whatever restarts).
+    ScheduleFired {
+        schedule: String,
+        slot_ms: u64,
+    },
+    /// Slots that did not fire (`missed` of them, the newest `slot_ms`):
+    /// overlap, catch-up after downtime, or a request the core refused.
+    /// Job: `JobId::NONE`.
+    ScheduleSkipped {
+        schedule: String,
+        slot_ms: u64,
+        missed: u32,
+        reason: String,
+    },
+    /// A slot waits for the schedule's running job (`overlap = "queue_one"`)
+    /// and fires when it ends. Job: the running one.
+    ScheduleQueued {
+        schedule: String,
+        slot_ms: u64,
+    },
+    /// A schedule was paused (`paused`) or resumed. Job: `JobId::NONE`.
+    SchedulePaused {
+        schedule: String,
+        paused: bool,
+        reason: String,
+    },
+    /// A target's RPO as the engine started with it (0 = none). Job: `JobId::NONE`.
+    RpoChanged {
+        target: TargetId,
+        rpo_ms: u64,
+    },
+    /// The newest good restore point of `target` became older than its RPO
+    /// (`last_good_ms` 0: it has none). Job: `JobId::NONE`.
+    RpoBreached {
+        target: TargetId,
+        rpo_ms: u64,
+        last_good_ms: u64,
+    },
+    /// `target` has a restore point within its RPO again. Job: the one that
+    /// made it (`JobId::NONE` when a config change did).
+    RpoRestored {
+        target: TargetId,
+        rpo_ms: u64,
+        last_good_ms: u64,
+    },
 }
 
 impl EventBody {
@@ -390,6 +446,15 @@ impl EventBody {
             EventBody::LateSnapshot { .. } => "late_snapshot",
             EventBody::PruneRequested { .. } => "prune_requested",
             EventBody::PruneFailed { .. } => "prune_failed",
+            EventBody::ScheduleChanged { .. } => "schedule_changed",
+            EventBody::ScheduleFired { .. } => "schedule_fired",
+            EventBody::ScheduleSkipped { .. } => "schedule_skipped",
+            EventBody::ScheduleQueued { .. } => "schedule_queued",
+            EventBody::SchedulePaused { paused: true, .. } => "schedule_paused",
+            EventBody::SchedulePaused { paused: false, .. } => "schedule_resumed",
+            EventBody::RpoChanged { .. } => "rpo_changed",
+            EventBody::RpoBreached { .. } => "rpo_breached",
+            EventBody::RpoRestored { .. } => "rpo_restored",
         }
     }
 

@@ -77,6 +77,10 @@ pub const INVARIANTS: &[(&str, &str)] = &[
     ),
     ("timer_progress", "a due timer, once handled, is no longer due"),
     (
+        "no_slot_fires_twice",
+        "a schedule's slot fires at most once, across restarts and crashes in the middle of a firing",
+    ),
+    (
         "engine_thaws_before_watchdog",
         "without lost messages or crashes the engine's thaw always comes before the watchdog's",
     ),
@@ -107,6 +111,10 @@ pub(super) struct Checks {
     pub durable_prunes: HashSet<(JobId, TargetId, String)>,
     /// The attempt each snapshot name was given to.
     pub names: HashMap<String, Key>,
+    /// Schedule slots fired (schedule, slot) and their job.
+    pub slots: HashMap<(String, u64), JobId>,
+    /// Jobs requested by schedules.
+    pub fired: usize,
 }
 
 impl Sim {
@@ -418,6 +426,18 @@ impl Sim {
             EventBody::StageStarted { stage, attempt, .. } => {
                 self.checks.durable.insert((job_id, *attempt, *stage));
             }
+            EventBody::ScheduleFired { schedule, slot_ms } => {
+                self.summary.fired += 1;
+                self.checks.fired += 1;
+                if let Some(first) = self.checks.slots.insert((schedule.clone(), *slot_ms), job_id) {
+                    let d = format!(
+                        "schedule {schedule} fired slot {} again (job {job_id}; first job {first})",
+                        crate::schedule::rfc3339(*slot_ms)
+                    );
+                    return Err(self.violation("no_slot_fires_twice", Some(job_id), d));
+                }
+            }
+            EventBody::RpoBreached { .. } => self.summary.rpo_breaches += 1,
             EventBody::PruneRequested { target, names, .. } => {
                 for n in names {
                     self.checks

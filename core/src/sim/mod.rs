@@ -25,6 +25,7 @@ use recman_events::{
     Event, JobId, PoolName, RequestId, SnapshotKind, SnapshotRequest, TargetId, WorkerId, SCHEMA_VERSION,
 };
 
+use crate::schedule::{Calendar, CatchUp, Overlap, Schedule};
 use crate::{worker, Core, CoreConfig, Input, Mutation, Reply, Rng, TargetPolicy};
 use invariants::Checks;
 pub use invariants::INVARIANTS;
@@ -71,6 +72,9 @@ pub struct SimConfig {
     pub mutation: Option<Mutation>,
     /// A deliberately broken worker rule, likewise.
     pub worker_mutation: Option<worker::Mutation>,
+    /// A share of the targets on schedules (and some with an RPO) under the
+    /// virtual clock; paused after the last request so the run ends.
+    pub schedules: bool,
 }
 
 /// Every target's freeze limit in the simulation.
@@ -179,8 +183,14 @@ impl Sim {
             target_ids.push(t);
             target_hosts.push(i / 2);
         }
+        let schedules = if cfg.schedules {
+            sim_schedules(&target_ids, arrays, cfg.groups, &mut targets)
+        } else {
+            Vec::new()
+        };
         let core_cfg = CoreConfig {
             targets,
+            schedules,
             seed: cfg.seed,
             mutation: cfg.mutation,
         };
@@ -242,11 +252,18 @@ impl Sim {
 
     /// Requests still to be accepted or jobs still to finish.
     fn busy(&self) -> bool {
-        self.checks.accepted < self.cfg.jobs || self.checks.finished < self.checks.accepted
+        self.checks.accepted < self.cfg.jobs
+            || self.checks.finished < self.checks.accepted + self.checks.fired
     }
 
     fn run(&mut self) -> Checked<()> {
         let mut t = T0;
+        if self.cfg.schedules {
+            // The engine's first start records the schedules and RPOs.
+            let step = self.engine.core.start(t);
+            self.append(step.events)?;
+            self.arm_timer();
+        }
         for i in 0..self.cfg.jobs {
             t += self.rng.range(0, 10 * 50 / self.cfg.targets.max(1) as u64);
             self.push(t, Ev::Submit(i));
@@ -270,6 +287,11 @@ impl Sim {
         }
         let c = self.rng.range(5_000, 30_000);
         self.push(T0 + c, Ev::SlowArray);
+        if self.cfg.schedules {
+            // Schedules run two virtual minutes past the last request, then
+            // pause, so the run can come to rest.
+            self.push(t + 120_000, Ev::PauseSchedules);
+        }
         // Faults recur while jobs are unfinished: a core that never finishes
         // one would run forever; past the horizon the run ends, and `finish`
         // reports what did not finish.
@@ -326,6 +348,19 @@ impl Sim {
             Ev::WorkerCrash => self.worker_crash()?,
             Ev::WorkerRestart(w) => self.worker_restart(w)?,
             Ev::SlowArray => self.slow_array(),
+            Ev::PauseSchedules => {
+                for s in self.engine.cfg.schedules.clone() {
+                    let input = Input::PauseSchedule {
+                        schedule: s.id,
+                        reason: "sim: requests ended".into(),
+                    };
+                    if self.engine.up {
+                        self.engine(input)?;
+                    } else {
+                        self.engine.parked.push(input);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -428,4 +463,68 @@ impl Sim {
             }
         }
     }
+}
+
+/// The simulation's schedules: every third target on its own schedule
+/// (intervals of a few virtual seconds, so firings overlap running jobs;
+/// both overlap and catch-up rules, some jitter), a consistency group, a
+/// minutely cron in Europe/Berlin; every fourth target with an RPO.
+fn sim_schedules(
+    ids: &[TargetId],
+    arrays: usize,
+    groups: bool,
+    targets: &mut BTreeMap<TargetId, TargetPolicy>,
+) -> Vec<Schedule> {
+    let mut out = Vec::new();
+    for (i, t) in ids.iter().enumerate() {
+        if i % 4 == 1 {
+            if let Some(p) = targets.get_mut(t) {
+                p.rpo_ms = Some(30_000);
+            }
+        }
+        if i % 3 != 0 {
+            continue;
+        }
+        let Ok(when) = Calendar::every(3_000 + 2_000 * (i as u64 % 4)) else {
+            continue;
+        };
+        out.push(Schedule {
+            id: format!("s{i}"),
+            targets: vec![t.clone()],
+            when,
+            kind: SnapshotKind::Full,
+            overlap: if i % 2 == 0 {
+                Overlap::Skip
+            } else {
+                Overlap::QueueOne
+            },
+            catch_up: if i % 6 == 0 { CatchUp::Once } else { CatchUp::Skip },
+            jitter_ms: if i % 9 == 0 { 1_500 } else { 0 },
+        });
+    }
+    if groups && ids.len() > arrays + 1 {
+        if let Ok(when) = Calendar::every(11_000) {
+            out.push(Schedule {
+                id: "group".into(),
+                targets: vec![ids[1].clone(), ids[1 + arrays].clone()],
+                when,
+                kind: SnapshotKind::Copy,
+                overlap: Overlap::QueueOne,
+                catch_up: CatchUp::Once,
+                jitter_ms: 0,
+            });
+        }
+    }
+    if let (Some(t), Ok(when)) = (ids.get(2), Calendar::cron("* * * * *", "Europe/Berlin")) {
+        out.push(Schedule {
+            id: "minutely".into(),
+            targets: vec![t.clone()],
+            when,
+            kind: SnapshotKind::Full,
+            overlap: Overlap::Skip,
+            catch_up: CatchUp::Once,
+            jitter_ms: 0,
+        });
+    }
+    out
 }

@@ -304,7 +304,8 @@ impl Sim {
     /// Inputs answered in the batch the engine died in: an unacknowledged
     /// report comes back; a request gets no reply (its client retries).
     pub(super) fn requeue(&mut self, input: Input) {
-        if matches!(input, Input::Report(_)) {
+        // A pause is asked again by its operator.
+        if matches!(input, Input::Report(_) | Input::PauseSchedule { .. }) {
             self.engine.parked.push(input);
         }
     }

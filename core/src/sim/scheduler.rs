@@ -40,6 +40,8 @@ pub(super) enum Ev {
     WorkerRestart(usize),
     /// An array becomes slower than the freeze limit for a while.
     SlowArray,
+    /// The requests ended: every schedule is paused.
+    PauseSchedules,
 }
 
 struct Item {

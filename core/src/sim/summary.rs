@@ -20,6 +20,9 @@ pub struct Summary {
     pub events: usize,
     pub engine_crashes: u32,
     pub virtual_ms: u64,
+    /// Schedule firings and RPO breaches (runs with schedules).
+    pub fired: usize,
+    pub rpo_breaches: usize,
 }
 
 impl Summary {
@@ -36,7 +39,11 @@ impl Summary {
             self.steps,
             self.inputs as f64 / w,
             self.jobs as f64 / w
-        )
+        ) + &if self.fired > 0 || self.rpo_breaches > 0 {
+            format!(" fired={} rpo_breaches={}", self.fired, self.rpo_breaches)
+        } else {
+            String::new()
+        }
     }
 }
 

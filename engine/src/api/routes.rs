@@ -206,6 +206,47 @@ pub async fn cancel(
         .into_response())
 }
 
+pub async fn schedules(State(s): State<Arc<Shared>>) -> ApiResult {
+    s.synced().await;
+    Ok(Json(json!({"schedules": read_view(&s, |v| v.schedules())?})).into_response())
+}
+
+/// `POST /v1/schedules/{id}/pause` (optional `{"reason": "…"}`).
+pub async fn pause_schedule(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    JsonBody(body): JsonBody,
+) -> ApiResult {
+    let reason = if body.is_empty() {
+        "paused through the API".to_string()
+    } else {
+        cancel_reason(&body)?
+    };
+    schedule_call(&s, id, Some(reason)).await
+}
+
+/// `POST /v1/schedules/{id}/resume`.
+pub async fn resume_schedule(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult {
+    schedule_call(&s, id, None).await
+}
+
+async fn schedule_call(s: &Shared, id: String, pause: Option<String>) -> ApiResult {
+    let Accepted { existing, .. } = s.engine.pause_schedule(&id, pause).await.map_err(|e| {
+        call_error(e, |code, message| match code {
+            "unknown_schedule" => ApiError::not_found("schedule_not_found", message),
+            _ => ApiError::new(StatusCode::CONFLICT, code, message),
+        })
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"schedule": id, "already": existing})),
+    )
+        .into_response())
+}
+
 pub async fn targets(State(s): State<Arc<Shared>>) -> ApiResult {
     s.synced().await;
     Ok(Json(json!({"targets": read_view(&s, |v| v.targets())?})).into_response())

@@ -14,6 +14,7 @@ pub mod events;
 pub mod job;
 pub mod jobs;
 pub mod replay;
+pub mod schedules;
 pub mod simulate;
 pub mod snapshot;
 pub mod snapshots;
@@ -61,6 +62,8 @@ pub enum Command {
     Targets(targets::Args),
     /// The snapshot catalog: restore points recman holds, with their expiry.
     Snapshots(snapshots::Args),
+    /// Schedules: next firing, last outcome; `pause ID` / `resume ID`.
+    Schedules(schedules::Args),
     /// Cancel a job through the running server.
     Cancel(cancel::Args),
     /// Rebuild the state from the log (up to a point) and print it.
@@ -131,6 +134,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(a) => job::run(&g, a).await,
         Command::Targets(a) => targets::run(&g, a).await,
         Command::Snapshots(a) => snapshots::run(&g, a).await,
+        Command::Schedules(a) => schedules::run(&g, a).await,
         Command::Cancel(a) => cancel::run(&g, a).await,
         Command::Replay(a) => replay::run(&g, a).await,
         Command::Audit(a) => audit::run(&g, a).await,

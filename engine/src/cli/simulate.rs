@@ -32,6 +32,12 @@ pub struct Args {
     /// (`core/tests/sim_mutations.rs` lists which).
     #[arg(long, hide = true)]
     pub mutation: Option<String>,
+    /// Leave out schedules and RPOs (by default every third target is on a
+    /// schedule of a few virtual seconds, with a group and a minutely cron
+    /// in Europe/Berlin, every fourth has an RPO; all are paused after the
+    /// last request so the run comes to rest).
+    #[arg(long)]
+    pub no_schedules: bool,
 }
 
 pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
@@ -64,6 +70,7 @@ pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         faults,
         mutation,
         worker_mutation,
+        schedules: !a.no_schedules,
     };
     let start = Instant::now();
     let result = tokio::task::spawn_blocking(move || sim::run(&cfg)).await?;

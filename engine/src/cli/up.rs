@@ -100,7 +100,9 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|t| (t.id.clone(), t.keep_last))
         .collect();
-    let view = View::new(retention).build(log.as_ref(), Until::End)?;
+    let view = View::new(retention)
+        .with_schedules(config.schedules.clone())
+        .build(log.as_ref(), Until::End)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (in use? try --listen 127.0.0.1:PORT)"))?;

@@ -111,6 +111,19 @@ impl Caller {
         accepted(rx.await.map_err(|_| CallError::Stopped)?)
     }
 
+    /// Pauses (`pause: Some(reason)`) or resumes a schedule; `existing`:
+    /// it already was.
+    pub async fn pause_schedule(&self, schedule: &str, pause: Option<String>) -> Result<Accepted, CallError> {
+        let (reply, rx) = oneshot::channel();
+        let call = Call::Schedule {
+            schedule: schedule.to_string(),
+            pause,
+            reply,
+        };
+        self.calls.send(call).await.map_err(|_| CallError::Stopped)?;
+        accepted(rx.await.map_err(|_| CallError::Stopped)?)
+    }
+
     /// Runs `f` on the live core state; the answer comes once everything the
     /// engine decided before is durable (so after a replay, or a submit, the
     /// log already holds what the state shows).

@@ -137,6 +137,50 @@ pub fn details(body: &EventBody) -> String {
             "target={target} snapshot={name} code={} retryable={} message={}",
             error.code, error.retryable, error.message
         ),
+        EventBody::ScheduleChanged { schedule, spec } if spec.is_empty() => {
+            format!("schedule={schedule} removed")
+        }
+        EventBody::ScheduleChanged { schedule, spec } => format!("schedule={schedule} {spec}"),
+        EventBody::ScheduleFired { schedule, slot_ms } => {
+            format!("schedule={schedule} slot={}", rfc3339(*slot_ms))
+        }
+        EventBody::ScheduleSkipped {
+            schedule,
+            slot_ms,
+            missed,
+            reason,
+        } => format!(
+            "schedule={schedule} slot={} skipped={missed} reason={reason}",
+            rfc3339(*slot_ms)
+        ),
+        EventBody::ScheduleQueued { schedule, slot_ms } => {
+            format!(
+                "schedule={schedule} slot={} (waits for this job)",
+                rfc3339(*slot_ms)
+            )
+        }
+        EventBody::SchedulePaused { schedule, reason, .. } => format!("schedule={schedule} reason={reason}"),
+        EventBody::RpoChanged { target, rpo_ms } => {
+            format!("target={target} rpo={}", recman_core::schedule::human_ms(*rpo_ms))
+        }
+        EventBody::RpoBreached {
+            target,
+            rpo_ms,
+            last_good_ms,
+        }
+        | EventBody::RpoRestored {
+            target,
+            rpo_ms,
+            last_good_ms,
+        } => format!(
+            "target={target} rpo={} last_good={}",
+            recman_core::schedule::human_ms(*rpo_ms),
+            if *last_good_ms == 0 {
+                "none".to_string()
+            } else {
+                rfc3339(*last_good_ms)
+            }
+        ),
     }
 }
 

@@ -354,6 +354,15 @@ impl Progress {
                 self.finish_line();
                 return Some(End::Cancelled);
             }
+            // Policy facts: not part of a job's walk.
+            EventBody::ScheduleChanged { .. }
+            | EventBody::ScheduleFired { .. }
+            | EventBody::ScheduleSkipped { .. }
+            | EventBody::ScheduleQueued { .. }
+            | EventBody::SchedulePaused { .. }
+            | EventBody::RpoChanged { .. }
+            | EventBody::RpoBreached { .. }
+            | EventBody::RpoRestored { .. } => {}
         }
         None
     }

@@ -107,11 +107,12 @@ pub fn targets(list: &[TargetView]) {
         return;
     }
     crate::say!(
-        "{:<20}  {:<13}  {:>5}  {:<40}  LAST FAILURE",
+        "{:<20}  {:<13}  {:>5}  {:<40}  {:<16}  LAST FAILURE",
         "TARGET",
         "STATE",
         "QUEUE",
-        "LAST SNAPSHOT"
+        "LAST SNAPSHOT",
+        "RPO"
     );
     for t in list {
         let snap = t
@@ -132,12 +133,21 @@ pub fn targets(list: &[TargetView]) {
                 p.error
             ));
         }
+        let rpo = t.rpo.as_ref().map_or("-".to_string(), |r| {
+            let h = recman_core::schedule::human_ms(r.rpo_ms);
+            if r.breached {
+                format!("{h} BREACHED")
+            } else {
+                format!("{h} ok")
+            }
+        });
         crate::say!(
-            "{:<20}  {:<13}  {:>5}  {:<40}  {fail}",
+            "{:<20}  {:<13}  {:>5}  {:<40}  {:<16}  {fail}",
             t.id.as_str(),
             t.state,
             t.queue_depth,
-            snap
+            snap,
+            rpo
         );
     }
 }

@@ -46,6 +46,12 @@ pub enum Call {
         reason: String,
         reply: oneshot::Sender<Reply>,
     },
+    /// Pause (`pause: Some(reason)`) or resume a schedule.
+    Schedule {
+        schedule: String,
+        pause: Option<String>,
+        reply: oneshot::Sender<Reply>,
+    },
     /// A look at the live core state (`recman replay` compares it with a
     /// rebuild from the log; shutdown waits until nothing is frozen). Also
     /// answers "has replay finished?".
@@ -170,6 +176,19 @@ async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound
             },
             Call::Cancel { job, reason, reply } => Inbound {
                 input: Some(Input::Cancel { job, reason }),
+                delivery: None,
+                reply: Some(reply),
+                inspect: None,
+            },
+            Call::Schedule {
+                schedule,
+                pause,
+                reply,
+            } => Inbound {
+                input: Some(match pause {
+                    Some(reason) => Input::PauseSchedule { schedule, reason },
+                    None => Input::ResumeSchedule { schedule },
+                }),
                 delivery: None,
                 reply: Some(reply),
                 inspect: None,
@@ -385,10 +404,12 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.backoff_base_ms = t.retry_backoff.as_millis() as u64;
         p.backoff_max_ms = t.retry_backoff_max.as_millis() as u64;
         p.keep_last = t.keep_last;
+        p.rpo_ms = t.rpo.map(|d| d.as_millis() as u64);
         p.writer_timeout_ms = t.writer.timeout().as_millis() as u64;
         p.provider_timeout_ms = t.provider.timeout().as_millis() as u64;
         p.fingerprint = Some(t.fingerprint());
         cfg.targets.insert(t.id.clone(), p);
     }
+    cfg.schedules = config.schedules.clone();
     cfg
 }

@@ -185,6 +185,20 @@ impl Targets {
     }
 
     fn of(&mut self, log: &dyn EventLog, e: &StoredEvent) -> Vec<TargetId> {
+        // Facts of no job (schedules, RPO) name their own subject.
+        match &e.event.body {
+            EventBody::RpoChanged { target, .. }
+            | EventBody::RpoBreached { target, .. }
+            | EventBody::RpoRestored { target, .. } => return vec![target.clone()],
+            EventBody::ScheduleChanged { schedule, .. }
+            | EventBody::ScheduleSkipped { schedule, .. }
+            | EventBody::SchedulePaused { schedule, .. }
+                if e.event.job == JobId::NONE =>
+            {
+                return vec![TargetId::from(format!("schedule:{schedule}"))]
+            }
+            _ => {}
+        }
         self.note(e);
         if let Some(t) = self.by_job.get(&e.event.job) {
             return t.clone();

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use recman_core::{evolve, Job, JobState, State};
 
 pub mod metrics;
+pub mod schedules;
 pub mod time;
 
 use metrics::{Family, Histogram, FREEZE_BUCKETS, STAGE_BUCKETS};
@@ -138,6 +139,20 @@ pub struct TargetView {
     /// exists), until a later prune of it succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_prune_failure: Option<PruneFailureRef>,
+    /// The target's RPO and whether it is breached (`rpo_breached` /
+    /// `rpo_restored`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo: Option<RpoView>,
+}
+
+/// A target's RPO as the log tells it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RpoView {
+    pub rpo_ms: u64,
+    pub breached: bool,
+    /// When the current breach began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breached_at_ms: Option<u64>,
 }
 
 /// A snapshot a prune could not delete (`prune_failed`): it still exists.
@@ -220,6 +235,8 @@ pub struct View {
     stage_hist: Family,
     freeze_hist: Family,
     step_failures: BTreeMap<String, u64>,
+    /// The config's schedules (`schedules`).
+    schedules: Vec<recman_core::schedule::Schedule>,
 }
 
 impl View {
@@ -552,6 +569,17 @@ impl View {
                     last_snapshot: self.last_snapshot.get(&t).cloned(),
                     last_failure: self.last_failure.get(&t).cloned(),
                     last_prune_failure: self.last_prune_failure.get(&t).cloned(),
+                    rpo: self
+                        .state
+                        .book
+                        .rpo
+                        .get(&t)
+                        .filter(|r| r.rpo_ms > 0)
+                        .map(|r| RpoView {
+                            rpo_ms: r.rpo_ms,
+                            breached: r.breached,
+                            breached_at_ms: r.breached_at_ms,
+                        }),
                     id: t,
                 }
             })
@@ -646,6 +674,42 @@ impl View {
             "Sequence number of the last event folded in.",
         );
         let _ = writeln!(out, "recman_log_last_seq {}", self.last_seq);
+        self.render_rpo_metrics(out);
+    }
+
+    /// `recman_last_good_snapshot_timestamp_seconds` and `recman_rpo_breached` per target.
+    fn render_rpo_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        metrics::header(
+            out,
+            "recman_last_good_snapshot_timestamp_seconds",
+            "gauge",
+            "Unix time of each target's newest good restore point.",
+        );
+        for (t, cat) in &self.state.catalog {
+            if let Some(at) = cat.iter().map(|e| e.at_ms).max() {
+                let _ = writeln!(
+                    out,
+                    "recman_last_good_snapshot_timestamp_seconds{{target=\"{}\"}} {:.3}",
+                    metrics::label(t.as_str()),
+                    at as f64 / 1000.0
+                );
+            }
+        }
+        metrics::header(
+            out,
+            "recman_rpo_breached",
+            "gauge",
+            "1 while a target's newest good restore point is older than its rpo.",
+        );
+        for (t, r) in self.state.book.rpo.iter().filter(|(_, r)| r.rpo_ms > 0) {
+            let _ = writeln!(
+                out,
+                "recman_rpo_breached{{target=\"{}\"}} {}",
+                metrics::label(t.as_str()),
+                u8::from(r.breached)
+            );
+        }
     }
 }
 

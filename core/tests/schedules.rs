@@ -1,0 +1,535 @@
+//! Schedules and RPO driven through the core with a virtual clock: cron and
+//! interval slots across DST changes (Europe/Berlin's gap and repeat),
+//! overlap and catch-up rules, no double firing across an engine crash in
+//! the middle of a firing, pause and resume, RPO breach and recovery.
+
+use std::collections::BTreeMap;
+
+use recman_core::schedule::{rfc3339, Calendar, CalendarError, CatchUp, Overlap, Schedule};
+use recman_core::{Core, CoreConfig, Input, JobState, Reply, TargetPolicy};
+use recman_events::{
+    Event, EventBody, JobId, Outcome, Report, SnapshotInfo, SnapshotKind, Stage, StepDetail, TargetId,
+    WorkerId, SCHEMA_VERSION,
+};
+
+/// Unix ms of a UTC time written `2026-03-29T00:00:00Z`.
+fn utc(s: &str) -> u64 {
+    let t: jiff::Timestamp = s.parse().expect("timestamp");
+    t.as_millisecond() as u64
+}
+
+fn sched(id: &str, targets: &[&str], when: Calendar) -> Schedule {
+    Schedule {
+        id: id.into(),
+        targets: targets.iter().map(|t| TargetId::from(*t)).collect(),
+        when,
+        kind: SnapshotKind::Full,
+        overlap: Overlap::Skip,
+        catch_up: CatchUp::Once,
+        jitter_ms: 0,
+    }
+}
+
+fn config(schedules: Vec<Schedule>) -> CoreConfig {
+    let mut targets = BTreeMap::new();
+    for t in ["a", "b"] {
+        targets.insert(
+            TargetId::from(t),
+            TargetPolicy::new(format!("host.{t}").as_str(), "array.x"),
+        );
+    }
+    CoreConfig {
+        targets,
+        schedules,
+        seed: 3,
+        mutation: None,
+    }
+}
+
+/// An engine: a core and its durable log.
+struct Engine {
+    core: Core,
+    log: Vec<Event>,
+    now: u64,
+}
+
+impl Engine {
+    fn start(cfg: CoreConfig, now: u64) -> Engine {
+        let mut e = Engine {
+            core: Core::new(cfg),
+            log: Vec::new(),
+            now,
+        };
+        let step = e.core.start(now);
+        e.log.extend(step.events);
+        e
+    }
+
+    /// A restart on the same log (and maybe another config).
+    fn restart(&self, cfg: CoreConfig, now: u64) -> Engine {
+        let mut core = Core::new(cfg);
+        for ev in &self.log {
+            core.apply(ev);
+        }
+        let mut e = Engine {
+            core,
+            log: self.log.clone(),
+            now,
+        };
+        let step = e.core.start(now);
+        e.log.extend(step.events);
+        e
+    }
+
+    fn input(&mut self, i: Input) -> Reply {
+        let step = self.core.handle(i, self.now);
+        self.log.extend(step.events);
+        step.reply
+    }
+
+    /// Runs the timers up to `until`, jobs left as they are.
+    fn run_until(&mut self, until: u64) {
+        while let Some(d) = self.core.next_deadline().filter(|d| *d <= until) {
+            self.now = self.now.max(d);
+            let step = self.core.handle(Input::TimerFired, self.now);
+            self.log.extend(step.events);
+        }
+        self.now = until;
+    }
+
+    /// The slots fired, as UTC text.
+    fn fired(&self) -> Vec<String> {
+        self.log
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::ScheduleFired { slot_ms, .. } => Some(rfc3339(*slot_ms)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn kinds(&self, kind: &str) -> Vec<&Event> {
+        self.log.iter().filter(|e| e.body.kind() == kind).collect()
+    }
+
+    /// Walks a job's current attempt to Completed (or a failed freeze).
+    fn finish(&mut self, job: JobId, ok: bool) {
+        let targets = self.core.state().jobs[&job].targets.clone();
+        let t: Vec<&str> = targets.iter().map(|t| t.as_str()).collect();
+        let attempt = self.core.state().jobs[&job].attempt;
+        if !ok {
+            let error = recman_events::StepError::new("exec_failed", "hook failed", false);
+            self.input(rep(job, attempt, Stage::Freeze, &t, Outcome::Err { error }));
+            self.input(rep(job, attempt, Stage::Thaw, &t, thawed()));
+            return;
+        }
+        self.input(rep(
+            job,
+            attempt,
+            Stage::Freeze,
+            &t,
+            ok_(StepDetail::Frozen { deadline_ms: 0 }),
+        ));
+        let name = recman_events::snapshot_name(job, attempt);
+        let info = SnapshotInfo {
+            name,
+            provider: "copy".into(),
+            location: "/x".into(),
+            size_bytes: None,
+            existed: false,
+        };
+        self.input(rep(
+            job,
+            attempt,
+            Stage::Snapshot,
+            &t[..1],
+            ok_(StepDetail::Snapshot(info)),
+        ));
+        self.input(rep(job, attempt, Stage::Thaw, &t, thawed()));
+        self.input(rep(job, attempt, Stage::FlushLogs, &t, ok_(StepDetail::Flushed)));
+        assert_eq!(self.core.state().jobs[&job].state, JobState::Completed);
+    }
+
+    fn last_fired_job(&self) -> JobId {
+        self.log
+            .iter()
+            .rev()
+            .find(|e| matches!(e.body, EventBody::ScheduleFired { .. }))
+            .map(|e| e.job)
+            .expect("a firing")
+    }
+}
+
+fn ok_(detail: StepDetail) -> Outcome {
+    Outcome::Ok { detail }
+}
+
+fn thawed() -> Outcome {
+    ok_(StepDetail::Thawed {
+        freeze_window_us: 10,
+        by_watchdog: false,
+    })
+}
+
+fn rep(job: JobId, attempt: u32, stage: Stage, targets: &[&str], outcome: Outcome) -> Input {
+    Input::Report(Report {
+        schema_version: SCHEMA_VERSION,
+        message_id: "m".into(),
+        job,
+        attempt,
+        stage,
+        targets: targets.iter().map(|t| TargetId::from(*t)).collect(),
+        worker: WorkerId::from("w1"),
+        duration_us: 5,
+        outcome,
+    })
+}
+
+#[test]
+fn a_nightly_cron_crosses_the_spring_gap_and_the_autumn_repeat_in_berlin() {
+    // 02:30 does not exist on 2026-03-29 (02:00 → 03:00): it fires at 03:00
+    // CEST (01:00 UTC), once.
+    let cal = Calendar::cron("30 2 * * *", "Europe/Berlin").expect("cron");
+    let s = sched("nightly", &["a"], cal.clone());
+    let mut e = Engine::start(config(vec![s.clone()]), utc("2026-03-27T12:00:00Z"));
+    for _ in 0..4 {
+        e.run_until(e.now + 86_400_000);
+        let j = e.last_fired_job();
+        if !e.core.state().jobs[&j].state.is_terminal() {
+            e.finish(j, true);
+        }
+    }
+    assert_eq!(
+        e.fired(),
+        [
+            "2026-03-28T01:30:00Z", // CET, +01:00
+            "2026-03-29T01:00:00Z", // the gap: 03:00 CEST
+            "2026-03-30T00:30:00Z", // CEST, +02:00
+            "2026-03-31T00:30:00Z",
+        ]
+    );
+    // 02:30 happens twice on 2026-10-25 (03:00 CEST → 02:00 CET): once only.
+    let mut e = Engine::start(config(vec![s]), utc("2026-10-23T12:00:00Z"));
+    for _ in 0..3 {
+        e.run_until(e.now + 86_400_000);
+        let j = e.last_fired_job();
+        if !e.core.state().jobs[&j].state.is_terminal() {
+            e.finish(j, true);
+        }
+    }
+    assert_eq!(
+        e.fired(),
+        [
+            "2026-10-24T00:30:00Z",
+            "2026-10-25T00:30:00Z",
+            "2026-10-26T01:30:00Z"
+        ]
+    );
+    assert_eq!(e.kinds("schedule_skipped").len(), 0);
+}
+
+#[test]
+fn an_hourly_cron_and_an_interval_follow_real_time_through_the_repeated_hour() {
+    // `0 * * * *` in Berlin fires each real hour, the repeated 02:00 too;
+    // `every = "1h"` is absolute time: the same instants.
+    let cron = sched(
+        "hourly",
+        &["a"],
+        Calendar::cron("0 * * * *", "Europe/Berlin").expect("cron"),
+    );
+    let every = sched("every", &["b"], Calendar::every(3_600_000).expect("every"));
+    let mut e = Engine::start(config(vec![cron, every]), utc("2026-10-24T23:30:00Z"));
+    let mut slots: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for _ in 0..4 {
+        e.run_until(e.now + 3_600_000);
+        for ev in e.log.clone() {
+            if let EventBody::ScheduleFired { schedule, slot_ms } = &ev.body {
+                let list = slots.entry(schedule.clone()).or_default();
+                if !list.contains(&rfc3339(*slot_ms)) {
+                    // Left unanswered, the job times out and fails within the hour.
+                    list.push(rfc3339(*slot_ms));
+                }
+            }
+        }
+    }
+    let want = [
+        "2026-10-25T00:00:00Z", // 02:00 CEST
+        "2026-10-25T01:00:00Z", // 02:00 CET: the repeated hour
+        "2026-10-25T02:00:00Z",
+        "2026-10-25T03:00:00Z",
+    ];
+    assert_eq!(slots["hourly"], want);
+    assert_eq!(slots["every"], want);
+}
+
+#[test]
+fn bad_cron_and_time_zones_are_refused_with_the_reason() {
+    assert!(matches!(Calendar::cron("0 2 * *", "UTC"), Err(CalendarError::Cron(m)) if m.contains("5")));
+    assert!(matches!(
+        Calendar::cron("0 25 * * *", "UTC"),
+        Err(CalendarError::Cron(_))
+    ));
+    assert!(matches!(
+        Calendar::cron("0 0 2 * * *", "UTC"),
+        Err(CalendarError::Cron(_))
+    ));
+    assert!(matches!(
+        Calendar::cron("0 2 * * *", "Europe/Berlim"),
+        Err(CalendarError::Timezone(m)) if m.contains("Europe/Berlim")
+    ));
+    assert!(Calendar::cron("@daily", "UTC").is_ok());
+    assert!(Calendar::every(500).is_err());
+}
+
+#[test]
+fn overlap_skip_records_the_skip_and_queue_one_fires_when_the_job_ends() {
+    let t0 = utc("2026-01-01T00:00:00Z");
+    let skip = sched("skip", &["a"], Calendar::every(60_000).expect("every"));
+    let mut queue = sched("queue", &["b"], Calendar::every(60_000).expect("every"));
+    queue.overlap = Overlap::QueueOne;
+    let mut cfg = config(vec![skip, queue]);
+    for p in cfg.targets.values_mut() {
+        // Jobs that stay in their freeze for the whole test.
+        p.freeze_limit_ms = 3_600_000;
+        p.writer_timeout_ms = 3_600_000;
+    }
+    let mut e = Engine::start(cfg, t0);
+    e.run_until(t0 + 60_000); // first firing of both; their jobs keep running
+    assert_eq!(e.kinds("schedule_fired").len(), 2);
+    e.run_until(t0 + 180_000); // two more slots each
+    let skipped = e.kinds("schedule_skipped");
+    assert_eq!(
+        skipped.len(),
+        3,
+        "skip: 2 overlaps; queue_one: the second slot beyond the queued one"
+    );
+    assert!(skipped.iter().all(|ev| matches!(&ev.body,
+        EventBody::ScheduleSkipped { reason, .. } if reason.starts_with("overlap"))));
+    let queued = e.kinds("schedule_queued");
+    assert_eq!(queued.len(), 1);
+    let running = queued[0].job;
+    // The running job ends: the queued slot fires at once.
+    e.finish(running, true);
+    e.run_until(e.now);
+    let fired: Vec<(String, u64)> = e
+        .log
+        .iter()
+        .filter_map(|ev| match &ev.body {
+            EventBody::ScheduleFired { schedule, slot_ms } => Some((schedule.clone(), *slot_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        fired,
+        [
+            ("skip".to_string(), t0 + 60_000),
+            ("queue".to_string(), t0 + 60_000),
+            ("queue".to_string(), t0 + 120_000)
+        ]
+    );
+}
+
+#[test]
+fn catch_up_once_fires_the_latest_missed_slot_and_skip_fires_none() {
+    let t0 = utc("2026-01-01T00:00:00Z");
+    let once = sched("once", &["a"], Calendar::every(60_000).expect("every"));
+    let mut skip = sched("skip", &["b"], Calendar::every(60_000).expect("every"));
+    skip.catch_up = CatchUp::Skip;
+    let cfg = config(vec![once, skip]);
+    let e = Engine::start(cfg.clone(), t0);
+    // Down for ten minutes and 40 s (the newest slot is more than half a
+    // period late: missed).
+    let mut e = e.restart(cfg, t0 + 640_000);
+    let fired = e.kinds("schedule_fired");
+    assert_eq!(fired.len(), 1, "only catch_up = once fires");
+    assert!(
+        matches!(&fired[0].body, EventBody::ScheduleFired { schedule, slot_ms }
+        if schedule == "once" && *slot_ms == t0 + 600_000)
+    );
+    let skipped: Vec<(String, u64, u32)> = e
+        .kinds("schedule_skipped")
+        .iter()
+        .filter_map(|ev| match &ev.body {
+            EventBody::ScheduleSkipped {
+                schedule,
+                slot_ms,
+                missed,
+                ..
+            } => Some((schedule.clone(), *slot_ms, *missed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            ("once".to_string(), t0 + 540_000, 9),
+            ("skip".to_string(), t0 + 600_000, 10)
+        ]
+    );
+    // On time again: both fire at the next slot.
+    let j = e.last_fired_job();
+    e.finish(j, true);
+    e.run_until(t0 + 660_000);
+    assert_eq!(e.kinds("schedule_fired").len(), 3);
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_firing_never_fires_the_slot_twice() {
+    let t0 = utc("2026-01-01T00:00:00Z");
+    let cfg = config(vec![sched(
+        "s",
+        &["a", "b"],
+        Calendar::every(60_000).expect("every"),
+    )]);
+    let mut e = Engine::start(cfg.clone(), t0);
+    // The firing is decided, and the engine dies before its append: nothing
+    // of it is durable, the restart fires the same slot as the same job.
+    let mut lost = Engine::restart(&e, cfg.clone(), t0 + 60_000);
+    let decided: Vec<Event> = lost.log.split_off(e.log.len());
+    let first_job = decided
+        .iter()
+        .find(|ev| ev.body.kind() == "schedule_fired")
+        .expect("fired")
+        .job;
+    let mut e2 = e.restart(cfg.clone(), t0 + 61_000);
+    let fired = e2.kinds("schedule_fired");
+    assert_eq!(fired.len(), 1);
+    assert_eq!(
+        fired[0].job, first_job,
+        "the slot's job id is derived from the slot"
+    );
+    // The firing is durable and the engine dies before sending: the
+    // restart finds the slot and fires nothing.
+    let e3 = e2.restart(cfg.clone(), t0 + 62_000);
+    assert_eq!(e3.kinds("schedule_fired").len(), 1);
+    // Another engine that missed the ScheduleFired but has the request
+    // (its log without the firing event) finds the request id.
+    let mut without: Vec<Event> = e2.log.clone();
+    without.retain(|ev| ev.body.kind() != "schedule_fired");
+    e.log = without;
+    let e4 = e.restart(cfg, t0 + 63_000);
+    assert_eq!(e4.kinds("schedule_fired").len(), 0);
+    let skipped = e4.kinds("schedule_skipped");
+    assert!(
+        matches!(&skipped[..], [ev] if matches!(&ev.body, EventBody::ScheduleSkipped { reason, .. } if reason.starts_with("already fired"))),
+        "{skipped:?}"
+    );
+    e2.run_until(t0 + 119_000);
+    assert_eq!(e2.kinds("schedule_fired").len(), 1);
+}
+
+#[test]
+fn pause_and_resume_are_events_and_paused_slots_are_not_caught_up() {
+    let t0 = utc("2026-01-01T00:00:00Z");
+    let mut e = Engine::start(
+        config(vec![sched("s", &["a"], Calendar::every(60_000).expect("every"))]),
+        t0,
+    );
+    let r = e.input(Input::PauseSchedule {
+        schedule: "s".into(),
+        reason: "maintenance".into(),
+    });
+    assert_eq!(
+        r,
+        Reply::Accepted {
+            job: JobId::NONE,
+            existing: false
+        }
+    );
+    assert!(matches!(
+        e.input(Input::PauseSchedule {
+            schedule: "x".into(),
+            reason: String::new()
+        }),
+        Reply::Rejected {
+            code: "unknown_schedule",
+            ..
+        }
+    ));
+    e.run_until(t0 + 300_000);
+    assert_eq!(e.kinds("schedule_fired").len(), 0);
+    e.input(Input::ResumeSchedule { schedule: "s".into() });
+    assert_eq!(e.kinds("schedule_resumed").len(), 1);
+    e.run_until(t0 + 330_000);
+    assert_eq!(
+        e.kinds("schedule_fired").len(),
+        0,
+        "the paused slots are not caught up"
+    );
+    e.run_until(t0 + 360_000);
+    assert_eq!(e.fired(), [rfc3339(t0 + 360_000)]);
+}
+
+#[test]
+fn a_config_change_is_recorded_on_start_and_jitter_is_deterministic() {
+    let t0 = utc("2026-01-01T00:00:00Z");
+    let s = sched("s", &["a"], Calendar::every(3_600_000).expect("every"));
+    let e = Engine::start(config(vec![s.clone()]), t0);
+    assert_eq!(e.kinds("schedule_changed").len(), 1);
+    let same = e.restart(config(vec![s.clone()]), t0 + 1_000);
+    assert_eq!(
+        same.kinds("schedule_changed").len(),
+        1,
+        "unchanged: nothing recorded"
+    );
+    let mut j = s.clone();
+    j.jitter_ms = 600_000;
+    let changed = same.restart(config(vec![j.clone()]), t0 + 2_000);
+    let ch = changed.kinds("schedule_changed");
+    assert_eq!(ch.len(), 2);
+    assert!(matches!(&ch[1].body, EventBody::ScheduleChanged { spec, .. } if spec.contains("jitter=10m")));
+    let offset = j.jitter_ms();
+    assert!(offset <= 600_000);
+    assert_eq!(offset, j.clone().jitter_ms(), "the same every time");
+    assert_eq!(changed.core.next_deadline(), Some(t0 + 3_600_000 + offset));
+    let removed = changed.restart(config(vec![]), t0 + 3_000);
+    assert!(
+        matches!(&removed.kinds("schedule_changed")[2].body, EventBody::ScheduleChanged { spec, .. } if spec.is_empty())
+    );
+}
+
+#[test]
+fn an_rpo_is_breached_by_the_timer_and_restored_by_a_completed_snapshot() {
+    let t0 = utc("2026-01-01T00:00:00Z");
+    let mut cfg = config(vec![]);
+    cfg.targets.get_mut(&TargetId::from("a")).expect("a").rpo_ms = Some(600_000);
+    let mut e = Engine::start(cfg, t0);
+    assert_eq!(e.kinds("rpo_changed").len(), 1);
+    assert_eq!(
+        e.core.next_deadline(),
+        Some(t0 + 600_000),
+        "no restore point: the RPO counts from its config"
+    );
+    e.run_until(t0 + 600_000);
+    let b = e.kinds("rpo_breached");
+    assert!(matches!(&b[..], [ev] if matches!(&ev.body, EventBody::RpoBreached { last_good_ms: 0, .. })));
+    assert_eq!(
+        e.core.next_deadline(),
+        None,
+        "breached: no timer until a snapshot"
+    );
+    // A failed job does not restore it; a completed one does.
+    let req = |rid: &str, n: u128, now: u64| Input::Request {
+        req: recman_events::SnapshotRequest {
+            schema_version: SCHEMA_VERSION,
+            request_id: rid.into(),
+            targets: vec![TargetId::from("a")],
+            kind: SnapshotKind::Full,
+        },
+        origin: "test".into(),
+        new_job: JobId::from_parts(now, n),
+    };
+    e.input(req("r1", 1, e.now));
+    let j1 = JobId::from_parts(e.now, 1);
+    e.finish(j1, false);
+    assert_eq!(e.kinds("rpo_restored").len(), 0);
+    e.now += 1_000;
+    e.input(req("r2", 2, e.now));
+    let j2 = JobId::from_parts(e.now, 2);
+    e.finish(j2, true);
+    let r = e.kinds("rpo_restored");
+    assert!(matches!(&r[..], [ev] if ev.job == j2));
+    assert_eq!(e.core.next_deadline(), Some(e.now + 600_000));
+    e.run_until(e.now + 600_000);
+    assert_eq!(e.kinds("rpo_breached").len(), 2);
+}
