@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use recman_events::{PoolName, TargetId};
 
 use crate::decide::Mutation;
+use crate::retention::RetentionPolicy;
 use crate::rng::Rng;
 
 /// How one target is handled. `TargetPolicy::new` gives the documented defaults.
@@ -35,6 +36,9 @@ pub struct TargetPolicy {
     pub backoff_max_ms: u64,
     /// Retention: keep the newest N completed snapshots, prune the rest.
     pub keep_last: Option<u32>,
+    /// The other retention rules (`keep_within`, tiers; see `retention`).
+    /// `keep_last` above is folded into it by [`TargetPolicy::retention`].
+    pub retention: RetentionPolicy,
 }
 
 impl TargetPolicy {
@@ -50,6 +54,15 @@ impl TargetPolicy {
             backoff_base_ms: 1_000,
             backoff_max_ms: 60_000,
             keep_last: None,
+            retention: RetentionPolicy::default(),
+        }
+    }
+
+    /// Every retention rule of the target, `keep_last` included.
+    pub fn retention(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            keep_last: self.keep_last.or(self.retention.keep_last),
+            ..self.retention.clone()
         }
     }
 }
