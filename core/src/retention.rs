@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use recman_events::{JobId, TargetId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::state::{CatalogEntry, State};
 
@@ -65,7 +65,7 @@ impl RetentionPolicy {
 }
 
 /// Why a restore point is kept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
     /// The target has no retention rule.
@@ -103,7 +103,7 @@ impl Rule {
 }
 
 /// One rule keeping one point, and the detail (`3 of 7`, the day, the week…).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reason {
     pub rule: Rule,
     pub detail: String,
@@ -120,14 +120,14 @@ pub struct Point {
 }
 
 /// A point and the rules that keep it (none: it is pruned).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     pub job: JobId,
     pub name: String,
     pub at_ms: u64,
     pub kept_by: Vec<Reason>,
     /// Its delete is already asked for (not evaluated again until it has an outcome).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleting: bool,
 }
 
@@ -285,7 +285,7 @@ pub fn span(ms: u64) -> String {
 }
 
 /// What retention decides over the catalog.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// Per target evaluated, newest first; a group point another member
     /// keeps carries [`Rule::Group`].

@@ -182,6 +182,7 @@ fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/v1/jobs/{id}/events", sse::job_events),
         endpoint(Method::GET, "/v1/events", sse::events),
         endpoint(Method::GET, "/v1/targets", routes::targets),
+        endpoint(Method::POST, "/v1/prune", routes::prune),
         endpoint(Method::GET, "/v1/state", routes::live_state),
         endpoint(Method::GET, "/v1/openapi.json", routes::openapi),
         endpoint(Method::GET, "/metrics", routes::metrics),

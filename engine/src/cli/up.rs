@@ -85,7 +85,14 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|t| (t.id.clone(), t.keep_last))
         .collect();
-    let view = View::new(retention).build(log.as_ref(), Until::End)?;
+    let policies = config
+        .targets
+        .iter()
+        .map(|t| (t.id.clone(), crate::runtime::retention_policy(t)))
+        .collect();
+    let view = View::new(retention)
+        .with_policies(policies)
+        .build(log.as_ref(), Until::End)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (in use? try --listen 127.0.0.1:PORT)"))?;
