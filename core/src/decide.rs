@@ -590,7 +590,16 @@ impl Decider<'_> {
                 (t.clone(), e)
             })
             .collect();
-        let plan = retention::plan(self.state, |t| self.target_retention(t), &job.targets, &extra);
+        let seed: Vec<TargetId> = job
+            .targets
+            .iter()
+            .filter(|t| !self.target_retention(t).keeps_all())
+            .cloned()
+            .collect();
+        if seed.is_empty() {
+            return;
+        }
+        let plan = retention::plan(self.state, |t| self.target_retention(t), &seed, &extra);
         let retry_at_ms = self.now.saturating_add(self.prune_retry_ms(&job.targets));
         for (target, names) in plan.prune {
             self.emit(
@@ -616,7 +625,11 @@ impl Decider<'_> {
     /// many deletes were asked for.
     fn catch_up_retention(&mut self, only: Option<&[TargetId]>) -> usize {
         let seed: Vec<TargetId> = match only {
-            Some(ts) => ts.to_vec(),
+            Some(ts) => ts
+                .iter()
+                .filter(|t| !self.target_retention(t).keeps_all())
+                .cloned()
+                .collect(),
             None => self
                 .state
                 .catalog

@@ -346,26 +346,40 @@ pub fn plan(
         }
     };
 
+    let lists = |m: &TargetId, job: JobId| {
+        state
+            .catalog
+            .get(m)
+            .is_some_and(|c| c.iter().any(|e| e.job == job))
+            || extra.iter().any(|(x, e)| x == m && e.job == job)
+    };
     let mut out = Plan::default();
     let mut todo: Vec<TargetId> = seed.to_vec();
     let mut done: BTreeSet<TargetId> = BTreeSet::new();
+    // A group point is kept by any member that still lists it.
+    let mut keepers: BTreeMap<JobId, Vec<TargetId>> = BTreeMap::new();
     while let Some(t) = todo.pop() {
         if !done.insert(t.clone()) {
             continue;
         }
         let v = verdicts(&t);
-        // Group points this target would prune: their other members count.
+        // Group points this target would prune: their other members count
+        // (a member without rules keeps it without being evaluated: the
+        // engine decides this after every job, catalogs can be long).
         for x in v.iter().filter(|x| !x.kept() && !x.deleting) {
             for m in members(&x.job, &t) {
-                if !done.contains(&m) && entries(&m).iter().any(|e| e.job == x.job) {
+                if m == t || done.contains(&m) || !lists(&m, x.job) {
+                    continue;
+                }
+                if policy(&m).keeps_all() {
+                    keepers.entry(x.job).or_default().push(m);
+                } else {
                     todo.push(m);
                 }
             }
         }
         out.targets.insert(t, v);
     }
-    // A group point is kept by any member that still lists it.
-    let mut keepers: BTreeMap<JobId, Vec<TargetId>> = BTreeMap::new();
     for (t, v) in &out.targets {
         for x in v
             .iter()
@@ -377,7 +391,8 @@ pub fn plan(
     for (t, v) in out.targets.iter_mut() {
         for x in v.iter_mut().filter(|x| !x.kept() && !x.deleting) {
             if let Some(k) = keepers.get(&x.job) {
-                let by: Vec<&str> = k.iter().map(|t| t.as_str()).collect();
+                let by: BTreeSet<&str> = k.iter().map(|t| t.as_str()).collect();
+                let by: Vec<&str> = by.into_iter().collect();
                 x.kept_by.push(reason(
                     Rule::Group,
                     format!("its consistency group is kept by {}", by.join(", ")),

@@ -27,7 +27,7 @@ fn copies(dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    v.retain(|n| !n.ends_with(".partial"));
+    v.retain(|n| !n.starts_with('.') && !n.ends_with(".partial"));
     v.sort();
     v
 }
