@@ -18,7 +18,9 @@ use toml::Spanned;
 
 mod api;
 pub use api::{ApiConfig, DEFAULT_LISTEN};
+mod retention;
 mod threepar;
+pub use retention::RetentionConfig;
 pub use threepar::{ArrayConfig, ThreeParConfig, ThreeParObject};
 
 /// The default freeze limit (VSS holds writes for at most 10 s).
@@ -135,6 +137,8 @@ pub struct TargetConfig {
     pub keep_last: Option<u32>,
     /// RPO: the newest good restore point may be at most this old.
     pub rpo: Option<Duration>,
+    /// The other retention rules (`keep_within`, tiers).
+    pub retention: RetentionConfig,
     /// First wait before a retry (doubled each retry, jittered: half to
     /// all of it), at most `retry_backoff_max`. With `retries` they span the
     /// window in which a restarting service should come back.
@@ -548,7 +552,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86_400)),
-            "" => return Err(format!("duration \"{s}\" needs a unit (ms, s, m or h)")),
+            "" => return Err(format!("duration \"{s}\" needs a unit (ms, s, m, h or d)")),
             other => {
                 return Err(format!(
                     "unknown unit \"{other}\" in \"{s}\" (use ms, s, m, h or d)"
@@ -807,24 +811,21 @@ impl Cx<'_> {
         arrays: &[ArrayConfig],
     ) -> Result<TargetConfig, ConfigError> {
         let t = self.table(item, key)?;
-        cx_keys(
-            self,
-            t,
-            key,
-            &[
-                "id",
-                "pool",
-                "provider_pool",
-                "freeze_limit",
-                "retries",
-                "retry_backoff",
-                "retry_backoff_max",
-                "keep_last",
-                "rpo",
-                "writer",
-                "provider",
-            ],
-        )?;
+        let mut allowed = vec![
+            "id",
+            "pool",
+            "provider_pool",
+            "freeze_limit",
+            "retries",
+            "retry_backoff",
+            "retry_backoff_max",
+            "keep_last",
+            "rpo",
+            "writer",
+            "provider",
+        ];
+        allowed.extend_from_slice(retention::KEYS);
+        cx_keys(self, t, key, &allowed)?;
         let (id, id_span) = self.required(self.string(t, key, "id")?, item.span(), key, "id")?;
         let id = TargetId::new(self.id(&id, id_span, &join(key, "id"))?);
         let pool = match self.string(t, key, "pool")? {
@@ -851,6 +852,7 @@ impl Cx<'_> {
                 "must be at least 1 (leave it out to keep every snapshot)",
             ));
         }
+        let retention = retention::read(self, t, key)?;
 
         let wkey = join(key, "writer");
         let writer = match field(t, "writer") {
@@ -1002,6 +1004,7 @@ impl Cx<'_> {
             retry_backoff_max,
             keep_last,
             rpo,
+            retention,
             writer,
             provider,
         })

@@ -68,6 +68,26 @@ const W: &str = "[target.writer]\ntype = \"none\"\n";
 const P: &str = "[target.provider]\ntype = \"none\"\n";
 
 #[test]
+fn retention_tiers_and_keep_within_load() {
+    let c = parse(&with_target(&format!(
+        "keep_last = 3\nkeep_within = \"14d\"\nkeep_hourly = 24\nkeep_daily = 7\nkeep_weekly = 4\nkeep_monthly = 12\n{W}{P}"
+    )))
+    .unwrap();
+    let t = &c.targets[0];
+    assert_eq!(t.keep_last, Some(3));
+    assert_eq!(
+        t.retention,
+        crate::RetentionConfig {
+            keep_within: Some(Duration::from_secs(14 * 86_400)),
+            keep_hourly: Some(24),
+            keep_daily: Some(7),
+            keep_weekly: Some(4),
+            keep_monthly: Some(12),
+        }
+    );
+}
+
+#[test]
 fn a_full_config_loads_with_defaults() {
     let c = parse(GOOD).unwrap();
     assert_eq!(c.engine.freeze_limit, Duration::from_secs(8));
@@ -288,6 +308,30 @@ fn bad_values_are_named() {
         3,
         "target[0].keep_last",
         "at least 1",
+    );
+    assert_err(
+        &with_target(&format!("keep_daily = 0\n{W}{P}")),
+        3,
+        "target[0].keep_daily",
+        "at least 1",
+    );
+    assert_err(
+        &with_target(&format!("keep_within = \"14x\"\n{W}{P}")),
+        3,
+        "target[0].keep_within",
+        "unknown unit",
+    );
+    assert_err(
+        &with_target(&format!("keep_within = \"0d\"\n{W}{P}")),
+        3,
+        "target[0].keep_within",
+        "more than 0",
+    );
+    assert_err(
+        &with_target(&format!("keep_yearly = 2\n{W}{P}")),
+        3,
+        "target[0].keep_yearly",
+        "unknown key",
     );
     assert_err("target = 3\n", 1, "target", "[[target]]");
     assert_err(

@@ -1,7 +1,7 @@
 //! `decide`: from state and one input, the facts (events) that follow. Pure; never
 //! produces an event that `evolve` cannot apply.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use recman_events::{
     legacy_snapshot_name, snapshot_name, Event, EventBody, JobId, Outcome, Report, RequestId, SnapshotInfo,
@@ -10,9 +10,10 @@ use recman_events::{
 
 use crate::evolve::apply_job;
 use crate::policy::CoreConfig;
+use crate::retention::{self, RetentionPolicy};
 use crate::rng::Rng;
 use crate::schedule::{self, Plan, RpoPlan};
-use crate::state::{Job, JobState, State, StepStatus};
+use crate::state::{CatalogEntry, Job, JobState, State, StepStatus};
 
 /// After this many thaw failures or thaw-stage timeouts the job fails loudly.
 pub const MAX_THAW_TRIES: u32 = 8;
@@ -61,13 +62,28 @@ pub enum Input {
     ResumeSchedule {
         schedule: String,
     },
+    /// An operator's `recman prune`: retention over the catalog of
+    /// `targets` now (the same plan as after a completed job).
+    Prune {
+        targets: Vec<TargetId>,
+    },
 }
 
 /// The answer to the sender of a request or a cancel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
-    Accepted { job: JobId, existing: bool },
-    Rejected { code: &'static str, message: String },
+    Accepted {
+        job: JobId,
+        existing: bool,
+    },
+    Rejected {
+        code: &'static str,
+        message: String,
+    },
+    /// `Input::Prune`: how many deletes were asked for.
+    Pruning {
+        asked: usize,
+    },
     None,
 }
 
@@ -203,9 +219,13 @@ pub fn decide(
         }
         Input::Start => {
             d.timer();
-            d.catch_up_retention();
+            d.catch_up_retention(None);
             d.policies(true);
             Reply::None
+        }
+        Input::Prune { targets } => {
+            let asked = d.catch_up_retention(Some(targets));
+            Reply::Pruning { asked }
         }
         Input::Cancel { job, reason } => d.cancel(*job, reason),
         Input::PauseSchedule { schedule, reason } => d.pause(schedule, Some(reason)),
@@ -589,78 +609,93 @@ impl Decider<'_> {
         self.cfg.job_policy(targets).snapshot_timeout_ms.max(1_000)
     }
 
-    /// Retention after `job` completed with snapshot `name`: per target with
-    /// `keep_last`, the oldest snapshots beyond it (the catalog as it will be
-    /// with this one) are asked to be deleted.
+    /// Retention after `job` completed with snapshot `name`: the plan over
+    /// each of its targets' catalog as it will be with this point
+    /// (`retention::plan`; a consistency group is pruned as a whole), asked
+    /// for under `job`.
     fn retention(&mut self, job: &mut Job, name: &str) {
+        let extra: Vec<(TargetId, CatalogEntry)> = job
+            .targets
+            .iter()
+            .map(|t| {
+                let e = CatalogEntry {
+                    name: name.to_string(),
+                    job: job.id,
+                    at_ms: self.now,
+                };
+                (t.clone(), e)
+            })
+            .collect();
+        let seed: Vec<TargetId> = job
+            .targets
+            .iter()
+            .filter(|t| !self.target_retention(t).keeps_all())
+            .cloned()
+            .collect();
+        if seed.is_empty() {
+            return;
+        }
+        let plan = retention::plan(self.state, |t| self.target_retention(t), &seed, &extra);
         let retry_at_ms = self.now.saturating_add(self.prune_retry_ms(&job.targets));
-        for t in job.targets.clone() {
-            let Some(keep) = self.cfg.targets.get(&t).and_then(|p| p.keep_last) else {
-                continue;
-            };
-            let mut names: Vec<String> = self
-                .state
-                .catalog
-                .get(&t)
-                .map(|c| c.iter().map(|e| e.name.clone()).collect())
-                .unwrap_or_default();
-            names.push(name.to_string());
-            let over = names.len().saturating_sub(keep as usize);
-            let names: Vec<String> = names
-                .into_iter()
-                .take(over)
-                .filter(|n| !self.state.prunes.contains_key(&(t.clone(), n.clone())))
-                .collect();
-            if !names.is_empty() {
-                self.emit(
-                    job,
-                    EventBody::PruneRequested {
-                        target: t,
-                        names,
-                        retry_at_ms,
-                    },
-                );
-            }
+        for (target, names) in plan.prune {
+            self.emit(
+                job,
+                EventBody::PruneRequested {
+                    target,
+                    names,
+                    retry_at_ms,
+                },
+            );
         }
     }
 
-    /// On start: targets whose catalog holds more than `keep_last` with no
-    /// delete asked for (a log of an earlier build, or a one-shot run that
-    /// stopped first) get their prune now, under the job of their newest
-    /// snapshot.
-    fn catch_up_retention(&mut self) {
-        let mut by_job: BTreeMap<JobId, Vec<(TargetId, Vec<String>)>> = BTreeMap::new();
-        for (t, cat) in &self.state.catalog {
-            let Some(keep) = self.cfg.targets.get(t).and_then(|p| p.keep_last) else {
-                continue;
-            };
-            let over = cat.len().saturating_sub(keep as usize);
-            let names: Vec<String> = cat[..over]
+    /// A target's retention rules (a target no longer in the config keeps everything).
+    fn target_retention(&self, t: &TargetId) -> RetentionPolicy {
+        self.cfg.targets.get(t).map(|p| p.retention()).unwrap_or_default()
+    }
+
+    /// On start, and on `Input::Prune` for `only` targets: retention over
+    /// the catalog as it is (a log of an earlier build, a one-shot run that
+    /// stopped first, changed rules, or an operator's `recman prune`), asked
+    /// for under the job of each target's newest restore point. Returns how
+    /// many deletes were asked for.
+    fn catch_up_retention(&mut self, only: Option<&[TargetId]>) -> usize {
+        let seed: Vec<TargetId> = match only {
+            Some(ts) => ts
                 .iter()
-                .map(|e| e.name.clone())
-                .filter(|n| !self.state.prunes.contains_key(&(t.clone(), n.clone())))
-                .collect();
-            if let (false, Some(newest)) = (names.is_empty(), cat.last()) {
-                by_job.entry(newest.job).or_default().push((t.clone(), names));
-            }
-        }
-        for (id, list) in by_job {
-            let Some(job) = self.state.jobs.get(&id) else {
+                .filter(|t| !self.target_retention(t).keeps_all())
+                .cloned()
+                .collect(),
+            None => self
+                .state
+                .catalog
+                .keys()
+                .filter(|t| !self.target_retention(t).keeps_all())
+                .cloned()
+                .collect(),
+        };
+        let plan = retention::plan(self.state, |t| self.target_retention(t), &seed, &[]);
+        let mut asked = 0;
+        for (target, names) in plan.prune {
+            let Some(newest) = self.state.catalog.get(&target).and_then(|c| c.last()) else {
                 continue;
             };
+            let Some(job) = self.state.jobs.get(&newest.job) else {
+                continue;
+            };
+            asked += names.len();
             let retry_at_ms = self.now.saturating_add(self.prune_retry_ms(&job.targets));
-            for (target, names) in list {
-                self.out.push(Event {
-                    at_ms: self.now,
-                    job: id,
-                    body: EventBody::PruneRequested {
-                        target,
-                        names,
-                        retry_at_ms,
-                    },
-                });
-            }
+            self.out.push(Event {
+                at_ms: self.now,
+                job: job.id,
+                body: EventBody::PruneRequested {
+                    target,
+                    names,
+                    retry_at_ms,
+                },
+            });
         }
+        asked
     }
 
     /// The retry timer of the deletes `job` asked for: asks again for those

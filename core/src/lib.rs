@@ -12,6 +12,7 @@ pub mod decide;
 pub mod effects;
 pub mod evolve;
 pub mod policy;
+pub mod retention;
 pub mod rng;
 pub mod schedule;
 pub mod sim;
@@ -22,6 +23,7 @@ pub use decide::{attempt_snapshot_name, decide, Input, Mutation, Reply, MAX_PRUN
 pub use effects::{effects, recover_commands, Destination, Outgoing};
 pub use evolve::evolve;
 pub use policy::{CoreConfig, JobPolicy, TargetPolicy};
+pub use retention::{RetentionPolicy, Rule as RetentionRule};
 pub use rng::Rng;
 pub use state::{
     CatalogEntry, Failure, Job, JobState, PendingPrune, State, StepStatus, TargetProgress, TimelineEntry,

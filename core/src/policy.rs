@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use recman_events::{PoolName, TargetId};
 
 use crate::decide::Mutation;
+use crate::retention::RetentionPolicy;
 use crate::rng::Rng;
 
 /// How one target is handled. `TargetPolicy::new` gives the documented defaults.
@@ -41,6 +42,9 @@ pub struct TargetPolicy {
     /// RPO: the newest good restore point may be at most this old
     /// (`schedule::rpo_plan` decides `RpoBreached` / `RpoRestored`).
     pub rpo_ms: Option<u64>,
+    /// The other retention rules (`keep_within`, tiers; see `retention`).
+    /// `keep_last` above is folded into it by [`TargetPolicy::retention`].
+    pub retention: RetentionPolicy,
 }
 
 impl TargetPolicy {
@@ -58,6 +62,15 @@ impl TargetPolicy {
             keep_last: None,
             fingerprint: None,
             rpo_ms: None,
+            retention: RetentionPolicy::default(),
+        }
+    }
+
+    /// Every retention rule of the target, `keep_last` included.
+    pub fn retention(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            keep_last: self.keep_last.or(self.retention.keep_last),
+            ..self.retention.clone()
         }
     }
 }

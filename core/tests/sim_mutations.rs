@@ -19,7 +19,7 @@ enum M {
 }
 
 /// Seeds tried per mutation before it counts as unnoticed.
-const SEEDS: u64 = 12;
+const SEEDS: u64 = 16;
 
 fn config(seed: u64, faults: Faults, m: Option<M>) -> SimConfig {
     SimConfig {
@@ -113,9 +113,10 @@ mutations! {
     snapshot_not_idempotent: W(worker::Mutation::SnapshotNotIdempotent), All => "one_snapshot_per_attempt";
     adopt_any_snapshot: W(worker::Mutation::AdoptAnySnapshot), All => "consistent_snapshot";
     // Issue 23 items 1-3 at once: a second freeze of one attempt, a thaw of
-    // another attempt's freeze, a window of 0.
+    // another attempt's freeze, a window of 0; and a snapshot after its
+    // attempt's thaw (the refusal reads the shared freeze state).
     freeze_state_per_process: W(worker::Mutation::FreezeStatePerProcess), Crash => "one_freeze_per_attempt",
-        also ["freeze_window", "thaw_own_attempt"];
+        also ["freeze_window", "thaw_own_attempt", "one_snapshot_per_attempt"];
 }
 
 #[test]

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod handle;
 pub mod home;
 pub mod preflight;
+pub mod prune;
 pub mod render;
 pub mod runtime;
 pub mod signal;

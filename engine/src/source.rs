@@ -38,6 +38,18 @@ pub fn retention(home: &Home) -> BTreeMap<TargetId, Option<u32>> {
     }
 }
 
+/// Every retention rule per target from the config, when there is one.
+pub fn policies(home: &Home) -> BTreeMap<TargetId, recman_core::RetentionPolicy> {
+    match recman_config::Config::load(home.config_file()) {
+        Ok(c) => c
+            .targets
+            .iter()
+            .map(|t| (t.id.clone(), crate::runtime::retention_policy(t)))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
 /// Builds the view of the data dir's log up to `until`.
 pub fn local_view(home: &Home, until: Until) -> anyhow::Result<View> {
     let log = open_for_reading(&home.data_dir).map_err(|e| match e {
@@ -53,6 +65,7 @@ pub fn local_view(home: &Home, until: Until) -> anyhow::Result<View> {
         .unwrap_or_default();
     Ok(View::new(retention(home))
         .with_schedules(schedules)
+        .with_policies(policies(home))
         .build(log.as_ref(), until)?)
 }
 

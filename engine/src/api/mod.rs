@@ -185,6 +185,7 @@ fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/v1/schedules", routes::schedules),
         endpoint(Method::POST, "/v1/schedules/{id}/pause", routes::pause_schedule),
         endpoint(Method::POST, "/v1/schedules/{id}/resume", routes::resume_schedule),
+        endpoint(Method::POST, "/v1/prune", routes::prune),
         endpoint(Method::GET, "/v1/state", routes::live_state),
         endpoint(Method::GET, "/v1/openapi.json", routes::openapi),
         endpoint(Method::GET, "/metrics", routes::metrics),

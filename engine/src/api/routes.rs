@@ -310,3 +310,83 @@ pub async fn method_not_allowed() -> ApiError {
         "method not allowed here; see /v1/openapi.json",
     )
 }
+
+/// The targets and `dry_run` of a `{"targets": [...], "dry_run": bool}` body
+/// (both optional: every target, for real).
+fn prune_body(body: &[u8]) -> Result<(Vec<TargetId>, bool), ApiError> {
+    if body.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let Value::Object(o) = v else {
+        return Err(ApiError::field(
+            "",
+            "the body must be a JSON object like {\"targets\": [\"db01\"], \"dry_run\": true}",
+        ));
+    };
+    let dry_run = match o.get("dry_run") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::field("dry_run", "`dry_run` must be true or false")),
+    };
+    let targets = match o.get("targets") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|t| match t {
+                Value::String(s) => recman_events::wire::check_id("targets", s)
+                    .map(|()| TargetId::from(s.as_str()))
+                    .map_err(|e| ApiError::field("targets", format!("bad target id: {e}"))),
+                _ => Err(ApiError::field("targets", "each target must be a string")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ApiError::field(
+                "targets",
+                "`targets` must be an array of target ids",
+            ))
+        }
+    };
+    Ok((targets, dry_run))
+}
+
+/// `recman prune`: the retention plan (what each rule keeps and why, what
+/// goes); unless `dry_run`, the engine asks for the deletes now (recorded as
+/// `prune_requested` and carried out like the automatic prunes).
+pub async fn prune(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> ApiResult {
+    let (targets, dry_run) = prune_body(&body)?;
+    s.synced().await;
+    let plan = read_view(&s, |v| {
+        if let Some(t) = targets
+            .iter()
+            .find(|t| !v.policies.contains_key(*t) && !v.state.catalog.contains_key(*t))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_target",
+                format!("no target {t} in the config or the catalog"),
+            ));
+        }
+        Ok(crate::prune::plan(&v.state, &v.policies, &targets))
+    })??;
+    if dry_run {
+        return Ok(Json(json!({"dry_run": true, "plan": plan, "asked": 0})).into_response());
+    }
+    let seed: Vec<TargetId> = plan.targets.keys().cloned().collect();
+    let asked = s.engine.prune(seed).await.map_err(|e| {
+        call_error(e, |code, message| {
+            ApiError::new(StatusCode::CONFLICT, code, message)
+        })
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"dry_run": false, "plan": plan, "asked": asked})),
+    )
+        .into_response())
+}

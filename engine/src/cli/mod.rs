@@ -13,6 +13,7 @@ pub mod engine;
 pub mod events;
 pub mod job;
 pub mod jobs;
+pub mod prune;
 pub mod replay;
 pub mod schedules;
 pub mod simulate;
@@ -66,6 +67,8 @@ pub enum Command {
     Schedules(schedules::Args),
     /// Cancel a job through the running server.
     Cancel(cancel::Args),
+    /// Apply the retention rules now; --dry-run shows what each rule keeps and why.
+    Prune(prune::Args),
     /// Rebuild the state from the log (up to a point) and print it.
     Replay(replay::Args),
     /// Verify every record of the log: checksum, decoding, hash chain.
@@ -136,6 +139,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshots(a) => snapshots::run(&g, a).await,
         Command::Schedules(a) => schedules::run(&g, a).await,
         Command::Cancel(a) => cancel::run(&g, a).await,
+        Command::Prune(a) => prune::run(&g, a).await,
         Command::Replay(a) => replay::run(&g, a).await,
         Command::Audit(a) => audit::run(&g, a).await,
         Command::ValidateConfig(a) => validate::run(&g, a).await,

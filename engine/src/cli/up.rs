@@ -100,7 +100,13 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|t| (t.id.clone(), t.keep_last))
         .collect();
+    let policies = config
+        .targets
+        .iter()
+        .map(|t| (t.id.clone(), crate::runtime::retention_policy(t)))
+        .collect();
     let view = View::new(retention)
+        .with_policies(policies)
         .with_schedules(config.schedules.clone())
         .build(log.as_ref(), Until::End)?;
     let listener = tokio::net::TcpListener::bind(listen)

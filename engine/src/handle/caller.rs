@@ -124,6 +124,25 @@ impl Caller {
         accepted(rx.await.map_err(|_| CallError::Stopped)?)
     }
 
+    /// Applies the retention rules of `targets` now (`recman prune`): the
+    /// deletes are recorded (`prune_requested`) and carried out like the
+    /// automatic ones. Answers how many deletes were asked for.
+    pub async fn prune(&self, targets: Vec<recman_events::TargetId>) -> Result<usize, CallError> {
+        if !self.accepting() {
+            return Err(CallError::ShuttingDown);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.calls
+            .send(Call::Prune { targets, reply })
+            .await
+            .map_err(|_| CallError::Stopped)?;
+        match rx.await.map_err(|_| CallError::Stopped)? {
+            Reply::Pruning { asked } => Ok(asked),
+            Reply::Rejected { code, message } => Err(CallError::Rejected { code, message }),
+            _ => Err(CallError::NoAnswer),
+        }
+    }
+
     /// Runs `f` on the live core state; the answer comes once everything the
     /// engine decided before is durable (so after a replay, or a submit, the
     /// log already holds what the state shows).
@@ -212,6 +231,6 @@ fn accepted(r: Reply) -> Result<Accepted, CallError> {
     match r {
         Reply::Accepted { job, existing } => Ok(Accepted { job, existing }),
         Reply::Rejected { code, message } => Err(CallError::Rejected { code, message }),
-        Reply::None => Err(CallError::NoAnswer),
+        Reply::None | Reply::Pruning { .. } => Err(CallError::NoAnswer),
     }
 }

@@ -52,6 +52,11 @@ pub enum Call {
         pause: Option<String>,
         reply: oneshot::Sender<Reply>,
     },
+    /// An operator's prune: retention over these targets' catalog now.
+    Prune {
+        targets: Vec<recman_events::TargetId>,
+        reply: oneshot::Sender<Reply>,
+    },
     /// A look at the live core state (`recman replay` compares it with a
     /// rebuild from the log; shutdown waits until nothing is frozen). Also
     /// answers "has replay finished?".
@@ -189,6 +194,12 @@ async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound
                     Some(reason) => Input::PauseSchedule { schedule, reason },
                     None => Input::ResumeSchedule { schedule },
                 }),
+                delivery: None,
+                reply: Some(reply),
+                inspect: None,
+            },
+            Call::Prune { targets, reply } => Inbound {
+                input: Some(Input::Prune { targets }),
                 delivery: None,
                 reply: Some(reply),
                 inspect: None,
@@ -391,6 +402,19 @@ pub async fn run(
 }
 
 /// The core's view of a config: pools, freeze limits, retries, retention.
+/// A target's retention rules for the core, `keep_last` included.
+pub fn retention_policy(t: &recman_config::TargetConfig) -> recman_core::RetentionPolicy {
+    let r = &t.retention;
+    recman_core::RetentionPolicy {
+        keep_last: t.keep_last,
+        keep_within_ms: r.keep_within.map(|d| d.as_millis() as u64),
+        keep_hourly: r.keep_hourly,
+        keep_daily: r.keep_daily,
+        keep_weekly: r.keep_weekly,
+        keep_monthly: r.keep_monthly,
+    }
+}
+
 pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
     let mut cfg = CoreConfig {
         seed,
@@ -405,6 +429,7 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.backoff_max_ms = t.retry_backoff_max.as_millis() as u64;
         p.keep_last = t.keep_last;
         p.rpo_ms = t.rpo.map(|d| d.as_millis() as u64);
+        p.retention = retention_policy(t);
         p.writer_timeout_ms = t.writer.timeout().as_millis() as u64;
         p.provider_timeout_ms = t.provider.timeout().as_millis() as u64;
         p.fingerprint = Some(t.fingerprint());

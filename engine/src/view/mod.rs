@@ -232,6 +232,8 @@ pub struct View {
     last_prune_failure: BTreeMap<TargetId, PruneFailureRef>,
     /// Targets of the config (shown even before their first job) with `keep_last`.
     pub retention: BTreeMap<TargetId, Option<u32>>,
+    /// Every retention rule of each configured target (`recman prune`).
+    pub policies: BTreeMap<TargetId, recman_core::RetentionPolicy>,
     stage_hist: Family,
     freeze_hist: Family,
     step_failures: BTreeMap<String, u64>,
@@ -246,6 +248,12 @@ impl View {
             retention,
             ..View::default()
         }
+    }
+
+    /// With the config's retention rules (for the prune plan).
+    pub fn with_policies(mut self, policies: BTreeMap<TargetId, recman_core::RetentionPolicy>) -> Self {
+        self.policies = policies;
+        self
     }
 
     /// Folds `events` from `log` up to `until`.

@@ -1,0 +1,78 @@
+//! `recman prune [--dry-run] [TARGET...]`: the retention rules applied now;
+//! `--dry-run` shows what each rule keeps and why, and what would go.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use recman_core::retention::Plan;
+use recman_events::TargetId;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::client::Client;
+use crate::home::Home;
+use crate::source::{local_view, ServerArg};
+use crate::view::Until;
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Applies keep_last, keep_within and keep_hourly/daily/weekly/monthly (README, \"Retention\")\n\
+now, as the engine does after every completed job. The deletes are recorded as prune_requested\n\
+events and carried out by the provider's workers: this needs the running `recman up`.\n\
+--dry-run changes nothing and reads the data dir's log when no server runs.\n\n\
+Exit codes: 0 done, 2 could not run (no server for a real prune, unknown target)."
+)]
+pub struct Args {
+    /// Only these targets (default: every target with a retention rule).
+    pub targets: Vec<String>,
+    /// Show the plan, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Deserialize)]
+struct PruneBody {
+    plan: Plan,
+    asked: usize,
+}
+
+pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    let targets: Vec<TargetId> = a.targets.iter().map(|t| TargetId::from(t.as_str())).collect();
+    let policies = crate::source::policies(g);
+    let (plan, asked) = match Client::discover(g, a.server.server.as_deref()).await? {
+        Some(c) => {
+            let body = json!({"targets": targets, "dry_run": a.dry_run});
+            let v = c.post("/v1/prune", &body).await.context("pruning")?;
+            let b: PruneBody = serde_json::from_value(v).context("the server's prune answer")?;
+            (b.plan, b.asked)
+        }
+        None if a.dry_run => {
+            let view = local_view(g, Until::End)?;
+            if let Some(t) = targets
+                .iter()
+                .find(|t| !view.policies.contains_key(*t) && !view.state.catalog.contains_key(*t))
+            {
+                bail!("no target {t} in the config or the catalog");
+            }
+            (crate::prune::plan(&view.state, &view.policies, &targets), 0)
+        }
+        None => bail!(
+            "no running server for {}: pruning needs the engine and the provider's workers; \
+             start `recman up`, pass --server URL, or look first with --dry-run",
+            g.data_dir.display()
+        ),
+    };
+    if a.json {
+        println!("{}", json!({"dry_run": a.dry_run, "plan": plan, "asked": asked}));
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", crate::prune::render(&plan, &policies, a.dry_run));
+    if !a.dry_run {
+        println!("{asked} deletes asked for; follow them with `recman events` or `recman snapshots`");
+    }
+    Ok(ExitCode::SUCCESS)
+}
