@@ -171,6 +171,14 @@ fn inject(c: &Cluster, wave: usize) -> String {
             std::thread::sleep(Duration::from_secs(25));
             let during = c.leader(REQUESTS_QUEUE);
             c.ctl_ok(&["resume", &n.to_string()]);
+            // pause_minority usually heals by itself; under load the majority
+            // may keep the partition recorded: then the operator's remedy,
+            // restarting the app of the node that was cut off.
+            if let Err(seen) = c.healthy_within(Duration::from_secs(30)) {
+                eprintln!("still partitioned 30 s after SIGCONT ({seen}): stop_app/start_app on node {n}");
+                c.ctl_ok(&[&n.to_string(), "stop_app"]);
+                c.ctl_ok(&[&n.to_string(), "start_app"]);
+            }
             c.wait_healthy();
             format!("node {n} (leader of {REQUESTS_QUEUE}) partitioned (SIGSTOP) for 25 s; leader meanwhile {during:?}")
         }
