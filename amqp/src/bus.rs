@@ -11,6 +11,11 @@
 //! generation; publishes that were not confirmed are sent again on it and
 //! consumers subscribe again (their old delivery tags are void: the broker
 //! redelivers those messages).
+//!
+//! A cluster is given as several URLs (one per node): the first connection
+//! goes to the first node that answers, and a reconnection tries the next
+//! node after the one that failed, round the list, so a dead or paused node
+//! (a missed heartbeat) costs one reconnection, not the bus.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,6 +61,12 @@ pub struct AmqpOptions {
     /// certificate (`amqps://` with a private CA); read at every connect.
     /// Without it, the system's CA store.
     pub ca_file: Option<std::path::PathBuf>,
+    /// `x-quorum-initial-group-size` of the queues this bus declares: the
+    /// replicas of each quorum queue in a cluster (3 for a three-node
+    /// cluster). `None` leaves it to the broker (one node: one replica).
+    /// Every process on one broker must use the same value: RabbitMQ refuses
+    /// to declare a queue again with other arguments.
+    pub quorum_group_size: Option<u32>,
 }
 
 impl Default for AmqpOptions {
@@ -68,6 +79,7 @@ impl Default for AmqpOptions {
             connect_timeout: Duration::from_secs(30),
             reconnect_timeout: Duration::from_secs(30),
             ca_file: None,
+            quorum_group_size: None,
         }
     }
 }
@@ -93,6 +105,8 @@ struct Link {
     publisher: Channel,
     /// Counts connections: 0 is the first.
     generation: u64,
+    /// Which of the bus's URLs it goes to.
+    node: usize,
 }
 
 impl Link {
@@ -102,7 +116,8 @@ impl Link {
 }
 
 struct Inner {
-    url: String,
+    /// One URL per broker node (one for a single broker).
+    urls: Vec<String>,
     link: std::sync::RwLock<Arc<Link>>,
     /// The generation of the current link; consumers and publishers wait on it.
     generation: tokio::sync::watch::Sender<u64>,
@@ -123,17 +138,47 @@ impl AmqpBus {
     /// Connects (recovered by `supervise` from then on), opens the publishing channel in
     /// confirm mode and declares the topology when `opts.declare_topology`.
     pub async fn connect(url: &str, opts: AmqpOptions) -> Result<Arc<AmqpBus>, AmqpError> {
-        let redacted = crate::url::redact(url);
+        Self::connect_any(&[url.to_string()], opts).await
+    }
+
+    /// [`AmqpBus::connect`] to a cluster: `urls` names its nodes (one URL
+    /// each). Connects to the first that answers and, when that node goes
+    /// away, to the next.
+    pub async fn connect_any(urls: &[String], opts: AmqpOptions) -> Result<Arc<AmqpBus>, AmqpError> {
+        if urls.is_empty() {
+            return Err(AmqpError::Connect {
+                url: String::new(),
+                reason: "no broker URL given".into(),
+            });
+        }
+        let redacted = urls
+            .iter()
+            .map(|u| crate::url::redact(u))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let scrub = |text: &str| {
+            urls.iter()
+                .fold(text.to_string(), |t, u| crate::url::scrub(&t, u))
+        };
         let connect_err = |e: lapin::Error| AmqpError::Connect {
             url: redacted.clone(),
-            reason: crate::url::scrub(&e.to_string(), url),
+            reason: scrub(&e.to_string()),
         };
         // A broker that is still starting refuses connections: try again
-        // until `connect_timeout`.
+        // (the next node of a cluster) until `connect_timeout`.
         let deadline = Instant::now() + opts.connect_timeout;
+        let mut attempt = 0usize;
         let link = loop {
+            let node = attempt % urls.len();
+            attempt += 1;
             let left = deadline.saturating_duration_since(Instant::now());
-            let err = match tokio::time::timeout(left, open_link(url, &opts, 0)).await {
+            // One node that does not answer must leave time for the others.
+            let left = if urls.len() > 1 {
+                left.min(NODE_CONNECT_TIMEOUT)
+            } else {
+                left
+            };
+            let err = match tokio::time::timeout(left, open_link(&urls[node], &opts, 0, node)).await {
                 Ok(Ok(link)) => break link,
                 Ok(Err(LinkError::CaFile(reason))) => {
                     return Err(AmqpError::Connect {
@@ -152,7 +197,7 @@ impl AmqpBus {
                             reason: format!(
                                 "{} (a broker certificate from a private CA needs its CA file: \
                                  --amqp-ca-file, [amqp] ca_file or RECMAN_AMQP_CA_FILE)",
-                                crate::url::scrub(&e.to_string(), url)
+                                scrub(&e.to_string())
                             ),
                         });
                     }
@@ -160,6 +205,12 @@ impl AmqpBus {
                 }
                 Err(_) => None,
             };
+            if attempt % urls.len() != 0 {
+                // The next node of the cluster at once; a pause after a full round.
+                if Instant::now() < deadline {
+                    continue;
+                }
+            }
             if Instant::now() + CONNECT_RETRY >= deadline {
                 return Err(match err {
                     Some(e) => connect_err(e),
@@ -176,7 +227,7 @@ impl AmqpBus {
         };
         let bus = AmqpBus {
             inner: Arc::new(Inner {
-                url: url.to_string(),
+                urls: urls.to_vec(),
                 link: std::sync::RwLock::new(Arc::new(link)),
                 generation: tokio::sync::watch::channel(0).0,
                 declared: Mutex::new(HashSet::new()),
@@ -190,7 +241,7 @@ impl AmqpBus {
         if bus.inner.opts.declare_topology {
             bus.declare_topology().await.map_err(|e| AmqpError::Topology {
                 url: redacted.clone(),
-                reason: crate::url::scrub(&e.to_string(), url),
+                reason: scrub(&e.to_string()),
             })?;
         }
         Ok(Arc::new(bus))
@@ -204,6 +255,11 @@ impl AmqpBus {
 
     fn link(&self) -> Arc<Link> {
         self.inner.link()
+    }
+
+    /// The URL (redacted) of the node the bus is connected to now.
+    pub fn connected_to(&self) -> String {
+        crate::url::redact(&self.inner.urls[self.link().node])
     }
 
     /// Waits until a link newer than `generation` is up (or the bus is lost,
@@ -263,7 +319,8 @@ impl AmqpBus {
         }
         let limit = self.inner.opts.delivery_limit;
         let ch = self.link().conn.create_channel().await.map_err(broker)?;
-        let args = topology::field_table(&topology::queue_arguments(addr, limit));
+        let group = self.inner.opts.quorum_group_size;
+        let args = topology::field_table(&topology::queue_arguments(addr, limit, group));
         let declared = ch
             .queue_declare(
                 name.as_str().into(),
@@ -483,7 +540,7 @@ impl AmqpBus {
                 name
             }
             Source::Durable { queue, binding } => {
-                let args = topology::field_table(&[("x-queue-type", topology::ArgValue::Str("quorum"))]);
+                let args = topology::field_table(&topology::quorum(self.inner.opts.quorum_group_size));
                 ch.queue_declare(
                     queue.as_str().into(),
                     QueueDeclareOptions {
@@ -542,6 +599,9 @@ impl Bus for AmqpBus {
 
 /// Pause between attempts to connect.
 const CONNECT_RETRY: Duration = Duration::from_millis(500);
+/// How long one node of a cluster may take to accept a connection before
+/// the next is tried.
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum LinkError {
     CaFile(String),
@@ -572,7 +632,7 @@ fn tls_rejection(e: &lapin::Error) -> bool {
 
 /// Opens a connection (without lapin's own recovery) and its confirm-mode
 /// publishing channel.
-async fn open_link(url: &str, opts: &AmqpOptions, generation: u64) -> Result<Link, LinkError> {
+async fn open_link(url: &str, opts: &AmqpOptions, generation: u64, node: usize) -> Result<Link, LinkError> {
     let name = opts.connection_name.clone();
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let conn = match &opts.ca_file {
@@ -594,6 +654,7 @@ async fn open_link(url: &str, opts: &AmqpOptions, generation: u64) -> Result<Lin
         conn,
         publisher,
         generation,
+        node,
     })
 }
 
@@ -621,6 +682,9 @@ impl Inner {
 /// wakes every consumer.
 async fn supervise(inner: std::sync::Weak<Inner>) {
     let mut down_since: Option<Instant> = None;
+    // Attempts since the connection failed: the first goes to the node after
+    // the one that failed (it is likely gone), then round the list.
+    let mut attempt = 0usize;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let Some(inner) = inner.upgrade() else { return };
@@ -630,7 +694,11 @@ async fn supervise(inner: std::sync::Weak<Inner>) {
             continue;
         }
         let since = *down_since.get_or_insert_with(|| {
-            tracing::warn!("the broker connection failed; reconnecting");
+            attempt = 0;
+            tracing::warn!(
+                node = %crate::url::redact(&inner.urls[old.node]),
+                "the broker connection failed; reconnecting"
+            );
             Instant::now()
         });
         if since.elapsed() >= inner.opts.reconnect_timeout {
@@ -643,17 +711,25 @@ async fn supervise(inner: std::sync::Weak<Inner>) {
             return;
         }
         let generation = old.generation + 1;
-        let opened = tokio::time::timeout(
-            Duration::from_secs(10),
-            open_link(&inner.url, &inner.opts, generation),
-        )
-        .await;
+        let n = inner.urls.len();
+        let node = (old.node + 1 + attempt) % n;
+        attempt += 1;
+        let url = &inner.urls[node];
+        let wait = if n > 1 {
+            NODE_CONNECT_TIMEOUT
+        } else {
+            Duration::from_secs(10)
+        };
+        let opened = tokio::time::timeout(wait, open_link(url, &inner.opts, generation, node)).await;
         let link = match opened {
             Ok(Ok(link)) => link,
             Ok(Err(e)) => {
-                let e = crate::url::scrub(&e.to_string(), &inner.url);
-                tracing::debug!(error = %e, "reconnecting: not yet");
-                tokio::time::sleep(CONNECT_RETRY).await;
+                let e = crate::url::scrub(&e.to_string(), url);
+                tracing::debug!(node = %crate::url::redact(url), error = %e, "reconnecting: not yet");
+                // The next node at once; a pause after a full round.
+                if attempt % n == 0 {
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                }
                 continue;
             }
             Err(_) => continue,
@@ -672,7 +748,12 @@ async fn supervise(inner: std::sync::Weak<Inner>) {
                 tracing::warn!(error = %e, "reconnected, but declaring the topology failed");
             }
         }
-        tracing::warn!(generation, down_for = ?since.elapsed(), "reconnected to the broker");
+        tracing::warn!(
+            generation,
+            node = %crate::url::redact(url),
+            down_for = ?since.elapsed(),
+            "reconnected to the broker"
+        );
         down_since = None;
         inner.generation.send_replace(generation);
     }

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Every queue but the subscribers' is a durable quorum queue with
-//! `x-delivery-limit` and `x-dead-letter-exchange = recman.dlx`.
+//! `x-delivery-limit` and `x-dead-letter-exchange = recman.dlx`; on a cluster
+//! also `x-quorum-initial-group-size` (replicas per queue, see `AmqpOptions`).
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::ExchangeKind;
@@ -59,8 +60,14 @@ pub fn route(to: &Address) -> (&'static str, String) {
 /// The queue arguments of `addr` as (name, value) pairs, JSON-friendly.
 /// `delivery_limit` = deliveries after which a message is dead-lettered
 /// (0 = never); RabbitMQ counts returns, so the broker gets `limit - 1`.
-pub fn queue_arguments(addr: &Address, delivery_limit: u32) -> Vec<(&'static str, ArgValue)> {
-    let mut args = vec![("x-queue-type", ArgValue::Str("quorum"))];
+/// `group_size` = `x-quorum-initial-group-size`, the replicas of each queue
+/// in a cluster (`None`: the broker's default; one node needs none).
+pub fn queue_arguments(
+    addr: &Address,
+    delivery_limit: u32,
+    group_size: Option<u32>,
+) -> Vec<(&'static str, ArgValue)> {
+    let mut args = quorum(group_size);
     if *addr == Address::DeadLetters {
         return args;
     }
@@ -70,6 +77,15 @@ pub fn queue_arguments(addr: &Address, delivery_limit: u32) -> Vec<(&'static str
     args.push(("x-dead-letter-exchange", ArgValue::Str(DEAD_LETTER_EXCHANGE)));
     if let Address::Worker(_) = addr {
         args.push(("x-expires", ArgValue::Int(WORKER_QUEUE_EXPIRES_MS)));
+    }
+    args
+}
+
+/// `x-queue-type = quorum`, and the replica count when one is set.
+pub fn quorum(group_size: Option<u32>) -> Vec<(&'static str, ArgValue)> {
+    let mut args = vec![("x-queue-type", ArgValue::Str("quorum"))];
+    if let Some(n) = group_size {
+        args.push(("x-quorum-initial-group-size", ArgValue::Int(i64::from(n))));
     }
     args
 }
@@ -115,7 +131,7 @@ pub fn definitions(vhost: &str, delivery_limit: u32) -> String {
     let mut qs = Vec::new();
     let mut bs = Vec::new();
     for q in core_queues() {
-        let args: Vec<String> = queue_arguments(&q, delivery_limit)
+        let args: Vec<String> = queue_arguments(&q, delivery_limit, None)
             .iter()
             .map(|(k, v)| match v {
                 ArgValue::Str(s) => format!("\"{k}\": \"{s}\""),

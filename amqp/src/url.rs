@@ -91,24 +91,54 @@ pub fn resolve(
     config: Option<&str>,
     password_file: Option<&Path>,
 ) -> Result<String, String> {
-    let env = std::env::var(URL_ENV).ok().filter(|s| !s.is_empty());
-    let url = flag
-        .map(str::to_string)
-        .or_else(|| config.map(str::to_string))
-        .or(env)
-        .ok_or_else(|| {
-            format!("no broker URL: pass --amqp amqp://USER@HOST:5672/VHOST, set {URL_ENV}, or write [amqp] url in the config")
-        })?;
-    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+    let flags: Vec<String> = flag.into_iter().map(str::to_string).collect();
+    let config: Vec<String> = config.into_iter().map(str::to_string).collect();
+    let mut urls = resolve_all(&flags, &config, password_file)?;
+    Ok(urls.swap_remove(0))
+}
+
+/// The broker URLs to use, one per node of a cluster: the flags (`--amqp`
+/// repeated), else the config's (`[amqp] urls` or `url`), else
+/// `RECMAN_AMQP_URL` (several separated by spaces or commas); then the
+/// password from `password_file` put into each. Never empty.
+pub fn resolve_all(
+    flags: &[String],
+    config: &[String],
+    password_file: Option<&Path>,
+) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = if !flags.is_empty() {
+        flags.to_vec()
+    } else if !config.is_empty() {
+        config.to_vec()
+    } else {
+        std::env::var(URL_ENV)
+            .unwrap_or_default()
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    if urls.is_empty() {
         return Err(format!(
-            "the broker URL must start with amqp:// or amqps://: {}",
-            redact(&url)
+            "no broker URL: pass --amqp amqp://USER@HOST:5672/VHOST (once per node of a cluster), \
+             set {URL_ENV}, or write [amqp] url (or urls) in the config"
         ));
     }
-    match password_file {
-        Some(p) => with_password(&url, &read_password_file(p)?),
-        None => Ok(url),
-    }
+    let password = password_file.map(read_password_file).transpose()?;
+    urls.into_iter()
+        .map(|url| {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return Err(format!(
+                    "the broker URL must start with amqp:// or amqps://: {}",
+                    redact(&url)
+                ));
+            }
+            match &password {
+                Some(pw) => with_password(&url, pw),
+                None => Ok(url),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -146,5 +176,21 @@ mod tests {
         assert_eq!(resolve(None, Some("amqp://b@h/v"), None).unwrap(), "amqp://b@h/v");
         let e = resolve(Some("http://u:pw123@h"), None, None).unwrap_err();
         assert!(e.contains("amqp://") && !e.contains("pw123"), "{e}");
+    }
+
+    #[test]
+    fn several_urls_each_get_the_password() {
+        let dir = std::env::temp_dir().join(format!("recman-url-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let flags = vec!["amqp://r@n1/v".to_string(), "amqp://r@n2/v".to_string()];
+        let config = vec!["amqp://r@other/v".to_string()];
+        let urls = resolve_all(&flags, &config, Some(&pw)).unwrap();
+        assert_eq!(urls, vec!["amqp://r:s3cret@n1/v", "amqp://r:s3cret@n2/v"]);
+        assert_eq!(resolve_all(&[], &config, None).unwrap(), config);
+        let e = resolve_all(&["amqp://r@n1/v".into(), "nope".into()], &[], None).unwrap_err();
+        assert!(e.contains("nope"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

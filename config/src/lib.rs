@@ -80,13 +80,19 @@ pub struct Config {
     pub schedules: Vec<Schedule>,
 }
 
-/// `[amqp] url = "amqp://USER@HOST:5672/VHOST"`, `password_file = "…"`,
-/// `ca_file = "…"` (PEM: the CA that signed the broker's certificate, for
-/// `amqps://` with a private CA). The password never goes in the config
-/// itself: keep it in the file.
+/// `[amqp] url = "amqp://USER@HOST:5672/VHOST"` (or `urls = [...]`, one per
+/// node of a cluster), `password_file = "…"`, `ca_file = "…"` (PEM: the CA
+/// that signed the broker's certificate, for `amqps://` with a private CA),
+/// `quorum_group_size = 3` (replicas of each quorum queue). The password
+/// never goes in the config itself: keep it in the file.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AmqpConfig {
+    /// `url`, or the first of `urls`.
     pub url: Option<String>,
+    /// Every broker URL: `urls`, or `url` alone (empty when neither is set).
+    pub urls: Vec<String>,
+    /// `x-quorum-initial-group-size` of the queues (`None`: the default).
+    pub quorum_group_size: Option<u32>,
     pub password_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
 }
@@ -353,15 +359,56 @@ impl Config {
             None => AmqpConfig::default(),
             Some(v) => {
                 let t = cx.table(v, "amqp")?;
-                cx.check_keys(t, "amqp", &["url", "password_file", "ca_file"])?;
-                let url = match cx.string(t, "amqp", "url")? {
-                    Some((u, span)) if !(u.starts_with("amqp://") || u.starts_with("amqps://")) => {
-                        return Err(cx.err(span, "amqp.url", "must start with amqp:// or amqps://"));
+                cx.check_keys(
+                    t,
+                    "amqp",
+                    &["url", "urls", "password_file", "ca_file", "quorum_group_size"],
+                )?;
+                let scheme = |u: &str, span: Range<usize>, key: &str| {
+                    if u.starts_with("amqp://") || u.starts_with("amqps://") {
+                        Ok(())
+                    } else {
+                        Err(cx.err(span, key, "must start with amqp:// or amqps://"))
                     }
-                    other => other.map(|(u, _)| u),
                 };
+                let url = match cx.string(t, "amqp", "url")? {
+                    Some((u, span)) => {
+                        scheme(&u, span, "amqp.url")?;
+                        Some(u)
+                    }
+                    None => None,
+                };
+                let urls = match field(t, "urls") {
+                    None => url.iter().cloned().collect(),
+                    Some(v) => {
+                        if url.is_some() {
+                            return Err(cx.err(
+                                v.span(),
+                                "amqp.urls",
+                                "write either url or urls, not both (urls = [\"amqp://…\", …] lists every node)",
+                            ));
+                        }
+                        let urls = cx.strings(v, "amqp.urls")?;
+                        if urls.is_empty() {
+                            return Err(cx.err(v.span(), "amqp.urls", "must name at least one broker"));
+                        }
+                        for u in &urls {
+                            scheme(u, v.span(), "amqp.urls")?;
+                        }
+                        urls
+                    }
+                };
+                let quorum_group_size = cx.u32(t, "amqp", "quorum_group_size")?;
+                if quorum_group_size == Some(0) {
+                    let span = field(t, "quorum_group_size")
+                        .map(|v| v.span())
+                        .unwrap_or_default();
+                    return Err(cx.err(span, "amqp.quorum_group_size", "must be at least 1"));
+                }
                 AmqpConfig {
-                    url,
+                    url: urls.first().cloned(),
+                    urls,
+                    quorum_group_size,
                     password_file: cx.path(t, "amqp", "password_file")?,
                     ca_file: cx.path(t, "amqp", "ca_file")?,
                 }

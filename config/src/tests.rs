@@ -607,3 +607,23 @@ fn bad_schedule_fields_name_file_line_and_key() {
         "{e}"
     );
 }
+
+#[test]
+fn amqp_urls_name_every_node_of_a_cluster() {
+    let c = parse(
+        "[amqp]\nurls = [\"amqp://r@n1:5672/v\", \"amqp://r@n2:5672/v\", \"amqps://r@n3/v\"]\nquorum_group_size = 3\n",
+    )
+    .unwrap();
+    assert_eq!(c.amqp.urls.len(), 3);
+    assert_eq!(c.amqp.url.as_deref(), Some("amqp://r@n1:5672/v"));
+    assert_eq!(c.amqp.quorum_group_size, Some(3));
+    let one = parse("[amqp]\nurl = \"amqp://r@n1/v\"\n").unwrap();
+    assert_eq!(one.amqp.urls, vec!["amqp://r@n1/v".to_string()]);
+    assert_eq!(one.amqp.quorum_group_size, None);
+    let both = parse("[amqp]\nurl = \"amqp://r@n1/v\"\nurls = [\"amqp://r@n2/v\"]\n").unwrap_err();
+    assert!(both.to_string().contains("either url or urls"), "{both}");
+    let scheme = parse("[amqp]\nurls = [\"amqp://r@n1/v\", \"http://n2\"]\n").unwrap_err();
+    assert!(scheme.to_string().contains("amqp.urls"), "{scheme}");
+    let zero = parse("[amqp]\nurl = \"amqp://r@n1/v\"\nquorum_group_size = 0\n").unwrap_err();
+    assert!(zero.to_string().contains("at least 1"), "{zero}");
+}

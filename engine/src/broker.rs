@@ -1,6 +1,7 @@
 //! Broker options shared by `recman engine`, `worker`, `up` and `bench jobs`:
-//! the URL (flag, config `[amqp] url`, or `RECMAN_AMQP_URL`), the password
-//! file, the CA, and the connection itself.
+//! the URLs (flags, config `[amqp] url`/`urls`, or `RECMAN_AMQP_URL`; one per
+//! node of a cluster), the password file, the CA, the quorum queues'
+//! replicas, and the connection itself.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,11 +11,13 @@ use recman_config::Config;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AmqpArgs {
-    /// Broker URL, `amqp://USER@HOST:5672/VHOST` or `amqps://…` (TLS). Default:
-    /// `[amqp] url` of the config, else $RECMAN_AMQP_URL. Put the password in
-    /// --amqp-password-file rather than in the URL: it is never printed.
+    /// Broker URL, `amqp://USER@HOST:5672/VHOST` or `amqps://…` (TLS); for a
+    /// cluster, once per node: the first that answers is used and, when its
+    /// node goes away, the next. Default: `[amqp] url` (or `urls`) of the
+    /// config, else $RECMAN_AMQP_URL (several separated by spaces). Put the
+    /// password in --amqp-password-file rather than in the URL: it is never printed.
     #[arg(long = "amqp", value_name = "URL")]
-    pub url: Option<String>,
+    pub url: Vec<String>,
     /// File whose first line is the broker password (default: `[amqp] password_file`).
     #[arg(long, value_name = "FILE")]
     pub amqp_password_file: Option<PathBuf>,
@@ -37,28 +40,38 @@ pub struct AmqpArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub amqp_reconnect_timeout: u64,
+    /// Replicas of each quorum queue (`x-quorum-initial-group-size`). Default:
+    /// `[amqp] quorum_group_size`, else 3 when several broker URLs are given
+    /// (a cluster), else the broker's default (one node). Every process on a
+    /// broker must agree: RabbitMQ refuses a queue declared again with another value.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub quorum_group_size: Option<u32>,
 }
 
 impl AmqpArgs {
-    /// The URL with its password, from the flag, the config or the environment.
-    pub fn url(&self, config: Option<&Config>) -> anyhow::Result<String> {
+    /// The URLs with their password, from the flags, the config or the environment.
+    pub fn urls(&self, config: Option<&Config>) -> anyhow::Result<Vec<String>> {
         let cfg = config.map(|c| &c.amqp);
         let pw_file = self
             .amqp_password_file
             .clone()
             .or_else(|| cfg.and_then(|c| c.password_file.clone()));
-        recman_amqp::url::resolve(
-            self.url.as_deref(),
-            cfg.and_then(|c| c.url.as_deref()),
-            pw_file.as_deref(),
-        )
-        .map_err(anyhow::Error::msg)
+        let from_config = cfg.map(|c| c.urls.clone()).unwrap_or_default();
+        recman_amqp::url::resolve_all(&self.url, &from_config, pw_file.as_deref()).map_err(anyhow::Error::msg)
     }
 
-    /// A broker is named (flag, `[amqp] url` or $RECMAN_AMQP_URL).
+    /// The replicas of each quorum queue: the flag, the config, else 3 for a
+    /// cluster (several URLs), else none.
+    pub fn quorum_group_size(&self, config: Option<&Config>, urls: usize) -> Option<u32> {
+        self.quorum_group_size
+            .or_else(|| config.and_then(|c| c.amqp.quorum_group_size))
+            .or((urls > 1).then_some(3))
+    }
+
+    /// A broker is named (flag, `[amqp] url`/`urls` or $RECMAN_AMQP_URL).
     pub fn named(&self, config: &Config) -> bool {
-        self.url.is_some()
-            || config.amqp.url.is_some()
+        !self.url.is_empty()
+            || !config.amqp.urls.is_empty()
             || std::env::var_os(recman_amqp::url::URL_ENV).is_some_and(|v| !v.is_empty())
     }
 
@@ -69,7 +82,7 @@ impl AmqpArgs {
         name: String,
         declare: bool,
     ) -> anyhow::Result<Arc<AmqpBus>> {
-        let url = self.url(config)?;
+        let urls = self.urls(config)?;
         let ca_file = self
             .amqp_ca_file
             .clone()
@@ -81,8 +94,9 @@ impl AmqpArgs {
             declare_topology: declare,
             connect_timeout: std::time::Duration::from_secs(self.amqp_connect_timeout.max(1)),
             reconnect_timeout: std::time::Duration::from_secs(self.amqp_reconnect_timeout.max(1)),
+            quorum_group_size: self.quorum_group_size(config, urls.len()),
             ..Default::default()
         };
-        Ok(AmqpBus::connect(&url, opts).await?)
+        Ok(AmqpBus::connect_any(&urls, opts).await?)
     }
 }

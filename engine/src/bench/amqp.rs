@@ -1,7 +1,9 @@
 //! `recman bench jobs --amqp URL`: whole jobs with the engine in this process
 //! on RabbitMQ (the engine handle: lapin bus + events relay) and N workers as
 //! separate processes; baseline: bare publish-confirm → consume → ack round
-//! trips on the same broker (`super::baseline`).
+//! trips on the same broker (`super::baseline`). `--amqp` once per node runs
+//! on a cluster (queues replicated as `--quorum-group-size` says; the
+//! baseline through the first node, on a queue with as many replicas).
 
 use std::collections::VecDeque;
 use std::io::BufRead;
@@ -84,11 +86,12 @@ impl Names {
 
 pub async fn run(dir: &Path, load: Load, a: &Options) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.workers > 0, "--workers must be at least 1");
-    let url = a.broker.url(None)?;
+    let urls = a.broker.urls(None)?;
+    let url = urls[0].clone();
     let names = Names::new(a.workers);
     let mut workers = Workers::default();
     let result = tokio::select! {
-        r = bench(dir, load, a, &url, &names, &mut workers) => r,
+        r = bench(dir, load, a, &urls, &names, &mut workers) => r,
         _ = crate::signal::stop() => Err(anyhow::anyhow!("interrupted")),
     };
     eprintln!("  cleaning up: stopping the workers, deleting the bench's queues");
@@ -108,10 +111,12 @@ async fn bench(
     dir: &Path,
     load: Load,
     a: &Options,
-    url: &str,
+    urls: &[String],
     names: &Names,
     workers: &mut Workers,
 ) -> anyhow::Result<ExitCode> {
+    let url = urls[0].as_str();
+    let group_size = a.broker.quorum_group_size(None, urls.len());
     // The config: every target in the run's own pool, no-op writer and provider.
     let mut config = closed_loop::config(load.targets, dir, Some(&names.pool))?;
     config.set_data_dir(dir);
@@ -124,8 +129,9 @@ async fn bench(
 
     eprintln!(
         "  measuring the baseline: {RAW_ROUNDTRIPS} sequential round trips, then {RAW_MESSAGES} messages \
-         with {RAW_IN_FLIGHT} confirms in flight (quorum queue {})",
-        names.raw_queue
+         with {RAW_IN_FLIGHT} confirms in flight (quorum queue {}{})",
+        names.raw_queue,
+        group_size.map(|n| format!(", {n} replicas")).unwrap_or_default()
     );
     let RawFigures {
         roundtrip_p50_us: raw_rt_p50_us,
@@ -134,6 +140,7 @@ async fn bench(
         url,
         a.broker.amqp_ca_file.as_deref(),
         &names.raw_queue,
+        group_size,
         RAW_ROUNDTRIPS,
         RAW_MESSAGES,
         RAW_IN_FLIGHT,
@@ -161,7 +168,7 @@ async fn bench(
 
     let exe = std::env::current_exe().context("finding the recman executable for the workers")?;
     for id in &names.workers {
-        workers.spawn(&exe, dir, &config_path, url, &names.pool, id, a)?;
+        workers.spawn(&exe, dir, &config_path, &urls.join(" "), &names.pool, id, a)?;
     }
     workers.wait_started(Duration::from_secs(60)).await?;
 
@@ -206,7 +213,7 @@ async fn bench(
         .await?;
     eprintln!(
         "bench jobs: {} jobs over {} targets ({} in flight), {} log in {}, engine here, {} worker \
-         processes (pool {}), broker {}",
+         processes (pool {}), broker {}{}",
         load.jobs,
         load.targets,
         load.targets,
@@ -214,7 +221,13 @@ async fn bench(
         dir.display(),
         a.workers,
         names.pool,
-        recman_amqp::url::redact(url),
+        urls.iter()
+            .map(|u| recman_amqp::url::redact(u))
+            .collect::<Vec<_>>()
+            .join(" "),
+        group_size
+            .map(|n| format!(" (quorum queues of {n} replicas)"))
+            .unwrap_or_default(),
     );
 
     let driven = drive(&engine.caller(), load.jobs, load.targets).await;
@@ -245,8 +258,13 @@ async fn bench(
     let raw = disk_baseline(dir, "disk baseline").await?;
     Report {
         title: format!(
-            "recman bench jobs ({} backend, RabbitMQ, {} targets, {} worker processes)",
+            "recman bench jobs ({} backend, RabbitMQ{}, {} targets, {} worker processes)",
             load.backend.as_str(),
+            if urls.len() > 1 {
+                format!(" cluster of {}", urls.len())
+            } else {
+                String::new()
+            },
             load.targets,
             a.workers
         ),
@@ -260,8 +278,9 @@ async fn bench(
         backend: load.backend,
         targets: load.targets,
         extra_kv: format!(
-            " raw_roundtrip_p50_us={raw_rt_p50_us} raw_msgs_per_s={raw_msgs_per_s:.0} workers={}",
-            a.workers
+            " raw_roundtrip_p50_us={raw_rt_p50_us} raw_msgs_per_s={raw_msgs_per_s:.0} workers={} brokers={}",
+            a.workers,
+            urls.len()
         ),
     }
     .print(&stats);
@@ -302,7 +321,7 @@ impl Workers {
         exe: &Path,
         dir: &Path,
         config: &Path,
-        url: &str,
+        urls: &str,
         pool: &str,
         id: &str,
         a: &Options,
@@ -320,8 +339,8 @@ impl Workers {
             .arg(a.worker_prefetch.to_string())
             .arg("--delivery-limit")
             .arg(a.broker.delivery_limit.to_string())
-            // The URL (with its password) through the environment, not argv.
-            .env(recman_amqp::url::URL_ENV, url);
+            // The URLs (with their password) through the environment, not argv.
+            .env(recman_amqp::url::URL_ENV, urls);
         if let Some(ca) = &a.broker.amqp_ca_file {
             cmd.arg("--amqp-ca-file").arg(ca);
         }

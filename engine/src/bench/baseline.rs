@@ -42,12 +42,21 @@ pub async fn raw(
     url: &str,
     ca_file: Option<&std::path::Path>,
     queue: &str,
+    group_size: Option<u32>,
     roundtrips: usize,
     messages: usize,
     in_flight: usize,
 ) -> Result<RawFigures, BaselineError> {
     let conn = connect(url, ca_file, Duration::from_secs(30)).await?;
-    let result = raw_on(&conn, queue, roundtrips.max(1), messages, in_flight.max(1)).await;
+    let result = raw_on(
+        &conn,
+        queue,
+        group_size,
+        roundtrips.max(1),
+        messages,
+        in_flight.max(1),
+    )
+    .await;
     if let Ok(ch) = conn.create_channel().await {
         let _ = ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
     }
@@ -85,6 +94,7 @@ async fn connect(
 async fn raw_on(
     conn: &Connection,
     queue: &str,
+    group_size: Option<u32>,
     roundtrips: usize,
     messages: usize,
     in_flight: usize,
@@ -101,6 +111,12 @@ async fn raw_on(
         .map_err(err)?;
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    if let Some(n) = group_size {
+        args.insert(
+            "x-quorum-initial-group-size".into(),
+            AMQPValue::LongLongInt(n.into()),
+        );
+    }
     sub.queue_declare(
         queue.into(),
         QueueDeclareOptions {

@@ -58,7 +58,7 @@ pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
         targets: a.targets,
         backend: a.backend,
     };
-    let result = if a.amqp.broker.url.is_some() {
+    let result = if !a.amqp.broker.url.is_empty() {
         super::amqp::run(&dir, load, &a.amqp).await
     } else {
         bench(&dir, load).await
