@@ -1,7 +1,7 @@
 //! `decide`: from state and one input, the facts (events) that follow. Pure; never
 //! produces an event that `evolve` cannot apply.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use recman_events::{
     legacy_snapshot_name, snapshot_name, Event, EventBody, JobId, Outcome, Report, RequestId, SnapshotInfo,
@@ -1195,7 +1195,7 @@ impl Decider<'_> {
                 missed: 1,
                 reason: format!("refused: {code}: {message}"),
             }),
-            Reply::None => {}
+            Reply::None | Reply::Pruning { .. } => {}
         }
     }
 
