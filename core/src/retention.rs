@@ -147,7 +147,7 @@ impl Verdict {
 /// keeps it; the newest point is always kept.
 pub fn evaluate(policy: &RetentionPolicy, points: &[Point]) -> Vec<Verdict> {
     let mut sorted: Vec<&Point> = points.iter().collect();
-    sorted.sort_by(|a, b| (b.at_ms, b.job).cmp(&(a.at_ms, a.job)));
+    sorted.sort_by_key(|b| std::cmp::Reverse((b.at_ms, b.job)));
     let newest = sorted.first().map(|p| p.at_ms).unwrap_or(0);
     let newest_verified = sorted.iter().find(|p| p.verified).map(|p| p.job);
     let mut tiers: Vec<Tier> = [
@@ -336,7 +336,7 @@ pub fn plan(
                 deleting: true,
             });
         }
-        v.sort_by(|a, b| (b.at_ms, b.job).cmp(&(a.at_ms, a.job)));
+        v.sort_by_key(|b| std::cmp::Reverse((b.at_ms, b.job)));
         v
     };
     let members = |job: &JobId, t: &TargetId| -> Vec<TargetId> {
