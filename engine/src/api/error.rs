@@ -24,6 +24,7 @@ pub const CODES: &[&str] = &[
     "unauthorized",
     "not_found",
     "job_not_found",
+    "schedule_not_found",
     "method_not_allowed",
     "job_finished",
     "job_id_in_use",
