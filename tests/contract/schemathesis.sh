@@ -58,6 +58,8 @@ write_recman_config() {
       printf '[target.writer]\ntype = "exec"\nfreeze = ["true"]\nthaw = ["true"]\n'
       printf '[target.provider]\ntype = "exec"\ncreate = %s\ndelete = ["true"]\n\n' "$create"
     done
+    # A schedule that never fires during the run, to pause and resume.
+    printf '[[schedule]]\nid = "contract-nightly"\ntargets = ["fast-1"]\ncron = "0 2 * * *"\n'
   } >"$dir/recman.toml"
 }
 
@@ -91,6 +93,11 @@ values = [${values%, }]
 
 [parameters]
 "body.targets[*]" = { dictionary = "targets", probability = 1.0 }
+
+# The configured schedule, so pause and resume reach the engine.
+[[operations]]
+include-operation-id = ["pauseSchedule", "resumeSchedule"]
+parameters = { "path.id" = "contract-nightly" }
 
 # Event streams are live: read each for at most half a second.
 [[operations]]
