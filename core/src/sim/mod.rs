@@ -467,10 +467,18 @@ impl Sim {
     }
 }
 
+/// Bounds on the simulation's schedules and RPOs (see [`sim_schedules`]).
+const MAX_SIM_SCHEDULES: usize = 300;
+const MAX_SIM_RPOS: usize = 300;
+
 /// The simulation's schedules: every third target on its own schedule
 /// (intervals of a few virtual seconds, so firings overlap running jobs;
 /// both overlap and catch-up rules, some jitter), a consistency group, a
-/// minutely cron in Europe/Berlin; every fourth target with an RPO.
+/// minutely cron in Europe/Berlin; every fourth target with an RPO. At most
+/// [`MAX_SIM_SCHEDULES`] schedules and [`MAX_SIM_RPOS`] RPOs: the core looks
+/// at every schedule and RPO at each timer (see the issue note on indexing
+/// their due times), which a fleet of 100 000 targets all on schedules of a
+/// few seconds would turn into the whole run.
 fn sim_schedules(
     ids: &[TargetId],
     arrays: usize,
@@ -479,12 +487,12 @@ fn sim_schedules(
 ) -> Vec<Schedule> {
     let mut out = Vec::new();
     for (i, t) in ids.iter().enumerate() {
-        if i % 4 == 1 {
+        if i % 4 == 1 && i / 4 < MAX_SIM_RPOS {
             if let Some(p) = targets.get_mut(t) {
                 p.rpo_ms = Some(30_000);
             }
         }
-        if i % 3 != 0 {
+        if i % 3 != 0 || out.len() >= MAX_SIM_SCHEDULES {
             continue;
         }
         let Ok(when) = Calendar::every(3_000 + 2_000 * (i as u64 % 4)) else {
