@@ -163,13 +163,16 @@ CTL
 rmqc_stop() {
   [ -n "${RMQC_DIR:-}" ] || return 0
   echo "== stopping the private RabbitMQ cluster in $RMQC_DIR"
-  local i p
+  local i p stoppers=()
   for i in 1 2 3; do
     p=$(cat "$RMQC_DIR/n$i/rabbitmq.pid" 2>/dev/null) || continue
     kill -CONT "$p" 2>/dev/null || true
     ("$RMQC_DIR/ctl" stop "$i" || kill -KILL "$p" 2>/dev/null) &
+    stoppers+=($!)
   done
-  wait
+  # Only these: a bare `wait` in tests/run's shell would also wait for the
+  # single node's server, started in the background by the same shell.
+  if [ ${#stoppers[@]} -gt 0 ]; then wait "${stoppers[@]}" || true; fi
   for i in 1 2 3; do
     p=$(cat "$RMQC_DIR/n$i/rabbitmq.pid" 2>/dev/null) || continue
     for _ in $(seq 1 40); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
