@@ -66,6 +66,14 @@ impl Watchdogs {
         }
     }
 
+    /// The writer's freeze of `key` returned at `at`: the freeze window
+    /// starts there (the timer, armed before the freeze, keeps its deadline).
+    pub fn frozen(&self, target: &TargetId, key: AttemptKey, at: Instant) {
+        if let Some(e) = self.lock().get_mut(target).filter(|e| e.armed.key == key) {
+            e.armed.frozen_at = at;
+        }
+    }
+
     /// The thaw came: the watchdog of `target` is stopped and returned.
     pub fn take(&self, target: &TargetId) -> Option<Armed> {
         let e = self.lock().remove(target)?;

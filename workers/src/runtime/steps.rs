@@ -85,6 +85,10 @@ impl Shared {
             .freeze(&Self::ctx(t, cmd))
             .await
             .map(|()| deadline_ms);
+        if result.is_ok() {
+            // The window starts when the freeze returned, as in the host state.
+            self.watchdogs.frozen(t, key, Instant::now());
+        }
         host.memory.record_freeze(key, result.clone(), clock::now_ms());
         if let Err(e) = self.save_state(&host).await {
             // The hold is recorded: a redelivery still gets this attempt's deadline.
