@@ -55,6 +55,11 @@ mod host;
 pub use host::HookProgram;
 mod schedule;
 pub use recman_core::schedule::Schedule;
+mod notify;
+pub use notify::{
+    redact_url, EmailConfig, NotifyConfig, SecretFile, SinkConfig, SmtpSecurity, WebhookConfig,
+    DEFAULT_NOTIFY_EVENTS, NOTIFY_KINDS,
+};
 mod linux;
 pub use linux::{
     BtrfsConfig, FsFreezeConfig, PostgresConfig, Qcow2Config, DEFAULT_PG_TIMEOUT, DEFAULT_STATE_DIR,
@@ -78,6 +83,8 @@ pub struct Config {
     pub hooks: Vec<HookProgram>,
     /// `[[schedule]]`s, in file order.
     pub schedules: Vec<Schedule>,
+    /// `[[notify]]` sinks, in file order (`config/src/notify.rs`).
+    pub notify: Vec<NotifyConfig>,
 }
 
 /// `[amqp] url = "amqp://USER@HOST:5672/VHOST"` (or `urls = [...]`, one per
@@ -311,7 +318,7 @@ impl Config {
         cx.check_keys(
             root,
             "",
-            &["engine", "worker", "array", "target", "api", "amqp", "schedule"],
+            &["engine", "worker", "array", "target", "api", "amqp", "schedule", "notify"],
         )?;
         let api = api::parse(&cx, root)?;
 
@@ -440,9 +447,11 @@ impl Config {
             }
         }
         let schedules = schedule::schedules(&cx, root, &targets)?;
+        let notify = notify::sinks(&cx, root)?;
         Ok(Config {
             path: path.to_path_buf(),
             schedules,
+            notify,
             engine,
             worker,
             targets,
