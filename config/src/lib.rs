@@ -58,7 +58,7 @@ pub use recman_core::schedule::Schedule;
 mod notify;
 pub use notify::{
     redact_url, EmailConfig, NotifyConfig, SecretFile, SinkConfig, SmtpSecurity, WebhookConfig,
-    DEFAULT_NOTIFY_EVENTS, NOTIFY_KINDS,
+    DEFAULT_NOTIFY_EVENTS, MAX_NOTIFY_BACKOFF, NOTIFY_KINDS,
 };
 mod linux;
 pub use linux::{
@@ -318,7 +318,9 @@ impl Config {
         cx.check_keys(
             root,
             "",
-            &["engine", "worker", "array", "target", "api", "amqp", "schedule", "notify"],
+            &[
+                "engine", "worker", "array", "target", "api", "amqp", "schedule", "notify",
+            ],
         )?;
         let api = api::parse(&cx, root)?;
 

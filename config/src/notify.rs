@@ -250,11 +250,7 @@ pub(crate) fn sinks(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<Vec<NotifyConfig>
         let stray = |keys: &[&str]| -> Result<(), ConfigError> {
             for k in keys {
                 if let Some(v) = field(t, k) {
-                    return Err(cx.err(
-                        v.span(),
-                        &join(&key, k),
-                        format!("not a key of a {kind} sink"),
-                    ));
+                    return Err(cx.err(v.span(), &join(&key, k), format!("not a key of a {kind} sink")));
                 }
             }
             Ok(())
@@ -289,7 +285,8 @@ pub(crate) fn sinks(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<Vec<NotifyConfig>
                         ))
                     }
                 };
-                let (smtp, smtp_span) = cx.required(cx.string(t, &key, "smtp")?, item.span(), &key, "smtp")?;
+                let (smtp, smtp_span) =
+                    cx.required(cx.string(t, &key, "smtp")?, item.span(), &key, "smtp")?;
                 let default_port = match tls {
                     SmtpSecurity::StartTls => 587,
                     SmtpSecurity::Tls => 465,
@@ -317,7 +314,8 @@ pub(crate) fn sinks(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<Vec<NotifyConfig>
                         "a password is never sent without TLS: use starttls or tls",
                     ));
                 }
-                let (from, from_span) = cx.required(cx.string(t, &key, "from")?, item.span(), &key, "from")?;
+                let (from, from_span) =
+                    cx.required(cx.string(t, &key, "from")?, item.span(), &key, "from")?;
                 check_address(&from).map_err(|m| cx.err(from_span, &join(&key, "from"), m))?;
                 let tkey = join(&key, "to");
                 let Some(tv) = field(t, "to") else {
@@ -482,9 +480,15 @@ mod tests {
         assert_eq!(n.id, "ops");
         assert_eq!(n.events, ["failed", "rpo_breached", "prune_failed"]);
         assert_eq!(n.summary_at_min, None);
-        let SinkConfig::Webhook(w) = &n.kind else { panic!("{n:?}") };
+        let SinkConfig::Webhook(w) = &n.kind else {
+            panic!("{n:?}")
+        };
         assert_eq!(w.secret.path, std::path::Path::new("/etc/recman/hook-secret"));
-        assert!(w.secret.at.starts_with("/etc/recman/recman.toml:5:"), "{}", w.secret.at);
+        assert!(
+            w.secret.at.starts_with("/etc/recman/recman.toml:5:"),
+            "{}",
+            w.secret.at
+        );
         assert!(w.secret.at.ends_with("notify[0].secret_file"), "{}", w.secret.at);
     }
 
@@ -499,8 +503,13 @@ mod tests {
         let n = &c.notify[0];
         assert_eq!(n.summary_at_min, Some(8 * 60 + 30));
         assert_eq!(n.events, ["failed", "verify_failed"]);
-        let SinkConfig::Email(e) = &n.kind else { panic!("{n:?}") };
-        assert_eq!((e.host.as_str(), e.port, e.tls), ("smtp.example.com", 587, SmtpSecurity::StartTls));
+        let SinkConfig::Email(e) = &n.kind else {
+            panic!("{n:?}")
+        };
+        assert_eq!(
+            (e.host.as_str(), e.port, e.tls),
+            ("smtp.example.com", 587, SmtpSecurity::StartTls)
+        );
     }
 
     #[test]
@@ -536,7 +545,9 @@ mod tests {
 
     #[test]
     fn errors_and_logs_never_show_the_url_path_or_the_secret() {
-        let e = parse(&WEBHOOK.replace("https://hooks", "ftp://hooks")).unwrap_err().to_string();
+        let e = parse(&WEBHOOK.replace("https://hooks", "ftp://hooks"))
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("token=abc"), "{e}");
         assert_eq!(
             super::redact_url("https://user:pw@hooks.example.com:8443/p?token=abc"),
@@ -547,10 +558,15 @@ mod tests {
     #[test]
     fn a_missing_secret_file_is_named_with_its_config_line() {
         let c = parse(WEBHOOK).unwrap();
-        let SinkConfig::Webhook(w) = &c.notify[0].kind else { panic!() };
+        let SinkConfig::Webhook(w) = &c.notify[0].kind else {
+            panic!()
+        };
         let e = w.secret.read().unwrap_err();
         assert!(e.starts_with("/etc/recman/recman.toml:5:"), "{e}");
-        assert!(e.contains("notify[0].secret_file") && e.contains("/etc/recman/hook-secret"), "{e}");
+        assert!(
+            e.contains("notify[0].secret_file") && e.contains("/etc/recman/hook-secret"),
+            "{e}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("s");
         std::fs::write(&f, "s3cret\n").unwrap();
