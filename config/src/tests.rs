@@ -369,6 +369,22 @@ fn the_shipped_example_parses() {
     assert_eq!(c.targets[0].freeze_limit, Duration::from_secs(5));
 }
 
+/// The README's walk-through ("protect a PostgreSQL every night") is this
+/// file, and it loads: schedule, RPO, retention tiers, a webhook.
+#[test]
+fn the_postgres_walk_through_parses_and_is_the_readme_s() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/postgres-nightly.toml");
+    let c = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let t = &c.targets[0];
+    assert_eq!(t.rpo, Some(Duration::from_secs(26 * 3600)));
+    assert_eq!(t.retention.keep_daily, Some(7));
+    assert_eq!(c.schedules[0].targets, [t.id.clone()]);
+    assert_eq!(c.notify[0].summary_at_min, Some(7 * 60));
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(readme.contains(&text), "README's walk-through and {path} differ");
+}
+
 /// Issue 12 item 12: configs that cannot work are refused with file, line and key.
 #[test]
 fn configs_that_cannot_work_are_refused() {

@@ -13,6 +13,7 @@ pub mod client;
 pub mod demo;
 pub mod handle;
 pub mod home;
+pub mod notify;
 pub mod preflight;
 pub mod prune;
 pub mod render;

@@ -19,6 +19,8 @@ pub struct Stats {
     append: Mutex<Histogram>,
     pub redeliveries: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// The notifier's counters, once it runs (`[[notify]]`).
+    pub notify: std::sync::OnceLock<Arc<recman_notify::Metrics>>,
 }
 
 impl Default for Stats {
@@ -27,6 +29,7 @@ impl Default for Stats {
             append: Mutex::new(Histogram::new(APPEND_BUCKETS)),
             redeliveries: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
+            notify: std::sync::OnceLock::new(),
         }
     }
 }
@@ -64,6 +67,9 @@ impl Stats {
             "recman_bus_dead_letters_total {}",
             self.dead_letters.load(Ordering::Relaxed)
         );
+        if let Some(n) = self.notify.get() {
+            n.render(out);
+        }
     }
 }
 

@@ -48,8 +48,11 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             true,
         )
         .await?;
+    let log = recman_events::log::open_detected(&g.data_dir, recman_events::Backend::Redb)?;
+    // Before the engine: what it records from its start on is notified.
+    let notifier = crate::notify::start(&config, log.clone())?;
     let builder = Engine::builder(&config)
-        .data_dir(&g.data_dir)
+        .log(log)
         .bus(bus as std::sync::Arc<dyn Bus>)
         .no_workers();
     let builder = if a.no_relay {
@@ -74,6 +77,9 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         _ = crate::signal::stop() => Ok(()),
     };
     let stopped = engine.shutdown(Drain::Skip).await;
+    if let Some(n) = notifier {
+        n.stop(crate::notify::STOP_GRACE).await;
+    }
     if let Ok(s) = &stopped {
         if let Some(Err(e)) = &s.relay {
             eprintln!("error: {e}");

@@ -168,6 +168,11 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             Err(e) => tracing::warn!("preflight: {e:#}"),
         }
     });
+    // Before the engine: what it records from its start on is notified.
+    let notifier = crate::notify::start(&config, log.clone())?;
+    if let Some(n) = &notifier {
+        let _ = stats.notify.set(n.metrics());
+    }
     let mut engine = Engine::builder(&config)
         .log(log.clone())
         .bus(bus.clone())
@@ -271,6 +276,9 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     follower.abort();
     readiness.abort();
     dl_task.abort();
+    if let Some(n) = notifier {
+        n.stop(crate::notify::STOP_GRACE).await;
+    }
     if let Some(m) = &memory {
         m.close();
     }

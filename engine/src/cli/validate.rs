@@ -43,6 +43,11 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    // Notifications go out from the engine's host: their secrets must be readable here.
+    if let Err(e) = crate::notify::check_secrets(&cfg) {
+        eprintln!("{e}");
+        return Ok(ExitCode::from(1));
+    }
     if !a.engine {
         let pools = local_pools(&cfg);
         if let Err(e) = crate::home::check_host(&cfg, pools.as_deref(), Some(&g.data_dir)) {
