@@ -378,7 +378,7 @@ fn the_postgres_walk_through_parses_and_is_the_readme_s() {
     let t = &c.targets[0];
     assert_eq!(t.rpo, Some(Duration::from_secs(26 * 3600)));
     assert_eq!(t.retention.keep_daily, Some(7));
-    assert_eq!(c.schedules[0].targets, [t.id.clone()]);
+    assert_eq!(c.schedules[0].targets, std::slice::from_ref(&t.id));
     assert_eq!(c.notify[0].summary_at_min, Some(7 * 60));
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let text = std::fs::read_to_string(path).unwrap();
