@@ -8,6 +8,7 @@ use recman_events::{
     SnapshotRequest, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
 };
 
+use crate::due::DueIndex;
 use crate::evolve::apply_job;
 use crate::policy::CoreConfig;
 use crate::retention::{self, RetentionPolicy};
@@ -209,10 +210,24 @@ pub fn decide(
     input: &Input,
     now_ms: u64,
 ) -> (Vec<Event>, Reply) {
+    decide_indexed(state, cfg, None, rng, input, now_ms)
+}
+
+/// [`decide`], a timer looking only at the schedules and RPOs `due` says
+/// fell due (`None`: at every one; the decisions are the same).
+pub fn decide_indexed(
+    state: &State,
+    cfg: &CoreConfig,
+    due: Option<&DueIndex>,
+    rng: &mut Rng,
+    input: &Input,
+    now_ms: u64,
+) -> (Vec<Event>, Reply) {
     let mutation = cfg.mutation;
     let mut d = Decider {
         state,
         cfg,
+        due,
         rng,
         now: now_ms,
         mutation,
@@ -268,6 +283,8 @@ pub fn decide(
 struct Decider<'a> {
     state: &'a State,
     cfg: &'a CoreConfig,
+    /// The due schedules and RPOs (see `due`); `None`: look at all.
+    due: Option<&'a DueIndex>,
     rng: &'a mut Rng,
     now: u64,
     mutation: Option<Mutation>,
@@ -1131,7 +1148,16 @@ impl Decider<'_> {
     /// Schedules and RPOs at a timer (`start`: also their config changes).
     fn policies(&mut self, start: bool) {
         let refire = self.mutation == Some(Mutation::RefireSlots);
-        for p in schedule::plan(self.state, self.cfg, self.now, start, refire) {
+        // At start every schedule and RPO is looked at (config changes);
+        // the mutation ignores recorded slots, which the index does not.
+        let (sched, rpo) = match self.due {
+            Some(ix) if !start && !refire => {
+                let (s, r) = ix.due(self.now);
+                (Some(s), Some(r))
+            }
+            _ => (None, None),
+        };
+        for p in schedule::plan(self.state, self.cfg, self.now, start, refire, sched.as_deref()) {
             match p {
                 Plan::Changed { schedule, spec } => {
                     self.push_none(EventBody::ScheduleChanged { schedule, spec })
@@ -1156,7 +1182,7 @@ impl Decider<'_> {
             }
         }
         let completed = self.completed_targets();
-        for p in schedule::rpo_plan(self.state, self.cfg, self.now, start) {
+        for p in schedule::rpo_plan(self.state, self.cfg, self.now, start, rpo.as_deref()) {
             match p {
                 RpoPlan::Changed { target, rpo_ms } => {
                     self.push_none(EventBody::RpoChanged { target, rpo_ms })

@@ -9,6 +9,7 @@
 //! (`tests/run` checks `cargo tree`).
 
 pub mod decide;
+pub mod due;
 pub mod effects;
 pub mod evolve;
 pub mod policy;
@@ -20,7 +21,9 @@ pub mod state;
 pub mod verify;
 pub mod worker;
 
-pub use decide::{attempt_snapshot_name, decide, Input, Mutation, Reply, MAX_PRUNE_TRIES, MAX_THAW_TRIES};
+pub use decide::{
+    attempt_snapshot_name, decide, decide_indexed, Input, Mutation, Reply, MAX_PRUNE_TRIES, MAX_THAW_TRIES,
+};
 pub use effects::{effects, recover_commands, Destination, Outgoing};
 pub use evolve::evolve;
 pub use policy::{CoreConfig, JobPolicy, TargetPolicy};
@@ -54,16 +57,16 @@ pub struct Core {
     cfg: CoreConfig,
     state: State,
     rng: Rng,
+    /// When each schedule and RPO falls due, kept as events fold in.
+    due: due::DueIndex,
 }
 
 impl Core {
     pub fn new(cfg: CoreConfig) -> Self {
         let rng = Rng::new(cfg.seed);
-        Core {
-            cfg,
-            state: State::default(),
-            rng,
-        }
+        let state = State::default();
+        let due = due::DueIndex::build(&state, &cfg);
+        Core { cfg, state, rng, due }
     }
 
     /// A core with a deliberate bug (the simulator's self-test).
@@ -75,7 +78,14 @@ impl Core {
     /// Decides, folds each event in and collects its effects. The caller makes
     /// `events` durable before sending `commands`.
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Step {
-        let (mut events, reply) = decide(&self.state, &self.cfg, &mut self.rng, &input, now_ms);
+        let (mut events, reply) = decide_indexed(
+            &self.state,
+            &self.cfg,
+            Some(&self.due),
+            &mut self.rng,
+            &input,
+            now_ms,
+        );
         let mut commands = Vec::new();
         for e in &events {
             self.fold(e);
@@ -139,10 +149,12 @@ impl Core {
         if self.cfg.mutation == Some(Mutation::CatalogKeepsDeleted) {
             if let recman_events::EventBody::SnapshotDeleted { .. } = &e.body {
                 self.state.applied += 1;
+                self.due.observe(&self.state, &self.cfg, e);
                 return;
             }
         }
         evolve(&mut self.state, e);
+        self.due.observe(&self.state, &self.cfg, e);
     }
 
     /// The commands, with the sending's deliberate bug when asked for.
@@ -169,11 +181,42 @@ impl Core {
 
     /// The earliest timer: a job's, a schedule's slot or an RPO's.
     pub fn next_deadline(&self) -> Option<u64> {
-        let policy = schedule::next_due(&self.state, &self.cfg);
-        [next_deadline(&self.state), policy, verify::next_due(&self.state)]
+        [next_deadline(&self.state), self.due.first(), verify::next_due(&self.state)]
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// Whether the due-time index holds what a look at every schedule and
+    /// RPO gives (tests replay simulated logs through it): the first
+    /// difference otherwise.
+    pub fn due_index_agrees(&self) -> Result<(), String> {
+        for (i, s) in self.cfg.schedules.iter().enumerate() {
+            let (ix, full) = (
+                self.due.get(&due::DueKey::Schedule(i)),
+                schedule::schedule_due(&self.state, s),
+            );
+            if ix != full {
+                return Err(format!("schedule {}: index {ix:?}, full scan {full:?}", s.id));
+            }
+        }
+        for (t, p) in &self.cfg.targets {
+            let full = p.rpo_ms.and_then(|r| schedule::rpo_due(&self.state, t, r));
+            let ix = self.due.get(&due::DueKey::Rpo(t.clone()));
+            if ix != full {
+                return Err(format!("rpo of {t}: index {ix:?}, full scan {full:?}"));
+            }
+        }
+        let full = schedule::next_due(&self.state, &self.cfg);
+        if self.due.first() != full {
+            return Err(format!("first: index {:?}, full scan {full:?}", self.due.first()));
+        }
+        Ok(())
+    }
+
+    /// The due-time index of schedules and RPOs.
+    pub fn due_index(&self) -> &due::DueIndex {
+        &self.due
     }
 
     pub fn state(&self) -> &State {

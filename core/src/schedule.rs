@@ -373,12 +373,12 @@ pub fn last_good_ms(state: &State, t: &TargetId) -> Option<u64> {
 
 /// Whether the schedule's config is the one recorded (a changed one waits
 /// for `Input::Start` to record it).
-fn current<'a>(state: &'a State, s: &Schedule) -> Option<&'a ScheduleState> {
+fn current<'a>(state: &'a State, s: &Schedule, spec: &str) -> Option<&'a ScheduleState> {
     state
         .book
         .schedules
         .get(&s.id)
-        .filter(|st| st.spec == s.spec() && st.paused.is_none())
+        .filter(|st| st.spec == spec && st.paused.is_none())
 }
 
 /// Whether the schedule's previous job still runs.
@@ -394,7 +394,12 @@ fn running(state: &State, st: &ScheduleState) -> Option<JobId> {
 /// When the schedule must be looked at next: its queued slot once the
 /// running job ended, or its next slot plus jitter.
 pub fn schedule_due(state: &State, s: &Schedule) -> Option<u64> {
-    let st = current(state, s)?;
+    schedule_due_spec(state, s, &s.spec())
+}
+
+/// [`schedule_due`] with the schedule's spec computed already.
+pub fn schedule_due_spec(state: &State, s: &Schedule, spec: &str) -> Option<u64> {
+    let st = current(state, s, spec)?;
     if st.queued_slot_ms.is_some() && running(state, st).is_none() {
         // The running job ended: the queued slot fires at once.
         return Some(0);
@@ -417,7 +422,8 @@ pub fn rpo_due(state: &State, t: &TargetId, rpo_ms: u64) -> Option<u64> {
     Some(anchor.saturating_add(rpo_ms))
 }
 
-/// The earliest policy timer (schedules and RPOs).
+/// The earliest policy timer (schedules and RPOs), by looking at every one:
+/// the reference `due::DueIndex` is checked against (`Core` uses the index).
 pub fn next_due(state: &State, cfg: &CoreConfig) -> Option<u64> {
     let sched = cfg.schedules.iter().filter_map(|s| schedule_due(state, s));
     let rpo = cfg
@@ -454,7 +460,16 @@ pub enum Plan {
 
 /// The schedules' decisions at `now` (`start`: also record config changes).
 /// With `refire` (the `RefireSlots` mutation) the recorded slots are ignored.
-pub fn plan(state: &State, cfg: &CoreConfig, now: u64, start: bool, refire: bool) -> Vec<Plan> {
+/// `only`: the schedules to look at (indices in config order, the due ones
+/// from `due::DueIndex`); `None` looks at every one.
+pub fn plan(
+    state: &State,
+    cfg: &CoreConfig,
+    now: u64,
+    start: bool,
+    refire: bool,
+    only: Option<&[usize]>,
+) -> Vec<Plan> {
     let mut out = Vec::new();
     if start {
         for s in &cfg.schedules {
@@ -475,8 +490,19 @@ pub fn plan(state: &State, cfg: &CoreConfig, now: u64, start: bool, refire: bool
             }
         }
     }
-    for (i, s) in cfg.schedules.iter().enumerate() {
-        let Some(st) = current(state, s) else { continue };
+    let all: Vec<usize>;
+    let look = match only {
+        Some(o) => o,
+        None => {
+            all = (0..cfg.schedules.len()).collect();
+            &all
+        }
+    };
+    for &i in look {
+        let Some(s) = cfg.schedules.get(i) else { continue };
+        let Some(st) = current(state, s, &s.spec()) else {
+            continue;
+        };
         if let (Some(q), None) = (st.queued_slot_ms, running(state, st)) {
             out.push(Plan::Fire {
                 schedule: i,
@@ -601,7 +627,15 @@ pub enum RpoPlan {
 }
 
 /// The RPO decisions at `now` (`start`: also record config changes).
-pub fn rpo_plan(state: &State, cfg: &CoreConfig, now: u64, start: bool) -> Vec<RpoPlan> {
+/// `only`: the targets to look at (sorted, from `due::DueIndex`); `None`
+/// looks at every target.
+pub fn rpo_plan(
+    state: &State,
+    cfg: &CoreConfig,
+    now: u64,
+    start: bool,
+    only: Option<&[TargetId]>,
+) -> Vec<RpoPlan> {
     let mut out = Vec::new();
     if start {
         for (t, p) in &cfg.targets {
@@ -623,7 +657,11 @@ pub fn rpo_plan(state: &State, cfg: &CoreConfig, now: u64, start: bool) -> Vec<R
         }
         return out;
     }
-    for (t, p) in &cfg.targets {
+    let look: Box<dyn Iterator<Item = (&TargetId, &crate::policy::TargetPolicy)>> = match only {
+        Some(o) => Box::new(o.iter().filter_map(|t| cfg.targets.get_key_value(t))),
+        None => Box::new(cfg.targets.iter()),
+    };
+    for (t, p) in look {
         let Some(rpo_ms) = p.rpo_ms else { continue };
         let Some(r) = state.book.rpo.get(t).filter(|r| r.rpo_ms == rpo_ms) else {
             continue;

@@ -95,9 +95,16 @@ pub fn run(cfg: &SimConfig) -> Checked<Summary> {
 
 /// `run`, also returning the engine's durable log (tests, fixtures).
 pub fn run_with_log(cfg: &SimConfig) -> Checked<(Summary, Vec<Event>)> {
+    run_with_config(cfg).map(|(s, log, _)| (s, log))
+}
+
+/// `run_with_log`, also returning the core's config (tests that replay the
+/// log through a `Core` of their own).
+pub fn run_with_config(cfg: &SimConfig) -> Checked<(Summary, Vec<Event>, CoreConfig)> {
     let mut sim = Sim::new(cfg.clone());
     sim.run()?;
-    Ok((sim.summary, std::mem::take(&mut sim.engine.log)))
+    let core_cfg = sim.engine.cfg.clone();
+    Ok((sim.summary, std::mem::take(&mut sim.engine.log), core_cfg))
 }
 
 /// A client's request: the targets it names and the job it was answered.
@@ -469,35 +476,38 @@ impl Sim {
     }
 }
 
-/// Bounds on the simulation's schedules and RPOs (see [`sim_schedules`]).
-const MAX_SIM_SCHEDULES: usize = 300;
-const MAX_SIM_RPOS: usize = 300;
+/// Schedules of a few virtual seconds for up to this many scheduled targets;
+/// a larger fleet's intervals stretch in proportion (see [`sim_schedules`]).
+const SIM_SCHEDULES_AT_FULL_RATE: usize = 300;
 
 /// The simulation's schedules: every third target on its own schedule
 /// (intervals of a few virtual seconds, so firings overlap running jobs;
 /// both overlap and catch-up rules, some jitter), a consistency group, a
-/// minutely cron in Europe/Berlin; every fourth target with an RPO. At most
-/// [`MAX_SIM_SCHEDULES`] schedules and [`MAX_SIM_RPOS`] RPOs: the core looks
-/// at every schedule and RPO at each timer (see the issue note on indexing
-/// their due times), which a fleet of 100 000 targets all on schedules of a
-/// few seconds would turn into the whole run.
+/// minutely cron in Europe/Berlin; every fourth target with an RPO. Beyond
+/// [`SIM_SCHEDULES_AT_FULL_RATE`] scheduled targets the intervals grow in
+/// proportion, so the scheduled jobs stay a share of the run's requests
+/// (a fleet of 100 000 targets has 33 334 schedules, every one of them
+/// firing, and 25 000 RPOs; the core finds what fell due through its
+/// due-time index, `crate::due`).
 fn sim_schedules(
     ids: &[TargetId],
     arrays: usize,
     groups: bool,
     targets: &mut BTreeMap<TargetId, TargetPolicy>,
 ) -> Vec<Schedule> {
+    let scheduled = ids.len().div_ceil(3);
+    let stretch = scheduled.div_ceil(SIM_SCHEDULES_AT_FULL_RATE).max(1) as u64;
     let mut out = Vec::new();
     for (i, t) in ids.iter().enumerate() {
-        if i % 4 == 1 && i / 4 < MAX_SIM_RPOS {
+        if i % 4 == 1 {
             if let Some(p) = targets.get_mut(t) {
-                p.rpo_ms = Some(30_000);
+                p.rpo_ms = Some(30_000 * stretch);
             }
         }
-        if i % 3 != 0 || out.len() >= MAX_SIM_SCHEDULES {
+        if i % 3 != 0 {
             continue;
         }
-        let Ok(when) = Calendar::every(3_000 + 2_000 * (i as u64 % 4)) else {
+        let Ok(when) = Calendar::every((3_000 + 2_000 * (i as u64 % 4)) * stretch) else {
             continue;
         };
         out.push(Schedule {

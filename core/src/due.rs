@@ -1,0 +1,199 @@
+//! Due-time index of the schedules' slots and the RPOs' crossings, kept by
+//! `Core` as events fold in, so a timer looks only at what fell due.
+//!
+//! Without it the engine would look at every schedule and every RPO at each
+//! step (`schedule::next_due`) and at each timer (`schedule::plan`): with a
+//! fleet on schedules that is the whole run. The index holds, per schedule
+//! and per target with an RPO, the instant `schedule::schedule_due` /
+//! `schedule::rpo_due` give, recomputed only when an event can change it:
+//!
+//! - a schedule's own events (`ScheduleChanged`, `…Fired`, `…Skipped`,
+//!   `…Queued`, `…Paused`), and any event of the job its last firing
+//!   started (its end releases a queued slot);
+//! - a target's RPO events, and any event of a job of that target or a
+//!   `SnapshotDeleted` of it (the newest good restore point moves).
+//!
+//! A breached RPO has no due time (it is restored by a completed snapshot,
+//! see `Decider::rpo_restored`); one whose RPO changed while breached is
+//! kept aside and looked at by every timer until it is decided, as the full
+//! scan did. `Core::due_index_agrees` checks the index against the full scan
+//! (the tests replay simulated logs through it).
+
+use std::collections::{BTreeSet, HashMap};
+
+use recman_events::{Event, EventBody, JobId, TargetId};
+
+use crate::policy::CoreConfig;
+use crate::schedule::{self, Schedule};
+use crate::state::State;
+
+/// What a due time belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DueKey {
+    /// `CoreConfig::schedules[i]`.
+    Schedule(usize),
+    /// The RPO of a target.
+    Rpo(TargetId),
+}
+
+/// The index (see the module comment).
+#[derive(Clone, Debug, Default)]
+pub struct DueIndex {
+    by_time: BTreeSet<(u64, DueKey)>,
+    at: HashMap<DueKey, u64>,
+    /// Schedule id → its index in the config.
+    by_id: HashMap<String, usize>,
+    /// Each schedule's canonical spec (computed once, not per look).
+    specs: Vec<String>,
+    /// The job each schedule's last firing started, and the reverse.
+    last_job: Vec<Option<JobId>>,
+    watch: HashMap<JobId, Vec<usize>>,
+    /// Breached RPOs whose RPO changed: looked at by every timer.
+    recheck: BTreeSet<TargetId>,
+}
+
+impl DueIndex {
+    /// The index of `state` under `cfg` (every schedule and RPO computed).
+    pub fn build(state: &State, cfg: &CoreConfig) -> DueIndex {
+        let mut ix = DueIndex {
+            specs: cfg.schedules.iter().map(Schedule::spec).collect(),
+            last_job: vec![None; cfg.schedules.len()],
+            ..DueIndex::default()
+        };
+        for (i, s) in cfg.schedules.iter().enumerate() {
+            ix.by_id.entry(s.id.clone()).or_insert(i);
+            ix.schedule(state, cfg, i);
+        }
+        for t in cfg.targets.keys() {
+            ix.rpo(state, cfg, t);
+        }
+        for (t, r) in &state.book.rpo {
+            if r.breached && cfg.targets.contains_key(t) {
+                ix.recheck.insert(t.clone());
+            }
+        }
+        ix
+    }
+
+    /// The earliest due time, if any.
+    pub fn first(&self) -> Option<u64> {
+        self.by_time.first().map(|(d, _)| *d)
+    }
+
+    /// The schedules (config order) and the RPO targets (sorted) due at
+    /// `now`, the breached ones to look at again included.
+    pub fn due(&self, now: u64) -> (Vec<usize>, Vec<TargetId>) {
+        let (mut sched, mut rpo) = (Vec::new(), Vec::new());
+        for (d, k) in &self.by_time {
+            if *d > now {
+                break;
+            }
+            match k {
+                DueKey::Schedule(i) => sched.push(*i),
+                DueKey::Rpo(t) => rpo.push(t.clone()),
+            }
+        }
+        rpo.extend(self.recheck.iter().cloned());
+        sched.sort_unstable();
+        sched.dedup();
+        rpo.sort();
+        rpo.dedup();
+        (sched, rpo)
+    }
+
+    /// The due time the index holds for `key`.
+    pub fn get(&self, key: &DueKey) -> Option<u64> {
+        self.at.get(key).copied()
+    }
+
+    /// `ev` was folded into `state`: recomputes what it can have moved.
+    pub fn observe(&mut self, state: &State, cfg: &CoreConfig, ev: &Event) {
+        match &ev.body {
+            EventBody::ScheduleChanged { schedule, .. }
+            | EventBody::ScheduleFired { schedule, .. }
+            | EventBody::ScheduleSkipped { schedule, .. }
+            | EventBody::ScheduleQueued { schedule, .. }
+            | EventBody::SchedulePaused { schedule, .. } => {
+                if let Some(&i) = self.by_id.get(schedule) {
+                    self.schedule(state, cfg, i);
+                }
+            }
+            EventBody::RpoChanged { target, .. } => {
+                self.recheck.remove(target);
+                if state.book.rpo.get(target).is_some_and(|r| r.breached) && cfg.targets.contains_key(target)
+                {
+                    self.recheck.insert(target.clone());
+                }
+                self.rpo(state, cfg, target);
+            }
+            EventBody::RpoBreached { target, .. } | EventBody::RpoRestored { target, .. } => {
+                self.recheck.remove(target);
+                self.rpo(state, cfg, target);
+            }
+            EventBody::SnapshotDeleted { target, .. } => self.rpo(state, cfg, target),
+            _ => {}
+        }
+        if let Some(list) = self.watch.get(&ev.job).cloned() {
+            for i in list {
+                self.schedule(state, cfg, i);
+            }
+        }
+        if let Some(job) = state.jobs.get(&ev.job) {
+            for t in &job.targets {
+                self.rpo(state, cfg, t);
+            }
+        }
+    }
+
+    /// Recomputes schedule `i`.
+    fn schedule(&mut self, state: &State, cfg: &CoreConfig, i: usize) {
+        let Some(s) = cfg.schedules.get(i) else { return };
+        let due = schedule::schedule_due_spec(state, s, &self.specs[i]);
+        self.set(DueKey::Schedule(i), due);
+        let last = state.book.schedules.get(&s.id).and_then(|st| st.last_job);
+        if self.last_job[i] != last {
+            if let Some(old) = self.last_job[i] {
+                if let Some(v) = self.watch.get_mut(&old) {
+                    v.retain(|x| *x != i);
+                    if v.is_empty() {
+                        self.watch.remove(&old);
+                    }
+                }
+            }
+            if let Some(new) = last {
+                self.watch.entry(new).or_default().push(i);
+            }
+            self.last_job[i] = last;
+        }
+    }
+
+    /// Recomputes the RPO of `t` (nothing if it has none).
+    fn rpo(&mut self, state: &State, cfg: &CoreConfig, t: &TargetId) {
+        // The config does not change under the index: a target without an
+        // RPO never has an entry.
+        let Some(rpo_ms) = cfg.targets.get(t).and_then(|p| p.rpo_ms) else {
+            return;
+        };
+        let due = schedule::rpo_due(state, t, rpo_ms);
+        self.set(DueKey::Rpo(t.clone()), due);
+    }
+
+    fn set(&mut self, key: DueKey, due: Option<u64>) {
+        match due {
+            Some(d) => {
+                if let Some(old) = self.at.insert(key.clone(), d) {
+                    if old == d {
+                        return;
+                    }
+                    self.by_time.remove(&(old, key.clone()));
+                }
+                self.by_time.insert((d, key));
+            }
+            None => {
+                if let Some(old) = self.at.remove(&key) {
+                    self.by_time.remove(&(old, key));
+                }
+            }
+        }
+    }
+}
