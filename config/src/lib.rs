@@ -22,8 +22,8 @@ mod retention;
 mod threepar;
 mod verify;
 pub use retention::RetentionConfig;
-pub use verify::{VerifyConfig, VerifyKind, DEFAULT_VERIFY_TIMEOUT};
 pub use threepar::{ArrayConfig, ThreeParConfig, ThreeParObject};
+pub use verify::{VerifyConfig, VerifyKind, DEFAULT_VERIFY_TIMEOUT};
 
 /// The default freeze limit (VSS holds writes for at most 10 s).
 pub const DEFAULT_FREEZE_LIMIT: Duration = Duration::from_secs(10);
@@ -464,9 +464,13 @@ impl Config {
     pub fn pools(&self) -> Vec<PoolName> {
         let mut pools: Vec<PoolName> = Vec::new();
         for t in &self.targets {
-            for p in [Some(&t.pool), Some(&t.provider_pool), t.verify.as_ref().and_then(|v| v.pool.as_ref())]
-                .into_iter()
-                .flatten()
+            for p in [
+                Some(&t.pool),
+                Some(&t.provider_pool),
+                t.verify.as_ref().and_then(|v| v.pool.as_ref()),
+            ]
+            .into_iter()
+            .flatten()
             {
                 if !pools.contains(p) {
                     pools.push(p.clone());

@@ -646,10 +646,18 @@ fn target_verify_loads_and_is_checked() {
             schedule: recman_core::verify::VerifySchedule::NewestDaily,
         }
     );
-    let c = parse(&with_target(&format!("{W}{P}[target.verify]\ntype = \"checksum\"\n"))).unwrap();
+    let c = parse(&with_target(&format!(
+        "{W}{P}[target.verify]\ntype = \"checksum\"\n"
+    )))
+    .unwrap();
     let v = c.targets[0].verify.clone().expect("verify");
-    assert_eq!((v.kind, v.pool, v.timeout), (crate::VerifyKind::Checksum, None, crate::DEFAULT_VERIFY_TIMEOUT));
-    assert!(parse(&with_target(&format!("{W}{P}"))).unwrap().targets[0].verify.is_none());
+    assert_eq!(
+        (v.kind, v.pool, v.timeout),
+        (crate::VerifyKind::Checksum, None, crate::DEFAULT_VERIFY_TIMEOUT)
+    );
+    assert!(parse(&with_target(&format!("{W}{P}"))).unwrap().targets[0]
+        .verify
+        .is_none());
     assert_err(
         &with_target(&format!("{W}{P}[target.verify]\ntype = \"fsck\"\n")),
         8,
@@ -663,7 +671,9 @@ fn target_verify_loads_and_is_checked() {
         "not supported yet",
     );
     assert_err(
-        &with_target(&format!("{W}{P}[target.verify]\ntype = \"checksum\"\nschedule = \"hourly\"\n")),
+        &with_target(&format!(
+            "{W}{P}[target.verify]\ntype = \"checksum\"\nschedule = \"hourly\"\n"
+        )),
         9,
         "target[0].verify.schedule",
         "newest_daily",

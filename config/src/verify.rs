@@ -78,7 +78,9 @@ pub(crate) fn read(
         None => None,
         Some((s, span)) => Some(PoolName::new(cx.id(&s, span, &join(&key, "pool"))?)),
     };
-    let timeout = cx.duration(tbl, &key, "timeout")?.unwrap_or(DEFAULT_VERIFY_TIMEOUT);
+    let timeout = cx
+        .duration(tbl, &key, "timeout")?
+        .unwrap_or(DEFAULT_VERIFY_TIMEOUT);
     let schedule = match cx.string(tbl, &key, "schedule")? {
         None => VerifySchedule::Each,
         Some((s, _)) if s == "each" => VerifySchedule::Each,
@@ -94,7 +96,13 @@ pub(crate) fn read(
     let kind = match kind.as_str() {
         "exec" => {
             cx_keys(cx, tbl, &key, &["type", "pool", "timeout", "schedule", "command"])?;
-            cx.note_hooks(tbl, &key, &["command"], target, pool.as_ref().unwrap_or(provider_pool));
+            cx.note_hooks(
+                tbl,
+                &key,
+                &["command"],
+                target,
+                pool.as_ref().unwrap_or(provider_pool),
+            );
             let command = cx.required(cx.argv(tbl, &key, "command")?, span, &key, "command")?;
             VerifyKind::Exec { command }
         }

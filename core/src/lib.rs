@@ -181,10 +181,14 @@ impl Core {
 
     /// The earliest timer: a job's, a schedule's slot or an RPO's.
     pub fn next_deadline(&self) -> Option<u64> {
-        [next_deadline(&self.state), self.due.first(), verify::next_due(&self.state)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            next_deadline(&self.state),
+            self.due.first(),
+            verify::next_due(&self.state),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Whether the due-time index holds what a look at every schedule and

@@ -62,7 +62,10 @@ async fn btrfs_checksum_verifies_after_the_job_and_names_a_changed_byte() {
 
     // A byte changed inside the (read-only) snapshot is found and named.
     let at = dest.join(&snap.name);
-    sh("btrfs", &["property", "set", "-ts", at.to_str().unwrap(), "ro", "false"]);
+    sh(
+        "btrfs",
+        &["property", "set", "-ts", at.to_str().unwrap(), "ro", "false"],
+    );
     let f = at.join("base/16384/2619");
     let mut bytes = fs::read(&f).unwrap();
     bytes[1_000_000] ^= 1;

@@ -37,7 +37,10 @@ async fn qemu_img_checks_a_real_qcow2_and_finds_damage() {
     let img = d.path().join("vm.qcow2");
     let img_s = img.to_str().expect("utf-8");
     let run = |args: &[&str]| {
-        let st = std::process::Command::new("qemu-img").args(args).status().expect("qemu-img");
+        let st = std::process::Command::new("qemu-img")
+            .args(args)
+            .status()
+            .expect("qemu-img");
         assert!(st.success(), "qemu-img {args:?}");
     };
     run(&["create", "-q", "-f", "qcow2", img_s, "16M"]);
@@ -49,13 +52,21 @@ async fn qemu_img_checks_a_real_qcow2_and_finds_damage() {
         ),
     );
     let v = vcfg(&t);
-    let checked = verify::verify(&t, &v, "rm-verify-a1", BUDGET).await.expect("a sound image");
+    let checked = verify::verify(&t, &v, "rm-verify-a1", BUDGET)
+        .await
+        .expect("a sound image");
     assert!(checked.contains("qemu-img check"), "{checked}");
-    let e = verify::verify(&t, &v, "rm-other-a1", BUDGET).await.expect_err("no such tag");
+    let e = verify::verify(&t, &v, "rm-other-a1", BUDGET)
+        .await
+        .expect_err("no such tag");
     assert_eq!(e.code, "snapshot_missing", "{e}");
     // Damage: zero the first refcount block (its offset is the first entry
     // of the refcount table, whose offset is at byte 48 of the header).
-    let mut f = fs::OpenOptions::new().read(true).write(true).open(&img).expect("open");
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .expect("open");
     let mut hdr = [0u8; 64];
     f.read_exact(&mut hdr).expect("header");
     let table = u64::from_be_bytes(hdr[48..56].try_into().expect("8 bytes"));
@@ -68,7 +79,9 @@ async fn qemu_img_checks_a_real_qcow2_and_finds_damage() {
     f.write_all(&[0u8; 4096]).expect("zero");
     f.sync_all().expect("sync");
     drop(f);
-    let e = verify::verify(&t, &v, "rm-verify-a1", BUDGET).await.expect_err("damaged");
+    let e = verify::verify(&t, &v, "rm-verify-a1", BUDGET)
+        .await
+        .expect_err("damaged");
     assert_eq!(e.code, "image_corrupt", "{e}");
     assert!(e.message.contains("vm.qcow2"), "{e}");
 }
@@ -95,16 +108,22 @@ async fn checksum_seals_a_copy_snapshot_then_names_a_changed_byte() {
         .expect("snapshot");
     let first = verify::verify(&t, &v, "rm-s1-a1", BUDGET).await.expect("seal");
     assert!(first.starts_with("sealed: 2 files"), "{first}");
-    let again = verify::verify(&t, &v, "rm-s1-a1", BUDGET).await.expect("unchanged");
+    let again = verify::verify(&t, &v, "rm-s1-a1", BUDGET)
+        .await
+        .expect("unchanged");
     assert!(again.contains("match the manifest"), "{again}");
     let f = dest.join("rm-s1-a1/base/16384");
     let mut bytes = fs::read(&f).expect("read");
     bytes[123_456] ^= 0x40;
     fs::write(&f, bytes).expect("write");
-    let e = verify::verify(&t, &v, "rm-s1-a1", BUDGET).await.expect_err("a changed byte");
+    let e = verify::verify(&t, &v, "rm-s1-a1", BUDGET)
+        .await
+        .expect_err("a changed byte");
     assert_eq!(e.code, "checksum_mismatch");
     assert!(e.message.contains("base/16384"), "{e}");
-    let e = verify::verify(&t, &v, "rm-gone-a1", BUDGET).await.expect_err("no such snapshot");
+    let e = verify::verify(&t, &v, "rm-gone-a1", BUDGET)
+        .await
+        .expect_err("no such snapshot");
     assert_eq!(e.code, "snapshot_missing");
 }
 
@@ -122,7 +141,9 @@ async fn an_exec_verifier_gets_the_snapshot_in_its_variables_only() {
         d.path(),
         "[target.provider]\ntype = \"none\"\n[target.verify]\ntype = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"echo eseutil: page 42 bad >&2; exit 1\"]\n",
     );
-    let e = verify::verify(&t, &vcfg(&t), "rm-s1-a1", BUDGET).await.expect_err("hook fails");
+    let e = verify::verify(&t, &vcfg(&t), "rm-s1-a1", BUDGET)
+        .await
+        .expect_err("hook fails");
     assert!(e.message.contains("page 42 bad"), "{e}");
 }
 
@@ -140,7 +161,10 @@ fn cleanup_on_start_removes_what_a_killed_verifier_left() {
             dest.display()
         ),
     );
-    let mut child = std::process::Command::new("sleep").arg("60").spawn().expect("sleep");
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep");
     let dead = child.id();
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");

@@ -199,7 +199,10 @@ pub fn details(body: &EventBody) -> String {
             name,
             run,
             deadline_ms,
-        } => format!("target={target} snapshot={name} run={run} deadline={}", rfc3339(*deadline_ms)),
+        } => format!(
+            "target={target} snapshot={name} run={run} deadline={}",
+            rfc3339(*deadline_ms)
+        ),
         EventBody::Verified {
             target,
             name,

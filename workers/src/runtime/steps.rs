@@ -261,7 +261,11 @@ impl Shared {
             ));
         };
         let Some(name) = cmd.snapshot_name.as_deref() else {
-            return Err(StepError::new("invalid_command", "verify names no snapshot", false));
+            return Err(StepError::new(
+                "invalid_command",
+                "verify names no snapshot",
+                false,
+            ));
         };
         let _g = local.verify_lock.lock().await;
         let now = clock::now_ms();

@@ -96,7 +96,10 @@ pub fn load(dest: &Path, name: &str) -> Result<Option<Manifest>, StepError> {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
             StepError::new(
                 "manifest_corrupt",
-                format!("{} is not a manifest ({e}): delete it to seal the snapshot again", p.display()),
+                format!(
+                    "{} is not a manifest ({e}): delete it to seal the snapshot again",
+                    p.display()
+                ),
                 false,
             )
         }),
@@ -137,7 +140,10 @@ pub fn compare(root: &Path, m: &Manifest) -> Result<(), StepError> {
         match now.files.get(f) {
             None => return bad(f, "missing (listed in the manifest)".into()),
             Some(got) if got.size != want.size => {
-                return bad(f, format!("size {} differs from the manifest's {}", got.size, want.size))
+                return bad(
+                    f,
+                    format!("size {} differs from the manifest's {}", got.size, want.size),
+                )
             }
             Some(got) if got.blake3 != want.blake3 => {
                 return bad(f, "content differs from the manifest (BLAKE3)".into())

@@ -72,13 +72,19 @@ pub async fn verify(
             };
             let name = name.to_string();
             let work = crate::blocking("checksum", move || checksum(&dest, &dir, &name));
-            tokio::time::timeout(budget, work).await.map_err(|_| timeout("checksum"))?
+            tokio::time::timeout(budget, work)
+                .await
+                .map_err(|_| timeout("checksum"))?
         }
         VerifyKind::QemuImg => {
             let ProviderConfig::Qcow2(q) = &cfg.provider else {
                 return Err(StepError::new(
                     "verify_unsupported",
-                    format!("qemu-img verifies qcow2 snapshots; {} uses the {} provider", cfg.id, cfg.provider.kind()),
+                    format!(
+                        "qemu-img verifies qcow2 snapshots; {} uses the {} provider",
+                        cfg.id,
+                        cfg.provider.kind()
+                    ),
                     false,
                 ));
             };
@@ -104,7 +110,10 @@ pub async fn verify(
                 )),
                 Err(e) => Err(StepError::new(
                     "image_corrupt",
-                    format!("qemu-img check of {image} (snapshot {name}) failed: {}", e.message),
+                    format!(
+                        "qemu-img check of {image} (snapshot {name}) failed: {}",
+                        e.message
+                    ),
                     false,
                 )),
             }
