@@ -22,6 +22,10 @@ pub struct VerifyWorld {
     /// Per worker: targets whose clone its dead process left behind.
     pub leftovers: HashMap<usize, HashSet<usize>>,
     pub cleaned: usize,
+    /// Per pool (host), the outcome of each verification answered: a
+    /// redelivery after the run ended is answered, not run again (the
+    /// engine may have freed the target for a freeze meanwhile).
+    pub answered: HashMap<(usize, String), Outcome>,
 }
 
 /// Target `i`'s `[target.verify]` in the simulation: two targets of three
@@ -66,10 +70,13 @@ impl Sim {
                 return Err(self.violation("verify_outside_freeze", Some(cmd.job), d));
             }
         }
+        let pool = self.world.workers[w].pool;
+        if let Some(o) = self.world.verify.answered.get(&(pool, cmd.message_id.clone())) {
+            return Ok((Some(o.clone()), self.rng.range(1, 5)));
+        }
         // The same verification already runs in this pool (a redelivery):
         // acknowledged without running again; the running one reports (the
         // runtime holds a per-target lock in the state directory).
-        let pool = self.world.workers[w].pool;
         let dup = self.world.verify.running.get(&t).is_some_and(|r| {
             r.iter().any(|&(o, s)| {
                 self.world.workers[o].pool == pool
@@ -117,7 +124,12 @@ impl Sim {
     }
 
     /// The report of a verification is out: it ran to its end, its clone is gone.
-    pub(super) fn verify_done(&mut self, w: usize, step: u64, cmd: &Command) {
+    pub(super) fn verify_done(&mut self, w: usize, step: u64, cmd: &Command, outcome: &Outcome) {
+        let pool = self.world.workers[w].pool;
+        self.world
+            .verify
+            .answered
+            .insert((pool, cmd.message_id.clone()), outcome.clone());
         let Some(&t) = cmd.targets.first().and_then(|t| self.world.target_index.get(t)) else {
             return;
         };

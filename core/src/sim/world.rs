@@ -273,7 +273,7 @@ impl Sim {
             return Ok(());
         };
         if cmd.stage == Stage::Verify {
-            self.verify_done(w, step, &cmd);
+            self.verify_done(w, step, &cmd, &outcome);
         }
         self.world.workers[w]
             .recent
