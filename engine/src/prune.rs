@@ -79,6 +79,8 @@ pub fn render(plan: &Plan, policies: &BTreeMap<TargetId, RetentionPolicy>, dry_r
             describe(policies.get(t).unwrap_or(&none)),
             if dry_run { "would be pruned" } else { "to prune" }
         );
+        // Names vary in length (`recman-<target>-<job>-<attempt>`): pad to the longest.
+        let width = verdicts.iter().map(|v| v.name.chars().count()).max().unwrap_or(0);
         for v in verdicts {
             let what = if v.deleting {
                 "deleting"
@@ -94,7 +96,7 @@ pub fn render(plan: &Plan, policies: &BTreeMap<TargetId, RetentionPolicy>, dry_r
                 .collect();
             let _ = writeln!(
                 out,
-                "  {what:<8} {}  {}  {}",
+                "  {what:<8} {:<width$}  {}  {}",
                 v.name,
                 rfc3339(v.at_ms),
                 why.join("; ")

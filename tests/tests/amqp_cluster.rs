@@ -373,101 +373,18 @@ fn audit(data: &Path) {
     );
 }
 
-/// Every `freeze_window_us` anywhere in `v`.
-fn freeze_windows(v: &serde_json::Value, out: &mut Vec<u64>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m {
-                if k == "freeze_window_us" {
-                    out.extend(x.as_u64());
-                } else {
-                    freeze_windows(x, out);
-                }
-            }
-        }
-        serde_json::Value::Array(a) => a.iter().for_each(|x| freeze_windows(x, out)),
-        _ => {}
-    }
-}
-
 fn check_log(log: &[serde_json::Value], accepted: &[String]) {
-    let mut job_of_request: HashMap<String, Vec<String>> = HashMap::new();
-    let mut terminal: HashMap<String, String> = HashMap::new();
-    let mut attempts: HashMap<String, Vec<u64>> = HashMap::new();
-    let mut snapshots: HashMap<(String, u64), usize> = HashMap::new();
-    let mut frozen: BTreeSet<(String, u64, String)> = BTreeSet::new();
-    let mut thawed: BTreeSet<(String, u64, String)> = BTreeSet::new();
-    let mut windows = Vec::new();
-    for (i, e) in log.iter().enumerate() {
-        assert_eq!(
-            e["seq"].as_u64(),
-            Some(i as u64 + 1),
-            "the log's seqs are 1, 2, …"
-        );
-        freeze_windows(e, &mut windows);
-        let job = e["event"]["job"].as_str().unwrap().to_string();
-        let b = &e["event"]["body"];
-        let attempt = b["attempt"].as_u64().unwrap_or(0);
-        let target = b["target"].as_str().unwrap_or_default().to_string();
-        match b["type"].as_str().unwrap() {
-            "requested" => job_of_request
-                .entry(b["request_id"].as_str().unwrap().to_string())
-                .or_default()
-                .push(job),
-            "attempt_started" => attempts.entry(job).or_default().push(attempt),
-            "step_succeeded" => match b["stage"].as_str().unwrap() {
-                "snapshot" => *snapshots.entry((job, attempt)).or_default() += 1,
-                "freeze" => {
-                    frozen.insert((job, attempt, target));
-                }
-                "thaw" => {
-                    thawed.insert((job, attempt, target));
-                }
-                _ => {}
-            },
-            "watchdog_thawed" => {
-                thawed.insert((job, attempt, target));
-            }
-            k @ ("completed" | "failed" | "cancelled") => {
-                assert!(
-                    terminal.insert(job.clone(), k.to_string()).is_none(),
-                    "job {job} ended twice"
-                );
-            }
-            _ => {}
-        }
-    }
-    for id in accepted {
-        let jobs = job_of_request.get(id).map(Vec::len).unwrap_or(0);
-        assert_eq!(jobs, 1, "accepted request {id} became {jobs} job(s)");
-        let job = &job_of_request[id][0];
-        assert!(terminal.contains_key(job), "request {id}: job {job} never ended");
-    }
-    assert_eq!(job_of_request.len(), accepted.len(), "no job from nowhere");
-    for (job, a) in &attempts {
-        let distinct: BTreeSet<_> = a.iter().collect();
-        assert_eq!(
-            distinct.len(),
-            a.len(),
-            "job {job}: an attempt started twice: {a:?}"
-        );
-    }
-    assert!(!snapshots.is_empty(), "no snapshot was recorded at all");
-    for ((job, attempt), n) in &snapshots {
-        assert_eq!(*n, 1, "job {job} attempt {attempt}: {n} snapshots recorded");
-    }
-    let stuck: Vec<_> = frozen.difference(&thawed).collect();
-    assert!(stuck.is_empty(), "frozen and never thawed: {stuck:?}");
-    assert!(!windows.is_empty(), "no freeze window was recorded");
-    let longest = windows.iter().max().copied().unwrap_or(0);
+    let facts = recman_tests::amqp::check_log(log, accepted);
+    assert!(!facts.windows.is_empty(), "no freeze window was recorded");
+    let longest = facts.windows.iter().max().copied().unwrap_or(0);
     assert!(
         longest <= FREEZE_LIMIT_US,
         "a target stayed frozen {longest} µs, past its limit of {FREEZE_LIMIT_US} µs"
     );
-    let completed = terminal.values().filter(|k| *k == "completed").count();
+    let completed = facts.completed;
     eprintln!(
         "{completed} of {} jobs completed, {} events, longest freeze window {longest} µs",
-        terminal.len(),
+        facts.ended,
         log.len()
     );
     assert!(

@@ -320,77 +320,11 @@ fn check_log(log: &[serde_json::Value], sent: &[String], p: &Progress) {
         "events relayed in order, none lost"
     );
 
-    let mut job_of_request: HashMap<String, Vec<String>> = HashMap::new();
-    let mut terminal: HashMap<String, String> = HashMap::new();
-    let mut attempts: HashMap<String, Vec<u64>> = HashMap::new();
-    // Recorded snapshots per attempt: counted, not collected by name (a
-    // snapshot's name is derived from its job and attempt, so a set of names
-    // could never hold two).
-    let mut snapshots: HashMap<(String, u64), usize> = HashMap::new();
-    let mut frozen: BTreeSet<(String, u64, String)> = BTreeSet::new();
-    let mut thawed: BTreeSet<(String, u64, String)> = BTreeSet::new();
-    for e in log {
-        let job = e["event"]["job"].as_str().unwrap().to_string();
-        let b = &e["event"]["body"];
-        let attempt = b["attempt"].as_u64().unwrap_or(0);
-        let target = b["target"].as_str().unwrap_or_default().to_string();
-        match b["type"].as_str().unwrap() {
-            "requested" => job_of_request
-                .entry(b["request_id"].as_str().unwrap().to_string())
-                .or_default()
-                .push(job),
-            "attempt_started" => attempts.entry(job).or_default().push(attempt),
-            "step_succeeded" => match b["stage"].as_str().unwrap() {
-                "snapshot" => *snapshots.entry((job, attempt)).or_default() += 1,
-                "freeze" => {
-                    frozen.insert((job, attempt, target));
-                }
-                "thaw" => {
-                    thawed.insert((job, attempt, target));
-                }
-                _ => {}
-            },
-            "watchdog_thawed" => {
-                thawed.insert((job, attempt, target));
-            }
-            k @ ("completed" | "failed" | "cancelled") => {
-                assert!(
-                    terminal.insert(job.clone(), k.to_string()).is_none(),
-                    "job {job} ended twice"
-                );
-            }
-            _ => {}
-        }
-    }
-    for id in sent {
-        let jobs = job_of_request.get(id).map(Vec::len).unwrap_or(0);
-        assert_eq!(
-            jobs, 1,
-            "request {id} became {jobs} job(s): accepted requests are neither lost nor started twice"
-        );
-    }
-    assert_eq!(job_of_request.len(), sent.len(), "no job from nowhere");
-    for jobs in job_of_request.values() {
-        assert!(terminal.contains_key(&jobs[0]), "job {} never ended", jobs[0]);
-    }
-    for (job, a) in &attempts {
-        let distinct: BTreeSet<_> = a.iter().collect();
-        assert_eq!(
-            distinct.len(),
-            a.len(),
-            "job {job}: an attempt started twice: {a:?}"
-        );
-    }
-    assert!(!snapshots.is_empty(), "no snapshot was recorded at all");
-    for ((job, attempt), n) in &snapshots {
-        assert_eq!(*n, 1, "job {job} attempt {attempt}: {n} snapshots recorded");
-    }
-    let stuck: Vec<_> = frozen.difference(&thawed).collect();
-    assert!(stuck.is_empty(), "frozen and never thawed: {stuck:?}");
-    let completed = terminal.values().filter(|k| *k == "completed").count();
+    let facts = recman_tests::amqp::check_log(log, sent);
+    let completed = facts.completed;
     eprintln!(
         "{completed} of {} jobs completed, {} events",
-        terminal.len(),
+        facts.ended,
         log.len()
     );
     assert!(

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use recman_config::Config;
+use recman_events::EventBody;
 use recman_testkit::{free_port, sh, wait_until_async, DEADLINE};
 use recman_tests::linux::{can_run, completed, Embedded, LoopFs, NumberedWriter};
 use recman_tests::postgres::{append, as_postgres, chown_postgres, Pg, BIN, PASSWORD};
@@ -205,11 +206,27 @@ async fn case(combined: bool) {
             .map(|w| w.took)
             .max()
             .unwrap_or_default();
-        eprintln!("freeze window {window:?}, longest blocked probe write {longest:?}");
+        // The window runs from the freeze's return (writes block from the
+        // start of FIFREEZE, which first syncs: the freeze step's own time).
+        let freeze_step = events
+            .iter()
+            .find_map(|e| match e {
+                EventBody::StepSucceeded {
+                    stage: recman_events::Stage::Freeze,
+                    duration_us,
+                    ..
+                } => Some(Duration::from_micros(*duration_us)),
+                _ => None,
+            })
+            .expect("a freeze step");
+        eprintln!(
+            "freeze window {window:?} (freeze step {freeze_step:?}), longest blocked probe write {longest:?}"
+        );
         assert!(
             // The recorded window also spans pg_backup_stop (after the FITHAW).
-            longest >= Duration::from_millis(50) && longest <= window + Duration::from_millis(100),
-            "the filesystem was not frozen inside the window {window:?} (longest write {longest:?})"
+            longest >= Duration::from_millis(50)
+                && longest <= window + freeze_step + Duration::from_millis(100),
+            "the filesystem was not frozen inside the window {window:?} + the freeze step {freeze_step:?} (longest write {longest:?})"
         );
         assert!(!top.join("state/fsfreeze/pg1.json").exists());
     }

@@ -170,6 +170,12 @@ fn up_fires_every_2s_and_shows_schedules_and_rpo() {
     );
     let out = recman(data, &["schedules", "resume", "good-2s"]);
     assert!(out.status.success(), "{}", text(&out));
+    // Over HTTP, a body without a reason records the pause's own default
+    // (not the cancel's).
+    let (status, body) = http(server.port, "POST", "/v1/schedules/bad-2s/pause", "{}");
+    assert_eq!(status, 202, "{body}");
+    let v = json(data, &["schedules", "--json"]);
+    assert_eq!(schedule(&v, "bad-2s")["paused"], "paused through the API", "{v}");
     let out = recman(data, &["schedules", "pause", "nope"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let events = text(&recman(data, &["events"]));

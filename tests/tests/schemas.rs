@@ -2,7 +2,7 @@
 //! `schemas/examples/` validates against its schema and decodes with the Rust
 //! types, and every example under `schemas/examples/invalid/` is rejected.
 //!
-//! Regenerate after changing a wire type: `RECMAN_UPDATE_SCHEMAS=1 cargo test -p recman-tests --test schemas`.
+//! Regenerate after changing a wire type: `RECMAN_UPDATE_SCHEMAS=1 cargo nextest run --release -p recman-tests schemas::`.
 
 use std::path::{Path, PathBuf};
 
@@ -34,7 +34,7 @@ fn checked_in_schemas_match_the_types() {
     }
     assert!(
         drift.is_empty(),
-        "schemas drifted from the Rust types: {drift:?}; run RECMAN_UPDATE_SCHEMAS=1 cargo test -p recman-tests --test schemas and commit schemas/"
+        "schemas drifted from the Rust types: {drift:?}; run RECMAN_UPDATE_SCHEMAS=1 cargo nextest run --release -p recman-tests schemas:: and commit schemas/"
     );
 }
 

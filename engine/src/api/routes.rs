@@ -156,9 +156,9 @@ pub async fn job(State(s): State<Arc<Shared>>, JobIdPath(id): JobIdPath) -> ApiR
     }
 }
 
-/// The cancel reason of an optional `{"reason": "…"}` body.
-fn cancel_reason(body: &[u8]) -> Result<String, ApiError> {
-    let default = "cancelled through the API".to_string();
+/// The reason of an optional `{"reason": "…"}` body (`default` without one).
+fn body_reason(body: &[u8], default: &str) -> Result<String, ApiError> {
+    let default = default.to_string();
     if body.is_empty() {
         return Ok(default);
     }
@@ -191,7 +191,7 @@ pub async fn cancel(
     JobIdPath(id): JobIdPath,
     JsonBody(body): JsonBody,
 ) -> ApiResult {
-    let reason = cancel_reason(&body)?;
+    let reason = body_reason(&body, "cancelled through the API")?;
     let Accepted { job, existing } = s.engine.cancel(id, reason).await.map_err(|e| {
         call_error(e, |code, message| match code {
             "unknown_job" => ApiError::not_found("job_not_found", message),
@@ -217,11 +217,7 @@ pub async fn pause_schedule(
     axum::extract::Path(id): axum::extract::Path<String>,
     JsonBody(body): JsonBody,
 ) -> ApiResult {
-    let reason = if body.is_empty() {
-        "paused through the API".to_string()
-    } else {
-        cancel_reason(&body)?
-    };
+    let reason = body_reason(&body, "paused through the API")?;
     schedule_call(&s, id, Some(reason)).await
 }
 

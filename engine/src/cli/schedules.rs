@@ -73,33 +73,65 @@ async fn list(g: &Home, as_json: bool, server: Option<&str>) -> anyhow::Result<E
         crate::say!("no schedules");
         return Ok(ExitCode::SUCCESS);
     }
-    crate::say!(
-        "{:<16}  {:<20}  {:<20}  {:<20}  LAST OUTCOME",
-        "SCHEDULE",
-        "TARGETS",
-        "NEXT",
-        "LAST SLOT"
-    );
-    for s in &list {
-        let targets: Vec<&str> = s.targets.iter().map(|t| t.as_str()).collect();
-        let next = match (&s.paused, s.next_ms, s.pending_restart) {
-            (Some(_), _, _) => "paused".to_string(),
-            (_, _, true) => "after restart".to_string(),
-            (_, Some(n), _) => rfc3339(n),
-            _ => "-".to_string(),
-        };
-        let mut outcome = s.last_outcome.clone().unwrap_or_else(|| "-".into());
-        if let Some(skip) = &s.last_skip {
-            outcome.push_str(&format!("; last skip: {skip}"));
-        }
+    // Columns as wide as their longest cell (ids and target lists vary).
+    let rows: Vec<[String; 5]> = list
+        .iter()
+        .map(|s| {
+            let targets: Vec<&str> = s.targets.iter().map(|t| t.as_str()).collect();
+            let next = match (&s.paused, s.next_ms, s.pending_restart) {
+                (Some(_), _, _) => "paused".to_string(),
+                (_, _, true) => "after restart".to_string(),
+                (_, Some(n), _) => rfc3339(n),
+                _ => "-".to_string(),
+            };
+            let mut outcome = s.last_outcome.clone().unwrap_or_else(|| "-".into());
+            if let Some(skip) = &s.last_skip {
+                outcome.push_str(&format!("; last skip: {skip}"));
+            }
+            [
+                s.id.clone(),
+                targets.join(","),
+                next,
+                s.last_slot_ms.map_or("-".to_string(), rfc3339),
+                outcome,
+            ]
+        })
+        .collect();
+    let head = ["SCHEDULE", "TARGETS", "NEXT", "LAST SLOT", "LAST OUTCOME"];
+    let w: Vec<usize> = (0..4)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([head[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |r: [&str; 5]| {
+        format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        )
+    };
+    crate::say!("{}", line(head));
+    for (s, r) in list.iter().zip(&rows) {
+        crate::say!("{}", line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
         crate::say!(
-            "{:<16}  {:<20}  {:<20}  {:<20}  {outcome}",
-            s.id,
-            targets.join(","),
-            next,
-            s.last_slot_ms.map_or("-".to_string(), rfc3339)
+            "{:<w0$}  {}  fired={} skipped={}",
+            "",
+            s.spec,
+            s.fired,
+            s.skipped,
+            w0 = w[0]
         );
-        crate::say!("{:<16}  {}  fired={} skipped={}", "", s.spec, s.fired, s.skipped);
     }
     Ok(ExitCode::SUCCESS)
 }

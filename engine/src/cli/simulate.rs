@@ -32,10 +32,11 @@ pub struct Args {
     /// (`core/tests/sim_mutations.rs` lists which).
     #[arg(long, hide = true)]
     pub mutation: Option<String>,
-    /// Leave out schedules and RPOs (by default every third target, up to
-    /// 300, is on a schedule of a few virtual seconds, with a group and a
-    /// minutely cron in Europe/Berlin, every fourth, up to 300, has an RPO;
-    /// all are paused after the last request so the run comes to rest).
+    /// Leave out schedules and RPOs (by default every third target is on a
+    /// schedule of a few virtual seconds, stretched in proportion beyond 300
+    /// schedules, with a group and a minutely cron in Europe/Berlin; every
+    /// fourth has an RPO; all are paused after the last request so the run
+    /// comes to rest).
     #[arg(long)]
     pub no_schedules: bool,
 }

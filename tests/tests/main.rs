@@ -1,0 +1,59 @@
+//! The workspace-level integration tests: every integration test of the crate in one binary (one
+//! compile and one link of the crate's dependencies instead of one per
+//! file). Each file of this directory is a module; nextest still runs each
+//! test in its own process. A new file must be declared here: the test
+//! below fails otherwise.
+
+mod amqp_bench;
+mod amqp_cluster;
+mod amqp_engine;
+mod amqp_faults;
+mod amqp_host_freeze;
+mod amqp_limits;
+mod amqp_python;
+mod amqp_up;
+mod api;
+mod api_contract;
+mod audit_cli;
+mod events_follow_cli;
+mod hostile_text_cli;
+mod linux_e2e;
+mod log_damage_cli;
+mod log_location_cli;
+mod postgres_e2e;
+mod postgres_protect;
+mod prune_cli;
+mod read_cli;
+mod schedules_cli;
+mod schemas;
+mod snapshot_demo_cli;
+mod snapshot_failures_cli;
+mod threepar_e2e;
+mod threepar_examples;
+mod threepar_provider;
+mod trace_jobs;
+mod trace_otlp;
+mod up_cli;
+mod wsapi_fake;
+
+/// Every `.rs` file beside this one is a module of the suite (a file that is
+/// not would silently never compile or run).
+#[test]
+fn every_test_file_is_a_module_of_the_suite() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let main = std::fs::read_to_string(dir.join("main.rs")).expect("tests/main.rs");
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("tests/") {
+        let name = entry
+            .expect("tests/ entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if let Some(stem) = name.strip_suffix(".rs").filter(|s| *s != "main") {
+            if !main.lines().any(|l| l.trim() == format!("mod {stem};")) {
+                missing.push(name);
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not declared in tests/main.rs: {missing:?}");
+}
