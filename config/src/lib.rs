@@ -20,8 +20,10 @@ mod api;
 pub use api::{ApiConfig, DEFAULT_LISTEN};
 mod retention;
 mod threepar;
+mod verify;
 pub use retention::RetentionConfig;
 pub use threepar::{ArrayConfig, ThreeParConfig, ThreeParObject};
+pub use verify::{VerifyConfig, VerifyKind, DEFAULT_VERIFY_TIMEOUT};
 
 /// The default freeze limit (VSS holds writes for at most 10 s).
 pub const DEFAULT_FREEZE_LIMIT: Duration = Duration::from_secs(10);
@@ -159,6 +161,8 @@ pub struct TargetConfig {
     pub retry_backoff_max: Duration,
     pub writer: WriterConfig,
     pub provider: ProviderConfig,
+    /// `[target.verify]`: how its restore points are verified (none: never).
+    pub verify: Option<VerifyConfig>,
 }
 
 impl TargetConfig {
@@ -471,7 +475,14 @@ impl Config {
     pub fn pools(&self) -> Vec<PoolName> {
         let mut pools: Vec<PoolName> = Vec::new();
         for t in &self.targets {
-            for p in [&t.pool, &t.provider_pool] {
+            for p in [
+                Some(&t.pool),
+                Some(&t.provider_pool),
+                t.verify.as_ref().and_then(|v| v.pool.as_ref()),
+            ]
+            .into_iter()
+            .flatten()
+            {
                 if !pools.contains(p) {
                     pools.push(p.clone());
                 }
@@ -881,6 +892,7 @@ impl Cx<'_> {
             "rpo",
             "writer",
             "provider",
+            "verify",
         ];
         allowed.extend_from_slice(retention::KEYS);
         cx_keys(self, t, key, &allowed)?;
@@ -1044,6 +1056,7 @@ impl Cx<'_> {
             self.check_freeze_vs_btrfs(fz, b, span, &wkey)?;
         }
         let is_pg = matches!(writer, WriterConfig::Postgres(_));
+        let verify = verify::read(self, t, key, &id, &provider_pool)?;
         Ok(TargetConfig {
             id,
             pool,
@@ -1065,6 +1078,7 @@ impl Cx<'_> {
             retention,
             writer,
             provider,
+            verify,
         })
     }
 }

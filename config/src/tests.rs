@@ -643,3 +643,61 @@ fn amqp_urls_name_every_node_of_a_cluster() {
     let zero = parse("[amqp]\nurl = \"amqp://r@n1/v\"\nquorum_group_size = 0\n").unwrap_err();
     assert!(zero.to_string().contains("at least 1"), "{zero}");
 }
+
+#[test]
+fn target_verify_loads_and_is_checked() {
+    let c = parse(&with_target(&format!(
+        "{W}{P}[target.verify]\ntype = \"exec\"\npool = \"host.verify\"\ntimeout = \"10m\"\nschedule = \"newest_daily\"\ncommand = [\"/usr/local/bin/check\", \"--quick\"]\n"
+    )))
+    .unwrap();
+    let v = c.targets[0].verify.clone().expect("verify");
+    assert_eq!(
+        v,
+        crate::VerifyConfig {
+            kind: crate::VerifyKind::Exec {
+                command: vec!["/usr/local/bin/check".into(), "--quick".into()]
+            },
+            pool: Some(PoolName::new("host.verify")),
+            timeout: Duration::from_secs(600),
+            schedule: recman_core::verify::VerifySchedule::NewestDaily,
+        }
+    );
+    let c = parse(&with_target(&format!(
+        "{W}{P}[target.verify]\ntype = \"checksum\"\n"
+    )))
+    .unwrap();
+    let v = c.targets[0].verify.clone().expect("verify");
+    assert_eq!(
+        (v.kind, v.pool, v.timeout),
+        (crate::VerifyKind::Checksum, None, crate::DEFAULT_VERIFY_TIMEOUT)
+    );
+    assert!(parse(&with_target(&format!("{W}{P}"))).unwrap().targets[0]
+        .verify
+        .is_none());
+    assert_err(
+        &with_target(&format!("{W}{P}[target.verify]\ntype = \"fsck\"\n")),
+        8,
+        "target[0].verify.type",
+        "unknown verifier",
+    );
+    assert_err(
+        &with_target(&format!("{W}{P}[target.verify]\ntype = \"postgres\"\n")),
+        8,
+        "target[0].verify.type",
+        "not supported yet",
+    );
+    assert_err(
+        &with_target(&format!(
+            "{W}{P}[target.verify]\ntype = \"checksum\"\nschedule = \"hourly\"\n"
+        )),
+        9,
+        "target[0].verify.schedule",
+        "newest_daily",
+    );
+    assert_err(
+        &with_target(&format!("{W}{P}[target.verify]\ntype = \"exec\"\n")),
+        7,
+        "target[0].verify.command",
+        "missing",
+    );
+}

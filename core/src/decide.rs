@@ -68,6 +68,13 @@ pub enum Input {
     Prune {
         targets: Vec<TargetId>,
     },
+    /// An operator's `recman verify`: verify restore point `name` of
+    /// `target` (again), under the job that took it.
+    Verify {
+        target: TargetId,
+        name: String,
+        origin: String,
+    },
 }
 
 /// The answer to the sender of a request or a cancel.
@@ -131,6 +138,11 @@ pub enum Mutation {
     /// A schedule's slot is recognised neither by the slot recorded nor by
     /// its request id: it fires again at every timer.
     RefireSlots,
+    /// A job of a target starts while the target is being verified, and a
+    /// verification starts while jobs wait for its target.
+    FreezeDuringVerify,
+    /// Retention does not know which points are verified.
+    PruneNewestVerified,
 }
 
 impl Mutation {
@@ -151,6 +163,8 @@ impl Mutation {
         Mutation::ResendBeforeTimers,
         Mutation::SendBeforeAppend,
         Mutation::RefireSlots,
+        Mutation::FreezeDuringVerify,
+        Mutation::PruneNewestVerified,
     ];
 
     /// Its name on the command line (`recman simulate --mutation`).
@@ -229,11 +243,13 @@ pub fn decide_indexed(
         }
         Input::TimerFired => {
             d.timer();
+            d.out.extend(crate::verify::timeouts(state, now_ms));
             d.policies(false);
             Reply::None
         }
         Input::Start => {
             d.timer();
+            d.out.extend(crate::verify::timeouts(state, now_ms));
             d.catch_up_retention(None);
             d.policies(true);
             Reply::None
@@ -245,6 +261,19 @@ pub fn decide_indexed(
         Input::Cancel { job, reason } => d.cancel(*job, reason),
         Input::PauseSchedule { schedule, reason } => d.pause(schedule, Some(reason)),
         Input::ResumeSchedule { schedule } => d.pause(schedule, None),
+        Input::Verify { target, name, origin } => {
+            match crate::verify::request(state, target, name, origin, now_ms) {
+                Ok(ev) => {
+                    let job = ev.job;
+                    d.out.push(ev);
+                    Reply::Accepted { job, existing: false }
+                }
+                Err(e) => Reply::Rejected {
+                    code: "snapshot_not_found",
+                    message: e.message,
+                },
+            }
+        }
     };
     d.rpo_restored();
     d.promote();
@@ -391,7 +420,8 @@ impl Decider<'_> {
         }
         behind.sort();
         behind.dedup();
-        if behind.is_empty() || self.mutation == Some(Mutation::IgnoreQueue) {
+        let verifying = req.targets.iter().any(|t| self.verifying(t));
+        if (behind.is_empty() && !verifying) || self.mutation == Some(Mutation::IgnoreQueue) {
             self.start_attempt(&mut job, 1);
         } else {
             self.emit(&mut job, EventBody::Queued { behind });
@@ -652,7 +682,8 @@ impl Decider<'_> {
         if seed.is_empty() {
             return;
         }
-        let plan = retention::plan(self.state, |t| self.target_retention(t), &seed, &extra);
+        let view = self.retention_view();
+        let plan = retention::plan(&view, |t| self.target_retention(t), &seed, &extra);
         let retry_at_ms = self.now.saturating_add(self.prune_retry_ms(&job.targets));
         for (target, names) in plan.prune {
             self.emit(
@@ -691,7 +722,8 @@ impl Decider<'_> {
                 .cloned()
                 .collect(),
         };
-        let plan = retention::plan(self.state, |t| self.target_retention(t), &seed, &[]);
+        let view = self.retention_view();
+        let plan = retention::plan(&view, |t| self.target_retention(t), &seed, &[]);
         let mut asked = 0;
         for (target, names) in plan.prune {
             let Some(newest) = self.state.catalog.get(&target).and_then(|c| c.last()) else {
@@ -825,6 +857,11 @@ impl Decider<'_> {
     }
 
     fn report(&mut self, r: &Report) {
+        if r.stage == Stage::Verify {
+            let events = crate::verify::report(self.state, r, self.now);
+            self.out.extend(events);
+            return;
+        }
         if r.stage == Stage::Prune {
             self.prune_report(r);
             return;
@@ -846,7 +883,7 @@ impl Decider<'_> {
                 Stage::Snapshot => d.snapshot_report(job, r),
                 Stage::Thaw => d.thaw_report(job, r),
                 Stage::FlushLogs => d.flush_report(job, r),
-                Stage::Queue | Stage::Prune => {}
+                Stage::Queue | Stage::Prune | Stage::Verify => {}
             }
         });
     }
@@ -1311,9 +1348,31 @@ impl Decider<'_> {
         }
     }
 
+    /// Whether a verification runs on `t` after this decision's events (no
+    /// freeze of `t` may start; `FreezeDuringVerify` ignores it).
+    fn verifying(&self, t: &TargetId) -> bool {
+        self.mutation != Some(Mutation::FreezeDuringVerify)
+            && crate::verify::busy(self.state, t)
+            && !crate::verify::ended(&self.out).contains(t)
+    }
+
+    /// The state retention plans over (`PruneNewestVerified`: without the
+    /// verification records).
+    fn retention_view(&self) -> std::borrow::Cow<'_, State> {
+        if self.mutation == Some(Mutation::PruneNewestVerified) {
+            let mut s = self.state.clone();
+            s.verify = Default::default();
+            std::borrow::Cow::Owned(s)
+        } else {
+            std::borrow::Cow::Borrowed(self.state)
+        }
+    }
+
     /// Starts every queued job that became first in all its queues.
     fn promote(&mut self) {
-        if self.released.is_empty() || self.mutation == Some(Mutation::NeverPromote) {
+        let verified = crate::verify::ended(&self.out);
+        if (self.released.is_empty() && verified.is_empty()) || self.mutation == Some(Mutation::NeverPromote)
+        {
             return;
         }
         let released = std::mem::take(&mut self.released);
@@ -1323,7 +1382,7 @@ impl Decider<'_> {
                 .get(t)
                 .and_then(|q| q.iter().find(|j| !released.contains(j)).copied())
         };
-        let mut candidates = BTreeSet::new();
+        let mut candidates: BTreeSet<JobId> = verified.iter().filter_map(first).collect();
         for id in &released {
             if let Some(job) = self.state.jobs.get(id) {
                 for t in &job.targets {
@@ -1341,6 +1400,7 @@ impl Decider<'_> {
             if job.state == JobState::Queued
                 && job.cancel.is_none()
                 && job.targets.iter().all(|t| first(t) == Some(c))
+                && !job.targets.iter().any(|t| self.verifying(t))
             {
                 start.push(c);
             }

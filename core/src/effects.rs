@@ -28,6 +28,9 @@ pub struct Outgoing {
 /// Commands caused by `event`. Call it right after `evolve(state, event)` and
 /// before the next event of the batch is folded in.
 pub fn effects(state: &State, cfg: &CoreConfig, event: &Event) -> Vec<Outgoing> {
+    if let Some(o) = crate::verify::effects(state, cfg, event) {
+        return vec![o];
+    }
     let Some(job) = state.jobs.get(&event.job) else {
         return Vec::new();
     };
@@ -90,6 +93,7 @@ pub fn recover_commands(state: &State, cfg: &CoreConfig) -> Vec<Outgoing> {
             out.extend(prune_command(state, cfg, job, &t, &names));
         }
     }
+    out.extend(crate::verify::recover(state, cfg));
     out
 }
 
@@ -179,7 +183,7 @@ fn stage_commands(job: &Job, cfg: &CoreConfig, stage: Stage) -> Vec<Outgoing> {
                 });
             }
         }
-        Stage::Queue | Stage::Prune => {}
+        Stage::Queue | Stage::Prune | Stage::Verify => {}
     }
     out
 }

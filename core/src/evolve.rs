@@ -9,7 +9,7 @@ use crate::state::{CatalogEntry, Failure, Job, JobState, PendingPrune, State, St
 /// attempt) change nothing but the `applied` counter.
 pub fn evolve(state: &mut State, ev: &Event) {
     state.applied += 1;
-    if crate::schedule::evolve(&mut state.book, ev) {
+    if crate::schedule::evolve(&mut state.book, ev) || crate::verify::evolve(&mut state.verify, ev) {
         return;
     }
     if let EventBody::Requested {
@@ -228,7 +228,11 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
         | EventBody::SchedulePaused { .. }
         | EventBody::RpoChanged { .. }
         | EventBody::RpoBreached { .. }
-        | EventBody::RpoRestored { .. } => {}
+        | EventBody::RpoRestored { .. }
+        | EventBody::VerifyRequested { .. }
+        | EventBody::VerifyStarted { .. }
+        | EventBody::Verified { .. }
+        | EventBody::VerifyFailed { .. } => {}
         EventBody::Queued { .. } => {}
         EventBody::AttemptStarted {
             attempt,
@@ -303,7 +307,7 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
                         p.flush = StepStatus::Pending;
                     }
                 }
-                Stage::Queue | Stage::Prune => {}
+                Stage::Queue | Stage::Prune | Stage::Verify => {}
             }
         }
         EventBody::StepSucceeded {

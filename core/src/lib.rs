@@ -18,6 +18,7 @@ pub mod rng;
 pub mod schedule;
 pub mod sim;
 pub mod state;
+pub mod verify;
 pub mod worker;
 
 pub use decide::{
@@ -77,7 +78,7 @@ impl Core {
     /// Decides, folds each event in and collects its effects. The caller makes
     /// `events` durable before sending `commands`.
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Step {
-        let (events, reply) = decide_indexed(
+        let (mut events, reply) = decide_indexed(
             &self.state,
             &self.cfg,
             Some(&self.due),
@@ -90,6 +91,25 @@ impl Core {
             self.fold(e);
             commands.extend(effects(&self.state, &self.cfg, e));
         }
+        // Verification follows the folded step: the points its jobs made,
+        // then what may start on the targets it touched (every target with
+        // a request, on start).
+        let asked = verify::follow_up(&self.state, &self.cfg, &events);
+        for e in &asked {
+            self.fold(e);
+        }
+        events.extend(asked);
+        let targets = if input == Input::Start {
+            self.state.verify.wanted.keys().cloned().collect()
+        } else {
+            verify::touched(&self.state, &events)
+        };
+        let started = verify::starts(&self.state, &self.cfg, now_ms, &targets);
+        for e in &started {
+            self.fold(e);
+            commands.extend(effects(&self.state, &self.cfg, e));
+        }
+        events.extend(started);
         let commands = self.mutated(commands);
         Step {
             events,
@@ -161,11 +181,14 @@ impl Core {
 
     /// The earliest timer: a job's, a schedule's slot or an RPO's.
     pub fn next_deadline(&self) -> Option<u64> {
-        let policy = self.due.first();
-        match (next_deadline(&self.state), policy) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            next_deadline(&self.state),
+            self.due.first(),
+            verify::next_due(&self.state),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Whether the due-time index holds what a look at every schedule and

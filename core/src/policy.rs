@@ -45,6 +45,8 @@ pub struct TargetPolicy {
     /// The other retention rules (`keep_within`, tiers; see `retention`).
     /// `keep_last` above is folded into it by [`TargetPolicy::retention`].
     pub retention: RetentionPolicy,
+    /// `[target.verify]`: how its restore points are verified (none: never).
+    pub verify: Option<crate::verify::VerifyPolicy>,
 }
 
 impl TargetPolicy {
@@ -63,6 +65,7 @@ impl TargetPolicy {
             fingerprint: None,
             rpo_ms: None,
             retention: RetentionPolicy::default(),
+            verify: None,
         }
     }
 

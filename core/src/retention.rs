@@ -72,8 +72,8 @@ pub enum Rule {
     NoPolicy,
     /// The newest restore point of a target is never pruned.
     Newest,
-    /// The newest verified one is never pruned (verification does not exist
-    /// yet: no point is verified, so this rule keeps nothing today).
+    /// The newest verified one is never pruned (`verify`: its last
+    /// verification passed).
     NewestVerified,
     Last,
     Within,
@@ -115,7 +115,8 @@ pub struct Point {
     pub job: JobId,
     pub name: String,
     pub at_ms: u64,
-    /// Hook for "never the newest verified one": set once verification exists.
+    /// Its last verification passed (`verify::is_verified`): the newest such
+    /// point is never pruned.
     pub verified: bool,
 }
 
@@ -323,7 +324,7 @@ pub fn plan(
                 job: e.job,
                 name: e.name.clone(),
                 at_ms: e.at_ms,
-                verified: false,
+                verified: crate::verify::is_verified(state, t, &e.name),
             })
             .collect();
         let mut v = evaluate(&policy(t), &points);

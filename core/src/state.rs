@@ -272,6 +272,8 @@ pub struct State {
     pub applied: u64,
     /// Schedules and RPOs (`schedule`).
     pub book: crate::schedule::Book,
+    /// Verification of restore points (`verify`).
+    pub verify: crate::verify::Ledger,
 }
 
 impl State {

@@ -100,6 +100,8 @@ mutations! {
     resend_before_timers: C(Mutation::ResendBeforeTimers), Crash => "no_snapshot_after_thaw";
     send_before_append: C(Mutation::SendBeforeAppend), Calm => "durable_before_send";
     refire_slots: C(Mutation::RefireSlots), Crash => "no_slot_fires_twice";
+    freeze_during_verify: C(Mutation::FreezeDuringVerify), Calm => "verify_outside_freeze";
+    prune_newest_verified: C(Mutation::PruneNewestVerified), Calm => "newest_verified_kept";
     freeze_after_thaw: W(worker::Mutation::FreezeAfterThaw), Net => "no_freeze_after_thaw";
     thaw_ignores_attempt: W(worker::Mutation::ThawIgnoresAttempt), Calm => "thaw_own_attempt";
     // Without a hold, a failed freeze that landed is also thawed by the
@@ -109,7 +111,11 @@ mutations! {
     no_adoption: W(worker::Mutation::NoAdoption), Crash => "thawed_within_limit";
     refreeze_same_attempt: W(worker::Mutation::RefreezeSameAttempt), All => "one_freeze_per_attempt";
     window_from_own_memory: W(worker::Mutation::WindowFromOwnMemory), Calm => "freeze_window";
-    snapshot_after_deadline: W(worker::Mutation::SnapshotAfterDeadline), All => "no_snapshot_after_thaw";
+    // A snapshot started after its attempt's deadline can also be a second
+    // cut of that attempt (seen on seed 1 once the verify stage drew from
+    // the run's PRNG too).
+    snapshot_after_deadline: W(worker::Mutation::SnapshotAfterDeadline), All => "no_snapshot_after_thaw",
+        also ["one_snapshot_per_attempt"];
     snapshot_not_idempotent: W(worker::Mutation::SnapshotNotIdempotent), All => "one_snapshot_per_attempt";
     adopt_any_snapshot: W(worker::Mutation::AdoptAnySnapshot), All => "consistent_snapshot";
     // Issue 23 items 1-3 at once: a second freeze of one attempt, a thaw of
@@ -117,6 +123,7 @@ mutations! {
     // attempt's thaw (the refusal reads the shared freeze state).
     freeze_state_per_process: W(worker::Mutation::FreezeStatePerProcess), Crash => "one_freeze_per_attempt",
         also ["freeze_window", "thaw_own_attempt", "one_snapshot_per_attempt"];
+    no_verify_cleanup: W(worker::Mutation::NoVerifyCleanup), Crash => "verify_cleanup";
 }
 
 #[test]

@@ -75,12 +75,14 @@ pub struct Command {
     /// One target for freeze/thaw/flush-logs; every member of the group for snapshot.
     pub targets: Vec<TargetId>,
     pub kind: SnapshotKind,
-    /// For snapshot: the deterministic snapshot name.
+    /// For snapshot: the deterministic snapshot name; for verify: the snapshot to verify.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_name: Option<String>,
     /// For freeze: Unix ms at which the worker thaws by itself if no thaw
     /// came. For snapshot: Unix ms at which the engine thaws the writers
     /// whatever happens; a worker does not start the snapshot after it.
+    /// For verify: Unix ms at which the worker stops the verification
+    /// (reports `timeout`); it does not start one after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thaw_deadline_ms: Option<u64>,
     /// For prune: snapshot names to delete.

@@ -214,6 +214,35 @@ impl Embedded {
         }
     }
 
+    /// Waits until `until` holds for the job's events (they go on after its
+    /// end: verification); returns them.
+    pub async fn wait_for(
+        &self,
+        job: JobId,
+        within: Duration,
+        until: impl Fn(&[EventBody]) -> bool,
+    ) -> Vec<EventBody> {
+        let end = std::time::Instant::now() + within;
+        loop {
+            let events: Vec<EventBody> = self
+                .engine
+                .log()
+                .read_job(job)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event.body)
+                .collect();
+            if until(&events) {
+                return events;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "job {job}: condition not met within {within:?}: {events:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn stop(self) {
         self.engine.shutdown(Drain::Default).await.unwrap();
     }

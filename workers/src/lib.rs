@@ -6,6 +6,7 @@ pub mod check;
 pub mod exec;
 pub mod provider;
 pub mod runtime;
+pub mod verify;
 pub mod watchdog;
 pub mod writer;
 

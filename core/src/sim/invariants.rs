@@ -84,6 +84,18 @@ pub const INVARIANTS: &[(&str, &str)] = &[
         "engine_thaws_before_watchdog",
         "without lost messages or crashes the engine's thaw always comes before the watchdog's",
     ),
+    (
+        "verify_outside_freeze",
+        "a verification never overlaps a freeze of the same target (neither starts while the other runs)",
+    ),
+    (
+        "newest_verified_kept",
+        "retention never asks to delete a target's newest verified restore point",
+    ),
+    (
+        "verify_cleanup",
+        "a verify worker that died leaves no clone behind once it is up again (cleanup on start)",
+    ),
 ];
 
 /// What the checks keep track of besides the engine and the world.
@@ -438,7 +450,13 @@ impl Sim {
                 }
             }
             EventBody::RpoBreached { .. } => self.summary.rpo_breaches += 1,
+            EventBody::VerifyStarted { run, .. } => {
+                self.checks.durable.insert((job_id, *run, Stage::Verify));
+            }
+            EventBody::Verified { .. } => self.summary.verified += 1,
+            EventBody::VerifyFailed { .. } => self.summary.verify_failed += 1,
             EventBody::PruneRequested { target, names, .. } => {
+                self.check_newest_verified_kept(job_id, target, names)?;
                 for n in names {
                     self.checks
                         .durable_prunes

@@ -17,6 +17,7 @@ mod network;
 mod reference;
 mod scheduler;
 mod summary;
+mod verify;
 mod world;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -186,6 +187,7 @@ impl Sim {
             p.backoff_base_ms = 100;
             p.backoff_max_ms = 2_000;
             p.keep_last = (i % 2 == 0).then_some(3);
+            p.verify = verify::policy(i);
             targets.insert(t.clone(), p);
             target_ids.push(t);
             target_hosts.push(i / 2);

@@ -172,6 +172,8 @@ impl Sim {
             worker.recent = Recent::default();
             worker.pruned = Recent::default();
             worker.own_memory.clear();
+            self.verify_crash(w);
+            let worker = &mut self.world.workers[w];
             let unacked: Vec<(Destination, Command)> = worker.inflight.drain().map(|(_, v)| v).collect();
             let pool = worker.pool;
             for (to, cmd) in unacked {
@@ -208,6 +210,7 @@ impl Sim {
             }
         }
         self.world.workers[w].alive = true;
+        self.verify_cleanup(w)?;
         let inc = self.world.workers[w].incarnation;
         self.adopt(w, inc)?;
         let own = std::mem::take(&mut self.world.own_queue[w]);

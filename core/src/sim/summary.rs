@@ -23,6 +23,9 @@ pub struct Summary {
     /// Schedule firings and RPO breaches (runs with schedules).
     pub fired: usize,
     pub rpo_breaches: usize,
+    /// Verifications that passed and failed (targets with `[target.verify]`).
+    pub verified: usize,
+    pub verify_failed: usize,
 }
 
 impl Summary {
@@ -41,6 +44,10 @@ impl Summary {
             self.jobs as f64 / w
         ) + &if self.fired > 0 || self.rpo_breaches > 0 {
             format!(" fired={} rpo_breaches={}", self.fired, self.rpo_breaches)
+        } else {
+            String::new()
+        } + &if self.verified > 0 || self.verify_failed > 0 {
+            format!(" verified={} verify_failed={}", self.verified, self.verify_failed)
         } else {
             String::new()
         }

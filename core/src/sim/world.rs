@@ -138,6 +138,8 @@ pub struct World {
     pub outages: Vec<Vec<(u64, Option<u64>)>>,
     /// Per array (pool): until when it is slower than the freeze limit.
     pub slow_until: Vec<u64>,
+    /// Verifications running and clones left behind.
+    pub verify: super::verify::VerifyWorld,
     next_step: u64,
 }
 
@@ -186,6 +188,7 @@ impl World {
             pool_targets,
             pools,
             pool_index,
+            verify: Default::default(),
             next_step: 0,
         }
     }
@@ -248,6 +251,7 @@ impl Sim {
                 (Some(outcome), self.rng.range(2, 40))
             }
             Stage::Prune => (Some(self.prune(w, &cmd)), self.rng.range(2, 40)),
+            Stage::Verify => self.verify(w, step, &cmd)?,
             Stage::Queue => (None, 0),
         };
         // `None`: a freeze that hangs; its report comes when the runtime's
@@ -268,6 +272,9 @@ impl Sim {
         let Some((_, cmd)) = self.world.workers[w].inflight.remove(&step) else {
             return Ok(());
         };
+        if cmd.stage == Stage::Verify {
+            self.verify_done(w, step, &cmd, &outcome);
+        }
         self.world.workers[w]
             .recent
             .insert_first(cmd.message_id.clone(), outcome.clone());
@@ -367,6 +374,7 @@ impl Sim {
 
     /// The writer's freeze of target `t` by attempt `key` lands.
     fn freeze_world(&mut self, t: usize, key: Key, deadline: u64) -> Checked<()> {
+        self.check_no_verify_during_freeze(t, key.0)?;
         self.check_no_freeze_after_thaw(t, key)?;
         self.check_one_freeze(t, key)?;
         let now = self.sched.now;

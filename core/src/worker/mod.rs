@@ -159,6 +159,9 @@ pub enum Mutation {
     /// The freeze state is per process and lost when it ends, not the
     /// host's (issue 23 items 1 and 2; the simulator's workers honour it).
     FreezeStatePerProcess,
+    /// A verify worker does not clean up on start what its dead process
+    /// left (clones, mounts, throw-away servers).
+    NoVerifyCleanup,
 }
 
 impl Mutation {
@@ -174,6 +177,7 @@ impl Mutation {
         Mutation::SnapshotNotIdempotent,
         Mutation::AdoptAnySnapshot,
         Mutation::FreezeStatePerProcess,
+        Mutation::NoVerifyCleanup,
     ];
 
     /// Its name on the command line (`recman simulate --mutation`).

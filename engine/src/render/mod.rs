@@ -181,6 +181,47 @@ pub fn details(body: &EventBody) -> String {
                 rfc3339(*last_good_ms)
             }
         ),
+        EventBody::VerifyRequested {
+            target,
+            name,
+            origin,
+            replaces,
+        } => format!(
+            "target={target} snapshot={name} origin={origin}{}",
+            if replaces.is_empty() {
+                String::new()
+            } else {
+                format!(" replaces={}", replaces.join(","))
+            }
+        ),
+        EventBody::VerifyStarted {
+            target,
+            name,
+            run,
+            deadline_ms,
+        } => format!(
+            "target={target} snapshot={name} run={run} deadline={}",
+            rfc3339(*deadline_ms)
+        ),
+        EventBody::Verified {
+            target,
+            name,
+            run,
+            duration_us,
+            checked,
+        } => format!(
+            "target={target} snapshot={name} run={run} took={} checked={checked}",
+            micros(*duration_us)
+        ),
+        EventBody::VerifyFailed {
+            target,
+            name,
+            run,
+            error,
+        } => format!(
+            "target={target} snapshot={name} run={run} code={} message={}",
+            error.code, error.message
+        ),
     }
 }
 
@@ -203,6 +244,7 @@ fn step_detail(d: &StepDetail) -> String {
             if *by_watchdog { " by_watchdog" } else { "" }
         ),
         StepDetail::Flushed => "flushed".into(),
+        StepDetail::Verified { checked } => format!("checked={checked}"),
         StepDetail::Pruned { deleted, failed } => {
             let mut s = format!("deleted={}", deleted.join(","));
             for f in failed {

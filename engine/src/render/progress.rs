@@ -362,7 +362,11 @@ impl Progress {
             | EventBody::SchedulePaused { .. }
             | EventBody::RpoChanged { .. }
             | EventBody::RpoBreached { .. }
-            | EventBody::RpoRestored { .. } => {}
+            | EventBody::RpoRestored { .. }
+            | EventBody::VerifyRequested { .. }
+            | EventBody::VerifyStarted { .. }
+            | EventBody::Verified { .. }
+            | EventBody::VerifyFailed { .. } => {}
         }
         None
     }

@@ -433,6 +433,12 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.writer_timeout_ms = t.writer.timeout().as_millis() as u64;
         p.provider_timeout_ms = t.provider.timeout().as_millis() as u64;
         p.fingerprint = Some(t.fingerprint());
+        p.verify = t.verify.as_ref().map(|v| recman_core::verify::VerifyPolicy {
+            kind: v.kind.as_str().to_string(),
+            pool: v.pool.clone(),
+            timeout_ms: v.timeout.as_millis() as u64,
+            schedule: v.schedule,
+        });
         cfg.targets.insert(t.id.clone(), p);
     }
     cfg.schedules = config.schedules.clone();

@@ -62,6 +62,8 @@ struct Local {
     provider: Arc<dyn Provider>,
     writer_lock: Arc<tokio::sync::Mutex<()>>,
     provider_lock: Arc<tokio::sync::Mutex<()>>,
+    /// One verification of the target at a time in this process.
+    verify_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One worker process (or one worker hosted by the engine in embedded mode).
@@ -93,6 +95,7 @@ impl Worker {
                         provider: provider::from_config(&t.provider),
                         writer_lock: Default::default(),
                         provider_lock: Default::default(),
+                        verify_lock: Default::default(),
                     },
                 )
             })
@@ -353,6 +356,7 @@ fn step_span(worker: &WorkerId, cmd: &Command, d: &Delivery) -> Span {
         Stage::Thaw => "worker.thaw",
         Stage::FlushLogs => "worker.flush_logs",
         Stage::Prune => "worker.prune",
+        Stage::Verify => "worker.verify",
         Stage::Queue => "worker.queue",
     };
     let span = info_span!(
@@ -549,6 +553,9 @@ impl Shared {
         for t in ids {
             let l = &self.targets[t];
             let _g = l.provider_lock.lock().await;
+            for what in crate::verify::cleanup(&l.cfg) {
+                tracing::warn!(worker = %self.id, target = %t, removed = %what, "removed the leftover of a verification interrupted by a crash");
+            }
             match l.provider.cleanup().await {
                 Ok(removed) => {
                     for what in removed {

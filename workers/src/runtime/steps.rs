@@ -26,6 +26,7 @@ impl Shared {
             Stage::FlushLogs => self.flush(cmd).await,
             Stage::Snapshot => self.snapshot(cmd).await,
             Stage::Prune => self.prune(cmd).await,
+            Stage::Verify => self.verify(cmd).await,
             Stage::Queue => Err(StepError::new(
                 "invalid_stage",
                 "queue is not a worker step",
@@ -245,6 +246,42 @@ impl Shared {
     /// with its error (`failed`), the others still are (one stuck snapshot,
     /// e.g. a 3PAR copy with a child, must not block retention). A name not
     /// there counts as deleted: a redelivered prune says the same.
+    /// Verifies the snapshot of `cmd` (`crate::verify`), stopped at the
+    /// command's deadline; one verification of a target at a time here.
+    async fn verify(&self, cmd: &Command) -> Result<StepDetail, StepError> {
+        let Some(t) = cmd.targets.first() else {
+            return Err(StepError::new("invalid_command", "verify names no target", false));
+        };
+        let local = self.local(t)?;
+        let Some(v) = local.cfg.verify.as_ref() else {
+            return Err(StepError::new(
+                "verify_not_configured",
+                format!("{t} has no [target.verify] in this worker's config"),
+                false,
+            ));
+        };
+        let Some(name) = cmd.snapshot_name.as_deref() else {
+            return Err(StepError::new(
+                "invalid_command",
+                "verify names no snapshot",
+                false,
+            ));
+        };
+        let _g = local.verify_lock.lock().await;
+        let now = clock::now_ms();
+        let deadline = cmd.thaw_deadline_ms.unwrap_or(u64::MAX);
+        if now >= deadline {
+            return Err(StepError::new(
+                "deadline_passed",
+                format!("the verification of {name} was due to end at {deadline} ms: not started"),
+                false,
+            ));
+        }
+        let budget = std::time::Duration::from_millis(deadline - now).min(v.timeout);
+        let checked = crate::verify::verify(&local.cfg, v, name, budget).await?;
+        Ok(StepDetail::Verified { checked })
+    }
+
     async fn prune(&self, cmd: &Command) -> Result<StepDetail, StepError> {
         let mut deleted: Vec<String> = Vec::new();
         let mut failed: Vec<PruneFailure> = Vec::new();

@@ -1,0 +1,313 @@
+//! The verify stage driven through the core: a completed job's point is
+//! verified on its target's verify pool once the target is idle; a job that
+//! arrives meanwhile waits and starts when the verification ends; a failure
+//! marks the point and keeps the snapshot; retention keeps the newest
+//! verified point; a silent verifier times out; replay is exact.
+
+use std::collections::BTreeMap;
+
+use recman_core::verify::{Status, VerifyPolicy, VerifySchedule};
+use recman_core::{evolve, Core, CoreConfig, Destination, Input, JobState, Reply, State, TargetPolicy};
+use recman_events::{
+    snapshot_name, Event, EventBody, JobId, Outcome, PoolName, Report, RequestId, SnapshotInfo, SnapshotKind,
+    SnapshotRequest, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
+};
+
+const T: u64 = 1_000_000;
+
+fn config(keep_last: Option<u32>, schedule: VerifySchedule) -> CoreConfig {
+    let mut p = TargetPolicy::new("host.a", "array.x");
+    p.keep_last = keep_last;
+    p.verify = Some(VerifyPolicy {
+        pool: Some(PoolName::from("host.verify")),
+        timeout_ms: 60_000,
+        schedule,
+        ..VerifyPolicy::new("checksum")
+    });
+    CoreConfig {
+        targets: BTreeMap::from([(TargetId::from("a"), p)]),
+        schedules: Vec::new(),
+        seed: 1,
+        mutation: None,
+    }
+}
+
+fn rep(job: JobId, attempt: u32, stage: Stage, outcome: Outcome) -> Input {
+    Input::Report(Report {
+        schema_version: SCHEMA_VERSION,
+        message_id: format!("m{attempt}{stage}"),
+        job,
+        attempt,
+        stage,
+        targets: vec![TargetId::from("a")],
+        worker: WorkerId::from("w"),
+        duration_us: 10,
+        outcome,
+    })
+}
+
+fn ok(detail: StepDetail) -> Outcome {
+    Outcome::Ok { detail }
+}
+
+struct Run {
+    core: Core,
+    log: Vec<Event>,
+}
+
+impl Run {
+    fn handle(&mut self, input: Input, now: u64) -> recman_core::Step {
+        let s = self.core.handle(input, now);
+        self.log.extend(s.events.clone());
+        s
+    }
+
+    fn request(&mut self, n: u128, now: u64) -> JobId {
+        let job = JobId::from_parts(now, n);
+        let req = SnapshotRequest {
+            schema_version: SCHEMA_VERSION,
+            request_id: RequestId::new(format!("r{n}")),
+            targets: vec![TargetId::from("a")],
+            kind: SnapshotKind::Full,
+        };
+        let s = self.handle(
+            Input::Request {
+                req,
+                origin: "test".into(),
+                new_job: job,
+            },
+            now,
+        );
+        assert!(matches!(s.reply, Reply::Accepted { .. }));
+        job
+    }
+
+    /// Walks a started job through every stage; returns the flush's step.
+    fn walk(&mut self, j: JobId, now: u64) -> recman_core::Step {
+        self.handle(
+            rep(j, 1, Stage::Freeze, ok(StepDetail::Frozen { deadline_ms: 0 })),
+            now + 1,
+        );
+        let info = SnapshotInfo {
+            name: snapshot_name(j, 1),
+            provider: "test".into(),
+            location: "x".into(),
+            size_bytes: None,
+            existed: false,
+        };
+        self.handle(
+            rep(j, 1, Stage::Snapshot, ok(StepDetail::Snapshot(info))),
+            now + 2,
+        );
+        let thawed = StepDetail::Thawed {
+            freeze_window_us: 5,
+            by_watchdog: false,
+        };
+        self.handle(rep(j, 1, Stage::Thaw, ok(thawed)), now + 3);
+        self.handle(rep(j, 1, Stage::FlushLogs, ok(StepDetail::Flushed)), now + 4)
+    }
+
+    fn status(&self, j: JobId) -> Status {
+        self.core
+            .state()
+            .verify
+            .record(&TargetId::from("a"), &snapshot_name(j, 1))
+            .map(|r| r.status)
+            .unwrap_or_default()
+    }
+
+    fn replay(&self) {
+        let mut s = State::default();
+        for e in &self.log {
+            evolve(&mut s, e);
+        }
+        assert_eq!(&s, self.core.state(), "replay differs from live state");
+    }
+}
+
+fn kinds(events: &[Event]) -> Vec<&'static str> {
+    events.iter().map(|e| e.body.kind()).collect()
+}
+
+fn verified(checked: &str) -> Outcome {
+    ok(StepDetail::Verified {
+        checked: checked.into(),
+    })
+}
+
+#[test]
+fn a_completed_point_is_verified_off_the_freeze_window_and_a_new_job_waits() {
+    let mut r = Run {
+        core: Core::new(config(None, VerifySchedule::Each)),
+        log: Vec::new(),
+    };
+    let j1 = r.request(1, T);
+    let s = r.walk(j1, T);
+    let k = kinds(&s.events);
+    let done = k.iter().position(|k| *k == "completed").expect("completed");
+    let started = k
+        .iter()
+        .position(|k| *k == "verify_started")
+        .expect("verify started");
+    assert!(
+        done < started,
+        "verification starts after the snapshot is recorded: {k:?}"
+    );
+    let cmd = s
+        .commands
+        .iter()
+        .find(|o| o.command.stage == Stage::Verify)
+        .expect("a verify command");
+    assert_eq!(cmd.to, Destination::Pool(PoolName::from("host.verify")));
+    assert_eq!(cmd.command.snapshot_name, Some(snapshot_name(j1, 1)));
+    assert_eq!(cmd.command.job, j1);
+    assert_eq!(
+        cmd.command.thaw_deadline_ms,
+        Some(T + 4 + 60_000),
+        "the worker stops at its timeout"
+    );
+    assert_eq!(r.status(j1), Status::Running);
+
+    // A job requested while the target is being verified waits: no freeze.
+    let j2 = r.request(2, T + 10);
+    assert_eq!(r.core.state().job(&j2).map(|j| j.state), Some(JobState::Queued));
+    let s = r.handle(rep(j1, 1, Stage::Verify, verified("3 files, 12 bytes")), T + 20);
+    assert_eq!(kinds(&s.events), ["verified", "attempt_started", "stage_started"]);
+    assert!(s.commands.iter().any(|o| o.command.stage == Stage::Freeze));
+    assert_eq!(r.status(j1), Status::Verified);
+    let rec = r
+        .core
+        .state()
+        .verify
+        .record(&TargetId::from("a"), &snapshot_name(j1, 1));
+    assert_eq!(
+        rec.and_then(|r| r.detail.clone()).as_deref(),
+        Some("3 files, 12 bytes")
+    );
+    // A stale report (an earlier run, a redelivery) changes nothing.
+    let s = r.handle(rep(j1, 1, Stage::Verify, verified("again")), T + 21);
+    assert!(s.events.is_empty());
+    r.replay();
+}
+
+#[test]
+fn a_failed_verification_keeps_the_snapshot_and_retention_keeps_the_newest_verified() {
+    let mut r = Run {
+        core: Core::new(config(Some(1), VerifySchedule::Each)),
+        log: Vec::new(),
+    };
+    let j1 = r.request(1, T);
+    r.walk(j1, T);
+    r.handle(rep(j1, 1, Stage::Verify, verified("ok")), T + 10);
+    let j2 = r.request(2, T + 100);
+    let s = r.walk(j2, T + 100);
+    // keep_last = 1 would prune j1's point; it is the newest verified one.
+    assert!(
+        !s.events
+            .iter()
+            .any(|e| matches!(&e.body, EventBody::PruneRequested { .. })),
+        "{:?}",
+        kinds(&s.events)
+    );
+    let error = StepError::new(
+        "checksum_mismatch",
+        "data/f2: bytes differ from the manifest",
+        false,
+    );
+    let s = r.handle(rep(j2, 1, Stage::Verify, Outcome::Err { error }), T + 200);
+    assert_eq!(kinds(&s.events), ["verify_failed"]);
+    match &s.events[0].body {
+        EventBody::VerifyFailed { error, .. } => assert!(error.message.contains("data/f2"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.status(j2), Status::Failed);
+    assert_eq!(r.status(j1), Status::Verified);
+    let names: Vec<&str> = r.core.state().catalog[&TargetId::from("a")]
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(names.len(), 2, "a failed verification deletes nothing: {names:?}");
+    r.replay();
+}
+
+#[test]
+fn a_silent_verifier_times_out_and_an_operator_verifies_again() {
+    let mut r = Run {
+        core: Core::new(config(None, VerifySchedule::Each)),
+        log: Vec::new(),
+    };
+    let j1 = r.request(1, T);
+    r.walk(j1, T);
+    let due = r.core.next_deadline().expect("the verification's deadline");
+    assert_eq!(due, T + 4 + 60_000 + recman_core::policy::STAGE_GRACE_MS);
+    let s = r.handle(Input::TimerFired, due);
+    assert_eq!(kinds(&s.events), ["verify_failed"]);
+    assert_eq!(r.status(j1), Status::Failed);
+    let s = r.handle(
+        Input::Verify {
+            target: TargetId::from("a"),
+            name: snapshot_name(j1, 1),
+            origin: "cli".into(),
+        },
+        due + 10,
+    );
+    assert_eq!(
+        s.reply,
+        Reply::Accepted {
+            job: j1,
+            existing: false
+        }
+    );
+    assert_eq!(kinds(&s.events), ["verify_requested", "verify_started"]);
+    let cmd = s
+        .commands
+        .iter()
+        .find(|o| o.command.stage == Stage::Verify)
+        .expect("command");
+    assert_eq!(cmd.command.attempt, 2, "the second run");
+    r.handle(rep(j1, 2, Stage::Verify, verified("ok")), due + 20);
+    assert_eq!(r.status(j1), Status::Verified);
+    let s = r.handle(
+        Input::Verify {
+            target: TargetId::from("a"),
+            name: "nope".into(),
+            origin: "cli".into(),
+        },
+        due + 30,
+    );
+    assert!(matches!(
+        s.reply,
+        Reply::Rejected {
+            code: "snapshot_not_found",
+            ..
+        }
+    ));
+    r.replay();
+}
+
+#[test]
+fn newest_daily_verifies_the_newest_point_of_a_busy_day() {
+    // a completes while b waits: a's verification cannot start; b's
+    // point, of the same day, replaces it.
+    let mut r2 = Run {
+        core: Core::new(config(None, VerifySchedule::NewestDaily)),
+        log: Vec::new(),
+    };
+    let a = r2.request(1, T);
+    let b = r2.request(2, T + 1);
+    let s = r2.walk(a, T + 10);
+    assert!(
+        !kinds(&s.events).contains(&"verify_started"),
+        "b waits: no verification yet"
+    );
+    assert_eq!(r2.status(a), Status::Pending);
+    let s = r2.walk(b, T + 20);
+    assert!(kinds(&s.events).contains(&"verify_started"));
+    assert_eq!(
+        r2.status(a),
+        Status::Unverified,
+        "replaced by the newer point of the day"
+    );
+    assert_eq!(r2.status(b), Status::Running);
+    r2.replay();
+}
