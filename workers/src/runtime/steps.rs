@@ -155,15 +155,14 @@ impl Shared {
             Some(a) if a.key == key => a.window_us(),
             _ => worker::thaw_window_us(&plan, now_ms, self.process(), None),
         };
-        host.memory
-            .record_thaw(key, ThawedBy::Command, window, &plan, now_ms);
-        if let Err(e) = self.save_state(&host).await {
-            // Thaw all the same: a hold left in the state is thawed again
-            // (idempotent) by a watchdog, never a freeze of another attempt.
-            tracing::warn!(worker = %self.id, target = %t, code = %e.code, message = %e.message, "the thaw was not recorded");
-        }
         let by_watchdog = plan.by_watchdog();
-        match plan {
+        if !matches!(plan, ThawPlan::Own(_)) {
+            // Nothing of this attempt is held: nothing to release first.
+            host.memory
+                .record_thaw(key, ThawedBy::Command, window, &plan, now_ms);
+            self.record_thaw_state(t, &host).await;
+        }
+        match &plan {
             ThawPlan::Other { holder, .. } => {
                 tracing::info!(worker = %self.id, target = %t, job = %cmd.job, attempt = cmd.attempt, holder_job = %holder.0, holder_attempt = holder.1, "thaw of an attempt that does not hold the target: nothing thawed");
                 Ok((window, by_watchdog))
@@ -173,24 +172,53 @@ impl Shared {
                 Ok((window, by_watchdog))
             }
             ThawPlan::Own(hold) => {
+                // The hold is released in the host state only once the
+                // writer's thaw returned: a process that dies in the middle
+                // leaves it held, so another process adopts it and thaws
+                // again (idempotent), and the window it records is not the
+                // one of a thaw that never happened.
                 match local.writer.thaw(&Self::ctx(t, cmd)).await {
-                    Ok(()) => Ok((window, by_watchdog)),
+                    Ok(()) => {
+                        host.memory
+                            .record_thaw(key, ThawedBy::Command, window, &plan, now_ms);
+                        self.record_thaw_state(t, &host).await;
+                        Ok((window, by_watchdog))
+                    }
                     Err(e) => {
-                        // Still frozen as far as we know: keep the watchdog on it.
-                        let at = Instant::now()
+                        // Still frozen as far as we know: keep the watchdog on
+                        // it, its window still counted from the freeze.
+                        let now = Instant::now();
+                        let at = now
                             + std::time::Duration::from_millis(
                                 hold.deadline_ms.saturating_sub(clock::now_ms()),
                             );
-                        let frozen_at = armed.map_or_else(Instant::now, |a| a.frozen_at);
-                        let mut hold = hold;
+                        let frozen_at = armed.map(|a| a.frozen_at).unwrap_or_else(|| {
+                            now.checked_sub(std::time::Duration::from_millis(
+                                clock::now_ms().saturating_sub(hold.frozen_at_ms),
+                            ))
+                            .unwrap_or(now)
+                        });
+                        // The hold was never released: this process's
+                        // watchdog is the one that thaws it from now on.
+                        let mut hold = hold.clone();
                         hold.process = self.process().clone();
                         host.memory.record_thaw_failed(hold);
+                        host.memory.record_adopt(key, self.process().clone());
                         let _ = self.save_state(&host).await;
                         self.arm(t, Armed { key, frozen_at }, at);
                         Err(e)
                     }
                 }
             }
+        }
+    }
+
+    /// Saves a recorded thaw; a failure is logged (a hold left in the state
+    /// is thawed again, idempotent, by a watchdog, never a freeze of another
+    /// attempt).
+    async fn record_thaw_state(&self, t: &TargetId, host: &Locked) {
+        if let Err(e) = self.save_state(host).await {
+            tracing::warn!(worker = %self.id, target = %t, code = %e.code, message = %e.message, "the thaw was not recorded");
         }
     }
 
