@@ -15,20 +15,5 @@ mod tls;
 /// not would silently never compile or run).
 #[test]
 fn every_test_file_is_a_module_of_the_suite() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
-    let main = std::fs::read_to_string(dir.join("main.rs")).expect("tests/main.rs");
-    let mut missing = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("tests/") {
-        let name = entry
-            .expect("tests/ entry")
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if let Some(stem) = name.strip_suffix(".rs").filter(|s| *s != "main") {
-            if !main.lines().any(|l| l.trim() == format!("mod {stem};")) {
-                missing.push(name);
-            }
-        }
-    }
-    assert!(missing.is_empty(), "not declared in tests/main.rs: {missing:?}");
+    recman_testkit::suite::assert_every_test_file_is_declared(env!("CARGO_MANIFEST_DIR"));
 }

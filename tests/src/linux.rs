@@ -248,6 +248,21 @@ impl Embedded {
     }
 }
 
+/// How long the (first) freeze step took, as its report recorded it.
+pub fn freeze_step(events: &[EventBody]) -> Duration {
+    events
+        .iter()
+        .find_map(|e| match e {
+            EventBody::StepSucceeded {
+                stage: recman_events::Stage::Freeze,
+                duration_us,
+                ..
+            } => Some(Duration::from_micros(*duration_us)),
+            _ => None,
+        })
+        .expect("a freeze step")
+}
+
 /// The Completed event of a job's events (panics with the events otherwise).
 pub fn completed(events: &[EventBody]) -> (recman_events::SnapshotInfo, u64) {
     events

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use recman_config::Config;
 use recman_events::EventBody;
 use recman_testkit::{recman_bin, sh, wait_exit, wait_until, wait_until_async, which, DEADLINE};
-use recman_tests::linux::{can_run, completed, gap_free_prefix, Embedded, LoopFs, NumberedWriter};
+use recman_tests::linux::{
+    can_run, completed, freeze_step, gap_free_prefix, Embedded, LoopFs, NumberedWriter,
+};
 
 fn config(dir: &std::path::Path, text: &str) -> Config {
     let p = dir.join("recman.toml");
@@ -73,17 +75,7 @@ async fn fsfreeze_blocks_a_numbered_writer_for_the_recorded_window() {
     );
     // The blocked write covers the window (freeze return → thaw return); it may
     // start earlier, while FIFREEZE was still syncing (the freeze step's time).
-    let freeze_step = events
-        .iter()
-        .find_map(|e| match e {
-            EventBody::StepSucceeded {
-                stage: recman_events::Stage::Freeze,
-                duration_us,
-                ..
-            } => Some(Duration::from_micros(*duration_us)),
-            _ => None,
-        })
-        .expect("a freeze step");
+    let freeze_step = freeze_step(&events);
     let slack = Duration::from_millis(100); // scheduling on a loaded 2-core CI machine
     assert!(
         longest <= window + freeze_step + slack,

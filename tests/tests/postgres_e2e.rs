@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use recman_config::Config;
-use recman_events::EventBody;
 use recman_testkit::{free_port, sh, wait_until_async, DEADLINE};
-use recman_tests::linux::{can_run, completed, Embedded, LoopFs, NumberedWriter};
+use recman_tests::linux::{can_run, completed, freeze_step, Embedded, LoopFs, NumberedWriter};
 use recman_tests::postgres::{append, as_postgres, chown_postgres, Pg, BIN, PASSWORD};
 
 struct Killed(Child);
@@ -208,17 +207,7 @@ async fn case(combined: bool) {
             .unwrap_or_default();
         // The window runs from the freeze's return (writes block from the
         // start of FIFREEZE, which first syncs: the freeze step's own time).
-        let freeze_step = events
-            .iter()
-            .find_map(|e| match e {
-                EventBody::StepSucceeded {
-                    stage: recman_events::Stage::Freeze,
-                    duration_us,
-                    ..
-                } => Some(Duration::from_micros(*duration_us)),
-                _ => None,
-            })
-            .expect("a freeze step");
+        let freeze_step = freeze_step(&events);
         eprintln!(
             "freeze window {window:?} (freeze step {freeze_step:?}), longest blocked probe write {longest:?}"
         );

@@ -18,6 +18,7 @@
 pub mod amqp;
 pub mod bin;
 pub mod skip;
+pub mod suite;
 pub mod sys;
 pub mod wait;
 
