@@ -36,6 +36,7 @@ mod trace_jobs;
 mod trace_otlp;
 mod up_cli;
 mod verify_e2e;
+mod verify_pg;
 mod wsapi_fake;
 
 /// Every `.rs` file beside this one is a module of the suite (a file that is
