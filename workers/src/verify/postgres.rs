@@ -335,7 +335,11 @@ fn prepare(
         set("listen_addresses", ""),
         set("unix_socket_directories", &s.sock.display().to_string()),
         set("unix_socket_permissions", "0700"),
-        set("external_pid_file", ""),
+        // Never the live cluster's external pid file.
+        set(
+            "external_pid_file",
+            &s.sock.join("external.pid").display().to_string(),
+        ),
         set("archive_mode", "off"),
         set("synchronous_standby_names", ""),
         set("primary_conninfo", ""),
@@ -345,9 +349,9 @@ fn prepare(
         set("autovacuum", "off"),
         set("shared_buffers", "128MB"),
         set("huge_pages", "off"),
-        set("max_wal_senders", "0"),
-        set("max_replication_slots", "0"),
-        set("wal_level", "replica"),
+        // Not a hot standby: no connections before it is promoted, and no
+        // check that max_connections & co. are at least the primary's.
+        set("hot_standby", "off"),
     ];
     if let (Some(l), Some(a)) = (label, archive) {
         fs::copy(l.join("backup_label"), data.join("backup_label"))
