@@ -429,6 +429,7 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.backoff_max_ms = t.retry_backoff_max.as_millis() as u64;
         p.keep_last = t.keep_last;
         p.rpo_ms = t.rpo.map(|d| d.as_millis() as u64);
+        p.rpo_verified = t.rpo_verified;
         p.retention = retention_policy(t);
         p.writer_timeout_ms = t.writer.timeout().as_millis() as u64;
         p.provider_timeout_ms = t.provider.timeout().as_millis() as u64;
