@@ -57,6 +57,13 @@ pub enum Call {
         targets: Vec<recman_events::TargetId>,
         reply: oneshot::Sender<Reply>,
     },
+    /// An operator's verify of restore point `name` of `target`.
+    Verify {
+        target: recman_events::TargetId,
+        name: String,
+        origin: String,
+        reply: oneshot::Sender<Reply>,
+    },
     /// A look at the live core state (`recman replay` compares it with a
     /// rebuild from the log; shutdown waits until nothing is frozen). Also
     /// answers "has replay finished?".
@@ -200,6 +207,17 @@ async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound
             },
             Call::Prune { targets, reply } => Inbound {
                 input: Some(Input::Prune { targets }),
+                delivery: None,
+                reply: Some(reply),
+                inspect: None,
+            },
+            Call::Verify {
+                target,
+                name,
+                origin,
+                reply,
+            } => Inbound {
+                input: Some(Input::Verify { target, name, origin }),
                 delivery: None,
                 reply: Some(reply),
                 inspect: None,
