@@ -152,6 +152,8 @@ pub struct TargetConfig {
     pub keep_last: Option<u32>,
     /// RPO: the newest good restore point may be at most this old.
     pub rpo: Option<Duration>,
+    /// `rpo_counts = "verified"`: only verified restore points meet the RPO.
+    pub rpo_verified: bool,
     /// The other retention rules (`keep_within`, tiers).
     pub retention: RetentionConfig,
     /// First wait before a retry (doubled each retry, jittered: half to
@@ -890,6 +892,7 @@ impl Cx<'_> {
             "retry_backoff_max",
             "keep_last",
             "rpo",
+            "rpo_counts",
             "writer",
             "provider",
             "verify",
@@ -1057,6 +1060,7 @@ impl Cx<'_> {
         }
         let is_pg = matches!(writer, WriterConfig::Postgres(_));
         let verify = verify::read(self, t, key, &id, &provider_pool)?;
+        let rpo_verified = schedule::rpo_counts(self, t, key, verify.is_some())?;
         Ok(TargetConfig {
             id,
             pool,
@@ -1075,6 +1079,7 @@ impl Cx<'_> {
             retry_backoff_max,
             keep_last,
             rpo,
+            rpo_verified,
             retention,
             writer,
             provider,

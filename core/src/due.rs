@@ -130,7 +130,9 @@ impl DueIndex {
                 self.recheck.remove(target);
                 self.rpo(state, cfg, target);
             }
-            EventBody::SnapshotDeleted { target, .. } => self.rpo(state, cfg, target),
+            EventBody::SnapshotDeleted { target, .. }
+            | EventBody::Verified { target, .. }
+            | EventBody::VerifyFailed { target, .. } => self.rpo(state, cfg, target),
             _ => {}
         }
         if let Some(list) = self.watch.get(&ev.job).cloned() {
@@ -174,7 +176,7 @@ impl DueIndex {
         let Some(rpo_ms) = cfg.targets.get(t).and_then(|p| p.rpo_ms) else {
             return;
         };
-        let due = schedule::rpo_due(state, t, rpo_ms);
+        let due = schedule::rpo_due(state, cfg, t, rpo_ms);
         self.set(DueKey::Rpo(t.clone()), due);
     }
 

@@ -22,6 +22,7 @@ pub mod snapshots;
 pub mod targets;
 pub mod up;
 pub mod validate;
+pub mod verify;
 pub mod worker;
 
 use crate::home::Home;
@@ -69,6 +70,8 @@ pub enum Command {
     Cancel(cancel::Args),
     /// Apply the retention rules now; --dry-run shows what each rule keeps and why.
     Prune(prune::Args),
+    /// Verify a restore point again (the target's verifier) and wait for the verdict.
+    Verify(verify::Args),
     /// Rebuild the state from the log (up to a point) and print it.
     Replay(replay::Args),
     /// Verify every record of the log: checksum, decoding, hash chain.
@@ -140,6 +143,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schedules(a) => schedules::run(&g, a).await,
         Command::Cancel(a) => cancel::run(&g, a).await,
         Command::Prune(a) => prune::run(&g, a).await,
+        Command::Verify(a) => verify::run(&g, a).await,
         Command::Replay(a) => replay::run(&g, a).await,
         Command::Audit(a) => audit::run(&g, a).await,
         Command::ValidateConfig(a) => validate::run(&g, a).await,

@@ -57,6 +57,13 @@ pub enum Call {
         targets: Vec<recman_events::TargetId>,
         reply: oneshot::Sender<Reply>,
     },
+    /// An operator's verify of restore point `name` of `target`.
+    Verify {
+        target: recman_events::TargetId,
+        name: String,
+        origin: String,
+        reply: oneshot::Sender<Reply>,
+    },
     /// A look at the live core state (`recman replay` compares it with a
     /// rebuild from the log; shutdown waits until nothing is frozen). Also
     /// answers "has replay finished?".
@@ -200,6 +207,17 @@ async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound
             },
             Call::Prune { targets, reply } => Inbound {
                 input: Some(Input::Prune { targets }),
+                delivery: None,
+                reply: Some(reply),
+                inspect: None,
+            },
+            Call::Verify {
+                target,
+                name,
+                origin,
+                reply,
+            } => Inbound {
+                input: Some(Input::Verify { target, name, origin }),
                 delivery: None,
                 reply: Some(reply),
                 inspect: None,
@@ -429,6 +447,7 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.backoff_max_ms = t.retry_backoff_max.as_millis() as u64;
         p.keep_last = t.keep_last;
         p.rpo_ms = t.rpo.map(|d| d.as_millis() as u64);
+        p.rpo_verified = t.rpo_verified;
         p.retention = retention_policy(t);
         p.writer_timeout_ms = t.writer.timeout().as_millis() as u64;
         p.provider_timeout_ms = t.provider.timeout().as_millis() as u64;
