@@ -9,7 +9,7 @@
 //! 2. The clone gets the snapshot's stored `backup_label` (from the
 //!    `postgres` writer's `label_dir`), `recovery.signal`, a `restore_command`
 //!    reading the writer's `wal_archive` and `recovery_target = 'immediate'`
-//!    + `promote`. Without an archive or a label the clone is started as
+//!    with `promote`. Without an archive or a label the clone is started as
 //!    after a crash, from its own `pg_wal` (an atomic btrfs snapshot is a
 //!    crash-consistent image). A `tablespace_map` or a tablespace link is
 //!    refused: the clone would write into the live cluster's tablespaces.
