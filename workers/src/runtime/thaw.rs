@@ -77,6 +77,14 @@ impl Shared {
             Some(a) if a.key == key => a.window_us(),
             _ => worker::thaw_window_us(&plan, now_ms, self.process(), None),
         };
+        // Recorded before the thaw runs (a process killed during the thaw
+        // leaves it recorded: its hook's window, not a later adopter's);
+        // a thaw that fails puts the hold back below.
+        host.memory
+            .record_thaw(key, ThawedBy::Watchdog, window_us, &plan, now_ms);
+        if let Err(e) = self.save_state(&host).await {
+            tracing::warn!(worker = %self.id, target = %t, message = %e.message, "the watchdog's thaw was not recorded");
+        }
         tracing::warn!(worker = %self.id, target = %t, job = %hold.job, attempt = hold.attempt, "no thaw arrived in time: the watchdog thaws");
         let ctx = StepCtx {
             target: t.clone(),
@@ -93,18 +101,10 @@ impl Shared {
             }
             tokio::time::sleep(Duration::from_millis(500 * u64::from(n))).await;
         }
-        // As for a commanded thaw (`steps.rs`): the hold is released in the
-        // host state only once the writer's thaw returned, so a process that
-        // dies in the middle leaves it held and another one adopts and thaws
-        // it. A thaw that failed keeps the hold, adopted by this process,
-        // and the watchdog tries again.
-        if result.is_ok() {
-            host.memory
-                .record_thaw(key, ThawedBy::Watchdog, window_us, &plan, now_ms);
-            if let Err(e) = self.save_state(&host).await {
-                tracing::warn!(worker = %self.id, target = %t, message = %e.message, "the watchdog's thaw was not recorded");
-            }
-        } else {
+        // A thaw that failed puts the hold back (the target is frozen as far
+        // as anyone knows), adopted by this process, and the watchdog tries
+        // again: another job's freeze is refused meanwhile.
+        if result.is_err() {
             let mut kept = hold.clone();
             kept.process = self.process().clone();
             host.memory.record_thaw_failed(kept);
