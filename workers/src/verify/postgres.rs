@@ -374,6 +374,18 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// A PostgreSQL program that could not be started.
+fn cannot_run(prog: &Path, e: std::io::Error) -> StepError {
+    StepError::new(
+        "verify_unsupported",
+        format!(
+            "cannot run {}: {e} (set [target.verify] bin_dir to PostgreSQL's bin directory)",
+            prog.display()
+        ),
+        false,
+    )
+}
+
 fn free_port() -> Result<u16, StepError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -433,16 +445,7 @@ fn spawn(
         cmd.uid(uid).gid(gid);
     }
     crate::exec::die_with_parent(&mut cmd);
-    cmd.spawn().map_err(|e| {
-        StepError::new(
-            "verify_unsupported",
-            format!(
-                "cannot run {}: {e} (set [target.verify] bin_dir to PostgreSQL's bin directory)",
-                prog.display()
-            ),
-            false,
-        )
-    })
+    cmd.spawn().map_err(|e| cannot_run(&prog, e))
 }
 
 /// The end of the server's log, for an error.
@@ -524,16 +527,7 @@ async fn amcheck(p: &PgVerifyConfig, conn: &Conn, name: &str, end: Instant) -> R
         .kill_on_drop(true)
         .process_group(0);
     crate::exec::die_with_parent(&mut cmd);
-    let child = cmd.spawn().map_err(|e| {
-        StepError::new(
-            "verify_unsupported",
-            format!(
-                "cannot run {}: {e} (set [target.verify] bin_dir to PostgreSQL's bin directory)",
-                prog.display()
-            ),
-            false,
-        )
-    })?;
+    let child = cmd.spawn().map_err(|e| cannot_run(&prog, e))?;
     let out = match tokio::time::timeout_at(end, child.wait_with_output()).await {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => return Err(StepError::new("exec_failed", format!("pg_amcheck: {e}"), false)),
