@@ -407,3 +407,74 @@ async fn a_server_that_does_not_answer_is_retryable_and_says_what_to_check() {
     let e = w.flush_logs(&ctx).await.unwrap_err();
     assert!(e.retryable && e.message.contains("listen_addresses"), "{e:?}");
 }
+
+/// Issue 25: the preflight runs on `recman up`'s start as warnings. A
+/// postgres target whose server does not answer is named in a `preflight:`
+/// warning with what to check, and the engine still starts and serves.
+/// Needs no root and no PostgreSQL: nothing listens on the port.
+#[test]
+fn up_warns_at_start_up_when_the_preflight_fails_and_still_serves() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let (pg_port, port) = (recman_testkit::free_port(), recman_testkit::free_port());
+    fs::write(
+        dir.path().join("recman.toml"),
+        format!(
+            "[[target]]\nid = \"pg\"\n[target.writer]\ntype = \"postgres\"\nport = {pg_port}\ntimeout = \"5s\"\n\
+             label_dir = \"{}\"\n[target.provider]\ntype = \"none\"\n",
+            dir.path().join("labels").display()
+        ),
+    )
+    .unwrap();
+    let err = dir.path().join("up.stderr");
+    let mut child = std::process::Command::new(recman_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("RECMAN_DATA_DIR")
+        .env_remove("RECMAN_CONFIG")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let stderr = || fs::read_to_string(&err).unwrap_or_default();
+    let until = Instant::now() + DEADLINE;
+    let found = loop {
+        let s = stderr();
+        if s.contains("preflight:") && s.contains("is PostgreSQL running") {
+            break true;
+        }
+        if Instant::now() > until {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Ready: the preflight runs beside the start-up, it does not hold it.
+    let ready = || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut c| {
+            use std::io::Write;
+            let _ = c.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut buf = String::new();
+            let _ = c.read_to_string(&mut buf);
+            buf.starts_with("HTTP/1.1 200")
+        })
+    };
+    let served = loop {
+        if ready() {
+            break true;
+        }
+        if Instant::now() > until {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "no preflight warning naming the server: {}", stderr());
+    assert!(
+        served,
+        "the engine must start despite a failed preflight: {}",
+        stderr()
+    );
+}
