@@ -40,6 +40,10 @@ pub enum Stage {
     /// point restores (`core/src/verify.rs`). The command's `attempt` is the
     /// verification's run number.
     Verify,
+    /// Ask the provider which snapshots of the target it still holds
+    /// (`core/src/reconcile.rs`). The command's job is `JobId::NONE`, its
+    /// `attempt` the reconcile's run number; the answer is `Listed`.
+    Reconcile,
 }
 
 impl Stage {
@@ -52,6 +56,7 @@ impl Stage {
             Stage::FlushLogs => "flush-logs",
             Stage::Prune => "prune",
             Stage::Verify => "verify",
+            Stage::Reconcile => "reconcile",
         }
     }
 }
@@ -168,6 +173,11 @@ pub enum StepDetail {
     /// looked at (`1234 files, 5.6 GB`, `qemu-img check: no errors`).
     Verified {
         checked: String,
+    },
+    /// The answer to a reconcile: the names of the snapshots the provider
+    /// holds for the target (`Provider::list`).
+    Listed {
+        names: Vec<String>,
     },
 }
 
@@ -468,6 +478,51 @@ pub enum EventBody {
         run: u32,
         error: StepError,
     },
+    // The catalog checked against the storage (`core/src/reconcile.rs`).
+    // Job: `JobId::NONE`, but for `SnapshotVanished` (the job that took it).
+    /// `target`'s snapshots are to be listed and compared with the catalog
+    /// (`origin`: `schedule` for `reconcile_every`, `cli`/`http` on demand).
+    ReconcileRequested {
+        target: TargetId,
+        origin: String,
+    },
+    /// Reconcile run `run` of `target` was sent to its provider pool; the
+    /// engine gives up at `deadline_ms`. The catalog it is compared with is
+    /// the one of this moment.
+    ReconcileStarted {
+        target: TargetId,
+        run: u32,
+        deadline_ms: u64,
+    },
+    /// A restore point in the catalog that the provider no longer lists
+    /// (an array expiration, a delete by hand): it leaves the catalog, and
+    /// retention and the RPO see it gone.
+    SnapshotVanished {
+        target: TargetId,
+        name: String,
+    },
+    /// Snapshots the provider lists that look like recman's (the
+    /// `rm-…-aN` names) but that no event records: reported, never deleted.
+    SnapshotUnknown {
+        target: TargetId,
+        names: Vec<String>,
+    },
+    /// Reconcile run `run` of `target` ended: the provider listed `listed`
+    /// snapshots; `vanished` left the catalog, `unknown` were reported.
+    Reconciled {
+        target: TargetId,
+        run: u32,
+        listed: u32,
+        vanished: u32,
+        unknown: u32,
+    },
+    /// The provider could not list (its error), or did not answer in time.
+    /// The catalog is unchanged.
+    ReconcileFailed {
+        target: TargetId,
+        run: u32,
+        error: StepError,
+    },
 }
 
 impl EventBody {
@@ -505,6 +560,12 @@ impl EventBody {
             EventBody::VerifyStarted { .. } => "verify_started",
             EventBody::Verified { .. } => "verified",
             EventBody::VerifyFailed { .. } => "verify_failed",
+            EventBody::ReconcileRequested { .. } => "reconcile_requested",
+            EventBody::ReconcileStarted { .. } => "reconcile_started",
+            EventBody::SnapshotVanished { .. } => "snapshot_vanished",
+            EventBody::SnapshotUnknown { .. } => "snapshot_unknown",
+            EventBody::Reconciled { .. } => "reconciled",
+            EventBody::ReconcileFailed { .. } => "reconcile_failed",
         }
     }
 
