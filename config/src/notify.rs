@@ -45,6 +45,7 @@ pub const NOTIFY_KINDS: &[&str] = &[
     "verify_failed",
     "snapshot_vanished",
     "snapshot_unknown",
+    "reconcile_failed",
 ];
 
 /// The filter of a sink without `events`.

@@ -64,6 +64,10 @@ impl Tracker {
             | EventBody::StepFailed { target, .. }
             | EventBody::WatchdogThawed { target, .. }
             | EventBody::SnapshotDeleted { target, .. }
+            | EventBody::SnapshotVanished { target, .. }
+            | EventBody::SnapshotUnknown { target, .. }
+            | EventBody::Reconciled { target, .. }
+            | EventBody::ReconcileFailed { target, .. }
             | EventBody::LateSnapshot { target, .. }
             | EventBody::PruneRequested { target, .. }
             | EventBody::PruneFailed { target, .. }

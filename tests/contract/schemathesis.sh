@@ -99,6 +99,12 @@ values = [${values%, }]
 include-operation-id = ["pauseSchedule", "resumeSchedule"]
 parameters = { "path.id" = "contract-nightly" }
 
+# A configured target, so a reconcile reaches the engine (its exec
+# provider cannot list: the worker's refusal is recorded).
+[[operations]]
+include-operation-id = ["reconcileTarget"]
+parameters = { "path.id" = "${TARGETS[0]}" }
+
 # Event streams are live: read each for at most half a second.
 [[operations]]
 include-operation-id = ["events", "jobEvents"]

@@ -14,6 +14,7 @@ pub mod events;
 pub mod job;
 pub mod jobs;
 pub mod prune;
+pub mod reconcile;
 pub mod replay;
 pub mod schedules;
 pub mod simulate;
@@ -69,6 +70,8 @@ pub enum Command {
     Cancel(cancel::Args),
     /// Apply the retention rules now; --dry-run shows what each rule keeps and why.
     Prune(prune::Args),
+    /// Check the catalog against the storage now: what vanished, what is unknown.
+    Reconcile(reconcile::Args),
     /// Rebuild the state from the log (up to a point) and print it.
     Replay(replay::Args),
     /// Verify every record of the log: checksum, decoding, hash chain.
@@ -140,6 +143,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schedules(a) => schedules::run(&g, a).await,
         Command::Cancel(a) => cancel::run(&g, a).await,
         Command::Prune(a) => prune::run(&g, a).await,
+        Command::Reconcile(a) => reconcile::run(&g, a).await,
         Command::Replay(a) => replay::run(&g, a).await,
         Command::Audit(a) => audit::run(&g, a).await,
         Command::ValidateConfig(a) => validate::run(&g, a).await,

@@ -441,7 +441,7 @@ impl View {
                     },
                 );
             }
-            EventBody::SnapshotDeleted { target, name } => {
+            EventBody::SnapshotDeleted { target, name } | EventBody::SnapshotVanished { target, name } => {
                 if self
                     .last_prune_failure
                     .get(target)
