@@ -154,6 +154,8 @@ pub struct TargetConfig {
     pub keep_last: Option<u32>,
     /// RPO: the newest good restore point may be at most this old.
     pub rpo: Option<Duration>,
+    /// `rpo_counts = "verified"`: only verified restore points meet the RPO.
+    pub rpo_verified: bool,
     /// The other retention rules (`keep_within`, tiers).
     pub retention: RetentionConfig,
     /// First wait before a retry (doubled each retry, jittered: half to
@@ -895,6 +897,7 @@ impl Cx<'_> {
             "retry_backoff_max",
             "keep_last",
             "rpo",
+            "rpo_counts",
             "writer",
             "provider",
             "verify",
@@ -1064,6 +1067,7 @@ impl Cx<'_> {
         let is_pg = matches!(writer, WriterConfig::Postgres(_));
         let verify = verify::read(self, t, key, &id, &provider_pool)?;
         let reconcile_every = reconcile::every(self, t, key, &provider)?;
+        let rpo_verified = schedule::rpo_counts(self, t, key, verify.is_some())?;
         Ok(TargetConfig {
             id,
             pool,
@@ -1082,6 +1086,7 @@ impl Cx<'_> {
             retry_backoff_max,
             keep_last,
             rpo,
+            rpo_verified,
             retention,
             writer,
             provider,

@@ -17,6 +17,34 @@ pub(crate) fn rpo(cx: &Cx<'_>, t: &DeTable<'_>, path: &str) -> Result<Option<Dur
     long_duration(cx, t, path, "rpo", Duration::from_secs(1))
 }
 
+/// `rpo_counts = "any" | "verified"` (default any): which restore points
+/// meet the RPO. `verified` needs a `[target.verify]` to ever be met.
+pub(crate) fn rpo_counts(
+    cx: &Cx<'_>,
+    t: &DeTable<'_>,
+    path: &str,
+    has_verify: bool,
+) -> Result<bool, ConfigError> {
+    let Some((s, span)) = cx.string(t, path, "rpo_counts")? else {
+        return Ok(false);
+    };
+    match s.as_str() {
+        "any" => Ok(false),
+        "verified" if has_verify => Ok(true),
+        "verified" => Err(cx.err(
+            span,
+            &join(path, "rpo_counts"),
+            "\"verified\" needs a [target.verify] section: without a verifier no restore point \
+             is ever verified and the RPO could never be met",
+        )),
+        other => Err(cx.err(
+            span,
+            &join(path, "rpo_counts"),
+            format!("\"{other}\" is not one of \"any\" (every completed snapshot) or \"verified\" (verified ones only)"),
+        )),
+    }
+}
+
 fn long_duration(
     cx: &Cx<'_>,
     t: &DeTable<'_>,

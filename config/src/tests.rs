@@ -742,4 +742,26 @@ fn reconcile_every_defaults_to_a_day_for_listing_providers_and_names_its_errors(
         .expect_err("refused")
         .to_string();
     assert!(e.contains("the none provider cannot list its snapshots"), "{e}");
+
+fn rpo_counts_verified_needs_a_verifier_and_names_bad_values() {
+    let base = "[[target]]\nid = \"db\"\nwriter = { type = \"none\" }\nprovider = { type = \"none\" }\nrpo = \"26h\"\n";
+    let c = Config::from_str(base, "/etc/recman.toml").expect("valid");
+    assert!(
+        !c.targets[0].rpo_verified,
+        "every completed snapshot counts by default"
+    );
+    let with_verify = format!(
+        "{base}rpo_counts = \"verified\"\n[target.verify]\ntype = \"exec\"\ncommand = [\"/bin/true\"]\n"
+    );
+    let c = Config::from_str(&with_verify, "/etc/recman.toml").expect("valid");
+    assert!(c.targets[0].rpo_verified);
+    let e = Config::from_str(&format!("{base}rpo_counts = \"verified\"\n"), "/etc/recman.toml")
+        .expect_err("no verifier")
+        .to_string();
+    assert!(e.contains("/etc/recman.toml:6:14: target[0].rpo_counts"), "{e}");
+    assert!(e.contains("[target.verify]"), "{e}");
+    let e = Config::from_str(&format!("{base}rpo_counts = \"all\"\n"), "/etc/recman.toml")
+        .expect_err("bad value")
+        .to_string();
+    assert!(e.contains("target[0].rpo_counts") && e.contains("\"any\""), "{e}");
 }

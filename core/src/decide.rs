@@ -280,16 +280,13 @@ pub fn decide_indexed(
         Input::PauseSchedule { schedule, reason } => d.pause(schedule, Some(reason)),
         Input::ResumeSchedule { schedule } => d.pause(schedule, None),
         Input::Verify { target, name, origin } => {
-            match crate::verify::request(state, target, name, origin, now_ms) {
+            match crate::verify::request(state, cfg, target, name, origin, now_ms) {
                 Ok(ev) => {
                     let job = ev.job;
                     d.out.push(ev);
                     Reply::Accepted { job, existing: false }
                 }
-                Err(e) => Reply::Rejected {
-                    code: "snapshot_not_found",
-                    message: e.message,
-                },
+                Err((code, message)) => Reply::Rejected { code, message },
             }
         }
         Input::Reconcile { target, origin } => {
@@ -1317,9 +1314,11 @@ impl Decider<'_> {
         out
     }
 
-    /// A breached RPO is restored by a job completed in this decision.
+    /// A breached RPO is restored by a job completed in this decision, or
+    /// (`rpo_counts = "verified"`) by a restore point verified in it that
+    /// is younger than the RPO.
     fn rpo_restored(&mut self) {
-        let mut restored: Vec<(TargetId, u64, JobId)> = Vec::new();
+        let mut restored: Vec<(TargetId, u64, JobId, u64)> = Vec::new();
         let already: BTreeSet<TargetId> = self
             .out
             .iter()
@@ -1329,28 +1328,53 @@ impl Decider<'_> {
             })
             .collect();
         for e in &self.out {
-            let EventBody::Completed { .. } = e.body else {
-                continue;
+            let (targets, last_good): (Vec<&TargetId>, u64) = match &e.body {
+                EventBody::Completed { .. } => {
+                    let Some(j) = self.state.jobs.get(&e.job) else {
+                        continue;
+                    };
+                    let counted = j
+                        .targets
+                        .iter()
+                        .filter(|t| !self.cfg.targets.get(*t).is_some_and(|p| p.rpo_verified))
+                        .collect();
+                    (counted, self.now)
+                }
+                EventBody::Verified { target, name, .. }
+                    if self.cfg.targets.get(target).is_some_and(|p| p.rpo_verified) =>
+                {
+                    let Some(at) = self
+                        .state
+                        .catalog
+                        .get(target)
+                        .and_then(|c| c.iter().find(|c| c.name == *name))
+                        .map(|c| c.at_ms)
+                    else {
+                        continue;
+                    };
+                    (vec![target], at)
+                }
+                _ => continue,
             };
-            let Some(j) = self.state.jobs.get(&e.job) else {
-                continue;
-            };
-            for t in &j.targets {
+            for t in targets {
                 let Some(r) = self.state.book.rpo.get(t).filter(|r| r.breached && r.rpo_ms > 0) else {
                     continue;
                 };
-                if !already.contains(t) && !restored.iter().any(|(x, _, _)| x == t) {
-                    restored.push((t.clone(), r.rpo_ms, e.job));
+                if self.now >= last_good.saturating_add(r.rpo_ms) {
+                    continue; // verified, but already older than the RPO
+                }
+                if !already.contains(t) && !restored.iter().any(|(x, ..)| x == t) {
+                    restored.push((t.clone(), r.rpo_ms, e.job, last_good));
                 }
             }
         }
-        for (target, rpo_ms, job) in restored {
+        for (target, rpo_ms, job, last_good_ms) in restored {
             self.push_for(
                 job,
                 EventBody::RpoRestored {
                     target,
                     rpo_ms,
-                    last_good_ms: self.now,
+                    last_good_ms,
                 },
             );
         }

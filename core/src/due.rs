@@ -153,7 +153,10 @@ impl DueIndex {
                 self.recheck.remove(target);
                 self.rpo(state, cfg, target);
             }
-            EventBody::SnapshotDeleted { target, .. } | EventBody::SnapshotVanished { target, .. } => {
+            EventBody::SnapshotDeleted { target, .. }
+            | EventBody::SnapshotVanished { target, .. }
+            | EventBody::Verified { target, .. }
+            | EventBody::VerifyFailed { target, .. } => {
                 self.rpo(state, cfg, target);
                 self.reconcile(state, cfg, target);
             }
@@ -205,7 +208,7 @@ impl DueIndex {
         let Some(rpo_ms) = cfg.targets.get(t).and_then(|p| p.rpo_ms) else {
             return;
         };
-        let due = schedule::rpo_due(state, t, rpo_ms);
+        let due = schedule::rpo_due(state, cfg, t, rpo_ms);
         self.set(DueKey::Rpo(t.clone()), due);
     }
 

@@ -220,7 +220,9 @@ impl Core {
             }
         }
         for (t, p) in &self.cfg.targets {
-            let full = p.rpo_ms.and_then(|r| schedule::rpo_due(&self.state, t, r));
+            let full = p
+                .rpo_ms
+                .and_then(|r| schedule::rpo_due(&self.state, &self.cfg, t, r));
             let ix = self.due.get(&due::DueKey::Rpo(t.clone()));
             if ix != full {
                 return Err(format!("rpo of {t}: index {ix:?}, full scan {full:?}"));

@@ -42,6 +42,9 @@ pub struct TargetPolicy {
     /// RPO: the newest good restore point may be at most this old
     /// (`schedule::rpo_plan` decides `RpoBreached` / `RpoRestored`).
     pub rpo_ms: Option<u64>,
+    /// `rpo_counts = "verified"`: only verified restore points meet the RPO
+    /// (`schedule::last_good_ms`); a snapshot counts once it is verified.
+    pub rpo_verified: bool,
     /// The other retention rules (`keep_within`, tiers; see `retention`).
     /// `keep_last` above is folded into it by [`TargetPolicy::retention`].
     pub retention: RetentionPolicy,
@@ -68,6 +71,7 @@ impl TargetPolicy {
             keep_last: None,
             fingerprint: None,
             rpo_ms: None,
+            rpo_verified: false,
             retention: RetentionPolicy::default(),
             verify: None,
             reconcile_every_ms: None,

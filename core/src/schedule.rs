@@ -366,9 +366,23 @@ pub fn evolve(book: &mut Book, ev: &Event) -> bool {
     true
 }
 
-/// The newest good restore point of `t` (its completion time), if any.
-pub fn last_good_ms(state: &State, t: &TargetId) -> Option<u64> {
-    state.catalog.get(t).and_then(|c| c.iter().map(|e| e.at_ms).max())
+/// The newest good restore point of `t` (its completion time), if any;
+/// with `verified_only` (`rpo_counts = "verified"`), the newest verified one.
+pub fn last_good_ms(state: &State, t: &TargetId, verified_only: bool) -> Option<u64> {
+    let c = state.catalog.get(t)?;
+    if verified_only {
+        c.iter()
+            .filter(|e| crate::verify::is_verified(state, t, &e.name))
+            .map(|e| e.at_ms)
+            .max()
+    } else {
+        c.iter().map(|e| e.at_ms).max()
+    }
+}
+
+/// [`last_good_ms`] as the target's policy counts it.
+pub fn last_good_for(state: &State, cfg: &CoreConfig, t: &TargetId) -> Option<u64> {
+    last_good_ms(state, t, cfg.targets.get(t).is_some_and(|p| p.rpo_verified))
 }
 
 /// Whether the schedule's config is the one recorded (a changed one waits
@@ -409,7 +423,7 @@ pub fn schedule_due_spec(state: &State, s: &Schedule, spec: &str) -> Option<u64>
 }
 
 /// When the RPO of `t` is crossed next (None: breached already, or no RPO).
-pub fn rpo_due(state: &State, t: &TargetId, rpo_ms: u64) -> Option<u64> {
+pub fn rpo_due(state: &State, cfg: &CoreConfig, t: &TargetId, rpo_ms: u64) -> Option<u64> {
     let r = state
         .book
         .rpo
@@ -418,7 +432,7 @@ pub fn rpo_due(state: &State, t: &TargetId, rpo_ms: u64) -> Option<u64> {
     if r.breached {
         return None;
     }
-    let anchor = last_good_ms(state, t).unwrap_or(r.since_ms);
+    let anchor = last_good_for(state, cfg, t).unwrap_or(r.since_ms);
     Some(anchor.saturating_add(rpo_ms))
 }
 
@@ -429,7 +443,7 @@ pub fn next_due(state: &State, cfg: &CoreConfig) -> Option<u64> {
     let rpo = cfg
         .targets
         .iter()
-        .filter_map(|(t, p)| p.rpo_ms.and_then(|r| rpo_due(state, t, r)));
+        .filter_map(|(t, p)| p.rpo_ms.and_then(|r| rpo_due(state, cfg, t, r)));
     sched.chain(rpo).min()
 }
 
@@ -666,7 +680,7 @@ pub fn rpo_plan(
         let Some(r) = state.book.rpo.get(t).filter(|r| r.rpo_ms == rpo_ms) else {
             continue;
         };
-        let last = last_good_ms(state, t);
+        let last = last_good_ms(state, t, p.rpo_verified);
         let anchor = last.unwrap_or(r.since_ms);
         let over = now >= anchor.saturating_add(rpo_ms);
         if over && !r.breached {

@@ -497,20 +497,29 @@ pub fn next_due(state: &State) -> Option<u64> {
 /// An operator's request to verify `name` of `target` again (`recman verify`).
 pub fn request(
     state: &State,
+    cfg: &CoreConfig,
     target: &TargetId,
     name: &str,
     origin: &str,
     now: u64,
-) -> Result<Event, StepError> {
+) -> Result<Event, (&'static str, String)> {
+    if cfg.targets.get(target).and_then(|p| p.verify.as_ref()).is_none() {
+        return Err((
+            "verify_not_configured",
+            format!(
+                "{target} has no [target.verify] in the engine's config: add one (type = \"checksum\", \
+                 \"qemu-img\", \"postgres\" or \"exec\") and restart the engine"
+            ),
+        ));
+    }
     let Some(e) = state
         .catalog
         .get(target)
         .and_then(|c| c.iter().find(|e| e.name == name))
     else {
-        return Err(StepError::new(
+        return Err((
             "snapshot_not_found",
             format!("{target} has no restore point {name} in the catalog (see `recman snapshots`)"),
-            false,
         ));
     };
     Ok(Event {

@@ -311,3 +311,123 @@ fn newest_daily_verifies_the_newest_point_of_a_busy_day() {
     assert_eq!(r2.status(b), Status::Running);
     r2.replay();
 }
+
+#[test]
+fn rpo_counts_verified_points_only_when_configured() {
+    // RPO 10 min; only verified points count.
+    let mut cfg = config(None, VerifySchedule::Each);
+    let p = cfg.targets.get_mut(&TargetId::from("a")).expect("a");
+    p.rpo_ms = Some(600_000);
+    p.rpo_verified = true;
+    let mut r = Run {
+        core: Core::new(cfg),
+        log: Vec::new(),
+    };
+    let s = r.handle(Input::Start, T);
+    assert_eq!(kinds(&s.events), ["rpo_changed"]);
+    assert_eq!(
+        r.core.next_deadline(),
+        Some(T + 600_000),
+        "no point yet: due from the start"
+    );
+
+    // A completed but unverified point does not move the RPO.
+    let j1 = r.request(1, T + 1_000);
+    r.walk(j1, T + 1_000);
+    assert_eq!(r.status(j1), Status::Running);
+    // It fails verification: the RPO is breached at its time.
+    let s = r.handle(
+        rep(
+            j1,
+            1,
+            Stage::Verify,
+            Outcome::Err {
+                error: StepError::new("checksum_mismatch", "x", false),
+            },
+        ),
+        T + 2_000,
+    );
+    assert_eq!(kinds(&s.events), ["verify_failed"]);
+    let s = r.handle(Input::TimerFired, T + 600_000);
+    assert_eq!(
+        kinds(&s.events),
+        ["rpo_breached"],
+        "an unverified point does not count"
+    );
+
+    // A second point completes: still breached (not verified yet) ...
+    let j2 = r.request(2, T + 700_000);
+    let s = r.walk(j2, T + 700_000);
+    assert!(
+        !kinds(&s.events).contains(&"rpo_restored"),
+        "{:?}",
+        kinds(&s.events)
+    );
+    // ... until its verification passes.
+    let s = r.handle(rep(j2, 1, Stage::Verify, verified("ok")), T + 700_100);
+    assert_eq!(kinds(&s.events), ["verified", "rpo_restored"]);
+    let last_good = s.events.iter().find_map(|e| match &e.body {
+        EventBody::RpoRestored { last_good_ms, .. } => Some(*last_good_ms),
+        _ => None,
+    });
+    assert_eq!(
+        last_good,
+        Some(T + 700_004),
+        "the point's time, not the verification's"
+    );
+    // The next breach is due the RPO after the verified point was cut.
+    assert_eq!(r.core.next_deadline(), Some(T + 700_004 + 600_000));
+    r.replay();
+}
+
+#[test]
+fn rpo_counts_every_point_by_default() {
+    let mut cfg = config(None, VerifySchedule::Each);
+    cfg.targets.get_mut(&TargetId::from("a")).expect("a").rpo_ms = Some(600_000);
+    let mut r = Run {
+        core: Core::new(cfg),
+        log: Vec::new(),
+    };
+    r.handle(Input::Start, T);
+    let s = r.handle(Input::TimerFired, T + 600_000);
+    assert_eq!(kinds(&s.events), ["rpo_breached"]);
+    let j1 = r.request(1, T + 700_000);
+    let s = r.walk(j1, T + 700_000);
+    let k = kinds(&s.events);
+    assert!(
+        k.contains(&"rpo_restored"),
+        "a completed point restores it: {k:?}"
+    );
+    r.replay();
+}
+
+#[test]
+fn an_operator_cannot_verify_a_target_without_a_verifier() {
+    let mut cfg = config(None, VerifySchedule::Each);
+    cfg.targets
+        .insert(TargetId::from("b"), TargetPolicy::new("host.a", "array.x"));
+    let mut r = Run {
+        core: Core::new(cfg),
+        log: Vec::new(),
+    };
+    let s = r.handle(
+        Input::Verify {
+            target: TargetId::from("b"),
+            name: "nope".into(),
+            origin: "cli".into(),
+        },
+        T,
+    );
+    assert!(
+        matches!(
+            s.reply,
+            Reply::Rejected {
+                code: "verify_not_configured",
+                ..
+            }
+        ),
+        "{:?}",
+        s.reply
+    );
+    assert!(s.events.is_empty());
+}

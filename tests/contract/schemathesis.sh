@@ -58,6 +58,12 @@ write_recman_config() {
       printf '[target.writer]\ntype = "exec"\nfreeze = ["true"]\nthaw = ["true"]\n'
       printf '[target.provider]\ntype = "exec"\ncreate = %s\ndelete = ["true"]\n\n' "$create"
     done
+    # A target with a verifier and every snapshot kept, not in the body
+    # dictionary: its one restore point (taken before the run) is verified again.
+    printf '[[target]]\nid = "verify-1"\n'
+    printf '[target.writer]\ntype = "exec"\nfreeze = ["true"]\nthaw = ["true"]\n'
+    printf '[target.provider]\ntype = "exec"\ncreate = ["/bin/sh", "-c", "echo contract/$RECMAN_SNAPSHOT"]\ndelete = ["true"]\n'
+    printf '[target.verify]\ntype = "exec"\ncommand = ["true"]\n\n'
     # A schedule that never fires during the run, to pause and resume.
     printf '[[schedule]]\nid = "contract-nightly"\ntargets = ["fast-1"]\ncron = "0 2 * * *"\n'
   } >"$dir/recman.toml"
@@ -105,6 +111,11 @@ parameters = { "path.id" = "contract-nightly" }
 include-operation-id = ["reconcileTarget"]
 parameters = { "path.id" = "${TARGETS[0]}" }
 
+# The restore point taken before the run, so a verify reaches the engine.
+[[operations]]
+include-operation-id = ["verifySnapshot"]
+parameters = { "path.name" = "$CONTRACT_SNAPSHOT", "body.target" = "verify-1" }
+
 # Event streams are live: read each for at most half a second.
 [[operations]]
 include-operation-id = ["events", "jobEvents"]
@@ -130,6 +141,28 @@ start_server() {
   echo "recman up did not become ready:" >&2
   cat "$dir/up.log" >&2
   return 1
+}
+
+# Takes one snapshot of verify-1 through the API and prints its name.
+take_snapshot() {
+  "$VENV/bin/python" - "$SERVER_URL" "${RECMAN_CONTRACT_TOKEN:-}" <<'PY'
+import json, sys, time, urllib.request
+url, token = sys.argv[1], sys.argv[2]
+def call(method, path, body=None):
+    req = urllib.request.Request(url + path, method=method, data=None if body is None else json.dumps(body).encode())
+    req.add_header("content-type", "application/json")
+    if token:
+        req.add_header("authorization", "Bearer " + token)
+    return json.load(urllib.request.urlopen(req, timeout=10))
+call("POST", "/v1/snapshots", {"request_id": "contract-verify", "targets": ["verify-1"]})
+for _ in range(300):
+    snaps = call("GET", "/v1/snapshots?target=verify-1")["snapshots"]
+    if snaps:
+        print(snaps[0]["name"])
+        sys.exit(0)
+    time.sleep(0.1)
+sys.exit("no snapshot of verify-1 after 30 s")
+PY
 }
 
 stop_server() {
@@ -160,8 +193,9 @@ token_file = \"$dir/token\""
 bearer = "${RECMAN_CONTRACT_TOKEN}"'
   fi
   write_recman_config "$dir" "$extra"
-  write_schemathesis_config "$dir" "$auth"
   start_server "$dir" || { stop_server; rm -rf "$dir"; return 1; }
+  CONTRACT_SNAPSHOT=$(take_snapshot) || { cat "$dir/up.log" >&2; stop_server; rm -rf "$dir"; return 1; }
+  write_schemathesis_config "$dir" "$auth"
   echo "== schemathesis ($mode mode) against $SERVER_URL"
   (cd "$dir" && timeout --kill-after=10 "$TIMEOUT" "$VENV/bin/st" --no-color --config-file "$dir/schemathesis.toml" \
     run "$OLDPWD/schemas/openapi.json" --url "$SERVER_URL" --checks all \

@@ -36,6 +36,7 @@ mod threepar_provider;
 mod trace_jobs;
 mod trace_otlp;
 mod up_cli;
+mod verify_cli;
 mod verify_e2e;
 mod wsapi_fake;
 

@@ -491,7 +491,8 @@ const SIM_SCHEDULES_AT_FULL_RATE: usize = 300;
 /// The simulation's schedules: every third target on its own schedule
 /// (intervals of a few virtual seconds, so firings overlap running jobs;
 /// both overlap and catch-up rules, some jitter), a consistency group, a
-/// minutely cron in Europe/Berlin; every fourth target with an RPO. Beyond
+/// minutely cron in Europe/Berlin; every fourth target with an RPO (half of those with a verifier count
+/// verified points only, `rpo_counts = "verified"`). Beyond
 /// [`SIM_SCHEDULES_AT_FULL_RATE`] scheduled targets the intervals grow in
 /// proportion, so the scheduled jobs stay a share of the run's requests
 /// (a fleet of 100 000 targets has 33 334 schedules, every one of them
@@ -510,6 +511,8 @@ fn sim_schedules(
         if i % 4 == 1 {
             if let Some(p) = targets.get_mut(t) {
                 p.rpo_ms = Some(30_000 * stretch);
+                // Every other one counts verified points only.
+                p.rpo_verified = p.verify.is_some() && i % 8 == 1;
             }
         }
         if i % 3 != 0 {

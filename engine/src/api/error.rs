@@ -26,6 +26,7 @@ pub const CODES: &[&str] = &[
     "job_not_found",
     "schedule_not_found",
     "target_not_found",
+    "snapshot_not_found",
     "method_not_allowed",
     "job_finished",
     "job_id_in_use",
@@ -34,6 +35,7 @@ pub const CODES: &[&str] = &[
     "uri_too_long",
     "unsupported_media_type",
     "unknown_target",
+    "verify_not_configured",
     "group_spans_provider_pools",
     // 503
     "not_ready",

@@ -176,6 +176,7 @@ fn endpoints() -> Vec<Endpoint> {
     vec![
         endpoint(Method::POST, "/v1/snapshots", routes::submit),
         endpoint(Method::GET, "/v1/snapshots", routes::snapshots),
+        endpoint(Method::POST, "/v1/snapshots/{name}/verify", routes::verify),
         endpoint(Method::GET, "/v1/jobs", routes::jobs),
         endpoint(Method::GET, "/v1/jobs/{id}", routes::job),
         endpoint(Method::POST, "/v1/jobs/{id}/cancel", routes::cancel),

@@ -408,3 +408,96 @@ pub async fn prune(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> Ap
     )
         .into_response())
 }
+
+/// The `target` of an optional `{"target": "db01"}` body.
+fn verify_body(body: &[u8]) -> Result<Option<TargetId>, ApiError> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let Value::Object(o) = v else {
+        return Err(ApiError::field(
+            "",
+            "the body must be a JSON object like {\"target\": \"db01\"}",
+        ));
+    };
+    match o.get("target") {
+        None => Ok(None),
+        Some(Value::String(t)) => recman_events::wire::check_id("target", t)
+            .map(|()| Some(TargetId::from(t.as_str())))
+            .map_err(|e| ApiError::field("target", format!("bad target id: {e}"))),
+        Some(_) => Err(ApiError::field(
+            "target",
+            "`target` must be a target id (a string)",
+        )),
+    }
+}
+
+/// `POST /v1/snapshots/{name}/verify` (optional `{"target": "db01"}`):
+/// verify a restore point again, on each of its targets (or the one
+/// named). Each is recorded as `verify_requested` under the job that took
+/// the snapshot and runs on the target's verify pool once it is idle.
+pub async fn verify(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    JsonBody(body): JsonBody,
+) -> ApiResult {
+    recman_events::wire::check_id("name", &name)
+        .map_err(|e| ApiError::field("name", format!("bad snapshot name: {e}")))?;
+    let only = verify_body(&body)?;
+    s.synced().await;
+    let holders: Vec<TargetId> = read_view(&s, |v| {
+        v.state
+            .catalog
+            .iter()
+            .filter(|(t, c)| only.as_ref().is_none_or(|o| o == *t) && c.iter().any(|e| e.name == name))
+            .map(|(t, _)| t.clone())
+            .collect()
+    })?;
+    if holders.is_empty() {
+        let whose = only.map_or(String::from("any target"), |t| t.to_string());
+        return Err(ApiError::not_found(
+            "snapshot_not_found",
+            format!("{whose} has no restore point {name} in the catalog (see GET /v1/snapshots)"),
+        ));
+    }
+    let mut started = Vec::new();
+    let mut refused = Vec::new();
+    let mut job = None;
+    let mut first_error = None;
+    for t in holders {
+        match s.engine.verify(t.clone(), name.clone(), "http").await {
+            Ok(a) => {
+                job = Some(a.job);
+                started.push(t);
+            }
+            Err(CallError::Rejected { code, message }) => {
+                refused.push(json!({"target": t, "code": code, "message": message}));
+                first_error.get_or_insert((code, message));
+            }
+            Err(e) => {
+                return Err(call_error(e, |code, message| {
+                    ApiError::new(StatusCode::CONFLICT, code, message)
+                }))
+            }
+        }
+    }
+    if started.is_empty() {
+        let (code, message) = first_error.unwrap_or(("snapshot_not_found", String::new()));
+        return Err(match code {
+            "snapshot_not_found" => ApiError::not_found(code, message),
+            _ => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message),
+        });
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"snapshot": name, "job_id": job, "targets": started, "refused": refused})),
+    )
+        .into_response())
+}

@@ -23,6 +23,7 @@ pub mod snapshots;
 pub mod targets;
 pub mod up;
 pub mod validate;
+pub mod verify;
 pub mod worker;
 
 use crate::home::Home;
@@ -72,6 +73,8 @@ pub enum Command {
     Prune(prune::Args),
     /// Check the catalog against the storage now: what vanished, what is unknown.
     Reconcile(reconcile::Args),
+    /// Verify a restore point again (the target's verifier) and wait for the verdict.
+    Verify(verify::Args),
     /// Rebuild the state from the log (up to a point) and print it.
     Replay(replay::Args),
     /// Verify every record of the log: checksum, decoding, hash chain.
@@ -144,6 +147,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel(a) => cancel::run(&g, a).await,
         Command::Prune(a) => prune::run(&g, a).await,
         Command::Reconcile(a) => reconcile::run(&g, a).await,
+        Command::Verify(a) => verify::run(&g, a).await,
         Command::Replay(a) => replay::run(&g, a).await,
         Command::Audit(a) => audit::run(&g, a).await,
         Command::ValidateConfig(a) => validate::run(&g, a).await,

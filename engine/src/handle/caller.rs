@@ -163,6 +163,30 @@ impl Caller {
         }
     }
 
+    /// Verifies restore point `name` of `target` again (`recman verify`):
+    /// recorded as `verify_requested` under the job that took it, then run
+    /// by the target's verify pool once the target is idle. Refused with
+    /// `snapshot_not_found` or `verify_not_configured`.
+    pub async fn verify(
+        &self,
+        target: recman_events::TargetId,
+        name: String,
+        origin: &str,
+    ) -> Result<Accepted, CallError> {
+        if !self.accepting() {
+            return Err(CallError::ShuttingDown);
+        }
+        let (reply, rx) = oneshot::channel();
+        let call = Call::Verify {
+            target,
+            name,
+            origin: origin.to_string(),
+            reply,
+        };
+        self.calls.send(call).await.map_err(|_| CallError::Stopped)?;
+        accepted(rx.await.map_err(|_| CallError::Stopped)?)
+    }
+
     /// Runs `f` on the live core state; the answer comes once everything the
     /// engine decided before is durable (so after a replay, or a submit, the
     /// log already holds what the state shows).

@@ -1,7 +1,7 @@
 //! The read commands' tables (jobs, targets, snapshots) and a job's timeline;
 //! every line goes out through `say!` (text from the log escaped).
 
-use crate::view::time::rfc3339;
+use crate::view::time::{age, rfc3339};
 use crate::view::{JobDetail, JobSummary, SnapshotEntry, TargetView};
 
 fn ms(us: u64) -> String {
@@ -179,5 +179,18 @@ pub fn snapshots(list: &[SnapshotEntry]) {
             ms(s.freeze_window_us),
         );
         crate::say!("    {}", s.location);
+        let now = recman_events::clock::now_ms();
+        if s.verification.is_empty() {
+            crate::say!("    unverified");
+        }
+        for v in &s.verification {
+            let when = match (v.status.as_str(), v.verified_at_ms, v.ended_at_ms) {
+                ("verified", Some(at), _) => format!(" {} ago", age(at, now)),
+                ("failed", _, Some(at)) => format!(" {} ago", age(at, now)),
+                _ => String::new(),
+            };
+            let detail = v.detail.as_deref().map_or(String::new(), |d| format!(": {d}"));
+            crate::say!("    {} on {}{when}{detail}", v.status, v.target);
+        }
     }
 }

@@ -63,6 +63,13 @@ pub enum Call {
         origin: String,
         reply: oneshot::Sender<Reply>,
     },
+    /// An operator's verify of restore point `name` of `target`.
+    Verify {
+        target: recman_events::TargetId,
+        name: String,
+        origin: String,
+        reply: oneshot::Sender<Reply>,
+    },
     /// A look at the live core state (`recman replay` compares it with a
     /// rebuild from the log; shutdown waits until nothing is frozen). Also
     /// answers "has replay finished?".
@@ -216,6 +223,17 @@ async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound
                 reply,
             } => Inbound {
                 input: Some(Input::Reconcile { target, origin }),
+                delivery: None,
+                reply: Some(reply),
+                inspect: None,
+            },
+            Call::Verify {
+                target,
+                name,
+                origin,
+                reply,
+            } => Inbound {
+                input: Some(Input::Verify { target, name, origin }),
                 delivery: None,
                 reply: Some(reply),
                 inspect: None,
@@ -446,6 +464,7 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.keep_last = t.keep_last;
         p.rpo_ms = t.rpo.map(|d| d.as_millis() as u64);
         p.reconcile_every_ms = t.reconcile_every.map(|d| d.as_millis() as u64);
+        p.rpo_verified = t.rpo_verified;
         p.retention = retention_policy(t);
         p.writer_timeout_ms = t.writer.timeout().as_millis() as u64;
         p.provider_timeout_ms = t.provider.timeout().as_millis() as u64;

@@ -200,6 +200,29 @@ pub struct SnapshotEntry {
     /// tries again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_failure: Option<String>,
+    /// Where its verification stands, per target that has a record
+    /// (empty: never verified nor asked for).
+    #[serde(default)]
+    pub verification: Vec<VerificationView>,
+}
+
+/// One target's verification of a restore point (`recman verify`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationView {
+    pub target: TargetId,
+    /// `unverified`, `pending`, `running`, `verified` or `failed`.
+    pub status: String,
+    /// Runs started so far.
+    pub runs: u32,
+    /// When it last passed (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at_ms: Option<u64>,
+    /// When the last run ended (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at_ms: Option<u64>,
+    /// What the last run checked, or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `keep_last` retention: this snapshot is pruned after `expires_after` more
@@ -408,6 +431,7 @@ impl View {
                     freeze_window_us: *freeze_window_us,
                     retention: None,
                     prune_failure: None,
+                    verification: Vec::new(),
                 });
             }
             EventBody::Failed { reason, .. } if !was_terminal => {
@@ -602,6 +626,21 @@ impl View {
                 continue;
             }
             let mut e = c.clone();
+            e.verification = c
+                .targets
+                .iter()
+                .filter_map(|t| {
+                    let r = self.state.verify.record(t, &c.name)?;
+                    Some(VerificationView {
+                        target: t.clone(),
+                        status: r.status.as_str().to_string(),
+                        runs: r.runs,
+                        verified_at_ms: r.verified_at_ms,
+                        ended_at_ms: r.ended_at_ms,
+                        detail: r.detail.clone(),
+                    })
+                })
+                .collect();
             for t in &c.targets {
                 let Some(Some(keep)) = self.retention.get(t) else {
                     continue;

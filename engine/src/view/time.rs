@@ -14,6 +14,17 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
+/// How long before `now_ms` `at_ms` was, roughly: `40s`, `12m`, `5h`, `3d`.
+pub fn age(at_ms: u64, now_ms: u64) -> String {
+    let s = now_ms.saturating_sub(at_ms) / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7_199 => format!("{}m", s / 60),
+        7_200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fff][Z|±HH:MM]` (a space may replace the `T`).
 pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
     let bad = || format!("invalid time \"{s}\" (write e.g. 2026-11-26T01:45:00Z)");
