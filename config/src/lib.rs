@@ -25,7 +25,7 @@ mod verify;
 pub use reconcile::DEFAULT_RECONCILE_EVERY;
 pub use retention::RetentionConfig;
 pub use threepar::{ArrayConfig, ThreeParConfig, ThreeParObject};
-pub use verify::{VerifyConfig, VerifyKind, DEFAULT_VERIFY_TIMEOUT};
+pub use verify::{PgVerifyConfig, VerifyConfig, VerifyKind, DEFAULT_PG_BIN_DIR, DEFAULT_VERIFY_TIMEOUT};
 
 /// The default freeze limit (VSS holds writes for at most 10 s).
 pub const DEFAULT_FREEZE_LIMIT: Duration = Duration::from_secs(10);

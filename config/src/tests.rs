@@ -680,11 +680,34 @@ fn target_verify_loads_and_is_checked() {
         "target[0].verify.type",
         "unknown verifier",
     );
+    let c = parse(&with_target(&format!(
+        "{W}{P}[target.verify]\ntype = \"postgres\"\ndata_dir = \"data\"\nqueries = [\"select count(*) from t\"]\n"
+    )))
+    .unwrap();
+    match c.targets[0].verify.clone().expect("verify").kind {
+        crate::VerifyKind::Postgres(p) => {
+            assert_eq!(p.data_dir, std::path::PathBuf::from("data"));
+            assert_eq!(p.bin_dir, std::path::PathBuf::from(crate::DEFAULT_PG_BIN_DIR));
+            assert_eq!((p.user, p.dbname.as_str()), (None, "postgres"));
+            assert_eq!(p.queries, ["select count(*) from t"]);
+        }
+        other => panic!("{other:?}"),
+    }
     assert_err(
-        &with_target(&format!("{W}{P}[target.verify]\ntype = \"postgres\"\n")),
-        8,
-        "target[0].verify.type",
-        "not supported yet",
+        &with_target(&format!(
+            "{W}{P}[target.verify]\ntype = \"postgres\"\ndata_dir = \"../etc\"\n"
+        )),
+        9,
+        "target[0].verify.data_dir",
+        "inside the snapshot",
+    );
+    assert_err(
+        &with_target(&format!(
+            "{W}{P}[target.verify]\ntype = \"postgres\"\ncommand = [\"x\"]\n"
+        )),
+        9,
+        "target[0].verify.command",
+        "",
     );
     assert_err(
         &with_target(&format!(

@@ -32,6 +32,9 @@ pub use message::{Notification, TargetReport};
 use sink::{Deliver, Outlet, SinkCounters};
 use track::Tracker;
 
+/// The wall clock the notifier reads (Unix ms).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// A sink could not be set up (its secret file, its TLS trust, an address).
 #[derive(Debug, thiserror::Error)]
 #[error("notify sink \"{sink}\": {message}")]
@@ -136,6 +139,17 @@ impl Notifier {
         targets: Vec<(TargetId, Option<u64>)>,
         log: Arc<dyn EventLog>,
     ) -> Notifier {
+        Notifier::start_clocked(sinks, targets, log, Arc::new(now_ms))
+    }
+
+    /// [`Notifier::start_with`] on the wall clock `clock` (Unix ms) for the
+    /// daily summaries: tests run one at a chosen time of day.
+    pub fn start_clocked(
+        sinks: Vec<(&NotifyConfig, Arc<dyn Deliver>)>,
+        targets: Vec<(TargetId, Option<u64>)>,
+        log: Arc<dyn EventLog>,
+        clock: Clock,
+    ) -> Notifier {
         let mut outlets = Vec::new();
         let mut deliveries = Vec::new();
         let mut metrics = Metrics::default();
@@ -147,7 +161,7 @@ impl Notifier {
             deliveries.push(task);
         }
         let history_end = log.last_seq();
-        let follower = tokio::spawn(follow(log, history_end, Tracker::new(targets), outlets));
+        let follower = tokio::spawn(follow(log, history_end, Tracker::new(targets), outlets, clock));
         Notifier {
             metrics: Arc::new(metrics),
             follower,
@@ -186,7 +200,13 @@ impl Notifier {
 
 /// Follows the log from its start: folds everything, notifies what comes
 /// after `history_end`, and sends each sink's daily summary when due.
-async fn follow(log: Arc<dyn EventLog>, history_end: u64, mut tracker: Tracker, mut outlets: Vec<Outlet>) {
+async fn follow(
+    log: Arc<dyn EventLog>,
+    history_end: u64,
+    mut tracker: Tracker,
+    mut outlets: Vec<Outlet>,
+    now_ms: Clock,
+) {
     let now = now_ms();
     for o in &mut outlets {
         o.next_summary_ms = o.summary_at_min.map(|m| time::next_daily(now, m));

@@ -418,3 +418,77 @@ async fn a_server_without_starttls_gets_nothing() {
     assert!(mb.lock().unwrap().mails.is_empty(), "sent in clear text");
     n.stop(Duration::from_secs(1)).await;
 }
+
+/// Keeps every notification it is given.
+struct Keep(Arc<Mutex<Vec<Notification>>>);
+
+impl Deliver for Keep {
+    fn deliver<'a>(&'a self, n: &'a Notification) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        self.0.lock().unwrap().push(n.clone());
+        Box::pin(async { Ok(()) })
+    }
+    fn describe(&self) -> String {
+        "keep".into()
+    }
+}
+
+/// The daily summary goes out at its time of day (the notifier's clock is
+/// set 300 ms before the next 08:00 UTC) with each target's report, the
+/// failures of the last 24 h counted, and once: the next is a day later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_summary_goes_out_at_its_time_with_each_targets_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sinks(
+        dir.path(),
+        "[[notify]]\nid = \"daily\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"x\"\n\
+         events = [\"rpo_breached\"]\nsummary = \"08:00\"\n",
+    );
+    let log = memory::open().unwrap();
+    a_failed_job(&log).await; // history: counted in the summary, not notified
+    let real = recman_events::clock::now_ms();
+    let day = 86_400_000;
+    let eight = real / day * day + 8 * 3_600_000;
+    let next_eight = if eight > real + 300 { eight } else { eight + day };
+    let offset = next_eight - 300 - real;
+    let clock: recman_notify::Clock = Arc::new(move || recman_events::clock::now_ms() + offset);
+    let got: Arc<Mutex<Vec<Notification>>> = Arc::default();
+    let targets = vec![
+        (TargetId::from("pg-main"), Some(26 * 3_600_000)),
+        (TargetId::from("docs"), None),
+    ];
+    let n = Notifier::start_clocked(
+        vec![(&cfg[0], Arc::new(Keep(got.clone())))],
+        targets,
+        log.clone(),
+        clock,
+    );
+    assert!(got.lock().unwrap().is_empty(), "nothing before its time");
+    let s = until("the summary", || got.lock().unwrap().first().cloned()).await;
+    assert_eq!(s.kind, "summary");
+    assert!(
+        s.at_ms >= next_eight && s.at_ms < next_eight + 5_000,
+        "{} vs {next_eight}",
+        s.at_ms
+    );
+    let report = s.report.clone().expect("a report");
+    let pg = report
+        .iter()
+        .find(|r| r.target.as_str() == "pg-main")
+        .expect("pg-main");
+    assert_eq!(pg.failures_24h, 1, "{pg:?}");
+    assert!(
+        pg.last_failure
+            .as_deref()
+            .unwrap_or("")
+            .contains("the hook exited with 3"),
+        "{pg:?}"
+    );
+    assert_eq!(pg.rpo_ms, Some(26 * 3_600_000));
+    let docs = report.iter().find(|r| r.target.as_str() == "docs").expect("docs");
+    assert_eq!((docs.failures_24h, docs.rpo.as_str()), (0, "none"));
+    assert!(s.summary.contains("daily summary: 2 targets"), "{}", s.summary);
+    // Once a day: nothing more a second later.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(got.lock().unwrap().len(), 1, "one summary per day");
+    n.stop(Duration::from_secs(1)).await;
+}

@@ -38,6 +38,7 @@ mod trace_otlp;
 mod up_cli;
 mod verify_cli;
 mod verify_e2e;
+mod verify_pg;
 mod wsapi_fake;
 
 /// Every `.rs` file beside this one is a module of the suite (a file that is

@@ -124,7 +124,7 @@ pub async fn run(
 /// hook cannot outlive it and hold the application. Linux ties this to the
 /// spawning thread: hooks are spawned from the runtime's worker threads, which
 /// live as long as the process.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     // SAFETY: only async-signal-safe calls (prctl, getppid, raise) between
     // fork and exec.
     let parent = std::process::id() as libc::pid_t;

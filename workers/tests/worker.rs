@@ -366,6 +366,67 @@ async fn the_watchdog_thaws_at_the_freeze_limit() {
     w.stop().await;
 }
 
+/// A watchdog thaw whose writer thaw fails every try keeps the target held
+/// (the host state says frozen, as it is): a freeze of another job is
+/// refused `busy`, and the watchdog tries again until the thaw works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watchdog_thaw_that_failed_keeps_the_hold_and_tries_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // The first three thaws fail (one watchdog round), the fourth works.
+    let thaw =
+        format!("echo try >> {d}/tries; [ $(wc -l < {d}/tries) -ge 4 ] || exit 3; echo thaw >> {d}/thawed");
+    let text = format!(
+        "[[target]]\nid = \"db01\"\nfreeze_limit = \"300ms\"\n[target.writer]\ntype = \"exec\"\nfreeze = {}\nthaw = {}\ntimeout = \"5s\"\n[target.provider]\ntype = \"none\"\n",
+        sh("true"),
+        sh(&thaw),
+    );
+    let cfg = config(dir.path(), &text);
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg));
+    let job = JobId::new_v7();
+    send_pool(&bus, &command(job, Stage::Freeze, &["db01"])).await;
+    assert!(matches!(
+        detail_of(&next_report(&mut rep, SEC5).await),
+        StepDetail::Frozen { .. }
+    ));
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!((r.stage, r.job), (Stage::Thaw, job));
+    assert!(r.message_id.ends_with("/watchdog"), "{}", r.message_id);
+    assert_eq!(err_of(&r).code, "exec_failed", "{r:?}");
+    assert_eq!(lines(dir.path().join("tries")), 3);
+    assert_eq!(lines(dir.path().join("thawed")), 0);
+
+    // Still frozen as far as the host knows: another job may not freeze.
+    let other = JobId::new_v7();
+    send_pool(&bus, &command(other, Stage::Freeze, &["db01"])).await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!((r.stage, r.job), (Stage::Freeze, other));
+    assert_eq!(err_of(&r).code, "busy", "{r:?}");
+
+    // The watchdog tries again and thaws.
+    let r = next_report(&mut rep, Duration::from_secs(10)).await;
+    assert_eq!((r.stage, r.job), (Stage::Thaw, job));
+    assert!(
+        matches!(
+            detail_of(&r),
+            StepDetail::Thawed {
+                by_watchdog: true,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert_eq!(lines(dir.path().join("thawed")), 1);
+    // Released now: the other job freezes.
+    let other = JobId::new_v7();
+    send_pool(&bus, &command(other, Stage::Freeze, &["db01"])).await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert!(matches!(detail_of(&r), StepDetail::Frozen { .. }), "{r:?}");
+    w.stop().await;
+}
+
 /// Issue 12 item 1: a freeze hook that froze the application and then failed
 /// may have landed; the worker held the target and armed its watchdog before
 /// calling it, so the watchdog thaws it at the limit even if no thaw comes.

@@ -203,7 +203,15 @@ impl Sim {
         let now = self.sched.now;
         if self.engine.up && self.engine.core.next_deadline().is_some_and(|d| d <= now) {
             let job = self.engine.core.state().deadlines.first().map(|(_, j)| *j);
-            let d = "a due timer changed nothing: the engine would spin".to_string();
+            let core = &self.engine.core;
+            let d = format!(
+                "a due timer changed nothing: the engine would spin (job timers {:?}, policy timers {:?} \
+                 due {:?}, verify timers {:?})",
+                crate::next_deadline(core.state()),
+                core.due_index().first(),
+                core.due_index().due(now),
+                crate::verify::next_due(core.state()),
+            );
             return Err(self.violation("timer_progress", job, d));
         }
         Ok(())

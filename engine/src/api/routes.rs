@@ -156,11 +156,11 @@ pub async fn job(State(s): State<Arc<Shared>>, JobIdPath(id): JobIdPath) -> ApiR
     }
 }
 
-/// The reason of an optional `{"reason": "…"}` body (`default` without one).
-fn body_reason(body: &[u8], default: &str) -> Result<String, ApiError> {
-    let default = default.to_string();
+/// An optional JSON object body: `None` when empty; a 400 naming `example`
+/// when it is not JSON or not an object.
+fn optional_object(body: &[u8], example: &str) -> Result<Option<serde_json::Map<String, Value>>, ApiError> {
     if body.is_empty() {
-        return Ok(default);
+        return Ok(None);
     }
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
@@ -169,11 +169,20 @@ fn body_reason(body: &[u8], default: &str) -> Result<String, ApiError> {
             format!("the body is not JSON: {e}"),
         )
     })?;
-    let Value::Object(o) = v else {
-        return Err(ApiError::field(
+    match v {
+        Value::Object(o) => Ok(Some(o)),
+        _ => Err(ApiError::field(
             "",
-            "the body must be a JSON object like {\"reason\": \"…\"}",
-        ));
+            format!("the body must be a JSON object like {example}"),
+        )),
+    }
+}
+
+/// The reason of an optional `{"reason": "…"}` body (`default` without one).
+fn body_reason(body: &[u8], default: &str) -> Result<String, ApiError> {
+    let default = default.to_string();
+    let Some(o) = optional_object(body, "{\"reason\": \"…\"}")? else {
+        return Ok(default);
     };
     match o.get("reason") {
         None => Ok(default),
@@ -332,21 +341,8 @@ pub async fn method_not_allowed() -> ApiError {
 /// The targets and `dry_run` of a `{"targets": [...], "dry_run": bool}` body
 /// (both optional: every target, for real).
 fn prune_body(body: &[u8]) -> Result<(Vec<TargetId>, bool), ApiError> {
-    if body.is_empty() {
+    let Some(o) = optional_object(body, "{\"targets\": [\"db01\"], \"dry_run\": true}")? else {
         return Ok((Vec::new(), false));
-    }
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not JSON: {e}"),
-        )
-    })?;
-    let Value::Object(o) = v else {
-        return Err(ApiError::field(
-            "",
-            "the body must be a JSON object like {\"targets\": [\"db01\"], \"dry_run\": true}",
-        ));
     };
     let dry_run = match o.get("dry_run") {
         None => false,
@@ -411,21 +407,8 @@ pub async fn prune(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> Ap
 
 /// The `target` of an optional `{"target": "db01"}` body.
 fn verify_body(body: &[u8]) -> Result<Option<TargetId>, ApiError> {
-    if body.is_empty() {
+    let Some(o) = optional_object(body, "{\"target\": \"db01\"}")? else {
         return Ok(None);
-    }
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not JSON: {e}"),
-        )
-    })?;
-    let Value::Object(o) = v else {
-        return Err(ApiError::field(
-            "",
-            "the body must be a JSON object like {\"target\": \"db01\"}",
-        ));
     };
     match o.get("target") {
         None => Ok(None),

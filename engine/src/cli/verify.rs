@@ -75,7 +75,10 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     };
     recman_events::wire::check_id("snapshot", &a.snapshot)
         .map_err(|e| anyhow::anyhow!("{e} (copy the name from `recman snapshots`)"))?;
-    let before = runs(&c, &a.snapshot).await?;
+    if let Some(t) = &a.target {
+        recman_events::wire::check_id("target", t).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let before = runs(&c, &a.snapshot, a.target.as_deref()).await?;
     let body = match &a.target {
         Some(t) => json!({ "target": t }),
         None => json!({}),
@@ -107,8 +110,13 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     }
     let deadline = Instant::now() + a.timeout;
     let mut shown: BTreeMap<TargetId, String> = BTreeMap::new();
+    // One target (the usual case): only its part of the catalog is read.
+    let only = match started.targets.as_slice() {
+        [t] => Some(t.as_str()),
+        _ => None,
+    };
     loop {
-        let now = runs(&c, &a.snapshot).await?;
+        let now = runs(&c, &a.snapshot, only).await?;
         let mut done = Vec::new();
         for t in &started.targets {
             let Some(v) = now.get(t) else { continue };
@@ -137,9 +145,17 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The verification records of `name`, per target.
-async fn runs(c: &Client, name: &str) -> anyhow::Result<BTreeMap<TargetId, VerificationView>> {
-    let list = c.get::<SnapshotsBody>("/v1/snapshots").await?.snapshots;
+/// The verification records of `name`, per target (of `target` only, if given).
+async fn runs(
+    c: &Client,
+    name: &str,
+    target: Option<&str>,
+) -> anyhow::Result<BTreeMap<TargetId, VerificationView>> {
+    let path = match target {
+        Some(t) => format!("/v1/snapshots?target={t}"),
+        None => "/v1/snapshots".into(),
+    };
+    let list = c.get::<SnapshotsBody>(&path).await?.snapshots;
     Ok(list
         .into_iter()
         .filter(|s| s.name == name)

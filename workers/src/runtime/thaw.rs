@@ -21,6 +21,8 @@ use crate::writer::StepCtx;
 
 /// Attempts of a watchdog thaw before it reports failure.
 const WATCHDOG_THAW_ATTEMPTS: u32 = 3;
+/// After a watchdog thaw failed every attempt: when it tries again.
+const WATCHDOG_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// How often a running worker looks for freezes of dead processes.
 const SENTINEL_EVERY: Duration = Duration::from_millis(500);
 
@@ -44,7 +46,7 @@ impl Shared {
     /// timer was armed for (it thaws only that freeze); `None`: the freeze
     /// this process holds (its own or one it took over), never another
     /// live process's.
-    async fn watchdog_thaw(&self, t: &TargetId, armed_for: Option<AttemptKey>) {
+    async fn watchdog_thaw(self: &Arc<Self>, t: &TargetId, armed_for: Option<AttemptKey>) {
         let Ok(local) = self.local(t) else { return };
         let _g = local.writer_lock.lock().await;
         let mut host = match self.lock_state(t).await {
@@ -75,6 +77,9 @@ impl Shared {
             Some(a) if a.key == key => a.window_us(),
             _ => worker::thaw_window_us(&plan, now_ms, self.process(), None),
         };
+        // Recorded before the thaw runs (a process killed during the thaw
+        // leaves it recorded: its hook's window, not a later adopter's);
+        // a thaw that fails puts the hold back below.
         host.memory
             .record_thaw(key, ThawedBy::Watchdog, window_us, &plan, now_ms);
         if let Err(e) = self.save_state(&host).await {
@@ -95,6 +100,22 @@ impl Shared {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500 * u64::from(n))).await;
+        }
+        // A thaw that failed puts the hold back (the target is frozen as far
+        // as anyone knows), adopted by this process, and the watchdog tries
+        // again: another job's freeze is refused meanwhile.
+        if result.is_err() {
+            let mut kept = hold.clone();
+            kept.process = self.process().clone();
+            host.memory.record_thaw_failed(kept);
+            host.memory.record_adopt(key, self.process().clone());
+            let _ = self.save_state(&host).await;
+            let frozen_at = armed.map(|a| a.frozen_at).unwrap_or_else(|| {
+                start
+                    .checked_sub(Duration::from_micros(window_us))
+                    .unwrap_or(start)
+            });
+            self.arm(t, Armed { key, frozen_at }, Instant::now() + WATCHDOG_RETRY_AFTER);
         }
         drop(host);
         let outcome = match result {
@@ -268,7 +289,7 @@ impl Shared {
 
     /// On clean shutdown: nothing this process holds stays frozen behind it
     /// (another live worker's freezes are left to it).
-    pub(super) async fn thaw_everything(&self) {
+    pub(super) async fn thaw_everything(self: &Arc<Self>) {
         let mut held: Vec<&TargetId> = self
             .targets
             .keys()

@@ -7,14 +7,19 @@
 //!   and BLAKE3 of every file, see `manifest`); the first bad file is named.
 //! - `qemu-img` (`qcow2`): the snapshot's tag is in the image and
 //!   `qemu-img check` finds no errors (`--force-share`: the VM may run).
+//! - `postgres` (`copy`, `btrfs`): a throw-away PostgreSQL on a writable
+//!   clone recovers, `pg_amcheck --all` passes, the configured queries run
+//!   (see `postgres`); the relation pg_amcheck complains about is named.
 //! - `exec`: an argv hook with `RECMAN_TARGET`, `RECMAN_SNAPSHOT`,
 //!   `RECMAN_SNAPSHOT_LOCATION` in a clean environment; exit 0 = verified.
 //!
 //! Children run in their own process group and die with the worker
 //! (`exec::run`); what a dead worker leaves on disk (manifest temp files)
-//! is removed by [`cleanup`] when the worker starts.
+//! and the `postgres` verifier's clones (and a PostgreSQL still running on
+//! one) are removed by [`cleanup`] when the worker starts.
 
 pub mod manifest;
+pub mod postgres;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -118,6 +123,26 @@ pub async fn verify(
                 )),
             }
         }
+        VerifyKind::Postgres(p) => {
+            let (kind, dest) = match &cfg.provider {
+                ProviderConfig::Copy(c) => (postgres::CloneKind::Copy, &c.dest),
+                ProviderConfig::Btrfs(b) => (postgres::CloneKind::Btrfs, &b.dest),
+                other => {
+                    return Err(StepError::new(
+                        "verify_unsupported",
+                        format!(
+                            "the postgres verifier clones copy and btrfs snapshots; {} uses the {} provider \
+                             (use an exec verifier for it)",
+                            cfg.id,
+                            other.kind()
+                        ),
+                        false,
+                    ))
+                }
+            };
+            let snap = dest.join(name);
+            postgres::verify(cfg, p, kind, dest, &snap, name, budget).await
+        }
         VerifyKind::Exec { command } => {
             let (_, loc) = location(cfg, name);
             let env = [
@@ -168,9 +193,18 @@ fn checksum(dest: &std::path::Path, dir: &std::path::Path, name: &str) -> Result
 
 /// On start: what dead verifications of this target left behind.
 pub fn cleanup(cfg: &TargetConfig) -> Vec<String> {
-    match &cfg.provider {
-        ProviderConfig::Copy(c) => manifest::cleanup(&c.dest),
-        ProviderConfig::Btrfs(b) => manifest::cleanup(&b.dest),
-        _ => Vec::new(),
+    let dest = match &cfg.provider {
+        ProviderConfig::Copy(c) => &c.dest,
+        ProviderConfig::Btrfs(b) => &b.dest,
+        _ => return Vec::new(),
+    };
+    let mut removed = manifest::cleanup(dest);
+    if let Some(VerifyConfig {
+        kind: VerifyKind::Postgres(p),
+        ..
+    }) = &cfg.verify
+    {
+        removed.extend(postgres::cleanup(dest, &p.data_dir));
     }
+    removed
 }
