@@ -765,7 +765,9 @@ fn reconcile_every_defaults_to_a_day_for_listing_providers_and_names_its_errors(
         .expect_err("refused")
         .to_string();
     assert!(e.contains("the none provider cannot list its snapshots"), "{e}");
+}
 
+#[test]
 fn rpo_counts_verified_needs_a_verifier_and_names_bad_values() {
     let base = "[[target]]\nid = \"db\"\nwriter = { type = \"none\" }\nprovider = { type = \"none\" }\nrpo = \"26h\"\n";
     let c = Config::from_str(base, "/etc/recman.toml").expect("valid");

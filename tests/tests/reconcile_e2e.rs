@@ -52,7 +52,7 @@ async fn lose_one_and_reconcile(
             _ => None,
         })
         .unwrap_or_else(|| panic!("no snapshot_unknown: {events:#?}"));
-    assert_eq!(unknown, [stranger.clone()]);
+    assert_eq!(unknown, [stranger.as_str()]);
     assert!(
         events.iter().any(|e| matches!(
             e,
