@@ -1032,8 +1032,22 @@ impl Decider<'_> {
         if self.accepts_snapshot(job, r) {
             match &r.outcome {
                 Outcome::Ok {
-                    detail: d @ StepDetail::Snapshot(_),
-                } => self.step_ok(job, r, Stage::Snapshot, &first, d.clone()),
+                    detail: d @ StepDetail::Snapshot(info),
+                } => {
+                    self.step_ok(job, r, Stage::Snapshot, &first, d.clone());
+                    // The stored step leaves the array's clock out: its own event keeps it.
+                    if let Some(expiry) = info.array_expiry {
+                        let name = info.name.clone();
+                        self.emit(
+                            job,
+                            EventBody::SnapshotExpiry {
+                                target: first,
+                                name,
+                                expiry,
+                            },
+                        );
+                    }
+                }
                 Outcome::Ok { detail } => {
                     let e = StepError::new(
                         "bad_report",

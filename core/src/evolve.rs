@@ -256,7 +256,8 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
         | EventBody::SnapshotVanished { .. }
         | EventBody::SnapshotUnknown { .. }
         | EventBody::Reconciled { .. }
-        | EventBody::ReconcileFailed { .. } => {}
+        | EventBody::ReconcileFailed { .. }
+        | EventBody::SnapshotExpiry { .. } => {}
         EventBody::Queued { .. } => {}
         EventBody::AttemptStarted {
             attempt,

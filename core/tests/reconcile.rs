@@ -4,15 +4,16 @@
 //! deleted; a reconcile waits for an idle target and holds it while the
 //! provider lists; points being deleted or verified are not declared
 //! vanished; a failed or silent list changes nothing; the periodic
-//! reconcile is driven by the due-time index; replay is exact.
+//! reconcile is driven by the due-time index; the array's own expiry of a
+//! copy is recorded with it; replay is exact.
 
 use std::collections::BTreeMap;
 
 use recman_core::verify::VerifyPolicy;
 use recman_core::{evolve, Core, CoreConfig, Destination, Input, JobState, Reply, State, TargetPolicy};
 use recman_events::{
-    snapshot_name, Event, EventBody, JobId, Outcome, Report, RequestId, SnapshotInfo, SnapshotKind,
-    SnapshotRequest, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
+    snapshot_name, ArrayExpiry, Event, EventBody, JobId, Outcome, Report, RequestId, SnapshotInfo,
+    SnapshotKind, SnapshotRequest, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
 };
 
 const T: u64 = 1_750_000_000_000;
@@ -60,6 +61,8 @@ fn listed(names: &[String]) -> Outcome {
 struct Run {
     core: Core,
     log: Vec<Event>,
+    /// What the provider reports of the array's clock on its copies.
+    array_expiry: Option<ArrayExpiry>,
 }
 
 impl Run {
@@ -67,6 +70,7 @@ impl Run {
         Run {
             core: Core::new(cfg),
             log: Vec::new(),
+            array_expiry: None,
         }
     }
 
@@ -108,6 +112,7 @@ impl Run {
             location: "x".into(),
             size_bytes: None,
             existed: false,
+            array_expiry: self.array_expiry,
         };
         self.handle(
             rep(j, 1, Stage::Snapshot, ok(StepDetail::Snapshot(info))),
@@ -405,4 +410,46 @@ fn a_reconcile_in_flight_is_sent_again_after_a_restart() {
         .collect();
     assert_eq!(c.len(), 1, "{:?}", s.commands);
     assert_eq!(c[0].command.attempt, 1);
+}
+
+/// A 3PAR copy's `expiration_hours` / `retention_hours` come with the
+/// snapshot report; the stored step leaves them out (its archived layout is
+/// fixed), so `snapshot_expiry` records them in the job that took the copy,
+/// before its `completed`. A provider without such a clock records none.
+#[test]
+fn the_arrays_expiry_of_a_copy_is_recorded_with_the_snapshot() {
+    let mut r = Run::new(config(|_| {}));
+    let expiry = ArrayExpiry {
+        expiration_hours: Some(336),
+        retention_hours: Some(24),
+    };
+    r.array_expiry = Some(expiry);
+    let (j, name) = r.point(1, T);
+    let of_job: Vec<Event> = r.log.iter().filter(|e| e.job == j).cloned().collect();
+    let k = kinds(&of_job);
+    let at = |kind: &str| {
+        k.iter()
+            .position(|x| *x == kind)
+            .unwrap_or_else(|| panic!("no {kind}: {k:?}"))
+    };
+    assert!(at("snapshot_expiry") < at("completed"), "{k:?}");
+    assert!(
+        of_job.iter().any(|e| e.body
+            == EventBody::SnapshotExpiry {
+                target: a(),
+                name: name.clone(),
+                expiry
+            }),
+        "{of_job:#?}"
+    );
+    r.array_expiry = None;
+    let (j2, _) = r.point(2, T + DAY);
+    assert!(
+        !r.log
+            .iter()
+            .any(|e| e.job == j2 && matches!(e.body, EventBody::SnapshotExpiry { .. })),
+        "{:#?}",
+        r.log
+    );
+    r.replay();
 }

@@ -137,6 +137,7 @@ impl Engine {
             location: "/x".into(),
             size_bytes: None,
             existed: false,
+            array_expiry: None,
         };
         self.input(rep(
             job,

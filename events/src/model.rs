@@ -126,6 +126,51 @@ pub struct SnapshotInfo {
     /// True when a redelivered command found the snapshot already taken.
     #[serde(default)]
     pub existed: bool,
+    /// The array's own clock on the copy (3PAR `expiration_hours` /
+    /// `retention_hours`). Not in the stored record (the log keeps it as a
+    /// `SnapshotExpiry` event; leaving it out keeps old records readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[rkyv(with = rkyv::with::Skip)]
+    pub array_expiry: Option<ArrayExpiry>,
+}
+
+/// How long a storage array keeps a copy by itself, counted from when it was
+/// cut: it removes the copy after `expiration_hours` and refuses to delete it
+/// before `retention_hours` (3PAR virtual copies).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct ArrayExpiry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_hours: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_hours: Option<u32>,
+}
+
+impl ArrayExpiry {
+    /// The expiry of a group of copies: the earliest removal and the
+    /// longest retention of any part.
+    pub fn combine(self, other: ArrayExpiry) -> ArrayExpiry {
+        let min = |a: Option<u32>, b: Option<u32>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ArrayExpiry {
+            expiration_hours: min(self.expiration_hours, other.expiration_hours),
+            retention_hours: self.retention_hours.max(other.retention_hours),
+        }
+    }
 }
 
 /// What a successful step produced.
@@ -523,6 +568,15 @@ pub enum EventBody {
         run: u32,
         error: StepError,
     },
+    /// The array keeps restore point `name` of `target` on its own clock
+    /// (3PAR `expiration_hours` / `retention_hours`, counted from the cut):
+    /// recorded with the snapshot step, before the job's `Completed`
+    /// (`target`: the job's first). Job: the one that took it.
+    SnapshotExpiry {
+        target: TargetId,
+        name: String,
+        expiry: ArrayExpiry,
+    },
 }
 
 impl EventBody {
@@ -566,6 +620,7 @@ impl EventBody {
             EventBody::SnapshotUnknown { .. } => "snapshot_unknown",
             EventBody::Reconciled { .. } => "reconciled",
             EventBody::ReconcileFailed { .. } => "reconcile_failed",
+            EventBody::SnapshotExpiry { .. } => "snapshot_expiry",
         }
     }
 

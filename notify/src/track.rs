@@ -237,6 +237,7 @@ mod tests {
                     location: "/s".into(),
                     size_bytes: None,
                     existed: false,
+                    array_expiry: None,
                 },
                 freeze_window_us: 1,
             },

@@ -732,6 +732,7 @@ impl Sim {
             location: format!("sim:{name}"),
             size_bytes: None,
             existed,
+            array_expiry: None,
         }
     }
 }

@@ -246,6 +246,14 @@ pub fn details(body: &EventBody) -> String {
             "target={target} run={run} code={} message={}",
             error.code, error.message
         ),
+        EventBody::SnapshotExpiry { target, name, expiry } => {
+            let hours = |h: Option<u32>| h.map_or("-".to_string(), |h| format!("{h}h"));
+            format!(
+                "target={target} snapshot={name} array_expiration={} array_retention={}",
+                hours(expiry.expiration_hours),
+                hours(expiry.retention_hours)
+            )
+        }
     }
 }
 

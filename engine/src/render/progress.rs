@@ -371,7 +371,8 @@ impl Progress {
             | EventBody::ReconcileStarted { .. }
             | EventBody::SnapshotUnknown { .. }
             | EventBody::Reconciled { .. }
-            | EventBody::ReconcileFailed { .. } => {}
+            | EventBody::ReconcileFailed { .. }
+            | EventBody::SnapshotExpiry { .. } => {}
             EventBody::SnapshotVanished { target, name } => {
                 self.say(
                     "err",

@@ -10,7 +10,7 @@ use std::time::Instant;
 use recman_core::worker::{self, Hold, Plan, Recent, SnapshotPlan, ThawPlan, ThawedBy};
 use recman_events::clock;
 use recman_events::wire::Command;
-use recman_events::{PruneFailure, SnapshotInfo, Stage, StepDetail, StepError, TargetId};
+use recman_events::{ArrayExpiry, PruneFailure, SnapshotInfo, Stage, StepDetail, StepError, TargetId};
 
 use super::hoststate::{Locked, StateError};
 use super::Shared;
@@ -409,5 +409,9 @@ fn merge(name: &str, mut infos: Vec<SnapshotInfo>) -> SnapshotInfo {
             .join(", "),
         size_bytes: infos.iter().map(|i| i.size_bytes).sum(),
         existed: !infos.is_empty() && infos.iter().all(|i| i.existed),
+        array_expiry: infos
+            .iter()
+            .filter_map(|i| i.array_expiry)
+            .reduce(ArrayExpiry::combine),
     }
 }
