@@ -11,9 +11,10 @@ use toml::de::{DeTable, DeValue};
 use crate::{field, join, ConfigError, Cx};
 
 /// The event kinds a filter may name: every `EventBody::kind` of the event
-/// model, plus kinds announced by issues in progress (`verify_failed`,
-/// `snapshot_vanished`, `snapshot_unknown`), which simply never match until
-/// the engine records them.
+/// model (`schemas::every_event_kind_can_be_a_notification_filter` checks
+/// it), plus kinds announced by issues in progress (`snapshot_vanished`,
+/// `snapshot_unknown`), which simply never match until the engine records
+/// them.
 pub const NOTIFY_KINDS: &[&str] = &[
     "requested",
     "queued",
@@ -42,6 +43,9 @@ pub const NOTIFY_KINDS: &[&str] = &[
     "rpo_changed",
     "rpo_breached",
     "rpo_restored",
+    "verify_requested",
+    "verify_started",
+    "verified",
     "verify_failed",
     "snapshot_vanished",
     "snapshot_unknown",

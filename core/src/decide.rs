@@ -247,6 +247,7 @@ pub fn decide_indexed(
         mutation,
         out: Vec::new(),
         released: BTreeSet::new(),
+        ended: BTreeSet::new(),
         claimed: BTreeMap::new(),
     };
     let reply = match input {
@@ -325,6 +326,9 @@ struct Decider<'a> {
     out: Vec<Event>,
     /// Jobs that ended in this decision (their queue places are free).
     released: BTreeSet<JobId>,
+    /// The same, kept after `promote` takes `released`: a schedule's slot
+    /// queued behind one of them fires in this decision.
+    ended: BTreeSet<JobId>,
     /// Jobs requested in this decision, by target (the last one): a later
     /// request of the same decision queues behind it.
     claimed: BTreeMap<TargetId, JobId>,
@@ -352,6 +356,7 @@ impl Decider<'_> {
         self.advance(&mut job);
         if job.state.is_terminal() && !was_terminal {
             self.released.insert(id);
+            self.ended.insert(id);
         }
     }
 
@@ -1205,12 +1210,25 @@ impl Decider<'_> {
         // the mutation ignores recorded slots, which the index does not.
         let (sched, rpo) = match self.due {
             Some(ix) if !start && !refire => {
-                let (s, r) = ix.due(self.now);
+                let (mut s, r) = ix.due(self.now);
+                // A slot queued behind a job that ended in this decision.
+                s.extend(self.ended.iter().flat_map(|j| ix.watching(j)));
+                s.sort_unstable();
+                s.dedup();
                 (Some(s), Some(r))
             }
             _ => (None, None),
         };
-        for p in schedule::plan(self.state, self.cfg, self.now, start, refire, sched.as_deref()) {
+        let ended = &self.ended;
+        for p in schedule::plan(
+            self.state,
+            self.cfg,
+            self.now,
+            start,
+            refire,
+            sched.as_deref(),
+            ended,
+        ) {
             match p {
                 Plan::Changed { schedule, spec } => {
                     self.push_none(EventBody::ScheduleChanged { schedule, spec })

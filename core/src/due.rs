@@ -124,6 +124,11 @@ impl DueIndex {
         out
     }
 
+    /// The schedules whose last firing started `job`.
+    pub fn watching(&self, job: &JobId) -> impl Iterator<Item = usize> + '_ {
+        self.watch.get(job).into_iter().flatten().copied()
+    }
+
     /// The due time the index holds for `key`.
     pub fn get(&self, key: &DueKey) -> Option<u64> {
         self.at.get(key).copied()

@@ -25,7 +25,7 @@
 //! the decisions themselves are in `decide` (`Decider::policies`), which
 //! calls [`plan`] and [`rpo_plan`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
@@ -395,13 +395,14 @@ fn current<'a>(state: &'a State, s: &Schedule, spec: &str) -> Option<&'a Schedul
         .filter(|st| st.spec == spec && st.paused.is_none())
 }
 
-/// Whether the schedule's previous job still runs.
-fn running(state: &State, st: &ScheduleState) -> Option<JobId> {
+/// Whether the schedule's previous job still runs (`ended`: jobs that
+/// ended in the decision being made, not yet in `state`).
+fn running(state: &State, st: &ScheduleState, ended: &BTreeSet<JobId>) -> Option<JobId> {
     let j = st.last_job?;
     state
         .jobs
         .get(&j)
-        .filter(|j| !j.state.is_terminal())
+        .filter(|j| !j.state.is_terminal() && !ended.contains(&j.id))
         .map(|j| j.id)
 }
 
@@ -414,7 +415,7 @@ pub fn schedule_due(state: &State, s: &Schedule) -> Option<u64> {
 /// [`schedule_due`] with the schedule's spec computed already.
 pub fn schedule_due_spec(state: &State, s: &Schedule, spec: &str) -> Option<u64> {
     let st = current(state, s, spec)?;
-    if st.queued_slot_ms.is_some() && running(state, st).is_none() {
+    if st.queued_slot_ms.is_some() && running(state, st, &BTreeSet::new()).is_none() {
         // The running job ended: the queued slot fires at once.
         return Some(0);
     }
@@ -475,7 +476,9 @@ pub enum Plan {
 /// The schedules' decisions at `now` (`start`: also record config changes).
 /// With `refire` (the `RefireSlots` mutation) the recorded slots are ignored.
 /// `only`: the schedules to look at (indices in config order, the due ones
-/// from `due::DueIndex`); `None` looks at every one.
+/// from `due::DueIndex`); `None` looks at every one. `ended`: jobs that
+/// ended earlier in this decision (a slot queued behind one fires now, not
+/// at an extra timer right after).
 pub fn plan(
     state: &State,
     cfg: &CoreConfig,
@@ -483,6 +486,7 @@ pub fn plan(
     start: bool,
     refire: bool,
     only: Option<&[usize]>,
+    ended: &BTreeSet<JobId>,
 ) -> Vec<Plan> {
     let mut out = Vec::new();
     if start {
@@ -517,7 +521,7 @@ pub fn plan(
         let Some(st) = current(state, s, &s.spec()) else {
             continue;
         };
-        if let (Some(q), None) = (st.queued_slot_ms, running(state, st)) {
+        if let (Some(q), None) = (st.queued_slot_ms, running(state, st, ended)) {
             out.push(Plan::Fire {
                 schedule: i,
                 slot_ms: q,
@@ -578,7 +582,7 @@ pub fn plan(
                 continue;
             }
         }
-        match (running(state, st), s.overlap) {
+        match (running(state, st, ended), s.overlap) {
             (Some(job), Overlap::Skip) => out.push(Plan::Skip {
                 schedule: s.id.clone(),
                 slot_ms: newest,

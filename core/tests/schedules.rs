@@ -331,6 +331,78 @@ fn overlap_skip_records_the_skip_and_queue_one_fires_when_the_job_ends() {
 }
 
 #[test]
+fn a_slot_queued_behind_a_job_that_a_timer_ends_fires_in_that_same_decision() {
+    // Found by the simulator: the job's flush-logs timed out with its
+    // retries spent, the same timer ended it, and the slot queued behind it
+    // became due at once (due 0) with nothing fired: one more timer round
+    // was needed, and the simulator's timer_progress saw a timer that
+    // changed nothing.
+    let t0 = utc("2026-01-01T00:00:00Z");
+    let mut queue = sched("queue", &["b"], Calendar::every(60_000).expect("every"));
+    queue.overlap = Overlap::QueueOne;
+    let mut cfg = config(vec![queue]);
+    for p in cfg.targets.values_mut() {
+        p.freeze_limit_ms = 3_600_000;
+        p.writer_timeout_ms = 100_000;
+        p.max_retries = 0;
+    }
+    let mut e = Engine::start(cfg, t0);
+    e.run_until(t0 + 60_000);
+    let job = e.last_fired_job();
+    let attempt = e.core.state().jobs[&job].attempt;
+    e.input(rep(
+        job,
+        attempt,
+        Stage::Freeze,
+        &["b"],
+        ok_(StepDetail::Frozen { deadline_ms: 0 }),
+    ));
+    let info = SnapshotInfo {
+        name: recman_events::snapshot_name(job, attempt),
+        provider: "copy".into(),
+        location: "/x".into(),
+        size_bytes: None,
+        existed: false,
+        array_expiry: None,
+    };
+    e.input(rep(
+        job,
+        attempt,
+        Stage::Snapshot,
+        &["b"],
+        ok_(StepDetail::Snapshot(info)),
+    ));
+    e.input(rep(job, attempt, Stage::Thaw, &["b"], thawed()));
+    assert_eq!(e.core.state().jobs[&job].stage, Some(Stage::FlushLogs));
+    e.run_until(t0 + 120_000);
+    assert_eq!(
+        e.kinds("schedule_queued").len(),
+        1,
+        "the next slot waits behind the job"
+    );
+    // The flush-logs deadline: the timer that ends the job.
+    let due = e.core.next_deadline().expect("the flush-logs deadline");
+    assert!(due > t0 + 120_000);
+    e.now = due;
+    let step = e.core.handle(Input::TimerFired, due);
+    let kinds: Vec<&str> = step.events.iter().map(|ev| ev.body.kind()).collect();
+    assert!(kinds.contains(&"failed"), "{kinds:?}");
+    assert!(
+        step.events.iter().any(|ev| matches!(&ev.body,
+            EventBody::ScheduleFired { slot_ms, .. } if *slot_ms == t0 + 120_000)),
+        "the queued slot fires in the decision that ended the job: {kinds:?}"
+    );
+    e.log.extend(step.events);
+    assert!(
+        e.core.next_deadline().is_none_or(|d| d > due),
+        "nothing is due any more at {due}: {:?}",
+        e.core.next_deadline()
+    );
+    // The index and the full scan agree on it.
+    e.core.due_index_agrees().expect("index");
+}
+
+#[test]
 fn catch_up_once_fires_the_latest_missed_slot_and_skip_fires_none() {
     let t0 = utc("2026-01-01T00:00:00Z");
     let once = sched("once", &["a"], Calendar::every(60_000).expect("every"));

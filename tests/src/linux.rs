@@ -203,6 +203,20 @@ impl Embedded {
         }
     }
 
+    /// Verifies restore point `name` of `target` again (`recman verify`);
+    /// returns the job that took it.
+    pub async fn verify(&self, target: &str, name: &str) -> JobId {
+        match self
+            .engine
+            .caller()
+            .verify(target.into(), name.into(), "test")
+            .await
+        {
+            Ok(a) => a.job,
+            Err(e) => panic!("verify not accepted: {e}"),
+        }
+    }
+
     /// Waits for the job's terminal event; returns all its events.
     pub async fn wait(&self, job: JobId, within: Duration) -> Vec<EventBody> {
         match tokio::time::timeout(within, self.engine.wait(job)).await {

@@ -9,7 +9,9 @@
 //!   need; that restore point is then started and holds its rows;
 //! - `archive_mode = off` with `wait_for_archive = true`, and a role without
 //!   `pg_switch_wal`: refused by `recman check` (exit 1) and by the job
-//!   before any freeze, with a reason that says what to do.
+//!   before any freeze, with a reason that says what to do;
+//! - PostgreSQL down when the job starts and back a few seconds later: the
+//!   job's retries ride the restart out and the snapshot completes.
 
 use std::fs;
 use std::path::Path;
@@ -19,7 +21,7 @@ use recman_config::Config;
 use recman_events::{EventBody, Stage};
 use recman_testkit::{recman_bin, wait_until_async, DEADLINE};
 use recman_tests::linux::{can_run, completed, Embedded, LoopFs};
-use recman_tests::postgres::{Cluster, PASSWORD, TOOLS};
+use recman_tests::postgres::{as_postgres, Cluster, PASSWORD, TOOLS};
 use recman_workers::check::{self, Level};
 use recman_workers::writer::postgres::{rights, wal};
 
@@ -288,6 +290,76 @@ async fn archive_mode_off_and_missing_rights_are_refused_before_any_freeze() {
         assert_eq!(n, 0, "{}: no snapshot", d.display());
     }
     assert!(!labels.exists() || fs::read_dir(&labels).unwrap().count() == 0);
+}
+
+/// Issue 25, "retries with backoff that span a realistic restart window":
+/// PostgreSQL is stopped when the job starts and started again after the
+/// first attempt failed; a later attempt of the same job completes, and
+/// the retry's reason says what was wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_during_a_job_is_ridden_out_by_its_retries() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    let b = LoopFs::new("btrfs", 1024);
+    let c = Cluster::start(&b, true);
+    let (labels, dest) = (c.top.join("labels"), b.mnt.join("snapshots"));
+    let cfg = config(
+        &c,
+        &target(
+            "pg1",
+            &c,
+            "postgres",
+            true,
+            &labels,
+            &dest,
+            "retry_backoff = \"1s\"\n",
+        ),
+    );
+    assert!(
+        cfg.targets[0].retries >= 3,
+        "a postgres target retries by default"
+    );
+    let data = c.pg.data.to_str().unwrap().to_string();
+    as_postgres("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
+    let emb = Embedded::start(&cfg, &c.top.join("log"), "w1").await;
+    let job = emb.submit("restart-1", &["pg1"]).await;
+    let events = emb
+        .wait_for(job, Duration::from_secs(120), |ev| {
+            ev.iter().any(|e| matches!(e, EventBody::RetryScheduled { .. }))
+        })
+        .await;
+    let reason = events
+        .iter()
+        .find_map(|e| match e {
+            EventBody::RetryScheduled { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(reason.contains("is PostgreSQL running"), "{reason}");
+    let log = c.logs.join("restarted.log");
+    as_postgres(
+        "pg_ctl",
+        &[
+            "-D",
+            &data,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "-t",
+            "120",
+            "start",
+        ],
+    );
+    let events = emb.wait(job, Duration::from_secs(180)).await;
+    let (snap, _) = completed(&events);
+    let attempts = events
+        .iter()
+        .filter(|e| matches!(e, EventBody::AttemptStarted { .. }))
+        .count();
+    assert!(attempts >= 2, "completed by a retry: {attempts} attempt(s)");
+    assert!(dest.join(&snap.name).is_dir(), "{} on disk", snap.name);
+    emb.stop().await;
 }
 
 /// Issue 25 item 6: a server that does not answer (restarting) is reported

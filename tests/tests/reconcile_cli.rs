@@ -70,7 +70,7 @@ fn reconcile_prints_what_vanished_and_what_is_unknown_and_a_provider_that_cannot
     assert!(s.contains(&format!("c1: vanished {oldest} ")), "{s}");
     assert!(s.contains(&format!("c1: unknown  {stranger} ")), "{s}");
     assert!(s.contains("1 vanished, 1 unknown"), "{s}");
-    assert_eq!(names(dir), [newest.clone()]);
+    assert_eq!(names(dir), [newest.as_str()]);
     assert!(
         dir.join("snaps").join(&stranger).is_dir(),
         "an unknown snapshot is never deleted"

@@ -110,3 +110,30 @@ fn every_invalid_example_is_rejected() {
         }
     }
 }
+
+/// A `[[notify]]` filter may name every kind of event the engine records
+/// (the config refuses an unknown kind, so a kind missing from its list
+/// could never be subscribed to).
+#[test]
+fn every_event_kind_can_be_a_notification_filter() {
+    let (_, event) = schema::all()
+        .into_iter()
+        .find(|(name, _)| *name == "event.schema.json")
+        .unwrap();
+    let kinds: Vec<String> = event["$defs"]["EventBody"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["properties"]["type"]["const"].as_str().map(String::from))
+        .collect();
+    assert!(kinds.len() >= 30, "the event kinds were not found: {kinds:?}");
+    assert!(kinds.iter().any(|k| k == "verified"), "{kinds:?}");
+    let missing: Vec<&String> = kinds
+        .iter()
+        .filter(|k| !recman_config::NOTIFY_KINDS.contains(&k.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "event kinds a [[notify]] filter refuses: {missing:?} (add them to config/src/notify.rs NOTIFY_KINDS)"
+    );
+}

@@ -513,6 +513,8 @@ fn sim_schedules(
         if i % 4 == 1 {
             if let Some(p) = targets.get_mut(t) {
                 p.rpo_ms = Some(30_000 * stretch);
+                // Half of them count only verified points (`rpo_counts`).
+                p.rpo_verified = p.verify.is_some() && i % 8 == 1;
             }
         }
         if i % 3 != 0 {

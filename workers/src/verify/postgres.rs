@@ -455,6 +455,35 @@ fn log_tail(log: &Path) -> String {
     crate::exec::tail(&String::from_utf8_lossy(&text[from..]))
 }
 
+/// Below this much free space a server that stopped early is blamed on it.
+const LOW_SPACE: u64 = 64 << 20;
+
+/// What to say about the free space of the filesystem holding `dir`: a
+/// server that cannot write stops with status 1, often before it can log
+/// why (its log is on the same filesystem).
+fn space_note(dir: &Path) -> String {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return String::new();
+    };
+    // SAFETY: statvfs fills the zeroed struct from a NUL-terminated path.
+    let free = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return String::new();
+        }
+        (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
+    };
+    if free >= LOW_SPACE {
+        return String::new();
+    }
+    format!(
+        " (the filesystem of {} has {} MiB free: recovery writes WAL and pages into the clone, and a \
+         full disk stops PostgreSQL before it can log why; free space there and verify again)",
+        dir.display(),
+        free >> 20
+    )
+}
+
 /// Until the clone accepts connections and has left recovery.
 async fn wait_ready(
     child: &mut tokio::process::Child,
@@ -469,7 +498,8 @@ async fn wait_ready(
             return Err(StepError::new(
                 "recovery_failed",
                 format!(
-                    "PostgreSQL on the clone of {name} exited ({st}) before it was consistent: {}",
+                    "PostgreSQL on the clone of {name} exited ({st}) before it was consistent{}: {}",
+                    log.parent().map(space_note).unwrap_or_default(),
                     log_tail(log)
                 ),
                 false,
