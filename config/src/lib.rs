@@ -18,9 +18,11 @@ use toml::Spanned;
 
 mod api;
 pub use api::{ApiConfig, DEFAULT_LISTEN};
+mod reconcile;
 mod retention;
 mod threepar;
 mod verify;
+pub use reconcile::DEFAULT_RECONCILE_EVERY;
 pub use retention::RetentionConfig;
 pub use threepar::{ArrayConfig, ThreeParConfig, ThreeParObject};
 pub use verify::{PgVerifyConfig, VerifyConfig, VerifyKind, DEFAULT_PG_BIN_DIR, DEFAULT_VERIFY_TIMEOUT};
@@ -165,6 +167,9 @@ pub struct TargetConfig {
     pub provider: ProviderConfig,
     /// `[target.verify]`: how its restore points are verified (none: never).
     pub verify: Option<VerifyConfig>,
+    /// How often the catalog is checked against the provider's list
+    /// (`reconcile_every`; none: only on demand).
+    pub reconcile_every: Option<Duration>,
 }
 
 impl TargetConfig {
@@ -896,6 +901,7 @@ impl Cx<'_> {
             "writer",
             "provider",
             "verify",
+            "reconcile_every",
         ];
         allowed.extend_from_slice(retention::KEYS);
         cx_keys(self, t, key, &allowed)?;
@@ -1060,6 +1066,7 @@ impl Cx<'_> {
         }
         let is_pg = matches!(writer, WriterConfig::Postgres(_));
         let verify = verify::read(self, t, key, &id, &provider_pool)?;
+        let reconcile_every = reconcile::every(self, t, key, &provider)?;
         let rpo_verified = schedule::rpo_counts(self, t, key, verify.is_some())?;
         Ok(TargetConfig {
             id,
@@ -1084,6 +1091,7 @@ impl Cx<'_> {
             writer,
             provider,
             verify,
+            reconcile_every,
         })
     }
 }

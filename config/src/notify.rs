@@ -12,9 +12,7 @@ use crate::{field, join, ConfigError, Cx};
 
 /// The event kinds a filter may name: every `EventBody::kind` of the event
 /// model (`schemas::every_event_kind_can_be_a_notification_filter` checks
-/// it), plus kinds announced by issues in progress (`snapshot_vanished`,
-/// `snapshot_unknown`), which simply never match until the engine records
-/// them.
+/// it).
 pub const NOTIFY_KINDS: &[&str] = &[
     "requested",
     "queued",
@@ -47,8 +45,13 @@ pub const NOTIFY_KINDS: &[&str] = &[
     "verify_started",
     "verified",
     "verify_failed",
+    "reconcile_requested",
+    "reconcile_started",
     "snapshot_vanished",
     "snapshot_unknown",
+    "reconciled",
+    "reconcile_failed",
+    "snapshot_expiry",
 ];
 
 /// The filter of a sink without `events`.

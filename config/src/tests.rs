@@ -726,6 +726,48 @@ fn target_verify_loads_and_is_checked() {
 }
 
 #[test]
+fn reconcile_every_defaults_to_a_day_for_listing_providers_and_names_its_errors() {
+    use std::time::Duration;
+    let copy = |extra: &str| {
+        format!(
+            "[[target]]\nid = \"db\"\nwriter = {{ type = \"none\" }}\n{extra}\n[target.provider]\ntype = \"copy\"\nsource = \"/srv/a\"\ndest = \"/srv/b\"\n"
+        )
+    };
+    let c = Config::from_str(&copy(""), "/etc/recman.toml").expect("valid");
+    assert_eq!(c.targets[0].reconcile_every, Some(Duration::from_secs(86_400)));
+    let c = Config::from_str(&copy("reconcile_every = \"6h\""), "/etc/recman.toml").expect("valid");
+    assert_eq!(c.targets[0].reconcile_every, Some(Duration::from_secs(6 * 3600)));
+    for off in ["\"0\"", "\"off\""] {
+        let c =
+            Config::from_str(&copy(&format!("reconcile_every = {off}")), "/etc/recman.toml").expect("valid");
+        assert_eq!(c.targets[0].reconcile_every, None, "{off}");
+    }
+    for (extra, want) in [
+        (
+            "reconcile_every = \"soon\"",
+            "/etc/recman.toml:4:19: target[0].reconcile_every",
+        ),
+        (
+            "reconcile_every = \"10s\"",
+            "/etc/recman.toml:4:19: target[0].reconcile_every: \"10s\" is out of range",
+        ),
+    ] {
+        let e = Config::from_str(&copy(extra), "/etc/recman.toml")
+            .expect_err("refused")
+            .to_string();
+        assert!(e.starts_with(want), "{e}");
+    }
+    // `none` keeps nothing to list: off by default, refused when asked for.
+    let none = "[[target]]\nid = \"db\"\nwriter = { type = \"none\" }\nprovider = { type = \"none\" }\n";
+    let c = Config::from_str(none, "/etc/recman.toml").expect("valid");
+    assert_eq!(c.targets[0].reconcile_every, None);
+    let e = Config::from_str(&format!("{none}reconcile_every = \"24h\"\n"), "/etc/recman.toml")
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("the none provider cannot list its snapshots"), "{e}");
+}
+
+#[test]
 fn rpo_counts_verified_needs_a_verifier_and_names_bad_values() {
     let base = "[[target]]\nid = \"db\"\nwriter = { type = \"none\" }\nprovider = { type = \"none\" }\nrpo = \"26h\"\n";
     let c = Config::from_str(base, "/etc/recman.toml").expect("valid");

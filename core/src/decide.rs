@@ -75,6 +75,13 @@ pub enum Input {
         name: String,
         origin: String,
     },
+    /// An operator's `recman reconcile`: list `target`'s snapshots and
+    /// compare them with the catalog (a request already waiting or running
+    /// is the answer).
+    Reconcile {
+        target: TargetId,
+        origin: String,
+    },
 }
 
 /// The answer to the sender of a request or a cancel.
@@ -143,6 +150,11 @@ pub enum Mutation {
     FreezeDuringVerify,
     /// Retention does not know which points are verified.
     PruneNewestVerified,
+    /// A reconcile's list answer leaves the vanished points in the catalog.
+    ReconcileKeepsVanished,
+    /// A reconcile neither holds its target (jobs run while the provider
+    /// lists) nor compares with the catalog as it was when it asked.
+    ReconcileUnguarded,
 }
 
 impl Mutation {
@@ -165,6 +177,8 @@ impl Mutation {
         Mutation::RefireSlots,
         Mutation::FreezeDuringVerify,
         Mutation::PruneNewestVerified,
+        Mutation::ReconcileKeepsVanished,
+        Mutation::ReconcileUnguarded,
     ];
 
     /// Its name on the command line (`recman simulate --mutation`).
@@ -245,14 +259,18 @@ pub fn decide_indexed(
         Input::TimerFired => {
             d.timer();
             d.out.extend(crate::verify::timeouts(state, now_ms));
+            d.out.extend(crate::reconcile::timeouts(state, now_ms));
             d.policies(false);
+            d.reconciles(false);
             Reply::None
         }
         Input::Start => {
             d.timer();
             d.out.extend(crate::verify::timeouts(state, now_ms));
+            d.out.extend(crate::reconcile::timeouts(state, now_ms));
             d.catch_up_retention(None);
             d.policies(true);
+            d.reconciles(true);
             Reply::None
         }
         Input::Prune { targets } => {
@@ -270,6 +288,25 @@ pub fn decide_indexed(
                     Reply::Accepted { job, existing: false }
                 }
                 Err((code, message)) => Reply::Rejected { code, message },
+            }
+        }
+        Input::Reconcile { target, origin } => {
+            match crate::reconcile::request(state, cfg, target, origin, now_ms) {
+                Ok(Some(ev)) => {
+                    d.out.push(ev);
+                    Reply::Accepted {
+                        job: JobId::NONE,
+                        existing: false,
+                    }
+                }
+                Ok(None) => Reply::Accepted {
+                    job: JobId::NONE,
+                    existing: true,
+                },
+                Err(e) => Reply::Rejected {
+                    code: "unknown_target",
+                    message: e.message,
+                },
             }
         }
     };
@@ -868,6 +905,11 @@ impl Decider<'_> {
             self.prune_report(r);
             return;
         }
+        if r.stage == Stage::Reconcile {
+            let events = crate::reconcile::report(self.state, self.cfg, r, self.now);
+            self.out.extend(events);
+            return;
+        }
         let Some(job) = self.state.jobs.get(&r.job) else {
             return;
         };
@@ -885,7 +927,7 @@ impl Decider<'_> {
                 Stage::Snapshot => d.snapshot_report(job, r),
                 Stage::Thaw => d.thaw_report(job, r),
                 Stage::FlushLogs => d.flush_report(job, r),
-                Stage::Queue | Stage::Prune | Stage::Verify => {}
+                Stage::Queue | Stage::Prune | Stage::Verify | Stage::Reconcile => {}
             }
         });
     }
@@ -995,8 +1037,22 @@ impl Decider<'_> {
         if self.accepts_snapshot(job, r) {
             match &r.outcome {
                 Outcome::Ok {
-                    detail: d @ StepDetail::Snapshot(_),
-                } => self.step_ok(job, r, Stage::Snapshot, &first, d.clone()),
+                    detail: d @ StepDetail::Snapshot(info),
+                } => {
+                    self.step_ok(job, r, Stage::Snapshot, &first, d.clone());
+                    // The stored step leaves the array's clock out: its own event keeps it.
+                    if let Some(expiry) = info.array_expiry {
+                        let name = info.name.clone();
+                        self.emit(
+                            job,
+                            EventBody::SnapshotExpiry {
+                                target: first,
+                                name,
+                                expiry,
+                            },
+                        );
+                    }
+                }
                 Outcome::Ok { detail } => {
                     let e = StepError::new(
                         "bad_report",
@@ -1393,9 +1449,28 @@ impl Decider<'_> {
     /// Whether a verification runs on `t` after this decision's events (no
     /// freeze of `t` may start; `FreezeDuringVerify` ignores it).
     fn verifying(&self, t: &TargetId) -> bool {
-        self.mutation != Some(Mutation::FreezeDuringVerify)
+        (self.mutation != Some(Mutation::FreezeDuringVerify)
             && crate::verify::busy(self.state, t)
-            && !crate::verify::ended(&self.out).contains(t)
+            && !crate::verify::ended(&self.out).contains(t))
+            || self.reconciling(t)
+    }
+
+    /// Whether a reconcile runs on `t` after this decision's events (no
+    /// freeze of `t` may start; `ReconcileUnguarded` ignores it).
+    fn reconciling(&self, t: &TargetId) -> bool {
+        self.mutation != Some(Mutation::ReconcileUnguarded)
+            && crate::reconcile::busy(self.state, t)
+            && !crate::reconcile::ended(&self.out).contains(t)
+    }
+
+    /// The periodic reconciles due now (`start`: every target looked at).
+    fn reconciles(&mut self, start: bool) {
+        let due = match self.due {
+            Some(ix) if !start => Some(ix.due_reconciles(self.now)),
+            _ => None,
+        };
+        let asked = crate::reconcile::plan(self.state, self.cfg, self.now, due.as_deref());
+        self.out.extend(asked);
     }
 
     /// The state retention plans over (`PruneNewestVerified`: without the
@@ -1412,7 +1487,8 @@ impl Decider<'_> {
 
     /// Starts every queued job that became first in all its queues.
     fn promote(&mut self) {
-        let verified = crate::verify::ended(&self.out);
+        let mut verified = crate::verify::ended(&self.out);
+        verified.extend(crate::reconcile::ended(&self.out));
         if (self.released.is_empty() && verified.is_empty()) || self.mutation == Some(Mutation::NeverPromote)
         {
             return;

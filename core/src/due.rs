@@ -13,6 +13,10 @@
 //! - a target's RPO events, and any event of a job of that target or a
 //!   `SnapshotDeleted` of it (the newest good restore point moves).
 //!
+//! - a target's periodic reconcile (`reconcile_every`): its reconcile
+//!   events, and any event of a job of that target, a `SnapshotDeleted` or
+//!   a `SnapshotVanished` of it (the oldest restore point moves).
+//!
 //! A breached RPO has no due time (it is restored by a completed snapshot,
 //! see `Decider::rpo_restored`); one whose RPO changed while breached is
 //! kept aside and looked at by every timer until it is decided, as the full
@@ -34,6 +38,8 @@ pub enum DueKey {
     Schedule(usize),
     /// The RPO of a target.
     Rpo(TargetId),
+    /// The periodic reconcile of a target.
+    Reconcile(TargetId),
 }
 
 /// The index (see the module comment).
@@ -66,6 +72,7 @@ impl DueIndex {
         }
         for t in cfg.targets.keys() {
             ix.rpo(state, cfg, t);
+            ix.reconcile(state, cfg, t);
         }
         for (t, r) in &state.book.rpo {
             if r.breached && cfg.targets.contains_key(t) {
@@ -91,6 +98,7 @@ impl DueIndex {
             match k {
                 DueKey::Schedule(i) => sched.push(*i),
                 DueKey::Rpo(t) => rpo.push(t.clone()),
+                DueKey::Reconcile(_) => {}
             }
         }
         rpo.extend(self.recheck.iter().cloned());
@@ -99,6 +107,21 @@ impl DueIndex {
         rpo.sort();
         rpo.dedup();
         (sched, rpo)
+    }
+
+    /// The targets whose periodic reconcile is due at `now` (sorted).
+    pub fn due_reconciles(&self, now: u64) -> Vec<TargetId> {
+        let mut out: Vec<TargetId> = self
+            .by_time
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .filter_map(|(_, k)| match k {
+                DueKey::Reconcile(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// The schedules whose last firing started `job`.
@@ -136,8 +159,16 @@ impl DueIndex {
                 self.rpo(state, cfg, target);
             }
             EventBody::SnapshotDeleted { target, .. }
+            | EventBody::SnapshotVanished { target, .. }
             | EventBody::Verified { target, .. }
-            | EventBody::VerifyFailed { target, .. } => self.rpo(state, cfg, target),
+            | EventBody::VerifyFailed { target, .. } => {
+                self.rpo(state, cfg, target);
+                self.reconcile(state, cfg, target);
+            }
+            EventBody::ReconcileRequested { target, .. }
+            | EventBody::ReconcileStarted { target, .. }
+            | EventBody::Reconciled { target, .. }
+            | EventBody::ReconcileFailed { target, .. } => self.reconcile(state, cfg, target),
             _ => {}
         }
         if let Some(list) = self.watch.get(&ev.job).cloned() {
@@ -148,6 +179,7 @@ impl DueIndex {
         if let Some(job) = state.jobs.get(&ev.job) {
             for t in &job.targets {
                 self.rpo(state, cfg, t);
+                self.reconcile(state, cfg, t);
             }
         }
     }
@@ -183,6 +215,17 @@ impl DueIndex {
         };
         let due = schedule::rpo_due(state, cfg, t, rpo_ms);
         self.set(DueKey::Rpo(t.clone()), due);
+    }
+
+    /// Recomputes the periodic reconcile of `t` (nothing if it has none).
+    fn reconcile(&mut self, state: &State, cfg: &CoreConfig, t: &TargetId) {
+        let Some(every) = cfg.targets.get(t).and_then(|p| p.reconcile_every_ms) else {
+            return;
+        };
+        self.set(
+            DueKey::Reconcile(t.clone()),
+            crate::reconcile::due(state, t, every),
+        );
     }
 
     fn set(&mut self, key: DueKey, due: Option<u64>) {

@@ -31,6 +31,9 @@ pub fn effects(state: &State, cfg: &CoreConfig, event: &Event) -> Vec<Outgoing> 
     if let Some(o) = crate::verify::effects(state, cfg, event) {
         return vec![o];
     }
+    if let Some(o) = crate::reconcile::effects(state, cfg, event) {
+        return vec![o];
+    }
     let Some(job) = state.jobs.get(&event.job) else {
         return Vec::new();
     };
@@ -94,6 +97,7 @@ pub fn recover_commands(state: &State, cfg: &CoreConfig) -> Vec<Outgoing> {
         }
     }
     out.extend(crate::verify::recover(state, cfg));
+    out.extend(crate::reconcile::recover(state, cfg));
     out
 }
 
@@ -183,7 +187,7 @@ fn stage_commands(job: &Job, cfg: &CoreConfig, stage: Stage) -> Vec<Outgoing> {
                 });
             }
         }
-        Stage::Queue | Stage::Prune | Stage::Verify => {}
+        Stage::Queue | Stage::Prune | Stage::Verify | Stage::Reconcile => {}
     }
     out
 }

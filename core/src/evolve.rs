@@ -9,7 +9,11 @@ use crate::state::{CatalogEntry, Failure, Job, JobState, PendingPrune, State, St
 /// attempt) change nothing but the `applied` counter.
 pub fn evolve(state: &mut State, ev: &Event) {
     state.applied += 1;
-    if crate::schedule::evolve(&mut state.book, ev) || crate::verify::evolve(&mut state.verify, ev) {
+    if crate::schedule::evolve(&mut state.book, ev)
+        || crate::verify::evolve(&mut state.verify, ev)
+        || crate::reconcile::evolve(&mut state.reconcile, ev)
+        || crate::reconcile::started(state, ev)
+    {
         return;
     }
     if let EventBody::Requested {
@@ -73,7 +77,21 @@ pub fn evolve(state: &mut State, ev: &Event) {
             with_deadline(state, ev.job, |job| job.prune_retry_at_ms = Some(*retry_at_ms));
             return;
         }
-        EventBody::SnapshotDeleted { target, name } => {
+        EventBody::SnapshotDeleted { target, name } | EventBody::SnapshotVanished { target, name } => {
+            if let EventBody::SnapshotVanished { .. } = &ev.body {
+                // A vanished point's verification record goes like a deleted one's.
+                crate::verify::evolve(
+                    &mut state.verify,
+                    &Event {
+                        at_ms: ev.at_ms,
+                        job: ev.job,
+                        body: EventBody::SnapshotDeleted {
+                            target: target.clone(),
+                            name: name.clone(),
+                        },
+                    },
+                );
+            }
             if let Some(c) = state.catalog.get_mut(target) {
                 c.retain(|e| !(e.name == *name && e.job == ev.job));
             }
@@ -232,7 +250,14 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
         | EventBody::VerifyRequested { .. }
         | EventBody::VerifyStarted { .. }
         | EventBody::Verified { .. }
-        | EventBody::VerifyFailed { .. } => {}
+        | EventBody::VerifyFailed { .. }
+        | EventBody::ReconcileRequested { .. }
+        | EventBody::ReconcileStarted { .. }
+        | EventBody::SnapshotVanished { .. }
+        | EventBody::SnapshotUnknown { .. }
+        | EventBody::Reconciled { .. }
+        | EventBody::ReconcileFailed { .. }
+        | EventBody::SnapshotExpiry { .. } => {}
         EventBody::Queued { .. } => {}
         EventBody::AttemptStarted {
             attempt,
@@ -307,7 +332,7 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
                         p.flush = StepStatus::Pending;
                     }
                 }
-                Stage::Queue | Stage::Prune | Stage::Verify => {}
+                Stage::Queue | Stage::Prune | Stage::Verify | Stage::Reconcile => {}
             }
         }
         EventBody::StepSucceeded {

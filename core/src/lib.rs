@@ -13,6 +13,7 @@ pub mod due;
 pub mod effects;
 pub mod evolve;
 pub mod policy;
+pub mod reconcile;
 pub mod retention;
 pub mod rng;
 pub mod schedule;
@@ -110,6 +111,18 @@ impl Core {
             commands.extend(effects(&self.state, &self.cfg, e));
         }
         events.extend(started);
+        // Then the reconciles that may start (every target with a request, on start).
+        let targets = if input == Input::Start {
+            self.state.reconcile.wanted.keys().cloned().collect()
+        } else {
+            reconcile::touched(&self.state, &events)
+        };
+        let started = reconcile::starts(&self.state, &self.cfg, now_ms, &targets);
+        for e in &started {
+            self.fold(e);
+            commands.extend(effects(&self.state, &self.cfg, e));
+        }
+        events.extend(started);
         let commands = self.mutated(commands);
         Step {
             events,
@@ -179,12 +192,14 @@ impl Core {
         self.mutated(recover_commands(&self.state, &self.cfg))
     }
 
-    /// The earliest timer: a job's, a schedule's slot or an RPO's.
+    /// The earliest timer: a job's, a schedule's slot, an RPO's, a
+    /// verification's or a reconcile's.
     pub fn next_deadline(&self) -> Option<u64> {
         [
             next_deadline(&self.state),
             self.due.first(),
             verify::next_due(&self.state),
+            reconcile::next_due(&self.state),
         ]
         .into_iter()
         .flatten()
@@ -212,8 +227,22 @@ impl Core {
             if ix != full {
                 return Err(format!("rpo of {t}: index {ix:?}, full scan {full:?}"));
             }
+            let full = p
+                .reconcile_every_ms
+                .and_then(|every| reconcile::due(&self.state, t, every));
+            let ix = self.due.get(&due::DueKey::Reconcile(t.clone()));
+            if ix != full {
+                return Err(format!("reconcile of {t}: index {ix:?}, full scan {full:?}"));
+            }
         }
-        let full = schedule::next_due(&self.state, &self.cfg);
+        let reconciles = self.cfg.targets.iter().filter_map(|(t, p)| {
+            p.reconcile_every_ms
+                .and_then(|every| reconcile::due(&self.state, t, every))
+        });
+        let full = schedule::next_due(&self.state, &self.cfg)
+            .into_iter()
+            .chain(reconciles)
+            .min();
         if self.due.first() != full {
             return Err(format!("first: index {:?}, full scan {full:?}", self.due.first()));
         }

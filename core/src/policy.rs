@@ -50,6 +50,10 @@ pub struct TargetPolicy {
     pub retention: RetentionPolicy,
     /// `[target.verify]`: how its restore points are verified (none: never).
     pub verify: Option<crate::verify::VerifyPolicy>,
+    /// How often the catalog is checked against the storage
+    /// (`reconcile_every`; none: only on demand). The config's default is
+    /// a day; a bare policy has none.
+    pub reconcile_every_ms: Option<u64>,
 }
 
 impl TargetPolicy {
@@ -70,6 +74,7 @@ impl TargetPolicy {
             rpo_verified: false,
             retention: RetentionPolicy::default(),
             verify: None,
+            reconcile_every_ms: None,
         }
     }
 

@@ -274,6 +274,8 @@ pub struct State {
     pub book: crate::schedule::Book,
     /// Verification of restore points (`verify`).
     pub verify: crate::verify::Ledger,
+    /// The catalog checked against the storage (`reconcile`).
+    pub reconcile: crate::reconcile::Ledger,
 }
 
 impl State {

@@ -87,6 +87,7 @@ fn snap(job: JobId, attempt: u32) -> Outcome {
         location: "x".into(),
         size_bytes: None,
         existed: false,
+        array_expiry: None,
     }))
 }
 

@@ -84,6 +84,7 @@ fn complete(core: &mut Core, n: u128, targets: &[&str], now: u64) -> (JobId, Vec
         location: "x".into(),
         size_bytes: None,
         existed: false,
+        array_expiry: None,
     };
     handle(
         core,

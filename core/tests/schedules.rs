@@ -137,6 +137,7 @@ impl Engine {
             location: "/x".into(),
             size_bytes: None,
             existed: false,
+            array_expiry: None,
         };
         self.input(rep(
             job,
@@ -362,6 +363,7 @@ fn a_slot_queued_behind_a_job_that_a_timer_ends_fires_in_that_same_decision() {
         location: "/x".into(),
         size_bytes: None,
         existed: false,
+        array_expiry: None,
     };
     e.input(rep(
         job,

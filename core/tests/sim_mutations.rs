@@ -102,6 +102,10 @@ mutations! {
     refire_slots: C(Mutation::RefireSlots), Crash => "no_slot_fires_twice";
     freeze_during_verify: C(Mutation::FreezeDuringVerify), Calm => "verify_outside_freeze";
     prune_newest_verified: C(Mutation::PruneNewestVerified), Calm => "newest_verified_kept";
+    reconcile_keeps_vanished: C(Mutation::ReconcileKeepsVanished), Crash => "reconcile_catalog_agrees";
+    // Jobs run while the provider lists, and the answer is compared with
+    // the catalog of its arrival: a point completed meanwhile "vanished".
+    reconcile_unguarded: C(Mutation::ReconcileUnguarded), Calm => "reconcile_vanished_held";
     freeze_after_thaw: W(worker::Mutation::FreezeAfterThaw), Net => "no_freeze_after_thaw";
     thaw_ignores_attempt: W(worker::Mutation::ThawIgnoresAttempt), Calm => "thaw_own_attempt";
     // Without a hold, a failed freeze that landed is also thawed by the

@@ -94,6 +94,7 @@ impl Run {
             location: "x".into(),
             size_bytes: None,
             existed: false,
+            array_expiry: None,
         };
         self.handle(
             rep(j, 1, Stage::Snapshot, ok(StepDetail::Snapshot(info))),

@@ -90,6 +90,7 @@ async fn thaw_tries_alternate_between_the_freezer_and_its_pool_each_with_its_own
         location: "nowhere".into(),
         size_bytes: None,
         existed: false,
+        array_expiry: None,
     };
     answer(&engine, &snap, &w1, StepDetail::Snapshot(info)).await;
 

@@ -24,6 +24,7 @@ pub use ids::{legacy_snapshot_name, snapshot_name, JobId, PoolName, RequestId, T
 #[cfg(feature = "log")]
 pub use log::{Backend, EventLog, LogError};
 pub use model::{
-    Event, EventBody, PruneFailure, SnapshotInfo, SnapshotKind, Stage, StepDetail, StepError, StoredEvent,
+    ArrayExpiry, Event, EventBody, PruneFailure, SnapshotInfo, SnapshotKind, Stage, StepDetail, StepError,
+    StoredEvent,
 };
 pub use wire::{Command, EventMessage, Outcome, Report, SnapshotRequest, WireError, SCHEMA_VERSION};

@@ -40,6 +40,10 @@ pub enum Stage {
     /// point restores (`core/src/verify.rs`). The command's `attempt` is the
     /// verification's run number.
     Verify,
+    /// Ask the provider which snapshots of the target it still holds
+    /// (`core/src/reconcile.rs`). The command's job is `JobId::NONE`, its
+    /// `attempt` the reconcile's run number; the answer is `Listed`.
+    Reconcile,
 }
 
 impl Stage {
@@ -52,6 +56,7 @@ impl Stage {
             Stage::FlushLogs => "flush-logs",
             Stage::Prune => "prune",
             Stage::Verify => "verify",
+            Stage::Reconcile => "reconcile",
         }
     }
 }
@@ -121,6 +126,51 @@ pub struct SnapshotInfo {
     /// True when a redelivered command found the snapshot already taken.
     #[serde(default)]
     pub existed: bool,
+    /// The array's own clock on the copy (3PAR `expiration_hours` /
+    /// `retention_hours`). Not in the stored record (the log keeps it as a
+    /// `SnapshotExpiry` event; leaving it out keeps old records readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[rkyv(with = rkyv::with::Skip)]
+    pub array_expiry: Option<ArrayExpiry>,
+}
+
+/// How long a storage array keeps a copy by itself, counted from when it was
+/// cut: it removes the copy after `expiration_hours` and refuses to delete it
+/// before `retention_hours` (3PAR virtual copies).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct ArrayExpiry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_hours: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_hours: Option<u32>,
+}
+
+impl ArrayExpiry {
+    /// The expiry of a group of copies: the earliest removal and the
+    /// longest retention of any part.
+    pub fn combine(self, other: ArrayExpiry) -> ArrayExpiry {
+        let min = |a: Option<u32>, b: Option<u32>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ArrayExpiry {
+            expiration_hours: min(self.expiration_hours, other.expiration_hours),
+            retention_hours: self.retention_hours.max(other.retention_hours),
+        }
+    }
 }
 
 /// What a successful step produced.
@@ -168,6 +218,11 @@ pub enum StepDetail {
     /// looked at (`1234 files, 5.6 GB`, `qemu-img check: no errors`).
     Verified {
         checked: String,
+    },
+    /// The answer to a reconcile: the names of the snapshots the provider
+    /// holds for the target (`Provider::list`).
+    Listed {
+        names: Vec<String>,
     },
 }
 
@@ -468,6 +523,60 @@ pub enum EventBody {
         run: u32,
         error: StepError,
     },
+    // The catalog checked against the storage (`core/src/reconcile.rs`).
+    // Job: `JobId::NONE`, but for `SnapshotVanished` (the job that took it).
+    /// `target`'s snapshots are to be listed and compared with the catalog
+    /// (`origin`: `schedule` for `reconcile_every`, `cli`/`http` on demand).
+    ReconcileRequested {
+        target: TargetId,
+        origin: String,
+    },
+    /// Reconcile run `run` of `target` was sent to its provider pool; the
+    /// engine gives up at `deadline_ms`. The catalog it is compared with is
+    /// the one of this moment.
+    ReconcileStarted {
+        target: TargetId,
+        run: u32,
+        deadline_ms: u64,
+    },
+    /// A restore point in the catalog that the provider no longer lists
+    /// (an array expiration, a delete by hand): it leaves the catalog, and
+    /// retention and the RPO see it gone.
+    SnapshotVanished {
+        target: TargetId,
+        name: String,
+    },
+    /// Snapshots the provider lists that look like recman's (the
+    /// `rm-…-aN` names) but that no event records: reported, never deleted.
+    SnapshotUnknown {
+        target: TargetId,
+        names: Vec<String>,
+    },
+    /// Reconcile run `run` of `target` ended: the provider listed `listed`
+    /// snapshots; `vanished` left the catalog, `unknown` were reported.
+    Reconciled {
+        target: TargetId,
+        run: u32,
+        listed: u32,
+        vanished: u32,
+        unknown: u32,
+    },
+    /// The provider could not list (its error), or did not answer in time.
+    /// The catalog is unchanged.
+    ReconcileFailed {
+        target: TargetId,
+        run: u32,
+        error: StepError,
+    },
+    /// The array keeps restore point `name` of `target` on its own clock
+    /// (3PAR `expiration_hours` / `retention_hours`, counted from the cut):
+    /// recorded with the snapshot step, before the job's `Completed`
+    /// (`target`: the job's first). Job: the one that took it.
+    SnapshotExpiry {
+        target: TargetId,
+        name: String,
+        expiry: ArrayExpiry,
+    },
 }
 
 impl EventBody {
@@ -505,6 +614,13 @@ impl EventBody {
             EventBody::VerifyStarted { .. } => "verify_started",
             EventBody::Verified { .. } => "verified",
             EventBody::VerifyFailed { .. } => "verify_failed",
+            EventBody::ReconcileRequested { .. } => "reconcile_requested",
+            EventBody::ReconcileStarted { .. } => "reconcile_started",
+            EventBody::SnapshotVanished { .. } => "snapshot_vanished",
+            EventBody::SnapshotUnknown { .. } => "snapshot_unknown",
+            EventBody::Reconciled { .. } => "reconciled",
+            EventBody::ReconcileFailed { .. } => "reconcile_failed",
+            EventBody::SnapshotExpiry { .. } => "snapshot_expiry",
         }
     }
 

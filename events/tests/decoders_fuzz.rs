@@ -114,6 +114,7 @@ fn sample_event() -> Event {
                 location: "/srv/snaps/rm-x-a2".into(),
                 size_bytes: Some(42),
                 existed: false,
+                array_expiry: None,
             }),
         },
     }

@@ -187,6 +187,17 @@ fn human(body: &EventBody, targets: &[TargetId]) -> String {
             format!("{target}: could not delete snapshot {name}: {error}")
         }
         EventBody::SnapshotDeleted { target, name } => format!("{target}: snapshot {name} deleted"),
+        EventBody::SnapshotVanished { target, name } => format!(
+            "{target}: restore point {name} is gone from the storage (expired or deleted by hand): it left the catalog"
+        ),
+        EventBody::SnapshotUnknown { target, names } => format!(
+            "{target}: {} snapshot(s) named like recman's that no event records (not deleted): {}",
+            names.len(),
+            names.join(", ")
+        ),
+        EventBody::ReconcileFailed { target, error, .. } => {
+            format!("{target}: the catalog could not be checked against the storage: {error}")
+        }
         EventBody::RpoBreached {
             target,
             rpo_ms,

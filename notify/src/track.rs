@@ -64,6 +64,10 @@ impl Tracker {
             | EventBody::StepFailed { target, .. }
             | EventBody::WatchdogThawed { target, .. }
             | EventBody::SnapshotDeleted { target, .. }
+            | EventBody::SnapshotVanished { target, .. }
+            | EventBody::SnapshotUnknown { target, .. }
+            | EventBody::Reconciled { target, .. }
+            | EventBody::ReconcileFailed { target, .. }
             | EventBody::LateSnapshot { target, .. }
             | EventBody::PruneRequested { target, .. }
             | EventBody::PruneFailed { target, .. }
@@ -233,6 +237,7 @@ mod tests {
                     location: "/s".into(),
                     size_bytes: None,
                     existed: false,
+                    array_expiry: None,
                 },
                 freeze_window_us: 1,
             },

@@ -105,6 +105,12 @@ values = [${values%, }]
 include-operation-id = ["pauseSchedule", "resumeSchedule"]
 parameters = { "path.id" = "contract-nightly" }
 
+# A configured target, so a reconcile reaches the engine (its exec
+# provider cannot list: the worker's refusal is recorded).
+[[operations]]
+include-operation-id = ["reconcileTarget"]
+parameters = { "path.id" = "${TARGETS[0]}" }
+
 # The restore point taken before the run, so a verify reaches the engine.
 [[operations]]
 include-operation-id = ["verifySnapshot"]

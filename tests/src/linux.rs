@@ -257,6 +257,39 @@ impl Embedded {
         }
     }
 
+    /// Asks for a reconcile of `target` and waits for its end; returns the
+    /// events of the log from the ask on.
+    pub async fn reconcile(&self, target: &str, within: Duration) -> Vec<EventBody> {
+        let from = self.engine.log().last_seq() + 1;
+        self.engine
+            .caller()
+            .reconcile(recman_events::TargetId::from(target), "test")
+            .await
+            .unwrap_or_else(|e| panic!("reconcile of {target} not accepted: {e}"));
+        let end = std::time::Instant::now() + within;
+        loop {
+            let events: Vec<EventBody> = self
+                .engine
+                .log()
+                .read(from, 10_000)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event.body)
+                .collect();
+            let ended = events.iter().any(|e| {
+                matches!(e, EventBody::Reconciled { target: t, .. } | EventBody::ReconcileFailed { target: t, .. } if t.as_str() == target)
+            });
+            if ended {
+                return events;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "reconcile of {target} not ended within {within:?}: {events:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn stop(self) {
         self.engine.shutdown(Drain::Default).await.unwrap();
     }

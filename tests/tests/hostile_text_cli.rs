@@ -54,6 +54,7 @@ fn write_log(dir: &Path) -> JobId {
                 location: format!("l{EVIL}"),
                 size_bytes: None,
                 existed: false,
+                array_expiry: None,
             }),
         }),
         ev(EventBody::CancelRequested {

@@ -25,6 +25,8 @@ mod postgres_e2e;
 mod postgres_protect;
 mod prune_cli;
 mod read_cli;
+mod reconcile_cli;
+mod reconcile_e2e;
 mod schedules_cli;
 mod schemas;
 mod snapshot_demo_cli;

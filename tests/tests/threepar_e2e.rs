@@ -1,15 +1,19 @@
 //! End to end, in one process: the engine handle (redb log, in-process bus),
 //! a worker in `host.mbx01` with an `exec` writer and a worker in `array.a`
-//! with the `3par` provider against the WSAPI fake (HTTP and HTTPS).
+//! with the `3par` provider against the WSAPI fake (HTTP and HTTPS); the
+//! catalog checked against the array (reconcile, the copies' expiry).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use recman_config::Config;
 use recman_engine::handle::{Drain, Engine};
+use recman_engine::view::{Until, View};
 use recman_events::bus::{msg_type, Address, BoxFuture, Bus, BusError, Consumer, MemoryBus, Message};
 use recman_events::wire::{self, Command};
-use recman_events::{log, Backend, EventBody, EventLog, JobId, PoolName, SnapshotRequest, Stage, WorkerId};
+use recman_events::{
+    log, Backend, EventBody, EventLog, JobId, PoolName, SnapshotRequest, Stage, TargetId, WorkerId,
+};
 use recman_tests::threepar::{array, Array, Scheme, PASSWORD};
 use recman_workers::runtime::Worker;
 
@@ -339,5 +343,95 @@ async fn a_copy_with_a_child_is_kept_without_blocking_retention_of_the_others() 
         .filter(|r| r.method == "DELETE" && r.uri.ends_with(&names[0]) && r.status == 409)
         .count();
     assert_eq!(refused, 2, "one try per prune");
+    h.stop().await;
+}
+
+/// The catalog agrees with the array (issue 14): each copy's
+/// `expiration_hours` is recorded (`snapshot_expiry`) and shown with its
+/// restore point; a copy the array expires by itself leaves the catalog
+/// with `snapshot_vanished` at the next reconcile, and the other stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_the_array_expired_leaves_the_catalog_at_the_next_reconcile() {
+    let dir = recman_testkit::temp_dir();
+    let a = array(dir.path(), Scheme::Http).await;
+    a.fake.add_volume("DB01-vv");
+    let cfg = config(dir.path(), &a, "");
+    let h = start(dir.path(), &cfg, Arc::new(MemoryBus::new()), 1).await;
+    let mut names = Vec::new();
+    for i in 0..2 {
+        let job = h.submit(&format!("r{i}")).await;
+        match h.finished(job).await {
+            EventBody::Completed { snapshot, .. } => names.push(snapshot.name),
+            other => panic!("job {i} did not complete: {other:?}"),
+        }
+        assert!(
+            h.kinds(job).iter().any(|k| k == "snapshot_expiry"),
+            "{:?}",
+            h.kinds(job)
+        );
+    }
+    let view = || View::default().build(h.log.as_ref(), Until::End).unwrap();
+    let snaps = view().snapshots(None);
+    assert_eq!(snaps.len(), 2);
+    for s in &snaps {
+        let e = s
+            .array_expiry
+            .as_ref()
+            .expect("the array's expiry in the catalog");
+        assert_eq!(e.expiration_hours, Some(336));
+        assert_eq!(e.expires_at_ms, Some(s.cut_at_ms + 336 * 3_600_000));
+        assert_eq!((e.retention_hours, e.retained_until_ms), (None, None));
+    }
+
+    assert!(a.fake.expire(&names[0]));
+    let from = h.log.last_seq() + 1;
+    h.engine
+        .caller()
+        .reconcile(TargetId::from("db01"), "test")
+        .await
+        .unwrap_or_else(|e| panic!("reconcile not accepted: {e}"));
+    let ended = |e: &EventBody| {
+        matches!(
+            e,
+            EventBody::Reconciled { .. } | EventBody::ReconcileFailed { .. }
+        )
+    };
+    recman_testkit::wait_until_async("the reconcile to end", recman_testkit::DEADLINE, || {
+        h.log
+            .read(from, 1000)
+            .unwrap()
+            .iter()
+            .any(|e| ended(&e.event.body))
+    })
+    .await;
+    let events: Vec<EventBody> = h
+        .log
+        .read(from, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.body)
+        .collect();
+    let vanished: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            EventBody::SnapshotVanished { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(vanished, [names[0].as_str()], "{events:#?}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            EventBody::Reconciled {
+                listed: 1,
+                vanished: 1,
+                unknown: 0,
+                ..
+            }
+        )),
+        "{events:#?}"
+    );
+    let left: Vec<String> = view().snapshots(None).into_iter().map(|s| s.name).collect();
+    assert_eq!(left, [names[1].clone()]);
     h.stop().await;
 }

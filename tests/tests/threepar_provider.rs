@@ -506,3 +506,28 @@ async fn the_preflight_logs_in_finds_the_base_volume_and_measures_the_cpg() {
         "{f:#?}"
     );
 }
+
+/// Reconcile's view of the array: `list` names this target's virtual
+/// copies only (not those of another volume), and a copy the array expired
+/// by itself is no longer listed.
+#[tokio::test]
+async fn list_shows_only_this_volumes_copies_and_drops_an_expired_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = array(dir.path(), Scheme::Http).await;
+    a.fake.add_volume("DB01-vv");
+    a.fake.add_volume("DB02-vv");
+    a.fake.add_child("DB02-vv", "rm-other-a1");
+    let cfg = provider_config(
+        dir.path(),
+        &a.section,
+        "volume = \"DB01-vv\"",
+        "expiration_hours = 1",
+    );
+    let p = ThreeParProvider::new(cfg);
+    take(&p, "rm-1-a1").await.unwrap();
+    take(&p, "rm-2-a1").await.unwrap();
+    assert_eq!(p.list(&t()).await.unwrap(), vec!["rm-1-a1", "rm-2-a1"]);
+    assert!(a.fake.expire("rm-1-a1"));
+    assert_eq!(p.list(&t()).await.unwrap(), vec!["rm-2-a1"]);
+    assert!(a.fake.volume("rm-other-a1").is_some());
+}

@@ -93,6 +93,15 @@ pub const INVARIANTS: &[(&str, &str)] = &[
         "retention never asks to delete a target's newest verified restore point",
     ),
     (
+        "reconcile_catalog_agrees",
+        "once a reconcile ended, the catalog lists no restore point the storage had lost before it started \
+         (but one being deleted or verified, which the next reconcile looks at again)",
+    ),
+    (
+        "reconcile_vanished_held",
+        "a reconcile never declares vanished a snapshot the storage still holds",
+    ),
+    (
         "verify_cleanup",
         "a verify worker that died leaves no clone behind once it is up again (cleanup on start)",
     ),
@@ -121,6 +130,8 @@ pub(super) struct Checks {
     /// Stages and deletes whose cause is in the durable log.
     pub durable: HashSet<(JobId, u32, Stage)>,
     pub durable_prunes: HashSet<(JobId, TargetId, String)>,
+    /// Reconcile runs whose `ReconcileStarted` is in the durable log.
+    pub durable_reconciles: HashSet<(TargetId, u32)>,
     /// The attempt each snapshot name was given to.
     pub names: HashMap<String, Key>,
     /// Schedule slots fired (schedule, slot) and their job.
@@ -283,6 +294,10 @@ impl Sim {
                         .contains(&(cmd.job, t.clone(), n.clone()))
                 })
             }),
+            Stage::Reconcile => cmd
+                .targets
+                .first()
+                .is_some_and(|t| self.checks.durable_reconciles.contains(&(t.clone(), cmd.attempt))),
             s => self.checks.durable.contains(&(cmd.job, cmd.attempt, s)),
         };
         if !durable {
@@ -462,6 +477,15 @@ impl Sim {
                 self.checks.durable.insert((job_id, *run, Stage::Verify));
             }
             EventBody::Verified { .. } => self.summary.verified += 1,
+            EventBody::ReconcileStarted { target, run, .. } => {
+                self.checks.durable_reconciles.insert((target.clone(), *run));
+            }
+            EventBody::SnapshotVanished { .. }
+            | EventBody::Reconciled { .. }
+            | EventBody::ReconcileFailed { .. } => {
+                let body = e.body.clone();
+                return self.check_reconcile_event(job_id, &body);
+            }
             EventBody::VerifyFailed { .. } => self.summary.verify_failed += 1,
             EventBody::PruneRequested { target, names, .. } => {
                 self.check_newest_verified_kept(job_id, target, names)?;

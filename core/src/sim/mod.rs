@@ -14,6 +14,7 @@
 
 mod invariants;
 mod network;
+mod reconcile;
 mod reference;
 mod scheduler;
 mod summary;
@@ -143,6 +144,9 @@ struct Engine {
 struct Sim {
     cfg: SimConfig,
     rng: Rng,
+    /// The reconciles' own stream (`reconcile`), so that adding them moves
+    /// the other draws of a seed as little as possible.
+    rrng: Rng,
     sched: Scheduler,
     engine: Engine,
     world: World,
@@ -236,6 +240,7 @@ impl Sim {
             world: World::new(target_ids, target_hosts, workers, pools),
             history: Vec::new(),
             rng,
+            rrng: Rng::new(cfg.seed ^ 0x5EC0_4C11_E000_0001),
             sched: Scheduler::new(),
             clients,
             checks: Checks::default(),
@@ -296,6 +301,7 @@ impl Sim {
         }
         let c = self.rng.range(5_000, 30_000);
         self.push(T0 + c, Ev::SlowArray);
+        self.plan_reconciles(t);
         if self.cfg.schedules {
             // Schedules run two virtual minutes past the last request, then
             // pause, so the run can come to rest.
@@ -359,6 +365,8 @@ impl Sim {
             Ev::WorkerCrash => self.worker_crash()?,
             Ev::WorkerRestart(w) => self.worker_restart(w)?,
             Ev::SlowArray => self.slow_array(),
+            Ev::Reconcile(t) => self.reconcile(t)?,
+            Ev::LoseSnapshot => self.lose_snapshot(),
             Ev::PauseSchedules => {
                 for s in self.engine.cfg.schedules.clone() {
                     let input = Input::PauseSchedule {

@@ -66,7 +66,7 @@ pub(super) fn fold(log: &[Event]) -> Reference {
                     j.end = Some("cancelled");
                 }
             }
-            EventBody::SnapshotDeleted { target, name } => {
+            EventBody::SnapshotDeleted { target, name } | EventBody::SnapshotVanished { target, name } => {
                 if let Some(c) = r.catalog.get_mut(target) {
                     c.retain(|(n, j)| !(n == name && *j == e.job));
                     if c.is_empty() {

@@ -42,6 +42,11 @@ pub(super) enum Ev {
     SlowArray,
     /// The requests ended: every schedule is paused.
     PauseSchedules,
+    /// An operator asks for a reconcile of target `usize`.
+    Reconcile(usize),
+    /// The storage loses a restore point behind recman's back (an array
+    /// expiration, a delete by hand).
+    LoseSnapshot,
 }
 
 struct Item {

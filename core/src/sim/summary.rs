@@ -26,6 +26,10 @@ pub struct Summary {
     /// Verifications that passed and failed (targets with `[target.verify]`).
     pub verified: usize,
     pub verify_failed: usize,
+    /// Restore points the storage lost, reconciles ended, points vanished.
+    pub lost: usize,
+    pub reconciled: usize,
+    pub vanished: usize,
 }
 
 impl Summary {
@@ -48,6 +52,13 @@ impl Summary {
             String::new()
         } + &if self.verified > 0 || self.verify_failed > 0 {
             format!(" verified={} verify_failed={}", self.verified, self.verify_failed)
+        } else {
+            String::new()
+        } + &if self.reconciled > 0 || self.lost > 0 {
+            format!(
+                " reconciled={} lost={} vanished={}",
+                self.reconciled, self.lost, self.vanished
+            )
         } else {
             String::new()
         }

@@ -140,6 +140,8 @@ pub struct World {
     pub slow_until: Vec<u64>,
     /// Verifications running and clones left behind.
     pub verify: super::verify::VerifyWorld,
+    /// Restore points the storage lost behind recman's back, and when.
+    pub lost: HashMap<(usize, String), u64>,
     next_step: u64,
 }
 
@@ -189,6 +191,7 @@ impl World {
             pools,
             pool_index,
             verify: Default::default(),
+            lost: HashMap::new(),
             next_step: 0,
         }
     }
@@ -252,6 +255,7 @@ impl Sim {
             }
             Stage::Prune => (Some(self.prune(w, &cmd)), self.rng.range(2, 40)),
             Stage::Verify => self.verify(w, step, &cmd)?,
+            Stage::Reconcile => self.list(&cmd),
             Stage::Queue => (None, 0),
         };
         // `None`: a freeze that hangs; its report comes when the runtime's
@@ -728,6 +732,7 @@ impl Sim {
             location: format!("sim:{name}"),
             size_bytes: None,
             existed,
+            array_expiry: None,
         }
     }
 }

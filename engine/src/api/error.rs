@@ -25,6 +25,7 @@ pub const CODES: &[&str] = &[
     "not_found",
     "job_not_found",
     "schedule_not_found",
+    "target_not_found",
     "snapshot_not_found",
     "method_not_allowed",
     "job_finished",

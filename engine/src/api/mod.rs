@@ -183,6 +183,7 @@ fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/v1/jobs/{id}/events", sse::job_events),
         endpoint(Method::GET, "/v1/events", sse::events),
         endpoint(Method::GET, "/v1/targets", routes::targets),
+        endpoint(Method::POST, "/v1/targets/{id}/reconcile", routes::reconcile),
         endpoint(Method::GET, "/v1/schedules", routes::schedules),
         endpoint(Method::POST, "/v1/schedules/{id}/pause", routes::pause_schedule),
         endpoint(Method::POST, "/v1/schedules/{id}/resume", routes::resume_schedule),

@@ -252,6 +252,28 @@ async fn schedule_call(s: &Shared, id: String, pause: Option<String>) -> ApiResu
         .into_response())
 }
 
+/// `POST /v1/targets/{id}/reconcile`: the catalog checked against the
+/// provider's list once the target is idle; `from` is where to follow the
+/// outcome in the event log.
+pub async fn reconcile(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult {
+    let from = s.log.last_seq() + 1;
+    let target = TargetId::from(id.as_str());
+    let Accepted { existing, .. } = s.engine.reconcile(target, "http").await.map_err(|e| {
+        call_error(e, |code, message| match code {
+            "unknown_target" => ApiError::not_found("target_not_found", message),
+            _ => ApiError::new(StatusCode::CONFLICT, code, message),
+        })
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"target": id, "already": existing, "from": from})),
+    )
+        .into_response())
+}
+
 pub async fn targets(State(s): State<Arc<Shared>>) -> ApiResult {
     s.synced().await;
     Ok(Json(json!({"targets": read_view(&s, |v| v.targets())?})).into_response())

@@ -58,6 +58,7 @@ fn bench_event(job: JobId, n: u64, i: u64, pad: &str) -> Event {
                 location: pad.to_string(),
                 size_bytes: Some(i),
                 existed: false,
+                array_expiry: None,
             }),
         },
     }

@@ -14,6 +14,7 @@ pub mod events;
 pub mod job;
 pub mod jobs;
 pub mod prune;
+pub mod reconcile;
 pub mod replay;
 pub mod schedules;
 pub mod simulate;
@@ -70,6 +71,8 @@ pub enum Command {
     Cancel(cancel::Args),
     /// Apply the retention rules now; --dry-run shows what each rule keeps and why.
     Prune(prune::Args),
+    /// Check the catalog against the storage now: what vanished, what is unknown.
+    Reconcile(reconcile::Args),
     /// Verify a restore point again (the target's verifier) and wait for the verdict.
     Verify(verify::Args),
     /// Rebuild the state from the log (up to a point) and print it.
@@ -143,6 +146,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schedules(a) => schedules::run(&g, a).await,
         Command::Cancel(a) => cancel::run(&g, a).await,
         Command::Prune(a) => prune::run(&g, a).await,
+        Command::Reconcile(a) => reconcile::run(&g, a).await,
         Command::Verify(a) => verify::run(&g, a).await,
         Command::Replay(a) => replay::run(&g, a).await,
         Command::Audit(a) => audit::run(&g, a).await,

@@ -124,6 +124,26 @@ impl Caller {
         accepted(rx.await.map_err(|_| CallError::Stopped)?)
     }
 
+    /// Checks `target`'s catalog against its provider's list once it is
+    /// idle (`recman reconcile`); `existing`: one already waited or ran.
+    pub async fn reconcile(
+        &self,
+        target: recman_events::TargetId,
+        origin: &str,
+    ) -> Result<Accepted, CallError> {
+        if !self.accepting() {
+            return Err(CallError::ShuttingDown);
+        }
+        let (reply, rx) = oneshot::channel();
+        let call = Call::Reconcile {
+            target,
+            origin: origin.to_string(),
+            reply,
+        };
+        self.calls.send(call).await.map_err(|_| CallError::Stopped)?;
+        accepted(rx.await.map_err(|_| CallError::Stopped)?)
+    }
+
     /// Applies the retention rules of `targets` now (`recman prune`): the
     /// deletes are recorded (`prune_requested`) and carried out like the
     /// automatic ones. Answers how many deletes were asked for.

@@ -222,6 +222,38 @@ pub fn details(body: &EventBody) -> String {
             "target={target} snapshot={name} run={run} code={} message={}",
             error.code, error.message
         ),
+        EventBody::ReconcileRequested { target, origin } => format!("target={target} origin={origin}"),
+        EventBody::ReconcileStarted {
+            target,
+            run,
+            deadline_ms,
+        } => format!("target={target} run={run} deadline={}", rfc3339(*deadline_ms)),
+        EventBody::SnapshotVanished { target, name } => {
+            format!("target={target} snapshot={name} (gone from the storage: left the catalog)")
+        }
+        EventBody::SnapshotUnknown { target, names } => format!(
+            "target={target} snapshots={} (look like recman's, in no event: not deleted)",
+            join(names)
+        ),
+        EventBody::Reconciled {
+            target,
+            run,
+            listed,
+            vanished,
+            unknown,
+        } => format!("target={target} run={run} listed={listed} vanished={vanished} unknown={unknown}"),
+        EventBody::ReconcileFailed { target, run, error } => format!(
+            "target={target} run={run} code={} message={}",
+            error.code, error.message
+        ),
+        EventBody::SnapshotExpiry { target, name, expiry } => {
+            let hours = |h: Option<u32>| h.map_or("-".to_string(), |h| format!("{h}h"));
+            format!(
+                "target={target} snapshot={name} array_expiration={} array_retention={}",
+                hours(expiry.expiration_hours),
+                hours(expiry.retention_hours)
+            )
+        }
     }
 }
 
@@ -245,6 +277,7 @@ fn step_detail(d: &StepDetail) -> String {
         ),
         StepDetail::Flushed => "flushed".into(),
         StepDetail::Verified { checked } => format!("checked={checked}"),
+        StepDetail::Listed { names } => format!("listed={}", names.len()),
         StepDetail::Pruned { deleted, failed } => {
             let mut s = format!("deleted={}", deleted.join(","));
             for f in failed {

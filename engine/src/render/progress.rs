@@ -366,7 +366,19 @@ impl Progress {
             | EventBody::VerifyRequested { .. }
             | EventBody::VerifyStarted { .. }
             | EventBody::Verified { .. }
-            | EventBody::VerifyFailed { .. } => {}
+            | EventBody::VerifyFailed { .. }
+            | EventBody::ReconcileRequested { .. }
+            | EventBody::ReconcileStarted { .. }
+            | EventBody::SnapshotUnknown { .. }
+            | EventBody::Reconciled { .. }
+            | EventBody::ReconcileFailed { .. }
+            | EventBody::SnapshotExpiry { .. } => {}
+            EventBody::SnapshotVanished { target, name } => {
+                self.say(
+                    "err",
+                    format!("#{seq:<6} {name} of {target} is gone from the storage: it left the catalog"),
+                );
+            }
         }
         None
     }

@@ -179,6 +179,19 @@ pub fn snapshots(list: &[SnapshotEntry]) {
             ms(s.freeze_window_us),
         );
         crate::say!("    {}", s.location);
+        if let Some(a) = &s.array_expiry {
+            let mut parts = Vec::new();
+            if let (Some(h), Some(at)) = (a.expiration_hours, a.expires_at_ms) {
+                parts.push(format!(
+                    "the array removes it at {} (expiration_hours {h})",
+                    rfc3339(at)
+                ));
+            }
+            if let (Some(h), Some(at)) = (a.retention_hours, a.retained_until_ms) {
+                parts.push(format!("no delete before {} (retention_hours {h})", rfc3339(at)));
+            }
+            crate::say!("    {}", parts.join("; "));
+        }
         let now = recman_events::clock::now_ms();
         if s.verification.is_empty() {
             crate::say!("    unverified");

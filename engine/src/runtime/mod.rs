@@ -57,6 +57,12 @@ pub enum Call {
         targets: Vec<recman_events::TargetId>,
         reply: oneshot::Sender<Reply>,
     },
+    /// An operator's reconcile: the target's catalog against its provider's list.
+    Reconcile {
+        target: recman_events::TargetId,
+        origin: String,
+        reply: oneshot::Sender<Reply>,
+    },
     /// An operator's verify of restore point `name` of `target`.
     Verify {
         target: recman_events::TargetId,
@@ -207,6 +213,16 @@ async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound
             },
             Call::Prune { targets, reply } => Inbound {
                 input: Some(Input::Prune { targets }),
+                delivery: None,
+                reply: Some(reply),
+                inspect: None,
+            },
+            Call::Reconcile {
+                target,
+                origin,
+                reply,
+            } => Inbound {
+                input: Some(Input::Reconcile { target, origin }),
                 delivery: None,
                 reply: Some(reply),
                 inspect: None,
@@ -447,6 +463,7 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.backoff_max_ms = t.retry_backoff_max.as_millis() as u64;
         p.keep_last = t.keep_last;
         p.rpo_ms = t.rpo.map(|d| d.as_millis() as u64);
+        p.reconcile_every_ms = t.reconcile_every.map(|d| d.as_millis() as u64);
         p.rpo_verified = t.rpo_verified;
         p.retention = retention_policy(t);
         p.writer_timeout_ms = t.writer.timeout().as_millis() as u64;

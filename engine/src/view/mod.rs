@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use recman_events::{
-    EventBody, EventLog, JobId, LogError, SnapshotInfo, Stage, StepDetail, StoredEvent, TargetId, WorkerId,
+    ArrayExpiry, EventBody, EventLog, JobId, LogError, SnapshotInfo, Stage, StepDetail, StoredEvent,
+    TargetId, WorkerId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -204,6 +205,39 @@ pub struct SnapshotEntry {
     /// (empty: never verified nor asked for).
     #[serde(default)]
     pub verification: Vec<VerificationView>,
+    /// The array's own clock on it (3PAR), when the provider set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_expiry: Option<ArrayExpiryView>,
+}
+
+/// How long the array keeps a restore point by itself (`SnapshotExpiry`):
+/// the configured hours and the instants they give from the cut.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArrayExpiryView {
+    /// The array removes it this long after the cut (`expiration_hours`)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_hours: Option<u32>,
+    /// ...at this instant (Unix ms); a reconcile then finds it gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// The array refuses to delete it this long after the cut (`retention_hours`)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_hours: Option<u32>,
+    /// ...until this instant (Unix ms): a prune before it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_until_ms: Option<u64>,
+}
+
+impl ArrayExpiryView {
+    fn new(e: ArrayExpiry, cut_at_ms: u64) -> Self {
+        let at = |h: Option<u32>| h.map(|h| cut_at_ms.saturating_add(u64::from(h) * 3_600_000));
+        ArrayExpiryView {
+            expiration_hours: e.expiration_hours,
+            expires_at_ms: at(e.expiration_hours),
+            retention_hours: e.retention_hours,
+            retained_until_ms: at(e.retention_hours),
+        }
+    }
 }
 
 /// One target's verification of a restore point (`recman verify`).
@@ -239,6 +273,8 @@ pub struct Retention {
 struct JobExtra {
     steps: Vec<StepView>,
     snapshot_at_ms: Option<u64>,
+    /// The `SnapshotExpiry` of the job's snapshots, by name.
+    array_expiry: BTreeMap<String, ArrayExpiry>,
 }
 
 /// The projection. `apply` every event in order; query with the methods.
@@ -432,6 +468,11 @@ impl View {
                     retention: None,
                     prune_failure: None,
                     verification: Vec::new(),
+                    array_expiry: self
+                        .extra
+                        .get(&job)
+                        .and_then(|x| x.array_expiry.get(&snapshot.name))
+                        .map(|e| ArrayExpiryView::new(*e, cut)),
                 });
             }
             EventBody::Failed { reason, .. } if !was_terminal => {
@@ -447,6 +488,13 @@ impl View {
                         );
                     }
                 }
+            }
+            EventBody::SnapshotExpiry { name, expiry, .. } => {
+                self.extra
+                    .entry(job)
+                    .or_default()
+                    .array_expiry
+                    .insert(name.clone(), *expiry);
             }
             EventBody::PruneFailed { target, name, error } => {
                 let error = format!("{}: {}", error.code, error.message);
@@ -465,7 +513,7 @@ impl View {
                     },
                 );
             }
-            EventBody::SnapshotDeleted { target, name } => {
+            EventBody::SnapshotDeleted { target, name } | EventBody::SnapshotVanished { target, name } => {
                 if self
                     .last_prune_failure
                     .get(target)

@@ -32,6 +32,7 @@ fn job_events(job: JobId, seq0: u64, at0: u64, name: &str) -> Vec<StoredEvent> {
         location: format!("/snaps/{name}"),
         size_bytes: None,
         existed: false,
+        array_expiry: None,
     };
     let bodies = vec![
         EventBody::Requested {

@@ -164,6 +164,12 @@ impl FakeWsapi {
         self.shared().lock().add_volume(child, Some(parent), VIRTUAL_COPY);
     }
 
+    /// The array removes `name` by itself, as its `expiration_hours` does
+    /// (or an administrator, by hand): recman is not asked. True if it was there.
+    pub fn expire(&self, name: &str) -> bool {
+        self.shared().lock().volumes.remove(name).is_some()
+    }
+
     /// A copy of every volume.
     pub fn volumes(&self) -> Vec<Volume> {
         self.shared().lock().volumes.values().cloned().collect()

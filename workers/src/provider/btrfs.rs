@@ -110,6 +110,7 @@ impl BtrfsProvider {
             location: format!("{} (subvolid {id})", fin.display()),
             size_bytes: Some(size),
             existed,
+            array_expiry: None,
         })
     }
 

@@ -50,6 +50,7 @@ impl CopyProvider {
             location: fin.display().to_string(),
             size_bytes: Some(size),
             existed,
+            array_expiry: None,
         };
         if fin.is_dir() {
             return Ok(info(

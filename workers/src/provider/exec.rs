@@ -61,6 +61,7 @@ impl Provider for ExecProvider {
                 location,
                 size_bytes: None,
                 existed: false,
+                array_expiry: None,
             })
         })
     }

@@ -27,6 +27,7 @@ impl Provider for NoneProvider {
                 location: format!("none:{target}/{name}"),
                 size_bytes: None,
                 existed: false,
+                array_expiry: None,
             })
         })
     }

@@ -87,6 +87,7 @@ impl Qcow2Provider {
             // What the snapshot captures: the disk's virtual size.
             size_bytes: self.virtual_size().await,
             existed,
+            array_expiry: None,
         })
     }
 

@@ -357,6 +357,7 @@ fn step_span(worker: &WorkerId, cmd: &Command, d: &Delivery) -> Span {
         Stage::FlushLogs => "worker.flush_logs",
         Stage::Prune => "worker.prune",
         Stage::Verify => "worker.verify",
+        Stage::Reconcile => "worker.reconcile",
         Stage::Queue => "worker.queue",
     };
     let span = info_span!(

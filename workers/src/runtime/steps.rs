@@ -1,5 +1,5 @@
 //! Step execution: a valid command for targets in the local config runs its
-//! stage (freeze, snapshot, thaw, flush-logs, prune) target by target, under
+//! stage (freeze, snapshot, thaw, flush-logs, prune, reconcile) target by target, under
 //! that target's writer or provider lock, as the worker core's rules
 //! (`recman_core::worker`) allow, and records what happened in the host's
 //! freeze state (locked across processes from plan to record).
@@ -10,7 +10,7 @@ use std::time::Instant;
 use recman_core::worker::{self, Hold, Plan, Recent, SnapshotPlan, ThawPlan, ThawedBy};
 use recman_events::clock;
 use recman_events::wire::Command;
-use recman_events::{PruneFailure, SnapshotInfo, Stage, StepDetail, StepError, TargetId};
+use recman_events::{ArrayExpiry, PruneFailure, SnapshotInfo, Stage, StepDetail, StepError, TargetId};
 
 use super::hoststate::{Locked, StateError};
 use super::Shared;
@@ -27,6 +27,7 @@ impl Shared {
             Stage::Snapshot => self.snapshot(cmd).await,
             Stage::Prune => self.prune(cmd).await,
             Stage::Verify => self.verify(cmd).await,
+            Stage::Reconcile => self.list(cmd).await,
             Stage::Queue => Err(StepError::new(
                 "invalid_stage",
                 "queue is not a worker step",
@@ -344,6 +345,34 @@ impl Shared {
         Ok(StepDetail::Pruned { deleted, failed })
     }
 
+    /// A reconcile: the names of the snapshots the target's provider holds
+    /// (`Provider::list`, recman's and any other under its place), under
+    /// the provider lock so no snapshot or delete of this process is half
+    /// done. The engine compares them with its catalog.
+    async fn list(&self, cmd: &Command) -> Result<StepDetail, StepError> {
+        let Some(t) = cmd.targets.first() else {
+            return Err(StepError::new(
+                "invalid_command",
+                "a reconcile names no target",
+                false,
+            ));
+        };
+        let local = self.local(t)?;
+        // `none` takes nothing: its empty list would make every restore
+        // point of the catalog vanish.
+        if local.provider.kind() == "none" {
+            return Err(StepError::new(
+                "not_supported",
+                format!("target {t}: the none provider keeps no snapshots to list"),
+                false,
+            ));
+        }
+        let _g = local.provider_lock.lock().await;
+        let names = local.provider.list(t).await?;
+        tracing::info!(worker = %self.id, target = %t, run = cmd.attempt, listed = names.len(), "reconcile: listed the provider's snapshots");
+        Ok(StepDetail::Listed { names })
+    }
+
     /// Locks `t`'s host freeze state for this process.
     pub(super) async fn lock_state(&self, t: &TargetId) -> Result<Locked, StepError> {
         self.state.lock(t).await.map_err(state_error)
@@ -380,5 +409,9 @@ fn merge(name: &str, mut infos: Vec<SnapshotInfo>) -> SnapshotInfo {
             .join(", "),
         size_bytes: infos.iter().map(|i| i.size_bytes).sum(),
         existed: !infos.is_empty() && infos.iter().all(|i| i.existed),
+        array_expiry: infos
+            .iter()
+            .filter_map(|i| i.array_expiry)
+            .reduce(ArrayExpiry::combine),
     }
 }

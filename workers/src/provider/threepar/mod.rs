@@ -13,7 +13,7 @@ mod tls;
 use std::sync::Arc;
 
 use recman_events::bus::BoxFuture;
-use recman_events::{SnapshotInfo, SnapshotKind, StepError, TargetId};
+use recman_events::{ArrayExpiry, SnapshotInfo, SnapshotKind, StepError, TargetId};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -54,6 +54,15 @@ impl ThreeParProvider {
 
     fn location(&self, names: &[String]) -> String {
         format!("3par:{}/{}", self.array(), names.join(","))
+    }
+
+    /// What the array was told to do with the copy (`body`), for the catalog.
+    fn expiry(&self) -> Option<ArrayExpiry> {
+        let e = ArrayExpiry {
+            expiration_hours: self.cfg.expiration_hours,
+            retention_hours: self.cfg.retention_hours,
+        };
+        (e != ArrayExpiry::default()).then_some(e)
     }
 
     fn body(&self, name: &str, comment: String) -> Value {
@@ -109,6 +118,7 @@ impl ThreeParProvider {
             location: self.location(&[name.to_string()]),
             size_bytes: None,
             existed,
+            array_expiry: self.expiry(),
         })
     }
 
@@ -151,6 +161,7 @@ impl ThreeParProvider {
             location: self.location(&names),
             size_bytes: None,
             existed,
+            array_expiry: self.expiry(),
         })
     }
 
