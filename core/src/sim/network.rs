@@ -174,7 +174,11 @@ impl Sim {
             worker.own_memory.clear();
             self.verify_crash(w);
             let worker = &mut self.world.workers[w];
-            let unacked: Vec<(Destination, Command)> = worker.inflight.drain().map(|(_, v)| v).collect();
+            // In step order: a HashMap drains in a per-process random
+            // order, which made a seed's run differ between processes.
+            let mut unacked: Vec<(u64, (Destination, Command))> = worker.inflight.drain().collect();
+            unacked.sort_unstable_by_key(|(step, _)| *step);
+            let unacked = unacked.into_iter().map(|(_, v)| v);
             let pool = worker.pool;
             for (to, cmd) in unacked {
                 let d = self.rng.range(1, 50);
