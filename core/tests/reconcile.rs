@@ -7,21 +7,20 @@
 //! reconcile is driven by the due-time index; the array's own expiry of a
 //! copy is recorded with it; replay is exact.
 
+mod support;
+
 use std::collections::BTreeMap;
 
+use support::{a, kinds, ok, rep, Run};
+
 use recman_core::verify::VerifyPolicy;
-use recman_core::{evolve, Core, CoreConfig, Destination, Input, JobState, Reply, State, TargetPolicy};
+use recman_core::{Core, CoreConfig, Destination, Input, JobState, Reply, TargetPolicy};
 use recman_events::{
-    snapshot_name, ArrayExpiry, Event, EventBody, JobId, Outcome, Report, RequestId, SnapshotInfo,
-    SnapshotKind, SnapshotRequest, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
+    snapshot_name, ArrayExpiry, Event, EventBody, JobId, Outcome, Stage, StepDetail, StepError, TargetId,
 };
 
 const T: u64 = 1_750_000_000_000;
 const DAY: u64 = 86_400_000;
-
-fn a() -> TargetId {
-    TargetId::from("a")
-}
 
 fn config(p: impl FnOnce(&mut TargetPolicy)) -> CoreConfig {
     let mut tp = TargetPolicy::new("host.a", "array.x");
@@ -34,98 +33,13 @@ fn config(p: impl FnOnce(&mut TargetPolicy)) -> CoreConfig {
     }
 }
 
-fn rep(job: JobId, attempt: u32, stage: Stage, outcome: Outcome) -> Input {
-    Input::Report(Report {
-        schema_version: SCHEMA_VERSION,
-        message_id: format!("m{attempt}{stage}"),
-        job,
-        attempt,
-        stage,
-        targets: vec![a()],
-        worker: WorkerId::from("w"),
-        duration_us: 10,
-        outcome,
-    })
-}
-
-fn ok(detail: StepDetail) -> Outcome {
-    Outcome::Ok { detail }
-}
-
 fn listed(names: &[String]) -> Outcome {
     ok(StepDetail::Listed {
         names: names.to_vec(),
     })
 }
 
-struct Run {
-    core: Core,
-    log: Vec<Event>,
-    /// What the provider reports of the array's clock on its copies.
-    array_expiry: Option<ArrayExpiry>,
-}
-
 impl Run {
-    fn new(cfg: CoreConfig) -> Run {
-        Run {
-            core: Core::new(cfg),
-            log: Vec::new(),
-            array_expiry: None,
-        }
-    }
-
-    fn handle(&mut self, input: Input, now: u64) -> recman_core::Step {
-        let s = self.core.handle(input, now);
-        self.log.extend(s.events.clone());
-        s
-    }
-
-    fn request(&mut self, n: u128, now: u64) -> JobId {
-        let job = JobId::from_parts(now, n);
-        let req = SnapshotRequest {
-            schema_version: SCHEMA_VERSION,
-            request_id: RequestId::new(format!("r{n}")),
-            targets: vec![a()],
-            kind: SnapshotKind::Full,
-        };
-        let s = self.handle(
-            Input::Request {
-                req,
-                origin: "test".into(),
-                new_job: job,
-            },
-            now,
-        );
-        assert!(matches!(s.reply, Reply::Accepted { .. }));
-        job
-    }
-
-    /// Walks a started job through every stage.
-    fn walk(&mut self, j: JobId, now: u64) -> recman_core::Step {
-        self.handle(
-            rep(j, 1, Stage::Freeze, ok(StepDetail::Frozen { deadline_ms: 0 })),
-            now + 1,
-        );
-        let info = SnapshotInfo {
-            name: snapshot_name(j, 1),
-            provider: "test".into(),
-            location: "x".into(),
-            size_bytes: None,
-            existed: false,
-            array_expiry: self.array_expiry,
-        };
-        self.handle(
-            rep(j, 1, Stage::Snapshot, ok(StepDetail::Snapshot(info))),
-            now + 2,
-        );
-        let thawed = StepDetail::Thawed {
-            freeze_window_us: 5,
-            by_watchdog: false,
-        };
-        self.handle(rep(j, 1, Stage::Thaw, ok(thawed)), now + 3);
-        self.handle(rep(j, 1, Stage::FlushLogs, ok(StepDetail::Flushed)), now + 4)
-    }
-
     /// A completed job, `n`, at `now`: its snapshot's name.
     fn point(&mut self, n: u128, now: u64) -> (JobId, String) {
         let j = self.request(n, now);
@@ -156,18 +70,6 @@ impl Run {
     fn run_no(&self) -> u32 {
         self.core.state().reconcile.running[&a()].run
     }
-
-    fn replay(&self) {
-        let mut s = State::default();
-        for e in &self.log {
-            evolve(&mut s, e);
-        }
-        assert_eq!(&s, self.core.state(), "replay differs from live state");
-    }
-}
-
-fn kinds(events: &[Event]) -> Vec<&'static str> {
-    events.iter().map(|e| e.body.kind()).collect()
 }
 
 #[test]

@@ -4,13 +4,16 @@
 //! marks the point and keeps the snapshot; retention keeps the newest
 //! verified point; a silent verifier times out; replay is exact.
 
+mod support;
+
 use std::collections::BTreeMap;
 
+use support::{kinds, ok, rep, Run};
+
 use recman_core::verify::{Status, VerifyPolicy, VerifySchedule};
-use recman_core::{evolve, Core, CoreConfig, Destination, Input, JobState, Reply, State, TargetPolicy};
+use recman_core::{CoreConfig, Destination, Input, JobState, Reply, TargetPolicy};
 use recman_events::{
-    snapshot_name, Event, EventBody, JobId, Outcome, PoolName, Report, RequestId, SnapshotInfo, SnapshotKind,
-    SnapshotRequest, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
+    snapshot_name, EventBody, JobId, Outcome, PoolName, Stage, StepDetail, StepError, TargetId,
 };
 
 const T: u64 = 1_000_000;
@@ -32,82 +35,7 @@ fn config(keep_last: Option<u32>, schedule: VerifySchedule) -> CoreConfig {
     }
 }
 
-fn rep(job: JobId, attempt: u32, stage: Stage, outcome: Outcome) -> Input {
-    Input::Report(Report {
-        schema_version: SCHEMA_VERSION,
-        message_id: format!("m{attempt}{stage}"),
-        job,
-        attempt,
-        stage,
-        targets: vec![TargetId::from("a")],
-        worker: WorkerId::from("w"),
-        duration_us: 10,
-        outcome,
-    })
-}
-
-fn ok(detail: StepDetail) -> Outcome {
-    Outcome::Ok { detail }
-}
-
-struct Run {
-    core: Core,
-    log: Vec<Event>,
-}
-
 impl Run {
-    fn handle(&mut self, input: Input, now: u64) -> recman_core::Step {
-        let s = self.core.handle(input, now);
-        self.log.extend(s.events.clone());
-        s
-    }
-
-    fn request(&mut self, n: u128, now: u64) -> JobId {
-        let job = JobId::from_parts(now, n);
-        let req = SnapshotRequest {
-            schema_version: SCHEMA_VERSION,
-            request_id: RequestId::new(format!("r{n}")),
-            targets: vec![TargetId::from("a")],
-            kind: SnapshotKind::Full,
-        };
-        let s = self.handle(
-            Input::Request {
-                req,
-                origin: "test".into(),
-                new_job: job,
-            },
-            now,
-        );
-        assert!(matches!(s.reply, Reply::Accepted { .. }));
-        job
-    }
-
-    /// Walks a started job through every stage; returns the flush's step.
-    fn walk(&mut self, j: JobId, now: u64) -> recman_core::Step {
-        self.handle(
-            rep(j, 1, Stage::Freeze, ok(StepDetail::Frozen { deadline_ms: 0 })),
-            now + 1,
-        );
-        let info = SnapshotInfo {
-            name: snapshot_name(j, 1),
-            provider: "test".into(),
-            location: "x".into(),
-            size_bytes: None,
-            existed: false,
-            array_expiry: None,
-        };
-        self.handle(
-            rep(j, 1, Stage::Snapshot, ok(StepDetail::Snapshot(info))),
-            now + 2,
-        );
-        let thawed = StepDetail::Thawed {
-            freeze_window_us: 5,
-            by_watchdog: false,
-        };
-        self.handle(rep(j, 1, Stage::Thaw, ok(thawed)), now + 3);
-        self.handle(rep(j, 1, Stage::FlushLogs, ok(StepDetail::Flushed)), now + 4)
-    }
-
     fn status(&self, j: JobId) -> Status {
         self.core
             .state()
@@ -116,18 +44,6 @@ impl Run {
             .map(|r| r.status)
             .unwrap_or_default()
     }
-
-    fn replay(&self) {
-        let mut s = State::default();
-        for e in &self.log {
-            evolve(&mut s, e);
-        }
-        assert_eq!(&s, self.core.state(), "replay differs from live state");
-    }
-}
-
-fn kinds(events: &[Event]) -> Vec<&'static str> {
-    events.iter().map(|e| e.body.kind()).collect()
 }
 
 fn verified(checked: &str) -> Outcome {
@@ -138,10 +54,7 @@ fn verified(checked: &str) -> Outcome {
 
 #[test]
 fn a_completed_point_is_verified_off_the_freeze_window_and_a_new_job_waits() {
-    let mut r = Run {
-        core: Core::new(config(None, VerifySchedule::Each)),
-        log: Vec::new(),
-    };
+    let mut r = Run::new(config(None, VerifySchedule::Each));
     let j1 = r.request(1, T);
     let s = r.walk(j1, T);
     let k = kinds(&s.events);
@@ -193,10 +106,7 @@ fn a_completed_point_is_verified_off_the_freeze_window_and_a_new_job_waits() {
 
 #[test]
 fn a_failed_verification_keeps_the_snapshot_and_retention_keeps_the_newest_verified() {
-    let mut r = Run {
-        core: Core::new(config(Some(1), VerifySchedule::Each)),
-        log: Vec::new(),
-    };
+    let mut r = Run::new(config(Some(1), VerifySchedule::Each));
     let j1 = r.request(1, T);
     r.walk(j1, T);
     r.handle(rep(j1, 1, Stage::Verify, verified("ok")), T + 10);
@@ -233,10 +143,7 @@ fn a_failed_verification_keeps_the_snapshot_and_retention_keeps_the_newest_verif
 
 #[test]
 fn a_silent_verifier_times_out_and_an_operator_verifies_again() {
-    let mut r = Run {
-        core: Core::new(config(None, VerifySchedule::Each)),
-        log: Vec::new(),
-    };
+    let mut r = Run::new(config(None, VerifySchedule::Each));
     let j1 = r.request(1, T);
     r.walk(j1, T);
     let due = r.core.next_deadline().expect("the verification's deadline");
@@ -290,10 +197,7 @@ fn a_silent_verifier_times_out_and_an_operator_verifies_again() {
 fn newest_daily_verifies_the_newest_point_of_a_busy_day() {
     // a completes while b waits: a's verification cannot start; b's
     // point, of the same day, replaces it.
-    let mut r2 = Run {
-        core: Core::new(config(None, VerifySchedule::NewestDaily)),
-        log: Vec::new(),
-    };
+    let mut r2 = Run::new(config(None, VerifySchedule::NewestDaily));
     let a = r2.request(1, T);
     let b = r2.request(2, T + 1);
     let s = r2.walk(a, T + 10);
@@ -320,10 +224,7 @@ fn rpo_counts_verified_points_only_when_configured() {
     let p = cfg.targets.get_mut(&TargetId::from("a")).expect("a");
     p.rpo_ms = Some(600_000);
     p.rpo_verified = true;
-    let mut r = Run {
-        core: Core::new(cfg),
-        log: Vec::new(),
-    };
+    let mut r = Run::new(cfg);
     let s = r.handle(Input::Start, T);
     assert_eq!(kinds(&s.events), ["rpo_changed"]);
     assert_eq!(
@@ -385,10 +286,7 @@ fn rpo_counts_verified_points_only_when_configured() {
 fn rpo_counts_every_point_by_default() {
     let mut cfg = config(None, VerifySchedule::Each);
     cfg.targets.get_mut(&TargetId::from("a")).expect("a").rpo_ms = Some(600_000);
-    let mut r = Run {
-        core: Core::new(cfg),
-        log: Vec::new(),
-    };
+    let mut r = Run::new(cfg);
     r.handle(Input::Start, T);
     let s = r.handle(Input::TimerFired, T + 600_000);
     assert_eq!(kinds(&s.events), ["rpo_breached"]);
@@ -407,10 +305,7 @@ fn an_operator_cannot_verify_a_target_without_a_verifier() {
     let mut cfg = config(None, VerifySchedule::Each);
     cfg.targets
         .insert(TargetId::from("b"), TargetPolicy::new("host.a", "array.x"));
-    let mut r = Run {
-        core: Core::new(cfg),
-        log: Vec::new(),
-    };
+    let mut r = Run::new(cfg);
     let s = r.handle(
         Input::Verify {
             target: TargetId::from("b"),
