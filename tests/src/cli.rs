@@ -58,6 +58,18 @@ pub fn freeze_log(dir: &Path, target: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a `recman up` on `port` answers `/readyz` with 200.
+pub fn ready(port: u16) -> bool {
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    use std::io::{Read, Write};
+    let _ = c.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = String::new();
+    let _ = c.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
+}
+
 /// A running `recman up`, stopped with SIGTERM (then SIGKILL) when dropped.
 pub struct Server {
     pub child: Option<Child>,
@@ -104,14 +116,7 @@ impl Server {
 
     fn wait_ready(&self) {
         wait_until(format!("recman up at {} to be ready", self.url), DEADLINE, || {
-            let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-                return false;
-            };
-            use std::io::{Read, Write};
-            let _ = c.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut buf = String::new();
-            let _ = c.read_to_string(&mut buf);
-            buf.starts_with("HTTP/1.1 200")
+            ready(self.port)
         });
     }
 

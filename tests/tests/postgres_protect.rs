@@ -21,7 +21,7 @@ use recman_config::Config;
 use recman_events::{EventBody, Stage};
 use recman_testkit::{recman_bin, wait_until_async, DEADLINE};
 use recman_tests::linux::{can_run, completed, Embedded, LoopFs};
-use recman_tests::postgres::{as_postgres, Cluster, PASSWORD, TOOLS};
+use recman_tests::postgres::{as_postgres, Cluster, Pg, PASSWORD, TOOLS};
 use recman_workers::check::{self, Level};
 use recman_workers::writer::postgres::{rights, wal};
 
@@ -337,20 +337,8 @@ async fn a_postgres_restart_during_a_job_is_ridden_out_by_its_retries() {
         })
         .unwrap();
     assert!(reason.contains("is PostgreSQL running"), "{reason}");
-    let log = c.logs.join("restarted.log");
-    as_postgres(
-        "pg_ctl",
-        &[
-            "-D",
-            &data,
-            "-l",
-            log.to_str().unwrap(),
-            "-w",
-            "-t",
-            "120",
-            "start",
-        ],
-    );
+    // Stopped when dropped, like the first start.
+    let _restarted = Pg::start(&c.pg.data, c.pg.port, &c.logs.join("restarted.log"));
     let events = emb.wait(job, Duration::from_secs(180)).await;
     let (snap, _) = completed(&events);
     let attempts = events
@@ -414,7 +402,6 @@ async fn a_server_that_does_not_answer_is_retryable_and_says_what_to_check() {
 /// Needs no root and no PostgreSQL: nothing listens on the port.
 #[test]
 fn up_warns_at_start_up_when_the_preflight_fails_and_still_serves() {
-    use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let (pg_port, port) = (recman_testkit::free_port(), recman_testkit::free_port());
     fs::write(
@@ -451,17 +438,8 @@ fn up_warns_at_start_up_when_the_preflight_fails_and_still_serves() {
         std::thread::sleep(Duration::from_millis(50));
     };
     // Ready: the preflight runs beside the start-up, it does not hold it.
-    let ready = || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut c| {
-            use std::io::Write;
-            let _ = c.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut buf = String::new();
-            let _ = c.read_to_string(&mut buf);
-            buf.starts_with("HTTP/1.1 200")
-        })
-    };
     let served = loop {
-        if ready() {
+        if recman_tests::cli::ready(port) {
             break true;
         }
         if Instant::now() > until {
