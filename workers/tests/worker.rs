@@ -427,6 +427,59 @@ async fn a_watchdog_thaw_that_failed_keeps_the_hold_and_tries_again() {
     w.stop().await;
 }
 
+/// A watchdog thaw keeps the target held in the host state until the
+/// writer's thaw returned: a process killed during it leaves the hold, so
+/// another process of the host adopts it and thaws again (a thaw released
+/// before it ran could be lost with its process, the target left frozen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watchdog_thaw_releases_the_hold_only_when_its_thaw_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let state = dir.path().join("state");
+    let text = format!(
+        "[[target]]\nid = \"db01\"\nfreeze_limit = \"300ms\"\n[target.writer]\ntype = \"exec\"\nfreeze = {}\nthaw = {}\ntimeout = \"5s\"\n[target.provider]\ntype = \"none\"\n",
+        sh("true"),
+        sh(&format!("touch {d}/thawing; sleep 1; echo thaw >> {d}/thawed")),
+    );
+    let cfg = config(dir.path(), &text);
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w = start(&bus, worker(&cfg).with_state_dir(&state));
+    let job = JobId::new_v7();
+    send_pool(&bus, &command(job, Stage::Freeze, &["db01"])).await;
+    assert!(matches!(
+        detail_of(&next_report(&mut rep, SEC5).await),
+        StepDetail::Frozen { .. }
+    ));
+    let held = || -> Option<String> {
+        let f = std::fs::read_dir(state.join("targets"))
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|e| e.path().extension().is_some_and(|x| x == "json"))?;
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path()).ok()?).ok()?;
+        v["hold"]["job"].as_str().map(str::to_string)
+    };
+    let until = std::time::Instant::now() + SEC5;
+    while !dir.path().join("thawing").exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the watchdog's thaw never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        held(),
+        Some(job.to_string()),
+        "released while the watchdog's thaw still runs"
+    );
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!((r.stage, r.job), (Stage::Thaw, job));
+    assert!(r.message_id.ends_with("/watchdog"), "{}", r.message_id);
+    assert_eq!(lines(dir.path().join("thawed")), 1);
+    assert_eq!(held(), None, "still held after the thaw returned");
+    w.stop().await;
+}
+
 /// Issue 12 item 1: a freeze hook that froze the application and then failed
 /// may have landed; the worker held the target and armed its watchdog before
 /// calling it, so the watchdog thaws it at the limit even if no thaw comes.

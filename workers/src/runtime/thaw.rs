@@ -77,14 +77,11 @@ impl Shared {
             Some(a) if a.key == key => a.window_us(),
             _ => worker::thaw_window_us(&plan, now_ms, self.process(), None),
         };
-        // Recorded before the thaw runs (a process killed during the thaw
-        // leaves it recorded: its hook's window, not a later adopter's);
-        // a thaw that fails puts the hold back below.
-        host.memory
-            .record_thaw(key, ThawedBy::Watchdog, window_us, &plan, now_ms);
-        if let Err(e) = self.save_state(&host).await {
-            tracing::warn!(worker = %self.id, target = %t, message = %e.message, "the watchdog's thaw was not recorded");
-        }
+        // As for a commanded thaw, the hold is released only once the
+        // writer's thaw returned: a process killed in the middle leaves it
+        // held, so another process adopts it and thaws again (idempotent).
+        // Its record then carries the window up to that later thaw, an upper
+        // bound: nobody can know whether the interrupted one landed.
         tracing::warn!(worker = %self.id, target = %t, job = %hold.job, attempt = hold.attempt, "no thaw arrived in time: the watchdog thaws");
         let ctx = StepCtx {
             target: t.clone(),
@@ -101,13 +98,16 @@ impl Shared {
             }
             tokio::time::sleep(Duration::from_millis(500 * u64::from(n))).await;
         }
-        // A thaw that failed puts the hold back (the target is frozen as far
-        // as anyone knows), adopted by this process, and the watchdog tries
-        // again: another job's freeze is refused meanwhile.
-        if result.is_err() {
-            let mut kept = hold.clone();
-            kept.process = self.process().clone();
-            host.memory.record_thaw_failed(kept);
+        if result.is_ok() {
+            host.memory
+                .record_thaw(key, ThawedBy::Watchdog, window_us, &plan, now_ms);
+            if let Err(e) = self.save_state(&host).await {
+                tracing::warn!(worker = %self.id, target = %t, message = %e.message, "the watchdog's thaw was not recorded");
+            }
+        } else {
+            // The target is frozen as far as anyone knows: the hold stays,
+            // adopted by this process, and the watchdog tries again; another
+            // job's freeze is refused meanwhile.
             host.memory.record_adopt(key, self.process().clone());
             let _ = self.save_state(&host).await;
             let frozen_at = armed.map(|a| a.frozen_at).unwrap_or_else(|| {
