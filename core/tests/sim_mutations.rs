@@ -128,6 +128,11 @@ mutations! {
     freeze_state_per_process: W(worker::Mutation::FreezeStatePerProcess), Crash => "one_freeze_per_attempt",
         also ["freeze_window", "thaw_own_attempt", "one_snapshot_per_attempt"];
     no_verify_cleanup: W(worker::Mutation::NoVerifyCleanup), Crash => "verify_cleanup";
+    // A thaw that did not land, its hold released: redone only by the
+    // engine's redelivered command, which reports the first (too short)
+    // window, or, for a watchdog's thaw, by nobody in time.
+    release_before_thaw: W(worker::Mutation::ReleaseBeforeThaw), Crash => "freeze_window",
+        also ["thawed_within_limit", "every_freeze_thawed"];
 }
 
 #[test]

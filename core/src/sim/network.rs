@@ -164,6 +164,16 @@ impl Sim {
             return Ok(());
         }
         let w = self.rng.below(self.world.workers.len() as u64) as usize;
+        self.crash_worker(w);
+        let d = self.rng.range(500, 4_000);
+        self.push(self.sched.now + d, Ev::WorkerCrash);
+        Ok(())
+    }
+
+    /// Worker process `w` dies now (if it lives): what it had not answered
+    /// goes back to its queue, its host's other processes notice within
+    /// `ADOPT_POLL_MS`, and it starts again a while later.
+    pub(super) fn crash_worker(&mut self, w: usize) {
         if self.world.workers[w].alive {
             let now = self.sched.now;
             let worker = &mut self.world.workers[w];
@@ -196,9 +206,6 @@ impl Sim {
             let d = self.rng.range(500, 5_000);
             self.push(now + d, Ev::WorkerRestart(w));
         }
-        let d = self.rng.range(500, 4_000);
-        self.push(self.sched.now + d, Ev::WorkerCrash);
-        Ok(())
     }
 
     /// A worker process starts: it takes over its host's orphaned holds

@@ -409,6 +409,9 @@ impl Sim {
             self.check_thaw_own(t, key, h.key(), false)?;
         }
         let window_us = worker::thaw_window_us(&plan, now, &me, m);
+        if self.dies_during_thaw(w, t, &plan, ThawedBy::Command, window_us)? {
+            return Ok(None);
+        }
         self.mem(w, t)
             .record_thaw(key, ThawedBy::Command, window_us, &plan, now);
         if plan.runs() {
@@ -627,6 +630,9 @@ impl Sim {
         self.check_engine_thaws_before_watchdog(t, froze)?;
         let me = self.world.process(w);
         let window_us = worker::thaw_window_us(&plan, now, &me, m);
+        if self.dies_during_thaw(w, t, &plan, ThawedBy::Watchdog, window_us)? {
+            return Ok(());
+        }
         self.mem(w, t)
             .record_thaw(froze, ThawedBy::Watchdog, window_us, &plan, now);
         self.thaw_world(t, froze, true)?;
@@ -707,6 +713,51 @@ impl Sim {
         } else {
             None
         }
+    }
+
+    /// Under crash faults, now and then process `w` dies during the
+    /// writer's thaw of the freeze it holds (`plan` is `Own`): the thaw may
+    /// or may not have landed, and it recorded nothing, so the hold stays
+    /// and another process of the host adopts it and thaws again
+    /// (idempotent), recording the window up to that thaw, an upper bound.
+    /// Unless `ReleaseBeforeThaw` released the hold before the thaw ran.
+    /// Returns whether it died.
+    fn dies_during_thaw(
+        &mut self,
+        w: usize,
+        t: usize,
+        plan: &ThawPlan,
+        by: ThawedBy,
+        window_us: u64,
+    ) -> Checked<bool> {
+        let ThawPlan::Own(h) = plan else {
+            return Ok(false);
+        };
+        if !self.cfg.faults.crash() || !self.rng.chance(0.01) {
+            return Ok(false);
+        }
+        let key = h.key();
+        if self.cfg.worker_mutation == Some(worker::Mutation::ReleaseBeforeThaw) {
+            let now = self.sched.now;
+            self.mem(w, t).record_thaw(key, by, window_us, plan, now);
+        }
+        let landed = self.rng.chance(0.5);
+        if landed {
+            self.thaw_world(t, key, by == ThawedBy::Watchdog)?;
+        }
+        self.checks.interrupted_thaws.insert((t, key));
+        self.note(
+            key.0,
+            format!(
+                "{} died during its thaw of {} (attempt {}; the thaw {})",
+                self.world.workers[w].id,
+                self.world.target_ids[t],
+                key.1,
+                if landed { "landed" } else { "did not land" }
+            ),
+        );
+        self.crash_worker(w);
+        Ok(true)
     }
 
     /// The writer's thaw of target `t`, asked by attempt `by` (or its

@@ -162,6 +162,10 @@ pub enum Mutation {
     /// A verify worker does not clean up on start what its dead process
     /// left (clones, mounts, throw-away servers).
     NoVerifyCleanup,
+    /// A thaw releases the hold before the writer's thaw runs (the
+    /// watchdog's order of earlier builds): a process that dies during the
+    /// thaw leaves nothing held, and a thaw that did not land is not redone.
+    ReleaseBeforeThaw,
 }
 
 impl Mutation {
@@ -178,6 +182,7 @@ impl Mutation {
         Mutation::AdoptAnySnapshot,
         Mutation::FreezeStatePerProcess,
         Mutation::NoVerifyCleanup,
+        Mutation::ReleaseBeforeThaw,
     ];
 
     /// Its name on the command line (`recman simulate --mutation`).
