@@ -52,6 +52,30 @@ pub fn write_config(dir: &Path, n: usize, pools: &[&str]) -> PathBuf {
     p
 }
 
+/// Debian's python3 (where python3-pika installs), else the one on PATH;
+/// `None` after a skip when neither imports pika.
+#[track_caller]
+pub fn python() -> Option<String> {
+    for p in ["/usr/bin/python3", "python3"] {
+        let ok = Command::new(p)
+            .args(["-c", "import pika"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(p.to_string());
+        }
+    }
+    recman_testkit::skip("no python3 with pika (apt-get install python3-pika; tests/run installs it)");
+    None
+}
+
+/// A script of `deploy/examples/`.
+pub fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples")
+        .join(name)
+}
+
 /// A `recman` process; killed (SIGKILL) on drop if still running.
 pub struct Proc {
     pub child: Child,

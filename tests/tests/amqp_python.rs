@@ -2,34 +2,11 @@
 //! and the real engine and worker: the subscriber sees the publisher's
 //! request through to `completed`, with events in seq order.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use recman_testkit::amqp::Vhost;
-use recman_testkit::skip;
-use recman_tests::amqp::{write_config, Proc};
-
-/// Debian's python3 (where python3-pika installs), else the one on PATH.
-fn python() -> Option<String> {
-    for p in ["/usr/bin/python3", "python3"] {
-        let ok = Command::new(p)
-            .args(["-c", "import pika"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return Some(p.to_string());
-        }
-    }
-    skip("no python3 with pika (apt-get install python3-pika; tests/run installs it)");
-    None
-}
-
-fn example(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/examples")
-        .join(name)
-}
+use recman_tests::amqp::{example, python, write_config, Proc};
 
 #[test]
 fn amqp_python_publisher_request_completes_and_subscriber_sees_it() {

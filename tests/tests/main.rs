@@ -10,6 +10,7 @@ mod amqp_engine;
 mod amqp_faults;
 mod amqp_host_freeze;
 mod amqp_limits;
+mod amqp_permissions;
 mod amqp_python;
 mod amqp_up;
 mod api;

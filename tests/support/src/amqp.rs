@@ -100,10 +100,46 @@ impl Vhost {
     }
 }
 
+impl Vhost {
+    /// A user `<vhost>.<role>` of the node with a random password and, on
+    /// this vhost, only the permissions given (regular expressions, as
+    /// `rabbitmqctl set_permissions` takes them); returns its URL. Deleted
+    /// with the vhost.
+    pub fn user(&self, role: &str, configure: &str, write: &str, read: &str) -> String {
+        let name = format!("{}.{role}", self.name);
+        let pass = format!("{:016x}{:08x}", rand_u64(), std::process::id());
+        rabbitmqctl(&["add_user", &name, &pass]);
+        rabbitmqctl(&["set_permissions", "-p", &self.name, &name, configure, write, read]);
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("amqp", &self.url));
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        format!("{scheme}://{name}:{pass}@{host}")
+    }
+}
+
+/// A random number from the OS, for passwords of throwaway users.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
+}
+
 impl Drop for Vhost {
     fn drop(&mut self) {
         if let Some(ctl) = std::env::var_os(RABBITMQCTL_VAR) {
-            let _ = Command::new(ctl).args(["delete_vhost", &self.name]).output();
+            let _ = Command::new(&ctl).args(["delete_vhost", &self.name]).output();
+            // The users `user` made for it.
+            let prefix = format!("{}.", self.name);
+            if let Ok(out) = Command::new(&ctl)
+                .args(["list_users", "--quiet", "--no-table-headers"])
+                .output()
+            {
+                for line in String::from_utf8_lossy(&out.stdout).lines() {
+                    if let Some(u) = line.split_whitespace().next().filter(|u| u.starts_with(&prefix)) {
+                        let _ = Command::new(&ctl).args(["delete_user", u]).output();
+                    }
+                }
+            }
         }
     }
 }

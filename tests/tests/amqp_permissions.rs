@@ -1,0 +1,175 @@
+//! deploy/README.md's "Users and permissions" table, on the private broker:
+//! one user per role with exactly the permissions the table gives, the real
+//! engine (the one that declares the topology), a worker with
+//! `--no-declare`, and the Python publisher and subscriber of
+//! deploy/examples/. A request goes through to `completed` with nobody
+//! holding more than the table says; and the worker's user cannot take
+//! another pool's commands (the broker refuses, the worker says so and
+//! exits instead of waiting).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use recman_testkit::amqp::{password, Vhost};
+use recman_tests::amqp::{example, python, write_config, Proc};
+
+#[test]
+fn amqp_each_role_runs_with_the_documented_permissions_only() {
+    let Some(vh) = Vhost::new("perms") else { return };
+    let Some(py) = python() else { return };
+    // The table, row by row (pool P = host.a, worker W = w1).
+    let worker_url = vh.user(
+        "worker",
+        r"^recman\.(pool\.host\.a|worker\.w1)$",
+        r"^recman\.(pool\.host\.a|worker\.w1|reports|dlx)$",
+        r"^recman\.(pool\.host\.a|worker\.w1|commands)$",
+    );
+    let publisher_url = vh.user("publisher", "^$", r"^recman\.requests$", "^$");
+    let subscriber_url = vh.user(
+        "subscriber",
+        r"^amq\.gen-.*",
+        r"^amq\.gen-.*",
+        r"^(amq\.gen-.*|recman\.events)$",
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Two pools: the engine declares host.b's queue too, which the worker's
+    // user may not read.
+    let config = write_config(dir.path(), 2, &["host.a", "host.b"]);
+    let mut engine = Proc::spawn(
+        "engine",
+        dir.path(),
+        &data,
+        &config,
+        &["engine", "--amqp", &vh.url],
+    );
+    engine.wait_for("broker connected");
+
+    // A worker with the table's rights on another pool's queue: refused by
+    // the broker, and it says so and exits (it must not hang or retry forever).
+    let mut wrong = Proc::spawn(
+        "worker-wrong-pool",
+        dir.path(),
+        &data.join("wrong"),
+        &config,
+        &[
+            "worker",
+            "--no-declare",
+            "--amqp",
+            &worker_url,
+            "--pool",
+            "host.b",
+            "--id",
+            "w1",
+        ],
+    );
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = wrong.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "a worker without read on recman.pool.host.b kept running:\n{}",
+            wrong.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = wrong.output();
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("ACCESS_REFUSED") || out.to_lowercase().contains("access refused"),
+        "the refusal names the broker's reason:\n{out}"
+    );
+    assert!(
+        !out.contains(password(&worker_url)),
+        "the password was printed:\n{out}"
+    );
+
+    let mut worker = Proc::spawn(
+        "worker",
+        dir.path(),
+        &data.join("w"),
+        &config,
+        &[
+            "worker",
+            "--no-declare",
+            "--amqp",
+            &worker_url,
+            "--pool",
+            "host.a",
+            "--id",
+            "w1",
+        ],
+    );
+    worker.wait_for("worker started");
+
+    let sub_out = dir.path().join("subscriber.out");
+    let mut sub = Command::new(&py)
+        .arg(example("subscribe_events.py"))
+        .args(["--url", &subscriber_url, "--until-request", "perm-req-1"])
+        .stdout(std::fs::File::create(&sub_out).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&sub_out)
+        .unwrap_or_default()
+        .contains("subscribed")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the subscriber did not subscribe with the table's rights"
+        );
+        assert!(sub.try_wait().unwrap().is_none(), "the subscriber exited early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = Command::new(&py)
+        .arg(example("publish_request.py"))
+        .args(["--url", &publisher_url, "--request-id", "perm-req-1", "t0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the publisher with write on recman.requests only: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let status = loop {
+        if let Some(s) = sub.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = sub.kill();
+            panic!(
+                "the subscriber did not see the job complete:\n{}\nengine:\n{}\nworker:\n{}",
+                std::fs::read_to_string(&sub_out).unwrap_or_default(),
+                engine.output(),
+                worker.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&sub_out).unwrap();
+    assert!(status.success(), "subscriber exit {status}:\n{text}");
+    let kinds: Vec<String> = text
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|e| e["type"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(kinds.last().map(String::as_str), Some("completed"), "{kinds:?}");
+    // Its steps ran at the restricted worker (the only one of host.a).
+    assert!(kinds.iter().any(|k| k == "step_succeeded"), "{kinds:?}");
+    for p in [&mut engine, &mut worker] {
+        let status = p.stop();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} did not stop cleanly ({status:?}):\n{}",
+            p.name,
+            p.output()
+        );
+    }
+}
