@@ -228,6 +228,18 @@ impl Embedded {
         }
     }
 
+    /// The job's events as the log holds them now, each with the time the
+    /// engine recorded it (Unix ms).
+    pub fn timed(&self, job: JobId) -> Vec<(u64, EventBody)> {
+        self.engine
+            .log()
+            .read_job(job)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.event.at_ms, e.event.body))
+            .collect()
+    }
+
     /// Waits until `until` holds for the job's events (they go on after its
     /// end: verification); returns them.
     pub async fn wait_for(

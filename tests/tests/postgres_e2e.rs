@@ -11,10 +11,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use recman_config::Config;
+use recman_events::{EventBody, Stage};
 use recman_testkit::{free_port, sh, wait_until_async, DEADLINE};
 use recman_tests::linux::{can_run, completed, freeze_step, Embedded, LoopFs, NumberedWriter};
 use recman_tests::postgres::{append, as_postgres, chown_postgres, Pg, BIN, PASSWORD};
@@ -125,13 +126,16 @@ async fn case(combined: bool) {
             .unwrap(),
     );
     let committed = Arc::new(AtomicU64::new(0));
+    // When each number's commit returned (Unix ms; number n at index n - 1).
+    let commit_times = Arc::new(Mutex::new(Vec::<u64>::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let (cm, st) = (committed.clone(), stop.clone());
+    let (cm, ct, st) = (committed.clone(), commit_times.clone(), stop.clone());
     let loader = tokio::spawn(async move {
         let mut n = 0i64;
         while !st.load(Ordering::Relaxed) {
             n += 1;
             c.execute("INSERT INTO seq VALUES ($1)", &[&n]).await.unwrap();
+            ct.lock().unwrap().push(recman_events::clock::now_ms());
             cm.store(n as u64, Ordering::SeqCst);
         }
     });
@@ -190,6 +194,30 @@ async fn case(combined: bool) {
     let job = emb.submit("pg-r1", &["pg1"]).await;
     let events = emb.wait(job, Duration::from_secs(120)).await;
     let after = committed.load(Ordering::SeqCst);
+    // The last time the engine asked for the snapshot (it was cut after
+    // that) and how many numbers had been committed by then: all of them
+    // must be in the copy, not only those committed before the submit.
+    let asked_ms = emb
+        .timed(job)
+        .into_iter()
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                EventBody::StageStarted {
+                    stage: Stage::Snapshot,
+                    ..
+                }
+            )
+        })
+        .map(|(at, _)| at)
+        .next_back()
+        .expect("a snapshot stage");
+    let before_snapshot = commit_times
+        .lock()
+        .unwrap()
+        .iter()
+        .take_while(|t| **t < asked_ms)
+        .count() as u64;
     emb.stop().await;
     stop.store(true, Ordering::Relaxed);
     loader.await.unwrap();
@@ -279,11 +307,14 @@ async fn case(combined: bool) {
         .await
         .unwrap()
         .get(0);
-    eprintln!("restored copy: {count} rows, max {max}; committed before the job {before}, after it {after}");
+    eprintln!(
+        "restored copy: {count} rows, max {max}; committed before the job {before}, \
+         before the snapshot was asked for {before_snapshot}, after the job {after}"
+    );
     assert_eq!(count, max, "the sequence has gaps");
     assert!(
-        max as u64 >= before,
-        "rows committed before the freeze are missing"
+        max as u64 >= before_snapshot,
+        "rows committed before the freeze and the snapshot are missing: {before_snapshot} committed, {max} restored"
     );
     assert!(max as u64 <= after, "rows from after the job?");
     assert_eq!(accounts, 100_000);
