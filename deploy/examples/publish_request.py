@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Publish one snapshot request to recman over RabbitMQ (pika).
+r"""Publish one snapshot request to recman over RabbitMQ (pika).
 
-    publish_request.py --url amqp://user:pw@host:5672/recman --request-id nightly-db01 db01 [db02 ...]
+    publish_request.py --url amqp://user@host:5672/recman --password-file /etc/recman/amqp-password \
+        --request-id nightly-db01 db01 [db02 ...]
 
 The request is JSON per schemas/ (SnapshotRequest). It goes to the fanout
 exchange `recman.requests`, persistent, with publisher confirms: when this
@@ -16,17 +17,19 @@ import sys
 
 import pika
 
+import amqp_url
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", required=True, help="amqp://USER:PASSWORD@HOST:PORT/VHOST")
+    amqp_url.add_arguments(ap)
     ap.add_argument("--request-id", required=True, help="your idempotency key")
     ap.add_argument("--kind", default="full", choices=["full", "copy"])
     ap.add_argument("targets", nargs="+", help="target ids from the engine's config (several = one consistency group)")
     a = ap.parse_args()
 
     body = {"schema_version": 1, "request_id": a.request_id, "targets": a.targets, "kind": a.kind}
-    conn = pika.BlockingConnection(pika.URLParameters(a.url))
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url.url(a)))
     ch = conn.channel()
     ch.confirm_delivery()  # basic_publish raises if the broker does not confirm
     props = pika.BasicProperties(

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Print recman's events as they happen (pika), one JSON line each.
+r"""Print recman's events as they happen (pika), one JSON line each.
 
-    subscribe_events.py --url amqp://user:pw@host:5672/recman [--binding 'completed.#'] [--until-request ID]
+    subscribe_events.py --url amqp://user@host:5672/recman --password-file FILE \
+        [--binding 'completed.#'] [--until-request ID]
 
 Events come from the topic exchange `recman.events` in two forms:
 - one event per message (low rates): routing key `<event kind>.<first target
@@ -28,16 +29,18 @@ import sys
 
 import pika
 
+import amqp_url
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", required=True)
+    amqp_url.add_arguments(ap)
     ap.add_argument("--binding", default="#")
     ap.add_argument("--queue", default="", help="durable queue name (default: exclusive, server-named)")
     ap.add_argument("--until-request", default=None)
     a = ap.parse_args()
 
-    conn = pika.BlockingConnection(pika.URLParameters(a.url))
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url.url(a)))
     ch = conn.channel()
     if a.queue:
         q = ch.queue_declare(queue=a.queue, durable=True, arguments={"x-queue-type": "quorum"}).method.queue

@@ -2,15 +2,15 @@
 //! one user per role with exactly the permissions the table gives, the real
 //! engine (the one that declares the topology), a worker with
 //! `--no-declare`, and the Python publisher and subscriber of
-//! deploy/examples/. A request goes through to `completed` with nobody
-//! holding more than the table says; and the worker's user cannot take
-//! another pool's commands (the broker refuses, the worker says so and
-//! exits instead of waiting).
+//! deploy/examples/ (their passwords in files). A request goes through to
+//! `completed` with nobody holding more than the table says; and the
+//! worker's user cannot take another pool's commands (the broker refuses,
+//! the worker says so and exits instead of waiting).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use recman_testkit::amqp::{password, Vhost};
+use recman_testkit::amqp::{password, user, Vhost};
 use recman_tests::amqp::{example, python, write_config, Proc};
 
 #[test]
@@ -34,6 +34,24 @@ fn amqp_each_role_runs_with_the_documented_permissions_only() {
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // The Python clients take their passwords from files, as documented
+    // (never on the command line): each URL without its password.
+    let password_file = |url: &str| -> (String, String) {
+        let pass = password(url);
+        let file = dir.path().join(format!("{}.password", user(url)));
+        std::fs::write(&file, format!("{pass}\n")).unwrap();
+        (
+            url.replacen(&format!(":{pass}@"), "@", 1),
+            file.display().to_string(),
+        )
+    };
+    let (publisher_url, publisher_pw) = password_file(&publisher_url);
+    let (subscriber_url, subscriber_pw) = password_file(&subscriber_url);
+    assert_eq!(
+        (password(&publisher_url), password(&subscriber_url)),
+        ("", ""),
+        "{publisher_url} {subscriber_url}"
+    );
     // Two pools: the engine declares host.b's queue too, which the worker's
     // user may not read.
     let config = write_config(dir.path(), 2, &["host.a", "host.b"]);
@@ -77,6 +95,10 @@ fn amqp_each_role_runs_with_the_documented_permissions_only() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let out = wrong.output();
+    eprintln!(
+        "the worker of the wrong pool exited ({status}) after {:?}",
+        t0.elapsed()
+    );
     assert!(!status.success(), "{out}");
     assert!(
         out.contains("ACCESS_REFUSED") || out.to_lowercase().contains("access refused"),
@@ -108,7 +130,8 @@ fn amqp_each_role_runs_with_the_documented_permissions_only() {
     let sub_out = dir.path().join("subscriber.out");
     let mut sub = Command::new(&py)
         .arg(example("subscribe_events.py"))
-        .args(["--url", &subscriber_url, "--until-request", "perm-req-1"])
+        .args(["--url", &subscriber_url, "--password-file", &subscriber_pw])
+        .args(["--until-request", "perm-req-1"])
         .stdout(std::fs::File::create(&sub_out).unwrap())
         .stderr(Stdio::inherit())
         .spawn()
@@ -128,7 +151,8 @@ fn amqp_each_role_runs_with_the_documented_permissions_only() {
 
     let out = Command::new(&py)
         .arg(example("publish_request.py"))
-        .args(["--url", &publisher_url, "--request-id", "perm-req-1", "t0"])
+        .args(["--url", &publisher_url, "--password-file", &publisher_pw])
+        .args(["--request-id", "perm-req-1", "t0"])
         .output()
         .unwrap();
     assert!(
