@@ -332,10 +332,18 @@ impl AmqpBus {
             )
             .await;
         if let Err(e) = declared {
-            return Err(broker(format!(
-                "declaring queue {name}: {e} (if it exists with other arguments, e.g. another \
-                 delivery limit than {limit}, delete it or use the same settings)"
-            )));
+            let e = e.to_string();
+            let hint = if e.contains("ACCESS_REFUSED") {
+                "this user may not use it: a worker's user reads only its own pools' and \
+                 worker queue (deploy/README.md, \"Users and permissions\")"
+                    .to_string()
+            } else {
+                format!(
+                    "if it exists with other arguments, e.g. another delivery limit than {limit}, \
+                     delete it or use the same settings"
+                )
+            };
+            return Err(broker(format!("declaring queue {name}: {e} ({hint})")));
         }
         if let Some((exchange, key)) = topology::binding(addr) {
             ch.queue_bind(

@@ -4,8 +4,9 @@
 //! `--no-declare`, and the Python publisher and subscriber of
 //! deploy/examples/ (their passwords in files). A request goes through to
 //! `completed` with nobody holding more than the table says; and the
-//! worker's user cannot take another pool's commands (the broker refuses,
-//! the worker says so and exits instead of waiting).
+//! worker's user cannot take another pool's commands or declare the
+//! topology (the broker refuses; the worker says why and what to do, and
+//! exits instead of waiting).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,50 +65,50 @@ fn amqp_each_role_runs_with_the_documented_permissions_only() {
     );
     engine.wait_for("broker connected");
 
-    // A worker with the table's rights on another pool's queue: refused by
-    // the broker, and it says so and exits (it must not hang or retry forever).
-    let mut wrong = Proc::spawn(
-        "worker-wrong-pool",
-        dir.path(),
-        &data.join("wrong"),
-        &config,
-        &[
-            "worker",
-            "--no-declare",
-            "--amqp",
-            &worker_url,
-            "--pool",
-            "host.b",
-            "--id",
-            "w1",
-        ],
-    );
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = wrong.child.try_wait().unwrap() {
-            break s;
+    // The worker's user on another pool's queue, and without --no-declare:
+    // refused by the broker; the worker says why and what to do, and exits
+    // (it must not hang or retry forever).
+    let refused = |name: &str, pool: &str, declare: bool| -> String {
+        let mut args = vec!["worker", "--amqp", &worker_url, "--pool", pool, "--id", "w1"];
+        if !declare {
+            args.push("--no-declare");
         }
+        let mut w = Proc::spawn(name, dir.path(), &data.join(name), &config, &args);
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = w.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{name}: a refused worker kept running:\n{}",
+                w.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let out = w.output();
+        eprintln!("{name} exited ({status}) after {:?}", t0.elapsed());
+        assert!(!status.success(), "{out}");
         assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "a worker without read on recman.pool.host.b kept running:\n{}",
-            wrong.output()
+            out.contains("ACCESS_REFUSED"),
+            "{name}: the refusal names the broker's reason:\n{out}"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !out.contains(password(&worker_url)),
+            "{name}: the password was printed:\n{out}"
+        );
+        out
     };
-    let out = wrong.output();
-    eprintln!(
-        "the worker of the wrong pool exited ({status}) after {:?}",
-        t0.elapsed()
+    let out = refused("worker-wrong-pool", "host.b", false);
+    assert!(out.contains("may not use it"), "{out}");
+    let error = out.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert_eq!(
+        error.matches("ACCESS_REFUSED - access to queue").count(),
+        1,
+        "the broker's reason once in the error:\n{out}"
     );
-    assert!(!status.success(), "{out}");
-    assert!(
-        out.contains("ACCESS_REFUSED") || out.to_lowercase().contains("access refused"),
-        "the refusal names the broker's reason:\n{out}"
-    );
-    assert!(
-        !out.contains(password(&worker_url)),
-        "the password was printed:\n{out}"
-    );
+    let out = refused("worker-declaring", "host.a", true);
+    assert!(out.contains("run the worker with --no-declare"), "{out}");
 
     let mut worker = Proc::spawn(
         "worker",

@@ -119,7 +119,18 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let amqp = a
         .amqp
         .connect(Some(&config), format!("recman-worker-{id}"), !a.no_declare)
-        .await?;
+        .await
+        .map_err(|e| {
+            if !a.no_declare && format!("{e:#}").contains("ACCESS_REFUSED") {
+                e.context(
+                    "this user may not declare the topology: with the worker role's permissions \
+                     (deploy/README.md, \"Users and permissions\") run the worker with --no-declare; \
+                     the engine or deploy/rabbitmq/definitions.json declares it",
+                )
+            } else {
+                e
+            }
+        })?;
     let bus: Arc<dyn Bus> = amqp.clone();
     eprintln!(
         "recman worker {id}: pools {}; host freeze state in {}; Ctrl-C to stop",

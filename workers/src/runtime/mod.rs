@@ -45,12 +45,19 @@ pub const TRACEPARENT: &str = recman_trace::TRACEPARENT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    // Not a `#[source]`: the message carries it (a chain would say it twice).
     #[error("worker bus error: {0}")]
-    Bus(#[from] BusError),
+    Bus(BusError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error("{0}")]
     Refused(String),
+}
+
+impl From<BusError> for WorkerError {
+    fn from(e: BusError) -> Self {
+        WorkerError::Bus(e)
+    }
 }
 
 /// A target this worker serves: config, writer, provider, and one lock per
