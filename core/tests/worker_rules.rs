@@ -169,6 +169,7 @@ fn a_thaw_ends_only_its_own_attempts_freeze_and_reports_the_real_window() {
         }
     );
     assert!(!p.runs());
+    assert!(!p.by_watchdog(), "no thaw of it yet");
     assert_eq!(w, 0, "it ended no freeze");
     assert_eq!(m.hold().map(Hold::key), Some(new), "the newer freeze still holds");
     assert_eq!(
@@ -178,6 +179,7 @@ fn a_thaw_ends_only_its_own_attempts_freeze_and_reports_the_real_window() {
     // Its own thaw, by another process than the freezer, ends it: 7.9 s.
     let (p, w) = thaw(&mut m, new, ThawedBy::Command, NOW + 7_900);
     assert!(matches!(p, ThawPlan::Own(_)), "{p:?}");
+    assert!(!p.by_watchdog(), "the command ends its own freeze");
     assert_eq!(w, 7_900_000);
     assert!(m.hold().is_none());
     // A redelivered thaw reports the same window.
@@ -192,6 +194,7 @@ fn a_thaw_ends_only_its_own_attempts_freeze_and_reports_the_real_window() {
         }
     );
     assert_eq!(w, 7_900_000);
+    assert!(!p.by_watchdog(), "the first thaw was the command's");
     // If the writer's thaw fails, the freeze still holds, and is not "thawed".
     let c = key(2, 1);
     froze(&mut m, c, NOW + 20_000, NOW + 10_000);
@@ -339,4 +342,37 @@ fn the_watchdog_deadline_is_the_earlier_of_engine_and_limit() {
     assert_eq!(freeze_deadline_ms(1_000, Some(1_500), 10_000), 1_500);
     assert_eq!(freeze_deadline_ms(1_000, Some(99_000), 10_000), 11_000);
     assert_eq!(freeze_deadline_ms(1_000, None, 2_000), 3_000);
+}
+
+/// `recman simulate --mutation NAME`: every mutation (engine core and
+/// worker core) has a distinct kebab-case name that parses back to it, and
+/// an unknown name is none.
+#[test]
+fn every_mutation_name_parses_back() {
+    use std::collections::HashSet;
+    let mut names = HashSet::new();
+    for m in recman_core::Mutation::ALL {
+        let n = m.name();
+        assert!(
+            !n.is_empty() && n.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+            "{n:?}"
+        );
+        assert_eq!(recman_core::Mutation::parse(&n), Some(*m), "{n}");
+        assert!(names.insert(n));
+    }
+    for m in recman_core::worker::Mutation::ALL {
+        let n = m.name();
+        assert!(
+            !n.is_empty() && n.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+            "{n:?}"
+        );
+        assert_eq!(recman_core::worker::Mutation::parse(&n), Some(*m), "{n}");
+        assert!(names.insert(n));
+    }
+    assert_eq!(
+        recman_core::worker::Mutation::name(recman_core::worker::Mutation::NoAdoption),
+        "no-adoption"
+    );
+    assert_eq!(recman_core::Mutation::parse("no-such-mutation"), None);
+    assert_eq!(recman_core::worker::Mutation::parse("no-such-mutation"), None);
 }
