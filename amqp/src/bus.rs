@@ -334,8 +334,8 @@ impl AmqpBus {
         if let Err(e) = declared {
             let e = e.to_string();
             let hint = if e.contains("ACCESS_REFUSED") {
-                "this user may not use it: a worker's user reads only its own pools' and \
-                 worker queue (deploy/README.md, \"Users and permissions\")"
+                "this user may not use it: see its role in deploy/README.md, \"Users and \
+                 permissions\"; a worker's user may read only its own pools' and worker queues"
                     .to_string()
             } else {
                 format!(

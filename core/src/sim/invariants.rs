@@ -580,9 +580,10 @@ impl Sim {
 
     /// `freeze_window`: a recorded thaw of an attempt whose freeze returned
     /// success carries the real window of that freeze (or, after a thaw cut
-    /// short by a crash, a longer one), and one whose freeze never ran here 0. A failed freeze's window is unknown to the worker
-    /// (it may not have landed): it reports the time since the freeze
-    /// began, an upper bound, not checked.
+    /// short by a crash, a longer one), and one whose freeze never ran here
+    /// 0. A failed freeze's window is unknown to the worker (it may not
+    /// have landed): it reports the time since the freeze began, an upper
+    /// bound, not checked.
     fn check_recorded_window(
         &self,
         job: JobId,
