@@ -76,6 +76,68 @@ pub fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `deploy/examples/subscribe_events.py`, its stdout in a file; killed on
+/// drop if still running.
+pub struct Subscriber {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Subscriber {
+    /// Starts it with `args` (URL and options) and waits until it printed
+    /// that it subscribed.
+    pub fn start(py: &str, dir: &Path, args: &[&str]) -> Subscriber {
+        let out = dir.join("subscriber.out");
+        let child = Command::new(py)
+            .arg(example("subscribe_events.py"))
+            .args(args)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut sub = Subscriber { child, out };
+        let t0 = Instant::now();
+        while !sub.text().contains("subscribed") {
+            assert!(t0.elapsed() < DEADLINE, "the subscriber did not subscribe");
+            assert!(
+                sub.child.try_wait().unwrap().is_none(),
+                "the subscriber exited early:\n{}",
+                sub.text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sub
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Waits (up to 60 s) for it to exit 0 (`--until-request`: the job
+    /// completed); returns the events it printed. `context` is added to a
+    /// failure's message (the processes' output).
+    pub fn finish(mut self, context: impl Fn() -> String) -> Vec<serde_json::Value> {
+        let status = wait_exit(&mut self.child, Duration::from_secs(60));
+        let text = self.text();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the subscriber did not see the job complete ({status:?}):\n{text}\n{}",
+            context()
+        );
+        text.lines()
+            .skip(1)
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A `recman` process; killed (SIGKILL) on drop if still running.
 pub struct Proc {
     pub child: Child,

@@ -8,11 +8,12 @@
 //! topology (the broker refuses; the worker says why and what to do, and
 //! exits instead of waiting).
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use recman_testkit::amqp::{password, user, Vhost};
-use recman_tests::amqp::{example, python, write_config, Proc};
+use recman_testkit::wait_exit;
+use recman_tests::amqp::{example, python, write_config, Proc, Subscriber};
 
 #[test]
 fn amqp_each_role_runs_with_the_documented_permissions_only() {
@@ -75,17 +76,9 @@ fn amqp_each_role_runs_with_the_documented_permissions_only() {
         }
         let mut w = Proc::spawn(name, dir.path(), &data.join(name), &config, &args);
         let t0 = Instant::now();
-        let status = loop {
-            if let Some(s) = w.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "{name}: a refused worker kept running:\n{}",
-                w.output()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let status = wait_exit(&mut w.child, Duration::from_secs(60));
+        let status =
+            status.unwrap_or_else(|| panic!("{name}: a refused worker kept running:\n{}", w.output()));
         let out = w.output();
         eprintln!("{name} exited ({status}) after {:?}", t0.elapsed());
         assert!(!status.success(), "{out}");
@@ -128,27 +121,18 @@ fn amqp_each_role_runs_with_the_documented_permissions_only() {
     );
     worker.wait_for("worker started");
 
-    let sub_out = dir.path().join("subscriber.out");
-    let mut sub = Command::new(&py)
-        .arg(example("subscribe_events.py"))
-        .args(["--url", &subscriber_url, "--password-file", &subscriber_pw])
-        .args(["--until-request", "perm-req-1"])
-        .stdout(std::fs::File::create(&sub_out).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&sub_out)
-        .unwrap_or_default()
-        .contains("subscribed")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the subscriber did not subscribe with the table's rights"
-        );
-        assert!(sub.try_wait().unwrap().is_none(), "the subscriber exited early");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let sub = Subscriber::start(
+        &py,
+        dir.path(),
+        &[
+            "--url",
+            &subscriber_url,
+            "--password-file",
+            &subscriber_pw,
+            "--until-request",
+            "perm-req-1",
+        ],
+    );
 
     let out = Command::new(&py)
         .arg(example("publish_request.py"))
@@ -162,32 +146,14 @@ fn amqp_each_role_runs_with_the_documented_permissions_only() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let status = loop {
-        if let Some(s) = sub.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(60) {
-            let _ = sub.kill();
-            panic!(
-                "the subscriber did not see the job complete:\n{}\nengine:\n{}\nworker:\n{}",
-                std::fs::read_to_string(&sub_out).unwrap_or_default(),
-                engine.output(),
-                worker.output()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let text = std::fs::read_to_string(&sub_out).unwrap();
-    assert!(status.success(), "subscriber exit {status}:\n{text}");
-    let kinds: Vec<String> = text
-        .lines()
-        .skip(1)
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .map(|e| e["type"].as_str().unwrap_or_default().to_string())
+    let events = sub.finish(|| format!("engine:\n{}\nworker:\n{}", engine.output(), worker.output()));
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(kinds.last().map(String::as_str), Some("completed"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"completed"), "{kinds:?}");
     // Its steps ran at the restricted worker (the only one of host.a).
-    assert!(kinds.iter().any(|k| k == "step_succeeded"), "{kinds:?}");
+    assert!(kinds.contains(&"step_succeeded"), "{kinds:?}");
     for p in [&mut engine, &mut worker] {
         let status = p.stop();
         assert!(

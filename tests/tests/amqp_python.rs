@@ -2,11 +2,10 @@
 //! and the real engine and worker: the subscriber sees the publisher's
 //! request through to `completed`, with events in seq order.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use recman_testkit::amqp::Vhost;
-use recman_tests::amqp::{example, python, write_config, Proc};
+use recman_tests::amqp::{example, python, write_config, Proc, Subscriber};
 
 #[test]
 fn amqp_python_publisher_request_completes_and_subscriber_sees_it() {
@@ -33,26 +32,11 @@ fn amqp_python_publisher_request_completes_and_subscriber_sees_it() {
     );
     worker.wait_for("worker started");
 
-    let sub_out = dir.path().join("subscriber.out");
-    let mut sub = Command::new(&py)
-        .arg(example("subscribe_events.py"))
-        .args(["--url", &vh.url, "--until-request", "py-req-1"])
-        .stdout(std::fs::File::create(&sub_out).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&sub_out)
-        .unwrap_or_default()
-        .contains("subscribed")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the subscriber did not subscribe"
-        );
-        assert!(sub.try_wait().unwrap().is_none(), "the subscriber exited early");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let sub = Subscriber::start(
+        &py,
+        dir.path(),
+        &["--url", &vh.url, "--until-request", "py-req-1"],
+    );
 
     let out = Command::new(&py)
         .arg(example("publish_request.py"))
@@ -61,27 +45,7 @@ fn amqp_python_publisher_request_completes_and_subscriber_sees_it() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let status = loop {
-        if let Some(s) = sub.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(60) {
-            let _ = sub.kill();
-            panic!(
-                "the subscriber did not see the job complete:\n{}\nengine:\n{}",
-                std::fs::read_to_string(&sub_out).unwrap_or_default(),
-                engine.output()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let text = std::fs::read_to_string(&sub_out).unwrap();
-    assert!(status.success(), "subscriber exit {status}:\n{text}");
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .skip(1)
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = sub.finish(|| format!("engine:\n{}", engine.output()));
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(kinds.first(), Some(&"requested"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"completed"), "{kinds:?}");
