@@ -309,17 +309,22 @@ impl Embedded {
 
 /// How long the (first) freeze step took, as its report recorded it.
 pub fn freeze_step(events: &[EventBody]) -> Duration {
+    step_took(events, recman_events::Stage::Freeze)
+}
+
+/// How long the (first) successful step of `stage` took, as the worker reported it.
+pub fn step_took(events: &[EventBody], stage: recman_events::Stage) -> Duration {
     events
         .iter()
         .find_map(|e| match e {
             EventBody::StepSucceeded {
-                stage: recman_events::Stage::Freeze,
+                stage: s,
                 duration_us,
                 ..
-            } => Some(Duration::from_micros(*duration_us)),
+            } if *s == stage => Some(Duration::from_micros(*duration_us)),
             _ => None,
         })
-        .expect("a freeze step")
+        .unwrap_or_else(|| panic!("no successful {stage:?} step: {events:#?}"))
 }
 
 /// The Completed event of a job's events (panics with the events otherwise).

@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use recman_testkit::{free_port, sh};
 
@@ -44,6 +44,42 @@ pub fn as_postgres(prog: &str, args: &[&str]) {
     );
 }
 
+/// pgbench as the superuser against `port` on loopback, output discarded.
+pub fn pgbench(port: u16, args: &[&str]) -> Command {
+    let mut cmd = Command::new(Path::new(BIN).join("pgbench"));
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(args)
+        .env("PGPASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// A pgbench load (two clients) on the `postgres` database, killed when dropped.
+pub struct Load(Child);
+
+impl Load {
+    /// Initialises pgbench's tables (scale 1) and runs two clients for at most `secs`.
+    pub fn start(port: u16, secs: u32) -> Load {
+        let init = pgbench(port, &["-i", "-q", "-s", "1", "postgres"])
+            .status()
+            .unwrap();
+        assert!(init.success(), "pgbench -i: {init}");
+        let child = pgbench(port, &["-c", "2", "-j", "1", "-T", &secs.to_string(), "postgres"])
+            .spawn()
+            .unwrap();
+        Load(child)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn chown_postgres(p: &Path) {
     sh("chown", &["-R", "postgres:postgres", p.to_str().unwrap()]);
 }
@@ -52,6 +88,15 @@ pub fn append(p: &Path, text: &str) {
     use std::io::Write;
     let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
     f.write_all(text.as_bytes()).unwrap();
+}
+
+/// Writes an executable `sh` script (atomically, by rename).
+fn write_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, format!("#!/bin/sh\n{body}")).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::rename(&tmp, path).unwrap();
 }
 
 /// A running private cluster; stopped (immediate) on drop.
@@ -161,10 +206,13 @@ impl Cluster {
             ],
         );
         let port = free_port();
+        // Through a script a test may replace (`set_archive_script`).
+        let script = top.join("archive.sh");
+        write_script(&script, &format!("exec cp \"$1\" {}/\"$2\"\n", archive.display()));
         let archiving = if archive_on {
             format!(
-                "archive_mode = on\narchive_command = 'cp %p {}/%f'\n",
-                archive.display()
+                "archive_mode = on\narchive_command = '{} %p %f'\n",
+                script.display()
             )
         } else {
             "archive_mode = off\n".to_string()
@@ -186,6 +234,12 @@ impl Cluster {
             pw,
             pg,
         }
+    }
+
+    /// Replaces the body of the archive command's script (`$1` = `%p`,
+    /// `$2` = `%f`), atomically: the archiver runs the new one from its next file on.
+    pub fn set_archive_script(&self, body: &str) {
+        write_script(&self.top.join("archive.sh"), body);
     }
 
     /// Restores snapshot `snap` (a read-only btrfs snapshot of the data

@@ -8,8 +8,6 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,15 +16,7 @@ use recman_config::Config;
 use recman_events::{EventBody, Stage};
 use recman_testkit::{free_port, sh, wait_until_async, DEADLINE};
 use recman_tests::linux::{can_run, completed, freeze_step, Embedded, LoopFs, NumberedWriter};
-use recman_tests::postgres::{append, as_postgres, chown_postgres, Pg, BIN, PASSWORD};
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use recman_tests::postgres::{append, as_postgres, chown_postgres, Load, Pg, PASSWORD};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_snapshot_on_btrfs_recovers_with_every_committed_row() {
@@ -106,25 +96,7 @@ async fn case(combined: bool) {
     c.batch_execute("CREATE TABLE seq (n bigint PRIMARY KEY)")
         .await
         .unwrap();
-    let pgbench = |args: &[&str]| {
-        let mut cmd = Command::new(Path::new(BIN).join("pgbench"));
-        cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-            .args(args)
-            .env("PGPASSWORD", PASSWORD)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        cmd
-    };
-    assert!(pgbench(&["-i", "-q", "-s", "1", "postgres"])
-        .status()
-        .unwrap()
-        .success());
-    let _load = Killed(
-        pgbench(&["-c", "2", "-j", "1", "-T", "120", "postgres"])
-            .spawn()
-            .unwrap(),
-    );
+    let _load = Load::start(port, 120);
     let committed = Arc::new(AtomicU64::new(0));
     // When each number's commit returned (Unix ms; number n at index n - 1).
     let commit_times = Arc::new(Mutex::new(Vec::<u64>::new()));

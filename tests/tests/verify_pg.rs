@@ -12,7 +12,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use recman_config::Config;
@@ -20,30 +19,10 @@ use recman_events::EventBody;
 use recman_testkit::sh;
 use recman_tests::cli::{http, Server};
 use recman_tests::linux::{can_run, completed, Embedded, LoopFs};
-use recman_tests::postgres::{as_postgres, Cluster, BIN, PASSWORD, TOOLS};
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use recman_tests::postgres::{as_postgres, Cluster, Load, TOOLS};
 
 /// Jobs with verification off, then on (the freeze window must not grow).
 const ROUNDS: usize = 3;
-
-/// pgbench against the cluster's port, output discarded.
-fn pgbench(port: u16, args: &[&str]) -> Command {
-    let mut cmd = Command::new(Path::new(BIN).join("pgbench"));
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(args)
-        .env("PGPASSWORD", PASSWORD)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    cmd
-}
 
 /// The config of target `pg1`: postgres writer (archive), btrfs provider,
 /// the postgres verifier with `queries`.
@@ -106,15 +85,7 @@ async fn postgres_verifier_proves_snapshots_under_load() {
         .unwrap()
         .get(0);
     let port = cl.pg.port;
-    assert!(pgbench(port, &["-i", "-q", "-s", "1", "postgres"])
-        .status()
-        .unwrap()
-        .success());
-    let load = Killed(
-        pgbench(port, &["-c", "2", "-j", "1", "-T", "300", "postgres"])
-            .spawn()
-            .unwrap(),
-    );
+    let load = Load::start(port, 300);
     let on = config(
         &cl,
         &b,
