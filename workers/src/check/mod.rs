@@ -26,7 +26,8 @@ pub enum Level {
 
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        // `pad`, not `write_str`: `recman check` aligns its columns with `{:<4}`.
+        f.pad(match self {
             Level::Ok => "ok",
             Level::Warn => "warn",
             Level::Fail => "FAIL",
