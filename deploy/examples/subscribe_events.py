@@ -19,8 +19,16 @@ seen and drops what is not newer.
 
 Without --queue it uses an exclusive queue that lives as long as this
 process; with --queue NAME a durable one that keeps events while it is away.
+Name it `recman.sub.<you>` and give the user the "durable event subscriber"
+row of the permission table in deploy/README.md (a user with the plain
+subscriber row may only use server-named `amq.gen-…` queues).
 With --until-request ID it exits 0 once that request's job completed (1 if it
-failed or was cancelled).
+failed or was cancelled), whatever --binding says (it also binds
+`requested.#` to learn the request's job, and prints only what the binding
+matches). It must be subscribed before the request is accepted: a request
+accepted earlier, or sent again with the same id (the engine answers with the
+existing job and records nothing new), is not seen here; ask the API
+(`recman job`) in those cases.
 """
 import argparse
 import json
@@ -42,13 +50,28 @@ def main():
 
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url.url(a)))
     ch = conn.channel()
-    if a.queue:
-        q = ch.queue_declare(queue=a.queue, durable=True, arguments={"x-queue-type": "quorum"}).method.queue
-    else:
-        q = ch.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
-    ch.queue_bind(queue=q, exchange="recman.events", routing_key=a.binding)
-    if a.binding != "#":
-        ch.queue_bind(queue=q, exchange="recman.events", routing_key="batch")
+    try:
+        if a.queue:
+            q = ch.queue_declare(queue=a.queue, durable=True, arguments={"x-queue-type": "quorum"}).method.queue
+        else:
+            q = ch.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
+        ch.queue_bind(queue=q, exchange="recman.events", routing_key=a.binding)
+        if a.binding != "#":
+            ch.queue_bind(queue=q, exchange="recman.events", routing_key="batch")
+            if a.until_request:
+                # The request's job is learnt from its `requested` event.
+                ch.queue_bind(queue=q, exchange="recman.events", routing_key="requested.#")
+    except pika.exceptions.ChannelClosedByBroker as e:
+        if e.reply_code == 403:
+            hint = (
+                "a durable queue needs the \"durable event subscriber\" row of the permission table "
+                "(deploy/README.md), for a queue named recman.sub.<you>"
+                if a.queue
+                else "the user needs the \"event subscriber\" row of the permission table (deploy/README.md)"
+            )
+            print("error: the broker refused: %s; %s" % (e.reply_text, hint), file=sys.stderr)
+            return 2
+        raise
     # For the filter inside batches: the binding as a regex on `<kind>.<target>`.
     pattern = re.compile(
         "^" + re.escape(a.binding).replace(r"\#", ".*").replace(r"\*", "[^.]*") + "$"
@@ -74,13 +97,19 @@ def main():
             key = "%s.%s" % (kind, members[0]) if batch else method.routing_key
             if kind in ("completed", "failed", "cancelled"):
                 targets.pop(ev["job"], None)
-            # A group matches when any member does (as the CC keys do).
-            if batch and not any(pattern.match("%s.%s" % (kind, t)) for t in members):
-                continue
-            print(json.dumps({"seq": seq, "routing_key": key, "batch": batch, "job": ev["job"], "type": kind}), flush=True)
+            if a.until_request and kind == "requested" and ev["body"].get("request_id") == a.until_request:
+                watched_job = ev["job"]
+            # A group matches when any member does (as the CC keys do). A
+            # single message came through the binding, except a `requested`
+            # that may have come through `requested.#` (--until-request):
+            # that one is filtered like a batch.
+            if batch or (kind == "requested" and a.until_request and a.binding != "#"):
+                shown = any(pattern.match("%s.%s" % (kind, t)) for t in members)
+            else:
+                shown = True
+            if shown:
+                print(json.dumps({"seq": seq, "routing_key": key, "batch": batch, "job": ev["job"], "type": kind}), flush=True)
             if a.until_request:
-                if kind == "requested" and ev["body"].get("request_id") == a.until_request:
-                    watched_job = ev["job"]
                 if ev["job"] == watched_job and kind in ("completed", "failed", "cancelled"):
                     ch.basic_ack(method.delivery_tag)
                     conn.close()

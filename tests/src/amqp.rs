@@ -87,7 +87,9 @@ impl Subscriber {
     /// Starts it with `args` (URL and options) and waits until it printed
     /// that it subscribed.
     pub fn start(py: &str, dir: &Path, args: &[&str]) -> Subscriber {
-        let out = dir.join("subscriber.out");
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = dir.join(format!("subscriber-{n}.out"));
         let child = Command::new(py)
             .arg(example("subscribe_events.py"))
             .args(args)

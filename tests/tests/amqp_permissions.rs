@@ -6,7 +6,10 @@
 //! `completed` with nobody holding more than the table says; and the
 //! worker's user cannot take another pool's commands or declare the
 //! topology (the broker refuses; the worker says why and what to do, and
-//! exits instead of waiting).
+//! exits instead of waiting). A durable subscriber with its own row (a
+//! `recman.sub.S` queue) follows the request with a binding that does not
+//! match `requested`; the plain subscriber's user is refused a durable
+//! queue with the row to ask for.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -33,6 +36,13 @@ fn amqp_each_role_runs_with_the_documented_permissions_only() {
         r"^amq\.gen-.*",
         r"^(amq\.gen-.*|recman\.events)$",
     );
+    // The durable subscriber's row, for S = s1.
+    let durable_url = vh.user(
+        "durable",
+        r"^recman\.sub\.s1$",
+        r"^recman\.sub\.s1$",
+        r"^(recman\.sub\.s1|recman\.events)$",
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -49,6 +59,7 @@ fn amqp_each_role_runs_with_the_documented_permissions_only() {
     };
     let (publisher_url, publisher_pw) = password_file(&publisher_url);
     let (subscriber_url, subscriber_pw) = password_file(&subscriber_url);
+    let (durable_url, durable_pw) = password_file(&durable_url);
     assert_eq!(
         (password(&publisher_url), password(&subscriber_url)),
         ("", ""),
@@ -133,6 +144,38 @@ fn amqp_each_role_runs_with_the_documented_permissions_only() {
             "perm-req-1",
         ],
     );
+    // A durable queue, with a binding that does not match `requested`:
+    // --until-request still learns the job (and prints only what it binds).
+    let durable = Subscriber::start(
+        &py,
+        dir.path(),
+        &[
+            "--url",
+            &durable_url,
+            "--password-file",
+            &durable_pw,
+            "--queue",
+            "recman.sub.s1",
+            "--binding",
+            "completed.#",
+            "--until-request",
+            "perm-req-1",
+        ],
+    );
+    // The plain subscriber's user may not declare a durable queue: refused
+    // at once, exit 2, with the row to ask for.
+    let out = Command::new(&py)
+        .arg(example("subscribe_events.py"))
+        .args(["--url", &subscriber_url, "--password-file", &subscriber_pw])
+        .args(["--queue", "recman.sub.s1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("ACCESS_REFUSED") && err.contains("durable event subscriber"),
+        "{err}"
+    );
 
     let out = Command::new(&py)
         .arg(example("publish_request.py"))
@@ -154,6 +197,12 @@ fn amqp_each_role_runs_with_the_documented_permissions_only() {
     assert_eq!(kinds.last(), Some(&"completed"), "{kinds:?}");
     // Its steps ran at the restricted worker (the only one of host.a).
     assert!(kinds.contains(&"step_succeeded"), "{kinds:?}");
+    let durable = durable.finish(|| format!("engine:\n{}", engine.output()));
+    let kinds: Vec<&str> = durable
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(kinds, ["completed"], "the binding's events only");
     for p in [&mut engine, &mut worker] {
         let status = p.stop();
         assert!(
