@@ -6,6 +6,7 @@
 
 mod amqp_bench;
 mod amqp_cluster;
+mod amqp_dlq;
 mod amqp_engine;
 mod amqp_faults;
 mod amqp_host_freeze;

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod bench;
 pub mod cancel;
 pub mod check;
+pub mod dlq;
 pub mod engine;
 pub mod events;
 pub mod job;
@@ -69,6 +70,8 @@ pub enum Command {
     Schedules(schedules::Args),
     /// Cancel a job through the running server.
     Cancel(cancel::Args),
+    /// The broker's dead letters: list, show, publish again or drop (RabbitMQ mode).
+    Dlq(dlq::Args),
     /// Apply the retention rules now; --dry-run shows what each rule keeps and why.
     Prune(prune::Args),
     /// Check the catalog against the storage now: what vanished, what is unknown.
@@ -145,6 +148,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshots(a) => snapshots::run(&g, a).await,
         Command::Schedules(a) => schedules::run(&g, a).await,
         Command::Cancel(a) => cancel::run(&g, a).await,
+        Command::Dlq(a) => dlq::run(&g, a).await,
         Command::Prune(a) => prune::run(&g, a).await,
         Command::Reconcile(a) => reconcile::run(&g, a).await,
         Command::Verify(a) => verify::run(&g, a).await,
