@@ -16,6 +16,7 @@ mod amqp_up;
 mod api;
 mod api_contract;
 mod audit_cli;
+mod engine_listen;
 mod events_follow_cli;
 mod hostile_text_cli;
 mod linux_e2e;
