@@ -14,7 +14,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
 /// `[api]` of the config.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ApiConfig {
-    /// `listen = "ADDR:PORT"` (default 127.0.0.1:7080).
+    /// `listen = "ADDR:PORT"` (`recman up`: default 127.0.0.1:7080;
+    /// `recman engine`: no API without it or `--listen`).
     pub listen: Option<SocketAddr>,
     /// `token_file = "path"`: a file holding the bearer token clients must
     /// send. Required to listen on anything but loopback.

@@ -11,10 +11,11 @@
 //! whose marker says a log was created there.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use recman_config::Config;
-use recman_events::log;
+use recman_events::{log, Backend, EventLog};
 
 use crate::demo;
 
@@ -191,6 +192,16 @@ impl Home {
             }
         );
         Ok(())
+    }
+}
+
+impl Home {
+    /// Opens the data dir's log for appending (its backend as found, redb
+    /// for a new one). A log another process owns is refused with where that
+    /// process's API is, when it announces one.
+    pub fn open_log(&self) -> anyhow::Result<Arc<dyn EventLog>> {
+        log::open_detected(&self.data_dir, Backend::Redb)
+            .map_err(|e| crate::api::discovery::explain_locked(&self.data_dir, e))
     }
 }
 

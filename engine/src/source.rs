@@ -21,8 +21,8 @@ pub struct ServerArg {
 
 /// The help text of the read commands.
 pub const READ_HELP: &str =
-    "Reads the running `recman up` of the data dir (DATA_DIR/server.json) or --server URL;\n\
-without one, reads the data dir's event log directly.\n\n\
+    "Reads the running `recman up` or `recman engine --listen` of the data dir (DATA_DIR/server.json)\n\
+or --server URL; without one, reads the data dir's event log directly.\n\n\
 Exit codes: 0 done, 1 not found, 2 could not run (no log, server unreachable, bad arguments).";
 
 pub enum Source {

@@ -27,4 +27,7 @@ pub use model::{
     ArrayExpiry, Event, EventBody, PruneFailure, SnapshotInfo, SnapshotKind, Stage, StepDetail, StepError,
     StoredEvent,
 };
-pub use wire::{Command, EventMessage, Outcome, Report, SnapshotRequest, WireError, SCHEMA_VERSION};
+pub use wire::{
+    CancelRequest, Command, EventMessage, Outcome, Report, Request, SnapshotRequest, WireError,
+    SCHEMA_VERSION,
+};

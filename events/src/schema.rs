@@ -4,13 +4,13 @@
 use schemars::schema_for;
 use serde_json::Value;
 
-use crate::wire::{Command, EventMessage, Report, SnapshotRequest};
+use crate::wire::{Command, EventMessage, Report, Request};
 
 /// `(file name, schema)` for every wire message.
 pub fn all() -> Vec<(&'static str, Value)> {
     let v = |s: schemars::Schema| s.to_value();
     vec![
-        ("request.schema.json", v(schema_for!(SnapshotRequest))),
+        ("request.schema.json", v(schema_for!(Request))),
         ("command.schema.json", v(schema_for!(Command))),
         ("report.schema.json", v(schema_for!(Report))),
         ("event.schema.json", v(schema_for!(EventMessage))),

@@ -60,6 +60,133 @@ pub struct SnapshotRequest {
     pub kind: SnapshotKind,
 }
 
+/// "Cancel this job." Sent to `recman.requests` like a snapshot request:
+/// `{"cancel": "0193a5b2-…", "reason": "maintenance window closed"}`. Before
+/// the freeze the job just ends; after it, the targets are thawed first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "CancelRequest")]
+pub struct CancelRequest {
+    /// Wire schema version; omitted means the current version (1).
+    #[serde(default = "current_version", deserialize_with = "version")]
+    #[schemars(range(min = 1, max = 1), with = "u32")]
+    pub schema_version: u32,
+    /// The id of the job to cancel (as `recman jobs` and the events show it).
+    pub cancel: JobId,
+    /// Why (recorded in the log). At most `MAX_REASON_LEN` (1024) bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_REASON_LEN))]
+    pub reason: Option<String>,
+}
+
+/// The reason recorded for a cancel request that gives none.
+pub const BUS_CANCEL_REASON: &str = "cancelled by a request on recman.requests";
+
+impl CancelRequest {
+    pub fn validate(&self) -> Result<(), WireError> {
+        match &self.reason {
+            Some(r) if r.len() > MAX_REASON_LEN => Err(WireError::Invalid {
+                field: "reason",
+                reason: format!("{} bytes; at most {MAX_REASON_LEN} are kept", r.len()),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The reason to record.
+    pub fn reason(&self) -> &str {
+        self.reason.as_deref().unwrap_or(BUS_CANCEL_REASON)
+    }
+}
+
+/// What the engine reads from `recman.requests`: a snapshot request, or a
+/// cancel (a body with the field `cancel`). A body with both `cancel` and a
+/// snapshot request's fields is refused rather than guessed at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Snapshot(SnapshotRequest),
+    Cancel(CancelRequest),
+}
+
+/// Marks a field as present, whatever its value (`null` included).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// A field's value, `Some(Null)` for `null` (absent: `None`).
+fn some<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+/// How much of a refused value a reason quotes.
+const QUOTED: usize = 64;
+
+impl Request {
+    /// Decodes and validates a message of `recman.requests`.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, WireError> {
+        #[derive(Deserialize)]
+        struct Fields {
+            #[serde(default, deserialize_with = "some")]
+            cancel: Option<serde_json::Value>,
+            #[serde(default, deserialize_with = "some")]
+            reason: Option<serde_json::Value>,
+            #[serde(default, deserialize_with = "present")]
+            request_id: bool,
+            #[serde(default, deserialize_with = "present")]
+            targets: bool,
+        }
+        let f: Fields = decode(bytes)?;
+        let Some(cancel) = f.cancel else {
+            return SnapshotRequest::from_json(bytes).map(Request::Snapshot);
+        };
+        let invalid = |field, reason: String| WireError::Invalid { field, reason };
+        if f.request_id || f.targets {
+            return Err(invalid(
+                "cancel",
+                "a request is either a snapshot (request_id, targets) or a cancel (cancel, reason), not both"
+                    .into(),
+            ));
+        }
+        let job = match &cancel {
+            serde_json::Value::String(s) => s.parse::<JobId>().map_err(|_| {
+                invalid(
+                    "cancel",
+                    format!(
+                        "{:?} is not a job id (a UUID such as 0193a5b2-7c1e-7f00-8a3b-5d2e9c4f1a07)",
+                        bounded(s, QUOTED)
+                    ),
+                )
+            })?,
+            _ => return Err(invalid("cancel", "must be a job id (a UUID string)".into())),
+        };
+        let reason = match f.reason {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(r)) => Some(r),
+            Some(_) => return Err(invalid("reason", "must be a string".into())),
+        };
+        let c = CancelRequest {
+            schema_version: SCHEMA_VERSION,
+            cancel: job,
+            reason,
+        };
+        c.validate()?;
+        Ok(Request::Cancel(c))
+    }
+}
+
+impl JsonSchema for Request {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Request".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "title": "Request",
+            "description": "A message of `recman.requests`: a snapshot request, or a cancel of a job\n(a body with the field `cancel`). Exactly one of the two.",
+            "oneOf": [g.subschema_for::<SnapshotRequest>(), g.subschema_for::<CancelRequest>()],
+        })
+    }
+}
+
 /// One step for one worker pool (or one worker's own queue).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "Command")]
@@ -388,6 +515,54 @@ mod tests {
             );
             assert!(e.to_string().contains(&format!("got {shown}")), "{v}: {e}");
         }
+    }
+
+    #[test]
+    fn a_cancel_is_read_from_the_requests_queue() {
+        let job = JobId::new_v7();
+        let r = Request::from_json(format!(r#"{{"cancel":"{job}","reason":"window closed"}}"#).as_bytes())
+            .unwrap();
+        let Request::Cancel(c) = r else { panic!("{r:?}") };
+        assert_eq!((c.cancel, c.reason()), (job, "window closed"));
+        let r = Request::from_json(format!(r#"{{"schema_version":1,"cancel":"{job}"}}"#).as_bytes()).unwrap();
+        assert!(
+            matches!(&r, Request::Cancel(c) if c.reason() == BUS_CANCEL_REASON),
+            "{r:?}"
+        );
+        let r = Request::from_json(br#"{"request_id":"r1","targets":["a"]}"#).unwrap();
+        assert!(matches!(r, Request::Snapshot(_)));
+    }
+
+    #[test]
+    fn a_bad_cancel_is_refused_with_its_field() {
+        for body in [
+            &br#"{"cancel":"not-a-uuid"}"#[..],
+            br#"{"cancel":null}"#,
+            br#"{"cancel":42}"#,
+        ] {
+            let e = Request::from_json(body).unwrap_err();
+            assert!(matches!(e, WireError::Invalid { field: "cancel", .. }), "{e}");
+            assert!(e.to_string().contains("job id"), "{e}");
+        }
+        let e = Request::from_json(br#"{"cancel":"0193a5b2-7c1e-7f00-8a3b-5d2e9c4f1a07","reason":7}"#)
+            .unwrap_err();
+        assert!(matches!(e, WireError::Invalid { field: "reason", .. }), "{e}");
+        let job = JobId::new_v7();
+        let long = "x".repeat(MAX_REASON_LEN + 1);
+        let e =
+            Request::from_json(format!(r#"{{"cancel":"{job}","reason":"{long}"}}"#).as_bytes()).unwrap_err();
+        assert!(matches!(e, WireError::Invalid { field: "reason", .. }), "{e}");
+        let e = Request::from_json(
+            format!(r#"{{"cancel":"{job}","request_id":"r","targets":["a"]}}"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        let e =
+            Request::from_json(format!(r#"{{"schema_version":2,"cancel":"{job}"}}"#).as_bytes()).unwrap_err();
+        assert!(
+            matches!(e, WireError::UnknownSchemaVersion { found: 2, .. }),
+            "{e}"
+        );
     }
 
     #[test]

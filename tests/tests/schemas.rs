@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use recman_events::schema;
-use recman_events::wire::{self, Command, EventMessage, Report, SnapshotRequest};
+use recman_events::wire::{self, Command, EventMessage, Report, Request};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -47,7 +47,7 @@ fn validator(kind: &str) -> jsonschema::Validator {
 /// Decodes with the Rust reader for that kind of message (the engine's and workers' view).
 fn decode_as(kind: &str, bytes: &[u8]) -> Result<(), String> {
     match kind {
-        "request" => SnapshotRequest::from_json(bytes).map(|_| ()),
+        "request" => Request::from_json(bytes).map(|_| ()),
         "command" => wire::decode::<Command>(bytes).map(|_| ()),
         "report" => wire::decode::<Report>(bytes).map(|_| ()),
         "event" => wire::decode::<EventMessage>(bytes).map(|_| ()),

@@ -1,9 +1,12 @@
-//! `DATA_DIR/server.json`: how CLI commands find the `recman up` that holds a
-//! data dir. Written once the API listens, removed on a clean exit; a file
-//! left by a dead process is ignored (its pid is checked).
+//! `DATA_DIR/server.json`: how CLI commands find the `recman up` (or
+//! `recman engine --listen`) that holds a data dir. Written once the API
+//! listens, removed on a clean exit; a file left by a dead process is ignored
+//! (its pid is checked). A command refused the log ([`explain_locked`]) is
+//! told where that process's API is.
 
 use std::path::{Path, PathBuf};
 
+use recman_events::LogError;
 use serde::{Deserialize, Serialize};
 
 pub const FILE_NAME: &str = "server.json";
@@ -54,4 +57,27 @@ fn alive(pid: u32) -> bool {
     // SAFETY: kill with signal 0 only checks that the process exists.
     let r = unsafe { libc::kill(pid, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// The error of a log open: a log another process owns says which process
+/// and where its API is (from the discovery file), or that it announces none.
+pub fn explain_locked(data_dir: &Path, e: LogError) -> anyhow::Error {
+    let LogError::Locked(m) = e else {
+        return e.into();
+    };
+    match find(data_dir) {
+        Some(d) => anyhow::anyhow!(
+            "{m}\nthe engine that owns it (pid {}) serves its API at {}: `recman jobs`, `recman job`, \
+             `recman targets`, `recman snapshots`, `recman events` and `recman cancel` use it \
+             (they find it through {})",
+            d.pid,
+            d.url,
+            path(data_dir).display()
+        ),
+        None => anyhow::anyhow!(
+            "{m}\nthe process that owns it announces no API in {} (`recman engine` serves one \
+             only with --listen or `[api] listen`)",
+            path(data_dir).display()
+        ),
+    }
 }

@@ -1,6 +1,7 @@
-//! The HTTP API of `recman up`: submit and cancel jobs, read jobs, targets and
-//! the snapshot catalog (from the log projection in `view`), follow events
-//! live over Server-Sent Events, Prometheus metrics, health and readiness.
+//! The HTTP API of `recman up` and `recman engine --listen` (started by
+//! `server`): submit and cancel jobs, read jobs, targets and the snapshot
+//! catalog (from the log projection in `view`), follow events live over
+//! Server-Sent Events, Prometheus metrics, health and readiness.
 //!
 //! Writes go to the engine through the handle's `Caller`, so a request is
 //! answered only once its event is durable; reads come from a `View` that a
@@ -29,6 +30,7 @@ pub mod extract;
 pub mod instrument;
 mod routes;
 pub mod serve;
+pub mod server;
 mod sse;
 
 pub use error::{ApiError, ErrorBody};

@@ -13,7 +13,9 @@ use crate::source::ServerArg;
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Cancels through the running `recman up` (the engine must run to thaw what is frozen).\n\
+    after_help = "Cancels through the running `recman up` or `recman engine --listen` (the engine must run\n\
+to thaw what is frozen). Over RabbitMQ, a cancel can also be published on recman.requests\n\
+(deploy/README.md).\n\
 Before the freeze the job just ends; after it, the targets are thawed first.\n\n\
 Exit codes: 0 cancel recorded (or already requested), 1 no such job or it already ended,\n\
 2 could not run (no server)."
@@ -30,7 +32,7 @@ pub struct Args {
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let Some(c) = Client::discover(g, a.server.server.as_deref()).await? else {
         bail!(
-            "no running server for {}: cancelling needs the engine; start `recman up` or pass --server URL",
+            "no running server for {}: cancelling needs the engine; start `recman up` (or `recman engine --listen ADDR`) or pass --server URL",
             g.data_dir.display()
         );
     };

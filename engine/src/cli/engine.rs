@@ -1,12 +1,18 @@
 //! `recman engine --amqp URL`: the engine as its own process on RabbitMQ —
 //! requests and reports from the broker, commands to the worker pools, every
-//! event relayed to the events exchange (outbox with a durable cursor).
+//! event relayed to the events exchange (outbox with a durable cursor) — and,
+//! with `--listen` (or `[api] listen`), the same HTTP API as `recman up`.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use recman_events::bus::Bus;
+use recman_events::EventLog;
 
+use crate::api::instrument::{MeteredBus, Stats, TimedLog};
+use crate::api::server::{Plan, Running};
 use crate::broker::AmqpArgs;
 use crate::handle::{Drain, Engine, Relay};
 use crate::home::Home;
@@ -16,14 +22,27 @@ use crate::runtime::relay::RelayOptions;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
 recman engine --amqp amqp://recman@mq1:5672/recman --amqp-password-file /etc/recman/amqp-password\n  \
-RECMAN_AMQP_URL=amqp://recman@127.0.0.1/recman recman engine --config /etc/recman/recman.toml\n\n\
+RECMAN_AMQP_URL=amqp://recman@127.0.0.1/recman recman engine --config /etc/recman/recman.toml\n  \
+recman engine --amqp amqp://recman@mq1/recman --listen 127.0.0.1:7080   and the HTTP API\n\n\
 The engine declares the RabbitMQ topology (see deploy/README.md), consumes recman.requests and\n\
 recman.reports, publishes commands to recman.commands and every event to recman.events.\n\
-A request that does not parse or validate is dead-lettered to recman.dlq with the reason in\n\
-the header x-recman-reason; the engine goes on. Stops on Ctrl-C or SIGTERM.")]
+recman.requests takes snapshot requests and cancels ({\"cancel\": \"JOB-ID\", \"reason\": \"…\"}).\n\
+A request that does not parse or validate, or that the engine refuses (unknown target or job,\n\
+job already ended), is dead-lettered to recman.dlq with the reason in the header\n\
+x-recman-reason; the engine goes on.\n\n\
+HTTP API: with --listen ADDR:PORT, or `[api] listen` in the config, the engine serves the same\n\
+API as `recman up` (no API without either). A non-loopback address needs `[api] token_file`.\n\
+While it runs, DATA_DIR/server.json tells `recman jobs`, `job`, `targets`, `snapshots`, `events`\n\
+and `cancel` on this host where it is (elsewhere: --server URL); it is removed at shutdown.\n\n\
+Stops on Ctrl-C or SIGTERM. Exit codes: 0 clean shutdown, 2 could not start or lost the\n\
+broker (bad config, address in use, log owned by another process: the error names its API).")]
 pub struct Args {
     #[command(flatten)]
     pub amqp: AmqpArgs,
+    /// Serve the HTTP API on this address, e.g. 127.0.0.1:7080 (default:
+    /// `[api] listen` of the config, else no API).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
     /// Do not relay events to the recman.events exchange.
     #[arg(long)]
     pub no_relay: bool,
@@ -34,12 +53,36 @@ pub struct Args {
     pub relay_batch_over: usize,
 }
 
+/// Completes when the API's server fails; never without one.
+async fn api_failed(api: &mut Option<Running>) -> anyhow::Error {
+    match api {
+        Some(a) => a.failed().await,
+        None => std::future::pending().await,
+    }
+}
+
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
-    let mut config = g.load_config(Missing::Fail)?;
-    config.set_data_dir(&g.data_dir);
+    let config = g.load_config(Missing::Fail)?;
+    // Checked before anything is opened: a refused address leaves no trace.
+    let plan = a
+        .listen
+        .or(config.api.listen)
+        .map(|l| Plan::new(&config, l))
+        .transpose()?;
     // The engine alone runs no writer here: no program or freeze checks.
     g.check_log("engine")?;
     std::fs::create_dir_all(&g.data_dir).with_context(|| format!("creating {}", g.data_dir.display()))?;
+    // The log before the broker: a second engine on this data dir is refused
+    // at once, with where the first one's API is.
+    let stats = Arc::new(Stats::default());
+    let log: Arc<dyn EventLog> = Arc::new(TimedLog {
+        inner: g.open_log()?,
+        stats: stats.clone(),
+    });
+    let bound = match plan {
+        Some(p) => Some(p.bind(&config, log.as_ref()).await?),
+        None => None,
+    };
     let bus = a
         .amqp
         .connect(
@@ -48,13 +91,16 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             true,
         )
         .await?;
-    let log = recman_events::log::open_detected(&g.data_dir, recman_events::Backend::Redb)?;
+    let bus: Arc<dyn Bus> = Arc::new(MeteredBus {
+        inner: bus,
+        stats: stats.clone(),
+    });
     // Before the engine: what it records from its start on is notified.
     let notifier = crate::notify::start(&config, log.clone())?;
-    let builder = Engine::builder(&config)
-        .log(log)
-        .bus(bus as std::sync::Arc<dyn Bus>)
-        .no_workers();
+    if let Some(n) = &notifier {
+        let _ = stats.notify.set(n.metrics());
+    }
+    let builder = Engine::builder(&config).log(log.clone()).bus(bus).no_workers();
     let builder = if a.no_relay {
         builder.no_relay()
     } else {
@@ -64,21 +110,37 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         builder.relay(relay)
     };
     let mut engine = builder.start().await?;
+    let mut api = match bound {
+        Some(b) => Some(b.start(engine.caller(), log.clone(), stats, &g.data_dir)?),
+        None => None,
+    };
     eprintln!(
-        "recman engine: {} target(s), log {}, broker connected; Ctrl-C to stop",
+        "recman engine: {} target(s), log {}, broker connected{}; Ctrl-C to stop",
         config.targets.len(),
-        g.data_dir.display()
+        g.data_dir.display(),
+        api.as_ref()
+            .map(|a| format!(", API on {}", a.url))
+            .unwrap_or_default()
     );
     let result = tokio::select! {
         r = engine.stopped() => match r {
             Ok(()) => Err(anyhow::anyhow!("the broker connection closed")),
             Err(e) => Err(e),
         },
+        e = api_failed(&mut api) => Err(e),
         _ = crate::signal::stop() => Ok(()),
     };
     let stopped = engine.shutdown(Drain::Skip).await;
+    let announced = match api {
+        Some(a) => Some(a.stop().await),
+        None => None,
+    };
     if let Some(n) = notifier {
         n.stop(crate::notify::STOP_GRACE).await;
+    }
+    drop(log);
+    if let Some(a) = announced {
+        a.remove();
     }
     if let Ok(s) = &stopped {
         if let Some(Err(e)) = &s.relay {

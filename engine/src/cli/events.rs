@@ -26,7 +26,7 @@ const FOLLOW_POLL: Duration = Duration::from_millis(500);
 #[command(
     after_help = "Examples:\n  recman events --job 019ab3c4-…      one job's history\n  \
 recman events --json --from 1000    machine-readable, one EventMessage per line\n\n\
-The log belongs to one process at a time: while an engine (`recman up`) owns it, `--follow`\n\
+The log belongs to one process at a time: while an engine (`recman up`, `recman engine`) owns it, `--follow`\n\
 waits and says so; between CLI runs it picks up new events every half second."
 )]
 pub struct Args {

@@ -2,28 +2,24 @@
 //! running until SIGINT/SIGTERM, then a clean shutdown (no new requests,
 //! frozen targets thawed, log closed, discovery file removed).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use recman_config::DEFAULT_LISTEN;
 use recman_events::bus::{Address, Bus, MemoryBus};
-use recman_events::{log, Backend, EventLog, WorkerId};
+use recman_events::{EventLog, WorkerId};
 use recman_workers::runtime::Worker;
-use tokio::sync::watch;
 
+use crate::api;
 use crate::api::instrument::{MeteredBus, Stats, TimedLog};
-use crate::api::{self, discovery, Shared};
 use crate::broker::AmqpArgs;
-use crate::client::read_token;
 use crate::handle::{Drain, Engine, Relay};
 use crate::home::Home;
 use crate::home::Missing;
-use crate::view::{Until, View};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -67,24 +63,13 @@ fn served_pools(config: &recman_config::Config, amqp: bool) -> Vec<recman_events
     }
 }
 
-async fn until_true(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
-}
-
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let config = g.load_config(Missing::ServeDemo)?;
     let listen = match a.listen.or(config.api.listen) {
         Some(l) => l,
         None => DEFAULT_LISTEN.parse().context("default listen address")?,
     };
-    let token = config.api.token_file.as_deref().map(read_token).transpose()?;
-    if !listen.ip().is_loopback() && token.is_none() {
-        bail!(
-            "refusing to listen on {listen}: it is not a loopback address and no bearer token is set; \
-             write a token to a file and name it in the config (`[api] token_file = \"/etc/recman/token\"`), \
-             or listen on 127.0.0.1"
-        );
-    }
+    let plan = api::server::Plan::new(&config, listen)?;
     // The broker when one is named (flag, `[amqp] url` or RECMAN_AMQP_URL), else in-process.
     let amqp_named = a.amqp.named(&config);
     let served = served_pools(&config, amqp_named);
@@ -92,27 +77,10 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     g.check_log("up")?;
     let stats = Arc::new(Stats::default());
     let log: Arc<dyn EventLog> = Arc::new(TimedLog {
-        inner: log::open_detected(&g.data_dir, Backend::Redb)?,
+        inner: g.open_log()?,
         stats: stats.clone(),
     });
-    let retention: BTreeMap<_, _> = config
-        .targets
-        .iter()
-        .map(|t| (t.id.clone(), t.keep_last))
-        .collect();
-    let policies = config
-        .targets
-        .iter()
-        .map(|t| (t.id.clone(), crate::runtime::retention_policy(t)))
-        .collect();
-    let view = View::new(retention)
-        .with_policies(policies)
-        .with_schedules(config.schedules.clone())
-        .build(log.as_ref(), Until::End)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (in use? try --listen 127.0.0.1:PORT)"))?;
-    let local = listener.local_addr()?;
+    let bound = plan.bind(&config, log.as_ref()).await?;
 
     let memory = (!amqp_named).then(MemoryBus::new);
     let inner: Arc<dyn Bus> = match &memory {
@@ -196,46 +164,8 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         })
     };
 
-    let (stopping_tx, stopping) = watch::channel(false);
-    let seq0 = view.last_seq;
-    let shared = Arc::new(Shared {
-        log: log.clone(),
-        view: RwLock::new(view),
-        seen: watch::channel(seq0).0,
-        engine: engine.caller(),
-        ready: AtomicBool::new(false),
-        token,
-        stats,
-        stopping,
-    });
-    let follower = tokio::spawn(api::follow(shared.clone()));
-    let readiness = tokio::spawn(api::wait_ready(shared.clone()));
-    let http_stop = until_true(stopping_tx.subscribe());
-    let app = api::router(shared.clone());
-    let limits = api::serve::Limits {
-        header_timeout: config
-            .api
-            .header_timeout
-            .unwrap_or(api::serve::DEFAULT_HEADER_TIMEOUT),
-        max_connections: config
-            .api
-            .max_connections
-            .map_or(api::serve::DEFAULT_MAX_CONNECTIONS, |n| n as usize),
-    };
-    let mut http = tokio::spawn(api::serve::serve(listener, app, limits, http_stop));
-
-    let url = format!("http://{local}");
-    let pid = std::process::id();
-    discovery::write(
-        &g.data_dir,
-        &discovery::Discovery {
-            url: url.clone(),
-            pid,
-            token_required: shared.token.is_some(),
-            started_at_ms: recman_events::clock::now_ms(),
-        },
-    )
-    .with_context(|| format!("writing {}", discovery::path(&g.data_dir).display()))?;
+    let mut api = bound.start(engine.caller(), log.clone(), stats, &g.data_dir)?;
+    let url = api.url.clone();
     println!(
         "recman up: API on {url} ({} target{}, data dir {}); Ctrl-C to stop",
         config.targets.len(),
@@ -252,9 +182,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
                 Err(e) => e.context("the engine stopped"),
             });
         }
-        r = &mut http => {
-            failure = Some(anyhow::anyhow!("the HTTP server stopped: {:?}", r));
-        }
+        e = api.failed() => failure = Some(e),
     }
 
     // No new requests; let in-flight freezes be thawed; stop everything.
@@ -269,12 +197,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         Drain::Skip
     };
     let stopped = engine.shutdown(drain).await;
-    let _ = stopping_tx.send(true);
-    if !http.is_finished() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
-    }
-    follower.abort();
-    readiness.abort();
+    let announced = api.stop().await;
     dl_task.abort();
     if let Some(n) = notifier {
         n.stop(crate::notify::STOP_GRACE).await;
@@ -282,9 +205,8 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     if let Some(m) = &memory {
         m.close();
     }
-    drop(shared);
     drop(log);
-    discovery::remove(&g.data_dir, pid);
+    announced.remove();
     if let Some(e) = failure {
         return Err(e);
     }

@@ -165,7 +165,8 @@ impl Builder {
     pub async fn start(self) -> anyhow::Result<Engine> {
         let log = match self.log {
             Some(LogFrom::Given(l)) => l,
-            Some(LogFrom::DataDir(dir)) => log::open_detected(&dir, Backend::Redb)?,
+            Some(LogFrom::DataDir(dir)) => log::open_detected(&dir, Backend::Redb)
+                .map_err(|e| crate::api::discovery::explain_locked(&dir, e))?,
             None => anyhow::bail!("the engine needs a log: call .log() or .data_dir()"),
         };
         let memory = self.bus.is_none().then(MemoryBus::new);

@@ -16,7 +16,7 @@ use anyhow::Context;
 use recman_events::bus::{msg_type, Address, Bus, Consumer, Delivery, Message};
 use recman_events::clock::now_ms;
 use recman_events::wire::{self, Report};
-use recman_events::{Event, EventLog, JobId, SnapshotRequest};
+use recman_events::{Event, EventLog, JobId, Request, SnapshotRequest};
 use tokio::sync::{mpsc, oneshot};
 
 use recman_core::{Core, CoreConfig, Destination, Input, Outgoing, Reply, State};
@@ -338,12 +338,20 @@ pub async fn run(
 
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(2 * MAX_BATCH);
     let mut tasks = tokio::task::JoinSet::new();
+    // A snapshot request or a cancel; a refused cancel (unknown job, job
+    // ended) is dead-lettered with the core's reason, like a refused request.
     tasks.spawn(forward_bus(requests, in_tx.clone(), |b| {
-        SnapshotRequest::from_json(b)
-            .map(|req| Input::Request {
-                req,
-                origin: "bus".into(),
-                new_job: JobId::new_v7(),
+        Request::from_json(b)
+            .map(|r| match r {
+                Request::Snapshot(req) => Input::Request {
+                    req,
+                    origin: "bus".into(),
+                    new_job: JobId::new_v7(),
+                },
+                Request::Cancel(c) => Input::Cancel {
+                    job: c.cancel,
+                    reason: c.reason().to_string(),
+                },
             })
             .map_err(|e| e.to_string())
     }));
@@ -404,10 +412,12 @@ pub async fn run(
                     batch.notes.report(r, msg);
                 }
             }
+            let is_request = matches!(input, Input::Request { .. });
             let step = core.handle(input, now);
             if tracing_on {
-                if let Reply::Accepted { job, existing: false } = &step.reply {
-                    batch.notes.request(*job, msg);
+                match &step.reply {
+                    Reply::Accepted { job, existing: false } if is_request => batch.notes.request(*job, msg),
+                    _ => {}
                 }
                 batch.notes.events(&step.events);
             }

@@ -1,0 +1,207 @@
+//! The HTTP API beside a running engine, the one assembly `recman up` and
+//! `recman engine --listen` share: the address and token rules ([`Plan`]),
+//! the projection and the bound socket ([`Bound`]), then the server, its
+//! view follower, readiness and `DATA_DIR/server.json` ([`Running`]).
+//!
+//! Order at start: [`Plan::new`] before anything is opened (a refused
+//! address leaves no trace), [`Plan::bind`] once the log is open (an address
+//! in use fails before the engine starts), [`Bound::start`] once the engine
+//! runs. At shutdown: [`Running::stop`] once the engine stopped (the streams
+//! end, in-flight requests finish), [`Announced::remove`] once the log is
+//! closed (whoever reads the discovery file next can open the log).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use recman_config::Config;
+use recman_events::EventLog;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::discovery::{self, Discovery};
+use super::instrument::Stats;
+use super::serve::{self, Limits};
+use super::Shared;
+use crate::client::read_token;
+use crate::handle::Caller;
+use crate::view::{Until, View};
+
+/// Where to listen, with what token and limits; checked, nothing opened yet.
+pub struct Plan {
+    listen: SocketAddr,
+    token: Option<String>,
+    limits: Limits,
+}
+
+impl Plan {
+    /// The API on `listen`, with the config's `[api]` token and limits.
+    /// Refuses a non-loopback address without `[api] token_file`.
+    pub fn new(config: &Config, listen: SocketAddr) -> anyhow::Result<Plan> {
+        let token = config.api.token_file.as_deref().map(read_token).transpose()?;
+        if !listen.ip().is_loopback() && token.is_none() {
+            bail!(
+                "refusing to listen on {listen}: it is not a loopback address and no bearer token is set; \
+                 write a token to a file and name it in the config (`[api] token_file = \"/etc/recman/token\"`), \
+                 or listen on 127.0.0.1"
+            );
+        }
+        let limits = Limits {
+            header_timeout: config.api.header_timeout.unwrap_or(serve::DEFAULT_HEADER_TIMEOUT),
+            max_connections: config
+                .api
+                .max_connections
+                .map_or(serve::DEFAULT_MAX_CONNECTIONS, |n| n as usize),
+        };
+        Ok(Plan {
+            listen,
+            token,
+            limits,
+        })
+    }
+
+    /// Builds the read projection of `log` (retention, policies and
+    /// schedules of `config`) and binds the address.
+    pub async fn bind(self, config: &Config, log: &dyn EventLog) -> anyhow::Result<Bound> {
+        let retention: BTreeMap<_, _> = config
+            .targets
+            .iter()
+            .map(|t| (t.id.clone(), t.keep_last))
+            .collect();
+        let policies = config
+            .targets
+            .iter()
+            .map(|t| (t.id.clone(), crate::runtime::retention_policy(t)))
+            .collect();
+        let view = View::new(retention)
+            .with_policies(policies)
+            .with_schedules(config.schedules.clone())
+            .build(log, Until::End)?;
+        let listen = self.listen;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (in use? try --listen 127.0.0.1:PORT)"))?;
+        Ok(Bound {
+            plan: self,
+            listener,
+            view,
+        })
+    }
+}
+
+/// The socket bound and the view built; the engine not yet asked.
+pub struct Bound {
+    plan: Plan,
+    listener: TcpListener,
+    view: View,
+}
+
+impl Bound {
+    /// Serves the API for `engine`, then announces it in `data_dir`'s
+    /// discovery file.
+    pub fn start(
+        self,
+        engine: Caller,
+        log: Arc<dyn EventLog>,
+        stats: Arc<Stats>,
+        data_dir: &Path,
+    ) -> anyhow::Result<Running> {
+        let local = self.listener.local_addr()?;
+        let (stopping_tx, stopping) = watch::channel(false);
+        let seq0 = self.view.last_seq;
+        let shared = Arc::new(Shared {
+            log,
+            view: RwLock::new(self.view),
+            seen: watch::channel(seq0).0,
+            engine,
+            ready: AtomicBool::new(false),
+            token: self.plan.token,
+            stats,
+            stopping,
+        });
+        let follower = tokio::spawn(super::follow(shared.clone()));
+        let readiness = tokio::spawn(super::wait_ready(shared.clone()));
+        let mut stop_rx = stopping_tx.subscribe();
+        let http_stop = async move {
+            let _ = stop_rx.wait_for(|v| *v).await;
+        };
+        let app = super::router(shared.clone());
+        let http = tokio::spawn(serve::serve(self.listener, app, self.plan.limits, http_stop));
+        let url = format!("http://{local}");
+        let pid = std::process::id();
+        discovery::write(
+            data_dir,
+            &Discovery {
+                url: url.clone(),
+                pid,
+                token_required: shared.token.is_some(),
+                started_at_ms: recman_events::clock::now_ms(),
+            },
+        )
+        .with_context(|| format!("writing {}", discovery::path(data_dir).display()))?;
+        Ok(Running {
+            url,
+            http,
+            stopping: stopping_tx,
+            tasks: [follower, readiness],
+            shared,
+            announced: Announced {
+                data_dir: data_dir.to_path_buf(),
+                pid,
+            },
+        })
+    }
+}
+
+/// The API serving; announced in the discovery file.
+pub struct Running {
+    /// Base URL, e.g. `http://127.0.0.1:7080`.
+    pub url: String,
+    http: JoinHandle<std::io::Result<()>>,
+    stopping: watch::Sender<bool>,
+    tasks: [JoinHandle<()>; 2],
+    shared: Arc<Shared>,
+    announced: Announced,
+}
+
+impl Running {
+    /// Completes if the HTTP server stops on its own (it should not), with
+    /// what it said.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        let r = (&mut self.http).await;
+        anyhow::anyhow!("the HTTP server stopped: {r:?}")
+    }
+
+    /// Ends the event streams, stops accepting, lets in-flight requests
+    /// finish (at most 5 s) and stops following the log. The discovery file
+    /// stays until [`Announced::remove`].
+    pub async fn stop(self) -> Announced {
+        let _ = self.stopping.send(true);
+        if !self.http.is_finished() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        drop(self.shared);
+        self.announced
+    }
+}
+
+/// The discovery file this process wrote.
+pub struct Announced {
+    data_dir: PathBuf,
+    pid: u32,
+}
+
+impl Announced {
+    /// Removes the discovery file if it is still this process's.
+    pub fn remove(self) {
+        discovery::remove(&self.data_dir, self.pid);
+    }
+}
