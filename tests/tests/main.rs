@@ -44,6 +44,7 @@ mod up_cli;
 mod verify_cli;
 mod verify_e2e;
 mod verify_pg;
+mod worker_status_cli;
 mod wsapi_fake;
 
 /// Every `.rs` file beside this one is a module of the suite (a file that is

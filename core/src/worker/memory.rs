@@ -176,6 +176,11 @@ impl TargetMemory {
         self.thawed.get(key).copied()
     }
 
+    /// The newest thaw this memory holds, with its attempt (`recman worker --status`).
+    pub fn last_thawed(&self) -> Option<(AttemptKey, Thawed)> {
+        self.thawed.entries.back().map(|e| (e.key, e.value))
+    }
+
     /// Forgets entries long past their attempt's deadline (call before planning).
     pub fn expire(&mut self, now_ms: u64) {
         self.freezes.expire(now_ms);

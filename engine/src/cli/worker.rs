@@ -19,7 +19,8 @@ use crate::home::Missing;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
 recman worker --amqp amqp://worker-mbx01@mq1/recman --amqp-password-file /etc/recman/amqp-password --pool host.mbx01\n  \
-recman worker --config /etc/recman/recman.toml     # pools from [worker] pools or the targets\n\n\
+recman worker --config /etc/recman/recman.toml     # pools from [worker] pools or the targets\n  \
+recman worker --config /etc/recman/recman.toml --status   # what is frozen on this host now, by which job\n\n\
 Consumes recman.pool.<pool> for each pool and recman.worker.<id>. With --no-declare it\n\
 declares only those two queues (see deploy/README.md for a worker's permissions).\n\
 Stops on Ctrl-C or SIGTERM: lets the steps in flight finish for at most 30 s (then abandons\n\
@@ -47,6 +48,11 @@ pub struct Args {
     /// `[worker] state_dir`, else /run/recman.
     #[arg(long, env = STATE_DIR_ENV, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Print the host's freeze state of the targets of these pools (frozen
+    /// now: by which job, attempt and worker, since when, watchdog due; the
+    /// last thaw) and exit; reads only, needs no broker.
+    #[arg(long)]
+    pub status: bool,
 }
 
 /// The environment variable that names the host's freeze state directory.
@@ -92,6 +98,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     for p in &a.pools {
         recman_events::wire::check_id("pool", p)?;
     }
+    let dir = state_dir(a.state_dir.as_deref(), &config, PathBuf::from(DEFAULT_STATE_DIR));
     let worker = if a.pools.is_empty() {
         Worker::from_config(WorkerId::from(id.as_str()), &config)
     } else {
@@ -99,16 +106,15 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         Worker::new(WorkerId::from(id.as_str()), pools, &config)
     }
     .with_prefetch(a.prefetch)
-    .with_state_dir(state_dir(
-        a.state_dir.as_deref(),
-        &config,
-        PathBuf::from(DEFAULT_STATE_DIR),
-    ));
+    .with_state_dir(dir.clone());
     if worker.pools().is_empty() {
         anyhow::bail!(
             "this worker serves no pool (`[worker] pools = []` in {}): name the pools it serves there or with --pool",
             g.config_file().display()
         );
+    }
+    if a.status {
+        return status(&config, worker.pools(), &dir);
     }
     crate::home::check_host(&config, Some(worker.pools()), None)?;
     eprintln!(
@@ -148,5 +154,56 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     if amqp.connection_lost() {
         anyhow::bail!("the broker connection was lost and did not come back");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--status`: each target of `pools` as the host's freeze state in `dir` has it.
+fn status(config: &Config, pools: &[PoolName], dir: &Path) -> anyhow::Result<ExitCode> {
+    use recman_core::worker::ThawedBy;
+    use recman_workers::runtime::HostState;
+    let host = HostState::inspect(dir);
+    let now = recman_events::clock::now_ms();
+    let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
+    println!(
+        "host freeze state {} (pools {})",
+        dir.display(),
+        pools.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let mut frozen = 0;
+    for t in config.targets.iter().filter(|t| pools.contains(&t.pool)) {
+        let mem = host.read(&t.id)?;
+        let state = match mem.hold() {
+            Some(h) => {
+                frozen += 1;
+                format!(
+                    "FROZEN by job {} attempt {} for {} (worker {}, process {}), watchdog thaws in {}",
+                    h.job,
+                    h.attempt,
+                    secs(now.saturating_sub(h.frozen_at_ms)),
+                    h.process.worker,
+                    if host.alive(&h.process) {
+                        "alive"
+                    } else {
+                        "gone: the next worker of this host takes it over"
+                    },
+                    secs(h.deadline_ms.saturating_sub(now)),
+                )
+            }
+            None => "not frozen".to_string(),
+        };
+        let last = match mem.last_thawed() {
+            Some(((job, attempt), th)) => format!(
+                "; last thaw: job {job} attempt {attempt} by {}, freeze window {}",
+                match th.by {
+                    ThawedBy::Command => "the engine's command",
+                    ThawedBy::Watchdog => "a worker by itself",
+                },
+                format_args!("{:.1} ms", th.window_us as f64 / 1000.0)
+            ),
+            None => String::new(),
+        };
+        println!("{:<16} {:<16} {state}{last}", t.id.as_str(), t.pool.as_str());
+    }
+    println!("{frozen} frozen now");
     Ok(ExitCode::SUCCESS)
 }

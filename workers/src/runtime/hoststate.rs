@@ -70,6 +70,19 @@ pub struct Locked {
 }
 
 impl HostState {
+    /// The state in `dir` as an observer reads it (`recman worker
+    /// --status`): no process of its own, nothing created or locked.
+    pub fn inspect(dir: &Path) -> HostState {
+        HostState {
+            store: Store::Dir(dir.to_path_buf()),
+            process: Process {
+                worker: WorkerId::from("status"),
+                token: 0,
+            },
+            life: None,
+        }
+    }
+
     /// The state of the host in `dir` (created if missing), for a new
     /// process of worker `worker`.
     pub fn open(dir: &Path, worker: &WorkerId) -> Result<HostState, StateError> {
