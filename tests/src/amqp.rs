@@ -152,6 +152,13 @@ impl Proc {
         Self::spawn_env(name, dir, data, config, args, &[])
     }
 
+    /// `recman engine --amqp URL` (and `extra` flags) on `data` with `config`.
+    pub fn engine(dir: &Path, data: &Path, config: &Path, url: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["engine", "--amqp", url];
+        args.extend_from_slice(extra);
+        Self::spawn("engine", dir, data, config, &args)
+    }
+
     /// [`Proc::spawn`] with extra environment variables.
     pub fn spawn_env(
         name: &str,
@@ -374,4 +381,29 @@ fn freeze_windows(v: &serde_json::Value, out: &mut Vec<u64>) {
         serde_json::Value::Array(a) => a.iter().for_each(|x| freeze_windows(x, out)),
         _ => {}
     }
+}
+
+/// Takes `n` dead letters off `bus`'s dead-letter queue (acking them) and
+/// returns each one's reason by message id; panics after 30 s without one,
+/// with `context()` (the processes' output).
+pub async fn dead_letter_reasons(
+    bus: &dyn recman_events::bus::Bus,
+    n: usize,
+    context: impl Fn() -> String,
+) -> std::collections::BTreeMap<String, String> {
+    use recman_events::bus::{Address, REASON_HEADER};
+    let mut dlq = bus.consume(Address::DeadLetters, 0).await.unwrap();
+    let mut reasons = std::collections::BTreeMap::new();
+    while reasons.len() < n {
+        let d = tokio::time::timeout(Duration::from_secs(30), dlq.recv())
+            .await
+            .unwrap_or_else(|_| panic!("dead letters missing ({reasons:?}); {}", context()))
+            .unwrap();
+        reasons.insert(
+            d.message.message_id.clone(),
+            d.message.header(REASON_HEADER).unwrap_or_default().to_string(),
+        );
+        d.ack().await.unwrap();
+    }
+    reasons
 }

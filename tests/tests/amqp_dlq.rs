@@ -49,13 +49,7 @@ async fn amqp_dlq_lists_shows_drops_and_republishes_as_the_operator() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = write_config(dir.path(), 1, &["host.a"]);
-    let mut engine = Proc::spawn(
-        "engine",
-        dir.path(),
-        &data,
-        &config,
-        &["engine", "--amqp", &vh.url],
-    );
+    let mut engine = Proc::engine(dir.path(), &data, &config, &vh.url, &[]);
     engine.wait_for("broker connected");
     let (code, out, _) = dlq(&operator, &[]);
     assert_eq!(code, Some(0));

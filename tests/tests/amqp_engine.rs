@@ -3,13 +3,12 @@
 //! and the engine goes on; a valid request completes; every event reaches the
 //! events exchange once, in log order (the relay); the password never shows.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use recman_events::bus::{msg_type, Address, Message, REASON_HEADER};
+use recman_events::bus::{msg_type, Address, Message};
 use recman_testkit::amqp::{self, Vhost};
 use recman_testkit::recman_bin;
-use recman_tests::amqp::{read_log, request, write_config, Proc, VhostBus};
+use recman_tests::amqp::{dead_letter_reasons, read_log, request, write_config, Proc, VhostBus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_engine_dead_letters_bad_requests_runs_good_ones_and_relays_events() {
@@ -20,13 +19,7 @@ async fn amqp_engine_dead_letters_bad_requests_runs_good_ones_and_relays_events(
     let bus = vh.bus().await;
     let mut events = bus.consume(Address::Events, 256).await.unwrap();
 
-    let mut engine = Proc::spawn(
-        "engine",
-        dir.path(),
-        &data,
-        &config,
-        &["engine", "--amqp", &vh.url],
-    );
+    let mut engine = Proc::engine(dir.path(), &data, &config, &vh.url, &[]);
     // Bad requests first: the engine must survive them.
     let bad = [
         ("bad-json", b"{not json".to_vec(), "not valid JSON"),
@@ -49,19 +42,10 @@ async fn amqp_engine_dead_letters_bad_requests_runs_good_ones_and_relays_events(
         .await
         .unwrap();
     }
-    let mut dlq = bus.consume(Address::DeadLetters, 0).await.unwrap();
-    let mut reasons = BTreeMap::new();
-    while reasons.len() < bad.len() {
-        let d = tokio::time::timeout(Duration::from_secs(30), dlq.recv())
-            .await
-            .unwrap_or_else(|_| panic!("dead letters missing; engine said:\n{}", engine.output()))
-            .unwrap();
-        reasons.insert(
-            d.message.message_id.clone(),
-            d.message.header(REASON_HEADER).unwrap_or_default().to_string(),
-        );
-        d.ack().await.unwrap();
-    }
+    let reasons = dead_letter_reasons(bus.as_ref(), bad.len(), || {
+        format!("engine said:\n{}", engine.output())
+    })
+    .await;
     for (id, _, want) in &bad {
         assert!(reasons[*id].contains(want), "{id}: reason {:?}", reasons[*id]);
     }

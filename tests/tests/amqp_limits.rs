@@ -18,13 +18,7 @@ async fn amqp_oversized_and_conflicting_requests_are_dead_lettered_with_the_reas
     let config = write_config(dir.path(), 2, &["host.a"]);
     let bus = vh.bus().await;
     let mut events = bus.consume(Address::Events, 256).await.unwrap();
-    let mut engine = Proc::spawn(
-        "engine",
-        dir.path(),
-        &data,
-        &config,
-        &["engine", "--amqp", &vh.url],
-    );
+    let mut engine = Proc::engine(dir.path(), &data, &config, &vh.url, &[]);
 
     // A request the engine accepts (no worker runs: it stays in its freeze).
     bus.publish(Address::Requests, request("first", &["t0"]))

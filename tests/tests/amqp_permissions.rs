@@ -68,13 +68,7 @@ fn amqp_each_role_runs_with_the_documented_permissions_only() {
     // Two pools: the engine declares host.b's queue too, which the worker's
     // user may not read.
     let config = write_config(dir.path(), 2, &["host.a", "host.b"]);
-    let mut engine = Proc::spawn(
-        "engine",
-        dir.path(),
-        &data,
-        &config,
-        &["engine", "--amqp", &vh.url],
-    );
+    let mut engine = Proc::engine(dir.path(), &data, &config, &vh.url, &[]);
     engine.wait_for("broker connected");
 
     // The worker's user on another pool's queue, and without --no-declare:

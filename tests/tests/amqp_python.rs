@@ -17,14 +17,8 @@ fn amqp_python_publisher_request_completes_and_subscriber_sees_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = write_config(dir.path(), 1, &["host.a"]);
-    let mut engine = Proc::spawn(
-        "engine",
-        dir.path(),
-        &data,
-        &config,
-        // Every event in batches: the subscriber unpacks them.
-        &["engine", "--amqp", &vh.url, "--relay-batch-over", "0"],
-    );
+    // Every event in batches: the subscriber unpacks them.
+    let mut engine = Proc::engine(dir.path(), &data, &config, &vh.url, &["--relay-batch-over", "0"]);
     engine.wait_for("broker connected");
     let mut worker = Proc::spawn(
         "worker",

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use recman_events::bus::{msg_type, Address, Consumer, Message, REASON_HEADER};
+use recman_events::bus::{msg_type, Address, Consumer, Message};
 use recman_testkit::amqp::Vhost;
 use recman_testkit::{free_port, recman, recman_bin, text, wait_until, DEADLINE};
-use recman_tests::amqp::{request, Proc, VhostBus};
+use recman_tests::amqp::{dead_letter_reasons, request, Proc, VhostBus};
 use recman_tests::cli::{http, ready, write_config};
 
 /// The state of job `id` as the API at `port` shows it.
@@ -39,6 +39,18 @@ fn submit(port: u16, request_id: &str, target: &str) -> String {
 }
 
 /// The worker of the config's pool (`host.local`), data under `dir/w1`.
+/// A second `recman engine` on `data`, run to its exit (it must be refused).
+fn second_engine(data: &Path, config: &Path, url: &str) -> std::process::Output {
+    std::process::Command::new(recman_bin())
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--config")
+        .arg(config)
+        .args(["engine", "--amqp", url])
+        .output()
+        .unwrap()
+}
+
 fn worker(dir: &Path, config: &Path, url: &str) -> Proc {
     Proc::spawn(
         "worker",
@@ -59,13 +71,7 @@ fn engine_listen_serves_the_read_commands_and_cancel() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://{listen}");
-    let mut engine = Proc::spawn(
-        "engine",
-        dir.path(),
-        &data,
-        &config,
-        &["engine", "--amqp", &vh.url, "--listen", &listen],
-    );
+    let mut engine = Proc::engine(dir.path(), &data, &config, &vh.url, &["--listen", &listen]);
     let mut worker = worker(dir.path(), &config, &vh.url);
     wait_until(format!("the engine's API at {url}"), DEADLINE, || {
         engine.assert_running();
@@ -118,14 +124,7 @@ fn engine_listen_serves_the_read_commands_and_cancel() {
     assert!(text(&out).contains(r#""request_id":"long""#), "{}", text(&out));
 
     // A second engine on the data dir: refused at once, naming the first's API.
-    let out = std::process::Command::new(recman_bin())
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
-        .args(["engine", "--amqp", &vh.url])
-        .output()
-        .unwrap();
+    let out = second_engine(&data, &config, &vh.url);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use"), "{err}");
@@ -169,23 +168,10 @@ fn engine_without_listen_serves_no_api_and_says_so_when_in_use() {
     let dir = recman_testkit::temp_dir();
     let config = write_config(dir.path(), 1, "");
     let data = dir.path().join("data");
-    let mut engine = Proc::spawn(
-        "engine",
-        dir.path(),
-        &data,
-        &config,
-        &["engine", "--amqp", &vh.url],
-    );
+    let mut engine = Proc::engine(dir.path(), &data, &config, &vh.url, &[]);
     engine.wait_for("broker connected");
     assert!(!data.join("server.json").exists(), "no API, no discovery file");
-    let out = std::process::Command::new(recman_bin())
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
-        .args(["engine", "--amqp", &vh.url])
-        .output()
-        .unwrap();
+    let out = second_engine(&data, &config, &vh.url);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use") && err.contains("--listen"), "{err}");
@@ -226,13 +212,7 @@ async fn a_cancel_on_the_requests_queue_cancels_the_job_and_bad_ones_are_dead_le
     let data = dir.path().join("data");
     let bus = vh.bus().await;
     let mut events = bus.consume(Address::Events, 256).await.unwrap();
-    let mut engine = Proc::spawn(
-        "engine",
-        dir.path(),
-        &data,
-        &config,
-        &["engine", "--amqp", &vh.url],
-    );
+    let mut engine = Proc::engine(dir.path(), &data, &config, &vh.url, &[]);
     let mut worker = worker(dir.path(), &config, &vh.url);
     let output = || {
         format!(
@@ -289,19 +269,7 @@ async fn a_cancel_on_the_requests_queue_cancels_the_job_and_bad_ones_are_dead_le
             .await
             .unwrap();
     }
-    let mut dlq = bus.consume(Address::DeadLetters, 0).await.unwrap();
-    let mut reasons = BTreeMap::new();
-    while reasons.len() < bad.len() {
-        let d = tokio::time::timeout(Duration::from_secs(30), dlq.recv())
-            .await
-            .unwrap_or_else(|_| panic!("dead letters missing ({reasons:?}); {}", output()))
-            .unwrap();
-        reasons.insert(
-            d.message.message_id.clone(),
-            d.message.header(REASON_HEADER).unwrap_or_default().to_string(),
-        );
-        d.ack().await.unwrap();
-    }
+    let reasons = dead_letter_reasons(bus.as_ref(), bad.len(), output).await;
     for (id, _, want) in &bad {
         assert!(reasons[*id].contains(want), "{id}: reason {:?}", reasons[*id]);
     }
