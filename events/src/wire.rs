@@ -217,8 +217,10 @@ pub struct Command {
     pub prune: Vec<String>,
     /// How the engine's config sets up each of `targets` (same order),
     /// `WRITER/PROVIDER` (e.g. `postgres/btrfs`). A worker whose own config
-    /// sets a target up differently refuses the command (`config_mismatch`)
-    /// and runs nothing. Empty: not checked (older engines).
+    /// sets up the part the stage uses differently (the writer for a freeze
+    /// or a log flush, the provider for the others; a thaw is never refused)
+    /// refuses the command (`config_mismatch`) and runs nothing. Empty: not
+    /// checked (older engines).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fingerprints: Vec<String>,
 }

@@ -32,6 +32,10 @@ fn backup_server_and_mailbox_host_examples_are_valid_and_agree() {
         assert_eq!(s.provider_pool, h.provider_pool, "{}", s.id);
         assert_eq!(s.provider_pool.as_str(), "array.3par-a");
         assert_eq!(h.writer.kind(), "exec", "the writer runs on the mailbox host");
+        // The worker of each side compares the part of the engine's
+        // fingerprint its stages use: the mailbox host the writer, the
+        // backup server's array worker the provider (its own config).
+        assert_eq!(s.writer, h.writer, "{}: the writer as the host has it", s.id);
         let ProviderConfig::ThreePar(p) = &s.provider else {
             panic!("{}: not a 3par provider", s.id)
         };

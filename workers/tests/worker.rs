@@ -1294,21 +1294,34 @@ async fn a_command_for_a_target_set_up_differently_is_refused_but_a_thaw_runs() 
     assert_eq!((e.code.as_str(), e.retryable), ("config_mismatch", false));
     assert!(
         e.message
-            .contains("db01 is postgres/btrfs on the engine but exec/none here"),
+            .contains("db01's writer is postgres on the engine but exec here"),
         "{}",
         e.message
     );
     assert!(!marker.exists(), "the freeze hook must not have run");
-    // A matching fingerprint runs.
+    // The same writer runs, whatever the engine's provider: a freeze is the
+    // application host's part, the snapshot may be another host's (an array).
     let mut ok = command(job, Stage::Freeze, &["db01"]);
     ok.message_id.push_str("#ok");
-    ok.fingerprints = vec!["exec/none".into()];
+    ok.fingerprints = vec!["exec/3par".into()];
     send_pool(&bus, &ok).await;
     assert!(matches!(
         next_report(&mut rep, SEC5).await.outcome,
         Outcome::Ok { .. }
     ));
     assert_eq!(lines(marker.clone()), 1);
+    // A snapshot compares the provider: the engine's btrfs is not this none.
+    let mut snap = command(job, Stage::Snapshot, &["db01"]);
+    snap.fingerprints = vec!["exec/btrfs".into()];
+    send_pool(&bus, &snap).await;
+    let e = err_of(&next_report(&mut rep, SEC5).await).clone();
+    assert_eq!(e.code, "config_mismatch");
+    assert!(
+        e.message
+            .contains("db01's provider is btrfs on the engine but none here"),
+        "{}",
+        e.message
+    );
     // A thaw is never refused for a mismatch: it ends the freeze this host holds.
     let mut thaw = command(job, Stage::Thaw, &["db01"]);
     thaw.fingerprints = vec!["postgres/btrfs".into()];

@@ -505,19 +505,33 @@ impl Shared {
     /// The refusal of a command whose targets the engine's config sets up
     /// differently from this worker's (`fingerprints`), e.g. an engine that
     /// expects a PostgreSQL writer where this host has none: running it would
-    /// record a snapshot that froze nothing. A thaw still runs (it only ever
-    /// ends a freeze this host holds, and must never be refused).
+    /// record a snapshot that froze nothing. Only the part the stage uses is
+    /// compared: the writer for a freeze or a log flush, the provider for a
+    /// snapshot, prune, verify or reconcile, so an application host need not
+    /// hold the array's provider (nor its credentials) and a storage host not
+    /// the application's hooks. A thaw still runs (it only ever ends a freeze
+    /// this host holds, and must never be refused).
     fn mismatch(&self, cmd: &Command) -> Option<StepError> {
-        if cmd.stage == Stage::Thaw || cmd.fingerprints.len() != cmd.targets.len() {
+        let part = match cmd.stage {
+            Stage::Freeze | Stage::FlushLogs => "writer",
+            Stage::Snapshot | Stage::Prune | Stage::Verify | Stage::Reconcile => "provider",
+            Stage::Thaw | Stage::Queue => return None,
+        };
+        if cmd.fingerprints.len() != cmd.targets.len() {
             return None;
         }
+        let kind = |fingerprint: &str| -> String {
+            let (writer, provider) = fingerprint.split_once('/').unwrap_or((fingerprint, ""));
+            if part == "writer" { writer } else { provider }.to_string()
+        };
         let differ: Vec<String> = cmd
             .targets
             .iter()
             .zip(&cmd.fingerprints)
             .filter_map(|(t, theirs)| {
-                let ours = self.targets.get(t)?.cfg.fingerprint();
-                (ours != *theirs).then(|| format!("{t} is {theirs} on the engine but {ours} here"))
+                let ours = kind(&self.targets.get(t)?.cfg.fingerprint());
+                let theirs = kind(theirs);
+                (ours != theirs).then(|| format!("{t}'s {part} is {theirs} on the engine but {ours} here"))
             })
             .collect();
         (!differ.is_empty()).then(|| {
