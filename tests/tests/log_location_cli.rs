@@ -7,7 +7,8 @@
 //!   start) unless `--init`; so is one whose marker says a log was there, and
 //!   a zero-byte `events.redb`;
 //! - absurd durations are refused before anything runs; `validate-config`
-//!   refuses a non-loopback listen without a token and a missing hook.
+//!   refuses a non-loopback listen without a token and a missing hook, and
+//!   names the data dir of the file it checks.
 
 use std::path::Path;
 use std::process::Output;
@@ -52,6 +53,20 @@ fn the_log_lives_where_the_config_says_from_any_directory() {
     let elsewhere = root.join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
 
+    // validate-config names that data dir, the file given either way.
+    for args in [
+        &["validate-config", cfg_s][..],
+        &["--config", cfg_s, "validate-config"],
+    ] {
+        let t = ok(&run(&elsewhere, &[], args), "validate-config");
+        assert!(
+            t.contains(&format!(
+                "data dir {} (from [engine] data_dir at {cfg_s}:2:",
+                data.display()
+            )),
+            "{args:?}: {t}"
+        );
+    }
     // First start: the config names a data dir with no log: refused, not a fresh start.
     let t = refused(
         &run(&elsewhere, &[], &["--config", cfg_s, "snapshot", "t1"]),

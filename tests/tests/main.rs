@@ -18,6 +18,7 @@ mod api;
 mod api_contract;
 mod audit_cli;
 mod check_cli;
+mod deploy_walkthrough;
 mod engine_listen;
 mod events_follow_cli;
 mod hostile_text_cli;

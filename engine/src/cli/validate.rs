@@ -32,7 +32,20 @@ pub struct Args {
 }
 
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
-    let path = a.file.unwrap_or_else(|| g.config_file());
+    // A file given as the argument is the config: its `[engine] data_dir`
+    // counts as it would with --config.
+    let home;
+    let g = match &a.file {
+        Some(file) => {
+            let mut h = g.clone();
+            h.config = Some(file.clone());
+            h.resolve()?;
+            home = h;
+            &home
+        }
+        None => g,
+    };
+    let path = g.config_file();
     if !path.exists() {
         anyhow::bail!("{}: no such file (pass a path or --config)", path.display());
     }
