@@ -134,6 +134,28 @@ fn fleet_size_run_all_faults_is_clean() {
     assert!(s.completed > jobs * 9 / 10, "{s:?}");
 }
 
+/// `recman simulate --jobs 20000 --targets 200 --groups --seed 7` (every
+/// fault, schedules, verification): a verify command that came again after
+/// its verdict, while the target's next job froze it, once counted as a
+/// verification during a freeze; the host answers it from its record
+/// (`HostState::verify_answer`), and so does the simulated pool.
+#[test]
+fn fleet_size_with_groups_schedules_and_verification_is_clean() {
+    let jobs = if cfg!(debug_assertions) { 2_000 } else { 20_000 };
+    let c = SimConfig {
+        seed: 7,
+        jobs,
+        targets: 200,
+        groups: true,
+        faults: Faults::All,
+        mutation: None,
+        worker_mutation: None,
+        schedules: true,
+    };
+    let s = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
+    assert!(s.completed > jobs * 9 / 10, "{s:?}");
+}
+
 #[test]
 fn schedules_and_rpos_run_clean_under_every_fault_mode() {
     for faults in [Faults::None, Faults::Net, Faults::Crash, Faults::All] {

@@ -6,6 +6,7 @@
 
 mod amqp_bench;
 mod amqp_cluster;
+mod amqp_deploy_walkthrough;
 mod amqp_dlq;
 mod amqp_engine;
 mod amqp_faults;
@@ -18,7 +19,6 @@ mod api;
 mod api_contract;
 mod audit_cli;
 mod check_cli;
-mod deploy_walkthrough;
 mod engine_listen;
 mod events_follow_cli;
 mod hostile_text_cli;

@@ -1333,3 +1333,52 @@ async fn a_command_for_a_target_set_up_differently_is_refused_but_a_thaw_runs() 
     assert_eq!(lines(dir.path().join("thawed")), 1);
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_redelivered_to_another_process_of_the_host_is_answered_not_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let state = dir.path().join("state");
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[[target]]\nid = \"db01\"\n[target.writer]\ntype = \"none\"\n[target.provider]\ntype = \"none\"\n[target.verify]\ntype = \"exec\"\ncommand = {}\n",
+            sh(&format!("echo v >> {d}/verified; echo checked"))
+        ),
+    );
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let on =
+        |id: &str| Worker::new(WorkerId::from(id), vec![PoolName::from(POOL)], &cfg).with_state_dir(&state);
+    let (w1, w2) = (start(&bus, on("w1")), start(&bus, on("w2")));
+    let to = |w: &str| Address::Worker(WorkerId::from(w));
+    let mut v = command(JobId::new_v7(), Stage::Verify, &["db01"]);
+    v.snapshot_name = Some("rm-x-a1".into());
+    send(&bus, to("w1"), &v).await;
+    let first = next_report(&mut rep, SEC5).await;
+    assert!(matches!(first.outcome, Outcome::Ok { .. }), "{first:?}");
+    assert_eq!(lines(dir.path().join("verified")), 1);
+    // w1 died before its ack: the broker gives the command to w2. The engine
+    // has the verdict and may have let a freeze of db01 begin: w2 answers
+    // from the host's record and runs nothing.
+    send(&bus, to("w2"), &v).await;
+    let again = next_report(&mut rep, SEC5).await;
+    assert_eq!(again.outcome, first.outcome);
+    assert_eq!(
+        lines(dir.path().join("verified")),
+        1,
+        "the verification ran again"
+    );
+    // Another verify command (the next run) does run.
+    let mut next = v.clone();
+    next.attempt = 2;
+    next.message_id.push_str("#2");
+    send(&bus, to("w2"), &next).await;
+    assert!(matches!(
+        next_report(&mut rep, SEC5).await.outcome,
+        Outcome::Ok { .. }
+    ));
+    assert_eq!(lines(dir.path().join("verified")), 2);
+    w1.stop().await;
+    w2.stop().await;
+}

@@ -24,7 +24,8 @@ pub struct VerifyWorld {
     pub cleaned: usize,
     /// Per pool (host), the outcome of each verification answered: a
     /// redelivery after the run ended is answered, not run again (the
-    /// engine may have freed the target for a freeze meanwhile).
+    /// engine may have freed the target for a freeze meanwhile), by any
+    /// process of the host (the runtime's `<state_dir>/verify/<target>.json`).
     pub answered: HashMap<(usize, String), Outcome>,
 }
 
@@ -52,6 +53,12 @@ impl Sim {
         let Some(&t) = cmd.targets.first().and_then(|t| self.world.target_index.get(t)) else {
             return Ok((None, 0));
         };
+        // Answered before: the host's record answers, as the runtime does
+        // before it looks at anything else.
+        let pool = self.world.workers[w].pool;
+        if let Some(o) = self.world.verify.answered.get(&(pool, cmd.message_id.clone())) {
+            return Ok((Some(o.clone()), self.rng.range(1, 5)));
+        }
         let deadline = cmd.thaw_deadline_ms.unwrap_or(u64::MAX);
         if now >= deadline {
             let e = StepError::new(
@@ -69,10 +76,6 @@ impl Sim {
                 );
                 return Err(self.violation("verify_outside_freeze", Some(cmd.job), d));
             }
-        }
-        let pool = self.world.workers[w].pool;
-        if let Some(o) = self.world.verify.answered.get(&(pool, cmd.message_id.clone())) {
-            return Ok((Some(o.clone()), self.rng.range(1, 5)));
         }
         // The same verification already runs in this pool (a redelivery):
         // acknowledged without running again; the running one reports (the

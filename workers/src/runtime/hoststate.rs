@@ -9,6 +9,12 @@
 //! process dies, even by SIGKILL): a hold whose process lock is free belongs
 //! to a dead process and is taken over (`recman_core::worker::adoptable`).
 //!
+//! `<state_dir>/verify/<target>.json` keeps the reports of the target's last
+//! verify commands, whichever process of the host ran them: a verify command
+//! redelivered after its run ended (its process died before the ack) is
+//! answered from it, not run again, because the engine may by then have let
+//! the target's next freeze begin (`verify_outside_freeze` in the simulator).
+//!
 //! Without a state directory (`HostState::in_memory`: tests, one process
 //! alone) the same state lives in this process only.
 
@@ -21,7 +27,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use recman_core::worker::{Process, TargetMemory};
+use recman_events::wire::Report;
 use recman_events::{clock, TargetId, WorkerId};
+
+/// Verify reports kept per target: a redelivery comes soon after its run.
+const VERIFY_ANSWERS: usize = 8;
 
 /// How often a waiting process tries a target's lock again.
 const LOCK_POLL: Duration = Duration::from_millis(2);
@@ -90,7 +100,7 @@ impl HostState {
             worker: worker.clone(),
             token: process_token(),
         };
-        for sub in ["targets", "processes"] {
+        for sub in ["targets", "processes", "verify"] {
             let d = dir.join(sub);
             fs::create_dir_all(&d).map_err(io_err(&d, "creating"))?;
         }
@@ -121,6 +131,35 @@ impl HostState {
             },
             life: None,
         }
+    }
+
+    /// The report a process of this host gave to verify command
+    /// `message_id` of `t`, if any (none without a state directory).
+    pub fn verify_answer(&self, t: &TargetId, message_id: &str) -> Option<Report> {
+        let Store::Dir(dir) = &self.store else {
+            return None;
+        };
+        read_verify(&verify_path(dir, t))
+            .into_iter()
+            .find(|(m, _)| m == message_id)
+            .map(|(_, r)| r)
+    }
+
+    /// Records `report` as the answer to verify command `message_id` of `t`,
+    /// durably, before it is published.
+    pub fn record_verify(&self, t: &TargetId, message_id: &str, report: &Report) -> Result<(), StateError> {
+        let Store::Dir(dir) = &self.store else {
+            return Ok(());
+        };
+        let path = verify_path(dir, t);
+        let mut answers = read_verify(&path);
+        answers.retain(|(m, _)| m != message_id);
+        answers.push((message_id.to_string(), report.clone()));
+        let drop = answers.len().saturating_sub(VERIFY_ANSWERS);
+        answers.drain(..drop);
+        let body = serde_json::to_vec(&answers).expect("reports serialize");
+        let tmp = path.with_extension(format!("json.{:016x}.tmp", self.process.token));
+        write_atomic_via(&path, &tmp, &body)
     }
 
     /// This process, as the holds it records name it.
@@ -303,9 +342,28 @@ fn read(path: &Path) -> Result<TargetMemory, StateError> {
     }
 }
 
+fn verify_path(dir: &Path, t: &TargetId) -> PathBuf {
+    dir.join("verify").join(format!("{t}.json"))
+}
+
+/// A target's verify answers; none when missing or unreadable (the command
+/// then runs again, as it would have without the record).
+fn read_verify(path: &Path) -> Vec<(String, Report)> {
+    fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 /// Temp file, fsync, rename over `path`, fsync of the directory.
 fn write_atomic(path: &Path, body: &[u8]) -> Result<(), StateError> {
-    let tmp = path.with_extension("json.tmp");
+    write_atomic_via(path, &path.with_extension("json.tmp"), body)
+}
+
+/// [`write_atomic`] through the temp file `tmp` (one per writer where
+/// several processes may write `path` without a lock).
+fn write_atomic_via(path: &Path, tmp: &Path, body: &[u8]) -> Result<(), StateError> {
+    let tmp = tmp.to_path_buf();
     let mut f = File::create(&tmp).map_err(io_err(&tmp, "writing"))?;
     f.write_all(body).map_err(io_err(&tmp, "writing"))?;
     f.sync_all().map_err(io_err(&tmp, "syncing"))?;

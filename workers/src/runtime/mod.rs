@@ -424,12 +424,26 @@ impl Shared {
     /// report, then acks the command.
     async fn respond(self: Arc<Self>, d: Delivery, cmd: Command, span: Span) {
         let remembered = self.lock_recent().get(&cmd.message_id).cloned();
+        // A verification another process of this host already ran.
+        let verify_target = (cmd.stage == Stage::Verify)
+            .then(|| cmd.targets.first())
+            .flatten();
+        let remembered =
+            remembered.or_else(|| verify_target.and_then(|t| self.state.verify_answer(t, &cmd.message_id)));
         let report = match remembered {
             Some(r) => {
                 tracing::debug!(worker = %self.id, message_id = %cmd.message_id, "redelivered command answered from memory");
                 r
             }
-            None => self.execute(&cmd).await,
+            None => {
+                let r = self.execute(&cmd).await;
+                if let Some(t) = verify_target {
+                    if let Err(e) = self.state.record_verify(t, &cmd.message_id, &r) {
+                        tracing::warn!(worker = %self.id, message_id = %cmd.message_id, error = %e, "verify answer not recorded: a redelivery would run it again");
+                    }
+                }
+                r
+            }
         };
         match &report.outcome {
             Outcome::Ok { .. } => span.record("outcome", "ok"),

@@ -259,7 +259,7 @@ fn dump(bgs: &[Bg]) -> String {
 }
 
 #[test]
-fn deploy_readme_walkthrough_runs_as_written() {
+fn amqp_deploy_readme_walkthrough_runs_as_written() {
     let Some(url) = broker() else { return };
     let Some(py) = python() else { return };
     let root = repo();
