@@ -2,7 +2,7 @@
 r"""Print recman's events as they happen (pika), one JSON line each.
 
     subscribe_events.py --url amqp://user@host:5672/recman --password-file FILE \
-        [--binding 'completed.#'] [--until-request ID]
+        [--binding 'completed.#'] [--until-request ID [--api http://ENGINE:7080]]
 
 Events come from the topic exchange `recman.events` in two forms:
 - one event per message (low rates): routing key `<event kind>.<first target
@@ -25,15 +25,20 @@ subscriber row may only use server-named `amq.gen-…` queues).
 With --until-request ID it exits 0 once that request's job completed (1 if it
 failed or was cancelled), whatever --binding says (it also binds
 `requested.#` to learn the request's job, and prints only what the binding
-matches). It must be subscribed before the request is accepted: a request
-accepted earlier, or sent again with the same id (the engine answers with the
-existing job and records nothing new), is not seen here; ask the API
-(`recman job`) in those cases.
+matches). Without --api it must be subscribed before the request is
+accepted: a request accepted earlier, or sent again with the same id (the
+engine answers with the existing job and records nothing new), leaves no new
+event to see. With --api URL (the engine's HTTP API, `recman engine --listen`
+or `recman up`; --api-token-file when it needs a token) it subscribes, then
+asks the API for the request's job (GET /v1/jobs?request_id=ID): a job that
+already ended ends the wait at once, one still running is followed on the bus.
 """
 import argparse
 import json
 import re
 import sys
+import urllib.parse
+import urllib.request
 
 import pika
 
@@ -46,6 +51,13 @@ def main():
     ap.add_argument("--binding", default="#")
     ap.add_argument("--queue", default="", help="durable queue name (default: exclusive, server-named)")
     ap.add_argument("--until-request", default=None)
+    ap.add_argument(
+        "--api",
+        default=None,
+        help="with --until-request: the engine's HTTP API (recman engine --listen, recman up), "
+        "asked once subscribed, so that a request accepted earlier or sent again is found too",
+    )
+    ap.add_argument("--api-token-file", default=None, help="the API token (first line), when the API needs one")
     a = ap.parse_args()
 
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url.url(a)))
@@ -81,6 +93,16 @@ def main():
 
     last_seq = 0
     watched_job = None
+    if a.until_request and a.api:
+        # Subscribed first, then asked: whatever happens to the job after the
+        # answer comes as an event, so nothing falls between the two.
+        job = ask_api(a.api, a.api_token_file, a.until_request)
+        if job is not None:
+            watched_job = job["id"]
+            print(json.dumps({"api": True, "job": job["id"], "state": job["state"]}), flush=True)
+            if job["state"] in ("completed", "failed", "cancelled"):
+                conn.close()
+                return 0 if job["state"] == "completed" else 1
     targets = {}  # job -> its targets, to filter inside batches
     for method, props, body in ch.consume(q):
         batch = props.type == "event-batch"
@@ -116,6 +138,19 @@ def main():
                     return 0 if kind == "completed" else 1
         ch.basic_ack(method.delivery_tag)
     return 0
+
+
+def ask_api(api, token_file, request_id):
+    """The job of `request_id` from the engine's API (GET /v1/jobs?request_id=), or None."""
+    req = urllib.request.Request(
+        "%s/v1/jobs?%s" % (api.rstrip("/"), urllib.parse.urlencode({"request_id": request_id}))
+    )
+    if token_file:
+        with open(token_file) as f:
+            req.add_header("Authorization", "Bearer " + f.readline().strip())
+    with urllib.request.urlopen(req, timeout=30) as r:
+        jobs = json.load(r)["jobs"]
+    return jobs[0] if jobs else None
 
 
 if __name__ == "__main__":

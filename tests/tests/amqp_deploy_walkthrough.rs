@@ -265,7 +265,7 @@ fn amqp_deploy_readme_walkthrough_runs_as_written() {
     let root = repo();
     let doc = std::fs::read_to_string(root.join("deploy/README.md")).unwrap();
     let blocks = blocks(&doc);
-    assert!(blocks.len() >= 8, "the walk-through lost blocks: {blocks:?}");
+    assert!(blocks.len() >= 9, "the walk-through lost blocks: {blocks:?}");
     assert_eq!(blocks[0].kind, Kind::Site, "the first block names the site");
     assert_eq!(
         site_names(&blocks[0].script),
@@ -361,6 +361,18 @@ fn amqp_deploy_readme_walkthrough_runs_as_written() {
     let procs = dump(&bgs);
     // The subscriber saw the job complete (it exited 0 above, and printed it).
     assert!(all.contains("\"type\": \"completed\""), "{all}\n{procs}");
+    // The late subscriber found it through the API (and exited 0), and
+    // `recman jobs --request-id` lists that one job.
+    assert!(
+        all.contains("\"api\": true") && all.contains("\"state\": \"completed\""),
+        "{all}"
+    );
+    let listed = outputs.last().expect("the last block's output");
+    assert_eq!(
+        listed.lines().filter(|l| l.contains(" completed ")).count(),
+        1,
+        "one job for the request id: {listed}"
+    );
     // `recman jobs` and `recman snapshots` on the engine's host, through its API.
     assert!(all.contains("completed"), "{all}");
     // The host's freeze state after the thaw, read by `worker --status`.

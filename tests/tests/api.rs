@@ -97,6 +97,23 @@ async fn submit_is_idempotent_on_request_id() {
     let next = page["next"].as_str().expect("a next cursor").to_string();
     let (_, page2) = get(&c, &s, &format!("/v1/jobs?limit=1&after={next}")).await;
     assert_ne!(page2["jobs"][0]["id"], page["jobs"][0]["id"]);
+    // The job of a request id, for a sender that sent it again or a
+    // subscriber that came late; none for an unknown id; 400 for a bad one.
+    let (_, mine) = get(&c, &s, "/v1/jobs?request_id=nightly-1").await;
+    let mine = mine["jobs"].as_array().unwrap().clone();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["id"], a["job_id"]);
+    assert_eq!(
+        (mine[0]["request_id"].as_str(), mine[0]["state"].as_str()),
+        (Some("nightly-1"), Some("completed"))
+    );
+    let (_, none) = get(&c, &s, "/v1/jobs?request_id=nightly-9").await;
+    assert_eq!(none["jobs"], json!([]));
+    let (_, filtered) = get(&c, &s, "/v1/jobs?request_id=nightly-1&state=failed").await;
+    assert_eq!(filtered["jobs"], json!([]), "the other filters still apply");
+    let (st, e) = get(&c, &s, "/v1/jobs?request_id=a%20b").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error"]["field"], "request_id", "{e}");
 }
 
 #[tokio::test]

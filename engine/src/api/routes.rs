@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use recman_events::wire::MAX_REASON_LEN;
-use recman_events::{JobId, SnapshotRequest, TargetId, WireError};
+use recman_events::{JobId, RequestId, SnapshotRequest, TargetId, WireError};
 use serde_json::{json, Value};
 
 use super::extract::{JobIdPath, JsonBody, QueryParams};
@@ -143,8 +143,18 @@ pub async fn jobs(State(s): State<Arc<Shared>>, q: QueryParams) -> ApiResult {
     })?;
     let limit = q.number("limit", 1, 1000)?.unwrap_or(100) as usize;
     let target = q.get("target").map(TargetId::from);
+    let request = q
+        .get("request_id")
+        .map(|r| {
+            recman_events::wire::check_id("request_id", r)
+                .map(|()| RequestId::from(r))
+                .map_err(|e| ApiError::field("request_id", format!("bad request id: {e}")))
+        })
+        .transpose()?;
     s.synced().await;
-    let (page, next) = read_view(&s, |v| v.jobs(state, target.as_ref(), after, limit))?;
+    let (page, next) = read_view(&s, |v| {
+        v.jobs(state, target.as_ref(), request.as_ref(), after, limit)
+    })?;
     Ok(Json(json!({"jobs": page, "next": next})).into_response())
 }
 

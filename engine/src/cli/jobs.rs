@@ -22,6 +22,10 @@ pub struct Args {
     /// Only jobs of this target.
     #[arg(long)]
     pub target: Option<String>,
+    /// Only the job of this request id (the sender's idempotency key, e.g.
+    /// what `publish_request.py --request-id` sent): at most one.
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
     /// At most this many (newest first).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
@@ -46,11 +50,15 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if let Some(r) = &a.request_id {
+        recman_events::wire::check_id("request_id", r).map_err(|e| anyhow::anyhow!("--request-id: {e}"))?;
+    }
     let limit = a.limit.clamp(1, 1000);
     let page = match Source::open(g, a.server.server.as_deref()).await? {
         Source::Local(v) => {
             let t = a.target.clone().map(TargetId::from);
-            let (jobs, next) = v.jobs(a.state.as_deref(), t.as_ref(), None, limit);
+            let r = a.request_id.as_deref().map(recman_events::RequestId::from);
+            let (jobs, next) = v.jobs(a.state.as_deref(), t.as_ref(), r.as_ref(), None, limit);
             JobsPage { jobs, next }
         }
         Source::Remote(c) => {
@@ -60,6 +68,9 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             }
             if let Some(t) = &a.target {
                 q.push_str(&format!("&target={t}"));
+            }
+            if let Some(r) = &a.request_id {
+                q.push_str(&format!("&request_id={r}"));
             }
             c.get(&q).await?
         }

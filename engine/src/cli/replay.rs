@@ -148,7 +148,7 @@ fn differences(rebuilt: &Value, live: &Value) -> Vec<String> {
 }
 
 fn print_state(v: &View, a: &Args, compared: Option<(u64, &Vec<String>)>) {
-    let (jobs, _) = v.jobs(None, None, None, usize::MAX);
+    let (jobs, _) = v.jobs(None, None, None, None, usize::MAX);
     if a.json {
         let mut out = json!({
             "seq": v.last_seq,

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use recman_events::{
-    ArrayExpiry, EventBody, EventLog, JobId, LogError, SnapshotInfo, Stage, StepDetail, StoredEvent,
-    TargetId, WorkerId,
+    ArrayExpiry, EventBody, EventLog, JobId, LogError, RequestId, SnapshotInfo, Stage, StepDetail,
+    StoredEvent, TargetId, WorkerId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -593,18 +593,27 @@ impl View {
 
     /// Jobs newest first, filtered; `after` continues a previous page.
     /// Returns the page and the cursor of the next one.
+    /// Jobs newest first, filtered; `request`: only the job of that request
+    /// id (found through the request index, not a scan).
     pub fn jobs(
         &self,
         state: Option<&str>,
         target: Option<&TargetId>,
+        request: Option<&RequestId>,
         after: Option<JobId>,
         limit: usize,
     ) -> (Vec<JobSummary>, Option<JobId>) {
-        let iter = self
-            .state
-            .jobs
-            .values()
-            .rev()
+        let all: Box<dyn Iterator<Item = &Job>> = match request {
+            Some(r) => Box::new(
+                self.state
+                    .requests
+                    .get(r)
+                    .and_then(|id| self.state.jobs.get(id))
+                    .into_iter(),
+            ),
+            None => Box::new(self.state.jobs.values().rev()),
+        };
+        let iter = all
             .filter(|j| after.is_none_or(|a| j.id < a))
             .filter(|j| state.is_none_or(|s| state_name(j.state) == s))
             .filter(|j| target.is_none_or(|t| j.targets.contains(t)));

@@ -119,12 +119,12 @@ fn two_jobs_timeline_catalog_retention_metrics() {
     assert_eq!(cat[1].retention.as_ref().unwrap().expires_after, 1);
     assert_eq!(cat[1].cut_at_ms, 1_000_050, "the time of the snapshot report");
 
-    let (page, next) = v.jobs(None, None, None, 1);
+    let (page, next) = v.jobs(None, None, None, None, 1);
     assert_eq!(page[0].id, b, "newest first");
-    let (page2, next2) = v.jobs(None, None, next, 1);
+    let (page2, next2) = v.jobs(None, None, None, next, 1);
     assert_eq!(page2[0].id, a);
     assert_eq!(next2, None);
-    assert!(v.jobs(Some("failed"), None, None, 10).0.is_empty());
+    assert!(v.jobs(Some("failed"), None, None, None, 10).0.is_empty());
 
     v.apply(&ev(
         23,
