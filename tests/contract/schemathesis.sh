@@ -116,6 +116,15 @@ parameters = { "path.id" = "${TARGETS[0]}" }
 include-operation-id = ["verifySnapshot"]
 parameters = { "path.name" = "$CONTRACT_SNAPSHOT", "body.target" = "verify-1" }
 
+# A job that exists (the one that took that restore point, ended), so a
+# cancel reaches the engine (409 already finished) outside the stateful
+# phase too; without it every generated id is unknown and schemathesis
+# warns that cancel only ever answered 404 (the stateful phase's links
+# cancel jobs it just submitted, depending on the seed's path).
+[[operations]]
+include-operation-id = ["cancelJob"]
+parameters = { "path.id" = "$CONTRACT_JOB" }
+
 # Event streams are live: read each for at most half a second.
 [[operations]]
 include-operation-id = ["events", "jobEvents"]
@@ -154,11 +163,11 @@ def call(method, path, body=None):
     if token:
         req.add_header("authorization", "Bearer " + token)
     return json.load(urllib.request.urlopen(req, timeout=10))
-call("POST", "/v1/snapshots", {"request_id": "contract-verify", "targets": ["verify-1"]})
+job = call("POST", "/v1/snapshots", {"request_id": "contract-verify", "targets": ["verify-1"]})["job_id"]
 for _ in range(300):
     snaps = call("GET", "/v1/snapshots?target=verify-1")["snapshots"]
     if snaps:
-        print(snaps[0]["name"])
+        print(snaps[0]["name"], job)
         sys.exit(0)
     time.sleep(0.1)
 sys.exit("no snapshot of verify-1 after 30 s")
@@ -194,7 +203,9 @@ bearer = "${RECMAN_CONTRACT_TOKEN}"'
   fi
   write_recman_config "$dir" "$extra"
   start_server "$dir" || { stop_server; rm -rf "$dir"; return 1; }
-  CONTRACT_SNAPSHOT=$(take_snapshot) || { cat "$dir/up.log" >&2; stop_server; rm -rf "$dir"; return 1; }
+  local taken
+  taken=$(take_snapshot) || { cat "$dir/up.log" >&2; stop_server; rm -rf "$dir"; return 1; }
+  read -r CONTRACT_SNAPSHOT CONTRACT_JOB <<<"$taken"
   write_schemathesis_config "$dir" "$auth"
   echo "== schemathesis ($mode mode) against $SERVER_URL"
   (cd "$dir" && timeout --kill-after=10 "$TIMEOUT" "$VENV/bin/st" --no-color --config-file "$dir/schemathesis.toml" \

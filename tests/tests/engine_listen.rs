@@ -153,6 +153,24 @@ fn engine_listen_serves_the_read_commands_and_cancel() {
     assert!(out.status.success(), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["state"], "cancelled", "{v}");
+    // The log from another host too: the cancelled job's events.
+    let out = recman(
+        &elsewhere,
+        &["events", "--job", &queued, "--json", "--server", &url],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let kinds: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]["body"]["type"].to_string())
+        .collect();
+    assert_eq!(
+        (
+            kinds.first().map(String::as_str),
+            kinds.last().map(String::as_str)
+        ),
+        (Some("\"requested\""), Some("\"cancelled\"")),
+        "{kinds:?}"
+    );
 
     assert!(engine.stop().is_some_and(|s| s.success()), "{}", engine.output());
     assert!(

@@ -21,6 +21,7 @@ mod audit_cli;
 mod check_cli;
 mod engine_listen;
 mod events_follow_cli;
+mod group_catalog_cli;
 mod hostile_text_cli;
 mod linux_e2e;
 mod log_damage_cli;

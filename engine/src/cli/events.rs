@@ -1,7 +1,8 @@
 //! `recman events`: prints the event log, one readable line (or one JSON
 //! `EventMessage`) per event, optionally for one job, optionally following;
-//! while a server owns the log, the same output read through its API
-//! (`GET /v1/events` pages, then its SSE feed for `--follow`).
+//! while a server owns the log (or with `--server URL`, from another host),
+//! the same output read through its API (`GET /v1/events` pages, then its
+//! SSE feed for `--follow`).
 
 use std::io::Write;
 use std::path::Path;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use crate::client::Client;
 use crate::home::Home;
 use crate::render::line;
+use crate::source::ServerArg;
 
 /// Events read per chunk.
 const CHUNK: usize = 4096;
@@ -42,10 +44,12 @@ pub struct Args {
     /// Keep running and print new events as they are appended.
     #[arg(long)]
     pub follow: bool,
+    #[command(flatten)]
+    pub server: ServerArg,
 }
 
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
-    if let Some(c) = Client::discover(g, None).await? {
+    if let Some(c) = Client::discover(g, a.server.server.as_deref()).await? {
         return remote(&c, &a).await;
     }
     let dir = g.data_dir.clone();
