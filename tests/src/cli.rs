@@ -1,6 +1,7 @@
 //! The CLI and API tests' harness: a real `recman up` on a free loopback
-//! port, a bare HTTP request, and the two-target config they share. The
-//! binary, commands on it and free ports come from `recman-testkit`.
+//! port, a bare HTTP request, the two-target config they share, and the
+//! restore points a `copy` destination holds. The binary, commands on it
+//! and free ports come from `recman-testkit`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -179,4 +180,20 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
         .map(|x| x.1.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The restore points in a `copy` provider's `dest`, sorted: no manifests
+/// (`.name.manifest`), no copies in progress (`.partial`); none when `dest`
+/// does not exist.
+pub fn copies_in(dest: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dest)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.retain(|n| !n.starts_with('.') && !n.ends_with(".partial"));
+    v.sort();
+    v
 }

@@ -10,6 +10,7 @@
 use std::path::Path;
 
 use recman_testkit::{recman, temp_dir, text};
+use recman_tests::cli::copies_in;
 use serde_json::Value;
 
 /// Targets `a` and `b`, each copying `src-<t>` into `snaps-<t>`.
@@ -25,18 +26,9 @@ fn config(dir: &Path, keep_a: u32, keep_b: u32) {
     std::fs::write(dir.join("recman.toml"), s).unwrap();
 }
 
-/// The restore points on the disk of `t` (no manifests, no partial copies).
+/// The restore points on the disk of `t`.
 fn on_disk(dir: &Path, t: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir.join(format!("snaps-{t}")))
-        .map(|r| {
-            r.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.retain(|n| !n.starts_with('.') && !n.ends_with(".partial"));
-    v.sort();
-    v
+    copies_in(&dir.join(format!("snaps-{t}")))
 }
 
 /// The restore points the catalog lists for `t`.

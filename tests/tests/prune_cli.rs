@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use recman_testkit::{recman, temp_dir, text, wait_until, DEADLINE};
-use recman_tests::cli::Server;
+use recman_tests::cli::{copies_in, Server};
 use serde_json::Value;
 
 fn config(dir: &Path, rules: &str) {
@@ -20,16 +20,7 @@ fn config(dir: &Path, rules: &str) {
 }
 
 fn copies(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir.join("snaps"))
-        .map(|r| {
-            r.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.retain(|n| !n.starts_with('.') && !n.ends_with(".partial"));
-    v.sort();
-    v
+    copies_in(&dir.join("snaps"))
 }
 
 #[test]
