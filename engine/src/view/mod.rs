@@ -591,10 +591,9 @@ impl View {
         })
     }
 
-    /// Jobs newest first, filtered; `after` continues a previous page.
-    /// Returns the page and the cursor of the next one.
     /// Jobs newest first, filtered; `request`: only the job of that request
-    /// id (found through the request index, not a scan).
+    /// id (found through the request index, not a scan); `after` continues
+    /// a previous page. Returns the page and the cursor of the next one.
     pub fn jobs(
         &self,
         state: Option<&str>,

@@ -146,20 +146,36 @@ impl HostState {
     }
 
     /// Records `report` as the answer to verify command `message_id` of `t`,
-    /// durably, before it is published.
-    pub fn record_verify(&self, t: &TargetId, message_id: &str, report: &Report) -> Result<(), StateError> {
+    /// durably (off the async threads: it fsyncs), before it is published.
+    pub async fn record_verify(
+        &self,
+        t: &TargetId,
+        message_id: &str,
+        report: &Report,
+    ) -> Result<(), StateError> {
         let Store::Dir(dir) = &self.store else {
             return Ok(());
         };
         let path = verify_path(dir, t);
-        let mut answers = read_verify(&path);
-        answers.retain(|(m, _)| m != message_id);
-        answers.push((message_id.to_string(), report.clone()));
-        let drop = answers.len().saturating_sub(VERIFY_ANSWERS);
-        answers.drain(..drop);
-        let body = serde_json::to_vec(&answers).expect("reports serialize");
         let tmp = path.with_extension(format!("json.{:016x}.tmp", self.process.token));
-        write_atomic_via(&path, &tmp, &body)
+        let (message_id, report) = (message_id.to_string(), report.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut answers = read_verify(&path);
+            answers.retain(|(m, _)| *m != message_id);
+            answers.push((message_id, report));
+            let drop = answers.len().saturating_sub(VERIFY_ANSWERS);
+            answers.drain(..drop);
+            let body = serde_json::to_vec(&answers).expect("reports serialize");
+            write_atomic_via(&path, &tmp, &body)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(StateError::Io {
+                path: PathBuf::new(),
+                what: "writing",
+                error: io::Error::other(e.to_string()),
+            })
+        })
     }
 
     /// This process, as the holds it records name it.

@@ -438,7 +438,7 @@ impl Shared {
             None => {
                 let r = self.execute(&cmd).await;
                 if let Some(t) = verify_target {
-                    if let Err(e) = self.state.record_verify(t, &cmd.message_id, &r) {
+                    if let Err(e) = self.state.record_verify(t, &cmd.message_id, &r).await {
                         tracing::warn!(worker = %self.id, message_id = %cmd.message_id, error = %e, "verify answer not recorded: a redelivery would run it again");
                     }
                 }
