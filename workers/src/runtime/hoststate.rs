@@ -56,6 +56,21 @@ fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> S
     }
 }
 
+/// Runs the blocking write `f` of `path` off the async threads (it fsyncs);
+/// a write task that died is an error naming `path`.
+async fn off_thread(
+    path: PathBuf,
+    f: impl FnOnce() -> Result<(), StateError> + Send + 'static,
+) -> Result<(), StateError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StateError::Io {
+            path,
+            what: "writing",
+            error: io::Error::other(e.to_string()),
+        })
+    })
+}
+
 /// Where the freeze state of a host lives.
 enum Store {
     Dir(PathBuf),
@@ -159,7 +174,7 @@ impl HostState {
         let path = verify_path(dir, t);
         let tmp = path.with_extension(format!("json.{:016x}.tmp", self.process.token));
         let (message_id, report) = (message_id.to_string(), report.clone());
-        tokio::task::spawn_blocking(move || {
+        off_thread(path.clone(), move || {
             let mut answers = read_verify(&path);
             answers.retain(|(m, _)| *m != message_id);
             answers.push((message_id, report));
@@ -169,13 +184,6 @@ impl HostState {
             write_atomic_via(&path, &tmp, &body)
         })
         .await
-        .unwrap_or_else(|e| {
-            Err(StateError::Io {
-                path: PathBuf::new(),
-                what: "writing",
-                error: io::Error::other(e.to_string()),
-            })
-        })
     }
 
     /// This process, as the holds it records name it.
@@ -259,15 +267,7 @@ impl HostState {
                     error: e.to_string(),
                 })?;
                 let path = path.clone();
-                tokio::task::spawn_blocking(move || write_atomic(&path, &body))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(StateError::Io {
-                            path: PathBuf::new(),
-                            what: "writing",
-                            error: io::Error::other(e.to_string()),
-                        })
-                    })
+                off_thread(path.clone(), move || write_atomic(&path, &body)).await
             }
             (Store::Dir(_), None) => Ok(()),
         }
@@ -379,12 +379,11 @@ fn write_atomic(path: &Path, body: &[u8]) -> Result<(), StateError> {
 /// [`write_atomic`] through the temp file `tmp` (one per writer where
 /// several processes may write `path` without a lock).
 fn write_atomic_via(path: &Path, tmp: &Path, body: &[u8]) -> Result<(), StateError> {
-    let tmp = tmp.to_path_buf();
-    let mut f = File::create(&tmp).map_err(io_err(&tmp, "writing"))?;
-    f.write_all(body).map_err(io_err(&tmp, "writing"))?;
-    f.sync_all().map_err(io_err(&tmp, "syncing"))?;
+    let mut f = File::create(tmp).map_err(io_err(tmp, "writing"))?;
+    f.write_all(body).map_err(io_err(tmp, "writing"))?;
+    f.sync_all().map_err(io_err(tmp, "syncing"))?;
     drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path, "renaming"))?;
+    fs::rename(tmp, path).map_err(io_err(path, "renaming"))?;
     if let Some(dir) = path.parent() {
         File::open(dir)
             .and_then(|d| d.sync_all())
