@@ -52,10 +52,16 @@ pub const NOTIFY_KINDS: &[&str] = &[
     "reconciled",
     "reconcile_failed",
     "snapshot_expiry",
+    "recovery_requested",
+    "recovery_step_started",
+    "recovery_step_done",
+    "recovery_step_failed",
+    "recovery_completed",
+    "recovery_failed",
 ];
 
 /// The filter of a sink without `events`.
-pub const DEFAULT_NOTIFY_EVENTS: &[&str] = &["failed", "rpo_breached", "prune_failed"];
+pub const DEFAULT_NOTIFY_EVENTS: &[&str] = &["failed", "rpo_breached", "prune_failed", "recovery_failed"];
 /// Notifications a sink holds while it cannot deliver; one more is dropped (counted, logged).
 pub const DEFAULT_NOTIFY_QUEUE: u32 = 1000;
 /// Attempts after the first one before a notification is given up.
@@ -210,7 +216,7 @@ pub(crate) fn sinks(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<Vec<NotifyConfig>
                     return Err(cx.err(
                         ev.span(),
                         &ekey,
-                        "names no event kind: leave it out for the default (failed, rpo_breached, prune_failed)",
+                        "names no event kind: leave it out for the default (failed, rpo_breached, prune_failed, recovery_failed)",
                     ));
                 }
                 for n in &names {
@@ -485,7 +491,10 @@ mod tests {
         let c = parse(WEBHOOK).unwrap();
         let n = &c.notify[0];
         assert_eq!(n.id, "ops");
-        assert_eq!(n.events, ["failed", "rpo_breached", "prune_failed"]);
+        assert_eq!(
+            n.events,
+            ["failed", "rpo_breached", "prune_failed", "recovery_failed"]
+        );
         assert_eq!(n.summary_at_min, None);
         let SinkConfig::Webhook(w) = &n.kind else {
             panic!("{n:?}")

@@ -75,6 +75,13 @@ pub enum Input {
         name: String,
         origin: String,
     },
+    /// `recman restore|mount|unmount|clone`: a recovery job (`recovery`);
+    /// `new_job` is used only if the request id is new.
+    Recover {
+        ask: crate::recovery::Ask,
+        origin: String,
+        new_job: JobId,
+    },
     /// An operator's `recman reconcile`: list `target`'s snapshots and
     /// compare them with the catalog (a request already waiting or running
     /// is the answer).
@@ -260,6 +267,8 @@ pub fn decide_indexed(
             d.timer();
             d.out.extend(crate::verify::timeouts(state, now_ms));
             d.out.extend(crate::reconcile::timeouts(state, now_ms));
+            d.out.extend(crate::recovery::timeouts(state, cfg, now_ms));
+            d.out.extend(crate::recovery::expired_mounts(state, cfg, now_ms));
             d.policies(false);
             d.reconciles(false);
             Reply::None
@@ -268,6 +277,8 @@ pub fn decide_indexed(
             d.timer();
             d.out.extend(crate::verify::timeouts(state, now_ms));
             d.out.extend(crate::reconcile::timeouts(state, now_ms));
+            d.out.extend(crate::recovery::timeouts(state, cfg, now_ms));
+            d.out.extend(crate::recovery::expired_mounts(state, cfg, now_ms));
             d.catch_up_retention(None);
             d.policies(true);
             d.reconciles(true);
@@ -287,6 +298,17 @@ pub fn decide_indexed(
                     d.out.push(ev);
                     Reply::Accepted { job, existing: false }
                 }
+                Err((code, message)) => Reply::Rejected { code, message },
+            }
+        }
+        Input::Recover { ask, origin, new_job } => {
+            match crate::recovery::request(state, cfg, ask, origin, *new_job, now_ms) {
+                Ok(Ok(ev)) => {
+                    let job = ev.job;
+                    d.out.push(ev);
+                    Reply::Accepted { job, existing: false }
+                }
+                Ok(Err(job)) => Reply::Accepted { job, existing: true },
                 Err((code, message)) => Reply::Rejected { code, message },
             }
         }
@@ -382,6 +404,12 @@ impl Decider<'_> {
                 }
             }
             return Reply::Accepted { job, existing: true };
+        }
+        if let Some(job) = self.state.recovery.requests.get(&req.request_id) {
+            return Reply::Rejected {
+                code: "request_id_in_use",
+                message: format!("request id {} is recovery job {job}", req.request_id),
+            };
         }
         if let Err(e) = req.validate() {
             return Reply::Rejected {
@@ -910,6 +938,11 @@ impl Decider<'_> {
             self.out.extend(events);
             return;
         }
+        if crate::recovery::is_recovery_stage(r.stage) {
+            let events = crate::recovery::report(self.state, self.cfg, r, self.now);
+            self.out.extend(events);
+            return;
+        }
         let Some(job) = self.state.jobs.get(&r.job) else {
             return;
         };
@@ -928,6 +961,14 @@ impl Decider<'_> {
                 Stage::Thaw => d.thaw_report(job, r),
                 Stage::FlushLogs => d.flush_report(job, r),
                 Stage::Queue | Stage::Prune | Stage::Verify | Stage::Reconcile => {}
+                // Recovery steps are `recovery`'s.
+                Stage::Stop
+                | Stage::SafetySnapshot
+                | Stage::Restore
+                | Stage::Rollback
+                | Stage::Start
+                | Stage::Mount
+                | Stage::Unmount => {}
             }
         });
     }
@@ -1453,6 +1494,13 @@ impl Decider<'_> {
             && crate::verify::busy(self.state, t)
             && !crate::verify::ended(&self.out).contains(t))
             || self.reconciling(t)
+            || self.recovering(t)
+    }
+
+    /// Whether a recovery runs on `t` after this decision's events (no
+    /// freeze of `t` may start).
+    fn recovering(&self, t: &TargetId) -> bool {
+        crate::recovery::busy(self.state, t) && !crate::recovery::ended(self.state, &self.out).contains(t)
     }
 
     /// Whether a reconcile runs on `t` after this decision's events (no
@@ -1489,6 +1537,7 @@ impl Decider<'_> {
     fn promote(&mut self) {
         let mut verified = crate::verify::ended(&self.out);
         verified.extend(crate::reconcile::ended(&self.out));
+        verified.extend(crate::recovery::ended(self.state, &self.out));
         if (self.released.is_empty() && verified.is_empty()) || self.mutation == Some(Mutation::NeverPromote)
         {
             return;

@@ -34,6 +34,9 @@ pub fn effects(state: &State, cfg: &CoreConfig, event: &Event) -> Vec<Outgoing> 
     if let Some(o) = crate::reconcile::effects(state, cfg, event) {
         return vec![o];
     }
+    if let Some(o) = crate::recovery::effects(state, cfg, event) {
+        return vec![o];
+    }
     let Some(job) = state.jobs.get(&event.job) else {
         return Vec::new();
     };
@@ -98,6 +101,7 @@ pub fn recover_commands(state: &State, cfg: &CoreConfig) -> Vec<Outgoing> {
     }
     out.extend(crate::verify::recover(state, cfg));
     out.extend(crate::reconcile::recover(state, cfg));
+    out.extend(crate::recovery::recover(state, cfg));
     out
 }
 
@@ -120,6 +124,7 @@ fn base(job: &Job, cfg: &CoreConfig, stage: Stage, targets: Vec<TargetId>, messa
         thaw_deadline_ms: None,
         prune: Vec::new(),
         fingerprints,
+        recovery: None,
     }
 }
 
@@ -188,6 +193,14 @@ fn stage_commands(job: &Job, cfg: &CoreConfig, stage: Stage) -> Vec<Outgoing> {
             }
         }
         Stage::Queue | Stage::Prune | Stage::Verify | Stage::Reconcile => {}
+        // Recovery steps are `recovery`'s.
+        Stage::Stop
+        | Stage::SafetySnapshot
+        | Stage::Restore
+        | Stage::Rollback
+        | Stage::Start
+        | Stage::Mount
+        | Stage::Unmount => {}
     }
     out
 }

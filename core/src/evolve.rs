@@ -13,6 +13,7 @@ pub fn evolve(state: &mut State, ev: &Event) {
         || crate::verify::evolve(&mut state.verify, ev)
         || crate::reconcile::evolve(&mut state.reconcile, ev)
         || crate::reconcile::started(state, ev)
+        || crate::recovery::evolve(state, ev)
     {
         return;
     }
@@ -257,7 +258,13 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
         | EventBody::SnapshotUnknown { .. }
         | EventBody::Reconciled { .. }
         | EventBody::ReconcileFailed { .. }
-        | EventBody::SnapshotExpiry { .. } => {}
+        | EventBody::SnapshotExpiry { .. }
+        | EventBody::RecoveryRequested { .. }
+        | EventBody::RecoveryStepStarted { .. }
+        | EventBody::RecoveryStepDone { .. }
+        | EventBody::RecoveryStepFailed { .. }
+        | EventBody::RecoveryCompleted { .. }
+        | EventBody::RecoveryFailed { .. } => {}
         EventBody::Queued { .. } => {}
         EventBody::AttemptStarted {
             attempt,
@@ -333,6 +340,14 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
                     }
                 }
                 Stage::Queue | Stage::Prune | Stage::Verify | Stage::Reconcile => {}
+                // Recovery steps are `recovery`'s.
+                Stage::Stop
+                | Stage::SafetySnapshot
+                | Stage::Restore
+                | Stage::Rollback
+                | Stage::Start
+                | Stage::Mount
+                | Stage::Unmount => {}
             }
         }
         EventBody::StepSucceeded {

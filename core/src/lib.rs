@@ -14,6 +14,7 @@ pub mod effects;
 pub mod evolve;
 pub mod policy;
 pub mod reconcile;
+pub mod recovery;
 pub mod retention;
 pub mod rng;
 pub mod schedule;
@@ -123,6 +124,18 @@ impl Core {
             commands.extend(effects(&self.state, &self.cfg, e));
         }
         events.extend(started);
+        // Then the recoveries that may start (every target with a request, on start).
+        let targets = if input == Input::Start {
+            self.state.recovery.wanted.keys().cloned().collect()
+        } else {
+            recovery::touched(&self.state, &events)
+        };
+        let started = recovery::starts(&self.state, &self.cfg, now_ms, &targets);
+        for e in &started {
+            self.fold(e);
+            commands.extend(effects(&self.state, &self.cfg, e));
+        }
+        events.extend(started);
         let commands = self.mutated(commands);
         Step {
             events,
@@ -200,6 +213,7 @@ impl Core {
             self.due.first(),
             verify::next_due(&self.state),
             reconcile::next_due(&self.state),
+            recovery::next_due(&self.state, &self.cfg),
         ]
         .into_iter()
         .flatten()

@@ -54,6 +54,13 @@ pub struct TargetPolicy {
     /// (`reconcile_every`; none: only on demand). The config's default is
     /// a day; a bare policy has none.
     pub reconcile_every_ms: Option<u64>,
+    /// The provider's own timeout of a restore, a rollback, a mount or a
+    /// clone (`[target.recovery] timeout`, default 1 h: copying data back
+    /// takes long); the writer's stop and start use `writer_timeout_ms`.
+    pub recovery_timeout_ms: u64,
+    /// A mount older than this is taken away by the engine
+    /// (`max_mount_age`; none: mounts stay until `recman unmount`).
+    pub max_mount_age_ms: Option<u64>,
 }
 
 impl TargetPolicy {
@@ -75,6 +82,8 @@ impl TargetPolicy {
             retention: RetentionPolicy::default(),
             verify: None,
             reconcile_every_ms: None,
+            recovery_timeout_ms: 3_600_000,
+            max_mount_age_ms: None,
         }
     }
 

@@ -290,6 +290,9 @@ pub fn touched(state: &State, events: &[Event]) -> BTreeSet<TargetId> {
                 if let Some(j) = state.jobs.get(&e.job) {
                     out.extend(j.targets.iter().cloned());
                 }
+                if let Some(op) = state.recovery.ops.get(&e.job) {
+                    out.insert(op.target.clone());
+                }
             }
             _ => {}
         }
@@ -307,6 +310,7 @@ pub fn starts(state: &State, cfg: &CoreConfig, now: u64, targets: &BTreeSet<Targ
     for t in targets {
         if !state.reconcile.wanted.contains_key(t)
             || busy(state, t)
+            || crate::recovery::busy(state, t)
             || (!unguarded && state.queues.get(t).is_some_and(|q| !q.is_empty()))
         {
             continue;
@@ -466,6 +470,7 @@ fn unknown(state: &State, t: &TargetId, names: &[String]) -> Vec<String> {
             known.insert(s.name.clone());
         }
     }
+    known.extend(crate::recovery::names_of(state, t));
     let mut out: Vec<String> = candidates
         .into_iter()
         .filter(|n| !known.contains(*n))
@@ -541,6 +546,7 @@ fn command(state: &State, cfg: &CoreConfig, t: &TargetId) -> Option<Outgoing> {
             thaw_deadline_ms: Some(run.deadline_ms.saturating_sub(STAGE_GRACE_MS)),
             prune: Vec::new(),
             fingerprints: p.fingerprint.clone().into_iter().collect(),
+            recovery: None,
         },
     })
 }

@@ -83,6 +83,8 @@ pub enum Rule {
     Monthly,
     /// Kept because another member of its consistency group keeps it.
     Group,
+    /// Mounted, or a recovery waits for it or reads it (`recovery::pinned`).
+    InUse,
 }
 
 impl Rule {
@@ -98,6 +100,7 @@ impl Rule {
             Rule::Weekly => "keep_weekly",
             Rule::Monthly => "keep_monthly",
             Rule::Group => "group",
+            Rule::InUse => "in_use",
         }
     }
 }
@@ -328,6 +331,14 @@ pub fn plan(
             })
             .collect();
         let mut v = evaluate(&policy(t), &points);
+        for verdict in &mut v {
+            if let Some(why) = crate::recovery::pinned(state, t, &verdict.name) {
+                verdict.kept_by.push(Reason {
+                    rule: Rule::InUse,
+                    detail: why,
+                });
+            }
+        }
         for e in all.iter().filter(|e| deleting(e)) {
             v.push(Verdict {
                 job: e.job,

@@ -276,6 +276,8 @@ pub struct State {
     pub verify: crate::verify::Ledger,
     /// The catalog checked against the storage (`reconcile`).
     pub reconcile: crate::reconcile::Ledger,
+    /// Restores, mounts and clones (`recovery`).
+    pub recovery: crate::recovery::Ledger,
 }
 
 impl State {

@@ -368,6 +368,9 @@ pub fn touched(state: &State, events: &[Event]) -> BTreeSet<TargetId> {
                 if let Some(j) = state.jobs.get(&e.job) {
                     out.extend(j.targets.iter().cloned());
                 }
+                if let Some(op) = state.recovery.ops.get(&e.job) {
+                    out.insert(op.target.clone());
+                }
             }
             _ => {}
         }
@@ -382,7 +385,10 @@ pub fn starts(state: &State, cfg: &CoreConfig, now: u64, targets: &BTreeSet<Targ
     let mut out = Vec::new();
     let ignore_queue = cfg.mutation == Some(crate::Mutation::FreezeDuringVerify);
     for t in targets {
-        if busy(state, t) || (!ignore_queue && state.queues.get(t).is_some_and(|q| !q.is_empty())) {
+        if busy(state, t)
+            || crate::recovery::busy(state, t)
+            || (!ignore_queue && state.queues.get(t).is_some_and(|q| !q.is_empty()))
+        {
             continue;
         }
         // A point whose delete is asked for is not worth verifying.
@@ -580,6 +586,7 @@ fn command(state: &State, cfg: &CoreConfig, t: &TargetId) -> Option<Outgoing> {
             ),
             prune: Vec::new(),
             fingerprints: p.fingerprint.clone().into_iter().collect(),
+            recovery: None,
         },
     })
 }

@@ -24,10 +24,10 @@ pub use ids::{legacy_snapshot_name, snapshot_name, JobId, PoolName, RequestId, T
 #[cfg(feature = "log")]
 pub use log::{Backend, EventLog, LogError};
 pub use model::{
-    ArrayExpiry, Event, EventBody, PruneFailure, SnapshotInfo, SnapshotKind, Stage, StepDetail, StepError,
-    StoredEvent,
+    ArrayExpiry, Event, EventBody, LiveData, PruneFailure, RecoveryAction, SnapshotInfo, SnapshotKind, Stage,
+    StepDetail, StepError, StoredEvent,
 };
 pub use wire::{
-    CancelRequest, Command, EventMessage, Outcome, Report, Request, SnapshotRequest, WireError,
-    SCHEMA_VERSION,
+    CancelRequest, Command, EventMessage, Outcome, RecoveryArgs, RecoveryRequest, Report, Request,
+    SnapshotRequest, WireError, SCHEMA_VERSION,
 };

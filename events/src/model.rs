@@ -44,6 +44,25 @@ pub enum Stage {
     /// (`core/src/reconcile.rs`). The command's job is `JobId::NONE`, its
     /// `attempt` the reconcile's run number; the answer is `Listed`.
     Reconcile,
+    // Recovery (`core/src/recovery.rs`): the command's job is the recovery
+    // job, its `attempt` 1, its `recovery` the arguments.
+    /// Writer: stop (or fence) the application before an in-place restore.
+    Stop,
+    /// Provider: snapshot the live data (application stopped) before an
+    /// in-place restore reverts it; the command's `snapshot_name` is its name.
+    SafetySnapshot,
+    /// Provider: bring restore point `snapshot_name` back (in place, to a
+    /// path beside production, or as a clone).
+    Restore,
+    /// Provider: undo an in-place restore that failed or was interrupted,
+    /// back to the live data as it was (kept aside, or the safety snapshot).
+    Rollback,
+    /// Writer: start the application again after an in-place restore.
+    Start,
+    /// Provider: expose restore point `snapshot_name` on a host.
+    Mount,
+    /// Provider: take away a mount, or remove a clone.
+    Unmount,
 }
 
 impl Stage {
@@ -57,6 +76,13 @@ impl Stage {
             Stage::Prune => "prune",
             Stage::Verify => "verify",
             Stage::Reconcile => "reconcile",
+            Stage::Stop => "stop",
+            Stage::SafetySnapshot => "safety-snapshot",
+            Stage::Restore => "restore",
+            Stage::Rollback => "rollback",
+            Stage::Start => "start",
+            Stage::Mount => "mount",
+            Stage::Unmount => "unmount",
         }
     }
 }
@@ -224,6 +250,91 @@ pub enum StepDetail {
     Listed {
         names: Vec<String>,
     },
+    /// A recovery step's outcome: where the data now is (the restored path,
+    /// the mount point, the clone), and what the step saw (`info`, e.g. the
+    /// recovered LSN); empty when there is nothing to say.
+    Recovered {
+        location: String,
+        #[serde(default)]
+        info: String,
+    },
+}
+
+/// What a recovery job does with a restore point (`core/src/recovery.rs`).
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RecoveryAction {
+    /// Bring the target's live data back to the restore point: stop the
+    /// application, take a safety snapshot, revert, start it again.
+    InPlace,
+    /// Restore beside production into `path` (which must not exist yet);
+    /// the live data is never touched.
+    To { path: String },
+    /// Expose the restore point on a host of the target's provider pool,
+    /// read-only unless `writable` (a writable mount works on a copy).
+    Mount {
+        #[serde(default)]
+        writable: bool,
+    },
+    /// Take away the mount that recovery job `mount` made.
+    Unmount { mount: JobId },
+    /// A writable, independent copy named `name`, kept until removed.
+    Clone { name: String },
+    /// Remove clone `name`.
+    RemoveClone { name: String },
+}
+
+impl RecoveryAction {
+    /// `restore`, `restore_to`, `mount`, `unmount`, `clone`, `remove_clone`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RecoveryAction::InPlace => "restore",
+            RecoveryAction::To { .. } => "restore_to",
+            RecoveryAction::Mount { .. } => "mount",
+            RecoveryAction::Unmount { .. } => "unmount",
+            RecoveryAction::Clone { .. } => "clone",
+            RecoveryAction::RemoveClone { .. } => "remove_clone",
+        }
+    }
+}
+
+/// Where a failed recovery left the target's live data.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LiveData {
+    /// Never touched (the failure came before any revert, or the action
+    /// does not touch it).
+    Untouched,
+    /// A revert began and was undone: the live data is as it was before.
+    RolledBack,
+    /// Restored, but a later step failed (the application did not start).
+    Restored,
+    /// A revert began and could not be undone: the safety snapshot holds
+    /// the state before; an operator must look.
+    Unknown,
 }
 
 /// A snapshot a prune could not delete, and why.
@@ -577,6 +688,45 @@ pub enum EventBody {
         name: String,
         expiry: ArrayExpiry,
     },
+    // Recovery (`core/src/recovery.rs`): restore, mount and clone are jobs
+    // of their own; the job of each event is the recovery's.
+    /// A recovery of restore point `name` of `target` was accepted.
+    RecoveryRequested {
+        request_id: RequestId,
+        target: TargetId,
+        name: String,
+        action: RecoveryAction,
+        /// Where it came from: `cli`, `http`, `amqp`, `max_mount_age`, `sim`.
+        origin: String,
+    },
+    /// Step `stage` was sent; the engine gives up at `deadline_ms`.
+    RecoveryStepStarted {
+        stage: Stage,
+        deadline_ms: u64,
+    },
+    RecoveryStepDone {
+        stage: Stage,
+        worker: WorkerId,
+        duration_us: u64,
+        /// Where the data now is (path, mount point, clone), or the safety
+        /// snapshot's name; empty when the step has nothing to say.
+        location: String,
+    },
+    /// A step failed, or did not answer by its deadline (`timeout`).
+    RecoveryStepFailed {
+        stage: Stage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<WorkerId>,
+        error: StepError,
+    },
+    RecoveryCompleted {
+        location: String,
+    },
+    RecoveryFailed {
+        reason: String,
+        /// Where the live data was left.
+        live: LiveData,
+    },
 }
 
 impl EventBody {
@@ -621,6 +771,12 @@ impl EventBody {
             EventBody::Reconciled { .. } => "reconciled",
             EventBody::ReconcileFailed { .. } => "reconcile_failed",
             EventBody::SnapshotExpiry { .. } => "snapshot_expiry",
+            EventBody::RecoveryRequested { .. } => "recovery_requested",
+            EventBody::RecoveryStepStarted { .. } => "recovery_step_started",
+            EventBody::RecoveryStepDone { .. } => "recovery_step_done",
+            EventBody::RecoveryStepFailed { .. } => "recovery_step_failed",
+            EventBody::RecoveryCompleted { .. } => "recovery_completed",
+            EventBody::RecoveryFailed { .. } => "recovery_failed",
         }
     }
 
@@ -629,6 +785,14 @@ impl EventBody {
         matches!(
             self,
             EventBody::Completed { .. } | EventBody::Failed { .. } | EventBody::Cancelled
+        ) || self.is_recovery_end()
+    }
+
+    /// True for the events that end a recovery job.
+    pub fn is_recovery_end(&self) -> bool {
+        matches!(
+            self,
+            EventBody::RecoveryCompleted { .. } | EventBody::RecoveryFailed { .. }
         )
     }
 }

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize};
 
 use crate::ids::{JobId, RequestId, TargetId, WorkerId};
-use crate::model::{Event, SnapshotKind, Stage, StepDetail, StepError};
+use crate::model::{Event, RecoveryAction, SnapshotKind, Stage, StepDetail, StepError};
 
 /// The wire schema version this build writes and the only one it reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -223,6 +223,125 @@ pub struct Command {
     /// checked (older engines).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fingerprints: Vec<String>,
+    /// For the recovery stages (stop, safety-snapshot, restore, rollback,
+    /// start, mount, unmount): what the recovery job does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryArgs>,
+}
+
+/// A recovery command's arguments. `Command::snapshot_name` is the restore
+/// point (the safety snapshot's name for `safety-snapshot`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RecoveryArgs {
+    pub action: RecoveryAction,
+    /// In place: the safety snapshot's name (taken before the revert, the
+    /// state `rollback` goes back to when nothing was kept aside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety: Option<String>,
+    /// For `unmount`: where the mount or the clone is, as its step reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+/// "Restore, mount or clone a restore point", as the HTTP API
+/// (`POST /v1/recoveries`) and `recman.requests` take it:
+/// `{"request_id": "r-1", "target": "db01", "snapshot": "rm-…-a1",
+///   "action": {"type": "in_place"}, "confirm": true}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "RecoveryRequest")]
+pub struct RecoveryRequest {
+    /// Wire schema version; omitted means the current version (1).
+    #[serde(default = "current_version", deserialize_with = "version")]
+    #[schemars(range(min = 1, max = 1), with = "u32")]
+    pub schema_version: u32,
+    /// The sender's idempotency key, as for a snapshot request.
+    pub request_id: RequestId,
+    /// The target whose restore point this is (for `unmount` and
+    /// `remove_clone`: optional, taken from the mount or the clone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetId>,
+    /// The restore point's name (`recman snapshots`); not for `unmount`
+    /// and `remove_clone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_ID_LEN))]
+    pub snapshot: Option<String>,
+    pub action: RecoveryAction,
+    /// An in-place restore overwrites the live data: it must be confirmed.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+/// Longest accepted path in a recovery request.
+pub const MAX_PATH_LEN: usize = 4096;
+
+impl RecoveryRequest {
+    /// Decodes and validates a request.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, WireError> {
+        let req: RecoveryRequest = decode(bytes)?;
+        req.validate()?;
+        Ok(req)
+    }
+
+    pub fn validate(&self) -> Result<(), WireError> {
+        let invalid = |field, reason: String| WireError::Invalid { field, reason };
+        check_id("request_id", self.request_id.as_str())?;
+        if let Some(t) = &self.target {
+            check_id("target", t.as_str())?;
+        }
+        if let Some(s) = &self.snapshot {
+            check_id("snapshot", s)?;
+        }
+        let needs_point = !matches!(
+            self.action,
+            RecoveryAction::Unmount { .. } | RecoveryAction::RemoveClone { .. }
+        );
+        if needs_point && (self.target.is_none() || self.snapshot.is_none()) {
+            return Err(invalid(
+                "snapshot",
+                format!("{} needs a target and a snapshot", self.action.as_str()),
+            ));
+        }
+        match &self.action {
+            RecoveryAction::To { path } => check_path("action.path", path)?,
+            RecoveryAction::Clone { name } | RecoveryAction::RemoveClone { name } => {
+                check_id("action.name", name)?
+            }
+            RecoveryAction::InPlace if !self.confirm => {
+                return Err(invalid(
+                    "confirm",
+                    "an in-place restore overwrites the live data: send \"confirm\": true (CLI: --yes)"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A path from a request: absolute, at most `MAX_PATH_LEN` bytes, no `..`
+/// component, no control character.
+pub fn check_path(field: &'static str, p: &str) -> Result<(), WireError> {
+    let invalid = |reason: String| WireError::Invalid { field, reason };
+    if !p.starts_with('/') {
+        return Err(invalid(format!(
+            "{:?} is not an absolute path",
+            bounded(p, QUOTED)
+        )));
+    }
+    if p.len() > MAX_PATH_LEN {
+        return Err(invalid(format!("{} bytes; at most {MAX_PATH_LEN}", p.len())));
+    }
+    if p.split('/').any(|c| c == "..") {
+        return Err(invalid("must not contain a \"..\" component".into()));
+    }
+    if p.chars().any(char::is_control) {
+        return Err(invalid("must not contain control characters".into()));
+    }
+    if p == "/" {
+        return Err(invalid("must not be the root directory".into()));
+    }
+    Ok(())
 }
 
 impl Command {

@@ -82,6 +82,7 @@ fn command(job: JobId, stage: Stage, targets: &[&str]) -> Command {
         thaw_deadline_ms: None,
         prune: Vec::new(),
         fingerprints: Vec::new(),
+        recovery: None,
     }
 }
 

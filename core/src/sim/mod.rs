@@ -15,6 +15,7 @@
 mod invariants;
 mod network;
 mod reconcile;
+mod recovery;
 mod reference;
 mod scheduler;
 mod summary;

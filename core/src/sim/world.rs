@@ -257,6 +257,13 @@ impl Sim {
             Stage::Verify => self.verify(w, step, &cmd)?,
             Stage::Reconcile => self.list(&cmd),
             Stage::Queue => (None, 0),
+            Stage::Stop
+            | Stage::SafetySnapshot
+            | Stage::Restore
+            | Stage::Rollback
+            | Stage::Start
+            | Stage::Mount
+            | Stage::Unmount => self.recovery_step(w, &cmd)?,
         };
         // `None`: a freeze that hangs; its report comes when the runtime's
         // bounded freeze gives up (pushed by `freeze`), or never.
@@ -655,6 +662,7 @@ impl Sim {
             thaw_deadline_ms: None,
             prune: Vec::new(),
             fingerprints: Vec::new(),
+            recovery: None,
         };
         let detail = StepDetail::Thawed {
             freeze_window_us: window_us,

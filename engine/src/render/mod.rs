@@ -3,7 +3,7 @@
 //! a job's timeline (`recman job`) and the tables of jobs, targets and
 //! snapshots. The read model itself (what a timeline holds) is `view`.
 
-use recman_events::model::{EventBody, StepDetail, StoredEvent};
+use recman_events::model::{EventBody, RecoveryAction, StepDetail, StoredEvent};
 
 use crate::view::time::rfc3339;
 
@@ -254,6 +254,58 @@ pub fn details(body: &EventBody) -> String {
                 hours(expiry.retention_hours)
             )
         }
+        EventBody::RecoveryRequested {
+            request_id,
+            target,
+            name,
+            action,
+            origin,
+        } => {
+            let arg = match action {
+                RecoveryAction::To { path } => format!(" to={path}"),
+                RecoveryAction::Mount { writable } => format!(" writable={writable}"),
+                RecoveryAction::Unmount { mount } => format!(" mount={}", mount.short()),
+                RecoveryAction::Clone { name } | RecoveryAction::RemoveClone { name } => {
+                    format!(" clone={name}")
+                }
+                RecoveryAction::InPlace => String::new(),
+            };
+            format!(
+                "request={request_id} {} target={target} snapshot={name}{arg} origin={origin}",
+                action.as_str()
+            )
+        }
+        EventBody::RecoveryStepStarted { stage, deadline_ms } => {
+            format!("{stage} deadline={}", rfc3339(*deadline_ms))
+        }
+        EventBody::RecoveryStepDone {
+            stage,
+            worker,
+            duration_us,
+            location,
+        } => format!(
+            "{stage} worker={worker} took={} location={location}",
+            micros(*duration_us)
+        ),
+        EventBody::RecoveryStepFailed { stage, worker, error } => format!(
+            "{stage}{} error={}: {}",
+            worker
+                .as_ref()
+                .map(|w| format!(" worker={w}"))
+                .unwrap_or_default(),
+            error.code,
+            error.message
+        ),
+        EventBody::RecoveryCompleted { location } => format!("location={location}"),
+        EventBody::RecoveryFailed { reason, live } => {
+            format!(
+                "live={} reason={reason}",
+                serde_json::to_value(live)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            )
+        }
     }
 }
 
@@ -278,6 +330,10 @@ fn step_detail(d: &StepDetail) -> String {
         StepDetail::Flushed => "flushed".into(),
         StepDetail::Verified { checked } => format!("checked={checked}"),
         StepDetail::Listed { names } => format!("listed={}", names.len()),
+        StepDetail::Recovered { location, info } => {
+            let sep = if info.is_empty() { "" } else { " info=" };
+            format!("location={location}{sep}{info}")
+        }
         StepDetail::Pruned { deleted, failed } => {
             let mut s = format!("deleted={}", deleted.join(","));
             for f in failed {

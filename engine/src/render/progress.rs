@@ -42,6 +42,9 @@ pub struct Summary {
     pub snapshot: Option<SnapshotInfo>,
     pub freeze_window_us: Option<u64>,
     pub reason: Option<String>,
+    /// A recovery's outcome: where the data is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     pub steps: Vec<StepLine>,
     pub first_seq: u64,
     pub last_seq: u64,
@@ -379,6 +382,86 @@ impl Progress {
                     format!("#{seq:<6} {name} of {target} is gone from the storage: it left the catalog"),
                 );
             }
+            EventBody::RecoveryRequested {
+                target,
+                name,
+                action,
+                origin,
+                ..
+            } => {
+                self.say(
+                    "",
+                    format!(
+                        "#{seq:<6} requested: {} of {name} of {target} (from {origin})",
+                        action.as_str()
+                    ),
+                );
+            }
+            EventBody::RecoveryStepStarted { stage, .. } => {
+                self.running = Some((*stage, Instant::now()));
+            }
+            EventBody::RecoveryStepDone {
+                stage,
+                worker,
+                duration_us,
+                location,
+            } => {
+                self.summary.steps.push(StepLine {
+                    seq,
+                    stage: *stage,
+                    attempt: 1,
+                    target: String::new(),
+                    worker: Some(worker.to_string()),
+                    ok: true,
+                    duration_us: Some(*duration_us),
+                    error: None,
+                });
+                let at = if location.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {location}")
+                };
+                self.say(
+                    "ok",
+                    format!(
+                        "#{seq:<6} {stage} done by {worker} in {}{at}",
+                        micros(*duration_us)
+                    ),
+                );
+            }
+            EventBody::RecoveryStepFailed { stage, worker, error } => {
+                self.summary.steps.push(StepLine {
+                    seq,
+                    stage: *stage,
+                    attempt: 1,
+                    target: String::new(),
+                    worker: worker.as_ref().map(|w| w.to_string()),
+                    ok: false,
+                    duration_us: None,
+                    error: Some(error.to_string()),
+                });
+                self.say(
+                    "err",
+                    format!(
+                        "#{seq:<6} {stage} failed{}: {}: {}",
+                        worker.as_ref().map(|w| format!(" ({w})")).unwrap_or_default(),
+                        error.code,
+                        error.message
+                    ),
+                );
+            }
+            EventBody::RecoveryCompleted { location } => {
+                self.summary.state = Some(End::Completed);
+                self.summary.location = Some(location.clone());
+                self.finish_line();
+                return Some(End::Completed);
+            }
+            EventBody::RecoveryFailed { reason, live } => {
+                self.summary.state = Some(End::Failed);
+                self.summary.reason = Some(format!("{reason} (live data: {})", live_str(*live)));
+                self.finish_line();
+                return Some(End::Failed);
+            }
         }
         None
     }
@@ -410,10 +493,26 @@ impl Progress {
                 micros(s.freeze_window_us.unwrap_or(0)),
                 micros(s.duration_ms * 1000)
             ),
+            (Some(End::Completed), None) => writeln!(
+                out,
+                "completed: {} ({} in all)",
+                super::escape(s.location.as_deref().filter(|l| !l.is_empty()).unwrap_or("done")),
+                micros(s.duration_ms * 1000)
+            ),
             (Some(End::Cancelled), _) => writeln!(out, "cancelled"),
             _ => writeln!(out, "ended without a snapshot"),
         };
         let _ = out.flush();
+    }
+}
+
+/// How a failed recovery left the live data, in words.
+pub fn live_str(l: recman_events::LiveData) -> &'static str {
+    match l {
+        recman_events::LiveData::Untouched => "untouched",
+        recman_events::LiveData::RolledBack => "rolled back to its state before the restore",
+        recman_events::LiveData::Restored => "restored",
+        recman_events::LiveData::Unknown => "unknown, see the safety snapshot",
     }
 }
 

@@ -155,6 +155,70 @@ pub trait Provider: Send + Sync {
     fn cleanup(&self) -> BoxFuture<'_, Result<Vec<String>, StepError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+    /// Recovery: brings restore point `req.point` back as `req.action`
+    /// says, and returns where the data now is.
+    /// - in place: the live data becomes the restore point's. What it was is
+    ///   moved aside first and dropped once the restore point is in place,
+    ///   so a crash in between leaves something `rollback` can put back (and
+    ///   after it, the safety snapshot holds the state before);
+    /// - to `path`: a new copy at `path` (which must not exist), made under
+    ///   a temporary name and renamed into place, so it is complete or absent;
+    /// - clone `name`: a writable, independent copy the provider places
+    ///   (beside its snapshots), kept until `unmount` removes it.
+    ///
+    /// Idempotent: a redelivered command after a crash finishes the work or
+    /// finds it done, and reports the same location.
+    fn restore<'a>(&'a self, req: RecoveryJob<'a>) -> BoxFuture<'a, Result<String, StepError>> {
+        Box::pin(async move { Err(provider_not_supported(self.kind(), "restore", req.target)) })
+    }
+    /// Undoes an in-place `restore` that failed or was interrupted, or that
+    /// finished after the engine gave up on it: the live data goes back to
+    /// what it was (the copy kept aside, when there is one; otherwise
+    /// `req.safety`, the safety snapshot, which holds it). Idempotent.
+    fn rollback<'a>(&'a self, req: RecoveryJob<'a>) -> BoxFuture<'a, Result<String, StepError>> {
+        Box::pin(async move {
+            Err(provider_not_supported(
+                self.kind(),
+                "roll back a restore",
+                req.target,
+            ))
+        })
+    }
+    /// Exposes restore point `req.point` on this host (read-only unless the
+    /// action says `writable`, which works on a copy); returns the mount
+    /// point (or image path). Idempotent.
+    fn mount<'a>(&'a self, req: RecoveryJob<'a>) -> BoxFuture<'a, Result<String, StepError>> {
+        Box::pin(async move { Err(provider_not_supported(self.kind(), "mount", req.target)) })
+    }
+    /// Takes away the mount or removes the clone at `req.location`.
+    /// Idempotent (a location already gone succeeds).
+    fn unmount<'a>(&'a self, req: RecoveryJob<'a>) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move { Err(provider_not_supported(self.kind(), "unmount", req.target)) })
+    }
+}
+
+/// One recovery step as a provider sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct RecoveryJob<'a> {
+    /// The restore point.
+    pub point: &'a str,
+    pub target: &'a TargetId,
+    pub action: &'a recman_events::RecoveryAction,
+    /// In place: the safety snapshot's name.
+    pub safety: Option<&'a str>,
+    /// Unmount: where the mount or the clone is.
+    pub location: Option<&'a str>,
+    /// The recovery job (names its temporary and aside paths).
+    pub job: JobId,
+}
+
+/// The refusal of a recovery step a provider cannot do.
+pub fn provider_not_supported(kind: &str, what: &str, target: &TargetId) -> StepError {
+    StepError::new(
+        "not_supported",
+        format!("target {target}: the {kind} provider cannot {what} (see README, \"Restore\")"),
+        false,
+    )
 }
 
 /// One snapshot step as the runtime sees it.

@@ -7,6 +7,7 @@
 //! process of the host (`hoststate`).
 
 mod hoststate;
+mod recovery;
 mod steps;
 mod thaw;
 
@@ -365,6 +366,13 @@ fn step_span(worker: &WorkerId, cmd: &Command, d: &Delivery) -> Span {
         Stage::Prune => "worker.prune",
         Stage::Verify => "worker.verify",
         Stage::Reconcile => "worker.reconcile",
+        Stage::Stop => "worker.stop",
+        Stage::SafetySnapshot => "worker.safety_snapshot",
+        Stage::Restore => "worker.restore",
+        Stage::Rollback => "worker.rollback",
+        Stage::Start => "worker.start",
+        Stage::Mount => "worker.mount",
+        Stage::Unmount => "worker.unmount",
         Stage::Queue => "worker.queue",
     };
     let span = info_span!(
@@ -527,8 +535,16 @@ impl Shared {
     /// this host holds, and must never be refused).
     fn mismatch(&self, cmd: &Command) -> Option<StepError> {
         let part = match cmd.stage {
-            Stage::Freeze | Stage::FlushLogs => "writer",
-            Stage::Snapshot | Stage::Prune | Stage::Verify | Stage::Reconcile => "provider",
+            Stage::Freeze | Stage::FlushLogs | Stage::Stop | Stage::Start => "writer",
+            Stage::Snapshot
+            | Stage::Prune
+            | Stage::Verify
+            | Stage::Reconcile
+            | Stage::SafetySnapshot
+            | Stage::Restore
+            | Stage::Rollback
+            | Stage::Mount
+            | Stage::Unmount => "provider",
             Stage::Thaw | Stage::Queue => return None,
         };
         if cmd.fingerprints.len() != cmd.targets.len() {

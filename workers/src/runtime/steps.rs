@@ -28,6 +28,13 @@ impl Shared {
             Stage::Prune => self.prune(cmd).await,
             Stage::Verify => self.verify(cmd).await,
             Stage::Reconcile => self.list(cmd).await,
+            Stage::Stop
+            | Stage::SafetySnapshot
+            | Stage::Restore
+            | Stage::Rollback
+            | Stage::Start
+            | Stage::Mount
+            | Stage::Unmount => self.recovery_step(cmd).await,
             Stage::Queue => Err(StepError::new(
                 "invalid_stage",
                 "queue is not a worker step",

@@ -57,6 +57,28 @@ pub trait Writer: Send + Sync {
         let _ = (deleted, listed);
         Box::pin(async { Ok(()) })
     }
+    /// Before an in-place restore: stop (or fence) the application so
+    /// nothing writes while its data is reverted. Idempotent (stopping a
+    /// stopped application succeeds). Writers that cannot stop their
+    /// application refuse (`not_supported`), so no in-place restore runs
+    /// under a live application.
+    fn stop<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move { Err(not_supported(self.kind(), "stop the application", &ctx.target)) })
+    }
+    /// After an in-place restore (or its rollback): start the application
+    /// again. Idempotent.
+    fn start<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move { Err(not_supported(self.kind(), "start the application", &ctx.target)) })
+    }
+}
+
+/// The refusal of a step a writer or provider cannot do.
+pub fn not_supported(kind: &str, what: &str, target: &TargetId) -> StepError {
+    StepError::new(
+        "not_supported",
+        format!("target {target}: the {kind} writer cannot {what} (see README, \"Restore\")"),
+        false,
+    )
 }
 
 /// A freeze found and thawed on worker start that no job is known for.

@@ -1,0 +1,1035 @@
+//! Recovery: restore, mount and clone as jobs of their own, decided here,
+//! carried out by the target's workers, every step an event. Pure, like the
+//! rest of the core.
+//!
+//! Entry points: [`evolve`] (the ledger folds the recovery events),
+//! [`request`] (`recman restore|mount|unmount|clone`), [`starts`] (after a
+//! step is folded: which recovery to start), [`report`] and [`timeouts`]
+//! (from `decide`), [`effects`] and [`recover`] (the step's command),
+//! [`busy`] (a target being recovered takes no freeze), [`pinned`]
+//! (retention never deletes a mounted point or one being read) and
+//! [`expired_mounts`] (`max_mount_age`).
+//!
+//! The steps of each action:
+//!
+//! ```text
+//! in place:  stop → safety-snapshot → restore → start → completed
+//!            stop or safety-snapshot fails: start → failed (live untouched)
+//!            restore fails or times out: rollback → start → failed (rolled back)
+//!            rollback fails: failed (unknown: the application is not started
+//!            on data that may be half restored; the safety snapshot holds
+//!            the state before)
+//!            start fails: failed (restored, or as the earlier failure left it)
+//! to PATH, clone:  restore → completed | failed (untouched)
+//! mount:           mount → completed (the mount is recorded) | failed
+//! unmount, remove: unmount → completed (the record goes) | failed
+//! ```
+//!
+//! The rules:
+//! - one recovery at a time per target, oldest request first, and only on
+//!   an idle target (no job holds it or waits for it, no verification or
+//!   reconcile runs); while one runs, a new job of the target waits in the
+//!   queue (`decide` asks [`busy`]), so no freeze overlaps a recovery;
+//! - an in-place restore is refused while the target is busy (it must not
+//!   wait behind work whose result it would overwrite) and without
+//!   `confirm`; the safety snapshot is an ordinary restore point (the
+//!   recovery's job, catalogued when its step is done), taken with the
+//!   application stopped, so it is consistent without a freeze, and it is
+//!   recorded before the restore step is sent;
+//! - the restore point must be in the target's catalog, not being deleted;
+//!   while a recovery waits for or reads it, and while it is mounted,
+//!   retention keeps it ([`pinned`]);
+//! - every step has a deadline (the worker's own timeout plus the grace);
+//!   a step that does not answer is failed (`timeout`) and the compensation
+//!   above runs, so a crash of the worker mid-step ends in a rollback, or in
+//!   the restore when the redelivered step finishes first (steps are
+//!   idempotent on the workers).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use recman_events::{
+    snapshot_name, Command, Event, EventBody, JobId, LiveData, Outcome, RecoveryAction, RecoveryArgs, Report,
+    RequestId, SnapshotKind, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
+};
+use serde::Serialize;
+
+use crate::effects::{Destination, Outgoing};
+use crate::policy::{CoreConfig, STAGE_GRACE_MS};
+use crate::state::{CatalogEntry, State, TimelineEntry};
+
+/// Where a recovery job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    /// Waiting for its target to be idle.
+    Pending,
+    Running,
+    Completed,
+    Failed,
+}
+
+impl OpState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpState::Pending => "pending",
+            OpState::Running => "running",
+            OpState::Completed => "completed",
+            OpState::Failed => "failed",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, OpState::Completed | OpState::Failed)
+    }
+}
+
+/// One recovery job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Op {
+    pub id: JobId,
+    pub request_id: RequestId,
+    pub target: TargetId,
+    /// The restore point (for unmount and remove: the one mounted or cloned).
+    pub name: String,
+    pub action: RecoveryAction,
+    pub origin: String,
+    pub requested_ms: u64,
+    pub state: OpState,
+    /// The step in flight, and when the engine gives up on it.
+    pub stage: Option<Stage>,
+    pub deadline_ms: Option<u64>,
+    /// The safety snapshot's name once its step is done (in place).
+    pub safety: Option<String>,
+    /// The restore step was sent: the live data may have changed (in place).
+    pub reverting: bool,
+    /// The first failure, and where it left the live data.
+    pub failure: Option<(String, LiveData)>,
+    /// Where the data is (the restore's path, the mount point, the clone).
+    pub location: Option<String>,
+    /// The worker of each step done (an unmount goes back to the mount's).
+    pub workers: BTreeMap<String, WorkerId>,
+    pub timeline: Vec<TimelineEntry>,
+    pub finished_ms: Option<u64>,
+    /// How it ended: the location, or the failure.
+    pub outcome: Option<String>,
+    pub live: Option<LiveData>,
+}
+
+/// A restore point exposed on a host by recovery job `job`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mount {
+    pub job: JobId,
+    pub target: TargetId,
+    pub name: String,
+    pub location: String,
+    pub worker: WorkerId,
+    pub since_ms: u64,
+    pub writable: bool,
+}
+
+/// A clone, kept until removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Clone {
+    pub job: JobId,
+    pub target: TargetId,
+    /// The restore point it was cloned from.
+    pub point: String,
+    pub location: String,
+    pub worker: WorkerId,
+    pub since_ms: u64,
+}
+
+/// Every recovery, rebuilt from the log by [`evolve`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    pub ops: BTreeMap<JobId, Op>,
+    pub requests: HashMap<RequestId, JobId>,
+    /// Per target, recoveries not started yet, oldest first.
+    pub wanted: BTreeMap<TargetId, VecDeque<JobId>>,
+    /// Per target, the recovery running.
+    pub running: BTreeMap<TargetId, JobId>,
+    /// Index of `Op::deadline_ms`.
+    pub deadlines: BTreeSet<(u64, JobId)>,
+    /// Mounts by the job that made them.
+    pub mounts: BTreeMap<JobId, Mount>,
+    /// Clones by name.
+    pub clones: BTreeMap<String, Clone>,
+}
+
+/// What a request asks for, as the core takes it (validated on the wire).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ask {
+    pub request_id: RequestId,
+    pub target: Option<TargetId>,
+    pub snapshot: Option<String>,
+    pub action: RecoveryAction,
+    pub confirm: bool,
+}
+
+/// The steps of an action, in order, when all goes well.
+pub fn first_stage(action: &RecoveryAction) -> Stage {
+    match action {
+        RecoveryAction::InPlace => Stage::Stop,
+        RecoveryAction::To { .. } | RecoveryAction::Clone { .. } => Stage::Restore,
+        RecoveryAction::Mount { .. } => Stage::Mount,
+        RecoveryAction::Unmount { .. } | RecoveryAction::RemoveClone { .. } => Stage::Unmount,
+    }
+}
+
+/// The safety snapshot's name: the recovery job's first attempt's.
+pub fn safety_name(op: JobId) -> String {
+    snapshot_name(op, 1)
+}
+
+/// Whether `stage` is a recovery step.
+pub fn is_recovery_stage(stage: Stage) -> bool {
+    matches!(
+        stage,
+        Stage::Stop
+            | Stage::SafetySnapshot
+            | Stage::Restore
+            | Stage::Rollback
+            | Stage::Start
+            | Stage::Mount
+            | Stage::Unmount
+    )
+}
+
+/// Folds a recovery event (true), with the catalog at hand: a safety
+/// snapshot enters it when its step is done.
+pub fn evolve(state: &mut State, ev: &Event) -> bool {
+    let l = &mut state.recovery;
+    match &ev.body {
+        EventBody::RecoveryRequested {
+            request_id,
+            target,
+            name,
+            action,
+            origin,
+        } => {
+            if l.ops.contains_key(&ev.job) {
+                return true;
+            }
+            l.ops.insert(
+                ev.job,
+                Op {
+                    id: ev.job,
+                    request_id: request_id.clone(),
+                    target: target.clone(),
+                    name: name.clone(),
+                    action: action.clone(),
+                    origin: origin.clone(),
+                    requested_ms: ev.at_ms,
+                    state: OpState::Pending,
+                    stage: None,
+                    deadline_ms: None,
+                    safety: None,
+                    reverting: false,
+                    failure: None,
+                    location: None,
+                    workers: BTreeMap::new(),
+                    timeline: Vec::new(),
+                    finished_ms: None,
+                    outcome: None,
+                    live: None,
+                },
+            );
+            l.requests.insert(request_id.clone(), ev.job);
+            l.wanted.entry(target.clone()).or_default().push_back(ev.job);
+        }
+        EventBody::RecoveryStepStarted { stage, deadline_ms } => {
+            let Some(op) = l.ops.get_mut(&ev.job) else {
+                return true;
+            };
+            if op.state.is_terminal() {
+                return true;
+            }
+            if op.state == OpState::Pending {
+                if let Some(q) = l.wanted.get_mut(&op.target) {
+                    q.retain(|j| *j != ev.job);
+                    if q.is_empty() {
+                        l.wanted.remove(&op.target);
+                    }
+                }
+                l.running.insert(op.target.clone(), ev.job);
+            }
+            if let Some(d) = op.deadline_ms {
+                l.deadlines.remove(&(d, ev.job));
+            }
+            op.state = OpState::Running;
+            op.stage = Some(*stage);
+            op.deadline_ms = Some(*deadline_ms);
+            if *stage == Stage::Restore && op.action == RecoveryAction::InPlace {
+                op.reverting = true;
+            }
+            l.deadlines.insert((*deadline_ms, ev.job));
+            op.timeline.push(TimelineEntry {
+                stage: *stage,
+                attempt: 1,
+                started_ms: ev.at_ms,
+                ended_ms: None,
+                outcome: None,
+            });
+        }
+        EventBody::RecoveryStepDone {
+            stage,
+            worker,
+            location,
+            ..
+        } => {
+            let Some(op) = l.ops.get_mut(&ev.job) else {
+                return true;
+            };
+            if op.stage != Some(*stage) || op.state != OpState::Running {
+                return true;
+            }
+            end_step(op, ev.at_ms, "ok".into());
+            op.workers.insert(stage.as_str().to_string(), worker.clone());
+            match stage {
+                Stage::SafetySnapshot => {
+                    op.safety = Some(location.clone());
+                    let entry = CatalogEntry {
+                        name: location.clone(),
+                        job: ev.job,
+                        at_ms: ev.at_ms,
+                    };
+                    let target = op.target.clone();
+                    let c = state.catalog.entry(target).or_default();
+                    if !c.iter().any(|e| e.name == entry.name) {
+                        c.push(entry);
+                    }
+                }
+                Stage::Restore | Stage::Mount => op.location = Some(location.clone()),
+                _ => {}
+            }
+        }
+        EventBody::RecoveryStepFailed { stage, error, .. } => {
+            let Some(op) = l.ops.get_mut(&ev.job) else {
+                return true;
+            };
+            if op.stage != Some(*stage) || op.state != OpState::Running {
+                return true;
+            }
+            end_step(op, ev.at_ms, error.to_string());
+            if op.failure.is_none() {
+                op.failure = Some(failure_of(*stage, error));
+            }
+        }
+        EventBody::RecoveryCompleted { location } => {
+            let Some(op) = l.ops.get(&ev.job).cloned() else {
+                return true;
+            };
+            if op.state.is_terminal() {
+                return true;
+            }
+            finish(l, ev, OpState::Completed, location.clone(), None);
+            let worker = |s: Stage| {
+                op.workers
+                    .get(s.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| WorkerId::from("?"))
+            };
+            match &op.action {
+                RecoveryAction::Mount { writable } => {
+                    l.mounts.insert(
+                        ev.job,
+                        Mount {
+                            job: ev.job,
+                            target: op.target.clone(),
+                            name: op.name.clone(),
+                            location: location.clone(),
+                            worker: worker(Stage::Mount),
+                            since_ms: ev.at_ms,
+                            writable: *writable,
+                        },
+                    );
+                }
+                RecoveryAction::Unmount { mount } => {
+                    l.mounts.remove(mount);
+                }
+                RecoveryAction::Clone { name } => {
+                    l.clones.insert(
+                        name.clone(),
+                        Clone {
+                            job: ev.job,
+                            target: op.target.clone(),
+                            point: op.name.clone(),
+                            location: location.clone(),
+                            worker: worker(Stage::Restore),
+                            since_ms: ev.at_ms,
+                        },
+                    );
+                }
+                RecoveryAction::RemoveClone { name } => {
+                    l.clones.remove(name);
+                }
+                RecoveryAction::InPlace | RecoveryAction::To { .. } => {}
+            }
+        }
+        EventBody::RecoveryFailed { reason, live } => {
+            if l.ops.get(&ev.job).is_none_or(|op| op.state.is_terminal()) {
+                return true;
+            }
+            finish(l, ev, OpState::Failed, reason.clone(), Some(*live));
+        }
+        _ => return false,
+    }
+    true
+}
+
+fn end_step(op: &mut Op, at: u64, outcome: String) {
+    if let Some(t) = op.timeline.last_mut() {
+        if t.ended_ms.is_none() {
+            t.ended_ms = Some(at);
+            t.outcome = Some(outcome);
+        }
+    }
+}
+
+fn finish(l: &mut Ledger, ev: &Event, state: OpState, outcome: String, live: Option<LiveData>) {
+    let Some(op) = l.ops.get_mut(&ev.job) else {
+        return;
+    };
+    if let Some(d) = op.deadline_ms.take() {
+        l.deadlines.remove(&(d, ev.job));
+    }
+    if l.running.get(&op.target) == Some(&ev.job) {
+        l.running.remove(&op.target);
+    }
+    if let Some(q) = l.wanted.get_mut(&op.target) {
+        q.retain(|j| *j != ev.job);
+        if q.is_empty() {
+            l.wanted.remove(&op.target);
+        }
+    }
+    op.state = state;
+    op.stage = None;
+    op.finished_ms = Some(ev.at_ms);
+    op.outcome = Some(outcome);
+    op.live = live;
+}
+
+/// Whether a recovery runs on `t` (no freeze of `t` may start).
+pub fn busy(state: &State, t: &TargetId) -> bool {
+    state.recovery.running.contains_key(t)
+}
+
+/// Targets whose recovery ends with one of `events`.
+pub fn ended(state: &State, events: &[Event]) -> BTreeSet<TargetId> {
+    events
+        .iter()
+        .filter(|e| e.body.is_recovery_end())
+        .filter_map(|e| state.recovery.ops.get(&e.job).map(|op| op.target.clone()))
+        .collect()
+}
+
+/// Why retention must keep point `name` of `t`: it is mounted, or a
+/// recovery waits for it or reads it.
+pub fn pinned(state: &State, t: &TargetId, name: &str) -> Option<String> {
+    let l = &state.recovery;
+    if let Some(m) = l.mounts.values().find(|m| &m.target == t && m.name == name) {
+        return Some(format!("mounted by {} at {}", m.job, m.location));
+    }
+    let reading = |id: &JobId| {
+        l.ops
+            .get(id)
+            .filter(|op| op.name == name && !op.state.is_terminal())
+            .map(|op| format!("{} {} reads it", op.action.as_str(), op.id))
+    };
+    if let Some(why) = l.running.get(t).and_then(reading) {
+        return Some(why);
+    }
+    l.wanted.get(t).and_then(|q| q.iter().find_map(reading))
+}
+
+/// Names recovery jobs of `t` may have left on the storage (their safety
+/// snapshots): a reconcile knows them.
+pub fn names_of(state: &State, t: &TargetId) -> Vec<String> {
+    state
+        .recovery
+        .ops
+        .values()
+        .filter(|op| &op.target == t && op.action == RecoveryAction::InPlace)
+        .map(|op| safety_name(op.id))
+        .collect()
+}
+
+/// A request, checked against the state: the `RecoveryRequested` event, or
+/// the job that already has this request id, or the refusal.
+pub fn request(
+    state: &State,
+    cfg: &CoreConfig,
+    ask: &Ask,
+    origin: &str,
+    new_job: JobId,
+    now: u64,
+) -> Result<Result<Event, JobId>, (&'static str, String)> {
+    let l = &state.recovery;
+    if let Some(id) = l.requests.get(&ask.request_id) {
+        let op = &l.ops[id];
+        let same = op.action == ask.action
+            && ask.target.as_ref().is_none_or(|t| *t == op.target)
+            && ask.snapshot.as_ref().is_none_or(|s| *s == op.name);
+        return if same {
+            Ok(Err(*id))
+        } else {
+            Err((
+                "request_id_in_use",
+                format!(
+                    "request id {} is job {id} ({} of {}), not this request",
+                    ask.request_id,
+                    op.action.as_str(),
+                    op.name
+                ),
+            ))
+        };
+    }
+    if state.requests.contains_key(&ask.request_id) {
+        return Err((
+            "request_id_in_use",
+            format!("request id {} is a snapshot job's", ask.request_id),
+        ));
+    }
+    // The target and point: given, or those of the mount or clone.
+    let (target, name) = match &ask.action {
+        RecoveryAction::Unmount { mount } => {
+            let Some(m) = l.mounts.get(mount) else {
+                return Err((
+                    "unknown_mount",
+                    format!("{mount} is not a mount (see `recman mounts`)"),
+                ));
+            };
+            if l.ops
+                .values()
+                .any(|op| !op.state.is_terminal() && op.action == RecoveryAction::Unmount { mount: *mount })
+            {
+                return Err((
+                    "unmount_pending",
+                    format!("mount {mount} is being taken away already"),
+                ));
+            }
+            (m.target.clone(), m.name.clone())
+        }
+        RecoveryAction::RemoveClone { name } => {
+            let Some(c) = l.clones.get(name) else {
+                return Err((
+                    "unknown_clone",
+                    format!("{name} is not a clone (see `recman clones`)"),
+                ));
+            };
+            if l.ops.values().any(|op| {
+                !op.state.is_terminal() && op.action == RecoveryAction::RemoveClone { name: name.clone() }
+            }) {
+                return Err(("remove_pending", format!("clone {name} is being removed already")));
+            }
+            (c.target.clone(), c.point.clone())
+        }
+        _ => {
+            let (Some(t), Some(n)) = (&ask.target, &ask.snapshot) else {
+                return Err((
+                    "invalid_request",
+                    format!("{} needs a target and a snapshot", ask.action.as_str()),
+                ));
+            };
+            (t.clone(), n.clone())
+        }
+    };
+    if let Some(t) = &ask.target {
+        if *t != target {
+            return Err((
+                "wrong_target",
+                format!("{} belongs to target {target}, not {t}", ask.action.as_str()),
+            ));
+        }
+    }
+    if !cfg.targets.contains_key(&target) {
+        return Err((
+            "unknown_target",
+            format!("{target} is not a target of this engine's config (see `recman targets`)"),
+        ));
+    }
+    match &ask.action {
+        RecoveryAction::Unmount { .. } | RecoveryAction::RemoveClone { .. } => {}
+        action => {
+            check_point(state, &target, &name)?;
+            if let RecoveryAction::Clone { name: clone } = action {
+                let taken = l.clones.contains_key(clone)
+                    || l.ops.values().any(|op| {
+                        !op.state.is_terminal() && op.action == RecoveryAction::Clone { name: clone.clone() }
+                    });
+                if taken {
+                    return Err((
+                        "clone_exists",
+                        format!("a clone named {clone} exists (see `recman clones`)"),
+                    ));
+                }
+            }
+            if *action == RecoveryAction::InPlace {
+                if !ask.confirm {
+                    return Err((
+                        "confirmation_required",
+                        "an in-place restore overwrites the live data: confirm it (CLI --yes, \"confirm\": true)"
+                            .into(),
+                    ));
+                }
+                if let Some(why) = target_busy(state, &target) {
+                    return Err((
+                        "target_busy",
+                        format!("{target} is busy ({why}); try again when it is idle"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Ok(Event {
+        at_ms: now,
+        job: new_job,
+        body: EventBody::RecoveryRequested {
+            request_id: ask.request_id.clone(),
+            target,
+            name,
+            action: ask.action.clone(),
+            origin: origin.to_string(),
+        },
+    }))
+}
+
+/// The restore point `name` of `t` may be read: in the catalog, not being deleted.
+fn check_point(state: &State, t: &TargetId, name: &str) -> Result<(), (&'static str, String)> {
+    let listed = state
+        .catalog
+        .get(t)
+        .is_some_and(|c| c.iter().any(|e| e.name == name));
+    if !listed {
+        let elsewhere = state
+            .catalog
+            .iter()
+            .find(|(_, c)| c.iter().any(|e| e.name == name))
+            .map(|(other, _)| other.clone());
+        return Err(match elsewhere {
+            Some(other) => (
+                "wrong_target",
+                format!("{name} is a restore point of {other}, not of {t}"),
+            ),
+            None => (
+                "unknown_snapshot",
+                format!("{name} is not a restore point of {t} (deleted, or never taken: see `recman snapshots {t}`)"),
+            ),
+        });
+    }
+    if state.prunes.contains_key(&(t.clone(), name.to_string())) {
+        return Err(("snapshot_deleting", format!("{name} of {t} is being deleted")));
+    }
+    Ok(())
+}
+
+/// Why `t` is not idle, if it is not.
+fn target_busy(state: &State, t: &TargetId) -> Option<String> {
+    if let Some(j) = state.queues.get(t).and_then(|q| q.front()) {
+        return Some(format!("job {j} holds or waits for it"));
+    }
+    if let Some(op) = state.recovery.running.get(t) {
+        return Some(format!("recovery {op} runs"));
+    }
+    if state.recovery.wanted.get(t).is_some_and(|q| !q.is_empty()) {
+        return Some("a recovery waits for it".into());
+    }
+    if crate::verify::busy(state, t) {
+        return Some("a verification runs".into());
+    }
+    if crate::reconcile::busy(state, t) {
+        return Some("a reconcile runs".into());
+    }
+    None
+}
+
+/// Targets a step's `events` touched (their recovery may start now).
+pub fn touched(state: &State, events: &[Event]) -> BTreeSet<TargetId> {
+    let mut out = BTreeSet::new();
+    for e in events {
+        match &e.body {
+            EventBody::RecoveryRequested { target, .. } => {
+                out.insert(target.clone());
+            }
+            EventBody::Verified { target, .. }
+            | EventBody::VerifyFailed { target, .. }
+            | EventBody::Reconciled { target, .. }
+            | EventBody::ReconcileFailed { target, .. } => {
+                out.insert(target.clone());
+            }
+            b if b.is_terminal() => {
+                if let Some(j) = state.jobs.get(&e.job) {
+                    out.extend(j.targets.iter().cloned());
+                }
+                if let Some(op) = state.recovery.ops.get(&e.job) {
+                    out.insert(op.target.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    out.retain(|t| state.recovery.wanted.contains_key(t));
+    out
+}
+
+/// The recoveries to start on `targets` now: the oldest request of each
+/// idle one.
+pub fn starts(state: &State, cfg: &CoreConfig, now: u64, targets: &BTreeSet<TargetId>) -> Vec<Event> {
+    let mut out = Vec::new();
+    for t in targets {
+        let Some(&id) = state.recovery.wanted.get(t).and_then(|q| q.front()) else {
+            continue;
+        };
+        if busy(state, t)
+            || state.queues.get(t).is_some_and(|q| !q.is_empty())
+            || crate::verify::busy(state, t)
+            || crate::reconcile::busy(state, t)
+        {
+            continue;
+        }
+        let op = &state.recovery.ops[&id];
+        out.push(step_started(cfg, op, first_stage(&op.action), now));
+    }
+    out
+}
+
+fn step_started(cfg: &CoreConfig, op: &Op, stage: Stage, now: u64) -> Event {
+    Event {
+        at_ms: now,
+        job: op.id,
+        body: EventBody::RecoveryStepStarted {
+            stage,
+            deadline_ms: now
+                .saturating_add(step_timeout(cfg, &op.target, stage))
+                .saturating_add(STAGE_GRACE_MS),
+        },
+    }
+}
+
+/// The worker's own timeout of `stage` on `t`.
+pub fn step_timeout(cfg: &CoreConfig, t: &TargetId, stage: Stage) -> u64 {
+    let Some(p) = cfg.targets.get(t) else {
+        return 60_000;
+    };
+    match stage {
+        Stage::Stop | Stage::Start => p.writer_timeout_ms,
+        Stage::SafetySnapshot => p.provider_timeout_ms,
+        _ => p.recovery_timeout_ms,
+    }
+}
+
+/// What follows a step's outcome: the next step, or the end.
+fn next(cfg: &CoreConfig, op: &Op, stage: Stage, failed: Option<&StepError>, now: u64) -> Vec<Event> {
+    let end_ok = |location: String| Event {
+        at_ms: now,
+        job: op.id,
+        body: EventBody::RecoveryCompleted { location },
+    };
+    let end_failed = |reason: String, live: LiveData| Event {
+        at_ms: now,
+        job: op.id,
+        body: EventBody::RecoveryFailed { reason, live },
+    };
+    let go = |s: Stage| step_started(cfg, op, s, now);
+    let why = |e: &StepError| format!("{stage} {e}");
+    if op.action != RecoveryAction::InPlace {
+        return vec![match failed {
+            None => end_ok(op.location.clone().unwrap_or_default()),
+            Some(e) => end_failed(why(e), LiveData::Untouched),
+        }];
+    }
+    match (stage, failed) {
+        (Stage::Stop, None) => vec![go(Stage::SafetySnapshot)],
+        (Stage::SafetySnapshot, None) => vec![go(Stage::Restore)],
+        (Stage::Restore, None) => vec![go(Stage::Start)],
+        (Stage::Stop | Stage::SafetySnapshot, Some(_)) => vec![go(Stage::Start)],
+        (Stage::Restore, Some(_)) => vec![go(Stage::Rollback)],
+        (Stage::Rollback, None) => vec![go(Stage::Start)],
+        (Stage::Rollback, Some(e)) => {
+            let first = op
+                .failure
+                .as_ref()
+                .map_or(String::new(), |(r, _)| format!("{r}; "));
+            vec![end_failed(
+                format!(
+                    "{first}{}: the live data may be half restored and the application was not started; \
+                     the safety snapshot {} holds the state before",
+                    why(e),
+                    op.safety.as_deref().unwrap_or("(none)")
+                ),
+                LiveData::Unknown,
+            )]
+        }
+        (Stage::Start, None) => match &op.failure {
+            None => vec![end_ok(op.location.clone().unwrap_or_default())],
+            Some((reason, live)) => vec![end_failed(reason.clone(), *live)],
+        },
+        (Stage::Start, Some(e)) => match &op.failure {
+            None => vec![end_failed(
+                format!("restored, but the application did not start: {}", why(e)),
+                LiveData::Restored,
+            )],
+            Some((reason, live)) => vec![end_failed(format!("{reason}; then {}", why(e)), *live)],
+        },
+        // No other step belongs to an in-place restore.
+        (_, Some(e)) => vec![end_failed(why(e), LiveData::Unknown)],
+        (_, None) => vec![end_ok(op.location.clone().unwrap_or_default())],
+    }
+}
+
+/// The failure a step's error records on an in-place restore (the first wins).
+fn failure_of(stage: Stage, e: &StepError) -> (String, LiveData) {
+    let live = match stage {
+        Stage::Restore | Stage::Rollback => LiveData::RolledBack,
+        _ => LiveData::Untouched,
+    };
+    (format!("{stage} {e}"), live)
+}
+
+/// A worker's answer to the step in flight (a stale or duplicate report
+/// changes nothing).
+pub fn report(state: &State, cfg: &CoreConfig, r: &Report, now: u64) -> Vec<Event> {
+    let Some(op) = state.recovery.ops.get(&r.job) else {
+        return Vec::new();
+    };
+    if op.state != OpState::Running || op.stage != Some(r.stage) || r.attempt != 1 {
+        return Vec::new();
+    }
+    let failed = |error: StepError| step_failed(cfg, op, r.stage, Some(r.worker.clone()), error, now);
+    match &r.outcome {
+        Outcome::Err { error } => failed(error.clone()),
+        Outcome::Ok { detail } => {
+            let location = match (r.stage, detail) {
+                (Stage::SafetySnapshot, StepDetail::Snapshot(info)) => {
+                    if info.name != safety_name(op.id) {
+                        return failed(StepError::new(
+                            "bad_report",
+                            format!(
+                                "{} reported safety snapshot {}, not {}",
+                                r.worker,
+                                info.name,
+                                safety_name(op.id)
+                            ),
+                            false,
+                        ));
+                    }
+                    info.name.clone()
+                }
+                (Stage::SafetySnapshot, _) => {
+                    return failed(StepError::new(
+                        "bad_report",
+                        format!("{} answered safety-snapshot with another step's report", r.worker),
+                        false,
+                    ))
+                }
+                (_, StepDetail::Recovered { location, .. }) => location.clone(),
+                (_, _) => String::new(),
+            };
+            let mut out = vec![Event {
+                at_ms: now,
+                job: op.id,
+                body: EventBody::RecoveryStepDone {
+                    stage: r.stage,
+                    worker: r.worker.clone(),
+                    duration_us: r.duration_us,
+                    location: location.clone(),
+                },
+            }];
+            let mut after = op.clone();
+            match r.stage {
+                Stage::SafetySnapshot => after.safety = Some(location),
+                Stage::Restore | Stage::Mount => after.location = Some(location),
+                _ => {}
+            }
+            out.extend(next(cfg, &after, r.stage, None, now));
+            out
+        }
+    }
+}
+
+fn step_failed(
+    cfg: &CoreConfig,
+    op: &Op,
+    stage: Stage,
+    worker: Option<WorkerId>,
+    error: StepError,
+    now: u64,
+) -> Vec<Event> {
+    let mut after = op.clone();
+    if after.failure.is_none() {
+        after.failure = Some(failure_of(stage, &error));
+    }
+    let mut out = vec![Event {
+        at_ms: now,
+        job: op.id,
+        body: EventBody::RecoveryStepFailed {
+            stage,
+            worker,
+            error: error.clone(),
+        },
+    }];
+    out.extend(next(cfg, &after, stage, Some(&error), now));
+    out
+}
+
+/// Steps whose deadline passed with no answer.
+pub fn timeouts(state: &State, cfg: &CoreConfig, now: u64) -> Vec<Event> {
+    let mut out = Vec::new();
+    for (d, id) in state.recovery.deadlines.iter().take_while(|(d, _)| *d <= now) {
+        let Some(op) = state.recovery.ops.get(id) else {
+            continue;
+        };
+        let Some(stage) = op.stage else { continue };
+        out.extend(step_failed(
+            cfg,
+            op,
+            stage,
+            None,
+            StepError::new(
+                "timeout",
+                format!("no answer by {d} ms (the worker's deadline and the grace passed)"),
+                true,
+            ),
+            now,
+        ));
+    }
+    out
+}
+
+/// When mount `m` is taken away by the engine (`max_mount_age`): none
+/// without a limit, while an unmount of it runs, or once the engine asked
+/// (a failed unmount is the operator's to retry).
+fn mount_due(state: &State, cfg: &CoreConfig, m: &Mount) -> Option<u64> {
+    let age = cfg.targets.get(&m.target)?.max_mount_age_ms?;
+    let action = RecoveryAction::Unmount { mount: m.job };
+    let asked = state.recovery.requests.contains_key(&expiry_request(m.job))
+        || state
+            .recovery
+            .ops
+            .values()
+            .any(|op| !op.state.is_terminal() && op.action == action);
+    (!asked).then(|| m.since_ms.saturating_add(age))
+}
+
+fn expiry_request(mount: JobId) -> RequestId {
+    RequestId::new(format!("max_mount_age:{mount}"))
+}
+
+/// The mounts older than their target's `max_mount_age`: each is taken
+/// away by a recovery job of its own (origin `max_mount_age`; its id and
+/// request id follow from the mount's, so a restart asks for the same one).
+pub fn expired_mounts(state: &State, cfg: &CoreConfig, now: u64) -> Vec<Event> {
+    let mut out = Vec::new();
+    for m in state.recovery.mounts.values() {
+        if mount_due(state, cfg, m).is_none_or(|d| d > now) {
+            continue;
+        }
+        out.push(Event {
+            at_ms: now,
+            job: JobId::from_parts(now, m.job.0.as_u128() ^ 0x006d_6178_5f6d_6f75_6e74_5f61_6765),
+            body: EventBody::RecoveryRequested {
+                request_id: expiry_request(m.job),
+                target: m.target.clone(),
+                name: m.name.clone(),
+                action: RecoveryAction::Unmount { mount: m.job },
+                origin: "max_mount_age".into(),
+            },
+        });
+    }
+    out
+}
+
+/// When the runtime must call back: a step's deadline, or a mount's age limit.
+pub fn next_due(state: &State, cfg: &CoreConfig) -> Option<u64> {
+    let step = state.recovery.deadlines.first().map(|(d, _)| *d);
+    let mount = state
+        .recovery
+        .mounts
+        .values()
+        .filter_map(|m| mount_due(state, cfg, m))
+        .min();
+    [step, mount].into_iter().flatten().min()
+}
+
+/// The command of `event` (a `RecoveryStepStarted`), if it is one.
+pub fn effects(state: &State, cfg: &CoreConfig, event: &Event) -> Option<Outgoing> {
+    let EventBody::RecoveryStepStarted { .. } = &event.body else {
+        return None;
+    };
+    command(state, cfg, &event.job)
+}
+
+/// The commands of every step in flight (after a restart).
+pub fn recover(state: &State, cfg: &CoreConfig) -> Vec<Outgoing> {
+    state
+        .recovery
+        .running
+        .values()
+        .filter_map(|id| command(state, cfg, id))
+        .collect()
+}
+
+fn command(state: &State, cfg: &CoreConfig, id: &JobId) -> Option<Outgoing> {
+    let op = state.recovery.ops.get(id)?;
+    let stage = op.stage?;
+    let p = cfg.targets.get(&op.target)?;
+    let t = &op.target;
+    let mut location = None;
+    let to = match (stage, &op.action) {
+        (Stage::Stop | Stage::Start, _) => Destination::Pool(p.writer_pool.clone()),
+        (Stage::Unmount, RecoveryAction::Unmount { mount }) => {
+            let m = state.recovery.mounts.get(mount)?;
+            location = Some(m.location.clone());
+            Destination::Worker {
+                worker: m.worker.clone(),
+                fallback: p.provider_pool.clone(),
+            }
+        }
+        (Stage::Unmount, RecoveryAction::RemoveClone { name }) => {
+            let c = state.recovery.clones.get(name)?;
+            location = Some(c.location.clone());
+            Destination::Worker {
+                worker: c.worker.clone(),
+                fallback: p.provider_pool.clone(),
+            }
+        }
+        // The rollback and the start go where the restore went first.
+        (Stage::Rollback, _) => match op.workers.get(Stage::SafetySnapshot.as_str()) {
+            Some(w) => Destination::Worker {
+                worker: w.clone(),
+                fallback: p.provider_pool.clone(),
+            },
+            None => Destination::Pool(p.provider_pool.clone()),
+        },
+        _ => Destination::Pool(p.provider_pool.clone()),
+    };
+    let snapshot = match stage {
+        Stage::SafetySnapshot => safety_name(op.id),
+        _ => op.name.clone(),
+    };
+    Some(Outgoing {
+        to,
+        command: Command {
+            schema_version: SCHEMA_VERSION,
+            message_id: Command::message_id_for(op.id, 1, stage, t),
+            job: op.id,
+            attempt: 1,
+            stage,
+            targets: vec![t.clone()],
+            kind: SnapshotKind::Copy,
+            snapshot_name: Some(snapshot),
+            // The worker's own stop: the engine's deadline less the grace.
+            thaw_deadline_ms: op.deadline_ms.map(|d| d.saturating_sub(STAGE_GRACE_MS)),
+            prune: Vec::new(),
+            fingerprints: p.fingerprint.clone().into_iter().collect(),
+            recovery: Some(RecoveryArgs {
+                action: op.action.clone(),
+                safety: op
+                    .safety
+                    .clone()
+                    .or_else(|| (op.action == RecoveryAction::InPlace).then(|| safety_name(op.id))),
+                location,
+            }),
+        },
+    })
+}
