@@ -525,13 +525,44 @@ pub fn request(
             (c.target.clone(), c.point.clone())
         }
         _ => {
-            let (Some(t), Some(n)) = (&ask.target, &ask.snapshot) else {
+            let Some(n) = &ask.snapshot else {
                 return Err((
                     "invalid_request",
-                    format!("{} needs a target and a snapshot", ask.action.as_str()),
+                    format!("{} needs a snapshot", ask.action.as_str()),
                 ));
             };
-            (t.clone(), n.clone())
+            // Without a target: the one whose catalog lists the name (a
+            // group's point is listed by every member: then it must be said).
+            let t = match &ask.target {
+                Some(t) => t.clone(),
+                None => {
+                    let owners: Vec<&TargetId> = state
+                        .catalog
+                        .iter()
+                        .filter(|(_, c)| c.iter().any(|e| e.name == *n))
+                        .map(|(t, _)| t)
+                        .collect();
+                    match owners.as_slice() {
+                        [t] => (*t).clone(),
+                        [] => {
+                            return Err((
+                                "unknown_snapshot",
+                                format!("{n} is not a restore point of any target (see `recman snapshots`)"),
+                            ))
+                        }
+                        many => {
+                            return Err((
+                                "target_required",
+                                format!(
+                                    "{n} is a restore point of a group ({}): name the target",
+                                    many.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+                                ),
+                            ))
+                        }
+                    }
+                }
+            };
+            (t, n.clone())
         }
     };
     if let Some(t) = &ask.target {

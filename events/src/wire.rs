@@ -256,8 +256,9 @@ pub struct RecoveryRequest {
     pub schema_version: u32,
     /// The sender's idempotency key, as for a snapshot request.
     pub request_id: RequestId,
-    /// The target whose restore point this is (for `unmount` and
-    /// `remove_clone`: optional, taken from the mount or the clone).
+    /// The target whose restore point this is: optional, the catalog knows
+    /// (needed for a consistency group's point, which every member lists;
+    /// for `unmount` and `remove_clone` taken from the mount or the clone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetId>,
     /// The restore point's name (`recman snapshots`); not for `unmount`
@@ -295,10 +296,10 @@ impl RecoveryRequest {
             self.action,
             RecoveryAction::Unmount { .. } | RecoveryAction::RemoveClone { .. }
         );
-        if needs_point && (self.target.is_none() || self.snapshot.is_none()) {
+        if needs_point && self.snapshot.is_none() {
             return Err(invalid(
                 "snapshot",
-                format!("{} needs a target and a snapshot", self.action.as_str()),
+                format!("{} needs a snapshot", self.action.as_str()),
             ));
         }
         match &self.action {
