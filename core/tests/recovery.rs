@@ -1,0 +1,463 @@
+//! Recovery driven through the core: an in-place restore stops the
+//! application, records a safety snapshot (a restore point) before the
+//! restore step is sent, and starts it again; a failed or silent restore
+//! is rolled back; a failed rollback never starts the application; refusals
+//! are clear; one recovery at a time holds an idle target and jobs queue
+//! behind it; retention keeps a mounted point; `max_mount_age` unmounts;
+//! after a restart the step in flight goes out again; replay is exact.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use support::{a, kinds, ok, rep, Run};
+
+use recman_core::recovery::{safety_name, Ask, OpState};
+use recman_core::{CoreConfig, Destination, Input, JobState, Reply, RetentionPolicy, TargetPolicy};
+use recman_events::{
+    snapshot_name, EventBody, JobId, LiveData, Outcome, RecoveryAction, RequestId, SnapshotInfo, Stage,
+    StepDetail, StepError, TargetId,
+};
+
+const T: u64 = 1_750_000_000_000;
+
+fn config(p: impl FnOnce(&mut TargetPolicy)) -> CoreConfig {
+    let mut tp = TargetPolicy::new("host.a", "array.x");
+    tp.recovery_timeout_ms = 60_000;
+    p(&mut tp);
+    CoreConfig {
+        targets: BTreeMap::from([(a(), tp)]),
+        schedules: Vec::new(),
+        seed: 1,
+        mutation: None,
+    }
+}
+
+fn recovered(location: &str) -> Outcome {
+    ok(StepDetail::Recovered {
+        location: location.into(),
+        info: String::new(),
+    })
+}
+
+fn failed(code: &str) -> Outcome {
+    Outcome::Err {
+        error: StepError::new(code, "it broke", false),
+    }
+}
+
+impl Run {
+    /// A completed job `n` at `now`: its snapshot's name.
+    fn point(&mut self, n: u128, now: u64) -> String {
+        let j = self.request(n, now);
+        self.walk(j, now);
+        assert_eq!(self.core.state().jobs[&j].state, JobState::Completed);
+        snapshot_name(j, 1)
+    }
+
+    fn recover(&mut self, n: u128, point: &str, action: RecoveryAction, confirm: bool, now: u64) -> Reply {
+        let ask = Ask {
+            request_id: RequestId::new(format!("rec{n}")),
+            target: None,
+            snapshot: Some(point.to_string()),
+            action,
+            confirm,
+        };
+        self.handle(
+            Input::Recover {
+                ask,
+                origin: "test".into(),
+                new_job: JobId::from_parts(now, 1_000 + n),
+            },
+            now,
+        )
+        .reply
+    }
+
+    fn accepted(&mut self, n: u128, point: &str, action: RecoveryAction, now: u64) -> JobId {
+        match self.recover(n, point, action, true, now) {
+            Reply::Accepted { job, existing: false } => job,
+            other => panic!("not accepted: {other:?}"),
+        }
+    }
+
+    fn stage(&self, op: JobId) -> Option<Stage> {
+        self.core.state().recovery.ops[&op].stage
+    }
+
+    fn safety_report(&mut self, op: JobId, now: u64) -> recman_core::Step {
+        let info = SnapshotInfo {
+            name: safety_name(op),
+            provider: "test".into(),
+            location: "x".into(),
+            size_bytes: None,
+            existed: false,
+            array_expiry: None,
+        };
+        self.handle(
+            rep(op, 1, Stage::SafetySnapshot, ok(StepDetail::Snapshot(info))),
+            now,
+        )
+    }
+
+    fn catalog(&self) -> Vec<String> {
+        self.core.state().catalog[&a()]
+            .iter()
+            .map(|e| e.name.clone())
+            .collect()
+    }
+}
+
+fn rejected(r: Reply) -> &'static str {
+    match r {
+        Reply::Rejected { code, .. } => code,
+        other => panic!("not rejected: {other:?}"),
+    }
+}
+
+#[test]
+fn an_in_place_restore_stops_takes_a_safety_snapshot_restores_and_starts() {
+    let mut r = Run::new(config(|_| {}));
+    let p = r.point(1, T);
+    let op = r.accepted(1, &p, RecoveryAction::InPlace, T + 100);
+    // Started at once on the idle target: the stop goes to the writer pool.
+    assert_eq!(r.stage(op), Some(Stage::Stop));
+    let s = r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 200);
+    assert_eq!(kinds(&s.events), ["recovery_step_done", "recovery_step_started"]);
+    let [cmd] = s.commands.as_slice() else {
+        panic!("{:?}", s.commands)
+    };
+    assert_eq!(cmd.command.stage, Stage::SafetySnapshot);
+    assert_eq!(
+        cmd.command.snapshot_name.as_deref(),
+        Some(safety_name(op).as_str())
+    );
+    // The restore step is sent only after the safety snapshot is recorded
+    // (in the same batch, before it) and catalogued.
+    let s = r.safety_report(op, T + 300);
+    assert_eq!(kinds(&s.events), ["recovery_step_done", "recovery_step_started"]);
+    assert!(r.catalog().contains(&safety_name(op)));
+    let [cmd] = s.commands.as_slice() else {
+        panic!("{:?}", s.commands)
+    };
+    assert_eq!(cmd.command.stage, Stage::Restore);
+    assert_eq!(cmd.command.snapshot_name.as_deref(), Some(p.as_str()));
+    let args = cmd.command.recovery.as_ref().expect("args");
+    assert_eq!(args.safety.as_deref(), Some(safety_name(op).as_str()));
+    let s = r.handle(rep(op, 1, Stage::Restore, recovered("/data")), T + 400);
+    let [cmd] = s.commands.as_slice() else {
+        panic!("{:?}", s.commands)
+    };
+    assert_eq!(cmd.command.stage, Stage::Start);
+    assert_eq!(cmd.to, Destination::Pool("host.a".into()));
+    let s = r.handle(rep(op, 1, Stage::Start, recovered("")), T + 500);
+    assert_eq!(kinds(&s.events), ["recovery_step_done", "recovery_completed"]);
+    let o = &r.core.state().recovery.ops[&op];
+    assert_eq!(o.state, OpState::Completed);
+    assert_eq!(o.location.as_deref(), Some("/data"));
+    assert_eq!(o.timeline.len(), 4);
+    assert!(r.core.state().recovery.running.is_empty());
+    r.replay();
+}
+
+#[test]
+fn a_restore_that_fails_or_times_out_is_rolled_back_and_the_application_started() {
+    for timeout in [false, true] {
+        let mut r = Run::new(config(|_| {}));
+        let p = r.point(1, T);
+        let op = r.accepted(1, &p, RecoveryAction::InPlace, T + 100);
+        r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 200);
+        r.safety_report(op, T + 300);
+        let s = if timeout {
+            let d = r.core.next_deadline().expect("the restore's deadline");
+            assert!(d > T + 300 + 60_000, "deadline {d} follows the recovery timeout");
+            r.handle(Input::TimerFired, d)
+        } else {
+            r.handle(rep(op, 1, Stage::Restore, failed("copy_failed")), T + 400)
+        };
+        assert_eq!(
+            kinds(&s.events),
+            ["recovery_step_failed", "recovery_step_started"]
+        );
+        let [cmd] = s.commands.as_slice() else {
+            panic!("{:?}", s.commands)
+        };
+        assert_eq!(cmd.command.stage, Stage::Rollback);
+        // To the host that took the safety snapshot, the pool as fallback.
+        assert!(matches!(cmd.to, Destination::Worker { .. }), "{:?}", cmd.to);
+        let now = r.core.state().recovery.ops[&op]
+            .deadline_ms
+            .expect("rollback deadline")
+            - 1;
+        let s = r.handle(rep(op, 1, Stage::Rollback, recovered("/data")), now);
+        assert_eq!(s.commands[0].command.stage, Stage::Start);
+        let s = r.handle(rep(op, 1, Stage::Start, recovered("")), now + 1);
+        assert_eq!(kinds(&s.events), ["recovery_step_done", "recovery_failed"]);
+        let EventBody::RecoveryFailed { live, reason } = &s.events[1].body else {
+            unreachable!()
+        };
+        assert_eq!(*live, LiveData::RolledBack, "{reason}");
+        r.replay();
+    }
+}
+
+#[test]
+fn a_failed_rollback_leaves_the_application_stopped_and_says_so() {
+    let mut r = Run::new(config(|_| {}));
+    let p = r.point(1, T);
+    let op = r.accepted(1, &p, RecoveryAction::InPlace, T + 100);
+    r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 200);
+    r.safety_report(op, T + 300);
+    r.handle(rep(op, 1, Stage::Restore, failed("copy_failed")), T + 400);
+    let s = r.handle(rep(op, 1, Stage::Rollback, failed("rename_failed")), T + 500);
+    assert_eq!(kinds(&s.events), ["recovery_step_failed", "recovery_failed"]);
+    assert!(
+        s.commands.is_empty(),
+        "no start on half-restored data: {:?}",
+        s.commands
+    );
+    let EventBody::RecoveryFailed { live, reason } = &s.events[1].body else {
+        unreachable!()
+    };
+    assert_eq!(*live, LiveData::Unknown);
+    assert!(reason.contains(&safety_name(op)), "{reason}");
+}
+
+#[test]
+fn a_failed_stop_or_safety_snapshot_starts_the_application_and_leaves_the_data() {
+    for at_safety in [false, true] {
+        let mut r = Run::new(config(|_| {}));
+        let p = r.point(1, T);
+        let op = r.accepted(1, &p, RecoveryAction::InPlace, T + 100);
+        let s = if at_safety {
+            r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 200);
+            r.handle(rep(op, 1, Stage::SafetySnapshot, failed("no_space")), T + 300)
+        } else {
+            r.handle(rep(op, 1, Stage::Stop, failed("exec_failed")), T + 300)
+        };
+        assert_eq!(s.commands[0].command.stage, Stage::Start);
+        assert!(!r.core.state().recovery.ops[&op].reverting, "no restore was sent");
+        let s = r.handle(rep(op, 1, Stage::Start, recovered("")), T + 400);
+        let EventBody::RecoveryFailed { live, .. } = &s.events[1].body else {
+            panic!("{:?}", s.events)
+        };
+        assert_eq!(*live, LiveData::Untouched);
+    }
+}
+
+#[test]
+fn refusals_are_clear() {
+    let mut r = Run::new(config(|_| {}));
+    let p = r.point(1, T);
+    assert_eq!(
+        rejected(r.recover(1, &p, RecoveryAction::InPlace, false, T + 10)),
+        "confirmation_required"
+    );
+    assert_eq!(
+        rejected(r.recover(
+            2,
+            "rm-nothing-a1",
+            RecoveryAction::Mount { writable: false },
+            true,
+            T + 10
+        )),
+        "unknown_snapshot"
+    );
+    let ask = Ask {
+        request_id: RequestId::new("rec9"),
+        target: Some(TargetId::from("b")),
+        snapshot: Some(p.clone()),
+        action: RecoveryAction::Mount { writable: false },
+        confirm: false,
+    };
+    let s = r.handle(
+        Input::Recover {
+            ask,
+            origin: "test".into(),
+            new_job: JobId::from_parts(T, 9),
+        },
+        T + 10,
+    );
+    assert_eq!(rejected(s.reply), "unknown_target");
+    assert_eq!(
+        rejected(r.recover(
+            3,
+            &p,
+            RecoveryAction::Unmount {
+                mount: JobId::from_parts(T, 5)
+            },
+            true,
+            T + 10
+        )),
+        "unknown_mount"
+    );
+    // A request id of a snapshot job is not a recovery's, and back.
+    let ask = Ask {
+        request_id: RequestId::new("r1"),
+        target: None,
+        snapshot: Some(p.clone()),
+        action: RecoveryAction::Mount { writable: false },
+        confirm: false,
+    };
+    let s = r.handle(
+        Input::Recover {
+            ask,
+            origin: "test".into(),
+            new_job: JobId::from_parts(T, 10),
+        },
+        T + 10,
+    );
+    assert_eq!(rejected(s.reply), "request_id_in_use");
+    // Busy: a job waits for the target; an in-place restore is refused, a
+    // mount waits behind it.
+    let j = r.request(2, T + 20);
+    assert_eq!(r.core.state().jobs[&j].state, JobState::Freezing);
+    assert_eq!(
+        rejected(r.recover(4, &p, RecoveryAction::InPlace, true, T + 30)),
+        "target_busy"
+    );
+    let m = r.accepted(5, &p, RecoveryAction::Mount { writable: false }, T + 40);
+    assert_eq!(r.core.state().recovery.ops[&m].state, OpState::Pending);
+    // The same request again is the same job.
+    assert!(matches!(
+        r.recover(5, &p, RecoveryAction::Mount { writable: false }, true, T + 50),
+        Reply::Accepted { job, existing: true } if job == m
+    ));
+    // When the job ends, the mount starts.
+    r.walk(j, T + 60);
+    assert_eq!(r.stage(m), Some(Stage::Mount));
+    r.replay();
+}
+
+#[test]
+fn a_job_waits_behind_a_recovery_and_starts_when_it_ends() {
+    let mut r = Run::new(config(|_| {}));
+    let p = r.point(1, T);
+    let op = r.accepted(
+        1,
+        &p,
+        RecoveryAction::To {
+            path: "/restore".into(),
+        },
+        T + 100,
+    );
+    assert_eq!(r.stage(op), Some(Stage::Restore));
+    let j = r.request(2, T + 200);
+    assert_eq!(r.core.state().jobs[&j].state, JobState::Queued);
+    let s = r.handle(rep(op, 1, Stage::Restore, recovered("/restore")), T + 300);
+    assert!(kinds(&s.events).contains(&"recovery_completed"));
+    assert!(
+        kinds(&s.events).contains(&"attempt_started"),
+        "{:?}",
+        kinds(&s.events)
+    );
+    assert_eq!(r.core.state().jobs[&j].state, JobState::Freezing);
+    r.replay();
+}
+
+#[test]
+fn retention_keeps_a_mounted_point_and_max_mount_age_unmounts_it() {
+    let mut r = Run::new(config(|p| {
+        p.retention = RetentionPolicy {
+            keep_last: Some(1),
+            ..RetentionPolicy::default()
+        };
+        p.max_mount_age_ms = Some(3_600_000);
+    }));
+    let p1 = r.point(1, T);
+    let m = r.accepted(1, &p1, RecoveryAction::Mount { writable: false }, T + 100);
+    let s = r.handle(rep(m, 1, Stage::Mount, recovered("/mnt/p1")), T + 200);
+    assert_eq!(kinds(&s.events), ["recovery_step_done", "recovery_completed"]);
+    assert!(r.core.state().recovery.mounts.contains_key(&m));
+    // A newer point: keep_last 1 would prune p1, but it is mounted.
+    let p2 = r.point(2, T + 1_000);
+    assert!(r.catalog().contains(&p1) && r.catalog().contains(&p2));
+    assert!(r.core.state().prunes.is_empty(), "{:?}", r.core.state().prunes);
+    // An hour later the engine takes the mount away, back where it was made.
+    let due = r.core.next_deadline().expect("the mount's age limit");
+    assert_eq!(due, T + 200 + 3_600_000);
+    let s = r.handle(Input::TimerFired, due);
+    assert_eq!(kinds(&s.events), ["recovery_requested", "recovery_step_started"]);
+    let [cmd] = s.commands.as_slice() else {
+        panic!("{:?}", s.commands)
+    };
+    assert_eq!(cmd.command.stage, Stage::Unmount);
+    assert_eq!(
+        cmd.command.recovery.as_ref().unwrap().location.as_deref(),
+        Some("/mnt/p1")
+    );
+    assert!(matches!(&cmd.to, Destination::Worker { worker, .. } if worker.as_str() == "w"));
+    let un = s.events[0].job;
+    // A timer again asks for nothing more.
+    let s = r.handle(Input::TimerFired, due + 1);
+    assert!(s.events.is_empty(), "{:?}", kinds(&s.events));
+    r.handle(rep(un, 1, Stage::Unmount, recovered("/mnt/p1")), due + 2);
+    assert!(r.core.state().recovery.mounts.is_empty());
+    // Unmounted: the next job's retention prunes p1.
+    r.point(3, due + 10);
+    assert!(!r.core.state().prunes.is_empty() || !r.catalog().contains(&p1));
+    r.replay();
+}
+
+#[test]
+fn a_clone_is_recorded_until_removed_and_names_are_unique() {
+    let mut r = Run::new(config(|_| {}));
+    let p = r.point(1, T);
+    let c = r.accepted(
+        1,
+        &p,
+        RecoveryAction::Clone {
+            name: "test-db".into(),
+        },
+        T + 100,
+    );
+    r.handle(rep(c, 1, Stage::Restore, recovered("/clones/test-db")), T + 200);
+    assert_eq!(
+        r.core.state().recovery.clones["test-db"].location,
+        "/clones/test-db"
+    );
+    assert_eq!(
+        rejected(r.recover(
+            2,
+            &p,
+            RecoveryAction::Clone {
+                name: "test-db".into()
+            },
+            true,
+            T + 300
+        )),
+        "clone_exists"
+    );
+    let rm = r.accepted(
+        3,
+        &p,
+        RecoveryAction::RemoveClone {
+            name: "test-db".into(),
+        },
+        T + 400,
+    );
+    let s = r.handle(rep(rm, 1, Stage::Unmount, recovered("/clones/test-db")), T + 500);
+    assert!(kinds(&s.events).contains(&"recovery_completed"));
+    assert!(r.core.state().recovery.clones.is_empty());
+    r.replay();
+}
+
+#[test]
+fn after_a_restart_the_step_in_flight_goes_out_again_and_stale_reports_change_nothing() {
+    let mut r = Run::new(config(|_| {}));
+    let p = r.point(1, T);
+    let op = r.accepted(1, &p, RecoveryAction::InPlace, T + 100);
+    r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 200);
+    r.safety_report(op, T + 300);
+    // A late duplicate of the stop's report: nothing.
+    let s = r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 310);
+    assert!(s.events.is_empty());
+    // A restarted engine (replayed log) sends the restore again.
+    let mut again = recman_core::Core::new(r.core.config().clone());
+    for e in &r.log {
+        again.apply(e);
+    }
+    let s = again.start(T + 400);
+    let stages: Vec<Stage> = s.commands.iter().map(|o| o.command.stage).collect();
+    assert_eq!(stages, [Stage::Restore]);
+}
