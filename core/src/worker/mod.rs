@@ -196,6 +196,47 @@ impl Mutation {
     }
 }
 
+/// Whether recovery step `stage` of `job` may run on a target whose host
+/// state is `mem`, at `now_ms`, the command's deadline `deadline_ms`:
+/// - the compensations (rollback, start) always run;
+/// - the others are not started once the deadline passed (`deadline_passed`:
+///   the engine gives up on them then);
+/// - nothing that touches the live data (stop, safety-snapshot, restore,
+///   rollback) runs while a freeze is held on the host (`target_frozen`,
+///   retryable): the engine holds the target, this is the host's own check
+///   (a freeze whose job ended with a failed thaw waits for its watchdog).
+pub fn plan_recovery(
+    mem: &TargetMemory,
+    stage: recman_events::Stage,
+    deadline_ms: Option<u64>,
+    now_ms: u64,
+) -> Result<(), StepError> {
+    use recman_events::Stage;
+    if !matches!(stage, Stage::Rollback | Stage::Start) {
+        if let Some(d) = deadline_ms.filter(|d| now_ms >= *d) {
+            return Err(StepError::new(
+                "deadline_passed",
+                format!("{stage} was due to end by {d} ms: not started"),
+                false,
+            ));
+        }
+    }
+    if matches!(
+        stage,
+        Stage::Stop | Stage::SafetySnapshot | Stage::Restore | Stage::Rollback
+    ) {
+        if let Some(h) = mem.hold() {
+            let (job, attempt) = h.key();
+            return Err(StepError::new(
+                "target_frozen",
+                format!("frozen by job {job} attempt {attempt}: no recovery step runs under a freeze"),
+                true,
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The freeze of `key` (whose command carries `thaw_deadline_ms`) arrives at
 /// `now_ms`.
 pub fn plan_freeze(mem: &TargetMemory, key: AttemptKey, thaw_deadline_ms: Option<u64>, now_ms: u64) -> Plan {

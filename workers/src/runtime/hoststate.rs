@@ -10,10 +10,12 @@
 //! to a dead process and is taken over (`recman_core::worker::adoptable`).
 //!
 //! `<state_dir>/verify/<target>.json` keeps the reports of the target's last
-//! verify commands, whichever process of the host ran them: a verify command
-//! redelivered after its run ended (its process died before the ack) is
-//! answered from it, not run again, because the engine may by then have let
-//! the target's next freeze begin (`verify_outside_freeze` in the simulator).
+//! verify and recovery commands, whichever process of the host ran them: a
+//! command redelivered after its run ended (its process died before the
+//! ack) is answered from it, not run again, because the engine may by then
+//! have let the target's next freeze begin (`verify_outside_freeze` in the
+//! simulator), or moved on from a restore that must not revert the live data
+//! a second time.
 //!
 //! Without a state directory (`HostState::in_memory`: tests, one process
 //! alone) the same state lives in this process only.
@@ -30,8 +32,9 @@ use recman_core::worker::{Process, TargetMemory};
 use recman_events::wire::Report;
 use recman_events::{clock, TargetId, WorkerId};
 
-/// Verify reports kept per target: a redelivery comes soon after its run.
-const VERIFY_ANSWERS: usize = 8;
+/// Verify and recovery reports kept per target: a redelivery comes soon
+/// after its run.
+const VERIFY_ANSWERS: usize = 16;
 
 /// How often a waiting process tries a target's lock again.
 const LOCK_POLL: Duration = Duration::from_millis(2);
@@ -236,6 +239,34 @@ impl HostState {
             _lock: Some(lock),
             path: Some(path),
         })
+    }
+
+    /// Holds `t`'s recovery lock (`<state_dir>/targets/<target>.recovery.lock`)
+    /// until the guard drops, waiting while another process of the host
+    /// holds it: a rollback sent after the engine gave up on a restore that
+    /// still runs waits for that restore, then undoes it. Separate from the
+    /// freeze state's lock, which a watchdog's thaw must never wait behind.
+    /// In memory, `None`: the caller's provider lock serialises.
+    pub async fn lock_recovery(&self, t: &TargetId) -> Result<Option<File>, StateError> {
+        let Store::Dir(dir) = &self.store else {
+            return Ok(None);
+        };
+        let lock_path = dir.join("targets").join(format!("{t}.recovery.lock"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path, "opening"))?;
+        loop {
+            match flock(&lock, true) {
+                Ok(()) => return Ok(Some(lock)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => return Err(io_err(&lock_path, "locking")(e)),
+            }
+        }
     }
 
     /// Reads `t`'s state without locking (a consistent snapshot: writes are

@@ -432,10 +432,12 @@ impl Shared {
     /// report, then acks the command.
     async fn respond(self: Arc<Self>, d: Delivery, cmd: Command, span: Span) {
         let remembered = self.lock_recent().get(&cmd.message_id).cloned();
-        // A verification another process of this host already ran.
-        let verify_target = (cmd.stage == Stage::Verify)
-            .then(|| cmd.targets.first())
-            .flatten();
+        // A verification or recovery step another process of this host
+        // already ran (running either again could undo what followed it).
+        let verify_target = (cmd.stage == Stage::Verify
+            || recman_core::recovery::is_recovery_stage(cmd.stage))
+        .then(|| cmd.targets.first())
+        .flatten();
         let remembered =
             remembered.or_else(|| verify_target.and_then(|t| self.state.verify_answer(t, &cmd.message_id)));
         let report = match remembered {
@@ -447,7 +449,7 @@ impl Shared {
                 let r = self.execute(&cmd).await;
                 if let Some(t) = verify_target {
                     if let Err(e) = self.state.record_verify(t, &cmd.message_id, &r).await {
-                        tracing::warn!(worker = %self.id, message_id = %cmd.message_id, error = %e, "verify answer not recorded: a redelivery would run it again");
+                        tracing::warn!(worker = %self.id, message_id = %cmd.message_id, error = %e, "answer not recorded: a redelivery would run it again");
                     }
                 }
                 r

@@ -3,7 +3,7 @@
 //! never on a target this host holds frozen, and answered with where the
 //! data now is.
 
-use recman_core::worker::AttemptKey;
+use recman_core::worker;
 use recman_events::clock;
 use recman_events::wire::Command;
 use recman_events::{SnapshotKind, Stage, StepDetail, StepError};
@@ -27,41 +27,10 @@ impl Shared {
         };
         crate::provider::check_snapshot_name(point)?;
         let local = self.local(t)?;
-        // The compensations (rollback, start) always run; the others are
-        // not started once the engine's deadline passed.
-        let now = clock::now_ms();
-        if !matches!(cmd.stage, Stage::Rollback | Stage::Start)
-            && cmd.thaw_deadline_ms.is_some_and(|d| now >= d)
-        {
-            return Err(StepError::new(
-                "deadline_passed",
-                format!(
-                    "{} of {point} was due to end by {} ms: not started",
-                    cmd.stage,
-                    cmd.thaw_deadline_ms.unwrap_or(0)
-                ),
-                false,
-            ));
-        }
-        // Never under a freeze: the engine holds the target, this is the
-        // host's own check.
-        if matches!(
-            cmd.stage,
-            Stage::Stop | Stage::SafetySnapshot | Stage::Restore | Stage::Rollback
-        ) {
-            let host = self.lock_state(t).await?;
-            if let Some(h) = host.memory.hold() {
-                let key: AttemptKey = h.key();
-                return Err(StepError::new(
-                    "target_frozen",
-                    format!(
-                        "{t} is frozen by job {} attempt {}: no recovery step runs under a freeze",
-                        key.0, key.1
-                    ),
-                    true,
-                ));
-            }
-        }
+        // The worker core's rules: the deadline, never under a freeze.
+        let host = self.lock_state(t).await?;
+        worker::plan_recovery(&host.memory, cmd.stage, cmd.thaw_deadline_ms, clock::now_ms())?;
+        drop(host);
         let req = RecoveryJob {
             point,
             target: t,
@@ -79,6 +48,16 @@ impl Shared {
         let recovered = |location: String| StepDetail::Recovered {
             location,
             info: String::new(),
+        };
+        // One recovery step of the target at a time on this host, whichever
+        // process runs it (a rollback waits for a restore still running).
+        let _host = match cmd.stage {
+            Stage::Stop | Stage::Start => None,
+            _ => self
+                .state
+                .lock_recovery(t)
+                .await
+                .map_err(super::steps::state_error)?,
         };
         let detail = match cmd.stage {
             Stage::Stop | Stage::Start => {
