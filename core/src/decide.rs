@@ -162,6 +162,16 @@ pub enum Mutation {
     /// A reconcile neither holds its target (jobs run while the provider
     /// lists) nor compares with the catalog as it was when it asked.
     ReconcileUnguarded,
+    /// An in-place restore goes from the stop straight to the restore, with
+    /// no safety snapshot.
+    RestoreWithoutSafety,
+    /// Retention does not know which points are mounted or being read.
+    PruneMounted,
+    /// A recovery starts while a job holds or waits for its target.
+    RecoverWhileBusy,
+    /// A failed restore is not rolled back: the application is started and
+    /// the log says the data is as before.
+    NoRollback,
 }
 
 impl Mutation {
@@ -186,6 +196,10 @@ impl Mutation {
         Mutation::PruneNewestVerified,
         Mutation::ReconcileKeepsVanished,
         Mutation::ReconcileUnguarded,
+        Mutation::RestoreWithoutSafety,
+        Mutation::PruneMounted,
+        Mutation::RecoverWhileBusy,
+        Mutation::NoRollback,
     ];
 
     /// Its name on the command line (`recman simulate --mutation`).
@@ -1527,6 +1541,10 @@ impl Decider<'_> {
         if self.mutation == Some(Mutation::PruneNewestVerified) {
             let mut s = self.state.clone();
             s.verify = Default::default();
+            std::borrow::Cow::Owned(s)
+        } else if self.mutation == Some(Mutation::PruneMounted) {
+            let mut s = self.state.clone();
+            s.recovery = Default::default();
             std::borrow::Cow::Owned(s)
         } else {
             std::borrow::Cow::Borrowed(self.state)

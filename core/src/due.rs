@@ -182,6 +182,14 @@ impl DueIndex {
                 self.reconcile(state, cfg, t);
             }
         }
+        // A recovery's safety snapshot is a restore point of its target.
+        if let EventBody::RecoveryStepDone { .. } = &ev.body {
+            if let Some(op) = state.recovery.ops.get(&ev.job) {
+                let t = op.target.clone();
+                self.rpo(state, cfg, &t);
+                self.reconcile(state, cfg, &t);
+            }
+        }
     }
 
     /// Recomputes schedule `i`.

@@ -26,10 +26,12 @@
 //! ```
 //!
 //! The rules:
-//! - one recovery at a time per target, oldest request first, and only on
-//!   an idle target (no job holds it or waits for it, no verification or
-//!   reconcile runs); while one runs, a new job of the target waits in the
-//!   queue (`decide` asks [`busy`]), so no freeze overlaps a recovery;
+//! - one recovery at a time per target, oldest request first; an in-place
+//!   restore only on an idle target (no job holds it or waits for it, no
+//!   verification or reconcile runs), and while it runs a new job of the
+//!   target waits in the queue (`decide` asks [`busy`]), so no freeze
+//!   overlaps it. Mounts, clones and restores beside production read a
+//!   snapshot and leave the live data alone: they run alongside jobs;
 //! - an in-place restore is refused while the target is busy (it must not
 //!   wait behind work whose result it would overwrite) and without
 //!   `confirm`; the safety snapshot is an ordinary restore point (the
@@ -155,6 +157,9 @@ pub struct Ledger {
     /// Clones by name.
     pub clones: BTreeMap<String, Clone>,
 }
+
+/// The worker of a mount that may exist but whose step never answered.
+pub const UNKNOWN_WORKER: &str = "unknown";
 
 /// What a request asks for, as the core takes it (validated on the wire).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -312,7 +317,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
             }
             end_step(op, ev.at_ms, error.to_string());
             if op.failure.is_none() {
-                op.failure = Some(failure_of(*stage, error));
+                op.failure = Some(failure_of(op, *stage, error));
             }
         }
         EventBody::RecoveryCompleted { location } => {
@@ -367,10 +372,33 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
             }
         }
         EventBody::RecoveryFailed { reason, live } => {
-            if l.ops.get(&ev.job).is_none_or(|op| op.state.is_terminal()) {
+            let Some(op) = l.ops.get(&ev.job).cloned().filter(|op| !op.state.is_terminal()) else {
                 return true;
-            }
+            };
             finish(l, ev, OpState::Failed, reason.clone(), Some(*live));
+            // A mount whose taking away did not succeed may be there: it is
+            // recorded (retention keeps its point; `recman unmount` takes it
+            // away, the provider finding it by the job).
+            if let RecoveryAction::Mount { writable } = op.action {
+                if !op.workers.contains_key(Stage::Unmount.as_str()) {
+                    l.mounts.insert(
+                        ev.job,
+                        Mount {
+                            job: ev.job,
+                            target: op.target.clone(),
+                            name: op.name.clone(),
+                            location: op.location.clone().unwrap_or_default(),
+                            worker: op
+                                .workers
+                                .get(Stage::Mount.as_str())
+                                .cloned()
+                                .unwrap_or_else(|| WorkerId::from(UNKNOWN_WORKER)),
+                            since_ms: ev.at_ms,
+                            writable,
+                        },
+                    );
+                }
+            }
         }
         _ => return false,
     }
@@ -409,9 +437,15 @@ fn finish(l: &mut Ledger, ev: &Event, state: OpState, outcome: String, live: Opt
     op.live = live;
 }
 
-/// Whether a recovery runs on `t` (no freeze of `t` may start).
+/// Whether an in-place restore runs on `t` (no freeze of `t` may start;
+/// mounts, clones and restores beside production run alongside jobs).
 pub fn busy(state: &State, t: &TargetId) -> bool {
-    state.recovery.running.contains_key(t)
+    state
+        .recovery
+        .running
+        .get(t)
+        .and_then(|id| state.recovery.ops.get(id))
+        .is_some_and(|op| op.action == RecoveryAction::InPlace)
 }
 
 /// Targets whose recovery ends with one of `events`.
@@ -603,7 +637,8 @@ pub fn request(
                             .into(),
                     ));
                 }
-                if let Some(why) = target_busy(state, &target) {
+                let unguarded = cfg.mutation == Some(crate::Mutation::RecoverWhileBusy);
+                if let Some(why) = target_busy(state, &target).filter(|_| !unguarded) {
                     return Err((
                         "target_busy",
                         format!("{target} is busy ({why}); try again when it is idle"),
@@ -711,10 +746,13 @@ pub fn starts(state: &State, cfg: &CoreConfig, now: u64, targets: &BTreeSet<Targ
         let Some(&id) = state.recovery.wanted.get(t).and_then(|q| q.front()) else {
             continue;
         };
-        if busy(state, t)
-            || state.queues.get(t).is_some_and(|q| !q.is_empty())
-            || crate::verify::busy(state, t)
-            || crate::reconcile::busy(state, t)
+        let unguarded = cfg.mutation == Some(crate::Mutation::RecoverWhileBusy)
+            || state.recovery.ops[&id].action != RecoveryAction::InPlace;
+        if state.recovery.running.contains_key(t)
+            || (!unguarded
+                && (state.queues.get(t).is_some_and(|q| !q.is_empty())
+                    || crate::verify::busy(state, t)
+                    || crate::reconcile::busy(state, t)))
         {
             continue;
         }
@@ -763,13 +801,39 @@ fn next(cfg: &CoreConfig, op: &Op, stage: Stage, failed: Option<&StepError>, now
     };
     let go = |s: Stage| step_started(cfg, op, s, now);
     let why = |e: &StepError| format!("{stage} {e}");
+    if let RecoveryAction::Mount { .. } = op.action {
+        // A mount that failed or did not answer may have been made: it is
+        // taken away before the job ends, so no mount the catalog does not
+        // know keeps a restore point busy (or is deleted under).
+        return match (stage, failed) {
+            (Stage::Mount, None) => vec![end_ok(op.location.clone().unwrap_or_default())],
+            (Stage::Mount, Some(_)) => vec![go(Stage::Unmount)],
+            (_, Some(e)) => vec![end_failed(
+                format!(
+                    "{}; then {}: a mount may be left on the host",
+                    op.failure.as_ref().map_or("mount failed", |(r, _)| r.as_str()),
+                    why(e)
+                ),
+                LiveData::Untouched,
+            )],
+            (_, None) => vec![end_failed(
+                op.failure
+                    .as_ref()
+                    .map_or("mount failed".into(), |(r, _)| r.clone()),
+                LiveData::Untouched,
+            )],
+        };
+    }
     if op.action != RecoveryAction::InPlace {
         return vec![match failed {
             None => end_ok(op.location.clone().unwrap_or_default()),
             Some(e) => end_failed(why(e), LiveData::Untouched),
         }];
     }
+    let m = cfg.mutation;
     match (stage, failed) {
+        (Stage::Stop, None) if m == Some(crate::Mutation::RestoreWithoutSafety) => vec![go(Stage::Restore)],
+        (Stage::Restore, Some(_)) if m == Some(crate::Mutation::NoRollback) => vec![go(Stage::Start)],
         (Stage::Stop, None) => vec![go(Stage::SafetySnapshot)],
         (Stage::SafetySnapshot, None) => vec![go(Stage::Restore)],
         (Stage::Restore, None) => vec![go(Stage::Start)],
@@ -796,11 +860,14 @@ fn next(cfg: &CoreConfig, op: &Op, stage: Stage, failed: Option<&StepError>, now
             Some((reason, live)) => vec![end_failed(reason.clone(), *live)],
         },
         (Stage::Start, Some(e)) => match &op.failure {
-            None => vec![end_failed(
+            Some((reason, live)) if !reason.starts_with("start ") => {
+                vec![end_failed(format!("{reason}; then {}", why(e)), *live)]
+            }
+            _ if op.reverting => vec![end_failed(
                 format!("restored, but the application did not start: {}", why(e)),
                 LiveData::Restored,
             )],
-            Some((reason, live)) => vec![end_failed(format!("{reason}; then {}", why(e)), *live)],
+            _ => vec![end_failed(why(e), LiveData::Untouched)],
         },
         // No other step belongs to an in-place restore.
         (_, Some(e)) => vec![end_failed(why(e), LiveData::Unknown)],
@@ -808,10 +875,13 @@ fn next(cfg: &CoreConfig, op: &Op, stage: Stage, failed: Option<&StepError>, now
     }
 }
 
-/// The failure a step's error records on an in-place restore (the first wins).
-fn failure_of(stage: Stage, e: &StepError) -> (String, LiveData) {
+/// The failure a step's error records on an in-place restore (the first
+/// wins): a failed restore is rolled back next (a failed rollback ends as
+/// unknown by itself); a failed start after a restore leaves it restored.
+fn failure_of(op: &Op, stage: Stage, e: &StepError) -> (String, LiveData) {
     let live = match stage {
         Stage::Restore | Stage::Rollback => LiveData::RolledBack,
+        Stage::Start if op.reverting => LiveData::Restored,
         _ => LiveData::Untouched,
     };
     (format!("{stage} {e}"), live)
@@ -888,7 +958,7 @@ fn step_failed(
 ) -> Vec<Event> {
     let mut after = op.clone();
     if after.failure.is_none() {
-        after.failure = Some(failure_of(stage, &error));
+        after.failure = Some(failure_of(op, stage, &error));
     }
     let mut out = vec![Event {
         at_ms: now,
@@ -1010,10 +1080,14 @@ fn command(state: &State, cfg: &CoreConfig, id: &JobId) -> Option<Outgoing> {
         (Stage::Stop | Stage::Start, _) => Destination::Pool(p.writer_pool.clone()),
         (Stage::Unmount, RecoveryAction::Unmount { mount }) => {
             let m = state.recovery.mounts.get(mount)?;
-            location = Some(m.location.clone());
-            Destination::Worker {
-                worker: m.worker.clone(),
-                fallback: p.provider_pool.clone(),
+            location = Some(m.location.clone()).filter(|l| !l.is_empty());
+            if m.worker.as_str() == UNKNOWN_WORKER {
+                Destination::Pool(p.provider_pool.clone())
+            } else {
+                Destination::Worker {
+                    worker: m.worker.clone(),
+                    fallback: p.provider_pool.clone(),
+                }
             }
         }
         (Stage::Unmount, RecoveryAction::RemoveClone { name }) => {

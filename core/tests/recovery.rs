@@ -308,8 +308,8 @@ fn refusals_are_clear() {
         T + 10,
     );
     assert_eq!(rejected(s.reply), "request_id_in_use");
-    // Busy: a job waits for the target; an in-place restore is refused, a
-    // mount waits behind it.
+    // Busy: a job holds the target; an in-place restore is refused, a
+    // mount (which leaves the live data alone) runs alongside the job.
     let j = r.request(2, T + 20);
     assert_eq!(r.core.state().jobs[&j].state, JobState::Freezing);
     assert_eq!(
@@ -317,34 +317,36 @@ fn refusals_are_clear() {
         "target_busy"
     );
     let m = r.accepted(5, &p, RecoveryAction::Mount { writable: false }, T + 40);
-    assert_eq!(r.core.state().recovery.ops[&m].state, OpState::Pending);
+    assert_eq!(r.stage(m), Some(Stage::Mount));
     // The same request again is the same job.
     assert!(matches!(
         r.recover(5, &p, RecoveryAction::Mount { writable: false }, true, T + 50),
         Reply::Accepted { job, existing: true } if job == m
     ));
-    // When the job ends, the mount starts.
-    r.walk(j, T + 60);
-    assert_eq!(r.stage(m), Some(Stage::Mount));
+    // A clone waits behind the mount (one recovery at a time per target),
+    // and starts when the mount ends.
+    let c = r.accepted(6, &p, RecoveryAction::Clone { name: "c".into() }, T + 55);
+    assert_eq!(r.core.state().recovery.ops[&c].state, OpState::Pending);
+    r.handle(rep(m, 1, Stage::Mount, recovered("/mnt/x")), T + 60);
+    assert_eq!(r.stage(c), Some(Stage::Restore));
+    r.walk(j, T + 70);
+    assert_eq!(r.core.state().jobs[&j].state, JobState::Completed);
     r.replay();
 }
 
 #[test]
-fn a_job_waits_behind_a_recovery_and_starts_when_it_ends() {
+fn a_job_waits_behind_an_in_place_restore_and_starts_when_it_ends() {
     let mut r = Run::new(config(|_| {}));
     let p = r.point(1, T);
-    let op = r.accepted(
-        1,
-        &p,
-        RecoveryAction::To {
-            path: "/restore".into(),
-        },
-        T + 100,
-    );
-    assert_eq!(r.stage(op), Some(Stage::Restore));
+    let op = r.accepted(1, &p, RecoveryAction::InPlace, T + 100);
+    assert_eq!(r.stage(op), Some(Stage::Stop));
     let j = r.request(2, T + 200);
     assert_eq!(r.core.state().jobs[&j].state, JobState::Queued);
-    let s = r.handle(rep(op, 1, Stage::Restore, recovered("/restore")), T + 300);
+    r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 210);
+    r.safety_report(op, T + 220);
+    r.handle(rep(op, 1, Stage::Restore, recovered("/data")), T + 230);
+    assert_eq!(r.core.state().jobs[&j].state, JobState::Queued);
+    let s = r.handle(rep(op, 1, Stage::Start, recovered("")), T + 300);
     assert!(kinds(&s.events).contains(&"recovery_completed"));
     assert!(
         kinds(&s.events).contains(&"attempt_started"),

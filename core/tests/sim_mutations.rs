@@ -36,7 +36,7 @@ fn config(seed: u64, faults: Faults, m: Option<M>) -> SimConfig {
             Some(M::Worker(w)) => Some(w),
             _ => None,
         },
-        schedules: m == Some(M::Core(Mutation::RefireSlots)),
+        schedules: matches!(m, Some(M::Core(Mutation::RefireSlots | Mutation::PruneMounted))),
     }
 }
 
@@ -106,6 +106,14 @@ mutations! {
     // Jobs run while the provider lists, and the answer is compared with
     // the catalog of its arrival: a point completed meanwhile "vanished".
     reconcile_unguarded: C(Mutation::ReconcileUnguarded), Calm => "reconcile_vanished_held";
+    // Recovery (issue 16): the restore runs with no safety snapshot in the
+    // log; a mounted point is pruned; a restore runs under a job's freeze;
+    // a failed restore is not rolled back (the application starts on
+    // half-restored data).
+    restore_without_safety: C(Mutation::RestoreWithoutSafety), Calm => "safety_before_restore";
+    prune_mounted: C(Mutation::PruneMounted), Calm => "mounted_never_pruned";
+    recover_while_busy: C(Mutation::RecoverWhileBusy), Calm => "recovery_outside_freeze";
+    no_rollback: C(Mutation::NoRollback), Calm => "recovery_outcome_true";
     freeze_after_thaw: W(worker::Mutation::FreezeAfterThaw), Net => "no_freeze_after_thaw";
     thaw_ignores_attempt: W(worker::Mutation::ThawIgnoresAttempt), Calm => "thaw_own_attempt";
     // Without a hold, a failed freeze that landed is also thawed by the

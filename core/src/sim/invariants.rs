@@ -103,6 +103,21 @@ pub const INVARIANTS: &[(&str, &str)] = &[
         "a reconcile never declares vanished a snapshot the storage still holds",
     ),
     (
+        "recovery_outside_freeze",
+        "no recovery step that touches the live data runs while the target is frozen or a job holds it",
+    ),
+    (
+        "safety_before_restore",
+        "an in-place restore runs only once its safety snapshot is durable, and that snapshot holds the data \
+         as it was when the application stopped",
+    ),
+    ("mounted_never_pruned", "a prune never deletes a mounted restore point"),
+    (
+        "recovery_outcome_true",
+        "what the log says of a target's live data when a restore ends is true, and no application is \
+         started on half-restored data",
+    ),
+    (
         "verify_cleanup",
         "a verify worker that died leaves no clone behind once it is up again (cleanup on start)",
     ),
@@ -491,6 +506,13 @@ impl Sim {
                 return self.check_reconcile_event(job_id, &body);
             }
             EventBody::VerifyFailed { .. } => self.summary.verify_failed += 1,
+            EventBody::RecoveryStepStarted { .. }
+            | EventBody::RecoveryStepDone { .. }
+            | EventBody::RecoveryCompleted { .. }
+            | EventBody::RecoveryFailed { .. } => {
+                let body = e.body.clone();
+                return self.check_recovery_event(job_id, &body);
+            }
             EventBody::PruneRequested { target, names, .. } => {
                 self.check_newest_verified_kept(job_id, target, names)?;
                 for n in names {
@@ -650,6 +672,7 @@ impl Sim {
         {
             return Err(self.violation("no_request_lost", None, "a job is not finished".into()));
         }
+        self.check_recoveries_ended()?;
         self.check_replay()?;
         let state = self.engine.core.state();
         for (t, entries) in &state.catalog {
@@ -673,6 +696,7 @@ impl Sim {
             .iter()
             .filter_map(|((t, n), s)| s.owner.map(|k| (*t, n, k)))
             .filter(|(t, n, _)| !listed.contains(&(self.world.target_ids[*t].as_str(), n.as_str())))
+            .filter(|(_, _, k)| !self.stray_safety(k.0))
             .map(|(_, n, k)| (n, k))
             .collect();
         stray.sort();

@@ -148,6 +148,8 @@ struct Sim {
     /// The reconciles' own stream (`reconcile`), so that adding them moves
     /// the other draws of a seed as little as possible.
     rrng: Rng,
+    /// The recoveries' own stream (`recovery`), likewise.
+    xrng: Rng,
     sched: Scheduler,
     engine: Engine,
     world: World,
@@ -193,6 +195,8 @@ impl Sim {
             p.backoff_max_ms = 2_000;
             p.keep_last = (i % 2 == 0).then_some(3);
             p.verify = verify::policy(i);
+            p.recovery_timeout_ms = 2_000;
+            p.max_mount_age_ms = (i % 3 == 0).then_some(60_000);
             targets.insert(t.clone(), p);
             target_ids.push(t);
             target_hosts.push(i / 2);
@@ -242,6 +246,7 @@ impl Sim {
             history: Vec::new(),
             rng,
             rrng: Rng::new(cfg.seed ^ 0x5EC0_4C11_E000_0001),
+            xrng: Rng::new(cfg.seed ^ 0x5EC0_4EC0_7E00_0002),
             sched: Scheduler::new(),
             clients,
             checks: Checks::default(),
@@ -303,6 +308,7 @@ impl Sim {
         let c = self.rng.range(5_000, 30_000);
         self.push(T0 + c, Ev::SlowArray);
         self.plan_reconciles(t);
+        self.plan_recoveries(t);
         if self.cfg.schedules {
             // Schedules run two virtual minutes past the last request, then
             // pause, so the run can come to rest.
@@ -368,6 +374,9 @@ impl Sim {
             Ev::SlowArray => self.slow_array(),
             Ev::Reconcile(t) => self.reconcile(t)?,
             Ev::LoseSnapshot => self.lose_snapshot(),
+            Ev::Recover(t, tries) => self.recover(t, tries)?,
+            Ev::RecoveryTake(w, inc, step) => self.recovery_take(w, inc, step)?,
+            Ev::RecoveryEnds(w, inc, t, data) => self.recovery_ends(w, inc, t, data),
             Ev::PauseSchedules => {
                 for s in self.engine.cfg.schedules.clone() {
                     let input = Input::PauseSchedule {

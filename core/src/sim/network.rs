@@ -318,8 +318,12 @@ impl Sim {
     /// Inputs answered in the batch the engine died in: an unacknowledged
     /// report comes back; a request gets no reply (its client retries).
     pub(super) fn requeue(&mut self, input: Input) {
-        // A pause is asked again by its operator.
-        if matches!(input, Input::Report(_) | Input::PauseSchedule { .. }) {
+        // A pause, a reconcile and a recovery are asked again by their
+        // operator (a recovery sent again is the same job, by its request id).
+        if matches!(
+            input,
+            Input::Report(_) | Input::PauseSchedule { .. } | Input::Reconcile { .. } | Input::Recover { .. }
+        ) {
             self.engine.parked.push(input);
         }
     }

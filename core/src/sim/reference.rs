@@ -26,6 +26,8 @@ pub(super) struct Reference {
     jobs: BTreeMap<JobId, RefJob>,
     /// Per target: (name, job) of restore points, oldest first.
     catalog: BTreeMap<TargetId, Vec<(String, JobId)>>,
+    /// Recovery jobs: their target, and whether their safety snapshot is in.
+    recoveries: BTreeMap<JobId, (TargetId, bool)>,
 }
 
 /// Folds the whole log.
@@ -64,6 +66,24 @@ pub(super) fn fold(log: &[Event]) -> Reference {
             EventBody::Cancelled => {
                 if let Some(j) = r.jobs.get_mut(&e.job).filter(|j| j.end.is_none()) {
                     j.end = Some("cancelled");
+                }
+            }
+            // A recovery's safety snapshot is a restore point of its own.
+            EventBody::RecoveryRequested { target, .. } => {
+                r.recoveries.insert(e.job, (target.clone(), false));
+            }
+            EventBody::RecoveryStepStarted { .. } => {}
+            EventBody::RecoveryStepDone {
+                stage: recman_events::Stage::SafetySnapshot,
+                location,
+                ..
+            } => {
+                if let Some((t, taken)) = r.recoveries.get_mut(&e.job).filter(|(_, taken)| !taken) {
+                    *taken = true;
+                    let c = r.catalog.entry(t.clone()).or_default();
+                    if !c.iter().any(|(n, _)| n == location) {
+                        c.push((location.clone(), e.job));
+                    }
                 }
             }
             EventBody::SnapshotDeleted { target, name } | EventBody::SnapshotVanished { target, name } => {

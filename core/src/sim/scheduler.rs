@@ -47,6 +47,16 @@ pub(super) enum Ev {
     /// The storage loses a restore point behind recman's back (an array
     /// expiration, a delete by hand).
     LoseSnapshot,
+    /// An operator asks for a recovery on target `usize` (the `u32`th time:
+    /// one refused as busy is asked again later).
+    Recover(usize, u32),
+    /// Process `w` (incarnation `u32`) tries its recovery step `u64` again
+    /// (it waited for the host's recovery lock).
+    RecoveryTake(usize, u32, u64),
+    /// The work of a restore or rollback by process `w` (incarnation `u32`)
+    /// on target `usize` ends with the live data `Option<u64>` (`None`: it
+    /// broke off half way).
+    RecoveryEnds(usize, u32, usize, Option<u64>),
 }
 
 struct Item {

@@ -30,6 +30,9 @@ pub struct Summary {
     pub lost: usize,
     pub reconciled: usize,
     pub vanished: usize,
+    /// Recoveries that ended, and requests for one the engine refused.
+    pub recoveries: usize,
+    pub recoveries_refused: usize,
 }
 
 impl Summary {
@@ -58,6 +61,13 @@ impl Summary {
             format!(
                 " reconciled={} lost={} vanished={}",
                 self.reconciled, self.lost, self.vanished
+            )
+        } else {
+            String::new()
+        } + &if self.recoveries > 0 || self.recoveries_refused > 0 {
+            format!(
+                " recoveries={} recoveries_refused={}",
+                self.recoveries, self.recoveries_refused
             )
         } else {
             String::new()

@@ -122,6 +122,8 @@ pub struct World {
     /// processes, surviving their crashes).
     pub memory: Vec<TargetMemory>,
     pub storage: Storage,
+    /// Live data, aside copies, mounts and the host's recovery records.
+    pub recovery: super::recovery::RecoveryWorld,
     pub workers: Vec<Worker>,
     pub worker_index: HashMap<WorkerId, usize>,
     /// Each pool's name and workers; `host.*` pools are the hosts.
@@ -181,6 +183,7 @@ impl World {
             target_ids,
             target_index,
             storage: Storage::default(),
+            recovery: Default::default(),
             own_queue: vec![Vec::new(); workers.len()],
             workers,
             worker_index,
@@ -253,7 +256,7 @@ impl Sim {
                 };
                 (Some(outcome), self.rng.range(2, 40))
             }
-            Stage::Prune => (Some(self.prune(w, &cmd)), self.rng.range(2, 40)),
+            Stage::Prune => (Some(self.prune(w, &cmd)?), self.rng.range(2, 40)),
             Stage::Verify => self.verify(w, step, &cmd)?,
             Stage::Reconcile => self.list(&cmd),
             Stage::Queue => (None, 0),
@@ -263,7 +266,7 @@ impl Sim {
             | Stage::Rollback
             | Stage::Start
             | Stage::Mount
-            | Stage::Unmount => self.recovery_step(w, &cmd)?,
+            | Stage::Unmount => self.recovery_step(w, step, &cmd)?,
         };
         // `None`: a freeze that hangs; its report comes when the runtime's
         // bounded freeze gives up (pushed by `freeze`), or never.
@@ -286,6 +289,7 @@ impl Sim {
         if cmd.stage == Stage::Verify {
             self.verify_done(w, step, &cmd, &outcome);
         }
+        self.recovery_answered(&cmd, &outcome);
         self.world.workers[w]
             .recent
             .insert_first(cmd.message_id.clone(), outcome.clone());
@@ -530,6 +534,9 @@ impl Sim {
                     *n
                 };
                 self.check_one_snapshot(cmd, n)?;
+                for &t in &members {
+                    self.app_writes(t, &name);
+                }
                 let gens = self.generations(&cmd.targets, key);
                 self.push(now + lat, Ev::CutEnds(key, cmd.targets.clone(), gens));
                 Ok((Some(Outcome::Ok { detail: info(false) }), lat))
@@ -577,13 +584,13 @@ impl Sim {
         }
     }
 
-    fn prune(&mut self, w: usize, cmd: &Command) -> Outcome {
+    fn prune(&mut self, w: usize, cmd: &Command) -> Checked<Outcome> {
         let mut deleted = Vec::new();
         let mut failed = Vec::new();
         let Some(&t) = cmd.targets.first().and_then(|t| self.world.target_index.get(t)) else {
-            return Outcome::Ok {
+            return Ok(Outcome::Ok {
                 detail: StepDetail::Pruned { deleted, failed },
-            };
+            });
         };
         for n in &cmd.prune {
             let at = (t, n.clone());
@@ -609,13 +616,16 @@ impl Sim {
                 });
                 continue;
             }
+            if self.world.storage.snapshots.contains_key(&at) {
+                self.check_not_mounted(t, n, cmd.job)?;
+            }
             self.world.storage.snapshots.remove(&at);
             self.world.workers[w].pruned.insert_first(n.clone(), ());
             deleted.push(n.clone());
         }
-        Outcome::Ok {
+        Ok(Outcome::Ok {
             detail: StepDetail::Pruned { deleted, failed },
-        }
+        })
     }
 
     /// The watchdog of process `w` (incarnation `inc`) armed for attempt

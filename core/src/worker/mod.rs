@@ -198,7 +198,7 @@ impl Mutation {
 
 /// Whether recovery step `stage` of `job` may run on a target whose host
 /// state is `mem`, at `now_ms`, the command's deadline `deadline_ms`:
-/// - the compensations (rollback, start) always run;
+/// - the compensations (rollback, start, unmount) always run;
 /// - the others are not started once the deadline passed (`deadline_passed`:
 ///   the engine gives up on them then);
 /// - nothing that touches the live data (stop, safety-snapshot, restore,
@@ -212,7 +212,7 @@ pub fn plan_recovery(
     now_ms: u64,
 ) -> Result<(), StepError> {
     use recman_events::Stage;
-    if !matches!(stage, Stage::Rollback | Stage::Start) {
+    if !matches!(stage, Stage::Rollback | Stage::Start | Stage::Unmount) {
         if let Some(d) = deadline_ms.filter(|d| now_ms >= *d) {
             return Err(StepError::new(
                 "deadline_passed",
