@@ -101,6 +101,10 @@ mod tests {
         let p = ExecProvider::new(recman_config::ExecProviderConfig {
             create: vec!["true".into()],
             delete: None,
+            restore: None,
+            rollback: None,
+            mount: None,
+            unmount: None,
             timeout: Duration::from_secs(5),
         });
         run(&p, false, None).await;

@@ -123,6 +123,10 @@ mod tests {
                 "{target}".into(),
             ],
             delete: None,
+            restore: None,
+            rollback: None,
+            mount: None,
+            unmount: None,
             timeout: std::time::Duration::from_secs(5),
         });
         let info = p
