@@ -209,6 +209,26 @@ pub async fn run_recovery(p: &dyn Provider, f: &Fixture<'_>) {
         unmount(loc, job(6)).await.unwrap();
         unmount(loc, job(6)).await.unwrap();
     }
+    // A mount whose step never answered: taken away by its job, without a
+    // location (the engine's compensation, or `recman unmount` of it).
+    let w7 = p.mount(rq(&t, "rm-p1-a1", rw, job(7))).await.unwrap();
+    let a = RecoveryAction::Unmount { mount: job(7) };
+    for _ in 0..2 {
+        p.unmount(RecoveryJob {
+            point: "rm-p1-a1",
+            target: &t,
+            action: &a,
+            safety: None,
+            location: None,
+            job: job(98),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{k}: unmount by job: {e}"));
+    }
+    assert!(
+        !std::path::Path::new(&w7).exists(),
+        "{k}: {w7} left after unmount by job"
+    );
     assert!(
         !std::path::Path::new(&w).exists() && !std::path::Path::new(&c).exists(),
         "{k}"

@@ -304,7 +304,21 @@ impl Qcow2Provider {
     }
 
     async fn unmount_inner(&self, req: RecoveryJob<'_>) -> Result<(), StepError> {
-        let loc = req.location.unwrap_or_default();
+        // Without a location (a mount whose step never answered): the
+        // image the mount job extracted, found by its job id.
+        let derived;
+        let loc = match req.location {
+            Some(l) => l,
+            None => {
+                let job = match req.action {
+                    RecoveryAction::Unmount { mount } => *mount,
+                    RecoveryAction::Mount { .. } => req.job,
+                    other => return Err(wrong_action("qcow2", "unmount", other)),
+                };
+                derived = self.own_dir().join("mounts").join(format!("{job}.qcow2"));
+                derived.to_str().unwrap_or_default()
+            }
+        };
         let p = check_path(loc)?;
         let own = self.own_dir();
         let ours = p

@@ -122,11 +122,22 @@ pub(super) fn mount<S: TreeStore>(s: &S, r: &Req) -> Result<String, StepError> {
 /// Anything else is refused: the location comes from a message.
 pub(super) fn unmount<S: TreeStore>(s: &S, r: &Req) -> Result<(), StepError> {
     let Some(loc) = r.location.as_deref() else {
-        return Err(StepError::new(
-            "invalid_command",
-            format!("target {}: unmount names no location", r.target),
-            false,
-        ));
+        // A mount whose step never answered (the engine's compensation, or
+        // `recman unmount` of a mount recorded without a location): what
+        // the mount job made, if anything, is found by its job id.
+        let job = match &r.action {
+            RecoveryAction::Unmount { mount } => *mount,
+            RecoveryAction::Mount { .. } => r.job,
+            other => return Err(wrong_action(s.kind(), "unmount", other)),
+        };
+        let mounts = s.dest().join(MOUNTS);
+        for p in [
+            mounts.join(job.to_string()),
+            mounts.join(format!(".{job}.tmp-{job}")),
+        ] {
+            s.remove_tree(&p)?;
+        }
+        return sync(&mounts).or_else(|e| if mounts.exists() { Err(e) } else { Ok(()) });
     };
     let p = check_path(loc)?;
     let (Some(parent), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
