@@ -125,6 +125,25 @@ async fn in_place_promotes_the_point_and_rollback_promotes_the_safety_copy() {
         vec!["rm-point-a1", "rm-safety-a1"]
     );
 
+    // The rollback marked the safety copy: a late redelivery of the restore
+    // does not promote over what it put back.
+    let safety = a.fake.volume("rm-safety-a1").unwrap();
+    assert!(
+        safety
+            .comment
+            .as_deref()
+            .is_some_and(|c| c.starts_with("recman job")
+                && c.ends_with(&format!("restore of job {} rolled back", s.job))),
+        "{safety:?}"
+    );
+    let e = p.restore(s.req()).await.unwrap_err();
+    assert_eq!(e.code, "rolled_back", "{e:?}");
+    assert_eq!(a.fake.content("DB01-vv").as_deref(), Some("tuesday"));
+    // A rollback redelivered: marked once, promoted again.
+    p.rollback(s.req()).await.unwrap();
+    let again = a.fake.volume("rm-safety-a1").unwrap().comment.unwrap();
+    assert_eq!(again.matches("rolled back").count(), 1, "{again}");
+
     s.safety = None;
     let e = p.rollback(s.req()).await.unwrap_err();
     assert_eq!(e.code, "no_safety_snapshot", "{e:?}");

@@ -42,6 +42,8 @@
 //!   numbers for the INV_OPERATION_* codes: the fake answers them with
 //!   `code` 0 and the symbolic name at the start of `desc`. Not modelled:
 //!   promote in progress, busy or stale volumes, remote copy, sizes.
+//! - `PUT /volumes/<name> {"comment"}` ("Modifying a Volume"; only the
+//!   comment, at most 511 characters, is modelled) → 200.
 //! - `GET /tasks/<id>` → `{"id","type":4,"name","status",…}`, status 1 done,
 //!   2 active, 3 cancelled, 4 failed; an unknown id → 404 code 145
 //!   NON_EXISTENT_TASK, not a number → 400 code 39 INV_INPUT_WRONG_TYPE. A

@@ -536,7 +536,7 @@ fn promote(st: &mut State, name: &str, body: &[u8]) -> (StatusCode, Value) {
         return bad(12, "invalid input: body is not JSON");
     };
     match v.get("action").map(|a| a.as_i64()) {
-        None => return bad(40, "invalid input: missing required field action"),
+        None => return modify(st, name, &v),
         Some(Some(4)) => {}
         Some(Some(1..=6)) => {
             return wsapi_err(
@@ -609,6 +609,44 @@ fn promote(st: &mut State, name: &str, body: &[u8]) -> (StatusCode, Value) {
         StatusCode::OK,
         json!({ "taskid": id, "links": [{ "href": format!("/api/v1/volumes/{name}"), "rel": "self" }] }),
     )
+}
+
+/// `PUT /volumes/<name>` without an action ("Modifying a Volume"): only
+/// `comment` (up to 511 characters) is modelled.
+fn modify(st: &mut State, name: &str, v: &Value) -> (StatusCode, Value) {
+    let Some(o) = v.as_object() else {
+        return wsapi_err(
+            StatusCode::BAD_REQUEST,
+            12,
+            "invalid input: body is not a JSON object",
+        );
+    };
+    if o.keys().any(|k| k != "comment") || o.is_empty() {
+        return wsapi_err(
+            StatusCode::NOT_FOUND,
+            0,
+            "the fake implements only comment of a volume modification",
+        );
+    }
+    let Some(c) = o.get("comment").and_then(Value::as_str) else {
+        return wsapi_err(
+            StatusCode::BAD_REQUEST,
+            39,
+            "invalid input: wrong type for comment",
+        );
+    };
+    if c.len() > 511 {
+        return wsapi_err(
+            StatusCode::BAD_REQUEST,
+            57,
+            "invalid input: comment exceeds 511 characters",
+        );
+    }
+    let Some(vol) = st.volumes.get_mut(name) else {
+        return non_existent_vol(name);
+    };
+    vol.comment = Some(c.to_string());
+    (StatusCode::OK, Value::Null)
 }
 
 /// `GET /tasks/<id>`.

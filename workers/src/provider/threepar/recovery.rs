@@ -26,11 +26,16 @@
 //! promote is online: the base stays exported to the (stopped) application
 //! host; "priority does not apply to online promote", so none is sent.
 //!
-//! A redelivered step finds its work: a promote is simply done again (the
-//! base becomes the point again; the core never redelivers a restore once
-//! the application is started on it), an existing copy is checked to be a
-//! copy of the point, an existing export of the volume to the host is
-//! reused (the array would make a second VLUN on another LUN).
+//! A redelivered step finds its work: a promote is done again (the base
+//! becomes the point again), an existing copy is checked to be a copy of
+//! the point, an existing export of the volume to the host is reused (the
+//! array would make a second VLUN on another LUN). A rollback first appends
+//! `restore of job <job> rolled back` to the safety copy's comment
+//! (`PUT /volumes/<safety> {"comment"}`, "Modifying a Volume"); a restore
+//! of that job redelivered later finds it and is refused (`rolled_back`)
+//! instead of promoting over the data put back. A restore redelivered after
+//! it finished and the application started is not detected: it promotes
+//! the point again.
 
 use std::time::{Duration, Instant};
 
@@ -57,6 +62,8 @@ const EXPORTED_VLUN: i64 = 26;
 const POLL_FIRST: Duration = Duration::from_millis(100);
 const POLL_MAX: Duration = Duration::from_secs(5);
 const PROMOTE_WAIT: Duration = Duration::from_secs(4 * 3600);
+/// Longest volume comment (Guide, "Creating Snapshots").
+const MAX_COMMENT: usize = 511;
 
 /// The 20 characters of the job in its snapshot names: mount copies are
 /// named from them, so an unmount without a location finds them.
@@ -359,10 +366,47 @@ impl ThreeParProvider {
         )
     }
 
+    /// The mark a rollback leaves in the safety copy's comment.
+    fn rolled_back_mark(job: JobId) -> String {
+        format!("restore of job {job} rolled back")
+    }
+
+    async fn comment_of(&self, name: &str) -> Result<Option<String>, StepError> {
+        match self
+            .client
+            .call(Method::GET, &format!("volumes/{name}"), None)
+            .await
+        {
+            Ok(v) => Ok(Some(
+                v.get("comment").and_then(Value::as_str).unwrap_or("").to_string(),
+            )),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(self.fail(&format!("reading volume {name}"))(e)),
+        }
+    }
+
     pub(super) async fn restore_step(&self, req: RecoveryJob<'_>) -> Result<String, StepError> {
         check_snapshot_name(req.point)?;
         match req.action {
-            RecoveryAction::InPlace => self.promote_all(req.point, "restore point", req.target).await,
+            RecoveryAction::InPlace => {
+                if let Some(safety) = req.safety {
+                    check_snapshot_name(safety)?;
+                    // The safety copy (of a set: its first member's copy).
+                    let first = self.names(safety, 1).remove(0);
+                    let comment = self.comment_of(&first).await?.unwrap_or_default();
+                    if comment.contains(&Self::rolled_back_mark(req.job)) {
+                        return Err(StepError::new(
+                            "rolled_back",
+                            format!(
+                                "target {}: the restore of job {} was rolled back (safety copy {first}): not promoting {} again",
+                                req.target, req.job, req.point
+                            ),
+                            false,
+                        ));
+                    }
+                }
+                self.promote_all(req.point, "restore point", req.target).await
+            }
             RecoveryAction::To { .. } => Err(StepError::new(
                 "not_supported",
                 format!(
@@ -401,6 +445,32 @@ impl ThreeParProvider {
             ));
         };
         check_snapshot_name(safety)?;
+        // The mark first: a restore redelivered from now on is refused.
+        let mark = Self::rolled_back_mark(req.job);
+        for (copy, base) in self.pairs(safety).await? {
+            self.check_point(&copy, &base, "safety snapshot", req.target)
+                .await?;
+            let old = self.comment_of(&copy).await?.unwrap_or_default();
+            if old.contains(&mark) {
+                continue;
+            }
+            let mut comment = if old.is_empty() {
+                mark.clone()
+            } else {
+                format!("{old}; {mark}")
+            };
+            if comment.len() > MAX_COMMENT {
+                comment = mark.clone();
+            }
+            self.client
+                .call(
+                    Method::PUT,
+                    &format!("volumes/{copy}"),
+                    Some(&json!({ "comment": comment })),
+                )
+                .await
+                .map_err(self.fail(&format!("marking safety copy {copy}")))?;
+        }
         self.promote_all(safety, "safety snapshot", req.target).await
     }
 
