@@ -54,6 +54,12 @@ pub struct ThreeParConfig {
     /// Nobody can delete the copy before this many hours (Virtual Lock
     /// licence; can never be shortened once set).
     pub retention_hours: Option<u32>,
+    /// The 3PAR host (as defined on the array) that mounts export the copy
+    /// to; only mounts need it.
+    pub mount_host: Option<String>,
+    /// Where the config declares this provider (`file:line:column: key`),
+    /// so a key missing for a recovery step is reported at its place.
+    pub at: String,
 }
 
 const ARRAY_KEYS: &[&str] = &[
@@ -187,6 +193,7 @@ pub(super) const PROVIDER_KEYS: &[&str] = &[
     "volume_set",
     "expiration_hours",
     "retention_hours",
+    "mount_host",
 ];
 
 /// The `3par` fields of `[target.provider]` (`p`, whose span is `p_span`).
@@ -259,11 +266,20 @@ pub(super) fn provider(
             ));
         }
     }
+    let mount_host = match cx.string(p, pkey, "mount_host")? {
+        None => None,
+        Some((h, span)) => {
+            check_volume_name(&h).map_err(|m| cx.err(span, &join(pkey, "mount_host"), m))?;
+            Some(h)
+        }
+    };
     Ok(ThreeParConfig {
         array,
         object,
         expiration_hours,
         retention_hours,
+        mount_host,
+        at: format!("{}: {pkey}", cx.at(p_span)),
     })
 }
 
@@ -308,6 +324,8 @@ mod tests {
         assert_eq!(p.array.max_sessions, DEFAULT_MAX_SESSIONS);
         assert_eq!(p.object, ThreeParObject::Volume("DB01-vv".into()));
         assert_eq!((p.expiration_hours, p.retention_hours), (Some(336), None));
+        assert_eq!(p.mount_host, None);
+        assert_eq!(p.at, "/etc/recman/recman.toml:12:1: target[0].provider");
         assert_eq!(
             t.to_string(),
             "db01 (writer none in host.mbx01, provider 3par in array.a)"
@@ -424,6 +442,20 @@ mod tests {
             "target[0].provider.retention_hours",
             "outlast",
         );
+        refused(
+            &target("array = \"a\"\nvolume = \"v\"\nmount_host = \"a b\"\n"),
+            16,
+            "target[0].provider.mount_host",
+            "only letters",
+        );
+        let c = parse(&target(
+            "array = \"a\"\nvolume = \"v\"\nmount_host = \"backup01\"\n",
+        ))
+        .unwrap();
+        let crate::ProviderConfig::ThreePar(p) = &c.targets[0].provider else {
+            panic!()
+        };
+        assert_eq!(p.mount_host.as_deref(), Some("backup01"));
         refused(
             &target("array = \"a\"\nvolume = \"v\"\nsource = \"/x\"\n"),
             16,

@@ -40,6 +40,7 @@ mod snapshot_failures_cli;
 mod threepar_e2e;
 mod threepar_examples;
 mod threepar_provider;
+mod threepar_recovery;
 mod trace_jobs;
 mod trace_otlp;
 mod up_cli;

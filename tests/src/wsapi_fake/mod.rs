@@ -26,13 +26,60 @@
 //! - `GET /cpgs/<name>` → `{"name","SDUsage":{"usedMiB"},"SDGrowth":{"limitMiB","warningMiB"}}`
 //!   (an unknown CPG → 404 code 15 NON_EXISTENT_CPG); a volume shows its `snapCPG`.
 //!
+//! Recovery (HP 3PAR Web Service API 1.3.1 Developer's Guide: "Promoting a
+//! Virtual Copy", "Creating a VLUN", "Removing a VLUN", "Querying VLUNs",
+//! the task and error-code tables; python-3parclient's `promoteVirtualCopy`,
+//! `createVLUN`, `deleteVLUN`, `getTask` and its mock server for the numbers):
+//!
+//! - `PUT /volumes/<copy> {"action":4,"online":bool,"priority":1..3}`
+//!   (PROMOTE_VIRTUAL_COPY) → 200 `{"taskid":n,"links":[…]}`: the copy's
+//!   data goes back onto its base volume (the root of its `copyOf` chain).
+//!   Refused: a base volume (409 INV_OPERATION_VV_BASE_VOLUME), `priority`
+//!   with `online` (409 INV_OPERATION_PARAM_CONFLICT: "does not apply to
+//!   online promote"), a priority outside 1..3 (400 code 46
+//!   INV_INPUT_BAD_ENUM_VALUE), an offline promote while the base is
+//!   exported (403 INV_OPERATION_VV_EXPORTED). The reference gives no
+//!   numbers for the INV_OPERATION_* codes: the fake answers them with
+//!   `code` 0 and the symbolic name at the start of `desc`. Not modelled:
+//!   promote in progress, busy or stale volumes, remote copy, sizes.
+//! - `PUT /volumes/<name> {"comment"}` ("Modifying a Volume"; only the
+//!   comment, at most 511 characters, is modelled) → 200.
+//! - `GET /tasks/<id>` → `{"id","type":4,"name","status",…}`, status 1 done,
+//!   2 active, 3 cancelled, 4 failed; an unknown id → 404 code 145
+//!   NON_EXISTENT_TASK, not a number → 400 code 39 INV_INPUT_WRONG_TYPE. A
+//!   task reports active for [`FakeWsapi::set_task_polls`] reads, then done
+//!   (the promote's data is in place when the PUT answers).
+//! - `POST /volumes/<snap>` createSnapshot of a snapshot (a copy of a copy,
+//!   `copyOf` the snapshot): a read-only copy of a read-only volume → 403
+//!   INV_OPERATION_VV_READONLY_TO_READONLY_SNAP (code 0, as above).
+//!   `DELETE /volumes/<name>` of an exported volume → 409 code 26 EXPORTED_VLUN.
+//! - `POST /vluns {"volumeName","hostname","lun","autoLun","maxAutoLun",
+//!   "noVcn","overrideLowerPriority"}` → 201, `Location:
+//!   /api/v1/vluns/<volume>,<lun>,<host>`, no body. Missing volumeName or
+//!   hostname → 400 code 40 INV_INPUT_MISSING_REQUIRED, missing lun without
+//!   autoLun → 400 code 12 INV_INPUT, lun over 16384 → 400 code 28
+//!   TOO_LARGE, unknown volume → 404 code 23, unknown host → 404 code 17
+//!   NON_EXISTENT_HOST, a LUN already used on that host → 409 code 18
+//!   EXISTENT_LUN; `autoLun` takes the lowest free LUN from `lun` (up to
+//!   `maxAutoLun`, 0 = no limit), none free → 409 AUTO_LUN_ID_UNAVAILABLE
+//!   (code 0). Exporting the same volume to the same host again with
+//!   `autoLun` makes a second VLUN, as the array does. `portPos` (port and
+//!   matched-set VLUNs) and host sets are not modelled (400 code 12).
+//! - `GET /vluns[?query="volumeName EQ <v>"]` → `{"total","members":[{"volumeName",
+//!   "lun","hostname","active":true,"type":3}]}`.
+//! - `DELETE /vluns/<volume>,<lun>,<host>` → 200; no such VLUN → 404 code
+//!   19 NON_EXISTENT_VLUN, an unknown host → 404 code 17.
+//! - Hosts exist only as names ([`FakeWsapi::add_host`]); a volume's data is a
+//!   test marker ([`FakeWsapi::set_content`]), not a WSAPI field: a copy
+//!   starts with its parent's, a promote puts the copy's on the base.
+//!
 //! Test knobs: injected 503s, latency per request, session expiry, a log of
 //! every request. Serves plain HTTP or HTTPS (rustls, ring provider) on
 //! 127.0.0.1 with a free port.
 
 mod server;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -58,6 +105,24 @@ pub struct Volume {
     pub creation_time_sec: u64,
     /// The CPG its virtual copies go to (`snapCPG`), when set.
     pub snap_cpg: Option<String>,
+    /// The data, as a test marker (not a WSAPI field).
+    pub content: Option<String>,
+}
+
+/// One VLUN (an export of a volume to a host at a LUN).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vlun {
+    pub volume_name: String,
+    pub lun: u32,
+    pub hostname: String,
+}
+
+/// One task of the array (promotes only).
+#[derive(Clone, Debug)]
+pub(crate) struct Task {
+    pub name: String,
+    /// Reads still to answer "active" (2) before "done" (1).
+    pub polls_left: u32,
 }
 
 /// One CPG's snapshot space (`SDUsage.usedMiB`, `SDGrowth.limitMiB`/`warningMiB`; 0 = none).
@@ -88,6 +153,11 @@ pub(crate) struct State {
     pub sets: BTreeMap<String, Vec<String>>,
     pub cpgs: BTreeMap<String, Cpg>,
     pub sessions: HashSet<String>,
+    pub hosts: BTreeSet<String>,
+    pub vluns: Vec<Vlun>,
+    pub tasks: BTreeMap<u64, Task>,
+    pub next_task: u64,
+    pub task_polls: u32,
     pub next_id: u64,
     pub logins: u64,
     pub logouts: u64,
@@ -123,6 +193,7 @@ impl State {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             snap_cpg: None,
+            content: None,
         };
         self.volumes.insert(name.to_string(), v);
         self.volumes.get_mut(name).expect("just inserted")
@@ -168,6 +239,49 @@ impl FakeWsapi {
     /// (or an administrator, by hand): recman is not asked. True if it was there.
     pub fn expire(&self, name: &str) -> bool {
         self.shared().lock().volumes.remove(name).is_some()
+    }
+
+    /// Adds a host (by name: paths and personas are not modelled).
+    pub fn add_host(&self, name: &str) {
+        self.shared().lock().hosts.insert(name.to_string());
+    }
+
+    /// Sets the data marker of volume `vol` (what a host would have written).
+    pub fn set_content(&self, vol: &str, content: &str) {
+        if let Some(v) = self.shared().lock().volumes.get_mut(vol) {
+            v.content = Some(content.to_string());
+        }
+    }
+
+    /// The data marker of volume `vol`.
+    pub fn content(&self, vol: &str) -> Option<String> {
+        self.shared()
+            .lock()
+            .volumes
+            .get(vol)
+            .and_then(|v| v.content.clone())
+    }
+
+    /// Exports `vol` to `host` at `lun` (as production is exported), adding
+    /// the host if needed.
+    pub fn add_vlun(&self, vol: &str, lun: u32, host: &str) {
+        let mut st = self.shared().lock();
+        st.hosts.insert(host.to_string());
+        st.vluns.push(Vlun {
+            volume_name: vol.to_string(),
+            lun,
+            hostname: host.to_string(),
+        });
+    }
+
+    /// Every VLUN, in creation order.
+    pub fn vluns(&self) -> Vec<Vlun> {
+        self.shared().lock().vluns.clone()
+    }
+
+    /// Tasks report "active" for this many reads before "done".
+    pub fn set_task_polls(&self, n: u32) {
+        self.shared().lock().task_polls = n;
     }
 
     /// A copy of every volume.

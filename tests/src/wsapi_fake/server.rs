@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
-use super::{Logged, Shared, State, MAX_NAME, VIRTUAL_COPY};
+use super::{Logged, Shared, State, Task, Vlun, MAX_NAME, VIRTUAL_COPY};
 
 pub const SESSION_HEADER: &str = "x-hp3par-wsapi-sessionkey";
 
@@ -154,6 +154,12 @@ fn wsapi_err(status: StatusCode, code: u32, desc: &str) -> (StatusCode, Value) {
     (status, json!({ "code": code, "desc": desc }))
 }
 
+/// An error the reference names but gives no number for: code 0, the name
+/// first in `desc` (module comment).
+fn named_err(status: StatusCode, name: &str, desc: &str) -> (StatusCode, Value) {
+    wsapi_err(status, 0, &format!("{name}: {desc}"))
+}
+
 async fn handle(
     AxState(shared): AxState<Shared>,
     method: Method,
@@ -172,6 +178,7 @@ async fn handle(
         .map(str::to_string);
     let body_text = String::from_utf8_lossy(&body).to_string();
     let mut st = shared.lock();
+    let mut location = None;
     let (status, reply) = if st.inject_503 > 0 {
         st.inject_503 -= 1;
         wsapi_err(
@@ -180,7 +187,15 @@ async fn handle(
             "service unavailable (injected by the fake)",
         )
     } else {
-        route(&mut st, &method, uri.path(), &query, key.as_deref(), &body)
+        route(
+            &mut st,
+            &method,
+            uri.path(),
+            &query,
+            key.as_deref(),
+            &body,
+            &mut location,
+        )
     };
     st.log.push(Logged {
         method: method.to_string(),
@@ -190,11 +205,15 @@ async fn handle(
         status: status.as_u16(),
     });
     drop(st);
-    if reply.is_null() {
+    let mut resp = if reply.is_null() {
         status.into_response()
     } else {
         (status, axum::Json(reply)).into_response()
+    };
+    if let Some(l) = location.and_then(|l| axum::http::HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(axum::http::header::LOCATION, l);
     }
+    resp
 }
 
 fn route(
@@ -204,6 +223,7 @@ fn route(
     query: &HashMap<String, String>,
     key: Option<&str>,
     body: &[u8],
+    location: &mut Option<String>,
 ) -> (StatusCode, Value) {
     let Some(rest) = path.strip_prefix("/api/v1/") else {
         return wsapi_err(
@@ -262,6 +282,11 @@ fn route(
             Err(e) => e,
             Ok(p) => snapshot_set(st, set, &p),
         },
+        (Method::PUT, ["volumes", name]) => promote(st, name, body),
+        (Method::GET, ["tasks", id]) => task(st, id),
+        (Method::GET, ["vluns"]) => list_vluns(st, query),
+        (Method::POST, ["vluns"]) => create_vlun(st, body, location),
+        (Method::DELETE, ["vluns", spec]) => delete_vlun(st, spec),
         _ => wsapi_err(StatusCode::NOT_FOUND, 0, "the fake does not implement this call"),
     }
 }
@@ -362,6 +387,13 @@ fn delete_volume(st: &mut State, name: &str) -> (StatusCode, Value) {
     if st.volumes.values().any(|v| v.copy_of.as_deref() == Some(name)) {
         return wsapi_err(StatusCode::CONFLICT, 32, &format!("volume has a child: {name}"));
     }
+    if st.vluns.iter().any(|v| v.volume_name == name) {
+        return wsapi_err(
+            StatusCode::CONFLICT,
+            26,
+            &format!("the volume is exported (VLUN still exported): {name}"),
+        );
+    }
     st.volumes.remove(name);
     (StatusCode::OK, Value::Null)
 }
@@ -427,7 +459,9 @@ fn check_new_name(st: &State, name: &str) -> Result<(), (StatusCode, Value)> {
 }
 
 fn create_copy(st: &mut State, base: &str, name: &str, p: &SnapParams) {
+    let content = st.volumes.get(base).and_then(|v| v.content.clone());
     let v = st.add_volume(name, Some(base), VIRTUAL_COPY);
+    v.content = content;
     v.read_only = p.read_only;
     v.comment = p.comment.clone();
     v.expiration_hours = p.expiration_hours;
@@ -435,8 +469,15 @@ fn create_copy(st: &mut State, base: &str, name: &str, p: &SnapParams) {
 }
 
 fn snapshot_volume(st: &mut State, base: &str, p: &SnapParams) -> (StatusCode, Value) {
-    if !st.volumes.contains_key(base) {
+    let Some(parent) = st.volumes.get(base) else {
         return non_existent_vol(base);
+    };
+    if parent.read_only && p.read_only {
+        return named_err(
+            StatusCode::FORBIDDEN,
+            "INV_OPERATION_VV_READONLY_TO_READONLY_SNAP",
+            &format!("creating a read-only copy of the read-only volume {base} is not permitted"),
+        );
     }
     if let Err(e) = check_new_name(st, &p.name) {
         return e;
@@ -474,4 +515,344 @@ fn snapshot_set(st: &mut State, set: &str, p: &SnapParams) -> (StatusCode, Value
         create_copy(st, base, n, p);
     }
     (StatusCode::CREATED, Value::Null)
+}
+
+/// The base volume of `name`: the root of its `copyOf` chain.
+fn base_of(st: &State, name: &str) -> String {
+    let mut cur = name.to_string();
+    for _ in 0..64 {
+        match st.volumes.get(&cur).and_then(|v| v.copy_of.clone()) {
+            Some(parent) => cur = parent,
+            None => break,
+        }
+    }
+    cur
+}
+
+/// `PUT /volumes/<copy>` with action 4, PROMOTE_VIRTUAL_COPY.
+fn promote(st: &mut State, name: &str, body: &[u8]) -> (StatusCode, Value) {
+    let bad = |code: u32, desc: &str| wsapi_err(StatusCode::BAD_REQUEST, code, desc);
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return bad(12, "invalid input: body is not JSON");
+    };
+    match v.get("action").map(|a| a.as_i64()) {
+        None => return modify(st, name, &v),
+        Some(Some(4)) => {}
+        Some(Some(1..=6)) => {
+            return wsapi_err(
+                StatusCode::NOT_FOUND,
+                0,
+                "the fake implements only action 4 (PROMOTE_VIRTUAL_COPY) of PUT /volumes",
+            )
+        }
+        Some(_) => return bad(46, "invalid input: bad enum value - action"),
+    }
+    for k in v
+        .as_object()
+        .map(|o| o.keys().cloned().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        if !["action", "online", "priority", "allowRemoteCopyParent"].contains(&k.as_str()) {
+            return bad(12, &format!("invalid input: unknown member {k}"));
+        }
+    }
+    let online = match v.get("online") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return bad(39, "invalid input: wrong type for online"),
+    };
+    if let Some(p) = v.get("priority") {
+        if online {
+            return named_err(
+                StatusCode::CONFLICT,
+                "INV_OPERATION_PARAM_CONFLICT",
+                "parameters cannot be present at the same time (priority does not apply to online promote)",
+            );
+        }
+        if !matches!(p.as_i64(), Some(1..=3)) {
+            return bad(46, "invalid input: bad enum value - priority");
+        }
+    }
+    let Some(copy) = st.volumes.get(name) else {
+        return non_existent_vol(name);
+    };
+    if copy.copy_of.is_none() {
+        return named_err(
+            StatusCode::CONFLICT,
+            "INV_OPERATION_VV_BASE_VOLUME",
+            &format!("the volume is a base volume: {name}"),
+        );
+    }
+    let content = copy.content.clone();
+    let base = base_of(st, name);
+    if !online && st.vluns.iter().any(|l| l.volume_name == base) {
+        return named_err(
+            StatusCode::FORBIDDEN,
+            "INV_OPERATION_VV_EXPORTED",
+            &format!("the base volume {base} is exported: promote it online or unexport it"),
+        );
+    }
+    if let Some(b) = st.volumes.get_mut(&base) {
+        b.content = content;
+    }
+    st.next_task += 1;
+    let id = st.next_task;
+    let polls_left = st.task_polls;
+    st.tasks.insert(
+        id,
+        Task {
+            name: format!("promotesv {name}"),
+            polls_left,
+        },
+    );
+    (
+        StatusCode::OK,
+        json!({ "taskid": id, "links": [{ "href": format!("/api/v1/volumes/{name}"), "rel": "self" }] }),
+    )
+}
+
+/// `PUT /volumes/<name>` without an action ("Modifying a Volume"): only
+/// `comment` (up to 511 characters) is modelled.
+fn modify(st: &mut State, name: &str, v: &Value) -> (StatusCode, Value) {
+    let Some(o) = v.as_object() else {
+        return wsapi_err(
+            StatusCode::BAD_REQUEST,
+            12,
+            "invalid input: body is not a JSON object",
+        );
+    };
+    if o.keys().any(|k| k != "comment") || o.is_empty() {
+        return wsapi_err(
+            StatusCode::NOT_FOUND,
+            0,
+            "the fake implements only comment of a volume modification",
+        );
+    }
+    let Some(c) = o.get("comment").and_then(Value::as_str) else {
+        return wsapi_err(
+            StatusCode::BAD_REQUEST,
+            39,
+            "invalid input: wrong type for comment",
+        );
+    };
+    if c.len() > 511 {
+        return wsapi_err(
+            StatusCode::BAD_REQUEST,
+            57,
+            "invalid input: comment exceeds 511 characters",
+        );
+    }
+    let Some(vol) = st.volumes.get_mut(name) else {
+        return non_existent_vol(name);
+    };
+    vol.comment = Some(c.to_string());
+    (StatusCode::OK, Value::Null)
+}
+
+/// `GET /tasks/<id>`.
+fn task(st: &mut State, id: &str) -> (StatusCode, Value) {
+    let Ok(id) = id.parse::<i64>() else {
+        return wsapi_err(
+            StatusCode::BAD_REQUEST,
+            39,
+            "invalid input: task ID is not an integer",
+        );
+    };
+    if id <= 0 {
+        return wsapi_err(
+            StatusCode::BAD_REQUEST,
+            115,
+            "invalid input: task ID must be positive",
+        );
+    }
+    let Some(t) = st.tasks.get_mut(&(id as u64)) else {
+        return wsapi_err(StatusCode::NOT_FOUND, 145, &format!("task does not exist: {id}"));
+    };
+    let status = if t.polls_left > 0 {
+        t.polls_left -= 1;
+        2
+    } else {
+        1
+    };
+    (
+        StatusCode::OK,
+        json!({
+            "id": id,
+            "type": 4,
+            "name": t.name,
+            "status": status,
+            "completedPhases": if status == 1 { 1 } else { 0 },
+            "totalPhases": 1,
+            "priority": 2,
+            "user": st.user,
+            "detailedStatus": if status == 1 { "promote done" } else { "promote running" },
+        }),
+    )
+}
+
+fn vlun_json(v: &Vlun) -> Value {
+    json!({ "volumeName": v.volume_name, "lun": v.lun, "hostname": v.hostname, "active": true, "type": 3 })
+}
+
+/// `GET /vluns[?query="volumeName EQ <v>"]`.
+fn list_vluns(st: &State, query: &HashMap<String, String>) -> (StatusCode, Value) {
+    let filter = match query.get("query") {
+        None => None,
+        Some(q) => {
+            let words: Vec<&str> = q.trim().trim_matches('"').split_whitespace().collect();
+            match words.as_slice() {
+                ["volumeName", "EQ", v] => Some(v.to_string()),
+                _ => {
+                    return wsapi_err(
+                        StatusCode::BAD_REQUEST,
+                        12,
+                        "invalid input: the fake understands only query=\"volumeName EQ <name>\"",
+                    )
+                }
+            }
+        }
+    };
+    let members: Vec<Value> = st
+        .vluns
+        .iter()
+        .filter(|v| filter.as_deref().is_none_or(|f| f == v.volume_name))
+        .map(vlun_json)
+        .collect();
+    (
+        StatusCode::OK,
+        json!({ "total": members.len(), "members": members }),
+    )
+}
+
+/// Highest LUN the array accepts.
+const MAX_LUN: u64 = 16_384;
+
+/// `POST /vluns`.
+fn create_vlun(st: &mut State, body: &[u8], location: &mut Option<String>) -> (StatusCode, Value) {
+    let bad = |code: u32, desc: &str| wsapi_err(StatusCode::BAD_REQUEST, code, desc);
+    let Ok(Value::Object(v)) = serde_json::from_slice::<Value>(body) else {
+        return bad(12, "invalid input: body is not a JSON object");
+    };
+    for k in v.keys() {
+        if ![
+            "volumeName",
+            "lun",
+            "hostname",
+            "portPos",
+            "noVcn",
+            "overrideLowerPriority",
+            "autoLun",
+            "maxAutoLun",
+        ]
+        .contains(&k.as_str())
+        {
+            return bad(12, &format!("invalid input: unknown member {k}"));
+        }
+    }
+    if v.contains_key("portPos") {
+        return bad(
+            12,
+            "invalid input: port VLUNs (portPos) are not modelled by the fake",
+        );
+    }
+    let Some(vol) = v.get("volumeName").and_then(Value::as_str) else {
+        return bad(40, "invalid input: missing required volumeName");
+    };
+    let Some(host) = v.get("hostname").and_then(Value::as_str) else {
+        return bad(40, "invalid input: missing hostname (and portPos)");
+    };
+    let auto = v.get("autoLun").and_then(Value::as_bool).unwrap_or(false);
+    let lun = match v.get("lun") {
+        None if auto => 0,
+        None => return bad(12, "invalid input: missing LUN"),
+        Some(l) => match l.as_u64() {
+            Some(l) if l > MAX_LUN => return bad(28, "LUN is greater than 16384"),
+            Some(l) => l,
+            None => return bad(39, "invalid input: wrong type for lun"),
+        },
+    };
+    if !st.volumes.contains_key(vol) {
+        return non_existent_vol(vol);
+    }
+    if !st.hosts.contains(host) {
+        return wsapi_err(StatusCode::NOT_FOUND, 17, &format!("host does not exist: {host}"));
+    }
+    let used = |st: &State, l: u64| {
+        st.vluns
+            .iter()
+            .any(|x| x.hostname == host && u64::from(x.lun) == l)
+    };
+    let lun = if auto {
+        let max = match v.get("maxAutoLun").and_then(Value::as_u64).unwrap_or(0) {
+            0 => MAX_LUN,
+            m => m.min(MAX_LUN),
+        };
+        match (lun..=max).find(|l| !used(st, *l)) {
+            Some(l) => l,
+            None => {
+                return named_err(
+                    StatusCode::CONFLICT,
+                    "AUTO_LUN_ID_UNAVAILABLE",
+                    "LUN ID cannot be assigned within the specified range",
+                )
+            }
+        }
+    } else if used(st, lun) {
+        return wsapi_err(
+            StatusCode::CONFLICT,
+            18,
+            &format!("LUN {lun} already exists on host {host}"),
+        );
+    } else {
+        lun
+    };
+    let vlun = Vlun {
+        volume_name: vol.to_string(),
+        lun: lun as u32,
+        hostname: host.to_string(),
+    };
+    *location = Some(format!("/api/v1/vluns/{vol},{lun},{host}"));
+    st.vluns.push(vlun);
+    (StatusCode::CREATED, Value::Null)
+}
+
+/// `DELETE /vluns/<volume>,<lun>,<host>`.
+fn delete_vlun(st: &mut State, spec: &str) -> (StatusCode, Value) {
+    let parts: Vec<&str> = spec.split(',').collect();
+    let (vol, lun, host) = match parts.as_slice() {
+        [vol, lun, host] => (*vol, *lun, *host),
+        [_, _, _, _] => {
+            return wsapi_err(
+                StatusCode::BAD_REQUEST,
+                12,
+                "invalid input: port VLUNs (portPos) are not modelled by the fake",
+            )
+        }
+        _ => {
+            return wsapi_err(
+                StatusCode::BAD_REQUEST,
+                40,
+                "incomplete VLUN info: volumeName,lun,hostname",
+            )
+        }
+    };
+    let Ok(lun) = lun.parse::<u32>() else {
+        return wsapi_err(StatusCode::BAD_REQUEST, 39, "invalid input: LUN is not a number");
+    };
+    if !st.hosts.contains(host) {
+        return wsapi_err(StatusCode::NOT_FOUND, 17, &format!("host does not exist: {host}"));
+    }
+    let Some(i) = st
+        .vluns
+        .iter()
+        .position(|v| v.volume_name == vol && v.lun == lun && v.hostname == host)
+    else {
+        return wsapi_err(
+            StatusCode::NOT_FOUND,
+            19,
+            &format!("VLUN does not exist: {vol},{lun},{host}"),
+        );
+    };
+    st.vluns.remove(i);
+    (StatusCode::OK, Value::Null)
 }

@@ -5,9 +5,11 @@
 //! a redelivered command meets EXISTENT_VOL (22) and succeeds once the
 //! existing volume is checked to be a virtual copy of the right base. A
 //! volume set is cut at one instant with the pattern `<name>-@count@`.
+//! Recovery (promote, VLUN exports, copies of copies) is in `recovery`.
 
 pub mod check;
 mod client;
+mod recovery;
 mod tls;
 
 use std::sync::Arc;
@@ -18,8 +20,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 pub use client::{ArrayClient, WsapiError};
+pub use recovery::{job_key, MOUNT_PREFIX};
 
-use super::{check_snapshot_name, Provider, SnapshotJob};
+use super::{check_snapshot_name, Provider, RecoveryJob, SnapshotJob};
 use recman_config::{ThreeParConfig, ThreeParObject};
 
 /// `copyType` of a virtual copy.
@@ -339,6 +342,22 @@ impl Provider for ThreeParProvider {
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.client.logout_all())
+    }
+
+    fn restore<'a>(&'a self, req: RecoveryJob<'a>) -> BoxFuture<'a, Result<String, StepError>> {
+        Box::pin(self.restore_step(req))
+    }
+
+    fn rollback<'a>(&'a self, req: RecoveryJob<'a>) -> BoxFuture<'a, Result<String, StepError>> {
+        Box::pin(self.rollback_step(req))
+    }
+
+    fn mount<'a>(&'a self, req: RecoveryJob<'a>) -> BoxFuture<'a, Result<String, StepError>> {
+        Box::pin(self.mount_step(req))
+    }
+
+    fn unmount<'a>(&'a self, req: RecoveryJob<'a>) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(self.unmount_step(req))
     }
 }
 
