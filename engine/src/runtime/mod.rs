@@ -478,6 +478,8 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.retention = retention_policy(t);
         p.writer_timeout_ms = t.writer.timeout().as_millis() as u64;
         p.provider_timeout_ms = t.provider.timeout().as_millis() as u64;
+        p.recovery_timeout_ms = t.recovery.timeout.as_millis() as u64;
+        p.max_mount_age_ms = t.recovery.max_mount_age.map(|d| d.as_millis() as u64);
         p.fingerprint = Some(t.fingerprint());
         p.verify = t.verify.as_ref().map(|v| recman_core::verify::VerifyPolicy {
             kind: v.kind.as_str().to_string(),
