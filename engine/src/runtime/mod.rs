@@ -70,10 +70,29 @@ pub enum Call {
         origin: String,
         reply: oneshot::Sender<Reply>,
     },
+    /// A recovery: restore, mount, unmount, clone, remove a clone.
+    Recover {
+        ask: recman_core::recovery::Ask,
+        origin: String,
+        /// As for `Submit`.
+        new_job: JobId,
+        reply: oneshot::Sender<Reply>,
+    },
     /// A look at the live core state (`recman replay` compares it with a
     /// rebuild from the log; shutdown waits until nothing is frozen). Also
     /// answers "has replay finished?".
     Inspect(Query),
+}
+
+/// What the core takes of a recovery request (validated on the wire).
+pub fn ask(r: recman_events::RecoveryRequest) -> recman_core::recovery::Ask {
+    recman_core::recovery::Ask {
+        request_id: r.request_id,
+        target: r.target,
+        snapshot: r.snapshot,
+        action: r.action,
+        confirm: r.confirm,
+    }
 }
 
 /// Rebuilds the core from the whole log.
@@ -238,6 +257,17 @@ async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound
                 reply: Some(reply),
                 inspect: None,
             },
+            Call::Recover {
+                ask,
+                origin,
+                new_job,
+                reply,
+            } => Inbound {
+                input: Some(Input::Recover { ask, origin, new_job }),
+                delivery: None,
+                reply: Some(reply),
+                inspect: None,
+            },
             Call::Inspect(query) => Inbound {
                 input: None,
                 delivery: None,
@@ -338,8 +368,9 @@ pub async fn run(
 
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(2 * MAX_BATCH);
     let mut tasks = tokio::task::JoinSet::new();
-    // A snapshot request or a cancel; a refused cancel (unknown job, job
-    // ended) is dead-lettered with the core's reason, like a refused request.
+    // A snapshot request, a cancel or a recovery; a refused cancel (unknown
+    // job, job ended) or recovery is dead-lettered with the core's reason,
+    // like a refused request.
     tasks.spawn(forward_bus(requests, in_tx.clone(), |b| {
         Request::from_json(b)
             .map(|r| match r {
@@ -351,6 +382,11 @@ pub async fn run(
                 Request::Cancel(c) => Input::Cancel {
                     job: c.cancel,
                     reason: c.reason().to_string(),
+                },
+                Request::Recovery(r) => Input::Recover {
+                    ask: ask(r),
+                    origin: "amqp".into(),
+                    new_job: JobId::new_v7(),
                 },
             })
             .map_err(|e| e.to_string())
@@ -412,7 +448,7 @@ pub async fn run(
                     batch.notes.report(r, msg);
                 }
             }
-            let is_request = matches!(input, Input::Request { .. });
+            let is_request = matches!(input, Input::Request { .. } | Input::Recover { .. });
             let step = core.handle(input, now);
             if tracing_on {
                 match &step.reply {
