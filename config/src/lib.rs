@@ -220,6 +220,13 @@ pub struct ExecWriterConfig {
     pub freeze: Vec<String>,
     pub thaw: Vec<String>,
     pub flush: Option<Vec<String>>,
+    /// Recovery: stops the application before an in-place restore
+    /// (must succeed when it is already stopped); none = in-place restores
+    /// of the target are refused (`not_supported`).
+    pub stop: Option<Vec<String>>,
+    /// Recovery: starts the application again after an in-place restore or
+    /// its rollback (must succeed when it is already running).
+    pub start: Option<Vec<String>>,
     /// Per command; the command is killed when it runs longer.
     pub timeout: Duration,
 }
@@ -278,8 +285,21 @@ pub struct CopyProviderConfig {
 pub struct ExecProviderConfig {
     pub create: Vec<String>,
     pub delete: Option<Vec<String>>,
+    /// Recovery hooks (`workers/src/provider/exec.rs` says what each gets in
+    /// `RECMAN_*`); a missing one makes that step `not_supported`.
+    /// `restore`: in place, to a path, or a clone; prints the location.
+    pub restore: Option<Vec<String>>,
+    /// Puts the live data back after a failed in-place restore.
+    pub rollback: Option<Vec<String>>,
+    /// Exposes a restore point; prints the location.
+    pub mount: Option<Vec<String>>,
+    /// Takes a mount or a clone away (`RECMAN_LOCATION`).
+    pub unmount: Option<Vec<String>>,
     pub timeout: Duration,
 }
+
+/// The recovery hooks of the `exec` provider, in config order.
+pub const EXEC_PROVIDER_RECOVERY_HOOKS: &[&str] = &["restore", "rollback", "mount", "unmount"];
 
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]
@@ -963,11 +983,23 @@ impl Cx<'_> {
                         v.span(),
                         &wkey,
                         &engine.data_dir,
-                        id.as_str(),
+                        &id,
+                        &pool,
                     )?),
                     _ => {
-                        cx_keys(self, w, &wkey, &["type", "freeze", "thaw", "flush", "timeout"])?;
-                        self.note_hooks(w, &wkey, &["freeze", "thaw", "flush"], &id, &pool);
+                        cx_keys(
+                            self,
+                            w,
+                            &wkey,
+                            &["type", "freeze", "thaw", "flush", "stop", "start", "timeout"],
+                        )?;
+                        self.note_hooks(
+                            w,
+                            &wkey,
+                            &["freeze", "thaw", "flush", "stop", "start"],
+                            &id,
+                            &pool,
+                        );
                         WriterConfig::Exec(ExecWriterConfig {
                             freeze: self.required(
                                 self.argv(w, &wkey, "freeze")?,
@@ -977,6 +1009,8 @@ impl Cx<'_> {
                             )?,
                             thaw: self.required(self.argv(w, &wkey, "thaw")?, v.span(), &wkey, "thaw")?,
                             flush: self.argv(w, &wkey, "flush")?,
+                            stop: self.argv(w, &wkey, "stop")?,
+                            start: self.argv(w, &wkey, "start")?,
                             timeout: self
                                 .duration(w, &wkey, "timeout")?
                                 .unwrap_or(DEFAULT_WRITER_TIMEOUT),
@@ -1041,8 +1075,12 @@ impl Cx<'_> {
                             })
                         }
                         _ => {
-                            cx_keys(self, p, &pkey, &["type", "create", "delete", "timeout"])?;
-                            self.note_hooks(p, &pkey, &["create", "delete"], &id, &provider_pool);
+                            let mut keys = vec!["type", "create", "delete", "timeout"];
+                            keys.extend_from_slice(EXEC_PROVIDER_RECOVERY_HOOKS);
+                            cx_keys(self, p, &pkey, &keys)?;
+                            let mut hooks = vec!["create", "delete"];
+                            hooks.extend_from_slice(EXEC_PROVIDER_RECOVERY_HOOKS);
+                            self.note_hooks(p, &pkey, &hooks, &id, &provider_pool);
                             ProviderConfig::Exec(ExecProviderConfig {
                                 create: self.required(
                                     self.argv(p, &pkey, "create")?,
@@ -1051,6 +1089,10 @@ impl Cx<'_> {
                                     "create",
                                 )?,
                                 delete: self.argv(p, &pkey, "delete")?,
+                                restore: self.argv(p, &pkey, "restore")?,
+                                rollback: self.argv(p, &pkey, "rollback")?,
+                                mount: self.argv(p, &pkey, "mount")?,
+                                unmount: self.argv(p, &pkey, "unmount")?,
                                 timeout: self
                                     .duration(p, &pkey, "timeout")?
                                     .unwrap_or(DEFAULT_PROVIDER_TIMEOUT),

@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use recman_events::{PoolName, TargetId};
 use toml::de::DeTable;
 
 use super::{field, join, ConfigError, Cx, DEFAULT_PROVIDER_TIMEOUT};
@@ -179,6 +180,15 @@ pub struct PostgresConfig {
     /// Retention also removes archived WAL older than the oldest kept restore
     /// point needs (only set this when recman owns `wal_archive`).
     pub prune_wal: bool,
+    /// Recovery: stops the cluster before an in-place restore (e.g.
+    /// `["/usr/bin/pg_ctlcluster", "15", "main", "stop", "-m", "fast"]` or
+    /// `["/usr/bin/systemctl", "stop", "postgresql@15-main"]`); must succeed
+    /// when it is already stopped. The writer only knows a conninfo, not
+    /// the cluster's data directory or service, so without it in-place
+    /// restores of the target are refused.
+    pub stop: Option<Vec<String>>,
+    /// Recovery: starts the cluster again; must succeed when it runs.
+    pub start: Option<Vec<String>>,
 }
 
 /// `<data_dir>/backup_labels/<target>`.
@@ -208,7 +218,8 @@ impl Cx<'_> {
         span: Range<usize>,
         wkey: &str,
         data_dir: &std::path::Path,
-        target: &str,
+        target: &TargetId,
+        pool: &PoolName,
     ) -> Result<PostgresConfig, ConfigError> {
         self.check_keys(
             w,
@@ -227,8 +238,11 @@ impl Cx<'_> {
                 "timeout",
                 "wal_archive",
                 "prune_wal",
+                "stop",
+                "start",
             ],
         )?;
+        self.note_hooks(w, wkey, &["stop", "start"], target, pool);
         let host = self
             .string(w, wkey, "host")?
             .map(|(s, _)| s)
@@ -251,7 +265,7 @@ impl Cx<'_> {
         let password_file = self.path(w, wkey, "password_file")?;
         let (label_dir, label_dir_is_default) = match self.path(w, wkey, "label_dir")? {
             Some(d) => (d, false),
-            None => (default_label_dir(data_dir, target), true),
+            None => (default_label_dir(data_dir, target.as_str()), true),
         };
         let wait_for_archive = self.bool(w, wkey, "wait_for_archive")?.unwrap_or(false);
         let wal_archive = self.path(w, wkey, "wal_archive")?;
@@ -287,6 +301,8 @@ impl Cx<'_> {
             timeout,
             wal_archive,
             prune_wal,
+            stop: self.argv(w, wkey, "stop")?,
+            start: self.argv(w, wkey, "start")?,
         })
     }
 }

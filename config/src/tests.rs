@@ -835,3 +835,98 @@ fn target_recovery_loads_and_is_checked() {
         "unknown",
     );
 }
+
+/// Issue 16: the recovery hooks of the `exec` writer and provider and the
+/// `postgres` writer's stop/start are optional argvs, checked like the others.
+#[test]
+fn recovery_hooks_parse_and_are_checked() {
+    let c = parse(&with_target(
+        "[target.writer]\ntype = \"exec\"\nfreeze = [\"/bin/true\"]\nthaw = [\"/bin/true\"]\n\
+         stop = [\"/usr/bin/systemctl\", \"stop\", \"app\"]\nstart = [\"/usr/bin/systemctl\", \"start\", \"app\"]\n\
+         [target.provider]\ntype = \"exec\"\ncreate = [\"/bin/true\"]\n\
+         restore = [\"/usr/local/bin/rs\", \"{name}\"]\nrollback = [\"/usr/local/bin/rb\"]\n\
+         mount = [\"/usr/local/bin/mnt\"]\nunmount = [\"/usr/local/bin/umnt\"]\n",
+    ))
+    .unwrap();
+    match &c.targets[0].writer {
+        WriterConfig::Exec(e) => {
+            assert_eq!(e.stop.as_deref().unwrap()[1], "stop");
+            assert_eq!(e.start.as_deref().unwrap()[2], "app");
+        }
+        other => panic!("{other:?}"),
+    }
+    match &c.targets[0].provider {
+        ProviderConfig::Exec(e) => {
+            assert_eq!(e.restore.as_deref().unwrap()[1], "{name}");
+            assert_eq!(e.rollback.as_deref().unwrap()[0], "/usr/local/bin/rb");
+            assert_eq!(e.mount.as_deref().unwrap()[0], "/usr/local/bin/mnt");
+            assert_eq!(e.unmount.as_deref().unwrap()[0], "/usr/local/bin/umnt");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Every program is known to `recman check`.
+    let keys: Vec<&str> = c.hooks.iter().map(|h| h.key.as_str()).collect();
+    for k in [
+        "target[0].writer.stop",
+        "target[0].writer.start",
+        "target[0].provider.restore",
+        "target[0].provider.rollback",
+        "target[0].provider.mount",
+        "target[0].provider.unmount",
+    ] {
+        assert!(keys.contains(&k), "{k} not in {keys:?}");
+    }
+    // Left out: none (the step is refused by the worker, not the config).
+    let c = parse(&with_target(&format!(
+        "[target.writer]\ntype = \"exec\"\nfreeze = [\"/bin/true\"]\nthaw = [\"/bin/true\"]\n\
+         [target.provider]\ntype = \"exec\"\ncreate = [\"/bin/true\"]\n\
+         [[target]]\nid = \"pg\"\n[target.writer]\ntype = \"postgres\"\n\
+         stop = [\"/usr/bin/pg_ctlcluster\", \"15\", \"main\", \"stop\", \"-m\", \"fast\"]\n{P}",
+    )))
+    .unwrap();
+    match (&c.targets[0].writer, &c.targets[0].provider) {
+        (WriterConfig::Exec(w), ProviderConfig::Exec(p)) => {
+            assert_eq!((&w.stop, &w.start), (&None, &None));
+            assert!(p.restore.is_none() && p.rollback.is_none() && p.mount.is_none() && p.unmount.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    match &c.targets[1].writer {
+        WriterConfig::Postgres(p) => {
+            assert_eq!(p.stop.as_deref().unwrap()[3], "stop");
+            assert_eq!(p.start, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Same errors as every argv: file, line and key named.
+    assert_err(
+        &with_target(&format!(
+            "[target.writer]\ntype = \"exec\"\nfreeze = [\"/bin/true\"]\nthaw = [\"/bin/true\"]\nstop = \"systemctl stop app\"\n{P}"
+        )),
+        7,
+        "target[0].writer.stop",
+        "never runs a shell",
+    );
+    assert_err(
+        &with_target(&format!(
+            "{W}[target.provider]\ntype = \"exec\"\ncreate = [\"/bin/true\"]\nunmount = []\n"
+        )),
+        8,
+        "target[0].provider.unmount",
+        "empty",
+    );
+    assert_err(
+        &with_target(&format!("[target.writer]\ntype = \"postgres\"\nstart = [1]\n{P}")),
+        5,
+        "target[0].writer.start",
+        "expected a string, found integer",
+    );
+    assert_err(
+        &with_target(&format!(
+            "[target.writer]\ntype = \"none\"\nstop = [\"/bin/true\"]\n{P}"
+        )),
+        5,
+        "target[0].writer.stop",
+        "",
+    );
+}

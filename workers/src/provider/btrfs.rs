@@ -1,6 +1,17 @@
 //! The `btrfs` provider: a read-only snapshot of a subvolume, `dest/<name>`,
 //! taken with the `BTRFS_IOC_SNAP_CREATE_V2` ioctl (atomic: a btrfs snapshot
 //! needs no freeze), deleted with `BTRFS_IOC_SNAP_DESTROY`.
+//!
+//! Recovery is `trees.rs`'s procedure over writable snapshots: restoring in
+//! place renames the live subvolume aside, puts a writable snapshot of the
+//! point in its place and deletes the aside; to a path, a clone
+//! (`dest/.clones/NAME`) and a writable mount (`dest/.mounts/JOB`) are
+//! writable snapshots; a read-only mount is the snapshot itself (read-only
+//! for root too). The subvolume must be reached through its parent
+//! directory (not mounted on its own: a mount point cannot be renamed), the
+//! paths must be on its filesystem, and it must hold no nested subvolume
+//! (a snapshot does not include them, the delete refuses them). The
+//! restored subvolume has a new subvolume id.
 
 use std::ffi::CString;
 use std::fs;
@@ -222,12 +233,17 @@ fn check(r: libc::c_int) -> io::Result<()> {
 
 /// A read-only snapshot of `subvolume` named `name` inside `dest_dir`.
 pub fn create_snapshot(subvolume: &Path, dest_dir: &Path, name: &str) -> io::Result<()> {
+    snapshot(subvolume, dest_dir, name, true)
+}
+
+/// A snapshot of `subvolume` named `name` inside `dest_dir`.
+fn snapshot(subvolume: &Path, dest_dir: &Path, name: &str, read_only: bool) -> io::Result<()> {
     let src = fs::File::open(subvolume)?;
     let dst = fs::File::open(dest_dir)?;
     let mut args = Box::new(VolArgsV2 {
         fd: i64::from(src.as_raw_fd()),
         transid: 0,
-        flags: SUBVOL_RDONLY,
+        flags: if read_only { SUBVOL_RDONLY } else { 0 },
         unused: [0; 4],
         name: [0; 4040],
     });
@@ -278,6 +294,58 @@ fn tree_size(dir: &Path) -> io::Result<u64> {
 fn io_err(what: &str, path: &Path, e: io::Error) -> StepError {
     let retryable = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
     StepError::new("io_error", format!("{what} {}: {e}", path.display()), retryable)
+}
+
+impl super::trees::TreeStore for BtrfsProvider {
+    fn kind(&self) -> &'static str {
+        "btrfs"
+    }
+    fn live(&self) -> &Path {
+        &self.subvolume
+    }
+    fn dest(&self) -> &Path {
+        &self.dest
+    }
+    fn is_tree(&self, p: &Path) -> bool {
+        is_subvolume(p)
+    }
+    fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), StepError> {
+        let (Some(dir), Some(name)) = (to.parent(), to.file_name().and_then(|n| n.to_str())) else {
+            return Err(io_err(
+                "snapshotting into",
+                to,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        };
+        snapshot(from, dir, name, false).map_err(|e| match e.raw_os_error() {
+            Some(libc::EXDEV) => StepError::new(
+                "cross_device",
+                format!(
+                    "{} is not on the btrfs filesystem of {}: a restore or clone of a btrfs \
+                     snapshot must stay on it",
+                    to.display(),
+                    from.display()
+                ),
+                false,
+            ),
+            _ => io_err(&format!("snapshotting {} to", from.display()), to, e),
+        })
+    }
+    fn remove_tree(&self, p: &Path) -> Result<(), StepError> {
+        let r = match fs::symlink_metadata(p) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => Err(e),
+            Ok(_) if is_subvolume(p) => {
+                let (Some(dir), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+                    return Err(io_err("deleting", p, io::Error::from_raw_os_error(libc::EINVAL)));
+                };
+                destroy_snapshot(dir, name)
+            }
+            Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+            Ok(_) => fs::remove_file(p),
+        };
+        r.map_err(|e| io_err("deleting", p, e))
+    }
 }
 
 blocking_provider!(BtrfsProvider, "btrfs", owned);

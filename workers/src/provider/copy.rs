@@ -3,6 +3,10 @@
 //! copied otherwise; symlinks, directories and permissions are kept. The copy
 //! is built in a hidden `.partial` directory, synced, then renamed, so a
 //! crashed copy never looks complete.
+//!
+//! Recovery (restore in place or to a path, clone, mount, unmount) is
+//! `trees.rs`'s procedure over plain directory copies; its module comment
+//! names every path it makes beside `source` and under `dest`.
 
 use std::fs;
 use std::io;
@@ -257,6 +261,39 @@ fn tree_size(dir: &Path) -> io::Result<u64> {
         }
     }
     Ok(size)
+}
+
+impl super::trees::TreeStore for CopyProvider {
+    fn kind(&self) -> &'static str {
+        "copy"
+    }
+    fn live(&self) -> &Path {
+        &self.source
+    }
+    fn dest(&self) -> &Path {
+        &self.dest
+    }
+    fn is_tree(&self, p: &Path) -> bool {
+        fs::symlink_metadata(p).map(|m| m.is_dir()).unwrap_or(false)
+    }
+    fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), StepError> {
+        match copy_tree(from, to).and_then(|_| sync_dir(to)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = fs::remove_dir_all(to);
+                Err(io_err(&format!("copying {} into", from.display()), to, e))
+            }
+        }
+    }
+    fn remove_tree(&self, p: &Path) -> Result<(), StepError> {
+        let r = match fs::symlink_metadata(p) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => Err(e),
+            Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+            Ok(_) => fs::remove_file(p),
+        };
+        r.map_err(|e| io_err("removing", p, e))
+    }
 }
 
 blocking_provider!(CopyProvider, "copy", owned, cleanup);

@@ -1,11 +1,26 @@
 //! The `exec` provider: user commands create and delete snapshots; `{name}`
 //! and `{target}` inside an argument are replaced (it stays one argument).
 //! The create command must itself succeed when the snapshot already exists.
+//!
+//! Recovery: the optional hooks `restore`, `rollback`, `mount` and
+//! `unmount` (a missing one: `not_supported`), argvs run without a shell.
+//! `{name}` is the restore point. Each gets `RECMAN_TARGET`, `RECMAN_JOB`
+//! (the recovery job: name temporary paths after it), `RECMAN_STAGE`,
+//! `RECMAN_ACTION` (`restore`, `restore_to`, `clone`, `mount`, `unmount`,
+//! `remove_clone`), `RECMAN_SNAPSHOT` (the point), and as the action has
+//! them `RECMAN_PATH` (restore to a path; checked here: absolute, no `..`),
+//! `RECMAN_CLONE` (the clone's name), `RECMAN_WRITABLE` (mount: `0`/`1`),
+//! `RECMAN_SAFETY` (in place: the safety snapshot) and `RECMAN_LOCATION`
+//! (unmount: what the mount or clone reported). The last non-empty line of
+//! stdout is the location (default: the path, the clone's name, the
+//! target). The hooks carry the provider contract (`Provider::restore`):
+//! idempotent per `RECMAN_JOB`, a path never overwritten, a rollback that
+//! puts the live data back.
 
 use recman_events::bus::BoxFuture;
-use recman_events::{SnapshotInfo, SnapshotKind, StepError, TargetId};
+use recman_events::{RecoveryAction, SnapshotInfo, SnapshotKind, StepError, TargetId};
 
-use super::Provider;
+use super::{provider_not_supported, Provider, RecoveryJob};
 use crate::exec;
 use recman_config::ExecProviderConfig;
 
@@ -27,9 +42,121 @@ pub fn substitute(argv: &[String], name: &str, target: &TargetId) -> Vec<String>
         .collect()
 }
 
+impl ExecProvider {
+    /// Runs recovery hook `key` (`argv`) for `req`; returns the location.
+    async fn recovery_hook(
+        &self,
+        key: &str,
+        argv: Option<&Vec<String>>,
+        req: RecoveryJob<'_>,
+    ) -> Result<String, StepError> {
+        super::check_snapshot_name(req.point)?;
+        let Some(argv) = argv else {
+            return Err(StepError::new(
+                "not_supported",
+                format!(
+                    "target {}: the exec provider has no `{key}` command configured (see README, \"Restore\")",
+                    req.target
+                ),
+                false,
+            ));
+        };
+        let mut env = vec![
+            ("RECMAN_TARGET", req.target.to_string()),
+            ("RECMAN_JOB", req.job.to_string()),
+            ("RECMAN_STAGE", key.to_string()),
+            ("RECMAN_ACTION", req.action.as_str().to_string()),
+            ("RECMAN_SNAPSHOT", req.point.to_string()),
+        ];
+        let mut fallback = req.target.to_string();
+        match req.action {
+            RecoveryAction::To { path } => {
+                super::trees::check_path(path)?;
+                env.push(("RECMAN_PATH", path.clone()));
+                fallback = path.clone();
+            }
+            RecoveryAction::Clone { name } | RecoveryAction::RemoveClone { name } => {
+                super::check_snapshot_name(name)?;
+                env.push(("RECMAN_CLONE", name.clone()));
+                fallback = name.clone();
+            }
+            RecoveryAction::Mount { writable } => {
+                env.push(("RECMAN_WRITABLE", u8::from(*writable).to_string()));
+            }
+            RecoveryAction::InPlace | RecoveryAction::Unmount { .. } => {}
+        }
+        if let Some(safety) = req.safety {
+            super::check_snapshot_name(safety)?;
+            env.push(("RECMAN_SAFETY", safety.to_string()));
+        }
+        if let Some(loc) = req.location {
+            if loc.chars().any(char::is_control) {
+                return Err(StepError::new(
+                    "invalid_location",
+                    format!("location {loc:?} has control characters"),
+                    false,
+                ));
+            }
+            env.push(("RECMAN_LOCATION", loc.to_string()));
+            fallback = loc.to_string();
+        }
+        let argv = substitute(argv, req.point, req.target);
+        let out = exec::run(&argv, &env, self.cfg.timeout).await?;
+        Ok(out
+            .stdout
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .map(str::to_string)
+            .unwrap_or(fallback))
+    }
+}
+
 impl Provider for ExecProvider {
     fn kind(&self) -> &'static str {
         "exec"
+    }
+
+    fn restore<'a>(&'a self, req: RecoveryJob<'a>) -> BoxFuture<'a, Result<String, StepError>> {
+        Box::pin(async move {
+            if matches!(req.action, RecoveryAction::InPlace) && self.cfg.rollback.is_none() {
+                // An in-place restore that could not be undone is not started.
+                return Err(StepError::new(
+                    "not_supported",
+                    format!(
+                        "target {}: the exec provider has a `restore` but no `rollback` command: \
+                         in-place restores need both (restore with --to, or add rollback)",
+                        req.target
+                    ),
+                    false,
+                ));
+            }
+            self.recovery_hook("restore", self.cfg.restore.as_ref(), req)
+                .await
+        })
+    }
+
+    fn rollback<'a>(&'a self, req: RecoveryJob<'a>) -> BoxFuture<'a, Result<String, StepError>> {
+        Box::pin(self.recovery_hook("rollback", self.cfg.rollback.as_ref(), req))
+    }
+
+    fn mount<'a>(&'a self, req: RecoveryJob<'a>) -> BoxFuture<'a, Result<String, StepError>> {
+        Box::pin(self.recovery_hook("mount", self.cfg.mount.as_ref(), req))
+    }
+
+    fn unmount<'a>(&'a self, req: RecoveryJob<'a>) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move {
+            if req.location.is_none() {
+                return Err(provider_not_supported(
+                    "exec",
+                    "unmount without a location",
+                    req.target,
+                ));
+            }
+            self.recovery_hook("unmount", self.cfg.unmount.as_ref(), req)
+                .await
+                .map(|_| ())
+        })
     }
 
     fn snapshot<'a>(
@@ -123,6 +250,10 @@ mod tests {
                 "{target}".into(),
             ],
             delete: None,
+            restore: None,
+            rollback: None,
+            mount: None,
+            unmount: None,
             timeout: std::time::Duration::from_secs(5),
         });
         let info = p
@@ -133,5 +264,118 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "rm-1 db01");
         let e = p.delete("rm-1", &TargetId::from("db01")).await.unwrap_err();
         assert_eq!(e.code, "not_supported");
+    }
+
+    fn hooks(log: &std::path::Path, print: &str) -> ExecProviderConfig {
+        // No shell parses the step's data: it arrives as "$1" and in the
+        // environment, and the script only echoes it.
+        let hook = |key: &str| {
+            Some(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!(
+                    "echo \"{key} $1 $RECMAN_ACTION $RECMAN_SNAPSHOT $RECMAN_JOB p=$RECMAN_PATH c=$RECMAN_CLONE \
+                     w=$RECMAN_WRITABLE s=$RECMAN_SAFETY l=$RECMAN_LOCATION\" >> {}; printf '{print}'",
+                    log.display()
+                ),
+                "sh".into(),
+                "{name}".into(),
+            ])
+        };
+        ExecProviderConfig {
+            create: vec!["true".into()],
+            delete: None,
+            restore: hook("restore"),
+            rollback: hook("rollback"),
+            mount: hook("mount"),
+            unmount: hook("unmount"),
+            timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn recovery_hooks_get_the_step_and_report_the_last_line() {
+        use recman_events::{JobId, RecoveryAction};
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let p = ExecProvider::new(hooks(&log, "noise\\n/mnt/x\\n\\n"));
+        let t = TargetId::from("db01");
+        let job = JobId::from_parts(5, 5);
+        let bads = ["relative", "/srv/../etc"].map(|p| RecoveryAction::To { path: p.into() });
+        let req = |action, safety, location| RecoveryJob {
+            point: "rm-1",
+            target: &t,
+            action,
+            safety,
+            location,
+            job,
+        };
+        let to = RecoveryAction::To {
+            path: "/srv/r; rm -rf /".into(),
+        };
+        assert_eq!(p.restore(req(&to, None, None)).await.unwrap(), "/mnt/x");
+        let in_place = RecoveryAction::InPlace;
+        p.restore(req(&in_place, Some("rm-safety"), None)).await.unwrap();
+        p.rollback(req(&in_place, Some("rm-safety"), None)).await.unwrap();
+        let clone = RecoveryAction::Clone { name: "c1".into() };
+        p.restore(req(&clone, None, None)).await.unwrap();
+        let mount = RecoveryAction::Mount { writable: true };
+        p.mount(req(&mount, None, None)).await.unwrap();
+        let unmount = RecoveryAction::Unmount { mount: job };
+        p.unmount(req(&unmount, None, Some("/mnt/x"))).await.unwrap();
+        let lines: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                format!("restore rm-1 restore_to rm-1 {job} p=/srv/r; rm -rf / c= w= s= l="),
+                format!("restore rm-1 restore rm-1 {job} p= c= w= s=rm-safety l="),
+                format!("rollback rm-1 restore rm-1 {job} p= c= w= s=rm-safety l="),
+                format!("restore rm-1 clone rm-1 {job} p= c=c1 w= s= l="),
+                format!("mount rm-1 mount rm-1 {job} p= c= w=1 s= l="),
+                format!("unmount rm-1 unmount rm-1 {job} p= c= w= s= l=/mnt/x"),
+            ]
+        );
+        // Silent hook: the location is what the action names.
+        let quiet = ExecProvider::new(hooks(&log, ""));
+        let to = RecoveryAction::To {
+            path: "/srv/r2".into(),
+        };
+        assert_eq!(quiet.restore(req(&to, None, None)).await.unwrap(), "/srv/r2");
+        // Refused before any hook runs: bad names and paths, missing hooks.
+        let before = std::fs::read_to_string(&log).unwrap();
+        for to in &bads {
+            assert_eq!(
+                p.restore(req(to, None, None)).await.unwrap_err().code,
+                "invalid_path"
+            );
+        }
+        let bad_clone = RecoveryAction::Clone { name: "../x".into() };
+        assert!(p.restore(req(&bad_clone, None, None)).await.is_err());
+        let bad_point = RecoveryJob {
+            point: "-rf",
+            ..req(&in_place, None, None)
+        };
+        assert!(p.restore(bad_point).await.is_err());
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), before);
+        let mut cfg = hooks(&log, "");
+        cfg.rollback = None;
+        cfg.mount = None;
+        let p = ExecProvider::new(cfg);
+        // In place needs a rollback; the rest only their own hook.
+        let e = p
+            .restore(req(&in_place, Some("rm-safety"), None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "not_supported", "{e:?}");
+        assert_eq!(
+            p.mount(req(&mount, None, None)).await.unwrap_err().code,
+            "not_supported"
+        );
+        p.restore(req(&clone, None, None)).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 8);
     }
 }

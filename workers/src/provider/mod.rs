@@ -9,9 +9,42 @@ macro_rules! blocking_provider {
         blocking_provider!($ty, $kind, {});
     };
     // `cleanup_blocking` runs when the worker starts; the snapshot's owner
-    // is recorded (`snapshot_owned_blocking`) and looked up (`lookup_blocking`).
+    // is recorded (`snapshot_owned_blocking`) and looked up (`lookup_blocking`);
+    // recovery is `trees.rs`'s, over the type's `TreeStore`.
     ($ty:ty, $kind:literal, owned $(, $cleanup:ident)?) => {
         blocking_provider!($ty, $kind, {
+            fn restore<'a>(
+                &'a self,
+                req: $crate::provider::RecoveryJob<'a>,
+            ) -> recman_events::bus::BoxFuture<'a, Result<String, recman_events::StepError>> {
+                let me = self.clone();
+                let req = $crate::provider::trees::Req::from(req);
+                Box::pin($crate::blocking($kind, move || $crate::provider::trees::restore(&me, &req)))
+            }
+            fn rollback<'a>(
+                &'a self,
+                req: $crate::provider::RecoveryJob<'a>,
+            ) -> recman_events::bus::BoxFuture<'a, Result<String, recman_events::StepError>> {
+                let me = self.clone();
+                let req = $crate::provider::trees::Req::from(req);
+                Box::pin($crate::blocking($kind, move || $crate::provider::trees::rollback(&me, &req)))
+            }
+            fn mount<'a>(
+                &'a self,
+                req: $crate::provider::RecoveryJob<'a>,
+            ) -> recman_events::bus::BoxFuture<'a, Result<String, recman_events::StepError>> {
+                let me = self.clone();
+                let req = $crate::provider::trees::Req::from(req);
+                Box::pin($crate::blocking($kind, move || $crate::provider::trees::mount(&me, &req)))
+            }
+            fn unmount<'a>(
+                &'a self,
+                req: $crate::provider::RecoveryJob<'a>,
+            ) -> recman_events::bus::BoxFuture<'a, Result<(), recman_events::StepError>> {
+                let me = self.clone();
+                let req = $crate::provider::trees::Req::from(req);
+                Box::pin($crate::blocking($kind, move || $crate::provider::trees::unmount(&me, &req)))
+            }
             $(
             fn $cleanup(
                 &self,
@@ -94,6 +127,7 @@ mod none;
 mod owner;
 mod qcow2;
 pub mod threepar;
+mod trees;
 
 use std::sync::Arc;
 

@@ -187,6 +187,26 @@ impl Writer for FsFreezeWriter {
     fn flush_logs<'a>(&'a self, _: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
         Box::pin(async { Ok(()) })
     }
+    fn stop<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move {
+            Err(StepError::new(
+                "not_supported",
+                format!(
+                    "target {}: the fsfreeze writer freezes a filesystem but does not know the \
+                     application that writes to it, so it cannot stop it for an in-place restore; \
+                     use the exec writer with stop/start hooks for this target, or restore beside \
+                     production with --to",
+                    ctx.target
+                ),
+                false,
+            ))
+        })
+    }
+    fn start<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
+        // Nothing was stopped (stop refuses), so there is nothing to start.
+        let _ = ctx;
+        Box::pin(async { Ok(()) })
+    }
     fn startup_thaw(&self) -> BoxFuture<'_, Result<Option<StartupThaw>, StepError>> {
         let me = self.clone();
         Box::pin(crate::blocking("fsfreeze", move || {
@@ -200,6 +220,31 @@ impl Writer for FsFreezeWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stop_is_refused_with_what_to_do_instead() {
+        let w = FsFreezeWriter::new(
+            "fs",
+            FsFreezeConfig {
+                mountpoint: "/nonexistent".into(),
+                state_dir: "/nonexistent-state".into(),
+            },
+        );
+        let ctx = StepCtx {
+            target: recman_events::TargetId::from("fs"),
+            job: recman_events::JobId::from_parts(1, 1),
+            attempt: 1,
+            kind: recman_events::SnapshotKind::Copy,
+        };
+        let e = w.stop(&ctx).await.unwrap_err();
+        assert_eq!(e.code, "not_supported");
+        assert!(
+            e.message.contains("exec writer") && e.message.contains("--to"),
+            "{}",
+            e.message
+        );
+        w.start(&ctx).await.unwrap();
+    }
 
     #[test]
     fn mountinfo_lookup_unescapes_and_matches_whole_paths() {

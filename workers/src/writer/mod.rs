@@ -72,6 +72,50 @@ pub trait Writer: Send + Sync {
     }
 }
 
+/// Runs hook `argv` for `stage` of `ctx` (no shell; the step in `RECMAN_*`).
+pub(crate) async fn run_hook(
+    argv: &[String],
+    stage: &str,
+    ctx: &StepCtx,
+    timeout: std::time::Duration,
+) -> Result<(), StepError> {
+    let env = [
+        ("RECMAN_TARGET", ctx.target.to_string()),
+        ("RECMAN_JOB", ctx.job.to_string()),
+        ("RECMAN_ATTEMPT", ctx.attempt.to_string()),
+        ("RECMAN_KIND", ctx.kind.as_str().to_string()),
+        ("RECMAN_STAGE", stage.to_string()),
+    ];
+    crate::exec::run(argv, &env, timeout).await.map(|_| ())
+}
+
+/// A recovery hook (`stop`, `start`) when configured, else the refusal.
+/// `start` without a hook succeeds when there is no `stop` hook either:
+/// the application was never stopped (the core sends `start` after a
+/// refused `stop` too), so the job ends with the stop's refusal.
+pub(crate) async fn recovery_hook(
+    kind: &str,
+    hooks: (Option<&[String]>, Option<&[String]>),
+    stage: &str,
+    ctx: &StepCtx,
+    timeout: std::time::Duration,
+) -> Result<(), StepError> {
+    let (stop, start) = hooks;
+    let argv = if stage == "stop" { stop } else { start };
+    match argv {
+        Some(argv) => run_hook(argv, stage, ctx, timeout).await,
+        None if stage == "start" && stop.is_none() => Ok(()),
+        None => Err(StepError::new(
+            "not_supported",
+            format!(
+                "target {}: the {kind} writer has no `{stage}` command configured, so it cannot {stage}                  the application for an in-place restore (add {stage} = [\"/path/to/prog\", …] to                  [target.writer], or restore with --to)",
+                ctx.target
+            ),
+            false,
+        )),
+    }
+}
+
 /// The refusal of a step a writer or provider cannot do.
 pub fn not_supported(kind: &str, what: &str, target: &TargetId) -> StepError {
     StepError::new(

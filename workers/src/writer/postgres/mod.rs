@@ -16,6 +16,14 @@
 //! WAL files and labels are read in `wal.rs`; `prune.rs` removes the labels
 //! and archived WAL that retention no longer needs; `check.rs` is the
 //! preflight of `recman check`.
+//!
+//! Recovery: the writer knows the cluster only by its conninfo (no data
+//! directory, no service name), so `stop` and `start` run the optional
+//! `stop = [argv]` / `start = [argv]` hooks of its config (e.g.
+//! `systemctl stop postgresql@15-main`, which succeeds on a stopped unit, or
+//! `pg_ctl stop -m fast -D DATA` wrapped to accept "not running"); they must
+//! succeed when the cluster is already stopped / running. Without them an
+//! in-place restore of the target is refused (`not_supported`).
 
 pub mod check;
 pub mod prune;
@@ -449,5 +457,24 @@ impl Writer for PostgresWriter {
             Some(fz) => fz.startup_thaw(),
             None => Box::pin(async { Ok(None) }),
         }
+    }
+    fn stop<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
+        // The runtime never stops a frozen target (no backup session open).
+        Box::pin(super::recovery_hook(
+            "postgres",
+            (self.cfg.stop.as_deref(), self.cfg.start.as_deref()),
+            "stop",
+            ctx,
+            self.cfg.timeout,
+        ))
+    }
+    fn start<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(super::recovery_hook(
+            "postgres",
+            (self.cfg.stop.as_deref(), self.cfg.start.as_deref()),
+            "start",
+            ctx,
+            self.cfg.timeout,
+        ))
     }
 }

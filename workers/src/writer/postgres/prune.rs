@@ -140,6 +140,8 @@ mod tests {
             timeout: std::time::Duration::from_secs(60),
             wal_archive: Some(dir.join("archive")),
             prune_wal,
+            stop: None,
+            start: None,
         }
     }
 
