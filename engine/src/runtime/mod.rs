@@ -111,11 +111,22 @@ pub fn replay(cfg: CoreConfig, log: &dyn EventLog) -> anyhow::Result<Core> {
 }
 
 /// The message of a command, with the `traceparent` of its `command.send`
-/// span (or of the job's root when spans are off).
-fn to_message(out: &Outgoing, span: Option<&tracing::Span>) -> (Address, Message) {
+/// span (or of the job's root when spans are off). A command for one
+/// worker goes to its pool when the bus can tell that worker is gone (the
+/// in-process bus: a local worker of an earlier process, e.g. the one that
+/// made the mount a later `recman unmount` takes away); a broker cannot
+/// tell, and the core's retries alternate with the pool where it matters.
+fn to_message(bus: &dyn Bus, out: &Outgoing, span: Option<&tracing::Span>) -> (Address, Message) {
     let to = match &out.to {
         Destination::Pool(p) => Address::Pool(p.clone()),
-        Destination::Worker { worker, .. } => Address::Worker(worker.clone()),
+        Destination::Worker { worker, fallback } => {
+            let own = Address::Worker(worker.clone());
+            if bus.consumed(&own) == Some(false) {
+                Address::Pool(fallback.clone())
+            } else {
+                own
+            }
+        }
     };
     let msg = Message::new(
         msg_type::COMMAND,
@@ -134,7 +145,7 @@ async fn publish(bus: &dyn Bus, cmds: &[Outgoing]) -> anyhow::Result<()> {
     let msgs = cmds
         .iter()
         .enumerate()
-        .map(|(i, c)| to_message(c, spans.get(i)))
+        .map(|(i, c)| to_message(bus, c, spans.get(i)))
         .collect();
     let sent = bus.publish_batch(msgs).await.context("publishing commands");
     drop(spans); // a send span lasts until the broker confirmed the batch
