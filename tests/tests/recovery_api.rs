@@ -252,7 +252,10 @@ async fn recoveries_over_the_api() {
     // The CLI goes through the server (its server.json): the same jobs.
     let mount_job = m["job_id"].as_str().unwrap();
     let mounted_at = mounts["mounts"][0]["location"].as_str().unwrap().to_string();
-    assert_eq!(std::fs::read_to_string(Path::new(&mounted_at).join("file")).unwrap(), "v1");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&mounted_at).join("file")).unwrap(),
+        "v1"
+    );
     std::fs::write(Path::new(&mounted_at).join("file"), "written in the mount").unwrap();
     let out = recman(d, &["unmount", mount_job]);
     let t = text(&out);
@@ -265,7 +268,10 @@ async fn recoveries_over_the_api() {
         "{}",
         text(&out)
     );
-    assert!(!Path::new(&mounted_at).exists(), "the writable mount's copy is removed with it");
+    assert!(
+        !Path::new(&mounted_at).exists(),
+        "the writable mount's copy is removed with it"
+    );
     let out = recman(d, &["restore", &point, "--in-place", "--yes", "--server", &s.url]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
