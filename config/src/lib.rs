@@ -19,10 +19,12 @@ use toml::Spanned;
 mod api;
 pub use api::{ApiConfig, DEFAULT_LISTEN};
 mod reconcile;
+mod recovery;
 mod retention;
 mod threepar;
 mod verify;
 pub use reconcile::DEFAULT_RECONCILE_EVERY;
+pub use recovery::{RecoveryConfig, DEFAULT_RECOVERY_TIMEOUT};
 pub use retention::RetentionConfig;
 pub use threepar::{ArrayConfig, ThreeParConfig, ThreeParObject};
 pub use verify::{PgVerifyConfig, VerifyConfig, VerifyKind, DEFAULT_PG_BIN_DIR, DEFAULT_VERIFY_TIMEOUT};
@@ -170,6 +172,8 @@ pub struct TargetConfig {
     /// How often the catalog is checked against the provider's list
     /// (`reconcile_every`; none: only on demand).
     pub reconcile_every: Option<Duration>,
+    /// `[target.recovery]`: the limits of its restores, mounts and clones.
+    pub recovery: RecoveryConfig,
 }
 
 impl TargetConfig {
@@ -922,6 +926,7 @@ impl Cx<'_> {
             "provider",
             "verify",
             "reconcile_every",
+            "recovery",
         ];
         allowed.extend_from_slice(retention::KEYS);
         cx_keys(self, t, key, &allowed)?;
@@ -1109,6 +1114,7 @@ impl Cx<'_> {
         let is_pg = matches!(writer, WriterConfig::Postgres(_));
         let verify = verify::read(self, t, key, &id, &provider_pool)?;
         let reconcile_every = reconcile::every(self, t, key, &provider)?;
+        let recovery = recovery::read(self, t, key)?;
         let rpo_verified = schedule::rpo_counts(self, t, key, verify.is_some())?;
         Ok(TargetConfig {
             id,
@@ -1134,6 +1140,7 @@ impl Cx<'_> {
             provider,
             verify,
             reconcile_every,
+            recovery,
         })
     }
 }

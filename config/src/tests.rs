@@ -791,6 +791,51 @@ fn rpo_counts_verified_needs_a_verifier_and_names_bad_values() {
     assert!(e.contains("target[0].rpo_counts") && e.contains("\"any\""), "{e}");
 }
 
+#[test]
+fn target_recovery_loads_and_is_checked() {
+    let c = parse(&with_target(&format!("{W}{P}"))).unwrap();
+    assert_eq!(c.targets[0].recovery, crate::RecoveryConfig::default());
+    assert_eq!(c.targets[0].recovery.timeout, crate::DEFAULT_RECOVERY_TIMEOUT);
+    let c = parse(&with_target(&format!(
+        "{W}{P}[target.recovery]\ntimeout = \"20m\"\nmax_mount_age = \"8h\"\n"
+    )))
+    .unwrap();
+    assert_eq!(
+        c.targets[0].recovery,
+        crate::RecoveryConfig {
+            timeout: Duration::from_secs(1200),
+            max_mount_age: Some(Duration::from_secs(8 * 3600)),
+        }
+    );
+    // Mounts may be kept longer than the 24 h bound of the other durations.
+    let c = parse(&with_target(&format!(
+        "{W}{P}[target.recovery]\nmax_mount_age = \"7d\"\n"
+    )))
+    .unwrap();
+    assert_eq!(
+        c.targets[0].recovery.max_mount_age,
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    assert_err(
+        &with_target(&format!("{W}{P}[target.recovery]\ntimeout = \"soon\"\n")),
+        8,
+        "target[0].recovery.timeout",
+        "soon",
+    );
+    assert_err(
+        &with_target(&format!("{W}{P}[target.recovery]\nmax_mount_age = \"10s\"\n")),
+        8,
+        "target[0].recovery.max_mount_age",
+        "out of range",
+    );
+    assert_err(
+        &with_target(&format!("{W}{P}[target.recovery]\nmax_age = \"1h\"\n")),
+        8,
+        "target[0].recovery.max_age",
+        "unknown",
+    );
+}
+
 /// Issue 16: the recovery hooks of the `exec` writer and provider and the
 /// `postgres` writer's stop/start are optional argvs, checked like the others.
 #[test]

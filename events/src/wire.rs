@@ -98,13 +98,16 @@ impl CancelRequest {
     }
 }
 
-/// What the engine reads from `recman.requests`: a snapshot request, or a
-/// cancel (a body with the field `cancel`). A body with both `cancel` and a
-/// snapshot request's fields is refused rather than guessed at.
+/// What the engine reads from `recman.requests`: a snapshot request, a
+/// cancel (a body with the field `cancel`) or a recovery (a body with the
+/// field `action`). A body with the fields of two of them (`cancel` with
+/// `request_id` or `targets`, `action` with `targets` or `cancel`) is
+/// refused rather than guessed at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Snapshot(SnapshotRequest),
     Cancel(CancelRequest),
+    Recovery(RecoveryRequest),
 }
 
 /// Marks a field as present, whatever its value (`null` included).
@@ -133,12 +136,25 @@ impl Request {
             request_id: bool,
             #[serde(default, deserialize_with = "present")]
             targets: bool,
+            #[serde(default, deserialize_with = "present")]
+            action: bool,
         }
         let f: Fields = decode(bytes)?;
+        let invalid = |field, reason: String| WireError::Invalid { field, reason };
+        if f.action {
+            if f.targets || f.cancel.is_some() {
+                return Err(invalid(
+                    "action",
+                    "a request is either a snapshot (request_id, targets), a cancel (cancel, reason) \
+                     or a recovery (request_id, snapshot, action), not two of them"
+                        .into(),
+                ));
+            }
+            return RecoveryRequest::from_json(bytes).map(Request::Recovery);
+        }
         let Some(cancel) = f.cancel else {
             return SnapshotRequest::from_json(bytes).map(Request::Snapshot);
         };
-        let invalid = |field, reason: String| WireError::Invalid { field, reason };
         if f.request_id || f.targets {
             return Err(invalid(
                 "cancel",
@@ -181,8 +197,12 @@ impl JsonSchema for Request {
     fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "title": "Request",
-            "description": "A message of `recman.requests`: a snapshot request, or a cancel of a job\n(a body with the field `cancel`). Exactly one of the two.",
-            "oneOf": [g.subschema_for::<SnapshotRequest>(), g.subschema_for::<CancelRequest>()],
+            "description": "A message of `recman.requests`: a snapshot request, a cancel of a job\n(a body with the field `cancel`) or a recovery: restore, mount, clone (a body\nwith the field `action`). Exactly one of the three.",
+            "oneOf": [
+                g.subschema_for::<SnapshotRequest>(),
+                g.subschema_for::<CancelRequest>(),
+                g.subschema_for::<RecoveryRequest>(),
+            ],
         })
     }
 }
@@ -685,6 +705,37 @@ mod tests {
             matches!(e, WireError::UnknownSchemaVersion { found: 2, .. }),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_recovery_is_read_from_the_requests_queue() {
+        let r = Request::from_json(
+            br#"{"request_id":"r1","snapshot":"rm-x-a1","action":{"type":"to","path":"/srv/r"}}"#,
+        )
+        .unwrap();
+        let Request::Recovery(rq) = r else { panic!("{r:?}") };
+        assert_eq!(
+            rq.action,
+            RecoveryAction::To {
+                path: "/srv/r".into()
+            }
+        );
+        // Its own validation: an in-place restore must be confirmed.
+        let e = Request::from_json(br#"{"request_id":"r1","snapshot":"s","action":{"type":"in_place"}}"#)
+            .unwrap_err();
+        assert!(matches!(e, WireError::Invalid { field: "confirm", .. }), "{e}");
+        let e = Request::from_json(br#"{"request_id":"r1","snapshot":"s","action":{"type":"explode"}}"#)
+            .unwrap_err();
+        assert!(matches!(e, WireError::Json(_)), "{e}");
+        // Two kinds of request in one body are refused, not guessed at.
+        for body in [
+            &br#"{"request_id":"r1","targets":["a"],"snapshot":"s","action":{"type":"mount"}}"#[..],
+            br#"{"cancel":"0193a5b2-7c1e-7f00-8a3b-5d2e9c4f1a07","action":{"type":"mount"}}"#,
+        ] {
+            let e = Request::from_json(body).unwrap_err();
+            assert!(matches!(e, WireError::Invalid { field: "action", .. }), "{e}");
+            assert!(e.to_string().contains("not two of them"), "{e}");
+        }
     }
 
     #[test]

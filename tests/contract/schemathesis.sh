@@ -116,6 +116,13 @@ parameters = { "path.id" = "${TARGETS[0]}" }
 include-operation-id = ["verifySnapshot"]
 parameters = { "path.name" = "$CONTRACT_SNAPSHOT", "body.target" = "verify-1" }
 
+# That restore point and its target, so a recovery reaches the engine
+# (verify-1's exec provider has no recovery hooks: the jobs fail on the
+# worker, after the 202 the contract is about).
+[[operations]]
+include-operation-id = ["requestRecovery"]
+parameters = { "body.snapshot" = "$CONTRACT_SNAPSHOT", "body.target" = "verify-1" }
+
 # A job that exists (the one that took that restore point, ended), so a
 # cancel reaches the engine (409 already finished) outside the stateful
 # phase too; without it every generated id is unknown and schemathesis

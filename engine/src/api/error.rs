@@ -37,6 +37,18 @@ pub const CODES: &[&str] = &[
     "unknown_target",
     "verify_not_configured",
     "group_spans_provider_pools",
+    // recovery refusals (`POST /v1/recoveries`)
+    "unknown_snapshot",
+    "unknown_mount",
+    "unknown_clone",
+    "wrong_target",
+    "target_required",
+    "confirmation_required",
+    "snapshot_deleting",
+    "target_busy",
+    "clone_exists",
+    "unmount_pending",
+    "remove_pending",
     // 503
     "not_ready",
     "shutting_down",

@@ -1,6 +1,6 @@
 //! The HTTP API of `recman up` and `recman engine --listen` (started by
-//! `server`): submit and cancel jobs, read jobs, targets and the snapshot
-//! catalog (from the log projection in `view`), follow events live over
+//! `server`): submit and cancel jobs, ask for recoveries (restore, mount,
+//! clone), read jobs, targets, mounts, clones and the snapshot catalog (from the log projection in `view`), follow events live over
 //! Server-Sent Events, Prometheus metrics, health and readiness.
 //!
 //! Writes go to the engine through the handle's `Caller`, so a request is
@@ -179,6 +179,9 @@ fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::POST, "/v1/snapshots", routes::submit),
         endpoint(Method::GET, "/v1/snapshots", routes::snapshots),
         endpoint(Method::POST, "/v1/snapshots/{name}/verify", routes::verify),
+        endpoint(Method::POST, "/v1/recoveries", routes::recover),
+        endpoint(Method::GET, "/v1/mounts", routes::mounts),
+        endpoint(Method::GET, "/v1/clones", routes::clones),
         endpoint(Method::GET, "/v1/jobs", routes::jobs),
         endpoint(Method::GET, "/v1/jobs/{id}", routes::job),
         endpoint(Method::POST, "/v1/jobs/{id}/cancel", routes::cancel),

@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use recman_events::wire::MAX_REASON_LEN;
-use recman_events::{JobId, RequestId, SnapshotRequest, TargetId, WireError};
+use recman_events::{JobId, RecoveryRequest, RequestId, SnapshotRequest, TargetId, WireError};
 use serde_json::{json, Value};
 
 use super::extract::{JobIdPath, JsonBody, QueryParams};
@@ -120,6 +120,88 @@ pub async fn submit(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> A
         Json(json!({"job_id": job, "request_id": request_id, "existing": existing})),
     )
         .into_response())
+}
+
+/// Checks a recovery request's body, so a 400 names the field.
+pub fn parse_recovery(body: &[u8]) -> Result<RecoveryRequest, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let Value::Object(o) = &v else {
+        return Err(ApiError::field(
+            "",
+            "the body must be a JSON object like {\"request_id\": \"…\", \"snapshot\": \"rm-…\", \"action\": {\"type\": \"mount\"}}",
+        ));
+    };
+    for (field, what) in [
+        ("request_id", "your idempotency key"),
+        ("action", "an object like {\"type\": \"in_place\"}"),
+    ] {
+        if !o.contains_key(field) {
+            return Err(ApiError::field(field, format!("`{field}` is required ({what})")));
+        }
+    }
+    match o.get("action") {
+        Some(Value::Object(a)) if a.get("type").is_some_and(Value::is_string) => {}
+        _ => {
+            return Err(ApiError::field(
+                "action",
+                "`action` must be an object with a `type`: in_place, to (with `path`), mount \
+                 (with `writable`), unmount (with `mount`), clone or remove_clone (with `name`)",
+            ))
+        }
+    }
+    RecoveryRequest::from_json(body).map_err(|e| match e {
+        WireError::Invalid { field, reason } => ApiError::field(field, format!("`{field}`: {reason}")),
+        WireError::UnknownSchemaVersion { .. } => ApiError::field("schema_version", e.to_string()),
+        WireError::Json(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", m),
+    })
+}
+
+/// `POST /v1/recoveries`: restore, mount, unmount, clone or remove a clone,
+/// as a recovery job (202 once `recovery_requested` is durable; follow it
+/// with `GET /v1/jobs/{id}` and `/v1/jobs/{id}/events`).
+pub async fn recover(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> ApiResult {
+    if !s.engine.accepting() {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the server is shutting down; submit again after it restarts",
+        ));
+    }
+    let req = parse_recovery(&body)?;
+    let request_id = req.request_id.clone();
+    let Accepted { job, existing } = s.engine.recover(req, "http").await.map_err(|e| {
+        call_error(e, |code, message| {
+            let status = match code {
+                "unknown_snapshot" | "unknown_mount" | "unknown_clone" => StatusCode::NOT_FOUND,
+                "unknown_target" | "wrong_target" | "target_required" => StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request" | "confirmation_required" => StatusCode::BAD_REQUEST,
+                _ => StatusCode::CONFLICT,
+            };
+            ApiError::new(status, code, message)
+        })
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"job_id": job, "request_id": request_id, "existing": existing})),
+    )
+        .into_response())
+}
+
+/// `GET /v1/mounts`: the restore points exposed on hosts.
+pub async fn mounts(State(s): State<Arc<Shared>>) -> ApiResult {
+    s.synced().await;
+    Ok(Json(json!({"mounts": read_view(&s, |v| v.mounts())?})).into_response())
+}
+
+/// `GET /v1/clones`: the clones kept until removed.
+pub async fn clones(State(s): State<Arc<Shared>>) -> ApiResult {
+    s.synced().await;
+    Ok(Json(json!({"clones": read_view(&s, |v| v.clones())?})).into_response())
 }
 
 pub async fn jobs(State(s): State<Arc<Shared>>, q: QueryParams) -> ApiResult {

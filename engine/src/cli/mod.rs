@@ -9,19 +9,25 @@ pub mod audit;
 pub mod bench;
 pub mod cancel;
 pub mod check;
+pub mod clone;
+pub mod clones;
 pub mod dlq;
 pub mod engine;
 pub mod events;
 pub mod job;
 pub mod jobs;
+pub mod mount;
+pub mod mounts;
 pub mod prune;
 pub mod reconcile;
 pub mod replay;
+pub mod restore;
 pub mod schedules;
 pub mod simulate;
 pub mod snapshot;
 pub mod snapshots;
 pub mod targets;
+pub mod unmount;
 pub mod up;
 pub mod validate;
 pub mod verify;
@@ -78,6 +84,18 @@ pub enum Command {
     Reconcile(reconcile::Args),
     /// Verify a restore point again (the target's verifier) and wait for the verdict.
     Verify(verify::Args),
+    /// Bring a restore point back: in place (stop, safety snapshot, revert, start) or --to PATH.
+    Restore(restore::Args),
+    /// Mount a restore point on a host of its provider pool (read-only unless --writable).
+    Mount(mount::Args),
+    /// Take away a mount (`recman mounts` lists them).
+    Unmount(unmount::Args),
+    /// Make a writable clone of a restore point (`--as NAME`), or remove one (`clone rm NAME`).
+    Clone(clone::Args),
+    /// List the mounted restore points: where, since when, by which job, writable.
+    Mounts(mounts::Args),
+    /// List the clones: where, from which point, since when, by which job.
+    Clones(clones::Args),
     /// Rebuild the state from the log (up to a point) and print it.
     Replay(replay::Args),
     /// Verify every record of the log: checksum, decoding, hash chain.
@@ -152,6 +170,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prune(a) => prune::run(&g, a).await,
         Command::Reconcile(a) => reconcile::run(&g, a).await,
         Command::Verify(a) => verify::run(&g, a).await,
+        Command::Restore(a) => restore::run(&g, a).await,
+        Command::Mount(a) => mount::run(&g, a).await,
+        Command::Unmount(a) => unmount::run(&g, a).await,
+        Command::Clone(a) => clone::run(&g, a).await,
+        Command::Mounts(a) => mounts::run(&g, a).await,
+        Command::Clones(a) => clones::run(&g, a).await,
         Command::Replay(a) => replay::run(&g, a).await,
         Command::Audit(a) => audit::run(&g, a).await,
         Command::ValidateConfig(a) => validate::run(&g, a).await,

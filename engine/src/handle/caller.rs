@@ -187,6 +187,54 @@ impl Caller {
         accepted(rx.await.map_err(|_| CallError::Stopped)?)
     }
 
+    /// Submits a recovery (restore, mount, unmount, clone, remove a clone);
+    /// answered once `recovery_requested` is durable. Refused with the
+    /// core's code (`unknown_snapshot`, `target_busy`, …).
+    pub async fn recover(
+        &self,
+        req: recman_events::RecoveryRequest,
+        origin: &str,
+    ) -> Result<Accepted, CallError> {
+        self.recover_as(req, origin, JobId::new_v7()).await
+    }
+
+    async fn recover_as(
+        &self,
+        req: recman_events::RecoveryRequest,
+        origin: &str,
+        new_job: JobId,
+    ) -> Result<Accepted, CallError> {
+        if !self.accepting() {
+            return Err(CallError::ShuttingDown);
+        }
+        let (reply, rx) = oneshot::channel();
+        let call = Call::Recover {
+            ask: runtime::ask(req),
+            origin: origin.to_string(),
+            new_job,
+            reply,
+        };
+        self.calls.send(call).await.map_err(|_| CallError::Stopped)?;
+        accepted(rx.await.map_err(|_| CallError::Stopped)?)
+    }
+
+    /// [`Caller::recover`], then its events until the recovery ended (as
+    /// [`Caller::submit_and_follow`]).
+    pub async fn recover_and_follow(
+        &self,
+        req: recman_events::RecoveryRequest,
+        origin: &str,
+    ) -> Result<(Accepted, JobEvents), CallError> {
+        let new_job = JobId::new_v7();
+        let early = self.followers().live(new_job);
+        let a = self.recover_as(req, origin, new_job).await?;
+        if a.job == new_job && !a.existing {
+            return Ok((a, JobEvents::new(new_job, Vec::new(), early)));
+        }
+        drop(early);
+        Ok((a, self.follow(a.job)?))
+    }
+
     /// Runs `f` on the live core state; the answer comes once everything the
     /// engine decided before is durable (so after a replay, or a submit, the
     /// log already holds what the state shows).

@@ -325,6 +325,15 @@ impl Engine {
         self.caller.submit_and_follow(req, origin).await
     }
 
+    /// See [`Caller::recover_and_follow`].
+    pub async fn recover_and_follow(
+        &self,
+        req: recman_events::RecoveryRequest,
+        origin: &str,
+    ) -> Result<(Accepted, JobEvents), CallError> {
+        self.caller.recover_and_follow(req, origin).await
+    }
+
     /// See [`Caller::follow`].
     pub fn follow(&self, job: JobId) -> Result<JobEvents, LogError> {
         self.caller.follow(job)

@@ -45,6 +45,12 @@ pub struct Summary {
     /// A recovery's outcome: where the data is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// An in-place restore: the safety snapshot it took (a restore point).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety_snapshot: Option<String>,
+    /// A failed recovery: where it left the live data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<recman_events::LiveData>,
     pub steps: Vec<StepLine>,
     pub first_seq: u64,
     pub last_seq: u64,
@@ -63,6 +69,8 @@ pub struct Progress {
     frozen_since: Option<Instant>,
     status_drawn: bool,
     frame: usize,
+    /// A recovery's target (its step events name none).
+    recovering: String,
     pub summary: Summary,
 }
 
@@ -79,6 +87,7 @@ impl Progress {
             frozen_since: None,
             status_drawn: false,
             frame: 0,
+            recovering: String::new(),
             summary: Summary {
                 job_id: job.to_string(),
                 ..Summary::default()
@@ -389,6 +398,7 @@ impl Progress {
                 origin,
                 ..
             } => {
+                self.recovering = target.to_string();
                 self.say(
                     "",
                     format!(
@@ -410,12 +420,15 @@ impl Progress {
                     seq,
                     stage: *stage,
                     attempt: 1,
-                    target: String::new(),
+                    target: self.recovering.clone(),
                     worker: Some(worker.to_string()),
                     ok: true,
                     duration_us: Some(*duration_us),
                     error: None,
                 });
+                if *stage == Stage::SafetySnapshot {
+                    self.summary.safety_snapshot = Some(location.clone());
+                }
                 let at = if location.is_empty() {
                     String::new()
                 } else {
@@ -434,7 +447,7 @@ impl Progress {
                     seq,
                     stage: *stage,
                     attempt: 1,
-                    target: String::new(),
+                    target: self.recovering.clone(),
                     worker: worker.as_ref().map(|w| w.to_string()),
                     ok: false,
                     duration_us: None,
@@ -459,6 +472,7 @@ impl Progress {
             EventBody::RecoveryFailed { reason, live } => {
                 self.summary.state = Some(End::Failed);
                 self.summary.reason = Some(format!("{reason} (live data: {})", live_str(*live)));
+                self.summary.live = Some(*live);
                 self.finish_line();
                 return Some(End::Failed);
             }

@@ -1,8 +1,9 @@
 //! The read commands' tables (jobs, targets, snapshots) and a job's timeline;
 //! every line goes out through `say!` (text from the log escaped).
 
+use crate::render::progress::live_str;
 use crate::view::time::{age, rfc3339};
-use crate::view::{JobDetail, JobSummary, SnapshotEntry, TargetView};
+use crate::view::{CloneView, JobDetail, JobSummary, MountView, SnapshotEntry, TargetView, SAFETY_KIND};
 
 fn ms(us: u64) -> String {
     format!("{:.1} ms", us as f64 / 1000.0)
@@ -14,9 +15,10 @@ pub fn jobs(jobs: &[JobSummary], more: bool) {
         crate::say!("no jobs");
     } else {
         crate::say!(
-            "{:<36}  {:<13}  {:<24}  {:<20}  SNAPSHOT / OUTCOME",
+            "{:<36}  {:<13}  {:<12}  {:<24}  {:<20}  SNAPSHOT / OUTCOME",
             "JOB",
             "STATE",
+            "KIND",
             "REQUESTED",
             "TARGETS"
         );
@@ -25,9 +27,10 @@ pub fn jobs(jobs: &[JobSummary], more: bool) {
         let targets = j.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",");
         let what = j.snapshot.clone().or(j.outcome.clone()).unwrap_or_default();
         crate::say!(
-            "{:<36}  {:<13}  {:<24}  {:<20}  {what}",
+            "{:<36}  {:<13}  {:<12}  {:<24}  {:<20}  {what}",
             j.id.to_string(),
             j.state,
+            j.kind,
             rfc3339(j.requested_at_ms),
             targets
         );
@@ -91,6 +94,18 @@ pub fn timeline(d: &JobDetail) {
     }
     if let Some(sn) = &d.snapshot_info {
         crate::say!("  snapshot: {} at {} ({})", sn.name, sn.location, sn.provider);
+    }
+    if let Some(r) = &d.recovery {
+        crate::say!("  restore point: {}", r.point);
+        if let Some(safety) = &r.safety_snapshot {
+            crate::say!("  safety snapshot: {safety} (the live data before the revert; a restore point)");
+        }
+        if let Some(l) = &r.location {
+            crate::say!("  location: {l}");
+        }
+        if let Some(live) = r.live {
+            crate::say!("  live data: {}", live_str(live));
+        }
     }
     if let Some(o) = &s.outcome {
         crate::say!("  outcome: {o}");
@@ -178,7 +193,17 @@ pub fn snapshots(list: &[SnapshotEntry]) {
             s.provider,
             ms(s.freeze_window_us),
         );
-        crate::say!("    {}", s.location);
+        if s.kind == SAFETY_KIND {
+            crate::say!(
+                "    safety snapshot taken by restore {} before it reverted the live data",
+                s.job
+            );
+        } else {
+            crate::say!("    {}", s.location);
+        }
+        for why in &s.in_use {
+            crate::say!("    in use: {why} (retention keeps it)");
+        }
         if let Some(a) = &s.array_expiry {
             let mut parts = Vec::new();
             if let (Some(h), Some(at)) = (a.expiration_hours, a.expires_at_ms) {
@@ -205,5 +230,61 @@ pub fn snapshots(list: &[SnapshotEntry]) {
             let detail = v.detail.as_deref().map_or(String::new(), |d| format!(": {d}"));
             crate::say!("    {} on {}{when}{detail}", v.status, v.target);
         }
+    }
+}
+
+/// `recman mounts`: restore points exposed on hosts.
+pub fn mounts(list: &[MountView]) {
+    if list.is_empty() {
+        crate::say!("no mounts");
+        return;
+    }
+    crate::say!(
+        "{:<36}  {:<20}  {:<30}  {:<8}  {:<24}  {:<16}  LOCATION",
+        "MOUNT (JOB)",
+        "TARGET",
+        "SNAPSHOT",
+        "MODE",
+        "SINCE",
+        "WORKER"
+    );
+    for m in list {
+        crate::say!(
+            "{:<36}  {:<20}  {:<30}  {:<8}  {:<24}  {:<16}  {}",
+            m.job.to_string(),
+            m.target.as_str(),
+            m.snapshot,
+            if m.writable { "writable" } else { "ro" },
+            rfc3339(m.since_ms),
+            m.worker.as_str(),
+            m.location
+        );
+    }
+}
+
+/// `recman clones`: clones kept until removed.
+pub fn clones(list: &[CloneView]) {
+    if list.is_empty() {
+        crate::say!("no clones");
+        return;
+    }
+    crate::say!(
+        "{:<20}  {:<20}  {:<30}  {:<24}  {:<36}  LOCATION",
+        "CLONE",
+        "TARGET",
+        "SNAPSHOT",
+        "SINCE",
+        "JOB"
+    );
+    for c in list {
+        crate::say!(
+            "{:<20}  {:<20}  {:<30}  {:<24}  {:<36}  {}",
+            c.name,
+            c.target.as_str(),
+            c.snapshot,
+            rfc3339(c.since_ms),
+            c.job.to_string(),
+            c.location
+        );
     }
 }

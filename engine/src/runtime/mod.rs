@@ -70,10 +70,29 @@ pub enum Call {
         origin: String,
         reply: oneshot::Sender<Reply>,
     },
+    /// A recovery: restore, mount, unmount, clone, remove a clone.
+    Recover {
+        ask: recman_core::recovery::Ask,
+        origin: String,
+        /// As for `Submit`.
+        new_job: JobId,
+        reply: oneshot::Sender<Reply>,
+    },
     /// A look at the live core state (`recman replay` compares it with a
     /// rebuild from the log; shutdown waits until nothing is frozen). Also
     /// answers "has replay finished?".
     Inspect(Query),
+}
+
+/// What the core takes of a recovery request (validated on the wire).
+pub fn ask(r: recman_events::RecoveryRequest) -> recman_core::recovery::Ask {
+    recman_core::recovery::Ask {
+        request_id: r.request_id,
+        target: r.target,
+        snapshot: r.snapshot,
+        action: r.action,
+        confirm: r.confirm,
+    }
 }
 
 /// Rebuilds the core from the whole log.
@@ -92,11 +111,22 @@ pub fn replay(cfg: CoreConfig, log: &dyn EventLog) -> anyhow::Result<Core> {
 }
 
 /// The message of a command, with the `traceparent` of its `command.send`
-/// span (or of the job's root when spans are off).
-fn to_message(out: &Outgoing, span: Option<&tracing::Span>) -> (Address, Message) {
+/// span (or of the job's root when spans are off). A command for one
+/// worker goes to its pool when the bus can tell that worker is gone (the
+/// in-process bus: a local worker of an earlier process, e.g. the one that
+/// made the mount a later `recman unmount` takes away); a broker cannot
+/// tell, and the core's retries alternate with the pool where it matters.
+fn to_message(bus: &dyn Bus, out: &Outgoing, span: Option<&tracing::Span>) -> (Address, Message) {
     let to = match &out.to {
         Destination::Pool(p) => Address::Pool(p.clone()),
-        Destination::Worker { worker, .. } => Address::Worker(worker.clone()),
+        Destination::Worker { worker, fallback } => {
+            let own = Address::Worker(worker.clone());
+            if bus.consumed(&own) == Some(false) {
+                Address::Pool(fallback.clone())
+            } else {
+                own
+            }
+        }
     };
     let msg = Message::new(
         msg_type::COMMAND,
@@ -115,7 +145,7 @@ async fn publish(bus: &dyn Bus, cmds: &[Outgoing]) -> anyhow::Result<()> {
     let msgs = cmds
         .iter()
         .enumerate()
-        .map(|(i, c)| to_message(c, spans.get(i)))
+        .map(|(i, c)| to_message(bus, c, spans.get(i)))
         .collect();
     let sent = bus.publish_batch(msgs).await.context("publishing commands");
     drop(spans); // a send span lasts until the broker confirmed the batch
@@ -238,6 +268,17 @@ async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound
                 reply: Some(reply),
                 inspect: None,
             },
+            Call::Recover {
+                ask,
+                origin,
+                new_job,
+                reply,
+            } => Inbound {
+                input: Some(Input::Recover { ask, origin, new_job }),
+                delivery: None,
+                reply: Some(reply),
+                inspect: None,
+            },
             Call::Inspect(query) => Inbound {
                 input: None,
                 delivery: None,
@@ -338,8 +379,9 @@ pub async fn run(
 
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(2 * MAX_BATCH);
     let mut tasks = tokio::task::JoinSet::new();
-    // A snapshot request or a cancel; a refused cancel (unknown job, job
-    // ended) is dead-lettered with the core's reason, like a refused request.
+    // A snapshot request, a cancel or a recovery; a refused cancel (unknown
+    // job, job ended) or recovery is dead-lettered with the core's reason,
+    // like a refused request.
     tasks.spawn(forward_bus(requests, in_tx.clone(), |b| {
         Request::from_json(b)
             .map(|r| match r {
@@ -351,6 +393,11 @@ pub async fn run(
                 Request::Cancel(c) => Input::Cancel {
                     job: c.cancel,
                     reason: c.reason().to_string(),
+                },
+                Request::Recovery(r) => Input::Recover {
+                    ask: ask(r),
+                    origin: "amqp".into(),
+                    new_job: JobId::new_v7(),
                 },
             })
             .map_err(|e| e.to_string())
@@ -412,7 +459,7 @@ pub async fn run(
                     batch.notes.report(r, msg);
                 }
             }
-            let is_request = matches!(input, Input::Request { .. });
+            let is_request = matches!(input, Input::Request { .. } | Input::Recover { .. });
             let step = core.handle(input, now);
             if tracing_on {
                 match &step.reply {
@@ -478,6 +525,8 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.retention = retention_policy(t);
         p.writer_timeout_ms = t.writer.timeout().as_millis() as u64;
         p.provider_timeout_ms = t.provider.timeout().as_millis() as u64;
+        p.recovery_timeout_ms = t.recovery.timeout.as_millis() as u64;
+        p.max_mount_age_ms = t.recovery.max_mount_age.map(|d| d.as_millis() as u64);
         p.fingerprint = Some(t.fingerprint());
         p.verify = t.verify.as_ref().map(|v| recman_core::verify::VerifyPolicy {
             kind: v.kind.as_str().to_string(),

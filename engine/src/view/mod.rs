@@ -9,11 +9,12 @@
 use std::collections::BTreeMap;
 
 use recman_events::{
-    ArrayExpiry, EventBody, EventLog, JobId, LogError, RequestId, SnapshotInfo, Stage, StepDetail,
-    StoredEvent, TargetId, WorkerId,
+    ArrayExpiry, EventBody, EventLog, JobId, LiveData, LogError, RecoveryAction, RequestId, SnapshotInfo,
+    Stage, StepDetail, StoredEvent, TargetId, WorkerId,
 };
 use serde::{Deserialize, Serialize};
 
+use recman_core::recovery::{Op, OpState};
 use recman_core::{evolve, Job, JobState, State};
 
 pub mod metrics;
@@ -123,13 +124,66 @@ pub struct JobDetail {
     pub snapshot_info: Option<SnapshotInfo>,
     pub cancel_reason: Option<String>,
     pub last_error: Option<String>,
+    /// A recovery job's own facts (restore, mount, clone; absent for a
+    /// snapshot job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryView>,
+}
+
+/// What a recovery job did with a restore point (`recman job ID`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryView {
+    /// As requested: `{"type": "in_place"}`, `{"type": "to", "path": …}`, …
+    pub action: RecoveryAction,
+    /// The restore point (for unmount and remove_clone: the one mounted or cloned).
+    pub point: String,
+    /// Where the data is: the restored path, the mount point, the clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// In place: the safety snapshot taken before the revert (a restore
+    /// point of the target, listed by `recman snapshots`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_snapshot: Option<String>,
+    /// A failed recovery: where it left the live data (`untouched`,
+    /// `rolled_back`, `restored`, `unknown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveData>,
+}
+
+/// A restore point exposed on a host (`recman mounts`, `GET /v1/mounts`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountView {
+    /// The recovery job that mounted it: `recman unmount JOB`.
+    pub job: JobId,
+    pub target: TargetId,
+    /// The restore point.
+    pub snapshot: String,
+    pub location: String,
+    pub worker: WorkerId,
+    pub since_ms: u64,
+    pub writable: bool,
+}
+
+/// A clone of a restore point (`recman clones`, `GET /v1/clones`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneView {
+    pub name: String,
+    /// The recovery job that made it.
+    pub job: JobId,
+    pub target: TargetId,
+    /// The restore point it was cloned from.
+    pub snapshot: String,
+    pub location: String,
+    pub worker: WorkerId,
+    pub since_ms: u64,
 }
 
 /// A target and what it is doing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TargetView {
     pub id: TargetId,
-    /// `idle`, or the state of the job holding it (`freezing`, `frozen`, …).
+    /// `idle`, the state of the job holding it (`freezing`, `frozen`, …),
+    /// or `recovering` while a recovery job runs on it.
     pub state: String,
     pub job: Option<JobId>,
     /// Jobs waiting behind the one holding it.
@@ -208,6 +262,10 @@ pub struct SnapshotEntry {
     /// The array's own clock on it (3PAR), when the provider set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub array_expiry: Option<ArrayExpiryView>,
+    /// Why retention must keep it now (rule `in_use`): mounted, or a
+    /// recovery waits for it or reads it. One line per target that uses it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_use: Vec<String>,
 }
 
 /// How long the array keeps a restore point by itself (`SnapshotExpiry`):
@@ -473,6 +531,64 @@ impl View {
                         .get(&job)
                         .and_then(|x| x.array_expiry.get(&snapshot.name))
                         .map(|e| ArrayExpiryView::new(*e, cut)),
+                    in_use: Vec::new(),
+                });
+            }
+            EventBody::RecoveryStepDone {
+                stage,
+                worker,
+                duration_us,
+                location,
+            } => {
+                let Some(op) = self.state.recovery.ops.get(&job) else {
+                    return;
+                };
+                let target = op.target.clone();
+                self.extra.entry(job).or_default().steps.push(StepView {
+                    stage: *stage,
+                    attempt: 1,
+                    target: target.clone(),
+                    worker: Some(worker.clone()),
+                    at_ms: ev.at_ms,
+                    duration_us: Some(*duration_us),
+                    ok: true,
+                    note: None,
+                });
+                // The safety snapshot is a restore point of the target (the
+                // core catalogued it with this event).
+                if *stage == Stage::SafetySnapshot && !self.catalog.iter().any(|c| c.job == job) {
+                    self.catalog.push(SnapshotEntry {
+                        name: location.clone(),
+                        targets: vec![target],
+                        job,
+                        cut_at_ms: ev.at_ms,
+                        kind: SAFETY_KIND.into(),
+                        provider: String::new(),
+                        location: String::new(),
+                        size_bytes: None,
+                        freeze_window_us: 0,
+                        retention: None,
+                        prune_failure: None,
+                        verification: Vec::new(),
+                        array_expiry: None,
+                        in_use: Vec::new(),
+                    });
+                }
+            }
+            EventBody::RecoveryStepFailed { stage, worker, error } => {
+                let Some(op) = self.state.recovery.ops.get(&job) else {
+                    return;
+                };
+                let target = op.target.clone();
+                self.extra.entry(job).or_default().steps.push(StepView {
+                    stage: *stage,
+                    attempt: 1,
+                    target,
+                    worker: worker.clone(),
+                    at_ms: ev.at_ms,
+                    duration_us: None,
+                    ok: false,
+                    note: Some(error.to_string()),
                 });
             }
             EventBody::Failed { reason, .. } if !was_terminal => {
@@ -547,7 +663,9 @@ impl View {
     }
 
     pub fn job(&self, id: &JobId) -> Option<JobDetail> {
-        let j = self.state.jobs.get(id)?;
+        let Some(j) = self.state.jobs.get(id) else {
+            return self.recovery_job(id);
+        };
         let steps = self.extra.get(id).map(|x| x.steps.as_slice()).unwrap_or(&[]);
         let timeline = j
             .timeline
@@ -588,7 +706,93 @@ impl View {
             snapshot_info: j.snapshot.clone(),
             cancel_reason: j.cancel.clone(),
             last_error: j.last_error.as_ref().map(ToString::to_string),
+            recovery: None,
         })
+    }
+
+    /// A recovery job in the shape of a job: its steps as the timeline (one
+    /// attempt), no freeze window, and what it did in `recovery`.
+    fn recovery_job(&self, id: &JobId) -> Option<JobDetail> {
+        let op = self.state.recovery.ops.get(id)?;
+        let steps = self.extra.get(id).map(|x| x.steps.as_slice()).unwrap_or(&[]);
+        let timeline = op
+            .timeline
+            .iter()
+            .map(|t| TimelineStage {
+                stage: t.stage,
+                attempt: t.attempt,
+                started_ms: t.started_ms,
+                ended_ms: t.ended_ms,
+                duration_ms: t.ended_ms.map(|e| e.saturating_sub(t.started_ms)),
+                outcome: t.outcome.clone(),
+                steps: steps
+                    .iter()
+                    .filter(|s| s.stage == t.stage && s.at_ms >= t.started_ms)
+                    .take(1)
+                    .cloned()
+                    .collect(),
+            })
+            .collect();
+        let failed = op.state == OpState::Failed;
+        Some(JobDetail {
+            summary: recovery_summary(op),
+            timeline,
+            freeze_window: FreezeWindow {
+                first_frozen_at_ms: None,
+                window_us: None,
+                budget_ms: 0,
+                targets: Vec::new(),
+            },
+            snapshot_info: None,
+            cancel_reason: None,
+            last_error: op.failure.as_ref().map(|(r, _)| r.clone()),
+            recovery: Some(RecoveryView {
+                action: op.action.clone(),
+                point: op.name.clone(),
+                location: op.location.clone().filter(|l| !l.is_empty()),
+                safety_snapshot: op.safety.clone(),
+                live: if failed { op.live } else { None },
+            }),
+        })
+    }
+
+    /// Restore points exposed on hosts, oldest first.
+    pub fn mounts(&self) -> Vec<MountView> {
+        let mut out: Vec<MountView> = self
+            .state
+            .recovery
+            .mounts
+            .values()
+            .map(|m| MountView {
+                job: m.job,
+                target: m.target.clone(),
+                snapshot: m.name.clone(),
+                location: m.location.clone(),
+                worker: m.worker.clone(),
+                since_ms: m.since_ms,
+                writable: m.writable,
+            })
+            .collect();
+        out.sort_by_key(|m| (m.since_ms, m.job));
+        out
+    }
+
+    /// Clones, by name.
+    pub fn clones(&self) -> Vec<CloneView> {
+        self.state
+            .recovery
+            .clones
+            .iter()
+            .map(|(name, c)| CloneView {
+                name: name.clone(),
+                job: c.job,
+                target: c.target.clone(),
+                snapshot: c.point.clone(),
+                location: c.location.clone(),
+                worker: c.worker.clone(),
+                since_ms: c.since_ms,
+            })
+            .collect()
     }
 
     /// Jobs newest first, filtered; `request`: only the job of that request
@@ -602,28 +806,53 @@ impl View {
         after: Option<JobId>,
         limit: usize,
     ) -> (Vec<JobSummary>, Option<JobId>) {
-        let all: Box<dyn Iterator<Item = &Job>> = match request {
-            Some(r) => Box::new(
-                self.state
-                    .requests
-                    .get(r)
-                    .and_then(|id| self.state.jobs.get(id))
-                    .into_iter(),
+        let (all, ops): (Box<dyn Iterator<Item = &Job>>, Box<dyn Iterator<Item = &Op>>) = match request {
+            Some(r) => (
+                Box::new(
+                    self.state
+                        .requests
+                        .get(r)
+                        .and_then(|id| self.state.jobs.get(id))
+                        .into_iter(),
+                ),
+                Box::new(
+                    self.state
+                        .recovery
+                        .requests
+                        .get(r)
+                        .and_then(|id| self.state.recovery.ops.get(id))
+                        .into_iter(),
+                ),
             ),
-            None => Box::new(self.state.jobs.values().rev()),
+            None => (
+                Box::new(self.state.jobs.values().rev()),
+                Box::new(self.state.recovery.ops.values().rev()),
+            ),
         };
-        let iter = all
+        let jobs = all
             .filter(|j| after.is_none_or(|a| j.id < a))
-            .filter(|j| state.is_none_or(|s| state_name(j.state) == s))
-            .filter(|j| target.is_none_or(|t| j.targets.contains(t)));
+            .filter(|j| target.is_none_or(|t| j.targets.contains(t)))
+            .map(summary);
+        let ops = ops
+            .filter(|o| after.is_none_or(|a| o.id < a))
+            .filter(|o| target.is_none_or(|t| o.target == *t))
+            .map(recovery_summary);
+        // Both newest first (job ids are UUIDv7: time-ordered): merged.
+        let mut jobs = jobs.peekable();
+        let mut ops = ops.peekable();
+        let merged = std::iter::from_fn(|| match (jobs.peek(), ops.peek()) {
+            (Some(j), Some(o)) if o.id > j.id => ops.next(),
+            (Some(_), _) => jobs.next(),
+            (None, _) => ops.next(),
+        });
         let mut page: Vec<JobSummary> = Vec::new();
         let mut more = false;
-        for j in iter {
+        for j in merged.filter(|j| state.is_none_or(|s| j.state == s)) {
             if page.len() == limit {
                 more = true;
                 break;
             }
-            page.push(summary(j));
+            page.push(j);
         }
         let next = if more { page.last().map(|j| j.id) } else { None };
         (page, next)
@@ -647,12 +876,16 @@ impl View {
             .map(|t| {
                 let holder = self.state.holder(&t);
                 let depth = self.state.queues.get(&t).map_or(0, |q| q.len()) - usize::from(holder.is_some());
+                // A recovery holds it while it runs (no job starts meanwhile).
+                let recovering = self.state.recovery.running.get(&t).copied();
                 TargetView {
-                    state: holder
-                        .and_then(|h| self.state.jobs.get(&h))
-                        .map_or("idle", |j| state_name(j.state))
-                        .to_string(),
-                    job: holder,
+                    state: match (holder.and_then(|h| self.state.jobs.get(&h)), recovering) {
+                        (Some(j), _) => state_name(j.state),
+                        (None, Some(_)) => RECOVERING,
+                        (None, None) => "idle",
+                    }
+                    .to_string(),
+                    job: holder.or(recovering),
                     queue_depth: depth,
                     last_snapshot: self.last_snapshot.get(&t).cloned(),
                     last_failure: self.last_failure.get(&t).cloned(),
@@ -696,6 +929,11 @@ impl View {
                         detail: r.detail.clone(),
                     })
                 })
+                .collect();
+            e.in_use = c
+                .targets
+                .iter()
+                .filter_map(|t| recman_core::recovery::pinned(&self.state, t, &c.name))
                 .collect();
             for t in &c.targets {
                 let Some(Some(keep)) = self.retention.get(t) else {
@@ -868,9 +1106,50 @@ pub fn any_frozen(state: &State) -> bool {
     })
 }
 
-/// Every state name, for validating filters.
+/// Every state name, for validating filters (`running`: a recovery job's).
 pub fn state_names() -> Vec<&'static str> {
-    ALL_STATES.iter().map(|s| state_name(*s)).collect()
+    let mut names: Vec<&'static str> = ALL_STATES.iter().map(|s| state_name(*s)).collect();
+    names.push(RECOVERY_RUNNING);
+    names
+}
+
+/// The state of a recovery job that runs a step (a waiting one is `queued`).
+pub const RECOVERY_RUNNING: &str = "running";
+
+/// A target's state while a recovery job runs on it.
+pub const RECOVERING: &str = "recovering";
+
+/// The `kind` of a safety snapshot in the catalog.
+pub const SAFETY_KIND: &str = "safety";
+
+/// The API name of a recovery job's state.
+pub fn op_state_name(s: OpState) -> &'static str {
+    match s {
+        OpState::Pending => "queued",
+        OpState::Running => RECOVERY_RUNNING,
+        OpState::Completed => "completed",
+        OpState::Failed => "failed",
+    }
+}
+
+/// A recovery job in a list: `kind` is its action (`restore`,
+/// `restore_to`, `mount`, `unmount`, `clone`, `remove_clone`), `snapshot`
+/// the restore point, `outcome` where the data is or why it failed.
+fn recovery_summary(op: &Op) -> JobSummary {
+    JobSummary {
+        id: op.id,
+        request_id: op.request_id.as_str().to_string(),
+        state: op_state_name(op.state).to_string(),
+        targets: vec![op.target.clone()],
+        kind: op.action.as_str().to_string(),
+        origin: op.origin.clone(),
+        attempt: 1,
+        stage: op.stage,
+        requested_at_ms: op.requested_ms,
+        finished_at_ms: op.finished_ms,
+        snapshot: Some(op.name.clone()),
+        outcome: op.outcome.clone().filter(|o| !o.is_empty()),
+    }
 }
 
 fn summary(j: &Job) -> JobSummary {

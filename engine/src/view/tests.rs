@@ -236,3 +236,154 @@ fn a_failed_prune_is_shown_until_the_snapshot_is_gone() {
     assert_eq!(v.snapshots(Some(&t)).len(), 1);
     assert_eq!(v.targets()[0].last_prune_failure, None);
 }
+
+/// Issue 16: an in-place restore and a mount are jobs of the view (listed
+/// newest first among the snapshot jobs, with their action as kind and
+/// their steps as the timeline); the safety snapshot enters the catalog;
+/// a mounted point is shown in use; `mounts` lists the mount.
+#[test]
+fn recovery_jobs_safety_snapshots_and_mounts() {
+    use recman_events::RecoveryAction;
+    let a = JobId::from_parts(1_000_000, 1);
+    let r = JobId::from_parts(2_000_000, 2);
+    let m = JobId::from_parts(3_000_000, 3);
+    let t = TargetId::from("db01");
+    let w = WorkerId::from("w1");
+    let mut v = View::new([(t.clone(), Some(5))].into());
+    for e in job_events(a, 1, 1_000_000, "snap-a") {
+        v.apply(&e);
+    }
+    let mut seq = 11;
+    let mut at = 2_000_000;
+    let mut put = |v: &mut View, job: JobId, body: EventBody| {
+        seq += 1;
+        at += 10;
+        v.apply(&ev(seq, at, job, body));
+    };
+    put(
+        &mut v,
+        r,
+        EventBody::RecoveryRequested {
+            request_id: "r-restore".into(),
+            target: t.clone(),
+            name: "snap-a".into(),
+            action: RecoveryAction::InPlace,
+            origin: "cli".into(),
+        },
+    );
+    let safety = recman_core::recovery::safety_name(r);
+    for (stage, location) in [
+        (Stage::Stop, String::new()),
+        (Stage::SafetySnapshot, safety.clone()),
+        (Stage::Restore, "/srv/db01".to_string()),
+        (Stage::Start, String::new()),
+    ] {
+        put(
+            &mut v,
+            r,
+            EventBody::RecoveryStepStarted {
+                stage,
+                deadline_ms: 9_000_000,
+            },
+        );
+        put(
+            &mut v,
+            r,
+            EventBody::RecoveryStepDone {
+                stage,
+                worker: w.clone(),
+                duration_us: 100,
+                location,
+            },
+        );
+    }
+    put(
+        &mut v,
+        r,
+        EventBody::RecoveryCompleted {
+            location: "/srv/db01".into(),
+        },
+    );
+
+    let d = v.job(&r).expect("a recovery job is a job");
+    assert_eq!(
+        (d.summary.state.as_str(), d.summary.kind.as_str()),
+        ("completed", "restore")
+    );
+    let stages: Vec<Stage> = d.timeline.iter().map(|s| s.stage).collect();
+    assert_eq!(
+        stages,
+        [Stage::Stop, Stage::SafetySnapshot, Stage::Restore, Stage::Start]
+    );
+    assert!(d.timeline.iter().all(|s| s.steps.len() == 1 && s.steps[0].ok));
+    let rv = d.recovery.expect("its recovery facts");
+    assert_eq!(rv.safety_snapshot.as_deref(), Some(safety.as_str()));
+    assert_eq!(rv.location.as_deref(), Some("/srv/db01"));
+    assert_eq!(rv.live, None, "completed: no live-data verdict");
+
+    let cat = v.snapshots(Some(&t));
+    assert_eq!(cat[0].name, safety, "the safety snapshot is the newest point");
+    assert_eq!((cat[0].kind.as_str(), cat[0].job), (SAFETY_KIND, r));
+
+    put(
+        &mut v,
+        m,
+        EventBody::RecoveryRequested {
+            request_id: "r-mount".into(),
+            target: t.clone(),
+            name: "snap-a".into(),
+            action: RecoveryAction::Mount { writable: false },
+            origin: "http".into(),
+        },
+    );
+    put(
+        &mut v,
+        m,
+        EventBody::RecoveryStepStarted {
+            stage: Stage::Mount,
+            deadline_ms: 9_000_000,
+        },
+    );
+    // While it runs: listed as running, the point in use.
+    let (page, _) = v.jobs(Some(RECOVERY_RUNNING), None, None, None, 10);
+    assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), [m]);
+    put(
+        &mut v,
+        m,
+        EventBody::RecoveryStepDone {
+            stage: Stage::Mount,
+            worker: w.clone(),
+            duration_us: 100,
+            location: "/mnt/snap-a".into(),
+        },
+    );
+    put(
+        &mut v,
+        m,
+        EventBody::RecoveryCompleted {
+            location: "/mnt/snap-a".into(),
+        },
+    );
+    let mounts = v.mounts();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(
+        (mounts[0].job, mounts[0].location.as_str(), mounts[0].writable),
+        (m, "/mnt/snap-a", false)
+    );
+    let point = v
+        .snapshots(Some(&t))
+        .into_iter()
+        .find(|e| e.name == "snap-a")
+        .unwrap();
+    assert!(point.in_use[0].contains("mounted"), "{:?}", point.in_use);
+
+    // Newest first, snapshot and recovery jobs merged; filters apply to both.
+    let (page, _) = v.jobs(None, None, None, None, 10);
+    assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), [m, r, a]);
+    let (page, next) = v.jobs(None, Some(&t), None, None, 2);
+    assert_eq!((page.len(), next), (2, Some(r)));
+    let (page, _) = v.jobs(None, None, None, next, 2);
+    assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), [a]);
+    let (page, _) = v.jobs(None, None, Some(&"r-restore".into()), None, 10);
+    assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), [r]);
+}

@@ -3,7 +3,7 @@
 //! a delivery limit, a dead-letter queue, a fan-out for events).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::Notify;
@@ -42,6 +42,8 @@ struct Queue {
     /// Where refused messages go; `None` for the dead-letter queue itself.
     dlq: Option<Arc<Queue>>,
     delivery_limit: u32,
+    /// Consumers attached now (`Bus::consumed`).
+    consumers: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -86,6 +88,7 @@ impl Queue {
             notify: Notify::new(),
             dlq,
             delivery_limit,
+            consumers: AtomicUsize::new(0),
         })
     }
 
@@ -187,6 +190,7 @@ impl Queue {
 
     /// A consumer went away: everything it held goes back to the queue.
     fn consumer_gone(&self, consumer: u64) {
+        self.consumers.fetch_sub(1, Ordering::SeqCst);
         let dead: Vec<(Pending, String)> = {
             let mut st = lock(&self.state);
             st.held.remove(&consumer);
@@ -385,6 +389,15 @@ impl Bus for MemoryBus {
         Some(reg.subscribers.iter().any(|w| w.strong_count() > 0))
     }
 
+    fn consumed(&self, addr: &Address) -> Option<bool> {
+        let reg = lock(&self.inner.registry);
+        Some(
+            reg.queues
+                .get(addr)
+                .is_some_and(|q| q.consumers.load(Ordering::SeqCst) > 0),
+        )
+    }
+
     fn consume(&self, from: Address, prefetch: u16) -> BoxFuture<'_, Result<Consumer, BusError>> {
         let r = (|| {
             let mut reg = lock(&self.inner.registry);
@@ -407,6 +420,7 @@ impl Bus for MemoryBus {
                 self.queue(&mut reg, &from)
             };
             let id = self.inner.next_consumer.fetch_add(1, Ordering::Relaxed);
+            queue.consumers.fetch_add(1, Ordering::SeqCst);
             Ok(Consumer::new(Box::new(MemoryConsumer { queue, id, prefetch })))
         })();
         Box::pin(async move { r })
@@ -427,6 +441,17 @@ mod tests {
 
     /// The events relay publishes every event here, subscribers or not: with
     /// none, nothing is kept (no queue, no growth) and publishing never waits.
+    #[tokio::test]
+    async fn consumed_says_whether_a_queue_has_a_consumer_now() {
+        let bus = MemoryBus::new();
+        let w = Address::Worker(crate::WorkerId::from("local-1"));
+        assert_eq!(bus.consumed(&w), Some(false), "never declared");
+        let c = bus.consume(w.clone(), 1).await.unwrap();
+        assert_eq!(bus.consumed(&w), Some(true));
+        drop(c);
+        assert_eq!(bus.consumed(&w), Some(false), "its consumer went away");
+    }
+
     #[tokio::test]
     async fn events_nobody_subscribes_to_are_dropped_not_kept() {
         let bus = MemoryBus::new();

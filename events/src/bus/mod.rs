@@ -244,4 +244,10 @@ pub trait Bus: Send + Sync + 'static {
     fn events_subscribed(&self) -> Option<bool> {
         None
     }
+    /// Whether a queue has a consumer right now, when the bus can tell (the
+    /// in-process bus: `Some`; a broker: `None`). The engine sends a
+    /// command meant for one worker to its pool when that worker is gone.
+    fn consumed(&self, _addr: &Address) -> Option<bool> {
+        None
+    }
 }
