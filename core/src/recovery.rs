@@ -1076,36 +1076,22 @@ fn command(state: &State, cfg: &CoreConfig, id: &JobId) -> Option<Outgoing> {
     let p = cfg.targets.get(&op.target)?;
     let t = &op.target;
     let mut location = None;
+    // Every step goes to a pool, never to one worker's own queue: a worker
+    // that restarted has a new id and nobody would take it (a rollback or
+    // an unmount would wait out its deadline). The host's recovery lock
+    // serialises a target's steps, whichever worker of the pool runs them.
     let to = match (stage, &op.action) {
         (Stage::Stop | Stage::Start, _) => Destination::Pool(p.writer_pool.clone()),
         (Stage::Unmount, RecoveryAction::Unmount { mount }) => {
             let m = state.recovery.mounts.get(mount)?;
             location = Some(m.location.clone()).filter(|l| !l.is_empty());
-            if m.worker.as_str() == UNKNOWN_WORKER {
-                Destination::Pool(p.provider_pool.clone())
-            } else {
-                Destination::Worker {
-                    worker: m.worker.clone(),
-                    fallback: p.provider_pool.clone(),
-                }
-            }
+            Destination::Pool(p.provider_pool.clone())
         }
         (Stage::Unmount, RecoveryAction::RemoveClone { name }) => {
             let c = state.recovery.clones.get(name)?;
             location = Some(c.location.clone());
-            Destination::Worker {
-                worker: c.worker.clone(),
-                fallback: p.provider_pool.clone(),
-            }
+            Destination::Pool(p.provider_pool.clone())
         }
-        // The rollback and the start go where the restore went first.
-        (Stage::Rollback, _) => match op.workers.get(Stage::SafetySnapshot.as_str()) {
-            Some(w) => Destination::Worker {
-                worker: w.clone(),
-                fallback: p.provider_pool.clone(),
-            },
-            None => Destination::Pool(p.provider_pool.clone()),
-        },
         _ => Destination::Pool(p.provider_pool.clone()),
     };
     let snapshot = match stage {
