@@ -385,10 +385,19 @@ impl Sim {
     }
 
     /// Whether target `t`'s host had no live worker at the deadline of
-    /// freeze `f` (so no watchdog could thaw it), until `until`.
+    /// freeze `f` (so no watchdog could thaw it), until `until`. A worker
+    /// that started and died in the same instant (before the watchdog it
+    /// armed on adopting could run) does not end an outage.
     fn excused(&self, t: usize, f: &Frozen, now: u64) -> bool {
         let host = self.world.targets[t].host;
-        self.world.outages[host].iter().any(|(s, e)| {
+        let mut merged: Vec<(u64, Option<u64>)> = Vec::new();
+        for &(s, e) in &self.world.outages[host] {
+            match merged.last_mut() {
+                Some(last) if last.1 == Some(s) => last.1 = e,
+                _ => merged.push((s, e)),
+            }
+        }
+        merged.iter().any(|(s, e)| {
             *s <= f.deadline + ADOPT_POLL_MS && e.is_none_or(|e| e >= f.deadline && now <= e + 1)
         })
     }
