@@ -457,6 +457,24 @@ pub fn ended(state: &State, events: &[Event]) -> BTreeSet<TargetId> {
         .collect()
 }
 
+/// The recoveries not ended of target `t` (every target: `None`): those
+/// waiting and the one running, never the whole history.
+fn pending<'a>(l: &'a Ledger, t: Option<&'a TargetId>) -> impl Iterator<Item = &'a Op> + 'a {
+    let wanted: Vec<&VecDeque<JobId>> = match t {
+        Some(t) => l.wanted.get(t).into_iter().collect(),
+        None => l.wanted.values().collect(),
+    };
+    let running: Vec<&JobId> = match t {
+        Some(t) => l.running.get(t).into_iter().collect(),
+        None => l.running.values().collect(),
+    };
+    wanted
+        .into_iter()
+        .flatten()
+        .chain(running)
+        .filter_map(|id| l.ops.get(id))
+}
+
 /// Why retention must keep point `name` of `t`: it is mounted, or a
 /// recovery waits for it or reads it.
 pub fn pinned(state: &State, t: &TargetId, name: &str) -> Option<String> {
@@ -533,10 +551,7 @@ pub fn request(
                     format!("{mount} is not a mount (see `recman mounts`)"),
                 ));
             };
-            if l.ops
-                .values()
-                .any(|op| !op.state.is_terminal() && op.action == RecoveryAction::Unmount { mount: *mount })
-            {
+            if pending(l, Some(&m.target)).any(|op| op.action == RecoveryAction::Unmount { mount: *mount }) {
                 return Err((
                     "unmount_pending",
                     format!("mount {mount} is being taken away already"),
@@ -551,9 +566,9 @@ pub fn request(
                     format!("{name} is not a clone (see `recman clones`)"),
                 ));
             };
-            if l.ops.values().any(|op| {
-                !op.state.is_terminal() && op.action == RecoveryAction::RemoveClone { name: name.clone() }
-            }) {
+            if pending(l, Some(&c.target))
+                .any(|op| op.action == RecoveryAction::RemoveClone { name: name.clone() })
+            {
                 return Err(("remove_pending", format!("clone {name} is being removed already")));
             }
             (c.target.clone(), c.point.clone())
@@ -619,9 +634,7 @@ pub fn request(
             check_point(state, &target, &name)?;
             if let RecoveryAction::Clone { name: clone } = action {
                 let taken = l.clones.contains_key(clone)
-                    || l.ops.values().any(|op| {
-                        !op.state.is_terminal() && op.action == RecoveryAction::Clone { name: clone.clone() }
-                    });
+                    || pending(l, None).any(|op| op.action == RecoveryAction::Clone { name: clone.clone() });
                 if taken {
                     return Err((
                         "clone_exists",
@@ -1004,11 +1017,7 @@ fn mount_due(state: &State, cfg: &CoreConfig, m: &Mount) -> Option<u64> {
     let age = cfg.targets.get(&m.target)?.max_mount_age_ms?;
     let action = RecoveryAction::Unmount { mount: m.job };
     let asked = state.recovery.requests.contains_key(&expiry_request(m.job))
-        || state
-            .recovery
-            .ops
-            .values()
-            .any(|op| !op.state.is_terminal() && op.action == action);
+        || pending(&state.recovery, Some(&m.target)).any(|op| op.action == action);
     (!asked).then(|| m.since_ms.saturating_add(age))
 }
 
