@@ -189,6 +189,19 @@ pub struct PostgresConfig {
     pub stop: Option<Vec<String>>,
     /// Recovery: starts the cluster again; must succeed when it runs.
     pub start: Option<Vec<String>>,
+    /// Recovery: the cluster's data directory (inside the provider's
+    /// source). With it a restore recovers the database: the restore
+    /// point's `backup_label`, `recovery.signal` and a `restore_command`
+    /// reading `wal_archive`, replayed by a private server (no TCP
+    /// listener) to the restore point, a time or the end of the archive.
+    /// Without it a restore only puts the files back.
+    pub data_directory: Option<PathBuf>,
+    /// Recovery: the cluster's `postgresql.conf` when it is not in the data
+    /// directory (Debian: `/etc/postgresql/15/main/postgresql.conf`), so
+    /// the private recovery archives the new timeline as the cluster would.
+    pub config_file: Option<PathBuf>,
+    /// Where `postgres` is, for that private recovery.
+    pub bin_dir: PathBuf,
 }
 
 /// `<data_dir>/backup_labels/<target>`.
@@ -240,6 +253,9 @@ impl Cx<'_> {
                 "prune_wal",
                 "stop",
                 "start",
+                "data_directory",
+                "config_file",
+                "bin_dir",
             ],
         )?;
         self.note_hooks(w, wkey, &["stop", "start"], target, pool);
@@ -288,6 +304,11 @@ impl Cx<'_> {
             }),
         };
         let timeout = self.duration(w, wkey, "timeout")?.unwrap_or(DEFAULT_PG_TIMEOUT);
+        let data_directory = self.path(w, wkey, "data_directory")?;
+        let config_file = self.path(w, wkey, "config_file")?;
+        let bin_dir = self
+            .path(w, wkey, "bin_dir")?
+            .unwrap_or_else(|| PathBuf::from(crate::DEFAULT_PG_BIN_DIR));
         Ok(PostgresConfig {
             host,
             port,
@@ -303,6 +324,9 @@ impl Cx<'_> {
             prune_wal,
             stop: self.argv(w, wkey, "stop")?,
             start: self.argv(w, wkey, "start")?,
+            data_directory,
+            config_file,
+            bin_dir,
         })
     }
 }
@@ -356,6 +380,9 @@ mod tests {
                 assert!(!p.wait_for_archive);
                 assert!(p.fsfreeze.is_none());
                 assert_eq!((p.wal_archive.as_ref(), p.prune_wal), (None, false));
+                // Recovery: files only, unless the data directory is named.
+                assert_eq!((p.data_directory.as_ref(), p.config_file.as_ref()), (None, None));
+                assert_eq!(p.bin_dir, PathBuf::from(crate::DEFAULT_PG_BIN_DIR));
             }
             other => panic!("{other:?}"),
         }
@@ -445,6 +472,34 @@ mod tests {
         assert_eq!(
             kinds,
             [("fsfreeze", "exec"), ("postgres", "btrfs"), ("none", "qcow2")]
+        );
+    }
+
+    #[test]
+    fn a_postgres_writer_names_what_a_restore_recovers() {
+        let c = parse(
+            "[[target]]\nid = \"pg\"\n[target.writer]\ntype = \"postgres\"\nwal_archive = \"/srv/arch\"\n\
+             data_directory = \"/srv/pg/data\"\nconfig_file = \"pg.conf\"\nbin_dir = \"/opt/pg/bin\"\n\
+             [target.provider]\ntype = \"btrfs\"\nsubvolume = \"/srv/pg\"\ndest = \"/srv/snaps\"\n",
+        )
+        .unwrap();
+        let WriterConfig::Postgres(p) = &c.targets[0].writer else {
+            panic!("{:?}", c.targets[0].writer)
+        };
+        assert_eq!(p.data_directory, Some(PathBuf::from("/srv/pg/data")));
+        assert_eq!(
+            p.config_file,
+            Some(PathBuf::from("/etc/recman/pg.conf")),
+            "relative to the config file"
+        );
+        assert_eq!(p.bin_dir, PathBuf::from("/opt/pg/bin"));
+        let e = err(
+            "[[target]]\nid = \"pg\"\n[target.writer]\ntype = \"postgres\"\ndata_directory = 5\n\
+             [target.provider]\ntype = \"none\"\n",
+        );
+        assert!(
+            e.contains("recman.toml:5") && e.contains("writer.data_directory"),
+            "{e}"
         );
     }
 }

@@ -58,6 +58,7 @@ pub const NOTIFY_KINDS: &[&str] = &[
     "recovery_step_failed",
     "recovery_completed",
     "recovery_failed",
+    "recovery_step_noted",
 ];
 
 /// The filter of a sink without `events`.

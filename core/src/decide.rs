@@ -172,6 +172,9 @@ pub enum Mutation {
     /// A failed restore is not rolled back: the application is started and
     /// the log says the data is as before.
     NoRollback,
+    /// The start after a rollback tells the worker the data was restored
+    /// (a database would replay the point's log over other files).
+    RestoredAfterRollback,
 }
 
 impl Mutation {
@@ -200,6 +203,7 @@ impl Mutation {
         Mutation::PruneMounted,
         Mutation::RecoverWhileBusy,
         Mutation::NoRollback,
+        Mutation::RestoredAfterRollback,
     ];
 
     /// Its name on the command line (`recman simulate --mutation`).

@@ -264,7 +264,8 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
         | EventBody::RecoveryStepDone { .. }
         | EventBody::RecoveryStepFailed { .. }
         | EventBody::RecoveryCompleted { .. }
-        | EventBody::RecoveryFailed { .. } => {}
+        | EventBody::RecoveryFailed { .. }
+        | EventBody::RecoveryStepNoted { .. } => {}
         EventBody::Queued { .. } => {}
         EventBody::AttemptStarted {
             attempt,

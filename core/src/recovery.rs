@@ -51,7 +51,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use recman_events::{
     snapshot_name, Command, Event, EventBody, JobId, LiveData, Outcome, RecoveryAction, RecoveryArgs, Report,
-    RequestId, SnapshotKind, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
+    RequestId, SnapshotKind, Stage, StepDetail, StepError, TargetId, Until, WorkerId, SCHEMA_VERSION,
 };
 use serde::Serialize;
 
@@ -174,7 +174,7 @@ pub struct Ask {
 /// The steps of an action, in order, when all goes well.
 pub fn first_stage(action: &RecoveryAction) -> Stage {
     match action {
-        RecoveryAction::InPlace => Stage::Stop,
+        RecoveryAction::InPlace { .. } => Stage::Stop,
         RecoveryAction::To { .. } | RecoveryAction::Clone { .. } => Stage::Restore,
         RecoveryAction::Mount { .. } => Stage::Mount,
         RecoveryAction::Unmount { .. } | RecoveryAction::RemoveClone { .. } => Stage::Unmount,
@@ -264,7 +264,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
             op.state = OpState::Running;
             op.stage = Some(*stage);
             op.deadline_ms = Some(*deadline_ms);
-            if *stage == Stage::Restore && op.action == RecoveryAction::InPlace {
+            if *stage == Stage::Restore && op.action.is_in_place() {
                 op.reverting = true;
             }
             l.deadlines.insert((*deadline_ms, ev.job));
@@ -368,7 +368,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
                 RecoveryAction::RemoveClone { name } => {
                     l.clones.remove(name);
                 }
-                RecoveryAction::InPlace | RecoveryAction::To { .. } => {}
+                RecoveryAction::InPlace { .. } | RecoveryAction::To { .. } => {}
             }
         }
         EventBody::RecoveryFailed { reason, live } => {
@@ -398,6 +398,15 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
                         },
                     );
                 }
+            }
+        }
+        EventBody::RecoveryStepNoted { stage, note } => {
+            let step = l
+                .ops
+                .get_mut(&ev.job)
+                .and_then(|op| op.timeline.iter_mut().rev().find(|t| t.stage == *stage));
+            if let Some(t) = step {
+                t.outcome = Some(format!("ok: {note}"));
             }
         }
         _ => return false,
@@ -445,7 +454,7 @@ pub fn busy(state: &State, t: &TargetId) -> bool {
         .running
         .get(t)
         .and_then(|id| state.recovery.ops.get(id))
-        .is_some_and(|op| op.action == RecoveryAction::InPlace)
+        .is_some_and(|op| op.action.is_in_place())
 }
 
 /// Targets whose recovery ends with one of `events`.
@@ -501,7 +510,7 @@ pub fn names_of(state: &State, t: &TargetId) -> Vec<String> {
         .recovery
         .ops
         .values()
-        .filter(|op| &op.target == t && op.action == RecoveryAction::InPlace)
+        .filter(|op| &op.target == t && op.action.is_in_place())
         .map(|op| safety_name(op.id))
         .collect()
 }
@@ -632,6 +641,9 @@ pub fn request(
         RecoveryAction::Unmount { .. } | RecoveryAction::RemoveClone { .. } => {}
         action => {
             check_point(state, &target, &name)?;
+            if let Some(until) = action.until() {
+                check_until(state, cfg, &target, &name, until, now)?;
+            }
             if let RecoveryAction::Clone { name: clone } = action {
                 let taken = l.clones.contains_key(clone)
                     || pending(l, None).any(|op| op.action == RecoveryAction::Clone { name: clone.clone() });
@@ -642,7 +654,7 @@ pub fn request(
                     ));
                 }
             }
-            if *action == RecoveryAction::InPlace {
+            if action.is_in_place() {
                 if !ask.confirm {
                     return Err((
                         "confirmation_required",
@@ -671,6 +683,59 @@ pub fn request(
             origin: origin.to_string(),
         },
     }))
+}
+
+/// A restore replaying the log `until` a time or its end: only a database
+/// has a log to replay (the `postgres` writer), and a time must lie between
+/// the restore point and now (before the point the backup is not consistent
+/// yet; after now the archive ends first, and recovery fails).
+fn check_until(
+    state: &State,
+    cfg: &CoreConfig,
+    t: &TargetId,
+    name: &str,
+    until: Until,
+    now: u64,
+) -> Result<(), (&'static str, String)> {
+    let writer = cfg
+        .targets
+        .get(t)
+        .and_then(|p| p.fingerprint.as_deref())
+        .and_then(|f| f.split('/').next());
+    if let Some(w) = writer.filter(|w| *w != "postgres") {
+        return Err((
+            "not_supported",
+            format!(
+                "--until replays a database's log: target {t}'s writer is {w}, not postgres (restore the point itself)"
+            ),
+        ));
+    }
+    let Until::Time(at) = until else { return Ok(()) };
+    let taken = state
+        .catalog
+        .get(t)
+        .and_then(|c| c.iter().find(|e| e.name == name))
+        .map(|e| e.at_ms);
+    if let Some(taken) = taken.filter(|taken| at < *taken) {
+        return Err((
+            "until_before_point",
+            format!(
+                "{name} was completed at {}, after {until}: recovery cannot stop before its restore point is \
+                 consistent; pick an older restore point (`recman snapshots {t}`)",
+                Until::Time(taken)
+            ),
+        ));
+    }
+    if at > now {
+        return Err((
+            "until_in_future",
+            format!(
+                "{until} is in the future: the archive ends before it and recovery would fail; use --until latest \
+                 for the end of the archive"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The restore point `name` of `t` may be read: in the catalog, not being deleted.
@@ -760,7 +825,7 @@ pub fn starts(state: &State, cfg: &CoreConfig, now: u64, targets: &BTreeSet<Targ
             continue;
         };
         let unguarded = cfg.mutation == Some(crate::Mutation::RecoverWhileBusy)
-            || state.recovery.ops[&id].action != RecoveryAction::InPlace;
+            || !state.recovery.ops[&id].action.is_in_place();
         if state.recovery.running.contains_key(t)
             || (!unguarded
                 && (state.queues.get(t).is_some_and(|q| !q.is_empty())
@@ -776,14 +841,18 @@ pub fn starts(state: &State, cfg: &CoreConfig, now: u64, targets: &BTreeSet<Targ
 }
 
 fn step_started(cfg: &CoreConfig, op: &Op, stage: Stage, now: u64) -> Event {
+    let mut timeout = step_timeout(cfg, &op.target, stage);
+    if stage == Stage::Start && op.reverting && op.failure.is_none() {
+        // The start of restored data first recovers it (a database replays
+        // its log): the recovery's time, not only the writer's.
+        timeout = timeout.saturating_add(step_timeout(cfg, &op.target, Stage::Restore));
+    }
     Event {
         at_ms: now,
         job: op.id,
         body: EventBody::RecoveryStepStarted {
             stage,
-            deadline_ms: now
-                .saturating_add(step_timeout(cfg, &op.target, stage))
-                .saturating_add(STAGE_GRACE_MS),
+            deadline_ms: now.saturating_add(timeout).saturating_add(STAGE_GRACE_MS),
         },
     }
 }
@@ -837,7 +906,7 @@ fn next(cfg: &CoreConfig, op: &Op, stage: Stage, failed: Option<&StepError>, now
             )],
         };
     }
-    if op.action != RecoveryAction::InPlace {
+    if !op.action.is_in_place() {
         return vec![match failed {
             None => end_ok(op.location.clone().unwrap_or_default()),
             Some(e) => end_failed(why(e), LiveData::Untouched),
@@ -949,6 +1018,19 @@ pub fn report(state: &State, cfg: &CoreConfig, r: &Report, now: u64) -> Vec<Even
                     location: location.clone(),
                 },
             }];
+            if let StepDetail::Recovered { info, .. } = detail {
+                if !info.is_empty() {
+                    out.push(Event {
+                        at_ms: now,
+                        job: op.id,
+                        body: EventBody::RecoveryStepNoted {
+                            stage: r.stage,
+                            note: recman_events::wire::bounded(info, recman_events::wire::MAX_REASON_LEN)
+                                .to_string(),
+                        },
+                    });
+                }
+            }
             let mut after = op.clone();
             match r.stage {
                 Stage::SafetySnapshot => after.safety = Some(location),
@@ -1127,8 +1209,12 @@ fn command(state: &State, cfg: &CoreConfig, id: &JobId) -> Option<Outgoing> {
                 safety: op
                     .safety
                     .clone()
-                    .or_else(|| (op.action == RecoveryAction::InPlace).then(|| safety_name(op.id))),
+                    .or_else(|| (op.action.is_in_place()).then(|| safety_name(op.id))),
                 location,
+                // The restore step answered and nothing failed since.
+                restored: stage == Stage::Start
+                    && op.reverting
+                    && (op.failure.is_none() || cfg.mutation == Some(crate::Mutation::RestoredAfterRollback)),
             }),
         },
     })

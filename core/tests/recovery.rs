@@ -119,7 +119,7 @@ fn rejected(r: Reply) -> &'static str {
 fn an_in_place_restore_stops_takes_a_safety_snapshot_restores_and_starts() {
     let mut r = Run::new(config(|_| {}));
     let p = r.point(1, T);
-    let op = r.accepted(1, &p, RecoveryAction::InPlace, T + 100);
+    let op = r.accepted(1, &p, RecoveryAction::in_place(), T + 100);
     // Started at once on the idle target: the stop goes to the writer pool.
     assert_eq!(r.stage(op), Some(Stage::Stop));
     let s = r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 200);
@@ -165,7 +165,7 @@ fn a_restore_that_fails_or_times_out_is_rolled_back_and_the_application_started(
     for timeout in [false, true] {
         let mut r = Run::new(config(|_| {}));
         let p = r.point(1, T);
-        let op = r.accepted(1, &p, RecoveryAction::InPlace, T + 100);
+        let op = r.accepted(1, &p, RecoveryAction::in_place(), T + 100);
         r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 200);
         r.safety_report(op, T + 300);
         let s = if timeout {
@@ -206,7 +206,7 @@ fn a_restore_that_fails_or_times_out_is_rolled_back_and_the_application_started(
 fn a_failed_rollback_leaves_the_application_stopped_and_says_so() {
     let mut r = Run::new(config(|_| {}));
     let p = r.point(1, T);
-    let op = r.accepted(1, &p, RecoveryAction::InPlace, T + 100);
+    let op = r.accepted(1, &p, RecoveryAction::in_place(), T + 100);
     r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 200);
     r.safety_report(op, T + 300);
     r.handle(rep(op, 1, Stage::Restore, failed("copy_failed")), T + 400);
@@ -229,7 +229,7 @@ fn a_failed_stop_or_safety_snapshot_starts_the_application_and_leaves_the_data()
     for at_safety in [false, true] {
         let mut r = Run::new(config(|_| {}));
         let p = r.point(1, T);
-        let op = r.accepted(1, &p, RecoveryAction::InPlace, T + 100);
+        let op = r.accepted(1, &p, RecoveryAction::in_place(), T + 100);
         let s = if at_safety {
             r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 200);
             r.handle(rep(op, 1, Stage::SafetySnapshot, failed("no_space")), T + 300)
@@ -251,7 +251,7 @@ fn refusals_are_clear() {
     let mut r = Run::new(config(|_| {}));
     let p = r.point(1, T);
     assert_eq!(
-        rejected(r.recover(1, &p, RecoveryAction::InPlace, false, T + 10)),
+        rejected(r.recover(1, &p, RecoveryAction::in_place(), false, T + 10)),
         "confirmation_required"
     );
     assert_eq!(
@@ -314,7 +314,7 @@ fn refusals_are_clear() {
     let j = r.request(2, T + 20);
     assert_eq!(r.core.state().jobs[&j].state, JobState::Freezing);
     assert_eq!(
-        rejected(r.recover(4, &p, RecoveryAction::InPlace, true, T + 30)),
+        rejected(r.recover(4, &p, RecoveryAction::in_place(), true, T + 30)),
         "target_busy"
     );
     let m = r.accepted(5, &p, RecoveryAction::Mount { writable: false }, T + 40);
@@ -339,7 +339,7 @@ fn refusals_are_clear() {
 fn a_job_waits_behind_an_in_place_restore_and_starts_when_it_ends() {
     let mut r = Run::new(config(|_| {}));
     let p = r.point(1, T);
-    let op = r.accepted(1, &p, RecoveryAction::InPlace, T + 100);
+    let op = r.accepted(1, &p, RecoveryAction::in_place(), T + 100);
     assert_eq!(r.stage(op), Some(Stage::Stop));
     let j = r.request(2, T + 200);
     assert_eq!(r.core.state().jobs[&j].state, JobState::Queued);
@@ -449,7 +449,7 @@ fn a_clone_is_recorded_until_removed_and_names_are_unique() {
 fn after_a_restart_the_step_in_flight_goes_out_again_and_stale_reports_change_nothing() {
     let mut r = Run::new(config(|_| {}));
     let p = r.point(1, T);
-    let op = r.accepted(1, &p, RecoveryAction::InPlace, T + 100);
+    let op = r.accepted(1, &p, RecoveryAction::in_place(), T + 100);
     r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 200);
     r.safety_report(op, T + 300);
     // A late duplicate of the stop's report: nothing.
@@ -463,4 +463,100 @@ fn after_a_restart_the_step_in_flight_goes_out_again_and_stale_reports_change_no
     let s = again.start(T + 400);
     let stages: Vec<Stage> = s.commands.iter().map(|o| o.command.stage).collect();
     assert_eq!(stages, [Stage::Restore]);
+}
+
+/// A PostgreSQL point-in-time restore: `until` only where the writer is
+/// `postgres`, and only between the restore point and now; the start after
+/// a restore says so (`restored`, and a longer deadline: the database
+/// replays its log first), the start after a rollback does not; what the
+/// start reports (the LSN it recovered to) is recorded.
+#[test]
+fn until_is_checked_and_the_start_after_a_restore_recovers_and_says_to_what() {
+    use recman_events::Until;
+    let mut r = Run::new(config(|p| p.fingerprint = Some("exec/copy".into())));
+    let p = r.point(1, T);
+    let to = |until| RecoveryAction::To {
+        path: "/r/x".into(),
+        until: Some(until),
+    };
+    assert_eq!(
+        rejected(r.recover(1, &p, to(Until::Latest), true, T + 10)),
+        "not_supported"
+    );
+
+    let mut r = Run::new(config(|p| p.fingerprint = Some("postgres/btrfs".into())));
+    let p = r.point(1, T);
+    let taken = r.core.state().catalog[&a()][0].at_ms;
+    assert_eq!(
+        rejected(r.recover(1, &p, to(Until::Time(taken - 1)), true, taken + 10)),
+        "until_before_point"
+    );
+    assert_eq!(
+        rejected(r.recover(2, &p, to(Until::Time(taken + 5_000)), true, taken + 10)),
+        "until_in_future"
+    );
+    let op = r.accepted(3, &p, to(Until::Time(taken + 5)), taken + 10);
+    let s = r.handle(
+        rep(
+            op,
+            1,
+            Stage::Restore,
+            ok(StepDetail::Recovered {
+                location: "/r/x".into(),
+                info: "recovered to LSN 0/5000060".into(),
+            }),
+        ),
+        taken + 20,
+    );
+    assert_eq!(
+        kinds(&s.events),
+        ["recovery_step_done", "recovery_step_noted", "recovery_completed"]
+    );
+    let o = &r.core.state().recovery.ops[&op];
+    assert_eq!(
+        o.timeline[0].outcome.as_deref(),
+        Some("ok: recovered to LSN 0/5000060")
+    );
+
+    // In place: the start after a good restore recovers, with the restore's time too.
+    let now = taken + 100;
+    let op = r.accepted(
+        4,
+        &p,
+        RecoveryAction::InPlace {
+            until: Some(Until::Latest),
+        },
+        now,
+    );
+    r.handle(rep(op, 1, Stage::Stop, recovered("")), now + 1);
+    r.safety_report(op, now + 2);
+    let s = r.handle(rep(op, 1, Stage::Restore, recovered("")), now + 3);
+    let [cmd] = s.commands.as_slice() else {
+        panic!("{:?}", s.commands)
+    };
+    assert_eq!(cmd.command.stage, Stage::Start);
+    assert!(cmd.command.recovery.as_ref().unwrap().restored);
+    assert_eq!(
+        cmd.command.recovery.as_ref().unwrap().action.until(),
+        Some(Until::Latest)
+    );
+    let deadline = r.core.state().recovery.ops[&op].deadline_ms.unwrap();
+    assert!(
+        deadline >= now + 3 + 60_000,
+        "start deadline includes the recovery timeout: {deadline}"
+    );
+    r.handle(rep(op, 1, Stage::Start, recovered("")), now + 4);
+
+    // A failed restore is rolled back; the start after it is a plain start.
+    let now = now + 1_000;
+    let op = r.accepted(5, &p, RecoveryAction::in_place(), now);
+    r.handle(rep(op, 1, Stage::Stop, recovered("")), now + 1);
+    r.safety_report(op, now + 2);
+    r.handle(rep(op, 1, Stage::Restore, failed("io_error")), now + 3);
+    let s = r.handle(rep(op, 1, Stage::Rollback, recovered("")), now + 4);
+    let [cmd] = s.commands.as_slice() else {
+        panic!("{:?}", s.commands)
+    };
+    assert_eq!(cmd.command.stage, Stage::Start);
+    assert!(!cmd.command.recovery.as_ref().unwrap().restored);
 }

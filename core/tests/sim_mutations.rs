@@ -114,6 +114,8 @@ mutations! {
     prune_mounted: C(Mutation::PruneMounted), Calm => "mounted_never_pruned";
     recover_while_busy: C(Mutation::RecoverWhileBusy), Calm => "recovery_outside_freeze";
     no_rollback: C(Mutation::NoRollback), Calm => "recovery_outcome_true";
+    // The start after a rollback asks for a recovery of the point's files.
+    restored_after_rollback: C(Mutation::RestoredAfterRollback), Calm => "recovery_outcome_true";
     freeze_after_thaw: W(worker::Mutation::FreezeAfterThaw), Net => "no_freeze_after_thaw";
     thaw_ignores_attempt: W(worker::Mutation::ThawIgnoresAttempt), Calm => "thaw_own_attempt";
     // Without a hold, a failed freeze that landed is also thawed by the

@@ -5,6 +5,7 @@
 //! features of the same names; without them the crate is plain data (no tokio,
 //! no store), which is what the pure `recman-core` uses.
 
+pub mod action;
 #[cfg(feature = "log")]
 pub mod audit;
 #[cfg(feature = "bus")]
@@ -16,6 +17,7 @@ pub mod ids;
 pub mod log;
 pub mod model;
 pub mod schema;
+pub mod time;
 pub mod wire;
 
 #[cfg(feature = "bus")]
@@ -25,7 +27,7 @@ pub use ids::{legacy_snapshot_name, snapshot_name, JobId, PoolName, RequestId, T
 pub use log::{Backend, EventLog, LogError};
 pub use model::{
     ArrayExpiry, Event, EventBody, LiveData, PruneFailure, RecoveryAction, SnapshotInfo, SnapshotKind, Stage,
-    StepDetail, StepError, StoredEvent,
+    StepDetail, StepError, StoredEvent, Until,
 };
 pub use wire::{
     CancelRequest, Command, EventMessage, Outcome, RecoveryArgs, RecoveryRequest, Report, Request,

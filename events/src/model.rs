@@ -7,6 +7,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::action::{RecoveryAction, Until};
 use crate::ids::{JobId, RequestId, TargetId, WorkerId};
 
 /// Where a job is in its walk. `Queue` is the wait before the first freeze.
@@ -258,55 +259,6 @@ pub enum StepDetail {
         #[serde(default)]
         info: String,
     },
-}
-
-/// What a recovery job does with a restore point (`core/src/recovery.rs`).
-#[derive(
-    Clone,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    JsonSchema,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum RecoveryAction {
-    /// Bring the target's live data back to the restore point: stop the
-    /// application, take a safety snapshot, revert, start it again.
-    InPlace,
-    /// Restore beside production into `path` (which must not exist yet);
-    /// the live data is never touched.
-    To { path: String },
-    /// Expose the restore point on a host of the target's provider pool,
-    /// read-only unless `writable` (a writable mount works on a copy).
-    Mount {
-        #[serde(default)]
-        writable: bool,
-    },
-    /// Take away the mount that recovery job `mount` made.
-    Unmount { mount: JobId },
-    /// A writable, independent copy named `name`, kept until removed.
-    Clone { name: String },
-    /// Remove clone `name`.
-    RemoveClone { name: String },
-}
-
-impl RecoveryAction {
-    /// `restore`, `restore_to`, `mount`, `unmount`, `clone`, `remove_clone`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RecoveryAction::InPlace => "restore",
-            RecoveryAction::To { .. } => "restore_to",
-            RecoveryAction::Mount { .. } => "mount",
-            RecoveryAction::Unmount { .. } => "unmount",
-            RecoveryAction::Clone { .. } => "clone",
-            RecoveryAction::RemoveClone { .. } => "remove_clone",
-        }
-    }
 }
 
 /// Where a failed recovery left the target's live data.
@@ -695,6 +647,8 @@ pub enum EventBody {
         request_id: RequestId,
         target: TargetId,
         name: String,
+        /// Stored in its version-1 layout (`action::Stored`).
+        #[rkyv(with = crate::action::AsStored)]
         action: RecoveryAction,
         /// Where it came from: `cli`, `http`, `amqp`, `max_mount_age`, `sim`.
         origin: String,
@@ -726,6 +680,12 @@ pub enum EventBody {
         reason: String,
         /// Where the live data was left.
         live: LiveData,
+    },
+    /// What recovery step `stage` found, recorded with its
+    /// `RecoveryStepDone` (a database: the LSN and time it recovered to).
+    RecoveryStepNoted {
+        stage: Stage,
+        note: String,
     },
 }
 
@@ -777,6 +737,7 @@ impl EventBody {
             EventBody::RecoveryStepFailed { .. } => "recovery_step_failed",
             EventBody::RecoveryCompleted { .. } => "recovery_completed",
             EventBody::RecoveryFailed { .. } => "recovery_failed",
+            EventBody::RecoveryStepNoted { .. } => "recovery_step_noted",
         }
     }
 
@@ -817,6 +778,9 @@ mod tests {
         assert_eq!(std::mem::align_of::<ArchivedEventBody>(), 8);
         assert_eq!(std::mem::size_of::<ArchivedStepDetail>(), 56);
         assert_eq!(std::mem::size_of::<ArchivedEvent>(), 112);
+        // A recovery's action: the first six variants are version 1's.
+        assert_eq!(std::mem::size_of::<crate::action::ArchivedStored>(), 20);
+        assert_eq!(std::mem::align_of::<crate::action::ArchivedStored>(), 4);
     }
 
     #[test]

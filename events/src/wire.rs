@@ -261,6 +261,12 @@ pub struct RecoveryArgs {
     /// For `unmount`: where the mount or the clone is, as its step reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// For `start`: the restore step succeeded, so the application starts
+    /// on the restored data (a database first replays its log to the
+    /// action's `until`, or to the restore point); false after a rollback
+    /// or a refused stop, when it starts on what is there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restored: bool,
 }
 
 /// "Restore, mount or clone a restore point", as the HTTP API
@@ -323,11 +329,11 @@ impl RecoveryRequest {
             ));
         }
         match &self.action {
-            RecoveryAction::To { path } => check_path("action.path", path)?,
+            RecoveryAction::To { path, .. } => check_path("action.path", path)?,
             RecoveryAction::Clone { name } | RecoveryAction::RemoveClone { name } => {
                 check_id("action.name", name)?
             }
-            RecoveryAction::InPlace if !self.confirm => {
+            RecoveryAction::InPlace { .. } if !self.confirm => {
                 return Err(invalid(
                     "confirm",
                     "an in-place restore overwrites the live data: send \"confirm\": true (CLI: --yes)"
@@ -717,9 +723,22 @@ mod tests {
         assert_eq!(
             rq.action,
             RecoveryAction::To {
-                path: "/srv/r".into()
+                path: "/srv/r".into(),
+                until: None
             }
         );
+        // A point in time, or a garbled one refused with what is wanted.
+        let r = Request::from_json(
+            br#"{"request_id":"r1","snapshot":"s","action":{"type":"in_place","until":"latest"},"confirm":true}"#,
+        )
+        .unwrap();
+        let Request::Recovery(rq) = r else { panic!("{r:?}") };
+        assert_eq!(rq.action.until(), Some(crate::Until::Latest));
+        let e = Request::from_json(
+            br#"{"request_id":"r1","snapshot":"s","action":{"type":"to","path":"/r","until":"soon"}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("2026-11-26T01:45:00Z"), "{e}");
         // Its own validation: an in-place restore must be confirmed.
         let e = Request::from_json(br#"{"request_id":"r1","snapshot":"s","action":{"type":"in_place"}}"#)
             .unwrap_err();

@@ -282,3 +282,127 @@ impl Cluster {
         (Pg::start(&data2, port2, &log), log)
     }
 }
+
+/// `recman`'s recovery hooks for the cluster in `data` (TOML arrays):
+/// `pg_ctl` as `postgres`, stopping (fast) only a running cluster and
+/// starting (logging to `log`) only a stopped one, as the writer asks.
+pub fn pg_ctl_hooks(data: &Path, log: &Path) -> (String, String) {
+    let ctl = format!("runuser -u postgres -- {BIN}/pg_ctl -D '{}'", data.display());
+    let stop = format!("{ctl} status >/dev/null 2>&1 || exit 0; exec {ctl} -m fast -w -t 120 stop");
+    let start = format!(
+        "{ctl} status >/dev/null 2>&1 && exit 0; exec {ctl} -l '{}' -w -t 120 start",
+        log.display()
+    );
+    let arr = |s: String| format!("[\"/bin/sh\", \"-c\", {}]", toml_string(&s));
+    (arr(stop), arr(start))
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl Cluster {
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
+        self.sub.join("data")
+    }
+
+    /// Target `pg1` as a restore needs it: the `postgres` writer (backup
+    /// mode, labels in `labels`, `wal_archive`, `data_directory`, `pg_ctl`
+    /// hooks) over the `btrfs` provider (snapshots in `<mnt>/snapshots`),
+    /// in worker pool `pool`.
+    pub fn restore_config(&self, b: &LoopFs, labels: &Path, pool: &str) -> String {
+        let (stop, start) = pg_ctl_hooks(&self.data(), &self.logs.join("pg1.log"));
+        format!(
+            "[[target]]\nid = \"pg1\"\npool = \"{pool}\"\nfreeze_limit = \"60s\"\n\
+             [target.writer]\ntype = \"postgres\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n\
+             password_file = \"{}\"\nlabel_dir = \"{}\"\nwait_for_archive = true\ntimeout = \"60s\"\n\
+             wal_archive = \"{}\"\ndata_directory = \"{}\"\nstop = {stop}\nstart = {start}\n\
+             [target.provider]\ntype = \"btrfs\"\nsubvolume = \"{}\"\ndest = \"{}\"\n\
+             [target.recovery]\ntimeout = \"120s\"\n",
+            self.pg.port,
+            self.pw.display(),
+            labels.display(),
+            self.archive.display(),
+            self.data().display(),
+            self.sub.display(),
+            b.mnt.join("snapshots").display(),
+        )
+    }
+}
+
+/// Creates `seq (n bigint primary key)`: rows a test commits one by one.
+pub async fn create_seq(c: &tokio_postgres::Client) {
+    c.batch_execute("CREATE TABLE seq (n bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+}
+
+/// Commits rows `ns` of `seq`, one transaction each.
+pub async fn insert_seq(c: &tokio_postgres::Client, ns: std::ops::RangeInclusive<i64>) {
+    for n in ns {
+        c.execute("INSERT INTO seq VALUES ($1)", &[&n]).await.unwrap();
+    }
+}
+
+/// Every row of `seq`, in order.
+pub async fn seq_rows(c: &tokio_postgres::Client) -> Vec<i64> {
+    c.query("SELECT n FROM seq ORDER BY n", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Switches WAL and waits (up to 60 s) until the switched file is archived.
+pub async fn archive_now(c: &tokio_postgres::Client) {
+    let file: String = c
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let last: Option<String> = c
+            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if last.as_deref().is_some_and(|l| l >= file.as_str()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{file} not archived (last {last:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A session with the cluster on `port` (superuser, password [`PASSWORD`]),
+/// retried for up to 60 s while it starts.
+pub async fn connect(port: u16) -> tokio_postgres::Client {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .password(PASSWORD)
+            .dbname("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await;
+        match r {
+            Ok((c, conn)) => {
+                tokio::spawn(conn);
+                return c;
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("connecting to port {port}: {e}"),
+        }
+    }
+}

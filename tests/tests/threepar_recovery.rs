@@ -97,7 +97,7 @@ async fn in_place_promotes_the_point_and_rollback_promotes_the_safety_copy() {
     a.fake.set_content("DB01-vv", "tuesday, then more");
     a.fake.set_task_polls(2);
 
-    let mut s = Step::new("rm-point-a1", RecoveryAction::InPlace, 5);
+    let mut s = Step::new("rm-point-a1", RecoveryAction::in_place(), 5);
     s.safety = Some("rm-safety-a1".into());
     assert_eq!(p.restore(s.req()).await.unwrap(), "3par:a/DB01-vv");
     assert_eq!(a.fake.content("DB01-vv").as_deref(), Some("monday"));
@@ -155,7 +155,7 @@ async fn a_point_that_is_not_a_copy_of_the_base_is_refused() {
     a.fake.add_volume("other");
     a.fake.set_content("other", "not ours");
     a.fake.add_child("other", "rm-x-a1");
-    let s = Step::new("rm-x-a1", RecoveryAction::InPlace, 5);
+    let s = Step::new("rm-x-a1", RecoveryAction::in_place(), 5);
     let e: StepError = p.restore(s.req()).await.unwrap_err();
     assert_eq!(e.code, "not_a_copy_of_base", "{e:?}");
     assert!(
@@ -164,7 +164,7 @@ async fn a_point_that_is_not_a_copy_of_the_base_is_refused() {
         e.message
     );
     assert!(!e.retryable);
-    let mut rb = Step::new("rm-x-a1", RecoveryAction::InPlace, 5);
+    let mut rb = Step::new("rm-x-a1", RecoveryAction::in_place(), 5);
     rb.safety = Some("rm-x-a1".into());
     assert_eq!(p.rollback(rb.req()).await.unwrap_err().code, "not_a_copy_of_base");
     let mount = Step::new("rm-x-a1", RecoveryAction::Mount { writable: false }, 6);
@@ -172,12 +172,12 @@ async fn a_point_that_is_not_a_copy_of_the_base_is_refused() {
     assert!(puts(&a).is_empty(), "nothing promoted");
     assert_eq!(a.fake.content("DB01-vv"), None);
 
-    let gone = Step::new("rm-gone-a1", RecoveryAction::InPlace, 5);
+    let gone = Step::new("rm-gone-a1", RecoveryAction::in_place(), 5);
     assert_eq!(
         p.restore(gone.req()).await.unwrap_err().code,
         "3par_point_missing"
     );
-    let mut rb = Step::new("rm-gone-a1", RecoveryAction::InPlace, 5);
+    let mut rb = Step::new("rm-gone-a1", RecoveryAction::in_place(), 5);
     rb.safety = Some("rm-gone-a1".into());
     assert_eq!(
         p.rollback(rb.req()).await.unwrap_err().code,
@@ -188,6 +188,7 @@ async fn a_point_that_is_not_a_copy_of_the_base_is_refused() {
         "rm-x-a1",
         RecoveryAction::To {
             path: "/srv/restore".into(),
+            until: None,
         },
         7,
     );
@@ -379,7 +380,7 @@ async fn a_volume_set_is_restored_member_by_member() {
     take(&p, "rm-g-a1").await;
     a.fake.set_content("db-data", "data-2");
     a.fake.set_content("db-logs", "logs-2");
-    let s = Step::new("rm-g-a1", RecoveryAction::InPlace, 5);
+    let s = Step::new("rm-g-a1", RecoveryAction::in_place(), 5);
     assert_eq!(p.restore(s.req()).await.unwrap(), "3par:a/db-data,db-logs");
     assert_eq!(a.fake.content("db-data").as_deref(), Some("data-1"));
     assert_eq!(a.fake.content("db-logs").as_deref(), Some("logs-1"));

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod exec;
+pub(crate) mod pgserver;
 pub mod provider;
 pub mod runtime;
 pub mod verify;

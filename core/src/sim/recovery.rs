@@ -121,10 +121,11 @@ impl Sim {
         let n = self.world.recovery.sent;
         // A retry (`tries` > 0) is the in-place restore refused as busy.
         let action = match self.xrng.below(10) {
-            _ if tries > 0 => RecoveryAction::InPlace,
-            0..=3 => RecoveryAction::InPlace,
+            _ if tries > 0 => RecoveryAction::in_place(),
+            0..=3 => RecoveryAction::in_place(),
             4 => RecoveryAction::To {
                 path: format!("/restore/x{n}"),
+                until: None,
             },
             5 | 6 => RecoveryAction::Mount {
                 writable: self.xrng.chance(0.5),
@@ -135,7 +136,7 @@ impl Sim {
             _ => match (mount, clone) {
                 (Some(m), _) => RecoveryAction::Unmount { mount: m },
                 (None, Some(c)) => RecoveryAction::RemoveClone { name: c },
-                (None, None) => RecoveryAction::InPlace,
+                (None, None) => RecoveryAction::in_place(),
             },
         };
         let input = Input::Recover {
@@ -213,10 +214,7 @@ impl Sim {
         if let Err(e) = worker::plan_recovery(&self.world.memory[t], cmd.stage, cmd.thaw_deadline_ms, now) {
             return refuse(e);
         }
-        let in_place = cmd
-            .recovery
-            .as_ref()
-            .is_some_and(|a| a.action == RecoveryAction::InPlace);
+        let in_place = cmd.recovery.as_ref().is_some_and(|a| a.action.is_in_place());
         let touches = in_place
             && matches!(
                 cmd.stage,
@@ -240,7 +238,7 @@ impl Sim {
         let action = args
             .as_ref()
             .map(|a| a.action.clone())
-            .unwrap_or(RecoveryAction::InPlace);
+            .unwrap_or(RecoveryAction::in_place());
         let point = cmd.snapshot_name.clone().unwrap_or_default();
         let op = cmd.job;
         let lat = self.rng.range(5, 400);
@@ -263,8 +261,26 @@ impl Sim {
                 }
             },
             Stage::Start => {
-                if self.world.recovery.data(t) == HALF {
+                let data = self.world.recovery.data(t);
+                if data == HALF {
                     let d = format!("the application of {id} was started on half-restored data");
+                    return Err(self.violation("recovery_outcome_true", Some(op), d));
+                }
+                // A start after a restore first recovers the database to the
+                // point (it replays the log over the point's files); any
+                // other start must not (a rollback brought other files back).
+                let restored = args.as_ref().is_some_and(|a| a.restored);
+                let point_data = self.world.recovery.content.get(&(t, point.clone())).copied();
+                let before = self.world.recovery.before.get(&op).copied();
+                let wrong = if restored {
+                    point_data != Some(data)
+                } else {
+                    in_place && point_data == Some(data) && before.is_some_and(|b| b != data)
+                };
+                if wrong {
+                    let d = format!(
+                        "start of {id} said restored={restored} on data {data} (point {point_data:?}, before {before:?})"
+                    );
                     return Err(self.violation("recovery_outcome_true", Some(op), d));
                 }
                 self.world.recovery.stopped.remove(&t);
@@ -303,7 +319,7 @@ impl Sim {
                     }),
                 }
             }
-            Stage::Restore if action == RecoveryAction::InPlace => {
+            Stage::Restore if action.is_in_place() => {
                 if !self.world.recovery.safety_recorded.contains(&op) {
                     let d =
                         format!("the in-place restore of {id} ran before its safety snapshot was durable");
@@ -478,7 +494,7 @@ impl Sim {
                 let Some(op) = self.engine.core.state().recovery.ops.get(&job).cloned() else {
                     return Ok(());
                 };
-                if op.action != RecoveryAction::InPlace {
+                if !op.action.is_in_place() {
                     return Ok(());
                 }
                 let t = self.world.target_index[&op.target];

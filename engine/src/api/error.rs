@@ -49,6 +49,9 @@ pub const CODES: &[&str] = &[
     "clone_exists",
     "unmount_pending",
     "remove_pending",
+    "not_supported",
+    "until_before_point",
+    "until_in_future",
     // 503
     "not_ready",
     "shutting_down",

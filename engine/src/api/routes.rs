@@ -178,7 +178,8 @@ pub async fn recover(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> 
         call_error(e, |code, message| {
             let status = match code {
                 "unknown_snapshot" | "unknown_mount" | "unknown_clone" => StatusCode::NOT_FOUND,
-                "unknown_target" | "wrong_target" | "target_required" => StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_target" | "wrong_target" | "target_required" | "not_supported"
+                | "until_before_point" | "until_in_future" => StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request" | "confirmation_required" => StatusCode::BAD_REQUEST,
                 _ => StatusCode::CONFLICT,
             };

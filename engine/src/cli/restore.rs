@@ -38,10 +38,22 @@ safety snapshot holds the state before).
 --to PATH restores beside production into PATH (absolute, must not exist yet, on the provider's
 host); the live data is never touched.
 
+A PostgreSQL target (writer `postgres`, with `data_directory` and `wal_archive` set) is recovered,
+not just copied: its backup_label goes back into the data directory with recovery.signal and a
+restore_command reading the WAL archive, and the cluster replays WAL
+  - to the restore point itself (the default: consistent as of the snapshot),
+  - to a time with --until 2026-11-30T10:15:00Z (transactions committed by then are kept),
+  - or to the end of the archive with --until latest (the point of failure; in place, the stop
+    step switches WAL first, so the archive holds every transaction committed before it).
+In place, the start step waits for recovery to finish and reports the recovered LSN and time.
+With --to, the worker runs the recovery itself in a private server (no TCP listener), stops it
+cleanly and reports the same: PATH then holds a cluster ready to start on a port of your choice.
+
 Examples:
   recman snapshots db01                                    # pick a restore point
   recman restore rm-06h2fvf1q3c2b0k5a8d4-a1 --to /srv/restore/db01
   recman restore rm-06h2fvf1q3c2b0k5a8d4-a1 --in-place --yes
+  recman restore rm-06h2fvf1q3c2b0k5a8d4-a1 --to /srv/restore/pg --until 2026-11-30T10:15:00Z
   recman job JOB                                           # the steps, workers, durations
 
 Exit codes: 0 completed, 1 the recovery failed (the reason and the live data's state on stderr),
@@ -63,6 +75,11 @@ pub struct Args {
     /// Restore into this new directory beside production instead.
     #[arg(long, value_name = "PATH")]
     pub to: Option<String>,
+    /// A PostgreSQL target: replay the WAL archive past the restore point,
+    /// to this RFC 3339 time or to `latest` (the end of the archive).
+    /// Default: the restore point itself.
+    #[arg(long, value_name = "TIME|latest")]
+    pub until: Option<recman_events::Until>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -83,13 +100,16 @@ pub struct Common {
 
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let action = match (&a.to, a.in_place) {
-        (Some(path), _) => RecoveryAction::To { path: path.clone() },
+        (Some(path), _) => RecoveryAction::To {
+            path: path.clone(),
+            until: a.until,
+        },
         (None, true) if !a.yes => bail!(
             "an in-place restore overwrites the live data of the target with {}: add --yes to confirm \
              (a safety snapshot of the live data is taken first; --to PATH restores beside it instead)",
             a.snapshot
         ),
-        (None, _) => RecoveryAction::InPlace,
+        (None, _) => RecoveryAction::InPlace { until: a.until },
     };
     let req = request(&a.common, a.target.as_deref(), Some(&a.snapshot), action, a.yes);
     send(g, req, &a.common).await
@@ -142,7 +162,7 @@ pub async fn send(g: &Home, req: RecoveryRequest, c: &Common) -> anyhow::Result<
 fn next_steps(action: &RecoveryAction, p: &Progress) {
     let job = &p.summary.job_id;
     match action {
-        RecoveryAction::InPlace => {
+        RecoveryAction::InPlace { .. } => {
             if let Some(s) = &p.summary.safety_snapshot {
                 crate::say!(
                     "the live data as it was before is kept as restore point {s}: \
@@ -213,7 +233,7 @@ async fn embedded(g: &Home, req: &RecoveryRequest, human: bool) -> anyhow::Resul
         Some(&g.data_dir),
     )?;
     let command = match req.action {
-        RecoveryAction::InPlace | RecoveryAction::To { .. } => "restore",
+        RecoveryAction::InPlace { .. } | RecoveryAction::To { .. } => "restore",
         RecoveryAction::Mount { .. } => "mount",
         RecoveryAction::Unmount { .. } => "unmount",
         RecoveryAction::Clone { .. } | RecoveryAction::RemoveClone { .. } => "clone",

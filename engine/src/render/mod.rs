@@ -262,14 +262,14 @@ pub fn details(body: &EventBody) -> String {
             origin,
         } => {
             let arg = match action {
-                RecoveryAction::To { path } => format!(" to={path}"),
+                RecoveryAction::To { path, .. } => format!(" to={path}"),
                 RecoveryAction::Mount { writable } => format!(" writable={writable}"),
                 RecoveryAction::Unmount { mount } => format!(" mount={}", mount.short()),
                 RecoveryAction::Clone { name } | RecoveryAction::RemoveClone { name } => {
                     format!(" clone={name}")
                 }
-                RecoveryAction::InPlace => String::new(),
-            };
+                RecoveryAction::InPlace { .. } => String::new(),
+            } + &action.until().map(|u| format!(" until={u}")).unwrap_or_default();
             format!(
                 "request={request_id} {} target={target} snapshot={name}{arg} origin={origin}",
                 action.as_str()
@@ -297,6 +297,7 @@ pub fn details(body: &EventBody) -> String {
             error.message
         ),
         EventBody::RecoveryCompleted { location } => format!("location={location}"),
+        EventBody::RecoveryStepNoted { stage, note } => format!("{stage} {note}"),
         EventBody::RecoveryFailed { reason, live } => {
             format!(
                 "live={} reason={reason}",

@@ -31,6 +31,9 @@ pub struct StepLine {
     pub duration_us: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What a recovery step found (a database: the LSN and time it recovered to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The job's summary: printed by `recman snapshot --json`.
@@ -250,6 +253,7 @@ impl Progress {
                     ok: true,
                     duration_us: Some(*duration_us),
                     error: None,
+                    note: None,
                 });
                 self.say(
                     "ok",
@@ -275,6 +279,7 @@ impl Progress {
                     ok: false,
                     duration_us: None,
                     error: Some(error.to_string()),
+                    note: None,
                 });
                 self.say(
                     "err",
@@ -425,6 +430,7 @@ impl Progress {
                     ok: true,
                     duration_us: Some(*duration_us),
                     error: None,
+                    note: None,
                 });
                 if *stage == Stage::SafetySnapshot {
                     self.summary.safety_snapshot = Some(location.clone());
@@ -452,6 +458,7 @@ impl Progress {
                     ok: false,
                     duration_us: None,
                     error: Some(error.to_string()),
+                    note: None,
                 });
                 self.say(
                     "err",
@@ -462,6 +469,12 @@ impl Progress {
                         error.message
                     ),
                 );
+            }
+            EventBody::RecoveryStepNoted { stage, note } => {
+                if let Some(l) = self.summary.steps.iter_mut().rev().find(|l| l.stage == *stage) {
+                    l.note = Some(note.clone());
+                }
+                self.say("", format!("#{seq:<6} {stage}: {note}"));
             }
             EventBody::RecoveryCompleted { location } => {
                 self.summary.state = Some(End::Completed);

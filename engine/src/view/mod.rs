@@ -591,6 +591,15 @@ impl View {
                     note: Some(error.to_string()),
                 });
             }
+            EventBody::RecoveryStepNoted { stage, note } => {
+                let step = self
+                    .extra
+                    .get_mut(&job)
+                    .and_then(|x| x.steps.iter_mut().rev().find(|s| s.stage == *stage && s.ok));
+                if let Some(s) = step {
+                    s.note = Some(note.clone());
+                }
+            }
             EventBody::Failed { reason, .. } if !was_terminal => {
                 if let Some(j) = self.state.jobs.get(&job) {
                     for t in &j.targets {

@@ -267,7 +267,7 @@ fn recovery_jobs_safety_snapshots_and_mounts() {
             request_id: "r-restore".into(),
             target: t.clone(),
             name: "snap-a".into(),
-            action: RecoveryAction::InPlace,
+            action: RecoveryAction::in_place(),
             origin: "cli".into(),
         },
     );

@@ -134,7 +134,7 @@ pub async fn run_recovery(p: &dyn Provider, f: &Fixture<'_>) {
     assert_ne!(one, two, "{k}: the fixture's states must differ");
 
     // To a path: a byte-identical copy, complete, never over an existing path.
-    let to = |path: String| RecoveryAction::To { path };
+    let to = |path: String| RecoveryAction::To { path, until: None };
     let path = (f.fresh_path)("restored");
     let a = &to(path.clone());
     let loc = p.restore(rq(&t, "rm-p1-a1", a, job(2))).await.unwrap();
@@ -244,7 +244,7 @@ pub async fn run_recovery(p: &dyn Provider, f: &Fixture<'_>) {
 
     // In place: the safety snapshot first (the runtime's step), then the
     // restore; a redelivery finds it done.
-    let in_place = &RecoveryAction::InPlace;
+    let in_place = &RecoveryAction::in_place();
     let with_safety = |j: JobId, safety: &'static str| RecoveryJob {
         safety: Some(safety),
         ..rq(&t, "rm-p1-a1", in_place, j)

@@ -70,7 +70,7 @@ impl ExecProvider {
         ];
         let mut fallback = req.target.to_string();
         match req.action {
-            RecoveryAction::To { path } => {
+            RecoveryAction::To { path, .. } => {
                 super::trees::check_path(path)?;
                 env.push(("RECMAN_PATH", path.clone()));
                 fallback = path.clone();
@@ -83,7 +83,7 @@ impl ExecProvider {
             RecoveryAction::Mount { writable } => {
                 env.push(("RECMAN_WRITABLE", u8::from(*writable).to_string()));
             }
-            RecoveryAction::InPlace | RecoveryAction::Unmount { .. } => {}
+            RecoveryAction::InPlace { .. } | RecoveryAction::Unmount { .. } => {}
         }
         if let Some(safety) = req.safety {
             super::check_snapshot_name(safety)?;
@@ -119,7 +119,7 @@ impl Provider for ExecProvider {
 
     fn restore<'a>(&'a self, req: RecoveryJob<'a>) -> BoxFuture<'a, Result<String, StepError>> {
         Box::pin(async move {
-            if matches!(req.action, RecoveryAction::InPlace) && self.cfg.rollback.is_none() {
+            if req.action.is_in_place() && self.cfg.rollback.is_none() {
                 // An in-place restore that could not be undone is not started.
                 return Err(StepError::new(
                     "not_supported",
@@ -301,7 +301,10 @@ mod tests {
         let p = ExecProvider::new(hooks(&log, "noise\\n/mnt/x\\n\\n"));
         let t = TargetId::from("db01");
         let job = JobId::from_parts(5, 5);
-        let bads = ["relative", "/srv/../etc"].map(|p| RecoveryAction::To { path: p.into() });
+        let bads = ["relative", "/srv/../etc"].map(|p| RecoveryAction::To {
+            path: p.into(),
+            until: None,
+        });
         let req = |action, safety, location| RecoveryJob {
             point: "rm-1",
             target: &t,
@@ -312,9 +315,10 @@ mod tests {
         };
         let to = RecoveryAction::To {
             path: "/srv/r; rm -rf /".into(),
+            until: None,
         };
         assert_eq!(p.restore(req(&to, None, None)).await.unwrap(), "/mnt/x");
-        let in_place = RecoveryAction::InPlace;
+        let in_place = RecoveryAction::in_place();
         p.restore(req(&in_place, Some("rm-safety"), None)).await.unwrap();
         p.rollback(req(&in_place, Some("rm-safety"), None)).await.unwrap();
         let clone = RecoveryAction::Clone { name: "c1".into() };
@@ -343,6 +347,7 @@ mod tests {
         let quiet = ExecProvider::new(hooks(&log, ""));
         let to = RecoveryAction::To {
             path: "/srv/r2".into(),
+            until: None,
         };
         assert_eq!(quiet.restore(req(&to, None, None)).await.unwrap(), "/srv/r2");
         // Refused before any hook runs: bad names and paths, missing hooks.

@@ -224,7 +224,7 @@ impl Qcow2Provider {
     async fn restore_inner(&self, req: RecoveryJob<'_>) -> Result<String, StepError> {
         check_snapshot_name(req.point)?;
         match req.action {
-            RecoveryAction::InPlace => {
+            RecoveryAction::InPlace { .. } => {
                 if self.mark("rollback", req.job).exists() {
                     return Err(StepError::new(
                         "rolled_back",
@@ -243,7 +243,7 @@ impl Qcow2Provider {
                 }
                 Ok(self.image())
             }
-            RecoveryAction::To { path } => {
+            RecoveryAction::To { path, .. } => {
                 let p = check_path(path)?;
                 if p == self.cfg.image || p.starts_with(self.own_dir()) {
                     return Err(StepError::new(

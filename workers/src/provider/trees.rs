@@ -93,8 +93,8 @@ pub(super) const MOUNTS: &str = ".mounts";
 pub(super) fn restore<S: TreeStore>(s: &S, r: &Req) -> Result<String, StepError> {
     check_snapshot_name(&r.point)?;
     match &r.action {
-        RecoveryAction::InPlace => in_place(s, r),
-        RecoveryAction::To { path } => to_path(s, r, path),
+        RecoveryAction::InPlace { .. } => in_place(s, r),
+        RecoveryAction::To { path, .. } => to_path(s, r, path),
         RecoveryAction::Clone { name } => {
             check_snapshot_name(name)?;
             let point = point(s, &r.point)?;

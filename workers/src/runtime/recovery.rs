@@ -8,8 +8,15 @@ use recman_events::clock;
 use recman_events::wire::Command;
 use recman_events::{SnapshotKind, Stage, StepDetail, StepError};
 
+use std::path::Path;
+
+use recman_config::{ProviderConfig, WriterConfig};
+use recman_events::{RecoveryAction, TargetId, Until};
+use tokio::time::Instant;
+
 use super::Shared;
 use crate::provider::{RecoveryJob, SnapshotJob};
+use crate::writer::postgres::restore::{self, Replay};
 use crate::writer::StepCtx;
 
 impl Shared {
@@ -59,15 +66,44 @@ impl Shared {
                 .await
                 .map_err(super::steps::state_error)?,
         };
+        // A PostgreSQL target is recovered, not just copied back
+        // (`writer/postgres/restore.rs`): checked before anything is
+        // touched, replayed before it is started.
+        let pg = match &local.cfg.writer {
+            WriterConfig::Postgres(p) if p.data_directory.is_some() => Some(p),
+            _ => None,
+        };
+        let replay = |beside: bool| Replay {
+            target: t,
+            point,
+            until: args.action.until(),
+            job: cmd.job,
+            beside,
+            end: step_end(cmd.thaw_deadline_ms),
+        };
+        let live = provider_live(&local.cfg.provider);
         let detail = match cmd.stage {
             Stage::Stop | Stage::Start => {
                 let _g = local.writer_lock.lock().await;
+                let mut info = String::new();
                 if cmd.stage == Stage::Stop {
+                    if let Some(p) = pg {
+                        restore::plan(p, &replay(false))?;
+                    } else if let Some(u) = args.action.until() {
+                        return Err(no_replay(t, u));
+                    }
                     local.writer.stop(&ctx).await?;
                 } else {
+                    if let (Some(p), true) = (pg, args.restored) {
+                        let data = p.data_directory.clone().unwrap_or_default();
+                        info = restore::recover(p, &data, &replay(false)).await?;
+                    }
                     local.writer.start(&ctx).await?;
                 }
-                recovered(String::new())
+                StepDetail::Recovered {
+                    location: String::new(),
+                    info,
+                }
             }
             Stage::SafetySnapshot => {
                 let _g = local.provider_lock.lock().await;
@@ -84,7 +120,27 @@ impl Shared {
             }
             Stage::Restore => {
                 let _g = local.provider_lock.lock().await;
-                recovered(local.provider.restore(req).await?)
+                let beside = matches!(args.action, RecoveryAction::To { .. });
+                match (pg, beside) {
+                    (Some(p), true) => {
+                        restore::plan(p, &replay(true))?;
+                        let at = local.provider.restore(req).await?;
+                        let data = restore::data_under(p, live.ok_or_else(|| no_live(t))?, Path::new(&at))?;
+                        let info = restore::recover(p, &data, &replay(true)).await.map_err(|mut e| {
+                            e.message = format!(
+                                "{} (the restored files stay in {at} to be looked at: remove them before \
+                                 restoring there again)",
+                                e.message
+                            );
+                            e
+                        })?;
+                        StepDetail::Recovered { location: at, info }
+                    }
+                    (None, true) if args.action.until().is_some() => {
+                        return Err(no_replay(t, args.action.until().unwrap_or(Until::Latest)))
+                    }
+                    _ => recovered(local.provider.restore(req).await?),
+                }
             }
             Stage::Rollback => {
                 let _g = local.provider_lock.lock().await;
@@ -104,4 +160,45 @@ impl Shared {
         tracing::info!(worker = %self.id, target = %t, job = %cmd.job, stage = %cmd.stage, point, "recovery step done");
         Ok(detail)
     }
+}
+
+/// The provider's live tree, which a restore brings back (`copy`: its
+/// source, `btrfs`: its subvolume).
+fn provider_live(p: &ProviderConfig) -> Option<&Path> {
+    match p {
+        ProviderConfig::Copy(c) => Some(&c.source),
+        ProviderConfig::Btrfs(b) => Some(&b.subvolume),
+        _ => None,
+    }
+}
+
+fn no_live(t: &TargetId) -> StepError {
+    StepError::new(
+        "not_supported",
+        format!(
+            "target {t}: PostgreSQL recovery needs a provider whose snapshots are directory trees (copy, btrfs), \
+             to find data_directory in the restored files"
+        ),
+        false,
+    )
+}
+
+/// `--until` on a target without a database log to replay.
+fn no_replay(t: &TargetId, u: Until) -> StepError {
+    StepError::new(
+        "not_supported",
+        format!(
+            "target {t}: --until {u} replays a PostgreSQL WAL archive: only the postgres writer with \
+             data_directory set recovers (restore the point itself)"
+        ),
+        false,
+    )
+}
+
+/// The step's own end: the command's deadline, or the writer's default.
+fn step_end(deadline_ms: Option<u64>) -> Instant {
+    let left = deadline_ms.map_or(recman_config::DEFAULT_PG_TIMEOUT, |d| {
+        std::time::Duration::from_millis(d.saturating_sub(clock::now_ms()))
+    });
+    Instant::now() + left
 }

@@ -42,6 +42,11 @@ use recman_config::{PgVerifyConfig, TargetConfig, WriterConfig};
 use recman_events::StepError;
 use tokio::time::Instant;
 
+use crate::pgserver::{
+    free_port, io_err, left, process_alive, release_shm, shell_quote, spawn, stop, stop_orphan, user_name,
+    wait_ready, Conn,
+};
+
 /// The scratch directory inside the provider's `dest`.
 pub const SCRATCH: &str = ".recman-verify";
 /// Longest Unix socket path (`sun_path` is 108 bytes with its NUL).
@@ -50,11 +55,6 @@ const SOCKET_PATH_MAX: usize = 107;
 const SOCKET_FALLBACK: &str = "recman-pgv.";
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
-
-fn io_err(what: &str, p: &Path, e: std::io::Error) -> StepError {
-    let retryable = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
-    StepError::new("io_error", format!("{what} {}: {e}", p.display()), retryable)
-}
 
 /// How the snapshot is cloned.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -115,7 +115,7 @@ pub async fn verify(
     let mut server: Option<tokio::process::Child> = None;
     let r = run(cfg, p, snap, name, &s, &mut server, work_end, started).await;
     let stopped = match server.as_mut() {
-        Some(child) => stop(child, end).await,
+        Some(child) => stop(child, end, "verify_cleanup_failed").await,
         None => Ok(()),
     };
     let removed = remove(&s, &p.data_dir, end).await;
@@ -190,7 +190,16 @@ async fn run(
     };
     let port = free_port()?;
     let log = s.dir.join("postgres.log");
-    *server = Some(spawn(p, &data, &log, port, &settings, s, uid, gid)?);
+    *server = Some(spawn(
+        (&p.bin_dir, "[target.verify] bin_dir"),
+        &data,
+        &log,
+        port,
+        &settings,
+        &s.dir,
+        uid,
+        gid,
+    )?);
     let user = match &p.user {
         Some(u) => u.clone(),
         None => user_name(uid).ok_or_else(|| {
@@ -209,7 +218,7 @@ async fn run(
     let child = server
         .as_mut()
         .ok_or_else(|| StepError::new("internal", "no server", true))?;
-    wait_ready(child, &conn, &log, name, end).await?;
+    wait_ready(child, &conn, &log, &format!("the clone of {name}"), end).await?;
     let ready = started.elapsed();
     let amcheck = amcheck(p, &conn, name, end).await?;
     let mut checked = format!("{mode} in {:.1} s; {amcheck}", ready.as_secs_f64());
@@ -218,26 +227,6 @@ async fn run(
         checked.push_str(&format!("; {q} = {row}"));
     }
     Ok(crate::exec::tail(&checked))
-}
-
-/// Where PostgreSQL listens: a socket directory only.
-struct Conn {
-    sock: PathBuf,
-    port: u16,
-    user: String,
-}
-
-impl Conn {
-    fn config(&self, dbname: &str) -> tokio_postgres::Config {
-        let mut c = tokio_postgres::Config::new();
-        c.host_path(&self.sock)
-            .port(self.port)
-            .user(&self.user)
-            .dbname(dbname)
-            .application_name("recman-verify")
-            .connect_timeout(Duration::from_secs(5));
-        c
-    }
 }
 
 async fn make_clone(snap: &Path, s: &Scratch, end: Instant) -> Result<(), StepError> {
@@ -261,12 +250,6 @@ async fn make_clone(snap: &Path, s: &Scratch, end: Instant) -> Result<(), StepEr
         )
     })?;
     Ok(())
-}
-
-/// Time left until `end` (at least a millisecond, so a timeout fires).
-fn left(end: Instant) -> Duration {
-    end.saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1))
 }
 
 /// Readies the clone's data directory; returns the `-c` settings.
@@ -369,178 +352,6 @@ fn prepare(
     Ok(settings)
 }
 
-/// `s` as one word for `/bin/sh`.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// A PostgreSQL program that could not be started.
-fn cannot_run(prog: &Path, e: std::io::Error) -> StepError {
-    StepError::new(
-        "verify_unsupported",
-        format!(
-            "cannot run {}: {e} (set [target.verify] bin_dir to PostgreSQL's bin directory)",
-            prog.display()
-        ),
-        false,
-    )
-}
-
-fn free_port() -> Result<u16, StepError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| StepError::new("io_error", format!("finding a free port: {e}"), true))
-}
-
-fn user_name(uid: u32) -> Option<String> {
-    // SAFETY: getpwuid_r fills `pw` from `buf`; both outlive the call.
-    unsafe {
-        let mut pw: libc::passwd = std::mem::zeroed();
-        let mut out: *mut libc::passwd = std::ptr::null_mut();
-        let mut buf = vec![0 as libc::c_char; 4096];
-        let r = libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out);
-        if r != 0 || out.is_null() || pw.pw_name.is_null() {
-            return None;
-        }
-        std::ffi::CStr::from_ptr(pw.pw_name)
-            .to_str()
-            .ok()
-            .map(str::to_string)
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn spawn(
-    p: &PgVerifyConfig,
-    data: &Path,
-    log: &Path,
-    port: u16,
-    settings: &[(String, String)],
-    s: &Scratch,
-    uid: u32,
-    gid: u32,
-) -> Result<tokio::process::Child, StepError> {
-    let prog = p.bin_dir.join("postgres");
-    let out = fs::File::create(log).map_err(|e| io_err("creating", log, e))?;
-    let err = out.try_clone().map_err(|e| io_err("opening", log, e))?;
-    let mut cmd = tokio::process::Command::new(&prog);
-    cmd.arg("-D").arg(data).arg("-c").arg(format!("port={port}"));
-    for (k, v) in settings {
-        cmd.arg("-c").arg(format!("{k}={v}"));
-    }
-    cmd.env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("LANG", "C.UTF-8")
-        .current_dir(&s.dir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true)
-        .process_group(0);
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        // Set before the pre_exec hook: a change of user clears the
-        // parent-death signal, which the hook sets afterwards.
-        cmd.uid(uid).gid(gid);
-    }
-    crate::exec::die_with_parent(&mut cmd);
-    cmd.spawn().map_err(|e| cannot_run(&prog, e))
-}
-
-/// The end of the server's log, for an error.
-fn log_tail(log: &Path) -> String {
-    let text = fs::read(log).unwrap_or_default();
-    let from = text.len().saturating_sub(crate::exec::STDERR_LIMIT * 2);
-    crate::exec::tail(&String::from_utf8_lossy(&text[from..]))
-}
-
-/// Below this much free space a server that stopped early is blamed on it.
-const LOW_SPACE: u64 = 64 << 20;
-
-/// What to say about the free space of the filesystem holding `dir`: a
-/// server that cannot write stops with status 1, often before it can log
-/// why (its log is on the same filesystem).
-fn space_note(dir: &Path) -> String {
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return String::new();
-    };
-    // SAFETY: statvfs fills the zeroed struct from a NUL-terminated path.
-    let free = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return String::new();
-        }
-        (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
-    };
-    if free >= LOW_SPACE {
-        return String::new();
-    }
-    format!(
-        " (the filesystem of {} has {} MiB free: recovery writes WAL and pages into the clone, and a \
-         full disk stops PostgreSQL before it can log why; free space there and verify again)",
-        dir.display(),
-        free >> 20
-    )
-}
-
-/// Until the clone accepts connections and has left recovery.
-async fn wait_ready(
-    child: &mut tokio::process::Child,
-    conn: &Conn,
-    log: &Path,
-    name: &str,
-    end: Instant,
-) -> Result<(), StepError> {
-    let mut last = String::from("no connection yet");
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Err(StepError::new(
-                "recovery_failed",
-                format!(
-                    "PostgreSQL on the clone of {name} exited ({st}) before it was consistent{}: {}",
-                    log.parent().map(space_note).unwrap_or_default(),
-                    log_tail(log)
-                ),
-                false,
-            ));
-        }
-        if Instant::now() >= end {
-            return Err(StepError::new(
-                "timeout",
-                format!(
-                    "PostgreSQL on the clone of {name} was not consistent and promoted in time ({last}): {}",
-                    log_tail(log)
-                ),
-                true,
-            ));
-        }
-        let probe = async {
-            let (client, connection) = conn
-                .config("template1")
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| e.to_string())?;
-            let h = tokio::spawn(connection);
-            let r = client
-                .query_one("SELECT pg_is_in_recovery()", &[])
-                .await
-                .map(|row| row.get::<_, bool>(0))
-                .map_err(|e| e.to_string());
-            drop(client);
-            h.abort();
-            r
-        };
-        match tokio::time::timeout_at(end, probe).await {
-            Ok(Ok(false)) => return Ok(()),
-            Ok(Ok(true)) => last = "still in recovery".into(),
-            Ok(Err(e)) => last = e,
-            Err(_) => continue,
-        }
-        tokio::time::sleep(Duration::from_millis(100).min(left(end))).await;
-    }
-}
-
 /// `pg_amcheck --all`: what it found, or the relations it complained about.
 async fn amcheck(p: &PgVerifyConfig, conn: &Conn, name: &str, end: Instant) -> Result<String, StepError> {
     let prog = p.bin_dir.join("pg_amcheck");
@@ -557,7 +368,9 @@ async fn amcheck(p: &PgVerifyConfig, conn: &Conn, name: &str, end: Instant) -> R
         .kill_on_drop(true)
         .process_group(0);
     crate::exec::die_with_parent(&mut cmd);
-    let child = cmd.spawn().map_err(|e| cannot_run(&prog, e))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| crate::pgserver::cannot_run(&prog, e, "[target.verify] bin_dir"))?;
     let out = match tokio::time::timeout_at(end, child.wait_with_output()).await {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => return Err(StepError::new("exec_failed", format!("pg_amcheck: {e}"), false)),
@@ -653,40 +466,6 @@ async fn query(conn: &Conn, dbname: &str, q: &str, end: Instant) -> Result<Strin
     Ok("no rows".into())
 }
 
-/// Signals `child`'s process (the postmaster).
-fn signal(child: &tokio::process::Child, sig: libc::c_int) {
-    if let Some(pid) = child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
-        // SAFETY: plain syscall on our own child.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    }
-}
-
-/// Fast shutdown, then immediate, then SIGKILL; each bounded.
-async fn stop(child: &mut tokio::process::Child, end: Instant) -> Result<(), StepError> {
-    let steps = [
-        (libc::SIGINT, Duration::from_secs(20)),
-        (libc::SIGQUIT, Duration::from_secs(5)),
-        (libc::SIGKILL, Duration::from_secs(5)),
-    ];
-    for (sig, wait) in steps {
-        if let Ok(Some(_)) = child.try_wait() {
-            return Ok(());
-        }
-        signal(child, sig);
-        let until = (Instant::now() + wait).min(end.max(Instant::now() + Duration::from_secs(1)));
-        if let Ok(Ok(_)) = tokio::time::timeout_at(until, child.wait()).await {
-            return Ok(());
-        }
-    }
-    Err(StepError::new(
-        "verify_cleanup_failed",
-        "PostgreSQL on the clone did not stop, not even on SIGKILL (the worker removes it when it starts)",
-        true,
-    ))
-}
-
 /// Removes the clone, its scratch and socket directories.
 async fn remove(s: &Scratch, data_dir: &Path, end: Instant) -> Result<(), StepError> {
     let (dir, clone, sock) = (s.dir.clone(), s.clone.clone(), s.sock.clone());
@@ -734,36 +513,6 @@ fn remove_clone(clone: &Path) -> Result<(), StepError> {
         ),
         true,
     ))
-}
-
-/// Blocking: removes the System V segment a killed postmaster of `data`
-/// left (its id is on line 7 of `postmaster.pid`), when nothing uses it.
-fn release_shm(data: &Path) {
-    let Ok(text) = fs::read_to_string(data.join("postmaster.pid")) else {
-        return;
-    };
-    let Some(id) = text
-        .lines()
-        .nth(6)
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse::<libc::c_int>().ok())
-    else {
-        return;
-    };
-    // SAFETY: shmctl with IPC_STAT fills the zeroed struct; IPC_RMID takes none.
-    unsafe {
-        let mut ds: libc::shmid_ds = std::mem::zeroed();
-        if libc::shmctl(id, libc::IPC_STAT, &mut ds) == 0 && ds.shm_nattch == 0 {
-            libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
-        }
-    }
-}
-
-fn process_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    pid > 0
-        && (unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 /// Blocking, on the worker's start: for each scratch entry of a worker that
@@ -815,31 +564,6 @@ pub fn cleanup(dest: &Path, data_dir: &Path) -> Vec<String> {
         }
     }
     removed
-}
-
-/// A postmaster running on `data` (by its `postmaster.pid`, and only if the
-/// process's working directory is `data`: a reused pid is not killed),
-/// stopped; its pid.
-fn stop_orphan(data: &Path) -> Option<i32> {
-    let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
-    if cwd != fs::canonicalize(data).ok()? {
-        return None;
-    }
-    for (sig, wait) in [(libc::SIGQUIT, 50), (libc::SIGKILL, 50)] {
-        // SAFETY: plain syscall; the pid was checked to be this clone's postmaster.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-        for _ in 0..wait {
-            if !process_alive(pid) {
-                return Some(pid);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    Some(pid)
 }
 
 #[cfg(test)]

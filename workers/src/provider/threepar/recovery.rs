@@ -388,7 +388,7 @@ impl ThreeParProvider {
     pub(super) async fn restore_step(&self, req: RecoveryJob<'_>) -> Result<String, StepError> {
         check_snapshot_name(req.point)?;
         match req.action {
-            RecoveryAction::InPlace => {
+            RecoveryAction::InPlace { .. } => {
                 if let Some(safety) = req.safety {
                     check_snapshot_name(safety)?;
                     // The safety copy (of a set: its first member's copy).

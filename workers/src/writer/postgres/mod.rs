@@ -27,6 +27,7 @@
 
 pub mod check;
 pub mod prune;
+pub mod restore;
 pub mod rights;
 pub mod wal;
 
@@ -118,6 +119,29 @@ impl PostgresWriter {
     }
 
     /// Opens a session (within the step's deadline `end`).
+    /// Before the stop of an in-place restore: a new WAL file, so the
+    /// archive holds every transaction committed until the stop (the point
+    /// of failure that `--until latest` replays to). Best effort: a cluster
+    /// that is down or unreachable is stopped all the same.
+    async fn switch_wal(&self) {
+        let end = Instant::now() + self.cfg.timeout.min(Duration::from_secs(10));
+        let run = async {
+            let (client, conn) = self.connect(end).await?;
+            let r = client
+                .simple_query("SELECT pg_switch_wal()")
+                .await
+                .map_err(|e| StepError::new("query_failed", e.to_string(), true));
+            drop(client);
+            conn.abort();
+            r
+        };
+        match tokio::time::timeout_at(end, run).await {
+            Ok(Ok(_)) => tracing::info!(target = %self.target, "WAL switched before the stop"),
+            Ok(Err(e)) => tracing::info!(target = %self.target, error = %e, "no WAL switch before the stop"),
+            Err(_) => tracing::info!(target = %self.target, "no WAL switch before the stop (timed out)"),
+        }
+    }
+
     pub(crate) async fn connect(
         &self,
         end: Instant,
@@ -460,13 +484,19 @@ impl Writer for PostgresWriter {
     }
     fn stop<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
         // The runtime never stops a frozen target (no backup session open).
-        Box::pin(super::recovery_hook(
-            "postgres",
-            (self.cfg.stop.as_deref(), self.cfg.start.as_deref()),
-            "stop",
-            ctx,
-            self.cfg.timeout,
-        ))
+        Box::pin(async move {
+            if self.cfg.stop.is_some() {
+                self.switch_wal().await;
+            }
+            super::recovery_hook(
+                "postgres",
+                (self.cfg.stop.as_deref(), self.cfg.start.as_deref()),
+                "stop",
+                ctx,
+                self.cfg.timeout,
+            )
+            .await
+        })
     }
     fn start<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
         Box::pin(super::recovery_hook(

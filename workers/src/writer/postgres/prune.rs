@@ -142,6 +142,9 @@ mod tests {
             prune_wal,
             stop: None,
             start: None,
+            data_directory: None,
+            config_file: None,
+            bin_dir: PathBuf::from(recman_config::DEFAULT_PG_BIN_DIR),
         }
     }
 
