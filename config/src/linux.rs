@@ -183,9 +183,8 @@ pub struct PostgresConfig {
     /// Recovery: stops the cluster before an in-place restore (e.g.
     /// `["/usr/bin/pg_ctlcluster", "15", "main", "stop", "-m", "fast"]` or
     /// `["/usr/bin/systemctl", "stop", "postgresql@15-main"]`); must succeed
-    /// when it is already stopped. The writer only knows a conninfo, not
-    /// the cluster's data directory or service, so without it in-place
-    /// restores of the target are refused.
+    /// when it is already stopped. Without it, `pg_ctl` on `data_directory`
+    /// (as its owner); without either, in-place restores are refused.
     pub stop: Option<Vec<String>>,
     /// Recovery: starts the cluster again; must succeed when it runs.
     pub start: Option<Vec<String>>,

@@ -310,14 +310,20 @@ impl Cluster {
     /// Target `pg1` as a restore needs it: the `postgres` writer (backup
     /// mode, labels in `labels`, `wal_archive`, `data_directory`, `pg_ctl`
     /// hooks) over the `btrfs` provider (snapshots in `<mnt>/snapshots`),
-    /// in worker pool `pool`.
-    pub fn restore_config(&self, b: &LoopFs, labels: &Path, pool: &str) -> String {
+    /// in worker pool `pool`. Without `hooks` the writer's own `pg_ctl`
+    /// default stops and starts the cluster.
+    pub fn restore_config(&self, b: &LoopFs, labels: &Path, pool: &str, hooks: bool) -> String {
         let (stop, start) = pg_ctl_hooks(&self.data(), &self.logs.join("pg1.log"));
+        let hooks = if hooks {
+            format!("stop = {stop}\nstart = {start}\n")
+        } else {
+            String::new()
+        };
         format!(
             "[[target]]\nid = \"pg1\"\npool = \"{pool}\"\nfreeze_limit = \"60s\"\n\
              [target.writer]\ntype = \"postgres\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n\
              password_file = \"{}\"\nlabel_dir = \"{}\"\nwait_for_archive = true\ntimeout = \"60s\"\n\
-             wal_archive = \"{}\"\ndata_directory = \"{}\"\nstop = {stop}\nstart = {start}\n\
+             wal_archive = \"{}\"\ndata_directory = \"{}\"\n{hooks}\
              [target.provider]\ntype = \"btrfs\"\nsubvolume = \"{}\"\ndest = \"{}\"\n\
              [target.recovery]\ntimeout = \"120s\"\n",
             self.pg.port,

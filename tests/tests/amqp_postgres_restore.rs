@@ -68,7 +68,11 @@ async fn amqp_postgres_in_place_restore_survives_kill9_of_the_worker() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = dir.path().join("recman.toml");
-    std::fs::write(&config, c.restore_config(&b, &c.top.join("labels"), "host.a")).unwrap();
+    std::fs::write(
+        &config,
+        c.restore_config(&b, &c.top.join("labels"), "host.a", true),
+    )
+    .unwrap();
     let bus = vh.bus().await;
     let mut events = bus.consume(Address::Events, 256).await.unwrap();
     let mut engine = Proc::engine(dir.path(), &data, &config, &vh.url, &[]);

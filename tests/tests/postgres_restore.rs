@@ -7,7 +7,8 @@
 //!     copy to T in a private server and stops it; started by the test on
 //!     its own port, it holds exactly rows 1..=150, row by row, and will not
 //!     archive into production's archive.
-//! (b) `recman restore SNAP --in-place --yes`: stop (pg_ctl hook), safety
+//! (b) `recman restore SNAP --in-place --yes`: stop (the writer's own
+//!     `pg_ctl` default: no hooks are configured), safety
 //!     snapshot, restore, start (recovery to the restore point, then the
 //!     start hook): the cluster runs again with exactly rows 1..=100; the
 //!     start step reports the LSN it recovered to; the safety snapshot,
@@ -62,7 +63,7 @@ async fn postgres_point_in_time_beside_and_in_place_with_its_safety_snapshot() {
     let labels = c.top.join("labels");
     fs::write(
         dir.path().join("recman.toml"),
-        c.restore_config(&b, &labels, "host.a"),
+        c.restore_config(&b, &labels, "host.a", false),
     )
     .unwrap();
     let client = c.pg.client().await;

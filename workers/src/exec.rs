@@ -49,10 +49,25 @@ pub async fn run(
     env: &[(&str, String)],
     timeout: Duration,
 ) -> Result<ExecOutput, StepError> {
+    run_as(argv, env, timeout, None).await
+}
+
+/// [`run`], as user and group `user` when given (the worker runs as root).
+pub async fn run_as(
+    argv: &[String],
+    env: &[(&str, String)],
+    timeout: Duration,
+    user: Option<(u32, u32)>,
+) -> Result<ExecOutput, StepError> {
     let Some((program, args)) = argv.split_first() else {
         return Err(StepError::new("exec_failed", "empty command", false));
     };
     let mut cmd = Command::new(program);
+    if let Some((uid, gid)) = user {
+        // Before the pre_exec hook: a change of user clears the
+        // parent-death signal, which the hook sets afterwards.
+        cmd.uid(uid).gid(gid);
+    }
     cmd.args(args)
         .env_clear()
         .envs(inherited())

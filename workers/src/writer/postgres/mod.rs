@@ -17,15 +17,18 @@
 //! and archived WAL that retention no longer needs; `check.rs` is the
 //! preflight of `recman check`.
 //!
-//! Recovery: the writer knows the cluster only by its conninfo (no data
-//! directory, no service name), so `stop` and `start` run the optional
-//! `stop = [argv]` / `start = [argv]` hooks of its config (e.g.
-//! `systemctl stop postgresql@15-main`, which succeeds on a stopped unit, or
-//! `pg_ctl stop -m fast -D DATA` wrapped to accept "not running"); they must
-//! succeed when the cluster is already stopped / running. Without them an
-//! in-place restore of the target is refused (`not_supported`).
+//! Recovery: `stop` and `start` run the optional `stop = [argv]` /
+//! `start = [argv]` hooks of its config (e.g. `systemctl stop
+//! postgresql@15-main`, which succeeds on a stopped unit); they must succeed
+//! when the cluster is already stopped / running. Without a hook, and with
+//! `data_directory` set, `pg_ctl` on the data directory does it
+//! (`pgctl.rs`); without either an in-place restore of the target is refused
+//! (`not_supported`). A stop first switches WAL, so the archive holds every
+//! committed transaction. With `data_directory`, a restored data directory
+//! is recovered (`restore.rs`): its label, the archive, a recovery target.
 
 pub mod check;
+pub mod pgctl;
 pub mod prune;
 pub mod restore;
 pub mod rights;
@@ -119,6 +122,34 @@ impl PostgresWriter {
     }
 
     /// Opens a session (within the step's deadline `end`).
+    /// `stop` / `start` for an in-place restore: the configured hook, else
+    /// `pg_ctl` on `data_directory` (`pgctl.rs`), else the refusal. A stop
+    /// first switches WAL.
+    async fn stop_or_start(&self, ctx: &StepCtx, stage: &str) -> Result<(), StepError> {
+        let hook = if stage == "stop" {
+            &self.cfg.stop
+        } else {
+            &self.cfg.start
+        };
+        let pg_ctl = hook.is_none() && self.cfg.data_directory.is_some();
+        if stage == "stop" && (hook.is_some() || pg_ctl) {
+            self.switch_wal().await;
+        }
+        match (&self.cfg.data_directory, pg_ctl) {
+            (Some(data), true) => pgctl::run(&self.cfg, data, &ctx.target, stage).await,
+            _ => {
+                super::recovery_hook(
+                    "postgres",
+                    (self.cfg.stop.as_deref(), self.cfg.start.as_deref()),
+                    stage,
+                    ctx,
+                    self.cfg.timeout,
+                )
+                .await
+            }
+        }
+    }
+
     /// Before the stop of an in-place restore: a new WAL file, so the
     /// archive holds every transaction committed until the stop (the point
     /// of failure that `--until latest` replays to). Best effort: a cluster
@@ -484,27 +515,9 @@ impl Writer for PostgresWriter {
     }
     fn stop<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
         // The runtime never stops a frozen target (no backup session open).
-        Box::pin(async move {
-            if self.cfg.stop.is_some() {
-                self.switch_wal().await;
-            }
-            super::recovery_hook(
-                "postgres",
-                (self.cfg.stop.as_deref(), self.cfg.start.as_deref()),
-                "stop",
-                ctx,
-                self.cfg.timeout,
-            )
-            .await
-        })
+        Box::pin(self.stop_or_start(ctx, "stop"))
     }
     fn start<'a>(&'a self, ctx: &'a StepCtx) -> BoxFuture<'a, Result<(), StepError>> {
-        Box::pin(super::recovery_hook(
-            "postgres",
-            (self.cfg.stop.as_deref(), self.cfg.start.as_deref()),
-            "start",
-            ctx,
-            self.cfg.timeout,
-        ))
+        Box::pin(self.stop_or_start(ctx, "start"))
     }
 }
