@@ -50,8 +50,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use recman_events::{
-    snapshot_name, Command, Event, EventBody, JobId, LiveData, Outcome, RecoveryAction, RecoveryArgs, Report,
-    RequestId, SnapshotKind, Stage, StepDetail, StepError, TargetId, Until, WorkerId, SCHEMA_VERSION,
+    snapshot_name, Command, Event, EventBody, JobId, LiveData, Outcome, PoolName, RecoveryAction,
+    RecoveryArgs, Report, RequestId, SnapshotKind, Stage, StepDetail, StepError, TargetId, Until, WorkerId,
+    SCHEMA_VERSION,
 };
 use serde::Serialize;
 
@@ -127,6 +128,8 @@ pub struct Mount {
     pub worker: WorkerId,
     pub since_ms: u64,
     pub writable: bool,
+    /// Where it was asked to be (`--on`): its unmount goes there too.
+    pub on: Option<String>,
 }
 
 /// A clone, kept until removed.
@@ -335,7 +338,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
                     .unwrap_or_else(|| WorkerId::from("?"))
             };
             match &op.action {
-                RecoveryAction::Mount { writable } => {
+                RecoveryAction::Mount { writable, on } => {
                     l.mounts.insert(
                         ev.job,
                         Mount {
@@ -346,6 +349,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
                             worker: worker(Stage::Mount),
                             since_ms: ev.at_ms,
                             writable: *writable,
+                            on: on.clone(),
                         },
                     );
                 }
@@ -379,7 +383,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
             // A mount whose taking away did not succeed may be there: it is
             // recorded (retention keeps its point; `recman unmount` takes it
             // away, the provider finding it by the job).
-            if let RecoveryAction::Mount { writable } = op.action {
+            if let RecoveryAction::Mount { writable, on } = op.action {
                 if !op.workers.contains_key(Stage::Unmount.as_str()) {
                     l.mounts.insert(
                         ev.job,
@@ -395,6 +399,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
                                 .unwrap_or_else(|| WorkerId::from(UNKNOWN_WORKER)),
                             since_ms: ev.at_ms,
                             writable,
+                            on,
                         },
                     );
                 }
@@ -1161,6 +1166,31 @@ pub fn recover(state: &State, cfg: &CoreConfig) -> Vec<Outgoing> {
         .collect()
 }
 
+/// Where a mount (and its unmount) runs: `on` names a pool of the config,
+/// else a worker (its own queue; the provider pool if it is gone); none is
+/// the provider pool. A `3par` mount is always the array pool's work (`on`
+/// is then the host the array exports the copy to).
+fn mount_place(cfg: &CoreConfig, p: &crate::TargetPolicy, on: Option<&str>) -> Destination {
+    let array = p.fingerprint.as_deref().is_some_and(|f| f.ends_with("/3par"));
+    match on {
+        Some(on) if !array => {
+            let pool = cfg
+                .targets
+                .values()
+                .any(|t| t.provider_pool.as_str() == on || t.writer_pool.as_str() == on);
+            if pool {
+                Destination::Pool(PoolName::from(on))
+            } else {
+                Destination::Worker {
+                    worker: WorkerId::from(on),
+                    fallback: p.provider_pool.clone(),
+                }
+            }
+        }
+        _ => Destination::Pool(p.provider_pool.clone()),
+    }
+}
+
 fn command(state: &State, cfg: &CoreConfig, id: &JobId) -> Option<Outgoing> {
     let op = state.recovery.ops.get(id)?;
     let stage = op.stage?;
@@ -1176,7 +1206,10 @@ fn command(state: &State, cfg: &CoreConfig, id: &JobId) -> Option<Outgoing> {
         (Stage::Unmount, RecoveryAction::Unmount { mount }) => {
             let m = state.recovery.mounts.get(mount)?;
             location = Some(m.location.clone()).filter(|l| !l.is_empty());
-            Destination::Pool(p.provider_pool.clone())
+            mount_place(cfg, p, m.on.as_deref())
+        }
+        (Stage::Mount | Stage::Unmount, RecoveryAction::Mount { on, .. }) => {
+            mount_place(cfg, p, on.as_deref())
         }
         (Stage::Unmount, RecoveryAction::RemoveClone { name }) => {
             let c = state.recovery.clones.get(name)?;

@@ -255,20 +255,14 @@ fn refusals_are_clear() {
         "confirmation_required"
     );
     assert_eq!(
-        rejected(r.recover(
-            2,
-            "rm-nothing-a1",
-            RecoveryAction::Mount { writable: false },
-            true,
-            T + 10
-        )),
+        rejected(r.recover(2, "rm-nothing-a1", RecoveryAction::mount(false), true, T + 10)),
         "unknown_snapshot"
     );
     let ask = Ask {
         request_id: RequestId::new("rec9"),
         target: Some(TargetId::from("b")),
         snapshot: Some(p.clone()),
-        action: RecoveryAction::Mount { writable: false },
+        action: RecoveryAction::mount(false),
         confirm: false,
     };
     let s = r.handle(
@@ -297,7 +291,7 @@ fn refusals_are_clear() {
         request_id: RequestId::new("r1"),
         target: None,
         snapshot: Some(p.clone()),
-        action: RecoveryAction::Mount { writable: false },
+        action: RecoveryAction::mount(false),
         confirm: false,
     };
     let s = r.handle(
@@ -317,11 +311,11 @@ fn refusals_are_clear() {
         rejected(r.recover(4, &p, RecoveryAction::in_place(), true, T + 30)),
         "target_busy"
     );
-    let m = r.accepted(5, &p, RecoveryAction::Mount { writable: false }, T + 40);
+    let m = r.accepted(5, &p, RecoveryAction::mount(false), T + 40);
     assert_eq!(r.stage(m), Some(Stage::Mount));
     // The same request again is the same job.
     assert!(matches!(
-        r.recover(5, &p, RecoveryAction::Mount { writable: false }, true, T + 50),
+        r.recover(5, &p, RecoveryAction::mount(false), true, T + 50),
         Reply::Accepted { job, existing: true } if job == m
     ));
     // A clone waits behind the mount (one recovery at a time per target),
@@ -368,7 +362,7 @@ fn retention_keeps_a_mounted_point_and_max_mount_age_unmounts_it() {
         p.max_mount_age_ms = Some(3_600_000);
     }));
     let p1 = r.point(1, T);
-    let m = r.accepted(1, &p1, RecoveryAction::Mount { writable: false }, T + 100);
+    let m = r.accepted(1, &p1, RecoveryAction::mount(false), T + 100);
     let s = r.handle(rep(m, 1, Stage::Mount, recovered("/mnt/p1")), T + 200);
     assert_eq!(kinds(&s.events), ["recovery_step_done", "recovery_completed"]);
     assert!(r.core.state().recovery.mounts.contains_key(&m));
@@ -559,4 +553,78 @@ fn until_is_checked_and_the_start_after_a_restore_recovers_and_says_to_what() {
     };
     assert_eq!(cmd.command.stage, Stage::Start);
     assert!(!cmd.command.recovery.as_ref().unwrap().restored);
+}
+
+/// `recman mount --on`: a pool of the config, else a worker's own queue
+/// (the provider pool when it is gone); the unmount goes to the same place;
+/// a 3PAR mount stays the array pool's work (`on` is the host it exports to).
+#[test]
+fn a_mount_on_a_pool_or_worker_goes_there_and_so_does_its_unmount() {
+    use recman_core::Destination;
+    use recman_events::{PoolName, WorkerId};
+    let mut r = Run::new(config(|_| {}));
+    let p = r.point(1, T);
+    let on = |o: &str| RecoveryAction::Mount {
+        writable: false,
+        on: Some(o.into()),
+    };
+    // Asks for `action` at `now`: the job and where its first command goes.
+    let dest = |r: &mut Run, n: u128, action: RecoveryAction, now: u64| -> (JobId, Destination) {
+        let ask = Ask {
+            request_id: RequestId::new(format!("m{n}")),
+            target: None,
+            snapshot: Some(p.clone()),
+            action,
+            confirm: false,
+        };
+        let s = r.handle(
+            Input::Recover {
+                ask,
+                origin: "test".into(),
+                new_job: JobId::from_parts(now, 5_000 + n),
+            },
+            now,
+        );
+        let [c] = s.commands.as_slice() else {
+            panic!("{:?}", s.commands)
+        };
+        (c.command.job, c.to.clone())
+    };
+    let (m1, d) = dest(&mut r, 1, on("host.a"), T + 10);
+    assert_eq!(d, Destination::Pool(PoolName::from("host.a")));
+    r.handle(rep(m1, 1, Stage::Mount, recovered("/m/1")), T + 11);
+    let (m2, d) = dest(&mut r, 2, on("w9"), T + 20);
+    assert_eq!(
+        d,
+        Destination::Worker {
+            worker: WorkerId::from("w9"),
+            fallback: PoolName::from("array.x")
+        }
+    );
+    r.handle(rep(m2, 1, Stage::Mount, recovered("/m/2")), T + 21);
+    assert_eq!(r.core.state().recovery.mounts[&m2].on.as_deref(), Some("w9"));
+    let (_, d) = dest(&mut r, 3, RecoveryAction::Unmount { mount: m2 }, T + 30);
+    assert!(
+        matches!(d, Destination::Worker { ref worker, .. } if worker.as_str() == "w9"),
+        "{d:?}"
+    );
+
+    let mut r = Run::new(config(|p| p.fingerprint = Some("exec/3par".into())));
+    let p = r.point(1, T);
+    let ask = Ask {
+        request_id: RequestId::new("m-3par"),
+        target: None,
+        snapshot: Some(p),
+        action: on("app01"),
+        confirm: false,
+    };
+    let s = r.handle(
+        Input::Recover {
+            ask,
+            origin: "test".into(),
+            new_job: JobId::from_parts(T + 40, 9_000),
+        },
+        T + 40,
+    );
+    assert_eq!(s.commands[0].to, Destination::Pool(PoolName::from("array.x")));
 }

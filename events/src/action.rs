@@ -36,6 +36,12 @@ pub enum RecoveryAction {
     Mount {
         #[serde(default)]
         writable: bool,
+        /// Where: a worker pool of the config, else a worker id (its own
+        /// queue). Default: the target's provider pool. For `3par` the name
+        /// of the array's host the copy is exported to (the array pool
+        /// does the work), instead of the target's `mount_host`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on: Option<String>,
     },
     /// Take away the mount that recovery job `mount` made.
     Unmount { mount: JobId },
@@ -56,6 +62,11 @@ impl RecoveryAction {
             RecoveryAction::Clone { .. } => "clone",
             RecoveryAction::RemoveClone { .. } => "remove_clone",
         }
+    }
+
+    /// A mount on the provider pool.
+    pub fn mount(writable: bool) -> Self {
+        RecoveryAction::Mount { writable, on: None }
     }
 
     /// An in-place restore, to the restore point itself.
@@ -186,6 +197,7 @@ pub enum Stored {
     // Appended: never reorder.
     InPlaceUntil { until: StoredUntil },
     ToUntil { path: String, until: StoredUntil },
+    MountOn { writable: bool, on: String },
 }
 
 impl From<&RecoveryAction> for Stored {
@@ -198,7 +210,14 @@ impl From<&RecoveryAction> for Stored {
                 path: path.clone(),
                 until: (*u).into(),
             },
-            RecoveryAction::Mount { writable } => Stored::Mount { writable: *writable },
+            RecoveryAction::Mount { writable, on: None } => Stored::Mount { writable: *writable },
+            RecoveryAction::Mount {
+                writable,
+                on: Some(on),
+            } => Stored::MountOn {
+                writable: *writable,
+                on: on.clone(),
+            },
             RecoveryAction::Unmount { mount } => Stored::Unmount { mount: *mount },
             RecoveryAction::Clone { name } => Stored::Clone { name: name.clone() },
             RecoveryAction::RemoveClone { name } => Stored::RemoveClone { name: name.clone() },
@@ -218,7 +237,11 @@ impl From<Stored> for RecoveryAction {
                 path,
                 until: Some(until.into()),
             },
-            Stored::Mount { writable } => RecoveryAction::Mount { writable },
+            Stored::Mount { writable } => RecoveryAction::Mount { writable, on: None },
+            Stored::MountOn { writable, on } => RecoveryAction::Mount {
+                writable,
+                on: Some(on),
+            },
             Stored::Unmount { mount } => RecoveryAction::Unmount { mount },
             Stored::Clone { name } => RecoveryAction::Clone { name },
             Stored::RemoveClone { name } => RecoveryAction::RemoveClone { name },
@@ -301,7 +324,11 @@ mod tests {
                 path: "/restore/here".into(),
                 until: Some(Until::Time(0)),
             },
-            RecoveryAction::Mount { writable: true },
+            RecoveryAction::mount(true),
+            RecoveryAction::Mount {
+                writable: false,
+                on: Some("host.b".into()),
+            },
             RecoveryAction::Unmount {
                 mount: JobId::new_v7(),
             },

@@ -333,6 +333,7 @@ impl RecoveryRequest {
             RecoveryAction::Clone { name } | RecoveryAction::RemoveClone { name } => {
                 check_id("action.name", name)?
             }
+            RecoveryAction::Mount { on: Some(on), .. } => check_id("action.on", on)?,
             RecoveryAction::InPlace { .. } if !self.confirm => {
                 return Err(invalid(
                     "confirm",

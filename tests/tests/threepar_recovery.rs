@@ -167,7 +167,7 @@ async fn a_point_that_is_not_a_copy_of_the_base_is_refused() {
     let mut rb = Step::new("rm-x-a1", RecoveryAction::in_place(), 5);
     rb.safety = Some("rm-x-a1".into());
     assert_eq!(p.rollback(rb.req()).await.unwrap_err().code, "not_a_copy_of_base");
-    let mount = Step::new("rm-x-a1", RecoveryAction::Mount { writable: false }, 6);
+    let mount = Step::new("rm-x-a1", RecoveryAction::mount(false), 6);
     assert_eq!(p.mount(mount.req()).await.unwrap_err().code, "invalid_config");
     assert!(puts(&a).is_empty(), "nothing promoted");
     assert_eq!(a.fake.content("DB01-vv"), None);
@@ -205,7 +205,7 @@ async fn a_point_that_is_not_a_copy_of_the_base_is_refused() {
 async fn a_mount_without_mount_host_names_the_config_key() {
     let (_d, a, p) = volume_target("").await;
     take(&p, "rm-p-a1").await;
-    let s = Step::new("rm-p-a1", RecoveryAction::Mount { writable: false }, 5);
+    let s = Step::new("rm-p-a1", RecoveryAction::mount(false), 5);
     let e = p.mount(s.req()).await.unwrap_err();
     assert_eq!(e.code, "invalid_config");
     assert!(
@@ -216,13 +216,35 @@ async fn a_mount_without_mount_host_names_the_config_key() {
     assert!(a.fake.vluns().is_empty());
 }
 
+/// `recman mount --on HOST`: the copy is exported to that array host, not
+/// to `mount_host` (and without `mount_host` at all).
+#[tokio::test]
+async fn a_mount_on_a_named_host_exports_it_there() {
+    let (_d, a, p) = volume_target("").await;
+    a.fake.add_host("app02");
+    take(&p, "rm-p-a1").await;
+    let action = RecoveryAction::Mount {
+        writable: false,
+        on: Some("app02".into()),
+    };
+    let s = Step::new("rm-p-a1", action, 5);
+    let loc = p.mount(s.req()).await.unwrap();
+    assert_eq!(loc, "vlun:rm-p-a1,0,app02");
+    let v = a.fake.vluns();
+    assert!(
+        v.iter()
+            .any(|v| v.volume_name == "rm-p-a1" && v.hostname == "app02"),
+        "{v:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_read_only_mount_exports_the_copy_once_and_unmount_takes_it_away() {
     let (_d, a, p) = volume_target("mount_host = \"backup01\"").await;
     a.fake.add_host("backup01");
     a.fake.add_vlun("other-vv", 0, "backup01");
     take(&p, "rm-p-a1").await;
-    let s = Step::new("rm-p-a1", RecoveryAction::Mount { writable: false }, 5);
+    let s = Step::new("rm-p-a1", RecoveryAction::mount(false), 5);
     let loc = p.mount(s.req()).await.unwrap();
     assert_eq!(loc, "vlun:rm-p-a1,1,backup01", "LUN 0 is taken on that host");
     // Redelivered: the export is found, not made twice.
@@ -276,7 +298,7 @@ async fn a_writable_mount_exports_a_copy_named_from_the_job_and_unmount_by_job_r
     a.fake.add_host("backup01");
     a.fake.set_content("DB01-vv", "monday");
     take(&p, "rm-p-a1").await;
-    let s = Step::new("rm-p-a1", RecoveryAction::Mount { writable: true }, 5);
+    let s = Step::new("rm-p-a1", RecoveryAction::mount(true), 5);
     let copy = format!("rmw-{}", job_key(s.job));
     let loc = p.mount(s.req()).await.unwrap();
     assert_eq!(loc, format!("vlun:{copy},0,backup01"));
@@ -385,7 +407,7 @@ async fn a_volume_set_is_restored_member_by_member() {
     assert_eq!(a.fake.content("db-data").as_deref(), Some("data-1"));
     assert_eq!(a.fake.content("db-logs").as_deref(), Some("logs-1"));
 
-    let m = Step::new("rm-g-a1", RecoveryAction::Mount { writable: true }, 6);
+    let m = Step::new("rm-g-a1", RecoveryAction::mount(true), 6);
     let key = job_key(m.job);
     let loc = p.mount(m.req()).await.unwrap();
     assert_eq!(

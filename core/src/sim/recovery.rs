@@ -129,6 +129,7 @@ impl Sim {
             },
             5 | 6 => RecoveryAction::Mount {
                 writable: self.xrng.chance(0.5),
+                on: None,
             },
             7 => RecoveryAction::Clone {
                 name: format!("c{n}"),

@@ -86,7 +86,7 @@ pub enum Command {
     Verify(verify::Args),
     /// Bring a restore point back: in place (stop, safety snapshot, revert, start) or --to PATH.
     Restore(restore::Args),
-    /// Mount a restore point on a host of its provider pool (read-only unless --writable).
+    /// Mount a restore point on a host (its provider pool, or --on POOL_OR_WORKER; read-only unless --writable).
     Mount(mount::Args),
     /// Take away a mount (`recman mounts` lists them).
     Unmount(unmount::Args),

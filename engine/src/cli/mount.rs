@@ -31,12 +31,20 @@ pub struct Args {
     /// A writable mount: writes go to a copy, the restore point stays as it was.
     #[arg(long)]
     pub writable: bool,
+    /// Where: a worker pool of the config, or a worker's id (default: the
+    /// target's provider pool). For a 3PAR target, the array host the copy
+    /// is exported to (default: the target's mount_host).
+    #[arg(long, value_name = "POOL_OR_WORKER")]
+    pub on: Option<String>,
     #[command(flatten)]
     pub common: Common,
 }
 
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
-    let action = RecoveryAction::Mount { writable: a.writable };
+    let action = RecoveryAction::Mount {
+        writable: a.writable,
+        on: a.on,
+    };
     let req = restore::request(&a.common, a.target.as_deref(), Some(&a.snapshot), action, false);
     restore::send(g, req, &a.common).await
 }

@@ -263,7 +263,10 @@ pub fn details(body: &EventBody) -> String {
         } => {
             let arg = match action {
                 RecoveryAction::To { path, .. } => format!(" to={path}"),
-                RecoveryAction::Mount { writable } => format!(" writable={writable}"),
+                RecoveryAction::Mount { writable, on } => {
+                    format!(" writable={writable}")
+                        + &on.as_ref().map(|o| format!(" on={o}")).unwrap_or_default()
+                }
                 RecoveryAction::Unmount { mount } => format!(" mount={}", mount.short()),
                 RecoveryAction::Clone { name } | RecoveryAction::RemoveClone { name } => {
                     format!(" clone={name}")

@@ -332,7 +332,7 @@ fn recovery_jobs_safety_snapshots_and_mounts() {
             request_id: "r-mount".into(),
             target: t.clone(),
             name: "snap-a".into(),
-            action: RecoveryAction::Mount { writable: false },
+            action: RecoveryAction::mount(false),
             origin: "http".into(),
         },
     );

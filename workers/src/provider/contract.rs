@@ -175,12 +175,12 @@ pub async fn run_recovery(p: &dyn Provider, f: &Fixture<'_>) {
     );
 
     // Mount: read-only is not writable; writable works on a copy.
-    let ro = &RecoveryAction::Mount { writable: false };
+    let ro = &RecoveryAction::mount(false);
     let m = p.mount(rq(&t, "rm-p1-a1", ro, job(5))).await.unwrap();
     assert_eq!((f.read_at)(&m), one, "{k}: the clone's write reached the point");
     assert!((f.write_at)(&m).is_err(), "{k}: a read-only mount was written to");
     assert_eq!(p.mount(rq(&t, "rm-p1-a1", ro, job(5))).await.unwrap(), m, "{k}");
-    let rw = &RecoveryAction::Mount { writable: true };
+    let rw = &RecoveryAction::mount(true);
     let w = p.mount(rq(&t, "rm-p1-a1", rw, job(6))).await.unwrap();
     (f.write_at)(&w).unwrap_or_else(|e| panic!("{k}: a writable mount is not writable: {e}"));
     assert_eq!(

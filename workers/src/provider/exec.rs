@@ -80,7 +80,7 @@ impl ExecProvider {
                 env.push(("RECMAN_CLONE", name.clone()));
                 fallback = name.clone();
             }
-            RecoveryAction::Mount { writable } => {
+            RecoveryAction::Mount { writable, .. } => {
                 env.push(("RECMAN_WRITABLE", u8::from(*writable).to_string()));
             }
             RecoveryAction::InPlace { .. } | RecoveryAction::Unmount { .. } => {}
@@ -323,7 +323,7 @@ mod tests {
         p.rollback(req(&in_place, Some("rm-safety"), None)).await.unwrap();
         let clone = RecoveryAction::Clone { name: "c1".into() };
         p.restore(req(&clone, None, None)).await.unwrap();
-        let mount = RecoveryAction::Mount { writable: true };
+        let mount = RecoveryAction::mount(true);
         p.mount(req(&mount, None, None)).await.unwrap();
         let unmount = RecoveryAction::Unmount { mount: job };
         p.unmount(req(&unmount, None, Some("/mnt/x"))).await.unwrap();

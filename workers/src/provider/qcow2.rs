@@ -293,7 +293,7 @@ impl Qcow2Provider {
     }
 
     async fn mount_inner(&self, req: RecoveryJob<'_>) -> Result<String, StepError> {
-        let RecoveryAction::Mount { writable } = req.action else {
+        let RecoveryAction::Mount { writable, .. } = req.action else {
             return Err(wrong_action("qcow2", "mount", req.action));
         };
         check_snapshot_name(req.point)?;

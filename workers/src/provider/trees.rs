@@ -109,8 +109,8 @@ pub(super) fn mount<S: TreeStore>(s: &S, r: &Req) -> Result<String, StepError> {
     check_snapshot_name(&r.point)?;
     let point = point(s, &r.point)?;
     match &r.action {
-        RecoveryAction::Mount { writable: false } => Ok(point.display().to_string()),
-        RecoveryAction::Mount { writable: true } => {
+        RecoveryAction::Mount { writable: false, .. } => Ok(point.display().to_string()),
+        RecoveryAction::Mount { writable: true, .. } => {
             build(s, &point, &s.dest().join(MOUNTS).join(r.job.to_string()), r.job)
         }
         other => Err(wrong_action(s.kind(), "mount", other)),

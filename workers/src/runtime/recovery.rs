@@ -3,15 +3,14 @@
 //! never on a target this host holds frozen, and answered with where the
 //! data now is.
 
-use recman_core::worker;
-use recman_events::clock;
-use recman_events::wire::Command;
-use recman_events::{SnapshotKind, Stage, StepDetail, StepError};
-
 use std::path::Path;
 
 use recman_config::{ProviderConfig, WriterConfig};
+use recman_core::worker;
+use recman_events::clock;
+use recman_events::wire::Command;
 use recman_events::{RecoveryAction, TargetId, Until};
+use recman_events::{SnapshotKind, Stage, StepDetail, StepError};
 use tokio::time::Instant;
 
 use super::Shared;
@@ -123,9 +122,12 @@ impl Shared {
                 let beside = matches!(args.action, RecoveryAction::To { .. });
                 match (pg, beside) {
                     (Some(p), true) => {
+                        // Everything checked before the provider writes PATH.
                         restore::plan(p, &replay(true))?;
+                        let live = live.ok_or_else(|| no_live(t))?;
+                        restore::data_under(p, live, Path::new("/"))?;
                         let at = local.provider.restore(req).await?;
-                        let data = restore::data_under(p, live.ok_or_else(|| no_live(t))?, Path::new(&at))?;
+                        let data = restore::data_under(p, live, Path::new(&at))?;
                         let info = restore::recover(p, &data, &replay(true)).await.map_err(|mut e| {
                             e.message = format!(
                                 "{} (the restored files stay in {at} to be looked at: remove them before \

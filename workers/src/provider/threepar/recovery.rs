@@ -476,10 +476,14 @@ impl ThreeParProvider {
 
     pub(super) async fn mount_step(&self, req: RecoveryJob<'_>) -> Result<String, StepError> {
         check_snapshot_name(req.point)?;
-        let RecoveryAction::Mount { writable } = req.action else {
+        let RecoveryAction::Mount { writable, on } = req.action else {
             return Err(wrong_action("3par", "mount", req.action));
         };
-        let host = self.mount_host()?;
+        // `recman mount --on HOST`: that array host, else the target's.
+        let host = match on {
+            Some(h) => h.as_str(),
+            None => self.mount_host()?,
+        };
         let pairs = self.pairs(req.point).await?;
         for (copy, base) in &pairs {
             self.check_point(copy, base, "restore point", req.target).await?;
@@ -570,7 +574,10 @@ impl ThreeParProvider {
             }
             other => return Err(wrong_action("3par", "unmount", other)),
         };
-        let host = self.mount_host()?;
+        let host = match req.action {
+            RecoveryAction::Mount { on: Some(h), .. } => h.as_str(),
+            _ => self.mount_host()?,
+        };
         let pairs = match check_snapshot_name(req.point) {
             Ok(()) => self.pairs(req.point).await?,
             Err(_) => Vec::new(),

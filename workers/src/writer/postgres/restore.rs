@@ -155,8 +155,7 @@ pub async fn recover(cfg: &PostgresConfig, data: &Path, r: &Replay<'_>) -> Resul
         Some(p) => p,
         None => return Ok(format!("recovered earlier by job {job}")),
     };
-    let r2 = r.clone();
-    let out = run(cfg, data, &r2, &plan, &scratch, (uid, gid), resume).await;
+    let out = run(cfg, data, r, &plan, &scratch, (uid, gid), resume).await;
     let _ = fs::remove_dir_all(&scratch);
     let note = out?;
     let data2 = data.to_path_buf();
