@@ -947,7 +947,8 @@ fn next(cfg: &CoreConfig, op: &Op, stage: Stage, failed: Option<&StepError>, now
             Some((reason, live)) => vec![end_failed(reason.clone(), *live)],
         },
         (Stage::Start, Some(e)) => match &op.failure {
-            Some((reason, live)) if !reason.starts_with("start ") => {
+            // An earlier step's failure, not this start's own.
+            Some((reason, live)) if *reason != failure_of(op, stage, e).0 => {
                 vec![end_failed(format!("{reason}; then {}", why(e)), *live)]
             }
             _ if op.reverting => vec![end_failed(
@@ -1013,6 +1014,18 @@ pub fn report(state: &State, cfg: &CoreConfig, r: &Report, now: u64) -> Vec<Even
                 (_, StepDetail::Recovered { location, .. }) => location.clone(),
                 (_, _) => String::new(),
             };
+            if location.len() > recman_events::wire::MAX_PATH_LEN {
+                return failed(StepError::new(
+                    "bad_report",
+                    format!(
+                        "{} reported a location of {} bytes (at most {})",
+                        r.worker,
+                        location.len(),
+                        recman_events::wire::MAX_PATH_LEN
+                    ),
+                    false,
+                ));
+            }
             let mut out = vec![Event {
                 at_ms: now,
                 job: op.id,

@@ -628,3 +628,26 @@ fn a_mount_on_a_pool_or_worker_goes_there_and_so_does_its_unmount() {
     );
     assert_eq!(s.commands[0].to, Destination::Pool(PoolName::from("array.x")));
 }
+
+/// A worker's report is bounded like a request: a location longer than a
+/// path may be fails the step (`bad_report`), and nothing of it is logged.
+#[test]
+fn a_report_with_an_unbounded_location_fails_its_step() {
+    let mut r = Run::new(config(|_| {}));
+    let p = r.point(1, T);
+    let to = RecoveryAction::To {
+        path: "/r/x".into(),
+        until: None,
+    };
+    let op = r.accepted(1, &p, to, T + 10);
+    let huge = "/x".repeat(recman_events::wire::MAX_PATH_LEN);
+    let s = r.handle(rep(op, 1, Stage::Restore, recovered(&huge)), T + 20);
+    assert_eq!(kinds(&s.events), ["recovery_step_failed", "recovery_failed"]);
+    let logged = format!("{:?}", s.events);
+    assert!(
+        logged.contains("bad_report") && !logged.contains(&huge[..200]),
+        "{}",
+        &logged[..300]
+    );
+    assert_eq!(r.core.state().recovery.ops[&op].state, OpState::Failed);
+}

@@ -602,6 +602,15 @@ impl Shared {
     /// On start: each provider removes what interrupted snapshots left
     /// (the `copy` provider's `.partial` directories of dead processes).
     async fn cleanup_providers(&self) {
+        let pg = self
+            .targets
+            .values()
+            .any(|l| matches!(l.cfg.writer, recman_config::WriterConfig::Postgres(_)));
+        if pg {
+            for what in crate::writer::postgres::restore::cleanup() {
+                tracing::warn!(worker = %self.id, removed = %what, "removed the leftover of a database recovery interrupted by a crash");
+            }
+        }
         let mut ids: Vec<&TargetId> = self.targets.keys().collect();
         ids.sort();
         for t in ids {

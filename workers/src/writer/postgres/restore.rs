@@ -308,6 +308,32 @@ fn prepare(
     }))
 }
 
+/// On the worker's start: the scratch directories (socket, hba file, log)
+/// of recoveries whose worker process is gone. Blocking.
+pub fn cleanup() -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(rd) = fs::read_dir(std::env::temp_dir()) else {
+        return removed;
+    };
+    for e in rd.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(SCRATCH_PREFIX)
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() as i32
+            && !pgserver::process_alive(pid)
+            && fs::remove_dir_all(e.path()).is_ok()
+        {
+            removed.push(e.path().display().to_string());
+        }
+    }
+    removed
+}
+
 /// Blocking: writes the mark durably.
 fn write_mark(data: &Path, text: &str, uid: u32, gid: u32) -> Result<(), StepError> {
     let p = data.join(MARK);
@@ -496,5 +522,22 @@ mod tests {
     #[test]
     fn the_target_time_is_written_as_postgres_reads_it() {
         assert_eq!(pg_time(951_868_800_500), "2000-03-01 00:00:00.500+00");
+    }
+
+    #[test]
+    fn cleanup_removes_a_dead_workers_scratch_only() {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let dead = c.id();
+        c.wait().unwrap();
+        let tmp = std::env::temp_dir();
+        let gone = tmp.join(format!("{SCRATCH_PREFIX}{dead}.0"));
+        let mine = tmp.join(format!("{SCRATCH_PREFIX}{}.77", std::process::id()));
+        for d in [&gone, &mine] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let removed = cleanup();
+        assert!(!gone.exists(), "{removed:?}");
+        assert!(mine.exists());
+        fs::remove_dir_all(&mine).unwrap();
     }
 }
