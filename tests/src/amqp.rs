@@ -407,3 +407,27 @@ pub async fn dead_letter_reasons(
     }
     reasons
 }
+
+/// Waits (up to `secs`) for a relayed event of one of `kinds` (`a|b`) of `job`.
+pub async fn next_event(
+    events: &mut recman_events::bus::Consumer,
+    kinds: &str,
+    job: Option<&str>,
+    secs: u64,
+    context: &dyn Fn() -> String,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let d = tokio::time::timeout(left, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {kinds} event; {}", context()))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&d.message.body).unwrap();
+        d.ack().await.unwrap();
+        let kind = v["event"]["body"]["type"].as_str().unwrap_or("");
+        if kinds.split('|').any(|k| k == kind) && job.is_none_or(|j| v["event"]["job"] == j) {
+            return v;
+        }
+    }
+}

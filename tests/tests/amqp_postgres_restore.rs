@@ -14,34 +14,10 @@ use std::time::{Duration, Instant};
 
 use recman_events::bus::{msg_type, Address, Message};
 use recman_testkit::amqp::Vhost;
-use recman_tests::amqp::{read_log, request, Proc, VhostBus};
+use recman_tests::amqp::{next_event as event, read_log, request, Proc, VhostBus};
 use recman_tests::linux::{can_run, LoopFs};
 use recman_tests::postgres::{connect, create_seq, insert_seq, seq_rows, Cluster, Load, TOOLS};
 use serde_json::{json, Value};
-
-/// Waits (up to `secs`) for a relayed event of one of `kinds` (`a|b`) of `job`.
-async fn event(
-    events: &mut recman_events::bus::Consumer,
-    kinds: &str,
-    job: Option<&str>,
-    secs: u64,
-    context: &dyn Fn() -> String,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let d = tokio::time::timeout(left, events.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no {kinds} event; {}", context()))
-            .unwrap();
-        let v: Value = serde_json::from_slice(&d.message.body).unwrap();
-        d.ack().await.unwrap();
-        let kind = v["event"]["body"]["type"].as_str().unwrap_or("");
-        if kinds.split('|').any(|k| k == kind) && job.is_none_or(|j| v["event"]["job"] == j) {
-            return v;
-        }
-    }
-}
 
 fn worker(dir: &Path, data: &Path, config: &Path, url: &str) -> Proc {
     Proc::spawn(

@@ -6,11 +6,10 @@
 //! snapshot) are dead-lettered with their reason, and the engine goes on.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use recman_events::bus::{msg_type, Address, Message};
 use recman_testkit::amqp::Vhost;
-use recman_tests::amqp::{dead_letter_reasons, read_log, request, Proc, VhostBus};
+use recman_tests::amqp::{dead_letter_reasons, next_event, read_log, request, Proc, VhostBus};
 use serde_json::{json, Value};
 
 fn config(dir: &Path) -> std::path::PathBuf {
@@ -33,28 +32,14 @@ fn msg(id: &str, body: &Value) -> Message {
     Message::new(msg_type::REQUEST, id, serde_json::to_vec(body).unwrap())
 }
 
-/// Waits for a relayed event of one of `kinds` (`a|b`), of job `job` if given.
+/// Waits (up to 60 s) for a relayed event of one of `kinds` (`a|b`), of job `job` if given.
 async fn event(
     events: &mut recman_events::bus::Consumer,
     kinds: &str,
     job: Option<&str>,
     context: impl Fn() -> String,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let d = tokio::time::timeout(left, events.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no {kinds} event; {}", context()))
-            .unwrap();
-        let v: Value = serde_json::from_slice(&d.message.body).unwrap();
-        d.ack().await.unwrap();
-        let kind = v["event"]["body"]["type"].as_str().unwrap_or("");
-        let ok = kinds.split('|').any(|k| k == kind) && job.is_none_or(|j| v["event"]["job"] == j);
-        if ok {
-            return v;
-        }
-    }
+    next_event(events, kinds, job, 60, &context).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,20 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// The one row of `q` in `dbname`, on a session of its own.
+    pub(crate) async fn query_one(&self, dbname: &str, q: &str) -> Result<tokio_postgres::Row, String> {
+        let (client, connection) = self
+            .config(dbname)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        let h = tokio::spawn(connection);
+        let r = client.query_one(q, &[]).await.map_err(|e| e.to_string());
+        drop(client);
+        h.abort();
+        r
+    }
+
     pub(crate) fn config(&self, dbname: &str) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
         c.host_path(&self.sock)
@@ -192,20 +206,9 @@ pub(crate) async fn wait_ready(
             ));
         }
         let probe = async {
-            let (client, connection) = conn
-                .config("template1")
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| e.to_string())?;
-            let h = tokio::spawn(connection);
-            let r = client
-                .query_one("SELECT pg_is_in_recovery()", &[])
+            conn.query_one("template1", "SELECT pg_is_in_recovery()")
                 .await
                 .map(|row| row.get::<_, bool>(0))
-                .map_err(|e| e.to_string());
-            drop(client);
-            h.abort();
-            r
         };
         match tokio::time::timeout_at(end, probe).await {
             Ok(Ok(false)) => return Ok(()),
@@ -309,6 +312,28 @@ pub(crate) fn stop_orphan(data: &Path) -> Option<i32> {
         }
     }
     Some(pid)
+}
+
+/// Blocking: removes what a copied data directory may hold of the server it
+/// was copied from (lock and options files) and of an earlier recovery
+/// (signal files, `backup_label`, `tablespace_map`).
+pub(crate) fn clear_recovery_files(data: &Path) -> Result<(), StepError> {
+    for f in [
+        "postmaster.pid",
+        "postmaster.opts",
+        "standby.signal",
+        "recovery.signal",
+        "backup_label",
+        "tablespace_map",
+    ] {
+        let p = data.join(f);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &p, e)),
+        }
+    }
+    Ok(())
 }
 
 /// The pid of a live postmaster on `data`, by its `postmaster.pid` (a stale

@@ -276,21 +276,7 @@ fn prepare(
             false,
         ));
     }
-    for f in [
-        "postmaster.pid",
-        "postmaster.opts",
-        "standby.signal",
-        "recovery.signal",
-        "backup_label",
-        "tablespace_map",
-    ] {
-        let p = data.join(f);
-        match fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("removing", &p, e)),
-        }
-    }
+    crate::pgserver::clear_recovery_files(data)?;
     let write = |p: &Path, text: &str, owned: bool| -> Result<(), StepError> {
         fs::write(p, text).map_err(|e| io_err("writing", p, e))?;
         if owned {

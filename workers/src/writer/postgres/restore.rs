@@ -232,21 +232,7 @@ fn prepare(
     }
     let resume = mark == format!("{job} recovering");
     if !resume {
-        for f in [
-            "postmaster.pid",
-            "postmaster.opts",
-            "standby.signal",
-            "recovery.signal",
-            "backup_label",
-            "tablespace_map",
-        ] {
-            let p = data.join(f);
-            match fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("removing", &p, e)),
-            }
-        }
+        pgserver::clear_recovery_files(data)?;
         if let Plan::Archive { label, .. } = plan {
             let to = data.join("backup_label");
             fs::copy(label, &to).map_err(|e| io_err("copying", label, e))?;
@@ -486,19 +472,7 @@ async fn recovered_to(conn: &Conn, end: Instant) -> Result<String, StepError> {
     let q = "SELECT pg_current_wal_lsn()::text, substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8), \
              coalesce(to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', \
              'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), 'none')";
-    let work = async {
-        let (client, connection) = conn
-            .config("template1")
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())?;
-        let h = tokio::spawn(connection);
-        let row = client.query_one(q, &[]).await.map_err(|e| e.to_string());
-        drop(client);
-        h.abort();
-        row
-    };
-    let row = tokio::time::timeout_at(end, work)
+    let row = tokio::time::timeout_at(end, conn.query_one("template1", q))
         .await
         .map_err(|_| {
             StepError::new(
