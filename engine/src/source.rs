@@ -78,3 +78,35 @@ impl Source {
         }
     }
 }
+
+/// A list command (`recman targets|mounts|clones`): `GET /v1/KEY` from the
+/// running server (or `--server`), else `local` on the data dir; printed
+/// as `{"KEY": [...]}` with `--json`, else by `table`.
+pub async fn list<T, L, P>(
+    home: &Home,
+    server: &ServerArg,
+    json: bool,
+    key: &str,
+    local: L,
+    table: P,
+) -> anyhow::Result<std::process::ExitCode>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+    L: FnOnce(&View) -> Vec<T>,
+    P: FnOnce(&[T]),
+{
+    let list: Vec<T> = match Source::open(home, server.server.as_deref()).await? {
+        Source::Local(v) => local(&v),
+        Source::Remote(c) => {
+            let mut body: serde_json::Value = c.get(&format!("/v1/{key}")).await?;
+            serde_json::from_value(body[key].take())
+                .map_err(|e| anyhow::anyhow!("GET /v1/{key}: an unexpected answer: {e}"))?
+        }
+    };
+    if json {
+        println!("{}", serde_json::json!({ key: list }));
+    } else {
+        table(&list);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -4,13 +4,9 @@
 
 use std::process::ExitCode;
 
-use serde::Deserialize;
-use serde_json::json;
-
 use crate::home::Home;
 use crate::render::tables;
-use crate::source::{ServerArg, Source, READ_HELP};
-use crate::view::CloneView;
+use crate::source::{ServerArg, READ_HELP};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = READ_HELP)]
@@ -21,20 +17,6 @@ pub struct Args {
     pub server: ServerArg,
 }
 
-#[derive(Deserialize)]
-struct ClonesBody {
-    clones: Vec<CloneView>,
-}
-
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
-    let list = match Source::open(g, a.server.server.as_deref()).await? {
-        Source::Local(v) => v.clones(),
-        Source::Remote(c) => c.get::<ClonesBody>("/v1/clones").await?.clones,
-    };
-    if a.json {
-        println!("{}", json!({ "clones": list }));
-    } else {
-        tables::clones(&list);
-    }
-    Ok(ExitCode::SUCCESS)
+    crate::source::list(g, &a.server, a.json, "clones", |v| v.clones(), tables::clones).await
 }

@@ -3,13 +3,9 @@
 
 use std::process::ExitCode;
 
-use serde::Deserialize;
-use serde_json::json;
-
 use crate::home::Home;
 use crate::render::tables;
-use crate::source::{ServerArg, Source, READ_HELP};
-use crate::view::MountView;
+use crate::source::{ServerArg, READ_HELP};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = READ_HELP)]
@@ -20,20 +16,6 @@ pub struct Args {
     pub server: ServerArg,
 }
 
-#[derive(Deserialize)]
-struct MountsBody {
-    mounts: Vec<MountView>,
-}
-
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
-    let list = match Source::open(g, a.server.server.as_deref()).await? {
-        Source::Local(v) => v.mounts(),
-        Source::Remote(c) => c.get::<MountsBody>("/v1/mounts").await?.mounts,
-    };
-    if a.json {
-        println!("{}", json!({ "mounts": list }));
-    } else {
-        tables::mounts(&list);
-    }
-    Ok(ExitCode::SUCCESS)
+    crate::source::list(g, &a.server, a.json, "mounts", |v| v.mounts(), tables::mounts).await
 }
