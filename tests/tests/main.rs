@@ -29,6 +29,7 @@ mod linux_e2e;
 mod log_damage_cli;
 mod log_location_cli;
 mod notify_cli;
+mod package_deb;
 mod postgres_e2e;
 mod postgres_protect;
 mod postgres_restore;
