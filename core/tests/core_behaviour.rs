@@ -350,6 +350,32 @@ fn a_failed_group_freeze_thaws_the_frozen_member_then_retries() {
     assert_eq!(&before, core.state());
 }
 
+/// A retry never runs under an attempt number already used (its snapshot
+/// name would be the earlier attempt's), even when the record of the retry
+/// says otherwise (an old or damaged log): the attempt after `n` is `n + 1`.
+#[test]
+fn a_retry_never_reuses_an_attempt_number() {
+    let mut core = Core::new(config());
+    let (j, _) = request(&mut core, "r1", &["a"], 1, T);
+    let failed = core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", err(true)), T + 1);
+    let thawed = core.handle(rep(j, 1, Stage::Thaw, &["a"], "wa", thawed()), T + 2);
+    assert_eq!(kinds(&thawed.events), ["step_succeeded", "retry_scheduled"]);
+    let due = core.next_deadline().expect("retry timer");
+    // The same history in another core, its retry recorded as "attempt 1".
+    let mut again = Core::new(config());
+    request(&mut again, "r1", &["a"], 1, T);
+    for e in failed.events.iter().chain(&thawed.events) {
+        let mut e = e.clone();
+        if let EventBody::RetryScheduled { next_attempt, .. } = &mut e.body {
+            *next_attempt = 1;
+        }
+        again.apply(&e);
+    }
+    let s = again.handle(Input::TimerFired, due);
+    assert_eq!(kinds(&s.events), ["attempt_started", "stage_started"]);
+    assert_eq!(again.state().job(&j).map(|j| j.attempt), Some(2));
+}
+
 /// Issue 12 item 1: a freeze that failed may have landed (a hook that froze
 /// the application, then exited non-zero): the engine thaws it, back at the
 /// worker that tried, before the job fails.

@@ -243,6 +243,23 @@ fn a_failed_stop_or_safety_snapshot_starts_the_application_and_leaves_the_data()
             panic!("{:?}", s.events)
         };
         assert_eq!(*live, LiveData::Untouched);
+        if at_safety {
+            // The failed safety snapshot may have landed all the same: a
+            // reconcile that finds it knows whose it is (not "unknown").
+            r.handle(
+                Input::Reconcile {
+                    target: a(),
+                    origin: "cli".into(),
+                },
+                T + 500,
+            );
+            let names = [p.clone(), safety_name(op)].to_vec();
+            let s = r.handle(
+                rep(JobId::NONE, 1, Stage::Reconcile, ok(StepDetail::Listed { names })),
+                T + 600,
+            );
+            assert_eq!(kinds(&s.events), ["reconciled"], "{:?}", s.events);
+        }
     }
 }
 
@@ -408,6 +425,11 @@ fn a_clone_is_recorded_until_removed_and_names_are_unique() {
         },
         T + 100,
     );
+    // The name is taken while the first clone is still being made.
+    let same = RecoveryAction::Clone {
+        name: "test-db".into(),
+    };
+    assert_eq!(rejected(r.recover(7, &p, same, true, T + 150)), "clone_exists");
     r.handle(rep(c, 1, Stage::Restore, recovered("/clones/test-db")), T + 200);
     assert_eq!(
         r.core.state().recovery.clones["test-db"].location,
@@ -433,6 +455,10 @@ fn a_clone_is_recorded_until_removed_and_names_are_unique() {
         },
         T + 400,
     );
+    let again = RecoveryAction::RemoveClone {
+        name: "test-db".into(),
+    };
+    assert_eq!(rejected(r.recover(8, &p, again, true, T + 450)), "remove_pending");
     let s = r.handle(rep(rm, 1, Stage::Unmount, recovered("/clones/test-db")), T + 500);
     assert!(kinds(&s.events).contains(&"recovery_completed"));
     assert!(r.core.state().recovery.clones.is_empty());
@@ -650,4 +676,49 @@ fn a_report_with_an_unbounded_location_fails_its_step() {
         &logged[..300]
     );
     assert_eq!(r.core.state().recovery.ops[&op].state, OpState::Failed);
+}
+
+/// Each step's deadline is its own part's timeout (plus the same grace):
+/// the writer's for stop and start, the provider's for the safety snapshot,
+/// the recovery's for the restore, and a start of restored data gets the
+/// recovery's time on top (a database replays its log first).
+#[test]
+fn each_steps_deadline_follows_the_timeout_of_the_part_that_runs_it() {
+    let mut r = Run::new(config(|p| {
+        p.writer_timeout_ms = 11_000;
+        p.provider_timeout_ms = 22_000;
+        p.recovery_timeout_ms = 60_000;
+    }));
+    let pt = r.point(1, T);
+    let deadline = |s: &recman_core::Step| {
+        s.events
+            .iter()
+            .find_map(|e| match &e.body {
+                EventBody::RecoveryStepStarted { stage, deadline_ms } => {
+                    Some((*stage, *deadline_ms - e.at_ms))
+                }
+                _ => None,
+            })
+            .expect("a step started")
+    };
+    let op = JobId::from_parts(T + 100, 1_001);
+    r.recover(1, &pt, RecoveryAction::in_place(), true, T + 100);
+    let started = r
+        .log
+        .iter()
+        .rev()
+        .find(|e| e.job == op)
+        .expect("the stop")
+        .clone();
+    let EventBody::RecoveryStepStarted { stage, deadline_ms } = started.body else {
+        panic!("{started:?}")
+    };
+    assert_eq!(stage, Stage::Stop);
+    let grace = deadline_ms - started.at_ms - 11_000;
+    let s = r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 200);
+    assert_eq!(deadline(&s), (Stage::SafetySnapshot, 22_000 + grace));
+    let s = r.safety_report(op, T + 300);
+    assert_eq!(deadline(&s), (Stage::Restore, 60_000 + grace));
+    let s = r.handle(rep(op, 1, Stage::Restore, recovered("/data")), T + 400);
+    assert_eq!(deadline(&s), (Stage::Start, 11_000 + 60_000 + grace));
 }

@@ -177,6 +177,39 @@ fn a_group_point_is_kept_while_any_member_keeps_it() {
     );
 }
 
+/// A member keeps a group point only while it lists it: one whose copy
+/// vanished keeps nothing, even while a new point of its own is being
+/// recorded in the same decision.
+#[test]
+fn a_member_that_lost_its_copy_of_a_group_point_does_not_keep_it() {
+    let mut core = Core::new(config(&[
+        ("a", RetentionPolicy::last(1)),
+        ("b", RetentionPolicy::default()),
+    ]));
+    let (g, _) = complete(&mut core, 1, &["a", "b"], MONDAY);
+    let b = TargetId::from("b");
+    handle(
+        &mut core,
+        Input::Reconcile {
+            target: b.clone(),
+            origin: "cli".into(),
+        },
+        MONDAY + 10,
+    );
+    let listed = StepDetail::Listed { names: Vec::new() };
+    handle(
+        &mut core,
+        rep(JobId::NONE, Stage::Reconcile, &["b"], listed),
+        MONDAY + 20,
+    );
+    assert!(
+        !core.state().catalog[&b].iter().any(|e| e.job == g),
+        "b lost its copy"
+    );
+    let (_, p) = complete(&mut core, 2, &["a", "b"], MONDAY + HOUR);
+    assert_eq!(pruned(&p), [("a".to_string(), snapshot_name(g, 1))]);
+}
+
 #[test]
 fn a_group_point_nobody_keeps_is_pruned_from_every_member() {
     let mut core = Core::new(config(&[

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use recman_core::schedule::{rfc3339, Calendar, CalendarError, CatchUp, Overlap, Schedule};
+use recman_core::schedule::{human_ms, rfc3339, Calendar, CalendarError, CatchUp, Overlap, Schedule};
 use recman_core::{Core, CoreConfig, Input, JobState, Reply, TargetPolicy};
 use recman_events::{
     Event, EventBody, JobId, Outcome, Report, SnapshotInfo, SnapshotKind, Stage, StepDetail, TargetId,
@@ -439,6 +439,9 @@ fn catch_up_once_fires_the_latest_missed_slot_and_skip_fires_none() {
             ("skip".to_string(), t0 + 600_000, 10)
         ]
     );
+    // The book counts every missed slot, not only the skip events.
+    let book = &e.core.state().book.schedules;
+    assert_eq!((book["once"].skipped, book["skip"].skipped), (9, 10));
     // On time again: both fire at the next slot.
     let j = e.last_fired_job();
     e.finish(j, true);
@@ -669,4 +672,19 @@ fn the_due_index_agrees_with_a_full_scan_through_simulated_logs() {
     }
     // The comparison saw policy decisions, not only empty timers.
     assert!(timers > 1_000 && fired > 100, "timers {timers}, firings {fired}");
+}
+
+#[test]
+fn durations_print_in_the_largest_unit_that_divides() {
+    let cases = [
+        (0, "0ms"),
+        (1_500, "1500ms"),
+        (90_000, "90s"),
+        (120_000, "2m"),
+        (14_400_000, "4h"),
+        (172_800_000, "2d"),
+    ];
+    for (ms, want) in cases {
+        assert_eq!(human_ms(ms), want, "{ms} ms");
+    }
 }
