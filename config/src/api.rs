@@ -1,4 +1,5 @@
-//! `[api]`: where `recman up` serves the HTTP API and the bearer token file.
+//! `[api]`: where `recman up` serves the HTTP API, its bearer token file and
+//! its TLS certificate (required beyond loopback unless `insecure_http`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +27,25 @@ pub struct ApiConfig {
     /// `header_timeout = "15s"`: how long a client may take to send its
     /// request headers, and how long a keep-alive connection may sit idle.
     pub header_timeout: Option<Duration>,
+    /// `tls_cert = "path"`: the server's certificate chain (PEM), with
+    /// `tls_key`; the API then speaks HTTPS only (TLS 1.2 and 1.3), and
+    /// both files are read again on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key = "path"`: the private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// `insecure_http = true`: serve plain HTTP beyond loopback, knowingly
+    /// (the token then crosses the network in clear; logged as a warning).
+    pub insecure_http: bool,
+    /// `ca_file = "path"`: the CA (PEM) the commands of this host trust for
+    /// the server's certificate (default: the system's CA store).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    /// The certificate and key files, when TLS is configured.
+    pub fn tls(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
 }
 
 /// Bounds of `[api] header_timeout`.
@@ -39,7 +59,16 @@ pub(super) fn parse(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<ApiConfig, Config
     cx.check_keys(
         t,
         "api",
-        &["listen", "token_file", "max_connections", "header_timeout"],
+        &[
+            "listen",
+            "token_file",
+            "max_connections",
+            "header_timeout",
+            "tls_cert",
+            "tls_key",
+            "insecure_http",
+            "ca_file",
+        ],
     )?;
     let listen = match cx.string(t, "api", "listen")? {
         None => None,
@@ -84,11 +113,43 @@ pub(super) fn parse(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<ApiConfig, Config
             ));
         }
     }
+    let tls_cert = cx.path(t, "api", "tls_cert")?;
+    let tls_key = cx.path(t, "api", "tls_key")?;
+    for (given, missing) in [("tls_cert", "tls_key"), ("tls_key", "tls_cert")] {
+        if field(t, given).is_some() && field(t, missing).is_none() {
+            let span = field(t, given).map(|v| v.span()).unwrap_or_default();
+            return Err(cx.err(
+                span,
+                &format!("api.{given}"),
+                format!("{given} without {missing}: give both (PEM files) or neither"),
+            ));
+        }
+    }
+    let insecure_http = cx.bool(t, "api", "insecure_http")?.unwrap_or(false);
+    if let Some(l) = listen {
+        if !l.ip().is_loopback() && tls_cert.is_none() && !insecure_http {
+            let span = field(t, "listen").map(|v| v.span()).unwrap_or_default();
+            return Err(cx.err(
+                span,
+                "api.listen",
+                format!(
+                    "{l} is not a loopback address and the API has no TLS: add `tls_cert` and `tls_key` \
+                     (PEM files), or `insecure_http = true` to send the token in clear knowingly, or \
+                     listen on 127.0.0.1"
+                ),
+            ));
+        }
+    }
+    let ca_file = cx.path(t, "api", "ca_file")?;
     Ok(ApiConfig {
         listen,
         token_file,
         max_connections,
         header_timeout,
+        tls_cert,
+        tls_key,
+        insecure_http,
+        ca_file,
     })
 }
 
@@ -109,6 +170,44 @@ mod tests {
             Some(std::path::Path::new("/etc/recman/token"))
         );
         assert_eq!(parse("").unwrap().api, super::ApiConfig::default());
+    }
+
+    #[test]
+    fn beyond_loopback_the_api_needs_tls_or_a_knowing_insecure_http() {
+        let token = "token_file = \"t\"\n";
+        let e = parse(&format!("[api]\nlisten = \"10.0.0.5:7080\"\n{token}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(":2:") && e.contains("api.listen") && e.contains("no TLS"),
+            "{e}"
+        );
+        let c = parse(&format!(
+            "[api]\nlisten = \"10.0.0.5:7080\"\n{token}tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.api.tls(),
+            Some((
+                std::path::Path::new("/etc/recman/c.pem"),
+                std::path::Path::new("/etc/recman/k.pem")
+            ))
+        );
+        let c = parse(&format!(
+            "[api]\nlisten = \"10.0.0.5:7080\"\n{token}insecure_http = true\n"
+        ))
+        .unwrap();
+        assert!(c.api.insecure_http && c.api.tls().is_none());
+        // Loopback needs neither.
+        assert!(parse("[api]\nlisten = \"127.0.0.1:7080\"\n").is_ok());
+        for (bad, key) in [
+            ("tls_cert = \"c.pem\"\n", "api.tls_cert"),
+            ("tls_key = \"k.pem\"\n", "api.tls_key"),
+            ("insecure_http = \"yes\"\n", "api.insecure_http"),
+        ] {
+            let e = parse(&format!("[api]\n{bad}")).unwrap_err().to_string();
+            assert!(e.contains(":2:") && e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -210,7 +210,7 @@ pub fn default_label_dir(data_dir: &std::path::Path, target: &str) -> PathBuf {
 
 impl Cx<'_> {
     /// An optional `true`/`false` key.
-    fn bool(&self, t: &DeTable<'_>, path: &str, key: &str) -> Result<Option<bool>, ConfigError> {
+    pub(super) fn bool(&self, t: &DeTable<'_>, path: &str, key: &str) -> Result<Option<bool>, ConfigError> {
         match field(t, key) {
             None => Ok(None),
             Some(v) => match v.get_ref() {

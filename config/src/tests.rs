@@ -390,7 +390,18 @@ fn the_postgres_walk_through_parses_and_is_the_readme_s() {
 fn configs_that_cannot_work_are_refused() {
     // A listen address beyond loopback without a token.
     assert_err("[api]\nlisten = \"0.0.0.0:7080\"\n", 2, "api.listen", "no token");
-    assert!(parse("[api]\nlisten = \"0.0.0.0:7080\"\ntoken_file = \"t\"\n").is_ok());
+    // With a token, beyond loopback: TLS, or plain HTTP knowingly.
+    assert_err(
+        "[api]\nlisten = \"0.0.0.0:7080\"\ntoken_file = \"t\"\n",
+        2,
+        "api.listen",
+        "no TLS",
+    );
+    assert!(parse("[api]\nlisten = \"0.0.0.0:7080\"\ntoken_file = \"t\"\ninsecure_http = true\n").is_ok());
+    assert!(parse(
+        "[api]\nlisten = \"0.0.0.0:7080\"\ntoken_file = \"t\"\ntls_cert = \"c\"\ntls_key = \"k\"\n"
+    )
+    .is_ok());
     assert!(parse("[api]\nlisten = \"[::1]:7080\"\n").is_ok());
     // Absurd freeze limits (too long overflows deadlines; too short leaves no window).
     assert_err(

@@ -3,6 +3,7 @@
 //! server (`--server` or the discovery file), sends the bearer token, turns
 //! error bodies into messages, reads Server-Sent Events, follows a job.
 
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -41,14 +42,22 @@ impl ApiFailure {
 }
 
 impl Client {
-    /// `base` like `http://127.0.0.1:7080`.
-    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Client> {
+    /// `base` like `http://127.0.0.1:7080` or `https://…`; for HTTPS the
+    /// server's certificate must chain to `trust` (a PEM file: `[api]
+    /// ca_file`, or the server's own certificate) or, without one, to the
+    /// system's CA store.
+    pub fn new(base: &str, token: Option<String>, trust: Option<&Path>) -> anyhow::Result<Client> {
         // One TLS stack everywhere: rustls with ring (reqwest is built without a provider).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("building the HTTP client")?;
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(f) = trust.filter(|_| base.starts_with("https://")) {
+            let pem =
+                std::fs::read(f).with_context(|| format!("reading the API's CA file {}", f.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} is not a PEM certificate file", f.display()))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             http,
@@ -60,13 +69,15 @@ impl Client {
     /// of the data dir (its discovery file, if the server answers), else `None`
     /// (work on the data dir).
     pub async fn discover(home: &Home, server: Option<&str>) -> anyhow::Result<Option<Client>> {
+        let (token, ca_file) = from_config(home)?;
         if let Some(u) = server {
-            return Ok(Some(Client::new(u, token(home)?)?));
+            return Ok(Some(Client::new(u, token, ca_file.as_deref())?));
         }
         let Some(d) = discovery::find(&home.data_dir) else {
             return Ok(None);
         };
-        let c = Client::new(&d.url, token(home)?)?;
+        let trust = ca_file.or(d.tls_cert.clone());
+        let c = Client::new(&d.url, token, trust.as_deref())?;
         // A file left by a killed server whose pid was reused: nobody answers.
         match c
             .http
@@ -152,20 +163,21 @@ impl Client {
     }
 }
 
-/// The bearer token: `RECMAN_TOKEN`, else the config's `api.token_file`.
-fn token(home: &Home) -> anyhow::Result<Option<String>> {
-    if let Ok(t) = std::env::var("RECMAN_TOKEN") {
-        return Ok(Some(t.trim().to_string()));
-    }
+/// The bearer token (`RECMAN_TOKEN`, else the config's `api.token_file`)
+/// and the CA file the config names for the server (`api.ca_file`).
+fn from_config(home: &Home) -> anyhow::Result<(Option<String>, Option<PathBuf>)> {
+    let env = std::env::var("RECMAN_TOKEN").ok().map(|t| t.trim().to_string());
     let path = home.config_file();
     if !path.exists() {
-        return Ok(None);
+        return Ok((env, None));
     }
     let cfg = recman_config::Config::load(&path)?;
-    match cfg.api.token_file {
-        Some(f) => Ok(Some(read_token(&f)?)),
-        None => Ok(None),
-    }
+    let token = match (env, &cfg.api.token_file) {
+        (Some(t), _) => Some(t),
+        (None, Some(f)) => Some(read_token(f)?),
+        (None, None) => None,
+    };
+    Ok((token, cfg.api.ca_file))
 }
 
 /// Reads a token file (first line, trimmed); an empty file is an error.

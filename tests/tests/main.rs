@@ -19,6 +19,7 @@ mod amqp_recovery;
 mod amqp_up;
 mod api;
 mod api_contract;
+mod api_tls;
 mod audit_cli;
 mod check_cli;
 mod engine_listen;

@@ -19,6 +19,10 @@ pub struct Discovery {
     /// The server wants `Authorization: Bearer <token>` (from `api.token_file`).
     pub token_required: bool,
     pub started_at_ms: u64,
+    /// With TLS (`https://`): the server's certificate file, which commands
+    /// on this host trust when their config names no `[api] ca_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
 }
 
 pub fn path(data_dir: &Path) -> PathBuf {

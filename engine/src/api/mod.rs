@@ -32,6 +32,7 @@ mod routes;
 pub mod serve;
 pub mod server;
 mod sse;
+pub mod tls;
 
 pub use error::{ApiError, ErrorBody};
 use instrument::Stats;

@@ -3,7 +3,8 @@
 //! left idle that long), and at most `max_connections` are open at once (one
 //! more gets a JSON 503 and is closed), so idle or slow clients can neither
 //! pin the process's file descriptors nor starve `/healthz` and submits.
-//! Graceful shutdown: stop accepting, let in-flight requests finish.
+//! Graceful shutdown: stop accepting, let in-flight requests finish. With
+//! TLS (`[api] tls_cert`) the handshake must end within `header_timeout` too.
 
 use std::future::Future;
 use std::pin::pin;
@@ -14,9 +15,12 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+
+use super::tls::Tls;
 
 /// How long a client may take to send a request's headers, and how long a
 /// keep-alive connection may sit idle between requests.
@@ -59,6 +63,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -84,26 +89,47 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(app.clone());
-        let mut closing = closing_rx.clone();
+        let app = app.clone();
+        let closing = closing_rx.clone();
+        let acceptor = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.current()));
         conns.spawn(async move {
             let _permit = permit;
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), svc));
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = closing.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
+            match acceptor {
+                None => connection(stream, app, limits, closing).await,
+                Some(acceptor) => {
+                    // A client that never finishes its handshake holds no slot for long.
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => connection(tls, app, limits, closing).await,
+                        Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
             }
-            let _ = conn.await;
         });
     }
     drop(listener);
     closing.send_replace(true);
     while conns.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS) until it ends, or until
+/// `closing`, then lets its request in flight finish.
+async fn connection<S>(io: S, app: Router, limits: Limits, mut closing: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = TowerToHyperService::new(app);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(io), svc));
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = closing.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
 }
 
 /// Answers a connection over the cap with a 503 (best effort, never waits).

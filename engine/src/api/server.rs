@@ -1,5 +1,5 @@
 //! The HTTP API beside a running engine, the one assembly `recman up` and
-//! `recman engine --listen` share: the address and token rules ([`Plan`]),
+//! `recman engine --listen` share: the address, token and TLS rules ([`Plan`]),
 //! the projection and the bound socket ([`Bound`]), then the server, its
 //! view follower, readiness and `DATA_DIR/server.json` ([`Running`]).
 //!
@@ -27,21 +27,25 @@ use tokio::task::JoinHandle;
 use super::discovery::{self, Discovery};
 use super::instrument::Stats;
 use super::serve::{self, Limits};
+use super::tls::Tls;
 use super::Shared;
 use crate::client::read_token;
 use crate::handle::Caller;
 use crate::view::{Until, View};
 
-/// Where to listen, with what token and limits; checked, nothing opened yet.
+/// Where to listen, with what token, TLS and limits; checked, nothing
+/// opened yet.
 pub struct Plan {
     listen: SocketAddr,
     token: Option<String>,
+    tls: Option<Arc<Tls>>,
     limits: Limits,
 }
 
 impl Plan {
-    /// The API on `listen`, with the config's `[api]` token and limits.
-    /// Refuses a non-loopback address without `[api] token_file`.
+    /// The API on `listen`, with the config's `[api]` token, TLS and
+    /// limits. Refuses a non-loopback address without `[api] token_file`,
+    /// or without TLS unless `[api] insecure_http` says so knowingly.
     pub fn new(config: &Config, listen: SocketAddr) -> anyhow::Result<Plan> {
         let token = config.api.token_file.as_deref().map(read_token).transpose()?;
         if !listen.ip().is_loopback() && token.is_none() {
@@ -49,6 +53,21 @@ impl Plan {
                 "refusing to listen on {listen}: it is not a loopback address and no bearer token is set; \
                  write a token to a file and name it in the config (`[api] token_file = \"/etc/recman/token\"`), \
                  or listen on 127.0.0.1"
+            );
+        }
+        let tls = config.api.tls().map(|(c, k)| Tls::load(c, k)).transpose()?;
+        if !listen.ip().is_loopback() && tls.is_none() {
+            if !config.api.insecure_http {
+                bail!(
+                    "refusing to listen on {listen}: it is not a loopback address and the API has no TLS \
+                     (the token would cross the network in clear); name a certificate and its key in the \
+                     config (`[api] tls_cert`, `tls_key`, PEM), or set `insecure_http = true` knowingly, \
+                     or listen on 127.0.0.1"
+                );
+            }
+            tracing::warn!(
+                "the API listens on {listen} without TLS (`[api] insecure_http = true`): \
+                 the bearer token crosses the network in clear"
             );
         }
         let limits = Limits {
@@ -61,6 +80,7 @@ impl Plan {
         Ok(Plan {
             listen,
             token,
+            tls,
             limits,
         })
     }
@@ -131,8 +151,20 @@ impl Bound {
             let _ = stop_rx.wait_for(|v| *v).await;
         };
         let app = super::router(shared.clone());
-        let http = tokio::spawn(serve::serve(self.listener, app, self.plan.limits, http_stop));
-        let url = format!("http://{local}");
+        let tls = self.plan.tls;
+        let reload = match &tls {
+            Some(t) => tokio::spawn(t.clone().reload_on_hangup()),
+            None => tokio::spawn(async {}),
+        };
+        let http = tokio::spawn(serve::serve(
+            self.listener,
+            app,
+            self.plan.limits,
+            tls.clone(),
+            http_stop,
+        ));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{local}");
         let pid = std::process::id();
         discovery::write(
             data_dir,
@@ -141,6 +173,7 @@ impl Bound {
                 pid,
                 token_required: shared.token.is_some(),
                 started_at_ms: recman_events::clock::now_ms(),
+                tls_cert: tls.as_ref().map(|t| t.cert().to_path_buf()),
             },
         )
         .with_context(|| format!("writing {}", discovery::path(data_dir).display()))?;
@@ -148,7 +181,7 @@ impl Bound {
             url,
             http,
             stopping: stopping_tx,
-            tasks: [follower, readiness],
+            tasks: [follower, readiness, reload],
             shared,
             announced: Announced {
                 data_dir: data_dir.to_path_buf(),
@@ -160,11 +193,11 @@ impl Bound {
 
 /// The API serving; announced in the discovery file.
 pub struct Running {
-    /// Base URL, e.g. `http://127.0.0.1:7080`.
+    /// Base URL, e.g. `http://127.0.0.1:7080` (`https://` with TLS).
     pub url: String,
     http: JoinHandle<std::io::Result<()>>,
     stopping: watch::Sender<bool>,
-    tasks: [JoinHandle<()>; 2],
+    tasks: [JoinHandle<()>; 3],
     shared: Arc<Shared>,
     announced: Announced,
 }

@@ -31,7 +31,8 @@ A request that does not parse or validate, or that the engine refuses (unknown t
 job already ended), is dead-lettered to recman.dlq with the reason in the header\n\
 x-recman-reason; the engine goes on.\n\n\
 HTTP API: with --listen ADDR:PORT, or `[api] listen` in the config, the engine serves the same\n\
-API as `recman up` (no API without either). A non-loopback address needs `[api] token_file`.\n\
+API as `recman up` (no API without either). A non-loopback address needs `[api] token_file`\n\
+and TLS (`[api] tls_cert`, `tls_key`) or `insecure_http = true`.\n\
 While it runs, DATA_DIR/server.json tells `recman jobs`, `job`, `targets`, `snapshots`, `events`\n\
 and `cancel` on this host where it is (elsewhere: --server URL); it is removed at shutdown.\n\n\
 Stops on Ctrl-C or SIGTERM. Exit codes: 0 clean shutdown, 2 could not start or lost the\n\

@@ -24,8 +24,9 @@ use crate::home::Missing;
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "The API listens on 127.0.0.1:7080 unless --listen or `[api] listen` in the\n\
-config says otherwise. A non-loopback address needs `[api] token_file = \"/path/to/token\"`;\n\
-clients then send `Authorization: Bearer <token>`. While it runs, DATA_DIR/server.json tells\n\
+config says otherwise. A non-loopback address needs `[api] token_file = \"/path/to/token\"`\n\
+(clients then send `Authorization: Bearer <token>`) and TLS: `[api] tls_cert` and `tls_key`\n\
+(PEM; read again on SIGHUP), or `insecure_http = true` knowingly. While it runs, DATA_DIR/server.json tells\n\
 the other commands (jobs, job, targets, snapshots, cancel, replay, snapshot) where it is.\n\
 Without a config, `up` serves the demo target (see `recman snapshot demo`).\n\n\
 Its own workers run the steps of every pool of the config when the bus is in-process. Over\n\
