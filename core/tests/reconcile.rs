@@ -355,3 +355,25 @@ fn the_arrays_expiry_of_a_copy_is_recorded_with_the_snapshot() {
     );
     r.replay();
 }
+
+#[test]
+fn only_names_of_recmans_shape_look_like_ours() {
+    use recman_core::reconcile::looks_ours;
+    let id20 = "0123456789abcdefghij";
+    let id16 = "0123456789abcdef";
+    for yes in [format!("rm-{id20}-a1"), format!("rm-{id16}-a12")] {
+        assert!(looks_ours(&yes), "{yes}");
+    }
+    for no in [
+        format!("rm-{id20}-a"),
+        format!("rm-{id20}-ax"),
+        format!("rm-{id20}x-a1"),
+        format!("rm-0123456789abcdefghi-a1"),
+        format!("rm-0123456789ABCDEFGHIJ-a1"),
+        format!("xx-{id20}-a1"),
+        format!("rm-{id20}"),
+        "nightly-by-hand".to_string(),
+    ] {
+        assert!(!looks_ours(&no), "{no}");
+    }
+}

@@ -267,6 +267,23 @@ fn a_failed_stop_or_safety_snapshot_starts_the_application_and_leaves_the_data()
 fn refusals_are_clear() {
     let mut r = Run::new(config(|_| {}));
     let p = r.point(1, T);
+    // A point the named target does not hold.
+    let ask = Ask {
+        request_id: RequestId::new("rec10"),
+        target: Some(a()),
+        snapshot: Some("rm-0123456789abcdefghij-a1".into()),
+        action: RecoveryAction::mount(false),
+        confirm: true,
+    };
+    let s = r.handle(
+        Input::Recover {
+            ask,
+            origin: "test".into(),
+            new_job: JobId::from_parts(T, 10),
+        },
+        T + 10,
+    );
+    assert_eq!(rejected(s.reply), "unknown_snapshot");
     assert_eq!(
         rejected(r.recover(1, &p, RecoveryAction::in_place(), false, T + 10)),
         "confirmation_required"

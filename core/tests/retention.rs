@@ -274,3 +274,19 @@ fn prune_input_applies_changed_rules_to_the_catalog() {
     );
     assert_eq!(s.reply, Reply::Pruning { asked: 0 });
 }
+
+#[test]
+fn spans_print_in_the_largest_unit_that_divides() {
+    use recman_core::retention::span;
+    let cases = [
+        (0, "0ms"),
+        (1_500, "1500ms"),
+        (20_000, "20s"),
+        (5_400_000, "90m"),
+        (90_000_000, "25h"),
+        (14 * 24 * HOUR, "14d"),
+    ];
+    for (ms, want) in cases {
+        assert_eq!(span(ms), want, "{ms} ms");
+    }
+}

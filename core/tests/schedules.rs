@@ -279,7 +279,89 @@ fn bad_cron_and_time_zones_are_refused_with_the_reason() {
         Err(CalendarError::Timezone(m)) if m.contains("Europe/Berlim")
     ));
     assert!(Calendar::cron("@daily", "UTC").is_ok());
+    // The field count is checked first, with a message that says so.
+    for (expr, n) in [("*", 1), ("@daily extra", 2)] {
+        assert!(
+            matches!(Calendar::cron(expr, "UTC"), Err(CalendarError::Cron(m)) if m.contains(&format!("has {n} fields"))),
+            "{expr}"
+        );
+    }
     assert!(Calendar::every(500).is_err());
+}
+
+/// A jitter is a fixed delay per schedule in `[0, jitter]`, not zero, the
+/// same at every look, and different schedules spread.
+#[test]
+fn jitter_is_a_fixed_spread_within_its_bound() {
+    let mut delays = std::collections::BTreeSet::new();
+    for id in ["nightly", "db", "mail", "files"] {
+        let mut s = sched(id, &["a"], Calendar::every(3_600_000).expect("every"));
+        s.jitter_ms = 600_000;
+        let j = s.jitter_ms();
+        assert!(j <= 600_000, "{id}: {j}");
+        assert_eq!(j, s.jitter_ms(), "{id}: the same at every look");
+        delays.insert(j);
+    }
+    assert!(delays.len() > 1 && delays.iter().any(|j| *j > 0), "{delays:?}");
+}
+
+/// Catch-up after downtime with a cron schedule counts its missed slots,
+/// and `catch_up = skip` with the newest slot on time fires that slot.
+#[test]
+fn catch_up_counts_cron_slots_and_skip_fires_a_newest_slot_on_time() {
+    let t0 = utc("2026-01-01T00:00:00Z");
+    let once = sched("once", &["a"], Calendar::cron("* * * * *", "UTC").expect("cron"));
+    let mut skip = sched("skip", &["b"], Calendar::every(60_000).expect("every"));
+    skip.catch_up = CatchUp::Skip;
+    let cfg = config(vec![once, skip]);
+    let e = Engine::start(cfg.clone(), t0);
+    // Back 1 s after the slot of minute 10: that slot is on time.
+    let e = e.restart(cfg, t0 + 601_000);
+    let skipped: Vec<(String, u64, u32)> = e
+        .kinds("schedule_skipped")
+        .iter()
+        .filter_map(|ev| match &ev.body {
+            EventBody::ScheduleSkipped {
+                schedule,
+                slot_ms,
+                missed,
+                ..
+            } => Some((schedule.clone(), *slot_ms, *missed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            ("once".to_string(), t0 + 540_000, 9),
+            ("skip".to_string(), t0 + 540_000, 9)
+        ]
+    );
+    let mut fired: Vec<(String, u64)> = e
+        .kinds("schedule_fired")
+        .iter()
+        .filter_map(|ev| match &ev.body {
+            EventBody::ScheduleFired { schedule, slot_ms } => Some((schedule.clone(), *slot_ms)),
+            _ => None,
+        })
+        .collect();
+    fired.sort();
+    assert_eq!(
+        fired,
+        [
+            ("once".to_string(), t0 + 600_000),
+            ("skip".to_string(), t0 + 600_000)
+        ]
+    );
+    // On time from here: the next slot fires, nothing more is skipped.
+    let mut e = e;
+    let jobs: Vec<JobId> = e.kinds("schedule_fired").iter().map(|ev| ev.job).collect();
+    for j in jobs {
+        e.finish(j, true);
+    }
+    e.run_until(t0 + 660_000);
+    assert_eq!(e.kinds("schedule_fired").len(), 4);
+    assert_eq!(e.kinds("schedule_skipped").len(), 2);
 }
 
 #[test]
@@ -340,7 +422,10 @@ fn a_slot_queued_behind_a_job_that_a_timer_ends_fires_in_that_same_decision() {
     let t0 = utc("2026-01-01T00:00:00Z");
     let mut queue = sched("queue", &["b"], Calendar::every(60_000).expect("every"));
     queue.overlap = Overlap::QueueOne;
-    let mut cfg = config(vec![queue]);
+    // Another schedule first in the config: the one that fires must be
+    // found by the job it watches, not by its place.
+    let hourly = sched("hourly", &["a"], Calendar::every(3_600_000).expect("every"));
+    let mut cfg = config(vec![hourly, queue]);
     for p in cfg.targets.values_mut() {
         p.freeze_limit_ms = 3_600_000;
         p.writer_timeout_ms = 100_000;
