@@ -739,3 +739,28 @@ fn each_steps_deadline_follows_the_timeout_of_the_part_that_runs_it() {
     let s = r.handle(rep(op, 1, Stage::Restore, recovered("/data")), T + 400);
     assert_eq!(deadline(&s), (Stage::Start, 11_000 + 60_000 + grace));
 }
+
+/// Two mounts whose age limit passes at the same instant are each taken
+/// away by a job of its own: the unmount job's id follows from its mount's
+/// and is different for every mount.
+#[test]
+fn mounts_that_expire_together_get_an_unmount_job_each() {
+    let mut r = Run::new(config(|p| p.max_mount_age_ms = Some(3_600_000)));
+    let p = r.point(1, T);
+    // Two mounts requested at one instant (ids differing in one low bit).
+    let m1 = r.accepted(1, &p, RecoveryAction::mount(false), T + 100);
+    let m3 = r.accepted(3, &p, RecoveryAction::mount(false), T + 100);
+    r.handle(rep(m1, 1, Stage::Mount, recovered("/mnt/1")), T + 200);
+    r.handle(rep(m3, 1, Stage::Mount, recovered("/mnt/3")), T + 200);
+    assert_eq!(r.core.state().recovery.mounts.len(), 2);
+    let s = r.handle(Input::TimerFired, T + 200 + 3_600_000);
+    let asked: std::collections::BTreeSet<JobId> = s
+        .events
+        .iter()
+        .filter(|e| matches!(e.body, EventBody::RecoveryRequested { .. }))
+        .map(|e| e.job)
+        .collect();
+    assert_eq!(asked.len(), 2, "{:?}", kinds(&s.events));
+    assert!(!asked.contains(&m1) && !asked.contains(&m3));
+    r.replay();
+}
