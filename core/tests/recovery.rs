@@ -63,11 +63,16 @@ impl Run {
             action,
             confirm,
         };
+        self.ask(ask, JobId::from_parts(now, 1_000 + n), now)
+    }
+
+    /// The engine's answer to `ask`, as job `new_job` if accepted.
+    fn ask(&mut self, ask: Ask, new_job: JobId, now: u64) -> Reply {
         self.handle(
             Input::Recover {
                 ask,
                 origin: "test".into(),
-                new_job: JobId::from_parts(now, 1_000 + n),
+                new_job,
             },
             now,
         )
@@ -275,15 +280,10 @@ fn refusals_are_clear() {
         action: RecoveryAction::mount(false),
         confirm: true,
     };
-    let s = r.handle(
-        Input::Recover {
-            ask,
-            origin: "test".into(),
-            new_job: JobId::from_parts(T, 10),
-        },
-        T + 10,
+    assert_eq!(
+        rejected(r.ask(ask, JobId::from_parts(T, 10), T + 10)),
+        "unknown_snapshot"
     );
-    assert_eq!(rejected(s.reply), "unknown_snapshot");
     assert_eq!(
         rejected(r.recover(1, &p, RecoveryAction::in_place(), false, T + 10)),
         "confirmation_required"
@@ -299,15 +299,10 @@ fn refusals_are_clear() {
         action: RecoveryAction::mount(false),
         confirm: false,
     };
-    let s = r.handle(
-        Input::Recover {
-            ask,
-            origin: "test".into(),
-            new_job: JobId::from_parts(T, 9),
-        },
-        T + 10,
+    assert_eq!(
+        rejected(r.ask(ask, JobId::from_parts(T, 9), T + 10)),
+        "unknown_target"
     );
-    assert_eq!(rejected(s.reply), "unknown_target");
     assert_eq!(
         rejected(r.recover(
             3,
@@ -328,15 +323,10 @@ fn refusals_are_clear() {
         action: RecoveryAction::mount(false),
         confirm: false,
     };
-    let s = r.handle(
-        Input::Recover {
-            ask,
-            origin: "test".into(),
-            new_job: JobId::from_parts(T, 10),
-        },
-        T + 10,
+    assert_eq!(
+        rejected(r.ask(ask, JobId::from_parts(T, 10), T + 10)),
+        "request_id_in_use"
     );
-    assert_eq!(rejected(s.reply), "request_id_in_use");
     // Busy: a job holds the target; an in-place restore is refused, a
     // mount (which leaves the live data alone) runs alongside the job.
     let j = r.request(2, T + 20);

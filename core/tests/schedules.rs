@@ -112,6 +112,22 @@ impl Engine {
         self.log.iter().filter(|e| e.body.kind() == kind).collect()
     }
 
+    /// Every `schedule_skipped`: (schedule, slot, missed).
+    fn skips(&self) -> Vec<(String, u64, u32)> {
+        self.kinds("schedule_skipped")
+            .iter()
+            .filter_map(|ev| match &ev.body {
+                EventBody::ScheduleSkipped {
+                    schedule,
+                    slot_ms,
+                    missed,
+                    ..
+                } => Some((schedule.clone(), *slot_ms, *missed)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Walks a job's current attempt to Completed (or a failed freeze).
     fn finish(&mut self, job: JobId, ok: bool) {
         let targets = self.core.state().jobs[&job].targets.clone();
@@ -317,19 +333,7 @@ fn catch_up_counts_cron_slots_and_skip_fires_a_newest_slot_on_time() {
     let e = Engine::start(cfg.clone(), t0);
     // Back 1 s after the slot of minute 10: that slot is on time.
     let e = e.restart(cfg, t0 + 601_000);
-    let skipped: Vec<(String, u64, u32)> = e
-        .kinds("schedule_skipped")
-        .iter()
-        .filter_map(|ev| match &ev.body {
-            EventBody::ScheduleSkipped {
-                schedule,
-                slot_ms,
-                missed,
-                ..
-            } => Some((schedule.clone(), *slot_ms, *missed)),
-            _ => None,
-        })
-        .collect();
+    let skipped = e.skips();
     assert_eq!(
         skipped,
         [
@@ -504,19 +508,7 @@ fn catch_up_once_fires_the_latest_missed_slot_and_skip_fires_none() {
         matches!(&fired[0].body, EventBody::ScheduleFired { schedule, slot_ms }
         if schedule == "once" && *slot_ms == t0 + 600_000)
     );
-    let skipped: Vec<(String, u64, u32)> = e
-        .kinds("schedule_skipped")
-        .iter()
-        .filter_map(|ev| match &ev.body {
-            EventBody::ScheduleSkipped {
-                schedule,
-                slot_ms,
-                missed,
-                ..
-            } => Some((schedule.clone(), *slot_ms, *missed)),
-            _ => None,
-        })
-        .collect();
+    let skipped = e.skips();
     assert_eq!(
         skipped,
         [

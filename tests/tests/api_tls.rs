@@ -80,23 +80,25 @@ impl Drop for Up {
     }
 }
 
-fn config(dir: &Path, port: u16, tls: bool) -> PathBuf {
-    let d = dir.display();
-    let tls = if tls {
-        format!("tls_cert = \"{d}/cert.pem\"\ntls_key = \"{d}/key.pem\"\nca_file = \"{d}/ca.pem\"\n")
-    } else {
-        String::new()
-    };
+/// `DIR/recman.toml`: `[api]` with `api` (its lines), one `none` target.
+fn write_config(dir: &Path, api: &str) -> PathBuf {
     let p = dir.join("recman.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "[api]\nlisten = \"127.0.0.1:{port}\"\n{tls}\n[[target]]\nid = \"t\"\n[target.writer]\ntype = \"none\"\n\
-             [target.provider]\ntype = \"none\"\n"
+    let target =
+        "[[target]]\nid = \"t\"\n[target.writer]\ntype = \"none\"\n[target.provider]\ntype = \"none\"\n";
+    std::fs::write(&p, format!("[api]\n{api}\n{target}")).unwrap();
+    p
+}
+
+/// The API on 127.0.0.1:`port` with the certificate files of `dir`.
+fn tls_config(dir: &Path, port: u16) -> PathBuf {
+    let d = dir.display();
+    write_config(
+        dir,
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\ntls_cert = \"{d}/cert.pem\"\ntls_key = \"{d}/key.pem\"\n\
+             ca_file = \"{d}/ca.pem\""
         ),
     )
-    .unwrap();
-    p
 }
 
 fn write_pair(dir: &Path, (cert, key, _): &(String, String, Vec<u8>)) {
@@ -113,7 +115,7 @@ async fn the_api_speaks_https_only_with_its_certificate_and_reloads_it_on_sighup
     let first = ca.server("recman api one");
     write_pair(d, &first);
     let port = free_port();
-    let cfg = config(d, port, true);
+    let cfg = tls_config(d, port);
     let data = d.join("data");
     let mut child = Command::new(recman_bin())
         .arg("--data-dir")
@@ -222,16 +224,8 @@ fn beyond_loopback_without_tls_the_api_is_refused_before_anything_is_bound() {
     let dir = recman_testkit::temp_dir();
     let d = dir.path();
     std::fs::write(d.join("token"), "s3cret\n").unwrap();
-    let cfg = d.join("recman.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[api]\ntoken_file = \"{}/token\"\n[[target]]\nid = \"t\"\n[target.writer]\ntype = \"none\"\n\
-             [target.provider]\ntype = \"none\"\n",
-            d.display()
-        ),
-    )
-    .unwrap();
+    let token = format!("token_file = \"{}/token\"", d.display());
+    let cfg = write_config(d, &token);
     // A documentation address (TEST-NET-1): refused before any bind.
     let out = Command::new(recman_bin())
         .arg("--data-dir")
@@ -250,15 +244,7 @@ fn beyond_loopback_without_tls_the_api_is_refused_before_anything_is_bound() {
     );
     assert!(!d.join("data/server.json").exists());
     // In the file: refused with file, line and key.
-    std::fs::write(
-        &cfg,
-        format!(
-            "[api]\nlisten = \"192.0.2.10:7080\"\ntoken_file = \"{}/token\"\n[[target]]\nid = \"t\"\n\
-             [target.writer]\ntype = \"none\"\n[target.provider]\ntype = \"none\"\n",
-            d.display()
-        ),
-    )
-    .unwrap();
+    let cfg = write_config(d, &format!("listen = \"192.0.2.10:7080\"\n{token}"));
     let out = Command::new(recman_bin())
         .arg("--config")
         .arg(&cfg)
