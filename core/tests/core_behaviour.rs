@@ -936,3 +936,31 @@ proptest! {
 fn unused_helpers_compile() {
     let _ = EventBody::Cancelled;
 }
+
+/// The delay before a retry is exponential with equal jitter: for the
+/// attempt's bound `d` (base × 2^(attempt-1), at most the maximum) it lies
+/// in `[d/2, d]`, whatever the draw.
+#[test]
+fn retry_backoff_stays_within_half_to_all_of_its_bound() {
+    let p = recman_core::JobPolicy {
+        freeze_limit_ms: 10_000,
+        thaw_margin_ms: 1_000,
+        stage_timeout_ms: 30_000,
+        snapshot_timeout_ms: 30_000,
+        max_retries: 5,
+        backoff_base_ms: 1_000,
+        backoff_max_ms: 60_000,
+    };
+    for seed in 0..50 {
+        let mut rng = Rng::new(seed);
+        for attempt in 1..=10u32 {
+            let d = (1_000u64 << (attempt - 1)).min(60_000);
+            let b = p.backoff_ms(attempt, &mut rng);
+            assert!(
+                d / 2 <= b && b <= d,
+                "attempt {attempt}, seed {seed}: {b} not in [{}, {d}]",
+                d / 2
+            );
+        }
+    }
+}

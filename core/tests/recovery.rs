@@ -522,6 +522,13 @@ fn until_is_checked_and_the_start_after_a_restore_recovers_and_says_to_what() {
         rejected(r.recover(2, &p, to(Until::Time(taken + 5_000)), true, taken + 10)),
         "until_in_future"
     );
+    // The instant the point completed is the earliest time it can stop at.
+    let mut first = Run::new(config(|p| p.fingerprint = Some("postgres/btrfs".into())));
+    let fp = first.point(1, T);
+    assert!(matches!(
+        first.recover(4, &fp, to(Until::Time(taken)), true, taken + 10),
+        Reply::Accepted { .. }
+    ));
     let op = r.accepted(3, &p, to(Until::Time(taken + 5)), taken + 10);
     let s = r.handle(
         rep(

@@ -765,3 +765,22 @@ fn durations_print_in_the_largest_unit_that_divides() {
         assert_eq!(human_ms(ms), want, "{ms} ms");
     }
 }
+
+/// An RPO change is recorded once: a target whose RPO was removed and
+/// which then leaves the config records nothing more at later starts.
+#[test]
+fn an_rpo_change_is_recorded_once_even_when_its_target_leaves() {
+    let t0 = utc("2026-01-01T00:00:00Z");
+    let mut cfg = config(Vec::new());
+    let a = TargetId::from("a");
+    cfg.targets.get_mut(&a).unwrap().rpo_ms = Some(86_400_000);
+    let e = Engine::start(cfg.clone(), t0);
+    assert_eq!(e.kinds("rpo_changed").len(), 1);
+    cfg.targets.get_mut(&a).unwrap().rpo_ms = None;
+    let e = e.restart(cfg.clone(), t0 + 1_000);
+    assert_eq!(e.kinds("rpo_changed").len(), 2, "removed: recorded as 0");
+    cfg.targets.remove(&a);
+    let e = e.restart(cfg.clone(), t0 + 2_000);
+    let e = e.restart(cfg, t0 + 3_000);
+    assert_eq!(e.kinds("rpo_changed").len(), 2, "nothing left to record");
+}
