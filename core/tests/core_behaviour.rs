@@ -964,3 +964,45 @@ fn retry_backoff_stays_within_half_to_all_of_its_bound() {
         }
     }
 }
+
+/// An old log (before `late_snapshot` existed) records a snapshot that came
+/// after its job ended as a `step_succeeded`: the fold takes it as the
+/// job's late snapshot only for the job's own attempt and only when the
+/// job has none; another attempt's, or a second one, moves nothing.
+#[test]
+fn an_old_logs_snapshot_after_the_end_counts_only_for_its_own_attempt() {
+    let mut core = Core::new(config());
+    let (j, _) = request(&mut core, "r1", &["a"], 1, T);
+    core.handle(rep(j, 1, Stage::Freeze, &["a"], "wa", err(false)), T + 1);
+    core.handle(rep(j, 1, Stage::Thaw, &["a"], "wa", thawed()), T + 2);
+    assert_eq!(core.state().job(&j).map(|j| j.state), Some(JobState::Failed));
+    let late = |attempt: u32, name: &str| recman_events::Event {
+        at_ms: T + 3,
+        job: j,
+        body: EventBody::StepSucceeded {
+            stage: Stage::Snapshot,
+            attempt,
+            target: TargetId::from("a"),
+            worker: WorkerId::from("wa"),
+            duration_us: 1,
+            detail: StepDetail::Snapshot(SnapshotInfo {
+                name: name.into(),
+                provider: "copy".into(),
+                location: "/x".into(),
+                size_bytes: None,
+                existed: false,
+                array_expiry: None,
+            }),
+        },
+    };
+    core.apply(&late(2, "other-attempt"));
+    assert!(
+        core.state().job(&j).unwrap().snapshot.is_none(),
+        "another attempt's"
+    );
+    core.apply(&late(1, "first"));
+    core.apply(&late(1, "second"));
+    let job = core.state().job(&j).unwrap();
+    assert!(job.late_snapshot);
+    assert_eq!(job.snapshot.as_ref().map(|s| s.name.as_str()), Some("first"));
+}

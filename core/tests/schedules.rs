@@ -303,6 +303,16 @@ fn bad_cron_and_time_zones_are_refused_with_the_reason() {
         );
     }
     assert!(Calendar::every(500).is_err());
+    // Calendars are equal when they say the same.
+    assert_eq!(Calendar::every(60_000).unwrap(), Calendar::every(60_000).unwrap());
+    assert_ne!(
+        Calendar::every(60_000).unwrap(),
+        Calendar::every(120_000).unwrap()
+    );
+    assert_ne!(
+        Calendar::cron("0 2 * * *", "UTC").unwrap(),
+        Calendar::cron("0 2 * * *", "Europe/Berlin").unwrap()
+    );
 }
 
 /// A jitter is a fixed delay per schedule in `[0, jitter]`, not zero, the

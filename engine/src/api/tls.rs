@@ -69,7 +69,7 @@ impl Tls {
 fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let certs: Vec<CertificateDer<'static>> = {
         let f = std::fs::File::open(cert).with_context(|| format!("reading tls_cert {}", cert.display()))?;
-        rustls_pemfile_certs(&mut BufReader::new(f))
+        pem_certs(&mut BufReader::new(f))
             .with_context(|| format!("tls_cert {} is not a PEM certificate chain", cert.display()))?
     };
     if certs.is_empty() {
@@ -80,7 +80,7 @@ fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     }
     let key_der: PrivateKeyDer<'static> = {
         let f = std::fs::File::open(key).with_context(|| format!("reading tls_key {}", key.display()))?;
-        rustls_pemfile_key(&mut BufReader::new(f))
+        pem_key(&mut BufReader::new(f))
             .with_context(|| format!("tls_key {} is not a PEM private key", key.display()))?
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -101,7 +101,7 @@ fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
 }
 
 /// Every `CERTIFICATE` block of a PEM stream.
-fn rustls_pemfile_certs(r: &mut dyn std::io::BufRead) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+fn pem_certs(r: &mut dyn std::io::BufRead) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::pem_reader_iter(r)
         .collect::<Result<Vec<_>, _>>()
@@ -109,7 +109,7 @@ fn rustls_pemfile_certs(r: &mut dyn std::io::BufRead) -> anyhow::Result<Vec<Cert
 }
 
 /// The first private key (PKCS#8, PKCS#1 or SEC1) of a PEM stream.
-fn rustls_pemfile_key(r: &mut dyn std::io::BufRead) -> anyhow::Result<PrivateKeyDer<'static>> {
+fn pem_key(r: &mut dyn std::io::BufRead) -> anyhow::Result<PrivateKeyDer<'static>> {
     use rustls::pki_types::pem::PemObject;
     PrivateKeyDer::from_pem_reader(r).map_err(|e| anyhow::anyhow!("{e}"))
 }
