@@ -279,15 +279,6 @@ pub fn is_verified(state: &State, t: &TargetId, name: &str) -> bool {
         .is_some_and(|r| r.verified_at_ms.is_some() && r.status != Status::Failed)
 }
 
-/// The newest verified restore point of `t` (name, completion time).
-pub fn newest_verified(state: &State, t: &TargetId) -> Option<(String, u64)> {
-    let c = state.catalog.get(t)?;
-    c.iter()
-        .rev()
-        .find(|e| is_verified(state, t, &e.name))
-        .map(|e| (e.name.clone(), e.at_ms))
-}
-
 /// Targets whose verification ends with one of `events`.
 pub fn ended(events: &[Event]) -> BTreeSet<TargetId> {
     events

@@ -339,6 +339,12 @@ fn a_failed_group_freeze_thaws_the_frozen_member_then_retries() {
     assert_eq!(kinds(&s.events), ["step_succeeded"]);
     let s = core.handle(rep(j, 1, Stage::Thaw, &["b"], "wb", thawed()), T + 3);
     assert_eq!(kinds(&s.events), ["step_succeeded", "retry_scheduled"]);
+    assert!(
+        matches!(&s.events[1].body, EventBody::RetryScheduled { next_attempt: 2, reason, .. }
+            if reason == "freeze boom: b: it broke"),
+        "{:?}",
+        s.events[1].body
+    );
     let due = core.next_deadline().expect("retry timer");
     let s = core.handle(Input::TimerFired, due);
     assert_eq!(kinds(&s.events), ["attempt_started", "stage_started"]);
@@ -394,6 +400,12 @@ fn a_failed_freeze_is_thawed_before_the_job_fails() {
     );
     let s = core.handle(rep(j, 1, Stage::Thaw, &["a"], "wa", thawed()), T + 2);
     assert_eq!(kinds(&s.events), ["step_succeeded", "failed"]);
+    // The job's timeline is closed: every stage has its end.
+    let timeline = &core.state().job(&j).unwrap().timeline;
+    assert!(
+        !timeline.is_empty() && timeline.iter().all(|e| e.ended_ms.is_some()),
+        "{timeline:?}"
+    );
 }
 
 /// A freeze that never answers is of no use after the freeze budget (the
