@@ -174,6 +174,8 @@ async fn the_api_speaks_https_only_with_its_certificate_and_reloads_it_on_sighup
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("\"t\""), "{}", text(&out));
+    // Through the server, not by reading the data dir after a failed handshake.
+    assert!(!text(&out).contains("does not answer"), "{}", text(&out));
 
     // Plain HTTP on the TLS port gets no HTTP answer.
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
