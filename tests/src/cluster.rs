@@ -145,6 +145,49 @@ impl Cluster {
         }
     }
 
+    /// The nodes (1, 2, 3) holding a replica of some quorum queue of the
+    /// vhost that is not online, with the queue: `list_queues members online`
+    /// asked of the first node that answers.
+    pub fn offline_replicas(&self) -> Vec<(String, usize)> {
+        for n in 1..=3 {
+            let Ok(out) = self.ctl(&[
+                &n.to_string(),
+                "list_queues",
+                "-p",
+                &self.vhost,
+                "name",
+                "members",
+                "online",
+                "--formatter",
+                "json",
+            ]) else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            let names: Vec<String> = (1..=3).map(|m| self.name(m)).collect();
+            let mut offline = Vec::new();
+            for q in v.as_array().into_iter().flatten() {
+                let list = |k: &str| -> Vec<String> {
+                    q[k].as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                };
+                let online = list("online");
+                for m in list("members") {
+                    if !online.contains(&m) {
+                        if let Some(i) = names.iter().position(|x| *x == m) {
+                            offline.push((q["name"].as_str().unwrap_or("?").to_string(), i + 1));
+                        }
+                    }
+                }
+            }
+            return offline;
+        }
+        Vec::new()
+    }
+
     /// A bus on the vhost that knows every node (a publisher's, a subscriber's).
     pub async fn bus(&self, name: &str) -> Arc<AmqpBus> {
         let opts = AmqpOptions {

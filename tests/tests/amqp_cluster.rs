@@ -186,23 +186,53 @@ fn inject(c: &Cluster, wave: usize) -> String {
             format!("node {n} (leader of {REQUESTS_QUEUE}) partitioned (SIGSTOP) for 25 s; leader meanwhile {during:?}")
         }
         _ => {
+            eprintln!(
+                "offline replicas before the rolling restart: {:?}",
+                c.offline_replicas()
+            );
             for n in 1..=3 {
                 let node = n.to_string();
                 // Not while this node holds the only up-to-date copy of a quorum.
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while c
-                    .ctl(&["queues", &node, "check_if_node_is_quorum_critical"])
-                    .is_err()
-                {
-                    assert!(Instant::now() < deadline, "node {n} stayed quorum-critical");
-                    std::thread::sleep(Duration::from_millis(500));
-                }
+                wait_not_quorum_critical(c, n);
                 c.ctl_ok(&["stop", &node]);
                 c.ctl_ok(&["start", &node]);
                 c.wait_healthy();
             }
             "rolling restart of nodes 1, 2, 3".to_string()
         }
+    }
+}
+
+/// Waits until stopping node `n` would leave every quorum queue a majority.
+/// A replica that stays offline after the earlier faults (seen once in CI
+/// after the SIGSTOP wave: node 1 stayed quorum-critical for 60 s) gets the
+/// operator's remedy, a restart of the app of the node that holds it, once.
+fn wait_not_quorum_critical(c: &Cluster, n: usize) {
+    let node = n.to_string();
+    let mut remedied = false;
+    let mut deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(why) = c.ctl(&["queues", &node, "check_if_node_is_quorum_critical"]) {
+        if Instant::now() >= deadline {
+            let offline = c.offline_replicas();
+            let evidence = format!(
+                "node {n} quorum-critical for 60 s: {why}\noffline replicas (queue, node): {offline:?}\nmembers: {}",
+                c.ctl(&[&node, "list_queues", "-p", &c.vhost, "name", "members", "online"])
+                    .unwrap_or_else(|e| e)
+            );
+            assert!(!remedied && !offline.is_empty(), "{evidence}");
+            eprintln!("{evidence}\nrestarting the app of the nodes holding them");
+            let mut nodes: Vec<usize> = offline.iter().map(|(_, m)| *m).collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            for m in nodes {
+                c.ctl_ok(&[&m.to_string(), "stop_app"]);
+                c.ctl_ok(&[&m.to_string(), "start_app"]);
+            }
+            c.wait_healthy();
+            remedied = true;
+            deadline = Instant::now() + Duration::from_secs(60);
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
