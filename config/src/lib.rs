@@ -17,6 +17,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 mod api;
+pub mod log;
 pub use api::{ApiConfig, DEFAULT_LISTEN};
 mod reconcile;
 mod recovery;
@@ -91,6 +92,8 @@ pub struct Config {
     pub schedules: Vec<Schedule>,
     /// `[[notify]]` sinks, in file order (`config/src/notify.rs`).
     pub notify: Vec<NotifyConfig>,
+    /// `[log]`: the event log in PostgreSQL (`config/src/log.rs`).
+    pub log: log::LogConfig,
 }
 
 /// `[amqp] url = "amqp://USER@HOST:5672/VHOST"` (or `urls = [...]`, one per
@@ -354,10 +357,11 @@ impl Config {
             root,
             "",
             &[
-                "engine", "worker", "array", "target", "api", "amqp", "schedule", "notify",
+                "engine", "worker", "array", "target", "api", "amqp", "schedule", "notify", "log",
             ],
         )?;
         let api = api::parse(&cx, root)?;
+        let log = log::parse(&cx, root)?;
 
         let engine = match field(root, "engine") {
             None => EngineConfig::default(),
@@ -494,6 +498,7 @@ impl Config {
             targets,
             api,
             amqp,
+            log,
             hooks: cx.hooks.into_inner(),
         })
     }

@@ -941,3 +941,52 @@ fn recovery_hooks_parse_and_are_checked() {
         "",
     );
 }
+
+#[test]
+fn a_postgres_log_loads_and_keeps_its_password_out_of_the_config() {
+    let none = parse("").unwrap();
+    assert_eq!(
+        (none.log.postgres.as_deref(), none.log.schema.as_str()),
+        (None, "recman")
+    );
+    let c = parse(
+        "[log]\npostgres = \"postgresql://recman@db1:5432/recman\"\npassword_file = \"/etc/recman/pg\"\nschema = \"site_a\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.log.postgres.as_deref(),
+        Some("postgresql://recman@db1:5432/recman")
+    );
+    assert_eq!(c.log.password_file, Some(PathBuf::from("/etc/recman/pg")));
+    assert_eq!(c.log.schema, "site_a");
+    assert_err(
+        "[log]\npostgres = \"postgresql://recman:secret@db1/recman\"\n",
+        2,
+        "log.postgres",
+        "password_file",
+    );
+    assert_err(
+        "[log]\npostgres = \"host=db1 password=x\"\n",
+        2,
+        "log.postgres",
+        "URL",
+    );
+    assert_err(
+        "[log]\npostgres = \"postgresql://recman@db1/recman\"\nschema = \"Site-A\"\n",
+        3,
+        "log.schema",
+        "lower-case",
+    );
+    assert_err(
+        "[log]\npassword_file = \"/etc/recman/pg\"\n",
+        1,
+        "log.password_file",
+        "no `postgres`",
+    );
+    assert_err(
+        "[log]\nurl = \"postgresql://x@y/z\"\n",
+        2,
+        "log.url",
+        "unknown key",
+    );
+}

@@ -196,12 +196,90 @@ impl Home {
 }
 
 impl Home {
-    /// Opens the data dir's log for appending (its backend as found, redb
-    /// for a new one). A log another process owns is refused with where that
-    /// process's API is, when it announces one.
-    pub fn open_log(&self) -> anyhow::Result<Arc<dyn EventLog>> {
+    /// Opens the log for appending: the data dir's (its backend as found,
+    /// redb for a new one; a log another process owns is refused with where
+    /// that process's API is), or the PostgreSQL log of `[log] postgres`,
+    /// waiting as a standby while another engine holds it
+    /// ([`open_postgres_waiting`]).
+    pub async fn open_log(&self, config: &Config, command: &str) -> anyhow::Result<Arc<dyn EventLog>> {
+        if let Some(place) = pg_place(config)? {
+            return open_postgres_waiting(place, command).await;
+        }
+        self.check_log(command)?;
         log::open_detected(&self.data_dir, Backend::Redb)
             .map_err(|e| crate::api::discovery::explain_locked(&self.data_dir, e))
+    }
+
+    /// Opens the log for reading (`[log] postgres` when the config names
+    /// one, else the data dir's): never creates one.
+    pub fn open_log_for_reading(&self) -> Result<Arc<dyn EventLog>, log::LogError> {
+        let config = Config::load(self.config_file()).ok();
+        match config.as_ref().map(pg_place).transpose() {
+            Ok(Some(Some(place))) => log::open_postgres_for_reading(&place),
+            Err(e) => Err(log::LogError::Store(e.to_string())),
+            _ => log::open_for_reading(&self.data_dir),
+        }
+    }
+}
+
+/// The PostgreSQL place of `[log]`, with the password of its file.
+pub fn pg_place(config: &Config) -> anyhow::Result<Option<log::pg_store::PgPlace>> {
+    let Some(url) = &config.log.postgres else {
+        return Ok(None);
+    };
+    let password = match &config.log.password_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading [log] password_file {}", f.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        ),
+        None => None,
+    };
+    let place = log::pg_store::PgPlace::new(url, &config.log.schema)
+        .map_err(|e| anyhow::anyhow!("{}: [log] {e}", config.path.display()))?
+        .with_password(password);
+    Ok(Some(place))
+}
+
+/// How often a standby engine asks for the log's writer lock.
+pub const STANDBY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Opens the PostgreSQL log for appending. While another engine holds it,
+/// this one is a standby: it says so once, asks again every
+/// [`STANDBY_POLL`], and goes on when the lock is its own (the holder died,
+/// or its session to the database did): then it replays the log like any
+/// start. Any other error ends the wait.
+pub async fn open_postgres_waiting(
+    place: log::pg_store::PgPlace,
+    command: &str,
+) -> anyhow::Result<Arc<dyn EventLog>> {
+    let mut said = false;
+    let since = std::time::Instant::now();
+    loop {
+        let p = place.clone();
+        match tokio::task::spawn_blocking(move || log::open_postgres(&p)).await? {
+            Ok(l) => {
+                if said {
+                    eprintln!(
+                        "recman {command}: took over the event log in {} after {:.1} s as a standby; replaying it",
+                        place.display(),
+                        since.elapsed().as_secs_f64()
+                    );
+                } else {
+                    eprintln!("recman {command}: event log in {} (PostgreSQL)", place.display());
+                }
+                return Ok(l);
+            }
+            Err(log::LogError::Locked(m)) => {
+                if !said {
+                    eprintln!("recman {command}: standby: {m}; waiting to take over (asking every {STANDBY_POLL:?})");
+                    said = true;
+                }
+                tokio::time::sleep(STANDBY_POLL).await;
+            }
+            Err(e) => bail!("cannot open the event log in {}: {e}", place.display()),
+        }
     }
 }
 

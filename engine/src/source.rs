@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use recman_events::log::{open_for_reading, LogError};
+use recman_events::log::LogError;
 use recman_events::TargetId;
 
 use crate::client::Client;
@@ -52,7 +52,7 @@ pub fn policies(home: &Home) -> BTreeMap<TargetId, recman_core::RetentionPolicy>
 
 /// Builds the view of the data dir's log up to `until`.
 pub fn local_view(home: &Home, until: Until) -> anyhow::Result<View> {
-    let log = open_for_reading(&home.data_dir).map_err(|e| match e {
+    let log = home.open_log_for_reading().map_err(|e| match e {
         LogError::Locked(m) => anyhow::anyhow!(
             "{m}\nanother process owns the log and no server announces itself in {}; \
              wait for it to finish, or pass --server URL",

@@ -71,15 +71,15 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         .map(|l| Plan::new(&config, l))
         .transpose()?;
     // The engine alone runs no writer here: no program or freeze checks.
-    g.check_log("engine")?;
-    std::fs::create_dir_all(&g.data_dir).with_context(|| format!("creating {}", g.data_dir.display()))?;
     // The log before the broker: a second engine on this data dir is refused
-    // at once, with where the first one's API is.
+    // at once, with where the first one's API is; a second engine on a
+    // PostgreSQL log waits here as a standby.
     let stats = Arc::new(Stats::default());
     let log: Arc<dyn EventLog> = Arc::new(TimedLog {
-        inner: g.open_log()?,
+        inner: g.open_log(&config, "engine").await?,
         stats: stats.clone(),
     });
+    std::fs::create_dir_all(&g.data_dir).with_context(|| format!("creating {}", g.data_dir.display()))?;
     let bound = match plan {
         Some(p) => Some(p.bind(&config, log.as_ref()).await?),
         None => None,

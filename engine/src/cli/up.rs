@@ -75,10 +75,9 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let amqp_named = a.amqp.named(&config);
     let served = served_pools(&config, amqp_named);
     crate::home::check_host(&config, Some(&served), Some(&g.data_dir))?;
-    g.check_log("up")?;
     let stats = Arc::new(Stats::default());
     let log: Arc<dyn EventLog> = Arc::new(TimedLog {
-        inner: g.open_log()?,
+        inner: g.open_log(&config, "up").await?,
         stats: stats.clone(),
     });
     let bound = plan.bind(&config, log.as_ref()).await?;

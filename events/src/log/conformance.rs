@@ -492,9 +492,36 @@ pub fn acknowledged_appends_survive_sigkill<P: DurablePlace>(factory: impl FnOnc
 ///   (`P: LogPlace`). The reason is required and kept in the module as
 ///   `NOT_DURABLE`.
 ///
+/// - `log_conformance_tests!(module, factory, needs = available)`: every case,
+///   each first asking `available()` (a `fn() -> bool`) whether the store's
+///   service is there; `false` skips the case (after saying why, and failing
+///   under `CI=true`: see `recman_testkit::skip`).
+///
 /// Needs no tokio in the calling crate: each case runs on its own runtime.
 #[macro_export]
 macro_rules! log_conformance_tests {
+    ($name:ident, $factory:expr, needs = $needs:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $crate::__log_conformance_cases!(@guarded $needs; $factory);
+
+            #[test]
+            fn acknowledged_appends_survive_sigkill() {
+                if !($needs)() {
+                    return;
+                }
+                $crate::log::conformance::acknowledged_appends_survive_sigkill(
+                    $factory,
+                    &$crate::log::conformance::test_name(
+                        module_path!(),
+                        "acknowledged_appends_survive_sigkill",
+                    ),
+                )
+            }
+        }
+    };
     ($name:ident, $factory:expr) => {
         mod $name {
             #[allow(unused_imports)]
@@ -534,7 +561,10 @@ macro_rules! log_conformance_tests {
 #[macro_export]
 macro_rules! __log_conformance_cases {
     ($factory:expr) => {
-        $crate::__log_conformance_cases!(@cases $factory;
+        $crate::__log_conformance_cases!(@guarded (|| true); $factory);
+    };
+    (@guarded $needs:expr; $factory:expr) => {
+        $crate::__log_conformance_cases!(@cases $needs; $factory;
             concurrent_appends_are_ordered_and_gap_free 4,
             reopen_preserves_everything_and_continues_the_chain 2,
             a_second_open_is_refused_as_locked 2,
@@ -547,10 +577,13 @@ macro_rules! __log_conformance_cases {
             a_damaged_tail_refuses_open_but_can_be_audited 2,
         );
     };
-    (@cases $factory:expr; $($case:ident $threads:literal,)*) => {
+    (@cases $needs:expr; $factory:expr; $($case:ident $threads:literal,)*) => {
         $(
             #[test]
             fn $case() {
+                if !($needs)() {
+                    return;
+                }
                 $crate::log::conformance::block_on(
                     $threads,
                     $crate::log::conformance::$case(($factory)()),

@@ -11,7 +11,6 @@
 //! file is unknown (the kernel may have dropped the dirty pages), so every later
 //! append fails until the process reopens the log and re-reads its tail.
 
-use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -22,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::codec::{self, DecodeError, Record};
 use crate::ids::JobId;
 use crate::log::store::{Batch, BatchItem, Store};
-use crate::log::{Backend, BoxFuture, EventLog, LogError, RawRecord, Subscription};
+use crate::log::{Backend, BoxFuture, EventLog, LogError, Place, RawRecord, Subscription};
 use crate::model::{Event, StoredEvent};
 
 /// Most events in one transaction; more pending appends wait for the next one.
@@ -76,7 +75,7 @@ impl GroupCommitLog {
     pub fn start(
         store: Arc<dyn Store>,
         backend: Backend,
-        dir: &Path,
+        place: &Place,
         read_only: bool,
     ) -> Result<Self, LogError> {
         let last = match store.last() {
@@ -104,10 +103,8 @@ impl GroupCommitLog {
                     if !read_only {
                         return Err(LogError::Store(format!(
                             "the last record ({}) of the event log in {} is damaged ({e}); nothing was \
-                             changed. Run `recman audit --data-dir {}` to see what is wrong",
-                            raw.seq,
-                            dir.display(),
-                            dir.display()
+                             changed. Run `recman audit {}` to see what is wrong",
+                            raw.seq, place.name, place.audit_args
                         )));
                     }
                 }

@@ -12,13 +12,12 @@
 //! dropped) the log over a store you keep.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::ids::JobId;
 use crate::log::store::{Batch, Store};
-use crate::log::{Backend, EventLog, GroupCommitLog, LogError, RawRecord};
+use crate::log::{Backend, EventLog, GroupCommitLog, LogError, Place, RawRecord};
 
 /// What error messages of the group-commit layer call the log's location.
 const LOCATION: &str = "(in memory)";
@@ -152,7 +151,7 @@ pub fn open_on(store: &Arc<MemoryStore>) -> Result<Arc<dyn EventLog>, LogError> 
     }
     // From here on, dropping `owned` (also on the error path) releases the flag.
     let owned: Arc<dyn Store> = Arc::new(Owned(store.clone()));
-    let log = GroupCommitLog::start(owned, Backend::Memory, Path::new(LOCATION), false)?;
+    let log = GroupCommitLog::start(owned, Backend::Memory, &Place::named(LOCATION), false)?;
     Ok(Arc::new(log))
 }
 
@@ -163,7 +162,7 @@ pub fn open_for_reading_on(store: &Arc<MemoryStore>) -> Result<Arc<dyn EventLog>
     Ok(Arc::new(GroupCommitLog::start(
         store,
         Backend::Memory,
-        Path::new(LOCATION),
+        &Place::named(LOCATION),
         true,
     )?))
 }

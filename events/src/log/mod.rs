@@ -27,6 +27,8 @@ pub mod framed;
 pub mod group_commit;
 pub mod guard;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod pg_store;
 pub mod redb_store;
 pub mod sled_store;
 pub mod store;
@@ -48,6 +50,9 @@ pub enum Backend {
     /// In memory, nothing durable (`memory`): for tests. Not a choice of the
     /// CLI or the config, and it has no data directory.
     Memory,
+    /// PostgreSQL (`pg_store`): a schema in a database, no data directory;
+    /// opened with [`open_postgres`].
+    Postgres,
 }
 
 impl std::str::FromStr for Backend {
@@ -69,6 +74,7 @@ impl Backend {
             Backend::Redb => "redb",
             Backend::Sled => "sled",
             Backend::Memory => "memory",
+            Backend::Postgres => "postgres",
         }
     }
 }
@@ -85,6 +91,32 @@ pub enum LogError {
     Closed,
     #[error("{0}")]
     Locked(String),
+}
+
+/// Where a log is, for messages: its name, and the arguments of `recman
+/// audit` that read it.
+#[derive(Clone, Debug)]
+pub struct Place {
+    pub name: String,
+    pub audit_args: String,
+}
+
+impl Place {
+    /// A log in data directory `dir`.
+    pub fn dir(dir: &Path) -> Place {
+        Place {
+            name: dir.display().to_string(),
+            audit_args: format!("--data-dir {}", dir.display()),
+        }
+    }
+
+    /// A log with no data directory (`memory`).
+    pub fn named(name: &str) -> Place {
+        Place {
+            name: name.to_string(),
+            audit_args: String::new(),
+        }
+    }
 }
 
 /// A record as stored, before decoding: for audit and raw replay.
@@ -193,7 +225,7 @@ pub fn open_store(backend: Backend, dir: &Path, create: bool) -> Result<Arc<dyn 
     let store: Arc<dyn Store> = match backend {
         Backend::Redb => Arc::new(guard::guard(&file, || redb_store::RedbStore::open(dir, create))?),
         Backend::Sled => Arc::new(guard::guard(&file, || sled_store::SledStore::open(dir, create))?),
-        Backend::Memory => return Err(no_dir_for_memory()),
+        Backend::Memory | Backend::Postgres => return Err(no_dir_for(backend)),
     };
     Ok(Arc::new(guard::Guarded::new(store, file)))
 }
@@ -206,8 +238,15 @@ fn store_path(backend: Backend, dir: &Path) -> std::path::PathBuf {
     }
 }
 
-fn no_dir_for_memory() -> LogError {
-    LogError::Store("the in-memory event log has no data directory; open it with log::memory::open".into())
+fn no_dir_for(backend: Backend) -> LogError {
+    match backend {
+        Backend::Postgres => LogError::Store(
+            "a PostgreSQL event log has no data directory; open it with log::open_postgres".into(),
+        ),
+        _ => LogError::Store(
+            "the in-memory event log has no data directory; open it with log::memory::open".into(),
+        ),
+    }
 }
 
 /// Opens (creating `dir` and the log if needed) the `backend` log in `dir`
@@ -215,8 +254,8 @@ fn no_dir_for_memory() -> LogError {
 /// backend's log, when another process owns the log (`LogError::Locked`), or
 /// when the last record is damaged (the message says to run `recman audit`).
 pub fn open(backend: Backend, dir: &Path) -> Result<Arc<dyn EventLog>, LogError> {
-    if backend == Backend::Memory {
-        return Err(no_dir_for_memory());
+    if matches!(backend, Backend::Memory | Backend::Postgres) {
+        return Err(no_dir_for(backend));
     }
     std::fs::create_dir_all(dir)?;
     if let Some(found) = detect(dir)? {
@@ -235,7 +274,12 @@ pub fn open(backend: Backend, dir: &Path) -> Result<Arc<dyn EventLog>, LogError>
     if !existed {
         write_marker(dir, backend)?;
     }
-    Ok(Arc::new(GroupCommitLog::start(store, backend, dir, false)?))
+    Ok(Arc::new(GroupCommitLog::start(
+        store,
+        backend,
+        &Place::dir(dir),
+        false,
+    )?))
 }
 
 /// Opens the log in `dir` with the backend found there, or a new `default`
@@ -278,10 +322,51 @@ pub fn open_for_reading(dir: &Path) -> Result<Arc<dyn EventLog>, LogError> {
         })?),
         // sled has no read-only mode; opening it may replay its own log.
         Backend::Sled => Arc::new(guard::guard(&file, || sled_store::SledStore::open(dir, false))?),
-        Backend::Memory => return Err(no_dir_for_memory()),
+        Backend::Memory | Backend::Postgres => return Err(no_dir_for(backend)),
     };
     let store: Arc<dyn Store> = Arc::new(guard::Guarded::new(store, file));
-    Ok(Arc::new(GroupCommitLog::start(store, backend, dir, true)?))
+    Ok(Arc::new(GroupCommitLog::start(
+        store,
+        backend,
+        &Place::dir(dir),
+        true,
+    )?))
+}
+
+/// Opens (creating its tables if needed) the log in PostgreSQL at `place`
+/// for appending and reading: takes the schema's writer lock and the next
+/// epoch (`pg_store`), refuses when another process holds the lock
+/// (`LogError::Locked`) or the last record is damaged.
+#[cfg(feature = "postgres")]
+pub fn open_postgres(place: &pg_store::PgPlace) -> Result<Arc<dyn EventLog>, LogError> {
+    let store = pg_store::PgStore::open(place.clone(), pg_store::Mode::Write)?;
+    Ok(Arc::new(GroupCommitLog::start(
+        Arc::new(store),
+        Backend::Postgres,
+        &pg_place(place),
+        false,
+    )?))
+}
+
+/// Opens an existing PostgreSQL log for reading only: no lock, no epoch,
+/// creates nothing, tolerates a damaged last record, refuses appends.
+#[cfg(feature = "postgres")]
+pub fn open_postgres_for_reading(place: &pg_store::PgPlace) -> Result<Arc<dyn EventLog>, LogError> {
+    let store = pg_store::PgStore::open(place.clone(), pg_store::Mode::Read)?;
+    Ok(Arc::new(GroupCommitLog::start(
+        Arc::new(store),
+        Backend::Postgres,
+        &pg_place(place),
+        true,
+    )?))
+}
+
+#[cfg(feature = "postgres")]
+fn pg_place(place: &pg_store::PgPlace) -> Place {
+    Place {
+        name: place.display(),
+        audit_args: format!("--log-postgres '<url>' --log-schema {}", place.schema),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,91 @@
+//! `[log]`: an event log in PostgreSQL instead of the data dir's file, for
+//! engines that must survive the loss of their machine (a standby engine
+//! waits for the log's writer lock): `postgres`, `password_file`, `schema`.
+
+use std::path::PathBuf;
+
+use toml::de::DeTable;
+
+use super::{field, ConfigError, Cx};
+
+/// `[log] postgres = "postgresql://recman@db1:5432/recman"`,
+/// `password_file = "/etc/recman/pg-password"`, `schema = "recman"`.
+/// The password never goes in the config (nor in the URL): keep it in the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// The connection string, without a password; `None`: the data dir's log.
+    pub postgres: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// The schema of the log's tables (default `recman`).
+    pub schema: String,
+}
+
+/// The default schema of a PostgreSQL log.
+pub const DEFAULT_SCHEMA: &str = "recman";
+
+fn plain_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+pub(super) fn parse(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<LogConfig, ConfigError> {
+    let Some(v) = field(root, "log") else {
+        return Ok(LogConfig {
+            schema: DEFAULT_SCHEMA.into(),
+            ..Default::default()
+        });
+    };
+    let t = cx.table(v, "log")?;
+    cx.check_keys(t, "log", &["postgres", "password_file", "schema"])?;
+    let postgres = match cx.string(t, "log", "postgres")? {
+        None => None,
+        Some((u, span)) => {
+            if !(u.starts_with("postgresql://") || u.starts_with("postgres://")) {
+                return Err(cx.err(
+                    span,
+                    "log.postgres",
+                    "must be a URL like postgresql://recman@db1:5432/recman",
+                ));
+            }
+            let authority = u.split_once("://").map_or("", |(_, r)| r);
+            let userinfo = authority.split(['/', '?']).next().unwrap_or("");
+            if userinfo.rsplit_once('@').is_some_and(|(ui, _)| ui.contains(':')) || u.contains("password=") {
+                return Err(cx.err(
+                    span,
+                    "log.postgres",
+                    "holds a password: put it in a file and name it in password_file",
+                ));
+            }
+            Some(u)
+        }
+    };
+    let schema = match cx.string(t, "log", "schema")? {
+        None => DEFAULT_SCHEMA.to_string(),
+        Some((s, span)) => {
+            if !plain_identifier(&s) {
+                return Err(cx.err(
+                    span,
+                    "log.schema",
+                    "use lower-case letters, digits and `_`, starting with a letter (at most 63)",
+                ));
+            }
+            s
+        }
+    };
+    let password_file = cx.path(t, "log", "password_file")?;
+    if postgres.is_none() && password_file.is_some() {
+        return Err(cx.err(
+            v.span(),
+            "log.password_file",
+            "names a password but no `postgres` URL is given",
+        ));
+    }
+    Ok(LogConfig {
+        postgres,
+        password_file,
+        schema,
+    })
+}
