@@ -87,7 +87,7 @@ pub async fn page(
     let since = plen.map_or(0, |l| now.saturating_sub(l));
     let body = match read_view(&s, |v| render(v, since, now)) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut choose = String::from("<nav class=\"periods\">Period: ");
     for (n, _) in PERIODS {

@@ -58,7 +58,7 @@ pub async fn page(
     }) {
         Ok(Some(b)) => b,
         Ok(None) => return html::error_page(StatusCode::NOT_FOUND, &format!("no job {id}")),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if q.get("partial").is_some() {
         return html::html(StatusCode::OK, body);

@@ -137,7 +137,7 @@ fn is_public(path: &str) -> bool {
 }
 
 /// The header's value as text.
-fn header_str<'a>(h: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -245,11 +245,13 @@ async fn public(s: &Arc<Shared>, req: Request, viewer: Viewer, sid: Option<Strin
 
 /// Reads the view after it caught up with the log (read-your-writes), or a
 /// 503 page.
-fn read_view<T>(s: &Shared, f: impl FnOnce(&crate::view::View) -> T) -> Result<T, Response> {
-    s.view
-        .read()
-        .map(|v| f(&v))
-        .map_err(|_| html::error_page(StatusCode::SERVICE_UNAVAILABLE, "the view is poisoned"))
+fn read_view<T>(s: &Shared, f: impl FnOnce(&crate::view::View) -> T) -> Result<T, Box<Response>> {
+    s.view.read().map(|v| f(&v)).map_err(|_| {
+        Box::new(html::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the view is poisoned",
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ pub async fn page(
     let now = now_ms();
     let body = match read_view(&s, |v| render(v, now)) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if q.get("partial").is_some() {
         return html::html(StatusCode::OK, body);

@@ -21,7 +21,7 @@ pub async fn page(State(s): State<Arc<Shared>>, Extension(viewer): Extension<Vie
     let now = now_ms();
     let schedules = match read_view(&s, |v| v.schedules()) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut out = String::from(
         "<h1>Schedules</h1><table class=\"schedules\" id=\"schedules\"><thead><tr><th>Schedule</th><th>Targets</th>\
