@@ -22,6 +22,7 @@ mod api_contract;
 mod api_tls;
 mod audit_cli;
 mod check_cli;
+mod console_browser;
 mod engine_listen;
 mod events_follow_cli;
 mod group_catalog_cli;

@@ -20,8 +20,11 @@ pub const CODES: &[&str] = &[
     "invalid_field",
     "invalid_body",
     "invalid_request",
-    // 401, 404, 405, 409, 413, 414, 415, 422
+    // 401, 403, 404, 405, 409, 413, 414, 415, 422
     "unauthorized",
+    // the console's CSRF checks: a write from another origin, or with the
+    // session cookie but without its CSRF token
+    "csrf_failed",
     "not_found",
     "job_not_found",
     "schedule_not_found",

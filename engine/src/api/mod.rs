@@ -56,6 +56,8 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// Turns true on shutdown; ends the event streams.
     pub stopping: watch::Receiver<bool>,
+    /// The web console's sessions and settings (`crate::console`).
+    pub console: crate::console::Console,
 }
 
 impl Shared {
@@ -207,15 +209,21 @@ pub fn operations() -> Vec<(Method, &'static str)> {
     endpoints().into_iter().map(|(m, p, _)| (m, p)).collect()
 }
 
-/// Every route of the API.
+/// Every route of the API, and the console's pages beside them (its layer,
+/// outside `auth`, turns a session cookie into the session's bearer token).
 pub fn router(shared: Arc<Shared>) -> Router {
     endpoints()
         .into_iter()
         .fold(Router::new(), |r, (_, path, handler)| r.route(path, handler))
+        .merge(crate::console::routes())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            crate::console::layer,
+        ))
         .layer(middleware::from_fn(uri_limit))
         .with_state(shared)
 }

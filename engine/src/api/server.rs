@@ -40,6 +40,7 @@ pub struct Plan {
     token: Option<String>,
     tls: Option<Arc<Tls>>,
     limits: Limits,
+    console: crate::console::Console,
 }
 
 impl Plan {
@@ -77,11 +78,13 @@ impl Plan {
                 .max_connections
                 .map_or(serve::DEFAULT_MAX_CONNECTIONS, |n| n as usize),
         };
+        let console = crate::console::Console::new(config, tls.is_some());
         Ok(Plan {
             listen,
             token,
             tls,
             limits,
+            console,
         })
     }
 
@@ -143,6 +146,7 @@ impl Bound {
             token: self.plan.token,
             stats,
             stopping,
+            console: self.plan.console,
         });
         let follower = tokio::spawn(super::follow(shared.clone()));
         let readiness = tokio::spawn(super::wait_ready(shared.clone()));
