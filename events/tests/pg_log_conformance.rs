@@ -241,3 +241,20 @@ fn schema_names_that_are_not_plain_identifiers_are_refused() {
     assert!(PgPlace::new("postgresql://u@127.0.0.1/db", "recman_log2").is_ok());
     assert!(PgPlace::new("not a url ://", "recman").is_err());
 }
+
+/// The meta table (the events relay's cursor lives there) keeps a value
+/// across opens and processes; an unset key is `None`.
+#[test]
+fn meta_values_outlive_the_store_that_wrote_them() {
+    if !available() {
+        return;
+    }
+    let pg = Pg::new();
+    let w = PgStore::open(pg.place.clone(), Mode::Write).unwrap();
+    assert_eq!(w.get_meta("events_relay_cursor").unwrap(), None);
+    w.set_meta("events_relay_cursor", 41).unwrap();
+    w.set_meta("events_relay_cursor", 42).unwrap();
+    drop(w);
+    let r = PgStore::open(pg.place.clone(), Mode::Read).unwrap();
+    assert_eq!(r.get_meta("events_relay_cursor").unwrap(), Some(42));
+}

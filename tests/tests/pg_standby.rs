@@ -197,3 +197,40 @@ fn a_standby_engine_takes_over_the_postgres_log_after_a_kill() {
         let _ = c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
     });
 }
+
+/// The events relay's cursor of an engine on a PostgreSQL log is kept in
+/// the log's database: an engine that takes over (on another machine, with
+/// another data dir) resumes where the last one's broker confirmed.
+#[test]
+fn the_relay_cursor_of_a_postgres_log_is_kept_beside_the_log() {
+    let Some(full_url) = need_env(
+        URL_VAR,
+        "start a private server: `source tests/services/postgres.sh && pg_start`; tests/run does",
+    ) else {
+        return;
+    };
+    use recman_engine::runtime::relay::Cursor;
+    use recman_events::log::pg_store::PgPlace;
+    let schema = format!("cursor_{}", std::process::id());
+    let place = PgPlace::new(&full_url, &schema).unwrap();
+    let log = recman_events::log::open_postgres(&place).unwrap();
+    let a = Cursor::postgres(&place).unwrap();
+    assert_eq!(a.load().unwrap(), 0, "nothing published yet");
+    a.store(1234).unwrap();
+    drop(a);
+    let b = Cursor::postgres(&place).unwrap();
+    assert_eq!(b.load().unwrap(), 1234);
+    drop(b);
+    drop(log);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&full_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let _ = c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
+    });
+}

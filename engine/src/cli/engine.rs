@@ -105,7 +105,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let builder = if a.no_relay {
         builder.no_relay()
     } else {
-        let mut relay = Relay::durable(&g.data_dir);
+        let mut relay = Relay::durable_for(&config, &g.data_dir)?;
         relay.options.batch_over = a.relay_batch_over;
         relay.stop_within = std::time::Duration::from_secs(24 * 3600); // as long as it takes
         builder.relay(relay)

@@ -98,7 +98,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     // Over a broker, the relay's cursor is durable (outbox); in-process, it
     // starts at the log's end.
     let relay = if amqp_named {
-        Relay::durable(&g.data_dir)
+        Relay::durable_for(&config, &g.data_dir)?
     } else {
         Relay::in_process()
     };

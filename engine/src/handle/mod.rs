@@ -83,6 +83,19 @@ impl Relay {
             ..Relay::in_process()
         }
     }
+
+    /// To a broker: resumes from the durable cursor beside the log: in the
+    /// PostgreSQL log's database when `[log] postgres` names one (a standby
+    /// that takes over goes on from there), else in `data_dir`.
+    pub fn durable_for(config: &Config, data_dir: &Path) -> anyhow::Result<Relay> {
+        match crate::home::pg_place(config)? {
+            Some(place) => Ok(Relay {
+                cursor: Cursor::postgres(&place)?,
+                ..Relay::in_process()
+            }),
+            None => Ok(Relay::durable(data_dir)),
+        }
+    }
 }
 
 /// A local worker and its own bus (`None`: the engine's).

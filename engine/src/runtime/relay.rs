@@ -84,18 +84,39 @@ pub enum RelayError {
     Cursor { path: PathBuf, source: std::io::Error },
 }
 
-/// The last sequence number the broker confirmed, kept in a small file;
-/// or, for the in-process bus, nothing kept at all.
+/// The last sequence number the broker confirmed, kept in a small file or
+/// in the `meta` table of a PostgreSQL log; or, for the in-process bus,
+/// nothing kept at all.
 pub struct Cursor {
-    /// `None`: ephemeral (see [`Cursor::ephemeral`]).
+    /// `None`: ephemeral (see [`Cursor::ephemeral`]) or in PostgreSQL.
     path: Option<PathBuf>,
+    /// The log's PostgreSQL database, whose `meta` table holds the cursor
+    /// (so an engine that takes over as a standby goes on where the last
+    /// one stopped, not where its own data dir's file says).
+    pg: Option<Arc<recman_events::log::pg_store::PgStore>>,
 }
+
+/// The key of the relay's cursor in a PostgreSQL log's `meta` table.
+pub const PG_CURSOR_KEY: &str = "events_relay_cursor";
 
 impl Cursor {
     pub fn new(path: impl Into<PathBuf>) -> Cursor {
         Cursor {
             path: Some(path.into()),
+            pg: None,
         }
+    }
+
+    /// The cursor in the `meta` table of the PostgreSQL log at `place`.
+    pub fn postgres(place: &recman_events::log::pg_store::PgPlace) -> Result<Cursor, RelayError> {
+        let store = recman_events::log::pg_store::PgStore::open(
+            place.clone(),
+            recman_events::log::pg_store::Mode::Read,
+        )?;
+        Ok(Cursor {
+            path: None,
+            pg: Some(Arc::new(store)),
+        })
     }
 
     pub fn in_data_dir(dir: &Path) -> Cursor {
@@ -106,7 +127,7 @@ impl Cursor {
     /// in-process bus, whose subscribers cannot have missed anything from
     /// before this process started.
     pub fn ephemeral() -> Cursor {
-        Cursor { path: None }
+        Cursor { path: None, pg: None }
     }
 
     fn err(&self, path: &Path, source: std::io::Error) -> RelayError {
@@ -119,15 +140,18 @@ impl Cursor {
     /// Where to start after: the stored seq (0 when the file does not exist
     /// yet), or the log's end for an ephemeral cursor.
     fn start(&self, log: &dyn EventLog) -> Result<u64, RelayError> {
-        match self.path {
-            Some(_) => self.load(),
-            None => Ok(log.last_seq()),
+        match (&self.path, &self.pg) {
+            (None, None) => Ok(log.last_seq()),
+            _ => self.load(),
         }
     }
 
     /// 0 when the file does not exist yet (nothing published) or the cursor
     /// is ephemeral.
     pub fn load(&self) -> Result<u64, RelayError> {
+        if let Some(pg) = &self.pg {
+            return Ok(pg.get_meta(PG_CURSOR_KEY)?.unwrap_or(0).max(0) as u64);
+        }
         let Some(path) = &self.path else { return Ok(0) };
         match fs::read_to_string(path) {
             Ok(s) => s.trim().parse().map_err(|e| {
@@ -147,6 +171,9 @@ impl Cursor {
     /// Writes `seq` durably: a temp file, fsync, rename over, fsync the
     /// directory. Nothing for an ephemeral cursor.
     pub fn store(&self, seq: u64) -> Result<(), RelayError> {
+        if let Some(pg) = &self.pg {
+            return Ok(pg.set_meta(PG_CURSOR_KEY, i64::try_from(seq).unwrap_or(i64::MAX))?);
+        }
         let Some(path) = &self.path else { return Ok(()) };
         let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {

@@ -6,6 +6,7 @@
 //! ```text
 //! S.records (seq bigint primary key, job bytea, bytes bytea)   + index (job, seq)
 //! S.leader  (id = 1, epoch bigint, holder text, since timestamptz)
+//! S.meta    (key text primary key, value bigint)   e.g. the events relay's cursor
 //! ```
 //!
 //! A writable open takes a session-level advisory lock (a dedicated
@@ -136,10 +137,13 @@ enum Req {
     JobSeqs(Vec<u8>),
     Last,
     PutRaw(i64, Option<Vec<u8>>),
+    GetMeta(String),
+    SetMeta(String, i64),
 }
 
 enum Resp {
     Done,
+    Meta(Option<i64>),
     Rows(Vec<(u64, Vec<u8>)>),
     Seqs(Vec<u64>),
 }
@@ -236,7 +240,8 @@ impl Worker {
                      CREATE TABLE IF NOT EXISTS {s}.leader (
                          id int PRIMARY KEY CHECK (id = 1), epoch bigint NOT NULL,
                          holder text NOT NULL, since timestamptz NOT NULL);
-                     INSERT INTO {s}.leader VALUES (1, 0, '', now()) ON CONFLICT DO NOTHING;"
+                     INSERT INTO {s}.leader VALUES (1, 0, '', now()) ON CONFLICT DO NOTHING;
+                     CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value bigint NOT NULL);"
                 ))
                 .await
                 .map_err(|e| pg_err(&place, "creating the log's tables", e))?;
@@ -398,6 +403,27 @@ impl Worker {
                         .collect(),
                 ))
             }
+            Req::GetMeta(key) => {
+                let rows = self
+                    .client
+                    .query(&format!("SELECT value FROM {s}.meta WHERE key = $1"), &[&key])
+                    .await
+                    .map_err(err("reading a value of the log's meta table"))?;
+                Ok(Resp::Meta(rows.first().map(|r| r.get::<_, i64>(0))))
+            }
+            Req::SetMeta(key, value) => {
+                self.client
+                    .execute(
+                        &format!(
+                            "INSERT INTO {s}.meta (key, value) VALUES ($1, $2) \
+                             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+                        ),
+                        &[&key, &value],
+                    )
+                    .await
+                    .map_err(err("writing a value of the log's meta table"))?;
+                Ok(Resp::Done)
+            }
             Req::PutRaw(seq, bytes) => {
                 match bytes {
                     Some(b) => self
@@ -493,6 +519,22 @@ impl PgStore {
                 "unexpected answer from the PostgreSQL log thread".into(),
             )),
         }
+    }
+
+    /// A number stored beside the log under `key` (e.g. the events relay's
+    /// cursor), `None` when never set.
+    pub fn get_meta(&self, key: &str) -> Result<Option<i64>, LogError> {
+        match self.call(Req::GetMeta(key.to_string()))? {
+            Resp::Meta(v) => Ok(v),
+            _ => Err(LogError::Store(
+                "unexpected answer from the PostgreSQL log thread".into(),
+            )),
+        }
+    }
+
+    /// Stores `value` under `key`, durably (its own transaction).
+    pub fn set_meta(&self, key: &str, value: i64) -> Result<(), LogError> {
+        self.call(Req::SetMeta(key.to_string(), value)).map(|_| ())
     }
 
     /// Where the log is.
