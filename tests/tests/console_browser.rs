@@ -528,6 +528,17 @@ async fn console_snapshot_live_job_page_and_freeze_band() {
     b.goto(&format!("{}/restore-points", s.url)).await;
     b.wait_for(&format!("tr[data-point=\"{point}\"]"), Duration::from_secs(5))
         .await;
+    let restore = b
+        .attr(
+            &format!("tr[data-point=\"{point}\"] button.act.danger"),
+            "data-body",
+        )
+        .await
+        .expect("a restore-in-place action beside the point");
+    let restore: Value = serde_json::from_str(&restore).unwrap();
+    assert_eq!(restore["action"]["type"], "in_place", "{restore}");
+    assert_eq!(restore["confirm"], true, "{restore}");
+    assert_eq!(restore["snapshot"], point.as_str(), "{restore}");
     b.screenshot("console-restore-points.png").await;
     b.goto(&format!("{}/freeze-windows?period=24h", s.url)).await;
     b.wait_for(

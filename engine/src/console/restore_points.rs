@@ -1,6 +1,7 @@
 //! The restore points page: the catalog per target with age, size, freeze
-//! window, expiry under each rule, verification and mounts; verify, mount
-//! and unmount behind a confirmation, posted to the API's own routes.
+//! window, expiry under each rule, verification and mounts; verify, mount,
+//! unmount and restore in place behind a confirmation, posted to the API's
+//! own routes.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -171,13 +172,29 @@ fn render(v: &View, now: u64) -> String {
                 if safety {
                     String::new()
                 } else {
-                    action(
-                        "Mount",
-                        "/v1/recoveries",
-                        json!({"snapshot": e.name, "target": t, "action": {"type": "mount", "writable": false}}),
-                        &format!("Mount {} of {} read-only?", e.name, t),
-                        true,
-                        "",
+                    format!(
+                        "{} {}",
+                        action(
+                            "Mount",
+                            "/v1/recoveries",
+                            json!({"snapshot": e.name, "target": t, "action": {"type": "mount", "writable": false}}),
+                            &format!("Mount {} of {} read-only?", e.name, t),
+                            true,
+                            "",
+                        ),
+                        action(
+                            "Restore in place",
+                            "/v1/recoveries",
+                            json!({"snapshot": e.name, "target": t, "action": {"type": "in_place"}, "confirm": true}),
+                            &format!(
+                                "Restore {} over the live data of {}? Its application is stopped, a safety \
+                                 snapshot of the live data is taken, the data is reverted to this restore point, \
+                                 and the application is started again.",
+                                e.name, t
+                            ),
+                            true,
+                            "danger",
+                        )
                     )
                 }
             );
@@ -201,7 +218,8 @@ fn render(v: &View, now: u64) -> String {
     }
     out.push_str(
         "<p class=\"muted\">Restore points are deleted by their retention rules (<code>recman prune</code>); \
-         a restore in place is asked for with <code>recman restore</code>.</p>",
+         a restore beside production, a clone or a restore to a point in time is asked for with \
+         <code>recman restore</code> and <code>recman clone</code>.</p>",
     );
     out
 }
