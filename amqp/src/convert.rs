@@ -1,12 +1,15 @@
 //! Between recman's [`Message`] and AMQP properties: message id, type,
 //! persistent delivery, JSON content type, headers as long strings, the
-//! schema version header, and the dead-letter reason for broker-made dead letters.
+//! schema version header, the dead-letter reason for broker-made dead
+//! letters, and the broker-validated `user_id` (as `USER_ID_HEADER`).
 
 use std::collections::BTreeMap;
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
-use recman_events::bus::{Message, ALSO_ROUTE_HEADER, DELIVERY_LIMIT_REASON, ORIGIN_HEADER, REASON_HEADER};
+use recman_events::bus::{
+    Message, ALSO_ROUTE_HEADER, DELIVERY_LIMIT_REASON, ORIGIN_HEADER, REASON_HEADER, USER_ID_HEADER,
+};
 /// The wire schema version of the body.
 pub const SCHEMA_HEADER: &str = "x-recman-schema-version";
 /// RabbitMQ's count of earlier deliveries (quorum queues).
@@ -15,6 +18,9 @@ const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 pub fn properties(msg: &Message) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (k, v) in &msg.headers {
+        if k == USER_ID_HEADER {
+            continue; // the receiving bus sets it from `user_id`
+        }
         headers.insert(
             ShortString::from(k.as_str()),
             AMQPValue::LongString(v.as_str().into()),
@@ -72,10 +78,18 @@ pub fn message(props: &BasicProperties, body: Vec<u8>) -> (Message, u32) {
                 earlier = value_text(v).and_then(|s| s.parse().ok()).unwrap_or(0);
                 continue;
             }
+            if k.as_str() == USER_ID_HEADER {
+                continue; // a sender's claim, not the broker's: dropped
+            }
             if let Some(text) = value_text(v) {
                 headers.insert(k.as_str().to_string(), text);
             }
         }
+    }
+    // The broker refuses a `user_id` that is not the publishing
+    // connection's user, so this one is validated.
+    if let Some(u) = props.user_id() {
+        headers.insert(USER_ID_HEADER.into(), u.as_str().to_string());
     }
     // Dead-lettered by the broker itself (delivery limit, expiry): name the
     // reason the way recman does.

@@ -18,7 +18,7 @@ use toml::Spanned;
 
 mod api;
 pub mod log;
-pub use api::{ApiConfig, DEFAULT_LISTEN};
+pub use api::{in_scope, ApiConfig, ApiUser, Role, DEFAULT_LISTEN, LEGACY_ADMIN};
 mod reconcile;
 mod recovery;
 mod retention;

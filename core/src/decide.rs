@@ -380,6 +380,7 @@ impl Decider<'_> {
             at_ms: self.now,
             job: job.id,
             body,
+            by: String::new(),
         };
         apply_job(job, &ev);
         self.out.push(ev);
@@ -827,6 +828,7 @@ impl Decider<'_> {
                     names,
                     retry_at_ms,
                 },
+                by: String::new(),
             });
         }
         asked
@@ -864,6 +866,7 @@ impl Decider<'_> {
                             name,
                             error,
                         },
+                        by: String::new(),
                     });
                 } else {
                     again.push(name);
@@ -1213,6 +1216,7 @@ impl Decider<'_> {
                                 target: t.clone(),
                                 name: name.clone(),
                             },
+                            by: String::new(),
                         });
                     }
                 }
@@ -1230,6 +1234,7 @@ impl Decider<'_> {
                             name: name.clone(),
                             error: error.clone(),
                         },
+                        by: String::new(),
                     });
                 }
             }
@@ -1259,6 +1264,7 @@ impl Decider<'_> {
             at_ms: self.now,
             job,
             body,
+            by: String::new(),
         });
     }
 

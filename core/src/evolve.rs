@@ -90,6 +90,7 @@ pub fn evolve(state: &mut State, ev: &Event) {
                             target: target.clone(),
                             name: name.clone(),
                         },
+                        by: String::new(),
                     },
                 );
             }

@@ -8,6 +8,7 @@
 //! crate's normal dependencies hold no runtime, store or network crate
 //! (`tests/run` checks `cargo tree`).
 
+pub mod by;
 pub mod decide;
 pub mod due;
 pub mod effects;
@@ -136,6 +137,7 @@ impl Core {
             commands.extend(effects(&self.state, &self.cfg, e));
         }
         events.extend(started);
+        by::attribute_schedules(&mut events);
         let commands = self.mutated(commands);
         Step {
             events,

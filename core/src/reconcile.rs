@@ -240,6 +240,7 @@ pub fn plan(state: &State, cfg: &CoreConfig, now: u64, targets: Option<&[TargetI
                     target: t.clone(),
                     origin: "schedule".into(),
                 },
+                by: String::new(),
             });
         }
     };
@@ -275,6 +276,7 @@ pub fn request(
             target: target.clone(),
             origin: origin.to_string(),
         },
+        by: String::new(),
     }))
 }
 
@@ -326,6 +328,7 @@ pub fn starts(state: &State, cfg: &CoreConfig, now: u64, targets: &BTreeSet<Targ
                     .saturating_add(list_timeout(cfg, t))
                     .saturating_add(STAGE_GRACE_MS),
             },
+            by: String::new(),
         });
     }
     out
@@ -373,6 +376,7 @@ pub fn report(state: &State, cfg: &CoreConfig, r: &Report, now: u64) -> Vec<Even
                 run: run.run,
                 error,
             },
+            by: String::new(),
         }]
     };
     let names = match &r.outcome {
@@ -409,6 +413,7 @@ pub fn report(state: &State, cfg: &CoreConfig, r: &Report, now: u64) -> Vec<Even
                         target: t.clone(),
                         name: e.name.clone(),
                     },
+                    by: String::new(),
                 });
             }
         }
@@ -422,6 +427,7 @@ pub fn report(state: &State, cfg: &CoreConfig, r: &Report, now: u64) -> Vec<Even
                 target: t.clone(),
                 names: unknown.clone(),
             },
+            by: String::new(),
         });
     }
     out.push(Event {
@@ -434,6 +440,7 @@ pub fn report(state: &State, cfg: &CoreConfig, r: &Report, now: u64) -> Vec<Even
             vanished,
             unknown: u32::try_from(unknown.len()).unwrap_or(u32::MAX),
         },
+        by: String::new(),
     });
     out
 }
@@ -500,6 +507,7 @@ pub fn timeouts(state: &State, now: u64) -> Vec<Event> {
                     true,
                 ),
             },
+            by: String::new(),
         });
     }
     out

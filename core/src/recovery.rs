@@ -687,6 +687,7 @@ pub fn request(
             action: ask.action.clone(),
             origin: origin.to_string(),
         },
+        by: String::new(),
     }))
 }
 
@@ -859,6 +860,7 @@ fn step_started(cfg: &CoreConfig, op: &Op, stage: Stage, now: u64) -> Event {
             stage,
             deadline_ms: now.saturating_add(timeout).saturating_add(STAGE_GRACE_MS),
         },
+        by: String::new(),
     }
 }
 
@@ -880,11 +882,13 @@ fn next(cfg: &CoreConfig, op: &Op, stage: Stage, failed: Option<&StepError>, now
         at_ms: now,
         job: op.id,
         body: EventBody::RecoveryCompleted { location },
+        by: String::new(),
     };
     let end_failed = |reason: String, live: LiveData| Event {
         at_ms: now,
         job: op.id,
         body: EventBody::RecoveryFailed { reason, live },
+        by: String::new(),
     };
     let go = |s: Stage| step_started(cfg, op, s, now);
     let why = |e: &StepError| format!("{stage} {e}");
@@ -1035,6 +1039,7 @@ pub fn report(state: &State, cfg: &CoreConfig, r: &Report, now: u64) -> Vec<Even
                     duration_us: r.duration_us,
                     location: location.clone(),
                 },
+                by: String::new(),
             }];
             if let StepDetail::Recovered { info, .. } = detail {
                 if !info.is_empty() {
@@ -1046,6 +1051,7 @@ pub fn report(state: &State, cfg: &CoreConfig, r: &Report, now: u64) -> Vec<Even
                             note: recman_events::wire::bounded(info, recman_events::wire::MAX_REASON_LEN)
                                 .to_string(),
                         },
+                        by: String::new(),
                     });
                 }
             }
@@ -1081,6 +1087,7 @@ fn step_failed(
             worker,
             error: error.clone(),
         },
+        by: String::new(),
     }];
     out.extend(next(cfg, &after, stage, Some(&error), now));
     out
@@ -1144,6 +1151,7 @@ pub fn expired_mounts(state: &State, cfg: &CoreConfig, now: u64) -> Vec<Event> {
                 action: RecoveryAction::Unmount { mount: m.job },
                 origin: "max_mount_age".into(),
             },
+            by: String::new(),
         });
     }
     out

@@ -320,6 +320,7 @@ pub fn follow_up(state: &State, cfg: &CoreConfig, events: &[Event]) -> Vec<Event
                     origin: "auto".into(),
                     replaces,
                 },
+                by: String::new(),
             });
         }
     }
@@ -410,6 +411,7 @@ pub fn starts(state: &State, cfg: &CoreConfig, now: u64, targets: &BTreeSet<Targ
                 run,
                 deadline_ms: now.saturating_add(timeout).saturating_add(STAGE_GRACE_MS),
             },
+            by: String::new(),
         });
     }
     out
@@ -458,6 +460,7 @@ pub fn report(state: &State, r: &Report, now: u64) -> Vec<Event> {
         at_ms: now,
         job: run.owner,
         body,
+        by: String::new(),
     }]
 }
 
@@ -481,6 +484,7 @@ pub fn timeouts(state: &State, now: u64) -> Vec<Event> {
                     true,
                 ),
             },
+            by: String::new(),
         });
     }
     out
@@ -528,6 +532,7 @@ pub fn request(
             origin: origin.to_string(),
             replaces: Vec::new(),
         },
+        by: String::new(),
     })
 }
 

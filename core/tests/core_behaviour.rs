@@ -1006,6 +1006,7 @@ fn an_old_logs_snapshot_after_the_end_counts_only_for_its_own_attempt() {
                 array_expiry: None,
             }),
         },
+        by: String::new(),
     };
     core.apply(&late(2, "other-attempt"));
     assert!(

@@ -60,6 +60,7 @@ fn requested(i: usize) -> Event {
             kind: SnapshotKind::Full,
             origin: "test".into(),
         },
+        by: String::new(),
     }
 }
 
@@ -357,6 +358,7 @@ fn wide(i: usize, n: usize) -> Event {
             kind: SnapshotKind::Full,
             origin: "test".into(),
         },
+        by: String::new(),
     }
 }
 
@@ -383,6 +385,7 @@ async fn batches_carry_their_seq_range_in_headers_and_respect_the_size_limit() {
                 retryable: true,
             },
         },
+        by: String::new(),
     }));
     events.push(wide(60, 1000));
     log.append(events).await.unwrap();

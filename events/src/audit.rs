@@ -10,9 +10,9 @@
 use rkyv::util::AlignedVec;
 use serde::Serialize;
 
-use crate::codec::{self, ArchivedRecord};
+use crate::codec::{self, Archived};
 use crate::log::{EventLog, LogError};
-use crate::model::ArchivedEvent;
+use crate::model::ArchivedEventBody;
 
 /// Records read per `scan_raw` call.
 const CHUNK: usize = 65_536;
@@ -70,7 +70,7 @@ impl Walker {
 
     /// Checks one record and reports its problems to `report`; returns its
     /// archived form when it passed every check.
-    fn step(&mut self, key: u64, bytes: &[u8], report: &mut dyn FnMut(Finding)) -> Option<&ArchivedRecord> {
+    fn step(&mut self, key: u64, bytes: &[u8], report: &mut dyn FnMut(Finding)) -> Option<Archived<'_>> {
         let mut clean = true;
         if key != self.expected {
             let message = if key == self.expected + 1 {
@@ -91,7 +91,7 @@ impl Walker {
             self.prev = None;
         }
         self.expected = key + 1;
-        let payload = match codec::check_envelope(bytes) {
+        let (version, payload) = match codec::open_envelope(bytes) {
             Ok(p) => p,
             Err(e) => {
                 report(Finding {
@@ -104,7 +104,7 @@ impl Walker {
         };
         self.scratch.clear();
         self.scratch.extend_from_slice(payload);
-        let archived = match rkyv::access::<ArchivedRecord, rkyv::rancor::Error>(&self.scratch) {
+        let archived = match codec::access(version, &self.scratch) {
             Ok(a) => a,
             Err(e) => {
                 report(Finding {
@@ -115,7 +115,7 @@ impl Walker {
                 return None;
             }
         };
-        let said = archived.seq.to_native();
+        let said = archived.seq();
         if said != key {
             report(Finding {
                 seq: key,
@@ -125,7 +125,7 @@ impl Walker {
             });
         }
         if let Some(prev) = self.prev {
-            if archived.prev_hash != prev {
+            if archived.prev_hash() != prev {
                 let message = if key == 1 {
                     "hash chain broken at record 1: it does not start from the genesis hash \
                      (records before it were removed or it was replaced)"
@@ -208,12 +208,12 @@ pub struct ReplayStats {
     pub last_seq: u64,
 }
 
-/// Walks the whole log with every check of `audit` and hands each event, in
-/// its validated archived form (no owned copy is built), to `f`. Stops at the
-/// first problem.
+/// Walks the whole log with every check of `audit` and hands each event's
+/// body, in its validated archived form (no owned copy is built), to `f`.
+/// Stops at the first problem.
 pub fn replay(
     log: &dyn EventLog,
-    mut f: impl FnMut(u64, &ArchivedEvent),
+    mut f: impl FnMut(u64, &ArchivedEventBody),
 ) -> Result<ReplayStats, ReplayError> {
     let mut stats = ReplayStats::default();
     let mut walker = Walker::new();
@@ -230,7 +230,7 @@ pub fn replay(
             if let Some(rec) = walker.step(key, bytes, &mut |finding| {
                 found.get_or_insert(finding);
             }) {
-                f(key, &rec.event);
+                f(key, rec.body());
             }
             first_finding = found;
         })?;

@@ -4,14 +4,20 @@
 //! BLAKE3 hash of the previous record's bytes, and the event. The CRC covers
 //! every byte before it; the next record's `prev_hash` covers every byte of this
 //! one, so a changed, removed or reordered record breaks the chain.
+//!
+//! Version 2 records carry the event's `by`; version 1 records (written
+//! before it existed) are still read, through their own layout ([`v1`]),
+//! with an empty `by`. Only version 2 is written.
 
 use rkyv::util::AlignedVec;
 
 use crate::model::Event;
 
 pub const MAGIC: [u8; 4] = *b"RMEV";
-/// Version of the stored record layout.
-pub const RECORD_VERSION: u16 = 1;
+/// Version of the stored record layout (the one written).
+pub const RECORD_VERSION: u16 = 2;
+/// The first layout: events without `by`; read, never written.
+pub const RECORD_VERSION_1: u16 = 1;
 /// Payload codec id: rkyv 0.8.
 pub const CODEC_RKYV: u8 = 1;
 /// Bytes before the payload.
@@ -25,6 +31,89 @@ pub struct Record {
     pub seq: u64,
     pub prev_hash: [u8; 32],
     pub event: Event,
+}
+
+/// The layout of version 1 records, kept to read old logs.
+pub mod v1 {
+    use crate::ids::JobId;
+    use crate::model::EventBody;
+
+    #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct Record {
+        pub seq: u64,
+        pub prev_hash: [u8; 32],
+        pub event: Event,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct Event {
+        pub at_ms: u64,
+        pub job: JobId,
+        pub body: EventBody,
+    }
+
+    impl From<Record> for super::Record {
+        fn from(r: Record) -> super::Record {
+            super::Record {
+                seq: r.seq,
+                prev_hash: r.prev_hash,
+                event: crate::model::Event {
+                    at_ms: r.event.at_ms,
+                    job: r.event.job,
+                    body: r.event.body,
+                    by: String::new(),
+                },
+            }
+        }
+    }
+
+    /// A version 1 record's bytes, as the old code wrote them (tests of
+    /// old-log reading build logs with it).
+    pub fn encode(rec: &Record) -> Vec<u8> {
+        let payload = rkyv::to_bytes::<rkyv::rancor::Error>(rec).expect("events always archive");
+        super::envelope(super::RECORD_VERSION_1, &payload)
+    }
+}
+
+/// A checked record in its archived form, of either layout.
+pub enum Archived<'a> {
+    V1(&'a v1::ArchivedRecord),
+    V2(&'a ArchivedRecord),
+}
+
+impl Archived<'_> {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Archived::V1(r) => r.seq.to_native(),
+            Archived::V2(r) => r.seq.to_native(),
+        }
+    }
+
+    pub fn prev_hash(&self) -> [u8; 32] {
+        match self {
+            Archived::V1(r) => r.prev_hash,
+            Archived::V2(r) => r.prev_hash,
+        }
+    }
+
+    pub fn body(&self) -> &crate::model::ArchivedEventBody {
+        match self {
+            Archived::V1(r) => &r.event.body,
+            Archived::V2(r) => &r.event.body,
+        }
+    }
+}
+
+/// Validated access to a payload of record version `version` (in an
+/// aligned buffer).
+pub fn access(version: u16, payload: &[u8]) -> Result<Archived<'_>, DecodeError> {
+    let e = |e: rkyv::rancor::Error| DecodeError::Payload(e.to_string());
+    Ok(match version {
+        RECORD_VERSION_1 => {
+            Archived::V1(rkyv::access::<v1::ArchivedRecord, rkyv::rancor::Error>(payload).map_err(e)?)
+        }
+        _ => Archived::V2(rkyv::access::<ArchivedRecord, rkyv::rancor::Error>(payload).map_err(e)?),
+    })
 }
 
 /// Why a stored record could not be read.
@@ -71,17 +160,27 @@ pub fn encode_into(rec: &Record, scratch: &mut AlignedVec, out: &mut Vec<u8>) {
     buf.clear();
     let payload =
         rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(rec, buf).expect("events always archive");
+    envelope_into(RECORD_VERSION, &payload, out);
+    *scratch = payload;
+}
+
+fn envelope(version: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    envelope_into(version, payload, &mut out);
+    out
+}
+
+fn envelope_into(version: u16, payload: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
     out.reserve(HEADER_LEN + payload.len() + 4);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&RECORD_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.push(CODEC_RKYV);
     out.push(0);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(payload);
     let crc = crc32fast::hash(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
-    *scratch = payload;
 }
 
 /// The BLAKE3 hash of a record's bytes, carried by the next record.
@@ -91,6 +190,11 @@ pub fn hash(bytes: &[u8]) -> [u8; 32] {
 
 /// Checks the envelope (magic, version, codec, length, CRC) and returns the payload.
 pub fn check_envelope(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+    open_envelope(bytes).map(|(_, p)| p)
+}
+
+/// Checks the envelope and returns the record version and the payload.
+pub fn open_envelope(bytes: &[u8]) -> Result<(u16, &[u8]), DecodeError> {
     if bytes.len() < HEADER_LEN + 4 {
         return Err(DecodeError::Truncated(bytes.len()));
     }
@@ -105,7 +209,7 @@ pub fn check_envelope(bytes: &[u8]) -> Result<&[u8], DecodeError> {
         return Err(DecodeError::BadCrc { stored, computed });
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != RECORD_VERSION {
+    if version != RECORD_VERSION && version != RECORD_VERSION_1 {
         return Err(DecodeError::UnsupportedVersion(version));
     }
     if bytes[6] != CODEC_RKYV {
@@ -116,27 +220,32 @@ pub fn check_envelope(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     if declared != actual {
         return Err(DecodeError::BadLength { declared, actual });
     }
-    Ok(&bytes[HEADER_LEN..body_end])
+    Ok((version, &bytes[HEADER_LEN..body_end]))
 }
 
 /// Checks and fully decodes a record. The payload is copied into an aligned
 /// buffer first: bytes from a store or a socket carry no alignment promise.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
-    let payload = check_envelope(bytes)?;
+    let (version, payload) = open_envelope(bytes)?;
     let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<Record, rkyv::rancor::Error>(&aligned).map_err(|e| DecodeError::Payload(e.to_string()))
+    let e = |e: rkyv::rancor::Error| DecodeError::Payload(e.to_string());
+    if version == RECORD_VERSION_1 {
+        return rkyv::from_bytes::<v1::Record, rkyv::rancor::Error>(&aligned)
+            .map(Record::from)
+            .map_err(e);
+    }
+    rkyv::from_bytes::<Record, rkyv::rancor::Error>(&aligned).map_err(e)
 }
 
 /// Checks a record without building the owned event (validated access only):
 /// returns its sequence number and previous hash. Used by replay and audit.
 pub fn verify(bytes: &[u8], scratch: &mut AlignedVec<16>) -> Result<(u64, [u8; 32]), DecodeError> {
-    let payload = check_envelope(bytes)?;
+    let (version, payload) = open_envelope(bytes)?;
     scratch.clear();
     scratch.extend_from_slice(payload);
-    let archived = rkyv::access::<ArchivedRecord, rkyv::rancor::Error>(scratch)
-        .map_err(|e| DecodeError::Payload(e.to_string()))?;
-    Ok((archived.seq.to_native(), archived.prev_hash))
+    let archived = access(version, scratch)?;
+    Ok((archived.seq(), archived.prev_hash()))
 }
 
 #[cfg(test)]
@@ -155,6 +264,7 @@ mod tests {
                 kind: SnapshotKind::Full,
                 origin: "test".into(),
             },
+            by: String::new(),
         }
     }
 
@@ -185,6 +295,41 @@ mod tests {
         encode_into(&rec, &mut scratch, &mut out);
         assert_eq!(&out[6..one], &encode(3, &[9; 32], &ev())[..]);
         assert_eq!(&out[one..], &out[6..one]);
+    }
+
+    #[test]
+    fn a_version_1_record_still_decodes_with_an_empty_by() {
+        let mut e = ev();
+        let old = v1::Record {
+            seq: 4,
+            prev_hash: [5; 32],
+            event: v1::Event {
+                at_ms: e.at_ms,
+                job: e.job,
+                body: e.body.clone(),
+            },
+        };
+        let bytes = v1::encode(&old);
+        assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), RECORD_VERSION_1);
+        let rec = decode(&bytes).unwrap();
+        assert_eq!((rec.seq, rec.prev_hash, &rec.event), (4, [5; 32], &e));
+        let mut scratch = AlignedVec::new();
+        assert_eq!(verify(&bytes, &mut scratch).unwrap(), (4, [5; 32]));
+        // A new record carries `by`, and the hash of its bytes covers it.
+        e.by = "alice".into();
+        let new = encode(4, &[5; 32], &e);
+        assert_eq!(u16::from_le_bytes([new[4], new[5]]), RECORD_VERSION);
+        assert_eq!(decode(&new).unwrap().event.by, "alice");
+        let mut other = e.clone();
+        other.by = "mallory".into();
+        assert_ne!(hash(&new), hash(&encode(4, &[5; 32], &other)));
+        // An unknown version is refused, not guessed.
+        let mut v3 = new.clone();
+        v3[4] = 3;
+        let end = v3.len() - 4;
+        let crc = crc32fast::hash(&v3[..end]).to_le_bytes();
+        v3[end..].copy_from_slice(&crc);
+        assert_eq!(decode(&v3), Err(DecodeError::UnsupportedVersion(3)));
     }
 
     #[test]

@@ -336,7 +336,10 @@ impl StepError {
 }
 
 /// One recorded fact about one job. `at_ms` is Unix time in milliseconds as
-/// passed to the core (never read from a clock inside it).
+/// passed to the core (never read from a clock inside it). `by` is who
+/// caused it: an API user's name, `amqp:<broker user>`, `cli:<unix user>`,
+/// `schedule:<id>`; empty for what the engine decided by itself (a worker's
+/// report, a timer). Records of version 1 have none (read as empty).
 #[derive(
     Clone,
     Debug,
@@ -353,6 +356,11 @@ pub struct Event {
     pub at_ms: u64,
     pub job: JobId,
     pub body: EventBody,
+    /// Who caused it: an API user's name, `amqp:<broker user>`,
+    /// `cli:<unix user>`, `schedule:<id>`; absent for what the engine
+    /// decided by itself (a worker's report, a timeout, retention).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub by: String,
 }
 
 /// The job lifecycle of `design.md`, one variant per fact.
@@ -777,7 +785,9 @@ mod tests {
         assert_eq!(std::mem::size_of::<ArchivedEventBody>(), 88);
         assert_eq!(std::mem::align_of::<ArchivedEventBody>(), 8);
         assert_eq!(std::mem::size_of::<ArchivedStepDetail>(), 56);
-        assert_eq!(std::mem::size_of::<ArchivedEvent>(), 112);
+        // Record version 2 added `by` to the event, beside the body.
+        assert_eq!(std::mem::size_of::<ArchivedEvent>(), 120);
+        assert_eq!(std::mem::size_of::<crate::codec::v1::ArchivedEvent>(), 112);
         // A recovery's action: the first six variants are version 1's.
         assert_eq!(std::mem::size_of::<crate::action::ArchivedStored>(), 20);
         assert_eq!(std::mem::align_of::<crate::action::ArchivedStored>(), 4);

@@ -117,12 +117,18 @@ fn sample_event() -> Event {
                 array_expiry: None,
             }),
         },
+        by: String::new(),
     }
 }
 
 fn other_events() -> Vec<Event> {
     let job = JobId::from_parts(1_700_000_000_000, 9);
-    let ev = |body| Event { at_ms: 5, job, body };
+    let ev = |body| Event {
+        at_ms: 5,
+        job,
+        body,
+        by: String::new(),
+    };
     vec![
         sample_event(),
         ev(EventBody::Requested {

@@ -266,6 +266,7 @@ mod tests {
                     attempt: 2,
                     reason: "freeze: exec_failed: exit 3".into(),
                 },
+                by: String::new(),
             },
         };
         let n = Notification::of_event(&e, vec![TargetId::from("pg-main")]);

@@ -158,7 +158,12 @@ mod tests {
     fn ev(seq: u64, at_ms: u64, job: JobId, body: EventBody) -> StoredEvent {
         StoredEvent {
             seq,
-            event: Event { at_ms, job, body },
+            event: Event {
+                at_ms,
+                job,
+                body,
+                by: String::new(),
+            },
         }
     }
 

@@ -38,6 +38,7 @@ async fn a_failed_job(log: &Arc<dyn EventLog>) {
                 kind: SnapshotKind::Full,
                 origin: "cli".into(),
             },
+            by: String::new(),
         },
         Event {
             at_ms: at + 1,
@@ -46,6 +47,7 @@ async fn a_failed_job(log: &Arc<dyn EventLog>) {
                 attempt: 1,
                 reason: "freeze: exec_failed: the hook exited with 3".into(),
             },
+            by: String::new(),
         },
     ])
     .await

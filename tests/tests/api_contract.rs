@@ -547,8 +547,15 @@ fn every_route_is_documented_with_every_error_it_can_answer() {
         );
         let mut need = vec!["414", "503"];
         if !is_public {
-            need.push("401");
+            need.extend(["401", "403"]);
         }
+        // The role in the document is the router's (`x-recman-role`).
+        let role = recman_engine::api::access()
+            .into_iter()
+            .find(|(m, p, _)| m.as_str().eq_ignore_ascii_case(method) && p == path)
+            .map(|(_, _, a)| a.as_str())
+            .unwrap();
+        assert_eq!(op["x-recman-role"], role, "{method} {path}: x-recman-role");
         if op.get("requestBody").is_some() {
             need.extend(["400", "413", "415"]);
         }

@@ -22,7 +22,12 @@ fn write_log(dir: &Path) -> JobId {
     let target = TargetId::from(format!("t{EVIL}"));
     let worker = WorkerId::from(format!("w{EVIL}"));
     let at = 1_700_000_000_000;
-    let ev = |body| Event { at_ms: at, job, body };
+    let ev = |body| Event {
+        at_ms: at,
+        job,
+        body,
+        by: String::new(),
+    };
     let events = vec![
         ev(EventBody::Requested {
             request_id: RequestId::from(format!("r{EVIL}")),

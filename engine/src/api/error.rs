@@ -22,6 +22,8 @@ pub const CODES: &[&str] = &[
     "invalid_request",
     // 401, 403, 404, 405, 409, 413, 414, 415, 422
     "unauthorized",
+    "forbidden",
+    "target_forbidden",
     // the console's CSRF checks: a write from another origin, or with the
     // session cookie but without its CSRF token
     "csrf_failed",

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::handle::Caller;
 use crate::view::View;
 
+pub mod auth;
 pub mod discovery;
 pub mod error;
 pub mod extract;
@@ -34,8 +35,10 @@ pub mod server;
 mod sse;
 pub mod tls;
 
+pub use auth::{authenticate, Access, User};
 pub use error::{ApiError, ErrorBody};
 use instrument::Stats;
+use recman_config::Role;
 
 /// The OpenAPI document, checked in under `schemas/` and served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../schemas/openapi.json");
@@ -51,8 +54,9 @@ pub struct Shared {
     pub engine: Caller,
     /// The engine finished its replay and answers calls.
     pub ready: AtomicBool,
-    /// Bearer token clients must send (all routes but `PUBLIC`).
-    pub token: Option<String>,
+    /// Who may call (all routes but `PUBLIC` want a bearer token of one of
+    /// them); `None`: no token configured, anyone on loopback is admin.
+    pub users: Option<auth::Users>,
     pub stats: Arc<Stats>,
     /// Turns true on shutdown; ends the event streams.
     pub stopping: watch::Receiver<bool>,
@@ -118,29 +122,45 @@ fn bearer(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-async fn auth(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    if let Some(token) = &s.token {
-        if !PUBLIC.contains(&req.uri().path()) {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer)
-                .unwrap_or("");
-            if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-                let mut resp = ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "send `Authorization: Bearer <token>` with the token of the server's api.token_file",
-                )
-                .into_response();
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
-                return resp;
-            }
-        }
+/// Resolves the bearer token to a [`User`] (401 without a known one), kept
+/// in the request's extensions for [`require`] and the handlers.
+async fn auth(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+    if s.users.is_some() && PUBLIC.contains(&req.uri().path()) {
+        return next.run(req).await;
     }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .unwrap_or("");
+    let Some(user) = authenticate(&s, given) else {
+        let mut resp = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send `Authorization: Bearer <token>` with the token of an API user (`[[api.user]]`, \
+             `recman user add`) or of the server's api.token_file",
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+        return resp;
+    };
+    req.extensions_mut().insert(user);
     next.run(req).await
+}
+
+/// The role check of one operation (a route layer): 403 naming the role
+/// needed when the caller's is lower.
+async fn require(need: Role, req: Request, next: Next) -> Response {
+    let what = format!("{} {}", req.method(), req.uri().path());
+    match req.extensions().get::<User>() {
+        Some(user) => match user.check_role(need, &what) {
+            Ok(()) => next.run(req).await,
+            Err(e) => e.into_response(),
+        },
+        None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "no user").into_response(),
+    }
 }
 
 /// A request target longer than `MAX_URI_BYTES` gets a JSON 414.
@@ -160,53 +180,102 @@ async fn uri_limit(req: Request, next: Next) -> Result<Response, ApiError> {
     Ok(next.run(req).await)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+struct Endpoint {
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: MethodRouter<Arc<Shared>>,
 }
 
-type Endpoint = (Method, &'static str, MethodRouter<Arc<Shared>>);
-
-fn endpoint<H, T>(method: Method, path: &'static str, handler: H) -> Endpoint
+fn endpoint<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Endpoint
 where
     H: Handler<T, Arc<Shared>>,
     T: 'static,
 {
     let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
-    (method, path, on(filter, handler))
+    let mut handler = on(filter, handler);
+    if let Access::Role(need) = access {
+        handler = handler.route_layer(middleware::from_fn(move |req: Request, next: Next| {
+            require(need, req, next)
+        }));
+    }
+    Endpoint {
+        method,
+        path,
+        access,
+        handler,
+    }
 }
 
-/// Every operation of the API. The router is built from this table, and a
-/// test checks that the OpenAPI document describes exactly these.
+const VIEWER: Access = Access::Role(Role::Viewer);
+const OPERATOR: Access = Access::Role(Role::Operator);
+const ADMIN: Access = Access::Role(Role::Admin);
+
+/// Every operation of the API with the least role it needs. The router is
+/// built from this table, and tests check that the OpenAPI document
+/// describes exactly these, with these roles, and that a real server
+/// allows and refuses each role accordingly. `POST /v1/recoveries` needs
+/// more than operator for some actions (`routes::recovery_role`).
 fn endpoints() -> Vec<Endpoint> {
+    use Access::Public;
     vec![
-        endpoint(Method::POST, "/v1/snapshots", routes::submit),
-        endpoint(Method::GET, "/v1/snapshots", routes::snapshots),
-        endpoint(Method::POST, "/v1/snapshots/{name}/verify", routes::verify),
-        endpoint(Method::POST, "/v1/recoveries", routes::recover),
-        endpoint(Method::GET, "/v1/mounts", routes::mounts),
-        endpoint(Method::GET, "/v1/clones", routes::clones),
-        endpoint(Method::GET, "/v1/jobs", routes::jobs),
-        endpoint(Method::GET, "/v1/jobs/{id}", routes::job),
-        endpoint(Method::POST, "/v1/jobs/{id}/cancel", routes::cancel),
-        endpoint(Method::GET, "/v1/jobs/{id}/events", sse::job_events),
-        endpoint(Method::GET, "/v1/events", sse::events),
-        endpoint(Method::GET, "/v1/targets", routes::targets),
-        endpoint(Method::POST, "/v1/targets/{id}/reconcile", routes::reconcile),
-        endpoint(Method::GET, "/v1/schedules", routes::schedules),
-        endpoint(Method::POST, "/v1/schedules/{id}/pause", routes::pause_schedule),
-        endpoint(Method::POST, "/v1/schedules/{id}/resume", routes::resume_schedule),
-        endpoint(Method::POST, "/v1/prune", routes::prune),
-        endpoint(Method::GET, "/v1/state", routes::live_state),
-        endpoint(Method::GET, "/v1/openapi.json", routes::openapi),
-        endpoint(Method::GET, "/metrics", routes::metrics),
-        endpoint(Method::GET, "/healthz", routes::healthz),
-        endpoint(Method::GET, "/readyz", routes::readyz),
+        endpoint(Method::POST, "/v1/snapshots", OPERATOR, routes::submit),
+        endpoint(Method::GET, "/v1/snapshots", VIEWER, routes::snapshots),
+        endpoint(
+            Method::POST,
+            "/v1/snapshots/{name}/verify",
+            OPERATOR,
+            routes::verify,
+        ),
+        endpoint(Method::POST, "/v1/recoveries", OPERATOR, routes::recover),
+        endpoint(Method::GET, "/v1/mounts", VIEWER, routes::mounts),
+        endpoint(Method::GET, "/v1/clones", VIEWER, routes::clones),
+        endpoint(Method::GET, "/v1/jobs", VIEWER, routes::jobs),
+        endpoint(Method::GET, "/v1/jobs/{id}", VIEWER, routes::job),
+        endpoint(Method::POST, "/v1/jobs/{id}/cancel", OPERATOR, routes::cancel),
+        endpoint(Method::GET, "/v1/jobs/{id}/events", VIEWER, sse::job_events),
+        endpoint(Method::GET, "/v1/events", VIEWER, sse::events),
+        endpoint(Method::GET, "/v1/targets", VIEWER, routes::targets),
+        endpoint(
+            Method::POST,
+            "/v1/targets/{id}/reconcile",
+            OPERATOR,
+            routes::reconcile,
+        ),
+        endpoint(Method::GET, "/v1/schedules", VIEWER, routes::schedules),
+        endpoint(
+            Method::POST,
+            "/v1/schedules/{id}/pause",
+            ADMIN,
+            routes::pause_schedule,
+        ),
+        endpoint(
+            Method::POST,
+            "/v1/schedules/{id}/resume",
+            ADMIN,
+            routes::resume_schedule,
+        ),
+        endpoint(Method::POST, "/v1/prune", ADMIN, routes::prune),
+        endpoint(Method::GET, "/v1/state", VIEWER, routes::live_state),
+        endpoint(Method::GET, "/v1/whoami", VIEWER, routes::whoami),
+        endpoint(Method::GET, "/v1/openapi.json", Public, routes::openapi),
+        endpoint(Method::GET, "/metrics", VIEWER, routes::metrics),
+        endpoint(Method::GET, "/healthz", Public, routes::healthz),
+        endpoint(Method::GET, "/readyz", Public, routes::readyz),
     ]
 }
 
 /// (method, path) of every operation the router serves.
 pub fn operations() -> Vec<(Method, &'static str)> {
-    endpoints().into_iter().map(|(m, p, _)| (m, p)).collect()
+    endpoints().into_iter().map(|e| (e.method, e.path)).collect()
+}
+
+/// (method, path, access) of every operation: the route × role table.
+pub fn access() -> Vec<(Method, &'static str, Access)> {
+    endpoints()
+        .into_iter()
+        .map(|e| (e.method, e.path, e.access))
+        .collect()
 }
 
 /// Every route of the API, and the console's pages beside them (its layer,
@@ -214,7 +283,7 @@ pub fn operations() -> Vec<(Method, &'static str)> {
 pub fn router(shared: Arc<Shared>) -> Router {
     endpoints()
         .into_iter()
-        .fold(Router::new(), |r, (_, path, handler)| r.route(path, handler))
+        .fold(Router::new(), |r, e| r.route(e.path, e.handler))
         .merge(crate::console::routes())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
@@ -230,7 +299,20 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 #[cfg(test)]
 mod tests {
-    use super::bearer;
+    use super::{access, bearer, Access, PUBLIC};
+
+    #[test]
+    fn the_public_routes_are_the_ones_the_table_calls_public() {
+        let mut public: Vec<&str> = access()
+            .into_iter()
+            .filter(|(_, _, a)| *a == Access::Public)
+            .map(|(_, p, _)| p)
+            .collect();
+        let mut want = PUBLIC.to_vec();
+        public.sort();
+        want.sort();
+        assert_eq!(public, want);
+    }
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,12 +11,27 @@ use recman_events::wire::MAX_REASON_LEN;
 use recman_events::{JobId, RecoveryRequest, RequestId, SnapshotRequest, TargetId, WireError};
 use serde_json::{json, Value};
 
+use recman_config::Role;
+
 use super::extract::{JobIdPath, JsonBody, QueryParams};
-use super::{ApiError, Shared};
-use crate::handle::{Accepted, CallError};
+use super::{ApiError, Shared, User};
+use crate::handle::{Accepted, CallError, Caller};
 use crate::view::{self, View};
 
 type ApiResult = Result<Response, ApiError>;
+
+/// The engine's call side acting for `user`: what it causes is recorded
+/// with `by` = the user's name.
+fn engine_for(s: &Shared, user: &User) -> Caller {
+    s.engine.acting_as(&user.name)
+}
+
+/// A 403 for the first of `targets` beyond the user's scope.
+fn check_targets<'a>(user: &User, targets: impl IntoIterator<Item = &'a TargetId>) -> Result<(), ApiError> {
+    targets
+        .into_iter()
+        .try_for_each(|t| user.check_target(t.as_str()))
+}
 
 fn read_view<T>(s: &Shared, f: impl FnOnce(&View) -> T) -> Result<T, ApiError> {
     let v = s
@@ -96,7 +111,11 @@ pub fn parse_request(body: &[u8]) -> Result<SnapshotRequest, ApiError> {
     })
 }
 
-pub async fn submit(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> ApiResult {
+pub async fn submit(
+    State(s): State<Arc<Shared>>,
+    Extension(user): Extension<User>,
+    JsonBody(body): JsonBody,
+) -> ApiResult {
     if !s.engine.accepting() {
         return Err(ApiError::unavailable(
             "shutting_down",
@@ -104,8 +123,9 @@ pub async fn submit(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> A
         ));
     }
     let req = parse_request(&body)?;
+    check_targets(&user, &req.targets)?;
     let request_id = req.request_id.clone();
-    let Accepted { job, existing } = s.engine.submit(req, "http").await.map_err(|e| {
+    let Accepted { job, existing } = engine_for(&s, &user).submit(req, "http").await.map_err(|e| {
         call_error(e, |code, message| {
             let status = match code {
                 "unknown_target" | "group_spans_provider_pools" => StatusCode::UNPROCESSABLE_ENTITY,
@@ -162,10 +182,63 @@ pub fn parse_recovery(body: &[u8]) -> Result<RecoveryRequest, ApiError> {
     })
 }
 
+/// The role a recovery action needs: mounting and unmounting a restore point
+/// leave the live data alone (operator); a restore, a clone or a clone's
+/// removal writes data (admin).
+pub fn recovery_role(action: &recman_events::RecoveryAction) -> Role {
+    use recman_events::RecoveryAction as A;
+    match action {
+        A::Mount { .. } | A::Unmount { .. } => Role::Operator,
+        A::InPlace { .. } | A::To { .. } | A::Clone { .. } | A::RemoveClone { .. } => Role::Admin,
+    }
+}
+
+/// The targets a recovery request acts on, as far as the view knows them
+/// (the core refuses what it does not know).
+fn recovery_targets(v: &View, req: &RecoveryRequest) -> Vec<TargetId> {
+    use recman_events::RecoveryAction as A;
+    if let Some(t) = &req.target {
+        return vec![t.clone()];
+    }
+    match &req.action {
+        A::Unmount { mount } => v
+            .state
+            .recovery
+            .mounts
+            .get(mount)
+            .map(|m| m.target.clone())
+            .into_iter()
+            .collect(),
+        A::RemoveClone { name } => v
+            .state
+            .recovery
+            .clones
+            .get(name)
+            .map(|c| c.target.clone())
+            .into_iter()
+            .collect(),
+        _ => {
+            let Some(name) = &req.snapshot else {
+                return Vec::new();
+            };
+            v.state
+                .catalog
+                .iter()
+                .filter(|(_, c)| c.iter().any(|e| &e.name == name))
+                .map(|(t, _)| t.clone())
+                .collect()
+        }
+    }
+}
+
 /// `POST /v1/recoveries`: restore, mount, unmount, clone or remove a clone,
 /// as a recovery job (202 once `recovery_requested` is durable; follow it
 /// with `GET /v1/jobs/{id}` and `/v1/jobs/{id}/events`).
-pub async fn recover(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> ApiResult {
+pub async fn recover(
+    State(s): State<Arc<Shared>>,
+    Extension(user): Extension<User>,
+    JsonBody(body): JsonBody,
+) -> ApiResult {
     if !s.engine.accepting() {
         return Err(ApiError::unavailable(
             "shutting_down",
@@ -173,8 +246,17 @@ pub async fn recover(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> 
         ));
     }
     let req = parse_recovery(&body)?;
+    user.check_role(
+        recovery_role(&req.action),
+        &format!("POST /v1/recoveries with action {}", req.action.as_str()),
+    )?;
+    if !user.targets.is_empty() {
+        s.synced().await;
+        let targets = read_view(&s, |v| recovery_targets(v, &req))?;
+        check_targets(&user, &targets)?;
+    }
     let request_id = req.request_id.clone();
-    let Accepted { job, existing } = s.engine.recover(req, "http").await.map_err(|e| {
+    let Accepted { job, existing } = engine_for(&s, &user).recover(req, "http").await.map_err(|e| {
         call_error(e, |code, message| {
             let status = match code {
                 "unknown_snapshot" | "unknown_mount" | "unknown_clone" => StatusCode::NOT_FOUND,
@@ -290,11 +372,16 @@ fn body_reason(body: &[u8], default: &str) -> Result<String, ApiError> {
 
 pub async fn cancel(
     State(s): State<Arc<Shared>>,
+    Extension(user): Extension<User>,
     JobIdPath(id): JobIdPath,
     JsonBody(body): JsonBody,
 ) -> ApiResult {
     let reason = body_reason(&body, "cancelled through the API")?;
-    let Accepted { job, existing } = s.engine.cancel(id, reason).await.map_err(|e| {
+    if !user.targets.is_empty() {
+        s.synced().await;
+        check_targets(&user, &read_view(&s, |v| v.job_targets(&id))?)?;
+    }
+    let Accepted { job, existing } = engine_for(&s, &user).cancel(id, reason).await.map_err(|e| {
         call_error(e, |code, message| match code {
             "unknown_job" => ApiError::not_found("job_not_found", message),
             "already_finished" => ApiError::new(StatusCode::CONFLICT, "job_finished", message),
@@ -316,28 +403,37 @@ pub async fn schedules(State(s): State<Arc<Shared>>) -> ApiResult {
 /// `POST /v1/schedules/{id}/pause` (optional `{"reason": "…"}`).
 pub async fn pause_schedule(
     State(s): State<Arc<Shared>>,
+    Extension(user): Extension<User>,
     axum::extract::Path(id): axum::extract::Path<String>,
     JsonBody(body): JsonBody,
 ) -> ApiResult {
     let reason = body_reason(&body, "paused through the API")?;
-    schedule_call(&s, id, Some(reason)).await
+    schedule_call(&s, &user, id, Some(reason)).await
 }
 
 /// `POST /v1/schedules/{id}/resume`.
 pub async fn resume_schedule(
     State(s): State<Arc<Shared>>,
+    Extension(user): Extension<User>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> ApiResult {
-    schedule_call(&s, id, None).await
+    schedule_call(&s, &user, id, None).await
 }
 
-async fn schedule_call(s: &Shared, id: String, pause: Option<String>) -> ApiResult {
-    let Accepted { existing, .. } = s.engine.pause_schedule(&id, pause).await.map_err(|e| {
-        call_error(e, |code, message| match code {
-            "unknown_schedule" => ApiError::not_found("schedule_not_found", message),
-            _ => ApiError::new(StatusCode::CONFLICT, code, message),
-        })
-    })?;
+async fn schedule_call(s: &Shared, user: &User, id: String, pause: Option<String>) -> ApiResult {
+    if !user.targets.is_empty() {
+        let targets = read_view(s, |v| v.schedule_targets(&id))?.unwrap_or_default();
+        check_targets(user, &targets)?;
+    }
+    let Accepted { existing, .. } = engine_for(s, user)
+        .pause_schedule(&id, pause)
+        .await
+        .map_err(|e| {
+            call_error(e, |code, message| match code {
+                "unknown_schedule" => ApiError::not_found("schedule_not_found", message),
+                _ => ApiError::new(StatusCode::CONFLICT, code, message),
+            })
+        })?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"schedule": id, "already": existing})),
@@ -350,16 +446,21 @@ async fn schedule_call(s: &Shared, id: String, pause: Option<String>) -> ApiResu
 /// outcome in the event log.
 pub async fn reconcile(
     State(s): State<Arc<Shared>>,
+    Extension(user): Extension<User>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> ApiResult {
+    user.check_target(&id)?;
     let from = s.log.last_seq() + 1;
     let target = TargetId::from(id.as_str());
-    let Accepted { existing, .. } = s.engine.reconcile(target, "http").await.map_err(|e| {
-        call_error(e, |code, message| match code {
-            "unknown_target" => ApiError::not_found("target_not_found", message),
-            _ => ApiError::new(StatusCode::CONFLICT, code, message),
-        })
-    })?;
+    let Accepted { existing, .. } = engine_for(&s, &user)
+        .reconcile(target, "http")
+        .await
+        .map_err(|e| {
+            call_error(e, |code, message| match code {
+                "unknown_target" => ApiError::not_found("target_not_found", message),
+                _ => ApiError::new(StatusCode::CONFLICT, code, message),
+            })
+        })?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"target": id, "already": existing, "from": from})),
@@ -386,6 +487,11 @@ pub async fn live_state(State(s): State<Arc<Shared>>) -> ApiResult {
         .await
         .map_err(|_| ApiError::unavailable("engine_unavailable", "the engine is not running"))?;
     Ok(Json(json!({"seq": state.applied, "digest": view::digest(&state)})).into_response())
+}
+
+/// `GET /v1/whoami`: the caller's user name, role and target scope.
+pub async fn whoami(Extension(user): Extension<User>) -> Response {
+    Json(json!({"user": user.name, "role": user.role.as_str(), "targets": user.targets})).into_response()
 }
 
 pub async fn openapi() -> Response {
@@ -466,8 +572,24 @@ fn prune_body(body: &[u8]) -> Result<(Vec<TargetId>, bool), ApiError> {
 /// `recman prune`: the retention plan (what each rule keeps and why, what
 /// goes); unless `dry_run`, the engine asks for the deletes now (recorded as
 /// `prune_requested` and carried out like the automatic prunes).
-pub async fn prune(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> ApiResult {
+pub async fn prune(
+    State(s): State<Arc<Shared>>,
+    Extension(user): Extension<User>,
+    JsonBody(body): JsonBody,
+) -> ApiResult {
     let (targets, dry_run) = prune_body(&body)?;
+    if !user.targets.is_empty() && targets.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "target_forbidden",
+            format!(
+                "user {} may act only on targets matching {}: name them in `targets`",
+                user.name,
+                user.targets.join(", ")
+            ),
+        ));
+    }
+    check_targets(&user, &targets)?;
     s.synced().await;
     let plan = read_view(&s, |v| {
         if let Some(t) = targets
@@ -486,7 +608,7 @@ pub async fn prune(State(s): State<Arc<Shared>>, JsonBody(body): JsonBody) -> Ap
         return Ok(Json(json!({"dry_run": true, "plan": plan, "asked": 0})).into_response());
     }
     let seed: Vec<TargetId> = plan.targets.keys().cloned().collect();
-    let asked = s.engine.prune(seed).await.map_err(|e| {
+    let asked = engine_for(&s, &user).prune(seed).await.map_err(|e| {
         call_error(e, |code, message| {
             ApiError::new(StatusCode::CONFLICT, code, message)
         })
@@ -521,12 +643,16 @@ fn verify_body(body: &[u8]) -> Result<Option<TargetId>, ApiError> {
 /// the snapshot and runs on the target's verify pool once it is idle.
 pub async fn verify(
     State(s): State<Arc<Shared>>,
+    Extension(user): Extension<User>,
     axum::extract::Path(name): axum::extract::Path<String>,
     JsonBody(body): JsonBody,
 ) -> ApiResult {
     recman_events::wire::check_id("name", &name)
         .map_err(|e| ApiError::field("name", format!("bad snapshot name: {e}")))?;
     let only = verify_body(&body)?;
+    if let Some(t) = &only {
+        user.check_target(t.as_str())?;
+    }
     s.synced().await;
     let holders: Vec<TargetId> = read_view(&s, |v| {
         v.state
@@ -543,12 +669,23 @@ pub async fn verify(
             format!("{whose} has no restore point {name} in the catalog (see GET /v1/snapshots)"),
         ));
     }
+    // Without a target named, a scoped user verifies the holders in scope.
+    if let Some(out) = holders.iter().find(|t| !user.may_act_on(t.as_str())) {
+        if holders.iter().all(|t| !user.may_act_on(t.as_str())) {
+            user.check_target(out.as_str())?;
+        }
+    }
+    let holders: Vec<TargetId> = holders
+        .into_iter()
+        .filter(|t| user.may_act_on(t.as_str()))
+        .collect();
+    let engine = engine_for(&s, &user);
     let mut started = Vec::new();
     let mut refused = Vec::new();
     let mut job = None;
     let mut first_error = None;
     for t in holders {
-        match s.engine.verify(t.clone(), name.clone(), "http").await {
+        match engine.verify(t.clone(), name.clone(), "http").await {
             Ok(a) => {
                 job = Some(a.job);
                 started.push(t);

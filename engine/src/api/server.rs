@@ -24,12 +24,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::auth::Users;
 use super::discovery::{self, Discovery};
 use super::instrument::Stats;
 use super::serve::{self, Limits};
 use super::tls::Tls;
 use super::Shared;
-use crate::client::read_token;
 use crate::handle::Caller;
 use crate::view::{Until, View};
 
@@ -37,23 +37,24 @@ use crate::view::{Until, View};
 /// opened yet.
 pub struct Plan {
     listen: SocketAddr,
-    token: Option<String>,
+    users: Option<Users>,
     tls: Option<Arc<Tls>>,
     limits: Limits,
     console: crate::console::Console,
 }
 
 impl Plan {
-    /// The API on `listen`, with the config's `[api]` token, TLS and
-    /// limits. Refuses a non-loopback address without `[api] token_file`,
-    /// or without TLS unless `[api] insecure_http` says so knowingly.
+    /// The API on `listen`, with the config's `[api]` users (or token),
+    /// TLS and limits. Refuses a non-loopback address without users or
+    /// `[api] token_file`, or without TLS unless `[api] insecure_http` says
+    /// so knowingly.
     pub fn new(config: &Config, listen: SocketAddr) -> anyhow::Result<Plan> {
-        let token = config.api.token_file.as_deref().map(read_token).transpose()?;
-        if !listen.ip().is_loopback() && token.is_none() {
+        let users = Users::load(&config.api)?;
+        if !listen.ip().is_loopback() && users.is_none() {
             bail!(
                 "refusing to listen on {listen}: it is not a loopback address and no bearer token is set; \
-                 write a token to a file and name it in the config (`[api] token_file = \"/etc/recman/token\"`), \
-                 or listen on 127.0.0.1"
+                 add users to the config (`[[api.user]]`, their token files written by `recman user add`), \
+                 or name a token file (`[api] token_file = \"/etc/recman/token\"`), or listen on 127.0.0.1"
             );
         }
         let tls = config.api.tls().map(|(c, k)| Tls::load(c, k)).transpose()?;
@@ -81,7 +82,7 @@ impl Plan {
         let console = crate::console::Console::new(config, tls.is_some());
         Ok(Plan {
             listen,
-            token,
+            users,
             tls,
             limits,
             console,
@@ -143,7 +144,7 @@ impl Bound {
             seen: watch::channel(seq0).0,
             engine,
             ready: AtomicBool::new(false),
-            token: self.plan.token,
+            users: self.plan.users,
             stats,
             stopping,
             console: self.plan.console,
@@ -175,7 +176,7 @@ impl Bound {
             &Discovery {
                 url: url.clone(),
                 pid,
-                token_required: shared.token.is_some(),
+                token_required: shared.users.is_some(),
                 started_at_ms: recman_events::clock::now_ms(),
                 tls_cert: tls.as_ref().map(|t| t.cert().to_path_buf()),
             },

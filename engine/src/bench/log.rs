@@ -61,6 +61,7 @@ fn bench_event(job: JobId, n: u64, i: u64, pad: &str) -> Event {
                 array_expiry: None,
             }),
         },
+        by: String::new(),
     }
 }
 
@@ -145,7 +146,7 @@ pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
         let t = Instant::now();
         let mut bench_events = 0u64;
         let stats = replay(&*replay_log, |_, ev| {
-            if matches!(ev.body, ArchivedEventBody::StepSucceeded { .. }) {
+            if matches!(ev, ArchivedEventBody::StepSucceeded { .. }) {
                 bench_events += 1;
             }
         });

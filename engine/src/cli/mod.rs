@@ -29,6 +29,7 @@ pub mod snapshots;
 pub mod targets;
 pub mod unmount;
 pub mod up;
+pub mod user;
 pub mod validate;
 pub mod verify;
 pub mod worker;
@@ -102,6 +103,8 @@ pub enum Command {
     Audit(audit::Args),
     /// Check a config file and print what it declares.
     ValidateConfig(validate::Args),
+    /// API users: `user add NAME --role R --token-file F` makes a token.
+    User(user::Args),
     /// Preflight: check each target's writer and provider before any freeze (touches nothing).
     Check(check::Args),
     /// Drive the engine core with simulated workers, faults and a virtual clock.
@@ -109,6 +112,26 @@ pub enum Command {
     /// Benchmarks: print their figure and the baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+/// `cli:<unix user>`: who a command that submits to the engine directly
+/// acts as (recorded as `by`), the effective user's name, else its uid.
+pub fn identity() -> String {
+    // SAFETY: geteuid cannot fail; getpwuid_r writes only into `pw` and
+    // `buf`, whose sizes are passed, and `name` points into `buf`.
+    let uid = unsafe { libc::geteuid() };
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    let name = if r == 0 && !out.is_null() && !pw.pw_name.is_null() {
+        unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        uid.to_string()
+    };
+    format!("cli:{name}")
 }
 
 /// Entry point of the binary.
@@ -151,7 +174,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     // One rule for where the log is, for every command (home.rs); the
     // commands that read no log and report config errors themselves go on.
     let resolved = g.resolve();
-    if !matches!(cli.command, Command::Simulate(_) | Command::ValidateConfig(_)) {
+    if !matches!(
+        cli.command,
+        Command::Simulate(_) | Command::ValidateConfig(_) | Command::User(_)
+    ) {
         resolved?;
     }
     match cli.command {
@@ -179,6 +205,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(a) => replay::run(&g, a).await,
         Command::Audit(a) => audit::run(&g, a).await,
         Command::ValidateConfig(a) => validate::run(&g, a).await,
+        Command::User(a) => user::run(&g, a).await,
         Command::Check(a) => check::run(&g, a).await,
         Command::Simulate(a) => simulate::run(&g, a).await,
         Command::Bench(b) => bench::run(&g, b).await,

@@ -262,7 +262,11 @@ async fn follow_local(
     req: &RecoveryRequest,
     human: bool,
 ) -> anyhow::Result<(Option<End>, Progress)> {
-    let (accepted, mut events) = engine.recover_and_follow(req.clone(), "cli").await?;
+    let (accepted, mut events) = engine
+        .caller()
+        .acting_as(&super::identity())
+        .recover_and_follow(req.clone(), "cli")
+        .await?;
     let mut progress = Progress::new(accepted.job, human, std::io::stdout().is_terminal());
     if human {
         println!("job {}{}", accepted.job, seen_before(accepted.existing));

@@ -102,7 +102,11 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         },
     };
     req.validate()?;
-    let (accepted, mut events) = engine.submit_and_follow(req, "cli").await?;
+    let (accepted, mut events) = engine
+        .caller()
+        .acting_as(&super::identity())
+        .submit_and_follow(req, "cli")
+        .await?;
     let human = !a.json;
     let mut progress = Progress::new(accepted.job, human, std::io::stdout().is_terminal());
     if human {

@@ -59,7 +59,7 @@ fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> Response {
             &f,
             &format!(
                 "<section class=\"login\"><h1>Log in</h1>\
-                 <p>This server wants its API token (the file named by <code>[api] token_file</code>).</p>{error}\
+                 <p>This server wants an API token: yours (<code>recman user add</code>) or the one of its <code>[api] token_file</code>.</p>{error}\
                  <form method=\"post\" action=\"/login\" id=\"login-form\">\
                  <input type=\"hidden\" name=\"next\" value=\"{}\">\
                  <label>Token <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"current-password\" required></label> \
@@ -73,7 +73,7 @@ fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> Response {
 /// `GET /login`: the form (straight on when no login is needed).
 pub fn form(s: &Arc<Shared>, req: &Request, viewer: &Viewer) -> Response {
     let next = safe_next(query_next(req).as_deref());
-    if s.token.is_none() || viewer.session.is_some() {
+    if !crate::api::auth::required(s) || viewer.session.is_some() {
         return redirect(&next);
     }
     login_page(StatusCode::OK, &next, None)
@@ -92,24 +92,24 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// `POST /login`: a right token opens a session.
 pub async fn submit(s: &Arc<Shared>, req: Request) -> Response {
-    let Some(token) = s.token.clone() else {
+    if !crate::api::auth::required(s) {
         return redirect("/");
-    };
+    }
     let fields = match form_fields(req).await {
         Ok(f) => f,
         Err(r) => return r,
     };
     let next = safe_next(field(&fields, "next"));
     let given = field(&fields, "token").unwrap_or("").trim();
-    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    let Some(user) = crate::api::authenticate(s, given) else {
         tokio::time::sleep(WRONG_TOKEN_DELAY).await;
         return login_page(
             StatusCode::UNAUTHORIZED,
             &next,
-            Some("That is not the server's token."),
+            Some("That is not the token of a user of this server."),
         );
-    }
-    let Some((id, _)) = s.console.sessions.open(given.to_string(), None) else {
+    };
+    let Some((id, _)) = s.console.sessions.open(given.to_string(), Some(user.name)) else {
         return html::error_page(StatusCode::SERVICE_UNAVAILABLE, "could not open a session");
     };
     let mut r = redirect(&next);

@@ -213,7 +213,7 @@ pub async fn layer(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -
     let viewer = Viewer { session };
     let mut resp = if is_public(&path) {
         public(&s, req, viewer, sid).await
-    } else if s.token.is_some()
+    } else if crate::api::auth::required(&s)
         && viewer.session.is_none()
         && !req.headers().contains_key(header::AUTHORIZATION)
     {

@@ -49,6 +49,9 @@ pub struct Caller {
     log: Arc<dyn EventLog>,
     /// Started by the first follow.
     followers: Arc<OnceLock<Arc<Followers>>>,
+    /// Who the calls are for, recorded as `by` in the events they cause
+    /// (an API user, `cli:<unix user>`; empty: the engine itself).
+    by: String,
 }
 
 impl Caller {
@@ -59,7 +62,22 @@ impl Caller {
             accepting: Arc::new(AtomicBool::new(true)),
             log,
             followers: Arc::default(),
+            by: String::new(),
         }
+    }
+
+    /// The same engine, calling for `by`: the events these calls cause
+    /// record it (an API user's name, `cli:<unix user>`, …).
+    pub fn acting_as(&self, by: &str) -> Caller {
+        Caller {
+            by: by.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// Who the calls are for (`acting_as`); empty: the engine itself.
+    pub fn by(&self) -> &str {
+        &self.by
     }
 
     /// Shutdown began: refuse submissions from now on.
@@ -92,6 +110,7 @@ impl Caller {
             req,
             origin: origin.to_string(),
             new_job,
+            by: self.by.clone(),
             reply,
         };
         self.calls.send(call).await.map_err(|_| CallError::Stopped)?;
@@ -105,6 +124,7 @@ impl Caller {
         let call = Call::Cancel {
             job,
             reason: reason.into(),
+            by: self.by.clone(),
             reply,
         };
         self.calls.send(call).await.map_err(|_| CallError::Stopped)?;
@@ -118,6 +138,7 @@ impl Caller {
         let call = Call::Schedule {
             schedule: schedule.to_string(),
             pause,
+            by: self.by.clone(),
             reply,
         };
         self.calls.send(call).await.map_err(|_| CallError::Stopped)?;
@@ -138,6 +159,7 @@ impl Caller {
         let call = Call::Reconcile {
             target,
             origin: origin.to_string(),
+            by: self.by.clone(),
             reply,
         };
         self.calls.send(call).await.map_err(|_| CallError::Stopped)?;
@@ -153,7 +175,11 @@ impl Caller {
         }
         let (reply, rx) = oneshot::channel();
         self.calls
-            .send(Call::Prune { targets, reply })
+            .send(Call::Prune {
+                targets,
+                by: self.by.clone(),
+                reply,
+            })
             .await
             .map_err(|_| CallError::Stopped)?;
         match rx.await.map_err(|_| CallError::Stopped)? {
@@ -181,6 +207,7 @@ impl Caller {
             target,
             name,
             origin: origin.to_string(),
+            by: self.by.clone(),
             reply,
         };
         self.calls.send(call).await.map_err(|_| CallError::Stopped)?;
@@ -212,6 +239,7 @@ impl Caller {
             ask: runtime::ask(req),
             origin: origin.to_string(),
             new_job,
+            by: self.by.clone(),
             reply,
         };
         self.calls.send(call).await.map_err(|_| CallError::Stopped)?;

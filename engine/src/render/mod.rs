@@ -22,8 +22,19 @@ pub fn line(e: &StoredEvent) -> String {
         rfc3339(e.event.at_ms),
         e.event.job.short(),
         e.event.body.kind(),
-        escape(&details(&e.event.body))
+        escape(&with_by(details(&e.event.body), &e.event.by))
     )
+}
+
+/// The details, then `by=<who>` when someone caused the event.
+fn with_by(details: String, by: &str) -> String {
+    if by.is_empty() {
+        details
+    } else if details.is_empty() {
+        format!("by={by}")
+    } else {
+        format!("{details} by={by}")
+    }
 }
 
 /// The variant's fields, short and readable.

@@ -56,7 +56,11 @@ pub fn timeline(d: &JobDetail) {
         s.kind,
         s.origin
     );
-    crate::say!("  requested {}", rfc3339(s.requested_at_ms));
+    if s.by.is_empty() {
+        crate::say!("  requested {}", rfc3339(s.requested_at_ms));
+    } else {
+        crate::say!("  requested {} by {}", rfc3339(s.requested_at_ms), s.by);
+    }
     if let Some(f) = s.finished_at_ms {
         crate::say!(
             "  finished  {}  ({} ms)",

@@ -32,6 +32,7 @@ pub type Query = Box<dyn FnOnce(&State) -> Answer + Send>;
 pub type Answer = Box<dyn FnOnce() + Send>;
 
 /// A call into a running engine from the same process (see `crate::handle`).
+/// `by` is who it is for, recorded in the events it causes.
 pub enum Call {
     Submit {
         req: SnapshotRequest,
@@ -39,28 +40,33 @@ pub enum Call {
         /// The id the job gets if the request is new (chosen by the caller,
         /// so it can follow the job before it exists).
         new_job: JobId,
+        by: String,
         reply: oneshot::Sender<Reply>,
     },
     Cancel {
         job: JobId,
         reason: String,
+        by: String,
         reply: oneshot::Sender<Reply>,
     },
     /// Pause (`pause: Some(reason)`) or resume a schedule.
     Schedule {
         schedule: String,
         pause: Option<String>,
+        by: String,
         reply: oneshot::Sender<Reply>,
     },
     /// An operator's prune: retention over these targets' catalog now.
     Prune {
         targets: Vec<recman_events::TargetId>,
+        by: String,
         reply: oneshot::Sender<Reply>,
     },
     /// An operator's reconcile: the target's catalog against its provider's list.
     Reconcile {
         target: recman_events::TargetId,
         origin: String,
+        by: String,
         reply: oneshot::Sender<Reply>,
     },
     /// An operator's verify of restore point `name` of `target`.
@@ -68,6 +74,7 @@ pub enum Call {
         target: recman_events::TargetId,
         name: String,
         origin: String,
+        by: String,
         reply: oneshot::Sender<Reply>,
     },
     /// A recovery: restore, mount, unmount, clone, remove a clone.
@@ -76,6 +83,7 @@ pub enum Call {
         origin: String,
         /// As for `Submit`.
         new_job: JobId,
+        by: String,
         reply: oneshot::Sender<Reply>,
     },
     /// A look at the live core state (`recman replay` compares it with a
@@ -162,6 +170,8 @@ const PIPELINE_DEPTH: usize = 4;
 /// for the state (answered once everything decided before it is durable).
 struct Inbound {
     input: Option<Input>,
+    /// Who sent it (`Call`'s `by`, `amqp:<user_id>`); empty: the engine.
+    by: String,
     delivery: Option<Delivery>,
     reply: Option<oneshot::Sender<Reply>>,
     inspect: Option<Query>,
@@ -188,6 +198,7 @@ where
             Ok(v) => {
                 let inbound = Inbound {
                     input: Some(v),
+                    by: amqp_user(&d.message),
                     delivery: Some(d),
                     reply: None,
                     inspect: None,
@@ -210,87 +221,88 @@ where
 
 async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound>) -> anyhow::Result<()> {
     while let Some(call) = calls.recv().await {
-        let inbound = match call {
+        let (input, by, reply) = match call {
             Call::Submit {
                 req,
                 origin,
                 new_job,
+                by,
                 reply,
-            } => Inbound {
-                input: Some(Input::Request { req, origin, new_job }),
-                delivery: None,
-                reply: Some(reply),
-                inspect: None,
-            },
-            Call::Cancel { job, reason, reply } => Inbound {
-                input: Some(Input::Cancel { job, reason }),
-                delivery: None,
-                reply: Some(reply),
-                inspect: None,
-            },
+            } => (Input::Request { req, origin, new_job }, by, reply),
+            Call::Cancel {
+                job,
+                reason,
+                by,
+                reply,
+            } => (Input::Cancel { job, reason }, by, reply),
             Call::Schedule {
                 schedule,
                 pause,
+                by,
                 reply,
-            } => Inbound {
-                input: Some(match pause {
+            } => {
+                let input = match pause {
                     Some(reason) => Input::PauseSchedule { schedule, reason },
                     None => Input::ResumeSchedule { schedule },
-                }),
-                delivery: None,
-                reply: Some(reply),
-                inspect: None,
-            },
-            Call::Prune { targets, reply } => Inbound {
-                input: Some(Input::Prune { targets }),
-                delivery: None,
-                reply: Some(reply),
-                inspect: None,
-            },
+                };
+                (input, by, reply)
+            }
+            Call::Prune { targets, by, reply } => (Input::Prune { targets }, by, reply),
             Call::Reconcile {
                 target,
                 origin,
+                by,
                 reply,
-            } => Inbound {
-                input: Some(Input::Reconcile { target, origin }),
-                delivery: None,
-                reply: Some(reply),
-                inspect: None,
-            },
+            } => (Input::Reconcile { target, origin }, by, reply),
             Call::Verify {
                 target,
                 name,
                 origin,
+                by,
                 reply,
-            } => Inbound {
-                input: Some(Input::Verify { target, name, origin }),
-                delivery: None,
-                reply: Some(reply),
-                inspect: None,
-            },
+            } => (Input::Verify { target, name, origin }, by, reply),
             Call::Recover {
                 ask,
                 origin,
                 new_job,
+                by,
                 reply,
-            } => Inbound {
-                input: Some(Input::Recover { ask, origin, new_job }),
-                delivery: None,
-                reply: Some(reply),
-                inspect: None,
-            },
-            Call::Inspect(query) => Inbound {
-                input: None,
-                delivery: None,
-                reply: None,
-                inspect: Some(query),
-            },
+            } => (Input::Recover { ask, origin, new_job }, by, reply),
+            Call::Inspect(query) => {
+                let inbound = Inbound {
+                    input: None,
+                    by: String::new(),
+                    delivery: None,
+                    reply: None,
+                    inspect: Some(query),
+                };
+                if tx.send(inbound).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let inbound = Inbound {
+            input: Some(input),
+            by,
+            delivery: None,
+            reply: Some(reply),
+            inspect: None,
         };
         if tx.send(inbound).await.is_err() {
             break;
         }
     }
     Ok(())
+}
+
+/// `amqp:<user>` of a message the broker delivered with a validated
+/// `user_id` (see `bus::USER_ID_HEADER`); empty for every other message.
+fn amqp_user(m: &Message) -> String {
+    match m.header(recman_events::bus::USER_ID_HEADER) {
+        Some(u) if !u.is_empty() => format!("amqp:{u}"),
+        _ => String::new(),
+    }
 }
 
 /// Makes each decided batch durable, then publishes its commands, then settles
@@ -460,7 +472,8 @@ pub async fn run(
                 }
             }
             let is_request = matches!(input, Input::Request { .. } | Input::Recover { .. });
-            let step = core.handle(input, now);
+            let mut step = core.handle(input, now);
+            recman_core::by::stamp(&mut step.events, &i.by);
             if tracing_on {
                 match &step.reply {
                     Reply::Accepted { job, existing: false } if is_request => batch.notes.request(*job, msg),

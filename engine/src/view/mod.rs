@@ -105,6 +105,11 @@ pub struct JobSummary {
     pub targets: Vec<TargetId>,
     pub kind: String,
     pub origin: String,
+    /// Who requested it (the `by` of its request event): an API user,
+    /// `amqp:<user>`, `cli:<unix user>`, `schedule:<id>`; absent when
+    /// unknown (logs from before `by` existed) or the engine's own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub by: String,
     pub attempt: u32,
     pub stage: Option<Stage>,
     pub requested_at_ms: u64,
@@ -329,6 +334,8 @@ pub struct Retention {
 /// Per-job facts the core state does not keep.
 #[derive(Clone, Debug, Default)]
 struct JobExtra {
+    /// The `by` of the job's request.
+    by: String,
     steps: Vec<StepView>,
     snapshot_at_ms: Option<u64>,
     /// The `SnapshotExpiry` of the job's snapshots, by name.
@@ -408,6 +415,13 @@ impl View {
         self.last_seq = e.seq;
         self.last_at_ms = ev.at_ms;
         let job = ev.job;
+        if matches!(
+            ev.body,
+            EventBody::Requested { .. } | EventBody::RecoveryRequested { .. }
+        ) && !ev.by.is_empty()
+        {
+            self.extra.entry(job).or_default().by = ev.by.clone();
+        }
         match &ev.body {
             EventBody::StepSucceeded {
                 stage,
@@ -704,7 +718,7 @@ impl View {
             })
             .collect();
         Some(JobDetail {
-            summary: summary(j),
+            summary: summary(j, self.by_of(&j.id)),
             timeline,
             freeze_window: FreezeWindow {
                 first_frozen_at_ms: j.first_frozen_at_ms,
@@ -744,7 +758,7 @@ impl View {
             .collect();
         let failed = op.state == OpState::Failed;
         Some(JobDetail {
-            summary: recovery_summary(op),
+            summary: recovery_summary(op, self.by_of(&op.id)),
             timeline,
             freeze_window: FreezeWindow {
                 first_frozen_at_ms: None,
@@ -766,6 +780,32 @@ impl View {
     }
 
     /// Restore points exposed on hosts, oldest first.
+    /// Who requested job `id` (empty: unknown or the engine).
+    fn by_of(&self, id: &JobId) -> &str {
+        self.extra.get(id).map_or("", |x| x.by.as_str())
+    }
+
+    /// The targets of the config's schedule `id` (`None`: no such schedule).
+    pub fn schedule_targets(&self, id: &str) -> Option<Vec<TargetId>> {
+        self.schedules
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.targets.clone())
+    }
+
+    /// The targets a job acts on: a snapshot job's, or a recovery's one.
+    pub fn job_targets(&self, id: &JobId) -> Vec<TargetId> {
+        if let Some(j) = self.state.jobs.get(id) {
+            return j.targets.clone();
+        }
+        self.state
+            .recovery
+            .ops
+            .get(id)
+            .map(|o| vec![o.target.clone()])
+            .unwrap_or_default()
+    }
+
     pub fn mounts(&self) -> Vec<MountView> {
         let mut out: Vec<MountView> = self
             .state
@@ -841,11 +881,11 @@ impl View {
         let jobs = all
             .filter(|j| after.is_none_or(|a| j.id < a))
             .filter(|j| target.is_none_or(|t| j.targets.contains(t)))
-            .map(summary);
+            .map(|j| summary(j, self.by_of(&j.id)));
         let ops = ops
             .filter(|o| after.is_none_or(|a| o.id < a))
             .filter(|o| target.is_none_or(|t| o.target == *t))
-            .map(recovery_summary);
+            .map(|o| recovery_summary(o, self.by_of(&o.id)));
         // Both newest first (job ids are UUIDv7: time-ordered): merged.
         let mut jobs = jobs.peekable();
         let mut ops = ops.peekable();
@@ -1144,7 +1184,7 @@ pub fn op_state_name(s: OpState) -> &'static str {
 /// A recovery job in a list: `kind` is its action (`restore`,
 /// `restore_to`, `mount`, `unmount`, `clone`, `remove_clone`), `snapshot`
 /// the restore point, `outcome` where the data is or why it failed.
-fn recovery_summary(op: &Op) -> JobSummary {
+fn recovery_summary(op: &Op, by: &str) -> JobSummary {
     JobSummary {
         id: op.id,
         request_id: op.request_id.as_str().to_string(),
@@ -1152,6 +1192,7 @@ fn recovery_summary(op: &Op) -> JobSummary {
         targets: vec![op.target.clone()],
         kind: op.action.as_str().to_string(),
         origin: op.origin.clone(),
+        by: by.to_string(),
         attempt: 1,
         stage: op.stage,
         requested_at_ms: op.requested_ms,
@@ -1161,7 +1202,7 @@ fn recovery_summary(op: &Op) -> JobSummary {
     }
 }
 
-fn summary(j: &Job) -> JobSummary {
+fn summary(j: &Job, by: &str) -> JobSummary {
     JobSummary {
         id: j.id,
         request_id: j.request_id.as_str().to_string(),
@@ -1169,6 +1210,7 @@ fn summary(j: &Job) -> JobSummary {
         targets: j.targets.clone(),
         kind: j.kind.as_str().to_string(),
         origin: j.origin.clone(),
+        by: by.to_string(),
         attempt: j.attempt,
         stage: j.stage,
         requested_at_ms: j.requested_at_ms,

@@ -6,7 +6,12 @@ use recman_events::{Event, SnapshotKind, StepError};
 fn ev(seq: u64, at: u64, job: JobId, body: EventBody) -> StoredEvent {
     StoredEvent {
         seq,
-        event: Event { at_ms: at, job, body },
+        event: Event {
+            at_ms: at,
+            job,
+            body,
+            by: String::new(),
+        },
     }
 }
 

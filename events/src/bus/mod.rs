@@ -27,6 +27,12 @@ pub const ROUTING_KEY_HEADER: &str = "x-recman-routing-key";
 /// other member targets). Over RabbitMQ they become the `CC` header
 /// (sender-selected distribution: each bound queue gets the message once).
 pub const ALSO_ROUTE_HEADER: &str = "x-recman-also-routing-keys";
+/// Header that carries the sender's user as the broker validated it (AMQP:
+/// the `user_id` property, which RabbitMQ refuses unless it equals the
+/// connection's user). Set by the bus on receipt only: a sender's own
+/// header of this name is dropped. The engine records `amqp:<user>` as
+/// `by` of what the message causes.
+pub const USER_ID_HEADER: &str = "x-recman-user-id";
 /// Deliveries after which a message that keeps coming back is dead-lettered.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 /// The reason given when a message is dead-lettered by the delivery limit.

@@ -91,6 +91,7 @@ pub fn ev(job: JobId, n: u64) -> Event {
             duration_us: n,
             detail: StepDetail::None,
         },
+        by: String::new(),
     }
 }
 

@@ -279,6 +279,7 @@ mod tests {
                 at_ms,
                 job,
                 body: EventBody::Cancelled,
+                by: String::new(),
             };
             log.append(vec![ev(1), ev(2), ev(3)]).await.unwrap();
         }
