@@ -21,6 +21,7 @@ mod api;
 mod api_contract;
 mod api_tls;
 mod audit_cli;
+mod audit_export_cli;
 mod check_cli;
 mod console_browser;
 mod engine_listen;
