@@ -204,6 +204,9 @@ fn an_exported_range_verifies_against_the_head_and_tampering_is_named() {
 
 const SECRET: &str = "head-secret";
 
+/// A `log_head` notification: its body as JSON, its headers, its bytes.
+type Posted = (serde_json::Value, Vec<(String, String)>, Vec<u8>);
+
 #[test]
 fn a_truncated_log_is_detected_against_the_head_published_to_a_webhook() {
     let dir = tempfile::tempdir().unwrap();
@@ -240,7 +243,7 @@ backoff = "100ms"
     let mut server = Server::start(data, &[]);
 
     // Heads arrive every second, signed; wait for one that covers some jobs.
-    let heads = || -> Vec<(serde_json::Value, Vec<(String, String)>, Vec<u8>)> {
+    let heads = || -> Vec<Posted> {
         posts
             .lock()
             .unwrap()
