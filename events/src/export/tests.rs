@@ -286,6 +286,35 @@ async fn an_edited_readable_copy_a_cut_file_and_garbage_are_named() {
         verify(&b""[..], None),
         Err(verify::VerifyError::NotAnExport(_))
     ));
+    // A hostile header: a range from 0, or ending before it starts.
+    for (from, to) in [(0, 5), (9, 3)] {
+        let mut l = lines(&text);
+        let mut v: serde_json::Value = serde_json::from_str(&l[0]).unwrap();
+        v["from"] = from.into();
+        v["to"] = to.into();
+        l[0] = v.to_string();
+        let e = verify(
+            join(&l).as_bytes(),
+            Some(Head {
+                seq: u64::MAX,
+                hash: [0; 32],
+            }),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("empty or starts at 0"), "{e}");
+    }
+    // A published head at the very end of the seq space is simply not covered.
+    let r = check(
+        &text,
+        Some(Head {
+            seq: u64::MAX,
+            hash: [0; 32],
+        }),
+    );
+    assert!(
+        matches!(r.published_head, Some(HeadVerdict::NotCovered { .. })),
+        "{r:?}"
+    );
     let e = verify(
         &b"{\"type\":\"header\",\"format\":\"recman-audit-export\",\"version\":2}\n"[..],
         None,

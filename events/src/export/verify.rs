@@ -193,6 +193,10 @@ fn header(bytes: &[u8]) -> Result<Header, VerifyError> {
         None => return Err(VerifyError::NotAnExport("the header has no version".into())),
     }
     match serde_json::from_value::<Line>(v) {
+        Ok(Line::Header(h)) if h.from == 0 || h.to < h.from => Err(VerifyError::NotAnExport(format!(
+            "the header's range {}..={} is empty or starts at 0",
+            h.from, h.to
+        ))),
         Ok(Line::Header(h)) => Ok(h),
         Ok(_) => unreachable!("the type was checked"),
         Err(e) => Err(VerifyError::NotAnExport(format!("the header is incomplete: {e}"))),
@@ -224,12 +228,6 @@ impl Walk {
             ..Default::default()
         };
         let anchor = hash32(&h.anchor.hash);
-        if h.from == 0 || h.to < h.from {
-            report.find(
-                h.from,
-                format!("the header's range {}..={} is empty or starts at 0", h.from, h.to),
-            );
-        }
         if h.anchor.seq.checked_add(1) != Some(h.from) {
             report.find(
                 h.from,
@@ -461,7 +459,7 @@ impl Walk {
             s.report.find(seq, message.clone());
             HeadVerdict::Differs { message }
         };
-        if p.seq + 1 == from {
+        if p.seq.checked_add(1) == Some(from) {
             return match self.anchor {
                 Some(a) if a == p.hash => {
                     let message = format!(
