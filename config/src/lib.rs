@@ -19,6 +19,8 @@ use toml::Spanned;
 mod api;
 pub mod log;
 pub use api::{in_scope, ApiConfig, ApiUser, Role, DEFAULT_LISTEN, LEGACY_ADMIN};
+mod audit;
+pub use audit::{AuditConfig, DEFAULT_PUBLISH_HEAD_EVERY};
 mod reconcile;
 mod recovery;
 mod retention;
@@ -65,7 +67,7 @@ pub use recman_core::schedule::Schedule;
 mod notify;
 pub use notify::{
     redact_url, EmailConfig, NotifyConfig, SecretFile, SinkConfig, SmtpSecurity, WebhookConfig,
-    DEFAULT_NOTIFY_EVENTS, MAX_NOTIFY_BACKOFF, NOTIFY_KINDS,
+    DEFAULT_NOTIFY_EVENTS, LOG_HEAD_KIND, MAX_NOTIFY_BACKOFF, NOTIFY_KINDS,
 };
 mod linux;
 pub use linux::{
@@ -94,6 +96,8 @@ pub struct Config {
     pub notify: Vec<NotifyConfig>,
     /// `[log]`: the event log in PostgreSQL (`config/src/log.rs`).
     pub log: log::LogConfig,
+    /// `[audit]`: publishing the log's head (`config/src/audit.rs`).
+    pub audit: AuditConfig,
 }
 
 /// `[amqp] url = "amqp://USER@HOST:5672/VHOST"` (or `urls = [...]`, one per
@@ -357,7 +361,7 @@ impl Config {
             root,
             "",
             &[
-                "engine", "worker", "array", "target", "api", "amqp", "schedule", "notify", "log",
+                "engine", "worker", "array", "target", "api", "amqp", "schedule", "notify", "log", "audit",
             ],
         )?;
         let api = api::parse(&cx, root)?;
@@ -489,10 +493,12 @@ impl Config {
         }
         let schedules = schedule::schedules(&cx, root, &targets)?;
         let notify = notify::sinks(&cx, root)?;
+        let audit = audit::parse(&cx, root, &notify)?;
         Ok(Config {
             path: path.to_path_buf(),
             schedules,
             notify,
+            audit,
             engine,
             worker,
             targets,

@@ -61,6 +61,10 @@ pub const NOTIFY_KINDS: &[&str] = &[
     "recovery_step_noted",
 ];
 
+/// Not an event: the log's head, published every `[audit]
+/// publish_head_every` to the sinks whose `events` list it.
+pub const LOG_HEAD_KIND: &str = "log_head";
+
 /// The filter of a sink without `events`.
 pub const DEFAULT_NOTIFY_EVENTS: &[&str] = &["failed", "rpo_breached", "prune_failed", "recovery_failed"];
 /// Notifications a sink holds while it cannot deliver; one more is dropped (counted, logged).
@@ -221,11 +225,14 @@ pub(crate) fn sinks(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<Vec<NotifyConfig>
                     ));
                 }
                 for n in &names {
-                    if !NOTIFY_KINDS.contains(&n.as_str()) {
+                    if !NOTIFY_KINDS.contains(&n.as_str()) && n != LOG_HEAD_KIND {
                         return Err(cx.err(
                             ev.span(),
                             &ekey,
-                            format!("unknown event kind \"{n}\" (known: {})", NOTIFY_KINDS.join(", ")),
+                            format!(
+                                "unknown event kind \"{n}\" (known: {}, and {LOG_HEAD_KIND}: the log's head)",
+                                NOTIFY_KINDS.join(", ")
+                            ),
                         ));
                     }
                 }

@@ -25,7 +25,12 @@ pub fn start(config: &Config, log: Arc<dyn EventLog>) -> anyhow::Result<Option<N
         .iter()
         .map(|t| (t.id.clone(), t.rpo.map(|d| d.as_millis() as u64)))
         .collect();
-    Ok(Some(Notifier::start(&config.notify, targets, log)?))
+    Ok(Some(Notifier::start(
+        &config.notify,
+        targets,
+        log,
+        config.audit.publish_head_every,
+    )?))
 }
 
 /// Every sink's secret file readable (`recman validate-config`): the first

@@ -17,18 +17,8 @@ use crate::model::ArchivedEventBody;
 /// Records read per `scan_raw` call.
 const CHUNK: usize = 65_536;
 
-/// One problem, at one sequence number.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Finding {
-    pub seq: u64,
-    pub message: String,
-}
-
-impl std::fmt::Display for Finding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "seq {}: {}", self.seq, self.message)
-    }
-}
+/// One problem, at one sequence number (shared with the export's verifier).
+pub use crate::export::Finding;
 
 /// What `audit` found.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

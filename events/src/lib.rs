@@ -12,6 +12,7 @@ pub mod audit;
 pub mod bus;
 pub mod clock;
 pub mod codec;
+pub mod export;
 pub mod ids;
 #[cfg(feature = "log")]
 pub mod log;

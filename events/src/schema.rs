@@ -1,9 +1,10 @@
-//! JSON Schemas of the wire messages, generated from the Rust types. The files
+//! JSON Schemas of the wire messages (and of an audit export's lines), generated from the Rust types. The files
 //! in `schemas/` are these, checked in; a test fails when they drift.
 
 use schemars::schema_for;
 use serde_json::Value;
 
+use crate::export::Line;
 use crate::wire::{Command, EventMessage, Report, Request};
 
 /// `(file name, schema)` for every wire message.
@@ -14,6 +15,7 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ("command.schema.json", v(schema_for!(Command))),
         ("report.schema.json", v(schema_for!(Report))),
         ("event.schema.json", v(schema_for!(EventMessage))),
+        ("audit-export.schema.json", v(schema_for!(Line))),
     ]
 }
 

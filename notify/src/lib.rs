@@ -5,7 +5,9 @@
 //! (`sink.rs`): a webhook (`webhook.rs`, signed, `sign.rs`) or an email
 //! (`email.rs`). An opt-in daily summary per sink reports every target's
 //! newest restore point, RPO state and failures of the last 24 h
-//! (`track.rs`). Counters for `/metrics`: [`Metrics::render`].
+//! (`track.rs`). The log's head (`{seq, hash, at}`) goes every `[audit]
+//! publish_head_every` to the sinks that list `log_head`, so a cut tail of
+//! the log shows from outside. Counters for `/metrics`: [`Metrics::render`].
 //!
 //! Entry points: [`Notifier::start`], [`Metrics`], [`sign::verify`] (what a
 //! webhook receiver does).
@@ -15,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use recman_config::{NotifyConfig, SinkConfig};
+use recman_config::{NotifyConfig, SinkConfig, LOG_HEAD_KIND};
 use recman_events::clock::now_ms;
 use recman_events::{EventLog, TargetId};
 
@@ -112,11 +114,14 @@ impl Notifier {
     /// names the config line) and follows `log`. Events up to the log's
     /// current end are history (folded for the summary, not notified);
     /// every later one is offered to the sinks. `targets`: the config's
-    /// targets with their RPO (ms), for the summary.
+    /// targets with their RPO (ms), for the summary. `head_every`: how
+    /// often the log's head goes to the sinks that list `log_head` (the
+    /// first time at once).
     pub fn start(
         sinks: &[NotifyConfig],
         targets: Vec<(TargetId, Option<u64>)>,
         log: Arc<dyn EventLog>,
+        head_every: Option<Duration>,
     ) -> Result<Notifier, NotifyError> {
         let mut built: Vec<(&NotifyConfig, Arc<dyn Deliver>)> = Vec::new();
         for cfg in sinks {
@@ -130,7 +135,13 @@ impl Notifier {
             };
             built.push((cfg, d));
         }
-        Ok(Notifier::start_with(built, targets, log))
+        Ok(Notifier::start_clocked(
+            built,
+            targets,
+            log,
+            Arc::new(now_ms),
+            head_every,
+        ))
     }
 
     /// [`Notifier::start`] with the deliveries given (tests pass their own).
@@ -139,16 +150,18 @@ impl Notifier {
         targets: Vec<(TargetId, Option<u64>)>,
         log: Arc<dyn EventLog>,
     ) -> Notifier {
-        Notifier::start_clocked(sinks, targets, log, Arc::new(now_ms))
+        Notifier::start_clocked(sinks, targets, log, Arc::new(now_ms), None)
     }
 
     /// [`Notifier::start_with`] on the wall clock `clock` (Unix ms) for the
-    /// daily summaries: tests run one at a chosen time of day.
+    /// daily summaries (tests run one at a chosen time of day), publishing
+    /// the head every `head_every`.
     pub fn start_clocked(
         sinks: Vec<(&NotifyConfig, Arc<dyn Deliver>)>,
         targets: Vec<(TargetId, Option<u64>)>,
         log: Arc<dyn EventLog>,
         clock: Clock,
+        head_every: Option<Duration>,
     ) -> Notifier {
         let mut outlets = Vec::new();
         let mut deliveries = Vec::new();
@@ -161,7 +174,15 @@ impl Notifier {
             deliveries.push(task);
         }
         let history_end = log.last_seq();
-        let follower = tokio::spawn(follow(log, history_end, Tracker::new(targets), outlets, clock));
+        let head_every = head_every.filter(|_| outlets.iter().any(|o| o.wants(LOG_HEAD_KIND)));
+        let follower = tokio::spawn(follow(
+            log,
+            history_end,
+            Tracker::new(targets),
+            outlets,
+            clock,
+            head_every,
+        ));
         Notifier {
             metrics: Arc::new(metrics),
             follower,
@@ -199,21 +220,28 @@ impl Notifier {
 }
 
 /// Follows the log from its start: folds everything, notifies what comes
-/// after `history_end`, and sends each sink's daily summary when due.
+/// after `history_end`, sends each sink's daily summary when due, and the
+/// log's head every `head_every` (at once the first time).
 async fn follow(
     log: Arc<dyn EventLog>,
     history_end: u64,
     mut tracker: Tracker,
     mut outlets: Vec<Outlet>,
     now_ms: Clock,
+    head_every: Option<Duration>,
 ) {
     let now = now_ms();
     for o in &mut outlets {
         o.next_summary_ms = o.summary_at_min.map(|m| time::next_daily(now, m));
     }
+    let mut next_head_ms = head_every.map(|_| now);
     let mut sub = log.subscribe(1);
     loop {
-        let due = outlets.iter().filter_map(|o| o.next_summary_ms).min();
+        let due = outlets
+            .iter()
+            .filter_map(|o| o.next_summary_ms)
+            .chain(next_head_ms)
+            .min();
         let sleep = match due {
             Some(at) => Duration::from_millis(at.saturating_sub(now_ms())),
             None => Duration::from_secs(3600),
@@ -241,11 +269,19 @@ async fn follow(
             },
             _ = tokio::time::sleep(sleep), if due.is_some() => {
                 let now = now_ms();
-                let report = tracker.report(now);
-                for o in &mut outlets {
-                    if o.next_summary_ms.is_some_and(|at| at <= now) {
-                        o.offer(Notification::summary(now, report.clone()));
-                        o.next_summary_ms = o.summary_at_min.map(|m| time::next_daily(now, m));
+                if outlets.iter().any(|o| o.next_summary_ms.is_some_and(|at| at <= now)) {
+                    let report = tracker.report(now);
+                    for o in &mut outlets {
+                        if o.next_summary_ms.is_some_and(|at| at <= now) {
+                            o.offer(Notification::summary(now, report.clone()));
+                            o.next_summary_ms = o.summary_at_min.map(|m| time::next_daily(now, m));
+                        }
+                    }
+                }
+                if let (Some(at), Some(every)) = (next_head_ms, head_every) {
+                    if at <= now {
+                        publish_head(&log, &outlets, now).await;
+                        next_head_ms = Some(now + every.as_millis() as u64);
                     }
                 }
             }
@@ -253,4 +289,20 @@ async fn follow(
     }
     // Closing the outlets lets each delivery task finish its queue and end.
     drop(outlets);
+}
+
+/// Offers the log's head now to the sinks that list `log_head`. A head
+/// that cannot be read is logged and tried again next time.
+async fn publish_head(log: &Arc<dyn EventLog>, outlets: &[Outlet], now: u64) {
+    let l = log.clone();
+    match tokio::task::spawn_blocking(move || recman_events::export::head::head(&*l)).await {
+        Ok(Ok(head)) => {
+            let n = Notification::log_head(head, now);
+            for o in outlets.iter().filter(|o| o.wants(LOG_HEAD_KIND)) {
+                o.offer(n.clone());
+            }
+        }
+        Ok(Err(e)) => tracing::error!("the log's head was not published: cannot read it: {e}"),
+        Err(e) => tracing::error!("the log's head was not published: {e}"),
+    }
 }

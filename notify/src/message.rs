@@ -2,6 +2,7 @@
 //! filter, or a daily summary. The JSON form is the webhook body; the email
 //! sink renders the same fields as text.
 
+use recman_events::export::{Head, HeadLine};
 use recman_events::{EventBody, JobId, StoredEvent, TargetId};
 use serde::Serialize;
 
@@ -38,6 +39,10 @@ pub struct Notification {
     /// A daily summary's per-target report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<Vec<TargetReport>>,
+    /// `log_head`: the log's head (`seq`, `hash`: BLAKE3 of record `seq`'s
+    /// bytes, `at`), for `recman audit --check-head SEQ:HASH` later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadLine>,
 }
 
 /// One target in a daily summary.
@@ -76,6 +81,29 @@ impl Notification {
             targets,
             event: serde_json::to_value(ev).ok(),
             report: None,
+            head: None,
+        }
+    }
+
+    /// The log's `head`, read at `at_ms`.
+    pub fn log_head(head: Head, at_ms: u64) -> Notification {
+        Notification {
+            version: NOTIFICATION_VERSION,
+            kind: recman_config::LOG_HEAD_KIND.into(),
+            delivery: format!("log_head/{}/{at_ms}", head.seq),
+            at: rfc3339(at_ms),
+            at_ms,
+            seq: Some(head.seq),
+            job: None,
+            targets: Vec::new(),
+            summary: format!(
+                "event log head: seq {} hash {} (check later: recman audit --check-head {head})",
+                head.seq,
+                head.hash_hex()
+            ),
+            event: None,
+            report: None,
+            head: Some(head.line(at_ms)),
         }
     }
 
@@ -100,6 +128,7 @@ impl Notification {
             ),
             event: None,
             report: Some(report),
+            head: None,
         }
     }
 
@@ -128,7 +157,9 @@ impl Notification {
         if let Some(j) = &self.job {
             out.push_str(&format!("job:      {j}\n"));
         }
-        if let Some(s) = self.seq {
+        if let Some(h) = &self.head {
+            out.push_str(&format!("head:     {}:{}\n", h.seq, h.hash));
+        } else if let Some(s) = self.seq {
             out.push_str(&format!("event:    {s} (recman events --from {s})\n"));
         }
         for r in self.report.iter().flatten() {

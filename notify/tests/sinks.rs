@@ -139,7 +139,7 @@ async fn a_failed_job_reaches_the_webhook_signed_after_a_retry() {
         ),
     );
     let log = memory::open().unwrap();
-    let n = Notifier::start(&cfg, vec![(TargetId::from("pg-main"), None)], log.clone()).unwrap();
+    let n = Notifier::start(&cfg, vec![(TargetId::from("pg-main"), None)], log.clone(), None).unwrap();
     a_failed_job(&log).await;
     let metrics = n.metrics();
     until("a delivered notification", || {
@@ -206,7 +206,7 @@ async fn history_is_not_notified_again() {
     );
     let log = memory::open().unwrap();
     a_failed_job(&log).await;
-    let n = Notifier::start(&cfg, vec![], log.clone()).unwrap();
+    let n = Notifier::start(&cfg, vec![], log.clone(), None).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         got.lock().unwrap().len(),
@@ -382,7 +382,7 @@ async fn a_failed_job_reaches_the_mailbox_over_starttls() {
         ),
     );
     let log = memory::open().unwrap();
-    let n = Notifier::start(&cfg, vec![], log.clone()).unwrap();
+    let n = Notifier::start(&cfg, vec![], log.clone(), None).unwrap();
     a_failed_job(&log).await;
     let mail = until("an email", || mb.lock().unwrap().mails.first().cloned()).await;
     let (tls, auth) = {
@@ -410,7 +410,7 @@ async fn a_server_without_starttls_gets_nothing() {
         ),
     );
     let log = memory::open().unwrap();
-    let n = Notifier::start(&cfg, vec![], log.clone()).unwrap();
+    let n = Notifier::start(&cfg, vec![], log.clone(), None).unwrap();
     a_failed_job(&log).await;
     let metrics = n.metrics();
     until("the notification given up", || {
@@ -463,6 +463,7 @@ async fn the_daily_summary_goes_out_at_its_time_with_each_targets_report() {
         targets,
         log.clone(),
         clock,
+        None,
     );
     assert!(got.lock().unwrap().is_empty(), "nothing before its time");
     let s = until("the summary", || got.lock().unwrap().first().cloned()).await;
@@ -493,4 +494,72 @@ async fn the_daily_summary_goes_out_at_its_time_with_each_targets_report() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(got.lock().unwrap().len(), 1, "one summary per day");
     n.stop(Duration::from_secs(1)).await;
+}
+
+/// The log's head goes to a sink that lists `log_head`, at once and then
+/// every period: its seq is the log's last, its hash the BLAKE3 of that
+/// record's bytes, and a later one follows new appends. A sink that does not
+/// list it gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_head_goes_out_periodically_to_the_sinks_that_list_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sinks(
+        dir.path(),
+        "[[notify]]\nid = \"heads\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"x\"\n\
+         events = [\"log_head\"]\n\
+         [[notify]]\nid = \"failures\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"x\"\n",
+    );
+    let log = memory::open().unwrap();
+    a_failed_job(&log).await;
+    let heads: Arc<Mutex<Vec<Notification>>> = Arc::default();
+    let others: Arc<Mutex<Vec<Notification>>> = Arc::default();
+    let n = Notifier::start_clocked(
+        vec![
+            (&cfg[0], Arc::new(Keep(heads.clone()))),
+            (&cfg[1], Arc::new(Keep(others.clone()))),
+        ],
+        vec![],
+        log.clone(),
+        Arc::new(recman_events::clock::now_ms),
+        Some(Duration::from_millis(200)),
+    );
+    let first = until("the first head", || heads.lock().unwrap().first().cloned()).await;
+    assert_eq!(first.kind, "log_head");
+    let h = first.head.clone().expect("a head");
+    assert_eq!((h.seq, first.seq), (2, Some(2)));
+    let bytes = &log.read_raw(2, 1).unwrap()[0].bytes;
+    assert_eq!(
+        h.hash,
+        recman_events::export::to_hex(&recman_events::codec::hash(bytes))
+    );
+    assert!(
+        first.summary.contains(&format!("--check-head 2:{}", h.hash)),
+        "{}",
+        first.summary
+    );
+    let json = serde_json::to_value(&first).unwrap();
+    assert_eq!(json["head"]["seq"], 2, "{json}");
+    assert!(
+        first.text().contains(&format!("head:     2:{}", h.hash)),
+        "{}",
+        first.text()
+    );
+    a_failed_job(&log).await;
+    let later = until("a head after the new events", || {
+        heads.lock().unwrap().iter().find(|n| n.seq == Some(4)).cloned()
+    })
+    .await;
+    assert!(
+        later.at_ms >= first.at_ms + 150,
+        "{} vs {}",
+        later.at_ms,
+        first.at_ms
+    );
+    n.stop(Duration::from_secs(1)).await;
+    let others = others.lock().unwrap();
+    assert!(others.iter().all(|n| n.kind != "log_head"), "{others:?}");
+    assert!(
+        others.iter().any(|n| n.kind == "failed"),
+        "the other sink still works: {others:?}"
+    );
 }

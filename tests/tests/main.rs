@@ -23,6 +23,7 @@ mod api_contract;
 mod api_roles;
 mod api_tls;
 mod audit_cli;
+mod audit_export_cli;
 mod by_identity;
 mod check_cli;
 mod console_browser;

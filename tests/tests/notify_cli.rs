@@ -19,9 +19,9 @@ use recman_tests::cli::{http, Server};
 const SECRET: &str = "webhook-secret-never-logged";
 
 /// `(headers lowercased, body)` of every POST; answers 200.
-type Posts = Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
+pub(crate) type Posts = Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
 
-fn webhook_receiver() -> (u16, Posts) {
+pub(crate) fn webhook_receiver() -> (u16, Posts) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let got: Posts = Arc::default();
@@ -184,7 +184,7 @@ backoff = "100ms"
     std::fs::write(dir.join("recman.toml"), text).unwrap();
 }
 
-fn hmac_hex(key: &[u8], body: &[u8]) -> String {
+pub(crate) fn hmac_hex(key: &[u8], body: &[u8]) -> String {
     let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
     ring::hmac::sign(&k, body)
         .as_ref()

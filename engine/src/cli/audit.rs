@@ -1,27 +1,68 @@
 //! `recman audit`: verifies every record of the log (checksum, decoding,
-//! sequence, hash chain) and prints each finding with its sequence number.
+//! sequence, hash chain) and prints each finding with its sequence number;
+//! with `--head`, `--check-head`, `--export` or `--verify-export`, the
+//! head and export commands of `audit_proof.rs`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use recman_events::audit::audit;
+use recman_events::export::{Finding, Head};
 use recman_events::log::open_for_reading;
 
 use crate::home::Home;
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Exit codes: 0 the log is intact, 1 findings (each printed with its seq),\n\
-2 the audit could not run (no log in the data dir, log in use, unreadable store).\n\
+    after_help = "Exit codes: 0 the log is intact (and matches every --check-head), 1 findings (each\n\
+printed with its seq), 2 the audit could not run (no log in the data dir, log in use, unreadable\n\
+store or file). --verify-export: 0 verified, 1 findings, 2 not an export, 3 intact but the\n\
+--head given lies outside the range (nothing was checked against it).\n\
 The audit never creates a log, and leaves a redb log's file byte-identical\n\
-(unless redb must first recover it after a crash)."
+(unless redb must first recover it after a crash).\n\n\
+Examples:\n  recman audit --head                            the head to keep elsewhere: SEQ:HASH\n  \
+recman audit --check-head 1200:9f3a…           the log still holds record 1200 as published\n  \
+recman audit --export 1000.. --out range.jsonl  records 1000 to the head, with their proof\n  \
+recman audit --verify-export range.jsonl --head 1200:9f3a…  anywhere, without the log"
 )]
 pub struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Alone: print the log's head (last seq and the BLAKE3 hash of its
+    /// record) as SEQ:HASH, to keep outside the log. With --verify-export: a
+    /// head published earlier to check the exported range against.
+    #[arg(long, value_name = "SEQ:HASH", num_args = 0..=1, conflicts_with_all = ["check_head", "export"])]
+    pub head: Option<Option<Head>>,
+    /// Besides the audit, check the log against a head published earlier
+    /// (SEQ:HASH, repeatable): a log that no longer has that seq, or has
+    /// another record there, lost or changed records.
+    #[arg(long, value_name = "SEQ:HASH", conflicts_with_all = ["export", "verify_export"])]
+    pub check_head: Vec<Head>,
+    /// Write records FROM..TO (both included; FROM.. for up to the head)
+    /// with their hash-chain proof: one JSON object per line.
+    #[arg(long, value_name = "FROM..TO", value_parser = recman_events::export::parse_range, conflicts_with = "verify_export")]
+    pub export: Option<(u64, Option<u64>)>,
+    /// Where --export writes (a new file; default stdout).
+    #[arg(long, value_name = "FILE", requires = "export")]
+    pub out: Option<PathBuf>,
+    /// Check an export file on its own (no log needed): the chain from its
+    /// anchor, each record's CRC, and --head when the range reaches it.
+    #[arg(long, value_name = "FILE")]
+    pub verify_export: Option<PathBuf>,
 }
 
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
+    if let Some(file) = &a.verify_export {
+        return super::audit_proof::verify_export(file, a.head.flatten(), a.json);
+    }
+    if let Some(Some(h)) = a.head {
+        eprintln!(
+            "error: --head {h} checks an export (with --verify-export FILE); to check this log against it, \
+             write --check-head {h}"
+        );
+        return Ok(ExitCode::from(2));
+    }
     let dir = &g.data_dir;
     let log = match open_for_reading(dir) {
         Ok(l) => l,
@@ -30,30 +71,57 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    if a.head.is_some() {
+        return super::audit_proof::print_head(&*log, dir, a.json);
+    }
+    if let Some((from, to)) = a.export {
+        return super::audit_proof::export(&*log, from, to, a.out.as_deref());
+    }
     let backend = log.backend();
-    let report = tokio::task::spawn_blocking(move || audit(&*log)).await?;
+    let checks = a.check_head.clone();
+    let (report, heads) = tokio::task::spawn_blocking(move || {
+        let report = audit(&*log);
+        let heads: Vec<Result<Option<Finding>, String>> = checks
+            .iter()
+            .map(|h| recman_events::export::head::check_head(&*log, h).map_err(|e| e.to_string()))
+            .collect();
+        (report, heads)
+    })
+    .await?;
+    let mut head_findings = Vec::new();
+    let mut unreadable = report.unreadable.clone();
+    for (h, r) in a.check_head.iter().zip(heads) {
+        match r {
+            Ok(None) => {}
+            Ok(Some(f)) => head_findings.push(f),
+            Err(e) => unreadable = Some(format!("checking the head {h} failed: {e}")),
+        }
+    }
+    let clean = report.is_clean() && head_findings.is_empty() && unreadable.is_none();
     if a.json {
         let v = serde_json::json!({
             "data_dir": dir,
             "backend": backend.as_str(),
-            "clean": report.is_clean(),
+            "clean": clean,
             "records": report.records,
             "last_seq": report.last_seq,
             "findings": report.findings,
-            "unreadable": report.unreadable,
+            "head_findings": head_findings,
+            "heads_checked": a.check_head.iter().map(Head::to_string).collect::<Vec<_>>(),
+            "unreadable": unreadable,
         });
         println!("{v}");
     } else {
-        for f in &report.findings {
+        for f in report.findings.iter().chain(&head_findings) {
             println!("seq {}: {}", f.seq, f.message);
         }
-        if let Some(why) = &report.unreadable {
+        if let Some(why) = &unreadable {
             eprintln!("error: {why}");
         }
-        let verdict = if report.is_clean() {
+        let verdict = if clean {
             "intact".to_string()
         } else {
-            format!("{} finding(s)", report.findings.len())
+            format!("{} finding(s)", report.findings.len() + head_findings.len())
         };
         println!(
             "audited {} records (last seq {}) of the {} log in {}: {verdict}",
@@ -62,10 +130,23 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             backend.as_str(),
             dir.display()
         );
+        if !a.check_head.is_empty() && head_findings.is_empty() && unreadable.is_none() {
+            for h in &a.check_head {
+                println!(
+                    "the log still holds record {} as published ({h}){}",
+                    h.seq,
+                    if report.is_clean() {
+                        ", and every record up to it chains to it"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
     }
-    Ok(if report.unreadable.is_some() {
+    Ok(if unreadable.is_some() {
         ExitCode::from(2)
-    } else if report.findings.is_empty() {
+    } else if clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

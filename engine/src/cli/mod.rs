@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod audit;
+pub mod audit_proof;
 pub mod bench;
 pub mod cancel;
 pub mod check;
