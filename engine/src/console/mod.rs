@@ -245,6 +245,36 @@ async fn public(s: &Arc<Shared>, req: Request, viewer: Viewer, sid: Option<Strin
 
 /// Reads the view after it caught up with the log (read-your-writes), or a
 /// 503 page.
+/// A page whose live part follows the event stream: with `?partial=1` the
+/// live part alone (what the script swaps in when an event of `NOTIFY_KINDS`
+/// arrives), else the whole page around it, titled `title`, at `path`.
+async fn live_page(
+    s: &Shared,
+    viewer: &Viewer,
+    q: &crate::api::extract::QueryParams,
+    (title, path): (&str, &str),
+    render: impl FnOnce(&crate::view::View, u64) -> String,
+) -> Response {
+    s.synced().await;
+    let now = recman_events::clock::now_ms();
+    let body = match read_view(s, |v| render(v, now)) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if q.get("partial").is_some() {
+        return html::html(StatusCode::OK, body);
+    }
+    let kinds = recman_config::NOTIFY_KINDS.join(" ");
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let page = format!(
+        "<h1>{}</h1><div id=\"live\" data-stream=\"/v1/events\" data-kinds=\"{}\" data-src=\"{}{sep}partial=1\">{body}</div>",
+        html::esc(title),
+        html::esc(&kinds),
+        html::esc(path)
+    );
+    html::html(StatusCode::OK, html::page(&viewer.frame(title, path), &page))
+}
+
 fn read_view<T>(s: &Shared, f: impl FnOnce(&crate::view::View) -> T) -> Result<T, Box<Response>> {
     s.view.read().map(|v| f(&v)).map_err(|_| {
         Box::new(html::error_page(

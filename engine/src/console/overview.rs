@@ -8,15 +8,13 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
-use recman_events::clock::now_ms;
 use recman_events::TargetId;
 use serde_json::json;
 
 use super::html::{self, clock, due, esc, url_seg, when};
-use super::{read_view, Viewer};
+use super::{live_page, Viewer};
 use crate::api::extract::QueryParams;
 use crate::api::Shared;
 use crate::view::{self, JobSummary, View};
@@ -30,21 +28,7 @@ pub async fn page(
     Extension(viewer): Extension<Viewer>,
     q: QueryParams,
 ) -> Response {
-    s.synced().await;
-    let now = now_ms();
-    let body = match read_view(&s, |v| live(v, now)) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    if q.get("partial").is_some() {
-        return html::html(StatusCode::OK, body);
-    }
-    let kinds = recman_config::NOTIFY_KINDS.join(" ");
-    let page = format!(
-        "<h1>Overview</h1><div id=\"live\" data-stream=\"/v1/events\" data-kinds=\"{}\" data-src=\"/?partial=1\">{body}</div>",
-        esc(&kinds)
-    );
-    html::html(StatusCode::OK, html::page(&viewer.frame("Overview", "/"), &page))
+    live_page(&s, &viewer, &q, ("Overview", "/"), live).await
 }
 
 /// A target's frozen-now clock start: its holding job froze it and has not

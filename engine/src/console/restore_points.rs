@@ -8,15 +8,13 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
-use recman_events::clock::now_ms;
 use recman_events::TargetId;
 use serde_json::json;
 
 use super::html::{self, bytes, esc, url_seg, us, when};
-use super::{read_view, Viewer};
+use super::{live_page, Viewer};
 use crate::api::extract::QueryParams;
 use crate::api::Shared;
 use crate::view::{SnapshotEntry, View};
@@ -27,24 +25,7 @@ pub async fn page(
     Extension(viewer): Extension<Viewer>,
     q: QueryParams,
 ) -> Response {
-    s.synced().await;
-    let now = now_ms();
-    let body = match read_view(&s, |v| render(v, now)) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    if q.get("partial").is_some() {
-        return html::html(StatusCode::OK, body);
-    }
-    let kinds = recman_config::NOTIFY_KINDS.join(" ");
-    let page = format!(
-        "<h1>Restore points</h1><div id=\"live\" data-stream=\"/v1/events\" data-kinds=\"{}\" data-src=\"/restore-points?partial=1\">{body}</div>",
-        esc(&kinds)
-    );
-    html::html(
-        StatusCode::OK,
-        html::page(&viewer.frame("Restore points", "/restore-points"), &page),
-    )
+    live_page(&s, &viewer, &q, ("Restore points", "/restore-points"), render).await
 }
 
 fn action(
