@@ -211,13 +211,36 @@ impl Home {
     }
 
     /// Opens the log for reading (`[log] postgres` when the config names
-    /// one, else the data dir's): never creates one.
+    /// one, else the data dir's): never creates one. A config that exists
+    /// (or was named with --config) and does not load is an error naming its
+    /// file, line and key: reading the data dir's log instead would show
+    /// another log than the engine's.
     pub fn open_log_for_reading(&self) -> Result<Arc<dyn EventLog>, log::LogError> {
-        let config = Config::load(self.config_file()).ok();
-        match config.as_ref().map(pg_place).transpose() {
-            Ok(Some(Some(place))) => log::open_postgres_for_reading(&place),
-            Err(e) => Err(log::LogError::Store(e.to_string())),
-            _ => log::open_for_reading(&self.data_dir),
+        match self
+            .log_place()
+            .map_err(|e| log::LogError::Store(format!("{e:#}")))?
+        {
+            Some(place) => log::open_postgres_for_reading(&place),
+            None => log::open_for_reading(&self.data_dir),
+        }
+    }
+
+    /// The PostgreSQL log the config names (`None`: the data dir's log, or
+    /// no config at all).
+    pub fn log_place(&self) -> anyhow::Result<Option<log::pg_store::PgPlace>> {
+        let path = self.config_file();
+        if self.config.is_none() && !path.exists() {
+            return Ok(None);
+        }
+        pg_place(&Config::load(&path)?)
+    }
+
+    /// Where the log read by [`Home::open_log_for_reading`] lives, for
+    /// messages: the PostgreSQL place, else the data dir.
+    pub fn log_shown(&self) -> String {
+        match self.log_place() {
+            Ok(Some(place)) => place.display(),
+            _ => self.data_dir.display().to_string(),
         }
     }
 }

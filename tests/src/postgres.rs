@@ -412,3 +412,14 @@ pub async fn connect(port: u16) -> tokio_postgres::Client {
         }
     }
 }
+
+/// A `postgresql://user:pw@host:port/db` URL (as `tests/services/postgres.sh`
+/// exports it) → the URL without the password, for `[log] postgres` (which
+/// refuses a password in the URL), and the password, for its
+/// `password_file`.
+pub fn split_password(url: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (userinfo, host) = rest.split_once('@').expect("user@host");
+    let (user, pw) = userinfo.split_once(':').expect("user:password");
+    (format!("{scheme}://{user}@{host}"), pw.to_string())
+}

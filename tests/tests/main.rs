@@ -36,6 +36,7 @@ mod log_damage_cli;
 mod log_location_cli;
 mod notify_cli;
 mod package_deb;
+mod pg_log_cli;
 mod pg_standby;
 mod postgres_e2e;
 mod postgres_protect;

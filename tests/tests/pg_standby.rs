@@ -13,17 +13,10 @@ use std::time::{Duration, Instant};
 
 use recman_testkit::{free_port, need_env, recman_bin, temp_dir};
 use recman_tests::cli::{http, ready, Server};
+use recman_tests::postgres::split_password;
 use serde_json::Value;
 
 const URL_VAR: &str = "RECMAN_TEST_PG_URL";
-
-/// `postgresql://user:pw@host:port/db` → (`postgresql://user@host:port/db`, `pw`).
-fn split_password(url: &str) -> (String, String) {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (userinfo, host) = rest.split_once('@').unwrap();
-    let (user, pw) = userinfo.split_once(':').unwrap();
-    (format!("{scheme}://{user}@{host}"), pw.to_string())
-}
 
 fn write_config(dir: &Path, shared: &Path, url: &str, pw_file: &Path, schema: &str) {
     let s = shared.display();

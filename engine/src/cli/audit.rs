@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use recman_events::audit::audit;
 use recman_events::export::{Finding, Head};
-use recman_events::log::open_for_reading;
 
 use crate::home::Home;
 
@@ -64,15 +63,16 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let dir = &g.data_dir;
-    let log = match open_for_reading(dir) {
+    let shown = g.log_shown();
+    let log = match g.open_log_for_reading() {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot audit the event log in {}: {e}", dir.display());
+            eprintln!("error: cannot audit the event log in {shown}: {e}");
             return Ok(ExitCode::from(2));
         }
     };
     if a.head.is_some() {
-        return super::audit_proof::print_head(&*log, dir, a.json);
+        return super::audit_proof::print_head(&*log, &shown, a.json);
     }
     if let Some((from, to)) = a.export {
         return super::audit_proof::export(&*log, from, to, a.out.as_deref());
@@ -101,6 +101,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     if a.json {
         let v = serde_json::json!({
             "data_dir": dir,
+            "log": shown,
             "backend": backend.as_str(),
             "clean": clean,
             "records": report.records,
@@ -128,7 +129,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             report.records,
             report.last_seq,
             backend.as_str(),
-            dir.display()
+            shown
         );
         if !a.check_head.is_empty() && head_findings.is_empty() && unreadable.is_none() {
             for h in &a.check_head {

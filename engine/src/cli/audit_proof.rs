@@ -14,14 +14,11 @@ use recman_events::export::{head::head, Head};
 use recman_events::EventLog;
 
 /// `--head`: `SEQ:HASH` (or a JSON object).
-pub fn print_head(log: &dyn EventLog, dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+pub fn print_head(log: &dyn EventLog, shown: &str, json: bool) -> anyhow::Result<ExitCode> {
     let h = match head(log) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!(
-                "error: cannot read the head of the event log in {}: {e}",
-                dir.display()
-            );
+            eprintln!("error: cannot read the head of the event log in {shown}: {e}");
             return Ok(ExitCode::from(2));
         }
     };

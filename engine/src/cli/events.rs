@@ -5,11 +5,10 @@
 //! SSE feed for `--follow`).
 
 use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use recman_events::log::{open_for_reading, LogError};
+use recman_events::log::LogError;
 use recman_events::model::StoredEvent;
 use recman_events::{EventMessage, JobId, SCHEMA_VERSION};
 use serde::Deserialize;
@@ -52,11 +51,11 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     if let Some(c) = Client::discover(g, a.server.server.as_deref()).await? {
         return remote(&c, &a).await;
     }
-    let dir = g.data_dir.clone();
+    let shown = g.log_shown();
     let mut next = a.from.max(1);
     let mut out = std::io::stdout().lock();
-    next = print_from(&dir, next, &a, &mut out)
-        .map_err(|e| anyhow::anyhow!("cannot read the event log in {}: {e}", dir.display()))?;
+    next = print_from(g, next, &a, &mut out)
+        .map_err(|e| anyhow::anyhow!("cannot read the event log in {shown}: {e}"))?;
     if !a.follow {
         return Ok(ExitCode::SUCCESS);
     }
@@ -66,7 +65,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
             _ = tokio::time::sleep(FOLLOW_POLL) => {}
         }
-        match print_from(&dir, next, &a, &mut out) {
+        match print_from(g, next, &a, &mut out) {
             Ok(n) => {
                 next = n;
                 told_locked = false;
@@ -77,16 +76,17 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
                     told_locked = true;
                 }
             }
-            Err(e) => anyhow::bail!("cannot read the event log in {}: {e}", dir.display()),
+            Err(e) => anyhow::bail!("cannot read the event log in {shown}: {e}"),
         }
     }
 }
 
-/// Opens the log, prints events from `next` on, closes it, returns the next seq to print.
-fn print_from(dir: &Path, mut next: u64, a: &Args, out: &mut impl Write) -> anyhow::Result<u64> {
+/// Opens the log (the data dir's, or `[log] postgres`), prints events from
+/// `next` on, closes it, returns the next seq to print.
+fn print_from(g: &Home, mut next: u64, a: &Args, out: &mut impl Write) -> anyhow::Result<u64> {
     // Keep the LogError itself (for `Locked` below), formatted once: its
     // Display already includes its source.
-    let log = open_for_reading(dir)?;
+    let log = g.open_log_for_reading()?;
     if let Some(job) = a.job {
         let from = next;
         for e in log.read_job(job)?.into_iter().filter(|e| e.seq >= from) {
