@@ -166,7 +166,10 @@ impl Client {
 /// The bearer token (`RECMAN_TOKEN`, else the config's `api.token_file`)
 /// and the CA file the config names for the server (`api.ca_file`).
 fn from_config(home: &Home) -> anyhow::Result<(Option<String>, Option<PathBuf>)> {
-    let env = std::env::var("RECMAN_TOKEN").ok().map(|t| t.trim().to_string());
+    let env = match &home.token_file {
+        Some(f) => Some(read_token(f)?),
+        None => std::env::var("RECMAN_TOKEN").ok().map(|t| t.trim().to_string()),
+    };
     let path = home.config_file();
     if !path.exists() {
         return Ok((env, None));

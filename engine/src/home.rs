@@ -38,6 +38,16 @@ pub struct Home {
     /// config names or one that held a log before (first start of a service).
     #[arg(long, global = true)]
     pub init: bool,
+    /// The API token a client command sends (a file with the token on its
+    /// first line, as `recman user add` wrote it to show once). Precedence:
+    /// this flag, RECMAN_TOKEN, `[api] token_file` of the config.
+    #[arg(
+        long = "api-token-file",
+        value_name = "FILE",
+        global = true,
+        env = "RECMAN_TOKEN_FILE"
+    )]
+    pub token_file: Option<PathBuf>,
     /// The data dir in use, after [`Home::resolve`].
     #[arg(skip)]
     pub data_dir: PathBuf,

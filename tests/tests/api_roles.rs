@@ -339,3 +339,106 @@ fn a_token_file_holding_a_plain_token_is_refused_at_start() {
         "{text}"
     );
 }
+
+/// A token rotated with `recman user add --force` takes effect on SIGHUP
+/// (the old one stops working); a token file that no longer reads keeps
+/// the tokens in use; `validate-config` refuses a plain token where a hash
+/// belongs; the CLI sends the token of `--api-token-file`.
+#[tokio::test]
+async fn sighup_reads_the_token_files_again_and_the_cli_sends_its_token_file() {
+    let s = setup();
+    let c = client();
+    let url = &s.server.url;
+    let d = s.server.data.clone();
+    let old = s.users.iter().find(|u| u.0 == "vera").unwrap().2.clone();
+    let (st, _) = call(&c, url, "get", "/v1/whoami", Some(&old), None).await;
+    assert_eq!(st, StatusCode::OK);
+
+    let file = d.join("vera.sha256");
+    let out = recman_testkit::recman(
+        &d,
+        &[
+            "user",
+            "add",
+            "vera",
+            "--role",
+            "viewer",
+            "--token-file",
+            file.to_str().unwrap(),
+            "--force",
+        ],
+    );
+    assert!(out.status.success(), "{}", recman_testkit::text(&out));
+    let new = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (st, _) = call(&c, url, "get", "/v1/whoami", Some(&new), None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "read at start only, until SIGHUP");
+
+    let hup = |pid: i32| {
+        let st = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    hup(s.server.pid());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, me) = call(&c, url, "get", "/v1/whoami", Some(&new), None).await;
+        if st == StatusCode::OK {
+            assert_eq!(me["user"], "vera");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new token never worked: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (st, _) = call(&c, url, "get", "/v1/whoami", Some(&old), None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "the replaced token stops working");
+
+    // The CLI: the token of --api-token-file, over the config's.
+    let tf = d.join("vera.token");
+    std::fs::write(&tf, format!("{new}\n")).unwrap();
+    let ok = recman_testkit::recman(
+        &d,
+        &[
+            "targets",
+            "--json",
+            "--server",
+            url,
+            "--api-token-file",
+            tf.to_str().unwrap(),
+        ],
+    );
+    assert!(ok.status.success(), "{}", recman_testkit::text(&ok));
+    std::fs::write(&tf, format!("{old}\n")).unwrap();
+    let refused = recman_testkit::recman(
+        &d,
+        &[
+            "targets",
+            "--json",
+            "--server",
+            url,
+            "--api-token-file",
+            tf.to_str().unwrap(),
+        ],
+    );
+    assert!(!refused.status.success(), "{}", recman_testkit::text(&refused));
+    assert!(
+        recman_testkit::text(&refused).contains("401"),
+        "{}",
+        recman_testkit::text(&refused)
+    );
+
+    // A broken file: refused by validate-config, and a SIGHUP keeps the tokens in use.
+    std::fs::write(&file, "just-the-token\n").unwrap();
+    let v = recman_testkit::recman(&d, &["validate-config", "--engine"]);
+    assert_eq!(v.status.code(), Some(1), "{}", recman_testkit::text(&v));
+    let text = recman_testkit::text(&v);
+    assert!(text.contains("vera") && text.contains("SHA-256"), "{text}");
+    hup(s.server.pid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (st, _) = call(&c, url, "get", "/v1/whoami", Some(&new), None).await;
+    assert_eq!(st, StatusCode::OK, "a failed reload keeps the tokens in use");
+}

@@ -99,18 +99,26 @@ impl User {
     }
 }
 
-/// The users of a server that wants a token.
+/// The users of a server that wants a token. Their token files are read
+/// again on SIGHUP ([`reload_on_hangup`]), so a token rotated with `recman
+/// user add` takes effect without a restart; the set of users and their
+/// roles is the config's at start.
 pub struct Users {
+    /// Where the tokens are (`[api] token_file`, `[[api.user]]`).
+    api: ApiConfig,
+    tokens: std::sync::RwLock<Tokens>,
+}
+
+/// The tokens as last read.
+struct Tokens {
     /// `[[api.user]]` with the SHA-256 of their token.
     hashed: Vec<(User, [u8; 32])>,
     /// `[api] token_file`: the admin `admin`, with the plain token.
     legacy: Option<(User, String)>,
 }
 
-impl Users {
-    /// The users of `[api]`; `None` when it names no token at all (then the
-    /// API is open, on loopback only).
-    pub fn load(api: &ApiConfig) -> anyhow::Result<Option<Users>> {
+impl Tokens {
+    fn read(api: &ApiConfig) -> anyhow::Result<Tokens> {
         let legacy = api
             .token_file
             .as_deref()
@@ -139,28 +147,70 @@ impl Users {
                 Ok((user, hash))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        if legacy.is_none() && hashed.is_empty() {
+        Ok(Tokens { hashed, legacy })
+    }
+}
+
+impl Users {
+    /// The users of `[api]`; `None` when it names no token at all (then the
+    /// API is open, on loopback only). Every token file must read.
+    pub fn load(api: &ApiConfig) -> anyhow::Result<Option<Users>> {
+        if api.token_file.is_none() && api.users.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Users { hashed, legacy }))
+        let tokens = Tokens::read(api)?;
+        Ok(Some(Users {
+            api: api.clone(),
+            tokens: std::sync::RwLock::new(tokens),
+        }))
+    }
+
+    /// Reads every token file again; on an error the tokens in use stay.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let tokens = Tokens::read(&self.api)?;
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
+        Ok(())
     }
 
     /// The user whose token this is. Every user is compared, in constant
     /// time, whatever matched first.
     pub fn authenticate(&self, token: &str) -> Option<User> {
         let digest = sha256(token);
+        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
         let mut found = None;
-        for (user, hash) in &self.hashed {
+        for (user, hash) in &tokens.hashed {
             if constant_time_eq(&digest, hash) && found.is_none() {
                 found = Some(user);
             }
         }
-        if let Some((user, plain)) = &self.legacy {
+        if let Some((user, plain)) = &tokens.legacy {
             if constant_time_eq(token.as_bytes(), plain.as_bytes()) && found.is_none() {
                 found = Some(user);
             }
         }
         found.cloned()
+    }
+}
+
+/// Reads the users' token files again on every SIGHUP until the process
+/// ends (spawn it); a file that does not read keeps every token as it was
+/// and says why.
+pub async fn reload_on_hangup(s: std::sync::Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(users) = &s.users else {
+        return;
+    };
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: the API users' token files are not read again");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match users.reload() {
+            Ok(()) => tracing::info!("SIGHUP: the API users' token files were read again"),
+            Err(e) => tracing::error!(
+                "SIGHUP: the API keeps its users' tokens as they were, reading them failed: {e:#}"
+            ),
+        }
     }
 }
 
@@ -243,16 +293,19 @@ mod tests {
             targets: Vec::new(),
         };
         Users {
-            hashed: vec![
-                (user("alice", Role::Operator), {
-                    parse_hash(&token_hash_hex("alice-token")).unwrap()
-                }),
-                (
-                    user("bob", Role::Viewer),
-                    parse_hash(&token_hash_hex("bob-token")).unwrap(),
-                ),
-            ],
-            legacy: Some((user("admin", Role::Admin), "plain".into())),
+            api: ApiConfig::default(),
+            tokens: std::sync::RwLock::new(Tokens {
+                hashed: vec![
+                    (user("alice", Role::Operator), {
+                        parse_hash(&token_hash_hex("alice-token")).unwrap()
+                    }),
+                    (
+                        user("bob", Role::Viewer),
+                        parse_hash(&token_hash_hex("bob-token")).unwrap(),
+                    ),
+                ],
+                legacy: Some((user("admin", Role::Admin), "plain".into())),
+            }),
         }
     }
 

@@ -157,9 +157,15 @@ impl Bound {
         };
         let app = super::router(shared.clone());
         let tls = self.plan.tls;
-        let reload = match &tls {
-            Some(t) => tokio::spawn(t.clone().reload_on_hangup()),
-            None => tokio::spawn(async {}),
+        let reload = {
+            let tls = tls.clone();
+            let users = super::auth::reload_on_hangup(shared.clone());
+            tokio::spawn(async move {
+                match tls {
+                    Some(t) => tokio::join!(t.reload_on_hangup(), users).0,
+                    None => users.await,
+                }
+            })
         };
         let http = tokio::spawn(serve::serve(
             self.listener,

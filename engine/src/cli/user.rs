@@ -23,9 +23,12 @@ pub enum UserCommand {
     /// Make a token for a new API user: print it once, write its hash.
     #[command(
         after_help = "The token is printed once on stdout: give it to the user (the CLI reads it\n\
-from `--token-file`, a client sends `Authorization: Bearer <token>`). The file holds only\n\
-its SHA-256 (mode 0600); name it in the server's config with the printed [[api.user]]\n\
-block and restart the server. An existing file is not overwritten without --force."
+from a file named by `--api-token-file FILE` or from RECMAN_TOKEN; a client sends\n\
+`Authorization: Bearer <token>`). The file written holds only its SHA-256 (mode 0600);\n\
+name it in the server's config with the printed [[api.user]] block and restart the\n\
+server. A new token for an existing user (--force): SIGHUP makes the server read the\n\
+token files again, and the old token stops working. An existing file is not overwritten\n\
+without --force."
     )]
     Add(AddArgs),
 }
@@ -44,8 +47,8 @@ pub struct AddArgs {
     /// Target patterns the user may act on (`pg-*`), repeatable; default every target.
     #[arg(long = "target", value_name = "PATTERN")]
     pub targets: Vec<String>,
-    /// Replace an existing token file (the old token stops working at the
-    /// server's next start).
+    /// Replace an existing token file (the old token stops working when the
+    /// server reads the token files again: SIGHUP, or its next start).
     #[arg(long)]
     pub force: bool,
 }

@@ -61,6 +61,12 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         eprintln!("{e}");
         return Ok(ExitCode::from(1));
     }
+    // The API's users' token files are read by the engine at start: each
+    // must hold a token hash (not the token) and be readable here.
+    if let Err(e) = crate::api::auth::Users::load(&cfg.api) {
+        eprintln!("{}: [api]: {e:#}", path.display());
+        return Ok(ExitCode::from(1));
+    }
     if !a.engine {
         let pools = local_pools(&cfg);
         if let Err(e) = crate::home::check_host(&cfg, pools.as_deref(), Some(&g.data_dir)) {
