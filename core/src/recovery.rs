@@ -1187,6 +1187,42 @@ pub fn recover(state: &State, cfg: &CoreConfig) -> Vec<Outgoing> {
         .collect()
 }
 
+/// The worker a new mount request names with `on` (`recman mount --on`),
+/// when `on` is not a pool of the config: the runtime refuses the request
+/// if its bus can tell that no such worker is connected, rather than let
+/// the mount go to the target's provider pool, on another host than asked.
+/// `None` for everything else (another action, no `on`, a pool, a 3PAR
+/// target whose `on` is the array's host, a request id already known, a
+/// point whose target cannot be told: `request` answers those).
+pub fn mount_worker(state: &State, cfg: &CoreConfig, ask: &Ask) -> Option<WorkerId> {
+    let RecoveryAction::Mount { on: Some(on), .. } = &ask.action else {
+        return None;
+    };
+    if state.recovery.requests.contains_key(&ask.request_id) {
+        return None;
+    }
+    let target = match &ask.target {
+        Some(t) => t.clone(),
+        None => {
+            let n = ask.snapshot.as_ref()?;
+            let mut owners = state
+                .catalog
+                .iter()
+                .filter(|(_, c)| c.iter().any(|e| e.name == *n))
+                .map(|(t, _)| t);
+            let t = owners.next()?;
+            if owners.next().is_some() {
+                return None;
+            }
+            t.clone()
+        }
+    };
+    match mount_place(cfg, cfg.targets.get(&target)?, Some(on)) {
+        Destination::Worker { worker, .. } => Some(worker),
+        Destination::Pool(_) => None,
+    }
+}
+
 /// Where a mount (and its unmount) runs: `on` names a pool of the config,
 /// else a worker (its own queue; the provider pool if it is gone); none is
 /// the provider pool. A `3par` mount is always the array pool's work (`on`

@@ -203,6 +203,21 @@ async fn recoveries_over_the_api() {
     )
     .await;
 
+    // `on` a name that is no pool of the config and no worker connected
+    // now: refused, not sent to the provider pool (another host than asked).
+    let e = error(
+        &c,
+        &s,
+        json!({"request_id": "r-on", "snapshot": point, "action": {"type": "mount", "on": "no-such-host"}}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_place",
+    )
+    .await;
+    let m = e["error"]["message"].as_str().unwrap();
+    assert!(m.contains("no-such-host") && m.contains("host.local"), "{m}");
+    let (_, listed) = get(&c, &s, "/v1/mounts").await;
+    assert_eq!(listed["mounts"], json!([]), "nothing was mounted: {listed}");
+
     // Mount and clone through the API; the lists.
     let (st, m) = post(
         &c,

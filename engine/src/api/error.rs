@@ -57,6 +57,7 @@ pub const CODES: &[&str] = &[
     "not_supported",
     "until_before_point",
     "until_in_future",
+    "unknown_place",
     // 503
     "not_ready",
     "shutting_down",

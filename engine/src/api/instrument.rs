@@ -146,6 +146,9 @@ impl Bus for MeteredBus {
     fn events_subscribed(&self) -> Option<bool> {
         self.inner.events_subscribed()
     }
+    fn consumed(&self, addr: &Address) -> Option<bool> {
+        self.inner.consumed(addr)
+    }
     fn consume(&self, from: Address, prefetch: u16) -> BoxFuture<'_, Result<Consumer, BusError>> {
         Box::pin(async move {
             let inner = self.inner.consume(from, prefetch).await?;
@@ -154,5 +157,28 @@ impl Bus for MeteredBus {
                 stats: self.stats.clone(),
             })))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recman_events::bus::memory::MemoryBus;
+
+    /// The engine asks the bus whether a worker is connected (a command for
+    /// a worker that is gone goes to its pool; a mount `--on` one is
+    /// refused): the metered bus must answer as the bus it wraps.
+    #[tokio::test]
+    async fn the_metered_bus_says_whether_a_queue_is_consumed() {
+        let bus = MeteredBus {
+            inner: Arc::new(MemoryBus::new()),
+            stats: Arc::new(Stats::default()),
+        };
+        let w = Address::Worker(recman_events::WorkerId::from("w-1"));
+        assert_eq!(bus.consumed(&w), Some(false));
+        let c = bus.consume(w.clone(), 1).await.unwrap();
+        assert_eq!(bus.consumed(&w), Some(true));
+        drop(c);
+        assert_eq!(bus.consumed(&w), Some(false));
     }
 }

@@ -261,7 +261,9 @@ pub async fn recover(
             let status = match code {
                 "unknown_snapshot" | "unknown_mount" | "unknown_clone" => StatusCode::NOT_FOUND,
                 "unknown_target" | "wrong_target" | "target_required" | "not_supported"
-                | "until_before_point" | "until_in_future" => StatusCode::UNPROCESSABLE_ENTITY,
+                | "until_before_point" | "until_in_future" | "unknown_place" => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 "invalid_request" | "confirmation_required" => StatusCode::BAD_REQUEST,
                 _ => StatusCode::CONFLICT,
             };

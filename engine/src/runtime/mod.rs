@@ -145,6 +145,37 @@ fn to_message(bus: &dyn Bus, out: &Outgoing, span: Option<&tracing::Span>) -> (A
     (to, msg.with_header(recman_trace::TRACEPARENT, tp))
 }
 
+/// A new mount `--on` a name that is neither a pool of the config nor a
+/// worker the bus sees connected now: refused (`unknown_place`), so the
+/// mount does not go to the provider pool, on another host than asked. A
+/// broker cannot tell (the mount then waits for that worker until its
+/// step's deadline).
+fn unknown_mount_worker(bus: &dyn Bus, core: &Core, input: &Input) -> Option<Reply> {
+    let Input::Recover { ask, .. } = input else {
+        return None;
+    };
+    let worker = recman_core::recovery::mount_worker(core.state(), core.config(), ask)?;
+    if bus.consumed(&Address::Worker(worker.clone())) != Some(false) {
+        return None;
+    }
+    let mut pools: Vec<&str> = core
+        .config()
+        .targets
+        .values()
+        .flat_map(|t| [t.provider_pool.as_str(), t.writer_pool.as_str()])
+        .collect();
+    pools.sort_unstable();
+    pools.dedup();
+    Some(Reply::Rejected {
+        code: "unknown_place",
+        message: format!(
+            "--on {worker}: no worker pool of the config has this name ({}) and no worker with this id is \
+             connected now (a worker's id is in its reports: `recman job ID` shows who ran each step)",
+            pools.join(", ")
+        ),
+    })
+}
+
 async fn publish(bus: &dyn Bus, cmds: &[Outgoing]) -> anyhow::Result<()> {
     if cmds.is_empty() {
         return Ok(());
@@ -472,6 +503,10 @@ pub async fn run(
                 }
             }
             let is_request = matches!(input, Input::Request { .. } | Input::Recover { .. });
+            if let Some(refused) = unknown_mount_worker(bus.as_ref(), &core, &input) {
+                batch.settles.push((i.delivery, i.reply, refused));
+                continue;
+            }
             let mut step = core.handle(input, now);
             recman_core::by::stamp(&mut step.events, &i.by);
             if tracing_on {
