@@ -83,7 +83,8 @@ pub struct SimConfig {
     pub schedules: bool,
     /// Engine processes on the one log: 1, or 2 (a leader and a cold
     /// standby; with crash faults the leader dies or stops past its lease,
-    /// the standby takes over, and a stopped leader that resumes is fenced).
+    /// the standby takes over, and a stopped leader that resumes is fenced;
+    /// 0 runs as 1, more than 2 as 2).
     pub engines: usize,
 }
 
@@ -299,7 +300,7 @@ impl Sim {
                 seed: cfg.seed,
                 jobs: cfg.jobs,
                 targets: n,
-                engines: cfg.engines.max(1),
+                engines: cfg.engines.clamp(1, 2),
                 ..Summary::default()
             },
             cfg,
