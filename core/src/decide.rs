@@ -175,6 +175,15 @@ pub enum Mutation {
     /// The start after a rollback tells the worker the data was restored
     /// (a database would replay the point's log over other files).
     RestoredAfterRollback,
+    /// The simulated log accepts an append from an engine whose epoch is no
+    /// longer the log's (no fencing): a deposed leader appends.
+    NoFencing,
+    /// A standby that takes over keeps the old leader's epoch instead of
+    /// taking the next one.
+    TakeoverKeepsEpoch,
+    /// An engine whose append was refused (fenced) sends the batch's
+    /// commands anyway and carries on.
+    IgnoreFenced,
 }
 
 impl Mutation {
@@ -204,6 +213,9 @@ impl Mutation {
         Mutation::RecoverWhileBusy,
         Mutation::NoRollback,
         Mutation::RestoredAfterRollback,
+        Mutation::NoFencing,
+        Mutation::TakeoverKeepsEpoch,
+        Mutation::IgnoreFenced,
     ];
 
     /// Its name on the command line (`recman simulate --mutation`).

@@ -718,6 +718,7 @@ fn the_due_index_agrees_with_a_full_scan_through_simulated_logs() {
             mutation: None,
             worker_mutation: None,
             schedules: true,
+            engines: 1,
         };
         let (_, log, cfg) = sim::run_with_config(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
         let mut core = Core::new(cfg.clone());

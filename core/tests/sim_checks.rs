@@ -16,6 +16,7 @@ fn cfg(seed: u64, jobs: usize, targets: usize, mutation: Option<Mutation>) -> Si
         mutation,
         worker_mutation: None,
         schedules: false,
+        engines: 1,
     }
 }
 
@@ -77,6 +78,7 @@ fn every_fault_mode_runs_clean() {
                 mutation: None,
                 worker_mutation: None,
                 schedules: false,
+                engines: 1,
             };
             let s = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
             assert_eq!(s.completed + s.failed + s.cancelled, 1_000);
@@ -128,6 +130,7 @@ fn fleet_size_run_all_faults_is_clean() {
         mutation: None,
         worker_mutation: None,
         schedules: false,
+        engines: 1,
     };
     let s = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
     assert_eq!(s.completed + s.failed + s.cancelled, jobs);
@@ -151,6 +154,7 @@ fn fleet_size_with_groups_schedules_and_verification_is_clean() {
         mutation: None,
         worker_mutation: None,
         schedules: true,
+        engines: 1,
     };
     let s = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
     assert!(s.completed > jobs * 9 / 10, "{s:?}");
@@ -175,4 +179,139 @@ fn schedules_and_rpos_run_clean_under_every_fault_mode() {
             assert!(s.line(1.0).contains("violations=0"), "{}", s.line(1.0));
         }
     }
+}
+
+/// Two engines on one log (issue 19): with every fault the leader dies and
+/// stops past its lease, the standby takes over, and a stopped leader that
+/// resumes on its stale state is fenced; every run is clean, and over a few
+/// seeds each of those happened (a mode that never deposed anybody would
+/// prove nothing).
+#[test]
+fn two_engines_take_over_and_fence_a_deposed_leader() {
+    let (mut takeovers, mut pauses, mut fenced, mut crashes) = (0, 0, 0, 0);
+    for seed in 1..=8 {
+        let c = SimConfig {
+            engines: 2,
+            ..cfg(seed, 2_000, 10, None)
+        };
+        let s = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
+        let line = s.line(1.0);
+        println!("{line}");
+        assert_eq!(s.completed + s.failed + s.cancelled, 2_000, "{line}");
+        assert!(line.contains(" engines=2 takeovers="), "{line}");
+        takeovers += s.takeovers;
+        pauses += s.pauses;
+        fenced += s.fenced;
+        crashes += s.engine_crashes;
+    }
+    assert!(takeovers >= 8, "only {takeovers} takeovers");
+    assert!(pauses >= 8, "only {pauses} stops of the leader");
+    assert!(crashes >= 4, "only {crashes} leader crashes");
+    assert!(fenced >= 2, "only {fenced} appends refused to a deposed leader");
+    // One engine: the summary line stays as it was.
+    let one = sim::run(&cfg(1, 200, 4, None)).expect("clean run");
+    assert!(!one.line(1.0).contains("engines="), "{}", one.line(1.0));
+}
+
+/// Two engines replay the same run from the same seed, event for event.
+#[test]
+fn two_engines_the_same_seed_gives_the_same_run() {
+    for seed in [2, 5] {
+        let c = SimConfig {
+            engines: 2,
+            ..cfg(seed, 1_500, 8, None)
+        };
+        let (a, x, _) = sim::run_with_config(&c).expect("clean run");
+        let (b, y, _) = sim::run_with_config(&c).expect("clean run");
+        assert!(x == y, "seed {seed}: two runs of one seed differ");
+        assert_eq!((a.takeovers, a.fenced), (b.takeovers, b.fenced));
+    }
+}
+
+/// Two engines under every fault mode (without crash faults nobody takes
+/// over: the standby only waits).
+#[test]
+fn two_engines_every_fault_mode_runs_clean() {
+    for faults in [Faults::None, Faults::Net, Faults::Crash, Faults::All] {
+        let c = SimConfig {
+            faults,
+            engines: 2,
+            schedules: true,
+            ..cfg(13, 1_000, 9, None)
+        };
+        let s = sim::run(&c).unwrap_or_else(|v| panic!("{faults:?}:\n{}", sim::render(&v)));
+        // The requests' jobs and the schedules' firings.
+        assert_eq!(
+            s.completed + s.failed + s.cancelled,
+            1_000 + s.fired,
+            "{faults:?}"
+        );
+        if matches!(faults, Faults::None | Faults::Net) {
+            assert_eq!((s.takeovers, s.pauses, s.engine_crashes), (0, 0, 0), "{faults:?}");
+        }
+    }
+}
+
+/// A sweep over seeds with two engines and every fault (leader crashes and
+/// stops, takeovers, fenced appends, besides every other fault); `heavy`
+/// nextest group.
+#[test]
+fn seeded_sweep_two_engines_all_faults() {
+    let seeds: u64 = if cfg!(debug_assertions) { 4 } else { 96 };
+    let threads = 2;
+    let handles: Vec<_> = (0..threads)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let (mut takeovers, mut fenced) = (0, 0);
+                for seed in (1..=seeds).filter(|s| s % threads == k) {
+                    let targets = 4 + (seed % 13) as usize;
+                    let c = SimConfig {
+                        engines: 2,
+                        schedules: seed % 3 == 0,
+                        ..cfg(2_000 + seed, 1_500, targets, None)
+                    };
+                    match sim::run(&c) {
+                        Ok(s) => {
+                            takeovers += s.takeovers;
+                            fenced += s.fenced;
+                        }
+                        Err(v) => panic!("{}", sim::render(&v)),
+                    }
+                }
+                (takeovers, fenced)
+            })
+        })
+        .collect();
+    let (mut takeovers, mut fenced) = (0, 0);
+    for h in handles {
+        let (t, f) = h.join().expect("sweep thread");
+        takeovers += t;
+        fenced += f;
+    }
+    println!("takeovers={takeovers} fenced={fenced}");
+    assert!(
+        takeovers > seeds as u32,
+        "only {takeovers} takeovers over {seeds} seeds"
+    );
+    assert!(fenced > 0, "no deposed leader was fenced over {seeds} seeds");
+}
+
+/// Fleet size with two engines (`recman simulate --engines 2 --jobs 200000
+/// --targets 100000` at a size CI affords; `heavy` nextest group).
+#[test]
+fn fleet_size_two_engines_all_faults_is_clean() {
+    let (jobs, targets) = if cfg!(debug_assertions) {
+        (2_000, 1_000)
+    } else {
+        (20_000, 10_000)
+    };
+    let c = SimConfig {
+        engines: 2,
+        ..cfg(7, jobs, targets, None)
+    };
+    let s = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
+    println!("{}", s.line(1.0));
+    assert_eq!(s.completed + s.failed + s.cancelled, jobs);
+    assert!(s.completed > jobs * 9 / 10, "{s:?}");
+    assert!(s.takeovers > 0, "{s:?}");
 }

@@ -37,6 +37,16 @@ fn config(seed: u64, faults: Faults, m: Option<M>) -> SimConfig {
             _ => None,
         },
         schedules: matches!(m, Some(M::Core(Mutation::RefireSlots | Mutation::PruneMounted))),
+        engines: if matches!(
+            m,
+            Some(M::Core(
+                Mutation::NoFencing | Mutation::TakeoverKeepsEpoch | Mutation::IgnoreFenced
+            ))
+        ) {
+            2
+        } else {
+            1
+        },
     }
 }
 
@@ -143,6 +153,13 @@ mutations! {
     // window, or, for a watchdog's thaw, by nobody in time.
     release_before_thaw: W(worker::Mutation::ReleaseBeforeThaw), Crash => "freeze_window",
         also ["thawed_within_limit", "every_freeze_thawed"];
+    // Two engines (issue 19): a deposed leader that resumes appends on its
+    // stale state and the log takes it; a standby takes over under the
+    // epoch the old leader acted for; a fenced engine sends its batch's
+    // commands all the same.
+    no_fencing: C(Mutation::NoFencing), Crash => "appends_by_leader";
+    takeover_keeps_epoch: C(Mutation::TakeoverKeepsEpoch), Crash => "one_leader_per_epoch";
+    ignore_fenced: C(Mutation::IgnoreFenced), Crash => "durable_before_send";
 }
 
 #[test]

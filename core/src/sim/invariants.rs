@@ -121,6 +121,15 @@ pub const INVARIANTS: &[(&str, &str)] = &[
         "verify_cleanup",
         "a verify worker that died leaves no clone behind once it is up again (cleanup on start)",
     ),
+    (
+        "appends_by_leader",
+        "every append in the log was made by the engine holding the leadership, under its epoch, and the \
+         log's epochs never go back: a deposed engine's appends are refused (two engines)",
+    ),
+    (
+        "one_leader_per_epoch",
+        "at most one engine acts (appends or sends a command) as the leader of any epoch",
+    ),
 ];
 
 /// What the checks keep track of besides the engine and the world.
@@ -169,7 +178,7 @@ impl Sim {
     ) -> Box<Violation> {
         let mut trace = Vec::new();
         if let Some(j) = job {
-            for e in self.engine.log.iter().filter(|e| e.job == j) {
+            for e in self.log.iter().filter(|e| e.job == j) {
                 trace.push(format!("{:>8} event {:?}", e.at_ms.saturating_sub(T0), e.body));
             }
             if let Some(m) = self.checks.messages.get(&j) {
@@ -329,6 +338,47 @@ impl Sim {
         Ok(())
     }
 
+    /// `appends_by_leader`: process `pid` appends under `epoch`; it must
+    /// hold the leadership (the lock and the log's current epoch), and the
+    /// log's epochs never go back.
+    pub(super) fn check_append_by_leader(&self, pid: usize, epoch: u64) -> Checked<()> {
+        let (holder, current) = (self.lead.holder, self.lead.epoch);
+        let last = self.lead.appends.last().map(|r| r.1);
+        let why = if pid != holder || epoch != current {
+            Some(format!(
+                "engine {pid} appended under epoch {epoch} while engine {holder} leads epoch {current}"
+            ))
+        } else {
+            last.filter(|l| epoch < *l)
+                .map(|l| format!("engine {pid} appended under epoch {epoch} after records of epoch {l}"))
+        };
+        match why {
+            Some(d) => Err(self.violation("appends_by_leader", None, d)),
+            None => Ok(()),
+        }
+    }
+
+    /// `one_leader_per_epoch`: process `pid` acts (appends, sends) as the
+    /// leader of `epoch`; no other process may have acted for it.
+    pub(super) fn check_one_leader(&mut self, pid: usize, epoch: u64) -> Checked<()> {
+        let i = epoch as usize;
+        if self.lead.acted.len() <= i {
+            self.lead.acted.resize(i + 1, None);
+        }
+        match self.lead.acted[i] {
+            Some(other) if other != pid => {
+                let d = format!(
+                    "engine {pid} acts as the leader of epoch {epoch}, for which engine {other} acted"
+                );
+                Err(self.violation("one_leader_per_epoch", None, d))
+            }
+            _ => {
+                self.lead.acted[i] = Some(pid);
+                Ok(())
+            }
+        }
+    }
+
     /// `one_freeze_per_attempt`: the writer's freeze of attempt `key` is
     /// called on target `t` (by any process of its host) a second time.
     pub(super) fn check_freeze_runs_once(&mut self, t: usize, key: Key) -> Checked<()> {
@@ -455,8 +505,8 @@ impl Sim {
     /// written fold of the log (`reference`) agrees with both on every job's
     /// end, attempt and snapshot, and on the catalog.
     pub(super) fn check_replay(&self) -> Checked<()> {
-        let mut core = Core::new(self.engine.cfg.clone());
-        for e in &self.engine.log {
+        let mut core = Core::new(self.core_cfg.clone());
+        for e in &self.log {
             core.apply(e);
         }
         let live = self.engine.core.state();
@@ -472,7 +522,7 @@ impl Sim {
                 "state rebuilt from the log differs from the live state".into(),
             ));
         }
-        if let Err((job, why)) = reference::fold(&self.engine.log).compare(live) {
+        if let Err((job, why)) = reference::fold(&self.log).compare(live) {
             return Err(self.violation("replay_exact", job, why));
         }
         Ok(())
@@ -483,7 +533,7 @@ impl Sim {
     /// fails loudly), `consistent_snapshot` and `freeze_window`; and what
     /// `durable_before_send` needs.
     pub(super) fn check_event(&mut self, k: usize) -> Checked<()> {
-        let e = &self.engine.log[k];
+        let e = &self.log[k];
         let job_id = e.job;
         match &e.body {
             EventBody::StageStarted { stage, attempt, .. } => {
@@ -649,7 +699,7 @@ impl Sim {
     /// (`catalog_matches_storage`, `no_unrecorded_snapshot`).
     pub(super) fn finish(&mut self) -> Checked<()> {
         self.summary.virtual_ms = self.sched.elapsed();
-        self.summary.events = self.engine.log.len();
+        self.summary.events = self.log.len();
         for (t, tw) in self.world.targets.iter().enumerate() {
             if let Some(f) = tw.frozen {
                 let d = format!("{} still frozen at the end", self.world.target_ids[t]);
@@ -710,7 +760,7 @@ impl Sim {
             .collect();
         stray.sort();
         if let Some((name, key)) = stray.first() {
-            let late = self.engine.log.iter().any(
+            let late = self.log.iter().any(
                 |e| matches!(&e.body, EventBody::LateSnapshot { snapshot, .. } if &snapshot.name == *name),
             );
             let d = format!(

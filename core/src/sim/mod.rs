@@ -10,8 +10,11 @@
 //! - `world`: the targets, the storage, the hosts and their worker processes;
 //! - `invariants`: every check, each under its name;
 //! - `reference`: an independent fold of the log, for `replay_exact`;
-//! - `summary`: the figures of a clean run, or the violation with its trace.
+//! - `summary`: the figures of a clean run, or the violation with its trace;
+//! - `engines`: two engines on one log (`SimConfig::engines`): leadership,
+//!   lease, takeover, a stopped leader deposed and fenced.
 
+mod engines;
 mod invariants;
 mod network;
 mod reconcile;
@@ -78,6 +81,11 @@ pub struct SimConfig {
     /// A share of the targets on schedules (and some with an RPO) under the
     /// virtual clock; paused after the last request so the run ends.
     pub schedules: bool,
+    /// Engine processes on the one log: 1, or 2 (a leader and a cold
+    /// standby; with crash faults the leader dies or stops past its lease,
+    /// the standby takes over, and a stopped leader that resumes is fenced;
+    /// 0 runs as 1, more than 2 as 2).
+    pub engines: usize,
 }
 
 /// Every target's freeze limit in the simulation.
@@ -105,8 +113,8 @@ pub fn run_with_log(cfg: &SimConfig) -> Checked<(Summary, Vec<Event>)> {
 pub fn run_with_config(cfg: &SimConfig) -> Checked<(Summary, Vec<Event>, CoreConfig)> {
     let mut sim = Sim::new(cfg.clone());
     sim.run()?;
-    let core_cfg = sim.engine.cfg.clone();
-    Ok((sim.summary, std::mem::take(&mut sim.engine.log), core_cfg))
+    let core_cfg = sim.core_cfg.clone();
+    Ok((sim.summary, std::mem::take(&mut sim.log), core_cfg))
 }
 
 /// A client's request: the targets it names and the job it was answered.
@@ -126,20 +134,45 @@ enum CrashPoint {
     DuringSends,
 }
 
-/// The engine as the simulator runs it: the core, its durable log, and what
-/// waits for it while it is down.
+/// An engine process as the simulator runs it: the core, its leadership,
+/// and what waits for it while it is down.
 struct Engine {
+    /// Which process it is (0 or 1), as the leadership checks name it.
+    pid: usize,
     core: Core,
-    cfg: CoreConfig,
+    /// It runs and leads: inputs go to it.
     up: bool,
+    /// Its process: running, stopped or dead (`engines`).
+    life: engines::Life,
+    /// The epoch it took when it last became the leader.
+    epoch: u64,
     /// Where the next input dies, if it does.
     crash: Option<CrashPoint>,
+    /// Where the next input stops the process, if it does (two engines).
+    pause: Option<CrashPoint>,
+    /// What the process had in hand when it stopped.
+    stalled: engines::Stalled,
     /// Inputs that arrived while the engine was down.
     parked: Vec<Input>,
-    /// The durable log.
-    log: Vec<Event>,
     /// Virtual times at which a `Timer` event is already scheduled.
     timers: BTreeSet<u64>,
+}
+
+impl Engine {
+    fn new(pid: usize, core: Core, up: bool, epoch: u64) -> Engine {
+        Engine {
+            pid,
+            core,
+            up,
+            life: engines::Life::Running,
+            epoch,
+            crash: None,
+            pause: None,
+            stalled: engines::Stalled::default(),
+            parked: Vec::new(),
+            timers: BTreeSet::new(),
+        }
+    }
 }
 
 struct Sim {
@@ -150,8 +183,22 @@ struct Sim {
     rrng: Rng,
     /// The recoveries' own stream (`recovery`), likewise.
     xrng: Rng,
+    /// The leadership faults' own stream (`engines`), likewise.
+    erng: Rng,
     sched: Scheduler,
+    /// The engine that leads (or led last): inputs go to it.
     engine: Engine,
+    /// The other engine process (two engines): a standby, a dead one, or
+    /// a deposed leader still stopped.
+    other: Option<Engine>,
+    /// The shared log's leadership row and who appended what.
+    lead: engines::Leadership,
+    /// The durable log.
+    log: Vec<Event>,
+    /// The config every engine runs with.
+    core_cfg: CoreConfig,
+    /// A deposed engine acting (its process and epoch), while it does.
+    stale: Option<(usize, u64)>,
     world: World,
     clients: Vec<ClientJob>,
     checks: Checks,
@@ -232,21 +279,20 @@ impl Sim {
                 job: None,
             });
         }
+        let other = (cfg.engines > 1).then(|| Engine::new(1, engines::idle_core(cfg.seed), false, 0));
         Sim {
-            engine: Engine {
-                core: Core::new(core_cfg.clone()),
-                cfg: core_cfg,
-                up: true,
-                crash: None,
-                parked: Vec::new(),
-                log: Vec::new(),
-                timers: BTreeSet::new(),
-            },
+            engine: Engine::new(0, Core::new(core_cfg.clone()), true, 1),
+            other,
+            lead: engines::Leadership::new(0),
+            log: Vec::new(),
+            core_cfg,
+            stale: None,
             world: World::new(target_ids, target_hosts, workers, pools),
             history: Vec::new(),
             rng,
             rrng: Rng::new(cfg.seed ^ 0x5EC0_4C11_E000_0001),
             xrng: Rng::new(cfg.seed ^ 0x5EC0_4EC0_7E00_0002),
+            erng: Rng::new(cfg.seed ^ 0x5EC0_E091_4E00_0003),
             sched: Scheduler::new(),
             clients,
             checks: Checks::default(),
@@ -254,6 +300,7 @@ impl Sim {
                 seed: cfg.seed,
                 jobs: cfg.jobs,
                 targets: n,
+                engines: cfg.engines.clamp(1, 2),
                 ..Summary::default()
             },
             cfg,
@@ -304,6 +351,11 @@ impl Sim {
             self.push(T0 + a, Ev::EngineCrash);
             let b = self.rng.range(500, 3_000);
             self.push(T0 + b, Ev::WorkerCrash);
+            if self.other.is_some() {
+                // And the first stop of the leader, past its lease or not.
+                let p = self.erng.range(span / 4, span);
+                self.push(T0 + p, Ev::EnginePause);
+            }
         }
         let c = self.rng.range(5_000, 30_000);
         self.push(T0 + c, Ev::SlowArray);
@@ -351,7 +403,7 @@ impl Sim {
                 if self.engine.up {
                     self.engine(input)?;
                 } else {
-                    self.engine.parked.push(input);
+                    self.stopped_input(input);
                 }
             }
             Ev::Timer => {
@@ -369,6 +421,10 @@ impl Sim {
             Ev::CutEnds(key, targets, start) => self.cut_ends(key, &targets, start),
             Ev::EngineCrash => self.engine_crash()?,
             Ev::EngineRestart => self.engine_restart()?,
+            Ev::EnginePause => self.engine_pause()?,
+            Ev::EngineResume(pid) => self.engine_resume(pid)?,
+            Ev::EngineStart(pid) => self.engine_start(pid)?,
+            Ev::Takeover(pid) => self.takeover(pid)?,
             Ev::WorkerCrash => self.worker_crash()?,
             Ev::WorkerRestart(w) => self.worker_restart(w)?,
             Ev::SlowArray => self.slow_array(),
@@ -378,7 +434,7 @@ impl Sim {
             Ev::RecoveryTake(w, inc, step) => self.recovery_take(w, inc, step)?,
             Ev::RecoveryEnds(w, inc, t, data) => self.recovery_ends(w, inc, t, data),
             Ev::PauseSchedules => {
-                for s in self.engine.cfg.schedules.clone() {
+                for s in self.core_cfg.schedules.clone() {
                     let input = Input::PauseSchedule {
                         schedule: s.id,
                         reason: "sim: requests ended".into(),
@@ -457,6 +513,9 @@ impl Sim {
             }
             None => {}
         }
+        if let Some(point) = self.engine.pause.take() {
+            return self.pause_in(input, point);
+        }
         let step = self.engine.core.handle(input, now);
         if sends_first {
             for o in step.commands {
@@ -473,11 +532,22 @@ impl Sim {
         Ok(step.reply)
     }
 
-    /// Events become durable: the log, then the checks at each event.
+    /// The leader's events become durable (its epoch is the log's: the
+    /// fencing never refuses it).
     fn append(&mut self, events: Vec<Event>) -> Checked<()> {
-        let start = self.engine.log.len();
-        self.engine.log.extend(events);
-        for k in start..self.engine.log.len() {
+        let (pid, epoch) = (self.engine.pid, self.engine.epoch);
+        if !self.store_append(pid, epoch, events)? {
+            let d = format!("the leader (engine {pid}, epoch {epoch}) was fenced");
+            return Err(self.violation("appends_by_leader", None, d));
+        }
+        Ok(())
+    }
+
+    /// Events become durable: the log, then the checks at each event.
+    fn log_append(&mut self, events: Vec<Event>) -> Checked<()> {
+        let start = self.log.len();
+        self.log.extend(events);
+        for k in start..self.log.len() {
             self.check_event(k)?;
         }
         Ok(())

@@ -55,9 +55,17 @@ impl Sim {
     /// A command goes onto the network (the engine made its cause durable,
     /// unless a mutation says otherwise: `durable_before_send` checks it).
     pub(super) fn send_command(&mut self, o: Outgoing) -> Checked<()> {
+        self.note_command(&o, "");
+        self.check_durable_before_send(&o.command)?;
+        self.check_snapshot_sent_in_time(&o.command)?;
+        self.put_out(o)
+    }
+
+    /// The command's line in its job's trace.
+    fn note_command(&mut self, o: &Outgoing, how: &str) {
         let c = &o.command;
         let line = format!(
-            "cmd  {} a{} {:?} -> {:?}{}",
+            "cmd  {} a{} {:?} -> {:?}{}{how}",
             c.stage,
             c.attempt,
             c.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
@@ -67,8 +75,22 @@ impl Sim {
                 .unwrap_or_default()
         );
         self.note(c.job, line);
+    }
+
+    /// A command whose decision was checked in time goes onto the network
+    /// late: held by a stopped engine process (its append done or pending),
+    /// it leaves when the process resumes, as the runtime would send it
+    /// (the worker refuses a snapshot past its deadline).
+    pub(super) fn send_deferred(&mut self, o: Outgoing) -> Checked<()> {
+        self.note_command(&o, " (held by a stopped engine)");
         self.check_durable_before_send(&o.command)?;
-        self.check_snapshot_sent_in_time(&o.command)?;
+        self.put_out(o)
+    }
+
+    /// The engine acting now (`one_leader_per_epoch`) puts `o` on the network.
+    fn put_out(&mut self, o: Outgoing) -> Checked<()> {
+        let (pid, epoch) = self.stale.unwrap_or((self.engine.pid, self.engine.epoch));
+        self.check_one_leader(pid, epoch)?;
         for d in self.net_delays() {
             self.push(self.sched.now + d, Ev::ToWorker(o.to.clone(), o.command.clone()));
         }
@@ -279,6 +301,10 @@ impl Sim {
         self.summary.engine_crashes += 1;
         self.engine.up = false;
         self.engine.timers.clear();
+        if self.other.is_some() {
+            self.leader_died();
+            return;
+        }
         let d = if self.rng.chance(0.25) {
             self.rng.range(FREEZE_LIMIT / 2, FREEZE_LIMIT * 3 / 2)
         } else {
@@ -287,13 +313,14 @@ impl Sim {
         self.push(self.sched.now + d, Ev::EngineRestart);
     }
 
-    /// The engine starts again: replays its log, decides what fell due while
-    /// it was down (`Core::start`), makes that durable, then sends the
-    /// commands of the stages in flight again and takes the inputs parked
-    /// meanwhile.
+    /// The engine starts again: opens the log (the next epoch), replays it,
+    /// decides what fell due while it was down (`Core::start`), makes that
+    /// durable, then sends the commands of the stages in flight again and
+    /// takes the inputs parked meanwhile.
     pub(super) fn engine_restart(&mut self) -> Checked<()> {
-        let mut core = Core::with_mutation(self.engine.cfg.clone(), self.cfg.mutation);
-        for e in &self.engine.log {
+        self.engine.epoch = self.lead.take(self.engine.pid, self.cfg.mutation);
+        let mut core = Core::with_mutation(self.core_cfg.clone(), self.cfg.mutation);
+        for e in &self.log {
             core.apply(e);
         }
         self.engine.core = core;

@@ -36,6 +36,17 @@ pub(super) enum Ev {
     Timer,
     EngineCrash,
     EngineRestart,
+    /// The leader's process is stopped (SIGSTOP), now or in its next input
+    /// (two engines).
+    EnginePause,
+    /// Engine process `usize` resumes (SIGCONT).
+    EngineResume(usize),
+    /// Dead engine process `usize` starts again: as a standby, or as the
+    /// leader if the lock is free.
+    EngineStart(usize),
+    /// Standby process `usize` finds the lock free (the leader died, or its
+    /// lease ran out) and takes over, if it still is.
+    Takeover(usize),
     WorkerCrash,
     WorkerRestart(usize),
     /// An array becomes slower than the freeze limit for a while.

@@ -33,6 +33,12 @@ pub struct Summary {
     /// Recoveries that ended, and requests for one the engine refused.
     pub recoveries: usize,
     pub recoveries_refused: usize,
+    /// Engine processes, leadership changes to the other one, stops of the
+    /// leader, and appends refused by the fencing (two engines).
+    pub engines: usize,
+    pub takeovers: u32,
+    pub pauses: u32,
+    pub fenced: u32,
 }
 
 impl Summary {
@@ -68,6 +74,13 @@ impl Summary {
             format!(
                 " recoveries={} recoveries_refused={}",
                 self.recoveries, self.recoveries_refused
+            )
+        } else {
+            String::new()
+        } + &if self.engines > 1 {
+            format!(
+                " engines={} takeovers={} pauses={} fenced={}",
+                self.engines, self.takeovers, self.pauses, self.fenced
             )
         } else {
             String::new()

@@ -569,7 +569,7 @@ impl Sim {
         let array = cmd
             .targets
             .first()
-            .and_then(|t| self.engine.cfg.targets.get(t))
+            .and_then(|t| self.core_cfg.targets.get(t))
             .and_then(|p| self.world.pool_index.get(&p.provider_pool))
             .copied();
         if let Some(a) = array {

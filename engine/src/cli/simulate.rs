@@ -39,6 +39,12 @@ pub struct Args {
     /// comes to rest).
     #[arg(long)]
     pub no_schedules: bool,
+    /// Engine processes on the one log: 1, or 2 (a leader and a cold
+    /// standby; with crash faults the leader also dies or stops past its
+    /// lease, the standby takes over and the stopped one is fenced when it
+    /// resumes).
+    #[arg(long, default_value_t = 1)]
+    pub engines: usize,
 }
 
 pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
@@ -48,6 +54,9 @@ pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             a.faults
         );
     };
+    if !(1..=2).contains(&a.engines) {
+        anyhow::bail!("--engines must be 1 or 2 (got {})", a.engines);
+    }
     let (mutation, worker_mutation) = match a.mutation.as_deref() {
         None => (None, None),
         Some(name) => match (Mutation::parse(name), worker::Mutation::parse(name)) {
@@ -72,6 +81,7 @@ pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         mutation,
         worker_mutation,
         schedules: !a.no_schedules,
+        engines: a.engines,
     };
     let start = Instant::now();
     let result = tokio::task::spawn_blocking(move || sim::run(&cfg)).await?;
