@@ -257,7 +257,7 @@ fn two_engines_every_fault_mode_runs_clean() {
 /// nextest group.
 #[test]
 fn seeded_sweep_two_engines_all_faults() {
-    let seeds: u64 = if cfg!(debug_assertions) { 4 } else { 96 };
+    let seeds: u64 = if cfg!(debug_assertions) { 4 } else { 48 };
     let threads = 2;
     let handles: Vec<_> = (0..threads)
         .map(|k| {
