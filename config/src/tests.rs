@@ -989,7 +989,11 @@ fn a_postgres_log_loads_and_keeps_its_password_out_of_the_config() {
         "log.url",
         "unknown key",
     );
-    assert_eq!(c.log.lease(), std::time::Duration::from_secs(5), "the default lease");
+    assert_eq!(
+        c.log.lease(),
+        std::time::Duration::from_secs(5),
+        "the default lease"
+    );
     let l = parse("[log]\npostgres = \"postgresql://recman@db1/recman\"\nlease = \"3s\"\n").unwrap();
     assert_eq!(l.log.lease(), std::time::Duration::from_secs(3));
     assert_err(

@@ -26,9 +26,7 @@ pub struct LeaseOptions {
 
 impl Default for LeaseOptions {
     fn default() -> Self {
-        LeaseOptions {
-            lease: DEFAULT_LEASE,
-        }
+        LeaseOptions { lease: DEFAULT_LEASE }
     }
 }
 

@@ -224,10 +224,12 @@ struct Worker {
 
 /// `pg_try_advisory_lock` of the place's key on `l`.
 async fn try_lock(place: &PgPlace, l: &Client) -> Result<bool, LogError> {
-    Ok(l.query_one("SELECT pg_try_advisory_lock($1)", &[&place.lock_key()])
-        .await
-        .map_err(|e| pg_err(place, "taking the writer's lock", e))?
-        .get(0))
+    Ok(
+        l.query_one("SELECT pg_try_advisory_lock($1)", &[&place.lock_key()])
+            .await
+            .map_err(|e| pg_err(place, "taking the writer's lock", e))?
+            .get(0),
+    )
 }
 
 /// Milliseconds of `d` as a bigint parameter.
@@ -555,12 +557,7 @@ impl Worker {
 /// then lets go of the lock. A renewal that matches no row (another epoch,
 /// or the lease already expired) loses the lease for good; one that fails
 /// or hangs leaves it to expire locally ([`Lease::check`]).
-async fn renew(
-    place: PgPlace,
-    l: Client,
-    lease: Arc<Lease>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
+async fn renew(place: PgPlace, l: Client, lease: Arc<Lease>, mut stop: tokio::sync::oneshot::Receiver<()>) {
     let s = &place.schema;
     let sql = format!(
         "UPDATE {s}.leader SET lease_until = clock_timestamp() + $2::bigint * interval '1 millisecond' \
@@ -586,7 +583,9 @@ async fn renew(
                 lease.epoch,
                 place.display()
             )),
-            Ok(Err(e)) => tracing::warn!(error = %pg_err(&place, "renewing the writer's lease", e), "lease not renewed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %pg_err(&place, "renewing the writer's lease", e), "lease not renewed")
+            }
             Err(_) => tracing::warn!("renewing the writer's lease on the event log timed out"),
         }
     }
@@ -637,7 +636,9 @@ impl PgStore {
                 };
                 let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
                 let renewal = match (w.lock.take(), &w.lease) {
-                    (Some(l), Some(lease)) => Some(rt.spawn(renew(w.place.clone(), l, lease.clone(), stop_rx))),
+                    (Some(l), Some(lease)) => {
+                        Some(rt.spawn(renew(w.place.clone(), l, lease.clone(), stop_rx)))
+                    }
                     _ => None,
                 };
                 let _ = ready_tx.send(Ok((w.epoch, w.lease.clone())));
@@ -726,7 +727,15 @@ impl Store for PgStore {
             .records()
             .map(|(seq, job, bytes)| (to_i64(seq), job.0.as_bytes().to_vec(), bytes.to_vec()))
             .collect();
-        self.call(Req::Commit(rows)).map(|_| ())
+        let r = self.call(Req::Commit(rows)).map(|_| ());
+        // A commit that failed because this writer was replaced (its
+        // sessions ended) says so, rather than "connection closed".
+        if r.is_err() {
+            if let Some(l) = &self.lease {
+                l.check()?;
+            }
+        }
+        r
     }
 
     fn scan(&self, from: u64, max: usize, f: &mut dyn FnMut(u64, &[u8])) -> Result<usize, LogError> {
