@@ -261,6 +261,10 @@ pub async fn open_postgres_waiting(
 ) -> anyhow::Result<Arc<dyn EventLog>> {
     let mut said = false;
     let since = std::time::Instant::now();
+    // Ctrl-C or SIGTERM while waiting: a standby has nothing open to close
+    // and exits 0 at once (its supervisor stopped it on purpose).
+    let stop = crate::signal::stop();
+    tokio::pin!(stop);
     loop {
         let p = place.clone();
         match tokio::task::spawn_blocking(move || log::open_postgres_with(&p, opts)).await? {
@@ -298,7 +302,13 @@ pub async fn open_postgres_waiting(
                     eprintln!("recman {command}: standby: {m}; waiting to take over (asking every {STANDBY_POLL:?})");
                     said = true;
                 }
-                tokio::time::sleep(STANDBY_POLL).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(STANDBY_POLL) => {}
+                    _ = &mut stop => {
+                        eprintln!("recman {command}: stopped while waiting as a standby");
+                        std::process::exit(0);
+                    }
+                }
             }
             Err(e) => bail!("cannot open the event log in {}: {e}", place.display()),
         }

@@ -412,7 +412,8 @@ async fn failover_kill9_five_times_and_a_paused_leader_loses_nothing() {
     let recorded = log
         .iter()
         .filter(|e| {
-            e["event"]["body"]["type"] == "step_succeeded" && e["event"]["body"]["stage"] == "snapshot"
+            let b = &e["event"]["body"];
+            (b["type"] == "step_succeeded" && b["stage"] == "snapshot") || b["type"] == "late_snapshot"
         })
         .count();
     assert_eq!(

@@ -756,12 +756,21 @@ pub async fn verify(
 fn render_lease(out: &mut String, l: &recman_events::log::lease::Lease) {
     use std::fmt::Write as _;
     let lines = [
-        ("recman_log_epoch", "gauge", "The leadership epoch this engine holds on its PostgreSQL log.", l.epoch as f64),
+        (
+            "recman_log_epoch",
+            "gauge",
+            "The leadership epoch this engine holds on its PostgreSQL log.",
+            l.epoch as f64,
+        ),
         (
             "recman_log_takeovers_total",
             "counter",
             "Times this process took the log over from another engine after waiting as a standby.",
-            if l.waited().is_zero() && !l.took_from_expired { 0.0 } else { 1.0 },
+            if l.waited().is_zero() && !l.took_from_expired {
+                0.0
+            } else {
+                1.0
+            },
         ),
         (
             "recman_log_standby_wait_seconds",
@@ -775,7 +784,12 @@ fn render_lease(out: &mut String, l: &recman_events::log::lease::Lease) {
             "Time since the leader's lease was last renewed.",
             l.renew_age().as_secs_f64(),
         ),
-        ("recman_log_lease_seconds", "gauge", "The leader's lease.", l.options.lease.as_secs_f64()),
+        (
+            "recman_log_lease_seconds",
+            "gauge",
+            "The leader's lease.",
+            l.options.lease.as_secs_f64(),
+        ),
     ];
     for (name, kind, help, v) in lines {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
