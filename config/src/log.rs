@@ -1,15 +1,18 @@
 //! `[log]`: an event log in PostgreSQL instead of the data dir's file, for
 //! engines that must survive the loss of their machine (a standby engine
-//! waits for the log's writer lock): `postgres`, `password_file`, `schema`.
+//! waits for the log's writer lock): `postgres`, `password_file`, `schema`,
+//! `lease`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use toml::de::DeTable;
 
 use super::{field, ConfigError, Cx};
 
 /// `[log] postgres = "postgresql://recman@db1:5432/recman"`,
-/// `password_file = "/etc/recman/pg-password"`, `schema = "recman"`.
+/// `password_file = "/etc/recman/pg-password"`, `schema = "recman"`,
+/// `lease = "5s"`.
 /// The password never goes in the config (nor in the URL): keep it in the file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogConfig {
@@ -18,6 +21,23 @@ pub struct LogConfig {
     pub password_file: Option<PathBuf>,
     /// The schema of the log's tables (default `recman`).
     pub schema: String,
+    /// The leader's lease on a PostgreSQL log (default [`DEFAULT_LEASE`]): a
+    /// leader that has not renewed it for this long is replaced by a standby.
+    pub lease: Option<Duration>,
+}
+
+/// The default lease of the leader of a PostgreSQL log.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+/// The shortest lease allowed (renewals every fifth of it).
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+/// The longest lease allowed.
+pub const MAX_LEASE: Duration = Duration::from_secs(600);
+
+impl LogConfig {
+    /// The lease in force.
+    pub fn lease(&self) -> Duration {
+        self.lease.unwrap_or(DEFAULT_LEASE)
+    }
 }
 
 /// The default schema of a PostgreSQL log.
@@ -39,7 +59,7 @@ pub(super) fn parse(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<LogConfig, Config
         });
     };
     let t = cx.table(v, "log")?;
-    cx.check_keys(t, "log", &["postgres", "password_file", "schema"])?;
+    cx.check_keys(t, "log", &["postgres", "password_file", "schema", "lease"])?;
     let postgres = match cx.string(t, "log", "postgres")? {
         None => None,
         Some((u, span)) => {
@@ -83,9 +103,28 @@ pub(super) fn parse(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<LogConfig, Config
             "names a password but no `postgres` URL is given",
         ));
     }
+    let lease = cx.duration(t, "log", "lease")?;
+    if let Some(d) = lease {
+        if !(MIN_LEASE..=MAX_LEASE).contains(&d) {
+            let span = field(t, "lease").map(|v| v.span()).unwrap_or_default();
+            return Err(cx.err(
+                span,
+                "log.lease",
+                format!("{d:?} is out of range: from {MIN_LEASE:?} to {MAX_LEASE:?}"),
+            ));
+        }
+        if postgres.is_none() {
+            return Err(cx.err(
+                field(t, "lease").map(|v| v.span()).unwrap_or_default(),
+                "log.lease",
+                "is a lease on a PostgreSQL log but no `postgres` URL is given",
+            ));
+        }
+    }
     Ok(LogConfig {
         postgres,
         password_file,
         schema,
+        lease,
     })
 }

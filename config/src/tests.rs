@@ -989,4 +989,18 @@ fn a_postgres_log_loads_and_keeps_its_password_out_of_the_config() {
         "log.url",
         "unknown key",
     );
+    assert_eq!(
+        c.log.lease(),
+        std::time::Duration::from_secs(5),
+        "the default lease"
+    );
+    let l = parse("[log]\npostgres = \"postgresql://recman@db1/recman\"\nlease = \"3s\"\n").unwrap();
+    assert_eq!(l.log.lease(), std::time::Duration::from_secs(3));
+    assert_err(
+        "[log]\npostgres = \"postgresql://recman@db1/recman\"\nlease = \"100ms\"\n",
+        3,
+        "log.lease",
+        "out of range",
+    );
+    assert_err("[log]\nlease = \"5s\"\n", 2, "log.lease", "no `postgres`");
 }

@@ -213,7 +213,10 @@ impl Home {
     /// ([`open_postgres_waiting`]).
     pub async fn open_log(&self, config: &Config, command: &str) -> anyhow::Result<Arc<dyn EventLog>> {
         if let Some(place) = pg_place(config)? {
-            return open_postgres_waiting(place, command).await;
+            let opts = log::lease::LeaseOptions {
+                lease: config.log.lease(),
+            };
+            return open_postgres_waiting(place, opts, command).await;
         }
         self.check_log(command)?;
         log::open_detected(&self.data_dir, Backend::Redb)
@@ -281,26 +284,49 @@ pub const STANDBY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Opens the PostgreSQL log for appending. While another engine holds it,
 /// this one is a standby: it says so once, asks again every
 /// [`STANDBY_POLL`], and goes on when the lock is its own (the holder died,
-/// or its session to the database did): then it replays the log like any
-/// start. Any other error ends the wait.
+/// or its session to the database did, or its lease expired: then its
+/// sessions are ended): then it replays the log like any start. Any other
+/// error ends the wait.
 pub async fn open_postgres_waiting(
     place: log::pg_store::PgPlace,
+    opts: log::lease::LeaseOptions,
     command: &str,
 ) -> anyhow::Result<Arc<dyn EventLog>> {
     let mut said = false;
     let since = std::time::Instant::now();
+    // Ctrl-C or SIGTERM while waiting: a standby has nothing open to close
+    // and exits 0 at once (its supervisor stopped it on purpose).
+    let stop = crate::signal::stop();
+    tokio::pin!(stop);
     loop {
         let p = place.clone();
-        match tokio::task::spawn_blocking(move || log::open_postgres(&p)).await? {
+        match tokio::task::spawn_blocking(move || log::open_postgres_with(&p, opts)).await? {
             Ok(l) => {
-                if said {
+                let lease = l.lease();
+                if let Some(lease) = &lease {
+                    if said {
+                        lease.set_waited(since.elapsed());
+                    }
+                }
+                let epoch = lease.as_ref().map(|l| l.epoch).unwrap_or_default();
+                let expired = lease.as_ref().is_some_and(|l| l.took_from_expired);
+                if said || expired {
                     eprintln!(
-                        "recman {command}: took over the event log in {} after {:.1} s as a standby; replaying it",
+                        "recman {command}: took over the event log in {} after {:.1} s as a standby{}; \
+                         leader of epoch {epoch}; replaying it",
                         place.display(),
-                        since.elapsed().as_secs_f64()
+                        since.elapsed().as_secs_f64(),
+                        if expired {
+                            " (the holder's lease had expired: its sessions were ended)"
+                        } else {
+                            ""
+                        }
                     );
                 } else {
-                    eprintln!("recman {command}: event log in {} (PostgreSQL)", place.display());
+                    eprintln!(
+                        "recman {command}: event log in {} (PostgreSQL), leader of epoch {epoch}",
+                        place.display()
+                    );
                 }
                 return Ok(l);
             }
@@ -309,10 +335,32 @@ pub async fn open_postgres_waiting(
                     eprintln!("recman {command}: standby: {m}; waiting to take over (asking every {STANDBY_POLL:?})");
                     said = true;
                 }
-                tokio::time::sleep(STANDBY_POLL).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(STANDBY_POLL) => {}
+                    _ = &mut stop => {
+                        eprintln!("recman {command}: stopped while waiting as a standby");
+                        std::process::exit(0);
+                    }
+                }
             }
             Err(e) => bail!("cannot open the event log in {}: {e}", place.display()),
         }
+    }
+}
+
+/// Completes when this process lost the leadership of its shared log (its
+/// lease was fenced or not renewed in time), with why; never for a log it
+/// owns alone. The engine then steps down: it stops and exits non-zero.
+pub async fn leadership_lost(log: &dyn EventLog) -> String {
+    let Some(lease) = log.lease() else {
+        return std::future::pending().await;
+    };
+    let every = (lease.options.margin() / 2).max(std::time::Duration::from_millis(10));
+    loop {
+        if let Some(why) = lease.lost() {
+            return why;
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -171,6 +171,64 @@ fn a_writer_whose_epoch_was_taken_is_fenced() {
     });
 }
 
+/// A writer whose lease ran out (here: set back behind its back, as if it
+/// had been paused past it) can neither renew nor commit; a second writer
+/// finds the lease expired while the lock is still held, ends the holder's
+/// sessions, takes the lock and the next epoch, and continues the chain.
+#[test]
+fn a_writer_whose_lease_expired_is_fenced_and_replaced() {
+    use recman_events::log::lease::LeaseOptions;
+    use recman_events::log::open_postgres_with;
+    if !available() {
+        return;
+    }
+    let pg = Pg::new();
+    let opts = LeaseOptions {
+        lease: Duration::from_secs(1),
+    };
+    block_on(async {
+        let old = open_postgres_with(&pg.place, opts).unwrap();
+        old.append(vec![ev(job(1), 1)]).await.unwrap();
+        let lease = old.lease().expect("a writer holds a lease");
+        // Renewed while it runs: still valid after three leases.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(lease.check().is_ok(), "{:?}", lease.lost());
+        assert!(
+            lease.renew_age() < Duration::from_secs(1),
+            "{:?}",
+            lease.renew_age()
+        );
+        // A second writer meanwhile: refused, the lease is live.
+        let e = open_postgres_with(&pg.place, opts).err().unwrap().to_string();
+        assert!(e.contains("in use") && e.contains("lease until"), "{e}");
+        let (c, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let s = &pg.place.schema;
+        c.execute(
+            &format!("UPDATE {s}.leader SET lease_until = clock_timestamp() - interval '1 second'"),
+            &[],
+        )
+        .await
+        .unwrap();
+        // Its next renewal (every 200 ms) matches no row: it knows.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(lease.check().unwrap_err().to_string().contains("fenced"));
+        let new = open_postgres_with(&pg.place, opts).unwrap();
+        let new_lease = new.lease().unwrap();
+        assert_eq!(new_lease.epoch, lease.epoch + 1);
+        assert!(new_lease.took_from_expired);
+        let e = old.append(vec![ev(job(1), 2)]).await.unwrap_err().to_string();
+        assert!(e.contains("fenced"), "{e}");
+        assert!(lease.check().is_err(), "the old writer knows it lost the lease");
+        assert_eq!(new.append(vec![ev(job(2), 3)]).await.unwrap(), vec![2]);
+        assert!(recman_events::audit::audit(&*new).is_clean());
+        drop(old);
+        drop(new);
+    });
+}
+
 /// Each writable open takes a higher epoch and says who holds the log.
 #[test]
 fn every_writer_takes_a_higher_epoch_and_names_itself() {

@@ -9,6 +9,7 @@ mod amqp_cluster;
 mod amqp_deploy_walkthrough;
 mod amqp_dlq;
 mod amqp_engine;
+mod amqp_failover;
 mod amqp_faults;
 mod amqp_host_freeze;
 mod amqp_identity;

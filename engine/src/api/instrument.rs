@@ -111,6 +111,12 @@ impl EventLog for TimedLog {
     fn backend(&self) -> Backend {
         self.inner.backend()
     }
+    fn index_damage(&self) -> Vec<(u64, String)> {
+        self.inner.index_damage()
+    }
+    fn lease(&self) -> Option<Arc<recman_events::log::lease::Lease>> {
+        self.inner.lease()
+    }
 }
 
 /// A `Bus` that counts redelivered deliveries on every consumer.

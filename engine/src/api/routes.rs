@@ -488,7 +488,30 @@ pub async fn live_state(State(s): State<Arc<Shared>>) -> ApiResult {
         .inspect()
         .await
         .map_err(|_| ApiError::unavailable("engine_unavailable", "the engine is not running"))?;
-    Ok(Json(json!({"seq": state.applied, "digest": view::digest(&state)})).into_response())
+    let mut body = json!({"seq": state.applied, "digest": view::digest(&state)});
+    body["log"] = role(&s);
+    Ok(Json(body).into_response())
+}
+
+/// This engine's role on its log: `single` (a log of its own), or `leader`
+/// of a shared (PostgreSQL) log with its epoch, lease and takeover; `lag`
+/// is how many durable events the engine has not yet folded into its view.
+fn role(s: &Shared) -> Value {
+    let last = s.log.last_seq();
+    let lag = last.saturating_sub(*s.seen.borrow());
+    match s.log.lease() {
+        None => json!({"role": "single", "backend": s.log.backend().as_str(), "seq": last, "lag": lag}),
+        Some(l) => json!({
+            "role": if l.lost().is_some() { "stepping_down" } else { "leader" },
+            "backend": s.log.backend().as_str(),
+            "seq": last,
+            "lag": lag,
+            "epoch": l.epoch,
+            "lease_ms": l.options.lease.as_millis() as u64,
+            "lease_renewed_ms_ago": l.renew_age().as_millis() as u64,
+            "standby_wait_ms": l.waited().as_millis() as u64,
+        }),
+    }
 }
 
 /// `GET /v1/whoami`: the caller's user name, role and target scope.
@@ -504,6 +527,9 @@ pub async fn metrics(State(s): State<Arc<Shared>>) -> ApiResult {
     let mut out = String::new();
     read_view(&s, |v| v.render_metrics(&mut out))?;
     s.stats.render(&mut out);
+    if let Some(l) = s.log.lease() {
+        render_lease(&mut out, &l);
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
@@ -512,8 +538,18 @@ pub async fn healthz() -> Response {
 }
 
 pub async fn readyz(State(s): State<Arc<Shared>>) -> ApiResult {
-    if s.ready.load(Ordering::SeqCst) && s.engine.accepting() {
-        Ok(Json(json!({"status": "ready", "seq": s.log.last_seq()})).into_response())
+    let lost = s.log.lease().and_then(|l| l.lost());
+    if let Some(why) = lost {
+        Err(ApiError::unavailable("not_leader", why))
+    } else if s.ready.load(Ordering::SeqCst) && s.engine.accepting() {
+        let mut body = json!({"status": "ready", "seq": s.log.last_seq()});
+        let r = role(&s);
+        body["role"] = r["role"].clone();
+        if let Some(e) = r.get("epoch") {
+            body["epoch"] = e.clone();
+        }
+        body["lag"] = r["lag"].clone();
+        Ok(Json(body).into_response())
     } else if !s.engine.accepting() {
         Err(ApiError::unavailable(
             "shutting_down",
@@ -715,4 +751,49 @@ pub async fn verify(
         Json(json!({"snapshot": name, "job_id": job, "targets": started, "refused": refused})),
     )
         .into_response())
+}
+
+/// The leader's metrics of a shared log: epoch, takeovers, standby wait,
+/// age of the lease's last renewal.
+fn render_lease(out: &mut String, l: &recman_events::log::lease::Lease) {
+    use std::fmt::Write as _;
+    let lines = [
+        (
+            "recman_log_epoch",
+            "gauge",
+            "The leadership epoch this engine holds on its PostgreSQL log.",
+            l.epoch as f64,
+        ),
+        (
+            "recman_log_takeovers_total",
+            "counter",
+            "Times this process took the log over from another engine after waiting as a standby.",
+            if l.waited().is_zero() && !l.took_from_expired {
+                0.0
+            } else {
+                1.0
+            },
+        ),
+        (
+            "recman_log_standby_wait_seconds",
+            "gauge",
+            "How long this process waited as a standby before it led.",
+            l.waited().as_secs_f64(),
+        ),
+        (
+            "recman_log_lease_renew_age_seconds",
+            "gauge",
+            "Time since the leader's lease was last renewed.",
+            l.renew_age().as_secs_f64(),
+        ),
+        (
+            "recman_log_lease_seconds",
+            "gauge",
+            "The leader's lease.",
+            l.options.lease.as_secs_f64(),
+        ),
+    ];
+    for (name, kind, help, v) in lines {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
 }

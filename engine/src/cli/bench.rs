@@ -17,6 +17,10 @@ pub enum BenchCommand {
     /// Freeze windows of fsfreeze + btrfs jobs (root, loop filesystems);
     /// baseline: the bare FIFREEZE → snapshot ioctl → FITHAW sequence.
     Freeze(bench::freeze::Args),
+    /// Takeovers of a standby engine on a PostgreSQL log over RabbitMQ
+    /// (kill -9 of the leader, N times) with a stream of requests; baseline:
+    /// the database's round trip and advisory-lock acquire.
+    Failover(bench::failover::Args),
 }
 
 pub async fn run(g: &Home, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -24,5 +28,6 @@ pub async fn run(g: &Home, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Log(a) => bench::log::run(&g.data_dir, a).await,
         BenchCommand::Jobs(a) => bench::jobs::run(&g.data_dir, a).await,
         BenchCommand::Freeze(a) => bench::freeze::run(&g.data_dir, a).await,
+        BenchCommand::Failover(a) => bench::failover::run(&g.data_dir, a).await,
     }
 }

@@ -35,8 +35,12 @@ API as `recman up` (no API without either). A non-loopback address needs `[api] 
 and TLS (`[api] tls_cert`, `tls_key`) or `insecure_http = true`.\n\
 While it runs, DATA_DIR/server.json tells `recman jobs`, `job`, `targets`, `snapshots`, `events`\n\
 and `cancel` on this host where it is (elsewhere: --server URL); it is removed at shutdown.\n\n\
+With `[log] postgres`, a second engine waits as a standby and takes over when the leader dies\n\
+or its lease expires; a leader that can no longer renew its lease, or finds itself fenced,\n\
+steps down: it stops and exits 2 (its supervisor restarts it, as a standby).\n\n\
 Stops on Ctrl-C or SIGTERM. Exit codes: 0 clean shutdown, 2 could not start or lost the\n\
-broker (bad config, address in use, log owned by another process: the error names its API).")]
+broker (bad config, address in use, log owned by another process: the error names its API)\n\
+or lost the leadership of the event log.")]
 pub struct Args {
     #[command(flatten)]
     pub amqp: AmqpArgs,
@@ -129,6 +133,10 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             Err(e) => Err(e),
         },
         e = api_failed(&mut api) => Err(e),
+        why = crate::home::leadership_lost(log.as_ref()) => {
+            eprintln!("recman engine: {why}");
+            Err(anyhow::anyhow!("lost the leadership of the event log: {why}"))
+        }
         _ = crate::signal::stop() => Ok(()),
     };
     let stopped = engine.shutdown(Drain::Skip).await;

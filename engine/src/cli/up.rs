@@ -183,6 +183,10 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             });
         }
         e = api.failed() => failure = Some(e),
+        why = crate::home::leadership_lost(log.as_ref()) => {
+            eprintln!("recman up: {why}");
+            failure = Some(anyhow::anyhow!("lost the leadership of the event log: {why}"));
+        }
     }
 
     // No new requests; let in-flight freezes be thawed; stop everything.

@@ -350,6 +350,11 @@ async fn commit(
         if !events.is_empty() {
             log.append(events).await.context("appending to the event log")?;
         }
+        // A leader whose lease ran out while it waited for the append (it
+        // was paused) sends nothing more: its successor re-sends from the log.
+        if let Some(lease) = log.lease() {
+            lease.check().context("before sending commands")?;
+        }
         let mut notes = trace::Notes::default();
         for b in batches.iter_mut() {
             notes.append(std::mem::take(&mut b.notes));

@@ -381,4 +381,8 @@ impl EventLog for GroupCommitLog {
     fn index_damage(&self) -> Vec<(u64, String)> {
         self.store.index_damage()
     }
+
+    fn lease(&self) -> Option<Arc<crate::log::lease::Lease>> {
+        self.store.lease()
+    }
 }

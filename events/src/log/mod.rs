@@ -26,6 +26,7 @@ pub mod conformance;
 pub mod framed;
 pub mod group_commit;
 pub mod guard;
+pub mod lease;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod pg_store;
@@ -159,6 +160,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// Parts of the job index found damaged on open (see `Store::index_damage`).
     fn index_damage(&self) -> Vec<(u64, String)> {
         Vec::new()
+    }
+    /// The writer's lease on a shared log (PostgreSQL): epoch, whether this
+    /// process may still act. `None` for a log this process owns alone.
+    fn lease(&self) -> Option<Arc<lease::Lease>> {
+        None
     }
 }
 
@@ -339,7 +345,16 @@ pub fn open_for_reading(dir: &Path) -> Result<Arc<dyn EventLog>, LogError> {
 /// (`LogError::Locked`) or the last record is damaged.
 #[cfg(feature = "postgres")]
 pub fn open_postgres(place: &pg_store::PgPlace) -> Result<Arc<dyn EventLog>, LogError> {
-    let store = pg_store::PgStore::open(place.clone(), pg_store::Mode::Write)?;
+    open_postgres_with(place, lease::LeaseOptions::default())
+}
+
+/// [`open_postgres`] with the writer's lease of `opts`.
+#[cfg(feature = "postgres")]
+pub fn open_postgres_with(
+    place: &pg_store::PgPlace,
+    opts: lease::LeaseOptions,
+) -> Result<Arc<dyn EventLog>, LogError> {
+    let store = pg_store::PgStore::open_with(place.clone(), pg_store::Mode::Write, opts)?;
     Ok(Arc::new(GroupCommitLog::start(
         Arc::new(store),
         Backend::Postgres,

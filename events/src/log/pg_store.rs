@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! S.records (seq bigint primary key, job bytea, bytes bytea)   + index (job, seq)
-//! S.leader  (id = 1, epoch bigint, holder text, since timestamptz)
+//! S.leader  (id = 1, epoch bigint, holder text, since timestamptz,
+//!            lease_until timestamptz, pids int[])
 //! S.meta    (key text primary key, value bigint)   e.g. the events relay's cursor
 //! ```
 //!
@@ -19,6 +20,17 @@
 //! `synchronous_commit = on`, so `COMMIT` returns once the records are flushed
 //! on the server (and on its synchronous standbys, if it has any).
 //!
+//! The writer also holds a **lease** (`leader.lease_until`, by the server's
+//! clock), renewed on the lock session every fifth of its length, and only
+//! while it has not expired. A commit also requires an unexpired lease, so a
+//! writer that was paused (SIGSTOP, a VM freeze) past its lease can neither
+//! commit nor renew, whatever its sessions look like. A second writer that
+//! finds the lock held but the lease expired terminates the holder's
+//! sessions (`leader.pids`: the lock session and the records session, so an
+//! open transaction of the paused writer is rolled back), takes the lock and
+//! the next epoch. Locally the writer stops acting (see `lease::Lease`) a
+//! margin before the server's lease ends when it cannot renew.
+//!
 //! tokio-postgres is async and `Store` is not: the connections live on a
 //! thread of their own with a current-thread runtime, and each call sends it
 //! a request and blocks for the answer (as a redb read blocks on the disk).
@@ -29,7 +41,11 @@ use std::sync::mpsc as std_mpsc;
 
 use tokio_postgres::{Client, NoTls};
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use crate::ids::JobId;
+use crate::log::lease::{Lease, LeaseOptions};
 use crate::log::store::{Batch, Store};
 use crate::log::{LogError, RawRecord};
 
@@ -158,6 +174,8 @@ pub struct PgStore {
     thread: Option<std::thread::JoinHandle<()>>,
     /// The epoch this writer holds (`None`: read-only).
     pub epoch: Option<i64>,
+    /// The writer's lease (`None`: read-only).
+    lease: Option<Arc<Lease>>,
 }
 
 fn pg_err(place: &PgPlace, what: &str, e: tokio_postgres::Error) -> LogError {
@@ -198,33 +216,84 @@ struct Worker {
     place: PgPlace,
     s: String,
     client: Client,
-    /// The session holding the advisory lock; dropped with the worker.
-    _lock: Option<Client>,
+    /// The session holding the advisory lock, until the renewal task takes it.
+    lock: Option<Client>,
     epoch: Option<i64>,
+    lease: Option<Arc<Lease>>,
+}
+
+/// `pg_try_advisory_lock` of the place's key on `l`.
+async fn try_lock(place: &PgPlace, l: &Client) -> Result<bool, LogError> {
+    Ok(
+        l.query_one("SELECT pg_try_advisory_lock($1)", &[&place.lock_key()])
+            .await
+            .map_err(|e| pg_err(place, "taking the writer's lock", e))?
+            .get(0),
+    )
+}
+
+/// Milliseconds of `d` as a bigint parameter.
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Worker {
-    async fn open(place: PgPlace, mode: Mode) -> Result<Worker, LogError> {
+    async fn open(place: PgPlace, mode: Mode, opts: LeaseOptions) -> Result<Worker, LogError> {
         let s = place.schema.clone();
         let client = connect(&place, "records").await?;
         let mut lock = None;
         let mut epoch = None;
+        let mut lease = None;
         if mode == Mode::Write {
             let l = connect(&place, "lock").await?;
-            let got: bool = l
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&place.lock_key()])
-                .await
-                .map_err(|e| pg_err(&place, "taking the writer's lock", e))?
-                .get(0);
+            let mut got = try_lock(&place, &l).await?;
+            let mut took_from_expired = false;
             if !got {
-                let holder = client
-                    .query_one(
-                        &format!("SELECT holder, since::text FROM {s}.leader WHERE id = 1"),
+                // The holder's lease expired (it is paused, or cut off from
+                // the database but its sessions linger): end its sessions,
+                // which frees the lock and rolls back what it had begun.
+                // An old schema without a lease column is simply locked.
+                let ended = client
+                    .query(
+                        &format!(
+                            "SELECT pg_terminate_backend(p, 5000) FROM {s}.leader, unnest(pids) AS p \
+                             WHERE id = 1 AND lease_until < clock_timestamp()"
+                        ),
                         &[],
                     )
                     .await
-                    .map(|r| format!(" ({}, since {})", r.get::<_, String>(0), r.get::<_, String>(1)))
-                    .unwrap_or_default();
+                    .map(|rows| rows.len())
+                    .unwrap_or(0);
+                if ended > 0 {
+                    got = try_lock(&place, &l).await?;
+                    took_from_expired = got;
+                }
+            }
+            if !got {
+                let holder = match client
+                    .query_one(
+                        &format!(
+                            "SELECT holder, since::text, lease_until::text FROM {s}.leader WHERE id = 1"
+                        ),
+                        &[],
+                    )
+                    .await
+                {
+                    Ok(r) => format!(
+                        " ({}, since {}, lease until {})",
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(2)
+                    ),
+                    Err(_) => client
+                        .query_one(
+                            &format!("SELECT holder, since::text FROM {s}.leader WHERE id = 1"),
+                            &[],
+                        )
+                        .await
+                        .map(|r| format!(" ({}, since {})", r.get::<_, String>(0), r.get::<_, String>(1)))
+                        .unwrap_or_default(),
+                };
                 return Err(LogError::Locked(format!(
                     "the event log in {} is in use by another recman process{holder}: it holds \
                      the schema's advisory lock; stop that process or use another schema",
@@ -241,7 +310,12 @@ impl Worker {
                          id int PRIMARY KEY CHECK (id = 1), epoch bigint NOT NULL,
                          holder text NOT NULL, since timestamptz NOT NULL);
                      INSERT INTO {s}.leader VALUES (1, 0, '', now()) ON CONFLICT DO NOTHING;
-                     CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value bigint NOT NULL);"
+                     ALTER TABLE {s}.leader
+                         ADD COLUMN IF NOT EXISTS lease_until timestamptz NOT NULL DEFAULT now(),
+                         ADD COLUMN IF NOT EXISTS pids int[] NOT NULL DEFAULT '{{}}';
+                     CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value bigint NOT NULL);
+                     SET idle_in_transaction_session_timeout = {};",
+                    ms(opts.lease)
                 ))
                 .await
                 .map_err(|e| pg_err(&place, "creating the log's tables", e))?;
@@ -252,18 +326,32 @@ impl Worker {
                     .unwrap_or_default()
                     .trim()
             );
+            let mut pids: Vec<i32> = Vec::with_capacity(2);
+            for c in [&l, &client] {
+                pids.push(
+                    c.query_one("SELECT pg_backend_pid()", &[])
+                        .await
+                        .map_err(|e| pg_err(&place, "asking for the session's pid", e))?
+                        .get(0),
+                );
+            }
+            let sent = Instant::now();
             let e: i64 = client
                 .query_one(
                     &format!(
-                        "UPDATE {s}.leader SET epoch = epoch + 1, holder = $1, since = now() \
+                        "UPDATE {s}.leader SET epoch = epoch + 1, holder = $1, since = now(), \
+                         pids = $2, lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond' \
                          WHERE id = 1 RETURNING epoch"
                     ),
-                    &[&holder],
+                    &[&holder, &pids, &ms(opts.lease)],
                 )
                 .await
                 .map_err(|e| pg_err(&place, "taking the next epoch", e))?
                 .get(0);
             epoch = Some(e);
+            let mut l_ = Lease::new(e, opts, sent);
+            l_.took_from_expired = took_from_expired;
+            lease = Some(Arc::new(l_));
             lock = Some(l);
         } else {
             let exists: bool = client
@@ -286,8 +374,9 @@ impl Worker {
             place,
             s,
             client,
-            _lock: lock,
+            lock,
             epoch,
+            lease,
         })
     }
 
@@ -300,30 +389,45 @@ impl Worker {
         };
         match req {
             Req::Commit(rows) => {
-                let Some(mine) = self.epoch else {
+                let (Some(mine), Some(lease)) = (self.epoch, &self.lease) else {
                     return Err(LogError::Store(
                         "the event log was opened for reading only".into(),
                     ));
                 };
+                lease.check()?;
                 let tx = self
                     .client
                     .transaction()
                     .await
                     .map_err(err("beginning a commit"))?;
-                let now: i64 = tx
+                let row = tx
                     .query_one(
-                        &format!("SELECT epoch FROM {s}.leader WHERE id = 1 FOR SHARE"),
+                        &format!(
+                            "SELECT epoch, lease_until > clock_timestamp() FROM {s}.leader \
+                             WHERE id = 1 FOR SHARE"
+                        ),
                         &[],
                     )
                     .await
-                    .map_err(err("checking the epoch"))?
-                    .get(0);
+                    .map_err(err("checking the epoch"))?;
+                let (now, valid): (i64, bool) = (row.get(0), row.get(1));
                 if now != mine {
-                    return Err(LogError::Store(format!(
+                    let why = format!(
                         "fenced: another recman engine took over the event log in {} (epoch {now}, \
                          this one holds {mine}); this process must not append any more",
                         place.display()
-                    )));
+                    );
+                    lease.lose(why.clone());
+                    return Err(LogError::Store(why));
+                }
+                if !valid {
+                    let why = format!(
+                        "fenced: the lease of epoch {mine} on the event log in {} has expired \
+                         (this process was paused or cut off); it must not append any more",
+                        place.display()
+                    );
+                    lease.lose(why.clone());
+                    return Err(LogError::Store(why));
                 }
                 let mut seqs = Vec::with_capacity(rows.len());
                 let mut jobs = Vec::with_capacity(rows.len());
@@ -449,49 +553,107 @@ impl Worker {
     }
 }
 
+/// Renews `lease` on the lock session `l` every `renew_every` until `stop`,
+/// then lets go of the lock. A renewal that matches no row (another epoch,
+/// or the lease already expired) loses the lease for good; one that fails
+/// or hangs leaves it to expire locally ([`Lease::check`]).
+async fn renew(place: PgPlace, l: Client, lease: Arc<Lease>, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let s = &place.schema;
+    let sql = format!(
+        "UPDATE {s}.leader SET lease_until = clock_timestamp() + $2::bigint * interval '1 millisecond' \
+         WHERE id = 1 AND epoch = $1 AND lease_until > clock_timestamp()"
+    );
+    let every = lease.options.renew_every();
+    let lease_ms = ms(lease.options.lease);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if lease.lost().is_some() {
+            continue; // never renewed again; the owner steps down
+        }
+        let sent = Instant::now();
+        let r = tokio::time::timeout(lease.options.lease, l.execute(&sql, &[&lease.epoch, &lease_ms])).await;
+        match r {
+            Ok(Ok(1)) => lease.renewed(sent),
+            Ok(Ok(_)) => lease.lose(format!(
+                "fenced: the lease of epoch {} on the event log in {} could not be renewed \
+                 (it expired, or another engine took over); this engine steps down",
+                lease.epoch,
+                place.display()
+            )),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %pg_err(&place, "renewing the writer's lease", e), "lease not renewed")
+            }
+            Err(_) => tracing::warn!("renewing the writer's lease on the event log timed out"),
+        }
+    }
+    // Let go of the lock before the store's drop returns, so the next open
+    // (this process or another) finds it free; closing the session would
+    // free it too, but only once the server has noticed.
+    let _ = l
+        .execute("SELECT pg_advisory_unlock($1)", &[&place.lock_key()])
+        .await;
+}
+
 impl PgStore {
     /// Connects (and, with `Mode::Write`, creates the tables, takes the lock
-    /// and the next epoch). Fails with `LogError::Locked` when another writer
-    /// holds the lock.
+    /// and the next epoch, with the default lease). Fails with
+    /// `LogError::Locked` when another writer holds the lock.
     pub fn open(place: PgPlace, mode: Mode) -> Result<PgStore, LogError> {
+        PgStore::open_with(place, mode, LeaseOptions::default())
+    }
+
+    /// [`PgStore::open`] with a lease of `opts` (writers only).
+    pub fn open_with(place: PgPlace, mode: Mode, opts: LeaseOptions) -> Result<PgStore, LogError> {
         let (tx, rx) = std_mpsc::channel::<(Req, Reply)>();
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let p = place.clone();
         let thread = std::thread::Builder::new()
             .name("recman-log-pg".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                // One worker thread drives the sessions' connections and the
+                // lease renewal while this thread waits for requests.
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("recman-log-pg-io")
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = ready_tx.send(Err(LogError::Io(e)));
                         return;
                     }
                 };
-                let mut w = match rt.block_on(Worker::open(p, mode)) {
+                let mut w = match rt.block_on(Worker::open(p, mode, opts)) {
                     Ok(w) => w,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
-                let _ = ready_tx.send(Ok(w.epoch));
+                let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+                let renewal = match (w.lock.take(), &w.lease) {
+                    (Some(l), Some(lease)) => {
+                        Some(rt.spawn(renew(w.place.clone(), l, lease.clone(), stop_rx)))
+                    }
+                    _ => None,
+                };
+                let _ = ready_tx.send(Ok((w.epoch, w.lease.clone())));
                 while let Ok((req, reply)) = rx.recv() {
                     let _ = reply.send(rt.block_on(w.handle(req)));
                 }
-                // Let go of the lock before the store's drop returns, so the
-                // next open (this process or another) finds it free; closing
-                // the session would free it too, but only once the server
-                // has noticed.
+                let _ = stop_tx.send(());
                 rt.block_on(async move {
-                    if let Some(l) = &w._lock {
-                        let _ = l
-                            .execute("SELECT pg_advisory_unlock($1)", &[&w.place.lock_key()])
-                            .await;
+                    if let Some(r) = renewal {
+                        let _ = r.await;
                     }
                     drop(w)
                 });
             })?;
-        let epoch = ready_rx
+        let (epoch, lease) = ready_rx
             .recv()
             .map_err(|_| LogError::Store("the PostgreSQL log thread ended while opening".into()))??;
         Ok(PgStore {
@@ -499,6 +661,7 @@ impl PgStore {
             tx: Some(tx),
             thread: Some(thread),
             epoch,
+            lease,
         })
     }
 
@@ -564,7 +727,15 @@ impl Store for PgStore {
             .records()
             .map(|(seq, job, bytes)| (to_i64(seq), job.0.as_bytes().to_vec(), bytes.to_vec()))
             .collect();
-        self.call(Req::Commit(rows)).map(|_| ())
+        let r = self.call(Req::Commit(rows)).map(|_| ());
+        // A commit that failed because this writer was replaced (its
+        // sessions ended) says so, rather than "connection closed".
+        if r.is_err() {
+            if let Some(l) = &self.lease {
+                l.check()?;
+            }
+        }
+        r
     }
 
     fn scan(&self, from: u64, max: usize, f: &mut dyn FnMut(u64, &[u8])) -> Result<usize, LogError> {
@@ -612,5 +783,9 @@ impl Store for PgStore {
     fn put_raw(&self, seq: u64, bytes: Option<&[u8]>) -> Result<(), LogError> {
         self.call(Req::PutRaw(to_i64(seq), bytes.map(<[u8]>::to_vec)))
             .map(|_| ())
+    }
+
+    fn lease(&self) -> Option<Arc<Lease>> {
+        self.lease.clone()
     }
 }

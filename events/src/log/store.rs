@@ -85,4 +85,9 @@ pub trait Store: Send + Sync + 'static {
     fn index_damage(&self) -> Vec<(u64, String)> {
         Vec::new()
     }
+    /// The writer's lease on a shared store (PostgreSQL); `None` for a
+    /// store this process owns alone.
+    fn lease(&self) -> Option<std::sync::Arc<crate::log::lease::Lease>> {
+        None
+    }
 }
