@@ -472,8 +472,7 @@ pub async fn run(
                 }
             }
             let is_request = matches!(input, Input::Request { .. } | Input::Recover { .. });
-            let mut step = core.handle(input, now);
-            recman_core::by::stamp(&mut step.events, &i.by);
+            let step = core.handle_as(input, &i.by, now);
             if tracing_on {
                 match &step.reply {
                     Reply::Accepted { job, existing: false } if is_request => batch.notes.request(*job, msg),
@@ -540,6 +539,7 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.provider_timeout_ms = t.provider.timeout().as_millis() as u64;
         p.recovery_timeout_ms = t.recovery.timeout.as_millis() as u64;
         p.max_mount_age_ms = t.recovery.max_mount_age.map(|d| d.as_millis() as u64);
+        p.approval_ms = t.approval.map(|d| d.as_millis() as u64);
         p.fingerprint = Some(t.fingerprint());
         p.verify = t.verify.as_ref().map(|v| recman_core::verify::VerifyPolicy {
             kind: v.kind.as_str().to_string(),
