@@ -1500,6 +1500,20 @@ impl Decider<'_> {
                     };
                     (vec![target], at)
                 }
+                // A recovery's safety snapshot is a restore point too (the
+                // full scan of a timer counts it: so must this).
+                EventBody::RecoveryStepDone {
+                    stage: Stage::SafetySnapshot,
+                    ..
+                } => {
+                    let Some(op) = self.state.recovery.ops.get(&e.job) else {
+                        continue;
+                    };
+                    if self.cfg.targets.get(&op.target).is_some_and(|p| p.rpo_verified) {
+                        continue;
+                    }
+                    (vec![&op.target], self.now)
+                }
                 _ => continue,
             };
             for t in targets {

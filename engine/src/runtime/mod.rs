@@ -86,6 +86,12 @@ pub enum Call {
         by: String,
         reply: oneshot::Sender<Reply>,
     },
+    /// A second admin approves recovery `job` (four-eyes); `by` is the approver.
+    Approve {
+        job: JobId,
+        by: String,
+        reply: oneshot::Sender<Reply>,
+    },
     /// A look at the live core state (`recman replay` compares it with a
     /// rebuild from the log; shutdown waits until nothing is frozen). Also
     /// answers "has replay finished?".
@@ -268,6 +274,7 @@ async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound
                 by,
                 reply,
             } => (Input::Recover { ask, origin, new_job }, by, reply),
+            Call::Approve { job, by, reply } => (Input::Approve { job, by: by.clone() }, by, reply),
             Call::Inspect(query) => {
                 let inbound = Inbound {
                     input: None,
