@@ -17,6 +17,8 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 mod api;
+mod approval;
+pub use approval::DEFAULT_APPROVAL_EXPIRY;
 pub mod log;
 pub use api::{in_scope, ApiConfig, ApiUser, Role, DEFAULT_LISTEN, LEGACY_ADMIN};
 mod audit;
@@ -181,6 +183,10 @@ pub struct TargetConfig {
     pub reconcile_every: Option<Duration>,
     /// `[target.recovery]`: the limits of its restores, mounts and clones.
     pub recovery: RecoveryConfig,
+    /// `require_approval = true`: an in-place restore waits until a second
+    /// admin approves it, at most this long (`approval_expiry`, default
+    /// 1 h); `recman prune` of the target is refused. `None`: no approval.
+    pub approval: Option<Duration>,
 }
 
 impl TargetConfig {
@@ -940,6 +946,7 @@ impl Cx<'_> {
             "recovery",
         ];
         allowed.extend_from_slice(retention::KEYS);
+        allowed.extend_from_slice(approval::KEYS);
         cx_keys(self, t, key, &allowed)?;
         let (id, id_span) = self.required(self.string(t, key, "id")?, item.span(), key, "id")?;
         let id = TargetId::new(self.id(&id, id_span, &join(key, "id"))?);
@@ -1126,6 +1133,7 @@ impl Cx<'_> {
         let verify = verify::read(self, t, key, &id, &provider_pool)?;
         let reconcile_every = reconcile::every(self, t, key, &provider)?;
         let recovery = recovery::read(self, t, key)?;
+        let approval = approval::read(self, t, key)?;
         let rpo_verified = schedule::rpo_counts(self, t, key, verify.is_some())?;
         Ok(TargetConfig {
             id,
@@ -1152,6 +1160,7 @@ impl Cx<'_> {
             verify,
             reconcile_every,
             recovery,
+            approval,
         })
     }
 }

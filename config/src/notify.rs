@@ -59,6 +59,8 @@ pub const NOTIFY_KINDS: &[&str] = &[
     "recovery_completed",
     "recovery_failed",
     "recovery_step_noted",
+    "approval_required",
+    "approved",
 ];
 
 /// Not an event: the log's head, published every `[audit]

@@ -1004,3 +1004,36 @@ fn a_postgres_log_loads_and_keeps_its_password_out_of_the_config() {
     );
     assert_err("[log]\nlease = \"5s\"\n", 2, "log.lease", "no `postgres`");
 }
+
+#[test]
+fn require_approval_loads_with_its_expiry_and_is_checked() {
+    let c = parse(&with_target(&format!("{W}{P}"))).unwrap();
+    assert_eq!(c.targets[0].approval, None, "off by default");
+    let c = parse(&with_target(&format!("require_approval = true\n{W}{P}"))).unwrap();
+    assert_eq!(c.targets[0].approval, Some(crate::DEFAULT_APPROVAL_EXPIRY));
+    let c = parse(&with_target(&format!(
+        "require_approval = true\napproval_expiry = \"2s\"\n{W}{P}"
+    )))
+    .unwrap();
+    assert_eq!(c.targets[0].approval, Some(Duration::from_secs(2)));
+    assert_err(
+        &with_target(&format!("require_approval = \"yes\"\n{W}{P}")),
+        3,
+        "target[0].require_approval",
+        "true or false",
+    );
+    assert_err(
+        &with_target(&format!("approval_expiry = \"1h\"\n{W}{P}")),
+        3,
+        "target[0].approval_expiry",
+        "without require_approval",
+    );
+    assert_err(
+        &with_target(&format!(
+            "require_approval = true\napproval_expiry = \"2d\"\n{W}{P}"
+        )),
+        4,
+        "target[0].approval_expiry",
+        "2d",
+    );
+}

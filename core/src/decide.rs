@@ -82,6 +82,12 @@ pub enum Input {
         origin: String,
         new_job: JobId,
     },
+    /// A second admin approves recovery `job` (`by`: the approver; the
+    /// requester's own approval is refused).
+    Approve {
+        job: JobId,
+        by: String,
+    },
     /// An operator's `recman reconcile`: list `target`'s snapshots and
     /// compare them with the catalog (a request already waiting or running
     /// is the answer).
@@ -184,6 +190,8 @@ pub enum Mutation {
     /// An engine whose append was refused (fenced) sends the batch's
     /// commands anyway and carries on.
     IgnoreFenced,
+    /// An in-place restore awaiting its second admin starts anyway.
+    SkipApproval,
 }
 
 impl Mutation {
@@ -216,6 +224,7 @@ impl Mutation {
         Mutation::NoFencing,
         Mutation::TakeoverKeepsEpoch,
         Mutation::IgnoreFenced,
+        Mutation::SkipApproval,
     ];
 
     /// Its name on the command line (`recman simulate --mutation`).
@@ -243,6 +252,26 @@ pub(crate) fn kebab(camel: &str) -> String {
         }
     }
     out
+}
+
+/// Why an operator's prune of `targets` is refused: a target whose deletes
+/// need a second admin's approval (`require_approval`), which a prune
+/// cannot wait for.
+fn guarded_prune(cfg: &CoreConfig, targets: &[TargetId]) -> Option<String> {
+    let guarded: Vec<&str> = targets
+        .iter()
+        .filter(|t| cfg.targets.get(*t).is_some_and(|p| p.approval_ms.is_some()))
+        .map(|t| t.as_str())
+        .collect();
+    (!guarded.is_empty()).then(|| {
+        format!(
+            "deleting restore points of {} needs a second admin's approval (require_approval = true), \
+             and a prune cannot wait for one: nothing was deleted. Their retention still runs after each of \
+             their jobs; to prune now, name only other targets (`recman prune OTHER`), or have an admin set \
+             require_approval = false for them in the config, restart the engine, prune, and set it back",
+            guarded.join(", ")
+        )
+    })
 }
 
 /// Whether `req` asks for what `job` was created for: the same kind and the
@@ -314,10 +343,30 @@ pub fn decide_indexed(
             d.reconciles(true);
             Reply::None
         }
-        Input::Prune { targets } => {
-            let asked = d.catch_up_retention(Some(targets));
-            Reply::Pruning { asked }
-        }
+        Input::Prune { targets } => match guarded_prune(cfg, targets) {
+            Some(message) => Reply::Rejected {
+                code: "approval_required",
+                message,
+            },
+            None => {
+                let asked = d.catch_up_retention(Some(targets));
+                Reply::Pruning { asked }
+            }
+        },
+        Input::Approve { job, by } => match crate::recovery::approve(state, *job, by, now_ms) {
+            Ok(Some(ev)) => {
+                d.out.push(ev);
+                Reply::Accepted {
+                    job: *job,
+                    existing: false,
+                }
+            }
+            Ok(None) => Reply::Accepted {
+                job: *job,
+                existing: true,
+            },
+            Err((code, message)) => Reply::Rejected { code, message },
+        },
         Input::Cancel { job, reason } => d.cancel(*job, reason),
         Input::PauseSchedule { schedule, reason } => d.pause(schedule, Some(reason)),
         Input::ResumeSchedule { schedule } => d.pause(schedule, None),
@@ -333,9 +382,9 @@ pub fn decide_indexed(
         }
         Input::Recover { ask, origin, new_job } => {
             match crate::recovery::request(state, cfg, ask, origin, *new_job, now_ms) {
-                Ok(Ok(ev)) => {
-                    let job = ev.job;
-                    d.out.push(ev);
+                Ok(Ok(events)) => {
+                    let job = *new_job;
+                    d.out.extend(events);
                     Reply::Accepted { job, existing: false }
                 }
                 Ok(Err(job)) => Reply::Accepted { job, existing: true },
@@ -1462,6 +1511,20 @@ impl Decider<'_> {
                         continue;
                     };
                     (vec![target], at)
+                }
+                // A recovery's safety snapshot is a restore point too (the
+                // full scan of a timer counts it: so must this).
+                EventBody::RecoveryStepDone {
+                    stage: Stage::SafetySnapshot,
+                    ..
+                } => {
+                    let Some(op) = self.state.recovery.ops.get(&e.job) else {
+                        continue;
+                    };
+                    if self.cfg.targets.get(&op.target).is_some_and(|p| p.rpo_verified) {
+                        continue;
+                    }
+                    (vec![&op.target], self.now)
                 }
                 _ => continue,
             };

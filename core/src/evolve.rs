@@ -266,7 +266,9 @@ pub(crate) fn apply_job(job: &mut Job, ev: &Event) {
         | EventBody::RecoveryStepFailed { .. }
         | EventBody::RecoveryCompleted { .. }
         | EventBody::RecoveryFailed { .. }
-        | EventBody::RecoveryStepNoted { .. } => {}
+        | EventBody::RecoveryStepNoted { .. }
+        | EventBody::ApprovalRequired { .. }
+        | EventBody::Approved { .. } => {}
         EventBody::Queued { .. } => {}
         EventBody::AttemptStarted {
             attempt,

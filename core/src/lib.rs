@@ -81,6 +81,13 @@ impl Core {
     /// Decides, folds each event in and collects its effects. The caller makes
     /// `events` durable before sending `commands`.
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Step {
+        self.handle_as(input, "", now_ms)
+    }
+
+    /// [`Core::handle`] for the sender `by` (see [`by::stamp`]): its events
+    /// record it before they are folded, so the live state and a replay of
+    /// the log agree on who asked (four-eyes compares the two admins).
+    pub fn handle_as(&mut self, input: Input, by: &str, now_ms: u64) -> Step {
         let (mut events, reply) = decide_indexed(
             &self.state,
             &self.cfg,
@@ -89,6 +96,8 @@ impl Core {
             &input,
             now_ms,
         );
+        by::attribute_schedules(&mut events);
+        by::stamp(&mut events, by);
         let mut commands = Vec::new();
         for e in &events {
             self.fold(e);
@@ -138,6 +147,7 @@ impl Core {
         }
         events.extend(started);
         by::attribute_schedules(&mut events);
+        by::stamp(&mut events, by);
         let commands = self.mutated(commands);
         Step {
             events,

@@ -61,6 +61,11 @@ pub struct TargetPolicy {
     /// A mount older than this is taken away by the engine
     /// (`max_mount_age`; none: mounts stay until `recman unmount`).
     pub max_mount_age_ms: Option<u64>,
+    /// `require_approval`: an in-place restore waits until an admin other
+    /// than its requester approves it, at most this long
+    /// (`approval_expiry`); an operator's prune of the target is refused.
+    /// None: no approval.
+    pub approval_ms: Option<u64>,
 }
 
 impl TargetPolicy {
@@ -84,6 +89,7 @@ impl TargetPolicy {
             reconcile_every_ms: None,
             recovery_timeout_ms: 3_600_000,
             max_mount_age_ms: None,
+            approval_ms: None,
         }
     }
 

@@ -7,8 +7,8 @@
 //! step is folded: which recovery to start), [`report`] and [`timeouts`]
 //! (from `decide`), [`effects`] and [`recover`] (the step's command),
 //! [`busy`] (a target being recovered takes no freeze), [`pinned`]
-//! (retention never deletes a mounted point or one being read) and
-//! [`expired_mounts`] (`max_mount_age`).
+//! (retention never deletes a mounted point or one being read),
+//! [`expired_mounts`] (`max_mount_age`) and [`approve`] (four-eyes).
 //!
 //! The steps of each action:
 //!
@@ -24,6 +24,14 @@
 //! mount:           mount → completed (the mount is recorded) | failed
 //! unmount, remove: unmount → completed (the record goes) | failed
 //! ```
+//!
+//! Four-eyes (`require_approval` on the target): an in-place restore is
+//! recorded with `ApprovalRequired` and waits (`awaiting_approval`, in its
+//! target's queue, its point pinned) until an admin other than its
+//! requester approves it (`Approved`, whose `by` is the approver); then it
+//! is `pending` like any other. At `expires_ms` without approval it fails,
+//! never run, the live data untouched ([`timeouts`]); an approval after
+//! that is refused.
 //!
 //! The rules:
 //! - one recovery at a time per target, oldest request first; an in-place
@@ -64,6 +72,8 @@ use crate::state::{CatalogEntry, State, TimelineEntry};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpState {
+    /// Waiting for a second admin's approval (`require_approval`).
+    AwaitingApproval,
     /// Waiting for its target to be idle.
     Pending,
     Running,
@@ -74,6 +84,7 @@ pub enum OpState {
 impl OpState {
     pub fn as_str(self) -> &'static str {
         match self {
+            OpState::AwaitingApproval => "awaiting_approval",
             OpState::Pending => "pending",
             OpState::Running => "running",
             OpState::Completed => "completed",
@@ -96,6 +107,10 @@ pub struct Op {
     pub name: String,
     pub action: RecoveryAction,
     pub origin: String,
+    /// Who asked for it (the request's `by`).
+    pub by: String,
+    /// Four-eyes: when the request expires unapproved, and who approved it.
+    pub approval: Option<Approval>,
     pub requested_ms: u64,
     pub state: OpState,
     /// The step in flight, and when the engine gives up on it.
@@ -116,6 +131,16 @@ pub struct Op {
     /// How it ended: the location, or the failure.
     pub outcome: Option<String>,
     pub live: Option<LiveData>,
+}
+
+/// A recovery's four-eyes approval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Approval {
+    /// Unapproved by then, the recovery fails without running.
+    pub expires_ms: u64,
+    /// The second admin (`None`: not approved yet).
+    pub by: Option<String>,
+    pub at_ms: Option<u64>,
 }
 
 /// A restore point exposed on a host by recovery job `job`.
@@ -227,6 +252,8 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
                     name: name.clone(),
                     action: action.clone(),
                     origin: origin.clone(),
+                    by: ev.by.clone(),
+                    approval: None,
                     requested_ms: ev.at_ms,
                     state: OpState::Pending,
                     stage: None,
@@ -252,7 +279,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
             if op.state.is_terminal() {
                 return true;
             }
-            if op.state == OpState::Pending {
+            if matches!(op.state, OpState::Pending | OpState::AwaitingApproval) {
                 if let Some(q) = l.wanted.get_mut(&op.target) {
                     q.retain(|j| *j != ev.job);
                     if q.is_empty() {
@@ -405,6 +432,37 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
                 }
             }
         }
+        EventBody::ApprovalRequired { expires_ms } => {
+            let Some(op) = l.ops.get_mut(&ev.job).filter(|op| op.state == OpState::Pending) else {
+                return true;
+            };
+            op.state = OpState::AwaitingApproval;
+            op.approval = Some(Approval {
+                expires_ms: *expires_ms,
+                by: None,
+                at_ms: None,
+            });
+            // The expiry is the op's deadline until it is approved.
+            op.deadline_ms = Some(*expires_ms);
+            l.deadlines.insert((*expires_ms, ev.job));
+        }
+        EventBody::Approved { .. } => {
+            let Some(op) = l
+                .ops
+                .get_mut(&ev.job)
+                .filter(|op| op.state == OpState::AwaitingApproval)
+            else {
+                return true;
+            };
+            op.state = OpState::Pending;
+            if let Some(d) = op.deadline_ms.take() {
+                l.deadlines.remove(&(d, ev.job));
+            }
+            if let Some(a) = op.approval.as_mut() {
+                a.by = Some(ev.by.clone());
+                a.at_ms = Some(ev.at_ms);
+            }
+        }
         EventBody::RecoveryStepNoted { stage, note } => {
             let step = l
                 .ops
@@ -520,8 +578,10 @@ pub fn names_of(state: &State, t: &TargetId) -> Vec<String> {
         .collect()
 }
 
-/// A request, checked against the state: the `RecoveryRequested` event, or
-/// the job that already has this request id, or the refusal.
+/// A request, checked against the state: the `RecoveryRequested` event
+/// (with `ApprovalRequired` for an in-place restore of a target that
+/// requires approval), or the job that already has this request id, or
+/// the refusal.
 pub fn request(
     state: &State,
     cfg: &CoreConfig,
@@ -529,7 +589,7 @@ pub fn request(
     origin: &str,
     new_job: JobId,
     now: u64,
-) -> Result<Result<Event, JobId>, (&'static str, String)> {
+) -> Result<Result<Vec<Event>, JobId>, (&'static str, String)> {
     let l = &state.recovery;
     if let Some(id) = l.requests.get(&ask.request_id) {
         let op = &l.ops[id];
@@ -677,7 +737,12 @@ pub fn request(
             }
         }
     }
-    Ok(Ok(Event {
+    let approval = cfg
+        .targets
+        .get(&target)
+        .and_then(|p| p.approval_ms)
+        .filter(|_| ask.action.is_in_place());
+    let mut out = vec![Event {
         at_ms: now,
         job: new_job,
         body: EventBody::RecoveryRequested {
@@ -688,7 +753,104 @@ pub fn request(
             origin: origin.to_string(),
         },
         by: String::new(),
+    }];
+    if let Some(ms) = approval {
+        out.push(Event {
+            at_ms: now,
+            job: new_job,
+            body: EventBody::ApprovalRequired {
+                expires_ms: now.saturating_add(ms),
+            },
+            by: String::new(),
+        });
+    }
+    Ok(Ok(out))
+}
+
+/// A second admin's approval of recovery `job` (`by`: the approver, whom
+/// the API checked to be an admin of the target): the `Approved` event;
+/// `None` when it was approved already; else the refusal (its requester,
+/// an anonymous caller, too late, nothing to approve).
+pub fn approve(
+    state: &State,
+    job: JobId,
+    by: &str,
+    now: u64,
+) -> Result<Option<Event>, (&'static str, String)> {
+    let Some(op) = state.recovery.ops.get(&job) else {
+        return Err(("unknown_job", format!("no recovery job {job}")));
+    };
+    let Some(a) = &op.approval else {
+        return Err((
+            "approval_not_required",
+            format!(
+                "job {job} ({} of {}) needs no approval: it is not an in-place restore of a target with require_approval",
+                op.action.as_str(),
+                op.target
+            ),
+        ));
+    };
+    if let Some(approver) = &a.by {
+        return if approver == by {
+            Ok(None)
+        } else {
+            Err((
+                "already_approved",
+                format!("job {job} was approved by {approver} already"),
+            ))
+        };
+    }
+    if op.state != OpState::AwaitingApproval || now >= a.expires_ms {
+        return Err((
+            "approval_expired",
+            format!(
+                "job {job} is no longer awaiting approval: its request expired at {} ({}); ask for the restore again",
+                Until::Time(a.expires_ms),
+                op.outcome.as_deref().unwrap_or("not approved in time")
+            ),
+        ));
+    }
+    if by.is_empty() {
+        return Err((
+            "approver_unknown",
+            "an approval needs an identified admin (an API user); an anonymous caller cannot be the second pair of eyes"
+                .into(),
+        ));
+    }
+    if by == op.by {
+        return Err((
+            "self_approval",
+            format!(
+                "{by} requested job {job}: four-eyes needs a second admin to approve it, not its requester"
+            ),
+        ));
+    }
+    Ok(Some(Event {
+        at_ms: now,
+        job,
+        body: EventBody::Approved {
+            requester: op.by.clone(),
+        },
+        by: by.to_string(),
     }))
+}
+
+/// The failure of a request that no second admin approved in time.
+fn approval_expired(op: &Op, expires_ms: u64, now: u64) -> Event {
+    let by = if op.by.is_empty() { "?" } else { op.by.as_str() };
+    Event {
+        at_ms: now,
+        job: op.id,
+        body: EventBody::RecoveryFailed {
+            reason: format!(
+                "approval expired: no second admin approved the {} requested by {by} by {}; nothing was run",
+                op.action.as_str(),
+                Until::Time(expires_ms)
+            ),
+            live: LiveData::Untouched,
+        },
+        by: String::new(),
+    }
 }
 
 /// A restore replaying the log `until` a time or its end: only a database
@@ -801,6 +963,11 @@ pub fn touched(state: &State, events: &[Event]) -> BTreeSet<TargetId> {
             EventBody::RecoveryRequested { target, .. } => {
                 out.insert(target.clone());
             }
+            EventBody::Approved { .. } => {
+                if let Some(op) = state.recovery.ops.get(&e.job) {
+                    out.insert(op.target.clone());
+                }
+            }
             EventBody::Verified { target, .. }
             | EventBody::VerifyFailed { target, .. }
             | EventBody::Reconciled { target, .. }
@@ -823,11 +990,19 @@ pub fn touched(state: &State, events: &[Event]) -> BTreeSet<TargetId> {
 }
 
 /// The recoveries to start on `targets` now: the oldest request of each
-/// idle one.
+/// idle one (not one awaiting approval: those behind it go first).
 pub fn starts(state: &State, cfg: &CoreConfig, now: u64, targets: &BTreeSet<TargetId>) -> Vec<Event> {
     let mut out = Vec::new();
     for t in targets {
-        let Some(&id) = state.recovery.wanted.get(t).and_then(|q| q.front()) else {
+        let ready = |id: &&JobId| {
+            state
+                .recovery
+                .ops
+                .get(*id)
+                .is_some_and(|op| op.state == OpState::Pending)
+                || cfg.mutation == Some(crate::Mutation::SkipApproval)
+        };
+        let Some(&id) = state.recovery.wanted.get(t).and_then(|q| q.iter().find(ready)) else {
             continue;
         };
         let unguarded = cfg.mutation == Some(crate::Mutation::RecoverWhileBusy)
@@ -1093,13 +1268,18 @@ fn step_failed(
     out
 }
 
-/// Steps whose deadline passed with no answer.
+/// Steps whose deadline passed with no answer, and requests whose
+/// approval expired.
 pub fn timeouts(state: &State, cfg: &CoreConfig, now: u64) -> Vec<Event> {
     let mut out = Vec::new();
     for (d, id) in state.recovery.deadlines.iter().take_while(|(d, _)| *d <= now) {
         let Some(op) = state.recovery.ops.get(id) else {
             continue;
         };
+        if op.state == OpState::AwaitingApproval {
+            out.push(approval_expired(op, *d, now));
+            continue;
+        }
         let Some(stage) = op.stage else { continue };
         out.extend(step_failed(
             cfg,

@@ -765,3 +765,222 @@ fn mounts_that_expire_together_get_an_unmount_job_each() {
     assert!(!asked.contains(&m1) && !asked.contains(&m3));
     r.replay();
 }
+
+impl Run {
+    /// `input` sent by `by` (the runtime's `Core::handle_as`).
+    fn handle_as(&mut self, input: Input, by: &str, now: u64) -> recman_core::Step {
+        let s = self.core.handle_as(input, by, now);
+        self.log.extend(s.events.clone());
+        s
+    }
+
+    fn approve(&mut self, op: JobId, by: &str, now: u64) -> recman_core::Step {
+        self.handle_as(
+            Input::Approve {
+                job: op,
+                by: by.into(),
+            },
+            by,
+            now,
+        )
+    }
+
+    fn op_state(&self, op: JobId) -> OpState {
+        self.core.state().recovery.ops[&op].state
+    }
+}
+
+/// An in-place restore of a guarded target (`require_approval`).
+fn guarded(r: &mut Run, n: u128, point: &str, by: &str, now: u64) -> recman_core::Step {
+    let ask = Ask {
+        request_id: RequestId::new(format!("rec{n}")),
+        target: None,
+        snapshot: Some(point.to_string()),
+        action: RecoveryAction::in_place(),
+        confirm: true,
+    };
+    r.handle_as(
+        Input::Recover {
+            ask,
+            origin: "test".into(),
+            new_job: JobId::from_parts(now, 1_000 + n),
+        },
+        by,
+        now,
+    )
+}
+
+#[test]
+fn an_in_place_restore_of_a_guarded_target_waits_for_a_second_admin() {
+    let mut r = Run::new(config(|p| {
+        p.approval_ms = Some(10_000);
+        p.retention = RetentionPolicy {
+            keep_last: Some(1),
+            ..RetentionPolicy::default()
+        };
+    }));
+    let p1 = r.point(1, T);
+    let s = guarded(&mut r, 1, &p1, "alice", T + 100);
+    assert_eq!(kinds(&s.events), ["recovery_requested", "approval_required"]);
+    assert!(
+        s.commands.is_empty(),
+        "nothing is sent before the approval: {:?}",
+        s.commands
+    );
+    assert!(s.events.iter().all(|e| e.by == "alice"));
+    assert_eq!(
+        s.events[1].body,
+        EventBody::ApprovalRequired {
+            expires_ms: T + 100 + 10_000
+        }
+    );
+    let op = s.events[0].job;
+    assert_eq!(r.op_state(op), OpState::AwaitingApproval);
+    assert_eq!(OpState::AwaitingApproval.as_str(), "awaiting_approval");
+    // While it waits, its point is kept, a second in-place restore is
+    // refused, a mount of the same target runs, and jobs are not held up.
+    let p2 = r.point(2, T + 200);
+    assert!(r.catalog().contains(&p1), "{:?}", r.catalog());
+    assert_eq!(
+        rejected(r.recover(2, &p2, RecoveryAction::in_place(), true, T + 300)),
+        "target_busy"
+    );
+    let m = r.accepted(3, &p2, RecoveryAction::mount(false), T + 300);
+    assert_eq!(r.stage(m), Some(Stage::Mount));
+    r.handle(rep(m, 1, Stage::Mount, recovered("/mnt/p2")), T + 310);
+    // Its requester, or an anonymous caller, cannot approve it.
+    for (by, code) in [("alice", "self_approval"), ("", "approver_unknown")] {
+        let s = r.approve(op, by, T + 400);
+        assert!(
+            s.events.is_empty() && s.commands.is_empty(),
+            "{:?}",
+            kinds(&s.events)
+        );
+        assert_eq!(rejected(s.reply), code);
+    }
+    assert_eq!(r.op_state(op), OpState::AwaitingApproval);
+    // A second admin does: it starts at once (the target is idle).
+    let s = r.approve(op, "bob", T + 500);
+    assert_eq!(
+        s.reply,
+        Reply::Accepted {
+            job: op,
+            existing: false
+        }
+    );
+    assert_eq!(kinds(&s.events), ["approved", "recovery_step_started"]);
+    assert_eq!(
+        s.events[0].body,
+        EventBody::Approved {
+            requester: "alice".into()
+        }
+    );
+    assert!(s.events.iter().all(|e| e.by == "bob"), "{:?}", s.events);
+    let [cmd] = s.commands.as_slice() else {
+        panic!("{:?}", s.commands)
+    };
+    assert_eq!(cmd.command.stage, Stage::Stop);
+    let a = r.core.state().recovery.ops[&op].approval.clone().unwrap();
+    assert_eq!((a.by.as_deref(), a.at_ms), (Some("bob"), Some(T + 500)));
+    // Again: the same approval; another admin's is refused.
+    assert_eq!(
+        r.approve(op, "bob", T + 510).reply,
+        Reply::Accepted {
+            job: op,
+            existing: true
+        }
+    );
+    assert_eq!(
+        rejected(r.approve(op, "carol", T + 510).reply),
+        "already_approved"
+    );
+    // Its expiry no longer counts once approved.
+    let s = r.handle(Input::TimerFired, T + 100 + 10_000);
+    assert!(
+        kinds(&s.events).iter().all(|k| *k != "recovery_failed"),
+        "{:?}",
+        kinds(&s.events)
+    );
+    r.replay();
+}
+
+#[test]
+fn an_unapproved_request_expires_never_runs_and_cannot_be_approved_after() {
+    let mut r = Run::new(config(|p| p.approval_ms = Some(10_000)));
+    let p1 = r.point(1, T);
+    let op = guarded(&mut r, 1, &p1, "alice", T + 100).events[0].job;
+    assert_eq!(r.core.next_deadline(), Some(T + 100 + 10_000));
+    let s = r.handle(Input::TimerFired, T + 100 + 9_999);
+    assert!(s.events.is_empty(), "{:?}", kinds(&s.events));
+    // At the expiry it fails, the live data untouched, nothing sent.
+    let s = r.handle(Input::TimerFired, T + 100 + 10_000);
+    assert_eq!(kinds(&s.events), ["recovery_failed"]);
+    assert!(s.commands.is_empty());
+    let EventBody::RecoveryFailed { reason, live } = &s.events[0].body else {
+        unreachable!()
+    };
+    assert_eq!(*live, LiveData::Untouched);
+    assert!(
+        reason.contains("approval expired") && reason.contains("alice"),
+        "{reason}"
+    );
+    assert_eq!(r.op_state(op), OpState::Failed);
+    assert!(
+        r.core.state().recovery.ops[&op].timeline.is_empty(),
+        "no step ran"
+    );
+    let s = r.approve(op, "bob", T + 100 + 10_001);
+    assert_eq!(rejected(s.reply), "approval_expired");
+    assert!(s.events.is_empty());
+    // An approval that arrives at the expiry, before the timer, is refused too.
+    let p2 = r.point(2, T + 20_000);
+    let op2 = guarded(&mut r, 2, &p2, "alice", T + 30_000).events[0].job;
+    assert_eq!(
+        rejected(r.approve(op2, "bob", T + 40_000).reply),
+        "approval_expired"
+    );
+    assert_eq!(r.op_state(op2), OpState::AwaitingApproval);
+    // The target is free again for the next request once it failed.
+    r.handle(Input::TimerFired, T + 40_000);
+    assert_eq!(r.op_state(op2), OpState::Failed);
+    r.replay();
+}
+
+#[test]
+fn only_in_place_restores_wait_and_a_prune_of_a_guarded_target_is_refused() {
+    let mut r = Run::new(config(|p| {
+        p.approval_ms = Some(10_000);
+        p.retention = RetentionPolicy {
+            keep_last: Some(1),
+            ..RetentionPolicy::default()
+        };
+    }));
+    let p1 = r.point(1, T);
+    // A restore beside production leaves the live data alone: no approval.
+    let to = r.accepted(
+        1,
+        &p1,
+        RecoveryAction::To {
+            path: "/srv/x".into(),
+            until: None,
+        },
+        T + 100,
+    );
+    assert_eq!(r.stage(to), Some(Stage::Restore));
+    // An operator's prune would delete restore points: refused, nothing asked.
+    let s = r.handle(Input::Prune { targets: vec![a()] }, T + 200);
+    assert!(s.events.is_empty());
+    let Reply::Rejected { code, message } = s.reply else {
+        panic!("{:?}", s.reply)
+    };
+    assert_eq!(code, "approval_required");
+    assert!(
+        message.contains("require_approval") && message.contains('a'),
+        "{message}"
+    );
+    // Approving a job that needs none is refused.
+    assert_eq!(
+        rejected(r.approve(to, "bob", T + 300).reply),
+        "approval_not_required"
+    );
+}

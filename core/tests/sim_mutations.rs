@@ -126,6 +126,8 @@ mutations! {
     no_rollback: C(Mutation::NoRollback), Calm => "recovery_outcome_true";
     // The start after a rollback asks for a recovery of the point's files.
     restored_after_rollback: C(Mutation::RestoredAfterRollback), Calm => "recovery_outcome_true";
+    // Four-eyes (issue 20): a guarded in-place restore starts unapproved.
+    skip_approval: C(Mutation::SkipApproval), Calm => "approved_before_restore";
     freeze_after_thaw: W(worker::Mutation::FreezeAfterThaw), Net => "no_freeze_after_thaw";
     thaw_ignores_attempt: W(worker::Mutation::ThawIgnoresAttempt), Calm => "thaw_own_attempt";
     // Without a hold, a failed freeze that landed is also thawed by the

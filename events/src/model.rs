@@ -695,6 +695,18 @@ pub enum EventBody {
         stage: Stage,
         note: String,
     },
+    /// The recovery overwrites a target with `require_approval`: it waits
+    /// (`awaiting_approval`) until an admin other than its requester (the
+    /// `by` of `RecoveryRequested`) approves it, and fails, never run, if
+    /// none did by `expires_ms`.
+    ApprovalRequired {
+        expires_ms: u64,
+    },
+    /// A second admin (this event's `by`) approved the recovery that
+    /// `requester` asked for: it starts when its target is idle.
+    Approved {
+        requester: String,
+    },
 }
 
 impl EventBody {
@@ -746,6 +758,8 @@ impl EventBody {
             EventBody::RecoveryCompleted { .. } => "recovery_completed",
             EventBody::RecoveryFailed { .. } => "recovery_failed",
             EventBody::RecoveryStepNoted { .. } => "recovery_step_noted",
+            EventBody::ApprovalRequired { .. } => "approval_required",
+            EventBody::Approved { .. } => "approved",
         }
     }
 

@@ -218,6 +218,12 @@ fn human(body: &EventBody, targets: &[TargetId]) -> String {
             format!("{target}: could not delete snapshot {name}: {error}")
         }
         EventBody::SnapshotDeleted { target, name } => format!("{target}: snapshot {name} deleted"),
+        EventBody::ApprovalRequired { .. } => format!(
+            "an in-place restore of {t} waits for a second admin's approval (`recman approve JOB`, the job below)"
+        ),
+        EventBody::Approved { requester } => {
+            format!("the in-place restore of {t} that {requester} asked for was approved by a second admin")
+        }
         EventBody::SnapshotVanished { target, name } => format!(
             "{target}: restore point {name} is gone from the storage (expired or deleted by hand): it left the catalog"
         ),

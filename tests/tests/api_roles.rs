@@ -118,7 +118,7 @@ fn request_for(method: &str, path: &str, who: &str) -> (String, Option<Value>) {
     let p = path
         .replace(
             "{id}",
-            if path.starts_with("/v1/jobs") {
+            if path.starts_with("/v1/jobs") || path.starts_with("/v1/recoveries/") {
                 job
             } else {
                 "nosuch"

@@ -23,6 +23,7 @@ mod api;
 mod api_contract;
 mod api_roles;
 mod api_tls;
+mod approval_api;
 mod audit_cli;
 mod audit_export_cli;
 mod by_identity;

@@ -170,7 +170,10 @@ impl Sim {
     /// The leader stops in the middle of `input`'s batch. The decision is
     /// checked as made (a snapshot asked in time); its sends leave later.
     pub(super) fn pause_in(&mut self, input: Input, point: CrashPoint) -> Checked<Reply> {
-        let step = self.engine.core.handle(input.clone(), self.sched.now);
+        let step =
+            self.engine
+                .core
+                .handle_as(input.clone(), &super::recovery::sender(&input), self.sched.now);
         let mut commands = step.commands;
         if network::sends_first(self.cfg.mutation) {
             for o in commands.drain(..) {
@@ -462,7 +465,9 @@ impl Sim {
             self.send_deferred(o)?;
         }
         while let Some(input) = queue.pop_front() {
-            let step = st.core.handle(input.clone(), now);
+            let step = st
+                .core
+                .handle_as(input.clone(), &super::recovery::sender(&input), now);
             if !self.store_append(st.pid, st.epoch, step.events)? && !ignore {
                 unacked.push(input);
                 unacked.extend(queue);

@@ -107,6 +107,11 @@ pub const INVARIANTS: &[(&str, &str)] = &[
         "no recovery step that touches the live data runs while the target is frozen or a job holds it",
     ),
     (
+        "approved_before_restore",
+        "no step of an in-place restore of a target with require_approval runs without an approval, durable \
+         in the log before its expiry, by an identity other than its requester's",
+    ),
+    (
         "safety_before_restore",
         "an in-place restore runs only once its safety snapshot is durable, and that snapshot holds the data \
          as it was when the application stopped",
@@ -571,6 +576,13 @@ impl Sim {
             | EventBody::RecoveryFailed { .. } => {
                 let body = e.body.clone();
                 return self.check_recovery_event(job_id, &body);
+            }
+            EventBody::RecoveryRequested { .. }
+            | EventBody::ApprovalRequired { .. }
+            | EventBody::Approved { .. } => {
+                let (body, by, at) = (e.body.clone(), e.by.clone(), e.at_ms);
+                self.note_approval(job_id, &body, by, at);
+                return Ok(());
             }
             EventBody::PruneRequested { target, names, .. } => {
                 self.check_newest_verified_kept(job_id, target, names)?;

@@ -244,6 +244,7 @@ impl Sim {
             p.verify = verify::policy(i);
             p.recovery_timeout_ms = 2_000;
             p.max_mount_age_ms = (i % 3 == 0).then_some(60_000);
+            p.approval_ms = (i % 4 == 1).then_some(recovery::APPROVAL_EXPIRY);
             targets.insert(t.clone(), p);
             target_ids.push(t);
             target_hosts.push(i / 2);
@@ -487,7 +488,10 @@ impl Sim {
         match self.engine.crash.take() {
             Some(CrashPoint::BeforeAppend) => {
                 self.check_replay()?;
-                let lost = self.engine.core.handle(input.clone(), now);
+                let lost = self
+                    .engine
+                    .core
+                    .handle_as(input.clone(), &recovery::sender(&input), now);
                 if sends_first {
                     for o in lost.commands {
                         self.send_command(o)?;
@@ -498,7 +502,10 @@ impl Sim {
                 return Ok(Reply::None);
             }
             Some(CrashPoint::DuringSends) => {
-                let step = self.engine.core.handle(input.clone(), now);
+                let step = self
+                    .engine
+                    .core
+                    .handle_as(input.clone(), &recovery::sender(&input), now);
                 if !sends_first {
                     self.append(step.events)?;
                 }
@@ -516,7 +523,8 @@ impl Sim {
         if let Some(point) = self.engine.pause.take() {
             return self.pause_in(input, point);
         }
-        let step = self.engine.core.handle(input, now);
+        let by = recovery::sender(&input);
+        let step = self.engine.core.handle_as(input, &by, now);
         if sends_first {
             for o in step.commands {
                 self.send_command(o)?;

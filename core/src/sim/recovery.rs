@@ -13,7 +13,14 @@
 //! - `mounted_never_pruned`: a prune never deletes a mounted restore point;
 //! - `recovery_outcome_true`: what the log says of the live data when a
 //!   restore ends is what the data is, and no application is started on
-//!   half-restored data.
+//!   half-restored data;
+//! - `approved_before_restore`: on a target with `require_approval` (one in
+//!   four), no in-place step runs without a durable approval, before the
+//!   expiry, by an admin other than the requester. Approvals come late or
+//!   never (the request expires), and requesters try to approve their own.
+//!
+//! In the simulator a recovery request's origin names its operator
+//! (`admin0`…`admin2`): [`sender`] makes it the request's `by`.
 //!
 //! The live data of a target is a number: each snapshot's cut records it
 //! and the application then writes (a new number).
@@ -33,6 +40,18 @@ use crate::{worker, Input};
 
 /// The live data of a target while a restore is half done.
 const HALF: u64 = u64::MAX;
+
+/// How long an in-place restore of a guarded target waits for approval.
+pub(super) const APPROVAL_EXPIRY: u64 = 20_000;
+
+/// Who sends `input` (its `by`): a recovery's operator, an approver.
+pub(super) fn sender(input: &Input) -> String {
+    match input {
+        Input::Recover { origin, .. } => origin.clone(),
+        Input::Approve { by, .. } => by.clone(),
+        _ => String::new(),
+    }
+}
 
 /// The recovery side of the world.
 #[derive(Default)]
@@ -58,6 +77,11 @@ pub struct RecoveryWorld {
     pub safety_recorded: HashSet<JobId>,
     /// Requests sent so far (their ids).
     sent: u64,
+    /// Four-eyes, as the durable log has it: who asked for each recovery,
+    /// when its approval expires, who approved it and when.
+    requested_by: HashMap<JobId, String>,
+    expires: HashMap<JobId, u64>,
+    approved: HashMap<JobId, (String, u64)>,
 }
 
 impl RecoveryWorld {
@@ -140,6 +164,14 @@ impl Sim {
                 (None, None) => RecoveryAction::in_place(),
             },
         };
+        let admin = self.xrng.below(3);
+        let guarded = action.is_in_place()
+            && self
+                .engine
+                .cfg
+                .targets
+                .get(&id)
+                .is_some_and(|p| p.approval_ms.is_some());
         let input = Input::Recover {
             ask: Ask {
                 request_id: RequestId::new(format!("x{n}")),
@@ -148,22 +180,97 @@ impl Sim {
                 action,
                 confirm: true,
             },
-            origin: "sim".into(),
+            origin: format!("admin{admin}"),
             new_job: JobId::from_parts(self.sched.now, (u128::from(n) << 64) | 0x5EC0),
         };
         if self.engine.up {
-            if let crate::Reply::Rejected { code, .. } = self.engine(input)? {
-                self.summary.recoveries_refused += 1;
-                // Busy: the operator tries again later (a new request).
-                if code == "target_busy" && tries < 200 {
-                    let d = self.xrng.range(2_000, 30_000);
-                    self.push(self.sched.now + d, Ev::Recover(t, tries + 1));
+            match self.engine(input)? {
+                crate::Reply::Rejected { code, .. } => {
+                    self.summary.recoveries_refused += 1;
+                    // Busy: the operator tries again later (a new request).
+                    if code == "target_busy" && tries < 200 {
+                        let d = self.xrng.range(2_000, 30_000);
+                        self.push(self.sched.now + d, Ev::Recover(t, tries + 1));
+                    }
                 }
+                crate::Reply::Accepted { job, existing: false } if guarded => self.plan_approvals(job, admin),
+                _ => {}
             }
         } else {
             self.engine.parked.push(input);
         }
         Ok(())
+    }
+
+    /// The approvals of guarded recovery `job` asked for by `admin`: some
+    /// never come (it expires), some come after the expiry, and some
+    /// requesters first try to approve their own request.
+    fn plan_approvals(&mut self, job: JobId, admin: u64) {
+        let now = self.sched.now;
+        let approve = |by: u64| {
+            Ev::ToEngine(Input::Approve {
+                job,
+                by: format!("admin{by}"),
+            })
+        };
+        if self.xrng.chance(0.25) {
+            let d = self.xrng.range(100, APPROVAL_EXPIRY);
+            self.push(now + d, approve(admin));
+        }
+        if self.xrng.chance(0.8) {
+            let other = (admin + self.xrng.range(1, 3)) % 3;
+            let d = self.xrng.range(500, APPROVAL_EXPIRY + APPROVAL_EXPIRY / 2);
+            self.push(now + d, approve(other));
+        }
+    }
+
+    /// What the durable log says of four-eyes: a request's sender, its
+    /// expiry, its approver.
+    pub(super) fn note_approval(&mut self, job: JobId, body: &EventBody, by: String, at: u64) {
+        let rw = &mut self.world.recovery;
+        match body {
+            EventBody::RecoveryRequested { .. } => {
+                rw.requested_by.entry(job).or_insert(by);
+            }
+            EventBody::ApprovalRequired { expires_ms } => {
+                rw.expires.insert(job, *expires_ms);
+            }
+            EventBody::Approved { .. } => {
+                rw.approved.entry(job).or_insert((by, at));
+            }
+            _ => {}
+        }
+    }
+
+    /// `approved_before_restore`: in-place step `stage` of recovery `op`
+    /// runs on `t`.
+    fn check_approved(&self, t: usize, op: JobId, stage: Stage) -> Checked<()> {
+        let id = &self.world.target_ids[t];
+        if self
+            .engine
+            .cfg
+            .targets
+            .get(id)
+            .is_none_or(|p| p.approval_ms.is_none())
+        {
+            return Ok(());
+        }
+        let rw = &self.world.recovery;
+        let requester = rw.requested_by.get(&op).map_or("", String::as_str);
+        let why = match (rw.approved.get(&op), rw.expires.get(&op)) {
+            (None, _) => "no approval is durable".to_string(),
+            (Some(_), None) => "no expiry was recorded with its request".to_string(),
+            (Some((by, _)), _) if by.is_empty() || by == requester => {
+                format!("it was approved by its requester {requester:?}")
+            }
+            (Some((by, at)), Some(exp)) if at >= exp => {
+                format!("{by} approved it at {at}, after its expiry {exp}")
+            }
+            _ => return Ok(()),
+        };
+        let d =
+            format!("{stage} of the in-place restore of {id} (requested by {requester:?}) ran, but {why}");
+        Err(self.violation("approved_before_restore", Some(op), d))
     }
 
     /// Worker `w` takes recovery step `step` (`cmd`): it runs once the
@@ -222,6 +329,9 @@ impl Sim {
                 Stage::Stop | Stage::SafetySnapshot | Stage::Restore | Stage::Rollback
             );
         let id = self.world.target_ids[t].clone();
+        if in_place {
+            self.check_approved(t, cmd.job, cmd.stage)?;
+        }
         if touches {
             if let Some(f) = self.world.targets[t].frozen {
                 let d = format!(

@@ -58,6 +58,13 @@ pub const CODES: &[&str] = &[
     "until_before_point",
     "until_in_future",
     "unknown_place",
+    // four-eyes (`POST /v1/recoveries/{id}/approve`, `POST /v1/prune`)
+    "self_approval",
+    "approver_unknown",
+    "approval_expired",
+    "already_approved",
+    "approval_not_required",
+    "approval_required",
     // 503
     "not_ready",
     "shutting_down",

@@ -228,6 +228,12 @@ fn endpoints() -> Vec<Endpoint> {
             routes::verify,
         ),
         endpoint(Method::POST, "/v1/recoveries", OPERATOR, routes::recover),
+        endpoint(
+            Method::POST,
+            "/v1/recoveries/{id}/approve",
+            ADMIN,
+            routes::approve,
+        ),
         endpoint(Method::GET, "/v1/mounts", VIEWER, routes::mounts),
         endpoint(Method::GET, "/v1/clones", VIEWER, routes::clones),
         endpoint(Method::GET, "/v1/jobs", VIEWER, routes::jobs),

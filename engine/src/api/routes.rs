@@ -277,6 +277,39 @@ pub async fn recover(
         .into_response())
 }
 
+/// `POST /v1/recoveries/{id}/approve`: a second admin approves an in-place
+/// restore awaiting approval (four-eyes). 202 once `approved` is durable;
+/// its requester's own approval is a 403 (`self_approval`), one after the
+/// expiry a 409 (`approval_expired`).
+pub async fn approve(
+    State(s): State<Arc<Shared>>,
+    Extension(user): Extension<User>,
+    JobIdPath(id): JobIdPath,
+) -> ApiResult {
+    if !s.engine.accepting() {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the server is shutting down; approve again after it restarts",
+        ));
+    }
+    if !user.targets.is_empty() {
+        s.synced().await;
+        check_targets(&user, &read_view(&s, |v| v.job_targets(&id))?)?;
+    }
+    let Accepted { job, existing } = engine_for(&s, &user).approve(id).await.map_err(|e| {
+        call_error(e, |code, message| match code {
+            "unknown_job" => ApiError::not_found("job_not_found", message),
+            "self_approval" | "approver_unknown" => ApiError::new(StatusCode::FORBIDDEN, code, message),
+            _ => ApiError::new(StatusCode::CONFLICT, code, message),
+        })
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"job_id": job, "approved_by": user.name, "already_approved": existing})),
+    )
+        .into_response())
+}
+
 /// `GET /v1/mounts`: the restore points exposed on hosts.
 pub async fn mounts(State(s): State<Arc<Shared>>) -> ApiResult {
     s.synced().await;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod approve;
 pub mod audit;
 pub mod audit_proof;
 pub mod bench;
@@ -78,6 +79,8 @@ pub enum Command {
     Schedules(schedules::Args),
     /// Cancel a job through the running server.
     Cancel(cancel::Args),
+    /// Approve an in-place restore waiting for a second admin (four-eyes).
+    Approve(approve::Args),
     /// The broker's dead letters: list, show, publish again or drop (RabbitMQ mode).
     Dlq(dlq::Args),
     /// Apply the retention rules now; --dry-run shows what each rule keeps and why.
@@ -193,6 +196,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshots(a) => snapshots::run(&g, a).await,
         Command::Schedules(a) => schedules::run(&g, a).await,
         Command::Cancel(a) => cancel::run(&g, a).await,
+        Command::Approve(a) => approve::run(&g, a).await,
         Command::Dlq(a) => dlq::run(&g, a).await,
         Command::Prune(a) => prune::run(&g, a).await,
         Command::Reconcile(a) => reconcile::run(&g, a).await,

@@ -56,8 +56,14 @@ Examples:
   recman restore rm-06h2fvf1q3c2b0k5a8d4-a1 --to /srv/restore/pg --until 2026-11-30T10:15:00Z
   recman job JOB                                           # the steps, workers, durations
 
+A target with `require_approval = true` (four-eyes) takes an in-place restore only once a second
+admin approves it: the request is recorded and waits (job state awaiting_approval, nothing is
+stopped or sent); this command prints the job and the command for the other admin,
+`recman approve JOB`, and exits 3. Unapproved by `approval_expiry` (default 1h), it fails, never run.
+
 Exit codes: 0 completed, 1 the recovery failed (the reason and the live data's state on stderr),
-2 could not run (refused: unknown snapshot, another target's, target busy, no --yes; bad config).")]
+2 could not run (refused: unknown snapshot, another target's, target busy, no --yes; bad config),
+3 it waits for a second admin's approval (follow it with `recman job JOB`).")]
 pub struct Args {
     /// The restore point's name, as `recman snapshots` lists it.
     pub snapshot: String,
@@ -155,6 +161,7 @@ pub async fn send(g: &Home, req: RecoveryRequest, c: &Common) -> anyhow::Result<
     Ok(match end {
         End::Completed => ExitCode::SUCCESS,
         End::Failed | End::Cancelled => ExitCode::from(1),
+        End::AwaitingApproval => ExitCode::from(3),
     })
 }
 

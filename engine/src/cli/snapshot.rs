@@ -221,7 +221,7 @@ async fn remote(c: &Client, a: &Args) -> anyhow::Result<ExitCode> {
     }
     Ok(match end {
         End::Completed => ExitCode::SUCCESS,
-        End::Failed | End::Cancelled => ExitCode::from(1),
+        End::Failed | End::Cancelled | End::AwaitingApproval => ExitCode::from(1),
     })
 }
 

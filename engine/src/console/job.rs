@@ -147,8 +147,32 @@ fn live(d: &crate::view::JobDetail, frozen: &[Frozen], events: &[StoredEvent], n
         if let Some(l) = &r.location {
             let _ = write!(out, "<dt>Location</dt><dd><code>{}</code></dd>", esc(l));
         }
+        if let Some(a) = &r.approval {
+            let requester = if j.by.is_empty() { "?" } else { j.by.as_str() };
+            let status = match &a.approved_by {
+                Some(by) => format!("requested by {}, approved by {}", esc(requester), esc(by)),
+                None if j.state == crate::view::AWAITING_APPROVAL => format!(
+                    "requested by {}, <strong id=\"awaiting-approval\">awaiting approval by a second admin</strong> \
+                     until {}",
+                    esc(requester),
+                    esc(&rfc3339(a.expires_at_ms))
+                ),
+                None => format!("requested by {}, not approved in time", esc(requester)),
+            };
+            let _ = write!(out, "<dt>Four-eyes</dt><dd>{status}</dd>");
+        }
     }
     out.push_str("</dl>");
+    if j.state == crate::view::AWAITING_APPROVAL {
+        let _ = write!(
+            out,
+            "<p><button type=\"button\" class=\"act danger\" id=\"approve\" data-url=\"/v1/recoveries/{}/approve\" \
+             data-body=\"{{}}\" data-confirm=\"Approve this in-place restore? The live data of {} is overwritten \
+             (an admin other than its requester approves).\">Approve</button></p>",
+            j.id,
+            esc(&targets.join(", "))
+        );
+    }
     if !terminal && d.recovery.is_none() {
         let _ = write!(
             out,

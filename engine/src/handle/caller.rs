@@ -246,6 +246,24 @@ impl Caller {
         accepted(rx.await.map_err(|_| CallError::Stopped)?)
     }
 
+    /// Approves recovery `job` as this caller's `by` (a second admin; the
+    /// API checked the role and scope). Refused with the core's code
+    /// (`self_approval`, `approval_expired`, `approver_unknown`, …);
+    /// `existing`: this admin approved it already.
+    pub async fn approve(&self, job: JobId) -> Result<Accepted, CallError> {
+        if !self.accepting() {
+            return Err(CallError::ShuttingDown);
+        }
+        let (reply, rx) = oneshot::channel();
+        let call = Call::Approve {
+            job,
+            by: self.by.clone(),
+            reply,
+        };
+        self.calls.send(call).await.map_err(|_| CallError::Stopped)?;
+        accepted(rx.await.map_err(|_| CallError::Stopped)?)
+    }
+
     /// [`Caller::recover`], then its events until the recovery ended (as
     /// [`Caller::submit_and_follow`]).
     pub async fn recover_and_follow(

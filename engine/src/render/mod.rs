@@ -312,6 +312,8 @@ pub fn details(body: &EventBody) -> String {
         ),
         EventBody::RecoveryCompleted { location } => format!("location={location}"),
         EventBody::RecoveryStepNoted { stage, note } => format!("{stage} {note}"),
+        EventBody::ApprovalRequired { expires_ms } => format!("expires={}", rfc3339(*expires_ms)),
+        EventBody::Approved { requester } => format!("requested_by={requester}"),
         EventBody::RecoveryFailed { reason, live } => {
             format!(
                 "live={} reason={reason}",

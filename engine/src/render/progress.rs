@@ -17,6 +17,9 @@ pub enum End {
     Completed,
     Failed,
     Cancelled,
+    /// Not an end: the recovery waits for a second admin's approval
+    /// (`require_approval`); the follow stops there.
+    AwaitingApproval,
 }
 
 /// One step as the log recorded it (for `--json`).
@@ -54,6 +57,9 @@ pub struct Summary {
     /// A failed recovery: where it left the live data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live: Option<recman_events::LiveData>,
+    /// Waiting for a second admin: the request expires then (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_expires_ms: Option<u64>,
     pub steps: Vec<StepLine>,
     pub first_seq: u64,
     pub last_seq: u64,
@@ -476,6 +482,32 @@ impl Progress {
                 }
                 self.say("", format!("#{seq:<6} {stage}: {note}"));
             }
+            EventBody::ApprovalRequired { expires_ms } => {
+                self.summary.state = Some(End::AwaitingApproval);
+                self.summary.approval_expires_ms = Some(*expires_ms);
+                let by = if ev.event.by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (requested by {})", ev.event.by)
+                };
+                self.say(
+                    "",
+                    format!(
+                        "#{seq:<6} awaiting approval by a second admin{by}, until {}: `recman approve {}`",
+                        crate::view::time::rfc3339(*expires_ms),
+                        self.job
+                    ),
+                );
+                self.finish_line();
+                return Some(End::AwaitingApproval);
+            }
+            EventBody::Approved { requester } => {
+                self.summary.state = None;
+                self.say(
+                    "",
+                    format!("#{seq:<6} approved by {} (requested by {requester})", ev.event.by),
+                );
+            }
             EventBody::RecoveryCompleted { location } => {
                 self.summary.state = Some(End::Completed);
                 self.summary.location = Some(location.clone());
@@ -527,6 +559,11 @@ impl Progress {
                 micros(s.duration_ms * 1000)
             ),
             (Some(End::Cancelled), _) => writeln!(out, "cancelled"),
+            (Some(End::AwaitingApproval), _) => writeln!(
+                out,
+                "awaiting approval by a second admin: another admin runs `recman approve {}`",
+                s.job_id
+            ),
             _ => writeln!(out, "ended without a snapshot"),
         };
         let _ = out.flush();

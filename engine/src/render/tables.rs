@@ -110,6 +110,24 @@ pub fn timeline(d: &JobDetail) {
         if let Some(live) = r.live {
             crate::say!("  live data: {}", live_str(live));
         }
+        if let Some(a) = &r.approval {
+            let requester = if s.by.is_empty() { "?" } else { s.by.as_str() };
+            match (&a.approved_by, a.approved_at_ms) {
+                (Some(by), at) => crate::say!(
+                    "  four-eyes: requested by {requester}, approved by {by} at {}",
+                    rfc3339(at.unwrap_or(0))
+                ),
+                (None, _) if s.state == crate::view::AWAITING_APPROVAL => crate::say!(
+                    "  four-eyes: requested by {requester}, awaiting approval by a second admin until {}: `recman approve {}`",
+                    rfc3339(a.expires_at_ms),
+                    s.id
+                ),
+                (None, _) => crate::say!(
+                    "  four-eyes: requested by {requester}, not approved by {}",
+                    rfc3339(a.expires_at_ms)
+                ),
+            }
+        }
     }
     if let Some(o) = &s.outcome {
         crate::say!("  outcome: {o}");

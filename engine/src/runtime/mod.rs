@@ -86,6 +86,12 @@ pub enum Call {
         by: String,
         reply: oneshot::Sender<Reply>,
     },
+    /// A second admin approves recovery `job` (four-eyes); `by` is the approver.
+    Approve {
+        job: JobId,
+        by: String,
+        reply: oneshot::Sender<Reply>,
+    },
     /// A look at the live core state (`recman replay` compares it with a
     /// rebuild from the log; shutdown waits until nothing is frozen). Also
     /// answers "has replay finished?".
@@ -299,6 +305,7 @@ async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound
                 by,
                 reply,
             } => (Input::Recover { ask, origin, new_job }, by, reply),
+            Call::Approve { job, by, reply } => (Input::Approve { job, by: by.clone() }, by, reply),
             Call::Inspect(query) => {
                 let inbound = Inbound {
                     input: None,
@@ -512,8 +519,7 @@ pub async fn run(
                 batch.settles.push((i.delivery, i.reply, refused));
                 continue;
             }
-            let mut step = core.handle(input, now);
-            recman_core::by::stamp(&mut step.events, &i.by);
+            let step = core.handle_as(input, &i.by, now);
             if tracing_on {
                 match &step.reply {
                     Reply::Accepted { job, existing: false } if is_request => batch.notes.request(*job, msg),
@@ -580,6 +586,7 @@ pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
         p.provider_timeout_ms = t.provider.timeout().as_millis() as u64;
         p.recovery_timeout_ms = t.recovery.timeout.as_millis() as u64;
         p.max_mount_age_ms = t.recovery.max_mount_age.map(|d| d.as_millis() as u64);
+        p.approval_ms = t.approval.map(|d| d.as_millis() as u64);
         p.fingerprint = Some(t.fingerprint());
         p.verify = t.verify.as_ref().map(|v| recman_core::verify::VerifyPolicy {
             kind: v.kind.as_str().to_string(),

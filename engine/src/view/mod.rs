@@ -153,6 +153,21 @@ pub struct RecoveryView {
     /// `rolled_back`, `restored`, `unknown`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveData>,
+    /// Four-eyes (`require_approval`): when the request expires unapproved,
+    /// and the second admin who approved it (the requester is `by`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalView>,
+}
+
+/// A recovery's four-eyes approval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    /// Unapproved by then, it fails without running (Unix ms).
+    pub expires_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_at_ms: Option<u64>,
 }
 
 /// A restore point exposed on a host (`recman mounts`, `GET /v1/mounts`).
@@ -775,6 +790,11 @@ impl View {
                 location: op.location.clone().filter(|l| !l.is_empty()),
                 safety_snapshot: op.safety.clone(),
                 live: if failed { op.live } else { None },
+                approval: op.approval.as_ref().map(|a| ApprovalView {
+                    expires_at_ms: a.expires_ms,
+                    approved_by: a.by.clone(),
+                    approved_at_ms: a.at_ms,
+                }),
             }),
         })
     }
@@ -1159,8 +1179,12 @@ pub fn any_frozen(state: &State) -> bool {
 pub fn state_names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = ALL_STATES.iter().map(|s| state_name(*s)).collect();
     names.push(RECOVERY_RUNNING);
+    names.push(AWAITING_APPROVAL);
     names
 }
+
+/// The state of a recovery job that waits for a second admin's approval.
+pub const AWAITING_APPROVAL: &str = "awaiting_approval";
 
 /// The state of a recovery job that runs a step (a waiting one is `queued`).
 pub const RECOVERY_RUNNING: &str = "running";
@@ -1174,6 +1198,7 @@ pub const SAFETY_KIND: &str = "safety";
 /// The API name of a recovery job's state.
 pub fn op_state_name(s: OpState) -> &'static str {
     match s {
+        OpState::AwaitingApproval => AWAITING_APPROVAL,
         OpState::Pending => "queued",
         OpState::Running => RECOVERY_RUNNING,
         OpState::Completed => "completed",
