@@ -167,8 +167,7 @@ impl Sim {
         let admin = self.xrng.below(3);
         let guarded = action.is_in_place()
             && self
-                .engine
-                .cfg
+                .core_cfg
                 .targets
                 .get(&id)
                 .is_some_and(|p| p.approval_ms.is_some());
@@ -247,8 +246,7 @@ impl Sim {
     fn check_approved(&self, t: usize, op: JobId, stage: Stage) -> Checked<()> {
         let id = &self.world.target_ids[t];
         if self
-            .engine
-            .cfg
+            .core_cfg
             .targets
             .get(id)
             .is_none_or(|p| p.approval_ms.is_none())
