@@ -132,6 +132,11 @@ parameters = { "body.snapshot" = "$CONTRACT_SNAPSHOT", "body.target" = "verify-1
 include-operation-id = ["cancelJob"]
 parameters = { "path.id" = "$CONTRACT_JOB" }
 
+# A recovery job that exists (the mount asked for before the run), so an
+# approval reaches the engine (409: it needs none) instead of 404 only.
+[[operations]]
+include-operation-id = ["approveRecovery"]
+parameters = { "path.id" = "$CONTRACT_RECOVERY" }
 # Event streams are live: read each for at most half a second.
 [[operations]]
 include-operation-id = ["events", "jobEvents"]
@@ -159,7 +164,8 @@ start_server() {
   return 1
 }
 
-# Takes one snapshot of verify-1 through the API and prints its name.
+# Takes one snapshot of verify-1 through the API, asks for a mount of it,
+# and prints its name, the snapshot's job and the mount's (recovery) job.
 take_snapshot() {
   "$VENV/bin/python" - "$SERVER_URL" "${RECMAN_CONTRACT_TOKEN:-}" <<'PY'
 import json, sys, time, urllib.request
@@ -174,7 +180,12 @@ job = call("POST", "/v1/snapshots", {"request_id": "contract-verify", "targets":
 for _ in range(300):
     snaps = call("GET", "/v1/snapshots?target=verify-1")["snapshots"]
     if snaps:
-        print(snaps[0]["name"], job)
+        name = snaps[0]["name"]
+        # A recovery job that exists, for the approve route (it needs no
+        # approval: the engine answers 409 approval_not_required).
+        rec = call("POST", "/v1/recoveries", {"request_id": "contract-mount", "snapshot": name,
+                                             "target": "verify-1", "action": {"type": "mount"}})["job_id"]
+        print(name, job, rec)
         sys.exit(0)
     time.sleep(0.1)
 sys.exit("no snapshot of verify-1 after 30 s")
@@ -212,7 +223,7 @@ bearer = "${RECMAN_CONTRACT_TOKEN}"'
   start_server "$dir" || { stop_server; rm -rf "$dir"; return 1; }
   local taken
   taken=$(take_snapshot) || { cat "$dir/up.log" >&2; stop_server; rm -rf "$dir"; return 1; }
-  read -r CONTRACT_SNAPSHOT CONTRACT_JOB <<<"$taken"
+  read -r CONTRACT_SNAPSHOT CONTRACT_JOB CONTRACT_RECOVERY <<<"$taken"
   write_schemathesis_config "$dir" "$auth"
   echo "== schemathesis ($mode mode) against $SERVER_URL"
   (cd "$dir" && timeout --kill-after=10 "$TIMEOUT" "$VENV/bin/st" --no-color --config-file "$dir/schemathesis.toml" \
