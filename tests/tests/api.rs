@@ -6,17 +6,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::api_support::client;
 use recman_tests::cli::{freeze_log, write_config, Server};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 fn start(dir: &Path, slow_secs: u32) -> Server {
     write_config(dir, slow_secs, "");

@@ -9,25 +9,12 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::api_support::{client, doc};
 use recman_tests::cli::{http, write_config, Server};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-fn doc() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/openapi.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 /// A validator for `#/components/schemas/{name}` of the document.
 fn validator(doc: &Value, name: &str) -> jsonschema::Validator {

@@ -9,22 +9,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::api_support::{client, doc};
 use recman_tests::cli::{write_config, Server};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-fn doc() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/openapi.json");
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
 
 /// `recman user add`: the token it printed once; checks the file it wrote.
 fn add_user(dir: &Path, name: &str, role: &str, extra: &[&str]) -> String {

@@ -22,6 +22,7 @@ mod amqp_up;
 mod api;
 mod api_contract;
 mod api_roles;
+mod api_support;
 mod api_tls;
 mod approval_api;
 mod audit_cli;

@@ -8,31 +8,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::api_support::{assert_matches, client};
 use recman_testkit::{recman, text};
 use recman_tests::cli::Server;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-fn doc() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/openapi.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn assert_matches(name: &str, v: &Value) {
-    let schema =
-        json!({"$ref": format!("#/components/schemas/{name}"), "components": doc()["components"].clone()});
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = validator.iter_errors(v).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{name}: {errors:?}\n{v}");
-}
 
 fn config(dir: &Path) {
     let d = dir.display();
