@@ -13,31 +13,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::api_support::{assert_matches, client};
 use recman_testkit::{recman_cmd, text};
 use recman_tests::cli::Server;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-fn doc() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/openapi.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn assert_matches(name: &str, v: &Value) {
-    let schema =
-        json!({"$ref": format!("#/components/schemas/{name}"), "components": doc()["components"].clone()});
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = validator.iter_errors(v).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{name}: {errors:?}\n{v}");
-}
 
 /// `recman ARGS` with `token` as RECMAN_TOKEN (the CLI finds the server).
 fn recman_as(dir: &Path, token: &str, args: &[&str]) -> std::process::Output {
@@ -210,6 +190,22 @@ async fn an_in_place_restore_waits_for_a_second_admin_and_expires_without_one() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(read(&d.join("src/file")), "v2", "the live data is untouched");
     assert_eq!(read(&d.join("app.log")), "", "the application was not stopped");
+
+    // The console's job page offers the Approve button to a second admin
+    // only (the API refuses everyone else anyway).
+    for (who, token, button) in [("bea", &bea, true), ("ada", &ada, false), ("otto", &otto, false)] {
+        let page = api
+            .c
+            .get(format!("{}/job/{j1}", api.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::OK, "{who}");
+        let html = page.text().await.unwrap();
+        assert!(html.contains("id=\"awaiting-approval\""), "{who}: {html}");
+        assert_eq!(html.contains("id=\"approve\""), button, "{who}: {html}");
+    }
 
     // Its requester cannot approve it; an operator may not; the job waits.
     let approve = format!("/v1/recoveries/{j1}/approve");
