@@ -188,6 +188,42 @@ impl Cluster {
         Vec::new()
     }
 
+    /// The nodes (1, 2, 3) whose member of quorum queue `queue` is neither
+    /// leader nor follower (a member RabbitMQ does not count toward the
+    /// queue's quorum, though its node is up: `check_if_node_is_quorum_critical`
+    /// counts only those two states), with the state seen; asked of the
+    /// first node that answers `rabbitmq-queues quorum_status`.
+    pub fn stuck_members(&self, queue: &str) -> Vec<(usize, String)> {
+        for n in 1..=3 {
+            let Ok(out) = self.ctl(&[
+                "queues",
+                &n.to_string(),
+                "quorum_status",
+                queue,
+                "--vhost",
+                &self.vhost,
+                "--formatter",
+                "json",
+            ]) else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            let names: Vec<String> = (1..=3).map(|m| self.name(m)).collect();
+            let mut stuck = Vec::new();
+            for member in v.as_array().into_iter().flatten() {
+                let node = member["Node Name"].as_str().unwrap_or_default();
+                let state = member["Raft State"].as_str().unwrap_or("?").to_string();
+                if !matches!(state.as_str(), "leader" | "follower") {
+                    if let Some(i) = names.iter().position(|x| x == node) {
+                        stuck.push((i + 1, state));
+                    }
+                }
+            }
+            return stuck;
+        }
+        Vec::new()
+    }
+
     /// A bus on the vhost that knows every node (a publisher's, a subscriber's).
     pub async fn bus(&self, name: &str) -> Arc<AmqpBus> {
         let opts = AmqpOptions {
