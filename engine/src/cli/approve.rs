@@ -17,7 +17,7 @@ use crate::source::ServerArg;
 A target with `require_approval = true` takes an in-place restore only once an admin other than the
 one who asked for it approves it (four-eyes). `recman restore ... --in-place --yes` prints the job;
 another admin approves it here, through the running `recman up` or `recman engine --listen`, with
-their own token (RECMAN_TOKEN): the approver is that API user, recorded as the `by`
+their own token (--api-token-file FILE, or RECMAN_TOKEN): the approver is that API user, recorded as the `by`
 of the `approved` event beside the requester's. The restore then starts once the target is idle.
 
 Refused: by the requester (self_approval), by a viewer or an operator, by an admin whose `targets`
