@@ -388,30 +388,23 @@ async fn sighup_reads_the_token_files_again_and_the_cli_sends_its_token_file() {
     // The CLI: the token of --api-token-file, over the config's.
     let tf = d.join("vera.token");
     std::fs::write(&tf, format!("{new}\n")).unwrap();
-    let ok = recman_testkit::recman(
-        &d,
-        &[
-            "targets",
-            "--json",
-            "--server",
-            url,
-            "--api-token-file",
-            tf.to_str().unwrap(),
-        ],
-    );
+    let targets_with_token_file = || {
+        recman_testkit::recman(
+            &d,
+            &[
+                "targets",
+                "--json",
+                "--server",
+                url,
+                "--api-token-file",
+                tf.to_str().unwrap(),
+            ],
+        )
+    };
+    let ok = targets_with_token_file();
     assert!(ok.status.success(), "{}", recman_testkit::text(&ok));
     std::fs::write(&tf, format!("{old}\n")).unwrap();
-    let refused = recman_testkit::recman(
-        &d,
-        &[
-            "targets",
-            "--json",
-            "--server",
-            url,
-            "--api-token-file",
-            tf.to_str().unwrap(),
-        ],
-    );
+    let refused = targets_with_token_file();
     assert!(!refused.status.success(), "{}", recman_testkit::text(&refused));
     assert!(
         recman_testkit::text(&refused).contains("401"),
