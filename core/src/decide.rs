@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use recman_events::{
-    legacy_snapshot_name, snapshot_name, Event, EventBody, JobId, Outcome, Report, RequestId, SnapshotInfo,
-    SnapshotRequest, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
+    legacy_snapshot_name, snapshot_name, Event, EventBody, JobId, Outcome, RecoveryAction, Report, RequestId,
+    SnapshotInfo, SnapshotRequest, Stage, StepDetail, StepError, TargetId, WorkerId, SCHEMA_VERSION,
 };
 
 use crate::due::DueIndex;
@@ -64,9 +64,13 @@ pub enum Input {
         schedule: String,
     },
     /// An operator's `recman prune`: retention over the catalog of
-    /// `targets` now (the same plan as after a completed job).
+    /// `targets` now (the same plan as after a completed job). A target with
+    /// `require_approval` that has something to delete gets a prune job
+    /// (`RecoveryAction::Prune`) that waits for a second admin instead; the
+    /// first is `new_job`, the next [`JobId::nth`] of it.
     Prune {
         targets: Vec<TargetId>,
+        new_job: JobId,
     },
     /// An operator's `recman verify`: verify restore point `name` of
     /// `target` (again), under the job that took it.
@@ -108,9 +112,11 @@ pub enum Reply {
         code: &'static str,
         message: String,
     },
-    /// `Input::Prune`: how many deletes were asked for.
+    /// `Input::Prune`: how many deletes were asked for, and the prune jobs
+    /// of guarded targets that wait for approval (new or already waiting).
     Pruning {
         asked: usize,
+        awaiting: Vec<(TargetId, JobId)>,
     },
     None,
 }
@@ -254,26 +260,6 @@ pub(crate) fn kebab(camel: &str) -> String {
     out
 }
 
-/// Why an operator's prune of `targets` is refused: a target whose deletes
-/// need a second admin's approval (`require_approval`), which a prune
-/// cannot wait for.
-fn guarded_prune(cfg: &CoreConfig, targets: &[TargetId]) -> Option<String> {
-    let guarded: Vec<&str> = targets
-        .iter()
-        .filter(|t| cfg.targets.get(*t).is_some_and(|p| p.approval_ms.is_some()))
-        .map(|t| t.as_str())
-        .collect();
-    (!guarded.is_empty()).then(|| {
-        format!(
-            "deleting restore points of {} needs a second admin's approval (require_approval = true), \
-             and a prune cannot wait for one: nothing was deleted. Their retention still runs after each of \
-             their jobs; to prune now, name only other targets (`recman prune OTHER`), or have an admin set \
-             require_approval = false for them in the config, restart the engine, prune, and set it back",
-            guarded.join(", ")
-        )
-    })
-}
-
 /// Whether `req` asks for what `job` was created for: the same kind and the
 /// same targets, in any order.
 fn same_request(job: &Job, req: &SnapshotRequest) -> bool {
@@ -343,19 +329,11 @@ pub fn decide_indexed(
             d.reconciles(true);
             Reply::None
         }
-        Input::Prune { targets } => match guarded_prune(cfg, targets) {
-            Some(message) => Reply::Rejected {
-                code: "approval_required",
-                message,
-            },
-            None => {
-                let asked = d.catch_up_retention(Some(targets));
-                Reply::Pruning { asked }
-            }
-        },
+        Input::Prune { targets, new_job } => d.prune(targets, *new_job),
         Input::Approve { job, by } => match crate::recovery::approve(state, *job, by, now_ms) {
             Ok(Some(ev)) => {
                 d.out.push(ev);
+                d.approved_prune(*job);
                 Reply::Accepted {
                     job: *job,
                     existing: false,
@@ -849,6 +827,102 @@ impl Decider<'_> {
         self.cfg.targets.get(t).map(|p| p.retention()).unwrap_or_default()
     }
 
+    /// `Input::Prune`: the deletes of unguarded targets asked for now; a
+    /// guarded target with something to delete gets a prune job that waits
+    /// for approval (or its waiting one is named again).
+    fn prune(&mut self, targets: &[TargetId], new_job: JobId) -> Reply {
+        let guarded = |t: &TargetId| self.cfg.targets.get(t).is_some_and(|p| p.approval_ms.is_some());
+        let (held, free): (Vec<TargetId>, Vec<TargetId>) = targets.iter().cloned().partition(|t| guarded(t));
+        let mut awaiting = Vec::new();
+        let mut n = 0;
+        for t in held {
+            let waiting = crate::recovery::waiting_prune(self.state, &t);
+            if let Some(job) = waiting {
+                awaiting.push((t, job));
+                continue;
+            }
+            if self.target_retention(&t).keeps_all() {
+                continue;
+            }
+            let view = self.retention_view();
+            let plan = retention::plan(&view, |x| self.target_retention(x), std::slice::from_ref(&t), &[]);
+            if plan.prune.iter().all(|(_, names)| names.is_empty()) {
+                continue;
+            }
+            drop(view);
+            let job = new_job.nth(n);
+            n += 1;
+            let ask = crate::recovery::Ask {
+                request_id: RequestId::from(format!("prune-{job}").as_str()),
+                target: Some(t.clone()),
+                snapshot: None,
+                action: RecoveryAction::Prune,
+                confirm: true,
+            };
+            match crate::recovery::request(self.state, self.cfg, &ask, "prune", job, self.now) {
+                Ok(Ok(events)) => {
+                    self.out.extend(events);
+                    awaiting.push((t, job));
+                }
+                Ok(Err(existing)) => awaiting.push((t, existing)),
+                Err((code, message)) => return Reply::Rejected { code, message },
+            }
+        }
+        // A consistency group's point goes from every member at once: the
+        // direct prune must not reach a guarded member through a group.
+        let view = self.retention_view();
+        let plan = retention::plan(&view, |x| self.target_retention(x), &free, &[]);
+        let reached: Vec<&str> = plan
+            .prune
+            .iter()
+            .filter(|(t, names)| !names.is_empty() && guarded(t))
+            .map(|(t, _)| t.as_str())
+            .collect();
+        if !reached.is_empty() {
+            return Reply::Rejected {
+                code: "approval_required",
+                message: format!(
+                    "pruning {} would delete consistency-group restore points of {}, whose deletes need a \
+                     second admin's approval (require_approval = true): nothing was deleted. Prune {} \
+                     (`recman prune {}`): once approved, it deletes the group's points from every member",
+                    free.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "),
+                    reached.join(", "),
+                    reached.join(", "),
+                    reached.join(" "),
+                ),
+            };
+        }
+        drop(view);
+        let asked = if free.is_empty() {
+            0
+        } else {
+            self.catch_up_retention(Some(&free))
+        };
+        Reply::Pruning { asked, awaiting }
+    }
+
+    /// An approved prune (`RecoveryAction::Prune`) of a guarded target: its
+    /// deletes are asked for now, by the target's rules as they stand, and
+    /// the recovery job ends with how many.
+    fn approved_prune(&mut self, job: JobId) {
+        let Some(op) = self.state.recovery.ops.get(&job) else {
+            return;
+        };
+        if op.action != RecoveryAction::Prune {
+            return;
+        }
+        let target = op.target.clone();
+        let asked = self.catch_up_retention(Some(std::slice::from_ref(&target)));
+        self.out.push(Event {
+            at_ms: self.now,
+            job,
+            body: EventBody::RecoveryCompleted {
+                location: format!("{asked} restore point(s) of {target} asked to be deleted"),
+            },
+            by: String::new(),
+        });
+    }
+
     /// On start, and on `Input::Prune` for `only` targets: retention over
     /// the catalog as it is (a log of an earlier build, a one-shot run that
     /// stopped first, changed rules, or an operator's `recman prune`), asked
@@ -873,10 +947,15 @@ impl Decider<'_> {
         let plan = retention::plan(&view, |t| self.target_retention(t), &seed, &[]);
         let mut asked = 0;
         for (target, names) in plan.prune {
-            let Some(newest) = self.state.catalog.get(&target).and_then(|c| c.last()) else {
-                continue;
-            };
-            let Some(job) = self.state.jobs.get(&newest.job) else {
+            // The deletes go under the newest snapshot job of the target (a
+            // recovery's safety snapshot may be newer: its job is no
+            // snapshot job and has no timers for them).
+            let newest = self
+                .state
+                .catalog
+                .get(&target)
+                .and_then(|c| c.iter().rev().find_map(|e| self.state.jobs.get(&e.job)));
+            let Some(job) = newest else {
                 continue;
             };
             asked += names.len();

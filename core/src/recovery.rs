@@ -206,6 +206,9 @@ pub fn first_stage(action: &RecoveryAction) -> Stage {
         RecoveryAction::To { .. } | RecoveryAction::Clone { .. } => Stage::Restore,
         RecoveryAction::Mount { .. } => Stage::Mount,
         RecoveryAction::Unmount { .. } | RecoveryAction::RemoveClone { .. } => Stage::Unmount,
+        // No step of its own: approved, it asks for the deletes at once
+        // (`decide`), carried out as retention's.
+        RecoveryAction::Prune => Stage::Prune,
     }
 }
 
@@ -399,7 +402,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
                 RecoveryAction::RemoveClone { name } => {
                     l.clones.remove(name);
                 }
-                RecoveryAction::InPlace { .. } | RecoveryAction::To { .. } => {}
+                RecoveryAction::InPlace { .. } | RecoveryAction::To { .. } | RecoveryAction::Prune => {}
             }
         }
         EventBody::RecoveryFailed { reason, live } => {
@@ -579,8 +582,8 @@ pub fn names_of(state: &State, t: &TargetId) -> Vec<String> {
 }
 
 /// A request, checked against the state: the `RecoveryRequested` event
-/// (with `ApprovalRequired` for an in-place restore of a target that
-/// requires approval), or the job that already has this request id, or
+/// (with `ApprovalRequired` for an in-place restore or a prune of a target
+/// that requires approval), or the job that already has this request id, or
 /// the refusal.
 pub fn request(
     state: &State,
@@ -647,6 +650,29 @@ pub fn request(
             }
             (c.target.clone(), c.point.clone())
         }
+        RecoveryAction::Prune => {
+            let Some(t) = &ask.target else {
+                return Err((
+                    "invalid_request",
+                    "prune needs the target whose retention rules apply".into(),
+                ));
+            };
+            if cfg.targets.get(t).is_some_and(|p| p.approval_ms.is_none()) {
+                return Err((
+                    "approval_not_required",
+                    format!(
+                        "{t} has no require_approval: prune it directly (`recman prune {t}`, POST /v1/prune)"
+                    ),
+                ));
+            }
+            if pending(l, Some(t)).any(|op| op.action == RecoveryAction::Prune) {
+                return Err((
+                    "prune_pending",
+                    format!("a prune of {t} waits for approval already (see `recman jobs`)"),
+                ));
+            }
+            (t.clone(), String::new())
+        }
         _ => {
             let Some(n) = &ask.snapshot else {
                 return Err((
@@ -703,7 +729,7 @@ pub fn request(
         ));
     }
     match &ask.action {
-        RecoveryAction::Unmount { .. } | RecoveryAction::RemoveClone { .. } => {}
+        RecoveryAction::Unmount { .. } | RecoveryAction::RemoveClone { .. } | RecoveryAction::Prune => {}
         action => {
             check_point(state, &target, &name)?;
             if let Some(until) = action.until() {
@@ -741,7 +767,7 @@ pub fn request(
         .targets
         .get(&target)
         .and_then(|p| p.approval_ms)
-        .filter(|_| ask.action.is_in_place());
+        .filter(|_| needs_approval(&ask.action));
     let mut out = vec![Event {
         at_ms: now,
         job: new_job,
@@ -767,6 +793,22 @@ pub fn request(
     Ok(Ok(out))
 }
 
+/// The prune job of `t` waiting for approval, if any.
+pub fn waiting_prune(state: &State, t: &TargetId) -> Option<JobId> {
+    pending(&state.recovery, Some(t))
+        .find(|op| op.action == RecoveryAction::Prune && op.state == OpState::AwaitingApproval)
+        .map(|op| op.id)
+}
+
+/// What waits for a second admin on a target with `require_approval`: an
+/// in-place restore (it overwrites the live data) and a prune (it deletes
+/// restore points). Restores beside production, mounts and clones read a
+/// point and leave the live data alone; unmount and remove take away only
+/// what recman made.
+pub fn needs_approval(action: &RecoveryAction) -> bool {
+    action.is_in_place() || *action == RecoveryAction::Prune
+}
+
 /// A second admin's approval of recovery `job` (`by`: the approver, whom
 /// the API checked to be an admin of the target): the `Approved` event;
 /// `None` when it was approved already; else the refusal (its requester,
@@ -784,7 +826,7 @@ pub fn approve(
         return Err((
             "approval_not_required",
             format!(
-                "job {job} ({} of {}) needs no approval: it is not an in-place restore of a target with require_approval",
+                "job {job} ({} of {}) needs no approval: it is not an in-place restore or a prune of a target with require_approval",
                 op.action.as_str(),
                 op.target
             ),
@@ -1005,6 +1047,20 @@ pub fn starts(state: &State, cfg: &CoreConfig, now: u64, targets: &BTreeSet<Targ
         let Some(&id) = state.recovery.wanted.get(t).and_then(|q| q.iter().find(ready)) else {
             continue;
         };
+        let op = &state.recovery.ops[&id];
+        if op.action == RecoveryAction::Prune {
+            // A prune has no step: its approval asks for the deletes and
+            // ends it (`decide`). Only a core that skips approval gets here.
+            out.push(Event {
+                at_ms: now,
+                job: id,
+                body: EventBody::RecoveryCompleted {
+                    location: "pruned without approval".into(),
+                },
+                by: String::new(),
+            });
+            continue;
+        }
         let unguarded = cfg.mutation == Some(crate::Mutation::RecoverWhileBusy)
             || !state.recovery.ops[&id].action.is_in_place();
         if state.recovery.running.contains_key(t)
@@ -1015,7 +1071,6 @@ pub fn starts(state: &State, cfg: &CoreConfig, now: u64, targets: &BTreeSet<Targ
         {
             continue;
         }
-        let op = &state.recovery.ops[&id];
         out.push(step_started(cfg, op, first_stage(&op.action), now));
     }
     out

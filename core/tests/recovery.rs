@@ -946,8 +946,10 @@ fn an_unapproved_request_expires_never_runs_and_cannot_be_approved_after() {
     r.replay();
 }
 
-#[test]
-fn only_in_place_restores_wait_and_a_prune_of_a_guarded_target_is_refused() {
+/// A guarded target whose first point a mount kept past the second job's
+/// retention: unmounted, that point is beyond `keep_last` (1) until an
+/// operator's prune or the next job.
+fn prunable() -> (Run, String, String) {
     let mut r = Run::new(config(|p| {
         p.approval_ms = Some(10_000);
         p.retention = RetentionPolicy {
@@ -956,10 +958,42 @@ fn only_in_place_restores_wait_and_a_prune_of_a_guarded_target_is_refused() {
         };
     }));
     let p1 = r.point(1, T);
+    let m = r.accepted(1, &p1, RecoveryAction::mount(false), T + 10);
+    r.handle(rep(m, 1, Stage::Mount, recovered("/mnt/p1")), T + 20);
+    let p2 = r.point(2, T + 30);
+    let ask = Ask {
+        request_id: RequestId::new("unmount".to_string()),
+        target: None,
+        snapshot: None,
+        action: RecoveryAction::Unmount { mount: m },
+        confirm: false,
+    };
+    let Reply::Accepted { job: un, .. } = r.ask(ask, JobId::from_parts(T + 40, 9), T + 40) else {
+        panic!("unmount refused")
+    };
+    r.handle(rep(un, 1, Stage::Unmount, recovered("/mnt/p1")), T + 50);
+    assert_eq!(r.catalog(), [p1.clone(), p2.clone()]);
+    (r, p1, p2)
+}
+
+fn prune(r: &mut Run, by: &str, n: u128, now: u64) -> recman_core::Step {
+    r.handle_as(
+        Input::Prune {
+            targets: vec![a()],
+            new_job: JobId::from_parts(now, n),
+        },
+        by,
+        now,
+    )
+}
+
+#[test]
+fn only_in_place_restores_and_prunes_wait_and_an_approved_prune_deletes() {
+    let (mut r, p1, p2) = prunable();
     // A restore beside production leaves the live data alone: no approval.
     let to = r.accepted(
-        1,
-        &p1,
+        2,
+        &p2,
         RecoveryAction::To {
             path: "/srv/x".into(),
             until: None,
@@ -967,20 +1001,105 @@ fn only_in_place_restores_wait_and_a_prune_of_a_guarded_target_is_refused() {
         T + 100,
     );
     assert_eq!(r.stage(to), Some(Stage::Restore));
-    // An operator's prune would delete restore points: refused, nothing asked.
-    let s = r.handle(Input::Prune { targets: vec![a()] }, T + 200);
-    assert!(s.events.is_empty());
-    let Reply::Rejected { code, message } = s.reply else {
-        panic!("{:?}", s.reply)
-    };
-    assert_eq!(code, "approval_required");
-    assert!(
-        message.contains("require_approval") && message.contains('a'),
-        "{message}"
-    );
-    // Approving a job that needs none is refused.
     assert_eq!(
-        rejected(r.approve(to, "bob", T + 300).reply),
+        rejected(r.approve(to, "bob", T + 110).reply),
         "approval_not_required"
     );
+    r.handle(rep(to, 1, Stage::Restore, recovered("/srv/x")), T + 120);
+    // An operator's prune would delete p1: it waits for a second admin,
+    // nothing asked, nothing sent.
+    let s = prune(&mut r, "alice", 1, T + 200);
+    assert_eq!(kinds(&s.events), ["recovery_requested", "approval_required"]);
+    assert!(s.commands.is_empty(), "{:?}", s.commands);
+    let job = JobId::from_parts(T + 200, 1);
+    assert_eq!(
+        s.reply,
+        Reply::Pruning {
+            asked: 0,
+            awaiting: vec![(a(), job)]
+        }
+    );
+    assert_eq!(r.op_state(job), OpState::AwaitingApproval);
+    assert!(r.core.state().prunes.is_empty());
+    // Asked again, by anyone: the same waiting job, nothing new.
+    let s = prune(&mut r, "carol", 2, T + 210);
+    assert!(s.events.is_empty(), "{:?}", kinds(&s.events));
+    assert_eq!(
+        s.reply,
+        Reply::Pruning {
+            asked: 0,
+            awaiting: vec![(a(), job)]
+        }
+    );
+    // Through the recovery route, a second prune of the target is refused.
+    let ask = Ask {
+        request_id: RequestId::new("p-again".to_string()),
+        target: Some(a()),
+        snapshot: None,
+        action: RecoveryAction::Prune,
+        confirm: false,
+    };
+    assert_eq!(
+        rejected(r.ask(ask, JobId::from_parts(T + 220, 3), T + 220)),
+        "prune_pending"
+    );
+    // Its requester cannot approve it; a second admin does, and the deletes
+    // are asked for at once, by the rules as they stand.
+    assert_eq!(rejected(r.approve(job, "alice", T + 300).reply), "self_approval");
+    assert_eq!(r.catalog(), [p1.clone(), p2.clone()]);
+    let s = r.approve(job, "bob", T + 400);
+    assert_eq!(
+        kinds(&s.events),
+        ["approved", "prune_requested", "recovery_completed"]
+    );
+    assert!(s.events.iter().all(|e| e.by == "bob"), "{:?}", s.events);
+    let EventBody::PruneRequested { names, .. } = &s.events[1].body else {
+        unreachable!()
+    };
+    assert_eq!(names, std::slice::from_ref(&p1));
+    assert!(
+        s.commands.iter().any(|c| c.command.stage == Stage::Prune),
+        "{:?}",
+        s.commands
+    );
+    assert_eq!(r.op_state(job), OpState::Completed);
+    assert!(r.core.state().prunes.contains_key(&(a(), p1.clone())));
+    r.replay();
+}
+
+#[test]
+fn an_unapproved_prune_expires_and_deletes_nothing() {
+    let (mut r, p1, p2) = prunable();
+    let s = prune(&mut r, "alice", 1, T + 200);
+    let job = s.events[0].job;
+    let s = r.handle(Input::TimerFired, T + 200 + 10_000);
+    assert_eq!(kinds(&s.events), ["recovery_failed"]);
+    assert!(s.commands.is_empty());
+    assert_eq!(r.op_state(job), OpState::Failed);
+    assert_eq!(
+        rejected(r.approve(job, "bob", T + 200 + 10_001).reply),
+        "approval_expired"
+    );
+    assert!(r.core.state().prunes.is_empty());
+    assert_eq!(r.catalog(), [p1, p2]);
+    // A target without require_approval is pruned directly; its prune job
+    // through the recovery route is refused.
+    let mut r = Run::new(config(|p| {
+        p.retention = RetentionPolicy {
+            keep_last: Some(1),
+            ..RetentionPolicy::default()
+        };
+    }));
+    let ask = Ask {
+        request_id: RequestId::new("p".to_string()),
+        target: Some(a()),
+        snapshot: None,
+        action: RecoveryAction::Prune,
+        confirm: false,
+    };
+    assert_eq!(
+        rejected(r.ask(ask, JobId::from_parts(T, 3), T)),
+        "approval_not_required"
+    );
+    r.replay();
 }

@@ -252,10 +252,17 @@ fn prune_input_applies_changed_rules_to_the_catalog() {
     let s = core2.handle(
         Input::Prune {
             targets: vec![TargetId::from("a")],
+            new_job: JobId::from_parts(MONDAY, 1),
         },
         MONDAY + 5 * HOUR,
     );
-    assert_eq!(s.reply, Reply::Pruning { asked: 2 });
+    assert_eq!(
+        s.reply,
+        Reply::Pruning {
+            asked: 2,
+            awaiting: vec![]
+        }
+    );
     let names: Vec<String> = s
         .events
         .iter()
@@ -269,10 +276,17 @@ fn prune_input_applies_changed_rules_to_the_catalog() {
     let s = core2.handle(
         Input::Prune {
             targets: vec![TargetId::from("a")],
+            new_job: JobId::from_parts(MONDAY, 1),
         },
         MONDAY + 5 * HOUR,
     );
-    assert_eq!(s.reply, Reply::Pruning { asked: 0 });
+    assert_eq!(
+        s.reply,
+        Reply::Pruning {
+            asked: 0,
+            awaiting: vec![]
+        }
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 use recman_core::sim::{self, Faults, SimConfig};
 use recman_core::Mutation;
+use recman_events::{EventBody, RecoveryAction};
 
 fn cfg(seed: u64, jobs: usize, targets: usize, mutation: Option<Mutation>) -> SimConfig {
     SimConfig {
@@ -314,4 +315,46 @@ fn fleet_size_two_engines_all_faults_is_clean() {
     assert_eq!(s.completed + s.failed + s.cancelled, jobs);
     assert!(s.completed > jobs * 9 / 10, "{s:?}");
     assert!(s.takeovers > 0, "{s:?}");
+}
+
+/// Operators prune targets with `require_approval`: the prune jobs wait,
+/// some are approved by a second admin (and ask for their deletes), some
+/// expire; `approved_before_restore` checks each one that ran.
+#[test]
+fn operators_prunes_of_guarded_targets_wait_for_approval() {
+    let c = SimConfig {
+        faults: Faults::None,
+        ..cfg(1, 3_000, 40, None)
+    };
+    let (_, log, _) = sim::run_with_config(&c).expect("clean run");
+    let prunes: std::collections::BTreeSet<_> = log
+        .iter()
+        .filter(|e| {
+            matches!(
+                &e.body,
+                EventBody::RecoveryRequested {
+                    action: RecoveryAction::Prune,
+                    ..
+                }
+            )
+        })
+        .map(|e| e.job)
+        .collect();
+    let ended = |approved: bool| {
+        log.iter()
+            .filter(|e| prunes.contains(&e.job))
+            .filter(|e| match &e.body {
+                EventBody::RecoveryCompleted { .. } => approved,
+                EventBody::RecoveryFailed { reason, .. } => !approved && reason.contains("approval expired"),
+                _ => false,
+            })
+            .count()
+    };
+    assert!(
+        prunes.len() >= 5 && ended(true) >= 1 && ended(false) >= 1,
+        "{} prune jobs, {} approved, {} expired",
+        prunes.len(),
+        ended(true),
+        ended(false)
+    );
 }

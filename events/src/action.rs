@@ -49,10 +49,16 @@ pub enum RecoveryAction {
     Clone { name: String },
     /// Remove clone `name`.
     RemoveClone { name: String },
+    /// Apply the target's retention rules now (`recman prune`) on a target
+    /// with `require_approval`: the deletes wait for a second admin's
+    /// approval, then are asked for as the automatic ones are. No restore
+    /// point is named: the rules choose when it is approved.
+    Prune,
 }
 
 impl RecoveryAction {
-    /// `restore`, `restore_to`, `mount`, `unmount`, `clone`, `remove_clone`.
+    /// `restore`, `restore_to`, `mount`, `unmount`, `clone`, `remove_clone`,
+    /// `prune`.
     pub fn as_str(&self) -> &'static str {
         match self {
             RecoveryAction::InPlace { .. } => "restore",
@@ -61,6 +67,7 @@ impl RecoveryAction {
             RecoveryAction::Unmount { .. } => "unmount",
             RecoveryAction::Clone { .. } => "clone",
             RecoveryAction::RemoveClone { .. } => "remove_clone",
+            RecoveryAction::Prune => "prune",
         }
     }
 
@@ -198,6 +205,7 @@ pub enum Stored {
     InPlaceUntil { until: StoredUntil },
     ToUntil { path: String, until: StoredUntil },
     MountOn { writable: bool, on: String },
+    Prune,
 }
 
 impl From<&RecoveryAction> for Stored {
@@ -221,6 +229,7 @@ impl From<&RecoveryAction> for Stored {
             RecoveryAction::Unmount { mount } => Stored::Unmount { mount: *mount },
             RecoveryAction::Clone { name } => Stored::Clone { name: name.clone() },
             RecoveryAction::RemoveClone { name } => Stored::RemoveClone { name: name.clone() },
+            RecoveryAction::Prune => Stored::Prune,
         }
     }
 }
@@ -245,6 +254,7 @@ impl From<Stored> for RecoveryAction {
             Stored::Unmount { mount } => RecoveryAction::Unmount { mount },
             Stored::Clone { name } => RecoveryAction::Clone { name },
             Stored::RemoveClone { name } => RecoveryAction::RemoveClone { name },
+            Stored::Prune => RecoveryAction::Prune,
         }
     }
 }

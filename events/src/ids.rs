@@ -45,6 +45,12 @@ impl JobId {
         JobId(uuid::Builder::from_unix_timestamp_millis(unix_ms, &r).into_uuid())
     }
 
+    /// The `n`th id of a batch made from this fresh one (`n` = 0: itself):
+    /// its random low bits xor `n`, still a v7 id of the same time.
+    pub fn nth(&self, n: u32) -> Self {
+        JobId(uuid::Uuid::from_u128(self.0.as_u128() ^ u128::from(n)))
+    }
+
     /// The last 8 hex digits (random in a v7 id; the first ones are the
     /// timestamp and repeat for jobs created together), to tell jobs apart on a screen.
     pub fn short(&self) -> String {

@@ -284,11 +284,12 @@ pub struct RecoveryRequest {
     pub request_id: RequestId,
     /// The target whose restore point this is: optional, the catalog knows
     /// (needed for a consistency group's point, which every member lists;
-    /// for `unmount` and `remove_clone` taken from the mount or the clone).
+    /// for `unmount` and `remove_clone` taken from the mount or the clone;
+    /// required for `prune`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetId>,
-    /// The restore point's name (`recman snapshots`); not for `unmount`
-    /// and `remove_clone`.
+    /// The restore point's name (`recman snapshots`); not for `unmount`,
+    /// `remove_clone` and `prune`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = MAX_ID_LEN))]
     pub snapshot: Option<String>,
@@ -320,7 +321,7 @@ impl RecoveryRequest {
         }
         let needs_point = !matches!(
             self.action,
-            RecoveryAction::Unmount { .. } | RecoveryAction::RemoveClone { .. }
+            RecoveryAction::Unmount { .. } | RecoveryAction::RemoveClone { .. } | RecoveryAction::Prune
         );
         if needs_point && self.snapshot.is_none() {
             return Err(invalid(
@@ -334,6 +335,18 @@ impl RecoveryRequest {
                 check_id("action.name", name)?
             }
             RecoveryAction::Mount { on: Some(on), .. } => check_id("action.on", on)?,
+            RecoveryAction::Prune if self.target.is_none() => {
+                return Err(invalid(
+                    "target",
+                    "prune needs the target whose retention rules apply".into(),
+                ))
+            }
+            RecoveryAction::Prune if self.snapshot.is_some() => {
+                return Err(invalid(
+                    "snapshot",
+                    "prune names no snapshot: the target's retention rules choose what goes".into(),
+                ))
+            }
             RecoveryAction::InPlace { .. } if !self.confirm => {
                 return Err(invalid(
                     "confirm",

@@ -7,8 +7,9 @@
 //! names are in the log (`recman events --json`, `recman job --json`). A
 //! second request, asked with `recman restore` (exit 3, the command to
 //! approve), is left alone: it expires, never runs, and `recman approve`
-//! after that is refused. A prune of the target is refused (it cannot wait
-//! for an approval).
+//! after that is refused. An operator's prune of the target waits for a
+//! second admin too (`recman prune` exits 3 with the command to approve);
+//! approved, its deletes go out; the restore point goes from the storage.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -284,21 +285,6 @@ async fn an_in_place_restore_waits_for_a_second_admin_and_expires_without_one() 
         "{human}"
     );
 
-    // A prune of the guarded target cannot wait for an approval: refused.
-    let (st, e) = api.post(&ada, "/v1/prune", json!({"targets": ["docs"]})).await;
-    assert_eq!(
-        (st, e["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("approval_required")),
-        "{e}"
-    );
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("require_approval"),
-        "{e}"
-    );
-
     // A second request with the CLI waits and says how to approve it.
     std::fs::write(d.join("src/file"), "v3").unwrap();
     let out = recman_as(d, &ada, &["restore", &point, "--in-place", "--yes"]);
@@ -347,4 +333,72 @@ async fn an_in_place_restore_waits_for_a_second_admin_and_expires_without_one() 
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("approval_expired"), "{}", text(&out));
     assert_eq!(read(&d.join("src/file")), "v3");
+
+    // The catalog holds the point and j1's safety snapshot: keep_last = 1
+    // would delete the point, but a prune of the guarded target waits for
+    // a second admin: a prune job, nothing deleted.
+    let stored = d.join("snaps").join(&point);
+    assert!(stored.exists(), "{}", stored.display());
+    let (st, p) = api.post(&ada, "/v1/prune", json!({"targets": ["docs"]})).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{p}");
+    assert_matches("PruneAnswer", &p);
+    assert_eq!(p["asked"], 0, "{p}");
+    assert_eq!(p["plan"]["prune"]["docs"], json!([point]), "{p}");
+    let [w] = p["awaiting_approval"].as_array().unwrap().as_slice() else {
+        panic!("one prune job awaits approval: {p}")
+    };
+    assert_eq!(w["target"], "docs", "{p}");
+    let jp = w["job"].as_str().unwrap().to_string();
+    let j = api.job(&bea, &jp).await;
+    assert_eq!(
+        (j["state"].as_str(), j["kind"].as_str(), j["by"].as_str()),
+        (Some("awaiting_approval"), Some("prune"), Some("ada")),
+        "{j}"
+    );
+    // Asked again with the CLI: the same job, exit 3, how to approve it.
+    let out = recman_as(d, &otto, &["prune", "docs"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an operator may not prune: {}",
+        text(&out)
+    );
+    let out = recman_as(d, &ada, &["prune", "docs"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains(&format!("recman approve {jp}")), "{said}");
+    // Its requester cannot approve it; the other admin does: the delete
+    // goes out at once, and the job is completed.
+    let approve = format!("/v1/recoveries/{jp}/approve");
+    let (st, e) = api.post(&ada, &approve, json!({})).await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("self_approval")),
+        "{e}"
+    );
+    assert!(stored.exists(), "nothing deleted before the approval");
+    let out = recman_as(d, &bea, &["approve", &jp]);
+    assert!(out.status.success(), "{}", text(&out));
+    let j = api
+        .until(&bea, &jp, &["completed", "failed"], Duration::from_secs(30))
+        .await;
+    assert_eq!(j["state"], "completed", "{j}");
+    assert_eq!(j["recovery"]["approval"]["approved_by"], "bea", "{j}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored.exists() {
+        assert!(Instant::now() < deadline, "{} was not deleted", stored.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = recman_as(d, &ada, &["events", "--json"]);
+    let asked: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|e: &Value| e["event"]["body"]["type"] == "prune_requested")
+        .collect();
+    assert!(
+        asked
+            .iter()
+            .any(|e| e["event"]["by"] == "bea" && e["event"]["body"]["names"] == json!([point])),
+        "the approver asked for the delete: {asked:?}"
+    );
 }

@@ -240,7 +240,9 @@ impl Sim {
             p.provider_timeout_ms = 5_000;
             p.backoff_base_ms = 100;
             p.backoff_max_ms = 2_000;
-            p.keep_last = (i % 2 == 0).then_some(3);
+            // Half the guarded targets (`approval_ms`) prune too, so that
+            // operators' prunes of them have something to wait for.
+            p.keep_last = (i % 2 == 0 || i % 8 == 1).then_some(3);
             p.verify = verify::policy(i);
             p.recovery_timeout_ms = 2_000;
             p.max_mount_age_ms = (i % 3 == 0).then_some(60_000);
@@ -432,6 +434,7 @@ impl Sim {
             Ev::Reconcile(t) => self.reconcile(t)?,
             Ev::LoseSnapshot => self.lose_snapshot(),
             Ev::Recover(t, tries) => self.recover(t, tries)?,
+            Ev::Prune(t) => self.operator_prune(t)?,
             Ev::RecoveryTake(w, inc, step) => self.recovery_take(w, inc, step)?,
             Ev::RecoveryEnds(w, inc, t, data) => self.recovery_ends(w, inc, t, data),
             Ev::PauseSchedules => {

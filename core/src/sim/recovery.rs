@@ -15,12 +15,14 @@
 //!   restore ends is what the data is, and no application is started on
 //!   half-restored data;
 //! - `approved_before_restore`: on a target with `require_approval` (one in
-//!   four), no in-place step runs without a durable approval, before the
-//!   expiry, by an admin other than the requester. Approvals come late or
-//!   never (the request expires), and requesters try to approve their own.
+//!   four), no in-place step runs, and no operator's prune asks for its
+//!   deletes, without a durable approval, before the expiry, by an admin
+//!   other than the requester. Approvals come late or never (the request
+//!   expires), and requesters try to approve their own.
 //!
 //! In the simulator a recovery request's origin names its operator
-//! (`admin0`…`admin2`): [`sender`] makes it the request's `by`.
+//! (`admin0`…`admin2`), and an operator's prune carries it in the last hex
+//! digit of its new job id: [`sender`] makes it the request's `by`.
 //!
 //! The live data of a target is a number: each snapshot's cut records it
 //! and the application then writes (a new number).
@@ -49,6 +51,7 @@ pub(super) fn sender(input: &Input) -> String {
     match input {
         Input::Recover { origin, .. } => origin.clone(),
         Input::Approve { by, .. } => by.clone(),
+        Input::Prune { new_job, .. } => format!("admin{}", new_job.as_u128() & 0xF),
         _ => String::new(),
     }
 }
@@ -143,6 +146,11 @@ impl Sim {
         let point = points[self.xrng.below(points.len() as u64) as usize].clone();
         self.world.recovery.sent += 1;
         let n = self.world.recovery.sent;
+        let guarded_target = self
+            .core_cfg
+            .targets
+            .get(&id)
+            .is_some_and(|p| p.approval_ms.is_some());
         // A retry (`tries` > 0) is the in-place restore refused as busy.
         let action = match self.xrng.below(10) {
             _ if tries > 0 => RecoveryAction::in_place(),
@@ -165,12 +173,7 @@ impl Sim {
             },
         };
         let admin = self.xrng.below(3);
-        let guarded = action.is_in_place()
-            && self
-                .core_cfg
-                .targets
-                .get(&id)
-                .is_some_and(|p| p.approval_ms.is_some());
+        let guarded = action.is_in_place() && guarded_target;
         let input = Input::Recover {
             ask: Ask {
                 request_id: RequestId::new(format!("x{n}")),
@@ -197,6 +200,33 @@ impl Sim {
             }
         } else {
             self.engine.parked.push(input);
+        }
+        Ok(())
+    }
+
+    /// An operator's `recman prune` of target `t`: on a guarded one, a
+    /// prune job that waits for a second admin (when there is anything to
+    /// delete: after a recovery that kept a point past `keep_last`).
+    pub(super) fn operator_prune(&mut self, t: usize) -> Checked<()> {
+        let id = self.world.target_ids[t].clone();
+        self.world.recovery.sent += 1;
+        let n = self.world.recovery.sent;
+        let admin = self.xrng.below(3);
+        let new_job = JobId::from_parts(self.sched.now, (u128::from(n) << 64) | 0x9A00 | u128::from(admin));
+        let input = Input::Prune {
+            targets: vec![id],
+            new_job,
+        };
+        if !self.engine.up {
+            self.engine.parked.push(input);
+            return Ok(());
+        }
+        if let crate::Reply::Pruning { awaiting, .. } = self.engine(input)? {
+            for (_, job) in awaiting {
+                if job == new_job {
+                    self.plan_approvals(job, admin);
+                }
+            }
         }
         Ok(())
     }
@@ -242,7 +272,8 @@ impl Sim {
     }
 
     /// `approved_before_restore`: in-place step `stage` of recovery `op`
-    /// runs on `t`.
+    /// runs on `t` (or, `Stage::Prune`, an operator's prune asked for its
+    /// deletes).
     fn check_approved(&self, t: usize, op: JobId, stage: Stage) -> Checked<()> {
         let id = &self.world.target_ids[t];
         if self
@@ -266,8 +297,12 @@ impl Sim {
             }
             _ => return Ok(()),
         };
-        let d =
-            format!("{stage} of the in-place restore of {id} (requested by {requester:?}) ran, but {why}");
+        let what = if stage == Stage::Prune {
+            "the prune".to_string()
+        } else {
+            format!("{stage} of the in-place restore")
+        };
+        let d = format!("{what} of {id} (requested by {requester:?}) ran, but {why}");
         Err(self.violation("approved_before_restore", Some(op), d))
     }
 
@@ -603,6 +638,22 @@ impl Sim {
                 let Some(op) = self.engine.core.state().recovery.ops.get(&job).cloned() else {
                     return Ok(());
                 };
+                // The point it kept (read, mounted, or waited for approval
+                // on) may be past `keep_last` now: an operator prunes.
+                let prunes = self
+                    .core_cfg
+                    .targets
+                    .get(&op.target)
+                    .is_some_and(|p| p.approval_ms.is_some() && p.keep_last.is_some());
+                if prunes && op.action != RecoveryAction::Prune && self.xrng.chance(0.5) {
+                    let t = self.world.target_index[&op.target];
+                    let at = self.sched.now + self.xrng.range(100, 5_000);
+                    self.push(at, Ev::Prune(t));
+                }
+                if op.action == RecoveryAction::Prune && matches!(body, EventBody::RecoveryCompleted { .. }) {
+                    let t = self.world.target_index[&op.target];
+                    return self.check_approved(t, job, Stage::Prune);
+                }
                 if !op.action.is_in_place() {
                     return Ok(());
                 }
@@ -623,7 +674,11 @@ impl Sim {
                     } => ("as before", before),
                     _ => return Ok(()),
                 };
-                if want.is_some_and(|w| w != data) || data == HALF {
+                // A request that never stopped the application (its approval
+                // expired) says nothing of data an earlier recovery left
+                // half restored: it is "untouched" by this one.
+                let never_ran = before.is_none() && claim == "as before";
+                if want.is_some_and(|w| w != data) || (data == HALF && !never_ran) {
                     let d =
                         format!(
                         "the log says {} is {claim}, but its data is {} (restore point {:?}, before {:?})",

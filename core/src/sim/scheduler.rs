@@ -61,6 +61,8 @@ pub(super) enum Ev {
     /// An operator asks for a recovery on target `usize` (the `u32`th time:
     /// one refused as busy is asked again later).
     Recover(usize, u32),
+    /// An operator prunes target `usize` (`recman prune`).
+    Prune(usize),
     /// Process `w` (incarnation `u32`) tries its recovery step `u64` again
     /// (it waited for the host's recovery lock).
     RecoveryTake(usize, u32, u64),

@@ -54,6 +54,7 @@ pub const CODES: &[&str] = &[
     "clone_exists",
     "unmount_pending",
     "remove_pending",
+    "prune_pending",
     "not_supported",
     "until_before_point",
     "until_in_future",

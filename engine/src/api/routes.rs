@@ -184,12 +184,12 @@ pub fn parse_recovery(body: &[u8]) -> Result<RecoveryRequest, ApiError> {
 
 /// The role a recovery action needs: mounting and unmounting a restore point
 /// leave the live data alone (operator); a restore, a clone or a clone's
-/// removal writes data (admin).
+/// removal writes data, a prune deletes restore points (admin).
 pub fn recovery_role(action: &recman_events::RecoveryAction) -> Role {
     use recman_events::RecoveryAction as A;
     match action {
         A::Mount { .. } | A::Unmount { .. } => Role::Operator,
-        A::InPlace { .. } | A::To { .. } | A::Clone { .. } | A::RemoveClone { .. } => Role::Admin,
+        A::InPlace { .. } | A::To { .. } | A::Clone { .. } | A::RemoveClone { .. } | A::Prune => Role::Admin,
     }
 }
 
@@ -642,7 +642,9 @@ fn prune_body(body: &[u8]) -> Result<(Vec<TargetId>, bool), ApiError> {
 
 /// `recman prune`: the retention plan (what each rule keeps and why, what
 /// goes); unless `dry_run`, the engine asks for the deletes now (recorded as
-/// `prune_requested` and carried out like the automatic prunes).
+/// `prune_requested` and carried out like the automatic prunes). A target
+/// with `require_approval` gets a prune job that waits for a second admin
+/// instead (`awaiting_approval`: its target and job).
 pub async fn prune(
     State(s): State<Arc<Shared>>,
     Extension(user): Extension<User>,
@@ -679,14 +681,24 @@ pub async fn prune(
         return Ok(Json(json!({"dry_run": true, "plan": plan, "asked": 0})).into_response());
     }
     let seed: Vec<TargetId> = plan.targets.keys().cloned().collect();
-    let asked = engine_for(&s, &user).prune(seed).await.map_err(|e| {
+    let pruned = engine_for(&s, &user).prune(seed).await.map_err(|e| {
         call_error(e, |code, message| {
             ApiError::new(StatusCode::CONFLICT, code, message)
         })
     })?;
+    let awaiting: Vec<Value> = pruned
+        .awaiting
+        .iter()
+        .map(|(t, job)| json!({"target": t, "job": job}))
+        .collect();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"dry_run": false, "plan": plan, "asked": asked})),
+        Json(json!({
+            "dry_run": false,
+            "plan": plan,
+            "asked": pruned.asked,
+            "awaiting_approval": awaiting,
+        })),
     )
         .into_response())
 }

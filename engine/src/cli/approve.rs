@@ -1,5 +1,5 @@
-//! `recman approve JOB`: a second admin approves an in-place restore that
-//! waits for four-eyes approval (`require_approval`), through the running
+//! `recman approve JOB`: a second admin approves an in-place restore or a
+//! prune that waits for four-eyes approval (`require_approval`), through the running
 //! server (the approver is the API user of the token).
 
 use std::process::ExitCode;
@@ -14,18 +14,20 @@ use crate::source::ServerArg;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-A target with `require_approval = true` takes an in-place restore only once an admin other than the
-one who asked for it approves it (four-eyes). `recman restore ... --in-place --yes` prints the job;
+A target with `require_approval = true` takes an in-place restore, and loses restore points to an
+operator's prune, only once an admin other than the one who asked approves it (four-eyes).
+`recman restore ... --in-place --yes` and `recman prune TARGET` print the job;
 another admin approves it here, through the running `recman up` or `recman engine --listen`, with
 their own token (--api-token-file FILE, or RECMAN_TOKEN): the approver is that API user, recorded as the `by`
-of the `approved` event beside the requester's. The restore then starts once the target is idle.
+of the `approved` event beside the requester's. The restore then starts once the target is idle;
+a prune asks for its deletes at once (the target's retention rules as they stand then).
 
 Refused: by the requester (self_approval), by a viewer or an operator, by an admin whose `targets`
-exclude the target, after the request expired (approval_expired: ask for the restore again).
+exclude the target, after the request expired (approval_expired: ask again).
 
 Exit codes: 0 approved (or already approved by you), 1 refused or no such job, 2 could not run.")]
 pub struct Args {
-    /// The recovery job awaiting approval (`recman jobs --state awaiting_approval`).
+    /// The restore or prune job awaiting approval (`recman jobs --state awaiting_approval`).
     pub id: JobId,
     #[command(flatten)]
     pub server: ServerArg,

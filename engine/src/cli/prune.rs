@@ -20,7 +20,14 @@ use crate::view::Until;
 now, as the engine does after every completed job. The deletes are recorded as prune_requested\n\
 events and carried out by the provider's workers: this needs the running `recman up`.\n\
 --dry-run changes nothing and reads the data dir's log when no server runs.\n\n\
-Exit codes: 0 done, 2 could not run (no server for a real prune, unknown target)."
+A target with `require_approval = true` (four-eyes) loses restore points only once a second admin\n\
+approves: its prune is recorded as a job that waits (state awaiting_approval, nothing is deleted);\n\
+this command prints the job and the command for the other admin, `recman approve JOB`, and exits 3.\n\
+Once approved, the target's rules as they stand then choose what goes. Unapproved by\n\
+`approval_expiry` (default 1h), it fails and nothing is deleted. Its automatic retention after each\n\
+of its jobs still runs.\n\n\
+Exit codes: 0 done, 2 could not run (no server for a real prune, unknown target), 3 a prune waits\n\
+for a second admin's approval."
 )]
 pub struct Args {
     /// Only these targets (default: every target with a retention rule).
@@ -38,17 +45,26 @@ pub struct Args {
 struct PruneBody {
     plan: Plan,
     asked: usize,
+    #[serde(default)]
+    awaiting_approval: Vec<Awaiting>,
+}
+
+/// A guarded target's prune job, waiting for a second admin.
+#[derive(Debug, Deserialize, serde::Serialize)]
+struct Awaiting {
+    target: TargetId,
+    job: recman_events::JobId,
 }
 
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let targets: Vec<TargetId> = a.targets.iter().map(|t| TargetId::from(t.as_str())).collect();
     let policies = crate::source::policies(g);
-    let (plan, asked) = match Client::discover(g, a.server.server.as_deref()).await? {
+    let (plan, asked, awaiting) = match Client::discover(g, a.server.server.as_deref()).await? {
         Some(c) => {
             let body = json!({"targets": targets, "dry_run": a.dry_run});
             let v = c.post("/v1/prune", &body).await.context("pruning")?;
             let b: PruneBody = serde_json::from_value(v).context("the server's prune answer")?;
-            (b.plan, b.asked)
+            (b.plan, b.asked, b.awaiting_approval)
         }
         None if a.dry_run => {
             let view = local_view(g, Until::End)?;
@@ -58,7 +74,11 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             {
                 bail!("no target {t} in the config or the catalog");
             }
-            (crate::prune::plan(&view.state, &view.policies, &targets), 0)
+            (
+                crate::prune::plan(&view.state, &view.policies, &targets),
+                0,
+                Vec::new(),
+            )
         }
         None => bail!(
             "no running server for {}: pruning needs the engine and the provider's workers; \
@@ -66,13 +86,27 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             g.data_dir.display()
         ),
     };
+    let code = if awaiting.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    };
     if a.json {
-        println!("{}", json!({"dry_run": a.dry_run, "plan": plan, "asked": asked}));
-        return Ok(ExitCode::SUCCESS);
+        println!(
+            "{}",
+            json!({"dry_run": a.dry_run, "plan": plan, "asked": asked, "awaiting_approval": awaiting})
+        );
+        return Ok(code);
     }
     print!("{}", crate::prune::render(&plan, &policies, a.dry_run));
     if !a.dry_run {
         println!("{asked} deletes asked for; follow them with `recman events` or `recman snapshots`");
     }
-    Ok(ExitCode::SUCCESS)
+    for w in &awaiting {
+        println!(
+            "{}: require_approval, nothing deleted yet: prune job {} waits for a second admin: recman approve {}",
+            w.target, w.job, w.job
+        );
+    }
+    Ok(code)
 }

@@ -244,6 +244,7 @@ async fn embedded(g: &Home, req: &RecoveryRequest, human: bool) -> anyhow::Resul
         RecoveryAction::Mount { .. } => "mount",
         RecoveryAction::Unmount { .. } => "unmount",
         RecoveryAction::Clone { .. } | RecoveryAction::RemoveClone { .. } => "clone",
+        RecoveryAction::Prune => "prune",
     };
     g.check_log(command)?;
     let worker =

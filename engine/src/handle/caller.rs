@@ -54,6 +54,14 @@ pub struct Caller {
     by: String,
 }
 
+/// What `recman prune` set going: deletes asked for now, and per target
+/// with `require_approval` the prune job waiting for a second admin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pruned {
+    pub asked: usize,
+    pub awaiting: Vec<(recman_events::TargetId, JobId)>,
+}
+
 impl Caller {
     /// The call side of an engine reading `calls`, on `log`.
     pub(super) fn new(calls: mpsc::Sender<Call>, log: Arc<dyn EventLog>) -> Caller {
@@ -168,8 +176,10 @@ impl Caller {
 
     /// Applies the retention rules of `targets` now (`recman prune`): the
     /// deletes are recorded (`prune_requested`) and carried out like the
-    /// automatic ones. Answers how many deletes were asked for.
-    pub async fn prune(&self, targets: Vec<recman_events::TargetId>) -> Result<usize, CallError> {
+    /// automatic ones. Answers how many deletes were asked for, and the
+    /// prune jobs of targets with `require_approval` that wait for a second
+    /// admin instead (`recman approve JOB`).
+    pub async fn prune(&self, targets: Vec<recman_events::TargetId>) -> Result<Pruned, CallError> {
         if !self.accepting() {
             return Err(CallError::ShuttingDown);
         }
@@ -183,7 +193,7 @@ impl Caller {
             .await
             .map_err(|_| CallError::Stopped)?;
         match rx.await.map_err(|_| CallError::Stopped)? {
-            Reply::Pruning { asked } => Ok(asked),
+            Reply::Pruning { asked, awaiting } => Ok(Pruned { asked, awaiting }),
             Reply::Rejected { code, message } => Err(CallError::Rejected { code, message }),
             _ => Err(CallError::NoAnswer),
         }

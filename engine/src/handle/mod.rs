@@ -43,7 +43,7 @@ use crate::runtime::relay::{self, Cursor, RelayError, RelayOptions};
 mod caller;
 mod follow;
 
-pub use caller::{Accepted, CallError, Caller};
+pub use caller::{Accepted, CallError, Caller, Pruned};
 pub use follow::JobEvents;
 
 /// Calls waiting for the engine loop.

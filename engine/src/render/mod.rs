@@ -282,10 +282,15 @@ pub fn details(body: &EventBody) -> String {
                 RecoveryAction::Clone { name } | RecoveryAction::RemoveClone { name } => {
                     format!(" clone={name}")
                 }
-                RecoveryAction::InPlace { .. } => String::new(),
+                RecoveryAction::InPlace { .. } | RecoveryAction::Prune => String::new(),
             } + &action.until().map(|u| format!(" until={u}")).unwrap_or_default();
+            let point = if name.is_empty() {
+                String::new()
+            } else {
+                format!(" snapshot={name}")
+            };
             format!(
-                "request={request_id} {} target={target} snapshot={name}{arg} origin={origin}",
+                "request={request_id} {} target={target}{point}{arg} origin={origin}",
                 action.as_str()
             )
         }

@@ -284,7 +284,14 @@ async fn forward_calls(mut calls: mpsc::Receiver<Call>, tx: mpsc::Sender<Inbound
                 };
                 (input, by, reply)
             }
-            Call::Prune { targets, by, reply } => (Input::Prune { targets }, by, reply),
+            Call::Prune { targets, by, reply } => (
+                Input::Prune {
+                    targets,
+                    new_job: JobId::new_v7(),
+                },
+                by,
+                reply,
+            ),
             Call::Reconcile {
                 target,
                 origin,

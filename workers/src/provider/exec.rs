@@ -83,7 +83,8 @@ impl ExecProvider {
             RecoveryAction::Mount { writable, .. } => {
                 env.push(("RECMAN_WRITABLE", u8::from(*writable).to_string()));
             }
-            RecoveryAction::InPlace { .. } | RecoveryAction::Unmount { .. } => {}
+            // A prune is no step: the engine never sends one.
+            RecoveryAction::InPlace { .. } | RecoveryAction::Unmount { .. } | RecoveryAction::Prune => {}
         }
         if let Some(safety) = req.safety {
             super::check_snapshot_name(safety)?;
