@@ -463,13 +463,27 @@ impl Decider<'_> {
     }
 
     fn request(&mut self, req: &SnapshotRequest, origin: &str, new_job: JobId) -> Reply {
-        if let (Some(&job), false) = (
-            self.state.requests.get(&req.request_id),
+        if let (Some(entry), false) = (
+            self.state.request(&req.request_id, self.now),
             self.mutation == Some(Mutation::ForgetRequests),
         ) {
-            // The same request again is the same job; the same id with other
+            // The same request again (within the request-id window, see
+            // `state::Bounds`) is the same job; the same id with other
             // targets or kind is a different request, refused (not silently
             // answered with a job that does not cover it).
+            let job = entry.job;
+            if self.state.jobs.get(&job).is_none()
+                && (entry.kind != req.kind
+                    || entry.targets != crate::state::targets_fingerprint(&req.targets))
+            {
+                return Reply::Rejected {
+                    code: "request_id_in_use",
+                    message: format!(
+                        "request id {} is job {job}, a snapshot of other targets or kind; send another request id for other targets or kind",
+                        req.request_id,
+                    ),
+                };
+            }
             if let Some(existing) = self.state.jobs.get(&job) {
                 if !same_request(existing, req) {
                     return Reply::Rejected {
@@ -816,6 +830,7 @@ impl Decider<'_> {
                     name: name.to_string(),
                     job: job.id,
                     at_ms: self.now,
+                    kind: job.kind,
                 };
                 (t.clone(), e)
             })
@@ -1421,9 +1436,8 @@ impl Decider<'_> {
         }
         let known = self
             .state
-            .requests
-            .get(&request_id)
-            .copied()
+            .request(&request_id, self.now)
+            .map(|e| e.job)
             .or_else(|| self.state.jobs.contains_key(&job).then_some(job));
         let id = s.id.clone();
         if let Some(existing) = known {
