@@ -136,7 +136,14 @@ pub struct EngineConfig {
     /// memory before it is read from the log; default 1 hour, from 1 second
     /// to 7 days.
     pub keep_finished: Duration,
+    /// `recent_finished`: how many finished jobs the read side (jobs list,
+    /// job pages) keeps in memory after they left the engine's state;
+    /// older ones are read from the log. Default 10,000, at most 1,000,000.
+    pub recent_finished: u32,
 }
+
+/// Default `[engine] recent_finished`.
+pub const DEFAULT_RECENT_FINISHED: u32 = 10_000;
 
 /// Default `[engine] request_window`: 7 days.
 pub const DEFAULT_REQUEST_WINDOW: Duration = Duration::from_secs(7 * 86_400);
@@ -151,6 +158,7 @@ impl Default for EngineConfig {
             data_dir_at: None,
             request_window: DEFAULT_REQUEST_WINDOW,
             keep_finished: DEFAULT_KEEP_FINISHED,
+            recent_finished: DEFAULT_RECENT_FINISHED,
         }
     }
 }
@@ -394,7 +402,13 @@ impl Config {
                 cx.check_keys(
                     t,
                     "engine",
-                    &["freeze_limit", "data_dir", "request_window", "keep_finished"],
+                    &[
+                        "freeze_limit",
+                        "data_dir",
+                        "request_window",
+                        "keep_finished",
+                        "recent_finished",
+                    ],
                 )?;
                 let data_dir = cx.path(t, "engine", "data_dir")?;
                 EngineConfig {
@@ -421,6 +435,13 @@ impl Config {
                             Duration::from_secs(7 * 86_400),
                         )?
                         .unwrap_or(DEFAULT_KEEP_FINISHED),
+                    recent_finished: match cx.u32(t, "engine", "recent_finished")? {
+                        Some(n) if n > 1_000_000 => {
+                            let span = field(t, "recent_finished").map(|v| v.span()).unwrap_or_default();
+                            return Err(cx.err(span, "engine.recent_finished", "at most 1000000"));
+                        }
+                        n => n.unwrap_or(DEFAULT_RECENT_FINISHED),
+                    },
                 }
             }
         };

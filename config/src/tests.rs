@@ -157,7 +157,7 @@ fn unknown_keys_are_refused_everywhere() {
         "[engine]\nfreeze_limt = \"1s\"\n",
         2,
         "engine.freeze_limt",
-        "expected one of freeze_limit, data_dir, request_window, keep_finished",
+        "expected one of freeze_limit, data_dir, request_window, keep_finished, recent_finished",
     );
     assert_err(
         &with_target(&format!("retry = 3\n{W}{P}")),
@@ -1063,5 +1063,14 @@ fn request_window_and_keep_finished_load_and_are_bounded() {
         2,
         "engine.keep_finished",
         "invalid duration",
+    );
+    assert_eq!(d.engine.recent_finished, DEFAULT_RECENT_FINISHED);
+    let r = parse("[engine]\nrecent_finished = 3\n").expect("config");
+    assert_eq!(r.engine.recent_finished, 3);
+    assert_err(
+        "[engine]\nrecent_finished = 2000000\n",
+        2,
+        "engine.recent_finished",
+        "at most",
     );
 }

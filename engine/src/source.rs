@@ -62,9 +62,12 @@ pub fn local_view(home: &Home, until: Until) -> anyhow::Result<View> {
     })?;
     let config = recman_config::Config::load(home.config_file()).ok();
     let bounds = config.as_ref().map(crate::runtime::bounds).unwrap_or_default();
+    let recent = config.as_ref().map_or(crate::view::RECENT_FINISHED, |c| {
+        c.engine.recent_finished as usize
+    });
     let schedules = config.map(|c| c.schedules).unwrap_or_default();
     Ok(View::new(retention(home))
-        .with_bounds(bounds, crate::view::RECENT_FINISHED)
+        .with_bounds(bounds, recent)
         .with_schedules(schedules)
         .with_policies(policies(home))
         .build(log.as_ref(), until)?)
