@@ -64,11 +64,12 @@ fn expire(state: &mut State, ev: &Event, mut retired: Option<&mut Vec<Job>>) {
 }
 
 /// Whether finished job `id` must stay (`state::Bounds`): a delete it asked
-/// for has no outcome yet, or it is the newest restore point of a target.
+/// for has no outcome yet (its retry timer is set exactly while one is
+/// pending: `settle_requester` clears it), or it is the newest restore
+/// point of a target.
 fn held(state: &State, job: &Job) -> bool {
     let id = job.id;
     job.prune_retry_at_ms.is_some()
-        || state.prunes.values().any(|p| p.requester == id)
         || job.targets.iter().any(|t| {
             state
                 .catalog
