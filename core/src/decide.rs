@@ -472,7 +472,7 @@ impl Decider<'_> {
             // targets or kind is a different request, refused (not silently
             // answered with a job that does not cover it).
             let job = entry.job;
-            if self.state.jobs.get(&job).is_none()
+            if !self.state.jobs.contains_key(&job)
                 && (entry.kind != req.kind
                     || entry.targets != crate::state::targets_fingerprint(&req.targets))
             {
