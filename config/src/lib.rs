@@ -129,7 +129,26 @@ pub struct EngineConfig {
     /// the commands then keep the log there (unless `--data-dir` or
     /// `RECMAN_DATA_DIR` says otherwise).
     pub data_dir_at: Option<String>,
+    /// `request_window`: how long a request id answers with its job
+    /// (idempotency), on event time; default 7 days, from 1 minute to 10 years.
+    pub request_window: Duration,
+    /// `keep_finished`: how long a finished job stays in the engine's
+    /// memory before it is read from the log; default 1 hour, from 1 second
+    /// to 7 days.
+    pub keep_finished: Duration,
+    /// `recent_finished`: how many finished jobs the read side (jobs list,
+    /// job pages) keeps in memory after they left the engine's state;
+    /// older ones are read from the log. Default 10,000, at most 1,000,000.
+    pub recent_finished: u32,
 }
+
+/// Default `[engine] recent_finished`.
+pub const DEFAULT_RECENT_FINISHED: u32 = 10_000;
+
+/// Default `[engine] request_window`: 7 days.
+pub const DEFAULT_REQUEST_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+/// Default `[engine] keep_finished`: 1 hour.
+pub const DEFAULT_KEEP_FINISHED: Duration = Duration::from_secs(3_600);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -137,6 +156,9 @@ impl Default for EngineConfig {
             freeze_limit: DEFAULT_FREEZE_LIMIT,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             data_dir_at: None,
+            request_window: DEFAULT_REQUEST_WINDOW,
+            keep_finished: DEFAULT_KEEP_FINISHED,
+            recent_finished: DEFAULT_RECENT_FINISHED,
         }
     }
 }
@@ -377,7 +399,17 @@ impl Config {
             None => EngineConfig::default(),
             Some(v) => {
                 let t = cx.table(v, "engine")?;
-                cx.check_keys(t, "engine", &["freeze_limit", "data_dir"])?;
+                cx.check_keys(
+                    t,
+                    "engine",
+                    &[
+                        "freeze_limit",
+                        "data_dir",
+                        "request_window",
+                        "keep_finished",
+                        "recent_finished",
+                    ],
+                )?;
                 let data_dir = cx.path(t, "engine", "data_dir")?;
                 EngineConfig {
                     freeze_limit: cx.freeze_limit(t, "engine")?.unwrap_or(DEFAULT_FREEZE_LIMIT),
@@ -385,6 +417,31 @@ impl Config {
                         .is_some()
                         .then(|| cx.at(field(t, "data_dir").map(|v| v.span()).unwrap_or_default())),
                     data_dir: data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+                    request_window: cx
+                        .duration_within(
+                            t,
+                            "engine",
+                            "request_window",
+                            Duration::from_secs(60),
+                            Duration::from_secs(3650 * 86_400),
+                        )?
+                        .unwrap_or(DEFAULT_REQUEST_WINDOW),
+                    keep_finished: cx
+                        .duration_within(
+                            t,
+                            "engine",
+                            "keep_finished",
+                            Duration::from_secs(1),
+                            Duration::from_secs(7 * 86_400),
+                        )?
+                        .unwrap_or(DEFAULT_KEEP_FINISHED),
+                    recent_finished: match cx.u32(t, "engine", "recent_finished")? {
+                        Some(n) if n > 1_000_000 => {
+                            let span = field(t, "recent_finished").map(|v| v.span()).unwrap_or_default();
+                            return Err(cx.err(span, "engine.recent_finished", "at most 1000000"));
+                        }
+                        n => n.unwrap_or(DEFAULT_RECENT_FINISHED),
+                    },
                 }
             }
         };
@@ -779,6 +836,34 @@ impl Cx<'_> {
         match self.string(t, path, key)? {
             None => Ok(None),
             Some((s, span)) => match parse_bounded_duration(&s) {
+                Ok(d) => Ok(Some(d)),
+                Err(m) => Err(self.err(span, &join(path, key), m)),
+            },
+        }
+    }
+
+    /// A duration from `min` to `max` (errors name file, line and key).
+    fn duration_within(
+        &self,
+        t: &DeTable<'_>,
+        path: &str,
+        key: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Result<Option<Duration>, ConfigError> {
+        match self.string(t, path, key)? {
+            None => Ok(None),
+            Some((s, span)) => match parse_duration(&s) {
+                Ok(d) if d < min => Err(self.err(
+                    span,
+                    &join(path, key),
+                    format!("\"{s}\" is too short: at least {min:?}"),
+                )),
+                Ok(d) if d > max => Err(self.err(
+                    span,
+                    &join(path, key),
+                    format!("\"{s}\" is too long: at most {} days", max.as_secs() / 86_400),
+                )),
                 Ok(d) => Ok(Some(d)),
                 Err(m) => Err(self.err(span, &join(path, key), m)),
             },

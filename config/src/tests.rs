@@ -157,7 +157,7 @@ fn unknown_keys_are_refused_everywhere() {
         "[engine]\nfreeze_limt = \"1s\"\n",
         2,
         "engine.freeze_limt",
-        "expected one of freeze_limit, data_dir",
+        "expected one of freeze_limit, data_dir, request_window, keep_finished, recent_finished",
     );
     assert_err(
         &with_target(&format!("retry = 3\n{W}{P}")),
@@ -1035,5 +1035,42 @@ fn require_approval_loads_with_its_expiry_and_is_checked() {
         4,
         "target[0].approval_expiry",
         "2d",
+    );
+}
+
+#[test]
+fn request_window_and_keep_finished_load_and_are_bounded() {
+    let c = parse("[engine]\nrequest_window = \"30d\"\nkeep_finished = \"10m\"\n").expect("config");
+    assert_eq!(c.engine.request_window, Duration::from_secs(30 * 86_400));
+    assert_eq!(c.engine.keep_finished, Duration::from_secs(600));
+    let d = parse("").expect("config");
+    assert_eq!(d.engine.request_window, DEFAULT_REQUEST_WINDOW);
+    assert_eq!(d.engine.keep_finished, DEFAULT_KEEP_FINISHED);
+    assert_err(
+        "[engine]\nfreeze_limit = \"8s\"\nrequest_window = \"5s\"\n",
+        3,
+        "engine.request_window",
+        "too short",
+    );
+    assert_err(
+        "[engine]\nkeep_finished = \"30d\"\n",
+        2,
+        "engine.keep_finished",
+        "too long",
+    );
+    assert_err(
+        "[engine]\nkeep_finished = \"soon\"\n",
+        2,
+        "engine.keep_finished",
+        "invalid duration",
+    );
+    assert_eq!(d.engine.recent_finished, DEFAULT_RECENT_FINISHED);
+    let r = parse("[engine]\nrecent_finished = 3\n").expect("config");
+    assert_eq!(r.engine.recent_finished, 3);
+    assert_err(
+        "[engine]\nrecent_finished = 2000000\n",
+        2,
+        "engine.recent_finished",
+        "at most",
     );
 }

@@ -441,13 +441,27 @@ impl Decider<'_> {
     }
 
     fn request(&mut self, req: &SnapshotRequest, origin: &str, new_job: JobId) -> Reply {
-        if let (Some(&job), false) = (
-            self.state.requests.get(&req.request_id),
+        if let (Some(entry), false) = (
+            self.state.request(&req.request_id, self.now),
             self.mutation == Some(Mutation::ForgetRequests),
         ) {
-            // The same request again is the same job; the same id with other
+            // The same request again (within the request-id window, see
+            // `state::Bounds`) is the same job; the same id with other
             // targets or kind is a different request, refused (not silently
             // answered with a job that does not cover it).
+            let job = entry.job;
+            if !self.state.jobs.contains_key(&job)
+                && (entry.kind != req.kind
+                    || entry.targets != crate::state::targets_fingerprint(&req.targets))
+            {
+                return Reply::Rejected {
+                    code: "request_id_in_use",
+                    message: format!(
+                        "request id {} is job {job}, a snapshot of other targets or kind; send another request id for other targets or kind",
+                        req.request_id,
+                    ),
+                };
+            }
             if let Some(existing) = self.state.jobs.get(&job) {
                 if !same_request(existing, req) {
                     return Reply::Rejected {
@@ -794,6 +808,7 @@ impl Decider<'_> {
                     name: name.to_string(),
                     job: job.id,
                     at_ms: self.now,
+                    kind: job.kind,
                 };
                 (t.clone(), e)
             })
@@ -950,12 +965,8 @@ impl Decider<'_> {
             // The deletes go under the newest snapshot job of the target (a
             // recovery's safety snapshot may be newer: its job is no
             // snapshot job and has no timers for them).
-            let newest = self
-                .state
-                .catalog
-                .get(&target)
-                .and_then(|c| c.iter().rev().find_map(|e| self.state.jobs.get(&e.job)));
-            let Some(job) = newest else {
+            let newest = self.state.newest_snapshot_job(&target);
+            let Some(job) = newest.and_then(|j| self.state.jobs.get(&j)) else {
                 continue;
             };
             asked += names.len();
@@ -1500,9 +1511,8 @@ impl Decider<'_> {
         }
         let known = self
             .state
-            .requests
-            .get(&request_id)
-            .copied()
+            .request(&request_id, self.now)
+            .map(|e| e.job)
             .or_else(|| self.state.jobs.contains_key(&job).then_some(job));
         let id = s.id.clone();
         if let Some(existing) = known {

@@ -3,12 +3,110 @@
 use recman_events::{Event, EventBody, JobId, Stage, StepDetail};
 
 use crate::decide::MAX_PRUNE_TRIES;
-use crate::state::{CatalogEntry, Failure, Job, JobState, PendingPrune, State, StepStatus, TargetProgress};
+use crate::state::{
+    targets_fingerprint, CatalogEntry, Failure, Job, JobState, PendingPrune, RequestEntry, State, StepStatus,
+    TargetProgress,
+};
 
 /// Folds one event into the state. Events that do not fit (unknown job, stale
-/// attempt) change nothing but the `applied` counter.
+/// attempt) change nothing but the `applied` counter. Finished jobs and old
+/// request ids leave as the event time passes their bound (`state::Bounds`).
 pub fn evolve(state: &mut State, ev: &Event) {
+    fold(state, ev, None);
+}
+
+/// [`evolve`], handing the jobs that left `State::jobs` at this event to
+/// `retired` (the read side keeps the most recent ones).
+pub fn evolve_retiring(state: &mut State, ev: &Event, retired: &mut Vec<Job>) {
+    fold(state, ev, Some(retired));
+}
+
+fn fold(state: &mut State, ev: &Event, retired: Option<&mut Vec<Job>>) {
     state.applied += 1;
+    expire(state, ev, retired);
+    fold_event(state, ev);
+}
+
+/// Request ids past the window, and finished jobs past their stay, leave
+/// (`state::Bounds`). The event's own job stays for another stay: the
+/// decision that made this event saw it.
+fn expire(state: &mut State, ev: &Event, mut retired: Option<&mut Vec<Job>>) {
+    let window = state.bounds.request_window_ms;
+    while let Some((at, _)) = state.request_order.front() {
+        if at.saturating_add(window) > ev.at_ms {
+            break;
+        }
+        let Some((at, id)) = state.request_order.pop_front() else {
+            break;
+        };
+        if state.requests.get(&id).is_some_and(|e| e.at_ms == at) {
+            state.requests.remove(&id);
+        }
+    }
+    let keep = state.bounds.keep_finished_ms.max(1);
+    while let Some(&(at, id)) = state.retiring.first() {
+        if at >= ev.at_ms {
+            break;
+        }
+        state.retiring.pop_first();
+        if id == ev.job {
+            if state.jobs.contains_key(&id) {
+                state.retiring.insert((ev.at_ms.saturating_add(keep), id));
+            }
+            continue;
+        }
+        if let Some(job) = retire(state, id) {
+            if let Some(out) = retired.as_deref_mut() {
+                out.push(job);
+            }
+        }
+    }
+}
+
+/// Whether finished job `id` must stay (`state::Bounds`): a delete it asked
+/// for has no outcome yet (its retry timer is set exactly while one is
+/// pending: `settle_requester` clears it), or it is the newest restore
+/// point of a target.
+fn held(state: &State, job: &Job) -> bool {
+    let id = job.id;
+    job.prune_retry_at_ms.is_some()
+        || job.targets.iter().any(|t| state.newest_snapshot_job(t) == Some(id))
+}
+
+/// Takes finished job `id` out of the state unless it is held.
+fn retire(state: &mut State, id: JobId) -> Option<Job> {
+    let job = state.jobs.get(&id)?;
+    if !job.state.is_terminal() || held(state, job) {
+        return None;
+    }
+    let job = state.jobs.remove(&id)?;
+    if let Some(d) = job.deadline() {
+        state.deadlines.remove(&(d, id));
+    }
+    state.active.remove(&id);
+    if job.targets.len() > 1
+        && job.targets.iter().any(|t| {
+            state
+                .catalog
+                .get(t)
+                .is_some_and(|c| c.iter().any(|e| e.job == id))
+        })
+    {
+        state.groups.insert(id, job.targets.clone());
+    }
+    state.retired += 1;
+    Some(job)
+}
+
+/// A hold on job `id` may have ended: it leaves after another stay.
+fn requeue(state: &mut State, id: JobId, at: u64) {
+    if state.jobs.get(&id).is_some_and(|j| j.state.is_terminal()) {
+        let keep = state.bounds.keep_finished_ms.max(1);
+        state.retiring.insert((at.saturating_add(keep), id));
+    }
+}
+
+fn fold_event(state: &mut State, ev: &Event) {
     if crate::schedule::evolve(&mut state.book, ev)
         || crate::verify::evolve(&mut state.verify, ev)
         || crate::reconcile::evolve(&mut state.reconcile, ev)
@@ -24,7 +122,9 @@ pub fn evolve(state: &mut State, ev: &Event) {
         origin,
     } = &ev.body
     {
-        if state.jobs.contains_key(&ev.job) {
+        // The same request folded again, also after its job left, is no new job.
+        if state.jobs.contains_key(&ev.job) || state.requests.get(request_id).is_some_and(|e| e.job == ev.job)
+        {
             return;
         }
         let job = Job::new(
@@ -38,7 +138,16 @@ pub fn evolve(state: &mut State, ev: &Event) {
         for t in targets {
             state.queues.entry(t.clone()).or_default().push_back(ev.job);
         }
-        state.requests.insert(request_id.clone(), ev.job);
+        state.requests.insert(
+            request_id.clone(),
+            RequestEntry {
+                job: ev.job,
+                at_ms: ev.at_ms,
+                kind: *kind,
+                targets: targets_fingerprint(targets),
+            },
+        );
+        state.request_order.push_back((ev.at_ms, request_id.clone()));
         state.jobs.insert(ev.job, job);
         return;
     }
@@ -71,7 +180,7 @@ pub fn evolve(state: &mut State, ev: &Event) {
                 };
                 if let Some(old) = state.prunes.insert(key, pending) {
                     if old.requester != ev.job {
-                        settle_requester(state, old.requester);
+                        settle_requester(state, old.requester, ev.at_ms);
                     }
                 }
             }
@@ -97,8 +206,20 @@ pub fn evolve(state: &mut State, ev: &Event) {
             if let Some(c) = state.catalog.get_mut(target) {
                 c.retain(|e| !(e.name == *name && e.job == ev.job));
             }
+            if let Some(members) = state.groups.get(&ev.job) {
+                let listed = members.iter().any(|t| {
+                    state
+                        .catalog
+                        .get(t)
+                        .is_some_and(|c| c.iter().any(|e| e.job == ev.job))
+                });
+                if !listed {
+                    state.groups.remove(&ev.job);
+                }
+            }
             if let Some(p) = state.prunes.remove(&(target.clone(), name.clone())) {
-                settle_requester(state, p.requester);
+                requeue(state, p.owner, ev.at_ms);
+                settle_requester(state, p.requester, ev.at_ms);
             }
             return;
         }
@@ -107,10 +228,11 @@ pub fn evolve(state: &mut State, ev: &Event) {
             let Some(p) = state.prunes.get(&key) else {
                 return;
             };
-            let requester = p.requester;
+            let (requester, owner) = (p.requester, p.owner);
             if !(error.retryable && p.tries < MAX_PRUNE_TRIES) {
                 state.prunes.remove(&key);
-                settle_requester(state, requester);
+                requeue(state, owner, ev.at_ms);
+                settle_requester(state, requester, ev.at_ms);
             }
             return;
         }
@@ -140,24 +262,30 @@ pub fn evolve(state: &mut State, ev: &Event) {
             state.deadlines.insert((d, ev.job));
         }
     }
+    // The previous newest restore points of its targets (no longer held for retention).
+    let mut older = Vec::new();
     match &ev.body {
         EventBody::AttemptStarted { .. } if !now_terminal => {
             state.active.insert(ev.job);
         }
         EventBody::Completed { snapshot, .. } if !was_terminal => {
             for t in &job.targets {
-                state.catalog.entry(t.clone()).or_default().push(CatalogEntry {
+                let c = state.catalog.entry(t.clone()).or_default();
+                older.extend(c.last().map(|e| e.job).filter(|j| *j != ev.job));
+                c.push(CatalogEntry {
                     name: snapshot.name.clone(),
                     job: ev.job,
                     at_ms: ev.at_ms,
+                    kind: job.kind,
                 });
             }
         }
         _ => {}
     }
     if now_terminal && !was_terminal {
-        state.active.remove(&ev.job);
         let targets = job.targets.clone();
+        requeue(state, ev.job, ev.at_ms);
+        state.active.remove(&ev.job);
         for t in &targets {
             if let Some(q) = state.queues.get_mut(t) {
                 if q.front() == Some(&ev.job) {
@@ -170,6 +298,9 @@ pub fn evolve(state: &mut State, ev: &Event) {
                 }
             }
         }
+    }
+    for id in older {
+        requeue(state, id, ev.at_ms);
     }
 }
 
@@ -192,12 +323,13 @@ fn with_deadline(state: &mut State, id: JobId, f: impl FnOnce(&mut Job)) {
 }
 
 /// A delete `requester` asked for has its outcome: when none is left, its
-/// retry timer stops.
-fn settle_requester(state: &mut State, requester: JobId) {
+/// retry timer stops (and a finished requester may leave).
+fn settle_requester(state: &mut State, requester: JobId, at: u64) {
     if state.prunes.values().any(|p| p.requester == requester) {
         return;
     }
     with_deadline(state, requester, |job| job.prune_retry_at_ms = None);
+    requeue(state, requester, at);
 }
 
 fn close_timeline(job: &mut Job, at: u64, outcome: &str) {

@@ -28,12 +28,13 @@ pub use decide::{
     attempt_snapshot_name, decide, decide_indexed, Input, Mutation, Reply, MAX_PRUNE_TRIES, MAX_THAW_TRIES,
 };
 pub use effects::{effects, recover_commands, Destination, Outgoing};
-pub use evolve::evolve;
+pub use evolve::{evolve, evolve_retiring};
 pub use policy::{CoreConfig, JobPolicy, TargetPolicy};
 pub use retention::{RetentionPolicy, Rule as RetentionRule};
 pub use rng::Rng;
 pub use state::{
-    CatalogEntry, Failure, Job, JobState, PendingPrune, State, StepStatus, TargetProgress, TimelineEntry,
+    Bounds, CatalogEntry, Failure, Job, JobState, PendingPrune, RequestEntry, State, StepStatus,
+    TargetProgress, TimelineEntry,
 };
 
 use recman_events::Event;
@@ -67,7 +68,10 @@ pub struct Core {
 impl Core {
     pub fn new(cfg: CoreConfig) -> Self {
         let rng = Rng::new(cfg.seed);
-        let state = State::default();
+        let state = State {
+            bounds: cfg.bounds,
+            ..State::default()
+        };
         let due = due::DueIndex::build(&state, &cfg);
         Core { cfg, state, rng, due }
     }

@@ -116,6 +116,8 @@ pub struct CoreConfig {
     pub seed: u64,
     /// A deliberate bug, for the simulator's self-test only (`None` anywhere else).
     pub mutation: Option<Mutation>,
+    /// How long finished jobs and request ids stay in the state.
+    pub bounds: crate::state::Bounds,
 }
 
 /// The policy of one job: the strictest combination of its targets' policies.

@@ -330,6 +330,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
                         name: location.clone(),
                         job: ev.job,
                         at_ms: ev.at_ms,
+                        kind: Default::default(),
                     };
                     let target = op.target.clone();
                     let c = state.catalog.entry(target).or_default();
@@ -613,7 +614,7 @@ pub fn request(
             ))
         };
     }
-    if state.requests.contains_key(&ask.request_id) {
+    if state.request(&ask.request_id, now).is_some() {
         return Err((
             "request_id_in_use",
             format!("request id {} is a snapshot job's", ask.request_id),

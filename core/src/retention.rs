@@ -351,12 +351,7 @@ pub fn plan(
         v.sort_by_key(|b| std::cmp::Reverse((b.at_ms, b.job)));
         v
     };
-    let members = |job: &JobId, t: &TargetId| -> Vec<TargetId> {
-        match state.jobs.get(job) {
-            Some(j) => j.targets.clone(),
-            None => vec![t.clone()],
-        }
-    };
+    let members = |job: &JobId, t: &TargetId| -> Vec<TargetId> { state.members(job, t) };
 
     let lists = |m: &TargetId, job: JobId| {
         state

@@ -1,5 +1,6 @@
 //! The core's state: jobs with their per-target progress and timeline, FIFO queues per
-//! target, the request-id index and the catalog of completed snapshots.
+//! target, the request-id window and the catalog of completed snapshots; bounded
+//! (finished jobs leave, request ids expire: see [`Bounds`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -240,6 +241,81 @@ pub struct CatalogEntry {
     pub name: String,
     pub job: JobId,
     pub at_ms: u64,
+    /// The kind of the job that took it (its job may have left `State::jobs`).
+    pub kind: SnapshotKind,
+}
+
+/// How long finished jobs and request ids stay in [`State`], measured on
+/// event time (the `at_ms` of the events folded), so a replay of the log
+/// keeps and drops exactly what the live engine did.
+///
+/// **Finished jobs.** A job leaves `State::jobs` (and every per-job index)
+/// at the first event later than `keep_finished_ms` after its end, unless
+/// something may still need it: a delete it asked for is still without an
+/// outcome (`State::prunes`: its timer asks again, under the job), its
+/// delete retry timer runs, or it made the newest restore point of one of
+/// its targets that a snapshot job made ([`State::newest_snapshot_job`]:
+/// retention catching up asks for deletes under that job). It then
+/// leaves once that hold ends (the outcome, or a newer restore point), after
+/// the same delay. A delete of a restore point whose job left needs no job:
+/// its outcome names the point, and folds into the catalog and prunes. An event
+/// for a job that is due to leave keeps it that long again. Events for a job
+/// that left (a duplicate or late report, a late snapshot, a delete outcome
+/// of an old restore point) fold like events of an unknown job: they change
+/// nothing but the catalog, prunes and ledgers they name, and never bring the
+/// job back. The catalog keeps what retention needs (job id, kind; a group's
+/// members in `State::groups`). A late snapshot reported after its job left
+/// is not recorded (a reconcile lists it as unknown).
+///
+/// **Request ids.** A request id answers with its job (idempotency) for
+/// `request_window_ms` after its request's event; after that the same id is
+/// a new request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Bounds {
+    /// Idempotency window of request ids (default 7 days).
+    pub request_window_ms: u64,
+    /// How long a finished job stays after its end (default 1 h; at least 1 ms,
+    /// so a job is still there for the rest of the decision that ended it).
+    pub keep_finished_ms: u64,
+}
+
+/// Default idempotency window of request ids: 7 days.
+pub const DEFAULT_REQUEST_WINDOW_MS: u64 = 7 * 24 * 3_600_000;
+/// Default time a finished job stays in the state: 1 hour.
+pub const DEFAULT_KEEP_FINISHED_MS: u64 = 3_600_000;
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            request_window_ms: DEFAULT_REQUEST_WINDOW_MS,
+            keep_finished_ms: DEFAULT_KEEP_FINISHED_MS,
+        }
+    }
+}
+
+/// A request id in the window: its job, and enough of the request to tell
+/// the same request from another one with the same id once the job left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RequestEntry {
+    pub job: JobId,
+    /// Event time of the request.
+    pub at_ms: u64,
+    pub kind: SnapshotKind,
+    /// [`targets_fingerprint`] of the request's targets.
+    pub targets: u64,
+}
+
+/// FNV-1a over the sorted, distinct target ids: equal for the same set of targets.
+pub fn targets_fingerprint(targets: &[TargetId]) -> u64 {
+    let set: BTreeSet<&TargetId> = targets.iter().collect();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ targets.len() as u64;
+    for t in set {
+        for b in t.as_str().bytes().chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// A snapshot the engine asked to delete and whose outcome is not recorded yet.
@@ -259,7 +335,20 @@ pub struct State {
     pub jobs: BTreeMap<JobId, Job>,
     /// Per target, jobs in arrival order; the head is the one that may run.
     pub queues: BTreeMap<TargetId, VecDeque<JobId>>,
-    pub requests: HashMap<RequestId, JobId>,
+    /// Request ids within the window (`Bounds::request_window_ms`).
+    pub requests: HashMap<RequestId, RequestEntry>,
+    /// The same request ids in the order they came, with their event time.
+    pub request_order: VecDeque<(u64, RequestId)>,
+    /// Finished jobs by when they may leave `jobs` (`Bounds`).
+    pub retiring: BTreeSet<(u64, JobId)>,
+    /// Members of consistency-group jobs that left `jobs` while their
+    /// restore points are still in the catalog (retention deletes a group's
+    /// point on every member).
+    pub groups: BTreeMap<JobId, Vec<TargetId>>,
+    /// Jobs that left `jobs` so far.
+    pub retired: u64,
+    /// How long finished jobs and request ids stay (set from `CoreConfig`).
+    pub bounds: Bounds,
     /// Per target, completed snapshots oldest first.
     pub catalog: BTreeMap<TargetId, Vec<CatalogEntry>>,
     /// Jobs past the queue and not finished.
@@ -283,6 +372,35 @@ pub struct State {
 impl State {
     pub fn job(&self, id: &JobId) -> Option<&Job> {
         self.jobs.get(id)
+    }
+
+    /// The request id's entry when it is within the window at `now_ms`.
+    pub fn request(&self, id: &RequestId, now_ms: u64) -> Option<&RequestEntry> {
+        self.requests
+            .get(id)
+            .filter(|e| now_ms < e.at_ms.saturating_add(self.bounds.request_window_ms))
+    }
+
+    /// The members of job `id`'s restore point: the job's targets while it
+    /// is in `jobs`, a group's from `groups` after, else just `t`.
+    pub fn members(&self, id: &JobId, t: &TargetId) -> Vec<TargetId> {
+        match (self.jobs.get(id), self.groups.get(id)) {
+            (Some(j), _) => j.targets.clone(),
+            (None, Some(g)) => g.clone(),
+            (None, None) => vec![t.clone()],
+        }
+    }
+
+    /// The snapshot job of `t`'s newest restore point that a snapshot job
+    /// made (a recovery's safety snapshot may be newer): retention catching
+    /// up files its deletes under it, so it stays in the state.
+    pub fn newest_snapshot_job(&self, t: &TargetId) -> Option<JobId> {
+        self.catalog
+            .get(t)?
+            .iter()
+            .rev()
+            .find(|e| !self.recovery.ops.contains_key(&e.job))
+            .map(|e| e.job)
     }
 
     /// The job currently holding a target (head of its queue, past the queue).

@@ -562,7 +562,19 @@ fn command(state: &State, cfg: &CoreConfig, t: &TargetId) -> Option<Outgoing> {
         .and_then(|v| v.pool.clone())
         .unwrap_or_else(|| p.provider_pool.clone());
     let timeout = v.map_or(VerifyPolicy::new("").timeout_ms, |v| v.timeout_ms);
-    let kind = state.jobs.get(&run.owner).map(|j| j.kind).unwrap_or_default();
+    // The point's job may have left the state: the catalog keeps its kind.
+    let kind = state
+        .jobs
+        .get(&run.owner)
+        .map(|j| j.kind)
+        .or_else(|| {
+            state
+                .catalog
+                .get(t)
+                .and_then(|c| c.iter().find(|e| e.job == run.owner && e.name == run.name))
+                .map(|e| e.kind)
+        })
+        .unwrap_or_default();
     Some(Outgoing {
         to: Destination::Pool(pool),
         command: Command {

@@ -29,6 +29,7 @@ fn config() -> CoreConfig {
         schedules: Vec::new(),
         seed: 5,
         mutation: None,
+        bounds: Default::default(),
     }
 }
 

@@ -48,8 +48,12 @@ fn a_v1_log_still_decodes_and_replays_to_the_same_state() {
         })
         .collect();
     assert_eq!(Value::from(jobs), expected["jobs"]);
-    assert_eq!(
-        serde_json::to_value(&st.catalog).expect("json"),
-        expected["catalog"]
-    );
+    // The fixture predates the entries' `kind` (derived from the job): compare the rest.
+    let mut catalog = serde_json::to_value(&st.catalog).expect("json");
+    for entries in catalog.as_object_mut().expect("map").values_mut() {
+        for e in entries.as_array_mut().expect("entries") {
+            e.as_object_mut().expect("entry").remove("kind");
+        }
+    }
+    assert_eq!(catalog, expected["catalog"]);
 }

@@ -30,6 +30,7 @@ fn config(p: impl FnOnce(&mut TargetPolicy)) -> CoreConfig {
         schedules: Vec::new(),
         seed: 1,
         mutation: None,
+        bounds: Default::default(),
     }
 }
 

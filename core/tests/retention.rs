@@ -24,6 +24,7 @@ fn config(policies: &[(&str, RetentionPolicy)]) -> CoreConfig {
         targets,
         seed: 1,
         mutation: None,
+        bounds: Default::default(),
         schedules: Vec::new(),
     }
 }

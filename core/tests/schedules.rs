@@ -43,6 +43,7 @@ fn config(schedules: Vec<Schedule>) -> CoreConfig {
         schedules,
         seed: 3,
         mutation: None,
+        bounds: Default::default(),
     }
 }
 

@@ -32,6 +32,7 @@ fn config(keep_last: Option<u32>, schedule: VerifySchedule) -> CoreConfig {
         schedules: Vec::new(),
         seed: 1,
         mutation: None,
+        bounds: Default::default(),
     }
 }
 

@@ -60,13 +60,26 @@ pub fn local_view(home: &Home, until: Until) -> anyhow::Result<View> {
         ),
         e => anyhow::anyhow!("cannot read the event log in {}: {e}", home.data_dir.display()),
     })?;
-    let schedules = recman_config::Config::load(home.config_file())
-        .map(|c| c.schedules)
-        .unwrap_or_default();
+    let config = recman_config::Config::load(home.config_file()).ok();
+    let bounds = config.as_ref().map(crate::runtime::bounds).unwrap_or_default();
+    let recent = config.as_ref().map_or(crate::view::RECENT_FINISHED, |c| {
+        c.engine.recent_finished as usize
+    });
+    let schedules = config.map(|c| c.schedules).unwrap_or_default();
     Ok(View::new(retention(home))
+        .with_bounds(bounds, recent)
         .with_schedules(schedules)
         .with_policies(policies(home))
         .build(log.as_ref(), until)?)
+}
+
+/// Job `id` from the data dir's log, folded on its own (a job the view no
+/// longer keeps in memory).
+pub fn local_job(home: &Home, id: recman_events::JobId) -> anyhow::Result<Option<crate::view::JobDetail>> {
+    let log = home
+        .open_log_for_reading()
+        .map_err(|e| anyhow::anyhow!("cannot read the event log in {}: {e}", home.data_dir.display()))?;
+    Ok(crate::view::job_from_log(log.as_ref(), id)?)
 }
 
 impl Source {

@@ -20,6 +20,7 @@ mod amqp_python;
 mod amqp_recovery;
 mod amqp_up;
 mod api;
+mod api_bounded;
 mod api_contract;
 mod api_roles;
 mod api_support;

@@ -114,6 +114,7 @@ pub(super) fn idle_core(seed: u64) -> Core {
         schedules: Vec::new(),
         seed,
         mutation: None,
+        bounds: Default::default(),
     })
 }
 

@@ -171,6 +171,19 @@ pub(super) struct Checks {
     pub slots: HashMap<(String, u64), JobId>,
     /// Jobs requested by schedules.
     pub fired: usize,
+    /// How each job ended, as the state said at its end: the checks still
+    /// know it once the job left the state (`state::Bounds`).
+    pub ended: HashMap<JobId, Ended>,
+}
+
+/// A finished job as the state held it when it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Ended {
+    pub state: crate::JobState,
+    pub attempt: u32,
+    pub snapshot: Option<String>,
+    /// It failed loudly (`thaw_failed`): its freeze may be left to the watchdog.
+    pub loud: bool,
 }
 
 impl Sim {
@@ -527,7 +540,7 @@ impl Sim {
                 "state rebuilt from the log differs from the live state".into(),
             ));
         }
-        if let Err((job, why)) = reference::fold(&self.log).compare(live) {
+        if let Err((job, why)) = reference::fold(&self.log).compare(live, &self.checks.ended) {
             return Err(self.violation("replay_exact", job, why));
         }
         Ok(())
@@ -599,6 +612,18 @@ impl Sim {
         };
         let targets = job.targets.clone();
         let attempt = job.attempt;
+        let ended = e.body.is_terminal().then(|| Ended {
+            state: job.state,
+            attempt: job.attempt,
+            snapshot: job.snapshot.as_ref().map(|s| s.name.clone()),
+            loud: job
+                .outcome
+                .as_deref()
+                .is_some_and(|o| o.starts_with("thaw_failed")),
+        });
+        if let Some(ended) = ended {
+            self.checks.ended.insert(job_id, ended);
+        }
         match &e.body {
             EventBody::AttemptStarted { .. } => {
                 for t in &targets {
@@ -724,6 +749,8 @@ impl Sim {
             };
             match self.engine.core.state().jobs.get(&job) {
                 Some(j) if j.state.is_terminal() => {}
+                // It left the state: it ended (`replay_exact` checks how).
+                None if self.checks.ended.contains_key(&job) => {}
                 other => {
                     let d = format!(
                         "job of request r{i} not finished at quiescence: {:?}",

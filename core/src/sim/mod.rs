@@ -88,6 +88,14 @@ pub struct SimConfig {
     pub engines: usize,
 }
 
+/// The simulation's bounds on the state: finished jobs leave a virtual
+/// minute after their end (four times the longest network delay), so most
+/// jobs of a run leave and the checks see the state without them.
+const SIM_BOUNDS: crate::state::Bounds = crate::state::Bounds {
+    request_window_ms: crate::state::DEFAULT_REQUEST_WINDOW_MS,
+    keep_finished_ms: 60_000,
+};
+
 /// Every target's freeze limit in the simulation.
 const FREEZE_LIMIT: u64 = 10_000;
 
@@ -261,6 +269,7 @@ impl Sim {
             schedules,
             seed: cfg.seed,
             mutation: cfg.mutation,
+            bounds: SIM_BOUNDS,
         };
         let mut clients = Vec::with_capacity(cfg.jobs);
         for _ in 0..cfg.jobs {

@@ -4,7 +4,7 @@
 //! core's state, so a defect in `evolve` itself (which live state and replay
 //! share) is caught too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use recman_events::{Event, EventBody, JobId, TargetId};
 
@@ -102,36 +102,57 @@ pub(super) fn fold(log: &[Event]) -> Reference {
 
 impl Reference {
     /// Compares with the core's state; on a difference, the job it concerns
-    /// and what differs.
-    pub(super) fn compare(&self, state: &State) -> Result<(), (Option<JobId>, String)> {
-        if self.jobs.len() != state.jobs.len() {
+    /// and what differs. A job that left the state (`state::Bounds`) must
+    /// have ended, have asked for no pending delete, and have ended as `ended` (what
+    /// the state said at its end) tells.
+    pub(super) fn compare(
+        &self,
+        state: &State,
+        ended: &HashMap<JobId, super::invariants::Ended>,
+    ) -> Result<(), (Option<JobId>, String)> {
+        let kept = state.jobs.len() as u64 + state.retired;
+        if self.jobs.len() as u64 != kept {
             return Err((
                 None,
                 format!(
-                    "the log holds {} jobs, the state {}",
+                    "the log holds {} jobs, the state {} and {} that left",
                     self.jobs.len(),
-                    state.jobs.len()
+                    state.jobs.len(),
+                    state.retired
                 ),
             ));
         }
+        let pending: HashSet<JobId> = state.prunes.values().map(|p| p.requester).collect();
         for (id, r) in &self.jobs {
-            let Some(j) = state.jobs.get(id) else {
-                return Err((Some(*id), "job in the log, not in the state".into()));
+            let (job_state, attempt, snapshot_name) = match state.jobs.get(id) {
+                Some(j) => (j.state, j.attempt, j.snapshot.as_ref().map(|s| s.name.clone())),
+                None => {
+                    if r.end.is_none() {
+                        return Err((Some(*id), "unfinished job in the log, not in the state".into()));
+                    }
+                    if pending.contains(id) {
+                        return Err((Some(*id), "job left the state with a delete pending".into()));
+                    }
+                    let Some(e) = ended.get(id) else {
+                        return Err((Some(*id), "job left the state with no recorded end".into()));
+                    };
+                    (e.state, e.attempt, e.snapshot.clone())
+                }
             };
-            let end = match j.state {
+            let end = match job_state {
                 JobState::Completed => Some("completed"),
                 JobState::Failed => Some("failed"),
                 JobState::Cancelled => Some("cancelled"),
                 _ => None,
             };
-            let snapshot = (end == Some("completed")).then(|| j.snapshot.as_ref().map(|s| s.name.clone()));
+            let snapshot = (end == Some("completed")).then(|| snapshot_name.clone());
             let expected_snapshot = r.end.filter(|e| *e == "completed").map(|_| r.snapshot.clone());
-            if end != r.end || j.attempt != r.attempt || snapshot != expected_snapshot {
+            if end != r.end || attempt != r.attempt || snapshot != expected_snapshot {
                 return Err((
                     Some(*id),
                     format!(
                         "the log says end {:?}, attempt {}, snapshot {:?}; the state {:?}, attempt {}, snapshot {:?}",
-                        r.end, r.attempt, expected_snapshot, end, j.attempt, snapshot
+                        r.end, r.attempt, expected_snapshot, end, attempt, snapshot
                     ),
                 ));
             }

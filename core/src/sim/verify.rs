@@ -191,13 +191,10 @@ impl Sim {
     /// A job that failed loudly (`thaw_failed`) may leave its freeze for the
     /// watchdog: the engine cannot know when it ends.
     fn frozen_by_loud_failure(&self, job: recman_events::JobId) -> bool {
-        self.engine
-            .core
-            .state()
-            .jobs
-            .get(&job)
-            .and_then(|j| j.outcome.as_deref())
-            .is_some_and(|o| o.starts_with("thaw_failed"))
+        match self.engine.core.state().jobs.get(&job) {
+            Some(j) => j.outcome.as_deref().is_some_and(|o| o.starts_with("thaw_failed")),
+            None => self.checks.ended.get(&job).is_some_and(|e| e.loud),
+        }
     }
 
     /// `newest_verified_kept`: retention never asks to delete the newest

@@ -360,7 +360,13 @@ pub async fn jobs(State(s): State<Arc<Shared>>, q: QueryParams) -> ApiResult {
 
 pub async fn job(State(s): State<Arc<Shared>>, JobIdPath(id): JobIdPath) -> ApiResult {
     s.synced().await;
-    match read_view(&s, |v| v.job(&id))? {
+    let detail = match read_view(&s, |v| v.job(&id))? {
+        Some(d) => Some(d),
+        // Not in memory (finished long ago): from the log.
+        None => view::job_from_log(s.log.as_ref(), id)
+            .map_err(|e| ApiError::unavailable("log_error", e.to_string()))?,
+    };
+    match detail {
         Some(d) => Ok(Json(d).into_response()),
         None => Err(ApiError::not_found("job_not_found", format!("no job {id}"))),
     }

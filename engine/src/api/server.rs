@@ -103,6 +103,10 @@ impl Plan {
             .map(|t| (t.id.clone(), crate::runtime::retention_policy(t)))
             .collect();
         let view = View::new(retention)
+            .with_bounds(
+                crate::runtime::bounds(config),
+                config.engine.recent_finished as usize,
+            )
             .with_policies(policies)
             .with_schedules(config.schedules.clone())
             .build(log, Until::End)?;

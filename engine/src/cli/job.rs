@@ -24,7 +24,10 @@ pub struct Args {
 
 pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let detail: Option<JobDetail> = match Source::open(g, a.server.server.as_deref()).await? {
-        Source::Local(v) => v.job(&a.id),
+        Source::Local(v) => match v.job(&a.id) {
+            Some(d) => Some(d),
+            None => crate::source::local_job(g, a.id)?,
+        },
         Source::Remote(c) => match c.get(&format!("/v1/jobs/{}", a.id)).await {
             Ok(d) => Some(d),
             Err(e) if ApiFailure::is_not_found(&e) => None,

@@ -42,8 +42,14 @@ pub async fn page(
     };
     let now = now_ms();
     let caller = caller.map(|Extension(u)| u);
+    // Not in memory (finished long ago): folded from its events in the log.
+    let old = match read_view(&s, |v| v.job(&id).is_none()) {
+        Ok(true) => crate::view::job_from_log(s.log.as_ref(), id).ok().flatten(),
+        Ok(false) => None,
+        Err(r) => return *r,
+    };
     let body = match read_view(&s, |v| {
-        let d = v.job(&id)?;
+        let d = v.job(&id).or(old)?;
         let may_approve = caller.as_ref().is_some_and(|u| {
             u.role >= recman_config::Role::Admin
                 && u.name != d.summary.by

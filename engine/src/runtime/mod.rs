@@ -572,9 +572,18 @@ pub fn retention_policy(t: &recman_config::TargetConfig) -> recman_core::Retenti
     }
 }
 
+/// `[engine] request_window` and `keep_finished` as the core's bounds.
+pub fn bounds(config: &recman_config::Config) -> recman_core::Bounds {
+    recman_core::Bounds {
+        request_window_ms: config.engine.request_window.as_millis() as u64,
+        keep_finished_ms: config.engine.keep_finished.as_millis() as u64,
+    }
+}
+
 pub fn core_config(config: &recman_config::Config, seed: u64) -> CoreConfig {
     let mut cfg = CoreConfig {
         seed,
+        bounds: bounds(config),
         ..CoreConfig::default()
     };
     for t in &config.targets {

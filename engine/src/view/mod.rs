@@ -5,8 +5,15 @@
 //!
 //! Job state comes from folding the log with the core's own `evolve`, so the
 //! view can never disagree with the engine about where a job is.
+//!
+//! Bounded like the core's state: a finished job leaves the core state after
+//! its stay (`recman_core::Bounds`); the view then keeps the last
+//! [`RECENT_FINISHED`] finished jobs that left, and older ones are read from
+//! the log by id ([`job_from_log`]). The jobs list shows what is in memory:
+//! every unfinished job, the jobs finished within the stay, and the last
+//! [`RECENT_FINISHED`] before that.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use recman_events::{
     ArrayExpiry, EventBody, EventLog, JobId, LiveData, LogError, RecoveryAction, RequestId, SnapshotInfo,
@@ -15,7 +22,11 @@ use recman_events::{
 use serde::{Deserialize, Serialize};
 
 use recman_core::recovery::{Op, OpState};
-use recman_core::{evolve, Job, JobState, State};
+use recman_core::{evolve_retiring, Job, JobState, State};
+
+/// Finished jobs the view keeps in memory after they left the core state
+/// (the jobs list shows them; older ones are read from the log by id).
+pub const RECENT_FINISHED: usize = 10_000;
 
 pub mod metrics;
 pub mod schedules;
@@ -378,6 +389,17 @@ pub struct View {
     step_failures: BTreeMap<String, u64>,
     /// The config's schedules (`schedules`).
     schedules: Vec<recman_core::schedule::Schedule>,
+    /// Finished jobs that left `state.jobs`, the last [`RECENT_FINISHED`]
+    /// (`recent_order`: oldest first).
+    recent: BTreeMap<JobId, Job>,
+    recent_order: VecDeque<JobId>,
+    /// Jobs by state that left `state.jobs` (the job gauges count them, so
+    /// they never go down when a finished job leaves memory).
+    left_by_state: BTreeMap<&'static str, u64>,
+    /// How many jobs a read keeps after they left the core state.
+    recent_cap: usize,
+    /// Scratch: jobs that left the core state at the event being folded.
+    retired: Vec<Job>,
 }
 
 impl View {
@@ -385,8 +407,52 @@ impl View {
     pub fn new(retention: BTreeMap<TargetId, Option<u32>>) -> Self {
         View {
             retention,
+            recent_cap: RECENT_FINISHED,
             ..View::default()
         }
+    }
+
+    /// With the engine's bounds (how long finished jobs stay in the core
+    /// state) and how many finished jobs the view keeps after that.
+    pub fn with_bounds(mut self, bounds: recman_core::Bounds, recent: usize) -> Self {
+        self.state.bounds = bounds;
+        self.recent_cap = recent;
+        self
+    }
+
+    /// A finished job that left the core state (at event `at`).
+    fn keep_recent(&mut self, j: Job) {
+        *self.left_by_state.entry(state_name(j.state)).or_default() += 1;
+        self.recent_order.push_back(j.id);
+        self.recent.insert(j.id, j);
+        while self.recent_order.len() > self.recent_cap {
+            let Some(old) = self.recent_order.pop_front() else {
+                break;
+            };
+            self.recent.remove(&old);
+            self.extra.remove(&old);
+        }
+    }
+
+    /// The per-job facts of `job`, when it is in memory.
+    fn extra_of(&mut self, job: JobId) -> Option<&mut JobExtra> {
+        if !self.in_memory(&job) {
+            return None;
+        }
+        Some(self.extra.entry(job).or_default())
+    }
+
+    /// A snapshot job in memory: in the core state or among the recent finished.
+    fn any_job(&self, id: &JobId) -> Option<&Job> {
+        self.state.jobs.get(id).or_else(|| self.recent.get(id))
+    }
+
+    /// Whether facts of job `id` are kept in memory (per-job extras of a job
+    /// that left memory are not kept again by a late event).
+    fn in_memory(&self, id: &JobId) -> bool {
+        self.state.jobs.contains_key(id)
+            || self.recent.contains_key(id)
+            || self.state.recovery.ops.contains_key(id)
     }
 
     /// With the config's retention rules (for the prune plan).
@@ -426,7 +492,12 @@ impl View {
             .jobs
             .get(&ev.job)
             .is_some_and(|j| j.state.is_terminal());
-        evolve(&mut self.state, ev);
+        let mut retired = std::mem::take(&mut self.retired);
+        evolve_retiring(&mut self.state, ev, &mut retired);
+        for j in retired.drain(..) {
+            self.keep_recent(j);
+        }
+        self.retired = retired;
         self.last_seq = e.seq;
         self.last_at_ms = ev.at_ms;
         let job = ev.job;
@@ -435,7 +506,9 @@ impl View {
             EventBody::Requested { .. } | EventBody::RecoveryRequested { .. }
         ) && !ev.by.is_empty()
         {
-            self.extra.entry(job).or_default().by = ev.by.clone();
+            if let Some(x) = self.extra_of(job) {
+                x.by = ev.by.clone();
+            }
         }
         match &ev.body {
             EventBody::StepSucceeded {
@@ -455,25 +528,27 @@ impl View {
                         self.observe_freeze(target, *freeze_window_us)
                     }
                     StepDetail::Snapshot(_) => {
-                        let x = self.extra.entry(job).or_default();
-                        if x.snapshot_at_ms.is_none()
-                            || *attempt >= self.state.jobs.get(&job).map_or(0, |j| j.attempt)
-                        {
-                            x.snapshot_at_ms = Some(ev.at_ms);
+                        let current = self.state.jobs.get(&job).map_or(0, |j| j.attempt);
+                        if let Some(x) = self.extra_of(job) {
+                            if x.snapshot_at_ms.is_none() || *attempt >= current {
+                                x.snapshot_at_ms = Some(ev.at_ms);
+                            }
                         }
                     }
                     _ => {}
                 }
-                self.extra.entry(job).or_default().steps.push(StepView {
-                    stage: *stage,
-                    attempt: *attempt,
-                    target: target.clone(),
-                    worker: Some(worker.clone()),
-                    at_ms: ev.at_ms,
-                    duration_us: Some(*duration_us),
-                    ok: true,
-                    note: None,
-                });
+                if let Some(x) = self.extra_of(job) {
+                    x.steps.push(StepView {
+                        stage: *stage,
+                        attempt: *attempt,
+                        target: target.clone(),
+                        worker: Some(worker.clone()),
+                        at_ms: ev.at_ms,
+                        duration_us: Some(*duration_us),
+                        ok: true,
+                        note: None,
+                    });
+                }
             }
             EventBody::StepFailed {
                 stage,
@@ -486,16 +561,18 @@ impl View {
                     .step_failures
                     .entry(stage_labels(target, *stage))
                     .or_default() += 1;
-                self.extra.entry(job).or_default().steps.push(StepView {
-                    stage: *stage,
-                    attempt: *attempt,
-                    target: target.clone(),
-                    worker: worker.clone(),
-                    at_ms: ev.at_ms,
-                    duration_us: None,
-                    ok: false,
-                    note: Some(error.to_string()),
-                });
+                if let Some(x) = self.extra_of(job) {
+                    x.steps.push(StepView {
+                        stage: *stage,
+                        attempt: *attempt,
+                        target: target.clone(),
+                        worker: worker.clone(),
+                        at_ms: ev.at_ms,
+                        duration_us: None,
+                        ok: false,
+                        note: Some(error.to_string()),
+                    });
+                }
             }
             EventBody::WatchdogThawed {
                 attempt,
@@ -504,16 +581,18 @@ impl View {
                 freeze_window_us,
             } => {
                 self.observe_freeze(target, *freeze_window_us);
-                self.extra.entry(job).or_default().steps.push(StepView {
-                    stage: Stage::Thaw,
-                    attempt: *attempt,
-                    target: target.clone(),
-                    worker: Some(worker.clone()),
-                    at_ms: ev.at_ms,
-                    duration_us: None,
-                    ok: true,
-                    note: Some("thawed by watchdog".into()),
-                });
+                if let Some(x) = self.extra_of(job) {
+                    x.steps.push(StepView {
+                        stage: Stage::Thaw,
+                        attempt: *attempt,
+                        target: target.clone(),
+                        worker: Some(worker.clone()),
+                        at_ms: ev.at_ms,
+                        duration_us: None,
+                        ok: true,
+                        note: Some("thawed by watchdog".into()),
+                    });
+                }
             }
             EventBody::Completed {
                 snapshot,
@@ -573,16 +652,18 @@ impl View {
                     return;
                 };
                 let target = op.target.clone();
-                self.extra.entry(job).or_default().steps.push(StepView {
-                    stage: *stage,
-                    attempt: 1,
-                    target: target.clone(),
-                    worker: Some(worker.clone()),
-                    at_ms: ev.at_ms,
-                    duration_us: Some(*duration_us),
-                    ok: true,
-                    note: None,
-                });
+                if let Some(x) = self.extra_of(job) {
+                    x.steps.push(StepView {
+                        stage: *stage,
+                        attempt: 1,
+                        target: target.clone(),
+                        worker: Some(worker.clone()),
+                        at_ms: ev.at_ms,
+                        duration_us: Some(*duration_us),
+                        ok: true,
+                        note: None,
+                    });
+                }
                 // The safety snapshot is a restore point of the target (the
                 // core catalogued it with this event).
                 if *stage == Stage::SafetySnapshot && !self.catalog.iter().any(|c| c.job == job) {
@@ -609,16 +690,18 @@ impl View {
                     return;
                 };
                 let target = op.target.clone();
-                self.extra.entry(job).or_default().steps.push(StepView {
-                    stage: *stage,
-                    attempt: 1,
-                    target,
-                    worker: worker.clone(),
-                    at_ms: ev.at_ms,
-                    duration_us: None,
-                    ok: false,
-                    note: Some(error.to_string()),
-                });
+                if let Some(x) = self.extra_of(job) {
+                    x.steps.push(StepView {
+                        stage: *stage,
+                        attempt: 1,
+                        target,
+                        worker: worker.clone(),
+                        at_ms: ev.at_ms,
+                        duration_us: None,
+                        ok: false,
+                        note: Some(error.to_string()),
+                    });
+                }
             }
             EventBody::RecoveryStepNoted { stage, note } => {
                 let step = self
@@ -644,11 +727,9 @@ impl View {
                 }
             }
             EventBody::SnapshotExpiry { name, expiry, .. } => {
-                self.extra
-                    .entry(job)
-                    .or_default()
-                    .array_expiry
-                    .insert(name.clone(), *expiry);
+                if let Some(x) = self.extra_of(job) {
+                    x.array_expiry.insert(name.clone(), *expiry);
+                }
             }
             EventBody::PruneFailed { target, name, error } => {
                 let error = format!("{}: {}", error.code, error.message);
@@ -700,8 +781,9 @@ impl View {
             .observe(us as f64 / 1e6);
     }
 
+    /// Job `id` when it is in memory (see [`job_from_log`] for the others).
     pub fn job(&self, id: &JobId) -> Option<JobDetail> {
-        let Some(j) = self.state.jobs.get(id) else {
+        let Some(j) = self.any_job(id) else {
             return self.recovery_job(id);
         };
         let steps = self.extra.get(id).map(|x| x.steps.as_slice()).unwrap_or(&[]);
@@ -815,7 +897,7 @@ impl View {
 
     /// The targets a job acts on: a snapshot job's, or a recovery's one.
     pub fn job_targets(&self, id: &JobId) -> Vec<TargetId> {
-        if let Some(j) = self.state.jobs.get(id) {
+        if let Some(j) = self.any_job(id) {
             return j.targets.clone();
         }
         self.state
@@ -864,9 +946,12 @@ impl View {
             .collect()
     }
 
-    /// Jobs newest first, filtered; `request`: only the job of that request
-    /// id (found through the request index, not a scan); `after` continues
-    /// a previous page. Returns the page and the cursor of the next one.
+    /// Jobs in memory newest first, filtered: every unfinished job, those
+    /// finished within the engine's stay, and the last [`RECENT_FINISHED`]
+    /// finished before. `request`: only the job of that request id (found
+    /// through the request index, not a scan, within the request-id
+    /// window); `after` continues a previous page. Returns the page and the
+    /// cursor of the next one.
     pub fn jobs(
         &self,
         state: Option<&str>,
@@ -881,7 +966,7 @@ impl View {
                     self.state
                         .requests
                         .get(r)
-                        .and_then(|id| self.state.jobs.get(id))
+                        .and_then(|e| self.any_job(&e.job))
                         .into_iter(),
                 ),
                 Box::new(
@@ -893,10 +978,17 @@ impl View {
                         .into_iter(),
                 ),
             ),
-            None => (
-                Box::new(self.state.jobs.values().rev()),
-                Box::new(self.state.recovery.ops.values().rev()),
-            ),
+            None => {
+                // Both newest first by id: merged (an id is in one of them).
+                let mut live = self.state.jobs.values().rev().peekable();
+                let mut recent = self.recent.values().rev().peekable();
+                let merged = std::iter::from_fn(move || match (live.peek(), recent.peek()) {
+                    (Some(a), Some(b)) if b.id > a.id => recent.next(),
+                    (Some(_), _) => live.next(),
+                    (None, _) => recent.next(),
+                });
+                (Box::new(merged), Box::new(self.state.recovery.ops.values().rev()))
+            }
         };
         let jobs = all
             .filter(|j| after.is_none_or(|a| j.id < a))
@@ -1036,6 +1128,9 @@ impl View {
         }
         for j in self.state.jobs.values() {
             *by_state.entry(state_name(j.state)).or_default() += 1;
+        }
+        for (s, n) in &self.left_by_state {
+            *by_state.entry(s).or_default() += n;
         }
         for (s, n) in by_state {
             let _ = writeln!(out, "recman_jobs{{state=\"{s}\"}} {n}");
@@ -1245,6 +1340,26 @@ fn summary(j: &Job, by: &str) -> JobSummary {
     }
 }
 
+/// Job `id` read from the log (`EventLog::read_job`) and folded on its own:
+/// a job that left memory, with its full timeline.
+pub fn job_from_log(log: &dyn EventLog, id: JobId) -> Result<Option<JobDetail>, LogError> {
+    let events = log.read_job(id)?;
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let mut v = View::new(BTreeMap::new()).with_bounds(
+        recman_core::Bounds {
+            request_window_ms: u64::MAX,
+            keep_finished_ms: u64::MAX,
+        },
+        0,
+    );
+    for e in &events {
+        v.apply(e);
+    }
+    Ok(v.job(&id))
+}
+
 /// A comparable rendering of the core state (`recman replay` against a server):
 /// every job in full, the queues, the catalog and the counters.
 pub fn digest(state: &State) -> serde_json::Value {
@@ -1253,7 +1368,7 @@ pub fn digest(state: &State) -> serde_json::Value {
         .iter()
         .map(|(t, q)| (t, q.iter().copied().collect()))
         .collect();
-    let mut requests: Vec<(&str, JobId)> = state.requests.iter().map(|(r, j)| (r.as_str(), *j)).collect();
+    let mut requests: Vec<(&str, JobId)> = state.requests.iter().map(|(r, e)| (r.as_str(), e.job)).collect();
     requests.sort();
     serde_json::json!({
         "applied": state.applied,

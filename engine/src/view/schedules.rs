@@ -53,13 +53,13 @@ impl View {
             .iter()
             .map(|s| {
                 let st = self.state.book.schedules.get(&s.id).cloned().unwrap_or_default();
-                let last_outcome =
-                    st.last_job
-                        .and_then(|j| self.state.jobs.get(&j))
-                        .map(|j| match &j.outcome {
-                            Some(why) if j.state.is_terminal() => format!("{}: {why}", state_name(j.state)),
-                            _ => state_name(j.state).to_string(),
-                        });
+                let last_outcome = st
+                    .last_job
+                    .and_then(|j| self.any_job(&j))
+                    .map(|j| match &j.outcome {
+                        Some(why) if j.state.is_terminal() => format!("{}: {why}", state_name(j.state)),
+                        _ => state_name(j.state).to_string(),
+                    });
                 ScheduleView {
                     id: s.id.clone(),
                     targets: s.targets.clone(),

@@ -392,3 +392,87 @@ fn recovery_jobs_safety_snapshots_and_mounts() {
     let (page, _) = v.jobs(None, None, Some(&"r-restore".into()), None, 10);
     assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), [r]);
 }
+
+/// The view bounded: finished jobs leave the core state after its stay, the
+/// last `recent` stay in memory, older ones are read from the log with the
+/// same timeline; the list pages over what is in memory; the job gauges
+/// never go down.
+#[tokio::test]
+async fn finished_jobs_leave_memory_and_are_read_from_the_log() {
+    let log = recman_events::log::memory::open().unwrap();
+    let ids: Vec<JobId> = (1..=5u128)
+        .map(|i| JobId::from_parts(i as u64 * 1_000_000, i))
+        .collect();
+    let mut evs = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let at0 = (i as u64 + 1) * 1_000_000;
+        evs.extend(job_events(*id, evs.len() as u64 + 1, at0, &format!("snap-{i}")));
+    }
+    log.append(evs.iter().map(|e| e.event.clone()).collect())
+        .await
+        .unwrap();
+    let stored = log.read(1, 1000).unwrap();
+    assert_eq!(stored.len(), evs.len());
+    let bounds = recman_core::Bounds {
+        request_window_ms: 7 * 86_400_000,
+        keep_finished_ms: 1_000,
+    };
+    // Everything in memory (a large window), as the reference.
+    let mut full = View::new(Default::default()).with_bounds(bounds, 100);
+    // Two finished jobs kept after they leave the core state.
+    let mut v = View::new(Default::default()).with_bounds(bounds, 2);
+    for e in &stored {
+        full.apply(e);
+        v.apply(e);
+    }
+    // ids[4] is the newest restore point (held), ids[3] was until ids[4]
+    // completed (no event since); ids[0..3] left the core state, one stay
+    // after the next job's point replaced theirs; ids[0] was then pushed
+    // out of the recent window.
+    assert!(v.state.jobs.contains_key(&ids[4]));
+    assert!(v.state.jobs.contains_key(&ids[3]));
+    assert!(!v.state.jobs.contains_key(&ids[2]));
+    assert_eq!(v.state.retired, 3);
+    assert!(v.job(&ids[0]).is_none(), "the oldest left memory");
+    assert_eq!(v.job(&ids[1]), full.job(&ids[1]), "recent: in memory, whole");
+    assert_eq!(v.job(&ids[2]), full.job(&ids[2]));
+    let old = job_from_log(log.as_ref(), ids[0])
+        .unwrap()
+        .expect("read from the log");
+    assert_eq!(
+        Some(old.clone()),
+        full.job(&ids[0]),
+        "the same detail as in memory"
+    );
+    assert_eq!(old.timeline.len(), 5);
+    assert!(
+        old.timeline
+            .iter()
+            .filter(|t| t.stage != Stage::Queue)
+            .all(|t| t.steps.len() == 1),
+        "{:?}",
+        old.timeline
+    );
+    assert_eq!(old.summary.state, "completed");
+    assert!(job_from_log(log.as_ref(), JobId::from_parts(9, 9))
+        .unwrap()
+        .is_none());
+
+    // The list: the in-memory jobs newest first, paged without gaps or repeats.
+    let (page, next) = v.jobs(None, None, None, None, 2);
+    assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[4], ids[3]]);
+    assert_eq!(next, Some(ids[3]));
+    let (page, next) = v.jobs(None, None, None, next, 2);
+    assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[2], ids[1]]);
+    assert_eq!(next, None);
+    let (page, _) = v.jobs(None, None, None, None, 10);
+    assert_eq!(page.len(), 4, "what is in memory");
+    // By request id: found while the job is in memory.
+    let r = RequestId::from("r-snap-3");
+    assert_eq!(v.jobs(None, None, Some(&r), None, 10).0.len(), 1);
+
+    // Gauges count every job, also those that left memory.
+    let mut m = String::new();
+    v.render_metrics(&mut m);
+    assert!(m.contains("recman_jobs{state=\"completed\"} 5"), "{m}");
+}
