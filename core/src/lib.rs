@@ -9,6 +9,7 @@
 //! (`tests/run` checks `cargo tree`).
 
 pub mod by;
+pub mod checkpoint;
 pub mod decide;
 pub mod due;
 pub mod effects;
@@ -69,6 +70,15 @@ impl Core {
         let rng = Rng::new(cfg.seed);
         let state = State::default();
         let due = due::DueIndex::build(&state, &cfg);
+        Core { cfg, state, rng, due }
+    }
+
+    /// A core resumed from a checkpoint's state (the fold of the log to
+    /// some record): the due-time index is rebuilt and the PRNG re-seeded as
+    /// [`Core::apply`] leaves them; the caller then applies the log's tail.
+    pub fn from_state(cfg: CoreConfig, state: State) -> Self {
+        let due = due::DueIndex::build(&state, &cfg);
+        let rng = Rng::new(cfg.seed ^ state.applied.wrapping_mul(0x2545_F491_4F6C_DD1D));
         Core { cfg, state, rng, due }
     }
 

@@ -18,7 +18,7 @@ use serde::Serialize;
 /// `Requested` is the `JobRequested` event itself (the job is `Queued` once it
 /// exists); a retry waits in `RetryWait` for its backoff, then starts its
 /// next attempt (`Freezing`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
@@ -50,7 +50,7 @@ impl JobState {
 }
 
 /// Progress of one step of one target (or of the group's snapshot).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// Not asked for in this attempt.
@@ -62,7 +62,7 @@ pub enum StepStatus {
 }
 
 /// One target's progress in the current attempt.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TargetProgress {
     pub freeze: StepStatus,
     pub thaw: StepStatus,
@@ -75,7 +75,7 @@ pub struct TargetProgress {
 }
 
 /// Why the current attempt failed (the first failure wins).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Failure {
     pub stage: Stage,
     pub code: String,
@@ -90,7 +90,7 @@ impl Failure {
 }
 
 /// One stage of one attempt, for the HTTP API's timeline.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TimelineEntry {
     pub stage: Stage,
     pub attempt: u32,
@@ -100,7 +100,7 @@ pub struct TimelineEntry {
 }
 
 /// One job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Job {
     pub id: JobId,
     pub request_id: RequestId,
@@ -116,6 +116,7 @@ pub struct Job {
     /// Parallel to `targets`.
     pub progress: Vec<TargetProgress>,
     pub snapshot_status: StepStatus,
+    #[serde(with = "crate::checkpoint::embed")]
     pub snapshot: Option<SnapshotInfo>,
     /// The snapshot reported after the attempt had already failed (logs of
     /// earlier builds record it as a step; see `late_names`).
@@ -235,7 +236,7 @@ impl Job {
 }
 
 /// A completed snapshot, for retention.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CatalogEntry {
     pub name: String,
     pub job: JobId,
@@ -243,7 +244,7 @@ pub struct CatalogEntry {
 }
 
 /// A snapshot the engine asked to delete and whose outcome is not recorded yet.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PendingPrune {
     /// The job that took it (its `SnapshotDeleted` / `PruneFailed` go there).
     pub owner: JobId,
@@ -254,7 +255,7 @@ pub struct PendingPrune {
 }
 
 /// Everything the engine knows; rebuilt exactly by folding the log with `evolve`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct State {
     pub jobs: BTreeMap<JobId, Job>,
     /// Per target, jobs in arrival order; the head is the one that may run.

@@ -162,6 +162,9 @@ mutations! {
     no_fencing: C(Mutation::NoFencing), Crash => "appends_by_leader";
     takeover_keeps_epoch: C(Mutation::TakeoverKeepsEpoch), Crash => "one_leader_per_epoch";
     ignore_fenced: C(Mutation::IgnoreFenced), Crash => "durable_before_send";
+    // Checkpoints (issue 19): a restart from a checkpoint that lost the
+    // request-id index.
+    checkpoint_loses_field: C(Mutation::CheckpointLosesField), Crash => "checkpoint_exact";
 }
 
 #[test]

@@ -9,8 +9,9 @@
 //! are started, with the local workers, by the engine handle (`crate::handle`),
 //! which is how everything else calls in.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use recman_events::bus::{msg_type, Address, Bus, Consumer, Delivery, Message};
@@ -20,6 +21,8 @@ use recman_events::{Event, EventLog, JobId, Request, SnapshotRequest};
 use tokio::sync::{mpsc, oneshot};
 
 use recman_core::{Core, CoreConfig, Destination, Input, Outgoing, Reply, State};
+
+use crate::checkpoint::Checkpoints;
 
 pub mod relay;
 mod trace;
@@ -112,15 +115,7 @@ pub fn ask(r: recman_events::RecoveryRequest) -> recman_core::recovery::Ask {
 /// Rebuilds the core from the whole log.
 pub fn replay(cfg: CoreConfig, log: &dyn EventLog) -> anyhow::Result<Core> {
     let mut core = Core::new(cfg);
-    let mut from = 1;
-    loop {
-        let batch = log.read(from, 4096).context("replaying the event log")?;
-        let Some(last) = batch.last() else { break };
-        from = last.seq + 1;
-        for e in &batch {
-            core.apply(&e.event);
-        }
-    }
+    crate::checkpoint::replay_from(&mut core, log, 1)?;
     Ok(core)
 }
 
@@ -222,6 +217,9 @@ struct Decided {
     inspects: Vec<Answer>,
     /// What the commit task records as spans once the events are durable.
     notes: trace::Notes,
+    /// A copy of the state after this batch, written as a checkpoint once
+    /// the batch is durable.
+    checkpoint: Option<State>,
 }
 
 /// Decodes one bus queue into inputs; undecodable messages are dead-lettered
@@ -350,12 +348,19 @@ async fn commit(
     log: Arc<dyn EventLog>,
     bus: Arc<dyn Bus>,
     mut rx: mpsc::Receiver<Decided>,
+    checkpoints: Option<(Checkpoints, Arc<AtomicBool>)>,
 ) -> anyhow::Result<()> {
     let mut batches = Vec::with_capacity(PIPELINE_DEPTH);
     while rx.recv_many(&mut batches, PIPELINE_DEPTH).await > 0 {
         let events: Vec<Event> = batches.iter_mut().flat_map(|b| b.events.drain(..)).collect();
         if !events.is_empty() {
             log.append(events).await.context("appending to the event log")?;
+        }
+        // Durable now: the newest copy of the state goes to the store.
+        if let Some(state) = batches.iter_mut().rev().find_map(|b| b.checkpoint.take()) {
+            if let Some((ck, writing)) = &checkpoints {
+                spawn_checkpoint(ck.clone(), log.clone(), state, writing.clone());
+            }
         }
         // A leader whose lease ran out while it waited for the append (it
         // was paused) sends nothing more: its successor re-sends from the log.
@@ -404,6 +409,60 @@ async fn commit(
     Ok(())
 }
 
+/// Writes a checkpoint of `state` (durable) in the background; `writing`
+/// is set until it is done. A failed write is a warning: the log is intact.
+fn spawn_checkpoint(ck: Checkpoints, log: Arc<dyn EventLog>, state: State, writing: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        match crate::checkpoint::write(ck.store.as_ref(), log.as_ref(), state, ck.policy.keep).await {
+            Ok((seq, bytes)) => tracing::info!(
+                seq,
+                bytes,
+                ms = crate::checkpoint::took(started),
+                place = %ck.store.place(),
+                "checkpoint written"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), place = %ck.store.place(), "checkpoint not written")
+            }
+        }
+        writing.store(false, Ordering::Release);
+    });
+}
+
+/// When the loop takes the next copy of the state for a checkpoint.
+struct CheckpointClock {
+    policy: crate::checkpoint::Policy,
+    /// `applied` at the last copy.
+    last_seq: u64,
+    last_at: Instant,
+    writing: Arc<AtomicBool>,
+}
+
+impl CheckpointClock {
+    fn due(&self, applied: u64) -> bool {
+        applied > self.last_seq
+            && !self.writing.load(Ordering::Acquire)
+            && (applied - self.last_seq >= self.policy.every_events
+                || self.last_at.elapsed() >= self.policy.every)
+    }
+
+    /// A copy of the state, and how long the loop paused for it.
+    fn take(&mut self, state: &State) -> State {
+        let started = Instant::now();
+        let copy = state.clone();
+        self.last_seq = state.applied;
+        self.last_at = Instant::now();
+        self.writing.store(true, Ordering::Release);
+        tracing::debug!(
+            seq = state.applied,
+            pause_ms = crate::checkpoint::took(started),
+            "state copied for a checkpoint"
+        );
+        copy
+    }
+}
+
 /// Runs the engine until `calls` is closed or `shutdown` resolves.
 ///
 /// Inputs that arrive together are decided together (up to [`MAX_BATCH`]) and
@@ -411,14 +470,31 @@ async fn commit(
 /// core already decides the next batch (up to `PIPELINE_DEPTH` batches ahead).
 /// Nothing leaves the engine before its cause is durable: commands are sent
 /// and inputs acknowledged by the commit task, after the append returned.
+///
+/// With `checkpoints` it starts from the newest valid checkpoint and the
+/// log after it (`crate::checkpoint::resume`), and writes one every
+/// `every_events` events or `every` (a copy of the state taken on the loop,
+/// encoded and stored off it once the batch it follows is durable).
 pub async fn run(
     cfg: CoreConfig,
     log: Arc<dyn EventLog>,
     bus: Arc<dyn Bus>,
     calls: mpsc::Receiver<Call>,
     shutdown: impl std::future::Future<Output = ()> + Send,
+    checkpoints: Option<Checkpoints>,
 ) -> anyhow::Result<()> {
-    let mut core = replay(cfg, log.as_ref())?;
+    let started = Instant::now();
+    let store = checkpoints.as_ref().map(|c| c.store.as_ref());
+    let (mut core, resumed) = crate::checkpoint::resume(cfg, log.as_ref(), store).await?;
+    if checkpoints.is_some() {
+        tracing::info!(
+            checkpoint = ?resumed.from,
+            tail = resumed.tail,
+            skipped = resumed.skipped.len(),
+            ms = crate::checkpoint::took(started),
+            "engine state rebuilt"
+        );
+    }
     // What fell due while the engine was down is decided (and durable)
     // before anything is sent again: a snapshot past its thaw deadline is
     // never asked for again (issue 12 item 2).
@@ -463,8 +539,26 @@ pub async fn run(
             .map_err(|e| e.to_string())
     }));
     tasks.spawn(forward_calls(calls, in_tx));
+    let mut clock = checkpoints.as_ref().map(|c| CheckpointClock {
+        policy: c.policy,
+        last_seq: resumed.from.unwrap_or(0),
+        last_at: Instant::now(),
+        writing: Arc::new(AtomicBool::new(false)),
+    });
+    // A long tail replayed: a checkpoint of the start (durable now) at once.
+    if let (Some(ck), Some(clock)) = (&checkpoints, &mut clock) {
+        if core.state().applied.saturating_sub(clock.last_seq) >= clock.policy.every_events {
+            let state = clock.take(core.state());
+            spawn_checkpoint(ck.clone(), log.clone(), state, clock.writing.clone());
+        }
+    }
     let (commit_tx, commit_rx) = mpsc::channel::<Decided>(PIPELINE_DEPTH);
-    let committer = tokio::spawn(commit(log.clone(), bus.clone(), commit_rx));
+    let committer = tokio::spawn(commit(
+        log.clone(),
+        bus.clone(),
+        commit_rx,
+        checkpoints.zip(clock.as_ref().map(|c| c.writing.clone())),
+    ));
 
     tokio::pin!(shutdown);
     let mut inbox: Vec<Inbound> = Vec::with_capacity(MAX_BATCH);
@@ -493,6 +587,7 @@ pub async fn run(
             settles: Vec::with_capacity(inbox.len()),
             inspects: Vec::new(),
             notes: trace::Notes::default(),
+            checkpoint: None,
         };
         let tracing_on = trace::on();
         if core.next_deadline().is_some_and(|d| d <= now) {
@@ -538,6 +633,9 @@ pub async fn run(
             && batch.notes.is_empty()
         {
             continue;
+        }
+        if let Some(clock) = clock.as_mut().filter(|c| c.due(core.state().applied)) {
+            batch.checkpoint = Some(clock.take(core.state()));
         }
         if commit_tx.send(batch).await.is_err() {
             break Ok(()); // the committer stopped: its error is reported below
