@@ -294,6 +294,11 @@ impl Core {
         &self.state
     }
 
+    /// The state, without the rest of the core.
+    pub fn into_state(self) -> State {
+        self.state
+    }
+
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
     }

@@ -59,8 +59,23 @@ impl FileStore {
         Ok(out)
     }
 
+    /// Temporary files of writes a process exit cut short.
+    fn remove_leftovers(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in rd.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&format!(".{PREFIX}")) && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     fn save_sync(&self, seq: u64, bytes: &[u8], keep: usize) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        self.remove_leftovers();
         let path = self.file(seq);
         let tmp = self.dir.join(format!(".{PREFIX}{seq:020}.tmp"));
         let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;

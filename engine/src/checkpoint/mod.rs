@@ -1,7 +1,8 @@
 //! Checkpoints of the core state (`recman_core::checkpoint` encodes them):
 //! where they are kept (`CheckpointStore`: files in the data dir, or a table
 //! beside the PostgreSQL log), how start-up resumes from the newest valid
-//! one, how the engine writes them, and how `recman audit` checks them.
+//! one, how the engine writes them (`writer`), and how `recman audit`
+//! checks them.
 //!
 //! A checkpoint is used only when its checksum and format version hold and
 //! its hash is the log's record N; otherwise a warning says why and the next
@@ -22,9 +23,14 @@ use recman_events::EventLog;
 pub mod contract;
 pub mod files;
 pub mod pg;
+pub mod writer;
 
 pub use files::FileStore;
 pub use pg::PgCheckpoints;
+pub use writer::Writer;
+
+#[cfg(test)]
+mod tests;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

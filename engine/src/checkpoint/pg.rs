@@ -1,7 +1,7 @@
 //! Checkpoints in a table beside the PostgreSQL log (`[log] postgres`):
 //! `S.checkpoints (seq bigint primary key, bytes bytea, written_at
-//! timestamptz)` in the log's schema `S`; a save and its trimming are one
-//! transaction. A session per call: checkpoints are written minutes apart.
+//! timestamptz)` in the log's schema `S`, created by the first save (reading
+//! creates nothing); a save and its trimming are one transaction. A session per call: checkpoints are written minutes apart.
 
 use anyhow::Context;
 use recman_events::log::pg_store::PgPlace;
@@ -43,17 +43,32 @@ impl PgCheckpoints {
             let _ = conn.await;
         });
         client
-            .batch_execute(&format!(
-                "SET synchronous_commit = on; SET statement_timeout = '300s';
-                 CREATE SCHEMA IF NOT EXISTS {s};
-                 CREATE TABLE IF NOT EXISTS {t} (seq bigint PRIMARY KEY, bytes bytea NOT NULL,
-                     written_at timestamptz NOT NULL DEFAULT now())",
-                s = self.place.schema,
-                t = self.table()
-            ))
+            .batch_execute("SET synchronous_commit = on; SET statement_timeout = '300s'")
             .await
-            .with_context(|| format!("setting up {} in {}", self.table(), self.place.display()))?;
+            .with_context(|| format!("setting up a session with {}", self.place.display()))?;
         Ok(client)
+    }
+
+    /// Creates the schema and table (a save; reading creates nothing).
+    async fn create(&self, c: &Client) -> anyhow::Result<()> {
+        c.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {t} (seq bigint PRIMARY KEY, bytes bytea NOT NULL,
+                 written_at timestamptz NOT NULL DEFAULT now())",
+            s = self.place.schema,
+            t = self.table()
+        ))
+        .await
+        .with_context(|| format!("creating {} in {}", self.table(), self.place.display()))
+    }
+
+    /// Whether the table exists (none: no checkpoint was ever saved).
+    async fn exists(&self, c: &Client) -> anyhow::Result<bool> {
+        let row = c
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.table()])
+            .await
+            .context("looking for the checkpoints table")?;
+        Ok(row.get(0))
     }
 }
 
@@ -65,6 +80,7 @@ impl CheckpointStore for PgCheckpoints {
     fn save(&self, seq: u64, bytes: Vec<u8>, keep: usize) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
             let mut c = self.connect().await?;
+            self.create(&c).await?;
             let tx = c.transaction().await?;
             let s = seq_param(seq)?;
             tx.execute(
@@ -95,6 +111,9 @@ impl CheckpointStore for PgCheckpoints {
     fn list(&self) -> BoxFuture<'_, anyhow::Result<Vec<u64>>> {
         Box::pin(async move {
             let c = self.connect().await?;
+            if !self.exists(&c).await? {
+                return Ok(Vec::new());
+            }
             let rows = c
                 .query(&format!("SELECT seq FROM {} ORDER BY seq", self.table()), &[])
                 .await
@@ -106,6 +125,9 @@ impl CheckpointStore for PgCheckpoints {
     fn load(&self, seq: u64) -> BoxFuture<'_, anyhow::Result<Option<Vec<u8>>>> {
         Box::pin(async move {
             let c = self.connect().await?;
+            if !self.exists(&c).await? {
+                return Ok(None);
+            }
             let row = c
                 .query_opt(
                     &format!("SELECT bytes FROM {} WHERE seq = $1", self.table()),

@@ -9,7 +9,6 @@
 //! are started, with the local workers, by the engine handle (`crate::handle`),
 //! which is how everything else calls in.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -217,9 +216,6 @@ struct Decided {
     inspects: Vec<Answer>,
     /// What the commit task records as spans once the events are durable.
     notes: trace::Notes,
-    /// A copy of the state after this batch, written as a checkpoint once
-    /// the batch is durable.
-    checkpoint: Option<State>,
 }
 
 /// Decodes one bus queue into inputs; undecodable messages are dead-lettered
@@ -348,19 +344,12 @@ async fn commit(
     log: Arc<dyn EventLog>,
     bus: Arc<dyn Bus>,
     mut rx: mpsc::Receiver<Decided>,
-    checkpoints: Option<(Checkpoints, Arc<AtomicBool>)>,
 ) -> anyhow::Result<()> {
     let mut batches = Vec::with_capacity(PIPELINE_DEPTH);
     while rx.recv_many(&mut batches, PIPELINE_DEPTH).await > 0 {
         let events: Vec<Event> = batches.iter_mut().flat_map(|b| b.events.drain(..)).collect();
         if !events.is_empty() {
             log.append(events).await.context("appending to the event log")?;
-        }
-        // Durable now: the newest copy of the state goes to the store.
-        if let Some(state) = batches.iter_mut().rev().find_map(|b| b.checkpoint.take()) {
-            if let Some((ck, writing)) = &checkpoints {
-                spawn_checkpoint(ck.clone(), log.clone(), state, writing.clone());
-            }
         }
         // A leader whose lease ran out while it waited for the append (it
         // was paused) sends nothing more: its successor re-sends from the log.
@@ -409,60 +398,6 @@ async fn commit(
     Ok(())
 }
 
-/// Writes a checkpoint of `state` (durable) in the background; `writing`
-/// is set until it is done. A failed write is a warning: the log is intact.
-fn spawn_checkpoint(ck: Checkpoints, log: Arc<dyn EventLog>, state: State, writing: Arc<AtomicBool>) {
-    tokio::spawn(async move {
-        let started = Instant::now();
-        match crate::checkpoint::write(ck.store.as_ref(), log.as_ref(), state, ck.policy.keep).await {
-            Ok((seq, bytes)) => tracing::info!(
-                seq,
-                bytes,
-                ms = crate::checkpoint::took(started),
-                place = %ck.store.place(),
-                "checkpoint written"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), place = %ck.store.place(), "checkpoint not written")
-            }
-        }
-        writing.store(false, Ordering::Release);
-    });
-}
-
-/// When the loop takes the next copy of the state for a checkpoint.
-struct CheckpointClock {
-    policy: crate::checkpoint::Policy,
-    /// `applied` at the last copy.
-    last_seq: u64,
-    last_at: Instant,
-    writing: Arc<AtomicBool>,
-}
-
-impl CheckpointClock {
-    fn due(&self, applied: u64) -> bool {
-        applied > self.last_seq
-            && !self.writing.load(Ordering::Acquire)
-            && (applied - self.last_seq >= self.policy.every_events
-                || self.last_at.elapsed() >= self.policy.every)
-    }
-
-    /// A copy of the state, and how long the loop paused for it.
-    fn take(&mut self, state: &State) -> State {
-        let started = Instant::now();
-        let copy = state.clone();
-        self.last_seq = state.applied;
-        self.last_at = Instant::now();
-        self.writing.store(true, Ordering::Release);
-        tracing::debug!(
-            seq = state.applied,
-            pause_ms = crate::checkpoint::took(started),
-            "state copied for a checkpoint"
-        );
-        copy
-    }
-}
-
 /// Runs the engine until `calls` is closed or `shutdown` resolves.
 ///
 /// Inputs that arrive together are decided together (up to [`MAX_BATCH`]) and
@@ -472,9 +407,10 @@ impl CheckpointClock {
 /// and inputs acknowledged by the commit task, after the append returned.
 ///
 /// With `checkpoints` it starts from the newest valid checkpoint and the
-/// log after it (`crate::checkpoint::resume`), and writes one every
-/// `every_events` events or `every` (a copy of the state taken on the loop,
-/// encoded and stored off it once the batch it follows is durable).
+/// log after it (`crate::checkpoint::resume`), and a writer beside the loop
+/// (`crate::checkpoint::Writer`, which folds the durable log on its own
+/// thread) writes one every `every_events` events or `every`: the loop
+/// never pauses for a checkpoint.
 pub async fn run(
     cfg: CoreConfig,
     log: Arc<dyn EventLog>,
@@ -539,26 +475,10 @@ pub async fn run(
             .map_err(|e| e.to_string())
     }));
     tasks.spawn(forward_calls(calls, in_tx));
-    let mut clock = checkpoints.as_ref().map(|c| CheckpointClock {
-        policy: c.policy,
-        last_seq: resumed.from.unwrap_or(0),
-        last_at: Instant::now(),
-        writing: Arc::new(AtomicBool::new(false)),
-    });
-    // A long tail replayed: a checkpoint of the start (durable now) at once.
-    if let (Some(ck), Some(clock)) = (&checkpoints, &mut clock) {
-        if core.state().applied.saturating_sub(clock.last_seq) >= clock.policy.every_events {
-            let state = clock.take(core.state());
-            spawn_checkpoint(ck.clone(), log.clone(), state, clock.writing.clone());
-        }
-    }
     let (commit_tx, commit_rx) = mpsc::channel::<Decided>(PIPELINE_DEPTH);
-    let committer = tokio::spawn(commit(
-        log.clone(),
-        bus.clone(),
-        commit_rx,
-        checkpoints.zip(clock.as_ref().map(|c| c.writing.clone())),
-    ));
+    let committer = tokio::spawn(commit(log.clone(), bus.clone(), commit_rx));
+    // Stopped when the engine stops (dropped at the end of `run`).
+    let _writer = checkpoints.map(|c| crate::checkpoint::Writer::start(c, log.clone()));
 
     tokio::pin!(shutdown);
     let mut inbox: Vec<Inbound> = Vec::with_capacity(MAX_BATCH);
@@ -587,7 +507,6 @@ pub async fn run(
             settles: Vec::with_capacity(inbox.len()),
             inspects: Vec::new(),
             notes: trace::Notes::default(),
-            checkpoint: None,
         };
         let tracing_on = trace::on();
         if core.next_deadline().is_some_and(|d| d <= now) {
@@ -633,9 +552,6 @@ pub async fn run(
             && batch.notes.is_empty()
         {
             continue;
-        }
-        if let Some(clock) = clock.as_mut().filter(|c| c.due(core.state().applied)) {
-            batch.checkpoint = Some(clock.take(core.state()));
         }
         if commit_tx.send(batch).await.is_err() {
             break Ok(()); // the committer stopped: its error is reported below
