@@ -137,19 +137,30 @@ pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
     let dir = data_dir.join(format!("bench-startup-{}", std::process::id()));
     anyhow::ensure!(!dir.exists(), "{} exists", dir.display());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = measure(&dir, &template, copies, span_ms, &targets, total, at, a.view).await;
+    let tpl = Template {
+        events: &template,
+        copies,
+        span_ms,
+        targets: &targets,
+    };
+    let result = measure(&dir, tpl, total, at, a.view).await;
     let _ = std::fs::remove_dir_all(&dir);
     let line = result?;
     println!("{line}");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn measure(
-    dir: &Path,
-    template: &[Value],
+/// The log to write: `copies` copies of `events`, each `span_ms` later.
+struct Template<'a> {
+    events: &'a [Value],
     copies: usize,
     span_ms: u64,
-    targets: &BTreeSet<String>,
+    targets: &'a BTreeSet<String>,
+}
+
+async fn measure(
+    dir: &Path,
+    tpl: Template<'_>,
     total: u64,
     at: u64,
     with_view: bool,
@@ -162,11 +173,11 @@ async fn measure(
         let mut seq = 0u64;
         let mut batch: Vec<Event> = Vec::with_capacity(8192);
         let mut found = None;
-        for k in 0..copies {
+        for k in 0..tpl.copies {
             let mut ids = HashMap::new();
-            for v in template {
+            for v in tpl.events {
                 let mut v = v.clone();
-                remap(&mut v, k, k as u64 * span_ms, &mut ids, targets);
+                remap(&mut v, k, k as u64 * tpl.span_ms, &mut ids, tpl.targets);
                 let e: Event = serde_json::from_value(v).context("a remapped event")?;
                 core.apply(&e);
                 batch.push(e);
