@@ -22,7 +22,9 @@ pub use approval::DEFAULT_APPROVAL_EXPIRY;
 pub mod log;
 pub use api::{in_scope, ApiConfig, ApiUser, Role, DEFAULT_LISTEN, LEGACY_ADMIN};
 mod audit;
+mod checkpoint;
 pub use audit::{AuditConfig, DEFAULT_PUBLISH_HEAD_EVERY};
+pub use checkpoint::{CheckpointConfig, DEFAULT_EVERY, DEFAULT_EVERY_EVENTS, DEFAULT_KEEP};
 mod reconcile;
 mod recovery;
 mod retention;
@@ -100,6 +102,8 @@ pub struct Config {
     pub log: log::LogConfig,
     /// `[audit]`: publishing the log's head (`config/src/audit.rs`).
     pub audit: AuditConfig,
+    /// `[checkpoint]`: the engine's checkpoints (`config/src/checkpoint.rs`).
+    pub checkpoint: CheckpointConfig,
 }
 
 /// `[amqp] url = "amqp://USER@HOST:5672/VHOST"` (or `urls = [...]`, one per
@@ -389,7 +393,17 @@ impl Config {
             root,
             "",
             &[
-                "engine", "worker", "array", "target", "api", "amqp", "schedule", "notify", "log", "audit",
+                "engine",
+                "worker",
+                "array",
+                "target",
+                "api",
+                "amqp",
+                "schedule",
+                "notify",
+                "log",
+                "audit",
+                "checkpoint",
             ],
         )?;
         let api = api::parse(&cx, root)?;
@@ -557,7 +571,9 @@ impl Config {
         let schedules = schedule::schedules(&cx, root, &targets)?;
         let notify = notify::sinks(&cx, root)?;
         let audit = audit::parse(&cx, root, &notify)?;
+        let checkpoint = checkpoint::parse(&cx, root)?;
         Ok(Config {
+            checkpoint,
             path: path.to_path_buf(),
             schedules,
             notify,

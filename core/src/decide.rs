@@ -198,6 +198,9 @@ pub enum Mutation {
     IgnoreFenced,
     /// An in-place restore awaiting its second admin starts anyway.
     SkipApproval,
+    /// The simulated engine's checkpoints lose a field (the request-id
+    /// index): a restart from one forgets requests.
+    CheckpointLosesField,
 }
 
 impl Mutation {
@@ -231,6 +234,7 @@ impl Mutation {
         Mutation::TakeoverKeepsEpoch,
         Mutation::IgnoreFenced,
         Mutation::SkipApproval,
+        Mutation::CheckpointLosesField,
     ];
 
     /// Its name on the command line (`recman simulate --mutation`).

@@ -70,7 +70,10 @@ fn expire(state: &mut State, ev: &Event, mut retired: Option<&mut Vec<Job>>) {
 fn held(state: &State, job: &Job) -> bool {
     let id = job.id;
     job.prune_retry_at_ms.is_some()
-        || job.targets.iter().any(|t| state.newest_snapshot_job(t) == Some(id))
+        || job
+            .targets
+            .iter()
+            .any(|t| state.newest_snapshot_job(t) == Some(id))
 }
 
 /// Takes finished job `id` out of the state unless it is held.

@@ -9,6 +9,7 @@
 //! (`tests/run` checks `cargo tree`).
 
 pub mod by;
+pub mod checkpoint;
 pub mod decide;
 pub mod due;
 pub mod effects;
@@ -73,6 +74,15 @@ impl Core {
             ..State::default()
         };
         let due = due::DueIndex::build(&state, &cfg);
+        Core { cfg, state, rng, due }
+    }
+
+    /// A core resumed from a checkpoint's state (the fold of the log to
+    /// some record): the due-time index is rebuilt and the PRNG re-seeded as
+    /// [`Core::apply`] leaves them; the caller then applies the log's tail.
+    pub fn from_state(cfg: CoreConfig, state: State) -> Self {
+        let due = due::DueIndex::build(&state, &cfg);
+        let rng = Rng::new(cfg.seed ^ state.applied.wrapping_mul(0x2545_F491_4F6C_DD1D));
         Core { cfg, state, rng, due }
     }
 
@@ -286,6 +296,11 @@ impl Core {
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// The state, without the rest of the core.
+    pub fn into_state(self) -> State {
+        self.state
     }
 
     pub fn config(&self) -> &CoreConfig {

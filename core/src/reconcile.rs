@@ -47,7 +47,7 @@ use crate::state::State;
 pub const LIST_TIMEOUT_MS: u64 = 60_000;
 
 /// The reconcile in flight on one target.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Running {
     pub run: u32,
     pub origin: String,
@@ -58,7 +58,7 @@ pub struct Running {
 }
 
 /// How a target's last reconcile went.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Last {
     pub run: u32,
     pub started_ms: u64,
@@ -71,7 +71,7 @@ pub struct Last {
 }
 
 /// Every target's reconcile state, rebuilt from the log by [`evolve`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ledger {
     /// Requests not started yet, by target (their origin).
     pub wanted: BTreeMap<TargetId, String>,

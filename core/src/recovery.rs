@@ -69,7 +69,7 @@ use crate::policy::{CoreConfig, STAGE_GRACE_MS};
 use crate::state::{CatalogEntry, State, TimelineEntry};
 
 /// Where a recovery job is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpState {
     /// Waiting for a second admin's approval (`require_approval`).
@@ -98,13 +98,14 @@ impl OpState {
 }
 
 /// One recovery job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Op {
     pub id: JobId,
     pub request_id: RequestId,
     pub target: TargetId,
     /// The restore point (for unmount and remove: the one mounted or cloned).
     pub name: String,
+    #[serde(with = "crate::checkpoint::embed")]
     pub action: RecoveryAction,
     pub origin: String,
     /// Who asked for it (the request's `by`).
@@ -134,7 +135,7 @@ pub struct Op {
 }
 
 /// A recovery's four-eyes approval.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Approval {
     /// Unapproved by then, the recovery fails without running.
     pub expires_ms: u64,
@@ -144,7 +145,7 @@ pub struct Approval {
 }
 
 /// A restore point exposed on a host by recovery job `job`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Mount {
     pub job: JobId,
     pub target: TargetId,
@@ -158,7 +159,7 @@ pub struct Mount {
 }
 
 /// A clone, kept until removed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Clone {
     pub job: JobId,
     pub target: TargetId,
@@ -170,7 +171,7 @@ pub struct Clone {
 }
 
 /// Every recovery, rebuilt from the log by [`evolve`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ledger {
     pub ops: BTreeMap<JobId, Op>,
     pub requests: HashMap<RequestId, JobId>,

@@ -256,7 +256,7 @@ pub fn human_ms(ms: u64) -> String {
 }
 
 /// One schedule as the log tells it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ScheduleState {
     /// The config recorded last (`ScheduleChanged`); empty: removed.
     pub spec: String,
@@ -278,7 +278,7 @@ pub struct ScheduleState {
 }
 
 /// One target's RPO as the log tells it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RpoState {
     /// 0: none.
     pub rpo_ms: u64,
@@ -290,7 +290,7 @@ pub struct RpoState {
 }
 
 /// Schedules and RPOs, rebuilt from the log by [`evolve`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Book {
     pub schedules: BTreeMap<String, ScheduleState>,
     pub rpo: BTreeMap<TargetId, RpoState>,

@@ -19,7 +19,7 @@ use serde::Serialize;
 /// `Requested` is the `JobRequested` event itself (the job is `Queued` once it
 /// exists); a retry waits in `RetryWait` for its backoff, then starts its
 /// next attempt (`Freezing`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
@@ -51,7 +51,7 @@ impl JobState {
 }
 
 /// Progress of one step of one target (or of the group's snapshot).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// Not asked for in this attempt.
@@ -63,7 +63,7 @@ pub enum StepStatus {
 }
 
 /// One target's progress in the current attempt.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TargetProgress {
     pub freeze: StepStatus,
     pub thaw: StepStatus,
@@ -76,7 +76,7 @@ pub struct TargetProgress {
 }
 
 /// Why the current attempt failed (the first failure wins).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Failure {
     pub stage: Stage,
     pub code: String,
@@ -91,7 +91,7 @@ impl Failure {
 }
 
 /// One stage of one attempt, for the HTTP API's timeline.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TimelineEntry {
     pub stage: Stage,
     pub attempt: u32,
@@ -101,7 +101,7 @@ pub struct TimelineEntry {
 }
 
 /// One job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Job {
     pub id: JobId,
     pub request_id: RequestId,
@@ -117,6 +117,7 @@ pub struct Job {
     /// Parallel to `targets`.
     pub progress: Vec<TargetProgress>,
     pub snapshot_status: StepStatus,
+    #[serde(with = "crate::checkpoint::embed")]
     pub snapshot: Option<SnapshotInfo>,
     /// The snapshot reported after the attempt had already failed (logs of
     /// earlier builds record it as a step; see `late_names`).
@@ -236,7 +237,7 @@ impl Job {
 }
 
 /// A completed snapshot, for retention.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CatalogEntry {
     pub name: String,
     pub job: JobId,
@@ -270,7 +271,7 @@ pub struct CatalogEntry {
 /// **Request ids.** A request id answers with its job (idempotency) for
 /// `request_window_ms` after its request's event; after that the same id is
 /// a new request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Bounds {
     /// Idempotency window of request ids (default 7 days).
     pub request_window_ms: u64,
@@ -295,7 +296,7 @@ impl Default for Bounds {
 
 /// A request id in the window: its job, and enough of the request to tell
 /// the same request from another one with the same id once the job left.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RequestEntry {
     pub job: JobId,
     /// Event time of the request.
@@ -319,7 +320,7 @@ pub fn targets_fingerprint(targets: &[TargetId]) -> u64 {
 }
 
 /// A snapshot the engine asked to delete and whose outcome is not recorded yet.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PendingPrune {
     /// The job that took it (its `SnapshotDeleted` / `PruneFailed` go there).
     pub owner: JobId,
@@ -330,7 +331,7 @@ pub struct PendingPrune {
 }
 
 /// Everything the engine knows; rebuilt exactly by folding the log with `evolve`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct State {
     pub jobs: BTreeMap<JobId, Job>,
     /// Per target, jobs in arrival order; the head is the one that may run.

@@ -74,7 +74,7 @@ impl VerifyPolicy {
 }
 
 /// Where a restore point stands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Never verified, nor asked for.
@@ -100,7 +100,7 @@ impl Status {
 }
 
 /// One restore point's verification record.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Record {
     pub status: Status,
     /// Runs started so far (the next one is `runs + 1`).
@@ -113,7 +113,7 @@ pub struct Record {
 }
 
 /// The verification in flight on one target.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Running {
     pub owner: JobId,
     pub name: String,
@@ -123,7 +123,7 @@ pub struct Running {
 }
 
 /// Every target's verification state, rebuilt from the log by [`evolve`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ledger {
     /// Per target, per snapshot name.
     pub points: BTreeMap<TargetId, BTreeMap<String, Record>>,

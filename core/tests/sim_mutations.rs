@@ -165,6 +165,9 @@ mutations! {
     // seen on seed 2 once operators' prunes drew from the recoveries' PRNG.)
     ignore_fenced: C(Mutation::IgnoreFenced), Crash => "durable_before_send",
         also ["no_snapshot_after_thaw"];
+    // Checkpoints (issue 19): a restart from a checkpoint that lost the
+    // request-id index.
+    checkpoint_loses_field: C(Mutation::CheckpointLosesField), Crash => "checkpoint_exact";
 }
 
 #[test]

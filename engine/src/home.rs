@@ -223,6 +223,30 @@ impl Home {
             .map_err(|e| crate::api::discovery::explain_locked(&self.data_dir, e))
     }
 
+    /// Where the engine's checkpoints of the log of `config` go: a table
+    /// beside a PostgreSQL log, else files in the data dir.
+    pub fn checkpoints(&self, config: &Config) -> anyhow::Result<crate::checkpoint::Checkpoints> {
+        let store: Arc<dyn crate::checkpoint::CheckpointStore> = match pg_place(config)? {
+            Some(place) => Arc::new(crate::checkpoint::PgCheckpoints::new(place)),
+            None => Arc::new(crate::checkpoint::FileStore::in_data_dir(&self.data_dir)),
+        };
+        Ok(crate::checkpoint::Checkpoints {
+            store,
+            policy: crate::checkpoint::Policy::from_config(&config.checkpoint),
+        })
+    }
+
+    /// The checkpoints of the log `recman audit` reads (as
+    /// [`Home::open_log_for_reading`] chooses it).
+    pub fn checkpoint_store_for_reading(
+        &self,
+    ) -> anyhow::Result<Arc<dyn crate::checkpoint::CheckpointStore>> {
+        Ok(match self.log_place()? {
+            Some(place) => Arc::new(crate::checkpoint::PgCheckpoints::new(place)),
+            None => Arc::new(crate::checkpoint::FileStore::in_data_dir(&self.data_dir)),
+        })
+    }
+
     /// Opens the log for reading (`[log] postgres` when the config names
     /// one, else the data dir's): never creates one. A config that exists
     /// (or was named with --config) and does not load is an error naming its

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod bench;
 pub mod broker;
+pub mod checkpoint;
 pub mod cli;
 pub mod client;
 pub mod console;

@@ -30,6 +30,7 @@ mod audit_cli;
 mod audit_export_cli;
 mod by_identity;
 mod check_cli;
+mod checkpoints;
 mod console_browser;
 mod engine_listen;
 mod events_follow_cli;

@@ -141,6 +141,7 @@ impl Sim {
             self.lead.appends.push((self.log.len(), epoch, pid));
         }
         self.log_append(events)?;
+        self.maybe_checkpoint(pid);
         Ok(true)
     }
 
@@ -313,16 +314,13 @@ impl Sim {
     }
 
     /// The engine process in `self.engine` takes the lock and the next
-    /// epoch, replays the log (cold), decides what fell due, makes it
+    /// epoch, resumes from the newest checkpoint and the log after it
+    /// (`checkpoints`), decides what fell due, makes it
     /// durable, sends the commands in flight again and takes what waited.
     fn lead_start(&mut self) -> Checked<()> {
         let now = self.sched.now;
         self.engine.epoch = self.lead.take(self.engine.pid, self.cfg.mutation);
-        let mut core = Core::with_mutation(self.core_cfg.clone(), self.cfg.mutation);
-        for e in &self.log {
-            core.apply(e);
-        }
-        self.engine.core = core;
+        self.engine.core = self.resume_core()?;
         self.engine.up = true;
         self.engine.life = Life::Running;
         self.engine.crash = None;

@@ -76,6 +76,11 @@ pub const INVARIANTS: &[(&str, &str)] = &[
         "replay_exact",
         "the state rebuilt from the log equals the live state, and an independent fold of the log agrees",
     ),
+    (
+        "checkpoint_exact",
+        "an engine that starts from its newest checkpoint and the log after it has the state (and next \
+         timer) of a fold of the whole log",
+    ),
     ("timer_progress", "a due timer, once handled, is no longer due"),
     (
         "no_slot_fires_twice",

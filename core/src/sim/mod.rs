@@ -12,8 +12,10 @@
 //! - `reference`: an independent fold of the log, for `replay_exact`;
 //! - `summary`: the figures of a clean run, or the violation with its trace;
 //! - `engines`: two engines on one log (`SimConfig::engines`): leadership,
-//!   lease, takeover, a stopped leader deposed and fenced.
+//!   lease, takeover, a stopped leader deposed and fenced;
+//! - `checkpoints`: the engines' checkpoints, and restarts from them.
 
+mod checkpoints;
 mod engines;
 mod invariants;
 mod network;
@@ -203,6 +205,8 @@ struct Sim {
     lead: engines::Leadership,
     /// The durable log.
     log: Vec<Event>,
+    /// The checkpoints the engines took of it.
+    ckpts: checkpoints::Store,
     /// The config every engine runs with.
     core_cfg: CoreConfig,
     /// A deposed engine acting (its process and epoch), while it does.
@@ -297,6 +301,7 @@ impl Sim {
             other,
             lead: engines::Leadership::new(0),
             log: Vec::new(),
+            ckpts: checkpoints::Store::default(),
             core_cfg,
             stale: None,
             world: World::new(target_ids, target_hosts, workers, pools),

@@ -12,7 +12,7 @@ use super::scheduler::{Ev, T0};
 use super::world::ADOPT_POLL_MS;
 use super::{Checked, Sim, FREEZE_LIMIT};
 use crate::worker::Recent;
-use crate::{Core, Destination, Input, Mutation, Outgoing};
+use crate::{Destination, Input, Mutation, Outgoing};
 
 /// Reports kept for delivering old ones again.
 const HISTORY: usize = 512;
@@ -313,17 +313,14 @@ impl Sim {
         self.push(self.sched.now + d, Ev::EngineRestart);
     }
 
-    /// The engine starts again: opens the log (the next epoch), replays it,
+    /// The engine starts again: opens the log (the next epoch), resumes from
+    /// its newest checkpoint and folds the log after it (`checkpoints`),
     /// decides what fell due while it was down (`Core::start`), makes that
     /// durable, then sends the commands of the stages in flight again and
     /// takes the inputs parked meanwhile.
     pub(super) fn engine_restart(&mut self) -> Checked<()> {
         self.engine.epoch = self.lead.take(self.engine.pid, self.cfg.mutation);
-        let mut core = Core::with_mutation(self.core_cfg.clone(), self.cfg.mutation);
-        for e in &self.log {
-            core.apply(e);
-        }
-        self.engine.core = core;
+        self.engine.core = self.resume_core()?;
         self.engine.up = true;
         let now = self.sched.now;
         let step = self.engine.core.start(now);

@@ -1,4 +1,4 @@
-//! The benchmarks (`recman bench log|jobs|freeze|failover`): each prints its figure
+//! The benchmarks (`recman bench log|jobs|freeze|failover|startup`): each prints its figure
 //! and a baseline measured in the same run, the last line as key=value pairs
 //! for scripts. Figures and how to read them: BENCHMARKS.md.
 //!
@@ -7,7 +7,8 @@
 //! or over RabbitMQ (`amqp`, against the broker's own speed, `baseline`);
 //! `freeze`: freeze windows of real `fsfreeze` + `btrfs` jobs against the
 //! bare ioctls; `failover`: takeovers of a standby engine on a PostgreSQL
-//! log against the database's own round trip. `measure` holds the percentiles, the disk baseline and the
+//! log against the database's own round trip; `startup`: start-up from a
+//! checkpoint and the log's tail against a full replay. `measure` holds the percentiles, the disk baseline and the
 //! report of the jobs runs.
 
 pub mod amqp;
@@ -18,3 +19,4 @@ pub mod freeze;
 pub mod jobs;
 pub mod log;
 pub mod measure;
+pub mod startup;

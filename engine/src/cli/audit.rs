@@ -1,7 +1,9 @@
 //! `recman audit`: verifies every record of the log (checksum, decoding,
 //! sequence, hash chain) and prints each finding with its sequence number;
 //! with `--head`, `--check-head`, `--export` or `--verify-export`, the
-//! head and export commands of `audit_proof.rs`.
+//! head and export commands of `audit_proof.rs`. Then every checkpoint of
+//! the log (`crate::checkpoint`) is compared with a replay of the log to
+//! its record: a damaged or mismatching one is a finding too.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +16,7 @@ use crate::home::Home;
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Exit codes: 0 the log is intact (and matches every --check-head), 1 findings (each\n\
-printed with its seq), 2 the audit could not run (no log in the data dir, log in use, unreadable\n\
+printed with its seq; a checkpoint that does not match a replay of the log is one), 2 the audit could not run (no log in the data dir, log in use, unreadable\n\
 store or file). --verify-export: 0 verified, 1 findings, 2 not an export, 3 intact but the\n\
 --head given lies outside the range (nothing was checked against it).\n\
 The audit never creates a log, and leaves a redb log's file byte-identical\n\
@@ -79,6 +81,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     }
     let backend = log.backend();
     let checks = a.check_head.clone();
+    let ck_log = log.clone();
     let (report, heads) = tokio::task::spawn_blocking(move || {
         let report = audit(&*log);
         let heads: Vec<Result<Option<Finding>, String>> = checks
@@ -97,6 +100,40 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             Err(e) => unreadable = Some(format!("checking the head {h} failed: {e}")),
         }
     }
+    // The checkpoints, against a replay of an intact log.
+    let mut ck_findings: Vec<Finding> = Vec::new();
+    let mut ck_checked = 0usize;
+    let ck_place;
+    match g.checkpoint_store_for_reading() {
+        Err(e) => {
+            ck_place = String::new();
+            unreadable.get_or_insert(format!("finding the checkpoints failed: {e:#}"));
+        }
+        Ok(store) => {
+            ck_place = store.place();
+            if report.is_clean() {
+                match crate::checkpoint::verify_all(store.as_ref(), ck_log.as_ref()).await {
+                    Ok(verdicts) => {
+                        ck_checked = verdicts.len();
+                        ck_findings.extend(verdicts.into_iter().filter_map(|v| {
+                            v.problem.map(|p| Finding {
+                                seq: v.seq,
+                                message: format!(
+                                    "the checkpoint at record {} ({ck_place}) is wrong: {p}",
+                                    v.seq
+                                ),
+                            })
+                        }));
+                    }
+                    Err(e) => {
+                        unreadable
+                            .get_or_insert(format!("checking the checkpoints in {ck_place} failed: {e:#}"));
+                    }
+                }
+            }
+        }
+    }
+    head_findings.append(&mut ck_findings);
     let clean = report.is_clean() && head_findings.is_empty() && unreadable.is_none();
     if a.json {
         let v = serde_json::json!({
@@ -109,6 +146,8 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             "findings": report.findings,
             "head_findings": head_findings,
             "heads_checked": a.check_head.iter().map(Head::to_string).collect::<Vec<_>>(),
+            "checkpoints_checked": ck_checked,
+            "checkpoints": ck_place,
             "unreadable": unreadable,
         });
         println!("{v}");
@@ -131,6 +170,9 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             backend.as_str(),
             shown
         );
+        if ck_checked > 0 {
+            println!("checked {ck_checked} checkpoint(s) in {ck_place} against a replay of the log");
+        }
         if !a.check_head.is_empty() && head_findings.is_empty() && unreadable.is_none() {
             for h in &a.check_head {
                 println!(

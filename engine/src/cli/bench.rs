@@ -21,6 +21,9 @@ pub enum BenchCommand {
     /// (kill -9 of the leader, N times) with a stream of requests; baseline:
     /// the database's round trip and advisory-lock acquire.
     Failover(bench::failover::Args),
+    /// Engine start-up from a checkpoint and the log's tail on a large log;
+    /// baseline: a full replay of the same log.
+    Startup(bench::startup::Args),
 }
 
 pub async fn run(g: &Home, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -29,5 +32,6 @@ pub async fn run(g: &Home, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Jobs(a) => bench::jobs::run(&g.data_dir, a).await,
         BenchCommand::Freeze(a) => bench::freeze::run(&g.data_dir, a).await,
         BenchCommand::Failover(a) => bench::failover::run(&g.data_dir, a).await,
+        BenchCommand::Startup(a) => bench::startup::run(&g.data_dir, a).await,
     }
 }

@@ -105,7 +105,11 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = &notifier {
         let _ = stats.notify.set(n.metrics());
     }
-    let builder = Engine::builder(&config).log(log.clone()).bus(bus).no_workers();
+    let builder = Engine::builder(&config)
+        .log(log.clone())
+        .checkpoints(Some(g.checkpoints(&config)?))
+        .bus(bus)
+        .no_workers();
     let builder = if a.no_relay {
         builder.no_relay()
     } else {

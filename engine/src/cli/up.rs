@@ -143,6 +143,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     }
     let mut engine = Engine::builder(&config)
         .log(log.clone())
+        .checkpoints(Some(g.checkpoints(&config)?))
         .bus(bus.clone())
         .relay(relay)
         .worker(worker)

@@ -115,9 +115,18 @@ pub struct Builder {
     workers: Option<Vec<LocalWorker>>,
     seed: Option<u64>,
     relay: Option<Relay>,
+    checkpoints: Option<crate::checkpoint::Checkpoints>,
 }
 
 impl Builder {
+    /// Where the engine's checkpoints go and when (default: none with
+    /// `.log()`; with `.data_dir()`, files in it on the config's
+    /// `[checkpoint]` policy).
+    pub fn checkpoints(mut self, c: Option<crate::checkpoint::Checkpoints>) -> Self {
+        self.checkpoints = c;
+        self
+    }
+
     /// The log to run on (the engine must be its only writer).
     pub fn log(mut self, log: Arc<dyn EventLog>) -> Self {
         self.log = Some(LogFrom::Given(log));
@@ -176,10 +185,18 @@ impl Builder {
     /// Opens the log if asked to, starts the workers, the engine (which first
     /// replays the log) and the relay. Must run inside a tokio runtime.
     pub async fn start(self) -> anyhow::Result<Engine> {
+        let mut checkpoints = self.checkpoints;
         let log = match self.log {
             Some(LogFrom::Given(l)) => l,
-            Some(LogFrom::DataDir(dir)) => log::open_detected(&dir, Backend::Redb)
-                .map_err(|e| crate::api::discovery::explain_locked(&dir, e))?,
+            Some(LogFrom::DataDir(dir)) => {
+                let l = log::open_detected(&dir, Backend::Redb)
+                    .map_err(|e| crate::api::discovery::explain_locked(&dir, e))?;
+                checkpoints.get_or_insert_with(|| crate::checkpoint::Checkpoints {
+                    store: Arc::new(crate::checkpoint::FileStore::in_data_dir(&dir)),
+                    policy: crate::checkpoint::Policy::from_config(&self.config.checkpoint),
+                });
+                l
+            }
             None => anyhow::bail!("the engine needs a log: call .log() or .data_dir()"),
         };
         let memory = self.bus.is_none().then(MemoryBus::new);
@@ -212,6 +229,7 @@ impl Builder {
             bus.clone(),
             calls_rx,
             until_true(stop_rx),
+            checkpoints,
         ));
         // Stopped after the engine, so it relays everything the engine wrote.
         let relay = self.relay.map(|r| {
@@ -313,6 +331,7 @@ impl Engine {
             workers: None,
             seed: None,
             relay: Some(Relay::in_process()),
+            checkpoints: None,
         }
     }
 

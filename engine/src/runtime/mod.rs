@@ -10,7 +10,7 @@
 //! which is how everything else calls in.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use recman_events::bus::{msg_type, Address, Bus, Consumer, Delivery, Message};
@@ -20,6 +20,8 @@ use recman_events::{Event, EventLog, JobId, Request, SnapshotRequest};
 use tokio::sync::{mpsc, oneshot};
 
 use recman_core::{Core, CoreConfig, Destination, Input, Outgoing, Reply, State};
+
+use crate::checkpoint::Checkpoints;
 
 pub mod relay;
 mod trace;
@@ -112,15 +114,7 @@ pub fn ask(r: recman_events::RecoveryRequest) -> recman_core::recovery::Ask {
 /// Rebuilds the core from the whole log.
 pub fn replay(cfg: CoreConfig, log: &dyn EventLog) -> anyhow::Result<Core> {
     let mut core = Core::new(cfg);
-    let mut from = 1;
-    loop {
-        let batch = log.read(from, 4096).context("replaying the event log")?;
-        let Some(last) = batch.last() else { break };
-        from = last.seq + 1;
-        for e in &batch {
-            core.apply(&e.event);
-        }
-    }
+    crate::checkpoint::replay_from(&mut core, log, 1)?;
     Ok(core)
 }
 
@@ -418,14 +412,32 @@ async fn commit(
 /// core already decides the next batch (up to `PIPELINE_DEPTH` batches ahead).
 /// Nothing leaves the engine before its cause is durable: commands are sent
 /// and inputs acknowledged by the commit task, after the append returned.
+///
+/// With `checkpoints` it starts from the newest valid checkpoint and the
+/// log after it (`crate::checkpoint::resume`), and a writer beside the loop
+/// (`crate::checkpoint::Writer`, which folds the durable log on its own
+/// thread) writes one every `every_events` events or `every`: the loop
+/// never pauses for a checkpoint.
 pub async fn run(
     cfg: CoreConfig,
     log: Arc<dyn EventLog>,
     bus: Arc<dyn Bus>,
     calls: mpsc::Receiver<Call>,
     shutdown: impl std::future::Future<Output = ()> + Send,
+    checkpoints: Option<Checkpoints>,
 ) -> anyhow::Result<()> {
-    let mut core = replay(cfg, log.as_ref())?;
+    let started = Instant::now();
+    let store = checkpoints.as_ref().map(|c| c.store.as_ref());
+    let (mut core, resumed) = crate::checkpoint::resume(cfg, log.as_ref(), store).await?;
+    if checkpoints.is_some() {
+        tracing::info!(
+            checkpoint = ?resumed.from,
+            tail = resumed.tail,
+            skipped = resumed.skipped.len(),
+            ms = crate::checkpoint::took(started),
+            "engine state rebuilt"
+        );
+    }
     // What fell due while the engine was down is decided (and durable)
     // before anything is sent again: a snapshot past its thaw deadline is
     // never asked for again (issue 12 item 2).
@@ -472,6 +484,8 @@ pub async fn run(
     tasks.spawn(forward_calls(calls, in_tx));
     let (commit_tx, commit_rx) = mpsc::channel::<Decided>(PIPELINE_DEPTH);
     let committer = tokio::spawn(commit(log.clone(), bus.clone(), commit_rx));
+    // Stopped when the engine stops (dropped at the end of `run`).
+    let _writer = checkpoints.map(|c| crate::checkpoint::Writer::start(c, log.clone()));
 
     tokio::pin!(shutdown);
     let mut inbox: Vec<Inbound> = Vec::with_capacity(MAX_BATCH);

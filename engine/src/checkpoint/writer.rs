@@ -1,0 +1,120 @@
+//! The checkpoint writer: a thread beside the engine's loop that folds the
+//! durable log into a state of its own and writes a checkpoint of it every
+//! `every_events` events or `every`. The loop never pauses for a
+//! checkpoint (a copy of a fleet's state takes long: `recman bench
+//! startup` prints it); the price is a second fold of each event, on the
+//! other core, and a second copy of the state in memory. Only what the log
+//! holds reaches it, so only durable state is ever written.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use recman_core::{checkpoint as codec, evolve, CoreConfig, State};
+use recman_events::EventLog;
+
+use super::{record_hash, resume, Checkpoints};
+
+/// How often the writer looks for new records.
+const POLL: Duration = Duration::from_millis(200);
+
+/// The running writer; dropping it stops it (a checkpoint being written is
+/// finished first, or cut short by the process's exit, which leaves only a
+/// temporary file behind).
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Starts the writer (inside a tokio runtime: the store's calls run on it).
+    pub fn start(ck: Checkpoints, log: Arc<dyn EventLog>) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rt = tokio::runtime::Handle::current();
+        let flag = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("recman-checkpoint".into())
+            .spawn(move || {
+                if let Err(e) = run(&ck, log.as_ref(), &rt, &flag) {
+                    tracing::warn!(error = %format!("{e:#}"), place = %ck.store.place(), "the checkpoint writer stopped");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start the checkpoint writer; no checkpoints are written");
+        }
+        Writer { stop }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Folds the log's records after `state.applied` into it.
+fn fold_new(state: &mut State, log: &dyn EventLog, stop: &AtomicBool) -> anyhow::Result<()> {
+    loop {
+        let batch = log.read(state.applied + 1, 4096).context("reading the log")?;
+        if batch.is_empty() || stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        for e in &batch {
+            anyhow::ensure!(
+                e.seq == state.applied + 1,
+                "record {} follows {}: the writer's state is not the log's",
+                e.seq,
+                state.applied
+            );
+            evolve(state, &e.event);
+        }
+    }
+}
+
+fn run(
+    ck: &Checkpoints,
+    log: &dyn EventLog,
+    rt: &tokio::runtime::Handle,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    // The same start as the engine's (its own copy).
+    let (core, resumed) = rt.block_on(resume(CoreConfig::default(), log, Some(ck.store.as_ref())))?;
+    let mut state = core.into_state();
+    let mut last = resumed.from.unwrap_or(0);
+    let mut last_at = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(POLL);
+        fold_new(&mut state, log, stop)?;
+        let n = state.applied;
+        let due = n > last && (n - last >= ck.policy.every_events || last_at.elapsed() >= ck.policy.every);
+        if !due || stop.load(Ordering::Acquire) {
+            continue;
+        }
+        let started = Instant::now();
+        let written = record_hash(log, n)?
+            .with_context(|| format!("the log has no record {n}"))
+            .map(|hash| codec::encode(n, &hash, &state))
+            .and_then(|bytes| {
+                let len = bytes.len();
+                rt.block_on(ck.store.save(n, bytes, ck.policy.keep)).map(|()| len)
+            });
+        last_at = Instant::now();
+        match written {
+            Ok(bytes) => {
+                last = n;
+                tracing::info!(
+                    seq = n,
+                    bytes,
+                    ms = super::took(started),
+                    place = %ck.store.place(),
+                    "checkpoint written"
+                );
+            }
+            // Tried again at the next period: the log is intact meanwhile.
+            Err(e) => {
+                tracing::warn!(seq = n, error = %format!("{e:#}"), place = %ck.store.place(), "checkpoint not written")
+            }
+        }
+    }
+    Ok(())
+}

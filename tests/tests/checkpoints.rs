@@ -1,0 +1,191 @@
+//! Checkpoints (issue 19): `recman audit` compares every checkpoint in the
+//! data dir with a replay of the real log and names a damaged or wrong one
+//! (exit 1); the `CheckpointStore` contract against a private PostgreSQL
+//! (`tests/services/postgres.sh`), as the files pass it in the engine's
+//! unit tests.
+
+use std::path::Path;
+
+use recman_core::sim::{self, Faults, SimConfig};
+use recman_core::{checkpoint as codec, Core, CoreConfig};
+use recman_engine::checkpoint::{self, CheckpointStore, FileStore, PgCheckpoints};
+use recman_events::log::pg_store::PgPlace;
+use recman_events::{log, Backend, Event};
+use recman_testkit::{need_env, recman, temp_dir, text};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn sim_log() -> Vec<Event> {
+    let cfg = SimConfig {
+        seed: 11,
+        jobs: 200,
+        targets: 8,
+        groups: true,
+        faults: Faults::All,
+        mutation: None,
+        worker_mutation: None,
+        schedules: true,
+        engines: 1,
+    };
+    sim::run_with_log(&cfg).expect("a clean run").1
+}
+
+fn fold(events: &[Event]) -> Core {
+    let mut core = Core::new(CoreConfig::default());
+    for e in events {
+        core.apply(e);
+    }
+    core
+}
+
+/// A redb log of a simulated run in `dir`, and checkpoints at 1000 and 2000.
+fn log_with_checkpoints(dir: &Path, events: &[Event]) -> FileStore {
+    let store = FileStore::in_data_dir(dir);
+    rt().block_on(async {
+        let log = log::open(Backend::Redb, dir).unwrap();
+        for chunk in events.chunks(500) {
+            log.append(chunk.to_vec()).await.unwrap();
+        }
+        for seq in [1000u64, 2000] {
+            let hash = checkpoint::record_hash(log.as_ref(), seq).unwrap().unwrap();
+            let bytes = codec::encode(seq, &hash, fold(&events[..seq as usize]).state());
+            store.save(seq, bytes, 3).await.unwrap();
+        }
+    });
+    store
+}
+
+#[test]
+fn audit_checks_every_checkpoint_and_names_a_damaged_or_wrong_one() {
+    let events = sim_log();
+    assert!(events.len() > 2500, "{} events", events.len());
+    let tmp = temp_dir();
+    let dir = tmp.path();
+    let store = log_with_checkpoints(dir, &events);
+
+    let out = recman(dir, &["audit"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = text(&out);
+    assert!(
+        s.contains("intact") && s.contains("checked 2 checkpoint(s)"),
+        "{s}"
+    );
+    let out = recman(dir, &["audit", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["checkpoints_checked"], 2, "{v}");
+    assert_eq!(v["clean"], true, "{v}");
+
+    // One byte of the newest changed: a finding at its record, exit 1.
+    let f = store.file(2000);
+    let good = std::fs::read(&f).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x10;
+    std::fs::write(&f, &bad).unwrap();
+    let out = recman(dir, &["audit"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let s = text(&out);
+    assert!(
+        s.contains("seq 2000: the checkpoint at record 2000") && s.contains("checksum mismatch"),
+        "{s}"
+    );
+    assert!(s.contains("1 finding(s)"), "{s}");
+
+    // A checkpoint that checks out (checksum, hash of record 2000) but does
+    // not hold the fold of the log: only the replay tells.
+    let seq = 2000u64;
+    let hash = rt().block_on(async {
+        let log = log::open_for_reading(dir).unwrap();
+        checkpoint::record_hash(log.as_ref(), seq).unwrap().unwrap()
+    });
+    let mut state = fold(&events[..seq as usize]).into_state();
+    let first = *state.jobs.keys().next().unwrap();
+    state.jobs.remove(&first);
+    std::fs::write(&f, codec::encode(seq, &hash, &state)).unwrap();
+    let out = recman(dir, &["audit", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let found = v["head_findings"].to_string();
+    assert!(
+        found.contains("does not match a replay of the log to record 2000") && found.contains("jobs"),
+        "{v}"
+    );
+
+    // Put back: intact again, and the log itself was never touched.
+    std::fs::write(&f, &good).unwrap();
+    let out = recman(dir, &["audit"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn checkpoint_store_contract_on_postgres() {
+    let Some(url) = need_env(
+        "RECMAN_TEST_PG_URL",
+        "start a private server: `source tests/services/postgres.sh && pg_start`; tests/run does",
+    ) else {
+        return;
+    };
+    let schema = format!("ckpt_{}", std::process::id());
+    let place = PgPlace::new(&url, &schema).unwrap();
+    rt().block_on(async {
+        let store = PgCheckpoints::new(place.clone());
+        // Reading creates nothing (`recman audit` reads).
+        assert_eq!(store.list().await.unwrap(), Vec::<u64>::new());
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM pg_namespace WHERE nspname = $1", &[&schema])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "listing created the schema");
+        checkpoint::contract::run(&store).await;
+        c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+    });
+}
+
+/// `recman bench startup` on a small log: start-up from its checkpoint
+/// equals the full replay (the bench checks), and the last line has every figure.
+#[test]
+fn bench_startup_prints_its_figures() {
+    let tmp = temp_dir();
+    let out = recman(
+        tmp.path(),
+        &[
+            "bench",
+            "startup",
+            "--jobs",
+            "2000",
+            "--targets",
+            "400",
+            "--template-jobs",
+            "500",
+            "--tail",
+            "2000",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    for key in [
+        "startup_ms=",
+        "full_replay_ms=",
+        "events=",
+        "checkpoint_bytes=",
+        "tail=2000 ",
+    ] {
+        assert!(last.contains(key), "{key} missing: {last}");
+    }
+    // Its log is gone afterwards.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
