@@ -65,8 +65,8 @@ fn expire(state: &mut State, ev: &Event, mut retired: Option<&mut Vec<Job>>) {
 
 /// Whether finished job `id` must stay (`state::Bounds`): a delete it asked
 /// for has no outcome yet (its retry timer is set exactly while one is
-/// pending: `settle_requester` clears it), or it is the newest restore
-/// point of a target.
+/// pending: `settle_requester` clears it), or it made a target's newest
+/// restore point that a snapshot job made (`State::newest_snapshot_job`).
 fn held(state: &State, job: &Job) -> bool {
     let id = job.id;
     job.prune_retry_at_ms.is_some()
@@ -265,7 +265,8 @@ fn fold_event(state: &mut State, ev: &Event) {
             state.deadlines.insert((d, ev.job));
         }
     }
-    // The previous newest restore points of its targets (no longer held for retention).
+    // The jobs of the previous newest restore points of its targets (no
+    // longer held for retention).
     let mut older = Vec::new();
     match &ev.body {
         EventBody::AttemptStarted { .. } if !now_terminal => {
@@ -273,8 +274,15 @@ fn fold_event(state: &mut State, ev: &Event) {
         }
         EventBody::Completed { snapshot, .. } if !was_terminal => {
             for t in &job.targets {
+                // `State::newest_snapshot_job`, field by field (`job` is borrowed).
+                let ops = &state.recovery.ops;
+                let newest = state
+                    .catalog
+                    .get(t)
+                    .and_then(|c| c.iter().rev().find(|e| !ops.contains_key(&e.job)))
+                    .map(|e| e.job);
+                older.extend(newest.filter(|j| *j != ev.job));
                 let c = state.catalog.entry(t.clone()).or_default();
-                older.extend(c.last().map(|e| e.job).filter(|j| *j != ev.job));
                 c.push(CatalogEntry {
                     name: snapshot.name.clone(),
                     job: ev.job,

@@ -80,7 +80,10 @@ impl Core {
     /// A core resumed from a checkpoint's state (the fold of the log to
     /// some record): the due-time index is rebuilt and the PRNG re-seeded as
     /// [`Core::apply`] leaves them; the caller then applies the log's tail.
-    pub fn from_state(cfg: CoreConfig, state: State) -> Self {
+    /// The config's bounds (`state::Bounds`) apply from here on, also when
+    /// the checkpoint was written under others.
+    pub fn from_state(cfg: CoreConfig, mut state: State) -> Self {
+        state.bounds = cfg.bounds;
         let due = due::DueIndex::build(&state, &cfg);
         let rng = Rng::new(cfg.seed ^ state.applied.wrapping_mul(0x2545_F491_4F6C_DD1D));
         Core { cfg, state, rng, due }

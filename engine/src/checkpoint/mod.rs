@@ -243,7 +243,9 @@ pub struct Verdict {
 pub async fn verify_all(store: &dyn CheckpointStore, log: &dyn EventLog) -> anyhow::Result<Vec<Verdict>> {
     let seqs = store.list().await?;
     let mut out = Vec::new();
-    // Nothing of the config changes the fold (`evolve`): an empty one.
+    // Of the config only the bounds change the fold (`evolve`: when
+    // finished jobs and request ids leave): each checkpoint is compared with
+    // a fold under its own, started again when they differ.
     let mut core = Core::new(CoreConfig::default());
     let mut at = 0u64;
     for seq in seqs {
@@ -257,6 +259,13 @@ pub async fn verify_all(store: &dyn CheckpointStore, log: &dyn EventLog) -> anyh
                 Ok(ck) => match mismatch(log, &ck.header)? {
                     Some(why) => Some(why),
                     None => {
+                        if core.state().bounds != ck.state.bounds || at > seq {
+                            core = Core::new(CoreConfig {
+                                bounds: ck.state.bounds,
+                                ..CoreConfig::default()
+                            });
+                            at = 0;
+                        }
                         while at < seq {
                             let batch = log.read(at + 1, (seq - at).min(4096) as usize)?;
                             anyhow::ensure!(!batch.is_empty(), "the log ended at record {at}");

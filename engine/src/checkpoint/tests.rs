@@ -161,7 +161,9 @@ async fn the_audit_check_finds_a_checkpoint_that_does_not_match_a_replay() {
 }
 
 /// The writer folds the durable log beside the engine and writes a
-/// checkpoint every `every_events`, keeping the newest `keep`.
+/// checkpoint every `every_events`, keeping the newest `keep`, under the
+/// engine's bounds (here not the default: finished jobs leave after 1 s),
+/// and `recman audit` compares them with a fold under the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_writes_checkpoints_as_the_log_grows() {
     let events = sim_log(6);
@@ -176,7 +178,15 @@ async fn the_writer_writes_checkpoints_as_the_log_grows() {
             keep: 2,
         },
     };
-    let writer = Writer::start(ck, log.clone());
+    let bounds = recman_core::Bounds {
+        keep_finished_ms: 1_000,
+        ..recman_core::Bounds::default()
+    };
+    let cfg = CoreConfig {
+        bounds,
+        ..CoreConfig::default()
+    };
+    let writer = Writer::start(ck, log.clone(), bounds);
     for chunk in events.chunks(700) {
         log.append(chunk.to_vec()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -193,9 +203,17 @@ async fn the_writer_writes_checkpoints_as_the_log_grows() {
     );
     let verdicts = verify_all(store.as_ref(), log.as_ref()).await.unwrap();
     assert!(verdicts.iter().all(|v| v.problem.is_none()), "{verdicts:?}");
-    let (core, r) = resume(CoreConfig::default(), log.as_ref(), Some(store.as_ref()))
+    let (core, r) = resume(cfg.clone(), log.as_ref(), Some(store.as_ref()))
         .await
         .unwrap();
     assert_eq!(r.from, Some(seqs[1]));
-    assert_eq!(core.state(), fold(&events).state());
+    let mut full = Core::new(cfg);
+    for e in &events {
+        full.apply(e);
+    }
+    assert_eq!(core.state(), full.state());
+    assert!(
+        full.state().jobs.len() < fold(&events).state().jobs.len(),
+        "the bounds change what stays"
+    );
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use recman_core::{checkpoint as codec, evolve, CoreConfig, State};
+use recman_core::{checkpoint as codec, evolve, Bounds, CoreConfig, State};
 use recman_events::EventLog;
 
 use super::{record_hash, resume, Checkpoints};
@@ -27,15 +27,17 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer (inside a tokio runtime: the store's calls run on it).
-    pub fn start(ck: Checkpoints, log: Arc<dyn EventLog>) -> Writer {
+    /// Starts the writer (inside a tokio runtime: the store's calls run on it),
+    /// folding under the engine's `bounds` (what leaves the state when
+    /// depends on them), so that its checkpoints are the engine's state.
+    pub fn start(ck: Checkpoints, log: Arc<dyn EventLog>, bounds: Bounds) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let rt = tokio::runtime::Handle::current();
         let flag = stop.clone();
         let spawned = std::thread::Builder::new()
             .name("recman-checkpoint".into())
             .spawn(move || {
-                if let Err(e) = run(&ck, log.as_ref(), &rt, &flag) {
+                if let Err(e) = run(&ck, log.as_ref(), bounds, &rt, &flag) {
                     tracing::warn!(error = %format!("{e:#}"), place = %ck.store.place(), "the checkpoint writer stopped");
                 }
             });
@@ -74,11 +76,16 @@ fn fold_new(state: &mut State, log: &dyn EventLog, stop: &AtomicBool) -> anyhow:
 fn run(
     ck: &Checkpoints,
     log: &dyn EventLog,
+    bounds: Bounds,
     rt: &tokio::runtime::Handle,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     // The same start as the engine's (its own copy).
-    let (core, resumed) = rt.block_on(resume(CoreConfig::default(), log, Some(ck.store.as_ref())))?;
+    let cfg = CoreConfig {
+        bounds,
+        ..CoreConfig::default()
+    };
+    let (core, resumed) = rt.block_on(resume(cfg, log, Some(ck.store.as_ref())))?;
     let mut state = core.into_state();
     let mut last = resumed.from.unwrap_or(0);
     let mut last_at = Instant::now();

@@ -428,6 +428,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let store = checkpoints.as_ref().map(|c| c.store.as_ref());
+    let bounds = cfg.bounds;
     let (mut core, resumed) = crate::checkpoint::resume(cfg, log.as_ref(), store).await?;
     if checkpoints.is_some() {
         tracing::info!(
@@ -485,7 +486,7 @@ pub async fn run(
     let (commit_tx, commit_rx) = mpsc::channel::<Decided>(PIPELINE_DEPTH);
     let committer = tokio::spawn(commit(log.clone(), bus.clone(), commit_rx));
     // Stopped when the engine stops (dropped at the end of `run`).
-    let _writer = checkpoints.map(|c| crate::checkpoint::Writer::start(c, log.clone()));
+    let _writer = checkpoints.map(|c| crate::checkpoint::Writer::start(c, log.clone(), bounds));
 
     tokio::pin!(shutdown);
     let mut inbox: Vec<Inbound> = Vec::with_capacity(MAX_BATCH);
