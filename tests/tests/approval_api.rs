@@ -355,6 +355,22 @@ async fn an_in_place_restore_waits_for_a_second_admin_and_expires_without_one() 
         (Some("awaiting_approval"), Some("prune"), Some("ada")),
         "{j}"
     );
+    // The console offers the other admin the Approve button, saying what
+    // it approves.
+    let page = api
+        .c
+        .get(format!("{}/job/{jp}", api.url))
+        .bearer_auth(&bea)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("id=\"approve\"") && page.contains("Approve this prune?"),
+        "{page}"
+    );
     // Asked again with the CLI: the same job, exit 3, how to approve it.
     let out = recman_as(d, &otto, &["prune", "docs"]);
     assert_eq!(

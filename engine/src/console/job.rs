@@ -185,13 +185,17 @@ fn live(
     }
     out.push_str("</dl>");
     if j.state == crate::view::AWAITING_APPROVAL && may_approve {
+        let what = if j.kind == "prune" {
+            "Approve this prune? Restore points of {} beyond its retention rules are deleted"
+        } else {
+            "Approve this in-place restore? The live data of {} is overwritten"
+        };
         let _ = write!(
             out,
             "<p><button type=\"button\" class=\"act danger\" id=\"approve\" data-url=\"/v1/recoveries/{}/approve\" \
-             data-body=\"{{}}\" data-confirm=\"Approve this in-place restore? The live data of {} is overwritten \
-             (an admin other than its requester approves).\">Approve</button></p>",
+             data-body=\"{{}}\" data-confirm=\"{} (an admin other than its requester approves).\">Approve</button></p>",
             j.id,
-            esc(&targets.join(", "))
+            what.replace("{}", &esc(&targets.join(", ")))
         );
     }
     if !terminal && d.recovery.is_none() {
