@@ -852,43 +852,9 @@ impl Decider<'_> {
     fn prune(&mut self, targets: &[TargetId], new_job: JobId) -> Reply {
         let guarded = |t: &TargetId| self.cfg.targets.get(t).is_some_and(|p| p.approval_ms.is_some());
         let (held, free): (Vec<TargetId>, Vec<TargetId>) = targets.iter().cloned().partition(|t| guarded(t));
-        let mut awaiting = Vec::new();
-        let mut n = 0;
-        for t in held {
-            let waiting = crate::recovery::waiting_prune(self.state, &t);
-            if let Some(job) = waiting {
-                awaiting.push((t, job));
-                continue;
-            }
-            if self.target_retention(&t).keeps_all() {
-                continue;
-            }
-            let view = self.retention_view();
-            let plan = retention::plan(&view, |x| self.target_retention(x), std::slice::from_ref(&t), &[]);
-            if plan.prune.iter().all(|(_, names)| names.is_empty()) {
-                continue;
-            }
-            drop(view);
-            let job = new_job.nth(n);
-            n += 1;
-            let ask = crate::recovery::Ask {
-                request_id: RequestId::from(format!("prune-{job}").as_str()),
-                target: Some(t.clone()),
-                snapshot: None,
-                action: RecoveryAction::Prune,
-                confirm: true,
-            };
-            match crate::recovery::request(self.state, self.cfg, &ask, "prune", job, self.now) {
-                Ok(Ok(events)) => {
-                    self.out.extend(events);
-                    awaiting.push((t, job));
-                }
-                Ok(Err(existing)) => awaiting.push((t, existing)),
-                Err((code, message)) => return Reply::Rejected { code, message },
-            }
-        }
         // A consistency group's point goes from every member at once: the
         // direct prune must not reach a guarded member through a group.
+        // Checked first: a refusal leaves nothing recorded.
         let view = self.retention_view();
         let plan = retention::plan(&view, |x| self.target_retention(x), &free, &[]);
         let reached: Vec<&str> = plan
@@ -912,6 +878,43 @@ impl Decider<'_> {
             };
         }
         drop(view);
+        let mut awaiting = Vec::new();
+        let mut recorded = Vec::new();
+        let mut n = 0;
+        for t in held {
+            if let Some(job) = crate::recovery::waiting_prune(self.state, &t) {
+                awaiting.push((t, job));
+                continue;
+            }
+            if self.target_retention(&t).keeps_all() {
+                continue;
+            }
+            let view = self.retention_view();
+            let plan = retention::plan(&view, |x| self.target_retention(x), std::slice::from_ref(&t), &[]);
+            if plan.prune.iter().all(|(_, names)| names.is_empty()) {
+                continue;
+            }
+            drop(view);
+            let job = new_job.nth(n);
+            n += 1;
+            let ask = crate::recovery::Ask {
+                request_id: RequestId::from(format!("prune-{job}").as_str()),
+                target: Some(t.clone()),
+                snapshot: None,
+                action: RecoveryAction::Prune,
+                confirm: true,
+            };
+            match crate::recovery::request(self.state, self.cfg, &ask, "prune", job, self.now) {
+                Ok(Ok(events)) => {
+                    recorded.extend(events);
+                    awaiting.push((t, job));
+                }
+                Ok(Err(existing)) => awaiting.push((t, existing)),
+                // Nothing of this prune is recorded.
+                Err((code, message)) => return Reply::Rejected { code, message },
+            }
+        }
+        self.out.extend(recorded);
         let asked = if free.is_empty() {
             0
         } else {
