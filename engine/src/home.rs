@@ -219,7 +219,7 @@ impl Home {
             return open_postgres_waiting(place, opts, command).await;
         }
         self.check_log(command)?;
-        log::open_detected(&self.data_dir, Backend::Redb)
+        open_detected_patiently(&self.data_dir)
             .map_err(|e| crate::api::discovery::explain_locked(&self.data_dir, e))
     }
 
@@ -278,6 +278,26 @@ impl Home {
         match self.log_place() {
             Ok(Some(place)) => place.display(),
             _ => self.data_dir.display().to_string(),
+        }
+    }
+}
+
+/// How long opening a data dir's log waits while another process has it
+/// open: a reader (`recman events --follow`, `recman job`) holds it for a
+/// moment at a time, an engine for its lifetime.
+const LOCKED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens the log in `dir` (its backend as found, redb for a new one),
+/// retrying for up to [`LOCKED_PATIENCE`] while another process has it open,
+/// so a short read elsewhere does not make this command fail.
+pub fn open_detected_patiently(dir: &Path) -> Result<Arc<dyn EventLog>, log::LogError> {
+    let deadline = std::time::Instant::now() + LOCKED_PATIENCE;
+    loop {
+        match log::open_detected(dir, Backend::Redb) {
+            Err(log::LogError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            other => return other,
         }
     }
 }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use recman_config::Config;
 use recman_events::bus::{Bus, MemoryBus};
-use recman_events::{log, Backend, EventLog, JobId, LogError, SnapshotRequest, StoredEvent, WorkerId};
+use recman_events::{EventLog, JobId, LogError, SnapshotRequest, StoredEvent, WorkerId};
 use recman_workers::runtime::{Worker, WorkerError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -189,7 +189,7 @@ impl Builder {
         let log = match self.log {
             Some(LogFrom::Given(l)) => l,
             Some(LogFrom::DataDir(dir)) => {
-                let l = log::open_detected(&dir, Backend::Redb)
+                let l = crate::home::open_detected_patiently(&dir)
                     .map_err(|e| crate::api::discovery::explain_locked(&dir, e))?;
                 checkpoints.get_or_insert_with(|| crate::checkpoint::Checkpoints {
                     store: Arc::new(crate::checkpoint::FileStore::in_data_dir(&dir)),
