@@ -1,7 +1,8 @@
 //! `[log]`: an event log in PostgreSQL instead of the data dir's file, for
 //! engines that must survive the loss of their machine (a standby engine
 //! waits for the log's writer lock): `postgres`, `password_file`, `schema`,
-//! `lease`.
+//! `lease`; for a data dir's log, `archive_after` and `segment_records`
+//! (old records move to closed segment files).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +13,8 @@ use super::{field, ConfigError, Cx};
 
 /// `[log] postgres = "postgresql://recman@db1:5432/recman"`,
 /// `password_file = "/etc/recman/pg-password"`, `schema = "recman"`,
-/// `lease = "5s"`.
+/// `lease = "5s"`; or, for the data dir's log, `archive_after = "30d"`,
+/// `segment_records = 250000`.
 /// The password never goes in the config (nor in the URL): keep it in the file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogConfig {
@@ -24,7 +26,19 @@ pub struct LogConfig {
     /// The leader's lease on a PostgreSQL log (default [`DEFAULT_LEASE`]): a
     /// leader that has not renewed it for this long is replaced by a standby.
     pub lease: Option<Duration>,
+    /// Records older than this leave the live store for closed segments
+    /// (`segments/` in the data dir); `None`: never (the default).
+    pub archive_after: Option<Duration>,
+    /// About how many records one segment file holds.
+    pub segment_records: u32,
 }
+
+/// The default size of a closed segment, in records.
+pub const DEFAULT_SEGMENT_RECORDS: u32 = 250_000;
+/// The shortest `archive_after`: records younger than a day stay live.
+pub const MIN_ARCHIVE_AFTER: Duration = Duration::from_secs(86_400);
+/// The longest `archive_after` (about ten years).
+pub const MAX_ARCHIVE_AFTER: Duration = Duration::from_secs(3_660 * 86_400);
 
 /// The default lease of the leader of a PostgreSQL log.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
@@ -37,6 +51,14 @@ impl LogConfig {
     /// The lease in force.
     pub fn lease(&self) -> Duration {
         self.lease.unwrap_or(DEFAULT_LEASE)
+    }
+
+    /// Records per closed segment ([`DEFAULT_SEGMENT_RECORDS`] unless set).
+    pub fn segment_records(&self) -> usize {
+        match self.segment_records {
+            0 => DEFAULT_SEGMENT_RECORDS as usize,
+            n => n as usize,
+        }
     }
 }
 
@@ -55,11 +77,23 @@ pub(super) fn parse(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<LogConfig, Config
     let Some(v) = field(root, "log") else {
         return Ok(LogConfig {
             schema: DEFAULT_SCHEMA.into(),
+            segment_records: DEFAULT_SEGMENT_RECORDS,
             ..Default::default()
         });
     };
     let t = cx.table(v, "log")?;
-    cx.check_keys(t, "log", &["postgres", "password_file", "schema", "lease"])?;
+    cx.check_keys(
+        t,
+        "log",
+        &[
+            "postgres",
+            "password_file",
+            "schema",
+            "lease",
+            "archive_after",
+            "segment_records",
+        ],
+    )?;
     let postgres = match cx.string(t, "log", "postgres")? {
         None => None,
         Some((u, span)) => {
@@ -121,10 +155,33 @@ pub(super) fn parse(cx: &Cx<'_>, root: &DeTable<'_>) -> Result<LogConfig, Config
             ));
         }
     }
+    let archive_after =
+        cx.duration_within(t, "log", "archive_after", MIN_ARCHIVE_AFTER, MAX_ARCHIVE_AFTER)?;
+    if archive_after.is_some() && postgres.is_some() {
+        return Err(cx.err(
+            field(t, "archive_after").map(|v| v.span()).unwrap_or_default(),
+            "log.archive_after",
+            "archives a data dir's log into segment files; a PostgreSQL log is archived with \
+             PostgreSQL's own tools (partitioning, pg_dump)",
+        ));
+    }
+    let segment_records = match cx.u32(t, "log", "segment_records")? {
+        None => DEFAULT_SEGMENT_RECORDS,
+        Some(n) if (1_000..=10_000_000).contains(&n) => n,
+        Some(n) => {
+            return Err(cx.err(
+                field(t, "segment_records").map(|v| v.span()).unwrap_or_default(),
+                "log.segment_records",
+                format!("{n} is out of range: from 1000 to 10000000"),
+            ))
+        }
+    };
     Ok(LogConfig {
         postgres,
         password_file,
         schema,
         lease,
+        archive_after,
+        segment_records,
     })
 }

@@ -1006,6 +1006,34 @@ fn a_postgres_log_loads_and_keeps_its_password_out_of_the_config() {
 }
 
 #[test]
+fn log_archiving_loads_and_is_checked() {
+    let none = parse("").unwrap();
+    assert_eq!(none.log.archive_after, None, "off by default");
+    assert_eq!(none.log.segment_records(), 250_000);
+    let c = parse("[log]\narchive_after = \"30d\"\nsegment_records = 5000\n").unwrap();
+    assert_eq!(c.log.archive_after, Some(Duration::from_secs(30 * 86_400)));
+    assert_eq!(c.log.segment_records(), 5_000);
+    assert_err(
+        "[log]\narchive_after = \"1h\"\n",
+        2,
+        "log.archive_after",
+        "too short",
+    );
+    assert_err(
+        "[log]\nsegment_records = 10\n",
+        2,
+        "log.segment_records",
+        "out of range",
+    );
+    assert_err(
+        "[log]\npostgres = \"postgresql://recman@db1/recman\"\narchive_after = \"30d\"\n",
+        3,
+        "log.archive_after",
+        "PostgreSQL's own tools",
+    );
+}
+
+#[test]
 fn require_approval_loads_with_its_expiry_and_is_checked() {
     let c = parse(&with_target(&format!("{W}{P}"))).unwrap();
     assert_eq!(c.targets[0].approval, None, "off by default");

@@ -7,6 +7,7 @@
 //! wires these together.
 
 pub mod api;
+pub mod archive;
 pub mod bench;
 pub mod broker;
 pub mod checkpoint;

@@ -5,42 +5,12 @@
 //! its request id still answers with it inside the request-id window; the
 //! job gauge does not go down.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::api_support::client;
+use crate::api_support::{client, get, run_job};
 use recman_tests::cli::{write_config, Server};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-async fn get(c: &reqwest::Client, s: &Server, path: &str) -> (StatusCode, Value) {
-    let r = c.get(format!("{}{path}", s.url)).send().await.unwrap();
-    let st = r.status();
-    (st, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Submits request `rid` for `fast` and waits until its job completed: the job.
-async fn run_job(c: &reqwest::Client, s: &Server, rid: &str) -> Value {
-    let r = c
-        .post(format!("{}/v1/snapshots", s.url))
-        .json(&json!({"request_id": rid, "targets": ["fast"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let id = r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, j) = get(c, s, &format!("/v1/jobs/{id}")).await;
-        if j["state"] == "completed" {
-            return j;
-        }
-        assert!(Instant::now() < deadline, "job {id} never completed: {j}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 #[tokio::test]
 async fn a_job_out_of_memory_is_served_by_id_from_the_log() {

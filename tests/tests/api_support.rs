@@ -3,7 +3,10 @@
 //! of the document's schemas.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use recman_tests::cli::Server;
+use reqwest::StatusCode;
 
 use serde_json::{json, Value};
 
@@ -29,4 +32,35 @@ pub fn assert_matches(name: &str, v: &Value) {
     let validator = jsonschema::validator_for(&schema).unwrap();
     let errors: Vec<String> = validator.iter_errors(v).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{name}: {errors:?}\n{v}");
+}
+
+/// GET `path` of the server: status and JSON body (null when none).
+pub async fn get(c: &reqwest::Client, s: &Server, path: &str) -> (StatusCode, Value) {
+    let r = c.get(format!("{}{path}", s.url)).send().await.unwrap();
+    let st = r.status();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Submits request `rid` for `fast` and waits until its job completed: the job.
+pub async fn run_job(c: &reqwest::Client, s: &Server, rid: &str) -> Value {
+    let r = c
+        .post(format!("{}/v1/snapshots", s.url))
+        .json(&json!({"request_id": rid, "targets": ["fast"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, j) = get(c, s, &format!("/v1/jobs/{id}")).await;
+        if j["state"] == "completed" {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job {id} never completed: {j}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }

@@ -39,6 +39,7 @@ mod hostile_text_cli;
 mod linux_e2e;
 mod log_damage_cli;
 mod log_location_cli;
+mod log_segments;
 mod notify_cli;
 mod package_deb;
 mod pg_log_cli;

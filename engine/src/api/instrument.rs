@@ -117,6 +117,16 @@ impl EventLog for TimedLog {
     fn lease(&self) -> Option<Arc<recman_events::log::lease::Lease>> {
         self.inner.lease()
     }
+    fn archive(
+        &self,
+        before: u64,
+        per_segment: usize,
+    ) -> Result<recman_events::log::segments::ArchiveReport, LogError> {
+        self.inner.archive(before, per_segment)
+    }
+    fn segments(&self) -> Result<Vec<recman_events::log::segments::SegmentInfo>, LogError> {
+        self.inner.segments()
+    }
 }
 
 /// A `Bus` that counts redelivered deliveries on every consumer.

@@ -18,6 +18,7 @@ pub mod engine;
 pub mod events;
 pub mod job;
 pub mod jobs;
+pub mod log;
 pub mod mount;
 pub mod mounts;
 pub mod prune;
@@ -105,6 +106,9 @@ pub enum Command {
     Replay(replay::Args),
     /// Verify every record of the log: checksum, decoding, hash chain.
     Audit(audit::Args),
+    /// The log's closed segments: `log archive --older-than 30d` moves old records out of the live store.
+    #[command(subcommand)]
+    Log(log::LogCommand),
     /// Check a config file and print what it declares.
     ValidateConfig(validate::Args),
     /// API users: `user add NAME --role R --token-file F` makes a token.
@@ -208,6 +212,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mounts(a) => mounts::run(&g, a).await,
         Command::Clones(a) => clones::run(&g, a).await,
         Command::Replay(a) => replay::run(&g, a).await,
+        Command::Log(c) => log::run(&g, c).await,
         Command::Audit(a) => audit::run(&g, a).await,
         Command::ValidateConfig(a) => validate::run(&g, a).await,
         Command::User(a) => user::run(&g, a).await,

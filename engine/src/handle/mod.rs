@@ -231,6 +231,16 @@ impl Builder {
             until_true(stop_rx),
             checkpoints,
         ));
+        // `[log] archive_after`: old records move to closed segments, beside
+        // the loop; it ends with the engine.
+        if let Some(older_than) = self.config.log.archive_after {
+            tokio::spawn(crate::archive::run(
+                log.clone(),
+                older_than,
+                self.config.log.segment_records(),
+                engine_stop.subscribe(),
+            ));
+        }
         // Stopped after the engine, so it relays everything the engine wrote.
         let relay = self.relay.map(|r| {
             let (stop, stop_rx) = watch::channel(false);

@@ -200,6 +200,17 @@ impl JobIndex {
         Ok(())
     }
 
+    /// Forgets every seq below `before` (their records left the store).
+    pub fn drop_before(&self, before: u64) -> Result<(), LogError> {
+        let mut map = self.map.write().map_err(|_| poisoned())?;
+        map.retain(|_, seqs| {
+            seqs.retain(|s| *s >= before);
+            !seqs.is_empty()
+        });
+        map.shrink_to_fit();
+        Ok(())
+    }
+
     pub fn seqs(&self, job: JobId) -> Result<Vec<u64>, LogError> {
         if let Some((first, why)) = self.damage().first() {
             return Err(LogError::Store(format!(

@@ -385,4 +385,18 @@ impl EventLog for GroupCommitLog {
     fn lease(&self) -> Option<Arc<crate::log::lease::Lease>> {
         self.store.lease()
     }
+
+    fn archive(
+        &self,
+        before: u64,
+        per_segment: usize,
+    ) -> Result<crate::log::segments::ArchiveReport, LogError> {
+        // Only records already durable and behind the writer's last one.
+        self.store
+            .archive(before.min(*self.committed.borrow()), per_segment)
+    }
+
+    fn segments(&self) -> Result<Vec<crate::log::segments::SegmentInfo>, LogError> {
+        self.store.segments()
+    }
 }

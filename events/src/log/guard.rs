@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
 use crate::ids::JobId;
-use crate::log::store::{Batch, Store};
+use crate::log::store::{Batch, BatchVisitor, Store};
 use crate::log::{LogError, RawRecord};
 
 thread_local! {
@@ -89,6 +89,12 @@ impl Store for Guarded {
     }
     fn index_damage(&self) -> Vec<(u64, String)> {
         self.inner.index_damage()
+    }
+    fn batches(&self, from: u64, f: &mut BatchVisitor<'_>) -> Result<(), LogError> {
+        guard(&self.file, || self.inner.batches(from, f))
+    }
+    fn drop_before(&self, before: u64) -> Result<u64, LogError> {
+        guard(&self.file, || self.inner.drop_before(before))
     }
 }
 

@@ -31,6 +31,7 @@ pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod pg_store;
 pub mod redb_store;
+pub mod segments;
 pub mod sled_store;
 pub mod store;
 
@@ -166,6 +167,17 @@ pub trait EventLog: Send + Sync + 'static {
     fn lease(&self) -> Option<Arc<lease::Lease>> {
         None
     }
+    /// Moves the records below `before` (never the last) out of the live
+    /// store into closed segments of about `per_segment` records
+    /// ([`segments`]; a data dir's redb log only). Blocking: files are
+    /// written and synced.
+    fn archive(&self, _before: u64, _per_segment: usize) -> Result<segments::ArchiveReport, LogError> {
+        Err(store::no_segments())
+    }
+    /// The closed segments of this log, oldest first.
+    fn segments(&self) -> Result<Vec<segments::SegmentInfo>, LogError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Which backend's log `dir` holds, if any. Both at once is an error: the
@@ -233,7 +245,8 @@ pub fn open_store(backend: Backend, dir: &Path, create: bool) -> Result<Arc<dyn 
         Backend::Sled => Arc::new(guard::guard(&file, || sled_store::SledStore::open(dir, create))?),
         Backend::Memory | Backend::Postgres => return Err(no_dir_for(backend)),
     };
-    Ok(Arc::new(guard::Guarded::new(store, file)))
+    let guarded: Arc<dyn Store> = Arc::new(guard::Guarded::new(store, file));
+    Ok(Arc::new(segments::Segmented::open(guarded, dir)?))
 }
 
 /// The file (redb) or directory (sled) of a log in `dir`.
@@ -331,6 +344,7 @@ pub fn open_for_reading(dir: &Path) -> Result<Arc<dyn EventLog>, LogError> {
         Backend::Memory | Backend::Postgres => return Err(no_dir_for(backend)),
     };
     let store: Arc<dyn Store> = Arc::new(guard::Guarded::new(store, file));
+    let store: Arc<dyn Store> = Arc::new(segments::Segmented::open(store, dir)?);
     Ok(Arc::new(GroupCommitLog::start(
         store,
         backend,

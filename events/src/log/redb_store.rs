@@ -18,7 +18,7 @@ use redb::{Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTab
 
 use crate::ids::JobId;
 use crate::log::framed::{self, JobIndex, KeyOp};
-use crate::log::store::{Batch, Store};
+use crate::log::store::{Batch, BatchVisitor, Store};
 use crate::log::{LogError, RawRecord};
 
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
@@ -239,6 +239,60 @@ impl Store for RedbStore {
             RawRecord { seq, bytes }
         });
         Ok(last)
+    }
+
+    fn batches(&self, from: u64, f: &mut BatchVisitor<'_>) -> Result<(), LogError> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(BATCHES).map_err(store_err)?;
+        let jobs = txn.open_table(BATCH_JOBS).map_err(store_err)?;
+        for item in table.range(from..).map_err(store_err)? {
+            let (k, v) = item.map_err(store_err)?;
+            let index = jobs.get(k.value()).map_err(store_err)?;
+            let index = index.as_ref().map(|i| i.value()).unwrap_or(&[]);
+            if !f(k.value(), v.value(), index) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_before(&self, before: u64) -> Result<u64, LogError> {
+        // Only whole batches below `before`: a batch reaching past it stays,
+        // and so does everything from its first record on.
+        let mut keys = Vec::new();
+        let mut dropped = 0u64;
+        let mut keep_from = before;
+        {
+            let txn = self.db.begin_read().map_err(store_err)?;
+            let table = txn.open_table(BATCHES).map_err(store_err)?;
+            let jobs = txn.open_table(BATCH_JOBS).map_err(store_err)?;
+            for item in table.range(..before).map_err(store_err)? {
+                let (k, v) = item.map_err(store_err)?;
+                let index = jobs.get(k.value()).map_err(store_err)?;
+                let index = index.as_ref().map(|i| i.value()).unwrap_or(&[]);
+                let last = crate::log::segments::batch_last(k.value(), v.value(), index);
+                if last >= before {
+                    keep_from = k.value();
+                    break;
+                }
+                keys.push(k.value());
+                dropped += last - k.value() + 1;
+            }
+        }
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.write(|txn| {
+            let mut t = txn.open_table(BATCHES).map_err(store_err)?;
+            let mut j = txn.open_table(BATCH_JOBS).map_err(store_err)?;
+            for k in &keys {
+                t.remove(*k).map_err(store_err)?;
+                j.remove(*k).map_err(store_err)?;
+            }
+            Ok(())
+        })?;
+        self.jobs.drop_before(keep_from)?;
+        Ok(dropped)
     }
 
     fn put_raw(&self, seq: u64, bytes: Option<&[u8]>) -> Result<(), LogError> {

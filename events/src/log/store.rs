@@ -6,6 +6,7 @@
 //! `group_commit`, so every backend gets the same semantics.
 
 use crate::ids::JobId;
+use crate::log::segments::{ArchiveReport, SegmentInfo};
 use crate::log::{LogError, RawRecord};
 
 use std::ops::Range;
@@ -47,6 +48,10 @@ impl Batch {
             .map(|it| (it.seq, it.job, &self.buf[it.range.clone()]))
     }
 }
+
+/// Called with `(first seq, framed records, job index)` of each stored
+/// group commit by [`Store::batches`]; returns false to stop.
+pub type BatchVisitor<'a> = dyn FnMut(u64, &[u8], &[u8]) -> bool + 'a;
 
 /// Durable key-value storage of encoded records, keyed by sequence number.
 pub trait Store: Send + Sync + 'static {
@@ -90,4 +95,34 @@ pub trait Store: Send + Sync + 'static {
     fn lease(&self) -> Option<std::sync::Arc<crate::log::lease::Lease>> {
         None
     }
+    /// Calls `f(first seq, framed records, job index)` for each stored group
+    /// commit whose first seq is `>= from`, in order, until `f` returns
+    /// false (for archiving into segments).
+    fn batches(&self, _from: u64, _f: &mut BatchVisitor<'_>) -> Result<(), LogError> {
+        Err(no_segments())
+    }
+    /// Deletes, durably and with their index entries, the stored group
+    /// commits whose records all lie below `before`; returns how many
+    /// records went. Only after they are safe in a segment.
+    fn drop_before(&self, _before: u64) -> Result<u64, LogError> {
+        Err(no_segments())
+    }
+    /// Moves the records below `before` into closed segments
+    /// ([`crate::log::segments`]).
+    fn archive(&self, _before: u64, _per_segment: usize) -> Result<ArchiveReport, LogError> {
+        Err(no_segments())
+    }
+    /// The closed segments in front of this store, oldest first.
+    fn segments(&self) -> Result<Vec<SegmentInfo>, LogError> {
+        Ok(Vec::new())
+    }
+}
+
+/// The error of the segment operations on a store that has none.
+pub fn no_segments() -> LogError {
+    LogError::Store(
+        "this event log cannot be archived into segments (only a data dir's redb log can; \
+         a PostgreSQL log is archived with PostgreSQL's own tools)"
+            .into(),
+    )
 }
