@@ -257,7 +257,9 @@ pub async fn resume_view(
 }
 
 /// Encodes and stores a checkpoint of `state` (the fold of the log to
-/// `state.applied`, which must be durable), off the engine's loop.
+/// `state.applied`, which must be durable), off the engine's loop. It has
+/// no view section (the writer's checkpoints have one): the API's view
+/// started from it is folded from the whole log.
 pub async fn write(
     store: &dyn CheckpointStore,
     log: &dyn EventLog,
