@@ -202,7 +202,7 @@ async fn the_api_shows_the_same_after_a_restart_from_a_checkpoint() {
     write_config(dir.path(), 1, "[checkpoint]\nevery_events = 1000\n");
     let c = crate::api_support::client();
     let get = |s: &Server, path: &str| {
-        let (c, url) = (c.clone(), format!("{}{path}", s.url));
+        let (c, url, path) = (c.clone(), format!("{}{path}", s.url), path.to_string());
         async move {
             let r = c.get(url).send().await.unwrap();
             assert!(r.status().is_success(), "{path}: {}", r.status());
