@@ -6,8 +6,14 @@
 //! builds in seconds). Layout, all integers little-endian:
 //!
 //! ```text
-//! magic "RMCKPT\0\0" | version u16 | seq u64 | head_hash [32] | body_len u64 | body | blake3 [32]
+//! magic "RMCKPT\0\0" | version u16 | seq u64 | head_hash [32] | body_len u64 | body
+//!   | view_len u64 | view | blake3 [32]
 //! ```
+//!
+//! `view` is an opaque section the engine's read side writes beside the
+//! state at the same record (its own projection, with its own version
+//! inside); empty when none was written. Version 1 had no such section: it
+//! is refused by version, never mis-read.
 //!
 //! `head_hash` is the BLAKE3 hash of record N's stored bytes, as the log's
 //! audit computes it (`recman_events::codec::hash`); the checksum covers
@@ -22,9 +28,11 @@ use crate::state::State;
 pub const MAGIC: &[u8; 8] = b"RMCKPT\0\0";
 /// The format this build writes and reads. A checkpoint of another version
 /// is skipped (the log is still there: a full replay, or an older one).
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Magic, version, seq, head hash, body length.
 const HEADER_LEN: usize = 8 + 2 + 8 + 32 + 8;
+/// The view section's length field.
+const VIEW_LEN: usize = 8;
 const SUM_LEN: usize = 32;
 
 /// What a checkpoint says about itself, read without decoding the state.
@@ -42,6 +50,8 @@ pub struct Header {
 pub struct Checkpoint {
     pub header: Header,
     pub state: State,
+    /// The read side's section, undecoded (empty: none written).
+    pub view: Vec<u8>,
 }
 
 /// Why a checkpoint cannot be used.
@@ -80,6 +90,12 @@ impl std::error::Error for CheckpointError {}
 /// Encodes `state`, which must be the fold of records `1..=seq` whose last
 /// record hashes to `head_hash`.
 pub fn encode(seq: u64, head_hash: &[u8; 32], state: &State) -> Vec<u8> {
+    encode_with_view(seq, head_hash, state, &[])
+}
+
+/// [`encode`] with the read side's section `view` (its projection at the
+/// same record), stored as it is.
+pub fn encode_with_view(seq: u64, head_hash: &[u8; 32], state: &State, view: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + 4096);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -91,6 +107,8 @@ pub fn encode(seq: u64, head_hash: &[u8; 32], state: &State) -> Vec<u8> {
     let mut out = out;
     let body_len = (out.len() - HEADER_LEN) as u64;
     out[HEADER_LEN - 8..HEADER_LEN].copy_from_slice(&body_len.to_le_bytes());
+    out.extend_from_slice(&(view.len() as u64).to_le_bytes());
+    out.extend_from_slice(view);
     let sum = recman_events::codec::hash(&out);
     out.extend_from_slice(&sum);
     out
@@ -109,15 +127,13 @@ pub fn header(bytes: &[u8]) -> Result<Header, CheckpointError> {
     if version != FORMAT_VERSION {
         return Err(CheckpointError::Version(version));
     }
-    if bytes.len() < HEADER_LEN + SUM_LEN {
+    if bytes.len() < HEADER_LEN + VIEW_LEN + SUM_LEN {
         return Err(CheckpointError::Truncated { len: bytes.len() });
     }
     let seq = u64::from_le_bytes(bytes[10..18].try_into().expect("8 bytes"));
     let head_hash: [u8; 32] = bytes[18..50].try_into().expect("32 bytes");
     let body_len = u64::from_le_bytes(bytes[50..58].try_into().expect("8 bytes"));
-    if body_len != (bytes.len() - HEADER_LEN - SUM_LEN) as u64 {
-        return Err(CheckpointError::Truncated { len: bytes.len() });
-    }
+    view_range(bytes, body_len).ok_or(CheckpointError::Truncated { len: bytes.len() })?;
     Ok(Header {
         version,
         seq,
@@ -125,16 +141,33 @@ pub fn header(bytes: &[u8]) -> Result<Header, CheckpointError> {
     })
 }
 
-/// Checks everything and decodes the state.
+/// Where the view section is, when the lengths add up to `bytes.len()`.
+fn view_range(bytes: &[u8], body_len: u64) -> Option<std::ops::Range<usize>> {
+    let body_end = HEADER_LEN.checked_add(usize::try_from(body_len).ok()?)?;
+    let len_end = body_end.checked_add(VIEW_LEN)?;
+    let field = bytes.get(body_end..len_end)?;
+    let view_len = usize::try_from(u64::from_le_bytes(field.try_into().ok()?)).ok()?;
+    let view_end = len_end.checked_add(view_len)?;
+    (view_end.checked_add(SUM_LEN)? == bytes.len()).then_some(len_end..view_end)
+}
+
+/// Checks everything and decodes the state (the view section is returned
+/// as it is: the read side decodes it).
 pub fn decode(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     let header = header(bytes)?;
     let (signed, sum) = bytes.split_at(bytes.len() - SUM_LEN);
     if recman_events::codec::hash(signed) != sum {
         return Err(CheckpointError::Checksum);
     }
-    let state: State =
-        postcard::from_bytes(&signed[HEADER_LEN..]).map_err(|e| CheckpointError::Body(e.to_string()))?;
-    Ok(Checkpoint { header, state })
+    let body_len = u64::from_le_bytes(bytes[50..58].try_into().expect("8 bytes"));
+    let view = view_range(bytes, body_len).ok_or(CheckpointError::Truncated { len: bytes.len() })?;
+    let state: State = postcard::from_bytes(&signed[HEADER_LEN..view.start - VIEW_LEN])
+        .map_err(|e| CheckpointError::Body(e.to_string()))?;
+    Ok(Checkpoint {
+        header,
+        state,
+        view: bytes[view].to_vec(),
+    })
 }
 
 /// The first difference between a checkpoint's state and the fold of the
@@ -311,6 +344,33 @@ mod tests {
         other[0] = b'X';
         assert_eq!(decode(&other), Err(CheckpointError::NotACheckpoint));
         assert_eq!(header(&bytes).unwrap().seq, log.len() as u64);
+        // A version-1 checkpoint (no view section) is refused by its
+        // version, not read as something else.
+        let mut v1 = bytes.clone();
+        v1[8..10].copy_from_slice(&1u16.to_le_bytes());
+        assert_eq!(decode(&v1), Err(CheckpointError::Version(1)));
+    }
+
+    #[test]
+    fn the_view_section_round_trips_and_is_covered_by_the_checksum() {
+        let (_, log, state) = folded();
+        let n = log.len() as u64;
+        let plain = decode(&encode(n, &[2; 32], &state)).unwrap();
+        assert!(plain.view.is_empty());
+        let section = b"the read side's bytes".to_vec();
+        let bytes = encode_with_view(n, &[2; 32], &state, &section);
+        let ck = decode(&bytes).unwrap();
+        assert_eq!(ck.view, section);
+        assert_eq!(difference(&ck.state, &state), None);
+        let mut flipped = bytes.clone();
+        let at = bytes.len() - SUM_LEN - 3;
+        flipped[at] ^= 1;
+        assert_eq!(decode(&flipped), Err(CheckpointError::Checksum));
+        // A view length that does not add up is a truncation, not a panic.
+        let mut long = bytes.clone();
+        let at = bytes.len() - SUM_LEN - section.len() - VIEW_LEN;
+        long[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(decode(&long), Err(CheckpointError::Truncated { .. })));
     }
 
     #[test]

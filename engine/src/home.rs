@@ -232,7 +232,7 @@ impl Home {
         };
         Ok(crate::checkpoint::Checkpoints {
             store,
-            policy: crate::checkpoint::Policy::from_config(&config.checkpoint),
+            policy: crate::checkpoint::Policy::from_config(config),
         })
     }
 

@@ -189,3 +189,89 @@ fn bench_startup_prints_its_figures() {
     // Its log is gone afterwards.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
+
+/// Issue 19, the read side: `recman up` writes checkpoints that carry the
+/// API's view; restarted, it builds the view from the newest one and the
+/// log after it, and the API shows what it showed before the restart (jobs
+/// with their timelines, targets, catalog); `recman audit` checks the view
+/// section against a replay of the log.
+#[tokio::test]
+async fn the_api_shows_the_same_after_a_restart_from_a_checkpoint() {
+    use recman_tests::cli::{write_config, Server};
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), 1, "[checkpoint]\nevery_events = 1000\n");
+    let c = crate::api_support::client();
+    let get = |s: &Server, path: &str| {
+        let (c, url, path) = (c.clone(), format!("{}{path}", s.url), path.to_string());
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            assert!(r.status().is_success(), "{path}: {}", r.status());
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let s = Server::start(dir.path(), &[]);
+    for i in 0..90 {
+        let r = c
+            .post(format!("{}/v1/snapshots", s.url))
+            .json(&serde_json::json!({"request_id": format!("ck-{i}"), "targets": ["fast"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let ckpts = dir.path().join("checkpoints");
+    loop {
+        let jobs = get(&s, "/v1/jobs?limit=1000&state=completed").await;
+        let done = jobs["jobs"].as_array().unwrap().len();
+        let written = std::fs::read_dir(&ckpts).map_or(0, |d| d.count());
+        if done == 90 && written > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{done} of 90 jobs completed, {written} checkpoint(s) in {}",
+            ckpts.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let paths = [
+        "/v1/jobs?limit=1000",
+        "/v1/targets",
+        "/v1/snapshots",
+        "/v1/mounts",
+        "/v1/clones",
+    ];
+    let mut before = Vec::new();
+    for p in paths {
+        before.push(get(&s, p).await);
+    }
+    let first = before[0]["jobs"][89]["id"].as_str().unwrap().to_string();
+    let last = before[0]["jobs"][0]["id"].as_str().unwrap().to_string();
+    let details = [
+        get(&s, &format!("/v1/jobs/{first}")).await,
+        get(&s, &format!("/v1/jobs/{last}")).await,
+    ];
+    assert!(
+        details[1]["timeline"].as_array().unwrap().len() >= 4
+            && before[2]["snapshots"].as_array().map_or(0, |a| a.len()) >= 2,
+        "jobs with timelines and a catalog: {} {}",
+        details[1],
+        before[2]
+    );
+    drop(s);
+
+    let s = Server::start(dir.path(), &[]);
+    for (p, was) in paths.iter().zip(&before) {
+        assert_eq!(&get(&s, p).await, was, "{p} after the restart");
+    }
+    assert_eq!(get(&s, &format!("/v1/jobs/{first}")).await, details[0]);
+    assert_eq!(get(&s, &format!("/v1/jobs/{last}")).await, details[1]);
+    drop(s);
+
+    let out = recman(dir.path(), &["audit", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["checkpoints_checked"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["clean"], true, "{v}");
+}

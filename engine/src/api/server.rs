@@ -30,8 +30,9 @@ use super::instrument::Stats;
 use super::serve::{self, Limits};
 use super::tls::Tls;
 use super::Shared;
+use crate::checkpoint::CheckpointStore;
 use crate::handle::Caller;
-use crate::view::{Until, View};
+use crate::view::View;
 
 /// Where to listen, with what token, TLS and limits; checked, nothing
 /// opened yet.
@@ -90,8 +91,16 @@ impl Plan {
     }
 
     /// Builds the read projection of `log` (retention, policies and
-    /// schedules of `config`) and binds the address.
-    pub async fn bind(self, config: &Config, log: &dyn EventLog) -> anyhow::Result<Bound> {
+    /// schedules of `config`): from the newest valid checkpoint of `store`
+    /// with a view section and the log after it, else from the whole log;
+    /// then binds the address.
+    pub async fn bind(
+        self,
+        config: &Config,
+        log: &dyn EventLog,
+        store: Option<&dyn CheckpointStore>,
+    ) -> anyhow::Result<Bound> {
+        let started = std::time::Instant::now();
         let retention: BTreeMap<_, _> = config
             .targets
             .iter()
@@ -108,8 +117,14 @@ impl Plan {
                 config.engine.recent_finished as usize,
             )
             .with_policies(policies)
-            .with_schedules(config.schedules.clone())
-            .build(log, Until::End)?;
+            .with_schedules(config.schedules.clone());
+        let (view, resumed) = crate::checkpoint::resume_view(view, log, store).await?;
+        tracing::info!(
+            checkpoint = ?resumed.from,
+            tail = resumed.tail,
+            ms = crate::checkpoint::took(started),
+            "API view rebuilt"
+        );
         let listen = self.listen;
         let listener = TcpListener::bind(listen)
             .await

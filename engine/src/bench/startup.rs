@@ -1,9 +1,11 @@
 //! `recman bench startup`: engine start-up on a large log, from the newest
 //! checkpoint and the log's tail (open, load and check the checkpoint,
 //! replay the tail: the core is ready), against a full replay of the same
-//! log measured in the same run; also the time the checkpoint writer
-//! takes to encode and store one (beside the engine's loop, which does not
-//! pause for it).
+//! log measured in the same run; the time until the API answers (its view
+//! from the checkpoint's view section and the tail, then the engine's
+//! start, as `recman up` does them: `api_ready_ms`); also the time the
+//! checkpoint writer takes to encode and store one (beside the engine's
+//! loop, which does not pause for it).
 //!
 //! The log is the simulator's log of a calm run (`--template-jobs` jobs),
 //! repeated until it holds `--jobs` jobs, each copy with fresh job ids,
@@ -18,11 +20,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use recman_core::sim::{self, Faults, SimConfig};
-use recman_core::{Core, CoreConfig};
-use recman_events::{log, Backend, Event, JobId};
+use recman_core::CoreConfig;
+use recman_events::{log, Backend, Event, JobId, StoredEvent};
 use serde_json::Value;
 
 use crate::checkpoint::{self, CheckpointStore, FileStore};
+use crate::view::{self, Until, View};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -39,14 +42,20 @@ pub struct Args {
     /// Jobs of the simulated run that is repeated.
     #[arg(long, default_value_t = 1_000)]
     pub template_jobs: usize,
-    /// Also time the API's read side (`view`), which still folds the whole
-    /// log at start-up (slow at fleet size: minutes at the default size).
+    /// Also fold the API's view from the whole log (what start-up did
+    /// without a checkpoint), time it, and check that the view started from
+    /// the checkpoint shows the same.
     #[arg(long)]
     pub view: bool,
     /// Events after the checkpoint (default: the `[checkpoint] every_events`
     /// default, the longest tail the engine leaves).
     #[arg(long, default_value_t = recman_config::DEFAULT_EVERY_EVENTS)]
     pub tail: u64,
+}
+
+/// The API's empty view as `recman up` configures it by default.
+fn configured() -> View {
+    View::new(Default::default()).with_bounds(CoreConfig::default().bounds, view::RECENT_FINISHED)
 }
 
 fn ms(since: Instant) -> f64 {
@@ -169,7 +178,8 @@ async fn measure(
     let started = Instant::now();
     let (encode_ms, checkpoint_bytes, state_jobs) = {
         let log = log::open(Backend::Redb, dir)?;
-        let mut core = Core::new(CoreConfig::default());
+        // The writer's fold: the API's view, holding the core state.
+        let mut folded = configured();
         let mut seq = 0u64;
         let mut batch: Vec<Event> = Vec::with_capacity(8192);
         let mut found = None;
@@ -179,9 +189,10 @@ async fn measure(
                 let mut v = v.clone();
                 remap(&mut v, k, k as u64 * tpl.span_ms, &mut ids, tpl.targets);
                 let e: Event = serde_json::from_value(v).context("a remapped event")?;
-                core.apply(&e);
-                batch.push(e);
                 seq += 1;
+                let stored = StoredEvent { seq, event: e };
+                folded.apply(&stored);
+                batch.push(stored.event);
                 if batch.len() == 8192 || seq == at || seq == total {
                     log.append(std::mem::take(&mut batch)).await?;
                 }
@@ -190,10 +201,15 @@ async fn measure(
                     let t = Instant::now();
                     let hash =
                         checkpoint::record_hash(log.as_ref(), at)?.context("the checkpoint's record")?;
-                    let bytes = recman_core::checkpoint::encode(at, &hash, core.state());
+                    let bytes = recman_core::checkpoint::encode_with_view(
+                        at,
+                        &hash,
+                        &folded.state,
+                        &folded.encode_section(),
+                    );
                     let len = bytes.len();
                     store.save(at, bytes, 3).await?;
-                    found = Some((ms(t), len, core.state().jobs.len()));
+                    found = Some((ms(t), len, folded.state.jobs.len()));
                 }
             }
             if k % 50 == 49 {
@@ -251,26 +267,51 @@ async fn measure(
         resumed.tail
     );
     drop((core, full));
-    let view = if with_view {
-        // The API's read side still folds the whole log at start-up (`view`):
-        // the time until the API answers is this, not `startup_ms`.
-        let t = Instant::now();
-        {
-            let log = log::open(Backend::Redb, dir)?;
-            let view = tokio::task::block_in_place(|| {
-                crate::view::View::new(Default::default()).build(log.as_ref(), crate::view::Until::End)
-            })?;
-            anyhow::ensure!(view.last_seq == total, "the view folded to {}", view.last_seq);
-        }
+
+    // The API: `recman up` builds its view (from the checkpoint's view
+    // section and the tail), then starts the engine (from the checkpoint and
+    // the tail); /readyz answers once the engine answers.
+    let t = Instant::now();
+    let (started, view_resumed, view_startup_ms) = {
+        let log = log::open(Backend::Redb, dir)?;
+        let store = Some(store.as_ref() as &dyn CheckpointStore);
+        let (v, r) = checkpoint::resume_view(configured(), log.as_ref(), store).await?;
         let view_ms = ms(t);
-        eprintln!("the API's read side folds the whole log: {view_ms:.0} ms");
+        let (core, _) = checkpoint::resume(CoreConfig::default(), log.as_ref(), store).await?;
+        drop(core);
+        (v, r, view_ms)
+    };
+    let api_ready_ms = ms(t);
+    anyhow::ensure!(
+        view_resumed.from == Some(at),
+        "the API's view did not start from the checkpoint: {view_resumed:?}"
+    );
+    anyhow::ensure!(started.last_seq == total, "the view is at {}", started.last_seq);
+    eprintln!(
+        "the API's view from the checkpoint ({} tail events) {view_startup_ms:.0} ms; the API answers after {api_ready_ms:.0} ms",
+        view_resumed.tail
+    );
+    let full_view = if with_view {
+        let t = Instant::now();
+        let full = {
+            let log = log::open(Backend::Redb, dir)?;
+            tokio::task::block_in_place(|| configured().build(log.as_ref(), Until::End))?
+        };
+        let view_ms = ms(t);
+        anyhow::ensure!(full.last_seq == total, "the view folded to {}", full.last_seq);
+        anyhow::ensure!(
+            view::shown(&started) == view::shown(&full),
+            "the API's view from the checkpoint shows other than a fold of the whole log"
+        );
+        eprintln!("the API's view folded from the whole log: {view_ms:.0} ms (shows the same)");
         format!(" view_full_ms={view_ms:.0}")
     } else {
         String::new()
     };
     Ok(format!(
         "startup_ms={startup_ms:.0} full_replay_ms={full_replay_ms:.0} events={total} checkpoint_bytes={checkpoint_bytes} \
-         tail={} jobs_in_state={state_jobs} write_ms={encode_ms:.0}{view}",
+         tail={} jobs_in_state={state_jobs} write_ms={encode_ms:.0} view_startup_ms={view_startup_ms:.0}{full_view} \
+         api_ready_ms={api_ready_ms:.0}",
         resumed.tail
     ))
 }

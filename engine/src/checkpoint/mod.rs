@@ -20,6 +20,8 @@ use recman_core::{Core, CoreConfig, State};
 use recman_events::codec;
 use recman_events::EventLog;
 
+use crate::view::{Until, View};
+
 pub mod contract;
 pub mod files;
 pub mod pg;
@@ -55,21 +57,31 @@ pub struct Policy {
     pub every_events: u64,
     pub every: Duration,
     pub keep: usize,
+    /// `[engine] recent_finished`: the view section of each checkpoint is
+    /// folded with it (the API's view starts from it).
+    pub recent_finished: usize,
 }
 
 impl Policy {
-    pub fn from_config(c: &recman_config::CheckpointConfig) -> Policy {
+    pub fn from_config(c: &recman_config::Config) -> Policy {
         Policy {
-            every_events: c.every_events,
-            every: c.every,
-            keep: c.keep as usize,
+            every_events: c.checkpoint.every_events,
+            every: c.checkpoint.every,
+            keep: c.checkpoint.keep as usize,
+            recent_finished: c.engine.recent_finished as usize,
         }
     }
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy::from_config(&recman_config::CheckpointConfig::default())
+        let c = recman_config::CheckpointConfig::default();
+        Policy {
+            every_events: c.every_events,
+            every: c.every,
+            keep: c.keep as usize,
+            recent_finished: recman_config::DEFAULT_RECENT_FINISHED as usize,
+        }
     }
 }
 
@@ -204,8 +216,50 @@ pub async fn resume(
     Ok((core, resumed))
 }
 
+/// The API's view: from the view section of the newest valid checkpoint of
+/// `store` and the log after it, or (no checkpoint, or none with a usable
+/// view section: a warning says why) folded from the whole log. `view` is
+/// the empty view as configured (targets, bounds, `recent_finished`).
+pub async fn resume_view(
+    view: View,
+    log: &dyn EventLog,
+    store: Option<&dyn CheckpointStore>,
+) -> anyhow::Result<(View, Resumed)> {
+    let mut resumed = Resumed::default();
+    let ck = match store {
+        Some(s) => newest_valid(s, log, &mut resumed).await?,
+        None => None,
+    };
+    let start = match ck {
+        Some(ck) => {
+            let seq = ck.header.seq;
+            match view.clone().from_checkpoint(seq, ck.state, &ck.view) {
+                Ok(v) => {
+                    resumed.from = Some(seq);
+                    v
+                }
+                Err(why) => {
+                    tracing::warn!(seq, reason = %why, "the API's view is folded from the whole log: the checkpoint's view section is not used");
+                    resumed.skipped.push((seq, why));
+                    view
+                }
+            }
+        }
+        None => view,
+    };
+    let from = start.last_seq;
+    // On this thread, as the engine's own replay.
+    let view = start
+        .build(log, Until::End)
+        .context("folding the event log into the API's view")?;
+    resumed.tail = view.last_seq - from;
+    Ok((view, resumed))
+}
+
 /// Encodes and stores a checkpoint of `state` (the fold of the log to
-/// `state.applied`, which must be durable), off the engine's loop.
+/// `state.applied`, which must be durable), off the engine's loop. It has
+/// no view section (the writer's checkpoints have one): the API's view
+/// started from it is folded from the whole log.
 pub async fn write(
     store: &dyn CheckpointStore,
     log: &dyn EventLog,
@@ -239,14 +293,18 @@ pub struct Verdict {
 }
 
 /// Checks every checkpoint of `store` against a fold of `log` (one pass:
-/// the fold stops at each checkpoint's record and compares).
+/// the fold stops at each checkpoint's record and compares): the core
+/// state, and the view section when it has one (the API's view is folded
+/// with the same `recent_finished`).
 pub async fn verify_all(store: &dyn CheckpointStore, log: &dyn EventLog) -> anyhow::Result<Vec<Verdict>> {
     let seqs = store.list().await?;
     let mut out = Vec::new();
     // Of the config only the bounds change the fold (`evolve`: when
     // finished jobs and request ids leave): each checkpoint is compared with
-    // a fold under its own, started again when they differ.
-    let mut core = Core::new(CoreConfig::default());
+    // a fold under its own, started again when they differ; likewise the
+    // view's `recent_finished`.
+    let fresh = |bounds, recent| View::new(Default::default()).with_bounds(bounds, recent);
+    let mut view = fresh(recman_core::Bounds::default(), crate::view::RECENT_FINISHED);
     let mut at = 0u64;
     for seq in seqs {
         let problem = match store.load(seq).await? {
@@ -259,22 +317,28 @@ pub async fn verify_all(store: &dyn CheckpointStore, log: &dyn EventLog) -> anyh
                 Ok(ck) => match mismatch(log, &ck.header)? {
                     Some(why) => Some(why),
                     None => {
-                        if core.state().bounds != ck.state.bounds || at > seq {
-                            core = Core::new(CoreConfig {
-                                bounds: ck.state.bounds,
-                                ..CoreConfig::default()
-                            });
+                        let recent = crate::view::section::recent_cap(&ck.view)
+                            .unwrap_or(crate::view::RECENT_FINISHED);
+                        if view.state.bounds != ck.state.bounds || view.recent_cap() != recent || at > seq {
+                            view = fresh(ck.state.bounds, recent);
                             at = 0;
                         }
                         while at < seq {
                             let batch = log.read(at + 1, (seq - at).min(4096) as usize)?;
                             anyhow::ensure!(!batch.is_empty(), "the log ended at record {at}");
                             for e in &batch {
-                                core.apply(&e.event);
+                                view.apply(e);
                             }
                             at = batch.last().map(|e| e.seq).unwrap_or(at);
                         }
-                        checkpoint::difference(&ck.state, core.state())
+                        checkpoint::difference(&ck.state, &view.state)
+                            .or_else(|| {
+                                // Without a view section (`recman bench`, older
+                                // writers) the API folds the whole log: nothing to check.
+                                (!ck.view.is_empty())
+                                    .then(|| crate::view::section::difference(&ck.view, &view))
+                                    .flatten()
+                            })
                             .map(|d| format!("it does not match a replay of the log to record {seq}: {d}"))
                     }
                 },

@@ -176,6 +176,7 @@ async fn the_writer_writes_checkpoints_as_the_log_grows() {
             every_events: 1000,
             every: Duration::from_secs(3600),
             keep: 2,
+            recent_finished: 40,
         },
     };
     let bounds = recman_core::Bounds {
@@ -216,4 +217,153 @@ async fn the_writer_writes_checkpoints_as_the_log_grows() {
         full.state().jobs.len() < fold(&events).state().jobs.len(),
         "the bounds change what stays"
     );
+    // The writer's checkpoints carry the API's view: it starts from them.
+    let empty = View::new(Default::default()).with_bounds(bounds, 40);
+    let (view, r) = resume_view(empty, log.as_ref(), Some(store.as_ref()))
+        .await
+        .unwrap();
+    assert_eq!(r.from, Some(seqs[1]));
+    let full_view = view_fold(&events, bounds, 40);
+    assert_eq!(crate::view::shown(&view), crate::view::shown(&full_view));
+}
+
+/// The API's view folded from `events`, as `recman up` configures it
+/// (here with `recent` finished jobs kept after they left the state).
+fn view_fold(events: &[Event], bounds: recman_core::Bounds, recent: usize) -> View {
+    let mut v = View::new(Default::default()).with_bounds(bounds, recent);
+    for (i, e) in events.iter().enumerate() {
+        v.apply(&recman_events::StoredEvent {
+            seq: i as u64 + 1,
+            event: e.clone(),
+        });
+    }
+    v
+}
+
+/// A checkpoint at `seq` with the view's section, as the writer makes it.
+fn view_checkpoint_at(log: &dyn EventLog, view: &View, seq: u64) -> Vec<u8> {
+    assert_eq!(view.last_seq, seq);
+    let hash = record_hash(log, seq).unwrap().unwrap();
+    codec::encode_with_view(seq, &hash, &view.state, &view.encode_section())
+}
+
+/// Issue 19: the API's view starts from a checkpoint's view section and the
+/// log's tail, and shows what a fold of the whole log shows (jobs, their
+/// timelines, targets, catalog, mounts, clones, metrics); finished jobs
+/// leave the state and the recent window during the tail too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_view_from_a_checkpoint_shows_what_a_full_fold_shows() {
+    let events = sim_log(11);
+    let n = events.len() as u64;
+    let log = log_of(&events).await;
+    let bounds = recman_core::Bounds {
+        keep_finished_ms: 1_000,
+        ..recman_core::Bounds::default()
+    };
+    let recent = 25;
+    let configured = || View::new(Default::default()).with_bounds(bounds, recent);
+    let full = view_fold(&events, bounds, recent);
+    let shown_full = crate::view::shown(&full);
+    assert!(
+        shown_full["snapshots"].as_array().unwrap().len() > 10
+            && shown_full["jobs"].as_array().unwrap().len() > recent
+            && full.state.jobs.len() < 200,
+        "a log whose jobs leave memory and fill the catalog: {} jobs listed, {} in state",
+        shown_full["jobs"].as_array().unwrap().len(),
+        full.state.jobs.len()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::in_data_dir(dir.path());
+    for at in [n / 3, n - 700] {
+        let half = view_fold(&events[..at as usize], bounds, recent);
+        store
+            .save(at, view_checkpoint_at(log.as_ref(), &half, at), 3)
+            .await
+            .unwrap();
+        let (started, r) = resume_view(configured(), log.as_ref(), Some(&store))
+            .await
+            .unwrap();
+        assert_eq!(r.from, Some(at));
+        assert_eq!(r.tail, n - at);
+        assert_eq!(started.last_seq, n);
+        assert_eq!(crate::view::shown(&started), shown_full, "from record {at}");
+        assert_eq!(started.state, full.state);
+        // The fold goes on alike: the section restored everything it needs.
+        assert_eq!(started.section(), full.section());
+    }
+    // The audit checks the view section too.
+    let verdicts = verify_all(&store, log.as_ref()).await.unwrap();
+    assert!(
+        verdicts.len() == 2 && verdicts.iter().all(|v| v.problem.is_none()),
+        "{verdicts:?}"
+    );
+}
+
+/// A checkpoint without a usable view section (none, another
+/// `recent_finished`, other bounds) leaves the API's view folded from the
+/// whole log, with the reason; a view section that is not the log's fold is
+/// named by the audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_view_section_falls_back_to_the_whole_log_and_the_audit_tells_a_wrong_one() {
+    let events = sim_log(12);
+    let n = events.len() as u64;
+    let log = log_of(&events).await;
+    let bounds = recman_core::Bounds::default();
+    let full = view_fold(&events, bounds, 30);
+    let at = n - 500;
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::in_data_dir(dir.path());
+    // No view section (a state-only checkpoint): the core uses it, the view does not.
+    store
+        .save(at, checkpoint_at(log.as_ref(), &events, at), 3)
+        .await
+        .unwrap();
+    let configured = |recent| View::new(Default::default()).with_bounds(bounds, recent);
+    let (v, r) = resume_view(configured(30), log.as_ref(), Some(&store))
+        .await
+        .unwrap();
+    assert_eq!(r.from, None);
+    assert!(r.skipped[0].1.contains("no view section"), "{r:?}");
+    assert_eq!(crate::view::shown(&v), crate::view::shown(&full));
+    // Another `recent_finished`: folded from the whole log.
+    let with_40 = view_fold(&events[..at as usize], bounds, 40);
+    store
+        .save(at, view_checkpoint_at(log.as_ref(), &with_40, at), 3)
+        .await
+        .unwrap();
+    let (v, r) = resume_view(configured(30), log.as_ref(), Some(&store))
+        .await
+        .unwrap();
+    assert_eq!(r.from, None);
+    assert!(r.skipped[0].1.contains("recent_finished"), "{r:?}");
+    assert_eq!(crate::view::shown(&v), crate::view::shown(&full));
+    // The audit folds with the section's own `recent_finished`: it holds.
+    let verdicts = verify_all(&store, log.as_ref()).await.unwrap();
+    assert_eq!(verdicts[0].problem, None, "{verdicts:?}");
+    // A view section that is not the log's: who asked for a job differs.
+    let mut forged = events.clone();
+    let i = (0..at as usize)
+        .rev()
+        .find(|i| matches!(forged[*i].body, recman_events::EventBody::Requested { .. }))
+        .unwrap();
+    forged[i].by = "mallory".into();
+    let lie = view_fold(&forged[..at as usize], bounds, 30);
+    assert_eq!(lie.state, view_fold(&events[..at as usize], bounds, 30).state);
+    store
+        .save(at, view_checkpoint_at(log.as_ref(), &lie, at), 3)
+        .await
+        .unwrap();
+    let verdicts = verify_all(&store, log.as_ref()).await.unwrap();
+    let problem = verdicts[0].problem.clone().unwrap_or_default();
+    assert!(problem.contains("view's job steps differ"), "{verdicts:?}");
+    // A version-1 checkpoint is refused by its version, never mis-read.
+    let mut v1 = checkpoint_at(log.as_ref(), &events, at);
+    v1[8..10].copy_from_slice(&1u16.to_le_bytes());
+    store.save(at, v1, 3).await.unwrap();
+    let (v, r) = resume_view(configured(30), log.as_ref(), Some(&store))
+        .await
+        .unwrap();
+    assert_eq!(r.from, None);
+    assert!(r.skipped[0].1.contains("format version 1"), "{r:?}");
+    assert_eq!(v.last_seq, n);
 }

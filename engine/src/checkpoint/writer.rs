@@ -1,6 +1,8 @@
 //! The checkpoint writer: a thread beside the engine's loop that folds the
 //! durable log into a state of its own and writes a checkpoint of it every
-//! `every_events` events or `every`. The loop never pauses for a
+//! `every_events` events or `every`. It folds the API's view (which holds
+//! the core state, folded by the same `evolve`), so each checkpoint also
+//! carries the view's section at the same record: the API starts from it. The loop never pauses for a
 //! checkpoint (a copy of a fleet's state takes long: `recman bench
 //! startup` prints it); the price is a second fold of each event, on the
 //! other core, and a second copy of the state in memory. Only what the log
@@ -11,10 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use recman_core::{checkpoint as codec, evolve, Bounds, CoreConfig, State};
+use recman_core::{checkpoint as codec, Bounds};
 use recman_events::EventLog;
 
-use super::{record_hash, resume, Checkpoints};
+use super::{record_hash, resume_view, Checkpoints};
+use crate::view::View;
 
 /// How often the writer looks for new records.
 const POLL: Duration = Duration::from_millis(200);
@@ -54,21 +57,22 @@ impl Drop for Writer {
     }
 }
 
-/// Folds the log's records after `state.applied` into it.
-fn fold_new(state: &mut State, log: &dyn EventLog, stop: &AtomicBool) -> anyhow::Result<()> {
+/// Folds the log's records after `view.last_seq` into it.
+fn fold_new(view: &mut View, log: &dyn EventLog, stop: &AtomicBool) -> anyhow::Result<()> {
     loop {
-        let batch = log.read(state.applied + 1, 4096).context("reading the log")?;
+        let batch = log.read(view.last_seq + 1, 4096).context("reading the log")?;
         if batch.is_empty() || stop.load(Ordering::Acquire) {
             return Ok(());
         }
         for e in &batch {
             anyhow::ensure!(
-                e.seq == state.applied + 1,
-                "record {} follows {}: the writer's state is not the log's",
+                e.seq == view.last_seq + 1 && view.state.applied == view.last_seq,
+                "record {} follows {} (state at {}): the writer's state is not the log's",
                 e.seq,
-                state.applied
+                view.last_seq,
+                view.state.applied
             );
-            evolve(state, &e.event);
+            view.apply(e);
         }
     }
 }
@@ -80,19 +84,16 @@ fn run(
     rt: &tokio::runtime::Handle,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    // The same start as the engine's (its own copy).
-    let cfg = CoreConfig {
-        bounds,
-        ..CoreConfig::default()
-    };
-    let (core, resumed) = rt.block_on(resume(cfg, log, Some(ck.store.as_ref())))?;
-    let mut state = core.into_state();
+    // The same start as the API's (its own copy; config-only parts of the
+    // view, such as the targets' retention, are not in a checkpoint).
+    let empty = View::new(Default::default()).with_bounds(bounds, ck.policy.recent_finished);
+    let (mut view, resumed) = rt.block_on(resume_view(empty, log, Some(ck.store.as_ref())))?;
     let mut last = resumed.from.unwrap_or(0);
     let mut last_at = Instant::now();
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(POLL);
-        fold_new(&mut state, log, stop)?;
-        let n = state.applied;
+        fold_new(&mut view, log, stop)?;
+        let n = view.last_seq;
         let due = n > last && (n - last >= ck.policy.every_events || last_at.elapsed() >= ck.policy.every);
         if !due || stop.load(Ordering::Acquire) {
             continue;
@@ -100,7 +101,7 @@ fn run(
         let started = Instant::now();
         let written = record_hash(log, n)?
             .with_context(|| format!("the log has no record {n}"))
-            .map(|hash| codec::encode(n, &hash, &state))
+            .map(|hash| codec::encode_with_view(n, &hash, &view.state, &view.encode_section()))
             .and_then(|bytes| {
                 let len = bytes.len();
                 rt.block_on(ck.store.save(n, bytes, ck.policy.keep)).map(|()| len)

@@ -84,8 +84,12 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         stats: stats.clone(),
     });
     std::fs::create_dir_all(&g.data_dir).with_context(|| format!("creating {}", g.data_dir.display()))?;
+    let checkpoints = g.checkpoints(&config)?;
     let bound = match plan {
-        Some(p) => Some(p.bind(&config, log.as_ref()).await?),
+        Some(p) => Some(
+            p.bind(&config, log.as_ref(), Some(checkpoints.store.as_ref()))
+                .await?,
+        ),
         None => None,
     };
     let bus = a
@@ -107,7 +111,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     }
     let builder = Engine::builder(&config)
         .log(log.clone())
-        .checkpoints(Some(g.checkpoints(&config)?))
+        .checkpoints(Some(checkpoints))
         .bus(bus)
         .no_workers();
     let builder = if a.no_relay {

@@ -80,7 +80,10 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         inner: g.open_log(&config, "up").await?,
         stats: stats.clone(),
     });
-    let bound = plan.bind(&config, log.as_ref()).await?;
+    let checkpoints = g.checkpoints(&config)?;
+    let bound = plan
+        .bind(&config, log.as_ref(), Some(checkpoints.store.as_ref()))
+        .await?;
 
     let memory = (!amqp_named).then(MemoryBus::new);
     let inner: Arc<dyn Bus> = match &memory {
@@ -143,7 +146,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     }
     let mut engine = Engine::builder(&config)
         .log(log.clone())
-        .checkpoints(Some(g.checkpoints(&config)?))
+        .checkpoints(Some(checkpoints))
         .bus(bus.clone())
         .relay(relay)
         .worker(worker)

@@ -193,7 +193,7 @@ impl Builder {
                     .map_err(|e| crate::api::discovery::explain_locked(&dir, e))?;
                 checkpoints.get_or_insert_with(|| crate::checkpoint::Checkpoints {
                     store: Arc::new(crate::checkpoint::FileStore::in_data_dir(&dir)),
-                    policy: crate::checkpoint::Policy::from_config(&self.config.checkpoint),
+                    policy: crate::checkpoint::Policy::from_config(&self.config),
                 });
                 l
             }

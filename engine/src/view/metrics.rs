@@ -45,6 +45,21 @@ impl Histogram {
         self.count += 1;
     }
 
+    /// Its counts per bucket, sum and count (a checkpoint keeps them).
+    pub fn parts(&self) -> (&[u64], f64, u64) {
+        (&self.counts, self.sum, self.count)
+    }
+
+    /// A histogram of `bounds` with these counts (`None`: as many counts as bounds they are not).
+    pub fn from_parts(bounds: &'static [f64], counts: Vec<u64>, sum: f64, count: u64) -> Option<Self> {
+        (counts.len() == bounds.len()).then_some(Histogram {
+            bounds,
+            counts,
+            sum,
+            count,
+        })
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }

@@ -13,7 +13,7 @@
 //! every unfinished job, the jobs finished within the stay, and the last
 //! [`RECENT_FINISHED`] before that.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use recman_events::{
     ArrayExpiry, EventBody, EventLog, JobId, LiveData, LogError, RecoveryAction, RequestId, SnapshotInfo,
@@ -30,6 +30,7 @@ pub const RECENT_FINISHED: usize = 10_000;
 
 pub mod metrics;
 pub mod schedules;
+pub mod section;
 pub mod time;
 
 use metrics::{Family, Histogram, FREEZE_BUCKETS, STAGE_BUCKETS};
@@ -358,14 +359,40 @@ pub struct Retention {
 }
 
 /// Per-job facts the core state does not keep.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct JobExtra {
     /// The `by` of the job's request.
     by: String,
     steps: Vec<StepView>,
     snapshot_at_ms: Option<u64>,
     /// The `SnapshotExpiry` of the job's snapshots, by name.
-    array_expiry: BTreeMap<String, ArrayExpiry>,
+    array_expiry: BTreeMap<String, Expiry>,
+}
+
+/// An [`ArrayExpiry`] in a shape every serde format keeps (the checkpoint's
+/// view section).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Expiry {
+    expiration_hours: Option<u32>,
+    retention_hours: Option<u32>,
+}
+
+impl From<ArrayExpiry> for Expiry {
+    fn from(e: ArrayExpiry) -> Self {
+        Expiry {
+            expiration_hours: e.expiration_hours,
+            retention_hours: e.retention_hours,
+        }
+    }
+}
+
+impl From<Expiry> for ArrayExpiry {
+    fn from(e: Expiry) -> Self {
+        ArrayExpiry {
+            expiration_hours: e.expiration_hours,
+            retention_hours: e.retention_hours,
+        }
+    }
 }
 
 /// The projection. `apply` every event in order; query with the methods.
@@ -376,7 +403,11 @@ pub struct View {
     pub last_seq: u64,
     pub last_at_ms: u64,
     extra: BTreeMap<JobId, JobExtra>,
-    catalog: Vec<SnapshotEntry>,
+    /// The catalog in the order it was filled (key: a running number).
+    catalog: BTreeMap<u64, SnapshotEntry>,
+    /// The catalog entry of each job (a job has at most one).
+    catalog_by_job: HashMap<JobId, u64>,
+    catalog_next: u64,
     last_snapshot: BTreeMap<TargetId, SnapshotRef>,
     last_failure: BTreeMap<TargetId, FailureRef>,
     last_prune_failure: BTreeMap<TargetId, PruneFailureRef>,
@@ -418,6 +449,11 @@ impl View {
         self.state.bounds = bounds;
         self.recent_cap = recent;
         self
+    }
+
+    /// How many finished jobs it keeps after they left the core state.
+    pub fn recent_cap(&self) -> usize {
+        self.recent_cap
     }
 
     /// A finished job that left the core state (at event `at`).
@@ -607,7 +643,7 @@ impl View {
                     .get(&job)
                     .and_then(|x| x.snapshot_at_ms)
                     .unwrap_or(ev.at_ms);
-                if self.catalog.iter().any(|c| c.job == job) {
+                if self.catalog_by_job.contains_key(&job) {
                     return;
                 }
                 for t in &j.targets {
@@ -621,7 +657,7 @@ impl View {
                         },
                     );
                 }
-                self.catalog.push(SnapshotEntry {
+                let entry = SnapshotEntry {
                     name: snapshot.name.clone(),
                     targets: j.targets.clone(),
                     job,
@@ -638,9 +674,10 @@ impl View {
                         .extra
                         .get(&job)
                         .and_then(|x| x.array_expiry.get(&snapshot.name))
-                        .map(|e| ArrayExpiryView::new(*e, cut)),
+                        .map(|e| ArrayExpiryView::new((*e).into(), cut)),
                     in_use: Vec::new(),
-                });
+                };
+                self.catalog_push(entry);
             }
             EventBody::RecoveryStepDone {
                 stage,
@@ -666,8 +703,8 @@ impl View {
                 }
                 // The safety snapshot is a restore point of the target (the
                 // core catalogued it with this event).
-                if *stage == Stage::SafetySnapshot && !self.catalog.iter().any(|c| c.job == job) {
-                    self.catalog.push(SnapshotEntry {
+                if *stage == Stage::SafetySnapshot && !self.catalog_by_job.contains_key(&job) {
+                    self.catalog_push(SnapshotEntry {
                         name: location.clone(),
                         targets: vec![target],
                         job,
@@ -728,15 +765,13 @@ impl View {
             }
             EventBody::SnapshotExpiry { name, expiry, .. } => {
                 if let Some(x) = self.extra_of(job) {
-                    x.array_expiry.insert(name.clone(), *expiry);
+                    x.array_expiry.insert(name.clone(), (*expiry).into());
                 }
             }
             EventBody::PruneFailed { target, name, error } => {
                 let error = format!("{}: {}", error.code, error.message);
-                for c in &mut self.catalog {
-                    if c.job == job && &c.name == name {
-                        c.prune_failure = Some(error.clone());
-                    }
+                if let Some(c) = self.catalog_of(&job).filter(|c| &c.name == name) {
+                    c.prune_failure = Some(error.clone());
                 }
                 self.last_prune_failure.insert(
                     target.clone(),
@@ -756,12 +791,14 @@ impl View {
                 {
                     self.last_prune_failure.remove(target);
                 }
-                for c in &mut self.catalog {
-                    if c.job == job && &c.name == name {
-                        c.targets.retain(|t| t != target);
+                if let Some(c) = self.catalog_of(&job).filter(|c| &c.name == name) {
+                    c.targets.retain(|t| t != target);
+                    if c.targets.is_empty() {
+                        if let Some(k) = self.catalog_by_job.remove(&job) {
+                            self.catalog.remove(&k);
+                        }
                     }
                 }
-                self.catalog.retain(|c| !c.targets.is_empty());
                 if self
                     .last_snapshot
                     .get(target)
@@ -772,6 +809,20 @@ impl View {
             }
             _ => {}
         }
+    }
+
+    /// Adds `e` at the catalog's end (newest).
+    fn catalog_push(&mut self, e: SnapshotEntry) {
+        let k = self.catalog_next;
+        self.catalog_next += 1;
+        self.catalog_by_job.insert(e.job, k);
+        self.catalog.insert(k, e);
+    }
+
+    /// The catalog entry of job `id`.
+    fn catalog_of(&mut self, id: &JobId) -> Option<&mut SnapshotEntry> {
+        let k = self.catalog_by_job.get(id)?;
+        self.catalog.get_mut(k)
     }
 
     fn observe_freeze(&mut self, target: &TargetId, us: u64) {
@@ -1020,20 +1071,15 @@ impl View {
     }
 
     pub fn targets(&self) -> Vec<TargetView> {
-        let mut ids: Vec<TargetId> = self.retention.keys().cloned().collect();
-        for t in self
-            .state
-            .queues
+        let ids: BTreeSet<&TargetId> = self
+            .retention
             .keys()
+            .chain(self.state.queues.keys())
             .chain(self.last_snapshot.keys())
             .chain(self.last_failure.keys())
-        {
-            if !ids.contains(t) {
-                ids.push(t.clone());
-            }
-        }
-        ids.sort();
+            .collect();
         ids.into_iter()
+            .cloned()
             .map(|t| {
                 let holder = self.state.holder(&t);
                 let depth = self.state.queues.get(&t).map_or(0, |q| q.len()) - usize::from(holder.is_some());
@@ -1071,7 +1117,18 @@ impl View {
     /// The catalog, newest first, optionally of one target.
     pub fn snapshots(&self, target: Option<&TargetId>) -> Vec<SnapshotEntry> {
         let mut out: Vec<SnapshotEntry> = Vec::new();
-        for (i, c) in self.catalog.iter().enumerate().rev() {
+        // Per target, the entries newer than the one at hand (newest first).
+        let mut seen: HashMap<&TargetId, u32> = HashMap::new();
+        for c in self.catalog.values().rev() {
+            let newer_of: Vec<u32> = c
+                .targets
+                .iter()
+                .map(|t| {
+                    let n = seen.entry(t).or_default();
+                    *n += 1;
+                    *n - 1
+                })
+                .collect();
             if target.is_some_and(|t| !c.targets.contains(t)) {
                 continue;
             }
@@ -1096,14 +1153,10 @@ impl View {
                 .iter()
                 .filter_map(|t| recman_core::recovery::pinned(&self.state, t, &c.name))
                 .collect();
-            for t in &c.targets {
+            for (t, newer) in c.targets.iter().zip(newer_of) {
                 let Some(Some(keep)) = self.retention.get(t) else {
                     continue;
                 };
-                let newer = self.catalog[i + 1..]
-                    .iter()
-                    .filter(|n| n.targets.contains(t))
-                    .count() as u32;
                 let left = keep.saturating_sub(newer);
                 if e.retention.as_ref().is_none_or(|r| left < r.expires_after) {
                     e.retention = Some(Retention {
@@ -1358,6 +1411,26 @@ pub fn job_from_log(log: &dyn EventLog, id: JobId) -> Result<Option<JobDetail>, 
         v.apply(e);
     }
     Ok(v.job(&id))
+}
+
+/// Everything the API shows of `view` (every job in memory with its
+/// timeline, the targets, the catalog, mounts, clones, the metrics text):
+/// a view started from a checkpoint must show what a full fold shows.
+pub fn shown(view: &View) -> serde_json::Value {
+    let (jobs, _) = view.jobs(None, None, None, None, usize::MAX);
+    let details: Vec<Option<JobDetail>> = jobs.iter().map(|j| view.job(&j.id)).collect();
+    let mut metrics = String::new();
+    view.render_metrics(&mut metrics);
+    serde_json::json!({
+        "last_seq": view.last_seq,
+        "jobs": jobs,
+        "details": details,
+        "targets": view.targets(),
+        "snapshots": view.snapshots(None),
+        "mounts": view.mounts(),
+        "clones": view.clones(),
+        "metrics": metrics,
+    })
 }
 
 /// A comparable rendering of the core state (`recman replay` against a server):
