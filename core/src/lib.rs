@@ -64,6 +64,9 @@ pub struct Core {
     rng: Rng,
     /// When each schedule and RPO falls due, kept as events fold in.
     due: due::DueIndex,
+    /// The earliest mount age limit (`recovery::mounts_due`), kept as
+    /// recovery events fold in.
+    mounts_due: Option<u64>,
 }
 
 impl Core {
@@ -74,7 +77,14 @@ impl Core {
             ..State::default()
         };
         let due = due::DueIndex::build(&state, &cfg);
-        Core { cfg, state, rng, due }
+        let mounts_due = recovery::mounts_due(&state, &cfg);
+        Core {
+            cfg,
+            state,
+            rng,
+            due,
+            mounts_due,
+        }
     }
 
     /// A core resumed from a checkpoint's state (the fold of the log to
@@ -86,7 +96,14 @@ impl Core {
         state.bounds = cfg.bounds;
         let due = due::DueIndex::build(&state, &cfg);
         let rng = Rng::new(cfg.seed ^ state.applied.wrapping_mul(0x2545_F491_4F6C_DD1D));
-        Core { cfg, state, rng, due }
+        let mounts_due = recovery::mounts_due(&state, &cfg);
+        Core {
+            cfg,
+            state,
+            rng,
+            due,
+            mounts_due,
+        }
     }
 
     /// A core with a deliberate bug (the simulator's self-test).
@@ -210,6 +227,9 @@ impl Core {
         }
         evolve(&mut self.state, e);
         self.due.observe(&self.state, &self.cfg, e);
+        if recovery::changes_mounts_due(&e.body) {
+            self.mounts_due = recovery::mounts_due(&self.state, &self.cfg);
+        }
     }
 
     /// The commands, with the sending's deliberate bug when asked for.
@@ -242,7 +262,7 @@ impl Core {
             self.due.first(),
             verify::next_due(&self.state),
             reconcile::next_due(&self.state),
-            recovery::next_due(&self.state, &self.cfg),
+            recovery::next_due(&self.state, self.mounts_due),
         ]
         .into_iter()
         .flatten()
@@ -288,6 +308,13 @@ impl Core {
             .min();
         if self.due.first() != full {
             return Err(format!("first: index {:?}, full scan {full:?}", self.due.first()));
+        }
+        let mounts = recovery::mounts_due(&self.state, &self.cfg);
+        if self.mounts_due != mounts {
+            return Err(format!(
+                "mounts: kept {:?}, full scan {mounts:?}",
+                self.mounts_due
+            ));
         }
         Ok(())
     }

@@ -1394,16 +1394,41 @@ pub fn expired_mounts(state: &State, cfg: &CoreConfig, now: u64) -> Vec<Event> {
     out
 }
 
-/// When the runtime must call back: a step's deadline, or a mount's age limit.
-pub fn next_due(state: &State, cfg: &CoreConfig) -> Option<u64> {
+/// When the runtime must call back: a step's deadline, or a mount's age
+/// limit (`mounts`, the earliest of [`mounts_due`], which the core keeps as
+/// events fold in: a look at every mount at every input cost O(mounts)).
+pub fn next_due(state: &State, mounts: Option<u64>) -> Option<u64> {
     let step = state.recovery.deadlines.first().map(|(d, _)| *d);
-    let mount = state
+    [step, mounts].into_iter().flatten().min()
+}
+
+/// The earliest age limit of a mount the engine must take away. It reads
+/// only the recovery ledger, which only recovery events change
+/// ([`changes_mounts_due`]).
+pub fn mounts_due(state: &State, cfg: &CoreConfig) -> Option<u64> {
+    state
         .recovery
         .mounts
         .values()
         .filter_map(|m| mount_due(state, cfg, m))
-        .min();
-    [step, mount].into_iter().flatten().min()
+        .min()
+}
+
+/// Whether folding `body` may change [`mounts_due`]: the events
+/// [`evolve`] folds into the ledger.
+pub fn changes_mounts_due(body: &EventBody) -> bool {
+    matches!(
+        body,
+        EventBody::RecoveryRequested { .. }
+            | EventBody::RecoveryStepStarted { .. }
+            | EventBody::RecoveryStepDone { .. }
+            | EventBody::RecoveryStepFailed { .. }
+            | EventBody::RecoveryCompleted { .. }
+            | EventBody::RecoveryFailed { .. }
+            | EventBody::ApprovalRequired { .. }
+            | EventBody::Approved { .. }
+            | EventBody::RecoveryStepNoted { .. }
+    )
 }
 
 /// The command of `event` (a `RecoveryStepStarted`), if it is one.

@@ -138,7 +138,7 @@ impl Sim {
             .last()
             .is_none_or(|r| (r.1, r.2) != (epoch, pid))
         {
-            self.lead.appends.push((self.log.len(), epoch, pid));
+            self.lead.appends.push((self.log_len, epoch, pid));
         }
         self.log_append(events)?;
         self.maybe_checkpoint(pid);

@@ -4,12 +4,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use recman_events::{Command, EventBody, JobId, Stage, StepDetail, TargetId};
+use recman_events::{Command, Event, EventBody, JobId, Stage, StepDetail, TargetId};
 
-use super::scheduler::T0;
 use super::world::{expected_name, Frozen, Key, ADOPT_POLL_MS};
-use super::{reference, Checked, Faults, Sim, Violation, FREEZE_LIMIT};
-use crate::{Core, Reply};
+use super::{Checked, Faults, Sim, Violation, FREEZE_LIMIT};
+use crate::Reply;
 
 /// Every invariant the simulator checks, with what it promises.
 pub const INVARIANTS: &[(&str, &str)] = &[
@@ -147,31 +146,22 @@ pub const INVARIANTS: &[(&str, &str)] = &[
 pub(super) struct Checks {
     /// The job that holds each target, from `AttemptStarted` to its end.
     pub holder: HashMap<TargetId, JobId>,
-    /// Commands and reports of each job, for the trace of a violation.
-    pub messages: HashMap<JobId, Vec<String>>,
     /// Requests answered with a job, and jobs finished.
     pub accepted: usize,
     pub finished: usize,
-    /// Attempts that froze each target (a second freeze is a violation).
-    pub froze: HashSet<(usize, Key)>,
-    /// The real window (ms) of each attempt's freeze of each target that ended.
-    pub windows: HashMap<(usize, Key), u64>,
-    /// Freezes whose writer ran, and those that returned success (their
-    /// window is known exactly; a failed one's is the time since it began).
-    pub ran_freezes: HashSet<(usize, Key)>,
-    pub ok_freezes: HashSet<(usize, Key)>,
-    /// Attempts whose thaw (command or watchdog) ran on each target.
-    pub thawed: HashSet<(usize, Key)>,
-    /// Attempts whose holder died during its thaw of each target (landed
-    /// or not): a later thaw records the window up to itself.
-    pub interrupted_thaws: HashSet<(usize, Key)>,
-    /// Stages and deletes whose cause is in the durable log.
-    pub durable: HashSet<(JobId, u32, Stage)>,
+    /// What happened to each attempt's freeze of each target (`At`): one
+    /// entry per (target, attempt), not one per fact, to stay small.
+    pub at: HashMap<(usize, Key), At>,
+    /// Stages whose cause is in the durable log: per job, its attempts (or
+    /// runs) with a bit per stage.
+    pub durable: HashMap<JobId, Vec<(u32, u32)>>,
+    /// Deletes whose cause is in the durable log.
     pub durable_prunes: HashSet<(JobId, TargetId, String)>,
     /// Reconcile runs whose `ReconcileStarted` is in the durable log.
     pub durable_reconciles: HashSet<(TargetId, u32)>,
-    /// The attempt each snapshot name was given to.
-    pub names: HashMap<String, Key>,
+    /// The attempt each snapshot name was given to, by a hash of the name
+    /// (two names with one hash would be a false alarm, never a miss).
+    pub names: HashMap<u64, Key>,
     /// Schedule slots fired (schedule, slot) and their job.
     pub slots: HashMap<(String, u64), JobId>,
     /// Jobs requested by schedules.
@@ -179,6 +169,79 @@ pub(super) struct Checks {
     /// How each job ended, as the state said at its end: the checks still
     /// know it once the job left the state (`state::Bounds`).
     pub ended: HashMap<JobId, Ended>,
+    /// Jobs that failed loudly and were retired from `ended` (`check_replay`).
+    pub loud_gone: HashSet<JobId>,
+    /// Snapshot names recorded late (`LateSnapshot`), for a message.
+    pub late: HashSet<String>,
+}
+
+/// What happened to one attempt's freeze of one target (bits of `flags`),
+/// and the real window (ms) of that freeze once it ended.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct At {
+    flags: u8,
+    window: Option<u64>,
+}
+
+/// The attempt froze the target (a second freeze is a violation).
+pub(super) const FROZE: u8 = 1;
+/// The writer's freeze ran for it, and returned success (its window is
+/// known exactly; a failed one's is the time since it began).
+pub(super) const RAN: u8 = 2;
+pub(super) const OK: u8 = 4;
+/// A thaw (command or watchdog) of the attempt ran on the target.
+pub(super) const THAWED: u8 = 8;
+/// Its holder died during its thaw (landed or not): a later thaw records
+/// the window up to itself.
+pub(super) const INTERRUPTED: u8 = 16;
+
+impl Checks {
+    /// Sets `flag` of attempt `key` on target `t`; false if it was set.
+    pub fn mark(&mut self, t: usize, key: Key, flag: u8) -> bool {
+        let a = self.at.entry((t, key)).or_default();
+        let new = a.flags & flag == 0;
+        a.flags |= flag;
+        new
+    }
+
+    /// Whether `flag` of attempt `key` on target `t` is set.
+    pub fn has(&self, t: usize, key: Key, flag: u8) -> bool {
+        self.at.get(&(t, key)).is_some_and(|a| a.flags & flag != 0)
+    }
+
+    /// The real window of attempt `key`'s freeze of `t`, once it ended.
+    pub fn set_window(&mut self, t: usize, key: Key, ms: u64) {
+        self.at.entry((t, key)).or_default().window = Some(ms);
+    }
+
+    pub fn window(&self, t: usize, key: Key) -> Option<u64> {
+        self.at.get(&(t, key)).and_then(|a| a.window)
+    }
+
+    /// Stage `stage` of `job`'s attempt (or run) `attempt` is durable.
+    pub fn set_durable(&mut self, job: JobId, attempt: u32, stage: Stage) {
+        let runs = self.durable.entry(job).or_default();
+        let bit = 1u32 << (stage as u32);
+        match runs.iter_mut().find(|(a, _)| *a == attempt) {
+            Some((_, bits)) => *bits |= bit,
+            None => runs.push((attempt, bit)),
+        }
+    }
+
+    pub fn is_durable(&self, job: JobId, attempt: u32, stage: Stage) -> bool {
+        let bit = 1u32 << (stage as u32);
+        self.durable
+            .get(&job)
+            .is_some_and(|runs| runs.iter().any(|(a, bits)| *a == attempt && bits & bit != 0))
+    }
+}
+
+/// The key of a snapshot name in `Checks::names`.
+fn name_hash(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
 }
 
 /// A finished job as the state held it when it ended.
@@ -199,16 +262,7 @@ impl Sim {
         job: Option<JobId>,
         detail: String,
     ) -> Box<Violation> {
-        let mut trace = Vec::new();
-        if let Some(j) = job {
-            for e in self.log.iter().filter(|e| e.job == j) {
-                trace.push(format!("{:>8} event {:?}", e.at_ms.saturating_sub(T0), e.body));
-            }
-            if let Some(m) = self.checks.messages.get(&j) {
-                trace.push("-- messages --".into());
-                trace.extend(m.iter().cloned());
-            }
-        }
+        let trace = job.map(|j| self.traces.of(j)).unwrap_or_default();
         Box::new(Violation {
             seed: self.cfg.seed,
             invariant,
@@ -278,7 +332,7 @@ impl Sim {
         } else if name.len() > 31 {
             Some(format!("{name:?} is longer than 3PAR's 31 characters"))
         } else {
-            match self.checks.names.insert(name.to_string(), key) {
+            match self.checks.names.insert(name_hash(name), key) {
                 Some(other) if other != key => Some(format!(
                     "{name:?} was given to job {} attempt {} already",
                     other.0, other.1
@@ -349,7 +403,7 @@ impl Sim {
                 .targets
                 .first()
                 .is_some_and(|t| self.checks.durable_reconciles.contains(&(t.clone(), cmd.attempt))),
-            s => self.checks.durable.contains(&(cmd.job, cmd.attempt, s)),
+            s => self.checks.is_durable(cmd.job, cmd.attempt, s),
         };
         if !durable {
             let why = format!(
@@ -405,7 +459,7 @@ impl Sim {
     /// `one_freeze_per_attempt`: the writer's freeze of attempt `key` is
     /// called on target `t` (by any process of its host) a second time.
     pub(super) fn check_freeze_runs_once(&mut self, t: usize, key: Key) -> Checked<()> {
-        if !self.checks.ran_freezes.insert((t, key)) {
+        if !self.checks.mark(t, key, RAN) {
             let d = format!(
                 "the writer's freeze of {} ran a second time for attempt {}",
                 self.world.target_ids[t], key.1
@@ -418,7 +472,7 @@ impl Sim {
     /// `no_freeze_after_thaw`: attempt `key`'s freeze lands on target `t`
     /// after a thaw of that attempt ran there.
     pub(super) fn check_no_freeze_after_thaw(&self, t: usize, key: Key) -> Checked<()> {
-        if self.checks.thawed.contains(&(t, key)) {
+        if self.checks.has(t, key, THAWED) {
             let d = format!(
                 "attempt {}'s freeze landed on {} after a thaw of that attempt ran there",
                 key.1, self.world.target_ids[t]
@@ -430,7 +484,7 @@ impl Sim {
 
     /// `one_freeze_per_attempt`: attempt `key` freezes target `t` again.
     pub(super) fn check_one_freeze(&mut self, t: usize, key: Key) -> Checked<()> {
-        if !self.checks.froze.insert((t, key)) {
+        if !self.checks.mark(t, key, FROZE) {
             let d = format!(
                 "attempt {} froze {} a second time",
                 key.1, self.world.target_ids[t]
@@ -526,12 +580,16 @@ impl Sim {
     /// `replay_exact`: the state rebuilt from the log (by the same code, with
     /// the same mutation) equals the live state, and an independently
     /// written fold of the log (`reference`) agrees with both on every job's
-    /// end, attempt and snapshot, and on the catalog.
-    pub(super) fn check_replay(&self) -> Checked<()> {
-        let mut core = Core::new(self.core_cfg.clone());
-        for e in &self.log {
-            core.apply(e);
-        }
+    /// end, attempt and snapshot, and on the catalog. The fold of the whole
+    /// log is the fold to the last point where this held and of the log
+    /// after it (`Sim::fold_log`): by induction, the fold of every record.
+    /// The reference folds each event as it is appended; jobs it found
+    /// ended and out of the state are retired from it and from `ended`
+    /// (their fold can no longer change).
+    pub(super) fn check_replay(&mut self) -> Checked<()> {
+        let core = self
+            .fold_log()
+            .map_err(|d| self.violation("replay_exact", None, d))?;
         let live = self.engine.core.state();
         if core.state() != live {
             let job = live
@@ -545,8 +603,16 @@ impl Sim {
                 "state rebuilt from the log differs from the live state".into(),
             ));
         }
-        if let Err((job, why)) = reference::fold(&self.log).compare(live, &self.checks.ended) {
-            return Err(self.violation("replay_exact", job, why));
+        let gone = match self.reference.compare(live, &self.checks.ended) {
+            Ok(gone) => gone,
+            Err((job, why)) => return Err(self.violation("replay_exact", job, why)),
+        };
+        self.set_replay_point(&core);
+        self.reference.retire(&gone);
+        for j in gone {
+            if self.checks.ended.remove(&j).is_some_and(|e| e.loud) {
+                self.checks.loud_gone.insert(j);
+            }
         }
         Ok(())
     }
@@ -555,12 +621,11 @@ impl Sim {
     /// `every_freeze_thawed` (a job moves on only with its targets thawed, or
     /// fails loudly), `consistent_snapshot` and `freeze_window`; and what
     /// `durable_before_send` needs.
-    pub(super) fn check_event(&mut self, k: usize) -> Checked<()> {
-        let e = &self.log[k];
+    pub(super) fn check_event(&mut self, e: &Event) -> Checked<()> {
         let job_id = e.job;
         match &e.body {
             EventBody::StageStarted { stage, attempt, .. } => {
-                self.checks.durable.insert((job_id, *attempt, *stage));
+                self.checks.set_durable(job_id, *attempt, *stage);
             }
             EventBody::ScheduleFired { schedule, slot_ms } => {
                 self.summary.fired += 1;
@@ -574,8 +639,11 @@ impl Sim {
                 }
             }
             EventBody::RpoBreached { .. } => self.summary.rpo_breaches += 1,
+            EventBody::LateSnapshot { snapshot, .. } => {
+                self.checks.late.insert(snapshot.name.clone());
+            }
             EventBody::VerifyStarted { run, .. } => {
-                self.checks.durable.insert((job_id, *run, Stage::Verify));
+                self.checks.set_durable(job_id, *run, Stage::Verify);
             }
             EventBody::Verified { .. } => self.summary.verified += 1,
             EventBody::ReconcileStarted { target, run, .. } => {
@@ -718,14 +786,14 @@ impl Sim {
             return Ok(());
         };
         let key = (job, attempt);
-        if self.checks.ran_freezes.contains(&(t, key)) && !self.checks.ok_freezes.contains(&(t, key)) {
+        if self.checks.has(t, key, RAN) && !self.checks.has(t, key, OK) {
             return Ok(());
         }
-        let real_us = self.checks.windows.get(&(t, key)).map_or(0, |ms| ms * 1_000);
+        let real_us = self.checks.window(t, key).map_or(0, |ms| ms * 1_000);
         // After a thaw cut short by its process's death nobody knows
         // whether it landed: the next thaw's window is an upper bound,
         // never shorter than the real one.
-        let interrupted = self.checks.interrupted_thaws.contains(&(t, key));
+        let interrupted = self.checks.has(t, key, INTERRUPTED);
         if recorded_us != real_us && !(interrupted && recorded_us > real_us) {
             let d = format!(
                 "the thaw of {target} by attempt {attempt} was recorded with a {recorded_us} µs freeze window; it was {real_us} µs"
@@ -741,7 +809,7 @@ impl Sim {
     /// (`catalog_matches_storage`, `no_unrecorded_snapshot`).
     pub(super) fn finish(&mut self) -> Checked<()> {
         self.summary.virtual_ms = self.sched.elapsed();
-        self.summary.events = self.log.len();
+        self.summary.events = self.log_len;
         for (t, tw) in self.world.targets.iter().enumerate() {
             if let Some(f) = tw.frozen {
                 let d = format!("{} still frozen at the end", self.world.target_ids[t]);
@@ -755,7 +823,7 @@ impl Sim {
             match self.engine.core.state().jobs.get(&job) {
                 Some(j) if j.state.is_terminal() => {}
                 // It left the state: it ended (`replay_exact` checks how).
-                None if self.checks.ended.contains_key(&job) => {}
+                None if self.checks.ended.contains_key(&job) || self.reference.is_gone(&job) => {}
                 other => {
                     let d = format!(
                         "job of request r{i} not finished at quiescence: {:?}",
@@ -804,9 +872,7 @@ impl Sim {
             .collect();
         stray.sort();
         if let Some((name, key)) = stray.first() {
-            let late = self.log.iter().any(
-                |e| matches!(&e.body, EventBody::LateSnapshot { snapshot, .. } if &snapshot.name == *name),
-            );
+            let late = self.checks.late.contains(*name);
             let d = format!(
                 "{name} (attempt {}) is on the storage and not in the catalog ({}; {} such)",
                 key.1,

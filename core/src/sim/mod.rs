@@ -11,6 +11,7 @@
 //! - `invariants`: every check, each under its name;
 //! - `reference`: an independent fold of the log, for `replay_exact`;
 //! - `summary`: the figures of a clean run, or the violation with its trace;
+//! - `trace`: the recent jobs' events and messages, for a violation's trace;
 //! - `engines`: two engines on one log (`SimConfig::engines`): leadership,
 //!   lease, takeover, a stopped leader deposed and fenced;
 //! - `checkpoints`: the engines' checkpoints, and restarts from them.
@@ -24,6 +25,7 @@ mod recovery;
 mod reference;
 mod scheduler;
 mod summary;
+mod trace;
 mod verify;
 mod world;
 
@@ -108,9 +110,13 @@ const HORIZON_MS: u64 = 6 * 3_600_000;
 /// Results so far, or the first broken invariant.
 type Checked<T> = Result<T, Box<Violation>>;
 
-/// Runs one simulation to quiescence.
+/// Runs one simulation to quiescence. The sim keeps no copy of the log:
+/// what the checks need of it is folded in as each event becomes durable, so
+/// its memory follows what is live, not the length of the run.
 pub fn run(cfg: &SimConfig) -> Checked<Summary> {
-    run_with_log(cfg).map(|(s, _)| s)
+    let mut sim = Sim::new(cfg.clone(), false);
+    sim.run()?;
+    Ok(sim.summary)
 }
 
 /// `run`, also returning the engine's durable log (tests, fixtures).
@@ -121,15 +127,17 @@ pub fn run_with_log(cfg: &SimConfig) -> Checked<(Summary, Vec<Event>)> {
 /// `run_with_log`, also returning the core's config (tests that replay the
 /// log through a `Core` of their own).
 pub fn run_with_config(cfg: &SimConfig) -> Checked<(Summary, Vec<Event>, CoreConfig)> {
-    let mut sim = Sim::new(cfg.clone());
+    let mut sim = Sim::new(cfg.clone(), true);
     sim.run()?;
     let core_cfg = sim.core_cfg.clone();
     Ok((sim.summary, std::mem::take(&mut sim.log), core_cfg))
 }
 
-/// A client's request: the targets it names and the job it was answered.
+/// A client's request: the targets it names (`first`, then every
+/// `arrays`-th after it, `len` in all) and the job it was answered.
 struct ClientJob {
-    targets: Vec<TargetId>,
+    first: u32,
+    len: u8,
     job: Option<JobId>,
 }
 
@@ -203,8 +211,24 @@ struct Sim {
     other: Option<Engine>,
     /// The shared log's leadership row and who appended what.
     lead: engines::Leadership,
-    /// The durable log.
+    /// The durable log, kept whole only for `run_with_log` (`keep_log`).
     log: Vec<Event>,
+    keep_log: bool,
+    /// Events in the durable log.
+    log_len: usize,
+    /// The log from record `tail_start` on: from the older of the newest
+    /// checkpoint and the replay point (what a restart and the next
+    /// `replay_exact` fold).
+    tail: std::collections::VecDeque<Event>,
+    tail_start: usize,
+    /// Where `replay_exact` last held: the record count and the fold of
+    /// the log to it, encoded as a checkpoint is (none: the empty log).
+    /// The next check folds only the log after it.
+    replay: Option<(usize, Vec<u8>)>,
+    /// The independent fold of the log (`reference`), likewise incremental.
+    reference: reference::Reference,
+    /// Recent events per job, for a violation's trace (`trace`).
+    traces: trace::Traces,
     /// The checkpoints the engines took of it.
     ckpts: checkpoints::Store,
     /// The config every engine runs with.
@@ -220,7 +244,7 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(cfg: SimConfig) -> Sim {
+    fn new(cfg: SimConfig, keep_log: bool) -> Sim {
         let mut rng = Rng::new(cfg.seed);
         let n = cfg.targets.max(1);
         let hosts = n.div_ceil(2);
@@ -291,7 +315,8 @@ impl Sim {
                 }
             }
             clients.push(ClientJob {
-                targets: ts.iter().map(|i| target_ids[*i].clone()).collect(),
+                first: first as u32,
+                len: ts.len() as u8,
                 job: None,
             });
         }
@@ -301,6 +326,13 @@ impl Sim {
             other,
             lead: engines::Leadership::new(0),
             log: Vec::new(),
+            keep_log,
+            log_len: 0,
+            tail: std::collections::VecDeque::new(),
+            tail_start: 0,
+            replay: None,
+            reference: reference::Reference::default(),
+            traces: trace::Traces::default(),
             ckpts: checkpoints::Store::default(),
             core_cfg,
             stale: None,
@@ -331,7 +363,7 @@ impl Sim {
     /// A line in the trace of `job` (shown when a violation names it).
     fn note(&mut self, job: JobId, s: String) {
         let line = format!("{:>8} {s}", self.sched.elapsed());
-        self.checks.messages.entry(job).or_default().push(line);
+        self.traces.message(job, line);
     }
 
     /// Requests still to be accepted or jobs still to finish.
@@ -473,7 +505,7 @@ impl Sim {
         let req = SnapshotRequest {
             schema_version: SCHEMA_VERSION,
             request_id: RequestId::new(format!("r{i}")),
-            targets: self.clients[i].targets.clone(),
+            targets: self.client_targets(i),
             kind: SnapshotKind::Full,
         };
         let new_job = JobId::from_parts(self.sched.now, self.rng.next_u64() as u128);
@@ -568,12 +600,28 @@ impl Sim {
         Ok(())
     }
 
-    /// Events become durable: the log, then the checks at each event.
+    /// The targets request `i` names.
+    fn client_targets(&self, i: usize) -> Vec<TargetId> {
+        let c = &self.clients[i];
+        let step = self.world.target_ids.len().clamp(1, 3);
+        (0..c.len as usize)
+            .map(|k| self.world.target_ids[c.first as usize + k * step].clone())
+            .collect()
+    }
+
+    /// Events become durable: the log, then the checks at each event. The
+    /// reference folds each one in, the tail keeps it (until no restart
+    /// or replay check needs it), and the whole log only when asked.
     fn log_append(&mut self, events: Vec<Event>) -> Checked<()> {
-        let start = self.log.len();
-        self.log.extend(events);
-        for k in start..self.log.len() {
-            self.check_event(k)?;
+        for e in events {
+            self.log_len += 1;
+            self.reference.apply(&e);
+            self.traces.event(&e);
+            self.check_event(&e)?;
+            if self.keep_log {
+                self.log.push(e.clone());
+            }
+            self.tail.push_back(e);
         }
         Ok(())
     }

@@ -625,7 +625,7 @@ impl Sim {
     pub(super) fn check_recovery_event(&mut self, job: JobId, body: &EventBody) -> Checked<()> {
         match body {
             EventBody::RecoveryStepStarted { stage, .. } => {
-                self.checks.durable.insert((job, 1, *stage));
+                self.checks.set_durable(job, 1, *stage);
             }
             EventBody::RecoveryStepDone {
                 stage: Stage::SafetySnapshot,

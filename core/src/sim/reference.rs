@@ -2,7 +2,10 @@
 //! sharing none of its code: how each job ended, its attempt, its snapshot,
 //! and the catalog of restore points. `replay_exact` compares it with the
 //! core's state, so a defect in `evolve` itself (which live state and replay
-//! share) is caught too.
+//! share) is caught too. The fold is incremental (`Reference::apply` at each
+//! durable event); a job that ended, left the state and agreed once is kept
+//! only as an id (`gone`): no later event can change what the fold says of
+//! it, so comparing it again could find nothing new.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -28,14 +31,17 @@ pub(super) struct Reference {
     catalog: BTreeMap<TargetId, Vec<(String, JobId)>>,
     /// Recovery jobs: their target, and whether their safety snapshot is in.
     recoveries: BTreeMap<JobId, (TargetId, bool)>,
+    /// Jobs that ended, left the state and agreed with it (`retire`).
+    gone: HashSet<JobId>,
 }
 
-/// Folds the whole log.
-pub(super) fn fold(log: &[Event]) -> Reference {
-    let mut r = Reference::default();
-    for e in log {
+impl Reference {
+    /// Folds one more event of the log in.
+    pub(super) fn apply(&mut self, e: &Event) {
+        let r = self;
         match &e.body {
-            EventBody::Requested { targets, .. } => {
+            // A retired job ended: its entry existed, so this changes nothing.
+            EventBody::Requested { targets, .. } if !r.gone.contains(&e.job) => {
                 r.jobs.entry(e.job).or_insert_with(|| RefJob {
                     targets: targets.clone(),
                     ..RefJob::default()
@@ -97,10 +103,23 @@ pub(super) fn fold(log: &[Event]) -> Reference {
             _ => {}
         }
     }
-    r
-}
 
-impl Reference {
+    /// Whether `job` was retired: it ended, left the state and agreed.
+    pub(super) fn is_gone(&self, job: &JobId) -> bool {
+        self.gone.contains(job)
+    }
+
+    /// Keeps only the ids of jobs a `compare` found ended and out of the
+    /// state: what the fold says of them can no longer change (every later
+    /// event of an ended job is ignored), so `compare` needs only their count.
+    pub(super) fn retire(&mut self, jobs: &[JobId]) {
+        for j in jobs {
+            if self.jobs.remove(j).is_some() {
+                self.gone.insert(*j);
+            }
+        }
+    }
+
     /// Compares with the core's state; on a difference, the job it concerns
     /// and what differs. A job that left the state (`state::Bounds`) must
     /// have ended, have asked for no pending delete, and have ended as `ended` (what
@@ -109,20 +128,28 @@ impl Reference {
         &self,
         state: &State,
         ended: &HashMap<JobId, super::invariants::Ended>,
-    ) -> Result<(), (Option<JobId>, String)> {
+    ) -> Result<Vec<JobId>, (Option<JobId>, String)> {
         let kept = state.jobs.len() as u64 + state.retired;
-        if self.jobs.len() as u64 != kept {
+        if (self.jobs.len() + self.gone.len()) as u64 != kept {
             return Err((
                 None,
                 format!(
                     "the log holds {} jobs, the state {} and {} that left",
-                    self.jobs.len(),
+                    self.jobs.len() + self.gone.len(),
                     state.jobs.len(),
                     state.retired
                 ),
             ));
         }
         let pending: HashSet<JobId> = state.prunes.values().map(|p| p.requester).collect();
+        // Retired jobs (`retire`) left the state for good, with no delete pending.
+        if let Some(id) = state.jobs.keys().find(|id| self.gone.contains(id)) {
+            return Err((Some(*id), "a job that left the state is back in it".into()));
+        }
+        if let Some(id) = pending.iter().find(|id| self.gone.contains(id)) {
+            return Err((Some(*id), "job left the state with a delete pending".into()));
+        }
+        let mut out = Vec::new();
         for (id, r) in &self.jobs {
             let (job_state, attempt, snapshot_name) = match state.jobs.get(id) {
                 Some(j) => (j.state, j.attempt, j.snapshot.as_ref().map(|s| s.name.clone())),
@@ -136,6 +163,7 @@ impl Reference {
                     let Some(e) = ended.get(id) else {
                         return Err((Some(*id), "job left the state with no recorded end".into()));
                     };
+                    out.push(*id);
                     (e.state, e.attempt, e.snapshot.clone())
                 }
             };
@@ -183,6 +211,6 @@ impl Reference {
                 ),
             ));
         }
-        Ok(())
+        Ok(out)
     }
 }

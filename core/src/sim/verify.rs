@@ -193,7 +193,9 @@ impl Sim {
     fn frozen_by_loud_failure(&self, job: recman_events::JobId) -> bool {
         match self.engine.core.state().jobs.get(&job) {
             Some(j) => j.outcome.as_deref().is_some_and(|o| o.starts_with("thaw_failed")),
-            None => self.checks.ended.get(&job).is_some_and(|e| e.loud),
+            None => {
+                self.checks.ended.get(&job).is_some_and(|e| e.loud) || self.checks.loud_gone.contains(&job)
+            }
         }
     }
 

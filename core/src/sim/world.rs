@@ -366,7 +366,7 @@ impl Sim {
                     ))
                 } else {
                     self.freeze_world(t, key, deadline_ms)?;
-                    self.checks.ok_freezes.insert((t, key));
+                    self.checks.mark(t, key, super::invariants::OK);
                     Ok(deadline_ms)
                 };
                 self.mem(w, t).record_freeze(key, r.clone(), now);
@@ -434,7 +434,7 @@ impl Sim {
             }
             self.thaw_world(t, key, false)?;
         }
-        self.checks.thawed.insert((t, key));
+        self.checks.mark(t, key, super::invariants::THAWED);
         let detail = StepDetail::Thawed {
             freeze_window_us: window_us,
             by_watchdog: plan.by_watchdog(),
@@ -643,7 +643,7 @@ impl Sim {
         };
         let froze = hold.key();
         self.check_thaw_own(t, key, froze, true)?;
-        self.checks.thawed.insert((t, froze));
+        self.checks.mark(t, froze, super::invariants::THAWED);
         self.check_engine_thaws_before_watchdog(t, froze)?;
         let me = self.world.process(w);
         let window_us = worker::thaw_window_us(&plan, now, &me, m);
@@ -763,7 +763,7 @@ impl Sim {
         if landed {
             self.thaw_world(t, key, by == ThawedBy::Watchdog)?;
         }
-        self.checks.interrupted_thaws.insert((t, key));
+        self.checks.mark(t, key, super::invariants::INTERRUPTED);
         self.note(
             key.0,
             format!(
@@ -787,7 +787,7 @@ impl Sim {
         self.check_thaw_own(t, by, f.key, watchdog)?;
         let window = self.sched.now - f.since;
         self.check_thawed_within_limit(t, f, self.sched.now)?;
-        self.checks.windows.insert((t, f.key), window);
+        self.checks.set_window(t, f.key, window);
         let tw = &mut self.world.targets[t];
         tw.frozen = None;
         tw.generation += 1;
