@@ -227,7 +227,9 @@ impl Core {
         }
         evolve(&mut self.state, e);
         self.due.observe(&self.state, &self.cfg, e);
-        if recovery::changes_mounts_due(&e.body) {
+        // Any recovery event, and any event of a recovery job (a cancel):
+        // only these touch the ledger the mounts' due time reads.
+        if recovery::changes_mounts_due(&e.body) || self.state.recovery.ops.contains_key(&e.job) {
             self.mounts_due = recovery::mounts_due(&self.state, &self.cfg);
         }
     }
