@@ -70,21 +70,11 @@ pub struct Core {
 }
 
 impl Core {
+    /// A core with an empty state (a new log; [`Core::apply`] then folds it).
     pub fn new(cfg: CoreConfig) -> Self {
-        let rng = Rng::new(cfg.seed);
-        let state = State {
-            bounds: cfg.bounds,
-            ..State::default()
-        };
-        let due = due::DueIndex::build(&state, &cfg);
-        let mounts_due = recovery::mounts_due(&state, &cfg);
-        Core {
-            cfg,
-            state,
-            rng,
-            due,
-            mounts_due,
-        }
+        // The resumed core of the empty state: PRNG seeded with the seed
+        // alone (`applied` is 0), bounds and due times from `cfg`.
+        Core::from_state(cfg, State::default())
     }
 
     /// A core resumed from a checkpoint's state (the fold of the log to

@@ -1,6 +1,6 @@
 //! Keeps the live log small: records older than `[log] archive_after` move
 //! into closed segment files (`recman_events::log::segments`), once at
-//! start-up and then hourly, beside the engine's loop.
+//! start-up and then daily, beside the engine's loop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +9,11 @@ use recman_events::log::segments::ArchiveReport;
 use recman_events::{EventLog, LogError};
 use tokio::sync::watch;
 
-/// How often the engine looks for records to archive.
-pub const EVERY: Duration = Duration::from_secs(3600);
+/// How often the engine looks for records to archive: `archive_after` is
+/// at least a day, and each run writes what it found as one or more
+/// segments, so a daily run keeps the files few (one a day, or one per
+/// `segment_records`).
+pub const EVERY: Duration = Duration::from_secs(86_400);
 /// Events decoded per read while looking for the cut.
 const CHUNK: usize = 10_000;
 
@@ -72,9 +75,11 @@ pub async fn run(
             ),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "archiving old log records failed; trying again in an hour")
+                tracing::warn!(error = %e, "archiving old log records failed; trying again in a day (or at the next start)")
             }
-            Err(e) => tracing::warn!(error = %e, "the archiving task failed; trying again in an hour"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the archiving task failed; trying again in a day (or at the next start)")
+            }
         }
     }
 }

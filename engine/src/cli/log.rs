@@ -26,7 +26,7 @@ DATA_DIR/segments/FIRST-LAST.seg, immutable files that stay part of the log: `re
 `recman audit`, `recman job` and `recman replay --until` read them as before, and the hash chain\n\
 runs across. Copy them to cheaper storage like any file, but keep them in segments/: a missing\n\
 segment is refused when the log is opened.\n\n\
-A running engine archives by itself with `[log] archive_after = \"30d\"` (hourly); this command\n\
+A running engine archives by itself with `[log] archive_after = \"30d\"` (at start, then daily); this command\n\
 is for a stopped one (the log has one owner). The last record always stays live.\n\n\
 Examples:\n  recman log archive --older-than 30d\n  recman log archive --before 1000000 --segment-records 100000\n\n\
 Exit codes: 0 done (also when nothing was old enough), 2 could not run (no log, log in use,\n\
