@@ -244,23 +244,13 @@ pub mod embed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{self, Faults, SimConfig};
+    use crate::sim::{self, SimConfig};
     use crate::Core;
 
     /// A state with jobs in every phase, schedules, verifications,
     /// reconciles and recoveries: a simulated run's log, folded.
     fn folded() -> (crate::CoreConfig, Vec<recman_events::Event>, State) {
-        let cfg = SimConfig {
-            seed: 7,
-            jobs: 300,
-            targets: 12,
-            groups: true,
-            faults: Faults::All,
-            mutation: None,
-            worker_mutation: None,
-            schedules: true,
-            engines: 1,
-        };
+        let cfg = SimConfig::full(7, 300, 12);
         let (_, log, core_cfg) = sim::run_with_config(&cfg).expect("a clean run");
         let mut core = Core::new(core_cfg.clone());
         for e in &log {

@@ -146,17 +146,7 @@ fn fleet_size_run_all_faults_is_clean() {
 #[test]
 fn fleet_size_with_groups_schedules_and_verification_is_clean() {
     let jobs = if cfg!(debug_assertions) { 2_000 } else { 20_000 };
-    let c = SimConfig {
-        seed: 7,
-        jobs,
-        targets: 200,
-        groups: true,
-        faults: Faults::All,
-        mutation: None,
-        worker_mutation: None,
-        schedules: true,
-        engines: 1,
-    };
+    let c = SimConfig::full(7, jobs, 200);
     let s = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
     assert!(s.completed > jobs * 9 / 10, "{s:?}");
 }

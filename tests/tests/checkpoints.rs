@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use recman_core::sim::{self, Faults, SimConfig};
+use recman_core::sim::{self, SimConfig};
 use recman_core::{checkpoint as codec, Core, CoreConfig};
 use recman_engine::checkpoint::{self, CheckpointStore, FileStore, PgCheckpoints};
 use recman_events::log::pg_store::PgPlace;
@@ -22,17 +22,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn sim_log() -> Vec<Event> {
-    let cfg = SimConfig {
-        seed: 11,
-        jobs: 200,
-        targets: 8,
-        groups: true,
-        faults: Faults::All,
-        mutation: None,
-        worker_mutation: None,
-        schedules: true,
-        engines: 1,
-    };
+    let cfg = SimConfig::full(11, 200, 8);
     sim::run_with_log(&cfg).expect("a clean run").1
 }
 

@@ -92,6 +92,24 @@ pub struct SimConfig {
     pub engines: usize,
 }
 
+impl SimConfig {
+    /// A run with everything on: consistency groups, all faults, schedules,
+    /// one engine, no deliberate bug.
+    pub fn full(seed: u64, jobs: usize, targets: usize) -> SimConfig {
+        SimConfig {
+            seed,
+            jobs,
+            targets,
+            groups: true,
+            faults: Faults::All,
+            mutation: None,
+            worker_mutation: None,
+            schedules: true,
+            engines: 1,
+        }
+    }
+}
+
 /// The simulation's bounds on the state: finished jobs leave a virtual
 /// minute after their end (four times the longest network delay), so most
 /// jobs of a run leave and the checks see the state without them.

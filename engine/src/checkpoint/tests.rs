@@ -5,24 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use recman_core::sim::{self, Faults, SimConfig};
+use recman_core::sim::{self, SimConfig};
 use recman_core::{checkpoint as codec, Core, CoreConfig};
 use recman_events::{log::memory, Event, EventLog};
 
 use super::*;
 
 fn sim_log(seed: u64) -> Vec<Event> {
-    let cfg = SimConfig {
-        seed,
-        jobs: 200,
-        targets: 8,
-        groups: true,
-        faults: Faults::All,
-        mutation: None,
-        worker_mutation: None,
-        schedules: true,
-        engines: 1,
-    };
+    let cfg = SimConfig::full(seed, 200, 8);
     sim::run_with_log(&cfg).expect("a clean run").1
 }
 
