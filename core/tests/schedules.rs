@@ -711,15 +711,8 @@ fn the_due_index_agrees_with_a_full_scan_through_simulated_logs() {
     let mut fired = 0;
     for (seed, faults) in [(3, Faults::All), (4, Faults::Crash), (5, Faults::Net)] {
         let c = SimConfig {
-            seed,
-            jobs: 400,
-            targets: 40,
-            groups: true,
             faults,
-            mutation: None,
-            worker_mutation: None,
-            schedules: true,
-            engines: 1,
+            ..SimConfig::full(seed, 400, 40)
         };
         let (_, log, cfg) = sim::run_with_config(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
         let mut core = Core::new(cfg.clone());

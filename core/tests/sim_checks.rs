@@ -9,15 +9,9 @@ use recman_events::{EventBody, RecoveryAction};
 
 fn cfg(seed: u64, jobs: usize, targets: usize, mutation: Option<Mutation>) -> SimConfig {
     SimConfig {
-        seed,
-        jobs,
-        targets,
-        groups: true,
-        faults: Faults::All,
         mutation,
-        worker_mutation: None,
         schedules: false,
-        engines: 1,
+        ..SimConfig::full(seed, jobs, targets)
     }
 }
 
@@ -71,15 +65,10 @@ fn every_fault_mode_runs_clean() {
     for faults in [Faults::None, Faults::Net, Faults::Crash, Faults::All] {
         for groups in [false, true] {
             let c = SimConfig {
-                seed: 11,
-                jobs: 1_000,
-                targets: 9,
                 groups,
                 faults,
-                mutation: None,
-                worker_mutation: None,
                 schedules: false,
-                engines: 1,
+                ..SimConfig::full(11, 1_000, 9)
             };
             let s = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
             assert_eq!(s.completed + s.failed + s.cancelled, 1_000);
@@ -122,17 +111,7 @@ fn fleet_size_run_all_faults_is_clean() {
     } else {
         (20_000, 10_000)
     };
-    let c = SimConfig {
-        seed: 7,
-        jobs,
-        targets,
-        groups: true,
-        faults: Faults::All,
-        mutation: None,
-        worker_mutation: None,
-        schedules: false,
-        engines: 1,
-    };
+    let c = cfg(7, jobs, targets, None);
     let s = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
     assert_eq!(s.completed + s.failed + s.cancelled, jobs);
     assert!(s.completed > jobs * 9 / 10, "{s:?}");
@@ -305,6 +284,38 @@ fn fleet_size_two_engines_all_faults_is_clean() {
     assert_eq!(s.completed + s.failed + s.cancelled, jobs);
     assert!(s.completed > jobs * 9 / 10, "{s:?}");
     assert!(s.takeovers > 0, "{s:?}");
+}
+
+/// Requests spread over virtual hours (`recman simulate --over`, a fleet's
+/// day at a size CI affords): every request ends, the run lasts the span,
+/// the schedules fire and the engine crashes recur, and the same seed gives
+/// the same run.
+#[test]
+fn requests_spread_over_hours_run_clean() {
+    let (jobs, targets) = if cfg!(debug_assertions) {
+        (1_000, 300)
+    } else {
+        (6_000, 2_000)
+    };
+    let over = 3 * 3_600_000;
+    let c = SimConfig {
+        over_ms: Some(over),
+        ..SimConfig::full(9, jobs, targets)
+    };
+    let s = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
+    println!("{}", s.line(1.0));
+    assert_eq!(s.completed + s.failed + s.cancelled, jobs + s.fired, "{s:?}");
+    assert!(s.completed > (jobs + s.fired) * 9 / 10, "{s:?}");
+    assert!(
+        s.virtual_ms >= over * 99 / 100,
+        "the requests did not spread: {s:?}"
+    );
+    assert!(s.fired > 0, "no schedule fired: {s:?}");
+    // Crashes recur in proportion to the span: some 65 in any span, not
+    // one a minute (which would be some 200 in three hours).
+    assert!((20..=130).contains(&s.engine_crashes), "{s:?}");
+    let again = sim::run(&c).unwrap_or_else(|v| panic!("{}", sim::render(&v)));
+    assert_eq!(format!("{s:?}"), format!("{again:?}"));
 }
 
 /// Operators prune targets with `require_approval`: the prune jobs wait,

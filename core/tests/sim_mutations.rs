@@ -23,10 +23,6 @@ const SEEDS: u64 = 16;
 
 fn config(seed: u64, faults: Faults, m: Option<M>) -> SimConfig {
     SimConfig {
-        seed,
-        jobs: 2_000,
-        targets: 10,
-        groups: true,
         faults,
         mutation: match m {
             Some(M::Core(c)) => Some(c),
@@ -47,6 +43,7 @@ fn config(seed: u64, faults: Faults, m: Option<M>) -> SimConfig {
         } else {
             1
         },
+        ..SimConfig::full(seed, 2_000, 10)
     }
 }
 

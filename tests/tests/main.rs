@@ -55,6 +55,7 @@ mod recovery_api;
 mod recovery_cli;
 mod schedules_cli;
 mod schemas;
+mod simulate_cli;
 mod snapshot_demo_cli;
 mod snapshot_failures_cli;
 mod threepar_e2e;

@@ -113,8 +113,12 @@ impl Sim {
     /// The core a starting engine (restart or takeover) runs: the newest
     /// checkpoint and the log after it, or the whole log when there is
     /// none. `checkpoint_exact`: that equals the fold of the whole log.
+    /// The starting process's old core (what a dead process held) is gone
+    /// first, so a start holds two states at most: the one resumed and the
+    /// full fold it is checked against.
     pub(super) fn resume_core(&mut self) -> Checked<Core> {
         debug_assert_eq!(self.core_cfg.mutation, self.cfg.mutation);
+        self.engine.core = super::engines::idle_core(self.cfg.seed);
         let full = self
             .fold_log()
             .map_err(|d| self.violation("replay_exact", None, d))?;

@@ -90,6 +90,12 @@ pub struct SimConfig {
     /// the standby takes over, and a stopped leader that resumes is fenced;
     /// 0 runs as 1, more than 2 as 2).
     pub engines: usize,
+    /// Spread the requests over this much virtual time (e.g. a day), as a
+    /// fleet's requests come in, instead of as fast as the fleet takes them
+    /// (`None`: every seed runs as it always did). Schedules then stretch to
+    /// fire a few times in the span and engine crashes recur less often, in
+    /// proportion, so a day is a day of ordinary work with faults in it.
+    pub over_ms: Option<u64>,
 }
 
 impl SimConfig {
@@ -106,7 +112,16 @@ impl SimConfig {
             worker_mutation: None,
             schedules: true,
             engines: 1,
+            over_ms: None,
         }
+    }
+
+    /// How much less often engine crashes recur than in a run of requests
+    /// as fast as the fleet takes them (every 20-90 virtual s): the span in
+    /// hours, so a spread run has some 65 whatever its span (in a day, one
+    /// every 8-36 minutes).
+    fn crash_scale(&self) -> u64 {
+        self.over_ms.map_or(1, |o| (o / 3_600_000).max(1))
     }
 }
 
@@ -133,6 +148,28 @@ type Checked<T> = Result<T, Box<Violation>>;
 /// its memory follows what is live, not the length of the run.
 pub fn run(cfg: &SimConfig) -> Checked<Summary> {
     let mut sim = Sim::new(cfg.clone(), false);
+    sim.run()?;
+    Ok(sim.summary)
+}
+
+/// Watches a run for whoever runs the simulator: times the core's
+/// decisions (the core has no clock; `recman simulate` gives it one and
+/// prints the percentiles) and hears how far a long run got.
+pub trait Observer: Send {
+    /// The core is about to decide on an input.
+    fn begin(&mut self);
+    /// It decided (events and commands in hand, nothing appended yet).
+    fn end(&mut self);
+    /// Every 65 536 steps: the virtual time so far and the requests the
+    /// engine accepted.
+    fn progress(&mut self, _virtual_ms: u64, _accepted: usize) {}
+}
+
+/// `run`, with every decision of the leading engine on an input (not the
+/// ones it dies in) timed by `watch`, which also hears of the progress.
+pub fn run_timed(cfg: &SimConfig, watch: Box<dyn Observer>) -> Checked<Summary> {
+    let mut sim = Sim::new(cfg.clone(), false);
+    sim.watch = Some(watch);
     sim.run()?;
     Ok(sim.summary)
 }
@@ -221,6 +258,8 @@ struct Sim {
     xrng: Rng,
     /// The leadership faults' own stream (`engines`), likewise.
     erng: Rng,
+    /// The arrivals' own stream when they are spread (`over_ms`).
+    arng: Rng,
     sched: Scheduler,
     /// The engine that leads (or led last): inputs go to it.
     engine: Engine,
@@ -259,6 +298,8 @@ struct Sim {
     summary: Summary,
     /// Reports sent, for delivering old ones again (net faults).
     history: Vec<recman_events::Report>,
+    /// Times the decisions and hears of the progress (`run_timed`).
+    watch: Option<Box<dyn Observer>>,
 }
 
 impl Sim {
@@ -306,7 +347,7 @@ impl Sim {
             target_hosts.push(i / 2);
         }
         let schedules = if cfg.schedules {
-            sim_schedules(&target_ids, arrays, cfg.groups, &mut targets)
+            sim_schedules(&target_ids, arrays, cfg.groups, cfg.over_ms, &mut targets)
         } else {
             Vec::new()
         };
@@ -356,10 +397,12 @@ impl Sim {
             stale: None,
             world: World::new(target_ids, target_hosts, workers, pools),
             history: Vec::new(),
+            watch: None,
             rng,
             rrng: Rng::new(cfg.seed ^ 0x5EC0_4C11_E000_0001),
             xrng: Rng::new(cfg.seed ^ 0x5EC0_4EC0_7E00_0002),
             erng: Rng::new(cfg.seed ^ 0x5EC0_E091_4E00_0003),
+            arng: Rng::new(cfg.seed ^ 0x5EC0_A441_7A00_0004),
             sched: Scheduler::new(),
             clients,
             checks: Checks::default(),
@@ -398,16 +441,26 @@ impl Sim {
             self.append(step.events)?;
             self.arm_timer();
         }
-        for i in 0..self.cfg.jobs {
-            t += self.rng.range(0, 10 * 50 / self.cfg.targets.max(1) as u64);
-            self.push(t, Ev::Submit(i));
-            if self.rng.chance(0.03) {
-                let d = self.rng.range(0, 3_000);
-                self.push(t + d, Ev::Cancel(i));
+        if let Some(over) = self.cfg.over_ms {
+            // One arrival in the queue at a time (`arrive`): a day of a
+            // million requests is not a million queued events.
+            if self.cfg.jobs > 0 {
+                let at = self.arrival_at(0);
+                self.push(at, Ev::Arrive(0));
             }
-            if self.rng.chance(0.02) {
-                let d = self.rng.range(0, 5_000);
-                self.push(t + d, Ev::Resubmit(i));
+            t = T0 + over;
+        } else {
+            for i in 0..self.cfg.jobs {
+                t += self.rng.range(0, 10 * 50 / self.cfg.targets.max(1) as u64);
+                self.push(t, Ev::Submit(i));
+                if self.rng.chance(0.03) {
+                    let d = self.rng.range(0, 3_000);
+                    self.push(t + d, Ev::Cancel(i));
+                }
+                if self.rng.chance(0.02) {
+                    let d = self.rng.range(0, 5_000);
+                    self.push(t + d, Ev::Resubmit(i));
+                }
             }
         }
         if self.cfg.faults.crash() {
@@ -446,6 +499,11 @@ impl Sim {
             if self.summary.steps % 4096 == 0 {
                 self.check_frozen_windows()?;
             }
+            if self.summary.steps % 65_536 == 0 {
+                if let Some(w) = self.watch.as_mut() {
+                    w.progress(self.sched.now - T0, self.checks.accepted);
+                }
+            }
             // Not while the engine is down: a crash before the append left
             // its live core ahead of the log until the restart replays it.
             if self.summary.steps % 131_072 == 0 && self.engine.up {
@@ -455,9 +513,39 @@ impl Sim {
         self.finish()
     }
 
+    /// When request `i` of a spread run comes in: at its share of the span,
+    /// plus a random part of one share, so the arrivals keep their order
+    /// and the last one is within the span.
+    fn arrival_at(&mut self, i: usize) -> u64 {
+        let over = self.cfg.over_ms.unwrap_or(0);
+        let jobs = self.cfg.jobs.max(1) as u128;
+        let share = (over as u128 / jobs) as u64;
+        T0 + (over as u128 * i as u128 / jobs) as u64 + self.arng.range(0, share)
+    }
+
+    /// Request `i` of a spread run comes in: it is submitted, maybe
+    /// cancelled or sent again later, and the next one is queued.
+    fn arrive(&mut self, i: usize) -> Checked<()> {
+        let t = self.sched.now;
+        if self.arng.chance(0.03) {
+            let d = self.arng.range(0, 3_000);
+            self.push(t + d, Ev::Cancel(i));
+        }
+        if self.arng.chance(0.02) {
+            let d = self.arng.range(0, 5_000);
+            self.push(t + d, Ev::Resubmit(i));
+        }
+        if i + 1 < self.cfg.jobs {
+            let at = self.arrival_at(i + 1);
+            self.push(at, Ev::Arrive(i + 1));
+        }
+        self.submit(i)
+    }
+
     fn step(&mut self, ev: Ev) -> Checked<()> {
         match ev {
             Ev::Submit(i) | Ev::Resubmit(i) => self.submit(i)?,
+            Ev::Arrive(i) => self.arrive(i)?,
             Ev::Cancel(i) => {
                 if let (Some(job), true) = (self.clients[i].job, self.engine.up) {
                     self.engine(Input::Cancel {
@@ -591,7 +679,13 @@ impl Sim {
             return self.pause_in(input, point);
         }
         let by = recovery::sender(&input);
+        if let Some(w) = self.watch.as_mut() {
+            w.begin();
+        }
         let step = self.engine.core.handle_as(input, &by, now);
+        if let Some(w) = self.watch.as_mut() {
+            w.end();
+        }
         if sends_first {
             for o in step.commands {
                 self.send_command(o)?;
@@ -670,15 +764,20 @@ const SIM_SCHEDULES_AT_FULL_RATE: usize = 300;
 /// proportion, so the scheduled jobs stay a share of the run's requests
 /// (a fleet of 100 000 targets has 33 334 schedules, every one of them
 /// firing, and 25 000 RPOs; the core finds what fell due through its
-/// due-time index, `crate::due`).
+/// due-time index, `crate::due`). A run spread over a span (`over_ms`)
+/// stretches them further, so that each fires about three times in it.
 fn sim_schedules(
     ids: &[TargetId],
     arrays: usize,
     groups: bool,
+    over_ms: Option<u64>,
     targets: &mut BTreeMap<TargetId, TargetPolicy>,
 ) -> Vec<Schedule> {
     let scheduled = ids.len().div_ceil(3);
     let stretch = scheduled.div_ceil(SIM_SCHEDULES_AT_FULL_RATE).max(1) as u64;
+    // Spread over a span, each schedule fires about three times in it
+    // (its interval is 3-9 s times this); the RPOs keep the fleet's stretch.
+    let every = stretch.max(over_ms.map_or(1, |o| o / 18_000));
     let mut out = Vec::new();
     for (i, t) in ids.iter().enumerate() {
         if i % 4 == 1 {
@@ -691,7 +790,7 @@ fn sim_schedules(
         if i % 3 != 0 {
             continue;
         }
-        let Ok(when) = Calendar::every((3_000 + 2_000 * (i as u64 % 4)) * stretch) else {
+        let Ok(when) = Calendar::every((3_000 + 2_000 * (i as u64 % 4)) * every) else {
             continue;
         };
         out.push(Schedule {

@@ -334,7 +334,7 @@ impl Sim {
             self.push(now + d, Ev::ToEngine(p));
         }
         self.arm_timer();
-        let a = self.rng.range(20_000, 90_000);
+        let a = self.rng.range(20_000, 90_000) * self.cfg.crash_scale();
         self.push(now + a, Ev::EngineCrash);
         Ok(())
     }

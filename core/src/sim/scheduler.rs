@@ -17,6 +17,8 @@ pub(super) const T0: u64 = 1_750_000_000_000;
 pub(super) enum Ev {
     /// A client submits request `i` (first time, or again after no answer).
     Submit(usize),
+    /// A spread run's next request (`SimConfig::over_ms`).
+    Arrive(usize),
     Resubmit(usize),
     Cancel(usize),
     /// A message reaches the engine (a report, or an input parked while it was down).

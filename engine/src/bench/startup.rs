@@ -121,6 +121,7 @@ pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
         worker_mutation: None,
         schedules: false,
         engines: 1,
+        over_ms: None,
     };
     let (_, template, core_cfg) = tokio::task::spawn_blocking(move || {
         sim::run_with_config(&cfg).map_err(|v| anyhow::anyhow!("{}", sim::render(&v)))

@@ -1,7 +1,8 @@
 //! `recman simulate`: runs the deterministic simulator and prints its figures.
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::home::Home;
 use recman_core::sim::{self, Faults, SimConfig};
@@ -45,6 +46,21 @@ pub struct Args {
     /// resumes).
     #[arg(long, default_value_t = 1)]
     pub engines: usize,
+    /// Spread the requests over this much virtual time (e.g. 24h for a
+    /// day's requests) instead of sending them as fast as the fleet takes
+    /// them; schedules then fire about three times in the span and engine
+    /// crashes recur in proportion (some 65 in any span). Example, a fleet's
+    /// day: `--jobs 1000000 --targets 100000 --over 24h`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_span)]
+    pub over: Option<std::time::Duration>,
+}
+
+fn parse_span(s: &str) -> Result<std::time::Duration, String> {
+    let d = recman_config::parse_duration(s)?;
+    if d.as_millis() < 1_000 || d.as_millis() > 366 * 86_400_000 {
+        return Err(format!("{s:?} is not between 1s and 366d"));
+    }
+    Ok(d)
 }
 
 pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
@@ -82,17 +98,34 @@ pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         worker_mutation,
         schedules: !a.no_schedules,
         engines: a.engines,
+        over_ms: a.over.map(|d| d.as_millis() as u64),
     };
     let start = Instant::now();
-    let result = tokio::task::spawn_blocking(move || sim::run(&cfg)).await?;
+    let decisions = Arc::new(Mutex::new(Times::default()));
+    let watch = Box::new(Watch {
+        began: None,
+        said: Instant::now(),
+        jobs: a.jobs,
+        times: Times {
+            counts: vec![0; BUCKETS],
+            ..Times::default()
+        },
+        out: decisions.clone(),
+    });
+    let result = tokio::task::spawn_blocking(move || sim::run_timed(&cfg, watch)).await?;
     let wall = start.elapsed().as_secs_f64();
     match result {
         Ok(s) => {
+            let d = std::mem::take(&mut *decisions.lock().unwrap_or_else(|e| e.into_inner()));
             println!(
-                "engine_crashes={} events={} virtual_s={:.1} wall_s={wall:.2}",
+                "engine_crashes={} events={} virtual_s={:.1} wall_s={wall:.2} decisions={} decide_p50_us={:.1} decide_p99_us={:.1} decide_max_us={:.1}",
                 s.engine_crashes,
                 s.events,
-                s.virtual_ms as f64 / 1000.0
+                s.virtual_ms as f64 / 1000.0,
+                d.n,
+                d.quantile_us(0.5),
+                d.quantile_us(0.99),
+                d.max_ns as f64 / 1000.0,
             );
             println!("{}", s.line(wall));
             Ok(ExitCode::SUCCESS)
@@ -101,5 +134,81 @@ pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             println!("{}", sim::render(&v));
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// The histogram's resolution (ns) and range: 100 ns buckets up to 10 ms,
+/// longer decisions in the last one (their maximum is kept exactly).
+const BUCKET_NS: u64 = 100;
+const BUCKETS: usize = 100_000;
+
+/// Decision times (a fixed histogram, so timing a long run costs no memory
+/// that grows with it).
+#[derive(Default)]
+struct Times {
+    counts: Vec<u64>,
+    n: u64,
+    max_ns: u64,
+}
+
+impl Times {
+    /// The `q` quantile in µs (a bucket's upper edge).
+    fn quantile_us(&self, q: f64) -> f64 {
+        let want = ((self.n as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                let edge = (i as u64 + 1) * BUCKET_NS;
+                return edge.min(self.max_ns) as f64 / 1000.0;
+            }
+        }
+        self.max_ns as f64 / 1000.0
+    }
+}
+
+/// How often a long run says how far it got (stderr).
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// The simulator's stopwatch and progress line; hands its histogram over
+/// when the run drops it.
+struct Watch {
+    began: Option<Instant>,
+    said: Instant,
+    jobs: usize,
+    times: Times,
+    out: Arc<Mutex<Times>>,
+}
+
+impl sim::Observer for Watch {
+    fn begin(&mut self) {
+        self.began = Some(Instant::now());
+    }
+
+    fn end(&mut self) {
+        if let Some(b) = self.began.take() {
+            let ns = b.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+            let i = ((ns / BUCKET_NS) as usize).min(BUCKETS - 1);
+            self.times.counts[i] += 1;
+            self.times.n += 1;
+            self.times.max_ns = self.times.max_ns.max(ns);
+        }
+    }
+
+    fn progress(&mut self, virtual_ms: u64, accepted: usize) {
+        if self.said.elapsed() >= PROGRESS_EVERY {
+            self.said = Instant::now();
+            eprintln!(
+                "simulated {:.1} virtual min: {accepted} of {} requests accepted",
+                virtual_ms as f64 / 60_000.0,
+                self.jobs
+            );
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        *self.out.lock().unwrap_or_else(|e| e.into_inner()) = std::mem::take(&mut self.times);
     }
 }
