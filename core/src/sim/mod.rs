@@ -453,14 +453,7 @@ impl Sim {
             for i in 0..self.cfg.jobs {
                 t += self.rng.range(0, 10 * 50 / self.cfg.targets.max(1) as u64);
                 self.push(t, Ev::Submit(i));
-                if self.rng.chance(0.03) {
-                    let d = self.rng.range(0, 3_000);
-                    self.push(t + d, Ev::Cancel(i));
-                }
-                if self.rng.chance(0.02) {
-                    let d = self.rng.range(0, 5_000);
-                    self.push(t + d, Ev::Resubmit(i));
-                }
+                second_thoughts(&mut self.rng, &mut self.sched, t, i);
             }
         }
         if self.cfg.faults.crash() {
@@ -526,15 +519,8 @@ impl Sim {
     /// Request `i` of a spread run comes in: it is submitted, maybe
     /// cancelled or sent again later, and the next one is queued.
     fn arrive(&mut self, i: usize) -> Checked<()> {
-        let t = self.sched.now;
-        if self.arng.chance(0.03) {
-            let d = self.arng.range(0, 3_000);
-            self.push(t + d, Ev::Cancel(i));
-        }
-        if self.arng.chance(0.02) {
-            let d = self.arng.range(0, 5_000);
-            self.push(t + d, Ev::Resubmit(i));
-        }
+        let now = self.sched.now;
+        second_thoughts(&mut self.arng, &mut self.sched, now, i);
         if i + 1 < self.cfg.jobs {
             let at = self.arrival_at(i + 1);
             self.push(at, Ev::Arrive(i + 1));
@@ -746,6 +732,19 @@ impl Sim {
                 self.push(d, Ev::Timer);
             }
         }
+    }
+}
+
+/// The client of request `i`, sent at `t`, may cancel it (3 %) or send it
+/// again (2 %) a few virtual seconds later.
+fn second_thoughts(rng: &mut Rng, sched: &mut Scheduler, t: u64, i: usize) {
+    if rng.chance(0.03) {
+        let d = rng.range(0, 3_000);
+        sched.push(t + d, Ev::Cancel(i));
+    }
+    if rng.chance(0.02) {
+        let d = rng.range(0, 5_000);
+        sched.push(t + d, Ev::Resubmit(i));
     }
 }
 
