@@ -13,7 +13,8 @@
 //! `view` is an opaque section the engine's read side writes beside the
 //! state at the same record (its own projection, with its own version
 //! inside); empty when none was written. Version 1 had no such section: it
-//! is refused by version, never mis-read.
+//! is refused by version, never mis-read. Version 3 writes the request-id
+//! window as one list in arrival order (`window`), not a map and a queue.
 //!
 //! `head_hash` is the BLAKE3 hash of record N's stored bytes, as the log's
 //! audit computes it (`recman_events::codec::hash`); the checksum covers
@@ -28,7 +29,7 @@ use crate::state::State;
 pub const MAGIC: &[u8; 8] = b"RMCKPT\0\0";
 /// The format this build writes and reads. A checkpoint of another version
 /// is skipped (the log is still there: a full replay, or an older one).
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// Magic, version, seq, head hash, body length.
 const HEADER_LEN: usize = 8 + 2 + 8 + 32 + 8;
 /// The view section's length field.

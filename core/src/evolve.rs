@@ -32,17 +32,9 @@ fn fold(state: &mut State, ev: &Event, retired: Option<&mut Vec<Job>>) {
 /// decision that made this event saw it.
 fn expire(state: &mut State, ev: &Event, mut retired: Option<&mut Vec<Job>>) {
     let window = state.bounds.request_window_ms;
-    while let Some((at, _)) = state.request_order.front() {
-        if at.saturating_add(window) > ev.at_ms {
-            break;
-        }
-        let Some((at, id)) = state.request_order.pop_front() else {
-            break;
-        };
-        if state.requests.get(&id).is_some_and(|e| e.at_ms == at) {
-            state.requests.remove(&id);
-        }
-    }
+    state
+        .requests
+        .expire(|e| e.at_ms.saturating_add(window) <= ev.at_ms);
     let keep = state.bounds.keep_finished_ms.max(1);
     while let Some(&(at, id)) = state.retiring.first() {
         if at >= ev.at_ms {
@@ -150,7 +142,6 @@ fn fold_event(state: &mut State, ev: &Event) {
                 targets: targets_fingerprint(targets),
             },
         );
-        state.request_order.push_back((ev.at_ms, request_id.clone()));
         state.jobs.insert(ev.job, job);
         return;
     }

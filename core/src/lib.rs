@@ -23,6 +23,7 @@ pub mod schedule;
 pub mod sim;
 pub mod state;
 pub mod verify;
+pub mod window;
 pub mod worker;
 
 pub use decide::{

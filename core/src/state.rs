@@ -2,7 +2,7 @@
 //! target, the request-id window and the catalog of completed snapshots; bounded
 //! (finished jobs leave, request ids expire: see [`Bounds`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use recman_events::{JobId, RequestId, SnapshotInfo, SnapshotKind, Stage, StepError, TargetId, WorkerId};
 use serde::Serialize;
@@ -337,9 +337,7 @@ pub struct State {
     /// Per target, jobs in arrival order; the head is the one that may run.
     pub queues: BTreeMap<TargetId, VecDeque<JobId>>,
     /// Request ids within the window (`Bounds::request_window_ms`).
-    pub requests: HashMap<RequestId, RequestEntry>,
-    /// The same request ids in the order they came, with their event time.
-    pub request_order: VecDeque<(u64, RequestId)>,
+    pub requests: crate::window::RequestWindow,
     /// Finished jobs by when they may leave `jobs` (`Bounds`).
     pub retiring: BTreeSet<(u64, JobId)>,
     /// Members of consistency-group jobs that left `jobs` while their
