@@ -101,6 +101,26 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// Its kind, one word (`recman simulate` names its slowest decision).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Input::Request { .. } => "request",
+            Input::Report(_) => "report",
+            Input::TimerFired => "timer",
+            Input::Start => "start",
+            Input::Cancel { .. } => "cancel",
+            Input::PauseSchedule { .. } => "pause-schedule",
+            Input::ResumeSchedule { .. } => "resume-schedule",
+            Input::Prune { .. } => "prune",
+            Input::Verify { .. } => "verify",
+            Input::Recover { .. } => "recover",
+            Input::Approve { .. } => "approve",
+            Input::Reconcile { .. } => "reconcile",
+        }
+    }
+}
+
 /// The answer to the sender of a request or a cancel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -1433,7 +1453,7 @@ impl Decider<'_> {
         // the mutation ignores recorded slots, which the index does not.
         let (sched, rpo) = match self.due {
             Some(ix) if !start && !refire => {
-                let (mut s, r) = ix.due(self.now);
+                let (mut s, r) = ix.due(self.now, crate::due::MAX_DUE_PER_DECISION);
                 // A slot queued behind a job that ended in this decision.
                 s.extend(self.ended.iter().flat_map(|j| ix.watching(j)));
                 s.sort_unstable();

@@ -789,3 +789,51 @@ fn an_rpo_change_is_recorded_once_even_when_its_target_leaves() {
     let e = e.restart(cfg, t0 + 3_000);
     assert_eq!(e.kinds("rpo_changed").len(), 2, "nothing left to record");
 }
+
+#[test]
+fn a_thousand_slots_due_at_once_fire_a_bounded_batch_per_decision() {
+    use recman_core::due::MAX_DUE_PER_DECISION;
+    let t0 = utc("2026-01-01T00:00:00Z");
+    let n = 1000;
+    let mut cfg = config(Vec::new());
+    for i in 0..n {
+        let t = format!("t{i:04}");
+        cfg.targets
+            .insert(TargetId::from(t.as_str()), TargetPolicy::new("host.x", "array.x"));
+        cfg.schedules.push(sched(
+            &format!("s{i:04}"),
+            &[&t],
+            Calendar::every(60_000).expect("every"),
+        ));
+    }
+    let mut e = Engine::start(cfg, t0);
+    let slot = t0 + 60_000;
+    e.now = slot;
+    let mut batches = Vec::new();
+    while e.core.next_deadline().is_some_and(|d| d <= slot) {
+        let step = e.core.handle(Input::TimerFired, slot);
+        let fired = step
+            .events
+            .iter()
+            .filter(|ev| matches!(ev.body, EventBody::ScheduleFired { .. }))
+            .count();
+        assert!(fired > 0, "a due timer fired nothing: it would spin");
+        batches.push(fired);
+        e.log.extend(step.events);
+        assert!(batches.len() <= n, "no end to the timers");
+    }
+    // One decision never takes more than the bound; together they take all,
+    // each slot once, on time (no skip), in the order they fell due.
+    assert!(batches.iter().all(|b| *b <= MAX_DUE_PER_DECISION), "{batches:?}");
+    assert_eq!(batches.len(), n.div_ceil(MAX_DUE_PER_DECISION), "{batches:?}");
+    assert_eq!(batches.iter().sum::<usize>(), n);
+    assert!(e.skips().is_empty(), "{:?}", e.skips());
+    let fired = e.fired();
+    assert_eq!(fired.len(), n);
+    assert!(fired.iter().all(|s| *s == rfc3339(slot)), "{fired:?}");
+    let mut jobs: Vec<JobId> = e.kinds("schedule_fired").iter().map(|ev| ev.job).collect();
+    jobs.sort();
+    jobs.dedup();
+    assert_eq!(jobs.len(), n, "one job per slot");
+    assert_eq!(e.core.due_index_agrees(), Ok(()));
+}

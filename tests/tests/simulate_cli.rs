@@ -61,6 +61,25 @@ fn a_spread_run_ends_clean_and_prints_its_decision_times() {
         field(first, "decide_max_us"),
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{first}");
+    // The slowest decision is named, with the events it made.
+    let kind = first
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("decide_max_input="))
+        .unwrap_or_default();
+    assert!(
+        [
+            "request",
+            "report",
+            "timer",
+            "cancel",
+            "pause-schedule",
+            "resume-schedule",
+            "recover"
+        ]
+        .contains(&kind),
+        "{first}"
+    );
+    assert!(field(first, "decide_max_events") >= 0.0, "{first}");
     // The same seed, the same run (only the wall-clock figures differ).
     let (code, again, _) = simulate(&args);
     assert_eq!(code, 0);

@@ -303,18 +303,21 @@ impl Sim {
         Ok(())
     }
 
-    /// `timer_progress`: a due timer, once handled, is no longer due.
-    pub(super) fn check_timer_progress(&self) -> Checked<()> {
+    /// `timer_progress`: a due timer, once handled, is no longer due, or
+    /// it took a batch of the schedules and RPOs due (`backlog` before it;
+    /// `due::MAX_DUE_PER_DECISION` at a time): the engine never spins.
+    pub(super) fn check_timer_progress(&self, backlog: usize) -> Checked<()> {
         let now = self.sched.now;
-        if self.engine.up && self.engine.core.next_deadline().is_some_and(|d| d <= now) {
-            let job = self.engine.core.state().deadlines.first().map(|(_, j)| *j);
-            let core = &self.engine.core;
+        let core = &self.engine.core;
+        let took_some = || core.due_index().due_count(now) < backlog;
+        if self.engine.up && core.next_deadline().is_some_and(|d| d <= now) && !took_some() {
+            let job = core.state().deadlines.first().map(|(_, j)| *j);
             let d = format!(
                 "a due timer changed nothing: the engine would spin (job timers {:?}, policy timers {:?} \
                  due {:?}, verify timers {:?})",
                 crate::next_deadline(core.state()),
                 core.due_index().first(),
-                core.due_index().due(now),
+                core.due_index().due(now, usize::MAX),
                 crate::verify::next_due(core.state()),
             );
             return Err(self.violation("timer_progress", job, d));

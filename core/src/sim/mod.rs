@@ -36,7 +36,8 @@ use recman_events::{
 };
 
 use crate::schedule::{Calendar, CatchUp, Overlap, Schedule};
-use crate::{worker, Core, CoreConfig, Input, Mutation, Reply, Rng, TargetPolicy};
+pub use crate::Input;
+use crate::{worker, Core, CoreConfig, Mutation, Reply, Rng, TargetPolicy};
 use invariants::Checks;
 pub use invariants::INVARIANTS;
 use scheduler::{Ev, Scheduler, T0};
@@ -156,10 +157,10 @@ pub fn run(cfg: &SimConfig) -> Checked<Summary> {
 /// decisions (the core has no clock; `recman simulate` gives it one and
 /// prints the percentiles) and hears how far a long run got.
 pub trait Observer: Send {
-    /// The core is about to decide on an input.
-    fn begin(&mut self);
-    /// It decided (events and commands in hand, nothing appended yet).
-    fn end(&mut self);
+    /// The core is about to decide on `input`.
+    fn begin(&mut self, input: &Input);
+    /// It decided: `events` and `commands` in hand, nothing appended yet.
+    fn end(&mut self, events: usize, commands: usize);
     /// Every 65 536 steps: the virtual time so far and the requests the
     /// engine accepted.
     fn progress(&mut self, _virtual_ms: u64, _accepted: usize) {}
@@ -551,8 +552,9 @@ impl Sim {
                 let now = self.sched.now;
                 self.engine.timers.remove(&now);
                 if self.engine.up && self.engine.core.next_deadline().is_some_and(|d| d <= now) {
+                    let backlog = self.engine.core.due_index().due_count(now);
                     self.engine(Input::TimerFired)?;
-                    self.check_timer_progress()?;
+                    self.check_timer_progress(backlog)?;
                 }
             }
             Ev::ToWorker(to, cmd) => self.deliver(to, cmd)?,
@@ -666,11 +668,11 @@ impl Sim {
         }
         let by = recovery::sender(&input);
         if let Some(w) = self.watch.as_mut() {
-            w.begin();
+            w.begin(&input);
         }
         let step = self.engine.core.handle_as(input, &by, now);
         if let Some(w) = self.watch.as_mut() {
-            w.end();
+            w.end(step.events.len(), step.commands.len());
         }
         if sends_first {
             for o in step.commands {

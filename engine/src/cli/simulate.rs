@@ -118,7 +118,7 @@ pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         Ok(s) => {
             let d = std::mem::take(&mut *decisions.lock().unwrap_or_else(|e| e.into_inner()));
             println!(
-                "engine_crashes={} events={} virtual_s={:.1} wall_s={wall:.2} decisions={} decide_p50_us={:.1} decide_p99_us={:.1} decide_max_us={:.1}",
+                "engine_crashes={} events={} virtual_s={:.1} wall_s={wall:.2} decisions={} decide_p50_us={:.1} decide_p99_us={:.1} decide_max_us={:.1} decide_max_input={} decide_max_events={}",
                 s.engine_crashes,
                 s.events,
                 s.virtual_ms as f64 / 1000.0,
@@ -126,6 +126,8 @@ pub async fn run(_g: &Home, a: Args) -> anyhow::Result<ExitCode> {
                 d.quantile_us(0.5),
                 d.quantile_us(0.99),
                 d.max_ns as f64 / 1000.0,
+                if d.n == 0 { "none" } else { d.max_input },
+                d.max_events,
             );
             println!("{}", s.line(wall));
             Ok(ExitCode::SUCCESS)
@@ -149,6 +151,9 @@ struct Times {
     counts: Vec<u64>,
     n: u64,
     max_ns: u64,
+    /// The slowest decision's input kind and the events it made.
+    max_input: &'static str,
+    max_events: usize,
 }
 
 impl Times {
@@ -173,7 +178,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 /// The simulator's stopwatch and progress line; hands its histogram over
 /// when the run drops it.
 struct Watch {
-    began: Option<Instant>,
+    began: Option<(Instant, &'static str)>,
     said: Instant,
     jobs: usize,
     times: Times,
@@ -181,17 +186,21 @@ struct Watch {
 }
 
 impl sim::Observer for Watch {
-    fn begin(&mut self) {
-        self.began = Some(Instant::now());
+    fn begin(&mut self, input: &sim::Input) {
+        self.began = Some((Instant::now(), input.kind()));
     }
 
-    fn end(&mut self) {
-        if let Some(b) = self.began.take() {
+    fn end(&mut self, events: usize, _commands: usize) {
+        if let Some((b, kind)) = self.began.take() {
             let ns = b.elapsed().as_nanos().min(u64::MAX as u128) as u64;
             let i = ((ns / BUCKET_NS) as usize).min(BUCKETS - 1);
             self.times.counts[i] += 1;
             self.times.n += 1;
-            self.times.max_ns = self.times.max_ns.max(ns);
+            if ns >= self.times.max_ns {
+                self.times.max_ns = ns;
+                self.times.max_input = kind;
+                self.times.max_events = events;
+            }
         }
     }
 
