@@ -75,6 +75,20 @@ async fn a_job_out_of_memory_is_served_by_id_from_the_log() {
     let (st, _) = get(&c, &s, "/v1/jobs/01977420-e907-7000-81e4-bea0a9666366").await;
     assert_eq!(st, StatusCode::NOT_FOUND, "an unknown job is still a 404");
 
+    // Listed by its request id (inside the window): from the log too, and
+    // only when the filters say so.
+    let (st, by_request) = get(&c, &s, "/v1/jobs?request_id=bounded-a").await;
+    assert_eq!(st, StatusCode::OK, "{by_request}");
+    let found = by_request["jobs"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{by_request}");
+    assert_eq!(found[0]["id"], first["id"]);
+    assert_eq!(found[0]["state"], "completed");
+    assert_eq!(found[0]["request_id"], "bounded-a");
+    let (_, none) = get(&c, &s, "/v1/jobs?request_id=bounded-a&state=failed").await;
+    assert_eq!(none["jobs"], json!([]), "{none}");
+    let (_, none) = get(&c, &s, "/v1/jobs?request_id=never-sent").await;
+    assert_eq!(none["jobs"], json!([]), "{none}");
+
     // Its request id, inside the window: the same job, not a new one.
     let r = c
         .post(format!("{}/v1/snapshots", s.url))

@@ -352,9 +352,19 @@ pub async fn jobs(State(s): State<Arc<Shared>>, q: QueryParams) -> ApiResult {
         })
         .transpose()?;
     s.synced().await;
-    let (page, next) = read_view(&s, |v| {
+    let (mut page, next) = read_view(&s, |v| {
         v.jobs(state, target.as_ref(), request.as_ref(), after, limit)
     })?;
+    // A request id still in the window whose job left memory: from the log.
+    if let (Some(r), true, None) = (&request, page.is_empty(), after) {
+        if let Some(id) = read_view(&s, |v| v.request_left_memory(r))? {
+            let old = view::job_from_log(s.log.as_ref(), id)
+                .map_err(|e| ApiError::unavailable("log_error", e.to_string()))?;
+            page.extend(old.map(|d| d.summary).filter(|j| {
+                state.is_none_or(|st| j.state == st) && target.as_ref().is_none_or(|t| j.targets.contains(t))
+            }));
+        }
+    }
     Ok(Json(json!({"jobs": page, "next": next})).into_response())
 }
 

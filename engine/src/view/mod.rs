@@ -483,6 +483,13 @@ impl View {
         self.state.jobs.get(id).or_else(|| self.recent.get(id))
     }
 
+    /// The snapshot job of request id `r` when the id is in the request
+    /// window but the job left memory (`job_from_log` has it).
+    pub fn request_left_memory(&self, r: &RequestId) -> Option<JobId> {
+        let job = self.state.requests.get(r)?.job;
+        (!self.in_memory(&job)).then_some(job)
+    }
+
     /// Whether facts of job `id` are kept in memory (per-job extras of a job
     /// that left memory are not kept again by a late event).
     fn in_memory(&self, id: &JobId) -> bool {
