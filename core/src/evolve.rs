@@ -327,7 +327,7 @@ fn with_deadline(state: &mut State, id: JobId, f: impl FnOnce(&mut Job)) {
 /// A delete `requester` asked for has its outcome: when none is left, its
 /// retry timer stops (and a finished requester may leave).
 fn settle_requester(state: &mut State, requester: JobId, at: u64) {
-    if state.prunes.values().any(|p| p.requester == requester) {
+    if state.prunes.asked_by(requester) {
         return;
     }
     with_deadline(state, requester, |job| job.prune_retry_at_ms = None);

@@ -15,6 +15,7 @@ pub mod due;
 pub mod effects;
 pub mod evolve;
 pub mod policy;
+pub mod prunes;
 pub mod reconcile;
 pub mod recovery;
 pub mod retention;

@@ -355,7 +355,7 @@ pub struct State {
     /// Index of `Job::deadline` for `next_deadline` and timers.
     pub deadlines: BTreeSet<(u64, JobId)>,
     /// Deletes asked for (`PruneRequested`) and not answered, by target and name.
-    pub prunes: BTreeMap<(TargetId, String), PendingPrune>,
+    pub prunes: crate::prunes::PendingPrunes,
     /// Number of events folded in.
     pub applied: u64,
     /// Schedules and RPOs (`schedule`).
@@ -411,10 +411,8 @@ impl State {
     /// The deletes `requester` asked for that have no outcome yet, by target.
     pub fn prunes_of(&self, requester: JobId) -> BTreeMap<TargetId, Vec<String>> {
         let mut out: BTreeMap<TargetId, Vec<String>> = BTreeMap::new();
-        for ((t, name), p) in &self.prunes {
-            if p.requester == requester {
-                out.entry(t.clone()).or_default().push(name.clone());
-            }
+        for (t, name) in self.prunes.of(requester) {
+            out.entry(t.clone()).or_default().push(name.clone());
         }
         out
     }
