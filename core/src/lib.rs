@@ -174,6 +174,9 @@ impl Core {
         events.extend(started);
         by::attribute_schedules(&mut events);
         by::stamp(&mut events, by);
+        if matches!(input, Input::TimerFired | Input::Start) {
+            self.due.settle_recheck(&self.state, &self.cfg, now_ms);
+        }
         let commands = self.mutated(commands);
         Step {
             events,

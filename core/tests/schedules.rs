@@ -837,3 +837,42 @@ fn a_thousand_slots_due_at_once_fire_a_bounded_batch_per_decision() {
     assert_eq!(jobs.len(), n, "one job per slot");
     assert_eq!(e.core.due_index_agrees(), Ok(()));
 }
+
+#[test]
+fn after_a_restart_a_breached_rpo_is_not_looked_at_by_every_timer_and_still_restores() {
+    let t0 = utc("2026-01-01T00:00:00Z");
+    let mut cfg = config(vec![sched("s", &["b"], Calendar::every(60_000).expect("every"))]);
+    cfg.targets.get_mut(&TargetId::from("a")).expect("a").rpo_ms = Some(600_000);
+    let mut e = Engine::start(cfg.clone(), t0);
+    e.run_until(t0 + 600_000);
+    assert_eq!(e.kinds("rpo_breached").len(), 1);
+    let a = TargetId::from("a");
+    // An engine restarted from a checkpoint rebuilds its index with every
+    // breached RPO aside; its first decision sees that nothing is left to
+    // decide for it.
+    let now = t0 + 600_500;
+    let mut core = Core::from_state(cfg, e.core.state().clone());
+    let step = core.start(now);
+    let mut log = e.log.clone();
+    log.extend(step.events);
+    let mut e = Engine { core, log, now };
+    let looked_at = |e: &Engine| e.core.due_index().due(e.now, usize::MAX).1;
+    assert!(!looked_at(&e).contains(&a), "{:?}", looked_at(&e));
+    e.run_until(t0 + 900_000); // the schedule's timers fire meanwhile
+    assert!(!looked_at(&e).contains(&a));
+    assert_eq!(e.kinds("rpo_breached").len(), 1, "breached once");
+    // A completed snapshot still restores it.
+    e.input(Input::Request {
+        req: recman_events::SnapshotRequest {
+            schema_version: SCHEMA_VERSION,
+            request_id: "r1".into(),
+            targets: vec![a.clone()],
+            kind: SnapshotKind::Full,
+        },
+        origin: "test".into(),
+        new_job: JobId::from_parts(e.now, 1),
+    });
+    e.finish(JobId::from_parts(e.now, 1), true);
+    assert_eq!(e.kinds("rpo_restored").len(), 1);
+    assert_eq!(e.core.due_index_agrees(), Ok(()));
+}
