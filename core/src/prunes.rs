@@ -114,12 +114,11 @@ impl Serialize for PendingPrunes {
 
 impl<'de> Deserialize<'de> for PendingPrunes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let by_key = BTreeMap::<PruneKey, PendingPrune>::deserialize(d)?;
-        let mut by_requester: BTreeMap<JobId, BTreeSet<PruneKey>> = BTreeMap::new();
-        for (k, p) in &by_key {
-            by_requester.entry(p.requester).or_default().insert(k.clone());
+        let mut out = PendingPrunes::default();
+        for (k, p) in BTreeMap::<PruneKey, PendingPrune>::deserialize(d)? {
+            out.insert(k, p);
         }
-        Ok(PendingPrunes { by_key, by_requester })
+        Ok(out)
     }
 }
 

@@ -159,8 +159,8 @@ pub fn run(cfg: &SimConfig) -> Checked<Summary> {
 pub trait Observer: Send {
     /// The core is about to decide on `input`.
     fn begin(&mut self, input: &Input);
-    /// It decided: `events` and `commands` in hand, nothing appended yet.
-    fn end(&mut self, events: usize, commands: usize);
+    /// It decided: `events` in hand, nothing appended yet.
+    fn end(&mut self, events: usize);
     /// Every 65 536 steps: the virtual time so far and the requests the
     /// engine accepted.
     fn progress(&mut self, _virtual_ms: u64, _accepted: usize) {}
@@ -672,7 +672,7 @@ impl Sim {
         }
         let step = self.engine.core.handle_as(input, &by, now);
         if let Some(w) = self.watch.as_mut() {
-            w.end(step.events.len(), step.commands.len());
+            w.end(step.events.len());
         }
         if sends_first {
             for o in step.commands {

@@ -190,7 +190,7 @@ impl sim::Observer for Watch {
         self.began = Some((Instant::now(), input.kind()));
     }
 
-    fn end(&mut self, events: usize, _commands: usize) {
+    fn end(&mut self, events: usize) {
         if let Some((b, kind)) = self.began.take() {
             let ns = b.elapsed().as_nanos().min(u64::MAX as u128) as u64;
             let i = ((ns / BUCKET_NS) as usize).min(BUCKETS - 1);
