@@ -114,7 +114,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         );
     }
     if a.status {
-        return status(&config, worker.pools(), &dir);
+        return status(&config, worker.pools(), &dir).await;
     }
     crate::home::check_host(&config, Some(worker.pools()), None)?;
     eprintln!(
@@ -158,7 +158,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// `--status`: each target of `pools` as the host's freeze state in `dir` has it.
-fn status(config: &Config, pools: &[PoolName], dir: &Path) -> anyhow::Result<ExitCode> {
+async fn status(config: &Config, pools: &[PoolName], dir: &Path) -> anyhow::Result<ExitCode> {
     use recman_core::worker::ThawedBy;
     use recman_workers::runtime::HostState;
     let host = HostState::inspect(dir);
@@ -171,7 +171,7 @@ fn status(config: &Config, pools: &[PoolName], dir: &Path) -> anyhow::Result<Exi
     );
     let mut frozen = 0;
     for t in config.targets.iter().filter(|t| pools.contains(&t.pool)) {
-        let mem = host.read(&t.id)?;
+        let mem = host.read(&t.id).await?;
         let state = match mem.hold() {
             Some(h) => {
                 frozen += 1;

@@ -18,14 +18,16 @@
 //! a second time.
 //!
 //! Without a state directory (`HostState::in_memory`: tests, one process
-//! alone) the same state lives in this process only.
+//! alone, the benchmarks) the same state lives in this process only, one
+//! async lock per target, and a step changes it in place: no copy per step.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::ops::{Deref, DerefMut};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use recman_core::worker::{Process, TargetMemory};
@@ -74,10 +76,13 @@ async fn off_thread(
     })
 }
 
+/// One target's state in this process, behind the lock a step holds.
+type Slot = Arc<tokio::sync::Mutex<TargetMemory>>;
+
 /// Where the freeze state of a host lives.
 enum Store {
     Dir(PathBuf),
-    Memory(Mutex<HashMap<TargetId, TargetMemory>>),
+    Memory(Mutex<HashMap<TargetId, Slot>>),
 }
 
 /// The host's freeze state, as one worker process sees it.
@@ -90,11 +95,37 @@ pub struct HostState {
 
 /// One target's state, locked for this process until dropped.
 pub struct Locked {
-    pub memory: TargetMemory,
-    target: TargetId,
+    pub memory: Memory,
     /// The target's lock (`Store::Dir`); `None` in memory.
     _lock: Option<File>,
     path: Option<PathBuf>,
+}
+
+/// A locked target's state: read from the state directory (written back
+/// by `HostState::save`), or the in-process one itself, changed in place.
+pub enum Memory {
+    Read(TargetMemory),
+    InPlace(tokio::sync::OwnedMutexGuard<TargetMemory>),
+}
+
+impl Deref for Memory {
+    type Target = TargetMemory;
+
+    fn deref(&self) -> &TargetMemory {
+        match self {
+            Memory::Read(m) => m,
+            Memory::InPlace(g) => g,
+        }
+    }
+}
+
+impl DerefMut for Memory {
+    fn deref_mut(&mut self) -> &mut TargetMemory {
+        match self {
+            Memory::Read(m) => m,
+            Memory::InPlace(g) => g,
+        }
+    }
 }
 
 impl HostState {
@@ -204,14 +235,13 @@ impl HostState {
 
     /// Locks `t`'s state for this process (waiting while another holds it)
     /// and reads it. Entries long past their deadline are forgotten.
-    /// In memory, the caller's writer lock is what serialises.
     pub async fn lock(&self, t: &TargetId) -> Result<Locked, StateError> {
         let dir = match &self.store {
-            Store::Memory(m) => {
-                let map = m.lock().unwrap_or_else(|e| e.into_inner());
+            Store::Memory(_) => {
+                let mut memory = self.slot(t).lock_owned().await;
+                memory.expire(clock::now_ms());
                 return Ok(Locked {
-                    memory: expired(map.get(t).cloned().unwrap_or_default()),
-                    target: t.clone(),
+                    memory: Memory::InPlace(memory),
                     _lock: None,
                     path: None,
                 });
@@ -233,12 +263,22 @@ impl HostState {
             }
         }
         let path = state_path(dir, t);
+        let mut memory = read(&path)?;
+        memory.expire(clock::now_ms());
         Ok(Locked {
-            memory: expired(read(&path)?),
-            target: t.clone(),
+            memory: Memory::Read(memory),
             _lock: Some(lock),
             path: Some(path),
         })
+    }
+
+    /// `t`'s slot in this process (`Store::Memory` only).
+    fn slot(&self, t: &TargetId) -> Slot {
+        let Store::Memory(m) = &self.store else {
+            unreachable!("slots are the in-process store's")
+        };
+        let mut map = m.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(t.clone()).or_default().clone()
     }
 
     /// Holds `t`'s recovery lock (`<state_dir>/targets/<target>.recovery.lock`)
@@ -270,30 +310,30 @@ impl HostState {
     }
 
     /// Reads `t`'s state without locking (a consistent snapshot: writes are
-    /// atomic renames); for checks that change nothing.
-    pub fn read(&self, t: &TargetId) -> Result<TargetMemory, StateError> {
+    /// atomic renames); for checks that change nothing. In this process
+    /// only, it waits while a step holds the target's state.
+    pub async fn read(&self, t: &TargetId) -> Result<TargetMemory, StateError> {
+        self.peek(t, TargetMemory::clone).await
+    }
+
+    /// Runs `f` on `t`'s state as [`HostState::read`] sees it, without a copy
+    /// in this process.
+    pub async fn peek<R>(&self, t: &TargetId, f: impl FnOnce(&TargetMemory) -> R) -> Result<R, StateError> {
         match &self.store {
-            Store::Memory(m) => Ok(m
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(t)
-                .cloned()
-                .unwrap_or_default()),
-            Store::Dir(dir) => read(&state_path(dir, t)),
+            Store::Memory(_) => Ok(f(&*self.slot(t).lock().await)),
+            Store::Dir(dir) => Ok(f(&read(&state_path(dir, t))?)),
         }
     }
 
-    /// Writes `l` back (atomically, durably) while it is still locked.
+    /// Writes `l` back (atomically, durably) while it is still locked. In
+    /// this process only, `l` was changed in place: every change is saved
+    /// right after it is made, and this save cannot fail, so there is
+    /// nothing left to do.
     pub async fn save(&self, l: &Locked) -> Result<(), StateError> {
         match (&self.store, &l.path) {
-            (Store::Memory(m), _) => {
-                m.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(l.target.clone(), l.memory.clone());
-                Ok(())
-            }
+            (Store::Memory(_), _) => Ok(()),
             (Store::Dir(_), Some(path)) => {
-                let body = serde_json::to_vec(&l.memory).map_err(|e| StateError::Corrupt {
+                let body = serde_json::to_vec(&*l.memory).map_err(|e| StateError::Corrupt {
                     path: path.clone(),
                     error: e.to_string(),
                 })?;
@@ -363,11 +403,6 @@ pub fn check_off_frozen(dir: &Path, mounts: &[(TargetId, PathBuf)]) -> Result<()
         }
     }
     Ok(())
-}
-
-fn expired(mut m: TargetMemory) -> TargetMemory {
-    m.expire(clock::now_ms());
-    m
 }
 
 fn state_path(dir: &Path, t: &TargetId) -> PathBuf {
@@ -488,6 +523,32 @@ mod tests {
             Some(a.process().clone())
         );
         assert!(b.alive(a.process()), "a holds its process lock");
+    }
+
+    #[tokio::test]
+    async fn in_memory_a_step_changes_the_state_in_place_under_its_lock() {
+        let host = HostState::in_memory(&WorkerId::from("a"));
+        let t = TargetId::from("db01");
+        let mut l = host.lock(&t).await.unwrap();
+        l.memory.record_freeze_start(hold(host.process()));
+        host.save(&l).await.unwrap();
+        // Another step of the target, and a reader, wait for the lock.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), host.lock(&t)).await;
+        assert!(waiting.is_err(), "one step of a target at a time");
+        let reading = tokio::time::timeout(Duration::from_millis(50), host.read(&t)).await;
+        assert!(reading.is_err(), "a reader sees no half-made change");
+        drop(l);
+        let seen = host.read(&t).await.unwrap();
+        assert_eq!(seen.hold(), Some(&hold(host.process())));
+        let l = host.lock(&t).await.unwrap();
+        assert_eq!(
+            l.memory.hold(),
+            Some(&hold(host.process())),
+            "kept for the next step"
+        );
+        drop(l);
+        let other = host.peek(&TargetId::from("db02"), |m| m.hold().is_none()).await;
+        assert!(other.unwrap(), "targets do not share a state");
     }
 
     #[tokio::test]

@@ -249,21 +249,26 @@ impl Shared {
             let local = self.local(t)?;
             let _g = local.provider_lock.lock().await;
             let pruned = self.lock_pruned().contains(name);
-            let host = self.state.read(t).map_err(state_error)?;
             // What the storage holds under the name (a redelivery after a
             // crash finds its own; another job's is never adopted).
             let existing = local.provider.lookup(name, t).await?;
-            let plan = worker::plan_snapshot(
-                &host,
-                pruned,
-                t,
-                name,
-                (cmd.job, cmd.attempt),
-                &existing,
-                cmd.thaw_deadline_ms,
-                clock::now_ms(),
-                None,
-            );
+            let plan = self
+                .state
+                .peek(t, |host| {
+                    worker::plan_snapshot(
+                        host,
+                        pruned,
+                        t,
+                        name,
+                        (cmd.job, cmd.attempt),
+                        &existing,
+                        cmd.thaw_deadline_ms,
+                        clock::now_ms(),
+                        None,
+                    )
+                })
+                .await
+                .map_err(state_error)?;
             if let SnapshotPlan::Refuse(e) = plan {
                 return Err(e);
             }

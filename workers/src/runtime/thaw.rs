@@ -272,9 +272,10 @@ impl Shared {
             for t in &ids {
                 let orphan = self
                     .state
-                    .read(t)
+                    .peek(t, |m| worker::adoptable(m, |p| self.state.alive(p), None))
+                    .await
                     .ok()
-                    .and_then(|m| worker::adoptable(&m, |p| self.state.alive(p), None));
+                    .flatten();
                 if orphan.is_none() {
                     continue;
                 }
@@ -290,17 +291,16 @@ impl Shared {
     /// On clean shutdown: nothing this process holds stays frozen behind it
     /// (another live worker's freezes are left to it).
     pub(super) async fn thaw_everything(self: &Arc<Self>) {
-        let mut held: Vec<&TargetId> = self
-            .targets
-            .keys()
-            .filter(|t| {
-                self.state
-                    .read(t)
-                    .ok()
-                    .and_then(|m| m.hold().map(|h| &h.process == self.process()))
-                    .unwrap_or(false)
-            })
-            .collect();
+        let mut held: Vec<&TargetId> = Vec::new();
+        for t in self.targets.keys() {
+            let mine = self
+                .state
+                .peek(t, |m| m.hold().is_some_and(|h| &h.process == self.process()))
+                .await;
+            if mine.unwrap_or(false) {
+                held.push(t);
+            }
+        }
         held.sort();
         for t in held {
             self.watchdog_thaw(t, None).await;
