@@ -50,27 +50,64 @@ pub fn policies(home: &Home) -> BTreeMap<TargetId, recman_core::RetentionPolicy>
     }
 }
 
-/// Builds the view of the data dir's log up to `until`.
+/// Builds the view of the data dir's log up to `until`, folding the whole
+/// log (`recman replay` rebuilds from the log on purpose; the other reads
+/// use [`current_view`]).
 pub fn local_view(home: &Home, until: Until) -> anyhow::Result<View> {
-    let log = home.open_log_for_reading().map_err(|e| match e {
+    let log = open_log(home)?;
+    Ok(configured_view(home).build(log.as_ref(), until)?)
+}
+
+/// The view of the data dir's log as it is now, as the API's view starts:
+/// from the newest valid checkpoint the engine wrote (the view section it
+/// carries) and the log after it, so a read does not fold years of log.
+/// Without a usable checkpoint it folds the whole log (a warning says why
+/// one was skipped). `RECMAN_LOG=info` shows where it started.
+pub async fn current_view(home: &Home) -> anyhow::Result<View> {
+    let log = open_log(home)?;
+    let view = configured_view(home);
+    let store = match home.checkpoint_store_for_reading() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no checkpoints: the whole log is folded");
+            return Ok(view.build(log.as_ref(), Until::End)?);
+        }
+    };
+    let started = std::time::Instant::now();
+    let (view, resumed) = crate::checkpoint::resume_view(view, log.as_ref(), Some(store.as_ref())).await?;
+    tracing::info!(
+        checkpoint = ?resumed.from,
+        tail = resumed.tail,
+        ms = crate::checkpoint::took(started),
+        "read the event log from a checkpoint"
+    );
+    Ok(view)
+}
+
+/// The data dir's log (or the config's PostgreSQL log), for reading.
+fn open_log(home: &Home) -> anyhow::Result<std::sync::Arc<dyn recman_events::EventLog>> {
+    home.open_log_for_reading().map_err(|e| match e {
         LogError::Locked(m) => anyhow::anyhow!(
             "{m}\nanother process owns the log and no server announces itself in {}; \
              wait for it to finish, or pass --server URL",
             crate::api::discovery::path(&home.data_dir).display()
         ),
         e => anyhow::anyhow!("cannot read the event log in {}: {e}", home.data_dir.display()),
-    })?;
+    })
+}
+
+/// An empty view as the config sets it up (retention, bounds, schedules).
+fn configured_view(home: &Home) -> View {
     let config = recman_config::Config::load(home.config_file()).ok();
     let bounds = config.as_ref().map(crate::runtime::bounds).unwrap_or_default();
     let recent = config.as_ref().map_or(crate::view::RECENT_FINISHED, |c| {
         c.engine.recent_finished as usize
     });
     let schedules = config.map(|c| c.schedules).unwrap_or_default();
-    Ok(View::new(retention(home))
+    View::new(retention(home))
         .with_bounds(bounds, recent)
         .with_schedules(schedules)
         .with_policies(policies(home))
-        .build(log.as_ref(), until)?)
 }
 
 /// Job `id` from the data dir's log, folded on its own (a job the view no
@@ -87,7 +124,7 @@ impl Source {
     pub async fn open(home: &Home, server: Option<&str>) -> anyhow::Result<Source> {
         match Client::discover(home, server).await? {
             Some(c) => Ok(Source::Remote(c)),
-            None => Ok(Source::Local(Box::new(local_view(home, Until::End)?))),
+            None => Ok(Source::Local(Box::new(current_view(home).await?))),
         }
     }
 }

@@ -259,6 +259,26 @@ async fn the_api_shows_the_same_after_a_restart_from_a_checkpoint() {
     assert_eq!(get(&s, &format!("/v1/jobs/{last}")).await, details[1]);
     drop(s);
 
+    // With no server, the CLI reads the data dir itself, also from the
+    // newest checkpoint and the log after it, and lists the same jobs.
+    let out = recman_testkit::recman_cmd(dir.path())
+        .env("RECMAN_LOG", "info")
+        .args(["jobs", "--json", "--limit", "1000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let local: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        local["jobs"], before[0]["jobs"],
+        "recman jobs, read from the data dir"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("read the event log from a checkpoint") && l.contains("Some(")),
+        "{err}"
+    );
+
     let out = recman(dir.path(), &["audit", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

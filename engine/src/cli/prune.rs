@@ -11,8 +11,7 @@ use serde_json::json;
 
 use crate::client::Client;
 use crate::home::Home;
-use crate::source::{local_view, ServerArg};
-use crate::view::Until;
+use crate::source::{current_view, ServerArg};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -67,7 +66,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             (b.plan, b.asked, b.awaiting_approval)
         }
         None if a.dry_run => {
-            let view = local_view(g, Until::End)?;
+            let view = current_view(g).await?;
             if let Some(t) = targets
                 .iter()
                 .find(|t| !view.policies.contains_key(*t) && !view.state.catalog.contains_key(*t))
