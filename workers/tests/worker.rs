@@ -230,6 +230,50 @@ async fn unknown_targets_are_refused_and_nothing_runs() {
     w.stop().await;
 }
 
+/// The freeze window ends when the writer's thaw returned (README: freeze
+/// return → thaw return): a thaw that takes 300 ms is inside it, for a
+/// commanded thaw and for the watchdog's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_freeze_window_includes_the_thaw_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow_thaw = format!(
+        "[[target]]\nid = \"db01\"\nfreeze_limit = \"1s\"\n[target.writer]\ntype = \"exec\"\nfreeze = {}\nthaw = {}\ntimeout = \"5s\"\n[target.provider]\ntype = \"none\"\n",
+        sh("true"),
+        sh("sleep 0.3"),
+    );
+    let cfg = config(dir.path(), &slow_thaw);
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let _w = start(&bus, worker(&cfg));
+    let window_of = |r: &Report| match detail_of(r) {
+        StepDetail::Thawed {
+            freeze_window_us,
+            by_watchdog,
+        } => (*freeze_window_us, *by_watchdog),
+        d => panic!("{d:?}"),
+    };
+    // Commanded: thawed at once, the window is the thaw's 300 ms.
+    let job = JobId::new_v7();
+    send_pool(&bus, &command(job, Stage::Freeze, &["db01"])).await;
+    next_report(&mut rep, SEC5).await;
+    send(
+        &bus,
+        Address::Worker(WorkerId::from("w1")),
+        &command(job, Stage::Thaw, &["db01"]),
+    )
+    .await;
+    let (window, by_watchdog) = window_of(&next_report(&mut rep, SEC5).await);
+    assert!(!by_watchdog);
+    assert!((300_000..900_000).contains(&window), "{window}");
+    // The watchdog, at the 1 s freeze limit: 1.3 s.
+    let job = JobId::new_v7();
+    send_pool(&bus, &command(job, Stage::Freeze, &["db01"])).await;
+    next_report(&mut rep, SEC5).await;
+    let (window, by_watchdog) = window_of(&next_report(&mut rep, SEC5).await);
+    assert!(by_watchdog);
+    assert!((1_300_000..2_000_000).contains(&window), "{window}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn freeze_then_thaw_measures_the_window_and_cancels_the_watchdog() {
     let dir = tempfile::tempdir().unwrap();

@@ -187,6 +187,12 @@ impl Shared {
                 // one of a thaw that never happened.
                 match local.writer.thaw(&Self::ctx(t, cmd)).await {
                     Ok(()) => {
+                        // The window ends when the writer's thaw returned.
+                        let now_ms = clock::now_ms();
+                        let window = match &armed {
+                            Some(a) if a.key == key => a.window_us(),
+                            _ => worker::thaw_window_us(&plan, now_ms, self.process(), None),
+                        };
                         host.memory
                             .record_thaw(key, ThawedBy::Command, window, &plan, now_ms);
                         self.record_thaw_state(t, &host).await;

@@ -73,7 +73,8 @@ impl Shared {
         let now_ms = clock::now_ms();
         // As for a commanded thaw: this process's monotonic clock when it
         // armed this freeze (a wall clock step must not shorten the window).
-        let window_us = match armed {
+        // Until the thaw returned: so far (a failed thaw re-arms from it).
+        let mut window_us = match armed {
             Some(a) if a.key == key => a.window_us(),
             _ => worker::thaw_window_us(&plan, now_ms, self.process(), None),
         };
@@ -99,6 +100,12 @@ impl Shared {
             tokio::time::sleep(Duration::from_millis(500 * u64::from(n))).await;
         }
         if result.is_ok() {
+            // The window ends when the writer's thaw returned (after any retries).
+            let now_ms = clock::now_ms();
+            window_us = match armed {
+                Some(a) if a.key == key => a.window_us(),
+                _ => worker::thaw_window_us(&plan, now_ms, self.process(), None),
+            };
             host.memory
                 .record_thaw(key, ThawedBy::Watchdog, window_us, &plan, now_ms);
             if let Err(e) = self.save_state(&host).await {
