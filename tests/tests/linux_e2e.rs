@@ -409,3 +409,43 @@ async fn a_second_freeze_is_refused_and_the_thaw_on_start_finds_the_first() {
     assert!(w.startup_thaw().await.unwrap().is_none());
     fs::write(fs1.mnt.join("after"), b"ok").unwrap();
 }
+
+/// `recman bench freeze` runs real jobs through fsfreeze and btrfs and
+/// prints its figures with the bare sequence beside them, with the host
+/// freeze state on disk (as `recman up` and `recman snapshot` keep it, the
+/// default) and in memory.
+#[test]
+fn bench_freeze_prints_its_figures_for_both_host_states() {
+    if !can_run(&["losetup", "mkfs.ext4", "mkfs.btrfs", "btrfs", "mount"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, shown) in [(None, "disk"), (Some("memory"), "memory")] {
+        let mut args = vec!["bench", "freeze", "--jobs", "5"];
+        if let Some(f) = flag {
+            args.extend(["--host-state", f]);
+        }
+        let out = recman_testkit::recman(dir.path(), &args);
+        let text = recman_testkit::text(&out);
+        assert!(out.status.success(), "{text}");
+        let last = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string();
+        let kv: std::collections::BTreeMap<&str, &str> = last
+            .split_whitespace()
+            .filter_map(|p| p.split_once('='))
+            .collect();
+        assert_eq!(kv.get("host_state"), Some(&shown), "{text}");
+        assert_eq!(
+            (kv.get("jobs"), kv.get("failed")),
+            (Some(&"5"), Some(&"0")),
+            "{text}"
+        );
+        for key in ["added_p99_us", "bare_p99_us", "freeze_window_p99_us"] {
+            let v: u64 = kv.get(key).and_then(|v| v.parse().ok()).unwrap_or(0);
+            assert!(v > 0, "{key} in {text}");
+        }
+    }
+}

@@ -30,6 +30,19 @@ pub struct Args {
     /// Jobs through recman, and as many bare sequences.
     #[arg(long, default_value_t = 100)]
     pub jobs: usize,
+    /// Where the worker keeps the host freeze state: `disk` (a state
+    /// directory on the data dir's disk, as `recman up` and `recman snapshot`
+    /// do: written durably after each freeze, inside the window) or `memory`
+    /// (a worker alone in its process; the figures before 2026-12-02).
+    #[arg(long, value_enum, default_value_t = HostState::Disk)]
+    pub host_state: HostState,
+}
+
+/// `--host-state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostState {
+    Disk,
+    Memory,
 }
 
 /// Loop filesystems, unmounted and detached on drop (also on error).
@@ -132,7 +145,12 @@ pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
     let config = Config::from_str(&cfg_text, dir.join("bench.toml"))?;
     let engine = Engine::builder(&config)
         .log(log::open(Backend::Redb, &dir.join("log"))?)
-        .worker(Worker::from_config(WorkerId::from("bench"), &config))
+        .worker(match a.host_state {
+            HostState::Disk => {
+                Worker::from_config(WorkerId::from("bench"), &config).with_state_dir(dir.join("worker-state"))
+            }
+            HostState::Memory => Worker::from_config(WorkerId::from("bench"), &config),
+        })
         .start()
         .await?;
     // Bare: FIFREEZE, snapshot ioctl, FITHAW; window = freeze return → thaw
@@ -213,7 +231,13 @@ pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
     let (ap50, ap99) = (percentile(&added, 0.5), percentile(&added, 0.99));
     let (bp50, bp99) = (percentile(&bare, 0.5), percentile(&bare, 0.99));
     let (wp50, wp99) = (percentile(&windows, 0.5), percentile(&windows, 0.99));
-    println!("stack: ext4 on a loop image inside a btrfs subvolume; {jobs} bare sequences interleaved with {jobs} recman jobs");
+    println!(
+        "stack: ext4 on a loop image inside a btrfs subvolume; {jobs} bare sequences interleaved with {jobs} recman jobs; host freeze state {}",
+        match a.host_state {
+            HostState::Disk => "on disk (as recman up and recman snapshot keep it)",
+            HostState::Memory => "in memory",
+        }
+    );
     println!("bare FIFREEZE→snapshot ioctl→FITHAW window: p50 {bp50} µs, p99 {bp99} µs");
     println!(
         "recman freeze window (fsfreeze + btrfs, embedded bus, redb log): p50 {wp50} µs, p99 {wp99} µs; whole job p50 {} µs",
@@ -223,8 +247,12 @@ pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
         "added by recman inside each window (window − provider step − thaw step, same job): p50 {ap50} µs, p99 {ap99} µs; failed jobs: {failed}"
     );
     println!(
-        "freeze_window_p50_us={wp50} freeze_window_p99_us={wp99} bare_p50_us={bp50} bare_p99_us={bp99} added_p50_us={ap50} added_p99_us={ap99} jobs={} failed={failed}",
-        windows.len()
+        "freeze_window_p50_us={wp50} freeze_window_p99_us={wp99} bare_p50_us={bp50} bare_p99_us={bp99} added_p50_us={ap50} added_p99_us={ap99} jobs={} failed={failed} host_state={}",
+        windows.len(),
+        match a.host_state {
+            HostState::Disk => "disk",
+            HostState::Memory => "memory",
+        }
     );
     Ok(if failed == 0 {
         ExitCode::SUCCESS
