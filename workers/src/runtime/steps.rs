@@ -151,18 +151,11 @@ impl Shared {
         self.adopt(t, &mut host).await;
         let key = (cmd.job, cmd.attempt);
         let plan = worker::plan_thaw(&host.memory, key);
-        let now_ms = clock::now_ms();
-        // The host state keeps milliseconds; when this process armed the
-        // freeze, its monotonic clock gives the window in microseconds (a
-        // window under 1 ms is not 0).
         let armed = match &plan {
             ThawPlan::Own(_) => self.watchdogs.take(t),
             _ => None,
         };
-        let window = match &armed {
-            Some(a) if a.key == key => a.window_us(),
-            _ => worker::thaw_window_us(&plan, now_ms, self.process(), None),
-        };
+        let (now_ms, window) = self.window_now(armed.as_ref(), key, &plan);
         let by_watchdog = plan.by_watchdog();
         if !matches!(plan, ThawPlan::Own(_)) {
             // Nothing of this attempt is held: nothing to release first.
@@ -188,11 +181,7 @@ impl Shared {
                 match local.writer.thaw(&Self::ctx(t, cmd)).await {
                     Ok(()) => {
                         // The window ends when the writer's thaw returned.
-                        let now_ms = clock::now_ms();
-                        let window = match &armed {
-                            Some(a) if a.key == key => a.window_us(),
-                            _ => worker::thaw_window_us(&plan, now_ms, self.process(), None),
-                        };
+                        let (now_ms, window) = self.window_now(armed.as_ref(), key, &plan);
                         host.memory
                             .record_thaw(key, ThawedBy::Command, window, &plan, now_ms);
                         self.record_thaw_state(t, &host).await;

@@ -70,14 +70,8 @@ impl Shared {
             Some(k) => self.watchdogs.take_if(t, k),
             None => self.watchdogs.take(t),
         };
-        let now_ms = clock::now_ms();
-        // As for a commanded thaw: this process's monotonic clock when it
-        // armed this freeze (a wall clock step must not shorten the window).
-        // Until the thaw returned: so far (a failed thaw re-arms from it).
-        let mut window_us = match armed {
-            Some(a) if a.key == key => a.window_us(),
-            _ => worker::thaw_window_us(&plan, now_ms, self.process(), None),
-        };
+        // So far (a failed thaw re-arms from it); it ends when the thaw returned.
+        let (_, mut window_us) = self.window_now(armed.as_ref(), key, &plan);
         // As for a commanded thaw, the hold is released only once the
         // writer's thaw returned: a process killed in the middle leaves it
         // held, so another process adopts it and thaws again (idempotent).
@@ -101,11 +95,8 @@ impl Shared {
         }
         if result.is_ok() {
             // The window ends when the writer's thaw returned (after any retries).
-            let now_ms = clock::now_ms();
-            window_us = match armed {
-                Some(a) if a.key == key => a.window_us(),
-                _ => worker::thaw_window_us(&plan, now_ms, self.process(), None),
-            };
+            let now_ms;
+            (now_ms, window_us) = self.window_now(armed.as_ref(), key, &plan);
             host.memory
                 .record_thaw(key, ThawedBy::Watchdog, window_us, &plan, now_ms);
             if let Err(e) = self.save_state(&host).await {
@@ -195,6 +186,19 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// The freeze window of attempt `key` ending now, in µs, and now (Unix
+    /// ms). The host state keeps milliseconds; when this process armed the
+    /// freeze, its monotonic clock gives microseconds (a window under 1 ms
+    /// is not 0, and a wall clock step does not shorten it).
+    pub(super) fn window_now(&self, armed: Option<&Armed>, key: AttemptKey, plan: &ThawPlan) -> (u64, u64) {
+        let now_ms = clock::now_ms();
+        let window = match armed {
+            Some(a) if a.key == key => a.window_us(),
+            _ => worker::thaw_window_us(plan, now_ms, self.process(), None),
+        };
+        (now_ms, window)
     }
 
     /// Takes over the hold of `t` if its process is dead (its watchdog died
