@@ -66,13 +66,8 @@ pub fn local_view(home: &Home, until: Until) -> anyhow::Result<View> {
 pub async fn current_view(home: &Home) -> anyhow::Result<View> {
     let log = open_log(home)?;
     let view = configured_view(home);
-    let store = match home.checkpoint_store_for_reading() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "no checkpoints: the whole log is folded");
-            return Ok(view.build(log.as_ref(), Until::End)?);
-        }
-    };
+    // Beside the log just opened (a config that does not load failed there).
+    let store = home.checkpoint_store_for_reading()?;
     let started = std::time::Instant::now();
     let (view, resumed) = crate::checkpoint::resume_view(view, log.as_ref(), Some(store.as_ref())).await?;
     tracing::info!(

@@ -45,6 +45,15 @@ pub enum HostState {
     Memory,
 }
 
+impl HostState {
+    fn as_str(self) -> &'static str {
+        match self {
+            HostState::Disk => "disk",
+            HostState::Memory => "memory",
+        }
+    }
+}
+
 /// Loop filesystems, unmounted and detached on drop (also on error).
 struct Stack {
     dir: PathBuf,
@@ -232,11 +241,8 @@ pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
     let (bp50, bp99) = (percentile(&bare, 0.5), percentile(&bare, 0.99));
     let (wp50, wp99) = (percentile(&windows, 0.5), percentile(&windows, 0.99));
     println!(
-        "stack: ext4 on a loop image inside a btrfs subvolume; {jobs} bare sequences interleaved with {jobs} recman jobs; host freeze state {}",
-        match a.host_state {
-            HostState::Disk => "on disk (as recman up and recman snapshot keep it)",
-            HostState::Memory => "in memory",
-        }
+        "stack: ext4 on a loop image inside a btrfs subvolume; {jobs} bare sequences interleaved with {jobs} recman jobs; host freeze state: {}",
+        a.host_state.as_str()
     );
     println!("bare FIFREEZE→snapshot ioctl→FITHAW window: p50 {bp50} µs, p99 {bp99} µs");
     println!(
@@ -249,10 +255,7 @@ pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
     println!(
         "freeze_window_p50_us={wp50} freeze_window_p99_us={wp99} bare_p50_us={bp50} bare_p99_us={bp99} added_p50_us={ap50} added_p99_us={ap99} jobs={} failed={failed} host_state={}",
         windows.len(),
-        match a.host_state {
-            HostState::Disk => "disk",
-            HostState::Memory => "memory",
-        }
+        a.host_state.as_str()
     );
     Ok(if failed == 0 {
         ExitCode::SUCCESS

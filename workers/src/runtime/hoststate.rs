@@ -237,8 +237,8 @@ impl HostState {
     /// and reads it. Entries long past their deadline are forgotten.
     pub async fn lock(&self, t: &TargetId) -> Result<Locked, StateError> {
         let dir = match &self.store {
-            Store::Memory(_) => {
-                let mut memory = self.slot(t).lock_owned().await;
+            Store::Memory(m) => {
+                let mut memory = slot(m, t).lock_owned().await;
                 memory.expire(clock::now_ms());
                 return Ok(Locked {
                     memory: Memory::InPlace(memory),
@@ -270,15 +270,6 @@ impl HostState {
             _lock: Some(lock),
             path: Some(path),
         })
-    }
-
-    /// `t`'s slot in this process (`Store::Memory` only).
-    fn slot(&self, t: &TargetId) -> Slot {
-        let Store::Memory(m) = &self.store else {
-            unreachable!("slots are the in-process store's")
-        };
-        let mut map = m.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(t.clone()).or_default().clone()
     }
 
     /// Holds `t`'s recovery lock (`<state_dir>/targets/<target>.recovery.lock`)
@@ -320,7 +311,7 @@ impl HostState {
     /// in this process.
     pub async fn peek<R>(&self, t: &TargetId, f: impl FnOnce(&TargetMemory) -> R) -> Result<R, StateError> {
         match &self.store {
-            Store::Memory(_) => Ok(f(&*self.slot(t).lock().await)),
+            Store::Memory(m) => Ok(f(&*slot(m, t).lock().await)),
             Store::Dir(dir) => Ok(f(&read(&state_path(dir, t))?)),
         }
     }
@@ -403,6 +394,12 @@ pub fn check_off_frozen(dir: &Path, mounts: &[(TargetId, PathBuf)]) -> Result<()
         }
     }
     Ok(())
+}
+
+/// `t`'s slot in the in-process store (created empty on first use).
+fn slot(m: &Mutex<HashMap<TargetId, Slot>>, t: &TargetId) -> Slot {
+    let mut map = m.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(t.clone()).or_default().clone()
 }
 
 fn state_path(dir: &Path, t: &TargetId) -> PathBuf {
