@@ -185,15 +185,16 @@ pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     for i in 0..jobs {
         let (fz2, vol2, snaps2, ctx2) = (fz.clone(), vol.clone(), snaps.clone(), ctx.clone());
-        let us = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let (us, thaw_us) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
             fz2.freeze_blocking(&ctx2)
                 .map_err(|e| anyhow::anyhow!(e.message))?;
             let t = Instant::now();
             let snap = btrfs_snapshot_ioctl(&vol2, &snaps2, &format!("bare-{i}"));
+            let thaw = Instant::now();
             fz2.thaw_blocking().map_err(|e| anyhow::anyhow!(e.message))?;
-            let us = t.elapsed().as_micros() as u64;
+            let (us, thaw_us) = (t.elapsed().as_micros() as u64, thaw.elapsed().as_micros() as u64);
             snap.context("btrfs snapshot ioctl")?;
-            Ok(us)
+            Ok((us, thaw_us))
         })
         .await??;
         bare.push(us);
@@ -211,19 +212,22 @@ pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
         match done {
             Some(EventBody::Completed { freeze_window_us, .. }) => {
                 windows.push(freeze_window_us);
-                // Inside the window, the worker spent this in the provider and the thaw ioctl.
-                let work: u64 = events
+                // Inside the window, the worker spent this in the provider,
+                // and the thaw call about what the bare sequence's took just
+                // before. (Not the thaw step's time: that includes the host
+                // state's write after the thaw returned, outside the window.)
+                let provider: u64 = events
                     .iter()
                     .filter_map(|e| match e {
                         EventBody::StepSucceeded {
-                            stage: Stage::Snapshot | Stage::Thaw,
+                            stage: Stage::Snapshot,
                             duration_us,
                             ..
                         } => Some(*duration_us),
                         _ => None,
                     })
                     .sum();
-                added.push(freeze_window_us.saturating_sub(work));
+                added.push(freeze_window_us.saturating_sub(provider + thaw_us));
                 job_ms.push(t.elapsed().as_micros() as u64);
             }
             Some(_) => failed += 1,
@@ -250,7 +254,7 @@ pub async fn run(data_dir: &Path, a: Args) -> anyhow::Result<ExitCode> {
         percentile(&job_ms, 0.5)
     );
     println!(
-        "added by recman inside each window (window − provider step − thaw step, same job): p50 {ap50} µs, p99 {ap99} µs; failed jobs: {failed}"
+        "added by recman inside each window (window − provider step of the job − FITHAW of the bare sequence before it): p50 {ap50} µs, p99 {ap99} µs; failed jobs: {failed}"
     );
     println!(
         "freeze_window_p50_us={wp50} freeze_window_p99_us={wp99} bare_p50_us={bp50} bare_p99_us={bp99} added_p50_us={ap50} added_p99_us={ap99} jobs={} failed={failed} host_state={}",
