@@ -152,6 +152,10 @@ mutations! {
     // window, or, for a watchdog's thaw, by nobody in time.
     release_before_thaw: W(worker::Mutation::ReleaseBeforeThaw), Crash => "freeze_window",
         also ["thawed_within_limit", "every_freeze_thawed"];
+    // A freeze's outcome is written after its report (issue 18); until
+    // then, or for good when that write is lost, its hold answers a
+    // redelivery.
+    hold_does_not_answer: W(worker::Mutation::HoldDoesNotAnswer), All => "one_freeze_per_attempt";
     // Two engines (issue 19): a deposed leader that resumes appends on its
     // stale state and the log takes it; a standby takes over under the
     // epoch the old leader acted for; a fenced engine sends its batch's

@@ -1427,3 +1427,84 @@ async fn a_verification_redelivered_to_another_process_of_the_host_is_answered_n
     w1.stop().await;
     w2.stop().await;
 }
+
+/// Issue 18: a freeze's outcome is written to the host's freeze state after
+/// its report is out (not inside the freeze window), and written all the
+/// same; until then, or for good when that write is lost, the hold (written
+/// before the writer ran) answers a redelivery with the same deadline, and
+/// the freeze does not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_outcome_is_written_after_its_report_and_the_hold_answers_until_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let state = dir.path().join("state");
+    let cfg = config(
+        dir.path(),
+        &exec_target(dir.path(), &format!("echo f >> {d}/frozen"), "20s", "5s"),
+    );
+    let bus = MemoryBus::new();
+    let mut rep = reports(&bus).await;
+    let w1 = start(
+        &bus,
+        Worker::new(WorkerId::from("w1"), vec![PoolName::from(POOL)], &cfg).with_state_dir(&state),
+    );
+    let t = TargetId::from("db01");
+    let freeze = |job: JobId| {
+        let mut c = command(job, Stage::Freeze, &["db01"]);
+        c.attempt = 2;
+        c.message_id = Command::message_id_for(job, 2, Stage::Freeze, &c.targets[0]);
+        c
+    };
+    // The outcome lands in the host state once the report is out.
+    let job = JobId::new_v7();
+    send_pool(&bus, &freeze(job)).await;
+    let StepDetail::Frozen { deadline_ms } = *detail_of(&next_report(&mut rep, SEC5).await) else {
+        panic!("not frozen")
+    };
+    let reader = HostState::open(&state, &WorkerId::from("reader")).unwrap();
+    let outcome = reader
+        .lock(&t)
+        .await
+        .unwrap()
+        .memory
+        .freeze_outcome((job, 2))
+        .cloned();
+    assert_eq!(outcome, Some(Ok(deadline_ms)), "the outcome was not written");
+    send_pool(&bus, &{
+        let mut c = command(job, Stage::Thaw, &["db01"]);
+        c.attempt = 2;
+        c.message_id = Command::message_id_for(job, 2, Stage::Thaw, &c.targets[0]);
+        c
+    })
+    .await;
+    next_report(&mut rep, SEC5).await;
+    // A freeze whose outcome was lost after its report (its process, alive
+    // here, holds it; only the hold was written): a redelivery is answered
+    // from the hold, and nothing is frozen again.
+    let job = JobId::new_v7();
+    let holder = HostState::open(&state, &WorkerId::from("w0")).unwrap();
+    let hold_deadline = recman_events::clock::now_ms() + 15_000;
+    {
+        let mut l = holder.lock(&t).await.unwrap();
+        l.memory.record_freeze_start(Hold {
+            job,
+            attempt: 2,
+            kind: SnapshotKind::Full,
+            process: holder.process().clone(),
+            frozen_at_ms: recman_events::clock::now_ms(),
+            deadline_ms: hold_deadline,
+        });
+        holder.save(&l).await.unwrap();
+    }
+    send_pool(&bus, &freeze(job)).await;
+    let r = next_report(&mut rep, SEC5).await;
+    assert_eq!(
+        detail_of(&r),
+        &StepDetail::Frozen {
+            deadline_ms: hold_deadline
+        }
+    );
+    assert_eq!(lines(dir.path().join("frozen")), 1, "the freeze ran again");
+    drop(holder);
+    w1.stop().await;
+}

@@ -39,6 +39,8 @@ pub struct Summary {
     pub takeovers: u32,
     pub pauses: u32,
     pub fenced: u32,
+    /// Freeze outcomes a worker never wrote (lost after its report).
+    pub unrecorded: u32,
 }
 
 impl Summary {
@@ -75,6 +77,10 @@ impl Summary {
                 " recoveries={} recoveries_refused={}",
                 self.recoveries, self.recoveries_refused
             )
+        } else {
+            String::new()
+        } + &if self.unrecorded > 0 {
+            format!(" unrecorded={}", self.unrecorded)
         } else {
             String::new()
         } + &if self.engines > 1 {

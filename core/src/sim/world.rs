@@ -369,7 +369,15 @@ impl Sim {
                     self.checks.mark(t, key, super::invariants::OK);
                     Ok(deadline_ms)
                 };
-                self.mem(w, t).record_freeze(key, r.clone(), now);
+                if r.is_ok() && self.outcome_lost(key) {
+                    // The runtime writes a freeze's outcome after its report:
+                    // this one never landed (the process died just after the
+                    // report, or the write failed). The hold answers for it.
+                    self.summary.unrecorded += 1;
+                    self.note(cmd.job, format!("freeze outcome a{} not recorded", cmd.attempt));
+                } else {
+                    self.mem(w, t).record_freeze(key, r.clone(), now);
+                }
                 match &r {
                     Ok(_) if !armed_before => self.push(deadline_ms.max(now), Ev::Watchdog(w, inc, t, key)),
                     Err(_) if !armed_before => self.mem(w, t).forget_failed_hold(key),
@@ -385,6 +393,13 @@ impl Sim {
             Err(error) => Outcome::Err { error },
         };
         Ok((Some(outcome), lat))
+    }
+
+    /// Whether the outcome of attempt `key`'s freeze is lost before it is
+    /// written (with crash faults, one attempt in 16, picked by its id so
+    /// that no draw of the seed moves).
+    fn outcome_lost(&self, key: Key) -> bool {
+        self.cfg.faults.crash() && (key.0.as_u128() ^ u128::from(key.1)) % 16 == 0
     }
 
     /// The writer's freeze of target `t` by attempt `key` lands.

@@ -166,6 +166,10 @@ pub enum Mutation {
     /// watchdog's order of earlier builds): a process that dies during the
     /// thaw leaves nothing held, and a thaw that did not land is not redone.
     ReleaseBeforeThaw,
+    /// A freeze whose outcome was not written (it is written after the
+    /// report, issue 18) is not answered from its hold: a redelivery runs
+    /// it again.
+    HoldDoesNotAnswer,
 }
 
 impl Mutation {
@@ -183,6 +187,7 @@ impl Mutation {
         Mutation::FreezeStatePerProcess,
         Mutation::NoVerifyCleanup,
         Mutation::ReleaseBeforeThaw,
+        Mutation::HoldDoesNotAnswer,
     ];
 
     /// Its name on the command line (`recman simulate --mutation`).
@@ -255,7 +260,8 @@ pub fn plan_freeze_with(
     if let (Some(first), false) = (mem.freeze_outcome(key), refreeze) {
         return Plan::Answer(first.clone());
     }
-    if let Some(h) = mem.hold().filter(|h| h.key() == key && !refreeze) {
+    let hold_answers = !refreeze && mutation != Some(Mutation::HoldDoesNotAnswer);
+    if let Some(h) = mem.hold().filter(|h| h.key() == key && hold_answers) {
         // Frozen (or freezing) by this attempt, its outcome not recorded yet
         // or forgotten.
         return Plan::Answer(Ok(h.deadline_ms));

@@ -3,8 +3,9 @@
 //! `<state_dir>/targets/<target>.json`, read, changed and written back under
 //! an exclusive `flock` of `<state_dir>/targets/<target>.lock`, held for the
 //! whole plan → run → record of a freeze or a thaw; each write is atomic
-//! (temp file, fsync, rename, fsync of the directory) and lands before the
-//! writer is called. A process is alive while it holds the `flock` of its
+//! (temp file, fsync, rename, fsync of the directory). A freeze's hold
+//! lands before the writer is called; its outcome is written after the
+//! step's report is out (the hold answers a redelivery until then). A process is alive while it holds the `flock` of its
 //! own `<state_dir>/processes/<token>.lock` (the kernel drops it when the
 //! process dies, even by SIGKILL): a hold whose process lock is free belongs
 //! to a dead process and is taken over (`recman_core::worker::adoptable`).

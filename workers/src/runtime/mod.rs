@@ -431,6 +431,7 @@ impl Shared {
     /// Runs a valid command (or answers it from memory), publishes the
     /// report, then acks the command.
     async fn respond(self: Arc<Self>, d: Delivery, cmd: Command, span: Span) {
+        let mut after = steps::AfterReport::default();
         let remembered = self.lock_recent().get(&cmd.message_id).cloned();
         // A verification or recovery step another process of this host
         // already ran (running either again could undo what followed it).
@@ -446,7 +447,7 @@ impl Shared {
                 r
             }
             None => {
-                let r = self.execute(&cmd).await;
+                let r = self.execute(&cmd, &mut after).await;
                 if let Some(t) = verify_target {
                     if let Err(e) = self.state.record_verify(t, &cmd.message_id, &r).await {
                         tracing::warn!(worker = %self.id, message_id = %cmd.message_id, error = %e, "answer not recorded: a redelivery would run it again");
@@ -462,7 +463,9 @@ impl Shared {
                 .record("otel.status_code", "error"),
         };
         let msg = report_message(&report, &span, d.message.header(TRACEPARENT));
-        match self.bus.publish(Address::Reports, msg).await {
+        let published = self.bus.publish(Address::Reports, msg).await;
+        self.record_after_report(after).await;
+        match published {
             Ok(()) => {
                 self.lock_recent().insert_first(cmd.message_id.clone(), report);
                 if let Err(e) = d.ack().await {
@@ -481,7 +484,7 @@ impl Shared {
     }
 
     /// Runs one command and builds its report (never fails: errors are reports).
-    async fn execute(self: &Arc<Self>, cmd: &Command) -> Report {
+    async fn execute(self: &Arc<Self>, cmd: &Command, after: &mut steps::AfterReport) -> Report {
         let start = Instant::now();
         let unknown: Vec<&str> = cmd
             .targets
@@ -504,7 +507,7 @@ impl Shared {
             tracing::warn!(worker = %self.id, job = %cmd.job, stage = %cmd.stage, "refused: {}", e.message);
             Err(e)
         } else {
-            self.run_step(cmd).await
+            self.run_step(cmd, after).await
         };
         let outcome = match outcome {
             Ok(detail) => Outcome::Ok { detail },

@@ -17,11 +17,23 @@ use super::Shared;
 use crate::provider::SnapshotJob;
 use crate::watchdog::{self, Armed};
 
+/// Targets a freeze left locked, their outcome changed in memory but not
+/// yet written: written once the step's report is published (or could not
+/// be), so the write is not inside the freeze window.
+#[derive(Default)]
+pub(super) struct AfterReport(Vec<(TargetId, Locked)>);
+
 impl Shared {
     /// Runs the stage of `cmd` (every target is in the local config).
-    pub(super) async fn run_step(self: &Arc<Self>, cmd: &Command) -> Result<StepDetail, StepError> {
+    /// A freeze leaves in `after` the targets whose outcome is recorded
+    /// once the report is out (`Shared::record_after_report`).
+    pub(super) async fn run_step(
+        self: &Arc<Self>,
+        cmd: &Command,
+        after: &mut AfterReport,
+    ) -> Result<StepDetail, StepError> {
         match cmd.stage {
-            Stage::Freeze => self.freeze(cmd).await,
+            Stage::Freeze => self.freeze(cmd, after).await,
             Stage::Thaw => self.thaw(cmd).await,
             Stage::FlushLogs => self.flush(cmd).await,
             Stage::Snapshot => self.snapshot(cmd).await,
@@ -43,10 +55,18 @@ impl Shared {
         }
     }
 
-    async fn freeze(self: &Arc<Self>, cmd: &Command) -> Result<StepDetail, StepError> {
+    async fn freeze(
+        self: &Arc<Self>,
+        cmd: &Command,
+        after: &mut AfterReport,
+    ) -> Result<StepDetail, StepError> {
         let mut deadline_ms = u64::MAX;
+        let last = cmd.targets.len().saturating_sub(1);
         for (i, t) in cmd.targets.iter().enumerate() {
-            match self.freeze_one(t, cmd).await {
+            // Only the last target's outcome waits for the report: a step
+            // never holds one target's lock while it takes another's.
+            let defer = (i == last).then_some(&mut *after);
+            match self.freeze_one(t, cmd, defer).await {
                 Ok(d) => deadline_ms = deadline_ms.min(d),
                 Err(e) => {
                     // Do not leave part of a group frozen.
@@ -62,7 +82,12 @@ impl Shared {
 
     /// Freezes `t` for the attempt of `cmd` unless the rules say otherwise;
     /// returns the watchdog deadline (Unix ms).
-    async fn freeze_one(self: &Arc<Self>, t: &TargetId, cmd: &Command) -> Result<u64, StepError> {
+    async fn freeze_one(
+        self: &Arc<Self>,
+        t: &TargetId,
+        cmd: &Command,
+        after: Option<&mut AfterReport>,
+    ) -> Result<u64, StepError> {
         let local = self.local(t)?;
         let _g = local.writer_lock.lock().await;
         // Until the outcome is recorded, no other process of the host plans
@@ -99,10 +124,16 @@ impl Shared {
             self.watchdogs.frozen(t, key, Instant::now());
         }
         host.memory.record_freeze(key, result.clone(), clock::now_ms());
-        if let Err(e) = self.save_state(&host).await {
-            // The hold is recorded: a redelivery still gets this attempt's deadline.
-            tracing::warn!(worker = %self.id, target = %t, code = %e.code, message = %e.message, "the freeze's outcome was not recorded");
+        if let (Ok(_), Some(after)) = (&result, after) {
+            // Written after the report is out, still under the lock: the
+            // frozen application does not wait for it. Until then (and for
+            // good if this process dies first) the hold, already durable,
+            // answers for it: a redelivered freeze gets its deadline, a
+            // restart thaws it (the simulator's unrecorded outcomes).
+            after.0.push((t.clone(), host));
+            return result;
         }
+        self.record_outcome(t, &host).await;
         if let Err(e) = &result {
             if e.code == worker::NOT_LANDED {
                 self.watchdogs.take_if(t, key);
@@ -378,6 +409,22 @@ impl Shared {
         let names = local.provider.list(t).await?;
         tracing::info!(worker = %self.id, target = %t, run = cmd.attempt, listed = names.len(), "reconcile: listed the provider's snapshots");
         Ok(StepDetail::Listed { names })
+    }
+
+    /// Writes a freeze's outcome (its failure is logged: the hold answers).
+    async fn record_outcome(&self, t: &TargetId, host: &Locked) {
+        if let Err(e) = self.save_state(host).await {
+            // The hold is recorded: a redelivery still gets this attempt's deadline.
+            tracing::warn!(worker = %self.id, target = %t, code = %e.code, message = %e.message, "the freeze's outcome was not recorded");
+        }
+    }
+
+    /// Records what a step left for after its report (see [`AfterReport`]),
+    /// and lets the targets' locks go.
+    pub(super) async fn record_after_report(&self, after: AfterReport) {
+        for (t, host) in after.0 {
+            self.record_outcome(&t, &host).await;
+        }
     }
 
     /// Locks `t`'s host freeze state for this process.
