@@ -1508,3 +1508,86 @@ async fn a_freeze_outcome_is_written_after_its_report_and_the_hold_answers_until
     drop(holder);
     w1.stop().await;
 }
+
+/// A bus whose reports never go out while `stuck` is set (a broker that
+/// takes the message and never confirms it).
+struct StuckReports {
+    bus: MemoryBus,
+    stuck: std::sync::atomic::AtomicBool,
+}
+
+impl Bus for StuckReports {
+    fn publish(
+        &self,
+        to: Address,
+        msg: Message,
+    ) -> recman_events::bus::BoxFuture<'_, Result<(), recman_events::BusError>> {
+        if to == Address::Reports && self.stuck.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(std::future::pending());
+        }
+        self.bus.publish(to, msg)
+    }
+
+    fn publish_batch(
+        &self,
+        msgs: Vec<(Address, Message)>,
+    ) -> recman_events::bus::BoxFuture<'_, Result<(), recman_events::BusError>> {
+        self.bus.publish_batch(msgs)
+    }
+
+    fn consume(
+        &self,
+        from: Address,
+        prefetch: u16,
+    ) -> recman_events::bus::BoxFuture<'_, Result<Consumer, recman_events::BusError>> {
+        self.bus.consume(from, prefetch)
+    }
+}
+
+/// Issue 18: the outcome a freeze writes after its report does not wait for
+/// a report that never goes out: the target's lock is let go, and the
+/// watchdog thaws at the freeze limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_never_goes_out_does_not_keep_the_target_frozen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &exec_target(dir.path(), "true", "500ms", "5s"));
+    let memory = MemoryBus::new();
+    let bus = Arc::new(StuckReports {
+        bus: memory.clone(),
+        stuck: std::sync::atomic::AtomicBool::new(true),
+    });
+    let (stop, rx) = oneshot::channel::<()>();
+    let w = worker(&cfg)
+        .with_state_dir(dir.path().join("state"))
+        .with_stop_grace(Duration::from_millis(200));
+    let task = tokio::spawn(w.run(bus.clone() as Arc<dyn Bus>, async {
+        let _ = rx.await;
+    }));
+    let job = JobId::new_v7();
+    let mut freeze = command(job, Stage::Freeze, &["db01"]);
+    freeze.thaw_deadline_ms = Some(u64::MAX);
+    send_pool(&memory, &freeze).await;
+    let thawed = dir.path().join("thawed");
+    let t = std::time::Instant::now();
+    wait_until_async("the watchdog's thaw", Duration::from_secs(5), || {
+        lines(thawed.clone()) == 1
+    })
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "thawed only after {:?}",
+        t.elapsed()
+    );
+    // The outcome was written all the same.
+    let reader = HostState::open(&dir.path().join("state"), &WorkerId::from("reader")).unwrap();
+    let l = reader.lock(&TargetId::from("db01")).await.unwrap();
+    assert!(matches!(l.memory.freeze_outcome((job, 1)), Some(Ok(_))));
+    drop(l);
+    // The step still waits for its report: abandoned at stop.
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("worker stops")
+        .unwrap()
+        .unwrap();
+}

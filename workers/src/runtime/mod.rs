@@ -463,8 +463,21 @@ impl Shared {
                 .record("otel.status_code", "error"),
         };
         let msg = report_message(&report, &span, d.message.header(TRACEPARENT));
-        let published = self.bus.publish(Address::Reports, msg).await;
-        self.record_after_report(after).await;
+        let published = if after.is_empty() {
+            self.bus.publish(Address::Reports, msg).await
+        } else {
+            // The outcome a freeze left is written once the report is out,
+            // or once the report took longer than the lock may be held.
+            let wait = after.wait(recman_events::clock::now_ms());
+            let publish = self.bus.publish(Address::Reports, msg);
+            tokio::pin!(publish);
+            let first = tokio::time::timeout(wait, &mut publish).await;
+            self.record_after_report(after).await;
+            match first {
+                Ok(r) => r,
+                Err(_) => publish.await,
+            }
+        };
         match published {
             Ok(()) => {
                 self.lock_recent().insert_first(cmd.message_id.clone(), report);

@@ -5,7 +5,7 @@
 //! freeze state (locked across processes from plan to record).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use recman_core::worker::{self, Hold, Plan, Recent, SnapshotPlan, ThawPlan, ThawedBy};
 use recman_events::clock;
@@ -22,6 +22,27 @@ use crate::watchdog::{self, Armed};
 /// be), so the write is not inside the freeze window.
 #[derive(Default)]
 pub(super) struct AfterReport(Vec<(TargetId, Locked)>);
+
+/// The longest a report's publish may keep a target's lock before the
+/// outcome is written anyway: the watchdog's thaw needs the lock.
+const AFTER_REPORT_WAIT: Duration = Duration::from_millis(100);
+
+impl AfterReport {
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How long the report may take before the outcome is written without
+    /// it: [`AFTER_REPORT_WAIT`], and never past a watchdog's deadline (a
+    /// broker that does not answer must not keep an application frozen).
+    pub(super) fn wait(&self, now_ms: u64) -> Duration {
+        self.0
+            .iter()
+            .filter_map(|(_, l)| l.memory.hold().map(|h| h.deadline_ms))
+            .map(|d| Duration::from_millis(d.saturating_sub(now_ms)))
+            .fold(AFTER_REPORT_WAIT, Duration::min)
+    }
+}
 
 impl Shared {
     /// Runs the stage of `cmd` (every target is in the local config).
