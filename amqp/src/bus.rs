@@ -257,6 +257,25 @@ impl AmqpBus {
         self.inner.link()
     }
 
+    /// Messages waiting in `addr`'s queue (not those delivered and not yet
+    /// settled), by a passive declare: it changes nothing.
+    pub async fn ready(&self, addr: &Address) -> Result<u32, BusError> {
+        let ch = self.link().conn.create_channel().await.map_err(broker)?;
+        let q = ch
+            .queue_declare(
+                addr.queue_name().as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        let _ = ch.close(200, "counted".into()).await;
+        Ok(q.message_count())
+    }
+
     /// The URL (redacted) of the node the bus is connected to now.
     pub fn connected_to(&self) -> String {
         crate::url::redact(&self.inner.urls[self.link().node])

@@ -63,6 +63,18 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             false,
         )
         .await?;
+    // How many are there: each of them is taken before any goes back, so
+    // none still waiting in the queue gets ahead of those given back (a
+    // quorum queue delivers returned messages first, in return order).
+    let ready = bus.ready(&Address::DeadLetters).await.map_or(0, |n| n as usize);
+    let mut seen = 0;
+    let wait = |seen: usize| {
+        if seen == 0 || seen < ready {
+            FIRST_WAIT
+        } else {
+            NEXT_WAIT
+        }
+    };
     let mut consumer = bus
         .consume(Address::DeadLetters, a.limit)
         .await
@@ -71,10 +83,10 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     let wanted = a.show.as_ref().or(a.republish.as_ref()).or(a.drop.as_ref());
     let mut found = None;
     while held.len() < a.limit as usize {
-        let wait = if held.is_empty() { FIRST_WAIT } else { NEXT_WAIT };
-        let Ok(Some(d)) = tokio::time::timeout(wait, consumer.recv()).await else {
+        let Ok(Some(d)) = tokio::time::timeout(wait(seen), consumer.recv()).await else {
             break;
         };
+        seen += 1;
         if wanted.is_some_and(|id| *id == d.message.message_id) {
             found = Some(d);
             break;
@@ -104,10 +116,11 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     // quorum queue delivers returned messages first, in return order).
     // Those the broker sent ahead (prefetch) and not yet read go back too,
     // after them, not at the channel's close.
-    while held.len() < a.limit as usize {
-        let Ok(Some(d)) = tokio::time::timeout(NEXT_WAIT, consumer.recv()).await else {
+    while seen < a.limit as usize {
+        let Ok(Some(d)) = tokio::time::timeout(wait(seen), consumer.recv()).await else {
             break;
         };
+        seen += 1;
         held.push(d);
     }
     for d in held {
