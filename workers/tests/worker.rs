@@ -86,6 +86,14 @@ fn command(job: JobId, stage: Stage, targets: &[&str]) -> Command {
     }
 }
 
+/// `command` for attempt `attempt` of `job` (its message id too).
+fn command_of_attempt(job: JobId, stage: Stage, attempt: u32) -> Command {
+    let mut c = command(job, stage, &["db01"]);
+    c.attempt = attempt;
+    c.message_id = Command::message_id_for(job, attempt, stage, &c.targets[0]);
+    c
+}
+
 async fn send(bus: &MemoryBus, to: Address, cmd: &Command) {
     let m = Message::new(msg_type::COMMAND, cmd.message_id.clone(), wire::encode(cmd));
     bus.publish(to, m).await.unwrap();
@@ -1141,12 +1149,7 @@ async fn two_workers_of_a_host_share_its_freeze_state() {
     );
     let to = |w: &str| Address::Worker(WorkerId::from(w));
     let job = JobId::new_v7();
-    let attempt = |stage, n: u32| {
-        let mut c = command(job, stage, &["db01"]);
-        c.attempt = n;
-        c.message_id = Command::message_id_for(job, n, stage, &c.targets[0]);
-        c
-    };
+    let attempt = |stage, n: u32| command_of_attempt(job, stage, n);
     send(&bus, to("w1"), &attempt(Stage::Freeze, 2)).await;
     let first = next_report(&mut rep, SEC5).await;
     assert_eq!(first.worker, WorkerId::from("w1"));
@@ -1449,12 +1452,7 @@ async fn a_freeze_outcome_is_written_after_its_report_and_the_hold_answers_until
         Worker::new(WorkerId::from("w1"), vec![PoolName::from(POOL)], &cfg).with_state_dir(&state),
     );
     let t = TargetId::from("db01");
-    let freeze = |job: JobId| {
-        let mut c = command(job, Stage::Freeze, &["db01"]);
-        c.attempt = 2;
-        c.message_id = Command::message_id_for(job, 2, Stage::Freeze, &c.targets[0]);
-        c
-    };
+    let freeze = |job: JobId| command_of_attempt(job, Stage::Freeze, 2);
     // The outcome lands in the host state once the report is out.
     let job = JobId::new_v7();
     send_pool(&bus, &freeze(job)).await;
@@ -1470,13 +1468,7 @@ async fn a_freeze_outcome_is_written_after_its_report_and_the_hold_answers_until
         .freeze_outcome((job, 2))
         .cloned();
     assert_eq!(outcome, Some(Ok(deadline_ms)), "the outcome was not written");
-    send_pool(&bus, &{
-        let mut c = command(job, Stage::Thaw, &["db01"]);
-        c.attempt = 2;
-        c.message_id = Command::message_id_for(job, 2, Stage::Thaw, &c.targets[0]);
-        c
-    })
-    .await;
+    send_pool(&bus, &command_of_attempt(job, Stage::Thaw, 2)).await;
     next_report(&mut rep, SEC5).await;
     // A freeze whose outcome was lost after its report (its process, alive
     // here, holds it; only the hold was written): a redelivery is answered

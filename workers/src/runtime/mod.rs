@@ -469,8 +469,7 @@ impl Shared {
             // The outcome a freeze left is written once the report is out,
             // or once the report took longer than the lock may be held.
             let wait = after.wait(recman_events::clock::now_ms());
-            let publish = self.bus.publish(Address::Reports, msg);
-            tokio::pin!(publish);
+            let mut publish = self.bus.publish(Address::Reports, msg);
             let first = tokio::time::timeout(wait, &mut publish).await;
             self.record_after_report(after).await;
             match first {
