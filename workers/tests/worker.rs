@@ -273,13 +273,14 @@ async fn the_freeze_window_includes_the_thaw_itself() {
     let (window, by_watchdog) = window_of(&next_report(&mut rep, SEC5).await);
     assert!(!by_watchdog);
     assert!((300_000..900_000).contains(&window), "{window}");
-    // The watchdog, at the 1 s freeze limit: 1.3 s.
+    // The watchdog, at the 1 s freeze limit (timed from before the freeze
+    // hook, the window from its return): about 1.3 s, less the hook's time.
     let job = JobId::new_v7();
     send_pool(&bus, &command(job, Stage::Freeze, &["db01"])).await;
     next_report(&mut rep, SEC5).await;
     let (window, by_watchdog) = window_of(&next_report(&mut rep, SEC5).await);
     assert!(by_watchdog);
-    assert!((1_300_000..2_000_000).contains(&window), "{window}");
+    assert!((1_200_000..2_000_000).contains(&window), "{window}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
