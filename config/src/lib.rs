@@ -140,9 +140,10 @@ pub struct EngineConfig {
     /// memory before it is read from the log; default 1 hour, from 1 second
     /// to 7 days.
     pub keep_finished: Duration,
-    /// `recent_finished`: how many finished jobs the read side (jobs list,
-    /// job pages) keeps in memory after they left the engine's state;
-    /// older ones are read from the log. Default 10,000, at most 1,000,000.
+    /// `recent_finished`: how many finished jobs (and, apart, recovery
+    /// jobs) the read side (jobs list, job pages) keeps in memory after they
+    /// left the engine's state; older ones are read from the log. Default
+    /// 10,000, at most 1,000,000.
     pub recent_finished: u32,
 }
 

@@ -29,7 +29,7 @@ use crate::state::State;
 pub const MAGIC: &[u8; 8] = b"RMCKPT\0\0";
 /// The format this build writes and reads. A checkpoint of another version
 /// is skipped (the log is still there: a full replay, or an older one).
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 /// Magic, version, seq, head hash, body length.
 const HEADER_LEN: usize = 8 + 2 + 8 + 32 + 8;
 /// The view section's length field.

@@ -501,7 +501,7 @@ impl Decider<'_> {
             }
             return Reply::Accepted { job, existing: true };
         }
-        if let Some(job) = self.state.recovery.requests.get(&req.request_id) {
+        if let Some(job) = self.state.recovery.requests.get(&req.request_id).map(|a| a.job) {
             return Reply::Rejected {
                 code: "request_id_in_use",
                 message: format!("request id {} is recovery job {job}", req.request_id),
@@ -833,6 +833,7 @@ impl Decider<'_> {
                     job: job.id,
                     at_ms: self.now,
                     kind: job.kind,
+                    safety: false,
                 };
                 (t.clone(), e)
             })

@@ -3,6 +3,7 @@
 use recman_events::{Event, EventBody, JobId, Stage, StepDetail};
 
 use crate::decide::MAX_PRUNE_TRIES;
+use crate::recovery::Op;
 use crate::state::{
     targets_fingerprint, CatalogEntry, Failure, Job, JobState, PendingPrune, RequestEntry, State, StepStatus,
     TargetProgress,
@@ -15,15 +16,25 @@ pub fn evolve(state: &mut State, ev: &Event) {
     fold(state, ev, None);
 }
 
-/// [`evolve`], handing the jobs that left `State::jobs` at this event to
-/// `retired` (the read side keeps the most recent ones).
-pub fn evolve_retiring(state: &mut State, ev: &Event, retired: &mut Vec<Job>) {
+/// What left the state at one event (`evolve_retiring`).
+#[derive(Clone, Debug, Default)]
+pub struct Retired {
+    /// Snapshot jobs that left `State::jobs`.
+    pub jobs: Vec<Job>,
+    /// Recovery jobs that left the recovery ledger.
+    pub ops: Vec<Op>,
+}
+
+/// [`evolve`], handing the jobs and recoveries that left the state at this
+/// event to `retired` (the read side keeps the most recent ones).
+pub fn evolve_retiring(state: &mut State, ev: &Event, retired: &mut Retired) {
     fold(state, ev, Some(retired));
 }
 
-fn fold(state: &mut State, ev: &Event, retired: Option<&mut Vec<Job>>) {
+fn fold(state: &mut State, ev: &Event, mut retired: Option<&mut Retired>) {
     state.applied += 1;
-    expire(state, ev, retired);
+    expire(state, ev, retired.as_deref_mut().map(|r| &mut r.jobs));
+    crate::recovery::expire(state, ev, retired.map(|r| &mut r.ops));
     fold_event(state, ev);
 }
 
@@ -266,11 +277,10 @@ fn fold_event(state: &mut State, ev: &Event) {
         EventBody::Completed { snapshot, .. } if !was_terminal => {
             for t in &job.targets {
                 // `State::newest_snapshot_job`, field by field (`job` is borrowed).
-                let ops = &state.recovery.ops;
                 let newest = state
                     .catalog
                     .get(t)
-                    .and_then(|c| c.iter().rev().find(|e| !ops.contains_key(&e.job)))
+                    .and_then(|c| c.iter().rev().find(|e| !e.safety))
                     .map(|e| e.job);
                 older.extend(newest.filter(|j| *j != ev.job));
                 let c = state.catalog.entry(t.clone()).or_default();
@@ -279,6 +289,7 @@ fn fold_event(state: &mut State, ev: &Event) {
                     job: ev.job,
                     at_ms: ev.at_ms,
                     kind: job.kind,
+                    safety: false,
                 });
             }
         }

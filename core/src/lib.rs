@@ -31,7 +31,7 @@ pub use decide::{
     attempt_snapshot_name, decide, decide_indexed, Input, Mutation, Reply, MAX_PRUNE_TRIES, MAX_THAW_TRIES,
 };
 pub use effects::{effects, recover_commands, Destination, Outgoing};
-pub use evolve::{evolve, evolve_retiring};
+pub use evolve::{evolve, evolve_retiring, Retired};
 pub use policy::{CoreConfig, JobPolicy, TargetPolicy};
 pub use retention::{RetentionPolicy, Rule as RetentionRule};
 pub use rng::Rng;

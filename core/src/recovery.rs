@@ -156,6 +156,9 @@ pub struct Mount {
     pub writable: bool,
     /// Where it was asked to be (`--on`): its unmount goes there too.
     pub on: Option<String>,
+    /// The engine asked for its unmount (`max_mount_age`): it does not ask
+    /// again, also once that request left the window.
+    pub expiry_asked: bool,
 }
 
 /// A clone, kept until removed.
@@ -170,11 +173,22 @@ pub struct Clone {
     pub since_ms: u64,
 }
 
-/// Every recovery, rebuilt from the log by [`evolve`].
+/// The recoveries of the state, rebuilt from the log by [`evolve`]: those
+/// not ended and those ended less than `Bounds::keep_finished_ms` ago
+/// ([`expire`]), the request ids of the window, the mounts and clones that
+/// exist.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ledger {
     pub ops: BTreeMap<JobId, Op>,
-    pub requests: HashMap<RequestId, JobId>,
+    /// Request ids within the window (`Bounds::request_window_ms`), also of
+    /// recoveries that left `ops`.
+    pub requests: HashMap<RequestId, Asked>,
+    /// The ids of `requests`, in arrival order (for the window).
+    pub arrivals: VecDeque<RequestId>,
+    /// Ended recoveries by when they may leave `ops`.
+    pub retiring: BTreeSet<(u64, JobId)>,
+    /// Recoveries that left `ops` so far.
+    pub retired: u64,
     /// Per target, recoveries not started yet, oldest first.
     pub wanted: BTreeMap<TargetId, VecDeque<JobId>>,
     /// Per target, the recovery running.
@@ -185,6 +199,20 @@ pub struct Ledger {
     pub mounts: BTreeMap<JobId, Mount>,
     /// Clones by name.
     pub clones: BTreeMap<String, Clone>,
+}
+
+/// A recovery's request id in the window: its job, and enough of the request
+/// to tell the same request from another one with the same id once the job
+/// left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Asked {
+    pub job: JobId,
+    /// Event time of the request.
+    pub at_ms: u64,
+    pub target: TargetId,
+    pub name: String,
+    #[serde(with = "crate::checkpoint::embed")]
+    pub action: RecoveryAction,
 }
 
 /// The worker of a mount that may exist but whose step never answered.
@@ -235,6 +263,7 @@ pub fn is_recovery_stage(stage: Stage) -> bool {
 /// Folds a recovery event (true), with the catalog at hand: a safety
 /// snapshot enters it when its step is done.
 pub fn evolve(state: &mut State, ev: &Event) -> bool {
+    let keep = state.bounds.keep_finished_ms.max(1);
     let l = &mut state.recovery;
     match &ev.body {
         EventBody::RecoveryRequested {
@@ -244,7 +273,8 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
             action,
             origin,
         } => {
-            if l.ops.contains_key(&ev.job) {
+            // The same request folded again, also after its job left, is no new job.
+            if l.ops.contains_key(&ev.job) || l.requests.get(request_id).is_some_and(|a| a.job == ev.job) {
                 return true;
             }
             l.ops.insert(
@@ -273,7 +303,23 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
                     live: None,
                 },
             );
-            l.requests.insert(request_id.clone(), ev.job);
+            let asked = Asked {
+                job: ev.job,
+                at_ms: ev.at_ms,
+                target: target.clone(),
+                name: name.clone(),
+                action: action.clone(),
+            };
+            if l.requests.insert(request_id.clone(), asked).is_none() {
+                l.arrivals.push_back(request_id.clone());
+            }
+            if let RecoveryAction::Unmount { mount } = action {
+                if *request_id == expiry_request(*mount) {
+                    if let Some(m) = l.mounts.get_mut(mount) {
+                        m.expiry_asked = true;
+                    }
+                }
+            }
             l.wanted.entry(target.clone()).or_default().push_back(ev.job);
         }
         EventBody::RecoveryStepStarted { stage, deadline_ms } => {
@@ -332,6 +378,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
                         job: ev.job,
                         at_ms: ev.at_ms,
                         kind: Default::default(),
+                        safety: true,
                     };
                     let target = op.target.clone();
                     let c = state.catalog.entry(target).or_default();
@@ -362,7 +409,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
             if op.state.is_terminal() {
                 return true;
             }
-            finish(l, ev, OpState::Completed, location.clone(), None);
+            finish(l, ev, OpState::Completed, location.clone(), None, keep);
             let worker = |s: Stage| {
                 op.workers
                     .get(s.as_str())
@@ -382,6 +429,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
                             since_ms: ev.at_ms,
                             writable: *writable,
                             on: on.clone(),
+                            expiry_asked: false,
                         },
                     );
                 }
@@ -411,7 +459,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
             let Some(op) = l.ops.get(&ev.job).cloned().filter(|op| !op.state.is_terminal()) else {
                 return true;
             };
-            finish(l, ev, OpState::Failed, reason.clone(), Some(*live));
+            finish(l, ev, OpState::Failed, reason.clone(), Some(*live), keep);
             // A mount whose taking away did not succeed may be there: it is
             // recorded (retention keeps its point; `recman unmount` takes it
             // away, the provider finding it by the job).
@@ -432,6 +480,7 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
                             since_ms: ev.at_ms,
                             writable,
                             on,
+                            expiry_asked: false,
                         },
                     );
                 }
@@ -482,6 +531,52 @@ pub fn evolve(state: &mut State, ev: &Event) -> bool {
     true
 }
 
+/// Request ids past the window, and ended recoveries past their stay,
+/// leave (`state::Bounds`), as snapshot jobs do (`evolve`): at the first
+/// event later than `keep_finished_ms` after the end, unless the event is
+/// the recovery's own (then after another stay). What they leave behind
+/// needs none of them: a mount or a clone is its own record, a safety
+/// snapshot's catalog entry says it is one (`CatalogEntry::safety`). The
+/// ones that leave go to `retired` (the read side keeps the most recent
+/// ones). A late event of a recovery that left changes nothing, as one of
+/// an ended recovery does not; a reconcile no longer knows the name of a
+/// safety snapshot whose step never answered (reported as unknown, as a
+/// late snapshot of a job that left is).
+pub fn expire(state: &mut State, ev: &Event, mut retired: Option<&mut Vec<Op>>) {
+    let window = state.bounds.request_window_ms;
+    let keep = state.bounds.keep_finished_ms.max(1);
+    let l = &mut state.recovery;
+    while let Some(r) = l.arrivals.front() {
+        match l.requests.get(r) {
+            Some(a) if a.at_ms.saturating_add(window) > ev.at_ms => break,
+            Some(_) => {
+                l.requests.remove(r);
+            }
+            None => {}
+        }
+        l.arrivals.pop_front();
+    }
+    while let Some(&(at, id)) = l.retiring.first() {
+        if at >= ev.at_ms {
+            break;
+        }
+        l.retiring.pop_first();
+        let Some(op) = l.ops.get(&id) else {
+            continue;
+        };
+        if id == ev.job || !op.state.is_terminal() {
+            l.retiring.insert((ev.at_ms.saturating_add(keep), id));
+            continue;
+        }
+        if let Some(op) = l.ops.remove(&id) {
+            l.retired += 1;
+            if let Some(out) = retired.as_deref_mut() {
+                out.push(op);
+            }
+        }
+    }
+}
+
 fn end_step(op: &mut Op, at: u64, outcome: String) {
     if let Some(t) = op.timeline.last_mut() {
         if t.ended_ms.is_none() {
@@ -491,10 +586,11 @@ fn end_step(op: &mut Op, at: u64, outcome: String) {
     }
 }
 
-fn finish(l: &mut Ledger, ev: &Event, state: OpState, outcome: String, live: Option<LiveData>) {
+fn finish(l: &mut Ledger, ev: &Event, state: OpState, outcome: String, live: Option<LiveData>, keep: u64) {
     let Some(op) = l.ops.get_mut(&ev.job) else {
         return;
     };
+    l.retiring.insert((ev.at_ms.saturating_add(keep), ev.job));
     if let Some(d) = op.deadline_ms.take() {
         l.deadlines.remove(&(d, ev.job));
     }
@@ -596,8 +692,8 @@ pub fn request(
     now: u64,
 ) -> Result<Result<Vec<Event>, JobId>, (&'static str, String)> {
     let l = &state.recovery;
-    if let Some(id) = l.requests.get(&ask.request_id) {
-        let op = &l.ops[id];
+    if let Some(asked) = l.requests.get(&ask.request_id) {
+        let (id, op) = (&asked.job, asked);
         let same = op.action == ask.action
             && ask.target.as_ref().is_none_or(|t| *t == op.target)
             && ask.snapshot.as_ref().is_none_or(|s| *s == op.name);
@@ -1360,8 +1456,7 @@ pub fn timeouts(state: &State, cfg: &CoreConfig, now: u64) -> Vec<Event> {
 fn mount_due(state: &State, cfg: &CoreConfig, m: &Mount) -> Option<u64> {
     let age = cfg.targets.get(&m.target)?.max_mount_age_ms?;
     let action = RecoveryAction::Unmount { mount: m.job };
-    let asked = state.recovery.requests.contains_key(&expiry_request(m.job))
-        || pending(&state.recovery, Some(&m.target)).any(|op| op.action == action);
+    let asked = m.expiry_asked || pending(&state.recovery, Some(&m.target)).any(|op| op.action == action);
     (!asked).then(|| m.since_ms.saturating_add(age))
 }
 

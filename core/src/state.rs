@@ -244,6 +244,9 @@ pub struct CatalogEntry {
     pub at_ms: u64,
     /// The kind of the job that took it (its job may have left `State::jobs`).
     pub kind: SnapshotKind,
+    /// A recovery's safety snapshot (`job` is the recovery's, which may
+    /// have left the recovery ledger), not a snapshot job's restore point.
+    pub safety: bool,
 }
 
 /// How long finished jobs and request ids stay in [`State`], measured on
@@ -271,6 +274,10 @@ pub struct CatalogEntry {
 /// **Request ids.** A request id answers with its job (idempotency) for
 /// `request_window_ms` after its request's event; after that the same id is
 /// a new request.
+///
+/// **Recovery jobs** (restore, mount, clone) leave and expire by the same
+/// bounds, with no hold: what they made is recorded on its own
+/// ([`crate::recovery::expire`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Bounds {
     /// Idempotency window of request ids (default 7 days).
@@ -398,7 +405,7 @@ impl State {
             .get(t)?
             .iter()
             .rev()
-            .find(|e| !self.recovery.ops.contains_key(&e.job))
+            .find(|e| !e.safety)
             .map(|e| e.job)
     }
 

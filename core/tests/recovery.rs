@@ -1104,3 +1104,89 @@ fn an_unapproved_prune_expires_and_deletes_nothing() {
     );
     r.replay();
 }
+
+const HOUR: u64 = 3_600_000;
+
+#[test]
+fn an_ended_recovery_leaves_the_state_and_its_request_id_is_still_answered() {
+    let mut r = Run::new(config(|p| p.max_mount_age_ms = Some(3 * HOUR)));
+    let p = r.point(1, T);
+    let m = r.accepted(1, &p, RecoveryAction::mount(false), T + 100);
+    r.handle(rep(m, 1, Stage::Mount, recovered("/mnt/p")), T + 200);
+    // An event more than `keep_finished` (1 h) after its end: the job
+    // leaves, the mount it made stays.
+    r.point(2, T + 2 * HOUR);
+    let l = &r.core.state().recovery;
+    assert!(!l.ops.contains_key(&m), "an ended recovery stays forever");
+    assert_eq!(l.retired, 1);
+    assert!(l.mounts.contains_key(&m));
+    // Its request id is still in the window: the same request is the same
+    // job, another one with the id is refused.
+    match r.recover(1, &p, RecoveryAction::mount(false), true, T + 2 * HOUR + 1) {
+        Reply::Accepted { job, existing: true } => assert_eq!(job, m),
+        other => panic!("{other:?}"),
+    }
+    let other = r.recover(1, &p, RecoveryAction::mount(true), true, T + 2 * HOUR + 2);
+    assert_eq!(rejected(other), "request_id_in_use");
+    // `max_mount_age` asks for the unmount; it fails, so the mount stays
+    // (the operator's to retry) and the engine does not ask again, also
+    // after the unmount job and its request id left.
+    let due = r.core.next_deadline().expect("the mount's age limit");
+    assert_eq!(due, T + 200 + 3 * HOUR);
+    let s = r.handle(Input::TimerFired, due);
+    assert_eq!(kinds(&s.events), ["recovery_requested", "recovery_step_started"]);
+    let un = s.events[0].job;
+    let s = r.handle(rep(un, 1, Stage::Unmount, failed("busy")), due + 1);
+    assert_eq!(kinds(&s.events), ["recovery_step_failed", "recovery_failed"]);
+    let week = 8 * 24 * HOUR;
+    r.point(3, due + week);
+    let l = &r.core.state().recovery;
+    assert!(
+        l.ops.is_empty() && l.requests.is_empty(),
+        "{:?}",
+        l.requests.keys()
+    );
+    assert!(l.mounts.contains_key(&m));
+    assert!(r.core.next_deadline().is_none_or(|d| d > due + week));
+    let s = r.handle(Input::TimerFired, due + week + 1);
+    assert!(s.events.is_empty(), "{:?}", kinds(&s.events));
+    // Past the window the request id is a new request.
+    assert!(matches!(
+        r.recover(1, &p, RecoveryAction::mount(false), true, due + week + 2),
+        Reply::Accepted { existing: false, .. }
+    ));
+    r.replay();
+}
+
+#[test]
+fn a_safety_snapshot_stays_known_as_one_after_its_recovery_left() {
+    let mut r = Run::new(config(|_| {}));
+    let p = r.point(1, T);
+    let j1 = JobId::from_parts(T, 1);
+    let op = r.accepted(1, &p, RecoveryAction::in_place(), T + 100);
+    r.handle(rep(op, 1, Stage::Stop, recovered("")), T + 200);
+    r.safety_report(op, T + 300);
+    r.handle(rep(op, 1, Stage::Restore, recovered("/data")), T + 400);
+    r.handle(rep(op, 1, Stage::Start, recovered("")), T + 500);
+    // Hours later the recovery has left; its safety snapshot is still the
+    // newest restore point, and known to be no snapshot job's: the job
+    // that made the newest one a snapshot job made stays (retention files
+    // its deletes under it).
+    let j2 = r.request(2, T + 2 * HOUR);
+    let s = r.core.state();
+    assert!(!s.recovery.ops.contains_key(&op));
+    assert_eq!(s.recovery.retired, 1);
+    assert_eq!(r.catalog(), [p.clone(), safety_name(op)]);
+    assert_eq!(s.newest_snapshot_job(&a()), Some(j1));
+    assert!(s.jobs.contains_key(&j1), "the newest snapshot job's job left");
+    // A newer point: that one's job is the newest, and the first may leave.
+    r.walk(j2, T + 2 * HOUR);
+    r.point(3, T + 4 * HOUR);
+    let s = r.core.state();
+    assert_eq!(
+        s.newest_snapshot_job(&a()),
+        Some(JobId::from_parts(T + 4 * HOUR, 3))
+    );
+    assert!(!s.jobs.contains_key(&j1));
+    r.replay();
+}

@@ -78,6 +78,9 @@ pub struct RecoveryWorld {
     pub answers: HashMap<String, Outcome>,
     /// Recovery jobs whose safety snapshot is durable in the log.
     pub safety_recorded: HashSet<JobId>,
+    /// Recovery jobs that ended without a safety snapshot in their record
+    /// (kept here: the job leaves the engine's state a while after).
+    pub ended_without_safety: HashSet<JobId>,
     /// Requests sent so far (their ids).
     sent: u64,
     /// Four-eyes, as the durable log has it: who asked for each recovery,
@@ -638,6 +641,9 @@ impl Sim {
                 let Some(op) = self.engine.core.state().recovery.ops.get(&job).cloned() else {
                     return Ok(());
                 };
+                if op.safety.is_none() {
+                    self.world.recovery.ended_without_safety.insert(job);
+                }
                 // The point it kept (read, mounted, or waited for approval
                 // on) may be past `keep_last` now: an operator prunes.
                 let prunes = self
@@ -714,12 +720,6 @@ impl Sim {
     /// recovery whose safety step failed or timed out (it may have been
     /// taken; known to the reconcile, left for the operator: see issue notes).
     pub(super) fn stray_safety(&self, owner: JobId) -> bool {
-        self.engine
-            .core
-            .state()
-            .recovery
-            .ops
-            .get(&owner)
-            .is_some_and(|op| op.safety.is_none() && op.state.is_terminal())
+        self.world.recovery.ended_without_safety.contains(&owner)
     }
 }

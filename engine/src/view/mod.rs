@@ -22,7 +22,7 @@ use recman_events::{
 use serde::{Deserialize, Serialize};
 
 use recman_core::recovery::{Op, OpState};
-use recman_core::{evolve_retiring, Job, JobState, State};
+use recman_core::{evolve_retiring, Job, JobState, Retired, State};
 
 /// Finished jobs the view keeps in memory after they left the core state
 /// (the jobs list shows them; older ones are read from the log by id).
@@ -427,10 +427,15 @@ pub struct View {
     /// Jobs by state that left `state.jobs` (the job gauges count them, so
     /// they never go down when a finished job leaves memory).
     left_by_state: BTreeMap<&'static str, u64>,
-    /// How many jobs a read keeps after they left the core state.
+    /// Recovery jobs that left the core state's ledger, the last
+    /// `recent_cap` (`recent_ops_order`: oldest first).
+    recent_ops: BTreeMap<JobId, Op>,
+    recent_ops_order: VecDeque<JobId>,
+    /// How many jobs (and, apart, recovery jobs) a read keeps after they
+    /// left the core state.
     recent_cap: usize,
     /// Scratch: jobs that left the core state at the event being folded.
-    retired: Vec<Job>,
+    retired: Retired,
 }
 
 impl View {
@@ -470,6 +475,28 @@ impl View {
         }
     }
 
+    /// A finished recovery job that left the core state.
+    fn keep_recent_op(&mut self, op: Op) {
+        self.recent_ops_order.push_back(op.id);
+        self.recent_ops.insert(op.id, op);
+        while self.recent_ops_order.len() > self.recent_cap {
+            let Some(old) = self.recent_ops_order.pop_front() else {
+                break;
+            };
+            self.recent_ops.remove(&old);
+            self.extra.remove(&old);
+        }
+    }
+
+    /// A recovery job in memory: in the core state or among the recent finished.
+    fn any_op(&self, id: &JobId) -> Option<&Op> {
+        self.state
+            .recovery
+            .ops
+            .get(id)
+            .or_else(|| self.recent_ops.get(id))
+    }
+
     /// The per-job facts of `job`, when it is in memory.
     fn extra_of(&mut self, job: JobId) -> Option<&mut JobExtra> {
         if !self.in_memory(&job) {
@@ -486,7 +513,10 @@ impl View {
     /// The snapshot job of request id `r` when the id is in the request
     /// window but the job left memory (`job_from_log` has it).
     pub fn request_left_memory(&self, r: &RequestId) -> Option<JobId> {
-        let job = self.state.requests.get(r)?.job;
+        let job = match self.state.requests.get(r) {
+            Some(e) => e.job,
+            None => self.state.recovery.requests.get(r)?.job,
+        };
         (!self.in_memory(&job)).then_some(job)
     }
 
@@ -496,6 +526,7 @@ impl View {
         self.state.jobs.contains_key(id)
             || self.recent.contains_key(id)
             || self.state.recovery.ops.contains_key(id)
+            || self.recent_ops.contains_key(id)
     }
 
     /// With the config's retention rules (for the prune plan).
@@ -537,8 +568,11 @@ impl View {
             .is_some_and(|j| j.state.is_terminal());
         let mut retired = std::mem::take(&mut self.retired);
         evolve_retiring(&mut self.state, ev, &mut retired);
-        for j in retired.drain(..) {
+        for j in retired.jobs.drain(..) {
             self.keep_recent(j);
+        }
+        for op in retired.ops.drain(..) {
+            self.keep_recent_op(op);
         }
         self.retired = retired;
         self.last_seq = e.seq;
@@ -891,7 +925,7 @@ impl View {
     /// A recovery job in the shape of a job: its steps as the timeline (one
     /// attempt), no freeze window, and what it did in `recovery`.
     fn recovery_job(&self, id: &JobId) -> Option<JobDetail> {
-        let op = self.state.recovery.ops.get(id)?;
+        let op = self.any_op(id)?;
         let steps = self.extra.get(id).map(|x| x.steps.as_slice()).unwrap_or(&[]);
         let timeline = op
             .timeline
@@ -1032,7 +1066,7 @@ impl View {
                         .recovery
                         .requests
                         .get(r)
-                        .and_then(|id| self.state.recovery.ops.get(id))
+                        .and_then(|a| self.any_op(&a.job))
                         .into_iter(),
                 ),
             ),
@@ -1045,7 +1079,14 @@ impl View {
                     (Some(_), _) => live.next(),
                     (None, _) => recent.next(),
                 });
-                (Box::new(merged), Box::new(self.state.recovery.ops.values().rev()))
+                let mut live_ops = self.state.recovery.ops.values().rev().peekable();
+                let mut recent_ops = self.recent_ops.values().rev().peekable();
+                let merged_ops = std::iter::from_fn(move || match (live_ops.peek(), recent_ops.peek()) {
+                    (Some(a), Some(b)) if b.id > a.id => recent_ops.next(),
+                    (Some(_), _) => live_ops.next(),
+                    (None, _) => recent_ops.next(),
+                });
+                (Box::new(merged), Box::new(merged_ops))
             }
         };
         let jobs = all

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use recman_core::recovery::Op;
 use recman_core::{Job, State};
 use recman_events::{JobId, TargetId};
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ use super::{
 };
 
 /// The section's own format; a change of any type below needs a new one.
-pub const VIEW_FORMAT: u16 = 1;
+pub const VIEW_FORMAT: u16 = 2;
 
 /// A catalog entry as folded (what `snapshots()` adds at read time is not kept).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,6 +67,8 @@ pub struct Section {
     step_failures: BTreeMap<String, u64>,
     /// The recent finished jobs, oldest first.
     recent: Vec<Job>,
+    /// The recent finished recovery jobs, oldest first.
+    recent_ops: Vec<Op>,
     left_by_state: BTreeMap<String, u64>,
 }
 
@@ -133,6 +136,11 @@ impl View {
                 .recent_order
                 .iter()
                 .filter_map(|id| self.recent.get(id).cloned())
+                .collect(),
+            recent_ops: self
+                .recent_ops_order
+                .iter()
+                .filter_map(|id| self.recent_ops.get(id).cloned())
                 .collect(),
             left_by_state: self
                 .left_by_state
@@ -204,6 +212,8 @@ impl View {
         self.step_failures = s.step_failures;
         self.recent_order = s.recent.iter().map(|j| j.id).collect();
         self.recent = s.recent.into_iter().map(|j| (j.id, j)).collect();
+        self.recent_ops_order = s.recent_ops.iter().map(|op| op.id).collect();
+        self.recent_ops = s.recent_ops.into_iter().map(|op| (op.id, op)).collect();
         self.left_by_state.clear();
         for (k, n) in s.left_by_state {
             let name = ALL_STATES
@@ -250,7 +260,7 @@ pub fn difference(section: &[u8], folded: &View) -> Option<String> {
     if s == f {
         return None;
     }
-    let parts: [(&str, bool); 12] = [
+    let parts: [(&str, bool); 13] = [
         ("recent_finished", s.recent_cap == f.recent_cap),
         (
             "last record",
@@ -268,6 +278,7 @@ pub fn difference(section: &[u8], folded: &View) -> Option<String> {
         ("freeze windows", s.freeze_hist == f.freeze_hist),
         ("step failures", s.step_failures == f.step_failures),
         ("recent finished jobs", s.recent == f.recent),
+        ("recent finished recovery jobs", s.recent_ops == f.recent_ops),
         ("job counts", s.left_by_state == f.left_by_state),
     ];
     let which = parts.iter().find(|(_, same)| !same).map_or("view", |(n, _)| n);

@@ -476,3 +476,102 @@ async fn finished_jobs_leave_memory_and_are_read_from_the_log() {
     v.render_metrics(&mut m);
     assert!(m.contains("recman_jobs{state=\"completed\"} 5"), "{m}");
 }
+
+/// Recovery jobs are bounded as snapshot jobs are: an ended one leaves the
+/// core state after its stay, the last `recent` stay in memory (and in a
+/// checkpoint's view section), older ones are read from the log; a request
+/// id in the window still finds its job.
+#[tokio::test]
+async fn finished_recovery_jobs_leave_memory_and_are_read_from_the_log() {
+    use recman_events::RecoveryAction;
+    let log = recman_events::log::memory::open().unwrap();
+    let t = TargetId::from("db01");
+    let point = JobId::from_parts(500_000, 9);
+    let mut evs = job_events(point, 1, 500_000, "snap-a");
+    let ops: Vec<JobId> = (1..=3u128)
+        .map(|i| JobId::from_parts(i as u64 * 1_000_000, i))
+        .collect();
+    for (i, op) in ops.iter().enumerate() {
+        let at = (i as u64 + 1) * 1_000_000;
+        let loc = format!("/mnt/{i}");
+        for (k, body) in [
+            EventBody::RecoveryRequested {
+                request_id: format!("req-{i}").as_str().into(),
+                target: t.clone(),
+                name: "snap-a".into(),
+                action: RecoveryAction::To {
+                    path: loc.clone(),
+                    until: None,
+                },
+                origin: "cli".into(),
+            },
+            EventBody::RecoveryStepStarted {
+                stage: Stage::Restore,
+                deadline_ms: at + 60_000,
+            },
+            EventBody::RecoveryStepDone {
+                stage: Stage::Restore,
+                worker: WorkerId::from("w1"),
+                duration_us: 100,
+                location: loc.clone(),
+            },
+            EventBody::RecoveryCompleted {
+                location: loc.clone(),
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            evs.push(ev(evs.len() as u64 + 1, at + k as u64, *op, body));
+        }
+    }
+    // A later job: every recovery's stay is over.
+    let late = JobId::from_parts(9_000_000, 10);
+    let n = evs.len() as u64;
+    evs.extend(job_events(late, n + 1, 9_000_000, "snap-b"));
+    log.append(evs.iter().map(|e| e.event.clone()).collect())
+        .await
+        .unwrap();
+    let stored = log.read(1, 1000).unwrap();
+    let bounds = recman_core::Bounds {
+        request_window_ms: 7 * 86_400_000,
+        keep_finished_ms: 1_000,
+    };
+    let mut full = View::new(Default::default()).with_bounds(bounds, 100);
+    let mut v = View::new(Default::default()).with_bounds(bounds, 2);
+    for e in &stored {
+        full.apply(e);
+        v.apply(e);
+    }
+    assert!(
+        v.state.recovery.ops.is_empty(),
+        "{:?}",
+        v.state.recovery.ops.keys()
+    );
+    assert_eq!(v.state.recovery.retired, 3);
+    assert!(v.job(&ops[0]).is_none(), "the oldest left memory");
+    assert_eq!(v.job(&ops[1]), full.job(&ops[1]), "recent: in memory, whole");
+    assert_eq!(v.job(&ops[2]), full.job(&ops[2]));
+    assert_eq!(v.job(&ops[2]).unwrap().summary.kind, "restore_to");
+    let old = job_from_log(log.as_ref(), ops[0])
+        .unwrap()
+        .expect("read from the log");
+    assert_eq!(Some(old), full.job(&ops[0]), "the same detail as in memory");
+    // Listed while in memory, newest first with the snapshot jobs.
+    let (page, _) = v.jobs(None, None, None, None, 10);
+    let ids: Vec<JobId> = page.iter().map(|j| j.id).collect();
+    assert_eq!(ids[..3], [late, ops[2], ops[1]], "{ids:?}");
+    // By request id: in memory, or named for a read from the log.
+    assert_eq!(v.jobs(None, None, Some(&"req-1".into()), None, 10).0.len(), 1);
+    assert_eq!(v.request_left_memory(&"req-0".into()), Some(ops[0]));
+    assert_eq!(v.request_left_memory(&"req-1".into()), None);
+    // A view started from its checkpoint shows the same.
+    let seq = v.last_seq;
+    let section = v.encode_section();
+    let resumed = View::new(Default::default())
+        .with_bounds(bounds, 2)
+        .from_checkpoint(seq, v.state.clone(), &section)
+        .unwrap();
+    assert_eq!(shown(&resumed), shown(&v));
+    assert_eq!(super::section::difference(&section, &v), None);
+}
