@@ -144,6 +144,25 @@ async fn old_records_move_to_segments_and_everything_still_reads_them() {
         &["log", "archive", "--before", "1000000000"],
     ));
     assert!(out.contains("archived"), "{out}");
+    // And the live file gives the archived records' space back.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("compacted the live log file"))
+        .unwrap_or_else(|| panic!("no compaction: {out}"));
+    let sizes: Vec<u64> = line
+        .rsplit(": ")
+        .next()
+        .unwrap()
+        .trim_end_matches(" bytes")
+        .split(" -> ")
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(sizes[1] <= sizes[0], "{line}");
+    assert_eq!(
+        std::fs::metadata(data.path().join("events.redb")).unwrap().len(),
+        sizes[1],
+        "{line}"
+    );
     let listed: Value =
         serde_json::from_str(&ok(&recman(data.path(), &["log", "segments", "--json"]))).unwrap();
     let through = listed["segments"].as_array().unwrap().last().unwrap()["last"]

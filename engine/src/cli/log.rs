@@ -27,7 +27,9 @@ DATA_DIR/segments/FIRST-LAST.seg, immutable files that stay part of the log: `re
 runs across. Copy them to cheaper storage like any file, but keep them in segments/: a missing\n\
 segment is refused when the log is opened.\n\n\
 A running engine archives by itself with `[log] archive_after = \"30d\"` (at start, then daily); this command\n\
-is for a stopped one (the log has one owner). The last record always stays live.\n\n\
+is for a stopped one (the log has one owner). The last record always stays live. It then compacts\n\
+events.redb, giving the archived records' space back to the file system (the engine's own archiving\n\
+reuses that space but cannot shrink the file while it is open).\n\n\
 Examples:\n  recman log archive --older-than 30d\n  recman log archive --before 1000000 --segment-records 100000\n\n\
 Exit codes: 0 done (also when nothing was old enough), 2 could not run (no log, log in use,\n\
 a PostgreSQL log, a damaged segment)."
@@ -71,9 +73,9 @@ async fn archive(g: &Home, a: ArchiveArgs) -> anyhow::Result<ExitCode> {
              (partitioning, pg_dump); segments are for a data dir's log"
         );
     }
-    if log::detect(&g.data_dir)?.is_none() {
+    let Some(backend) = log::detect(&g.data_dir)? else {
         bail!("no event log in {}", g.data_dir.display());
-    }
+    };
     let per_segment = match a.segment_records {
         Some(n) => n as usize,
         None => {
@@ -98,11 +100,19 @@ async fn archive(g: &Home, a: ArchiveArgs) -> anyhow::Result<ExitCode> {
             }
             (None, None) => unreachable!("clap requires one"),
         };
-        Ok((r, log.last_seq()))
+        let last = log.last_seq();
+        drop(log);
+        // The space of what went into segments, given back (the engine's
+        // own archiving cannot: the file is open while it runs).
+        let sizes = match backend {
+            log::Backend::Redb => Some(log::redb_store::RedbStore::compact(&dir)?),
+            _ => None,
+        };
+        Ok((r, last, sizes))
     })
     .await
     .context("the archiving task")??;
-    let (r, last) = report;
+    let (r, last, sizes) = report;
     if a.json {
         println!(
             "{}",
@@ -112,6 +122,8 @@ async fn archive(g: &Home, a: ArchiveArgs) -> anyhow::Result<ExitCode> {
                 "bytes": r.bytes,
                 "archived_through": r.archived_through,
                 "last_seq": last,
+                "live_file_bytes_before": sizes.map(|s| s.0),
+                "live_file_bytes": sizes.map(|s| s.1),
             })
         );
     } else if r.records == 0 {
@@ -130,6 +142,14 @@ async fn archive(g: &Home, a: ArchiveArgs) -> anyhow::Result<ExitCode> {
             g.data_dir.join(log::segments::DIR_NAME).display(),
             r.archived_through,
             r.archived_through + 1
+        );
+    }
+    if let (Some((before, after)), false) = (sizes, a.json) {
+        println!(
+            "compacted the live log file {}: {} -> {} bytes",
+            g.data_dir.join(log::redb_store::FILE_NAME).display(),
+            before,
+            after
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -434,7 +434,8 @@ pub struct View {
     /// How many jobs (and, apart, recovery jobs) a read keeps after they
     /// left the core state.
     recent_cap: usize,
-    /// Scratch: jobs that left the core state at the event being folded.
+    /// Scratch: jobs and recovery jobs that left the core state at the
+    /// event being folded.
     retired: Retired,
 }
 
@@ -510,8 +511,8 @@ impl View {
         self.state.jobs.get(id).or_else(|| self.recent.get(id))
     }
 
-    /// The snapshot job of request id `r` when the id is in the request
-    /// window but the job left memory (`job_from_log` has it).
+    /// The job (snapshot or recovery) of request id `r` when the id is in
+    /// the request window but the job left memory (`job_from_log` has it).
     pub fn request_left_memory(&self, r: &RequestId) -> Option<JobId> {
         let job = match self.state.requests.get(r) {
             Some(e) => e.job,

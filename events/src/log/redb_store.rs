@@ -111,6 +111,28 @@ impl RedbStore {
         }
     }
 
+    /// Compacts `dir/events.redb`, which no process may have open (the
+    /// log has one owner: a stopped engine's): the pages of records moved
+    /// into segments go back to the file system. redb reuses freed pages,
+    /// so a live log stops growing once archiving keeps pace; only this
+    /// shrinks the file. Each pass is redb's own transactional compaction
+    /// (a crash leaves a valid file). Returns the file's size before and
+    /// after.
+    pub fn compact(dir: &Path) -> Result<(u64, u64), LogError> {
+        let path = dir.join(FILE_NAME);
+        let before = std::fs::metadata(&path)?.len();
+        let mut db = Database::open(&path).map_err(|e| open_err(&path, e))?;
+        // A pass moves what it can towards the start and truncates; more
+        // passes only when one still helped (bounded: each shrinks the file).
+        for _ in 0..16 {
+            if !db.compact().map_err(store_err)? {
+                break;
+            }
+        }
+        drop(db);
+        Ok((before, std::fs::metadata(&path)?.len()))
+    }
+
     /// Loads the job index; `lenient` (reading only): a damaged entry or an
     /// unreadable index table is noted (`index_damage`), the records stay
     /// readable from their own table.
