@@ -13,7 +13,7 @@
 //! every unfinished job, the jobs finished within the stay, and the last
 //! [`RECENT_FINISHED`] before that.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use recman_events::{
     ArrayExpiry, EventBody, EventLog, JobId, LiveData, LogError, RecoveryAction, RequestId, SnapshotInfo,
@@ -24,11 +24,14 @@ use serde::{Deserialize, Serialize};
 use recman_core::recovery::{Op, OpState};
 use recman_core::{evolve_retiring, Job, JobState, Retired, State};
 
+use recent::Recent;
+
 /// Finished jobs the view keeps in memory after they left the core state
 /// (the jobs list shows them; older ones are read from the log by id).
 pub const RECENT_FINISHED: usize = 10_000;
 
 pub mod metrics;
+mod recent;
 pub mod schedules;
 pub mod section;
 pub mod time;
@@ -420,17 +423,13 @@ pub struct View {
     step_failures: BTreeMap<String, u64>,
     /// The config's schedules (`schedules`).
     schedules: Vec<recman_core::schedule::Schedule>,
-    /// Finished jobs that left `state.jobs`, the last [`RECENT_FINISHED`]
-    /// (`recent_order`: oldest first).
-    recent: BTreeMap<JobId, Job>,
-    recent_order: VecDeque<JobId>,
+    /// Finished jobs that left `state.jobs`, the last [`RECENT_FINISHED`].
+    recent: Recent<Job>,
     /// Jobs by state that left `state.jobs` (the job gauges count them, so
     /// they never go down when a finished job leaves memory).
     left_by_state: BTreeMap<&'static str, u64>,
-    /// Recovery jobs that left the core state's ledger, the last
-    /// `recent_cap` (`recent_ops_order`: oldest first).
-    recent_ops: BTreeMap<JobId, Op>,
-    recent_ops_order: VecDeque<JobId>,
+    /// Recovery jobs that left the core state's ledger, the last `recent_cap`.
+    recent_ops: Recent<Op>,
     /// How many jobs (and, apart, recovery jobs) a read keeps after they
     /// left the core state.
     recent_cap: usize,
@@ -460,33 +459,6 @@ impl View {
     /// How many finished jobs it keeps after they left the core state.
     pub fn recent_cap(&self) -> usize {
         self.recent_cap
-    }
-
-    /// A finished job that left the core state (at event `at`).
-    fn keep_recent(&mut self, j: Job) {
-        *self.left_by_state.entry(state_name(j.state)).or_default() += 1;
-        self.recent_order.push_back(j.id);
-        self.recent.insert(j.id, j);
-        while self.recent_order.len() > self.recent_cap {
-            let Some(old) = self.recent_order.pop_front() else {
-                break;
-            };
-            self.recent.remove(&old);
-            self.extra.remove(&old);
-        }
-    }
-
-    /// A finished recovery job that left the core state.
-    fn keep_recent_op(&mut self, op: Op) {
-        self.recent_ops_order.push_back(op.id);
-        self.recent_ops.insert(op.id, op);
-        while self.recent_ops_order.len() > self.recent_cap {
-            let Some(old) = self.recent_ops_order.pop_front() else {
-                break;
-            };
-            self.recent_ops.remove(&old);
-            self.extra.remove(&old);
-        }
     }
 
     /// A recovery job in memory: in the core state or among the recent finished.
@@ -525,9 +497,9 @@ impl View {
     /// that left memory are not kept again by a late event).
     fn in_memory(&self, id: &JobId) -> bool {
         self.state.jobs.contains_key(id)
-            || self.recent.contains_key(id)
+            || self.recent.contains(id)
             || self.state.recovery.ops.contains_key(id)
-            || self.recent_ops.contains_key(id)
+            || self.recent_ops.contains(id)
     }
 
     /// With the config's retention rules (for the prune plan).
@@ -569,11 +541,18 @@ impl View {
             .is_some_and(|j| j.state.is_terminal());
         let mut retired = std::mem::take(&mut self.retired);
         evolve_retiring(&mut self.state, ev, &mut retired);
+        // The per-job facts of what is pushed out of the recent go with it.
+        let extra = &mut self.extra;
         for j in retired.jobs.drain(..) {
-            self.keep_recent(j);
+            *self.left_by_state.entry(state_name(j.state)).or_default() += 1;
+            self.recent.keep(j, self.recent_cap, |old| {
+                extra.remove(&old);
+            });
         }
         for op in retired.ops.drain(..) {
-            self.keep_recent_op(op);
+            self.recent_ops.keep(op, self.recent_cap, |old| {
+                extra.remove(&old);
+            });
         }
         self.retired = retired;
         self.last_seq = e.seq;
@@ -1071,24 +1050,10 @@ impl View {
                         .into_iter(),
                 ),
             ),
-            None => {
-                // Both newest first by id: merged (an id is in one of them).
-                let mut live = self.state.jobs.values().rev().peekable();
-                let mut recent = self.recent.values().rev().peekable();
-                let merged = std::iter::from_fn(move || match (live.peek(), recent.peek()) {
-                    (Some(a), Some(b)) if b.id > a.id => recent.next(),
-                    (Some(_), _) => live.next(),
-                    (None, _) => recent.next(),
-                });
-                let mut live_ops = self.state.recovery.ops.values().rev().peekable();
-                let mut recent_ops = self.recent_ops.values().rev().peekable();
-                let merged_ops = std::iter::from_fn(move || match (live_ops.peek(), recent_ops.peek()) {
-                    (Some(a), Some(b)) if b.id > a.id => recent_ops.next(),
-                    (Some(_), _) => live_ops.next(),
-                    (None, _) => recent_ops.next(),
-                });
-                (Box::new(merged), Box::new(merged_ops))
-            }
+            None => (
+                Box::new(self.recent.newest_first(self.state.jobs.values())),
+                Box::new(self.recent_ops.newest_first(self.state.recovery.ops.values())),
+            ),
         };
         let jobs = all
             .filter(|j| after.is_none_or(|a| j.id < a))

@@ -132,16 +132,8 @@ impl View {
             stage_hist: counts(&self.stage_hist),
             freeze_hist: counts(&self.freeze_hist),
             step_failures: self.step_failures.clone(),
-            recent: self
-                .recent_order
-                .iter()
-                .filter_map(|id| self.recent.get(id).cloned())
-                .collect(),
-            recent_ops: self
-                .recent_ops_order
-                .iter()
-                .filter_map(|id| self.recent_ops.get(id).cloned())
-                .collect(),
+            recent: self.recent.in_order(),
+            recent_ops: self.recent_ops.in_order(),
             left_by_state: self
                 .left_by_state
                 .iter()
@@ -210,10 +202,8 @@ impl View {
         self.stage_hist = family(s.stage_hist, STAGE_BUCKETS)?;
         self.freeze_hist = family(s.freeze_hist, FREEZE_BUCKETS)?;
         self.step_failures = s.step_failures;
-        self.recent_order = s.recent.iter().map(|j| j.id).collect();
-        self.recent = s.recent.into_iter().map(|j| (j.id, j)).collect();
-        self.recent_ops_order = s.recent_ops.iter().map(|op| op.id).collect();
-        self.recent_ops = s.recent_ops.into_iter().map(|op| (op.id, op)).collect();
+        self.recent = super::recent::Recent::from_list(s.recent);
+        self.recent_ops = super::recent::Recent::from_list(s.recent_ops);
         self.left_by_state.clear();
         for (k, n) in s.left_by_state {
             let name = ALL_STATES

@@ -393,13 +393,37 @@ fn recovery_jobs_safety_snapshots_and_mounts() {
     assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), [r]);
 }
 
+/// Finished jobs leave the core state a second after their end.
+const SHORT_STAY: recman_core::Bounds = recman_core::Bounds {
+    request_window_ms: 7 * 86_400_000,
+    keep_finished_ms: 1_000,
+};
+
+/// `evs` appended to an in-memory log and folded twice under
+/// [`SHORT_STAY`]: keeping every finished job (the reference), and keeping
+/// the last two after they left the core state.
+async fn logged_and_folded(evs: &[StoredEvent]) -> (std::sync::Arc<dyn EventLog>, View, View) {
+    let log = recman_events::log::memory::open().unwrap();
+    log.append(evs.iter().map(|e| e.event.clone()).collect())
+        .await
+        .unwrap();
+    let stored = log.read(1, 1000).unwrap();
+    assert_eq!(stored.len(), evs.len());
+    let mut full = View::new(Default::default()).with_bounds(SHORT_STAY, 100);
+    let mut v = View::new(Default::default()).with_bounds(SHORT_STAY, 2);
+    for e in &stored {
+        full.apply(e);
+        v.apply(e);
+    }
+    (log, full, v)
+}
+
 /// The view bounded: finished jobs leave the core state after its stay, the
 /// last `recent` stay in memory, older ones are read from the log with the
 /// same timeline; the list pages over what is in memory; the job gauges
 /// never go down.
 #[tokio::test]
 async fn finished_jobs_leave_memory_and_are_read_from_the_log() {
-    let log = recman_events::log::memory::open().unwrap();
     let ids: Vec<JobId> = (1..=5u128)
         .map(|i| JobId::from_parts(i as u64 * 1_000_000, i))
         .collect();
@@ -408,23 +432,7 @@ async fn finished_jobs_leave_memory_and_are_read_from_the_log() {
         let at0 = (i as u64 + 1) * 1_000_000;
         evs.extend(job_events(*id, evs.len() as u64 + 1, at0, &format!("snap-{i}")));
     }
-    log.append(evs.iter().map(|e| e.event.clone()).collect())
-        .await
-        .unwrap();
-    let stored = log.read(1, 1000).unwrap();
-    assert_eq!(stored.len(), evs.len());
-    let bounds = recman_core::Bounds {
-        request_window_ms: 7 * 86_400_000,
-        keep_finished_ms: 1_000,
-    };
-    // Everything in memory (a large window), as the reference.
-    let mut full = View::new(Default::default()).with_bounds(bounds, 100);
-    // Two finished jobs kept after they leave the core state.
-    let mut v = View::new(Default::default()).with_bounds(bounds, 2);
-    for e in &stored {
-        full.apply(e);
-        v.apply(e);
-    }
+    let (log, full, v) = logged_and_folded(&evs).await;
     // ids[4] is the newest restore point (held), ids[3] was until ids[4]
     // completed (no event since); ids[0..3] left the core state, one stay
     // after the next job's point replaced theirs; ids[0] was then pushed
@@ -484,7 +492,6 @@ async fn finished_jobs_leave_memory_and_are_read_from_the_log() {
 #[tokio::test]
 async fn finished_recovery_jobs_leave_memory_and_are_read_from_the_log() {
     use recman_events::RecoveryAction;
-    let log = recman_events::log::memory::open().unwrap();
     let t = TargetId::from("db01");
     let point = JobId::from_parts(500_000, 9);
     let mut evs = job_events(point, 1, 500_000, "snap-a");
@@ -529,20 +536,7 @@ async fn finished_recovery_jobs_leave_memory_and_are_read_from_the_log() {
     let late = JobId::from_parts(9_000_000, 10);
     let n = evs.len() as u64;
     evs.extend(job_events(late, n + 1, 9_000_000, "snap-b"));
-    log.append(evs.iter().map(|e| e.event.clone()).collect())
-        .await
-        .unwrap();
-    let stored = log.read(1, 1000).unwrap();
-    let bounds = recman_core::Bounds {
-        request_window_ms: 7 * 86_400_000,
-        keep_finished_ms: 1_000,
-    };
-    let mut full = View::new(Default::default()).with_bounds(bounds, 100);
-    let mut v = View::new(Default::default()).with_bounds(bounds, 2);
-    for e in &stored {
-        full.apply(e);
-        v.apply(e);
-    }
+    let (log, full, v) = logged_and_folded(&evs).await;
     assert!(
         v.state.recovery.ops.is_empty(),
         "{:?}",
@@ -569,7 +563,7 @@ async fn finished_recovery_jobs_leave_memory_and_are_read_from_the_log() {
     let seq = v.last_seq;
     let section = v.encode_section();
     let resumed = View::new(Default::default())
-        .with_bounds(bounds, 2)
+        .with_bounds(SHORT_STAY, 2)
         .from_checkpoint(seq, v.state.clone(), &section)
         .unwrap();
     assert_eq!(shown(&resumed), shown(&v));
