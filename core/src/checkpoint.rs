@@ -115,6 +115,16 @@ pub fn encode_with_view(seq: u64, head_hash: &[u8; 32], state: &State, view: &[u
     out
 }
 
+/// Whether `bytes` end with the checksum of all the bytes before it (every
+/// format version puts it there): a checkpoint written whole, whether or
+/// not this build reads its format.
+pub fn intact(bytes: &[u8]) -> bool {
+    bytes.len() > SUM_LEN && {
+        let (signed, sum) = bytes.split_at(bytes.len() - SUM_LEN);
+        recman_events::codec::hash(signed)[..] == *sum
+    }
+}
+
 /// Checks magic, version and length; returns the header. The checksum is
 /// not checked (see [`decode`]).
 pub fn header(bytes: &[u8]) -> Result<Header, CheckpointError> {

@@ -356,4 +356,29 @@ async fn an_unusable_view_section_falls_back_to_the_whole_log_and_the_audit_tell
     assert_eq!(r.from, None);
     assert!(r.skipped[0].1.contains("format version 1"), "{r:?}");
     assert_eq!(v.last_seq, n);
+    // Its checksum was written with it: intact, of another format, which
+    // the audit does not call wrong (an upgrade leaves such ones behind);
+    // with its checksum broken, it is damaged.
+    let mut old = checkpoint_at(log.as_ref(), &events, at);
+    old[8..10].copy_from_slice(&1u16.to_le_bytes());
+    let end = old.len() - 32;
+    let sum = recman_events::codec::hash(&old[..end]);
+    old[end..].copy_from_slice(&sum);
+    store.save(at, old.clone(), 3).await.unwrap();
+    let verdicts = verify_all(&store, log.as_ref()).await.unwrap();
+    assert_eq!(
+        (verdicts[0].problem.as_deref(), verdicts[0].other_format),
+        (None, Some(1)),
+        "{verdicts:?}"
+    );
+    old[end] ^= 1;
+    store.save(at, old, 3).await.unwrap();
+    let verdicts = verify_all(&store, log.as_ref()).await.unwrap();
+    assert!(
+        verdicts[0]
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("format version 1")),
+        "{verdicts:?}"
+    );
 }

@@ -103,6 +103,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
     // The checkpoints, against a replay of an intact log.
     let mut ck_findings: Vec<Finding> = Vec::new();
     let mut ck_checked = 0usize;
+    let mut ck_other = 0usize;
     let ck_place;
     match g.checkpoint_store_for_reading() {
         Err(e) => {
@@ -114,7 +115,8 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             if report.is_clean() {
                 match crate::checkpoint::verify_all(store.as_ref(), ck_log.as_ref()).await {
                     Ok(verdicts) => {
-                        ck_checked = verdicts.len();
+                        ck_other = verdicts.iter().filter(|v| v.other_format.is_some()).count();
+                        ck_checked = verdicts.len() - ck_other;
                         ck_findings.extend(verdicts.into_iter().filter_map(|v| {
                             v.problem.map(|p| Finding {
                                 seq: v.seq,
@@ -147,6 +149,7 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
             "head_findings": head_findings,
             "heads_checked": a.check_head.iter().map(Head::to_string).collect::<Vec<_>>(),
             "checkpoints_checked": ck_checked,
+            "checkpoints_other_format": ck_other,
             "checkpoints": ck_place,
             "unreadable": unreadable,
         });
@@ -172,6 +175,12 @@ pub async fn run(g: &Home, a: Args) -> anyhow::Result<ExitCode> {
         );
         if ck_checked > 0 {
             println!("checked {ck_checked} checkpoint(s) in {ck_place} against a replay of the log");
+        }
+        if ck_other > 0 {
+            println!(
+                "not checked: {ck_other} intact checkpoint(s) in {ck_place} of another build's format \
+                 (this build does not use them; newer ones replace them)"
+            );
         }
         if !a.check_head.is_empty() && head_findings.is_empty() && unreadable.is_none() {
             for h in &a.check_head {

@@ -104,8 +104,18 @@ async fn archive(g: &Home, a: ArchiveArgs) -> anyhow::Result<ExitCode> {
         drop(log);
         // The space of what went into segments, given back (the engine's
         // own archiving cannot: the file is open while it runs).
+        // The archive stands if this fails (say, an engine started meanwhile).
         let sizes = match backend {
-            log::Backend::Redb => Some(log::redb_store::RedbStore::compact(&dir)?),
+            log::Backend::Redb => match log::redb_store::RedbStore::compact(&dir) {
+                Ok(sizes) => Some(sizes),
+                Err(e) => {
+                    eprintln!(
+                        "warning: archived, but {} was not compacted: {e}",
+                        log::redb_store::FILE_NAME
+                    );
+                    None
+                }
+            },
             _ => None,
         };
         Ok((r, last, sizes))
