@@ -337,7 +337,12 @@ pub fn decide_indexed(
             d.out.extend(crate::verify::timeouts(state, now_ms));
             d.out.extend(crate::reconcile::timeouts(state, now_ms));
             d.out.extend(crate::recovery::timeouts(state, cfg, now_ms));
-            d.out.extend(crate::recovery::expired_mounts(state, cfg, now_ms));
+            d.out.extend(crate::recovery::expired_mounts(
+                state,
+                cfg,
+                now_ms,
+                due.map(|i| &i.mounts),
+            ));
             d.policies(false);
             d.reconciles(false);
             Reply::None
@@ -347,7 +352,12 @@ pub fn decide_indexed(
             d.out.extend(crate::verify::timeouts(state, now_ms));
             d.out.extend(crate::reconcile::timeouts(state, now_ms));
             d.out.extend(crate::recovery::timeouts(state, cfg, now_ms));
-            d.out.extend(crate::recovery::expired_mounts(state, cfg, now_ms));
+            d.out.extend(crate::recovery::expired_mounts(
+                state,
+                cfg,
+                now_ms,
+                due.map(|i| &i.mounts),
+            ));
             d.catch_up_retention(None);
             d.policies(true);
             d.reconciles(true);

@@ -60,6 +60,8 @@ pub struct DueIndex {
     watch: HashMap<JobId, Vec<usize>>,
     /// Breached RPOs whose RPO changed: looked at by every timer.
     recheck: BTreeSet<TargetId>,
+    /// The mounts' age limits (`max_mount_age`).
+    pub mounts: crate::mounts_due::MountsDue,
 }
 
 impl DueIndex {
@@ -68,6 +70,7 @@ impl DueIndex {
         let mut ix = DueIndex {
             specs: cfg.schedules.iter().map(Schedule::spec).collect(),
             last_job: vec![None; cfg.schedules.len()],
+            mounts: crate::mounts_due::MountsDue::build(state, cfg),
             ..DueIndex::default()
         };
         for (i, s) in cfg.schedules.iter().enumerate() {
@@ -175,6 +178,7 @@ impl DueIndex {
 
     /// `ev` was folded into `state`: recomputes what it can have moved.
     pub fn observe(&mut self, state: &State, cfg: &CoreConfig, ev: &Event) {
+        self.mounts.observe(state, cfg, ev);
         match &ev.body {
             EventBody::ScheduleChanged { schedule, .. }
             | EventBody::ScheduleFired { schedule, .. }

@@ -14,6 +14,7 @@ pub mod decide;
 pub mod due;
 pub mod effects;
 pub mod evolve;
+pub mod mounts_due;
 pub mod policy;
 pub mod prunes;
 pub mod reconcile;
@@ -40,6 +41,8 @@ pub use state::{
     TargetProgress, TimelineEntry,
 };
 
+use std::sync::Arc;
+
 use recman_events::Event;
 
 /// When the runtime must call back with `Input::TimerFired` for a job
@@ -61,19 +64,18 @@ pub struct Step {
 /// simulator use.
 #[derive(Clone, Debug)]
 pub struct Core {
-    cfg: CoreConfig,
+    /// Shared: a checkpoint's or a standby's core of the same config holds
+    /// the one copy (100 000 targets' policies are some 60 MB).
+    cfg: Arc<CoreConfig>,
     state: State,
     rng: Rng,
     /// When each schedule and RPO falls due, kept as events fold in.
     due: due::DueIndex,
-    /// The earliest mount age limit (`recovery::mounts_due`), kept as
-    /// recovery events fold in.
-    mounts_due: Option<u64>,
 }
 
 impl Core {
     /// A core with an empty state (a new log; [`Core::apply`] then folds it).
-    pub fn new(cfg: CoreConfig) -> Self {
+    pub fn new(cfg: impl Into<Arc<CoreConfig>>) -> Self {
         // The resumed core of the empty state: PRNG seeded with the seed
         // alone (`applied` is 0), bounds and due times from `cfg`.
         Core::from_state(cfg, State::default())
@@ -84,18 +86,12 @@ impl Core {
     /// [`Core::apply`] leaves them; the caller then applies the log's tail.
     /// The config's bounds (`state::Bounds`) apply from here on, also when
     /// the checkpoint was written under others.
-    pub fn from_state(cfg: CoreConfig, mut state: State) -> Self {
+    pub fn from_state(cfg: impl Into<Arc<CoreConfig>>, mut state: State) -> Self {
+        let cfg = cfg.into();
         state.bounds = cfg.bounds;
         let due = due::DueIndex::build(&state, &cfg);
         let rng = Rng::new(cfg.seed ^ state.applied.wrapping_mul(0x2545_F491_4F6C_DD1D));
-        let mounts_due = recovery::mounts_due(&state, &cfg);
-        Core {
-            cfg,
-            state,
-            rng,
-            due,
-            mounts_due,
-        }
+        Core { cfg, state, rng, due }
     }
 
     /// A core with a deliberate bug (the simulator's self-test).
@@ -222,11 +218,6 @@ impl Core {
         }
         evolve(&mut self.state, e);
         self.due.observe(&self.state, &self.cfg, e);
-        // Any recovery event, and any event of a recovery job (a cancel):
-        // only these touch the ledger the mounts' due time reads.
-        if recovery::changes_mounts_due(&e.body) || self.state.recovery.ops.contains_key(&e.job) {
-            self.mounts_due = recovery::mounts_due(&self.state, &self.cfg);
-        }
     }
 
     /// The commands, with the sending's deliberate bug when asked for.
@@ -259,7 +250,7 @@ impl Core {
             self.due.first(),
             verify::next_due(&self.state),
             reconcile::next_due(&self.state),
-            recovery::next_due(&self.state, self.mounts_due),
+            recovery::next_due(&self.state, self.due.mounts.earliest()),
         ]
         .into_iter()
         .flatten()
@@ -307,10 +298,10 @@ impl Core {
             return Err(format!("first: index {:?}, full scan {full:?}", self.due.first()));
         }
         let mounts = recovery::mounts_due(&self.state, &self.cfg);
-        if self.mounts_due != mounts {
+        if self.due.mounts.earliest() != mounts {
             return Err(format!(
                 "mounts: kept {:?}, full scan {mounts:?}",
-                self.mounts_due
+                self.due.mounts.earliest()
             ));
         }
         Ok(())

@@ -1453,7 +1453,7 @@ pub fn timeouts(state: &State, cfg: &CoreConfig, now: u64) -> Vec<Event> {
 /// When mount `m` is taken away by the engine (`max_mount_age`): none
 /// without a limit, while an unmount of it runs, or once the engine asked
 /// (a failed unmount is the operator's to retry).
-fn mount_due(state: &State, cfg: &CoreConfig, m: &Mount) -> Option<u64> {
+pub(crate) fn mount_due(state: &State, cfg: &CoreConfig, m: &Mount) -> Option<u64> {
     let age = cfg.targets.get(&m.target)?.max_mount_age_ms?;
     let action = RecoveryAction::Unmount { mount: m.job };
     let asked = m.expiry_asked || pending(&state.recovery, Some(&m.target)).any(|op| op.action == action);
@@ -1467,12 +1467,29 @@ fn expiry_request(mount: JobId) -> RequestId {
 /// The mounts older than their target's `max_mount_age`: each is taken
 /// away by a recovery job of its own (origin `max_mount_age`; its id and
 /// request id follow from the mount's, so a restart asks for the same one).
-pub fn expired_mounts(state: &State, cfg: &CoreConfig, now: u64) -> Vec<Event> {
+/// With the index (`ix`) only the mounts due are looked at; either way
+/// they come in mount id order.
+pub fn expired_mounts(
+    state: &State,
+    cfg: &CoreConfig,
+    now: u64,
+    ix: Option<&crate::mounts_due::MountsDue>,
+) -> Vec<Event> {
+    let due: Vec<&Mount> = match ix {
+        Some(ix) => ix
+            .due_by(now)
+            .into_iter()
+            .filter_map(|id| state.recovery.mounts.get(&id))
+            .collect(),
+        None => state
+            .recovery
+            .mounts
+            .values()
+            .filter(|m| mount_due(state, cfg, m).is_some_and(|d| d <= now))
+            .collect(),
+    };
     let mut out = Vec::new();
-    for m in state.recovery.mounts.values() {
-        if mount_due(state, cfg, m).is_none_or(|d| d > now) {
-            continue;
-        }
+    for m in due {
         out.push(Event {
             at_ms: now,
             job: JobId::from_parts(now, m.job.0.as_u128() ^ 0x006d_6178_5f6d_6f75_6e74_5f61_6765),

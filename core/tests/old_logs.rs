@@ -23,7 +23,7 @@ fn a_v1_log_still_decodes_and_replays_to_the_same_state() {
     let expected: Value =
         serde_json::from_slice(&std::fs::read("tests/fixtures/v1-log.expected.json").expect("fixture"))
             .expect("json");
-    let mut core = Core::new(Default::default());
+    let mut core = Core::new(recman_core::CoreConfig::default());
     let mut prev = codec::GENESIS_HASH;
     let recs = records(&bytes);
     assert_eq!(recs.len() as u64, expected["events"].as_u64().expect("events"));

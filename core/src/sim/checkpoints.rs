@@ -133,9 +133,7 @@ impl Sim {
                 format!("the checkpoint at record {seq} does not decode: {e}"),
             )
         })?;
-        let mut cfg = self.core_cfg.clone();
-        cfg.mutation = self.cfg.mutation;
-        let mut core = Core::from_state(cfg, ck.state);
+        let mut core = Core::from_state(self.core_cfg.clone(), ck.state);
         for e in self.tail_from(seq as usize) {
             core.apply(e);
         }

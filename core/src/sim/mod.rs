@@ -185,7 +185,7 @@ pub fn run_with_log(cfg: &SimConfig) -> Checked<(Summary, Vec<Event>)> {
 pub fn run_with_config(cfg: &SimConfig) -> Checked<(Summary, Vec<Event>, CoreConfig)> {
     let mut sim = Sim::new(cfg.clone(), true);
     sim.run()?;
-    let core_cfg = sim.core_cfg.clone();
+    let core_cfg = CoreConfig::clone(&sim.core_cfg);
     Ok((sim.summary, std::mem::take(&mut sim.log), core_cfg))
 }
 
@@ -289,8 +289,9 @@ struct Sim {
     traces: trace::Traces,
     /// The checkpoints the engines took of it.
     ckpts: checkpoints::Store,
-    /// The config every engine runs with.
-    core_cfg: CoreConfig,
+    /// The config every engine runs with, shared by every core the run
+    /// starts (live, resumed, folded).
+    core_cfg: std::sync::Arc<CoreConfig>,
     /// A deposed engine acting (its process and epoch), while it does.
     stale: Option<(usize, u64)>,
     world: World,
@@ -352,13 +353,13 @@ impl Sim {
         } else {
             Vec::new()
         };
-        let core_cfg = CoreConfig {
+        let core_cfg = std::sync::Arc::new(CoreConfig {
             targets,
             schedules,
             seed: cfg.seed,
             mutation: cfg.mutation,
             bounds: SIM_BOUNDS,
-        };
+        });
         let mut clients = Vec::with_capacity(cfg.jobs);
         for _ in 0..cfg.jobs {
             let first = rng.below(n as u64) as usize;
