@@ -16,6 +16,8 @@
 //! - a target's periodic reconcile (`reconcile_every`): its reconcile
 //!   events, and any event of a job of that target, a `SnapshotDeleted` or
 //!   a `SnapshotVanished` of it (the oldest restore point moves).
+//! - each mount's age limit (`max_mount_age`, see `mounts_due`): its own
+//!   job's events and those of a recovery that unmounts it.
 //!
 //! A breached RPO has no due time (it is restored by a completed snapshot,
 //! see `Decider::rpo_restored`); one whose RPO changed while breached is

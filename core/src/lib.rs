@@ -64,8 +64,8 @@ pub struct Step {
 /// simulator use.
 #[derive(Clone, Debug)]
 pub struct Core {
-    /// Shared: a checkpoint's or a standby's core of the same config holds
-    /// the one copy (100 000 targets' policies are some 60 MB).
+    /// Shared by the cores of one config (the simulator's live, resumed and
+    /// reference cores): 100 000 targets' policies are some 60 MB.
     cfg: Arc<CoreConfig>,
     state: State,
     rng: Rng,
