@@ -500,8 +500,8 @@ pub fn plan(
             }
         }
         // A set, not a look through the config per recorded schedule: a
-        // fleet's 30 000 schedules made that some 10^9 string compares at
-        // every start.
+        // fleet's 33 334 schedules made that some 5·10^8 string compares
+        // at every start.
         let configured: std::collections::HashSet<&str> =
             cfg.schedules.iter().map(|s| s.id.as_str()).collect();
         for (id, st) in &state.book.schedules {
