@@ -166,10 +166,10 @@ fn view_range(bytes: &[u8], body_len: u64) -> Option<std::ops::Range<usize>> {
 /// as it is: the read side decodes it).
 pub fn decode(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     let header = header(bytes)?;
-    let (signed, sum) = bytes.split_at(bytes.len() - SUM_LEN);
-    if recman_events::codec::hash(signed) != sum {
+    if !intact(bytes) {
         return Err(CheckpointError::Checksum);
     }
+    let signed = &bytes[..bytes.len() - SUM_LEN];
     let body_len = u64::from_le_bytes(bytes[50..58].try_into().expect("8 bytes"));
     let view = view_range(bytes, body_len).ok_or(CheckpointError::Truncated { len: bytes.len() })?;
     let state: State = postcard::from_bytes(&signed[HEADER_LEN..view.start - VIEW_LEN])
